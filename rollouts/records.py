@@ -1,0 +1,103 @@
+"""Record shapes: input rows (wire, tolerant), rollout rows (stored, versioned) and the helpers that build them.
+
+A rollout row is a superset of NeMo Gym's output row, so Gym and NeMo RL tooling can read ours and we read theirs:
+
+    {
+      # the input row echoed (normalised: `prompt` / `messages` rows become `responses_create_params`)
+      "responses_create_params": {"input": [...messages or items...], "tools": [...], ...sampling},
+      "agent_ref": {"name": "math"},             # environment that scored it
+      "expected_answer": "42", ...               # any other input keys, unchanged (verifier metadata)
+      "_ng_task_index": 7, "_ng_rollout_index": 3,
+      "response": {... Responses-API object: id, created_at, model, object, output, usage, status,
+                   parallel_tool_calls, tool_choice, tools ...},
+      "reward": 1.0,
+      ...extra fields returned by the verifier (top level, as NeMo Gym does)...
+      "rollout_id": "3f9c...", "status": "ok" | "failed", "error": null | {"type", "message", "status_code", "stage"},
+      "attempts": 1, "finish_reason": "stop" | "length" | "tool_calls" | ...,
+      "timings": {"queue_ms", "model_ms", "verify_ms", "total_ms"}, "schema_version": 1
+    }
+
+Output items follow the Responses API: `message` (content `output_text` parts), `reasoning` (`summary` of
+`summary_text`), `function_call` (`call_id`, `name`, `arguments` as a JSON string), `function_call_output`
+(`call_id`, `output`). Token fields sit on the last output item of each model call, with NeMo Gym's names:
+`prompt_token_ids`, `generation_token_ids`, `generation_log_probs`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+SCHEMA_VERSION = 1
+
+# Keys the collector owns on a rollout row; verifier extras and input keys never overwrite them.
+RESERVED_KEYS = frozenset(
+    {
+        "responses_create_params",
+        "agent_ref",
+        "_ng_task_index",
+        "_ng_rollout_index",
+        "response",
+        "reward",
+        "rollout_id",
+        "status",
+        "error",
+        "attempts",
+        "finish_reason",
+        "timings",
+        "schema_version",
+    }
+)
+
+# Sampling fields a row may carry in `responses_create_params`; CLI flags override them.
+SAMPLING_FIELDS = ("temperature", "top_p", "max_output_tokens", "seed")
+
+
+class Prompt(BaseModel):
+    """One validated input row, ready to be rolled out. Stored in the run's shard files."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_index: int
+    line: int
+    env: str
+    row: dict[str, Any]  # normalised input row: always has `responses_create_params.input`
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.row["responses_create_params"]
+
+
+def rollout_id(run_id: str, task_index: int, rollout_index: int) -> str:
+    """Deterministic id: the same run, task and repeat always give the same id, so resume never duplicates."""
+    return hashlib.sha256(f"{run_id}/{task_index}/{rollout_index}".encode()).hexdigest()[:20]
+
+
+def input_messages(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """`responses_create_params.input` as a list of items (a bare string is one user message)."""
+    value = params.get("input")
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    return list(value or [])
+
+
+def output_text(response: dict[str, Any] | None) -> str:
+    """Concatenated assistant text of a Responses-API object (the last message wins on multi-turn)."""
+    if not response:
+        return ""
+    texts: list[str] = []
+    for item in response.get("output") or []:
+        if item.get("type") == "message":
+            parts = item.get("content") or []
+            if isinstance(parts, str):
+                texts = [parts]
+                continue
+            texts = [p.get("text", "") for p in parts if isinstance(p, dict)]
+    return "".join(texts)
+
+
+def dumps(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
