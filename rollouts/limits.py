@@ -1,0 +1,77 @@
+"""InflightLimiter: the global `--parallel` bound, shared by shard tasks that run on different threads and event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+
+
+class InflightLimiter:
+    """A counting semaphore usable from any number of event loops in one process.
+
+    Prefect's thread-pool task runner gives every shard task its own event loop, so `asyncio.Semaphore` cannot be
+    shared between them. A slot released on one loop is handed to the oldest waiter on whichever loop it waits.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = limit
+        self._lock = threading.Lock()
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self.in_flight_peak = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.limit - self._free
+
+    async def acquire(self) -> None:
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                self.in_flight_peak = max(self.in_flight_peak, self.limit - self._free)
+                return
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            with self._lock:
+                try:
+                    self._waiters.remove((loop, future))
+                    granted = False
+                except ValueError:  # a release already handed us the slot
+                    granted = True
+            if granted:
+                self.release()
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            while self._waiters:
+                loop, future = self._waiters.popleft()
+                if loop.is_closed():
+                    continue
+                loop.call_soon_threadsafe(self._grant, future)
+                return
+            self._free += 1
+
+    def _grant(self, future: asyncio.Future[None]) -> None:
+        if future.cancelled():  # its waiter gave up after being chosen: pass the slot on
+            self.release()
+        else:
+            future.set_result(None)
+
+
+_limiters: dict[str, InflightLimiter] = {}
+_registry_lock = threading.Lock()
+
+
+def limiter_for(key: str, limit: int) -> InflightLimiter:
+    """One limiter per run and process: every shard task of the run in this process shares it."""
+    with _registry_lock:
+        limiter = _limiters.get(key)
+        if limiter is None or limiter.limit != limit:
+            limiter = _limiters[key] = InflightLimiter(limit)
+        return limiter

@@ -1,0 +1,71 @@
+"""Live counters of a collection run, shared by the shard tasks and read by the terminal progress bar."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Snapshot:
+    total: int
+    generated: int
+    verified: int
+    failed: int
+    reward_sum: float
+    started: float | None
+    resumed: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.generated + self.failed
+
+    @property
+    def mean_reward(self) -> float | None:
+        return self.reward_sum / self.verified if self.verified else None
+
+    @property
+    def rate(self) -> float:
+        if not self.started:
+            return 0.0
+        return self.generated / max(time.monotonic() - self.started, 1e-9)
+
+
+@dataclass
+class ProgressBoard:
+    total: int = 0
+    generated: int = 0
+    verified: int = 0
+    failed: int = 0
+    reward_sum: float = 0.0
+    started: float | None = None
+    resumed: int = 0  # rollouts an earlier attempt of the run already finished
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def reset(self, total: int = 0) -> None:
+        with self._lock:
+            self.total, self.generated, self.verified, self.failed, self.reward_sum = total, 0, 0, 0, 0.0
+            self.resumed = 0
+            self.started = None
+
+    def add_total(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+
+    def add(self, generated: int = 0, failed: int = 0, verified: int = 0, reward: float = 0.0, resumed: int = 0) -> None:
+        with self._lock:
+            self.resumed += resumed
+            if self.started is None and (generated or failed):
+                self.started = time.monotonic()
+            self.generated += generated
+            self.failed += failed
+            self.verified += verified
+            self.reward_sum += reward
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(self.total, self.generated, self.verified, self.failed, self.reward_sum, self.started, self.resumed)
+
+
+BOARD = ProgressBoard()

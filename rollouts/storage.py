@@ -1,0 +1,203 @@
+"""Storage: the run's files on a local path or any fsspec URL (s3:// through s3fs), written durably and atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from rollouts.errors import StorageError
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"cannot open storage {url!r}: {exc}") from exc
+
+
+def join(base: str, *parts: str) -> str:
+    if "://" in base:
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+class Store:
+    """One root URL plus its filesystem; every path below is relative to the root."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.root = root.rstrip("/") if "://" in root else os.path.abspath(root)
+        self.storage_options = storage_options or {}
+        self.fs, self.base = filesystem(self.root, self.storage_options)
+
+    def url(self, *parts: str) -> str:
+        return join(self.root, *parts)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.base, *parts) if not is_local(self.fs) else os.path.join(self.base, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def read_json(self, *parts: str) -> Any | None:
+        path = self.path(*parts)
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return json.loads(fh.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot read {self.url(*parts)}: {exc}") from exc
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Atomic: readers see the old file or the new one, never a torn one."""
+        path = self.path(*parts)
+        try:
+            if is_local(self.fs):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            else:  # one PUT is atomic on object stores
+                with self.fs.open(path, "wb") as fh:
+                    fh.write(data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.url(*parts)}: {exc}") from exc
+
+    def write_json(self, obj: Any, *parts: str) -> None:
+        self.write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), *parts)
+
+    def write_lines(self, lines: Iterable[str], *parts: str) -> None:
+        buf = io.StringIO()
+        for line in lines:
+            buf.write(line)
+            buf.write("\n")
+        self.write_bytes(buf.getvalue().encode(), *parts)
+
+    def iter_lines(self, *parts: str) -> Iterator[str]:
+        """Lines of a JSONL file plus any uncommitted appended parts; a torn last line is skipped."""
+        for path in self._pieces(self.path(*parts)):
+            try:
+                with self.fs.open(path, "rb") as fh:
+                    for raw in fh:
+                        if raw.endswith(b"\n"):
+                            yield raw.decode()
+            except FileNotFoundError:
+                continue
+
+    def _pieces(self, path: str) -> list[str]:
+        pieces = [path]
+        parts_dir = path + ".parts"
+        if self.fs.exists(parts_dir):
+            pieces += sorted(self.fs.ls(parts_dir, detail=False))
+        return pieces
+
+    def remove(self, *parts: str) -> None:
+        path = self.path(*parts)
+        for piece in self._pieces(path):
+            if self.fs.exists(piece):
+                self.fs.rm(piece, recursive=True)
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(self.fs.glob(self.path(pattern)))
+
+    def appender(self, *parts: str) -> Appender:
+        return Appender(self, self.path(*parts))
+
+
+class Appender:
+    """Appends JSONL lines as rollouts finish, so a crash loses at most what is in flight.
+
+    Local files are appended and flushed in place. Object stores cannot append, so each flush writes a part object
+    next to the file (`<file>.parts/NNNNNN.jsonl`) and `commit()` folds the parts into the file in one PUT.
+    Readers (`Store.iter_lines`) see committed lines and parts alike.
+    """
+
+    def __init__(self, store: Store, path: str, flush_every: int = 512) -> None:
+        self.store, self.path, self.flush_every = store, path, flush_every
+        self.local = is_local(store.fs)
+        self.buffer: list[str] = []
+        self.written = 0
+        self._fh = None
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._repair_torn_tail()
+            self._fh = open(path, "a", encoding="utf-8")
+
+    def _repair_torn_tail(self) -> None:
+        # A crash mid-write can leave a line without its newline: cut it so the next append starts clean.
+        if not os.path.exists(self.path) or os.path.getsize(self.path) == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return
+            fh.seek(0)
+            data = fh.read()
+            fh.truncate(data.rfind(b"\n") + 1)
+
+    def write(self, line: str) -> None:
+        self.buffer.append(line)
+        if len(self.buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        data = "".join(line + "\n" for line in self.buffer)
+        try:
+            if self._fh is not None:
+                self._fh.write(data)
+                self._fh.flush()
+            else:
+                part = posixpath.join(self.path + ".parts", f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl")
+                with self.store.fs.open(part, "wb") as fh:
+                    fh.write(data.encode())
+        except OSError as exc:
+            raise StorageError(f"cannot append to {self.path}: {exc}") from exc
+        self.written += len(self.buffer)
+        self.buffer.clear()
+
+    def commit(self) -> None:
+        self.flush()
+        if self._fh is not None:
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+            return
+        parts_dir = self.path + ".parts"
+        fs = self.store.fs
+        if not fs.exists(parts_dir):
+            return
+        data = b"".join(_read(fs, p) for p in self.store._pieces(self.path))
+        with fs.open(self.path, "wb") as fh:
+            fh.write(data)
+        fs.rm(parts_dir, recursive=True)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    try:
+        with fs.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return b""

@@ -1,0 +1,49 @@
+"""Prefect tasks of the collection flow: each wraps one stage of the core on one shard (or the whole run)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from rollouts import collect as core
+from rollouts import profile as profiling
+from rollouts.collect import RunRef, ShardRef, ShardResult
+from rollouts.config import CollectConfig
+from rollouts.run import RunPlan, plan_run
+
+# Shard tasks are idempotent on their own output (they skip finished rollouts), so a Prefect retry is safe; the model
+# client owns request-level retries, so these only cover shard-level faults such as a storage hiccup.
+SHARD_TASK = dict(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="shard-prompts", cache_policy=NO_CACHE, persist_result=False)
+def shard_prompts(config: CollectConfig) -> RunPlan:
+    return plan_run(config)
+
+
+@task(name="generate-shard", task_run_name="generate-{shard.shard}", **SHARD_TASK)
+async def generate_shard(run: RunRef, shard: ShardRef) -> ShardResult:
+    return await core.generate_shard(run, shard.shard)
+
+
+@task(name="verify-shard", task_run_name="verify-{shard.shard}", **SHARD_TASK)
+async def verify_shard(run: RunRef, shard: ShardRef) -> ShardResult:
+    return await core.verify_shard(run, shard.shard)
+
+
+@task(name="profile-run", cache_policy=NO_CACHE, persist_result=False)
+def profile_run(run: RunRef) -> dict:
+    store = core.run_store(run)
+    profile = profiling.profile_frame(profiling.read_run_frame(store))
+    profiling.write_profile(store, profile)
+    create_table_artifact(key="rollout-timings", table=profiling.timing_rows(profile),
+                          description=f"Per-rollout timings (ms) of {run.run_url}")
+    create_table_artifact(key="rollout-throughput", table=[{k: profile[k] for k in (
+        "rollouts", "failed", "rollouts_per_s", "output_tokens_per_s", "generation_window_s")}],
+        description="Throughput of the generation stage")
+    if profile["failures_by_type"]:
+        create_table_artifact(key="rollout-failures", table=profile["failures_by_type"], description="Failures by error type")
+    create_markdown_artifact(key="reward-histogram", markdown=profiling.histogram_markdown(profile),
+                             description="Reward histogram per environment")
+    return profile
