@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from rollouts.config import CollectConfig
@@ -30,7 +29,8 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
         generated = generators.map(generate_shard, {"run": unmapped(run), "shard": plan.shards})
         verified = [verifiers.submit(verify_shard, {"run": run, "shard": shard}, wait_for=[future])
                     for shard, future in zip(plan.shards, generated, strict=True)]
-        for done, _ in enumerate(as_completed(verified), start=1):
+        for done, future in enumerate(verified, start=1):  # shards finish roughly in submission order
+            future.wait()
             update_progress_artifact(progress, progress=100.0 * done / len(verified))
         shard_states = [future.state for future in verified]
     results = [state.result() for state in shard_states if state.is_completed()]

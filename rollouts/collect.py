@@ -114,7 +114,7 @@ class ShardGenerator:
     """Generates every missing rollout of one shard, at most `parallel` in flight across the whole process."""
 
     def __init__(self, run: RunRef, shard: str, http, envs: dict[str, Environment]) -> None:
-        self.run, self.shard, self.config = run, shard, run.config
+        self.ref, self.shard, self.config = run, shard, run.config
         self.store = run_store(run)
         self.http, self.envs = http, envs
         self.client = ModelClient(http, self.config.model_url, self.config.model, self.config.api,
@@ -125,7 +125,7 @@ class ShardGenerator:
     def _todo(self, prompts: list[Prompt], done: set[str], previous: dict[str, int]) -> Iterator[tuple[Prompt, int, str, int]]:
         for prompt in prompts:
             for index in range(self.config.repeats):
-                rid = rollout_id(self.run.run_id, prompt.task_index, index)
+                rid = rollout_id(self.ref.run_id, prompt.task_index, index)
                 if rid not in done:
                     yield prompt, index, rid, previous.get(rid, 0)
 

@@ -27,6 +27,13 @@ class RolloutsError(Exception):
         for key, value in fields.items():
             setattr(self, key, value)
 
+    def add(self, **fields: Any) -> RolloutsError:
+        """Attach more context (e.g. the attempt count) on the way up."""
+        self.fields.update(fields)
+        for key, value in fields.items():
+            setattr(self, key, value)
+        return self
+
     def __reduce__(self):  # keep fields through pickling
         return (_rebuild, (type(self), self.message, self.fields))
 

@@ -40,10 +40,11 @@ class InflightLimiter:
             with self._lock:
                 try:
                     self._waiters.remove((loop, future))
-                    granted = False
-                except ValueError:  # a release already handed us the slot
-                    granted = True
-            if granted:
+                    chosen = False
+                except ValueError:  # a release already chose us
+                    chosen = True
+            # Chosen and granted: we hold a slot we will not use. Chosen but not yet granted: `_grant` passes it on.
+            if chosen and future.done() and not future.cancelled():
                 self.release()
             raise
 

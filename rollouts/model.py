@@ -239,11 +239,9 @@ class ModelClient:
                                       status_code=response.status_code, retryable=retryable)
                 delay = _retry_after(response)
                 if not retryable:
-                    error.fields["attempts"] = attempt + 1
-                    raise error
+                    raise error.add(attempts=attempt + 1)
             if attempt >= self.max_retries:
-                error.fields["attempts"] = attempt + 1
-                raise error
+                raise error.add(attempts=attempt + 1)
             await asyncio.sleep(delay if delay is not None else backoff_delay(attempt, self.rng))
             attempt += 1
 

@@ -1,0 +1,85 @@
+"""Environments: the registry of built-in verifiers and remote NeMo Gym resources servers (never imports prefect).
+
+    envs = build_environments(remote={"my_env": "http://gym:8000"})    # from --env NAME=URL flags
+    env = envs[row_env_name]
+    session = await env.seed_session(row, http)                        # None for built-ins
+    text = await env.call_tool(name, arguments_json, http, session)    # remote only; built-ins raise VerifierError
+    result = await env.verify(row, response, http, session)            # VerifyResult(reward, extra)
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from rollouts.envs.base import BuiltinEnvironment, Environment, SessionState, VerifyResult
+from rollouts.envs.math_env import MathEnvironment
+from rollouts.envs.remote import RemoteEnvironment, complete_response, cookie_free_transport, verify_extras
+from rollouts.envs.text import ExactMatchEnvironment, MultipleChoiceEnvironment
+from rollouts.errors import ConfigError
+
+__all__ = [
+    "BUILTIN_ENVIRONMENTS",
+    "BuiltinEnvironment",
+    "Environment",
+    "ExactMatchEnvironment",
+    "MathEnvironment",
+    "MultipleChoiceEnvironment",
+    "RemoteEnvironment",
+    "SessionState",
+    "VerifyResult",
+    "build_environments",
+    "complete_response",
+    "cookie_free_transport",
+    "known_environment_names",
+    "parse_remote_env",
+    "verify_extras",
+]
+
+BUILTIN_ENVIRONMENTS: dict[str, type[BuiltinEnvironment]] = {
+    MathEnvironment.name: MathEnvironment,
+    ExactMatchEnvironment.name: ExactMatchEnvironment,
+    MultipleChoiceEnvironment.name: MultipleChoiceEnvironment,
+}
+
+
+def _check_name(name: str, spec: str) -> str:
+    name = name.strip()
+    if not name or not all(ch.isalnum() or ch in "_-." for ch in name):
+        raise ConfigError(
+            f"bad environment name in {spec!r}: use letters, digits, '_', '-' or '.' (e.g. math_judge=http://host:8000)"
+        )
+    return name
+
+
+def _check_url(url: str, spec: str) -> str:
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"bad environment URL in {spec!r}: it must start with http:// or https:// and name a host")
+    try:
+        parts.port  # noqa: B018  (raises on a malformed port)
+    except ValueError as exc:
+        raise ConfigError(f"bad environment URL in {spec!r}: {exc}") from None
+    return url.rstrip("/")
+
+
+def parse_remote_env(spec: str) -> tuple[str, str]:
+    """`"NAME=URL"` -> `(name, url)`; a ConfigError that says what is wrong otherwise."""
+    name, sep, url = spec.partition("=")
+    if not sep:
+        raise ConfigError(f"bad environment {spec!r}: expected NAME=URL, e.g. math_judge=http://localhost:8000")
+    return _check_name(name, spec), _check_url(url, spec)
+
+
+def build_environments(remote: dict[str, str] | None = None) -> dict[str, Environment]:
+    """The built-in environments plus one `RemoteEnvironment` per name; a remote name replaces a built-in one."""
+    envs: dict[str, Environment] = {name: cls() for name, cls in BUILTIN_ENVIRONMENTS.items()}
+    for name, url in (remote or {}).items():
+        spec = f"{name}={url}"
+        envs[_check_name(name, spec)] = RemoteEnvironment(_check_name(name, spec), _check_url(url, spec))
+    return envs
+
+
+def known_environment_names(remote: dict[str, str] | None = None) -> set[str]:
+    """Names a row's `agent_ref.name` (or the run default) may use."""
+    return set(BUILTIN_ENVIRONMENTS) | set(remote or {})

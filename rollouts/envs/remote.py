@@ -1,0 +1,324 @@
+"""A remote environment: a NeMo Gym resources server (`/seed_session`, `/verify`, one POST route per tool) over HTTP.
+
+Protocol, as NeMo Gym's own agents speak it:
+  * `POST {url}/seed_session` with the input row as JSON; the server answers with a session cookie (Set-Cookie).
+  * `POST {url}/{tool}` with the tool call's parsed JSON arguments; the reply body (any status) is the tool output.
+  * `POST {url}/verify` with the row plus `response`, a complete Responses-API object; the reply is the request
+    echoed plus `reward` and any extra fields.
+The session cookies are kept per rollout in a `SessionState` and sent explicitly on every call; servers may
+re-issue them on any reply and the latest value wins. The shared `httpx.AsyncClient`'s cookie jar is never used:
+it would mix sessions of concurrent rollouts. (With the aiohttp transport the aiohttp session has a jar of its own
+that overrides explicit cookies: build it with `cookie_free_transport()`, or a `DummyCookieJar`.)
+
+Extras: the reply's fields minus `responses_create_params`, `response`, `reward`, the collector's reserved keys
+(`rollouts.records.RESERVED_KEYS`), and every key whose value equals what we sent (the echoed row). So a server that
+adds `judge` or `extracted_answer`, or changes a metadata field, has those stored; the echo is not duplicated.
+
+Retries (this module owns them for the resources server): up to `attempts` tries with exponential backoff and jitter
+on connection errors, timeouts, 5xx, 408 and 429 (`Retry-After` honoured up to `max_backoff`); any other 4xx fails at
+once with a `VerifierError` carrying `status_code` and the server's body (a 422 body says which field is missing).
+Tool calls retry only when the request could not be sent at all: a tool may have side effects, and an error reply
+is a valid tool output for the model, as in NeMo Gym.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import sys
+import time
+import uuid
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+import httpx
+
+from rollouts.envs.base import Environment, SessionState, VerifyResult
+from rollouts.errors import VerifierError
+from rollouts.records import RESERVED_KEYS
+
+log = logging.getLogger(__name__)
+
+# Routes of the resources server itself: a model must not reach them by naming a "tool".
+RESERVED_ROUTES = frozenset({"seed_session", "verify", "aggregate_metrics", "reverify_mode", "mcp"})
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_ECHO_KEYS = frozenset({"responses_create_params", "response", "reward"})
+_RETRY_STATUS = frozenset({408, 429})
+_BODY_IN_MESSAGE = 2000
+
+
+class RemoteEnvironment(Environment):
+    """A NeMo Gym resources server at `url`, known to rows as `agent_ref.name == name`."""
+
+    remote = True
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        timeout: float = 60.0,
+        attempts: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self.name = name
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._jar_checked = False
+
+    def __repr__(self) -> str:
+        return f"RemoteEnvironment(name={self.name!r}, url={self.url!r})"
+
+    async def seed_session(self, row: dict[str, Any], http: httpx.AsyncClient) -> SessionState:
+        session = SessionState()
+        reply = await self._post(http, "seed_session", row, session, retry_replies=True)
+        session.data = _json_object(reply, "seed_session", self.name, required=False)
+        return session
+
+    async def verify(
+        self,
+        row: dict[str, Any],
+        response: dict[str, Any],
+        http: httpx.AsyncClient,
+        session: SessionState | None = None,
+    ) -> VerifyResult:
+        body = {**row, "response": complete_response(response, row)}
+        reply = await self._post(http, "verify", body, session or SessionState(), retry_replies=True)
+        data = _json_object(reply, "verify", self.name, required=True)
+        reward = data.get("reward")
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+            raise VerifierError(
+                f"environment {self.name!r}: /verify reply has no numeric `reward` (got {reward!r}); "
+                f"keys: {sorted(data)}",
+                status_code=reply.status_code,
+            )
+        return VerifyResult(reward=float(reward), extra=verify_extras(data, body))
+
+    async def call_tool(
+        self, name: str, arguments: str, http: httpx.AsyncClient, session: SessionState | None
+    ) -> str:
+        if not _TOOL_NAME.match(name) or name in RESERVED_ROUTES:
+            return json.dumps({"error": f"Unknown tool: {name!r}"})
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except (json.JSONDecodeError, TypeError) as exc:
+            return json.dumps({"error": f"Invalid tool call arguments: {exc!r}"})
+        reply = await self._post(http, name, parsed, session or SessionState(), retry_replies=False)
+        return reply.text
+
+    # ---- transport ----------------------------------------------------------------------------------------------
+
+    async def _post(
+        self, http: httpx.AsyncClient, route: str, body: Any, session: SessionState, *, retry_replies: bool
+    ) -> httpx.Response:
+        """POST with this rollout's cookies; retries per the module docstring; returns a 2xx reply (or, for
+        tools, any reply)."""
+        url = f"{self.url}/{route}"
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        problem = ""
+        status: int | None = None
+        for attempt in range(1, self.attempts + 1):
+            request = http.build_request(
+                "POST",
+                url,
+                content=payload,
+                headers={"content-type": "application/json", **_cookie_header(session)},
+                timeout=self.timeout,
+            )
+            if not session.cookies:
+                request.headers.pop("cookie", None)  # never let the client's shared jar speak for this rollout
+            retry_after: float | None = None
+            try:
+                reply = await http.send(request)
+            except httpx.TransportError as exc:
+                sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+                status, problem = None, f"{type(exc).__name__}: {exc}"
+                if sent and not retry_replies:
+                    break  # a tool may have run: do not run it twice
+            else:
+                if not self._jar_checked:
+                    self._jar_checked = True
+                    if shares_cookies(http):
+                        log.warning(
+                            "environment %r: the HTTP client's aiohttp session keeps cookies, which overrides each "
+                            "rollout's own session cookie for host-name URLs; build the client with "
+                            "rollouts.envs.cookie_free_transport()",
+                            self.name,
+                        )
+                update_cookies(session, reply)
+                status = reply.status_code
+                if not retry_replies or reply.is_success:
+                    return reply
+                if not (status >= 500 or status in _RETRY_STATUS):
+                    raise VerifierError(
+                        f"environment {self.name!r}: POST /{route} answered {status}: {_snippet(reply.text)}",
+                        status_code=status,
+                        route=route,
+                    )
+                problem = f"HTTP {status}: {_snippet(reply.text)}"
+                retry_after = _retry_after(reply)
+            if attempt < self.attempts:
+                delay = retry_after if retry_after is not None else self.backoff * 2 ** (attempt - 1)
+                delay = min(delay, self.max_backoff) * (0.5 + random.random() / 2 if retry_after is None else 1.0)
+                log.debug("%s /%s attempt %d failed (%s); retrying in %.2fs", self.name, route, attempt, problem, delay)
+                await asyncio.sleep(delay)
+        raise VerifierError(
+            f"environment {self.name!r}: POST /{route} failed after {attempt} attempt(s): {problem}",
+            status_code=status,
+            route=route,
+        )
+
+
+# ---- helpers (public where the collector or tests use them) -----------------------------------------------------
+
+
+def complete_response(response: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """A Responses-API object with every field NeMo Gym validates (it answers 422 otherwise), without mutating.
+
+    Top level: `id`, `created_at`, `model`, `object`, `output`, `parallel_tool_calls` (true), `tool_choice`
+    ("auto"), `tools` (the row's `responses_create_params.tools`). Items: message `id`/`status`, `output_text`
+    `annotations`, reasoning `id`/`summary`; `usage` gets its token-detail objects.
+    """
+    params = row.get("responses_create_params") or {}
+    filled = dict(response)
+    filled["id"] = response.get("id") or f"resp_{uuid.uuid4().hex}"
+    filled["created_at"] = response.get("created_at") or int(time.time())
+    filled["model"] = response.get("model") or params.get("model") or "unknown"
+    filled["object"] = "response"
+    filled["output"] = [_complete_item(item) for item in response.get("output") or []]
+    if response.get("parallel_tool_calls") is None:
+        filled["parallel_tool_calls"] = params.get("parallel_tool_calls", True)
+    if response.get("tool_choice") is None:
+        filled["tool_choice"] = params.get("tool_choice") or "auto"
+    if response.get("tools") is None:
+        filled["tools"] = list(params.get("tools") or [])
+    usage = response.get("usage")
+    if usage is not None:
+        filled["usage"] = _complete_usage(usage)
+    return filled
+
+
+def _complete_item(item: dict[str, Any]) -> dict[str, Any]:
+    kind = item.get("type")
+    if kind == "message":
+        item = dict(item)
+        item.setdefault("id", f"msg_{uuid.uuid4().hex}")
+        item.setdefault("role", "assistant")
+        item["status"] = item.get("status") or "completed"
+        content = item.get("content")
+        if isinstance(content, str):
+            content = [{"type": "output_text", "text": content}]
+        item["content"] = [
+            {**part, "annotations": part.get("annotations") or []}
+            if isinstance(part, dict) and part.get("type") == "output_text"
+            else part
+            for part in content or []
+        ]
+    elif kind == "reasoning":
+        item = dict(item)
+        item.setdefault("id", f"rs_{uuid.uuid4().hex}")
+        item["summary"] = item.get("summary") or []
+    return item
+
+
+def _complete_usage(usage: Any) -> dict[str, Any] | None:
+    if not isinstance(usage, dict):
+        return None
+    filled = dict(usage)
+    filled["input_tokens"] = int(usage.get("input_tokens") or 0)
+    filled["output_tokens"] = int(usage.get("output_tokens") or 0)
+    filled["total_tokens"] = int(usage.get("total_tokens") or filled["input_tokens"] + filled["output_tokens"])
+    filled["input_tokens_details"] = usage.get("input_tokens_details") or {"cached_tokens": 0}
+    filled["output_tokens_details"] = usage.get("output_tokens_details") or {"reasoning_tokens": 0}
+    return filled
+
+
+def verify_extras(reply: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
+    """The verifier's own fields: the reply minus the echoed request and the collector's reserved keys."""
+    return {
+        key: value
+        for key, value in reply.items()
+        if key not in _ECHO_KEYS and key not in RESERVED_KEYS and not (key in sent and sent[key] == value)
+    }
+
+
+def update_cookies(session: SessionState, reply: httpx.Response) -> None:
+    """Apply the reply's Set-Cookie headers to the rollout's session (a Max-Age=0 cookie is deleted)."""
+    for header in reply.headers.get_list("set-cookie"):
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(header)
+        except CookieError:
+            log.warning("ignoring a malformed Set-Cookie header from %s", reply.request.url)
+            continue
+        for name, morsel in jar.items():
+            if morsel["max-age"] in ("0", "-1") or (morsel["expires"] and morsel.value == ""):
+                session.cookies.pop(name, None)
+            else:
+                session.cookies[name] = morsel.value
+
+
+def cookie_free_transport(limits: httpx.Limits | None = None) -> httpx.AsyncBaseTransport:
+    """An aiohttp-backed httpx transport whose aiohttp session keeps no cookies (sessions stay per rollout)."""
+    import aiohttp
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+    def make_session() -> aiohttp.ClientSession:  # called lazily, inside the running event loop
+        connector = aiohttp.TCPConnector(limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    return AiohttpTransport(limits=limits, client=make_session)
+
+
+def shares_cookies(http: httpx.AsyncClient) -> bool:
+    """Whether `http` runs on an aiohttp session with a real cookie jar (best effort; False when unsure)."""
+    aiohttp = sys.modules.get("aiohttp")
+    session = getattr(getattr(http, "_transport", None), "client", None)
+    if aiohttp is None or not isinstance(session, aiohttp.ClientSession):
+        return False
+    return not isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
+
+
+def _cookie_header(session: SessionState) -> dict[str, str]:
+    return {"cookie": session.cookie_header()} if session.cookies else {}
+
+
+def _json_object(reply: httpx.Response, route: str, env: str, *, required: bool) -> dict[str, Any]:
+    try:
+        data = reply.json() if reply.content else {}
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return data
+    if not required and not reply.content:
+        return {}
+    raise VerifierError(
+        f"environment {env!r}: /{route} answered {reply.status_code} with a body that is not a JSON object: "
+        f"{_snippet(reply.text)}",
+        status_code=reply.status_code,
+        route=route,
+    )
+
+
+def _retry_after(reply: httpx.Response) -> float | None:
+    value = reply.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _snippet(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= _BODY_IN_MESSAGE else text[:_BODY_IN_MESSAGE] + "…"

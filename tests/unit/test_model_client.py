@@ -1,0 +1,127 @@
+"""Model client: request mapping for both APIs, response parsing, and the retry policy (faults injected)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import httpx
+import pytest
+
+from rollouts.errors import ProviderError, ResponseParseError
+from rollouts.model import ModelClient, backoff_delay, chat_body, items_to_chat, parse_chat, parse_responses, responses_body
+
+ITEMS = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": [{"type": "input_text", "text": "What is 2+3?"}]},
+    {"type": "function_call", "call_id": "c1", "name": "calc", "arguments": '{"expression": "2+3"}'},
+    {"type": "function_call_output", "call_id": "c1", "output": "5"},
+    {"type": "reasoning", "summary": []},
+]
+TOOLS = [{"type": "function", "name": "calc", "description": "math", "parameters": {"type": "object"}}]
+
+
+def test_items_map_to_chat_messages_with_tool_calls():
+    assert items_to_chat(ITEMS) == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is 2+3?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": '{"expression": "2+3"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "5"},
+    ]
+
+
+def test_chat_body_maps_tools_sampling_and_token_requests():
+    body = chat_body("m", ITEMS[:2], {"tools": TOOLS, "tool_choice": "auto"}, {"temperature": 0.5, "max_output_tokens": 9, "seed": 3}, True)
+    assert body["tools"] == [{"type": "function", "function": {"name": "calc", "description": "math", "parameters": {"type": "object"}}}]
+    assert body["max_tokens"] == 9 and body["temperature"] == 0.5 and body["seed"] == 3 and body["tool_choice"] == "auto"
+    assert body["logprobs"] is True and body["return_token_ids"] is True
+
+
+def test_responses_body_passes_params_through_with_sampling_overrides():
+    body = responses_body("m", ITEMS[:2], {"input": "ignored", "tools": TOOLS, "temperature": 1.0, "stream": True}, {"temperature": 0.2}, False)
+    assert body == {"model": "m", "input": ITEMS[:2], "tools": TOOLS, "temperature": 0.2}
+
+
+def test_parse_chat_keeps_reasoning_tool_calls_tokens_and_usage():
+    call = parse_chat({"id": "x", "created": 5, "prompt_token_ids": [1, 2], "usage": {"prompt_tokens": 2, "completion_tokens": 3},
+                       "choices": [{"finish_reason": "tool_calls", "token_ids": [7, 8, 9],
+                                    "logprobs": {"content": [{"logprob": -0.1}, {"logprob": -0.2}, {"logprob": -0.3}]},
+                                    "message": {"role": "assistant", "content": "let me compute", "reasoning_content": "hmm",
+                                                "tool_calls": [{"id": "c9", "type": "function", "function": {"name": "calc", "arguments": "{}"}}]}}]})
+    assert [i["type"] for i in call.output] == ["reasoning", "message", "function_call"]
+    assert call.output[-1]["call_id"] == "c9" and call.output[-1]["generation_token_ids"] == [7, 8, 9]
+    assert call.output[-1]["prompt_token_ids"] == [1, 2] and call.output[-1]["generation_log_probs"] == [-0.1, -0.2, -0.3]
+    assert (call.input_tokens, call.output_tokens, call.finish_reason, call.created_at) == (2, 3, "tool_calls", 5)
+
+
+def test_parse_responses_derives_finish_reason():
+    out = [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]}]
+    assert parse_responses({"output": out, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}).finish_reason == "length"
+    assert parse_responses({"output": out + [{"type": "function_call", "name": "f"}]}).finish_reason == "tool_calls"
+    assert parse_responses({"output": out, "usage": {"input_tokens": 4, "output_tokens": 1}}).output_tokens == 1
+    with pytest.raises(ResponseParseError):
+        parse_responses({"nothing": True})
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap():
+    rng = random.Random(0)
+    delays = [backoff_delay(a, rng) for a in range(12)]
+    assert 0.25 <= delays[0] <= 0.5 and 2.0 <= delays[3] <= 4.0 and all(d <= 30.0 for d in delays)
+
+
+def client_with(responses: list, max_retries: int = 3) -> tuple[ModelClient, list]:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        item = responses[min(len(seen) - 1, len(responses) - 1)]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client = ModelClient(http, "http://model/v1", "m", "chat", max_retries=max_retries, rng=random.Random(0))
+    return client, seen
+
+
+OK = httpx.Response(200, json={"id": "a", "choices": [{"message": {"content": "42"}, "finish_reason": "stop"}],
+                               "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+
+async def test_retries_429_honouring_retry_after_then_5xx_then_succeeds(monkeypatch):
+    sleeps = []
+
+    async def fake_sleep(seconds):
+        sleeps.append(seconds)
+
+    monkeypatch.setattr("rollouts.model.asyncio.sleep", fake_sleep)
+    client, seen = client_with([httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(503),
+                                httpx.ConnectError("refused"), OK])
+    call = await client.create([{"role": "user", "content": "q"}], {}, {"temperature": 0})
+    assert call.attempts == 4 and len(seen) == 4
+    assert sleeps[0] == 7.0 and 0.5 <= sleeps[1] <= 1.0 and 1.0 <= sleeps[2] <= 2.0
+
+
+async def test_gives_up_after_max_retries_with_a_typed_error(monkeypatch):
+    async def no_sleep(_):
+        return None
+
+    monkeypatch.setattr("rollouts.model.asyncio.sleep", no_sleep)
+    client, seen = client_with([httpx.Response(500, text="overloaded")], max_retries=2)
+    with pytest.raises(ProviderError) as info:
+        await client.create([{"role": "user", "content": "q"}], {}, {})
+    assert info.value.status_code == 500 and info.value.attempts == 3 and len(seen) == 3
+
+
+async def test_client_errors_are_not_retried():
+    client, seen = client_with([httpx.Response(400, json={"error": {"message": "bad model"}})])
+    with pytest.raises(ProviderError, match="HTTP 400.*bad model") as info:
+        await client.create([{"role": "user", "content": "q"}], {}, {})
+    assert info.value.retryable is False and len(seen) == 1
+
+
+async def test_non_json_success_is_a_parse_error():
+    client, _ = client_with([httpx.Response(200, text="<html>")])
+    with pytest.raises(ResponseParseError, match="non-JSON"):
+        await client.create([{"role": "user", "content": "q"}], {}, {})
