@@ -83,7 +83,7 @@ def child(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parallel", type=int, action="append", help="settings to run (default 64, 256, 1024)")
-    parser.add_argument("--rollouts", type=int, help="rollouts per setting (default max(5000, 20 x parallel))")
+    parser.add_argument("--rollouts", type=int, help="rollouts per setting (default max(5000, 40 x parallel))")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--latency-ms", type=float, default=200)
     parser.add_argument("--shard-size", type=int, default=512)
@@ -103,7 +103,7 @@ def main() -> None:
     rows = []
     with start_sim_server(latency_ms=args.latency_ms, seed=0) as server:
         for parallel in settings:
-            rollouts = args.rollouts or max(5000, 20 * parallel)
+            rollouts = args.rollouts or max(5000, 40 * parallel)
             with tempfile.TemporaryDirectory() as work:
                 cmd = [sys.executable, __file__, "--child", "--parallel", str(parallel), "--rollouts", str(rollouts),
                        "--repeats", str(args.repeats), "--shard-size", str(args.shard_size),

@@ -24,6 +24,7 @@ from rollouts.envs import Environment, SessionState, build_environments
 from rollouts.errors import RolloutsError, error_record
 from rollouts.inputs import load_prompt
 from rollouts.limits import limiter_for
+from rollouts.loop import SHARED_CLIENTS
 from rollouts.model import ModelCall, ModelClient, http_client
 from rollouts.progress import BOARD
 from rollouts.records import RESERVED_KEYS, SCHEMA_VERSION, Prompt, dumps, input_messages, rollout_id
@@ -215,7 +216,9 @@ class ShardGenerator:
 async def generate_shard(run: RunRef, shard: str) -> ShardResult:
     config = run.config
     envs = build_environments(config.remote_env)
-    async with http_client(config.parallel, config.request_timeout, config.api_key()) as http:
+    api_key = config.api_key()
+    factory = lambda: http_client(config.parallel, config.request_timeout, api_key)  # noqa: E731
+    async with SHARED_CLIENTS.lease(f"{run.run_id}/{config.model_url}", factory) as http:
         return await ShardGenerator(run, shard, http, envs).run()
 
 

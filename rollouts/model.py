@@ -44,11 +44,11 @@ def http_client(limit: int, timeout: float, api_key: str | None = None) -> httpx
 
     Create it inside the task that uses it: a client is bound to the event loop it first ran on.
     """
-    from httpx_aiohttp import AiohttpTransport
+    from rollouts.envs.remote import cookie_free_transport  # per-rollout sessions of remote environments
 
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=httpx.Timeout(timeout), headers=headers)
+    return httpx.AsyncClient(transport=cookie_free_transport(limits), timeout=httpx.Timeout(timeout), headers=headers)
 
 
 # ----- request building -------------------------------------------------------------------------------------------

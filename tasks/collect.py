@@ -10,6 +10,7 @@ from rollouts import collect as core
 from rollouts import profile as profiling
 from rollouts.collect import RunRef, ShardRef, ShardResult
 from rollouts.config import CollectConfig
+from rollouts.loop import COLLECTOR_LOOP
 from rollouts.run import RunPlan, plan_run
 
 # Shard tasks are idempotent on their own output (they skip finished rollouts), so a Prefect retry is safe; the model
@@ -23,8 +24,9 @@ def shard_prompts(config: CollectConfig) -> RunPlan:
 
 
 @task(name="generate-shard", task_run_name="generate-{shard.shard}", **SHARD_TASK)
-async def generate_shard(run: RunRef, shard: ShardRef) -> ShardResult:
-    return await core.generate_shard(run, shard.shard)
+def generate_shard(run: RunRef, shard: ShardRef) -> ShardResult:
+    # All shards' requests share one event loop per process (see rollouts/loop.py for the measurements).
+    return COLLECTOR_LOOP.run(core.generate_shard(run, shard.shard))
 
 
 @task(name="verify-shard", task_run_name="verify-{shard.shard}", **SHARD_TASK)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -49,8 +49,8 @@ class SessionState:
 class Environment(ABC):
     """What a prompt is solved in: a verifier, and optionally tools and a per-rollout session."""
 
-    name: ClassVar[str] | str
-    remote: ClassVar[bool] | bool = False
+    name: str
+    remote: bool = False
 
     async def seed_session(self, row: dict[str, Any], http: httpx.AsyncClient) -> SessionState | None:
         """Start a per-rollout session before the first model call. Built-in environments have none."""
@@ -99,6 +99,7 @@ class BuiltinEnvironment(Environment):
 
 _BRACE_OR_ESCAPE = re.compile(r"[{}\\]")
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BARE_BOX_TOKEN = re.compile(r" +([^\s$]+)")
 
 
 def expected_value(row: dict[str, Any], env: str, keys: tuple[str, ...] = ("expected_answer",)) -> Any:
@@ -167,7 +168,7 @@ def last_boxed(text: str) -> tuple[str, int] | None:
                 return content, at
         elif after < len(text) and text[after] == " ":
             # `\boxed 5`: TeX takes one token; models write a short answer up to the next space or `$`.
-            token = re.match(r" +([^\s$]+)", text[after:])
+            token = _BARE_BOX_TOKEN.match(text, after)
             if token:
                 return token.group(1), at
         end = at

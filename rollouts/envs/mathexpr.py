@@ -27,11 +27,13 @@ class _Unsupported(Exception):
 
 _NUMBER = re.compile(r"\d+\.?\d*|\.\d+")
 _COMMAND = re.compile(r"\\([a-zA-Z]+)")
-_PLAIN_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_PLAIN_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE]([-+]?\d+))?")
 _SIMPLE_RATIO = re.compile(r"(-?\d+)/(\d+)")
 _SIMPLE_FRAC = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}")
 _MIXED_NUMBER = re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 _MAX_EXACT_POWER = 200
+_MAX_EXACT_BITS = 20_000  # ~6,000 digits: big enough for any real answer, small enough to stay microseconds
+_MAX_DECIMAL_EXPONENT = 1000
 
 
 def _to_float(v: Value) -> float:
@@ -84,6 +86,9 @@ def _pow(base: Value, exp: Value) -> Value:
             raise _Unsupported("exponent too large")
         if base == 0 and exp < 0:
             raise _Unsupported("division by zero")
+        size = max(base.numerator.bit_length(), base.denominator.bit_length())
+        if size * abs(exp.numerator) > _MAX_EXACT_BITS:
+            raise _Unsupported("result too large")
         return base**exp.numerator
     if type(exp) is Fraction and exp.denominator == 2 and exp.numerator == 1:
         return _root(base, 2)
@@ -253,7 +258,10 @@ class _Parser:
 @lru_cache(maxsize=1 << 16)
 def numeric_value(s: str) -> Value | None:
     """The value of a normalised answer without variables, or None (an exact Fraction whenever possible)."""
-    if _PLAIN_NUMBER.fullmatch(s):
+    plain = _PLAIN_NUMBER.fullmatch(s)
+    if plain:
+        if plain.group(1) and abs(int(plain.group(1))) > _MAX_DECIMAL_EXPONENT:
+            return None  # 1e999999999 would build a billion-digit integer
         return Fraction(s)
     ratio = _SIMPLE_RATIO.fullmatch(s)
     if ratio:
