@@ -71,15 +71,16 @@ def print_summary(summary: dict[str, Any]) -> None:
     for key, value in rows:
         table.add_row(key, "-" if value is None else str(value))
     console.print(table)
+    # Paths as plain lines, never wrapped, so they can be copied.
     run_url = summary.get("run_url")
-    console.print(f"rollouts:  {run_url}/rollouts/")
+    lines = [("rollouts", f"{run_url}/rollouts/")]
     if summary.get("rollouts_failed"):
-        console.print(f"failures:  {run_url}/failures/")
+        lines.append(("failures", f"{run_url}/failures/"))
     if summary.get("rejects"):
-        console.print(f"rejects:   {run_url}/rejects.jsonl")
-    console.print(f"profile:   {run_url}/profile/")
-    for objective, paths in (summary.get("outputs") or {}).items():
-        for path in paths:
-            console.print(f"{objective}:{' ' * max(1, 10 - len(objective))}{path}")
+        lines.append(("rejects", f"{run_url}/rejects.jsonl"))
+    lines.append(("profile", f"{run_url}/profile/"))
+    lines += [(objective, path) for objective, paths in (summary.get("outputs") or {}).items() for path in paths]
+    for label, path in lines:
+        print(f"{label + ':':<10} {path}", flush=True)
     if summary.get("reason"):
-        console.print(f"[red]{summary['reason']}[/red]")
+        console.print(f"[red]{summary['reason']}[/red]", soft_wrap=True)

@@ -1,0 +1,61 @@
+"""The `rollouts` command as a user runs it: help, the demo, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import math_rows, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+COLLECT_OPTIONS = ["--out", "--model-url", "--model", "--api", "--api-key-env", "--objective", "--num-repeats", "--parallel",
+                   "--temperature", "--top-p", "--max-output-tokens", "--seed", "--limit", "--start", "--end", "--shard-size",
+                   "--max-concurrent-shards", "--env", "--remote-env", "--run-name", "--request-timeout", "--max-retries",
+                   "--max-failure-fraction", "--return-tokens"]
+
+
+def rollouts(*args: str, api_url: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return subprocess.run([sys.executable, "-m", "rollouts.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_collect_help_documents_every_option():
+    out = rollouts("collect", "--help")
+    assert out.returncode == 0
+    for option in COLLECT_OPTIONS:
+        assert option in out.stdout, option
+
+
+def test_demo_collects_and_prints_where_everything_is(tmp_path, prefect_server):
+    out = rollouts("demo", "--out", str(tmp_path / "runs"), "--no-progress", api_url=prefect_server)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "demo"
+    assert f"rollouts:  {run}/rollouts/" in out.stdout
+    for objective in ("rl", "sft", "dpo"):
+        assert f"\n{objective}:" in out.stdout
+    rows = [json.loads(line) for f in (run / "rollouts").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert len(rows) == 64 * 4
+    assert 0.2 < sum(r["reward"] for r in rows) / len(rows) < 1.0  # temperature 0.8: real variance for filtering
+
+
+def test_collect_exit_codes_and_messages(tmp_path, sim, prefect_server):
+    missing = rollouts("collect", str(tmp_path / "nope.jsonl"), "--model-url", sim.url, "--model", "m",
+                       "--out", str(tmp_path), api_url=prefect_server)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    bad_url = rollouts("collect", "x.jsonl", "--model-url", "localhost:8000", "--model", "m")
+    assert bad_url.returncode == 2 and "--model-url" in bad_url.stderr and "http://" in bad_url.stderr
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(3))
+    ok = rollouts("collect", str(src), "--model-url", sim.url, "--model", "m", "--out", str(tmp_path / "runs"),
+                  "--num-repeats", "2", "--temperature", "0", "--run-name", "cli", "--no-progress", api_url=prefect_server)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "run completed" in ok.stdout and "6 / 6" in ok.stdout
+    with pytest.raises(AssertionError):
+        assert "Traceback" in ok.stderr
