@@ -36,10 +36,7 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     results = [state.result() for state in shard_states if state.is_completed()]
     broken = [shard.shard for shard, state in zip(plan.shards, shard_states, strict=True) if not state.is_completed()]
     profile = profile_run(run)
-    outputs = {}
-    for objective in config.objectives:
-        selection = filter_rollouts(run, objective)
-        outputs[objective] = format_training_data(run, selection)
+    outputs = {selection.objective: format_training_data(run, selection) for selection in filter_rollouts(run)}
     summary = finish_run(plan, results, broken, profile, outputs)
     if summary.status == "failed":
         raise RunFailedError(summary.reason, summary=summary.model_dump())

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rollouts.errors import ConfigError
+from rollouts.process.config import ProcessConfig
 
 Objective = Literal["rl", "sft", "dpo"]
 
@@ -75,7 +76,8 @@ class CollectConfig(BaseModel):
     max_failure_fraction: float = Field(0.05, ge=0.0, le=1.0)
     return_tokens: bool = False
     max_turns: int = Field(8, ge=1, description="Model calls per rollout when tools are called")
-    min_reward: float = 1.0
+    min_reward: float = Field(1.0, description="sft: keep rollouts with reward >= this")
+    train_options: dict[str, Any] = Field(default_factory=dict, description="filter/format options of `rollouts process` (see ProcessConfig)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for --out")
 
     @field_validator("objective", mode="before")
@@ -106,6 +108,17 @@ class CollectConfig(BaseModel):
         if self.end is not None and self.end <= self.start:
             raise ValueError(f"--end ({self.end}) must be greater than --start ({self.start})")
         return self
+
+    @model_validator(mode="after")
+    def _train_options(self) -> CollectConfig:
+        self.process_configs()  # fails here, before any rollout is generated, on a bad filter or format option
+        return self
+
+    def process_configs(self) -> list[ProcessConfig]:
+        """The filter/format options of each objective, as `rollouts process` takes them."""
+        options = {"min_reward": self.min_reward, **self.train_options}
+        formats = options.pop("formats", {}) or {}
+        return [ProcessConfig(objective=o, formats=tuple(formats.get(o, ())), **options) for o in self.objective]
 
     # Resolved sampling: explicit options win over the objective's preset.
     @property
