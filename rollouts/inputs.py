@@ -156,6 +156,3 @@ def parse_prompts(
 def prompt_line(prompt: Prompt) -> str:
     return dumps(prompt.model_dump())
 
-
-def load_prompt(line: str) -> Prompt:
-    return Prompt.model_validate_json(line)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 
 from rollouts.errors import ProviderError, ResponseParseError
 
@@ -21,6 +22,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 120.0
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -219,12 +221,13 @@ class ModelClient:
 
     async def create(self, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]) -> ModelCall:
         build = chat_body if self.api == "chat" else responses_body
-        body = build(self.model, items, params, sampling, self.return_tokens)
+        # Encoded once for every attempt; compact separators, no httpx re-encoding per try.
+        body = orjson.dumps(build(self.model, items, params, sampling, self.return_tokens))
         attempt = 0
         started = time.perf_counter()
         while True:
             try:
-                response = await self.http.post(self.url, json=body)
+                response = await self.http.post(self.url, content=body, headers=JSON_HEADERS)
             except httpx.TimeoutException as exc:
                 error = ProviderError(f"request timed out ({type(exc).__name__}) after retries", status_code=None, retryable=True)
                 delay = None
@@ -247,7 +250,7 @@ class ModelClient:
 
     def _parse(self, response: httpx.Response, attempts: int, started: float) -> ModelCall:
         try:
-            data = response.json()
+            data = orjson.loads(response.content)
         except ValueError as exc:
             raise ResponseParseError(f"endpoint returned non-JSON body: {response.text[:200]!r}", status_code=response.status_code, attempts=attempts) from exc
         if not isinstance(data, dict):

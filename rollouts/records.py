@@ -26,9 +26,9 @@ Output items follow the Responses API: `message` (content `output_text` parts), 
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 SCHEMA_VERSION = 1
@@ -99,5 +99,10 @@ def output_text(response: dict[str, Any] | None) -> str:
     return "".join(texts)
 
 
-def dumps(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+def dumps(row: Any) -> str:
+    """One compact JSON line. orjson: 5-10x faster than json on rollout rows, which the hot loop writes per rollout."""
+    return orjson.dumps(row).decode()
+
+
+def loads(text: str | bytes) -> Any:
+    return orjson.loads(text)
