@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rollouts.envs import parse_remote_env
 from rollouts.errors import ConfigError
 from rollouts.process.config import ProcessConfig
 
@@ -162,10 +163,5 @@ class CollectConfig(BaseModel):
 
 
 def parse_remote_envs(specs: list[str] | None) -> dict[str, str]:
-    envs: dict[str, str] = {}
-    for spec in specs or []:
-        name, sep, url = spec.partition("=")
-        if not sep or not name or not re.match(r"^https?://", url):
-            raise ConfigError(f"--remote-env expects NAME=URL with an http(s) URL, got {spec!r}")
-        envs[name] = url.rstrip("/")
-    return envs
+    """Repeated `--remote-env NAME=URL` options as a mapping (the last one of a name wins)."""
+    return dict(parse_remote_env(spec) for spec in specs or [])

@@ -100,7 +100,7 @@ def test_config_errors_are_clear():
         base_config(start=5, end=5)
     with pytest.raises(ValidationError):
         base_config(objective="ppo")
-    with pytest.raises(ConfigError, match="NAME=URL"):
+    with pytest.raises(ConfigError, match="expected NAME=URL"):
         parse_remote_envs(["judge"])
     assert parse_remote_envs(["judge=http://127.0.0.1:9/"]) == {"judge": "http://127.0.0.1:9"}
 
