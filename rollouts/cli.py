@@ -51,9 +51,19 @@ def add_collect_options(parser: argparse.ArgumentParser) -> None:
     add("--max-failure-fraction", type=float, default=0.05, help="the run fails when more rollouts than this fraction fail (default 0.05)")
     add("--return-tokens", action="store_true", help="ask for prompt/generation token ids and logprobs (vLLM return_token_ids)")
     add("--max-turns", type=int, default=8, help="model calls per rollout when a remote environment's tools are called (default 8)")
-    add("--min-reward", type=float, default=1.0, help="sft: keep rollouts with reward >= this (default 1.0)")
     add("--no-progress", action="store_true", help="no live progress bar (logs only)")
     add("--verbose", "-v", action="store_true", help="show Prefect's logs")
+    from rollouts.process.cli import add_filter_arguments
+
+    add_filter_arguments(parser, collect=True)
+
+
+def train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The filter and format options of `rollouts process`, for the flow's filter and format stages."""
+    from rollouts.process.cli import filter_options, parse_objectives_and_formats
+
+    _, formats = parse_objectives_and_formats(argparse.Namespace(objective=[args.objective], formats=args.formats))
+    return {**filter_options(args), "formats": {k: v for k, v in formats.items() if v}}
 
 
 def collect_config(args: argparse.Namespace):
@@ -68,7 +78,7 @@ def collect_config(args: argparse.Namespace):
         "env": args.env, "remote_env": parse_remote_envs(args.remote_env), "run_name": args.run_name,
         "request_timeout": args.request_timeout, "max_retries": args.max_retries,
         "max_failure_fraction": args.max_failure_fraction, "return_tokens": args.return_tokens,
-        "max_turns": args.max_turns, "min_reward": args.min_reward,
+        "max_turns": args.max_turns, "min_reward": args.min_reward, "train_options": train_options(args),
     }
     return CollectConfig(**fields)
 
@@ -135,12 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     sim = sub.add_parser("sim-server", help="serve the simulated OpenAI-compatible model", add_help=False)
     sim.set_defaults(func=None)
-    try:
-        from rollouts.process.cli import add_process_parser
-    except ImportError:  # pragma: no cover - the process package is optional at import time
-        pass
-    else:
-        add_process_parser(sub)
+    from rollouts.process.cli import add_process_parser
+
+    add_process_parser(sub)
     return parser
 
 

@@ -54,8 +54,15 @@ def test_collect_exit_codes_and_messages(tmp_path, sim, prefect_server):
     assert bad_url.returncode == 2 and "--model-url" in bad_url.stderr and "http://" in bad_url.stderr
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(3))
     ok = rollouts("collect", str(src), "--model-url", sim.url, "--model", "m", "--out", str(tmp_path / "runs"),
-                  "--num-repeats", "2", "--temperature", "0", "--run-name", "cli", "--no-progress", api_url=prefect_server)
+                  "--num-repeats", "2", "--temperature", "0", "--run-name", "cli", "--no-progress",
+                  "--objective", "rl,sft", "--format", "sft:trl-prompt-completion", "--advantage-scale", "none",
+                  api_url=prefect_server)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "run completed" in ok.stdout and "6 / 6" in ok.stdout
+    train = tmp_path / "runs" / "cli" / "train"
+    sft = [json.loads(line) for line in (train / "sft" / "trl-prompt-completion.jsonl").read_text().splitlines()]
+    assert len(sft) == 3 and all(set(r) >= {"prompt", "completion"} for r in sft)
+    assert not (train / "sft" / "openai.jsonl").exists()  # --format replaced the defaults
+    assert (train / "rl" / "rollouts.parquet").exists() and (train / "rl" / "data_card.md").exists()
     with pytest.raises(AssertionError):
         assert "Traceback" in ok.stderr
