@@ -1,0 +1,145 @@
+"""The data card: rows in and out, what each rule dropped and why, reward and pair distributions; JSON and markdown."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from .validate import BadRows
+
+HISTOGRAM_BINS = 10
+DISCRETE_VALUES = 12  # at most this many distinct values: count each value instead of binning
+
+
+class Distribution(BaseModel):
+    count: int = 0
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    p25: float | None = None
+    p50: float | None = None
+    p75: float | None = None
+    max: float | None = None
+    histogram: list[tuple[float, float, int]] = Field(default_factory=list)  # (low, high, count); low == high: a value
+
+
+def distribution(values: pl.Series) -> Distribution:
+    """Summary statistics and a histogram of a numeric series (nulls and NaN ignored)."""
+    s = values.cast(pl.Float64).drop_nulls().drop_nans()
+    if s.len() == 0:
+        return Distribution()
+    stats = s.to_frame("v").select(
+        mean=pl.col("v").mean(),
+        std=pl.col("v").std(),
+        min=pl.col("v").min(),
+        p25=pl.col("v").quantile(0.25, "nearest"),
+        p50=pl.col("v").quantile(0.5, "nearest"),
+        p75=pl.col("v").quantile(0.75, "nearest"),
+        max=pl.col("v").max(),
+    )
+    row = {k: (None if v is None else round(float(v), 6)) for k, v in stats.row(0, named=True).items()}
+    return Distribution(count=s.len(), histogram=_histogram(s), **row)
+
+
+def _histogram(s: pl.Series) -> list[tuple[float, float, int]]:
+    counts = s.value_counts(sort=False).sort(s.name or "")
+    if counts.height <= DISCRETE_VALUES:
+        return [(float(v), float(v), int(n)) for v, n in counts.iter_rows()]
+    lo, hi = float(s.min()), float(s.max())  # type: ignore[arg-type]
+    width = (hi - lo) / HISTOGRAM_BINS
+    bins = ((s - lo) / width).floor().clip(0, HISTOGRAM_BINS - 1).cast(pl.Int64).value_counts(sort=False)
+    by_bin = dict(bins.iter_rows())
+    return [(round(lo + i * width, 6), round(lo + (i + 1) * width, 6), int(by_bin.get(i, 0))) for i in range(HISTOGRAM_BINS)]
+
+
+class Drop(BaseModel):
+    rule: str
+    count: int
+    why: str
+
+
+class OutputFile(BaseModel):
+    format: str
+    path: str
+    rows: int
+    note: str | None = None
+
+
+class DataCard(BaseModel):
+    """What one objective's filter and format stages did. `unit` says what rows_out counts: rollouts or pairs."""
+
+    objective: str
+    unit: str = "rollouts"
+    inputs: list[str] = Field(default_factory=list)
+    config: dict[str, Any] = Field(default_factory=dict)
+    rows_read: int = 0
+    bad_rows: BadRows = Field(default_factory=BadRows)
+    rows_in: int = 0
+    rows_out: int = 0
+    groups_in: int = 0
+    groups_out: int = 0
+    dropped: list[Drop] = Field(default_factory=list)  # rows (rollouts), in rule order
+    group_drops: list[Drop] = Field(default_factory=list)  # whole groups (prompts)
+    pair_drops: list[Drop] = Field(default_factory=list)  # candidate pairs (DPO)
+    reward_before: Distribution = Field(default_factory=Distribution)
+    reward_after: Distribution = Field(default_factory=Distribution)
+    distributions: dict[str, Distribution] = Field(default_factory=dict)  # advantage, margin, pairs_per_prompt...
+    notes: list[str] = Field(default_factory=list)
+    outputs: list[OutputFile] = Field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        lines = [f"# Data card: {self.objective}", ""]
+        lines += [f"Inputs: {', '.join(f'`{i}`' for i in self.inputs)}", ""]
+        lines += ["| | count |", "| --- | ---: |"]
+        lines += [f"| rows read | {self.rows_read} |", f"| bad rows skipped | {self.bad_rows.count} |"]
+        lines += [f"| rollouts in | {self.rows_in} |", f"| groups (prompts) in | {self.groups_in} |"]
+        lines += [f"| {self.unit} out | {self.rows_out} |", f"| groups (prompts) out | {self.groups_out} |", ""]
+        if self.bad_rows.count:
+            lines += ["## Bad rows", "", "| reason | rows |", "| --- | ---: |"]
+            lines += [f"| {reason} | {n} |" for reason, n in self.bad_rows.by_reason.items()]
+            lines += ["", *[f"- `{e}`" for e in self.bad_rows.examples], ""]
+        for title, drops, unit in (
+            ("Dropped rollouts", self.dropped, "rollouts"),
+            ("Dropped groups", self.group_drops, "groups"),
+            ("Dropped pairs", self.pair_drops, "pairs"),
+        ):
+            if drops:
+                lines += [f"## {title}", "", f"| rule | {unit} | why |", "| --- | ---: | --- |"]
+                lines += [f"| {d.rule} | {d.count} | {d.why} |" for d in drops]
+                lines.append("")
+        dists = {"reward before": self.reward_before, "reward after": self.reward_after, **self.distributions}
+        lines += ["## Distributions", "", "| | count | mean | std | min | p25 | p50 | p75 | max |"]
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, d in dists.items():
+            cells = [d.count, d.mean, d.std, d.min, d.p25, d.p50, d.p75, d.max]
+            lines.append(f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |")
+        lines.append("")
+        for name, d in dists.items():
+            if d.histogram:
+                bins = ", ".join(f"{_cell(lo)}: {n}" if lo == hi else f"[{_cell(lo)}, {_cell(hi)}): {n}" for lo, hi, n in d.histogram)
+                lines.append(f"- {name} histogram: {bins}")
+        lines.append("")
+        if self.outputs:
+            lines += ["## Outputs", "", "| format | file | rows | note |", "| --- | --- | ---: | --- |"]
+            lines += [f"| {o.format} | `{o.path}` | {o.rows} | {o.note or ''} |" for o in self.outputs]
+            lines.append("")
+        if self.notes:
+            lines += ["## Notes", "", *[f"- {n}" for n in self.notes], ""]
+        options = ", ".join(f"{k}={v}" for k, v in self.config.items())
+        lines += ["## Options", "", f"`{options}`", ""]
+        return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def drops_from_counts(counts: dict[str, int], why: dict[str, str]) -> list[Drop]:
+    """Drops in the order of `why` (the rule order), leaving out rules that dropped nothing."""
+    return [Drop(rule=rule, count=counts[rule], why=text) for rule, text in why.items() if counts.get(rule)]

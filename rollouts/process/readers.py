@@ -1,0 +1,274 @@
+"""Find rollout inputs (runs, JSONL/Parquet files, globs; local or any fsspec URL) and load them into the rollout frame.
+
+Sources and groups: every run directory is one source (its rollouts/ and failures/ shards together), every other
+file is its own source. A group is (source, `_ng_task_index`), or (source, sha1 of the prompt) for rows without a
+task index.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InputError, StorageError
+from .frame import ROLLOUT_SCHEMA, empty_frame, parse_chunk, read_lines
+from .validate import BadRows, locate_bad_lines
+
+CHUNK_BYTES = 64 << 20
+PARQUET_ROWS = 50_000
+SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")  # not in-progress files such as shard.jsonl.tmp
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    url: str  # what the user sees in messages
+    path: str  # path for `fs`
+    source: str
+    parquet: bool
+    fs: fsspec.AbstractFileSystem
+
+
+class LoadedRollouts(BaseModel):
+    """The loaded frame (a Parquet directory when loaded with a workdir, else in memory) and what loading found."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    inputs: list[str]
+    files: int
+    rows_read: int  # lines with content, bad ones included
+    rows: int  # rows in the frame
+    bad_rows: BadRows
+    has_token_ids: bool
+    frame_uri: str | None = None
+    frame_data: pl.DataFrame | None = Field(default=None, exclude=True, repr=False)
+
+    def scan(self, columns: list[str] | None = None, storage_options: dict[str, Any] | None = None) -> pl.LazyFrame:
+        """The frame as a LazyFrame with ROLLOUT_SCHEMA (or the requested columns)."""
+        if self.frame_data is not None:
+            lf = self.frame_data.lazy()
+        elif self.frame_uri is None:
+            lf = empty_frame().lazy()
+        else:
+            lf = scan_parquet_dir(self.frame_uri, columns, storage_options)
+        return lf.select(columns) if columns else lf
+
+
+def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return path if "file" in protocols or "local" in protocols else fs.unstrip_protocol(path)
+
+
+def discover(inputs: list[str], storage_options: dict[str, Any] | None = None) -> list[InputFile]:
+    """Expand inputs into files: a run directory gives its rollouts/ and failures/ shards."""
+    if not inputs:
+        raise InputError("no input given")
+    found: list[InputFile] = []
+    for url in inputs:
+        try:
+            fs, path = url_to_fs(url, storage_options)
+            paths = sorted(fs.glob(path)) if _GLOB_CHARS & set(path) else [path]
+            if not paths:
+                raise InputError(f"{url}: no file matches this pattern")
+            for p in paths:
+                found.extend(_expand(fs, p, url))
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"{url}: cannot list input ({exc})") from exc
+    return found
+
+
+def _expand(fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[InputFile]:
+    if fs.isdir(path):
+        if not (fs.exists(f"{path}/manifest.json") or fs.isdir(f"{path}/rollouts")):
+            raise InputError(f"{url}: a directory but not a run (no manifest.json or rollouts/); pass files or a glob")
+        source = _display(fs, path.rstrip("/"))
+        shards = [p for sub in ("rollouts", "failures") for p in sorted(fs.glob(f"{path}/{sub}/*.jsonl*")) if p.endswith(SHARD_SUFFIXES)]
+        return [InputFile(_display(fs, p), p, source, False, fs) for p in shards]
+    if not fs.exists(path):
+        raise InputError(f"{url}: no such file or directory")
+    shown = _display(fs, path)
+    return [InputFile(shown, path, shown, path.endswith(".parquet"), fs)]
+
+
+def iter_jsonl_chunks(fs: fsspec.AbstractFileSystem, path: str, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(first line number, bytes of whole lines) blocks of a possibly compressed JSONL file."""
+    with fs.open(path, "rb", compression="infer") as f:
+        rest = b""
+        line = 1
+        while block := f.read(chunk_bytes):
+            data = rest + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            chunk, rest = data[: cut + 1], data[cut + 1 :]
+            yield line, chunk
+            line += chunk.count(b"\n")
+        if rest.strip():
+            yield line, rest + b"\n"
+
+
+def iter_parquet_chunks(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tuple[int, bytes]]:
+    """Rollout rows stored as Parquet, re-serialised to NDJSON blocks; 'line' is the 1-based row number."""
+    if _display(fs, path) == path:  # local: stream slices
+        rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+        slices = (pl.scan_parquet(path).slice(offset, PARQUET_ROWS).collect() for offset in range(0, rows, PARQUET_ROWS))
+    else:
+        with fs.open(path, "rb") as f:
+            table = pl.read_parquet(f)
+        slices = (table.slice(offset, PARQUET_ROWS) for offset in range(0, table.height, PARQUET_ROWS))
+    offset = 1
+    for part in slices:
+        yield offset, part.write_ndjson().encode()
+        offset += part.height
+
+
+def parse_or_locate(data: bytes, first_line: int, item: InputFile, bad: BadRows, skip: bool) -> pl.DataFrame:
+    """Parse a chunk; on a polars error find the bad lines in Python and parse the rest. Bad rows are counted
+    (skip) or the first one in file order raises an InputError naming file and line."""
+    rejected: list[tuple[int, str, str]] = []
+    try:
+        parsed = parse_chunk(data, read_lines(data, first_line), source=item.source, file=item.url)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError):
+        texts, rejected = _split_lines(data, first_line)
+        good, invalid = locate_bad_lines(texts)
+        rejected += invalid
+        parsed = _parse_good_lines(good, item)
+    problems = parsed.filter(pl.col("problem").is_not_null()).select("line", "problem").rows()
+    rejected += [(line, "unknown status" if p.startswith("unknown status") else p, p) for line, p in problems]
+    if rejected and not skip:
+        line, _, detail = min(rejected)
+        raise _row_error(item.url, line, detail)
+    for line, reason, detail in sorted(rejected):
+        bad.add(item.url, line, reason, detail)
+    return parsed.filter(pl.col("problem").is_null())
+
+
+def _parse_good_lines(good: list[tuple[int, str]], item: InputFile) -> pl.DataFrame:
+    if not good:
+        return empty_frame().with_columns(problem=pl.lit(None, pl.String))
+    body = "\n".join(text for _, text in good).encode() + b"\n"
+    lines = pl.DataFrame({"line": [n for n, _ in good], "raw": [t for _, t in good]}, schema={"line": pl.Int64, "raw": pl.String})
+    try:
+        return parse_chunk(body, lines, source=item.source, file=item.url)
+    except pl.exceptions.PolarsError as exc:
+        raise InputError(f"{item.url}: lines {good[0][0]}-{good[-1][0]}: cannot parse ({exc})") from None
+
+
+def _split_lines(data: bytes, first_line: int) -> tuple[list[tuple[int, str]], list[tuple[int, str, str]]]:
+    """Non-blank (line, text) pairs, and the lines that are not UTF-8 as rejects."""
+    out: list[tuple[int, str]] = []
+    rejected: list[tuple[int, str, str]] = []
+    for i, raw in enumerate(data.split(b"\n")):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            rejected.append((first_line + i, "not UTF-8", f"not valid UTF-8 at byte {exc.start}"))
+            continue
+        if text.strip():
+            out.append((first_line + i, text))
+    return out, rejected
+
+
+def _row_error(file: str, line: int, reason: str) -> InputError:
+    return InputError(
+        f"{file}:{line}: {reason} (fix the row, or skip and count bad rows with --skip-bad-rows / skip_bad_rows=True)",
+        file=file,
+        line=line,
+    )
+
+
+def scan_parquet_dir(uri: str, columns: list[str] | None, storage_options: dict[str, Any] | None) -> pl.LazyFrame:
+    fs, path = url_to_fs(uri, storage_options)
+    parts = sorted(fs.glob(f"{path}/*.parquet"))
+    if not parts:
+        return empty_frame().lazy()
+    if _display(fs, path) == path:
+        return pl.scan_parquet(parts)
+    frames = []
+    for part in parts:
+        with fs.open(part, "rb") as f:
+            frames.append(pl.read_parquet(f, columns=columns))
+    return pl.concat(frames).lazy()
+
+
+class FrameSink:
+    """Collects parsed chunks: Parquet parts under `<workdir>/frame-<id>/` (bounded memory), or in memory."""
+
+    def __init__(self, workdir: str | None, storage_options: dict[str, Any] | None) -> None:
+        self.parts: list[pl.DataFrame] = []
+        self.rows = 0
+        self.has_token_ids = False
+        self.uri: str | None = None
+        if workdir is not None:
+            self.fs, base = url_to_fs(workdir, storage_options)
+            self.dir = f"{base.rstrip('/')}/frame-{uuid.uuid4().hex[:8]}"
+            self.fs.makedirs(self.dir, exist_ok=True)
+            self.uri = f"{workdir.rstrip('/')}/{self.dir.rsplit('/', 1)[1]}"
+
+    def add(self, part: pl.DataFrame) -> None:
+        if part.height == 0:
+            return
+        part = part.select(list(ROLLOUT_SCHEMA)).with_columns(row=pl.int_range(self.rows, self.rows + part.height, dtype=pl.Int64))
+        self.has_token_ids = self.has_token_ids or part["generation_token_ids"].null_count() < part.height
+        if self.uri is None:
+            self.parts.append(part)
+        else:
+            with self.fs.open(f"{self.dir}/part-{len(self.parts):05d}.parquet", "wb") as f:
+                part.write_parquet(f, compression="lz4")
+            self.parts.append(part.clear())
+        self.rows += part.height
+
+    def frame(self) -> pl.DataFrame | None:
+        if self.uri is not None:
+            return None
+        return pl.concat(self.parts) if self.parts else empty_frame()
+
+
+def load_rollouts(
+    inputs: list[str],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    skip_bad_rows: bool = False,
+    workdir: str | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> LoadedRollouts:
+    """Read every input into the rollout frame. With `workdir`, the frame is written there as Parquet parts and the
+    result is small enough to pass between Prefect tasks."""
+    files = discover(inputs, storage_options)
+    bad = BadRows()
+    sink = FrameSink(workdir, storage_options)
+    rows_read = 0
+    for item in files:
+        fs = item.fs
+        chunks = iter_parquet_chunks(fs, item.path) if item.parquet else iter_jsonl_chunks(fs, item.path, chunk_bytes)
+        try:
+            for first_line, data in chunks:
+                before = bad.count
+                part = parse_or_locate(data, first_line, item, bad, skip_bad_rows)
+                rows_read += part.height + bad.count - before
+                sink.add(part)
+        except OSError as exc:
+            raise StorageError(f"{item.url}: cannot read ({exc})") from exc
+    if rows_read == 0:
+        raise InputError(f"no rollout rows in {', '.join(inputs)}")
+    return LoadedRollouts(
+        inputs=list(inputs),
+        files=len(files),
+        rows_read=rows_read,
+        rows=sink.rows,
+        bad_rows=bad,
+        has_token_ids=sink.has_token_ids,
+        frame_uri=sink.uri,
+        frame_data=sink.frame(),
+    )

@@ -1,0 +1,70 @@
+"""RL selection: successful rollouts with group reward statistics and advantages, after the dynamic-sampling filter.
+
+advantage = (reward - group mean) / (scale + 1e-6), with scale the group's sample std (`group`), the sample std of
+all kept rewards (`batch`), or no scaling at all (`none`, no epsilon either). A group of one rollout has std 0.
+Advantages of a group sum to 0 (up to float error) under every scale.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .card import DataCard, distribution, drops_from_counts
+from .config import ProcessConfig
+
+ADVANTAGE_EPS = 1e-6
+COLUMNS = ["row", "group_id", "status", "reward"]
+ROW_RULES = {"failed": "the rollout failed (no reward): RL keeps only successful rollouts"}
+GROUP_RULES = {
+    "uniform_rewards": "all rewards of the group equal within the tolerance: no learning signal",
+    "mean_out_of_range": "group mean reward outside --keep-mean-between",
+}
+
+
+def select_rl(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.DataFrame:
+    """Kept rows: row, group_id, reward, advantage, group_mean, group_std, group_size."""
+    df = frame.select(COLUMNS).collect()
+    card.rows_in = df.height
+    ok = df.filter(pl.col("status") == "ok")
+    card.dropped = drops_from_counts({"failed": df.height - ok.height}, ROW_RULES)
+    card.reward_before = distribution(ok["reward"])
+
+    ok = ok.with_columns(
+        group_mean=pl.col("reward").mean().over("group_id"),
+        group_std=pl.col("reward").std(ddof=1).over("group_id").fill_null(0.0),
+        group_size=pl.len().over("group_id").cast(pl.Int32),
+        spread=(pl.col("reward").max() - pl.col("reward").min()).over("group_id"),
+    )
+    rule = pl.lit(None, pl.String)
+    if config.drop_uniform_groups:
+        rule = pl.when(pl.col("spread") <= config.uniform_tolerance).then(pl.lit("uniform_rewards")).otherwise(rule)
+    if config.keep_mean_between is not None:
+        lo, hi = config.keep_mean_between
+        outside = (pl.col("group_mean") < lo) | (pl.col("group_mean") > hi)
+        rule = pl.when(rule.is_null() & outside).then(pl.lit("mean_out_of_range")).otherwise(rule)
+    ok = ok.with_columns(group_rule=rule)
+
+    groups = ok.group_by("group_id").agg(pl.col("group_rule").first())
+    card.groups_in = groups.height
+    group_counts = dict(groups.drop_nulls("group_rule")["group_rule"].value_counts().iter_rows())
+    card.group_drops = drops_from_counts(group_counts, GROUP_RULES)
+    kept = ok.filter(pl.col("group_rule").is_null())
+    card.groups_out = card.groups_in - sum(group_counts.values())
+    card.notes.append(f"{card.groups_out} of {card.groups_in} groups passed the dynamic-sampling filter")
+
+    centered = pl.col("reward") - pl.col("group_mean")
+    if config.advantage_scale == "group":
+        advantage = centered / (pl.col("group_std") + ADVANTAGE_EPS)
+    elif config.advantage_scale == "batch":
+        batch_std = kept["reward"].std(ddof=1) if kept.height > 1 else 0.0
+        advantage = centered / ((batch_std or 0.0) + ADVANTAGE_EPS)  # type: ignore[operator]
+    else:
+        advantage = centered
+    kept = kept.with_columns(advantage=advantage).select(
+        "row", "group_id", "reward", "advantage", "group_mean", "group_std", "group_size"
+    )
+    card.rows_out = kept.height
+    card.reward_after = distribution(kept["reward"])
+    card.distributions["advantage"] = distribution(kept["advantage"])
+    card.distributions["group_size"] = distribution(kept.group_by("group_id").agg(pl.len())["len"])
+    return kept

@@ -1,0 +1,75 @@
+"""SFT selection: rows that pass the row rules, de-duplicated, best-of-n per prompt.
+
+Rules run in this order and a dropped row is counted under the first rule that drops it: failed, length-truncated
+(unless kept), below --min-reward, over --max-turns, over --max-output-tokens, duplicate completion of the same prompt
+(the best-rewarded copy stays), outside the top --per-prompt of its prompt. Ranking within a prompt: reward
+descending, then rollout index, then input order.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from .card import DataCard, distribution, drops_from_counts
+from .config import ProcessConfig
+
+COLUMNS = ["row", "group_id", "status", "reward", "finish_reason", "num_turns", "output_tokens", "completion_key", "rollout_index"]
+RULES = {
+    "failed": "the rollout failed (no reward)",
+    "length_truncated": "finish reason `length`: the completion was cut off (--keep-length-truncated keeps it)",
+    "below_min_reward": "reward below --min-reward",
+    "too_many_turns": "more model turns than --max-turns",
+    "too_many_output_tokens": "more output tokens than --max-output-tokens",
+    "duplicate": "same completion as a better-ranked rollout of the same prompt",
+    "not_best_of_n": "outside the top --per-prompt rollouts of its prompt",
+}
+
+
+def row_rules(config: ProcessConfig, *, sft: bool) -> pl.Expr:
+    """The first row rule that drops each row (null: kept), shared with DPO's candidate rules."""
+    rule = pl.when(pl.col("status") != "ok").then(pl.lit("failed"))
+    if not config.keep_length_truncated:
+        rule = rule.when(pl.col("finish_reason") == "length").then(pl.lit("length_truncated"))
+    if sft and config.min_reward is not None:
+        rule = rule.when(pl.col("reward") < config.min_reward).then(pl.lit("below_min_reward"))
+    if sft and config.max_turns is not None:
+        rule = rule.when(pl.col("num_turns") > config.max_turns).then(pl.lit("too_many_turns"))
+    if sft and config.max_output_tokens is not None:
+        rule = rule.when(pl.col("output_tokens") > config.max_output_tokens).then(pl.lit("too_many_output_tokens"))
+    return rule.otherwise(pl.lit(None, pl.String))
+
+
+def ranked(df: pl.DataFrame) -> pl.DataFrame:
+    """Rows ordered best first within each group, with `rank` (1 = best)."""
+    df = df.sort(["group_id", "reward", "rollout_index", "row"], descending=[False, True, False, False], nulls_last=True)
+    return df.with_columns(rank=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32))
+
+
+def mark_duplicates(df: pl.DataFrame, rule: str = "rule") -> pl.DataFrame:
+    """On ranked rows: a kept row whose completion already appeared better-ranked in its group is a duplicate."""
+    live = df.filter(pl.col(rule).is_null())
+    dup = live.filter(~pl.col("completion_key").is_first_distinct().over("group_id"))["row"]
+    return df.with_columns(pl.when(pl.col("row").is_in(dup.implode())).then(pl.lit("duplicate")).otherwise(pl.col(rule)).alias(rule))
+
+
+def select_sft(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.DataFrame:
+    """Kept rows: row, group_id, reward, rank (1 = best of its prompt)."""
+    df = frame.select(COLUMNS).collect().with_columns(rule=row_rules(config, sft=True))
+    card.rows_in = df.height
+    card.groups_in = df["group_id"].n_unique()
+    card.reward_before = distribution(df.filter(pl.col("status") == "ok")["reward"])
+    df = ranked(df)
+    if config.drop_duplicates:
+        df = mark_duplicates(df)
+    live = df.filter(pl.col("rule").is_null())
+    live = live.with_columns(rank=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32))
+    cut = live.filter(pl.col("rank") > config.per_prompt)["row"]
+    df = df.with_columns(pl.when(pl.col("row").is_in(cut.implode())).then(pl.lit("not_best_of_n")).otherwise(pl.col("rule")).alias("rule"))
+    counts = dict(df.drop_nulls("rule")["rule"].value_counts().iter_rows())
+    card.dropped = drops_from_counts(counts, RULES)
+    kept = live.filter(pl.col("rank") <= config.per_prompt).select("row", "group_id", "reward", "rank").sort("row")
+    card.rows_out = kept.height
+    card.groups_out = kept["group_id"].n_unique()
+    card.reward_after = distribution(kept["reward"])
+    card.distributions["rollouts_per_prompt"] = distribution(kept.group_by("group_id").agg(pl.len())["len"])
+    return kept
