@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from prefect.artifacts import Artifact
 
 from flows.collect import collect_rollouts
 from rollouts.config import CollectConfig
@@ -64,6 +65,13 @@ def test_collects_verified_rollouts_rejects_bad_rows_and_writes_training_files(t
     assert profile["rollouts"] == 48 and profile["rewards"]["math"]["count"] == 48
     assert profile["timings_ms"]["total_ms"]["p50"] > 0
     assert set(summary.outputs) == {"rl", "sft", "dpo"} and all(summary.outputs.values())
+    sft = read_jsonl(run / "train" / "sft" / "openai.jsonl")
+    assert len(sft) == len({r["_ng_task_index"] for r in rollouts if r["reward"] == 1.0})  # best-of-n, reward >= 1
+    assert all(m["role"] in {"system", "user", "assistant"} for r in sft for m in r["messages"])
+    histogram = Artifact.get("reward-histogram")
+    assert histogram is not None and "math: 48 rollouts" in histogram.data
+    card = Artifact.get("data-card-sft")
+    assert card is not None and "Data card: sft" in card.data
 
 
 def test_retries_injected_faults_then_records_what_still_fails(tmp_path):
