@@ -18,7 +18,7 @@ import polars as pl
 
 from .card import DataCard, distribution, drops_from_counts
 from .config import ProcessConfig
-from .sft import mark_duplicates, ranked, row_rules
+from .sft import judged
 
 COLUMNS = ["row", "group_id", "status", "reward", "finish_reason", "completion_key", "rollout_index", "output_tokens", "output_chars"]
 MAX_JOIN_ROWS = 8_000_000  # candidate pairs materialised at once; bigger inputs are joined in batches of groups
@@ -47,13 +47,7 @@ PAIR_COLUMNS = ["group_id", "chosen_row", "rejected_row", "chosen_reward", "reje
 def select_dpo(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.DataFrame:
     """Pairs: group_id, chosen_row, rejected_row, chosen_reward, rejected_reward, margin, pair_rank (1 = first)."""
     card.unit = "pairs"
-    df = frame.select(COLUMNS).collect().with_columns(rule=row_rules(config, sft=False))
-    card.rows_in = df.height
-    card.groups_in = df["group_id"].n_unique()
-    card.reward_before = distribution(df.filter(pl.col("status") == "ok")["reward"])
-    df = ranked(df)
-    if config.drop_duplicates:
-        df = mark_duplicates(df)
+    df = judged(frame, COLUMNS, config, card, sft=False)
     card.dropped = drops_from_counts(dict(df.drop_nulls("rule")["rule"].value_counts().iter_rows()), ROW_RULES)
     cands = df.filter(pl.col("rule").is_null()).drop("rule")
     cands = cands.with_columns(

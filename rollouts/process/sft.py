@@ -52,15 +52,20 @@ def mark_duplicates(df: pl.DataFrame, rule: str = "rule") -> pl.DataFrame:
     return df.with_columns(pl.when(pl.col("row").is_in(dup.implode())).then(pl.lit("duplicate")).otherwise(pl.col(rule)).alias(rule))
 
 
-def select_sft(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.DataFrame:
-    """Kept rows: row, group_id, reward, rank (1 = best of its prompt)."""
-    df = frame.select(COLUMNS).collect().with_columns(rule=row_rules(config, sft=True))
+def judged(frame: pl.LazyFrame, columns: list[str], config: ProcessConfig, card: DataCard, *, sft: bool) -> pl.DataFrame:
+    """The rows with their row-rule verdict (`rule`, null = kept), ranked in their group, duplicates marked; the
+    card's input figures filled. Shared by SFT and DPO, whose candidates pass the same row rules."""
+    df = frame.select(columns).collect().with_columns(rule=row_rules(config, sft=sft))
     card.rows_in = df.height
     card.groups_in = df["group_id"].n_unique()
     card.reward_before = distribution(df.filter(pl.col("status") == "ok")["reward"])
     df = ranked(df)
-    if config.drop_duplicates:
-        df = mark_duplicates(df)
+    return mark_duplicates(df) if config.drop_duplicates else df
+
+
+def select_sft(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.DataFrame:
+    """Kept rows: row, group_id, reward, rank (1 = best of its prompt)."""
+    df = judged(frame, COLUMNS, config, card, sft=True)
     live = df.filter(pl.col("rule").is_null())
     live = live.with_columns(rank=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32))
     cut = live.filter(pl.col("rank") > config.per_prompt)["row"]
