@@ -54,7 +54,10 @@ class InflightLimiter:
                 loop, future = self._waiters.popleft()
                 if loop.is_closed():
                     continue
-                loop.call_soon_threadsafe(self._grant, future)
+                if _running_loop() is loop:  # same loop: no self-pipe write and wake-up
+                    loop.call_soon(self._grant, future)
+                else:
+                    loop.call_soon_threadsafe(self._grant, future)
                 return
             self._free += 1
 
@@ -63,6 +66,13 @@ class InflightLimiter:
             self.release()
         else:
             future.set_result(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 _limiters: dict[str, InflightLimiter] = {}

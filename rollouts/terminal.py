@@ -18,7 +18,7 @@ class _Stats(ProgressColumn):
     def render(self, task: Task) -> Text:
         snap = BOARD.snapshot()
         reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
-        return Text(f"{snap.rate:7.1f} rollouts/s  reward {reward}  failed {snap.failed}")
+        return Text(f"{snap.rate:6.0f}/s reward {reward} failed {snap.failed}")
 
 
 class ProgressDisplay:
@@ -44,7 +44,7 @@ class ProgressDisplay:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        columns = [TextColumn("[bold]rollouts"), BarColumn(), MofNCompleteColumn(), _Stats(), TimeElapsedColumn()]
+        columns = [TextColumn("[bold]rollouts"), BarColumn(bar_width=24), MofNCompleteColumn(), _Stats(), TimeElapsedColumn()]
         with Progress(*columns, console=self.console, transient=False, refresh_per_second=4) as progress:
             task = progress.add_task("collect", total=None)
             while not self._stop.wait(self.refresh_s):
