@@ -13,8 +13,8 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -28,6 +28,7 @@ from rollouts.progress import BOARD
 from rollouts.records import RESERVED_KEYS, SCHEMA_VERSION, Prompt, dumps, input_messages, loads, rollout_id
 from rollouts.storage import Store
 
+T = TypeVar("T")
 SESSION_KEY = "_session"  # remote environments' session cookies, kept on generation records until verified
 
 
@@ -67,6 +68,15 @@ def read_records(store: Store, *parts: str) -> Iterator[dict[str, Any]]:
             yield loads(line)
         except ValueError:
             continue  # a torn line from a crash: the rollout is simply redone
+
+
+async def cooperative(items: Iterable[T], every: int = 32) -> AsyncIterator[T]:
+    """Iterate, giving the event loop a turn every `every` items: verification shares the loop with generation,
+    and a long CPU stretch there would hold back every response waiting to be read."""
+    for index, item in enumerate(items):
+        if index % every == 0:
+            await asyncio.sleep(0)
+        yield item
 
 
 def read_prompts(store: Store, shard: str) -> list[Prompt]:
@@ -246,11 +256,11 @@ async def verify_shard(run: RunRef, shard: str) -> ShardResult:
     config = run.config
     store = run_store(run)
     latest: dict[str, dict[str, Any]] = {}
-    for record in read_records(store, "generations", f"{shard}.jsonl"):
+    async for record in cooperative(read_records(store, "generations", f"{shard}.jsonl")):
         latest[record["rollout_id"]] = record
     result = ShardResult(shard=shard)
     verified: set[str] = set()
-    for record in read_records(store, "rollouts", f"{shard}.jsonl"):
+    async for record in cooperative(read_records(store, "rollouts", f"{shard}.jsonl")):
         verified.add(record["rollout_id"])
         result.rollouts += 1
         result.reward_sum += record.get("reward") or 0.0
@@ -273,7 +283,7 @@ async def verify_shard(run: RunRef, shard: str) -> ShardResult:
     try:
         local = [r for r in todo if not envs[r["agent_ref"]["name"]].remote]
         remote = [r for r in todo if envs[r["agent_ref"]["name"]].remote]
-        for record in local:  # in-process verifiers are cheap: no task per rollout, no client
+        async for record in cooperative(local):  # in-process verifiers are cheap: no task per rollout, no client
             land(await _verify_one(envs[record["agent_ref"]["name"]], record, None))
         if remote:
             async with http_client(config.parallel, config.request_timeout) as http:

@@ -12,11 +12,25 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import gc
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def relax_garbage_collection() -> None:
+    """Collect cyclic garbage less often while rollouts are collected.
+
+    Each rollout allocates a few hundred short-lived objects, freed by reference counting. With CPython's default
+    thresholds (700, 10, 10) that triggers a full collection every ~70,000 allocations, which walks the whole heap
+    (Prefect, pydantic models, the run's records) and stalls every response waiting on the loop. Measured at
+    --parallel 256 against a 200 ms server: 0.80-0.83 of ideal throughput with the defaults, 0.90-0.92 with
+    (10000, 20, 100), and 0.71 -> 0.59 ms of collector CPU per rollout.
+    """
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, 10_000), max(gen1, 20), max(gen2, 100))
 
 
 class BackgroundLoop:
@@ -28,6 +42,7 @@ class BackgroundLoop:
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None or self._loop.is_closed():
+                relax_garbage_collection()
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name=self.name, daemon=True)
                 thread.start()
