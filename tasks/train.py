@@ -20,8 +20,10 @@ def filter_rollouts(run: RunRef) -> list[Selection]:
     store = run_store(run)
     store.remove("train", ".work")  # an earlier attempt's intermediate frame: rebuilt from the rollouts
     workdir = join(run.run_url, "train", ".work")
-    loaded = load_rollouts([run.run_url], storage_options=options, workdir=workdir)
-    return [select(loaded, config, workdir=workdir, storage_options=options) for config in run.config.process_configs()]
+    configs = run.config.process_configs()
+    skip_bad_rows = any(config.skip_bad_rows for config in configs)
+    loaded = load_rollouts([run.run_url], storage_options=options, workdir=workdir, skip_bad_rows=skip_bad_rows)
+    return [select(loaded, config, workdir=workdir, storage_options=options) for config in configs]
 
 
 @task(name="format-training-data", task_run_name="format-{selection.objective}", **STAGE_TASK)
