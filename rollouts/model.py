@@ -41,7 +41,8 @@ class ModelCall:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def http_client(limit: int, timeout: float, api_key: str | None = None) -> httpx.AsyncClient:
+def http_client(limit: int, timeout: float, api_key: str | None = None,
+                transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """An AsyncClient over aiohttp (plain httpx's pool scans every connection per queued request, encode/httpx#3215).
 
     Create it inside the task that uses it: a client is bound to the event loop it first ran on.
@@ -50,7 +51,8 @@ def http_client(limit: int, timeout: float, api_key: str | None = None) -> httpx
 
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    return httpx.AsyncClient(transport=cookie_free_transport(limits), timeout=httpx.Timeout(timeout), headers=headers)
+    return httpx.AsyncClient(transport=transport or cookie_free_transport(limits), timeout=httpx.Timeout(timeout),
+                             headers=headers)
 
 
 # ----- request building -------------------------------------------------------------------------------------------

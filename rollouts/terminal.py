@@ -44,6 +44,9 @@ class ProgressDisplay:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
+        if not self.console.is_terminal:  # CI logs, files: a plain line every so often instead of a live bar
+            self._plain_lines()
+            return
         columns = [TextColumn("[bold]rollouts"), BarColumn(bar_width=24), MofNCompleteColumn(), _Stats(), TimeElapsedColumn()]
         with Progress(*columns, console=self.console, transient=False, refresh_per_second=4) as progress:
             task = progress.add_task("collect", total=None)
@@ -52,6 +55,15 @@ class ProgressDisplay:
                 progress.update(task, total=snap.total or None, completed=snap.resumed + snap.done)
             snap = BOARD.snapshot()
             progress.update(task, total=snap.total or None, completed=snap.resumed + snap.done)
+
+
+    def _plain_lines(self, every_s: float = 10.0) -> None:
+        while not self._stop.wait(every_s):
+            snap = BOARD.snapshot()
+            if snap.total:
+                reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
+                print(f"rollouts {snap.resumed + snap.done}/{snap.total}  {snap.rate:.0f}/s  reward {reward}  "
+                      f"failed {snap.failed}", file=sys.stderr, flush=True)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

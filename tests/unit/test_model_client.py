@@ -125,3 +125,27 @@ async def test_non_json_success_is_a_parse_error():
     client, _ = client_with([httpx.Response(200, text="<html>")])
     with pytest.raises(ResponseParseError, match="non-JSON"):
         await client.create([{"role": "user", "content": "q"}], {}, {})
+
+
+async def test_api_key_from_the_named_environment_variable_is_sent_as_bearer(monkeypatch):
+    from rollouts.config import CollectConfig
+    from rollouts.errors import ConfigError
+
+    config = CollectConfig(input="p.jsonl", model_url="http://x/v1", model="m", api_key_env="MY_KEY")
+    monkeypatch.delenv("MY_KEY", raising=False)
+    with pytest.raises(ConfigError, match="MY_KEY"):
+        config.api_key()
+    monkeypatch.setenv("MY_KEY", "sk-test")
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers)
+        return OK
+
+    from rollouts.model import http_client
+
+    http = http_client(4, 10, config.api_key(), transport=httpx.MockTransport(handler))
+    client = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0)
+    await client.create([{"role": "user", "content": "q"}], {}, {})
+    await http.aclose()
+    assert seen[0]["authorization"] == "Bearer sk-test" and seen[0]["content-type"] == "application/json"
