@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from rollouts.errors import ProviderError, ResponseParseError
+from rollouts.errors import ConfigError, ProviderError, ResponseParseError
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.5
@@ -53,6 +53,22 @@ def http_client(limit: int, timeout: float, api_key: str | None = None,
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     return httpx.AsyncClient(transport=transport or cookie_free_transport(limits), timeout=httpx.Timeout(timeout),
                              headers=headers)
+
+
+def check_endpoint(base_url: str, api_key: str | None, timeout: float = 15.0) -> None:
+    """Fail fast, before any prompt is sharded, when the model server is unreachable or refuses the key.
+
+    `GET /models` is cheap on vLLM, SGLang and OpenAI; a server without it (404/405) is given the benefit of the doubt.
+    """
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(f"{base_url}/models", headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach the model server at {base_url} ({type(exc).__name__}: {exc}); "
+                          "is it running, and is --model-url right (it usually ends in /v1)?") from exc
+    if response.status_code in (401, 403):
+        raise ConfigError(f"the model server at {base_url} refused the request (HTTP {response.status_code}): "
+                          "check the key in --api-key-env")
 
 
 # ----- request building -------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from rollouts.collect import RunRef, ShardRef
 from rollouts.config import CollectConfig
 from rollouts.envs import known_environment_names
 from rollouts.errors import ConfigError, InputError
+from rollouts.model import check_endpoint
 from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.progress import BOARD
 from rollouts.records import SCHEMA_VERSION, dumps
@@ -52,6 +53,7 @@ def plan_run(config: CollectConfig) -> RunPlan:
 
 
 def _plan(config: CollectConfig) -> RunPlan:
+    check_endpoint(config.model_url, config.api_key())
     in_digest = input_digest(config.input, config.storage_options)
     digest = config.digest(in_digest)
     name = config.run_name or default_run_name(config.input, digest)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import math_rows, write_jsonl
+from tests.integration.conftest import free_port, math_rows, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECT_OPTIONS = ["--out", "--model-url", "--model", "--api", "--api-key-env", "--objective", "--num-repeats", "--parallel",
@@ -50,6 +50,9 @@ def test_collect_exit_codes_and_messages(tmp_path, sim, prefect_server):
     missing = rollouts("collect", str(tmp_path / "nope.jsonl"), "--model-url", sim.url, "--model", "m",
                        "--out", str(tmp_path), api_url=prefect_server)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    down = rollouts("collect", str(write_jsonl(tmp_path / "q.jsonl", math_rows(1))), "--model-url",
+                    f"http://127.0.0.1:{free_port()}/v1", "--model", "m", "--out", str(tmp_path), api_url=prefect_server)
+    assert down.returncode == 2 and "cannot reach the model server" in down.stderr
     bad_url = rollouts("collect", "x.jsonl", "--model-url", "localhost:8000", "--model", "m")
     assert bad_url.returncode == 2 and "--model-url" in bad_url.stderr and "http://" in bad_url.stderr
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(3))
