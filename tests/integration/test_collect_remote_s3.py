@@ -14,6 +14,7 @@ import pytest
 
 from flows.collect import collect_rollouts
 from rollouts.config import CollectConfig
+from rollouts.process import ProcessConfig, process
 from rollouts.sim.launch import start_sim_server
 from tests.integration.conftest import math_rows, run_rows, write_jsonl
 from tests.servers.resources_server import start_resources_server
@@ -83,6 +84,15 @@ def test_run_written_to_s3_and_read_back(tmp_path, sim, s3_endpoint):
     assert json.loads(fs.cat("runs/team/s3run/manifest.json"))["status"] == "completed"
     assert json.loads(fs.cat("runs/team/s3run/rejects.jsonl").decode().splitlines()[0])["line"] == 6
     assert fs.exists("runs/team/s3run/profile/profile.json")
+    sft = [json.loads(line) for line in fs.cat("runs/team/s3run/train/sft/openai.jsonl").decode().splitlines()]
+    assert len(sft) == 5 and all(r["messages"][-1]["role"] == "assistant" for r in sft)
+    assert fs.exists("runs/team/s3run/train/rl/rollouts.parquet") and fs.exists("runs/team/s3run/train/rl/data_card.json")
+    # `rollouts process` reads the run from S3 and writes its training files back there
+    result = process(["s3://runs/team/s3run"], ProcessConfig(objective="rl", formats=("jsonl",), advantage_scale="none"),
+                     "s3://runs/reprocessed")
+    rl_rows = [json.loads(line) for line in fs.cat("runs/reprocessed/rl/rollouts.jsonl").decode().splitlines()]
+    assert result.rows == {"jsonl": 15} and len(rl_rows) == 15
+    assert all(abs(r["advantage"] - (r["reward"] - r["group_mean"])) < 1e-9 for r in rl_rows)
     # resume against S3: nothing new is generated and nothing is duplicated
     again = collect_rollouts(cfg)
     assert again.rollouts_ok == 15
