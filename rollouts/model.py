@@ -17,6 +17,7 @@ import httpx
 import orjson
 
 from rollouts.errors import ConfigError, ProviderError, ResponseParseError
+from rollouts.process.formats import chat_tools
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.5
@@ -114,21 +115,10 @@ def items_to_chat(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
-def tools_to_chat(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    chat_tools = []
-    for tool in tools:
-        if "function" in tool:
-            chat_tools.append(tool)
-        elif tool.get("type", "function") == "function":
-            fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
-            chat_tools.append({"type": "function", "function": fn})
-    return chat_tools
-
-
 def chat_body(model: str, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any], return_tokens: bool) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": items_to_chat(items)}
     if params.get("tools"):
-        body["tools"] = tools_to_chat(params["tools"])
+        body["tools"] = chat_tools(params["tools"])
         if "tool_choice" in params:
             body["tool_choice"] = params["tool_choice"]
         if "parallel_tool_calls" in params:

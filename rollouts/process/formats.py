@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import orjson
+from rollouts import records
+from rollouts.records import dumps
+
 
 Flavor = Literal["openai", "trl"]
 Message = dict[str, Any]
@@ -26,12 +28,7 @@ class ConversionError(ValueError):
 
 
 def loads(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON, non-ASCII kept as is (what json.dumps(ensure_ascii=False, separators=(",", ":")) gives)."""
-    return orjson.dumps(value).decode()
+    return None if text is None else records.loads(text)
 
 
 def content_text(content: Any) -> str:

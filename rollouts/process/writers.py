@@ -17,7 +17,8 @@ import polars as pl
 from ..errors import InputError, StorageError
 from .card import DataCard, OutputFile
 from .config import ProcessConfig
-from .formats import Conversation, ConversionError, chat_tools, completion_text, dumps, loads, prompt_messages, prompt_text
+from ..records import dumps
+from .formats import Conversation, ConversionError, chat_tools, completion_text, loads, prompt_messages, prompt_text
 from .readers import LoadedRollouts, url_to_fs
 
 BATCH_ROWS = 20_000
