@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from importlib import resources
@@ -21,6 +22,16 @@ def prefect_defaults(verbose: bool = False) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def add_collect_options(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +62,8 @@ def add_collect_options(parser: argparse.ArgumentParser) -> None:
     add("--max-failure-fraction", type=float, default=0.05, help="the run fails when more rollouts than this fraction fail (default 0.05)")
     add("--return-tokens", action="store_true", help="ask for prompt/generation token ids and logprobs (vLLM return_token_ids)")
     add("--max-turns", type=int, default=8, help="model calls per rollout when a remote environment's tools are called (default 8)")
+    add("--storage-options", type=_json_object, metavar="JSON", default={},
+        help="fsspec options for --out and an s3:// INPUT, e.g. '{\"client_kwargs\": {\"endpoint_url\": \"http://minio:9000\"}}'")
     add("--no-progress", action="store_true", help="no live progress bar (logs only)")
     add("--verbose", "-v", action="store_true", help="show Prefect's logs")
     from rollouts.process.cli import add_filter_arguments
@@ -79,6 +92,7 @@ def collect_config(args: argparse.Namespace):
         "request_timeout": args.request_timeout, "max_retries": args.max_retries,
         "max_failure_fraction": args.max_failure_fraction, "return_tokens": args.return_tokens,
         "max_turns": args.max_turns, "min_reward": args.min_reward, "train_options": train_options(args),
+        "storage_options": args.storage_options,
     }
     return CollectConfig(**fields)
 
