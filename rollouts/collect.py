@@ -1,6 +1,6 @@
 """The collection loop of one shard: generate rollouts concurrently, then verify them; both resumable and append-only.
 
-Files of a shard (see DESIGN.md for the run layout):
+Files of a shard (the whole run layout is in the README):
     shards/<id>.jsonl        the shard's prompts (written once by the sharding stage)
     generations/<id>.jsonl   every generation outcome, appended as it finishes (the last record of a rollout wins)
     rollouts/<id>.jsonl      verified rollouts, appended as they are scored; a rollout is never written twice
