@@ -54,6 +54,11 @@ def add_collect_options(parser: argparse.ArgumentParser) -> None:
     add("--end", type=int, help="stop before this input row")
     add("--shard-size", type=int, default=256, help="prompts per shard; one Prefect task run per shard and stage (default 256)")
     add("--max-concurrent-shards", type=int, default=4, help="shard tasks running at once: the task runner's limit (default 4)")
+    add("--task-runner", choices=["threads", "dask"], default="threads",
+        help="run shard tasks on threads of this process (default) or on a Dask cluster")
+    add("--dask-address", metavar="tcp://HOST:8786", help="scheduler of an existing Dask cluster (default: start a local one)")
+    add("--dask-workers", type=int, default=2,
+        help="Dask worker processes: started locally, or expected at --dask-address; --parallel is split between them (default 2)")
     add("--env", default="math", help="environment for rows without agent_ref: math, exact_match, multiple_choice or a --remote-env name (default math)")
     add("--remote-env", action="append", metavar="NAME=URL", help="a NeMo Gym resources server scoring rows whose agent_ref.name is NAME (repeatable)")
     add("--run-name", help="name of the run directory (default: input name + digest of config and input)")
@@ -88,6 +93,7 @@ def collect_config(args: argparse.Namespace):
         "parallel": args.parallel, "temperature": args.temperature, "top_p": args.top_p,
         "max_output_tokens": args.max_output_tokens, "seed": args.seed, "limit": args.limit, "start": args.start,
         "end": args.end, "shard_size": args.shard_size, "max_concurrent_shards": args.max_concurrent_shards,
+        "task_runner": args.task_runner, "dask_address": args.dask_address, "dask_workers": args.dask_workers,
         "env": args.env, "remote_env": parse_remote_envs(args.remote_env), "run_name": args.run_name,
         "request_timeout": args.request_timeout, "max_retries": args.max_retries,
         "max_failure_fraction": args.max_failure_fraction, "return_tokens": args.return_tokens,

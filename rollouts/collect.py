@@ -130,7 +130,7 @@ class ShardGenerator:
         self.client = ModelClient(http, self.config.model_url, self.config.model, self.config.api,
                                   max_retries=self.config.max_retries, return_tokens=self.config.return_tokens,
                                   rng=random.Random(f"{run.run_id}/{shard}"))
-        self.limiter = limiter_for(run.run_id, self.config.parallel)
+        self.limiter = limiter_for(run.run_id, self.config.parallel_per_process)
 
     def _todo(self, prompts: list[Prompt], done: set[str], previous: dict[str, int]) -> Iterator[tuple[Prompt, int, str, int]]:
         for prompt in prompts:
@@ -164,7 +164,7 @@ class ShardGenerator:
                 BOARD.add(generated=int(ok), failed=int(not ok))
 
         try:
-            await asyncio.gather(*(worker() for _ in range(min(self.config.parallel, pending))))
+            await asyncio.gather(*(worker() for _ in range(min(self.config.parallel_per_process, pending))))
         finally:
             appender.commit()
         return result
@@ -226,7 +226,7 @@ async def generate_shard(run: RunRef, shard: str) -> ShardResult:
     config = run.config
     envs = build_environments(config.remote_env)
     api_key = config.api_key()
-    factory = lambda: http_client(config.parallel, config.request_timeout, api_key)  # noqa: E731
+    factory = lambda: http_client(config.parallel_per_process, config.request_timeout, api_key)  # noqa: E731
     async with SHARED_CLIENTS.lease(f"{run.run_id}/{config.model_url}", factory) as http:
         return await ShardGenerator(run, shard, http, envs).run()
 
@@ -286,14 +286,14 @@ async def verify_shard(run: RunRef, shard: str) -> ShardResult:
         async for record in cooperative(local):  # in-process verifiers are cheap: no task per rollout, no client
             land(await _verify_one(envs[record["agent_ref"]["name"]], record, None))
         if remote:
-            async with http_client(config.parallel, config.request_timeout) as http:
+            async with http_client(config.parallel_per_process, config.request_timeout) as http:
                 queue = iter(remote)
 
                 async def worker() -> None:
                     for record in queue:
                         land(await _verify_one(envs[record["agent_ref"]["name"]], record, http))
 
-                await asyncio.gather(*(worker() for _ in range(min(config.parallel, len(remote)))))
+                await asyncio.gather(*(worker() for _ in range(min(config.parallel_per_process, len(remote)))))
     finally:
         appender.commit()
     for record in failures:

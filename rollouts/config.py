@@ -68,7 +68,10 @@ class CollectConfig(BaseModel):
     start: int = Field(0, ge=0, description="First input row (0-based, counting every non-blank line)")
     end: int | None = Field(None, ge=0, description="Stop before this input row")
     shard_size: int = Field(256, ge=1, description="Prompts per shard (one task run each)")
-    max_concurrent_shards: int = Field(4, ge=1, description="Shard tasks running at once (task-runner limit)")
+    max_concurrent_shards: int = Field(4, ge=1, description="Shard tasks running at once per process (task-runner limit)")
+    task_runner: Literal["threads", "dask"] = Field("threads", description="threads in this process, or a Dask cluster")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (default: start a local one)")
+    dask_workers: int = Field(2, ge=1, description="Dask worker processes: started locally, or expected at --dask-address")
     env: str = Field("math", description="Environment for rows without agent_ref")
     remote_env: dict[str, str] = Field(default_factory=dict, description="NAME -> NeMo Gym resources server URL")
     run_name: str | None = None
@@ -122,6 +125,15 @@ class CollectConfig(BaseModel):
         return [ProcessConfig(objective=o, formats=tuple(formats.get(o, ())), **options) for o in self.objective]
 
     # Resolved sampling: explicit options win over the objective's preset.
+    @property
+    def processes(self) -> int:
+        """Collector processes sharing `parallel`: each runs its own loop and holds its share of the slots."""
+        return self.dask_workers if self.task_runner == "dask" else 1
+
+    @property
+    def parallel_per_process(self) -> int:
+        return max(1, -(-self.parallel // self.processes))
+
     @property
     def objectives(self) -> list[str]:
         return list(self.objective)

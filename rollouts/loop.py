@@ -62,6 +62,11 @@ class BackgroundLoop:
 COLLECTOR_LOOP = BackgroundLoop()
 
 
+def run_on_collector_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """`COLLECTOR_LOOP.run`, as a module function: task code that calls it pickles by reference (Dask workers)."""
+    return COLLECTOR_LOOP.run(coro)
+
+
 class SharedClients:
     """Clients leased by key (the run) on one event loop, so consecutive shards reuse warm connections.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -63,9 +64,19 @@ class ProgressBoard:
             self.verified += verified
             self.reward_sum += reward
 
+    def add_shard(self, result: Any) -> None:
+        """A whole shard at once (a ShardResult), for shards that ran in another process."""
+        self.add(generated=result.rollouts, failed=result.failed, verified=result.rollouts, reward=result.reward_sum)
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(self.total, self.generated, self.verified, self.failed, self.reward_sum, self.started, self.resumed)
 
 
 BOARD = ProgressBoard()
+
+
+def count_shard(result: Any) -> None:
+    """BOARD.add_shard as a module function: the flow calls it, and Dask pickles the flow's code by value, where a
+    reference to BOARD itself would drag its lock along."""
+    BOARD.add_shard(result)

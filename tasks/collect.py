@@ -10,7 +10,7 @@ from rollouts import collect as core
 from rollouts import profile as profiling
 from rollouts.collect import RunRef, ShardRef, ShardResult
 from rollouts.config import CollectConfig
-from rollouts.loop import COLLECTOR_LOOP
+from rollouts.loop import run_on_collector_loop
 from rollouts.run import RunPlan, plan_run
 
 # Shard tasks are idempotent on their own output (they skip finished rollouts), so a Prefect retry is safe; the model
@@ -26,14 +26,14 @@ def shard_prompts(config: CollectConfig) -> RunPlan:
 @task(name="generate-shard", task_run_name="generate-{shard.shard}", **SHARD_TASK)
 def generate_shard(run: RunRef, shard: ShardRef) -> ShardResult:
     # All shards' requests share one event loop per process (see rollouts/loop.py for the measurements).
-    return COLLECTOR_LOOP.run(core.generate_shard(run, shard.shard))
+    return run_on_collector_loop(core.generate_shard(run, shard.shard))
 
 
 @task(name="verify-shard", task_run_name="verify-{shard.shard}", **SHARD_TASK)
 def verify_shard(run: RunRef, shard: ShardRef) -> ShardResult:
     # On the same loop as generation, in cooperative slices: from its own thread it would hold the GIL in 5 ms
     # stretches while responses wait (p90 model latency 285 ms against a 200 ms server at --parallel 256).
-    return COLLECTOR_LOOP.run(core.verify_shard(run, shard.shard))
+    return run_on_collector_loop(core.verify_shard(run, shard.shard))
 
 
 @task(name="profile-run", cache_policy=NO_CACHE, persist_result=False)

@@ -160,3 +160,15 @@ def test_empty_input_fails_fast(tmp_path, sim):
     assert state.is_failed()
     with pytest.raises(Exception, match="empty"):
         state.result()
+
+
+def test_dask_task_runner_splits_parallel_between_worker_processes(tmp_path):
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
+    with start_sim_server(latency_ms=30, seed=6) as server:
+        summary = collect_rollouts(config(tmp_path, src, server.url, task_runner="dask", dask_workers=2, parallel=8,
+                                          shard_size=3, max_concurrent_shards=2, run_name="dask"))
+        stats = server.stats()
+    rollouts = run_rows(Path(summary.run_url), "rollouts")
+    assert summary.status == "completed" and len(rollouts) == 48 == len({r["rollout_id"] for r in rollouts})
+    assert all(r["reward"] in (0.0, 1.0) for r in rollouts)
+    assert stats["max_in_flight"] <= 8  # 4 per worker process, never the full budget in each
