@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from rollouts.errors import InputError, RowError
@@ -103,14 +102,6 @@ def normalise_row(raw: Any) -> dict[str, Any]:
     if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
         raise RowError(f"`_ng_task_index` must be a non-negative integer, got {index!r}")
     return row
-
-
-@dataclass
-class ShardingStats:
-    rows_read: int = 0
-    prompts: int = 0
-    rejects: int = 0
-    shards: list[int] = field(default_factory=list)  # prompts per shard
 
 
 def parse_prompts(

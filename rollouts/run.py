@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import time
@@ -80,14 +79,12 @@ def _plan(config: CollectConfig) -> RunPlan:
 
 def shard_prompts(run: RunRef, store: Store) -> tuple[list[ShardRef], int, int]:
     config = run.config
-    rejects: list[str] = []
+    rejects: list[dict[str, Any]] = []
     lines = iter_lines(config.input, config.storage_options)
     prompts = parse_prompts(lines, default_env=config.env, known_envs=known_environment_names(config.remote_env),
-                            start=config.start, end=config.end, limit=config.limit,
-                            on_reject=lambda r: rejects.append(dumps(r)))
+                            start=config.start, end=config.end, limit=config.limit, on_reject=rejects.append)
     shards: list[ShardRef] = []
     batch: list[str] = []
-    total = 0
 
     def cut() -> None:
         shard = f"{len(shards):05d}"
@@ -97,23 +94,18 @@ def shard_prompts(run: RunRef, store: Store) -> tuple[list[ShardRef], int, int]:
 
     for prompt in prompts:
         batch.append(prompt_line(prompt))
-        total += 1
         if len(batch) >= config.shard_size:
             cut()
     if batch:
         cut()
-    store.write_lines(rejects, "rejects.jsonl")
+    store.write_lines((dumps(r) for r in rejects), "rejects.jsonl")
+    total = sum(s.prompts for s in shards)
     if total == 0:
         if not rejects:
             raise InputError(f"input {config.input!r} has no prompt rows in the selected range: it is empty or --start/--end/--limit select nothing")
         raise InputError(f"input {config.input!r} has no valid prompt rows: all {len(rejects)} were rejected "
-                         f"(see {store.url('rejects.jsonl')}; first error, line {_first(rejects)})")
+                         f"(see {store.url('rejects.jsonl')}; first error, line {rejects[0]['line']}: {rejects[0]['error']})")
     return shards, total, len(rejects)
-
-
-def _first(rejects: list[str]) -> str:
-    first = json.loads(rejects[0])
-    return f"{first['line']}: {first['error']}"
 
 
 def write_manifest(store: Store, run: RunRef, in_digest: str | None = None, **fields: Any) -> dict[str, Any]:
