@@ -34,7 +34,7 @@ def write_prompts(path: Path, prompts: int) -> None:
 
 def child(args: argparse.Namespace) -> None:
     """One measured collection; prints a JSON line."""
-    from rollouts.cli import prefect_defaults
+    from commands.collect import prefect_defaults
 
     prefect_defaults()
     from prefect.settings import temporary_settings

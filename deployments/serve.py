@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rollouts.cli import prefect_defaults  # noqa: E402
+from commands.collect import prefect_defaults  # noqa: E402
 
 if __name__ == "__main__":
     prefect_defaults(verbose=True)

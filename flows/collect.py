@@ -1,7 +1,7 @@
 """The `collect-rollouts` flow: shard prompts -> generate -> verify -> profile -> filter -> format."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Prefect builds the flow's parameter model from the real annotation,
+# and a string annotation leaves it "not fully defined" in a worker process that runs a deployment.
 import contextlib
 from collections.abc import Iterator
 
@@ -12,9 +12,13 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
 from rollouts.outcome import RunSummary, finish_run
-from rollouts.progress import count_shard
-from tasks.collect import generate_shard, profile_run, shard_prompts, verify_shard
-from tasks.train import filter_rollouts, format_training_data
+from rollouts.runtime import collector
+from tasks.filter import filter_rollouts
+from tasks.format import format_training_data
+from tasks.generate import generate_shard
+from tasks.profile import profile_run
+from tasks.shard import shard_prompts
+from tasks.verify import verify_shard
 
 
 @contextlib.contextmanager
@@ -25,19 +29,20 @@ def shard_runners(config: CollectConfig) -> Iterator[tuple[TaskRunner, TaskRunne
     shard's generation, so generation of the next shards goes on meanwhile. Dask: one runner for both (a verify task
     waits in Dask's graph without holding a worker thread), `--dask-workers` processes of that many threads each.
     """
-    if config.task_runner == "dask":
+    c = config.concurrency
+    if c.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
-        if config.dask_address:
-            runner = DaskTaskRunner(address=config.dask_address)
+        if c.dask_address:
+            runner = DaskTaskRunner(address=c.dask_address)
         else:
-            runner = DaskTaskRunner(cluster_kwargs={"n_workers": config.dask_workers, "processes": True,
-                                                    "threads_per_worker": config.max_concurrent_shards,
+            runner = DaskTaskRunner(cluster_kwargs={"n_workers": c.dask_workers, "processes": True,
+                                                    "threads_per_worker": c.max_concurrent_shards,
                                                     "dashboard_address": None})
         with runner:
             yield runner, runner
         return
-    width = config.max_concurrent_shards
+    width = c.max_concurrent_shards
     with ThreadPoolTaskRunner(max_workers=width) as generators, ThreadPoolTaskRunner(max_workers=width) as verifiers:
         yield generators, verifiers
 
@@ -59,7 +64,7 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
             future.wait()
             update_progress_artifact(progress, progress=100.0 * done / len(verified))
             if config.processes > 1 and future.state.is_completed():  # workers' counters live in their processes
-                count_shard(future.result())
+                collector().board.add_shard(future.result())
         shard_states = [future.state for future in verified]
     results = [state.result() for state in shard_states if state.is_completed()]
     broken = [shard.shard for shard, state in zip(plan.shards, shard_states, strict=True) if not state.is_completed()]

@@ -1,4 +1,9 @@
-"""CollectConfig: every option of a collection run, as one frozen pydantic model (CLI, Prefect UI and deployments alike)."""
+"""CollectConfig: every option of a collection run as one frozen, typed pydantic model, in sections.
+
+It is the `collect-rollouts` flow's one parameter (the Prefect UI's run form shows each field with its type, default
+and description), `rollouts collect`'s options are generated from its fields, and the manifest stores it. Fields
+marked IDENTITY decide which rollouts exist and what they contain: they and the input's content digest name the run.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,17 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rollouts.envs import parse_remote_env
 from rollouts.errors import ConfigError
-from rollouts.process.config import ProcessConfig
+from rollouts.options import IDENTITY, Cli, identity_fields
+from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, TrainConfig
 
-Objective = Literal["rl", "sft", "dpo"]
+__all__ = ["SAMPLING_PRESETS", "CollectConfig", "ConcurrencyConfig", "EndpointConfig", "EnvironmentConfig",
+           "Objective", "RowsConfig", "SamplingConfig", "StorageConfig", "TrainConfig", "parse_remote_envs"]
 
 # NeMo Gym's sampling guidance per objective; explicit options override these.
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
@@ -23,75 +30,28 @@ SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
     "dpo": {"temperature": 0.7, "top_p": 1.0, "num_repeats": 4},
 }
 
-# Fields that decide which rollouts exist and what they contain: they make up the run digest.
-# The input is identified by its content digest, not its path. Everything else (output place, parallelism, retries, filters) can change between a run and its resume.
-_IDENTITY_FIELDS = (
-    "model",
-    "api",
-    "num_repeats",
-    "temperature",
-    "top_p",
-    "max_output_tokens",
-    "seed",
-    "limit",
-    "start",
-    "end",
-    "shard_size",
-    "env",
-    "remote_env",
-    "return_tokens",
-    "max_turns",
-)
-
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
-class CollectConfig(BaseModel):
-    """Options of `rollouts collect` and parameters of the `collect-rollouts` flow."""
+class EndpointConfig(BaseModel):
+    """The model server and how requests to it are made."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = _FROZEN
 
-    input: str = Field(description="Prompts JSONL: local path or fsspec URL (s3://...)")
-    out: str = Field("./runs", description="Where runs are written: local path or fsspec URL (s3://...)")
     model_url: str = Field(description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    model: str = Field(description="Model name sent in each request")
-    api: Literal["chat", "responses"] = "chat"
-    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key")
-    objective: list[Objective] = Field(default_factory=lambda: ["rl"], description="rl|sft|dpo; several (rl,sft) give several training sets; the first sets sampling defaults")
-    num_repeats: int | None = Field(None, ge=1, description="Rollouts per prompt (default from the objective)")
-    parallel: int = Field(256, ge=1, description="Global number of rollouts in flight")
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_output_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
-    limit: int | None = Field(None, ge=1, description="Use at most this many prompts (after --start/--end)")
-    start: int = Field(0, ge=0, description="First input row (0-based, counting every non-blank line)")
-    end: int | None = Field(None, ge=0, description="Stop before this input row")
-    shard_size: int = Field(256, ge=1, description="Prompts per shard (one task run each)")
-    max_concurrent_shards: int = Field(4, ge=1, description="Shard tasks running at once per process (task-runner limit)")
-    task_runner: Literal["threads", "dask"] = Field("threads", description="threads in this process, or a Dask cluster")
-    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (default: start a local one)")
-    dask_workers: int = Field(2, ge=1, description="Dask worker processes: started locally, or expected at --dask-address")
-    env: str = Field("math", description="Environment for rows without agent_ref")
-    remote_env: dict[str, str] = Field(default_factory=dict, description="NAME -> NeMo Gym resources server URL")
-    run_name: str | None = None
-    request_timeout: float = Field(600.0, gt=0)
-    max_retries: int = Field(4, ge=0)
-    max_failure_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    return_tokens: bool = False
-    max_turns: int = Field(8, ge=1, description="Model calls per rollout when tools are called")
-    min_reward: float = Field(1.0, description="sft: keep rollouts with reward >= this")
-    train_options: dict[str, Any] = Field(default_factory=dict, description="filter/format options of `rollouts process` (see ProcessConfig)")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for --out")
-
-    @field_validator("objective", mode="before")
-    @classmethod
-    def _objectives(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list) and not value:
-            raise ValueError("--objective needs at least one of rl, sft, dpo")
-        return list(dict.fromkeys(value)) if isinstance(value, list) else value
+    model: Annotated[str, IDENTITY] = Field(description="model name sent with each request, e.g. Qwen/Qwen3-8B")
+    api: Annotated[Literal["chat", "responses"], IDENTITY] = Field(
+        "chat", description="Chat Completions or the Responses API")
+    api_key_env: Annotated[str | None, Cli(metavar="VAR")] = Field(
+        None, description="environment variable that holds the API key (sent as a Bearer token)")
+    request_timeout: float = Field(600.0, gt=0, description="seconds per model request")
+    max_retries: int = Field(
+        4, ge=0, description="retries per request on 429/5xx/connection errors/timeouts, exponential backoff with "
+                             "jitter, Retry-After honoured")
+    return_tokens: Annotated[bool, IDENTITY] = Field(
+        False, description="ask for prompt/generation token ids and logprobs (vLLM return_token_ids), kept as "
+                           "prompt_token_ids, generation_token_ids, generation_log_probs")
 
     @field_validator("model_url")
     @classmethod
@@ -100,6 +60,137 @@ class CollectConfig(BaseModel):
             raise ValueError(f"--model-url must start with http:// or https:// (got {value!r})")
         return value.rstrip("/")
 
+
+class SamplingConfig(BaseModel):
+    """Sampling: explicit values override the rows' own `responses_create_params`; the objective's preset fills the rest."""
+
+    model_config = _FROZEN
+
+    num_repeats: Annotated[int | None, IDENTITY] = Field(
+        None, ge=1, description="rollouts per prompt (default: rl 8, sft 2, dpo 4)")
+    temperature: Annotated[float | None, IDENTITY] = Field(
+        None, ge=0.0, le=2.0, description="sampling temperature; overrides the rows' value (default: rl 1.0, sft 0.2, dpo 0.7)")
+    top_p: Annotated[float | None, IDENTITY] = Field(
+        None, gt=0.0, le=1.0, description="nucleus sampling; overrides the rows' value (default 1.0)")
+    max_output_tokens: Annotated[int | None, IDENTITY] = Field(
+        None, ge=1, description="output token limit per model call; overrides the rows' value")
+    seed: Annotated[int | None, IDENTITY] = Field(None, description="sampling seed; rollout i of a prompt is sent seed + i")
+
+
+class RowsConfig(BaseModel):
+    """Which input rows are used (for splitting a dataset across machines)."""
+
+    model_config = _FROZEN
+
+    limit: Annotated[int | None, IDENTITY] = Field(None, ge=1, description="use at most this many prompts")
+    start: Annotated[int, IDENTITY] = Field(0, ge=0, description="first input row to use (0-based, counting every non-blank line)")
+    end: Annotated[int | None, IDENTITY] = Field(None, ge=0, description="stop before this input row")
+
+    @model_validator(mode="after")
+    def _range(self) -> RowsConfig:
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"--end ({self.end}) must be greater than --start ({self.start})")
+        return self
+
+
+class ConcurrencyConfig(BaseModel):
+    """How much runs at once, and where."""
+
+    model_config = _FROZEN
+
+    parallel: int = Field(256, ge=1, description="global number of rollouts in flight (NeMo Gym's num_samples_in_parallel)")
+    shard_size: Annotated[int, IDENTITY] = Field(256, ge=1, description="prompts per shard: one Prefect task run per shard and stage")
+    max_concurrent_shards: int = Field(4, ge=1, description="shard tasks running at once per process: the task runner's limit")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="run shard tasks on threads of this process, or on a Dask cluster")
+    dask_address: Annotated[str | None, Cli(metavar="tcp://HOST:8786")] = Field(
+        None, description="scheduler of an existing Dask cluster (default: start a local one)")
+    dask_workers: int = Field(
+        2, ge=1, description="Dask worker processes, started locally or expected at --dask-address; --parallel is split between them")
+
+
+class EnvironmentConfig(BaseModel):
+    """What a prompt is solved in: its tools and its verifier."""
+
+    model_config = _FROZEN
+
+    env: Annotated[str, IDENTITY] = Field(
+        "math", description="environment for rows without agent_ref: math, exact_match, multiple_choice or a --remote-env name")
+    remote_env: Annotated[dict[str, str], IDENTITY, Cli(metavar="NAME=URL")] = Field(
+        default_factory=dict, description="a NeMo Gym resources server scoring rows whose agent_ref.name is NAME (repeatable)")
+    max_turns: Annotated[int, IDENTITY] = Field(8, ge=1, description="model calls per rollout when tools are called")
+
+    @field_validator("remote_env", mode="before")
+    @classmethod
+    def _remote(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):  # NAME=URL specs, as the command line gives them
+            return parse_remote_envs(list(value))
+        return value
+
+
+class StorageConfig(BaseModel):
+    """Where runs are written."""
+
+    model_config = _FROZEN
+
+    out: Annotated[str, Cli(flag="--out")] = Field(
+        "./runs", description="where runs are written: local path or fsspec URL such as s3://bucket/runs")
+    options: Annotated[dict[str, Any], Cli(flag="--storage-options", metavar="JSON")] = Field(
+        default_factory=dict, description="fsspec options for --out and an s3:// INPUT, such as an endpoint; keep "
+                                          "credentials in the usual AWS environment variables or profile")
+
+
+class CollectConfig(BaseModel):
+    """Options of `rollouts collect` and the parameter of the `collect-rollouts` flow."""
+
+    model_config = _FROZEN
+
+    input: Annotated[str, Cli(positional=True)] = Field(
+        description="prompts JSONL (NeMo Gym rows, {\"prompt\": ...} or {\"messages\": [...]}): local path or fsspec URL")
+    objective: list[Objective] = Field(
+        default_factory=lambda: ["rl"],
+        description="training files to write: rl, sft, dpo or a comma list such as rl,dpo; the first sets sampling defaults")
+    run_name: str | None = Field(None, description="name of the run directory (default: input name + digest of config and input)")
+    max_failure_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="the run fails when more rollouts than this fraction fail")
+    endpoint: EndpointConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    rows: RowsConfig = Field(default_factory=RowsConfig)
+    concurrency: ConcurrencyConfig = Field(default_factory=ConcurrencyConfig)
+    environments: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        """Accept a section's fields at the top level too (`CollectConfig(input=..., model_url=..., model=...)`):
+        each is moved into the one section that declares it."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        owners = _leaf_owners()
+        for key in [k for k in data if k not in cls.model_fields]:
+            if key in owners:
+                section = owners[key]
+                data[section] = {**dict(data.get(section) or {}), key: data.pop(key)}
+        return data
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objectives(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            names = [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+            if not names:
+                raise ValueError("--objective needs at least one of rl, sft, dpo")
+            unknown = [n for n in names if n not in OBJECTIVES]
+            if unknown:
+                raise ValueError(f"unknown objective {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
+            return list(dict.fromkeys(names))
+        return value
+
     @field_validator("run_name")
     @classmethod
     def _run_name(cls, value: str | None) -> str | None:
@@ -107,64 +198,53 @@ class CollectConfig(BaseModel):
             raise ValueError("--run-name may only use letters, digits, '.', '_' and '-' (max 128)")
         return value
 
-    @model_validator(mode="after")
-    def _range(self) -> CollectConfig:
-        if self.end is not None and self.end <= self.start:
-            raise ValueError(f"--end ({self.end}) must be greater than --start ({self.start})")
-        return self
-
-    @model_validator(mode="after")
-    def _train_options(self) -> CollectConfig:
-        self.process_configs()  # fails here, before any rollout is generated, on a bad filter or format option
-        return self
+    # ----- derived -----------------------------------------------------------------------------------------------
 
     def process_configs(self) -> list[ProcessConfig]:
         """The filter/format options of each objective, as `rollouts process` takes them."""
-        options = {"min_reward": self.min_reward, **self.train_options}
-        formats = options.pop("formats", {}) or {}
-        return [ProcessConfig(objective=o, formats=tuple(formats.get(o, ())), **options) for o in self.objective]
+        return [self.train.for_objective(o) for o in self.objective]
 
-    # Resolved sampling: explicit options win over the objective's preset.
     @property
     def processes(self) -> int:
         """Collector processes sharing `parallel`: each runs its own loop and holds its share of the slots."""
-        return self.dask_workers if self.task_runner == "dask" else 1
+        return self.concurrency.dask_workers if self.concurrency.task_runner == "dask" else 1
 
     @property
     def parallel_per_process(self) -> int:
-        return max(1, -(-self.parallel // self.processes))
-
-    @property
-    def objectives(self) -> list[str]:
-        return list(self.objective)
+        return max(1, -(-self.concurrency.parallel // self.processes))
 
     @property
     def repeats(self) -> int:
-        return self.num_repeats or SAMPLING_PRESETS[self.objective[0]]["num_repeats"]
+        return self.sampling.num_repeats or SAMPLING_PRESETS[self.objective[0]]["num_repeats"]
 
     def sampling_overrides(self) -> dict[str, Any]:
         """Sampling fields forced by options; rows' own fields are used for the rest, then the preset."""
-        return {
-            k: v
-            for k, v in {"temperature": self.temperature, "top_p": self.top_p, "max_output_tokens": self.max_output_tokens}.items()
-            if v is not None
-        }
+        s = self.sampling
+        forced = {"temperature": s.temperature, "top_p": s.top_p, "max_output_tokens": s.max_output_tokens}
+        return {k: v for k, v in forced.items() if v is not None}
 
     def sampling_defaults(self) -> dict[str, Any]:
         preset = SAMPLING_PRESETS[self.objective[0]]
         return {"temperature": preset["temperature"], "top_p": preset["top_p"]}
 
     def api_key(self) -> str | None:
-        if not self.api_key_env:
+        name = self.endpoint.api_key_env
+        if not name:
             return None
-        key = os.environ.get(self.api_key_env)
+        key = os.environ.get(name)
         if not key:
-            raise ConfigError(f"--api-key-env {self.api_key_env}: that environment variable is not set or empty")
+            raise ConfigError(f"--api-key-env {name}: that environment variable is not set or empty")
         return key
 
     def identity(self) -> dict[str, Any]:
+        """The fields that decide generation, by their (flat) field names, with presets resolved."""
         data = self.model_dump()
-        ident = {k: data[k] for k in _IDENTITY_FIELDS}
+        ident: dict[str, Any] = {}
+        for path in identity_fields(CollectConfig):
+            value: Any = data
+            for part in path:
+                value = value[part]
+            ident[path[-1]] = value
         ident["num_repeats"] = self.repeats
         ident.update({k: v for k, v in self.sampling_defaults().items() if ident.get(k) is None})
         return ident
@@ -172,6 +252,18 @@ class CollectConfig(BaseModel):
     def digest(self, input_digest: str) -> str:
         blob = json.dumps({"config": self.identity(), "input": input_digest}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _leaf_owners() -> dict[str, str]:
+    """Field name -> the first CollectConfig section that declares it (generation sections come before `train`, so
+    `max_turns` at the top level is the generation limit, as on the command line)."""
+    owners: dict[str, str] = {}
+    for section, field in CollectConfig.model_fields.items():
+        model = field.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            for name in model.model_fields:
+                owners.setdefault(name, section)
+    return owners
 
 
 def parse_remote_envs(specs: list[str] | None) -> dict[str, str]:

@@ -84,7 +84,7 @@ class RunFailedError(RolloutsError):
 
 
 def error_record(exc: BaseException, stage: str) -> dict[str, Any]:
-    """A typed error record for any exception (foreign ones keep their class name)."""
+    """A typed error record (`records.RolloutError`) for any exception (foreign ones keep their class name)."""
     if isinstance(exc, RolloutsError):
         return exc.as_record(stage)
     return {"type": type(exc).__name__, "message": str(exc) or repr(exc), "status_code": None, "stage": stage}

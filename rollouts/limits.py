@@ -1,4 +1,4 @@
-"""InflightLimiter: the global `--parallel` bound, shared by shard tasks that run on different threads and event loops."""
+"""InflightLimiter: the `--parallel` bound on rollouts in flight, shared by every shard task of a run in one process."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from collections import deque
 
 
 class InflightLimiter:
-    """A counting semaphore usable from any number of event loops in one process.
+    """A counting semaphore usable from any thread and event loop of the process.
 
-    Prefect's thread-pool task runner gives every shard task its own event loop, so `asyncio.Semaphore` cannot be
-    shared between them. A slot released on one loop is handed to the oldest waiter on whichever loop it waits.
+    Shard tasks normally share the process's collector loop, but a waiter may sit on any loop: a slot released on one
+    loop is handed to the oldest waiter on whichever loop it waits (on the same loop without a self-pipe wake-up).
     """
 
     def __init__(self, limit: int) -> None:
@@ -19,7 +19,6 @@ class InflightLimiter:
         self._free = limit
         self._lock = threading.Lock()
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
-        self.in_flight_peak = 0
 
     @property
     def in_flight(self) -> int:
@@ -29,7 +28,6 @@ class InflightLimiter:
         with self._lock:
             if self._free > 0 and not self._waiters:
                 self._free -= 1
-                self.in_flight_peak = max(self.in_flight_peak, self.limit - self._free)
                 return
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
@@ -73,16 +71,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-_limiters: dict[str, InflightLimiter] = {}
-_registry_lock = threading.Lock()
-
-
-def limiter_for(key: str, limit: int) -> InflightLimiter:
-    """One limiter per run and process: every shard task of the run in this process shares it."""
-    with _registry_lock:
-        limiter = _limiters.get(key)
-        if limiter is None or limiter.limit != limit:
-            limiter = _limiters[key] = InflightLimiter(limit)
-        return limiter

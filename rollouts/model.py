@@ -10,19 +10,16 @@ import asyncio
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 
 from rollouts.errors import ConfigError, ProviderError, ResponseParseError
+from rollouts.retry import RetryPolicy
 from rollouts.process.formats import chat_tools
 
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
-RETRY_AFTER_CAP_S = 120.0
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -38,8 +35,8 @@ class ModelCall:
     created_at: int
     attempts: int = 1
     latency_ms: float = 0.0
-    raw_status: str = "completed"
-    extra: dict[str, Any] = field(default_factory=dict)
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 def http_client(limit: int, timeout: float, api_key: str | None = None,
@@ -177,7 +174,15 @@ def parse_chat(data: dict[str, Any]) -> ModelCall:
     return ModelCall(output=output, input_tokens=int(usage.get("prompt_tokens") or 0),
                      output_tokens=int(usage.get("completion_tokens") or 0),
                      finish_reason=choice.get("finish_reason") or "stop", response_id=rid,
-                     created_at=int(data.get("created") or time.time()))
+                     created_at=int(data.get("created") or time.time()),
+                     cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+                     reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"))
+
+
+def _detail(usage: dict[str, Any], group: str, key: str) -> int:
+    details = usage.get(group)
+    value = details.get(key) if isinstance(details, dict) else None
+    return value if isinstance(value, int) else 0
 
 
 def parse_responses(data: dict[str, Any]) -> ModelCall:
@@ -196,26 +201,11 @@ def parse_responses(data: dict[str, Any]) -> ModelCall:
     return ModelCall(output=output, input_tokens=int(usage.get("input_tokens") or 0),
                      output_tokens=int(usage.get("output_tokens") or 0), finish_reason=finish,
                      response_id=str(data.get("id") or "resp"), created_at=int(data.get("created_at") or time.time()),
-                     raw_status=status)
+                     cached_tokens=_detail(usage, "input_tokens_details", "cached_tokens"),
+                     reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"))
 
 
 # ----- the call with retries ---------------------------------------------------------------------------------------
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return min(max(float(value), 0.0), RETRY_AFTER_CAP_S)
-    except ValueError:
-        return None
-
-
-def backoff_delay(attempt: int, rng: random.Random) -> float:
-    """Exponential backoff with jitter: uniform in [d/2, d], d = base * 2**attempt, capped."""
-    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2**attempt))
-    return delay * (0.5 + rng.random() / 2)
 
 
 class ModelClient:
@@ -224,7 +214,7 @@ class ModelClient:
         self.http, self.model, self.api = http, model, api
         # Parsed once: httpx re-parses a str URL on every request (~20% of its per-request CPU here).
         self.url = httpx.URL(f"{base_url}/chat/completions" if api == "chat" else f"{base_url}/responses")
-        self.max_retries = max_retries
+        self.retry = RetryPolicy(max_retries=max_retries)
         # The client's own headers carry the content type; only a client built elsewhere needs it per request.
         self.headers = None if http.headers.get("content-type") == "application/json" else JSON_HEADERS
         self.return_tokens = return_tokens
@@ -241,22 +231,22 @@ class ModelClient:
                 response = await self.http.post(self.url, content=body, headers=self.headers)
             except httpx.TimeoutException as exc:
                 error = ProviderError(f"request timed out ({type(exc).__name__}) after retries", status_code=None, retryable=True)
-                delay = None
+                answered = None
             except httpx.TransportError as exc:
                 error = ProviderError(f"connection error: {type(exc).__name__}: {exc}", status_code=None, retryable=True)
-                delay = None
+                answered = None
             else:
                 if response.status_code < 300:
                     return self._parse(response, attempt + 1, started)
-                retryable = response.status_code in RETRYABLE_STATUS or response.status_code >= 500
+                retryable = self.retry.retryable(response.status_code)
                 error = ProviderError(f"HTTP {response.status_code} from {self.url}: {response.text[:300]}",
                                       status_code=response.status_code, retryable=retryable)
-                delay = _retry_after(response)
+                answered = response
                 if not retryable:
                     raise error.add(attempts=attempt + 1)
-            if attempt >= self.max_retries:
+            if attempt >= self.retry.max_retries:
                 raise error.add(attempts=attempt + 1)
-            await asyncio.sleep(delay if delay is not None else backoff_delay(attempt, self.rng))
+            await asyncio.sleep(self.retry.delay(attempt, self.rng, answered))
             attempt += 1
 
     def _parse(self, response: httpx.Response, attempts: int, started: float) -> ModelCall:

@@ -6,8 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rollouts.collect import ShardResult, run_store
-from rollouts.run import RunPlan, write_manifest
+from rollouts.run import RunPlan, ShardResult, run_store, write_manifest
 
 
 class RunSummary(BaseModel):

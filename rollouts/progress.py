@@ -1,4 +1,4 @@
-"""Live counters of a collection run, shared by the shard tasks and read by the terminal progress bar."""
+"""Live counters of a collection, owned by the collector process (see runtime.py), read by the terminal progress bar."""
 
 from __future__ import annotations
 
@@ -71,12 +71,3 @@ class ProgressBoard:
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(self.total, self.generated, self.verified, self.failed, self.reward_sum, self.started, self.resumed)
-
-
-BOARD = ProgressBoard()
-
-
-def count_shard(result: Any) -> None:
-    """BOARD.add_shard as a module function: the flow calls it, and Dask pickles the flow's code by value, where a
-    reference to BOARD itself would drag its lock along."""
-    BOARD.add_shard(result)

@@ -12,10 +12,15 @@ A rollout row is a superset of NeMo Gym's output row, so Gym and NeMo RL tooling
                    parallel_tool_calls, tool_choice, tools ...},
       "reward": 1.0,
       ...extra fields returned by the verifier (top level, as NeMo Gym does)...
+      "sampling": {"temperature": 1.0, "top_p": 1.0, "seed": 7},   # what was really sent (seed included)
       "rollout_id": "3f9c...", "status": "ok" | "failed", "error": null | {"type", "message", "status_code", "stage"},
       "attempts": 1, "finish_reason": "stop" | "length" | "tool_calls" | ...,
-      "timings": {"queue_ms", "model_ms", "verify_ms", "total_ms"}, "schema_version": 1
+      "timings": {"queue_ms", "model_ms", "tool_ms", "generate_ms", "verify_ms", "total_ms", "started_at", "finished_at"},
+      "schema_version": 2
     }
+
+`RolloutRow` below types it (a TypedDict: building a row costs nothing more than the dict) and `validate_rollout`
+checks one, for tests and for readers of rows written elsewhere; the hot path never validates.
 
 Output items follow the Responses API: `message` (content `output_text` parts), `reasoning` (`summary` of
 `summary_text`), `function_call` (`call_id`, `name`, `arguments` as a JSON string), `function_call_output`
@@ -26,12 +31,67 @@ Output items follow the Responses API: `message` (content `output_text` parts), 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from functools import cache
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+from typing_extensions import TypedDict  # pydantic validates only this one on Python < 3.12
 
-SCHEMA_VERSION = 1
+# 2: `sampling` holds what was sent; `responses_create_params` stays a valid NeMo Gym request (no `seed`).
+SCHEMA_VERSION = 2
+
+
+class RolloutError(TypedDict):
+    """Why a rollout failed: the error class (named after the boundary), its message, the HTTP status if any, the stage."""
+
+    type: str
+    message: str
+    status_code: int | None
+    stage: str
+
+
+class Timings(TypedDict, total=False):
+    queue_ms: float
+    model_ms: float
+    tool_ms: float
+    generate_ms: float
+    verify_ms: float
+    total_ms: float
+    started_at: float
+    finished_at: float
+
+
+class RolloutRow(TypedDict, total=False):
+    """A stored rollout row; input keys and verifier extras sit beside these fields (see the module docstring)."""
+
+    responses_create_params: dict[str, Any]
+    agent_ref: dict[str, Any]
+    _ng_task_index: int
+    _ng_rollout_index: int
+    response: dict[str, Any]
+    reward: float | None
+    sampling: dict[str, Any]
+    rollout_id: str
+    status: Literal["ok", "failed"]
+    error: RolloutError | None
+    attempts: int
+    finish_reason: str
+    timings: Timings
+    schema_version: int
+
+
+@cache
+def _row_adapter() -> TypeAdapter[RolloutRow]:
+    return TypeAdapter(RolloutRow)
+
+
+def validate_rollout(row: dict[str, Any]) -> RolloutRow:
+    """Check a rollout row's own fields (types, status, error shape); raises pydantic's ValidationError."""
+    checked = _row_adapter().validate_python(row)
+    if checked.get("status") == "failed" and not checked.get("error"):
+        raise ValueError("a failed rollout needs its error")
+    return checked
 
 # Keys the collector owns on a rollout row; verifier extras and input keys never overwrite them.
 RESERVED_KEYS = frozenset(
@@ -42,6 +102,7 @@ RESERVED_KEYS = frozenset(
         "_ng_rollout_index",
         "response",
         "reward",
+        "sampling",
         "rollout_id",
         "status",
         "error",

@@ -48,9 +48,6 @@ class Store:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.base, *parts) if not is_local(self.fs) else os.path.join(self.base, *parts)
 
-    def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
-
     def read_json(self, *parts: str) -> Any | None:
         path = self.path(*parts)
         try:
@@ -132,7 +129,6 @@ class Appender:
         self.store, self.path, self.flush_every = store, path, flush_every
         self.local = is_local(store.fs)
         self.buffer: list[str] = []
-        self.written = 0
         self._fh = None
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -170,7 +166,6 @@ class Appender:
                     fh.write(data.encode())
         except OSError as exc:
             raise StorageError(f"cannot append to {self.path}: {exc}") from exc
-        self.written += len(self.buffer)
         self.buffer.clear()
 
     def commit(self) -> None:

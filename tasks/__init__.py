@@ -1,0 +1,14 @@
+"""Thin Prefect tasks, one per stage of the collection DAG: each wraps `rollouts.<stage>` on one shard (or the run).
+
+    tasks/shard.py    -> rollouts/shard.py      tasks/profile.py -> rollouts/profile.py
+    tasks/generate.py -> rollouts/generate.py   tasks/filter.py  -> rollouts/filter.py
+    tasks/verify.py   -> rollouts/verify.py     tasks/format.py  -> rollouts/format.py
+"""
+
+from prefect.cache_policies import NO_CACHE
+
+# Every stage is idempotent on its own output (it skips what is done), so nothing relies on Prefect's result cache.
+STAGE_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
+# Shard tasks may retry once: the model client owns request-level retries, so this only covers shard-level faults
+# such as a storage hiccup, and never multiplies request retries.
+SHARD_TASK = dict(retries=1, retry_delay_seconds=5, **STAGE_TASK)

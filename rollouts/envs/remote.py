@@ -14,8 +14,8 @@ Extras: the reply's fields minus `responses_create_params`, `response`, `reward`
 (`rollouts.records.RESERVED_KEYS`), and every key whose value equals what we sent (the echoed row). So a server that
 adds `judge` or `extracted_answer`, or changes a metadata field, has those stored; the echo is not duplicated.
 
-Retries (this module owns them for the resources server): up to `attempts` tries with exponential backoff and jitter
-on connection errors, timeouts, 5xx, 408 and 429 (`Retry-After` honoured up to `max_backoff`); any other 4xx fails at
+Retries: up to `attempts` tries under the collector's one `rollouts.retry.RetryPolicy` (backoff with jitter on
+connection errors, timeouts, 408/409/425/429 and 5xx, `Retry-After` honoured up to `max_backoff`); any other 4xx fails at
 once with a `VerifierError` carrying `status_code` and the server's body (a 422 body says which field is missing).
 Tool calls retry only when the request could not be sent at all: a tool may have side effects, and an error reply
 is a valid tool output for the model, as in NeMo Gym.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 import sys
 import time
@@ -39,6 +38,7 @@ import httpx
 from rollouts.envs.base import Environment, SessionState, VerifyResult
 from rollouts.errors import VerifierError
 from rollouts.records import RESERVED_KEYS
+from rollouts.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 RESERVED_ROUTES = frozenset({"seed_session", "verify", "aggregate_metrics", "reverify_mode", "mcp"})
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 _ECHO_KEYS = frozenset({"responses_create_params", "response", "reward"})
-_RETRY_STATUS = frozenset({408, 429})
 _BODY_IN_MESSAGE = 2000
 
 
@@ -71,8 +70,7 @@ class RemoteEnvironment(Environment):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.attempts = attempts
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.retry = RetryPolicy(max_retries=attempts - 1, base_s=backoff, cap_s=max_backoff, retry_after_cap_s=max_backoff)
         self._jar_checked = False
 
     def __repr__(self) -> str:
@@ -136,7 +134,7 @@ class RemoteEnvironment(Environment):
             )
             if not session.cookies:
                 request.headers.pop("cookie", None)  # never let the client's shared jar speak for this rollout
-            retry_after: float | None = None
+            answered: httpx.Response | None = None
             try:
                 reply = await http.send(request)
             except httpx.TransportError as exc:
@@ -158,17 +156,16 @@ class RemoteEnvironment(Environment):
                 status = reply.status_code
                 if not retry_replies or reply.is_success:
                     return reply
-                if not (status >= 500 or status in _RETRY_STATUS):
+                if not self.retry.retryable(status):
                     raise VerifierError(
                         f"environment {self.name!r}: POST /{route} answered {status}: {_snippet(reply.text)}",
                         status_code=status,
                         route=route,
                     )
                 problem = f"HTTP {status}: {_snippet(reply.text)}"
-                retry_after = _retry_after(reply)
+                answered = reply
             if attempt < self.attempts:
-                delay = retry_after if retry_after is not None else self.backoff * 2 ** (attempt - 1)
-                delay = min(delay, self.max_backoff) * (0.5 + random.random() / 2 if retry_after is None else 1.0)
+                delay = self.retry.delay(attempt - 1, response=answered)
                 log.debug("%s /%s attempt %d failed (%s); retrying in %.2fs", self.name, route, attempt, problem, delay)
                 await asyncio.sleep(delay)
         raise VerifierError(
@@ -309,14 +306,6 @@ def _json_object(reply: httpx.Response, route: str, env: str, *, required: bool)
         status_code=reply.status_code,
         route=route,
     )
-
-
-def _retry_after(reply: httpx.Response) -> float | None:
-    value = reply.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _snippet(text: str) -> str:

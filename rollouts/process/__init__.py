@@ -2,8 +2,7 @@
 
 from .api import ProcessResult, Selection, load_rollouts, process, process_many, select, write_outputs
 from .card import DataCard
-from .cli import add_process_parser, run_process_command
-from .config import DEFAULT_FORMATS, FORMATS, ProcessConfig
+from .config import DEFAULT_FORMATS, FORMATS, ProcessConfig, TrainConfig
 from .frame import ROLLOUT_SCHEMA
 from .readers import LoadedRollouts
 from .validate import BadRows
@@ -18,11 +17,10 @@ __all__ = [
     "ProcessConfig",
     "ProcessResult",
     "Selection",
-    "add_process_parser",
+    "TrainConfig",
     "load_rollouts",
     "process",
     "process_many",
-    "run_process_command",
     "select",
     "write_outputs",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rollouts.options import Cli
 
 Objective = Literal["rl", "sft", "dpo"]
 OBJECTIVES: tuple[Objective, ...] = ("rl", "sft", "dpo")
@@ -33,36 +35,95 @@ FORMAT_HELP = {
 }
 
 
-class ProcessConfig(BaseModel):
-    """Options for one objective. Options of other objectives are accepted and ignored, so one set of CLI flags can
-    drive several objectives."""
+class FilterOptions(BaseModel):
+    """The filter options of every objective. One set drives several objectives: each reads the fields of its own."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    objective: Objective
-    formats: tuple[str, ...] = ()  # empty: the objective's defaults
-    skip_bad_rows: bool = False
+    skip_bad_rows: bool = Field(False, description="skip and count malformed rows instead of failing")
 
     # RL
-    advantage_scale: Literal["group", "batch", "none"] = "group"
-    drop_uniform_groups: bool = False
-    uniform_tolerance: float = Field(default=1e-6, ge=0)
-    keep_mean_between: tuple[float, float] | None = None  # inclusive bounds on the group's mean reward
+    advantage_scale: Literal["group", "batch", "none"] = Field(
+        "group", description="rl: advantage = (reward - group mean) / scale, scale = group std, batch std or none")
+    drop_uniform_groups: bool = Field(False, description="rl: drop groups whose rewards are all equal (no gradient)")
+    uniform_tolerance: Annotated[float, Cli(metavar="TOL")] = Field(
+        1e-6, ge=0, description="rl: a group is uniform when max - min <= this")
+    keep_mean_between: Annotated[tuple[float, float] | None, Cli(metavar=("LO", "HI"))] = Field(
+        None, description="rl: keep groups with LO <= mean reward <= HI")
 
     # SFT (keep_length_truncated and drop_duplicates also apply to DPO candidates)
-    min_reward: float | None = None
-    per_prompt: int = Field(default=1, ge=1)
-    drop_duplicates: bool = True
-    max_turns: int | None = Field(default=None, ge=1)
-    max_output_tokens: int | None = Field(default=None, ge=1)
-    keep_length_truncated: bool = False
+    min_reward: float | None = Field(
+        1.0, description="sft: keep rollouts with reward >= this, the same default in `collect` and `process`; "
+                         "'none' keeps every reward, wrong answers included")
+    per_prompt: Annotated[int, Cli(metavar="K")] = Field(
+        1, ge=1, description="sft: best-of-n, keep the top K rollouts of each prompt")
+    drop_duplicates: Annotated[bool, Cli(flag="--keep-duplicates", invert=True)] = Field(
+        True, description="sft and dpo: keep exact duplicate completions of a prompt (dropped by default)")
+    max_turns: Annotated[int | None, Cli(metavar="N", collect_flag="--sft-max-turns")] = Field(
+        None, ge=1, description="sft: drop rollouts with more model turns")
+    max_output_tokens: Annotated[int | None, Cli(metavar="N", collect_flag="--sft-max-output-tokens")] = Field(
+        None, ge=1, description="sft: drop rollouts with more output tokens")
+    keep_length_truncated: bool = Field(False, description="sft and dpo: keep rollouts cut off by the token limit")
 
     # DPO
-    pairing: Literal["best-worst", "all-pairs", "top-bottom-k"] = "best-worst"
-    min_margin: float = Field(default=0.0, ge=0)
-    top_k: int = Field(default=2, ge=1)
-    max_pairs_per_prompt: int | None = Field(default=None, ge=1)
-    max_length_ratio: float | None = Field(default=None, ge=1)
+    pairing: Literal["best-worst", "all-pairs", "top-bottom-k"] = Field(
+        "best-worst", description="dpo: which pairs of a group: its best and worst, every pair, or the k best x k worst")
+    min_margin: float = Field(0.0, ge=0, description="dpo: minimum reward margin (a tie is never a pair)")
+    top_k: Annotated[int, Cli(metavar="K")] = Field(2, ge=1, description="dpo: k for --pairing top-bottom-k")
+    max_pairs_per_prompt: Annotated[int | None, Cli(metavar="N")] = Field(
+        None, ge=1, description="dpo: keep the N largest-margin pairs of a prompt")
+    max_length_ratio: Annotated[float | None, Cli(metavar="R")] = Field(
+        None, ge=1, description="dpo: drop pairs whose longer side is over R times the shorter")
+
+    @model_validator(mode="after")
+    def _check_range(self) -> FilterOptions:
+        if self.keep_mean_between is not None and self.keep_mean_between[0] > self.keep_mean_between[1]:
+            raise ValueError(f"--keep-mean-between: low {self.keep_mean_between[0]} > high {self.keep_mean_between[1]}")
+        return self
+
+
+def _format_list(objective: str) -> Any:
+    return list[Literal[FORMATS[objective]]]  # type: ignore[valid-type]
+
+
+class OutputFormats(BaseModel):
+    """Output formats per objective (set on the command line with --format [OBJECTIVE:]NAME)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rl: _format_list("rl") = Field(default_factory=lambda: list(DEFAULT_FORMATS["rl"]), min_length=1,
+                                   description="rl files: " + ", ".join(FORMATS["rl"]))
+    sft: _format_list("sft") = Field(default_factory=lambda: list(DEFAULT_FORMATS["sft"]), min_length=1,
+                                     description="sft files: " + ", ".join(FORMATS["sft"]))
+    dpo: _format_list("dpo") = Field(default_factory=lambda: list(DEFAULT_FORMATS["dpo"]), min_length=1,
+                                     description="dpo files: " + ", ".join(FORMATS["dpo"]))
+
+    @model_validator(mode="after")
+    def _unique(self) -> OutputFormats:
+        for objective in OBJECTIVES:
+            names = getattr(self, objective)
+            if len(set(names)) != len(names):
+                raise ValueError(f"{objective} format listed twice: {names}")
+        return self
+
+
+class TrainConfig(FilterOptions):
+    """Filter and format options of the training files: `rollouts process` and the flow's last two stages."""
+
+    formats: Annotated[OutputFormats, Cli(flag="--format", metavar="[OBJ:]NAME")] = Field(
+        default_factory=OutputFormats, description="output formats per objective")
+
+    def for_objective(self, objective: Objective) -> ProcessConfig:
+        """The one place where a ProcessConfig is built from the shared options."""
+        options = self.model_dump(exclude={"formats"})
+        return ProcessConfig(objective=objective, formats=tuple(getattr(self.formats, objective)), **options)
+
+
+class ProcessConfig(FilterOptions):
+    """Options for one objective: its output formats and the filter options (others' options are ignored)."""
+
+    objective: Objective
+    formats: tuple[str, ...] = ()  # empty: the objective's defaults
 
     @model_validator(mode="after")
     def _check(self) -> ProcessConfig:
@@ -72,8 +133,6 @@ class ProcessConfig(BaseModel):
             raise ValueError(f"unknown {self.objective} format(s) {unknown}; choose from {list(allowed)}")
         if len(set(self.formats)) != len(self.formats):
             raise ValueError(f"format listed twice: {list(self.formats)}")
-        if self.keep_mean_between is not None and self.keep_mean_between[0] > self.keep_mean_between[1]:
-            raise ValueError(f"keep_mean_between: low {self.keep_mean_between[0]} > high {self.keep_mean_between[1]}")
         return self
 
     @property

@@ -17,6 +17,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError, StorageError
+from ..storage import filesystem as url_to_fs
 from .frame import ROLLOUT_SCHEMA, empty_frame, parse_chunk, read_lines
 from .validate import BadRows, locate_bad_lines
 
@@ -58,10 +59,6 @@ class LoadedRollouts(BaseModel):
         else:
             lf = scan_parquet_dir(self.frame_uri, columns, storage_options)
         return lf.select(columns) if columns else lf
-
-
-def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
 
 
 def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rollouts.progress import BOARD
+from rollouts.runtime import collector
 from rollouts.sim.launch import SimServer, start_sim_server
 
 
@@ -33,7 +33,7 @@ def sim() -> Iterator[SimServer]:
 
 @pytest.fixture()
 def board() -> None:
-    BOARD.reset()
+    collector().board.reset()
 
 
 def free_port() -> int:

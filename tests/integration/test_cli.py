@@ -23,7 +23,7 @@ def rollouts(*args: str, api_url: str | None = None, timeout: float = 300) -> su
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    return subprocess.run([sys.executable, "-m", "rollouts.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "commands", *args], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=timeout, stdin=subprocess.DEVNULL)
 
 

@@ -12,6 +12,7 @@ from prefect.artifacts import Artifact
 from flows.collect import collect_rollouts
 from rollouts.config import CollectConfig
 from rollouts.errors import ConfigError, RunFailedError
+from rollouts.records import SCHEMA_VERSION, validate_rollout
 from rollouts.sim.launch import start_sim_server
 from tests.integration.conftest import math_rows, read_jsonl, run_rows, write_jsonl
 
@@ -47,11 +48,13 @@ def test_collects_verified_rollouts_rejects_bad_rows_and_writes_training_files(t
     # temperature 0: the simulated model is right nearly always, and the math verifier must see it
     assert sum(r["reward"] for r in rollouts) / len(rollouts) > 0.8
     for r in rollouts:
-        assert r["status"] == "ok" and r["schema_version"] == 1 and r["agent_ref"] == {"name": "math"}
+        assert validate_rollout(r) and r["status"] == "ok" and r["schema_version"] == SCHEMA_VERSION
+        assert r["agent_ref"] == {"name": "math"}
         assert r["response"]["object"] == "response" and r["response"]["usage"]["output_tokens"] > 0
         assert r["finish_reason"] == "stop"
         assert r["responses_create_params"]["temperature"] == 0.0
-        assert r["responses_create_params"]["seed"] == 7 + r["_ng_rollout_index"]
+        assert r["sampling"]["seed"] == 7 + r["_ng_rollout_index"] and "seed" not in r["responses_create_params"]
+        assert r["response"]["usage"]["input_tokens_details"] == {"cached_tokens": 0}
         assert set(r["timings"]) >= {"queue_ms", "model_ms", "verify_ms", "total_ms"}
         assert r["reward"] == (1.0 if r["extracted_answer"] == r["expected_answer"] else 0.0)
     rejects = read_jsonl(run / "rejects.jsonl")

@@ -103,7 +103,7 @@ def test_a_killed_run_resumes_without_duplicates(tmp_path, prefect_server):
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(40))
     out = tmp_path / "runs"
     with start_sim_server(latency_ms=150, seed=5) as server:
-        cmd = [sys.executable, "-m", "rollouts.cli", "collect", str(src), "--out", str(out), "--model-url", server.url,
+        cmd = [sys.executable, "-m", "commands", "collect", str(src), "--out", str(out), "--model-url", server.url,
                "--model", "sim-model", "--num-repeats", "4", "--parallel", "8", "--shard-size", "10",
                "--run-name", "killed", "--no-progress", "--temperature", "0.5", "--seed", "1"]
         env = {**os.environ, "PREFECT_API_URL": prefect_server, "PYTHONPATH": str(ROOT)}

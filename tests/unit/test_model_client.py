@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from rollouts.errors import ProviderError, ResponseParseError
-from rollouts.model import ModelClient, backoff_delay, chat_body, items_to_chat, parse_chat, parse_responses, responses_body
+from rollouts.retry import RetryPolicy
+from rollouts.model import ModelClient, chat_body, items_to_chat, parse_chat, parse_responses, responses_body
 
 ITEMS = [
     {"role": "system", "content": "You are terse."},
@@ -66,8 +67,12 @@ def test_parse_responses_derives_finish_reason():
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap():
     rng = random.Random(0)
-    delays = [backoff_delay(a, rng) for a in range(12)]
+    policy = RetryPolicy()
+    delays = [policy.delay(a, rng) for a in range(12)]
     assert 0.25 <= delays[0] <= 0.5 and 2.0 <= delays[3] <= 4.0 and all(d <= 30.0 for d in delays)
+    limited = httpx.Response(429, headers={"retry-after": "7"})
+    assert policy.delay(0, rng, limited) == 7.0 and RetryPolicy(retry_after_cap_s=3).delay(0, rng, limited) == 3.0
+    assert [s for s in (400, 404, 408, 409, 425, 429, 500, 503, 599) if policy.retryable(s)] == [408, 409, 425, 429, 500, 503, 599]
 
 
 def client_with(responses: list, max_retries: int = 3) -> tuple[ModelClient, list]:

@@ -40,8 +40,8 @@ def test_process_many_loads_once_and_writes_each_objective(tmp_path: Path) -> No
     card = json.loads(Path(results[1].card_json).read_text())
     assert card["inputs"] == [GYM] and card["config"]["objective"] == "sft"
     assert card["outputs"] == [
-        {"format": "openai", "path": f"{tmp_path}/sft/openai.jsonl", "rows": 3, "note": None},
-        {"format": "trl", "path": f"{tmp_path}/sft/trl.jsonl", "rows": 3, "note": None},
+        {"format": "openai", "path": f"{tmp_path}/sft/openai.jsonl", "rows": 2, "note": None},
+        {"format": "trl", "path": f"{tmp_path}/sft/trl.jsonl", "rows": 2, "note": None},
     ]
     with pytest.raises(ConfigError, match="objective listed twice"):
         process_many([GYM], [ProcessConfig(objective="rl"), ProcessConfig(objective="rl")], str(tmp_path))

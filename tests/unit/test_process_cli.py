@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rollouts.process import add_process_parser
-from rollouts.process.cli import build_configs, main
+from commands.process import add_process_parser, build_command, main
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "process"
 GYM = str(FIXTURES / "gym.jsonl")
@@ -28,7 +27,7 @@ def test_several_objectives_in_one_go(tmp_path: Path, capsys: pytest.CaptureFixt
     ]  # fmt: skip
     out = capsys.readouterr().out
     assert f"dpo/nemo-rl: {tmp_path}/dpo/nemo-rl.jsonl (2 rows)" in out
-    assert json.loads((tmp_path / "sft" / "data_card.json").read_text())["rows_out"] == 3
+    assert json.loads((tmp_path / "sft" / "data_card.json").read_text())["rows_out"] == 2  # reward >= 1.0 by default
 
 
 def test_options_reach_the_config() -> None:
@@ -39,8 +38,7 @@ def test_options_reach_the_config() -> None:
          "--max-pairs-per-prompt", "3", "--max-length-ratio", "2", "--keep-mean-between", "0.1", "0.9", "--skip-bad-rows",
          "--min-reward", "0.5", "--per-prompt", "2", "--keep-duplicates", "--top-k", "3"]
     )  # fmt: skip
-    assert args.func.__name__ == "run_process_command"
-    (config,) = build_configs(args)
+    (config,) = build_command(args).configs()
     assert (config.objective, config.pairing, config.min_margin, config.max_pairs_per_prompt) == ("dpo", "all-pairs", 0.5, 3)
     assert (config.max_length_ratio, config.keep_mean_between, config.skip_bad_rows) == (2.0, (0.1, 0.9), True)
     assert (config.min_reward, config.per_prompt, config.drop_duplicates, config.top_k) == (0.5, 2, False, 3)
@@ -54,7 +52,7 @@ def test_options_reach_the_config() -> None:
         (["nope.jsonl", "--objective", "rl"], 1, "nope.jsonl: no such file"),
         ([GYM, "--objective", "ppo"], 2, "unknown objective 'ppo'"),
         ([GYM, "--objective", "rl", "--format", "openai"], 2, "--format openai: not a format of rl"),
-        ([GYM, "--objective", "sft", "--per-prompt", "0"], 2, "per_prompt: Input should be greater than or equal to 1"),
+        ([GYM, "--objective", "sft", "--per-prompt", "0"], 2, "--per-prompt: Input should be greater than or equal to 1"),
         ([GYM, "--objective", "rl", "--keep-mean-between", "0.9", "0.1"], 2, "low 0.9 > high 0.1"),
     ],
 )
@@ -73,7 +71,7 @@ def test_skip_bad_rows_reports_them(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_python_dash_m(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "rollouts.process", GYM, "--objective", "rl", "--out", str(tmp_path)],
+        [sys.executable, "-m", "commands", "process", GYM, "--objective", "rl", "--out", str(tmp_path)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -49,13 +49,13 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 
 
 def kept_rows(**options: Any) -> list[int]:
-    selection = select(load_rollouts([GYM]), ProcessConfig(objective="sft", **options))
+    selection = select(load_rollouts([GYM]), ProcessConfig(objective="sft", **{"min_reward": None, **options}))
     assert selection.selected_data is not None
     return selection.selected_data["row"].to_list()
 
 
 def test_every_format_exactly(tmp_path: Path) -> None:
-    config = ProcessConfig(objective="sft", formats=("openai", "trl", "trl-prompt-completion"))
+    config = ProcessConfig(objective="sft", formats=("openai", "trl", "trl-prompt-completion"), min_reward=None)
     result = process([GYM], config, str(tmp_path))
     assert read_jsonl(result.files["openai"]) == [
         {"messages": [*P0, assistant("It is \\boxed{4}.")]},

@@ -11,20 +11,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from rollouts.progress import BOARD
+from rollouts.progress import ProgressBoard
 
 
 class _Stats(ProgressColumn):
+    def __init__(self, board: ProgressBoard) -> None:
+        super().__init__()
+        self.board = board
+
     def render(self, task: Task) -> Text:
-        snap = BOARD.snapshot()
+        snap = self.board.snapshot()
         reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
         return Text(f"{snap.rate:6.0f}/s reward {reward} failed {snap.failed}")
 
 
 class ProgressDisplay:
-    """Renders BOARD in a thread while the flow runs in the foreground; silent when stderr is not a terminal."""
+    """Renders a progress board in a thread while the flow runs in the foreground; plain lines when stderr is not a
+    terminal."""
 
-    def __init__(self, enabled: bool = True, refresh_s: float = 0.25) -> None:
+    def __init__(self, board: ProgressBoard, enabled: bool = True, refresh_s: float = 0.25) -> None:
+        self.board = board
         self.console = Console(stderr=True)
         self.enabled = enabled
         self.refresh_s = refresh_s
@@ -32,7 +38,7 @@ class ProgressDisplay:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> ProgressDisplay:
-        BOARD.reset()
+        self.board.reset()
         if self.enabled:
             self._thread = threading.Thread(target=self._loop, name="rollouts-progress", daemon=True)
             self._thread.start()
@@ -47,19 +53,19 @@ class ProgressDisplay:
         if not self.console.is_terminal:  # CI logs, files: a plain line every so often instead of a live bar
             self._plain_lines()
             return
-        columns = [TextColumn("[bold]rollouts"), BarColumn(bar_width=24), MofNCompleteColumn(), _Stats(), TimeElapsedColumn()]
+        columns = [TextColumn("[bold]rollouts"), BarColumn(bar_width=24), MofNCompleteColumn(), _Stats(self.board), TimeElapsedColumn()]
         with Progress(*columns, console=self.console, transient=False, refresh_per_second=4) as progress:
             task = progress.add_task("collect", total=None)
             while not self._stop.wait(self.refresh_s):
-                snap = BOARD.snapshot()
+                snap = self.board.snapshot()
                 progress.update(task, total=snap.total or None, completed=snap.resumed + snap.done)
-            snap = BOARD.snapshot()
+            snap = self.board.snapshot()
             progress.update(task, total=snap.total or None, completed=snap.resumed + snap.done)
 
 
     def _plain_lines(self, every_s: float = 10.0) -> None:
         while not self._stop.wait(every_s):
-            snap = BOARD.snapshot()
+            snap = self.board.snapshot()
             if snap.total:
                 reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
                 print(f"rollouts {snap.resumed + snap.done}/{snap.total}  {snap.rate:.0f}/s  reward {reward}  "

@@ -1,10 +1,10 @@
-"""One long-lived event loop per process, in a daemon thread, where every shard's requests run.
+"""What one collector process owns: its event loop, the runs' warm clients and `--parallel` limiters, its progress board.
 
-Prefect's thread-pool runner gives each async task run its own thread and event loop. With several shards in
-flight, several loops then fight for the GIL and each response waits for another loop's turn: on 2 cores that
-cost a sixth of the throughput at `--parallel 256` (0.74 of ideal with 3 shard loops, 0.86 with one). Shard tasks
-therefore hand their coroutine to this loop and wait for it; each shard still opens its own client inside that
-coroutine, so nothing outlives the shard but the loop itself.
+Prefect's thread-pool runner gives each async task run its own thread and event loop. With several shards in flight,
+several loops then fight for the GIL and each response waits for another loop's turn: on 2 cores that cost a sixth of
+the throughput at `--parallel 256` (0.74 of ideal with 3 shard loops, 0.86 with one). Shard tasks therefore hand their
+coroutine to the process's one collector loop and wait for it. Tasks get the process's `CollectorRuntime` with
+`collector()` and pass its parts (client, limiter, board) into the core's stage functions, which never reach for them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import gc
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
+
+from rollouts.limits import InflightLimiter
+from rollouts.progress import ProgressBoard
 
 T = TypeVar("T")
 
@@ -34,37 +37,29 @@ def relax_garbage_collection() -> None:
 
 
 class BackgroundLoop:
+    """An event loop in a daemon thread, started on first use; `run` blocks the calling thread until a coroutine ends."""
+
     def __init__(self, name: str = "rollouts-collector") -> None:
         self.name = name
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._loop is None or self._loop.is_closed():
+            if self.loop is None or self.loop.is_closed():
                 relax_garbage_collection()
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name=self.name, daemon=True)
-                thread.start()
-                self._loop = loop
-            return self._loop
+                threading.Thread(target=loop.run_forever, name=self.name, daemon=True).start()
+                self.loop = loop
+            return self.loop
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run `coro` on the shared loop and block the calling thread until it is done (cancelled with it)."""
         future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
         try:
             return future.result()
         except BaseException:
             future.cancel()
             raise
-
-
-COLLECTOR_LOOP = BackgroundLoop()
-
-
-def run_on_collector_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """`COLLECTOR_LOOP.run`, as a module function: task code that calls it pickles by reference (Dask workers)."""
-    return COLLECTOR_LOOP.run(coro)
 
 
 class SharedClients:
@@ -113,11 +108,43 @@ class SharedClients:
             await client.aclose()
 
 
-SHARED_CLIENTS = SharedClients()
+class CollectorRuntime:
+    """The collector parts of one process, created on first use by `collector()`."""
+
+    def __init__(self) -> None:
+        self.loop = BackgroundLoop()
+        self.clients = SharedClients()
+        self.board = ProgressBoard()
+        self._limiters: dict[str, InflightLimiter] = {}
+        self._lock = threading.Lock()
+
+    def limiter(self, run_id: str, limit: int) -> InflightLimiter:
+        """One limiter per run: every shard task of the run in this process shares its slots."""
+        with self._lock:
+            limiter = self._limiters.get(run_id)
+            if limiter is None or limiter.limit != limit:
+                limiter = self._limiters[run_id] = InflightLimiter(limit)
+            return limiter
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run(coro)
+
+    def close(self) -> None:
+        loop = self.loop.loop
+        if loop is not None and loop.is_running():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.clients.close_all(), loop).result(timeout=5)
 
 
-@atexit.register
-def _close_clients_at_exit() -> None:
-    if COLLECTOR_LOOP._loop is not None and COLLECTOR_LOOP._loop.is_running():
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(SHARED_CLIENTS.close_all(), COLLECTOR_LOOP._loop).result(timeout=5)
+_runtime: CollectorRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def collector() -> CollectorRuntime:
+    """This process's collector runtime (a Dask or Ray worker process gets its own)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = CollectorRuntime()
+            atexit.register(_runtime.close)
+        return _runtime

@@ -1,0 +1,38 @@
+"""The `rollouts` command line: collect, demo, process, sim-server. Outside the core: it starts Prefect flows."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from commands.errors import EXIT_USAGE, error, usage_guard
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from commands.collect import add_collect_parser, add_demo_parser
+    from commands.process import add_process_parser
+
+    parser = argparse.ArgumentParser(prog="rollouts",
+                                     description="Collect verified LLM rollouts and build RL/SFT/DPO training data.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_collect_parser(sub)
+    add_demo_parser(sub)
+    add_process_parser(sub)
+    sub.add_parser("sim-server", help="serve the simulated OpenAI-compatible model (see rollouts sim-server --help)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sim-server"]:
+        from rollouts.sim.server import main as sim_main
+
+        return sim_main(argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    with usage_guard(verbose=getattr(args, "verbose", False)) as guard:
+        return int(args.func(args) or 0)
+    return guard.code
+
+
+__all__ = ["EXIT_USAGE", "build_parser", "error", "main"]

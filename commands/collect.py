@@ -1,0 +1,139 @@
+"""`rollouts collect` and `rollouts demo`: options generated from CollectConfig, the flow run, progress and summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib import resources
+from typing import Any
+
+from pydantic import ValidationError
+
+from commands.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
+from commands.options import Option, add_model_options, build
+from rollouts.config import CollectConfig
+from rollouts.errors import ConfigError, RolloutsError
+from rollouts.process.config import FORMATS, OBJECTIVES
+
+
+def prefect_defaults(verbose: bool = False) -> None:
+    """Offline, quiet, patient: set before Prefect is imported (explicit user settings win)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+
+
+def format_choice(specs: list[str], objectives: list[str]) -> dict[str, list[str]]:
+    """`--format [OBJECTIVE:]NAME` values -> formats per objective: a bare name applies to every requested objective
+    that has it. Objectives not named keep their defaults."""
+    chosen: dict[str, list[str]] = {}
+    for spec in specs:
+        for value in (v.strip() for v in spec.split(",") if v.strip()):
+            obj, _, name = value.rpartition(":")
+            if obj and obj not in objectives:
+                raise ConfigError(f"--format {value}: objective {obj!r} was not requested")
+            targets = [obj] if obj else [o for o in objectives if name in FORMATS[o]]
+            if not targets or any(name not in FORMATS[t] for t in targets):
+                known = ", ".join(f"{o}:{f}" for o in objectives for f in FORMATS[o])
+                raise ConfigError(f"--format {value}: not a format of {', '.join(objectives)} (known: {known})")
+            for target in targets:
+                if name not in chosen.setdefault(target, []):
+                    chosen[target].append(name)
+    return chosen
+
+
+def objectives_of(values: Any) -> list[str]:
+    names = [p.strip() for v in (values if isinstance(values, list) else [values]) for p in str(v).split(",") if p.strip()]
+    for name in names:
+        if name not in OBJECTIVES:
+            raise ConfigError(f"--objective: unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
+    return list(dict.fromkeys(names)) or ["rl"]
+
+
+def config_data(args: argparse.Namespace, options: list[Option]) -> dict[str, Any]:
+    """The given options as the nested dict of a CollectConfig (with `--format` resolved per objective)."""
+    data = build(args, options)
+    train = data.get("train", {})
+    if "formats" in train:
+        train["formats"] = format_choice(train["formats"], objectives_of(data.get("objective", ["rl"])))
+    return data
+
+
+def validated(model: type, data: dict[str, Any], options: list[Option]):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        from commands.options import usage_errors
+
+        raise ConfigError("; ".join(usage_errors(exc, options))) from None
+
+
+def add_collect_parser(sub: Any) -> None:
+    parser = sub.add_parser("collect", help="collect rollouts for a prompts JSONL from an OpenAI-compatible server",
+                            description="Collect verified rollouts through the collect-rollouts Prefect flow. "
+                                        "Every option is a field of CollectConfig, the flow's parameter.")
+    options = add_model_options(parser, CollectConfig, command="collect")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar (plain lines only)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs and error tracebacks")
+    parser.set_defaults(func=cmd_collect, options=options)
+
+
+def collect_config(args: argparse.Namespace) -> CollectConfig:
+    return validated(CollectConfig, config_data(args, args.options), args.options)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    config = collect_config(args)
+    prefect_defaults(verbose=args.verbose)
+    return run_collect(config, show_progress=not args.no_progress)
+
+
+def run_collect(config: CollectConfig, *, show_progress: bool) -> int:
+    from prefect.settings import temporary_settings
+
+    from commands.terminal import ProgressDisplay, print_summary
+    from flows.collect import collect_rollouts
+    from rollouts.runtime import collector
+
+    # A CLI run lives in this process: no heartbeat thread (it costs ~1 s to join at exit).
+    with ProgressDisplay(collector().board, enabled=show_progress), \
+            temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        state = collect_rollouts(config, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        summary = getattr(result, "summary", None)
+        if summary:
+            print_summary(summary)
+        else:
+            error(getattr(result, "message", str(result)))
+        return EXIT_RUN_FAILED if summary or not isinstance(result, RolloutsError) else EXIT_USAGE
+    print_summary(result.model_dump())
+    return EXIT_OK
+
+
+def add_demo_parser(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="run the whole pipeline on bundled math prompts against the built-in simulated server")
+    demo.add_argument("--out", default="./runs", help="where the run is written (default ./runs)")
+    demo.add_argument("--run-name", default="demo", help="run directory name (default demo)")
+    demo.add_argument("--num-repeats", type=int, default=4, help="rollouts per prompt (default 4)")
+    demo.add_argument("--parallel", type=int, default=64, help="rollouts in flight (default 64)")
+    demo.add_argument("--latency-ms", type=float, default=100, help="simulated model latency (default 100 ms)")
+    demo.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    demo.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs")
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rollouts.sim.launch import start_sim_server
+
+    prefect_defaults(verbose=args.verbose)
+    prompts = resources.files("rollouts") / "data" / "math_prompts.jsonl"
+    print(f"starting the simulated model server (latency {args.latency_ms} ms)...", file=sys.stderr)
+    with start_sim_server(latency_ms=args.latency_ms, seed=0) as server:
+        print(f"simulated model server at {server.url}; collecting through the collect-rollouts flow", file=sys.stderr)
+        config = CollectConfig(input=str(prompts), out=args.out, model_url=server.url, model="sim-model",
+                               objective=["rl", "sft", "dpo"], num_repeats=args.num_repeats, parallel=args.parallel,
+                               temperature=0.8, seed=1234, shard_size=16, run_name=args.run_name)
+        return run_collect(config, show_progress=not args.no_progress)

@@ -1,0 +1,42 @@
+"""Exit codes and the one way a command reports a user's mistake: one line on stderr, no traceback unless --verbose."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+from collections.abc import Iterator
+
+from rollouts.errors import ConfigError, InputError, RolloutsError
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+class Guard:
+    code = EXIT_OK
+
+
+@contextlib.contextmanager
+def usage_guard(verbose: bool = False, usage: tuple[type[RolloutsError], ...] = (ConfigError, InputError)) -> Iterator[Guard]:
+    """Turn the project's own errors into one clear line and an exit code (`usage` ones: 2, others: 1); anything else
+    keeps its traceback."""
+    guard = Guard()
+    try:
+        yield guard
+    except usage as exc:
+        if verbose:
+            traceback.print_exc()
+        error(exc.message)
+        guard.code = EXIT_USAGE
+    except RolloutsError as exc:
+        if verbose:
+            traceback.print_exc()
+        error(exc.message)
+        guard.code = EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        error("interrupted: run the same command again to resume where it stopped")
+        guard.code = EXIT_INTERRUPTED

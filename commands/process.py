@@ -1,0 +1,117 @@
+"""`rollouts process`: re-process existing rollouts (our runs, rollout JSONL/Parquet, NeMo Gym output) into training files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.console import Console
+from rich.table import Table
+
+from commands.collect import config_data, objectives_of, validated
+from commands.options import Option, add_model_options
+from rollouts.errors import ConfigError, RolloutsError
+from rollouts.options import Cli
+from rollouts.process.api import ProcessResult, process_many
+from rollouts.process.config import FORMAT_HELP, Objective, ProcessConfig, TrainConfig
+
+DESCRIPTION = """Re-process existing rollouts into training files, without regenerating them.
+
+INPUT is a run directory (manifest.json or rollouts/), a rollout JSONL or Parquet file (ours or NeMo Gym's), or a
+glob; local or any fsspec URL such as s3://bucket/runs/r1. Outputs go to OUT/<objective>/ with a data card.
+"""
+
+
+def _formats_epilog() -> str:
+    return "formats (--format [objective:]name; the first listed per objective are defaults):\n" + "\n".join(
+        f"  {key:<28} {text}" for key, text in FORMAT_HELP.items()
+    )
+
+
+class ProcessCommand(BaseModel):
+    """Options of `rollouts process` (the filter and format options are TrainConfig's, shared with `collect`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    inputs: Annotated[list[str], Cli(positional=True, metavar="INPUT")] = Field(description="run directory, rollout file or glob")
+    objective: list[Objective] = Field(description="rl, sft or dpo; repeat or comma-separate")
+    out: Annotated[str, Cli(metavar="URL")] = Field(description="output directory (local path or fsspec URL)")
+    workdir: Annotated[str | None, Cli(metavar="URL")] = Field(
+        None, description="where the intermediate Parquet frame goes (default: a temp dir)")
+    storage_options: Annotated[dict[str, Any], Cli(metavar="JSON")] = Field(
+        default_factory=dict, description="fsspec options, e.g. '{\"anon\": false}'")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    _objectives = field_validator("objective", mode="before")(lambda cls, v: objectives_of(v))
+
+    def configs(self) -> list[ProcessConfig]:
+        return [self.train.for_objective(o) for o in self.objective]
+
+
+def add_process_parser(subparsers: Any) -> None:
+    """Register `process`; the parsed args carry func, which runs it."""
+    parser = subparsers.add_parser(
+        "process",
+        help="re-process rollouts into RL/SFT/DPO training files",
+        description=DESCRIPTION,
+        epilog=_formats_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    options = add_model_options(parser, ProcessCommand, command="process")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print tracebacks of errors")
+    parser.set_defaults(func=run_process_command, options=options)
+
+
+def build_command(args: argparse.Namespace) -> ProcessCommand:
+    return validated(ProcessCommand, config_data(args, args.options), args.options)
+
+
+def _summary(results: list[ProcessResult]) -> Table:
+    table = Table(title="rollouts process")
+    for column in ("objective", "rollouts in", "bad rows", "groups in → out", "out"):
+        table.add_column(column, justify="left" if column == "objective" else "right")
+    for r in results:
+        c = r.card
+        table.add_row(r.objective, str(c.rows_in), str(c.bad_rows.count), f"{c.groups_in} → {c.groups_out}", f"{c.rows_out} {c.unit}")
+    return table
+
+
+def _print_error(console: Console, message: str) -> None:
+    console.print("[red]error:[/] ", end="")
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def run_process_command(args: argparse.Namespace) -> int:
+    """Run `process` from parsed arguments; user errors print one clear line and return a non-zero code."""
+    err = Console(stderr=True)
+    try:
+        command = build_command(args)
+        results = process_many(command.inputs, command.configs(), command.out, storage_options=command.storage_options,
+                               workdir=command.workdir)
+    except ConfigError as exc:
+        _print_error(err, exc.message)
+        return 2
+    except RolloutsError as exc:
+        _print_error(err, exc.message)
+        return 1
+    out = Console()
+    out.print(_summary(results))
+    for r in results:
+        drops = [*r.card.dropped, *r.card.group_drops, *r.card.pair_drops]
+        if drops:
+            out.print(f"{r.objective} dropped: " + ", ".join(f"{d.rule} {d.count}" for d in drops), highlight=False, soft_wrap=True)
+        for fmt, path in r.files.items():
+            out.print(f"{r.objective}/{fmt}: {path} ({r.rows[fmt]} rows)", highlight=False, soft_wrap=True)
+        out.print(f"{r.objective} data card: {r.card_markdown}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rollouts")
+    add_process_parser(parser.add_subparsers())
+    args = parser.parse_args(["process", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)

@@ -1,0 +1,190 @@
+"""Generate stage: every missing rollout of one shard, concurrently, appended to `generations/<shard>.jsonl` as it ends.
+
+The last record of a rollout in that file wins, so a resumed shard skips what is done and retries what failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from rollouts.config import CollectConfig
+from rollouts.envs import Environment, build_environments
+from rollouts.errors import RolloutsError, error_record
+from rollouts.limits import InflightLimiter
+from rollouts.model import ModelCall, ModelClient, http_client
+from rollouts.progress import ProgressBoard
+from rollouts.records import SCHEMA_VERSION, Prompt, RolloutRow, dumps, input_messages, loads, rollout_id
+from rollouts.run import RunRef, ShardResult, read_records, run_store
+from rollouts.runtime import SharedClients
+
+SESSION_KEY = "_session"  # remote environments' session cookies, kept on generation records until verified
+
+
+def read_prompts(store, shard: str) -> list[Prompt]:
+    # Validated when the shard was cut; re-validating costs ~0.1 ms a prompt on the shared loop.
+    return [Prompt.model_construct(**loads(line)) for line in store.iter_lines("shards", f"{shard}.jsonl")]
+
+
+def sampling_for(config: CollectConfig, params: dict[str, Any], rollout_index: int) -> dict[str, Any]:
+    """Row sampling fields are defaults, options override them, the objective's preset fills what is left."""
+    sampling = {k: params[k] for k in ("temperature", "top_p", "max_output_tokens") if params.get(k) is not None}
+    for key, value in config.sampling_defaults().items():
+        sampling.setdefault(key, value)
+    sampling.update(config.sampling_overrides())
+    base_seed = config.sampling.seed if config.sampling.seed is not None else params.get("seed")
+    if base_seed is not None:
+        sampling["seed"] = base_seed + rollout_index
+    return sampling
+
+
+def usage_of(calls: list[ModelCall]) -> dict[str, Any]:
+    """Responses-API usage summed over the calls, with the detail objects NeMo Gym's usage model requires."""
+    in_tokens = sum(c.input_tokens for c in calls)
+    out_tokens = sum(c.output_tokens for c in calls)
+    return {"input_tokens": in_tokens, "output_tokens": out_tokens, "total_tokens": in_tokens + out_tokens,
+            "input_tokens_details": {"cached_tokens": sum(c.cached_tokens for c in calls)},
+            "output_tokens_details": {"reasoning_tokens": sum(c.reasoning_tokens for c in calls)}}
+
+
+def response_object(calls: list[ModelCall], output: list[dict[str, Any]], params: dict[str, Any], model: str,
+                    sampling: dict[str, Any]) -> dict[str, Any]:
+    """A complete Responses-API object (NeMo Gym verifiers answer 422 without every one of these fields)."""
+    last = calls[-1]
+    incomplete = last.finish_reason == "length"
+    return {
+        "id": last.response_id if last.response_id.startswith("resp") else f"resp_{last.response_id}",
+        "object": "response",
+        "created_at": calls[0].created_at,
+        "model": model,
+        "status": "incomplete" if incomplete else "completed",
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "output": output,
+        "usage": usage_of(calls),
+        "parallel_tool_calls": params.get("parallel_tool_calls", True),
+        "tool_choice": params.get("tool_choice", "auto"),
+        "tools": params.get("tools", []),
+        "temperature": sampling.get("temperature"),
+        "top_p": sampling.get("top_p"),
+        "max_output_tokens": sampling.get("max_output_tokens"),
+    }
+
+
+class ShardGenerator:
+    """Generates every missing rollout of one shard; `limiter` bounds the rollouts in flight across the process."""
+
+    def __init__(self, run: RunRef, shard: str, http, envs: dict[str, Environment], limiter: InflightLimiter,
+                 board: ProgressBoard) -> None:
+        self.ref, self.shard, self.config = run, shard, run.config
+        self.store = run_store(run)
+        self.http, self.envs, self.limiter, self.board = http, envs, limiter, board
+        endpoint = self.config.endpoint
+        self.client = ModelClient(http, endpoint.model_url, endpoint.model, endpoint.api,
+                                  max_retries=endpoint.max_retries, return_tokens=endpoint.return_tokens,
+                                  rng=random.Random(f"{run.run_id}/{shard}"))
+
+    def _todo(self, prompts: list[Prompt], done: set[str], previous: dict[str, int]) -> Iterator[tuple[Prompt, int, str, int]]:
+        for prompt in prompts:
+            for index in range(self.config.repeats):
+                rid = rollout_id(self.ref.run_id, prompt.task_index, index)
+                if rid not in done:
+                    yield prompt, index, rid, previous.get(rid, 0)
+
+    async def run(self) -> ShardResult:
+        prompts = read_prompts(self.store, self.shard)
+        done, previous = set(), {}
+        for record in read_records(self.store, "generations", f"{self.shard}.jsonl"):
+            if record.get("status") == "ok":
+                done.add(record["rollout_id"])
+            else:
+                previous[record["rollout_id"]] = record.get("attempts", 1)
+        self.board.add(resumed=len(done))
+        todo = self._todo(prompts, done, previous)
+        pending = len(prompts) * self.config.repeats - len(done)
+        result = ShardResult(shard=self.shard)
+        if pending <= 0:
+            return result
+        appender = self.store.appender("generations", f"{self.shard}.jsonl")
+
+        async def worker() -> None:
+            for prompt, index, rid, prior in todo:
+                record = await self._rollout(prompt, index, rid, prior)
+                appender.write(dumps(record))
+                ok = record["status"] == "ok"
+                self.board.add(generated=int(ok), failed=int(not ok))
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.config.parallel_per_process, pending))))
+        finally:
+            appender.commit()
+        return result
+
+    async def _rollout(self, prompt: Prompt, index: int, rid: str, prior_attempts: int) -> RolloutRow:
+        params = prompt.params
+        sampling = sampling_for(self.config, params, index)
+        env = self.envs[prompt.env]
+        # The echoed request stays a valid NeMo Gym `responses_create_params` (which has no `seed`); the sampling
+        # really sent, seed included, is the rollout's own `sampling` field.
+        echoed = {**params, **{k: v for k, v in sampling.items() if k != "seed"}}
+        record: RolloutRow = {**prompt.row, "responses_create_params": echoed, "sampling": sampling,  # type: ignore[typeddict-item]
+                              "_ng_task_index": prompt.task_index, "_ng_rollout_index": index, "rollout_id": rid,
+                              "schema_version": SCHEMA_VERSION}
+        queued = time.perf_counter()
+        await self.limiter.acquire()
+        started = time.perf_counter()
+        started_at = time.time()
+        calls: list[ModelCall] = []
+        tool_ms = 0.0
+        try:
+            session = await env.seed_session(prompt.row, self.http) if env.remote else None
+            items = input_messages(params)
+            produced: list[dict[str, Any]] = []
+            for _turn in range(self.config.environments.max_turns):
+                call = await self.client.create(items + produced, params, sampling)
+                calls.append(call)
+                produced.extend(call.output)
+                tool_calls = [item for item in call.output if item.get("type") == "function_call"]
+                if not tool_calls or not env.remote:
+                    break
+                tool_started = time.perf_counter()
+                for item in tool_calls:
+                    result = await env.call_tool(item["name"], item.get("arguments") or "{}", self.http, session)
+                    produced.append({"type": "function_call_output", "call_id": item.get("call_id"), "output": result})
+                tool_ms += (time.perf_counter() - tool_started) * 1000
+            record["response"] = response_object(calls, produced, params, self.config.endpoint.model, sampling)
+            record["finish_reason"] = calls[-1].finish_reason
+            record["status"] = "ok"
+            record["error"] = None
+            if session is not None:
+                record[SESSION_KEY] = dataclasses.asdict(session)  # type: ignore[literal-required]
+            attempts = sum(c.attempts for c in calls)
+        except RolloutsError as exc:
+            record.update(status="failed", error=error_record(exc, "generate"), reward=None)
+            attempts = int(exc.fields.get("attempts", 1)) + sum(c.attempts for c in calls)
+        except Exception as exc:  # a bad rollout is data, never a crash of its siblings
+            record.update(status="failed", error=error_record(exc, "generate"), reward=None)
+            attempts = 1
+        finally:
+            self.limiter.release()
+        ended = time.perf_counter()
+        record["attempts"] = prior_attempts + attempts
+        record["timings"] = {"queue_ms": round((started - queued) * 1000, 3),
+                             "model_ms": round(sum(c.latency_ms for c in calls), 3), "tool_ms": round(tool_ms, 3),
+                             "generate_ms": round((ended - started) * 1000, 3),
+                             "started_at": started_at, "finished_at": time.time()}
+        return record
+
+
+async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, limiter: InflightLimiter,
+                         board: ProgressBoard) -> ShardResult:
+    """Generate a shard on the caller's loop, with the run's warm client leased from `clients`."""
+    config = run.config
+    envs = build_environments(config.environments.remote_env)
+    api_key = config.api_key()
+    factory = lambda: http_client(config.parallel_per_process, config.endpoint.request_timeout, api_key)  # noqa: E731
+    async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:
+        return await ShardGenerator(run, shard, http, envs, limiter, board).run()

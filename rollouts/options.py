@@ -1,0 +1,52 @@
+"""Field markers: how a config field appears on the command line, and whether it is part of a run's identity.
+
+A config option is declared once, as a pydantic field with a description; these markers, put in its `Annotated`
+metadata, add only what the field's type cannot say. The command line (`commands/options.py`), the Prefect UI form
+(the flow's parameter schema), the manifest and the run digest are all derived from the fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+
+@dataclass(frozen=True)
+class Cli:
+    """Command-line details of a field. `flag` replaces `--field-name`; `collect_flag` replaces it in `rollouts collect`
+    only (where a generation option of the same name exists); `invert` makes a True-default bool a `--keep-x` switch;
+    `positional` makes it an argument; `hidden` leaves it off the command line."""
+
+    flag: str | None = None
+    collect_flag: str | None = None
+    metavar: str | tuple[str, ...] | None = None
+    invert: bool = False
+    positional: bool = False
+    hidden: bool = False
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The field decides which rollouts exist and what they contain: it is part of the run digest."""
+
+
+IDENTITY = Identity()
+
+
+def marker(field: FieldInfo, kind: type) -> Any:
+    return next((m for m in field.metadata if isinstance(m, kind)), None)
+
+
+def identity_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Paths of the fields marked IDENTITY, walking nested config models."""
+    paths: list[tuple[str, ...]] = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            paths += identity_fields(sub, (*prefix, name))
+        elif marker(field, Identity):
+            paths.append((*prefix, name))
+    return paths

@@ -1,0 +1,81 @@
+"""Shard stage: find or create the run by its digest, cut its prompts into shards, write the first manifest."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rollouts.config import CollectConfig
+from rollouts.envs import known_environment_names
+from rollouts.errors import ConfigError, InputError
+from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
+from rollouts.model import check_endpoint
+from rollouts.records import dumps
+from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
+from rollouts.storage import Store, join
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def plan_run(config: CollectConfig) -> RunPlan:
+    """Resolve the run directory; shard the input unless an earlier attempt already did."""
+    check_endpoint(config.endpoint.model_url, config.api_key())
+    options = config.storage.options
+    in_digest = input_digest(config.input, options)
+    digest = config.digest(in_digest)
+    name = config.run_name or default_run_name(config.input, digest)
+    out = config.storage.out
+    run_url = join(out if "://" in out else os.path.abspath(out), name)
+    run = RunRef(run_id=digest, run_url=run_url, config=config)
+    store = Store(run_url, options)
+    manifest = store.read_json(MANIFEST)
+    if manifest is not None:
+        if manifest.get("config_digest") != digest:
+            changed = _differences(manifest.get("identity", {}), config.identity())
+            if manifest.get("input_digest") != in_digest:
+                changed.append("input file content")
+            raise ConfigError(
+                f"run {name!r} at {run_url} was collected with a different config or input "
+                f"(changed: {', '.join(changed) or 'unknown'}). Pick another --run-name, or delete that run to start over."
+            )
+        if manifest.get("shards") is not None:
+            shards = [ShardRef(shard=s["shard"], prompts=s["prompts"]) for s in manifest["shards"]]
+            return RunPlan(run=run, shards=shards, prompts=manifest["prompts"], rejects=manifest["rejects"], resumed=True)
+    shards, prompts, rejects = shard_prompts(run, store)
+    write_manifest(store, run, in_digest, status="running", shards=shards, prompts=prompts, rejects=rejects)
+    return RunPlan(run=run, shards=shards, prompts=prompts, rejects=rejects, resumed=False)
+
+
+def shard_prompts(run: RunRef, store: Store) -> tuple[list[ShardRef], int, int]:
+    config = run.config
+    rows = config.rows
+    rejects: list[dict[str, Any]] = []
+    lines = iter_lines(config.input, config.storage.options)
+    prompts = parse_prompts(lines, default_env=config.environments.env,
+                            known_envs=known_environment_names(config.environments.remote_env),
+                            start=rows.start, end=rows.end, limit=rows.limit, on_reject=rejects.append)
+    shards: list[ShardRef] = []
+    batch: list[str] = []
+
+    def cut() -> None:
+        shard = f"{len(shards):05d}"
+        store.write_lines(batch, "shards", f"{shard}.jsonl")
+        shards.append(ShardRef(shard=shard, prompts=len(batch)))
+        batch.clear()
+
+    for prompt in prompts:
+        batch.append(prompt_line(prompt))
+        if len(batch) >= config.concurrency.shard_size:
+            cut()
+    if batch:
+        cut()
+    store.write_lines((dumps(r) for r in rejects), "rejects.jsonl")
+    total = sum(s.prompts for s in shards)
+    if total == 0:
+        if not rejects:
+            raise InputError(f"input {config.input!r} has no prompt rows in the selected range: it is empty or --start/--end/--limit select nothing")
+        raise InputError(f"input {config.input!r} has no valid prompt rows: all {len(rejects)} were rejected "
+                         f"(see {store.url('rejects.jsonl')}; first error, line {rejects[0]['line']}: {rejects[0]['error']})")
+    return shards, total, len(rejects)
