@@ -125,7 +125,8 @@ def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel], *
         dest = "__".join(path)
         if _is_model(field.annotation) and cli.flag is None:
             title = name if not prefix else f"{prefix[-1]}.{name}"
-            section = parser.add_argument_group(title, (field.annotation.__doc__ or "").strip().splitlines()[0] or None)
+            doc = (field.annotation.__doc__ or "").strip()
+            section = parser.add_argument_group(title, doc.splitlines()[0] if doc else None)
             options += add_model_options(parser, field.annotation, command=command, prefix=path, group=section)
             continue
         if cli.positional:

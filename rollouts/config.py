@@ -117,7 +117,7 @@ class EnvironmentConfig(BaseModel):
     env: Annotated[str, IDENTITY] = Field(
         "math", description="environment for rows without agent_ref: math, exact_match, multiple_choice or a --remote-env name")
     remote_env: Annotated[dict[str, str], IDENTITY, Cli(metavar="NAME=URL")] = Field(
-        default_factory=dict, description="a NeMo Gym resources server scoring rows whose agent_ref.name is NAME (repeatable)")
+        {}, description="a NeMo Gym resources server scoring rows whose agent_ref.name is NAME (repeatable)")
     max_turns: Annotated[int, IDENTITY] = Field(8, ge=1, description="model calls per rollout when tools are called")
 
     @field_validator("remote_env", mode="before")
@@ -136,7 +136,7 @@ class StorageConfig(BaseModel):
     out: Annotated[str, Cli(flag="--out")] = Field(
         "./runs", description="where runs are written: local path or fsspec URL such as s3://bucket/runs")
     options: Annotated[dict[str, Any], Cli(flag="--storage-options", metavar="JSON")] = Field(
-        default_factory=dict, description="fsspec options for --out and an s3:// INPUT, such as an endpoint; keep "
+        {}, description="fsspec options for --out and an s3:// INPUT, such as an endpoint; keep "
                                           "credentials in the usual AWS environment variables or profile")
 
 
@@ -148,7 +148,7 @@ class CollectConfig(BaseModel):
     input: Annotated[str, Cli(positional=True)] = Field(
         description="prompts JSONL (NeMo Gym rows, {\"prompt\": ...} or {\"messages\": [...]}): local path or fsspec URL")
     objective: list[Objective] = Field(
-        default_factory=lambda: ["rl"],
+        ["rl"],
         description="training files to write: rl, sft, dpo or a comma list such as rl,dpo; the first sets sampling defaults")
     run_name: str | None = Field(None, description="name of the run directory (default: input name + digest of config and input)")
     max_failure_fraction: float = Field(

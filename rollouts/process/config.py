@@ -91,11 +91,11 @@ class OutputFormats(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rl: _format_list("rl") = Field(default_factory=lambda: list(DEFAULT_FORMATS["rl"]), min_length=1,
+    rl: _format_list("rl") = Field(list(DEFAULT_FORMATS["rl"]), min_length=1,
                                    description="rl files: " + ", ".join(FORMATS["rl"]))
-    sft: _format_list("sft") = Field(default_factory=lambda: list(DEFAULT_FORMATS["sft"]), min_length=1,
+    sft: _format_list("sft") = Field(list(DEFAULT_FORMATS["sft"]), min_length=1,
                                      description="sft files: " + ", ".join(FORMATS["sft"]))
-    dpo: _format_list("dpo") = Field(default_factory=lambda: list(DEFAULT_FORMATS["dpo"]), min_length=1,
+    dpo: _format_list("dpo") = Field(list(DEFAULT_FORMATS["dpo"]), min_length=1,
                                      description="dpo files: " + ", ".join(FORMATS["dpo"]))
 
     @model_validator(mode="after")

@@ -76,3 +76,13 @@ def test_python_dash_m(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "rl" / "rollouts.parquet").exists()
+
+
+def test_sft_never_takes_a_wrong_answer_without_asking(tmp_path: Path) -> None:
+    """`process` and `collect` share min_reward's default (1.0): reward-0 rollouts enter SFT only with --min-reward."""
+    assert main([GYM, "--objective", "sft", "--per-prompt", "9", "--out", str(tmp_path / "a")]) == 0
+    card = json.loads((tmp_path / "a" / "sft" / "data_card.json").read_text())
+    assert card["reward_after"]["min"] == 1.0
+    assert main([GYM, "--objective", "sft", "--per-prompt", "9", "--min-reward", "none", "--out", str(tmp_path / "b")]) == 0
+    card = json.loads((tmp_path / "b" / "sft" / "data_card.json").read_text())
+    assert card["reward_after"]["min"] == 0.0
