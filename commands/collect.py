@@ -18,11 +18,13 @@ from rollouts.process.config import FORMATS, OBJECTIVES
 
 
 def prefect_defaults(verbose: bool = False) -> None:
-    """Offline, quiet, patient: set before Prefect is imported (explicit user settings win)."""
+    """Offline, quiet, patient: set before Prefect is imported (explicit user settings win). The stages' INFO lines
+    go to the flow run's logs in the UI; the terminal shows Prefect's warnings only, unless --verbose."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
 
 
 def format_choice(specs: list[str], objectives: list[str]) -> dict[str, list[str]]:
@@ -90,22 +92,62 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return run_collect(config, show_progress=not args.no_progress)
 
 
-def run_collect(config: CollectConfig, *, show_progress: bool) -> int:
-    from prefect.settings import temporary_settings
+def _absolute(url: str) -> str:
+    return url if "://" in url else os.path.abspath(os.path.expanduser(url))
 
+
+def resolved(config: CollectConfig) -> CollectConfig:
+    """What the flow run gets: absolute paths (a relative path means nothing on a worker) and the run's real name,
+    after every check that can be made without Prefect (input, endpoint, run name), fastest first."""
+    from rollouts.shard import preflight
+
+    data = config.model_dump()
+    data["input"] = _absolute(config.input)
+    data["storage"]["out"] = _absolute(config.storage.out)
+    config = CollectConfig.model_validate(data)
+    run = preflight(config)
+    return config.model_copy(update={"run_name": run.run_url.rstrip("/").rsplit("/", 1)[-1]})
+
+
+def _resume_note(config: CollectConfig) -> str | None:
+    from rollouts.shard import locate_run
+
+    run, store, manifest, _ = locate_run(config)
+    if manifest is None:
+        return None
+    done = sum(1 for path in store.glob("rollouts/*.jsonl") for _ in store.fs.open(path, "rb"))
+    expected = (manifest.get("prompts") or 0) * config.repeats
+    return f"resuming run {run.run_url}: {done} of {expected or '?'} rollouts already done"
+
+
+def run_collect(config: CollectConfig, *, show_progress: bool) -> int:
+    from commands.server import use_prefect_server
     from commands.terminal import ProgressDisplay, print_summary
-    from flows.collect import collect_rollouts
     from rollouts.runtime import collector
 
-    # A CLI run lives in this process: no heartbeat thread (it costs ~1 s to join at exit).
-    with ProgressDisplay(collector().board, enabled=show_progress), \
-            temporary_settings(updates={"flows.heartbeat_frequency": None}):
-        state = collect_rollouts(config, return_state=True)
+    board = collector().board
+    board.reset()
+    with ProgressDisplay(board, enabled=show_progress):
+        board.set_phase("checking the input, the model server and the run name")
+        config = resolved(config)
+        note = _resume_note(config)
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        board.set_phase("starting Prefect")
+        use_prefect_server()
+        from prefect.settings import temporary_settings
+
+        from flows.collect import collect_rollouts
+
+        # A CLI run lives in this process: no heartbeat thread (it costs ~1 s to join at exit).
+        with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+            board.set_phase("starting the flow run")
+            state = collect_rollouts(config, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         summary = getattr(result, "summary", None)
         if summary:
-            print_summary(summary)
+            print_summary(summary)  # the reason is its last line, printed once
         else:
             error(getattr(result, "message", str(result)))
         return EXIT_RUN_FAILED if summary or not isinstance(result, RolloutsError) else EXIT_USAGE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -38,7 +39,6 @@ class ProgressDisplay:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> ProgressDisplay:
-        self.board.reset()
         if self.enabled:
             self._thread = threading.Thread(target=self._loop, name="rollouts-progress", daemon=True)
             self._thread.start()
@@ -49,24 +49,40 @@ class ProgressDisplay:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def _announce(self, shown: dict[str, bool]) -> None:
+        """One line with the flow run's UI page, as soon as it is known."""
+        if self.board.ui_url and not shown.get("ui"):
+            shown["ui"] = True
+            self.console.print(f"Prefect UI: {self.board.ui_url}", highlight=False, soft_wrap=True)
+
     def _loop(self) -> None:
         if not self.console.is_terminal:  # CI logs, files: a plain line every so often instead of a live bar
             self._plain_lines()
             return
-        columns = [TextColumn("[bold]rollouts"), BarColumn(bar_width=24), MofNCompleteColumn(), _Stats(self.board), TimeElapsedColumn()]
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                   _Stats(self.board), TimeElapsedColumn()]
+        shown: dict[str, bool] = {}
         with Progress(*columns, console=self.console, transient=False, refresh_per_second=4) as progress:
-            task = progress.add_task("collect", total=None)
-            while not self._stop.wait(self.refresh_s):
+            task = progress.add_task("rollouts", total=None)
+            while True:
+                stopping = self._stop.wait(self.refresh_s)
                 snap = self.board.snapshot()
-                progress.update(task, total=snap.total or None, completed=snap.resumed + snap.done)
-            snap = self.board.snapshot()
-            progress.update(task, total=snap.total or None, completed=snap.resumed + snap.done)
-
+                self._announce(shown)
+                label = "rollouts" if snap.total and snap.phase in ("", "collecting") else (snap.phase or "rollouts")
+                progress.update(task, total=snap.total or None, completed=snap.resumed + snap.done, description=label)
+                if stopping:
+                    break
 
     def _plain_lines(self, every_s: float = 10.0) -> None:
-        while not self._stop.wait(every_s):
+        last_phase, shown = "", {}
+        while not self._stop.wait(min(every_s, 0.5)):
             snap = self.board.snapshot()
-            if snap.total:
+            self._announce(shown)
+            if snap.phase and snap.phase != last_phase:
+                last_phase = snap.phase
+                print(f"rollouts: {snap.phase}", file=sys.stderr, flush=True)
+            if snap.total and time.monotonic() - shown.get("at", 0.0) >= every_s:  # type: ignore[operator]
+                shown["at"] = time.monotonic()  # type: ignore[assignment]
                 reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
                 print(f"rollouts {snap.resumed + snap.done}/{snap.total}  {snap.rate:.0f}/s  reward {reward}  "
                       f"failed {snap.failed}", file=sys.stderr, flush=True)
@@ -86,6 +102,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("rollouts/s", summary.get("rollouts_per_s")),
         ("output tokens/s", summary.get("output_tokens_per_s")),
     ]
+    for failure in (summary.get("top_failures") or [])[:3]:
+        status = f" {failure['status_code']}" if failure.get("status_code") else ""
+        rows.append((f"  {failure['type']}{status}", f"{failure['count']}: {failure['example']}"))
     for key, value in rows:
         table.add_row(key, "-" if value is None else str(value))
     console.print(table)

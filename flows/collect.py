@@ -7,11 +7,12 @@ from collections.abc import Iterator
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
-from rollouts.outcome import RunSummary, finish_run
+from rollouts.outcome import RunSummary, finish_run, judge
 from rollouts.runtime import collector
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
@@ -47,10 +48,22 @@ def shard_runners(config: CollectConfig) -> Iterator[tuple[TaskRunner, TaskRunne
         yield generators, verifiers
 
 
-@flow(name="collect-rollouts", log_prints=False, validate_parameters=True)
+def run_name_of() -> str:
+    """Flow runs are named after the collection run (the CLI resolves its name before the flow starts)."""
+    config = flow_run.parameters.get("config") or {}
+    if not isinstance(config, dict):
+        config = config.model_dump()
+    name = config.get("run_name")
+    stem = str(config.get("input", "prompts")).rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+    return name or f"collect-{stem}"
+
+
+@flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=True)
 def collect_rollouts(config: CollectConfig) -> RunSummary:
     """Collect `num_repeats` verified rollouts per prompt and write training files for each objective."""
     logger = get_run_logger()
+    board = collector().board
+    board.set_ui_url(flow_run.ui_url)
     plan = shard_prompts(config)
     run = plan.run
     logger.info("run %s: %d prompts in %d shards, %d rejected rows%s", run.run_url, plan.prompts, len(plan.shards),
@@ -68,9 +81,16 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
         shard_states = [future.state for future in verified]
     results = [state.result() for state in shard_states if state.is_completed()]
     broken = [shard.shard for shard, state in zip(plan.shards, shard_states, strict=True) if not state.is_completed()]
+    board.set_phase("profiling")
     profile = profile_run(run)
-    outputs = {selection.objective: format_training_data(run, selection) for selection in filter_rollouts(run)}
-    summary = finish_run(plan, results, broken, profile, outputs)
+    verdict = judge(plan, results, broken)
+    outputs: dict[str, list[str]] = {}
+    if verdict.status == "completed":  # a failed run writes no training files: they would hold a partial run
+        board.set_phase("writing training files")
+        outputs = {selection.objective: format_training_data(run, selection) for selection in filter_rollouts(run)}
+    summary = finish_run(plan, verdict, results, broken, profile, outputs)
+    logger.info("run %s %s: %d of %d rollouts ok, mean reward %s", run.run_url, summary.status, summary.rollouts_ok,
+                summary.rollouts_expected, summary.mean_reward)
     if summary.status == "failed":
         raise RunFailedError(summary.reason, summary=summary.model_dump())
     return summary

@@ -53,20 +53,22 @@ def http_client(limit: int, timeout: float, api_key: str | None = None,
                              headers=headers)
 
 
-def check_endpoint(base_url: str, api_key: str | None, timeout: float = 15.0) -> None:
-    """Fail fast, before any prompt is sharded, when the model server is unreachable or refuses the key.
-
-    `GET /models` is cheap on vLLM, SGLang and OpenAI; a server without it (404/405) is given the benefit of the doubt.
-    """
+def check_endpoint(base_url: str, api_key: str | None, timeout: float = 5.0) -> None:
+    """Fail fast, before any prompt is sharded, when the model server is unreachable, refuses the key, or the URL
+    is not an OpenAI-compatible base (`GET /models` answers on vLLM, SGLang and OpenAI; a 404 there means the path
+    is wrong, usually a missing `/v1`)."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         response = httpx.get(f"{base_url}/models", headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach the model server at {base_url} ({type(exc).__name__}: {exc}); "
-                          "is it running, and is --model-url right (it usually ends in /v1)?") from exc
+        raise ConfigError(f"cannot reach the model server at {base_url} ({type(exc).__name__}): is it running, and "
+                          "is --model-url right (it usually ends in /v1)?") from exc
     if response.status_code in (401, 403):
         raise ConfigError(f"the model server at {base_url} refused the request (HTTP {response.status_code}): "
                           "check the key in --api-key-env")
+    if response.status_code == 404:
+        hint = f"; did you mean {base_url}/v1?" if not base_url.rstrip("/").endswith("/v1") else ""
+        raise ConfigError(f"{base_url}/models answered 404: --model-url is not an OpenAI-compatible base URL{hint}")
 
 
 # ----- request building -------------------------------------------------------------------------------------------

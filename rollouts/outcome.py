@@ -1,12 +1,22 @@
-"""The end of a run: counts, the failure-fraction verdict, and the final manifest."""
+"""The end of a run: counts, the failure-fraction verdict, the top failure types, and the final manifest."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel
 
-from rollouts.run import RunPlan, ShardResult, run_store, write_manifest
+from rollouts.run import RunPlan, ShardResult, read_records, run_store, write_manifest
+
+
+class Verdict(BaseModel):
+    status: str  # completed | failed
+    reason: str = ""
+    rollouts_ok: int
+    rollouts_failed: int  # failed rollouts plus those of shards whose tasks did not finish
+    failure_fraction: float
+    mean_reward: float | None
 
 
 class RunSummary(BaseModel):
@@ -24,10 +34,11 @@ class RunSummary(BaseModel):
     output_tokens_per_s: float | None
     outputs: dict[str, list[str]]
     incomplete_shards: list[str]
+    top_failures: list[dict[str, Any]] = []  # {type, status_code, count, example}, most frequent first
 
 
-def finish_run(plan: RunPlan, results: list[ShardResult], incomplete: list[str], profile: dict[str, Any],
-               outputs: dict[str, list[str]]) -> RunSummary:
+def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str]) -> Verdict:
+    """Decide the run's state from its shards' counts, before any training file is written."""
     config = plan.run.config
     ok = sum(r.rollouts for r in results)
     failed = sum(r.failed for r in results)
@@ -40,19 +51,45 @@ def finish_run(plan: RunPlan, results: list[ShardResult], incomplete: list[str],
         reason = f"{len(incomplete)} shard task(s) did not finish ({', '.join(incomplete[:5])}); run the same command again to resume"
     elif fraction > config.max_failure_fraction:
         reason = (f"{failed + missing} of {expected} rollouts failed ({fraction:.1%}), above --max-failure-fraction "
-                  f"{config.max_failure_fraction:.1%}; see {plan.run.run_url}/failures/ and run again to retry them")
-    status = "failed" if reason else "completed"
+                  f"{config.max_failure_fraction:.1%}; see {plan.run.run_url}/failures/")
     reward_sum = sum(r.reward_sum for r in results)
+    return Verdict(status="failed" if reason else "completed", reason=reason, rollouts_ok=ok,
+                   rollouts_failed=failed + missing, failure_fraction=round(fraction, 6),
+                   mean_reward=round(reward_sum / ok, 6) if ok else None)
+
+
+def top_failures(plan: RunPlan, results: list[ShardResult], limit: int = 5) -> list[dict[str, Any]]:
+    """The most frequent failure types of the run (type and status code), each with one example message."""
+    store = run_store(plan.run)
+    counts: Counter[tuple[str, int | None]] = Counter()
+    examples: dict[tuple[str, int | None], str] = {}
+    for result in results:
+        if not result.failed:
+            continue
+        for row in read_records(store, "failures", f"{result.shard}.jsonl"):
+            error = row.get("error") or {}
+            key = (str(error.get("type") or "unknown"), error.get("status_code"))
+            counts[key] += 1
+            examples.setdefault(key, str(error.get("message") or "")[:200])
+    return [{"type": t, "status_code": code, "count": n, "example": examples[(t, code)]}
+            for (t, code), n in counts.most_common(limit)]
+
+
+def finish_run(plan: RunPlan, verdict: Verdict, results: list[ShardResult], incomplete: list[str],
+               profile: dict[str, Any], outputs: dict[str, list[str]]) -> RunSummary:
+    expected = plan.rollouts_expected
     summary = RunSummary(
-        run_url=plan.run.run_url, status=status, reason=reason, prompts=plan.prompts, rejects=plan.rejects,
-        rollouts_expected=expected, rollouts_ok=ok, rollouts_failed=failed + missing, failure_fraction=round(fraction, 6),
-        mean_reward=round(reward_sum / ok, 6) if ok else None, rollouts_per_s=profile.get("rollouts_per_s"),
+        run_url=plan.run.run_url, status=verdict.status, reason=verdict.reason, prompts=plan.prompts,
+        rejects=plan.rejects, rollouts_expected=expected, rollouts_ok=verdict.rollouts_ok,
+        rollouts_failed=verdict.rollouts_failed, failure_fraction=verdict.failure_fraction,
+        mean_reward=verdict.mean_reward, rollouts_per_s=profile.get("rollouts_per_s"),
         output_tokens_per_s=profile.get("output_tokens_per_s"), outputs=outputs, incomplete_shards=incomplete,
+        top_failures=top_failures(plan, results),
     )
-    write_manifest(run_store(plan.run), plan.run, status=status, reason=reason, counts=summary.model_dump(
+    write_manifest(run_store(plan.run), plan.run, status=summary.status, reason=summary.reason, counts=summary.model_dump(
         include={"prompts", "rejects", "rollouts_expected", "rollouts_ok", "rollouts_failed", "failure_fraction", "mean_reward"}),
         shard_status=[{"shard": r.shard, "rollouts": r.rollouts, "failed": r.failed} for r in results]
         + [{"shard": s, "status": "incomplete"} for s in incomplete],
         profile={k: profile.get(k) for k in ("rollouts_per_s", "output_tokens_per_s", "generation_window_s")},
-        outputs=outputs)
+        top_failures=summary.top_failures, outputs=outputs)
     return summary

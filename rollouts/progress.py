@@ -17,6 +17,7 @@ class Snapshot:
     reward_sum: float
     started: float | None
     resumed: int = 0
+    phase: str = ""
 
     @property
     def done(self) -> int:
@@ -42,13 +43,22 @@ class ProgressBoard:
     reward_sum: float = 0.0
     started: float | None = None
     resumed: int = 0  # rollouts an earlier attempt of the run already finished
+    phase: str = ""  # what the run is doing now, for the terminal ("starting Prefect", "reading prompts", ...)
+    ui_url: str | None = None  # the flow run's page in the Prefect UI, once the flow has started
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+
+    def set_ui_url(self, url: str | None) -> None:
+        self.ui_url = url
 
     def reset(self, total: int = 0) -> None:
         with self._lock:
             self.total, self.generated, self.verified, self.failed, self.reward_sum = total, 0, 0, 0, 0.0
             self.resumed = 0
             self.started = None
+            self.phase, self.ui_url = "", None
 
     def add_total(self, n: int) -> None:
         with self._lock:
@@ -70,4 +80,5 @@ class ProgressBoard:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            return Snapshot(self.total, self.generated, self.verified, self.failed, self.reward_sum, self.started, self.resumed)
+            return Snapshot(self.total, self.generated, self.verified, self.failed, self.reward_sum, self.started,
+                            self.resumed, self.phase)

@@ -19,9 +19,16 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def plan_run(config: CollectConfig) -> RunPlan:
-    """Resolve the run directory; shard the input unless an earlier attempt already did."""
-    check_endpoint(config.endpoint.model_url, config.api_key())
+def check_input(config: CollectConfig) -> None:
+    """The input exists, is readable and has at least one non-blank line (an InputError otherwise)."""
+    for _ in iter_lines(config.input, config.storage.options):
+        return
+    raise InputError(f"input {config.input!r} is empty: it has no rows")
+
+
+def locate_run(config: CollectConfig) -> tuple[RunRef, Store, dict[str, Any] | None, str]:
+    """The run this config and input make (by digest), its store and manifest if it exists; a ConfigError when the
+    run name is taken by a run of another config or input."""
     options = config.storage.options
     in_digest = input_digest(config.input, options)
     digest = config.digest(in_digest)
@@ -31,18 +38,32 @@ def plan_run(config: CollectConfig) -> RunPlan:
     run = RunRef(run_id=digest, run_url=run_url, config=config)
     store = Store(run_url, options)
     manifest = store.read_json(MANIFEST)
-    if manifest is not None:
-        if manifest.get("config_digest") != digest:
-            changed = _differences(manifest.get("identity", {}), config.identity())
-            if manifest.get("input_digest") != in_digest:
-                changed.append("input file content")
-            raise ConfigError(
-                f"run {name!r} at {run_url} was collected with a different config or input "
-                f"(changed: {', '.join(changed) or 'unknown'}). Pick another --run-name, or delete that run to start over."
-            )
-        if manifest.get("shards") is not None:
-            shards = [ShardRef(shard=s["shard"], prompts=s["prompts"]) for s in manifest["shards"]]
-            return RunPlan(run=run, shards=shards, prompts=manifest["prompts"], rejects=manifest["rejects"], resumed=True)
+    if manifest is not None and manifest.get("config_digest") != digest:
+        changed = _differences(manifest.get("identity", {}), config.identity())
+        if manifest.get("input_digest") != in_digest:
+            changed.append("input file content")
+        raise ConfigError(
+            f"run {name!r} at {run_url} was collected with a different config or input "
+            f"(changed: {', '.join(changed) or 'unknown'}). Pick another --run-name, or delete that run to start over."
+        )
+    return run, store, manifest, in_digest
+
+
+def preflight(config: CollectConfig) -> RunRef:
+    """Everything that can be checked before a flow starts, fastest first: the input, the endpoint, the run name."""
+    check_input(config)
+    check_endpoint(config.endpoint.model_url, config.api_key())
+    run, _, _, _ = locate_run(config)
+    return run
+
+
+def plan_run(config: CollectConfig) -> RunPlan:
+    """Resolve the run directory; shard the input unless an earlier attempt already did."""
+    check_endpoint(config.endpoint.model_url, config.api_key())
+    run, store, manifest, in_digest = locate_run(config)
+    if manifest is not None and manifest.get("shards") is not None:
+        shards = [ShardRef(shard=s["shard"], prompts=s["prompts"]) for s in manifest["shards"]]
+        return RunPlan(run=run, shards=shards, prompts=manifest["prompts"], rejects=manifest["rejects"], resumed=True)
     shards, prompts, rejects = shard_prompts(run, store)
     write_manifest(store, run, in_digest, status="running", shards=shards, prompts=prompts, rejects=rejects)
     return RunPlan(run=run, shards=shards, prompts=prompts, rejects=rejects, resumed=False)

@@ -11,6 +11,9 @@ from tasks import STAGE_TASK
 
 @task(name="shard-prompts", **STAGE_TASK)
 def shard_prompts(config: CollectConfig) -> RunPlan:
+    board = collector().board
+    board.set_phase("reading prompts")
     plan = plan_run(config)
-    collector().board.add_total(plan.rollouts_expected)
+    board.add_total(plan.rollouts_expected)
+    board.set_phase("collecting")
     return plan

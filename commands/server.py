@@ -1,0 +1,185 @@
+"""`rollouts server start|stop|status`: one long-lived local Prefect server (with its UI) shared by every run.
+
+Without `PREFECT_API_URL`, each `rollouts collect` would start Prefect's embedded server of its own: 6-13 s of every
+run spent starting a database and an API, no UI to look at the run in, and Dask workers that cannot reach it. The
+local server is started in the background on first use, stays up, and is found again by the next run through its
+state file (`$ROLLOUTS_HOME/server/server.json`, default `~/.rollouts`). A user's own `PREFECT_API_URL` always wins;
+`ROLLOUTS_SERVER=ephemeral` keeps Prefect's embedded server instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from commands.errors import EXIT_OK, EXIT_USAGE, error
+
+DEFAULT_PORT = 4200
+START_TIMEOUT_S = 90.0
+
+
+@dataclass
+class ServerInfo:
+    pid: int
+    port: int
+    home: str
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def home() -> Path:
+    return Path(os.environ.get("ROLLOUTS_HOME") or "~/.rollouts").expanduser() / "server"
+
+
+def _state_file() -> Path:
+    return home() / "server.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def healthy(info: ServerInfo, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{info.api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def status() -> ServerInfo | None:
+    """The running local server, or None (a stale state file is removed)."""
+    try:
+        info = ServerInfo(**json.loads(_state_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if _alive(info.pid) and healthy(info):
+        return info
+    if not _alive(info.pid):
+        _state_file().unlink(missing_ok=True)
+    return None
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
+
+
+def start(port: int | None = None, *, quiet: bool = False) -> ServerInfo:
+    """Start the local server in the background (its own session: Ctrl-C of a run does not stop it); wait until healthy."""
+    running = status()
+    if running is not None:
+        return running
+    root = home()
+    root.mkdir(parents=True, exist_ok=True)
+    port = _free_port(port or DEFAULT_PORT)
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_UI_API_URL": api_url, "PREFECT_API_URL": api_url}
+    log = open(root / "server.log", "ab")  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, start_new_session=True)
+    info = ServerInfo(pid=process.pid, port=port, home=str(root))
+    if not quiet:
+        print(f"starting a local Prefect server at {info.ui_url} (it stays up for later runs; "
+              "`rollouts server stop` stops it)...", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the local Prefect server exited at start (code {process.returncode}); see {root / 'server.log'}")
+        if healthy(info, timeout=1.0):
+            _state_file().write_text(json.dumps(asdict(info)))
+            return info
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"the local Prefect server did not answer within {START_TIMEOUT_S:.0f} s; see {root / 'server.log'}")
+
+
+def stop() -> bool:
+    info = status()
+    if info is None:
+        try:
+            info = ServerInfo(**json.loads(_state_file().read_text()))
+        except (OSError, ValueError, TypeError):
+            return False
+    try:
+        os.killpg(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 15
+    while _alive(info.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(info.pid):
+        os.killpg(info.pid, signal.SIGKILL)
+    _state_file().unlink(missing_ok=True)
+    return True
+
+
+def use_prefect_server() -> str | None:
+    """Point this process (and its Dask workers, which inherit the environment) at a Prefect API; return its UI URL.
+
+    The user's PREFECT_API_URL wins; `ROLLOUTS_SERVER=ephemeral` leaves Prefect's embedded server (no UI)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
+    if os.environ.get("ROLLOUTS_SERVER", "").lower() == "ephemeral":
+        return None
+    info = start()
+    os.environ["PREFECT_API_URL"] = info.api_url
+    os.environ["PREFECT_UI_URL"] = info.ui_url
+    return info.ui_url
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    if args.action == "start":
+        try:
+            info = start(args.port)
+        except RuntimeError as exc:
+            error(str(exc))
+            return EXIT_USAGE
+        print(f"Prefect server at {info.ui_url} (API {info.api_url}, pid {info.pid}, data in {info.home})")
+    elif args.action == "stop":
+        print("stopped the local Prefect server" if stop() else "no local Prefect server is running")
+    else:
+        info = status()
+        if info is None:
+            print("no local Prefect server is running (`rollouts server start` starts one)")
+            return 3
+        print(f"running at {info.ui_url} (API {info.api_url}, pid {info.pid}, data in {info.home})")
+    return EXIT_OK
+
+
+def add_server_parser(sub: Any) -> None:
+    parser = sub.add_parser("server", help="start, stop or show the local Prefect server that runs use",
+                            description=(__doc__ or "").split("\n\n", 1)[1].strip())
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--port", type=int, default=None, help=f"port for start (default {DEFAULT_PORT}, or a free one)")
+    parser.set_defaults(func=cmd_server)
