@@ -22,7 +22,8 @@ End reasons (`AgentResult.end_reason`):
 The limits are checked before each model call, after the previous turn's tools ran, so a state changed by the
 last tool calls is what the verifier sees. Every function call gets exactly one `function_call_output`, in the
 order of the calls; a tool that raises or times out gets its error as output (the model reads it) and the rollout
-goes on. The function calls of one turn run concurrently.
+goes on. The function calls of one turn run concurrently (async tools overlap; cheap sync tools run inline; a
+timed-out threaded tool keeps running in its thread and its result is dropped).
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ class AgentResult:
     @property
     def output_tokens(self) -> int:
         return sum(call.output_tokens for call in self.calls)
+
+    def tool_record(self) -> dict[str, dict[str, float | int]]:
+        """Per-tool statistics as a JSON object for the rollout row (milliseconds rounded to microseconds)."""
+        return {name: {"calls": s.calls, "errors": s.errors, "timeouts": s.timeouts,
+                       "total_ms": round(s.total_ms, 3), "max_ms": round(s.max_ms, 3)} for name, s in self.tools.items()}
 
 
 def error_output(exc: BaseException) -> str:

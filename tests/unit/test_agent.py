@@ -101,6 +101,9 @@ async def test_tool_errors_become_outputs_and_the_rollout_goes_on() -> None:
     assert texts[3].startswith("Error: the arguments of refuse are not valid JSON")
     assert "reason: Input should be a valid string" in texts[4] and "extra: Extra inputs are not permitted" in texts[4]
     assert result.tools["refuse"].errors == 3 and result.tools["boom"].errors == 1 and result.tools["nope"].calls == 1
+    record = result.tool_record()
+    assert set(record) == {"boom", "refuse", "nope"}
+    assert {k: v for k, v in record["refuse"].items() if not k.endswith("_ms")} == {"calls": 3, "errors": 3, "timeouts": 0}
     assert [o["call_id"] for o in result.output[5:10]] == [c["call_id"] for c in calls]
 
 
