@@ -90,7 +90,9 @@ def parse_remote_env(spec: str) -> tuple[str, str]:
     return _check_name(name, spec), _check_url(url, spec)
 
 
-def build_environments(remote: dict[str, str] | None = None, modules: list[str] | tuple[str, ...] = ()) -> dict[str, Environment]:
+def build_environments(
+    remote: dict[str, str] | None = None, modules: list[str] | tuple[str, ...] = ()
+) -> dict[str, Environment]:
     """Built-ins, then entry-point and `modules` environments, then one `RemoteEnvironment` per name.
 
     A later source replaces an earlier one's environment of the same name (a user module may redefine `math`).
@@ -103,6 +105,8 @@ def build_environments(remote: dict[str, str] | None = None, modules: list[str] 
     return envs
 
 
-def known_environment_names(remote: dict[str, str] | None = None, modules: list[str] | tuple[str, ...] = ()) -> set[str]:
+def known_environment_names(
+    remote: dict[str, str] | None = None, modules: list[str] | tuple[str, ...] = ()
+) -> set[str]:
     """Names a row's `agent_ref.name` (or the run default) may use."""
     return set(BUILTIN_ENVIRONMENTS) | set(user_environments(modules)) | set(remote or {})

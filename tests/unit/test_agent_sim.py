@@ -76,7 +76,7 @@ async def test_calculator_prompts_are_solved_through_the_tool(sim_url: str, http
         assert session is None and result.end_reason == STOP and result.turns == 2
         kinds = [item["type"] for item in result.output if item["type"] != "reasoning"]
         assert kinds == ["function_call", "function_call_output", "message"]
-        call, output = result.output[[i["type"] for i in result.output].index("function_call")], None
+        call = next(item for item in result.output if item["type"] == "function_call")
         output = next(item for item in result.output if item["type"] == "function_call_output")
         assert call["name"] == "calculate" and output["call_id"] == call["call_id"]
         assert output["output"] == calculate(json.loads(call["arguments"])["expression"]) == row["expected_answer"]
