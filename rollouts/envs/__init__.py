@@ -1,10 +1,13 @@
-"""Environments: the registry of built-in verifiers and remote NeMo Gym resources servers (never imports prefect).
+"""Environments: built-in verifiers and tool environments, users' modules, remote NeMo Gym resources servers.
 
-    envs = build_environments(remote={"my_env": "http://gym:8000"})    # from --env NAME=URL flags
+    envs = build_environments(remote={"my_env": "http://gym:8000"}, modules=["my_pkg.my_env"])
     env = envs[row_env_name]
-    session = await env.seed_session(row, http)                        # None for built-ins
-    text = await env.call_tool(name, arguments_json, http, session)    # remote only; built-ins raise VerifierError
+    session = await env.seed_session(row, http)                        # None for stateless ones
+    text = await env.call_tool(name, arguments_json, http, session)    # when env.offers_tools
+    env.end_session(session)                                           # the agent loop does this
     result = await env.verify(row, response, http, session)            # VerifyResult(reward, extra)
+
+`rollouts.agent.run_agent` drives the model, the tools and the session of one rollout. Never imports prefect.
 """
 
 from __future__ import annotations
@@ -12,33 +15,49 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from rollouts.envs.base import BuiltinEnvironment, Environment, SessionState, VerifyResult
+from rollouts.envs.calculator import CalculatorEnvironment
+from rollouts.envs.kv_store import KeyValueEnvironment
+from rollouts.envs.loading import ENTRY_POINT_GROUP, load_env_module, user_environments
 from rollouts.envs.math_env import MathEnvironment
 from rollouts.envs.remote import RemoteEnvironment, complete_response, cookie_free_transport, verify_extras
 from rollouts.envs.text import ExactMatchEnvironment, MultipleChoiceEnvironment
+from rollouts.envs.toolenv import ToolEnvironment
+from rollouts.envs.tools import Tool, ToolError, ToolRegistry, tool_from_function
 from rollouts.errors import ConfigError
 
 __all__ = [
     "BUILTIN_ENVIRONMENTS",
+    "ENTRY_POINT_GROUP",
     "BuiltinEnvironment",
+    "CalculatorEnvironment",
     "Environment",
     "ExactMatchEnvironment",
+    "KeyValueEnvironment",
     "MathEnvironment",
     "MultipleChoiceEnvironment",
     "RemoteEnvironment",
     "SessionState",
+    "Tool",
+    "ToolEnvironment",
+    "ToolError",
+    "ToolRegistry",
     "VerifyResult",
     "build_environments",
     "complete_response",
     "cookie_free_transport",
     "known_environment_names",
+    "load_env_module",
     "parse_remote_env",
+    "tool_from_function",
     "verify_extras",
 ]
 
-BUILTIN_ENVIRONMENTS: dict[str, type[BuiltinEnvironment]] = {
+BUILTIN_ENVIRONMENTS: dict[str, type[Environment]] = {
     MathEnvironment.name: MathEnvironment,
     ExactMatchEnvironment.name: ExactMatchEnvironment,
     MultipleChoiceEnvironment.name: MultipleChoiceEnvironment,
+    CalculatorEnvironment.name: CalculatorEnvironment,
+    KeyValueEnvironment.name: KeyValueEnvironment,
 }
 
 
@@ -71,15 +90,23 @@ def parse_remote_env(spec: str) -> tuple[str, str]:
     return _check_name(name, spec), _check_url(url, spec)
 
 
-def build_environments(remote: dict[str, str] | None = None) -> dict[str, Environment]:
-    """The built-in environments plus one `RemoteEnvironment` per name; a remote name replaces a built-in one."""
+def build_environments(
+    remote: dict[str, str] | None = None, modules: list[str] | tuple[str, ...] = ()
+) -> dict[str, Environment]:
+    """Built-ins, then entry-point and `modules` environments, then one `RemoteEnvironment` per name.
+
+    A later source replaces an earlier one's environment of the same name (a user module may redefine `math`).
+    """
     envs: dict[str, Environment] = {name: cls() for name, cls in BUILTIN_ENVIRONMENTS.items()}
+    envs.update(user_environments(modules))
     for name, url in (remote or {}).items():
         spec = f"{name}={url}"
         envs[_check_name(name, spec)] = RemoteEnvironment(_check_name(name, spec), _check_url(url, spec))
     return envs
 
 
-def known_environment_names(remote: dict[str, str] | None = None) -> set[str]:
+def known_environment_names(
+    remote: dict[str, str] | None = None, modules: list[str] | tuple[str, ...] = ()
+) -> set[str]:
     """Names a row's `agent_ref.name` (or the run default) may use."""
-    return set(BUILTIN_ENVIRONMENTS) | set(remote or {})
+    return set(BUILTIN_ENVIRONMENTS) | set(user_environments(modules)) | set(remote or {})

@@ -40,7 +40,10 @@ class SessionState:
     """
 
     cookies: dict[str, str] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)  # the /seed_session reply body
+    data: dict[str, Any] = field(default_factory=dict)  # JSON: the /seed_session reply, an in-process final state
+    # An in-process environment's live per-rollout objects. `Environment.end_session` snapshots them into `data`
+    # and clears this, so a stored session is always JSON and verification sees the same state after a resume.
+    live: Any = None
 
     def cookie_header(self) -> str:
         return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
@@ -52,9 +55,24 @@ class Environment(ABC):
     name: str
     remote: bool = False
 
-    async def seed_session(self, row: dict[str, Any], http: httpx.AsyncClient) -> SessionState | None:
-        """Start a per-rollout session before the first model call. Built-in environments have none."""
+    async def seed_session(self, row: dict[str, Any], http: httpx.AsyncClient | None) -> SessionState | None:
+        """Start a per-rollout session before the first model call. Stateless built-ins have none."""
         return None
+
+    @property
+    def offers_tools(self) -> bool:
+        """Whether the model's function calls run here (an environment that overrides `call_tool`).
+
+        Without tools, a rollout ends at the model's first function call, with end reason `no_tools`.
+        """
+        return type(self).call_tool is not Environment.call_tool
+
+    def end_session(self, session: SessionState | None) -> None:
+        """The rollout's last tool has run: make the session storable (JSON only). Called by the agent loop."""
+
+    def tool_specs(self) -> list[dict[str, Any]]:
+        """Function tools (Responses-API shape) sent to the model when the row brings none of its own."""
+        return []
 
     @abstractmethod
     async def verify(

@@ -242,13 +242,14 @@ def test_parse_remote_env() -> None:
 
 
 def test_build_environments() -> None:
-    assert set(BUILTIN_ENVIRONMENTS) == {"math", "exact_match", "multiple_choice"}
+    builtin = {"math", "exact_match", "multiple_choice", "calculator", "kv_store"}
+    assert set(BUILTIN_ENVIRONMENTS) == builtin
     envs = build_environments({"calc": "http://127.0.0.1:1", "math": "http://127.0.0.1:2"})
-    assert set(envs) == {"math", "exact_match", "multiple_choice", "calc"}
+    assert set(envs) == builtin | {"calc"}
     assert isinstance(envs["calc"], RemoteEnvironment) and envs["calc"].remote
     assert isinstance(envs["math"], RemoteEnvironment)  # a remote name overrides the built-in
     assert isinstance(build_environments({})["math"], MathEnvironment)
-    assert known_environment_names({"calc": "http://x"}) == {"math", "exact_match", "multiple_choice", "calc"}
+    assert known_environment_names({"calc": "http://x"}) == builtin | {"calc"}
     with pytest.raises(ConfigError):
         build_environments({"calc": "not a url"})
 
