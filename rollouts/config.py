@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rollouts.envs import parse_remote_env
+from rollouts.agent import AgentLimits
+from rollouts.envs import Environment, build_environments, known_environment_names, parse_remote_env
 from rollouts.errors import ConfigError
 from rollouts.options import IDENTITY, Cli, identity_fields
 from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, TrainConfig
@@ -118,7 +119,28 @@ class EnvironmentConfig(BaseModel):
         "math", description="environment for rows without agent_ref: math, exact_match, multiple_choice or a --remote-env name")
     remote_env: Annotated[dict[str, str], IDENTITY, Cli(metavar="NAME=URL")] = Field(
         {}, description="a NeMo Gym resources server scoring rows whose agent_ref.name is NAME (repeatable)")
-    max_turns: Annotated[int, IDENTITY] = Field(8, ge=1, description="model calls per rollout when tools are called")
+    max_turns: Annotated[int, IDENTITY] = Field(8, ge=1, description="model calls per rollout (the agent loop ends there)")
+    max_rollout_tokens: Annotated[int | None, IDENTITY, Cli(metavar="N")] = Field(
+        None, ge=1, description="output tokens over all model calls of a rollout; no new call starts once reached")
+    rollout_timeout: Annotated[float | None, Cli(metavar="S")] = Field(
+        None, gt=0, description="seconds per rollout from its first model call; calls and tools in flight are "
+                                "cancelled (end reason deadline)")
+    tool_timeout: Annotated[float, Cli(metavar="S")] = Field(
+        60.0, gt=0, description="seconds per tool call; a slower call returns an error to the model")
+    env_module: Annotated[list[str], IDENTITY, Cli(metavar="MODULE")] = Field(
+        [], description="Python module defining environments (e.g. my_pkg.my_env), imported in every collector "
+                        "process (repeatable)")
+
+    def build(self) -> dict[str, Environment]:
+        """The run's environments: built-ins, entry points and --env-module ones, then the remote ones."""
+        return build_environments(self.remote_env, self.env_module)
+
+    def names(self) -> set[str]:
+        return known_environment_names(self.remote_env, self.env_module)
+
+    def limits(self) -> AgentLimits:
+        return AgentLimits(max_turns=self.max_turns, max_rollout_tokens=self.max_rollout_tokens,
+                           timeout_s=self.rollout_timeout, tool_timeout_s=self.tool_timeout)
 
     @field_validator("remote_env", mode="before")
     @classmethod

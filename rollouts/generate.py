@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from rollouts.config import CollectConfig
-from rollouts.envs import Environment, build_environments
+from rollouts.agent import run_agent, with_env_tools
+from rollouts.envs import Environment
 from rollouts.errors import RolloutsError, error_record
 from rollouts.limits import InflightLimiter
 from rollouts.model import ModelCall, ModelClient, http_client
@@ -22,7 +23,9 @@ from rollouts.records import SCHEMA_VERSION, Prompt, RolloutRow, dumps, input_me
 from rollouts.run import RunRef, ShardResult, read_records, run_store
 from rollouts.runtime import SharedClients
 
-SESSION_KEY = "_session"  # remote environments' session cookies, kept on generation records until verified
+# A rollout's session (a remote environment's cookies, an in-process environment's final state), kept on generation
+# records until verified.
+SESSION_KEY = "_session"
 
 
 def read_prompts(store, shard: str) -> list[Prompt]:
@@ -83,6 +86,7 @@ class ShardGenerator:
         self.store = run_store(run)
         self.http, self.envs, self.limiter, self.board = http, envs, limiter, board
         endpoint = self.config.endpoint
+        self.limits = self.config.environments.limits()
         self.client = ModelClient(http, endpoint.model_url, endpoint.model, endpoint.api,
                                   max_retries=endpoint.max_retries, return_tokens=endpoint.return_tokens,
                                   rng=random.Random(f"{run.run_id}/{shard}"))
@@ -124,9 +128,9 @@ class ShardGenerator:
         return result
 
     async def _rollout(self, prompt: Prompt, index: int, rid: str, prior_attempts: int) -> RolloutRow:
-        params = prompt.params
-        sampling = sampling_for(self.config, params, index)
         env = self.envs[prompt.env]
+        params = with_env_tools(prompt.params, env)  # an in-process tool environment offers its tools
+        sampling = sampling_for(self.config, params, index)
         # The echoed request stays a valid NeMo Gym `responses_create_params` (which has no `seed`); the sampling
         # really sent, seed included, is the rollout's own `sampling` field.
         echoed = {**params, **{k: v for k, v in sampling.items() if k != "seed"}}
@@ -137,26 +141,23 @@ class ShardGenerator:
         await self.limiter.acquire()
         started = time.perf_counter()
         started_at = time.time()
-        calls: list[ModelCall] = []
+        calls: list[ModelCall] = []  # owned here, so attempts add up even when a later call fails
         tool_ms = 0.0
+
+        async def call_model(items: list[dict[str, Any]]) -> ModelCall:
+            call = await self.client.create(items, params, sampling)
+            calls.append(call)
+            return call
+
         try:
-            session = await env.seed_session(prompt.row, self.http) if env.remote else None
-            items = input_messages(params)
-            produced: list[dict[str, Any]] = []
-            for _turn in range(self.config.environments.max_turns):
-                call = await self.client.create(items + produced, params, sampling)
-                calls.append(call)
-                produced.extend(call.output)
-                tool_calls = [item for item in call.output if item.get("type") == "function_call"]
-                if not tool_calls or not env.remote:
-                    break
-                tool_started = time.perf_counter()
-                for item in tool_calls:
-                    result = await env.call_tool(item["name"], item.get("arguments") or "{}", self.http, session)
-                    produced.append({"type": "function_call_output", "call_id": item.get("call_id"), "output": result})
-                tool_ms += (time.perf_counter() - tool_started) * 1000
-            record["response"] = response_object(calls, produced, params, self.config.endpoint.model, sampling)
+            session = await env.seed_session(prompt.row, self.http)
+            result = await run_agent(call_model, env, input_messages(params), session=session, http=self.http,
+                                     limits=self.limits)
+            tool_ms = result.tool_ms
+            record["response"] = response_object(calls, result.output, params, self.config.endpoint.model, sampling)
             record["finish_reason"] = calls[-1].finish_reason
+            record["end_reason"] = result.end_reason  # type: ignore[typeddict-unknown-key]
+            record["tool_stats"] = result.tool_record()  # type: ignore[typeddict-unknown-key]
             record["status"] = "ok"
             record["error"] = None
             if session is not None:
@@ -183,7 +184,7 @@ async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, lim
                          board: ProgressBoard) -> ShardResult:
     """Generate a shard on the caller's loop, with the run's warm client leased from `clients`."""
     config = run.config
-    envs = build_environments(config.environments.remote_env)
+    envs = config.environments.build()
     api_key = config.api_key()
     factory = lambda: http_client(config.parallel_per_process, config.endpoint.request_timeout, api_key)  # noqa: E731
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:

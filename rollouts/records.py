@@ -77,6 +77,8 @@ class RolloutRow(TypedDict, total=False):
     error: RolloutError | None
     attempts: int
     finish_reason: str
+    end_reason: str
+    tool_stats: dict[str, dict[str, Any]]
     timings: Timings
     schema_version: int
 
@@ -108,6 +110,8 @@ RESERVED_KEYS = frozenset(
         "error",
         "attempts",
         "finish_reason",
+        "end_reason",
+        "tool_stats",
         "timings",
         "schema_version",
     }

@@ -6,7 +6,6 @@ import os
 from typing import Any
 
 from rollouts.config import CollectConfig
-from rollouts.envs import known_environment_names
 from rollouts.errors import ConfigError, InputError
 from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.model import check_endpoint
@@ -74,8 +73,7 @@ def shard_prompts(run: RunRef, store: Store) -> tuple[list[ShardRef], int, int]:
     rows = config.rows
     rejects: list[dict[str, Any]] = []
     lines = iter_lines(config.input, config.storage.options)
-    prompts = parse_prompts(lines, default_env=config.environments.env,
-                            known_envs=known_environment_names(config.environments.remote_env),
+    prompts = parse_prompts(lines, default_env=config.environments.env, known_envs=config.environments.names(),
                             start=rows.start, end=rows.end, limit=rows.limit, on_reject=rejects.append)
     shards: list[ShardRef] = []
     batch: list[str] = []

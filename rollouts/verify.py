@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
-from rollouts.envs import Environment, SessionState, build_environments
+from rollouts.envs import Environment, SessionState
 from rollouts.errors import error_record
 from rollouts.generate import SESSION_KEY
 from rollouts.model import http_client
@@ -62,7 +62,7 @@ async def verify_shard(run: RunRef, shard: str, *, board: ProgressBoard) -> Shar
         verified.add(record["rollout_id"])
         result.rollouts += 1
         result.reward_sum += record.get("reward") or 0.0
-    envs = build_environments(config.environments.remote_env)
+    envs = config.environments.build()
     failures: list[dict[str, Any]] = [r for r in latest.values() if r["status"] != "ok"]
     todo = [r for r in latest.values() if r["status"] == "ok" and r["rollout_id"] not in verified]
     appender = store.appender("rollouts", f"{shard}.jsonl")
