@@ -23,8 +23,10 @@ def prefect_defaults(verbose: bool = False) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
+    for name, value in (("PREFECT_LOGGING_LEVEL", "INFO"),
+                        ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")):
+        if not os.environ.get(name):
+            os.environ[name] = value
 
 
 def format_choice(specs: list[str], objectives: list[str]) -> dict[str, list[str]]:
@@ -115,7 +117,10 @@ def _resume_note(config: CollectConfig) -> str | None:
     run, store, manifest, _ = locate_run(config)
     if manifest is None:
         return None
-    done = sum(1 for path in store.glob("rollouts/*.jsonl") for _ in store.fs.open(path, "rb"))
+    done = 0
+    for path in store.glob("rollouts/*.jsonl"):
+        with store.fs.open(path, "rb") as fh:
+            done += sum(1 for line in fh if line.strip())
     expected = (manifest.get("prompts") or 0) * config.repeats
     return f"resuming run {run.run_url}: {done} of {expected or '?'} rollouts already done"
 

@@ -16,7 +16,6 @@ from commands.collect import config_data, objectives_of, validated
 from commands.options import Option, add_model_options
 from rollouts.errors import ConfigError, RolloutsError
 from rollouts.options import Cli
-from rollouts.process.api import ProcessResult, process_many
 from rollouts.process.config import FORMAT_HELP, Objective, ProcessConfig, TrainConfig
 
 DESCRIPTION = """Re-process existing rollouts into training files, without regenerating them.
@@ -70,7 +69,7 @@ def build_command(args: argparse.Namespace) -> ProcessCommand:
     return validated(ProcessCommand, config_data(args, args.options), args.options)
 
 
-def _summary(results: list[ProcessResult]) -> Table:
+def _summary(results: list[Any]) -> Table:
     table = Table(title="rollouts process")
     for column in ("objective", "rollouts in", "bad rows", "groups in → out", "out"):
         table.add_column(column, justify="left" if column == "objective" else "right")
@@ -87,6 +86,8 @@ def _print_error(console: Console, message: str) -> None:
 
 def run_process_command(args: argparse.Namespace) -> int:
     """Run `process` from parsed arguments; user errors print one clear line and return a non-zero code."""
+    from rollouts.process.api import process_many
+
     err = Console(stderr=True)
     try:
         command = build_command(args)

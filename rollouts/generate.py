@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from rollouts.breaker import STOPPED, FailureBreaker
 from rollouts.config import CollectConfig
 from rollouts.agent import run_agent, with_env_tools
 from rollouts.envs import Environment
@@ -81,10 +82,11 @@ class ShardGenerator:
     """Generates every missing rollout of one shard; `limiter` bounds the rollouts in flight across the process."""
 
     def __init__(self, run: RunRef, shard: str, http, envs: dict[str, Environment], limiter: InflightLimiter,
-                 board: ProgressBoard) -> None:
+                 board: ProgressBoard, breaker: FailureBreaker | None = None) -> None:
         self.ref, self.shard, self.config = run, shard, run.config
         self.store = run_store(run)
         self.http, self.envs, self.limiter, self.board = http, envs, limiter, board
+        self.breaker = breaker or FailureBreaker()
         endpoint = self.config.endpoint
         self.limits = self.config.environments.limits()
         self.client = ModelClient(http, endpoint.model_url, endpoint.model, endpoint.api,
@@ -116,8 +118,12 @@ class ShardGenerator:
 
         async def worker() -> None:
             for prompt, index, rid, prior in todo:
+                if self.breaker.tripped:
+                    return
                 record = await self._rollout(prompt, index, rid, prior)
                 appender.write(dumps(record))
+                if self.breaker.record(record):
+                    self.store.write_json({"reason": self.breaker.reason}, STOPPED)
                 ok = record["status"] == "ok"
                 self.board.add(generated=int(ok), failed=int(not ok))
 
@@ -181,11 +187,11 @@ class ShardGenerator:
 
 
 async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, limiter: InflightLimiter,
-                         board: ProgressBoard) -> ShardResult:
+                         board: ProgressBoard, breaker: FailureBreaker | None = None) -> ShardResult:
     """Generate a shard on the caller's loop, with the run's warm client leased from `clients`."""
     config = run.config
     envs = config.environments.build()
     api_key = config.api_key()
     factory = lambda: http_client(config.parallel_per_process, config.endpoint.request_timeout, api_key)  # noqa: E731
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:
-        return await ShardGenerator(run, shard, http, envs, limiter, board).run()
+        return await ShardGenerator(run, shard, http, envs, limiter, board, breaker).run()

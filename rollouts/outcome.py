@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from rollouts.breaker import STOPPED
 from rollouts.run import RunPlan, ShardResult, read_records, run_store, write_manifest
 
 
@@ -47,7 +48,10 @@ def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str]) -> V
     missing = max(expected - ok - failed, 0)
     fraction = (failed + missing) / expected if expected else 0.0
     reason = ""
-    if incomplete:
+    stopped = run_store(plan.run).read_json(STOPPED)
+    if stopped:
+        reason = stopped["reason"]
+    elif incomplete:
         reason = f"{len(incomplete)} shard task(s) did not finish ({', '.join(incomplete[:5])}); run the same command again to resume"
     elif fraction > config.max_failure_fraction:
         reason = (f"{failed + missing} of {expected} rollouts failed ({fraction:.1%}), above --max-failure-fraction "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rollouts.breaker import STOPPED
 from rollouts.config import CollectConfig
 from rollouts.errors import ConfigError, InputError
 from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
@@ -60,6 +61,7 @@ def plan_run(config: CollectConfig) -> RunPlan:
     """Resolve the run directory; shard the input unless an earlier attempt already did."""
     check_endpoint(config.endpoint.model_url, config.api_key())
     run, store, manifest, in_digest = locate_run(config)
+    store.remove(STOPPED)  # an earlier attempt stopped early: this one tries again (the user changed something)
     if manifest is not None and manifest.get("shards") is not None:
         shards = [ShardRef(shard=s["shard"], prompts=s["prompts"]) for s in manifest["shards"]]
         return RunPlan(run=run, shards=shards, prompts=manifest["prompts"], rejects=manifest["rejects"], resumed=True)

@@ -12,9 +12,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Everything under tests/integration/ is marked `integration`: `pytest -m "not integration"` is the fast suite."""
+    """Everything under tests/integration/ and tests/cli/ is marked `integration`: `pytest -m "not integration"` is
+    the fast suite."""
     import pytest
 
     for item in items:
-        if "integration" in item.path.parts:
+        if {"integration", "cli"} & set(item.path.parts):
             item.add_marker(pytest.mark.integration)

@@ -1,26 +1,24 @@
-"""Filter and format stages: rollouts -> RL / SFT / DPO training files with a data card (pure polars, no Prefect)."""
+"""Filter and format stages: rollouts -> RL / SFT / DPO training files with a data card (pure polars, no Prefect).
 
-from .api import ProcessResult, Selection, load_rollouts, process, process_many, select, write_outputs
-from .card import DataCard
-from .config import DEFAULT_FORMATS, FORMATS, ProcessConfig, TrainConfig
-from .frame import ROLLOUT_SCHEMA
-from .readers import LoadedRollouts
-from .validate import BadRows
+Names are imported on first use, so `rollouts.process.config` (which every command imports) does not load polars.
+"""
 
-__all__ = [
-    "DEFAULT_FORMATS",
-    "FORMATS",
-    "ROLLOUT_SCHEMA",
-    "BadRows",
-    "DataCard",
-    "LoadedRollouts",
-    "ProcessConfig",
-    "ProcessResult",
-    "Selection",
-    "TrainConfig",
-    "load_rollouts",
-    "process",
-    "process_many",
-    "select",
-    "write_outputs",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ProcessResult": ".api", "Selection": ".api", "load_rollouts": ".api", "process": ".api",
+    "process_many": ".api", "select": ".api", "write_outputs": ".api", "DataCard": ".card",
+    "DEFAULT_FORMATS": ".config", "FORMATS": ".config", "ProcessConfig": ".config", "TrainConfig": ".config",
+    "ROLLOUT_SCHEMA": ".frame", "LoadedRollouts": ".readers", "BadRows": ".validate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rollouts.process' has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

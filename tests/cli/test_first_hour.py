@@ -1,0 +1,134 @@
+"""What a new user meets in the first hour: each usage error is one exact line, exit 2, before Prefect starts; runs are
+named after themselves, failed runs write no training files and say why once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import rollouts
+from tests.integration.conftest import free_port, math_rows, write_jsonl
+
+
+def collect(src: Path, url: str, out: Path, *extra: str, api_url: str | None = None):
+    return rollouts("collect", str(src), "--model-url", url, "--model", "m", "--out", str(out), "--no-progress",
+                    *extra, api_url=api_url)
+
+
+def test_missing_input_is_one_line_and_fast(tmp_path, sim):
+    result = collect(tmp_path / "nope.jsonl", sim.url, tmp_path)
+    assert (result.code, result.fast) == (2, True)
+    assert result.error_lines == [f"error: input '{tmp_path / 'nope.jsonl'}' does not exist: check the path"]
+
+
+def test_empty_input_is_one_line_and_fast(tmp_path, sim):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    result = collect(tmp_path / "empty.jsonl", sim.url, tmp_path)
+    assert (result.code, result.fast) == (2, True)
+    assert result.error_lines == [f"error: input '{tmp_path / 'empty.jsonl'}' is empty: it has no rows"]
+
+
+def test_unreachable_server_is_one_line_and_fast(tmp_path):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = collect(src, url, tmp_path)
+    assert (result.code, result.fast) == (2, True)
+    assert result.error_lines == [f"error: cannot reach the model server at {url} (ConnectError): is it running, and "
+                                  "is --model-url right (it usually ends in /v1)?"]
+
+
+def test_a_url_without_v1_is_a_usage_error_that_suggests_it(tmp_path, sim):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    base = sim.url.removesuffix("/v1")
+    result = collect(src, base, tmp_path)
+    assert (result.code, result.fast) == (2, True)
+    assert result.error_lines == [f"error: {base}/models answered 404: --model-url is not an OpenAI-compatible base "
+                                  f"URL; did you mean {base}/v1?"]
+
+
+def test_option_errors_do_not_speak_pydantic(tmp_path, sim):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    result = collect(src, sim.url, tmp_path, "--start", "20", "--end", "5")
+    assert (result.code, result.fast) == (2, True)
+    assert result.error_lines == ["error: --end (5) must be greater than --start (20)"]
+    result = collect(src, sim.url, tmp_path, "--temperature", "9")
+    assert result.error_lines == ["error: --temperature: Input should be less than or equal to 2"]
+
+
+def test_run_name_clash_is_refused_before_prefect_starts(tmp_path, sim, prefect_server):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    first = collect(src, sim.url, tmp_path, "--run-name", "mine", "--num-repeats", "1", api_url=prefect_server)
+    assert first.code == 0, first.err[-2000:]
+    clash = collect(src, sim.url, tmp_path, "--run-name", "mine", "--num-repeats", "2", api_url=prefect_server)
+    assert (clash.code, clash.fast) == (2, True)
+    assert clash.error_lines == [
+        f"error: run 'mine' at {tmp_path / 'mine'} was collected with a different config or input (changed: "
+        "num_repeats). Pick another --run-name, or delete that run to start over."]
+    again = collect(src, sim.url, tmp_path, "--run-name", "mine", "--num-repeats", "1", api_url=prefect_server)
+    assert again.code == 0 and f"resuming run {tmp_path / 'mine'}: 2 of 2 rollouts already done" in again.err
+
+
+def test_flow_run_is_named_after_the_run_and_stores_absolute_paths(tmp_path, sim, prefect_server):
+    write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    result = rollouts("collect", "p.jsonl", "--model-url", sim.url, "--model", "m", "--out", "./runs",
+                      "--run-name", "named", "--num-repeats", "1", "--no-progress", api_url=prefect_server, cwd=tmp_path,
+                      env={"PREFECT_LOGGING_LEVEL": ""})  # the CLI's own default, not the test suite's WARNING
+    assert result.code == 0, result.err[-2000:]
+    import httpx
+
+    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={"flow_runs": {"name": {"any_": ["named"]}}}).json()
+    assert len(runs) == 1
+    config = runs[0]["parameters"]["config"]
+    assert config["input"] == str(tmp_path / "p.jsonl") and config["storage"]["out"] == str(tmp_path / "runs")
+    logs = httpx.post(f"{prefect_server}/logs/filter", json={"logs": {"flow_run_id": {"any_": [runs[0]["id"]]}}}).json()
+    assert any("prompts in" in log["message"] for log in logs)  # the stages' INFO lines reach the run's logs
+
+
+class WrongRoute(BaseHTTPRequestHandler):
+    """A server whose /v1/models answers but whose completions route does not exist (a wrong proxy path)."""
+
+    def do_GET(self):  # noqa: N802
+        body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = b'{"error": {"message": "Not Found", "code": 404}}'
+        self.send_response(404)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def wrong_route():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), WrongRoute)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_every_request_refused_stops_early_and_writes_no_training_files(tmp_path, wrong_route, prefect_server):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(60))
+    result = collect(src, wrong_route, tmp_path, "--run-name", "refused", "--num-repeats", "4", "--parallel", "4",
+                     "--objective", "rl,sft", api_url=prefect_server)
+    assert result.code == 1
+    run = tmp_path / "refused"
+    generated = sum(1 for f in (run / "generations").glob("*.jsonl") for _ in f.open())
+    assert generated < 60 * 4 / 2  # stopped early, not after all 240 requests
+    assert result.out.count("stopped early: the first 16 rollouts all failed with HTTP 404") == 1
+    assert "run again to retry" not in result.out + result.err
+    assert "ProviderError 404" in result.out  # the summary's failure types
+    assert not (run / "train").exists()
+    assert "Traceback" not in result.err
