@@ -111,8 +111,12 @@ class Conversation:
     __slots__ = ("_prompt", "_completion", "_tools", "_trl", "parallel_tool_calls")
 
     def __init__(self, prompt: list[Message], output: str, tools: list[dict[str, Any]] | None, parallel_tool_calls: bool | None = None) -> None:
+        completion = to_messages(loads(output))
+        if not prompt:  # an `input: []` row: its trajectory, prompt included, is all in the output
+            cut = next((i for i, m in enumerate(completion) if m["role"] == "assistant"), len(completion))
+            prompt, completion = completion[:cut], completion[cut:]
         self._prompt = prompt
-        self._completion = to_messages(loads(output))
+        self._completion = completion
         self._tools = tools
         self._trl: tuple[list[Message], list[Message]] | None = None
         self.parallel_tool_calls = parallel_tool_calls

@@ -1,6 +1,7 @@
 """SFT selection: rows that pass the row rules, de-duplicated, best-of-n per prompt.
 
-Rules run in this order and a dropped row is counted under the first rule that drops it: failed, length-truncated
+Rules run in this order and a dropped row is counted under the first rule that drops it: failed, no final assistant
+turn (trainers need the conversation to end with one: NeMo RL asserts it, TRL refuses an empty completion), length-truncated
 (unless kept), below --min-reward, over --max-turns, over --max-output-tokens, duplicate completion of the same prompt
 (the best-rewarded copy stays), outside the top --per-prompt of its prompt. Ranking within a prompt: reward
 descending, then rollout index, then input order.
@@ -13,9 +14,11 @@ import polars as pl
 from .card import DataCard, distribution, drops_from_counts
 from .config import ProcessConfig
 
-COLUMNS = ["row", "group_id", "status", "reward", "finish_reason", "num_turns", "output_tokens", "completion_key", "rollout_index"]
+COLUMNS = ["row", "group_id", "status", "final_turn", "reward", "finish_reason", "num_turns", "output_tokens", "completion_key", "rollout_index"]
+FINAL_TURNS = ["assistant", "tool_call"]
 RULES = {
     "failed": "the rollout failed (no reward)",
+    "no_final_assistant": "the output does not end with an assistant message or tool call (only reasoning, empty, or a tool result / user turn last)",
     "length_truncated": "finish reason `length`: the completion was cut off (--keep-length-truncated keeps it)",
     "below_min_reward": "reward below --min-reward",
     "too_many_turns": "more model turns than --max-turns",
@@ -28,6 +31,7 @@ RULES = {
 def row_rules(config: ProcessConfig, *, sft: bool) -> pl.Expr:
     """The first row rule that drops each row (null: kept), shared with DPO's candidate rules."""
     rule = pl.when(pl.col("status") != "ok").then(pl.lit("failed"))
+    rule = rule.when(~pl.col("final_turn").is_in(FINAL_TURNS)).then(pl.lit("no_final_assistant"))
     if not config.keep_length_truncated:
         rule = rule.when(pl.col("finish_reason") == "length").then(pl.lit("length_truncated"))
     if sft and config.min_reward is not None:
