@@ -11,8 +11,8 @@ OBJECTIVES: tuple[Objective, ...] = ("rl", "sft", "dpo")
 
 # Output formats per objective; the first ones are the defaults.
 FORMATS: dict[str, tuple[str, ...]] = {
-    "rl": ("parquet", "jsonl"),
-    "sft": ("openai", "trl", "trl-prompt-completion"),
+    "rl": ("parquet", "jsonl", "verl"),
+    "sft": ("openai", "trl", "trl-prompt-completion", "verl"),
     "dpo": ("trl", "openai", "trl-standard", "nemo-rl"),
 }
 DEFAULT_FORMATS: dict[str, tuple[str, ...]] = {
@@ -23,9 +23,11 @@ DEFAULT_FORMATS: dict[str, tuple[str, ...]] = {
 FORMAT_HELP = {
     "rl/parquet": "one row per rollout with group stats and advantage; prompt/tools/output as JSON text",
     "rl/jsonl": "the same rows as JSON lines, prompt/tools/output as nested JSON",
+    "rl/verl": "verl RLHFDataset prompts (verl.parquet): prompt messages, data_source, reward_model, extra_info; one row per prompt",
     "sft/openai": "OpenAI chat fine-tuning: messages (assistant tool_calls, tool messages) + tools",
     "sft/trl": "TRL conversational: messages + tools (tool-call arguments as objects)",
     "sft/trl-prompt-completion": "TRL conversational prompt/completion: prompt and completion message lists + tools",
+    "sft/verl": "verl multi-turn SFT (verl.parquet): nested messages and tools",
     "dpo/trl": "TRL conversational preference: prompt, chosen, rejected message lists (+ tools)",
     "dpo/openai": "OpenAI preference fine-tuning: input{messages,tools}, preferred_output, non_preferred_output",
     "dpo/trl-standard": "TRL standard preference: prompt, chosen, rejected as plain strings",
