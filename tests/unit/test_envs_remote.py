@@ -96,7 +96,7 @@ async def test_incomplete_response_is_completed_before_verify(gym: ResourcesServ
     filled = complete_response(BARE_RESPONSE, ROW)
     assert validate_verify_body({**ROW, "response": filled}) != []  # the row's tool has no `strict`: Gym refuses it
     assert validate_verify_body({**gym_row(ROW), "response": filled}) == []  # what verify() sends
-    assert filled["tools"] == ROW["responses_create_params"]["tools"]
+    assert filled["tools"] == [{**ROW["responses_create_params"]["tools"][0], "strict": None}]
     assert filled["object"] == "response" and filled["parallel_tool_calls"] is True and filled["tool_choice"] == "auto"
     assert "id" not in BARE_RESPONSE and "annotations" not in BARE_RESPONSE["output"][3]["content"][0]  # no mutation
     env = env_for(gym)
