@@ -23,7 +23,7 @@ from .card import DataCard, distribution, drops_from_counts
 from .config import ProcessConfig
 from .sft import judged
 
-COLUMNS = ["row", "group_id", "status", "final_turn", "reward", "finish_reason", "completion_key", "prompt_key", "rollout_index", "output_tokens", "output_chars"]
+COLUMNS = ["row", "group_id", "status", "final_turn", "reward", "finish_reason", "completion_key", "rollout_index", "output_tokens", "output_chars"]
 MAX_JOIN_ROWS = 8_000_000  # candidate pairs materialised at once; bigger inputs are joined in batches of groups
 ROW_RULES = {
     "failed": "the rollout failed (no reward)",
@@ -91,7 +91,7 @@ def _pairing_groups(cands: pl.DataFrame, by_task: bool, counts: dict[str, int]) 
     cross = int(per_task.select(pairs(pl.col("n")).sum()).item() or 0) - int(per_prompt.select(pairs(pl.col("n")).sum()).item() or 0)
     if cross:
         counts["different_prompts"] = cross
-    return cands.with_columns(group_id=pl.format("{}\x1f{}", pl.col("task_group"), pl.col("prompt_key")))
+    return cands.with_columns(group_id=pl.format("{}\x1f{}", pl.col("task_group"), pl.col("prompt_key").fill_null(0)))
 
 
 def _pairs(cands: pl.DataFrame, config: ProcessConfig, counts: dict[str, int]) -> pl.DataFrame:

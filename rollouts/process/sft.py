@@ -44,22 +44,25 @@ def row_rules(config: ProcessConfig, *, sft: bool) -> pl.Expr:
 
 
 def ranked(df: pl.DataFrame) -> pl.DataFrame:
-    """Rows ordered best first within each group, with `rank` (1 = best)."""
-    df = df.sort(["group_id", "reward", "rollout_index", "row"], descending=[False, True, False, False], nulls_last=True)
-    return df.with_columns(rank=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32))
+    """Rows ordered best first within each prompt (`prompt_group`), with `rank` (1 = best)."""
+    df = df.sort(["group_id", "prompt_group", "reward", "rollout_index", "row"], descending=[False, False, True, False, False], nulls_last=True)
+    return df.with_columns(rank=pl.int_range(1, pl.len() + 1).over("prompt_group").cast(pl.Int32))
 
 
 def mark_duplicates(df: pl.DataFrame, rule: str = "rule") -> pl.DataFrame:
-    """On ranked rows: a kept row whose completion already appeared better-ranked in its group is a duplicate."""
+    """On ranked rows: a kept row whose completion already appeared better-ranked for its prompt is a duplicate."""
     live = df.filter(pl.col(rule).is_null())
-    dup = live.filter(~pl.col("completion_key").is_first_distinct().over("group_id"))["row"]
+    dup = live.filter(~pl.col("completion_key").is_first_distinct().over("prompt_group"))["row"]
     return df.with_columns(pl.when(pl.col("row").is_in(dup.implode())).then(pl.lit("duplicate")).otherwise(pl.col(rule)).alias(rule))
 
 
 def judged(frame: pl.LazyFrame, columns: list[str], config: ProcessConfig, card: DataCard, *, sft: bool) -> pl.DataFrame:
     """The rows with their row-rule verdict (`rule`, null = kept), ranked in their group, duplicates marked; the
     card's input figures filled. Shared by SFT and DPO, whose candidates pass the same row rules."""
-    df = frame.select(columns).collect().with_columns(rule=row_rules(config, sft=sft))
+    # a prompt is a task's group, or one of its prompts when a stateful environment gave its rollouts different ones
+    df = frame.select(*columns, "prompt_key").collect().with_columns(
+        rule=row_rules(config, sft=sft), prompt_group=pl.format("{}\x1f{}", pl.col("group_id"), pl.col("prompt_key").fill_null(0))
+    )
     card.rows_in = df.height
     card.groups_in = df["group_id"].n_unique()
     card.reward_before = distribution(df.filter(pl.col("status") == "ok")["reward"])
@@ -71,7 +74,7 @@ def select_sft(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
     """Kept rows: row, group_id, reward, rank (1 = best of its prompt)."""
     df = judged(frame, COLUMNS, config, card, sft=True)
     live = df.filter(pl.col("rule").is_null())
-    live = live.with_columns(rank=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32))
+    live = live.with_columns(rank=pl.int_range(1, pl.len() + 1).over("prompt_group").cast(pl.Int32))
     cut = live.filter(pl.col("rank") > config.per_prompt)["row"]
     df = df.with_columns(pl.when(pl.col("row").is_in(cut.implode())).then(pl.lit("not_best_of_n")).otherwise(pl.col("rule")).alias("rule"))
     counts = dict(df.drop_nulls("rule")["rule"].value_counts().iter_rows())
@@ -80,5 +83,6 @@ def select_sft(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
     card.rows_out = kept.height
     card.groups_out = kept["group_id"].n_unique()
     card.reward_after = distribution(kept["reward"])
-    card.distributions["rollouts_per_prompt"] = distribution(kept.group_by("group_id").agg(pl.len())["len"])
+    per_prompt = live.filter(pl.col("rank") <= config.per_prompt).group_by("prompt_group").agg(pl.len())["len"]
+    card.distributions["rollouts_per_prompt"] = distribution(per_prompt)
     return kept

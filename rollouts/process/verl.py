@@ -85,14 +85,24 @@ def rl_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return frame
 
 
+def _prune_empty(value: Any) -> Any:
+    """Drop keys whose value is an empty object: Parquet has no struct without fields, and in a JSON Schema an absent
+    `properties` means the same as an empty one."""
+    if isinstance(value, dict):
+        return {k: _prune_empty(v) for k, v in value.items() if v != {}}
+    if isinstance(value, list):
+        return [_prune_empty(v) for v in value]
+    return value
+
+
 def sft_frame(rows: list[tuple[list[Message], list[dict[str, Any]] | None]]) -> tuple[pl.DataFrame, int]:
-    """(messages, tools) rows as the SFT Parquet frame, and how many rows' tools Parquet could not hold exactly
-    (tools of different shapes in one file are unified into one struct, padding each with nulls)."""
+    """(messages, tools) rows as the SFT Parquet frame, and how many rows' tools Parquet could not hold exactly:
+    tools of different shapes in one file are unified into one struct (each padded with nulls), empty objects dropped."""
     converted = [verl_messages(messages) for messages, _ in rows]
     tools = [t or [] for _, t in rows]
     frame = pl.DataFrame({"messages": pl.Series([m for m, _ in converted], dtype=pl.List(MESSAGE))})
     if any(tools):
-        column = pl.Series("tools", tools)
+        column = pl.Series("tools", [_prune_empty(t) for t in tools])
         frame = frame.with_columns(column)
         padded = sum(1 for got, want in zip(column.to_list(), tools, strict=True) if got != want)
     else:

@@ -194,7 +194,7 @@ def write_sft(selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessCon
         frame, padded = verl.sft_frame(verl_rows) if verl_rows else (pl.DataFrame({"messages": pl.Series([], dtype=pl.List(verl.MESSAGE))}), 0)
         target = Target(out_dir, "verl.parquet", so)
         target.sink(frame.write_parquet)
-        note = f"{padded} rows' tools were padded with nulls (tools of different shapes in one Parquet file)" if padded else None
+        note = f"{padded} rows' tools changed to fit one Parquet type (fields of other tools' shapes as nulls, empty objects dropped)" if padded else None
         files.insert(list(formats).index("verl"), OutputFile(format="verl", path=target.url, rows=frame.height, note=note))
     return files
 
