@@ -77,6 +77,11 @@ def select(
         rows_read=loaded.rows_read,
         bad_rows=loaded.bad_rows.model_copy(deep=True),
     )
+    if loaded.missing_rollouts:
+        card.notes.append(
+            f"{loaded.missing_rollouts} of {loaded.input_rows} rollouts owed by the materialized inputs have no row at all "
+            "(killed or never dispatched)"
+        )
     selected = SELECTORS[config.objective](loaded.scan(None, storage_options), config, card)
     if workdir is None:
         return Selection(objective=config.objective, loaded=loaded, card=card, selected_data=selected)

@@ -38,6 +38,8 @@ def test_output_folder_reads_failures_into_their_groups_and_inputs_as_inputs() -
     assert json.loads(failed["error"][0]) == {
         "type": "ClientResponseError", "message": "500, message='Internal Server Error'", "status_code": 500, "stage": "agent_run_error",
     }  # fmt: skip
+    card = select(loaded, ProcessConfig(objective="rl")).card
+    assert card.notes[0].startswith("1 of 9 rollouts owed by the materialized inputs have no row")
     same = load_rollouts([str(GYM_OUT / "*.jsonl")]).frame_data  # the glob the README shows reads the same
     assert same is not None and same.drop("file", "row").equals(df.drop("file", "row"))
 
