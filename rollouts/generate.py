@@ -16,6 +16,7 @@ from rollouts.breaker import STOPPED, FailureBreaker
 from rollouts.config import CollectConfig
 from rollouts.agent import run_agent, with_env_tools
 from rollouts.envs import Environment
+from rollouts.envs.remote import gym_usage
 from rollouts.errors import RolloutsError, error_record
 from rollouts.limits import InflightLimiter
 from rollouts.model import ModelCall, ModelClient, http_client
@@ -48,11 +49,9 @@ def sampling_for(config: CollectConfig, params: dict[str, Any], rollout_index: i
 
 def usage_of(calls: list[ModelCall]) -> dict[str, Any]:
     """Responses-API usage summed over the calls, with the detail objects NeMo Gym's usage model requires."""
-    in_tokens = sum(c.input_tokens for c in calls)
-    out_tokens = sum(c.output_tokens for c in calls)
-    return {"input_tokens": in_tokens, "output_tokens": out_tokens, "total_tokens": in_tokens + out_tokens,
-            "input_tokens_details": {"cached_tokens": sum(c.cached_tokens for c in calls)},
-            "output_tokens_details": {"reasoning_tokens": sum(c.reasoning_tokens for c in calls)}}
+    return gym_usage(sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls),
+                     cached_tokens=sum(c.cached_tokens for c in calls),
+                     reasoning_tokens=sum(c.reasoning_tokens for c in calls))
 
 
 def response_object(calls: list[ModelCall], output: list[dict[str, Any]], params: dict[str, Any], model: str,

@@ -7,7 +7,6 @@ This client is the single owner of request retries (429 with Retry-After, 5xx, c
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ import httpx
 import orjson
 
 from rollouts.errors import ConfigError, ProviderError, ResponseParseError
+from rollouts.chat import chat_tools, items_to_chat
 from rollouts.retry import RetryPolicy
-from rollouts.process.formats import chat_tools
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -74,48 +73,8 @@ def check_endpoint(base_url: str, api_key: str | None, timeout: float = 5.0) -> 
 # ----- request building -------------------------------------------------------------------------------------------
 
 
-def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content or []:
-        if isinstance(part, dict) and isinstance(part.get("text"), str):
-            parts.append(part["text"])
-    return "".join(parts)
-
-
-def items_to_chat(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Responses input items -> Chat Completions messages (function calls become assistant tool_calls)."""
-    messages: list[dict[str, Any]] = []
-    for item in items:
-        kind = item.get("type", "message")
-        if kind == "message" or "role" in item and kind not in ("function_call", "function_call_output"):
-            role = item.get("role", "user")
-            if role == "developer":
-                role = "system"
-            message: dict[str, Any] = {"role": role, "content": _text_of(item.get("content"))}
-            for key in ("tool_calls", "tool_call_id", "name"):
-                if key in item:
-                    message[key] = item[key]
-            messages.append(message)
-        elif kind == "function_call":
-            call = {"id": item.get("call_id") or item.get("id"), "type": "function",
-                    "function": {"name": item["name"], "arguments": item.get("arguments", "{}")}}
-            last = messages[-1] if messages else None
-            if last and last["role"] == "assistant" and "tool_calls" in last:
-                last["tool_calls"].append(call)
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            output = item.get("output")
-            messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                             "content": output if isinstance(output, str) else json.dumps(output)})
-        # reasoning items are not sent back to chat endpoints
-    return messages
-
-
 def chat_body(model: str, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any], return_tokens: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "messages": items_to_chat(items)}
+    body: dict[str, Any] = {"model": model, "messages": items_to_chat(items, params.get("instructions"))}
     if params.get("tools"):
         body["tools"] = chat_tools(params["tools"])
         if "tool_choice" in params:

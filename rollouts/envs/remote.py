@@ -5,14 +5,20 @@ Protocol, as NeMo Gym's own agents speak it:
   * `POST {url}/{tool}` with the tool call's parsed JSON arguments; the reply body (any status) is the tool output.
   * `POST {url}/verify` with the row plus `response`, a complete Responses-API object; the reply is the request
     echoed plus `reward` and any extra fields.
+Both bodies are what NeMo Gym's request models accept (`gym_row`): its `NeMoGymResponseCreateParamsNonStreaming`
+forbids unknown keys (a real server answers 422 `extra_forbidden` for `seed`), function tools need `strict` and
+`parameters`, and `response.usage` needs `input_tokens_details` / `output_tokens_details`. The collector's own
+bookkeeping (`rollout_id`, `status`, `timings`, `sampling`...) is not sent.
 The session cookies are kept per rollout in a `SessionState` and sent explicitly on every call; servers may
 re-issue them on any reply and the latest value wins. The shared `httpx.AsyncClient`'s cookie jar is never used:
 it would mix sessions of concurrent rollouts. (With the aiohttp transport the aiohttp session has a jar of its own
 that overrides explicit cookies: build it with `cookie_free_transport()`, or a `DummyCookieJar`.)
 
-Extras: the reply's fields minus `responses_create_params`, `response`, `reward`, the collector's reserved keys
-(`rollouts.records.RESERVED_KEYS`), and every key whose value equals what we sent (the echoed row). So a server that
-adds `judge` or `extracted_answer`, or changes a metadata field, has those stored; the echo is not duplicated.
+Extras: the reply's fields minus `responses_create_params`, `response`, `reward` and every key whose value equals
+what we sent (the echoed row). So a server that adds `judge` or `extracted_answer`, or changes a metadata field, has
+those stored; the echo is not duplicated. A verifier field named like one of the collector's own keys
+(`rollouts.records.RESERVED_KEYS`: NeMo Gym verifiers write `status: "pass"`...) is kept under `verifier`
+(`{"verifier": {"status": "pass"}}`), never over the collector's.
 
 Retries: up to `attempts` tries under the collector's one `rollouts.retry.RetryPolicy` (backoff with jitter on
 connection errors, timeouts, 408/409/425/429 and 5xx, `Retry-After` honoured up to `max_backoff`); any other 4xx fails at
@@ -78,7 +84,7 @@ class RemoteEnvironment(Environment):
 
     async def seed_session(self, row: dict[str, Any], http: httpx.AsyncClient) -> SessionState:
         session = SessionState()
-        reply = await self._post(http, "seed_session", row, session, retry_replies=True)
+        reply = await self._post(http, "seed_session", gym_row(row), session, retry_replies=True)
         session.data = _json_object(reply, "seed_session", self.name, required=False)
         return session
 
@@ -89,7 +95,7 @@ class RemoteEnvironment(Environment):
         http: httpx.AsyncClient,
         session: SessionState | None = None,
     ) -> VerifyResult:
-        body = {**row, "response": complete_response(response, row)}
+        body = {**gym_row(row), "response": complete_response(response, row)}
         reply = await self._post(http, "verify", body, session or SessionState(), retry_replies=True)
         data = _json_object(reply, "verify", self.name, required=True)
         reward = data.get("reward")
@@ -177,6 +183,48 @@ class RemoteEnvironment(Environment):
 
 # ---- helpers (public where the collector or tests use them) -----------------------------------------------------
 
+# NeMoGymResponseCreateParamsNonStreaming's fields (nemo-gym 0.7): anything else is refused with extra_forbidden.
+GYM_PARAMS_KEYS = frozenset({
+    "background", "include", "input", "instructions", "max_output_tokens", "max_tool_calls", "metadata", "model",
+    "parallel_tool_calls", "previous_response_id", "prompt", "reasoning", "service_tier", "store",
+    "context_management", "conversation", "moderation", "prompt_cache_key", "prompt_cache_retention",
+    "safety_identifier", "stream_options", "temperature", "text", "tool_choice", "tools", "top_logprobs", "top_p",
+    "truncation", "user", "stream",
+})  # fmt: skip
+# The collector's bookkeeping on a rollout row: not the environment's business.
+BOOKKEEPING_KEYS = frozenset({"rollout_id", "status", "error", "attempts", "finish_reason", "timings", "schema_version", "sampling", "_session"})
+
+
+def gym_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`responses_create_params` as NeMo Gym's model takes it: its keys only, function tools with `strict` and
+    `parameters` (null when the row has none)."""
+    out = {k: v for k, v in params.items() if k in GYM_PARAMS_KEYS}
+    if isinstance(out.get("tools"), list):
+        out["tools"] = [
+            {"strict": None, "parameters": None, **tool} if isinstance(tool, dict) and tool.get("type") == "function" and "function" not in tool else tool
+            for tool in out["tools"]
+        ]
+    return out
+
+
+def gym_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row NeMo Gym's request models accept: input keys and verifier metadata, without our bookkeeping."""
+    out = {k: v for k, v in row.items() if k not in BOOKKEEPING_KEYS}
+    if isinstance(out.get("responses_create_params"), dict):
+        out["responses_create_params"] = gym_params(out["responses_create_params"])
+    return out
+
+
+def gym_usage(input_tokens: int, output_tokens: int, *, cached_tokens: int | None = 0, reasoning_tokens: int | None = 0) -> dict[str, Any]:
+    """Responses-API `usage` with the token-detail objects NeMo Gym's `NeMoGymResponseUsage` requires."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached_tokens},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
 
 def complete_response(response: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     """A Responses-API object with every field NeMo Gym validates (it answers 422 otherwise), without mutating.
@@ -197,7 +245,7 @@ def complete_response(response: dict[str, Any], row: dict[str, Any]) -> dict[str
     if response.get("tool_choice") is None:
         filled["tool_choice"] = params.get("tool_choice") or "auto"
     if response.get("tools") is None:
-        filled["tools"] = list(params.get("tools") or [])
+        filled["tools"] = list(gym_params(params).get("tools") or [])
     usage = response.get("usage")
     if usage is not None:
         filled["usage"] = _complete_usage(usage)
@@ -224,28 +272,37 @@ def _complete_item(item: dict[str, Any]) -> dict[str, Any]:
         item = dict(item)
         item.setdefault("id", f"rs_{uuid.uuid4().hex}")
         item["summary"] = item.get("summary") or []
+    elif kind == "function_call":
+        item = dict(item)
+        item["call_id"] = item.get("call_id") or item.get("id") or f"call_{uuid.uuid4().hex}"
+        arguments = item.get("arguments")
+        item["arguments"] = arguments if isinstance(arguments, str) else json.dumps(arguments if arguments is not None else {})
     return item
 
 
 def _complete_usage(usage: Any) -> dict[str, Any] | None:
     if not isinstance(usage, dict):
         return None
-    filled = dict(usage)
-    filled["input_tokens"] = int(usage.get("input_tokens") or 0)
-    filled["output_tokens"] = int(usage.get("output_tokens") or 0)
-    filled["total_tokens"] = int(usage.get("total_tokens") or filled["input_tokens"] + filled["output_tokens"])
-    filled["input_tokens_details"] = usage.get("input_tokens_details") or {"cached_tokens": 0}
-    filled["output_tokens_details"] = usage.get("output_tokens_details") or {"reasoning_tokens": 0}
+    filled = {**usage, **gym_usage(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0))}
+    filled["total_tokens"] = int(usage.get("total_tokens") or filled["total_tokens"])
+    for key in ("input_tokens_details", "output_tokens_details"):
+        if isinstance(usage.get(key), dict):
+            filled[key] = {**filled[key], **usage[key]}
     return filled
 
 
 def verify_extras(reply: dict[str, Any], sent: dict[str, Any]) -> dict[str, Any]:
-    """The verifier's own fields: the reply minus the echoed request and the collector's reserved keys."""
-    return {
-        key: value
-        for key, value in reply.items()
-        if key not in _ECHO_KEYS and key not in RESERVED_KEYS and not (key in sent and sent[key] == value)
-    }
+    """The verifier's own fields: the reply minus the echoed request; fields named like the collector's reserved
+    keys go under `verifier`."""
+    extras: dict[str, Any] = {}
+    colliding: dict[str, Any] = {}
+    for key, value in reply.items():
+        if key in _ECHO_KEYS or (key in sent and sent[key] == value):
+            continue
+        (colliding if key in RESERVED_KEYS else extras)[key] = value
+    if colliding:
+        extras["verifier"] = colliding
+    return extras
 
 
 def update_cookies(session: SessionState, reply: httpx.Response) -> None:

@@ -15,10 +15,11 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, StorageError
+from ..storage import filesystem
 from .card import DataCard
 from .config import Objective, ProcessConfig
 from .dpo import select_dpo
-from .readers import LoadedRollouts, load_rollouts, url_to_fs
+from .readers import LoadedRollouts, load_rollouts
 from .rl import select_rl
 from .sft import select_sft
 from .writers import Target, write_dpo, write_rl, write_sft
@@ -42,7 +43,7 @@ class Selection(BaseModel):
             return self.selected_data
         if self.selected_uri is None:
             raise StorageError("selection has neither data nor a URI")
-        fs, path = url_to_fs(self.selected_uri, storage_options)
+        fs, path = filesystem(self.selected_uri, storage_options)
         try:
             with fs.open(path, "rb") as f:
                 return pl.read_parquet(f)
@@ -77,11 +78,16 @@ def select(
         rows_read=loaded.rows_read,
         bad_rows=loaded.bad_rows.model_copy(deep=True),
     )
+    if loaded.missing_rollouts:
+        card.notes.append(
+            f"{loaded.missing_rollouts} of {loaded.input_rows} rollouts owed by the materialized inputs have no row at all "
+            "(killed or never dispatched)"
+        )
     selected = SELECTORS[config.objective](loaded.scan(None, storage_options), config, card)
     if workdir is None:
         return Selection(objective=config.objective, loaded=loaded, card=card, selected_data=selected)
     uri = f"{workdir.rstrip('/')}/selection-{config.objective}-{uuid.uuid4().hex[:8]}.parquet"
-    fs, path = url_to_fs(uri, storage_options)
+    fs, path = filesystem(uri, storage_options)
     try:
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(path, "wb") as f:
@@ -102,7 +108,7 @@ def write_outputs(
     if config.objective != selection.objective:
         raise ConfigError(f"selection is for {selection.objective}, config for {config.objective}")
     out_dir = f"{out.rstrip('/')}/{config.objective}"
-    fs, path = url_to_fs(out_dir, storage_options)
+    fs, path = filesystem(out_dir, storage_options)
     try:
         fs.makedirs(path, exist_ok=True)
     except OSError as exc:

@@ -13,8 +13,8 @@ OBJECTIVES: tuple[Objective, ...] = ("rl", "sft", "dpo")
 
 # Output formats per objective; the first ones are the defaults.
 FORMATS: dict[str, tuple[str, ...]] = {
-    "rl": ("parquet", "jsonl"),
-    "sft": ("openai", "trl", "trl-prompt-completion"),
+    "rl": ("parquet", "jsonl", "verl"),
+    "sft": ("openai", "trl", "trl-prompt-completion", "verl"),
     "dpo": ("trl", "openai", "trl-standard", "nemo-rl"),
 }
 DEFAULT_FORMATS: dict[str, tuple[str, ...]] = {
@@ -23,11 +23,13 @@ DEFAULT_FORMATS: dict[str, tuple[str, ...]] = {
     "dpo": ("trl", "openai"),
 }
 FORMAT_HELP = {
-    "rl/parquet": "one row per rollout with group stats and advantage; prompt/tools/output as JSON text",
+    "rl/parquet": "one row per rollout with group stats and advantage; prompt/tools/output/extra as JSON text",
     "rl/jsonl": "the same rows as JSON lines, prompt/tools/output as nested JSON",
+    "rl/verl": "verl RLHFDataset prompts (verl.parquet): prompt messages, data_source, reward_model, extra_info; one row per prompt",
     "sft/openai": "OpenAI chat fine-tuning: messages (assistant tool_calls, tool messages) + tools",
     "sft/trl": "TRL conversational: messages + tools (tool-call arguments as objects)",
     "sft/trl-prompt-completion": "TRL conversational prompt/completion: prompt and completion message lists + tools",
+    "sft/verl": "verl multi-turn SFT (verl.parquet): nested messages and tools",
     "dpo/trl": "TRL conversational preference: prompt, chosen, rejected message lists (+ tools)",
     "dpo/openai": "OpenAI preference fine-tuning: input{messages,tools}, preferred_output, non_preferred_output",
     "dpo/trl-standard": "TRL standard preference: prompt, chosen, rejected as plain strings",
@@ -69,6 +71,10 @@ class FilterOptions(BaseModel):
     pairing: Literal["best-worst", "all-pairs", "top-bottom-k"] = Field(
         "best-worst", description="dpo: which pairs of a group: its best and worst, every pair, or the k best x k worst")
     min_margin: float = Field(0.0, ge=0, description="dpo: minimum reward margin (a tie is never a pair)")
+    pair_by_task_index: bool = Field(
+        False, description="dpo: pair rollouts of one task index even when their prompts differ (stateful "
+                           "environments give each rollout its own prompt); by default such pairs are dropped and "
+                           "counted as different_prompts")
     top_k: Annotated[int, Cli(metavar="K")] = Field(2, ge=1, description="dpo: k for --pairing top-bottom-k")
     max_pairs_per_prompt: Annotated[int | None, Cli(metavar="N")] = Field(
         None, ge=1, description="dpo: keep the N largest-margin pairs of a prompt")

@@ -1,6 +1,9 @@
 """DPO selection: preference pairs built inside a group (one prompt) only.
 
-Candidates are successful rollouts, minus length-truncated ones (unless kept) and duplicate completions. A pair's
+Candidates are successful rollouts that end with an assistant turn, minus length-truncated ones (unless kept) and
+duplicate completions. Both sides of a pair had the same prompt and tools: in stateful environments the rollouts of
+one task index can have different prompts, and such rollouts are paired only within each prompt (cross-prompt pairs
+are counted as `different_prompts`), unless `pair_by_task_index` asks to pair the whole task regardless. A pair's
 chosen reward is always strictly higher than its rejected reward (a tie is never a pair) and the margin is at least
 --min-margin. Strategies:
 - best-worst: one pair per prompt, the largest-margin pair that passes the filters; without --max-length-ratio that
@@ -20,10 +23,11 @@ from .card import DataCard, distribution, drops_from_counts
 from .config import ProcessConfig
 from .sft import judged
 
-COLUMNS = ["row", "group_id", "status", "reward", "finish_reason", "completion_key", "rollout_index", "output_tokens", "output_chars"]
+COLUMNS = ["row", "group_id", "status", "final_turn", "reward", "finish_reason", "completion_key", "rollout_index", "output_tokens", "output_chars"]
 MAX_JOIN_ROWS = 8_000_000  # candidate pairs materialised at once; bigger inputs are joined in batches of groups
 ROW_RULES = {
     "failed": "the rollout failed (no reward)",
+    "no_final_assistant": "the output does not end with an assistant message or tool call",
     "length_truncated": "finish reason `length` (--keep-length-truncated keeps it)",
     "duplicate": "same completion as a better-ranked rollout of the same prompt",
 }
@@ -31,9 +35,10 @@ GROUP_RULES = {
     "fewer_than_2_candidates": "fewer than two candidate rollouts",
     "all_rewards_tied": "all candidates have the same reward: a tie is never a pair",
     "margin_below_min": "no two candidates differ by --min-margin",
-    "no_pair_passes_filters": "every pair with enough margin fails --max-length-ratio or has identical completions",
+    "no_pair_passes_filters": "every pair with enough margin fails --max-length-ratio, has identical completions or different prompts",
 }
 PAIR_RULES = {
+    "different_prompts": "the two rollouts had different prompts (a stateful environment): not a preference pair",
     "tie": "equal rewards (counted once per unordered pair)",
     "margin_below_min": "reward margin below --min-margin",
     "identical_completions": "chosen and rejected completions are identical",
@@ -50,6 +55,9 @@ def select_dpo(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
     df = judged(frame, COLUMNS, config, card, sft=False)
     card.dropped = drops_from_counts(dict(df.drop_nulls("rule")["rule"].value_counts().iter_rows()), ROW_RULES)
     cands = df.filter(pl.col("rule").is_null()).drop("rule")
+    pair_counts: dict[str, int] = {}
+    by_task = config.pair_by_task_index
+    cands = _pairing_groups(cands, by_task, pair_counts)
     cands = cands.with_columns(
         rank=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32),
         group_order=pl.col("row").min().over("group_id"),
@@ -58,7 +66,6 @@ def select_dpo(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
     low = cands.sort(["group_id", "reward", "rollout_index", "row"], nulls_last=True)
     low = low.select("row", rank_low=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32))
     cands = cands.join(low, on="row", maintain_order="left")
-    pair_counts: dict[str, int] = {}
     pairs = _pairs(cands, config, pair_counts)
     pairs = pairs.sort(["group_order", "margin", "rank", "rank_rej"], descending=[False, True, False, False])
     pairs = pairs.with_columns(pair_rank=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32))
@@ -66,9 +73,25 @@ def select_dpo(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
         pair_counts["over_cap"] = int((pairs["pair_rank"] > config.max_pairs_per_prompt).sum())
         pairs = pairs.filter(pl.col("pair_rank") <= config.max_pairs_per_prompt)
     pairs = pairs.rename({"row": "chosen_row", "row_rej": "rejected_row", "reward": "chosen_reward", "reward_rej": "rejected_reward"})
+    tasks = cands.select(chosen_row="row", task_group="task_group")
+    pairs = pairs.join(tasks, on="chosen_row", maintain_order="left").with_columns(group_id=pl.col("task_group"))
     pairs = pairs.select(PAIR_COLUMNS)
-    _fill_card(card, cands, pairs, pair_counts, config)
+    _fill_card(card, cands.with_columns(group_id=pl.col("task_group")), pairs, pair_counts, config)
     return pairs
+
+
+def _pairing_groups(cands: pl.DataFrame, by_task: bool, counts: dict[str, int]) -> pl.DataFrame:
+    """`group_id` becomes the pairing group (task and prompt, or the task with `by_task`); `task_group` keeps the task."""
+    cands = cands.with_columns(task_group=pl.col("group_id"))
+    if by_task:
+        return cands
+    per_task = cands.group_by("task_group").agg(n=pl.len())
+    per_prompt = cands.group_by("task_group", "prompt_key").agg(n=pl.len())
+    pairs = lambda n: n * (n - 1) // 2  # noqa: E731
+    cross = int(per_task.select(pairs(pl.col("n")).sum()).item() or 0) - int(per_prompt.select(pairs(pl.col("n")).sum()).item() or 0)
+    if cross:
+        counts["different_prompts"] = cross
+    return cands.with_columns(group_id=pl.format("{}\x1f{}", pl.col("task_group"), pl.col("prompt_key").fill_null(0)))
 
 
 def _pairs(cands: pl.DataFrame, config: ProcessConfig, counts: dict[str, int]) -> pl.DataFrame:

@@ -1,14 +1,10 @@
-"""Message conversion: Responses-API items -> chat messages (assistant tool_calls, tool messages) and chat tools.
+"""Training-file flavours of the one Responses -> chat conversion (rollouts.chat): OpenAI and Hugging Face/TRL.
 
-Two flavours of the same conversation:
 - "openai": what OpenAI's fine-tuning formats take: tool-call `arguments` stay a JSON string, a tool result is
-  `{"role": "tool", "tool_call_id", "content"}`.
-- "trl": what Hugging Face chat templates (and so TRL) take: `arguments` is an object, a tool result also names its
-  tool: `{"role": "tool", "name", "tool_call_id", "content"}`.
-
-Rules: `developer` becomes `system`; content parts are joined into one string; `reasoning` items are left out
-(no chat format has a common field for them); consecutive `message` + `function_call` items of one model turn make one
-assistant message; an assistant message with only tool calls has no `content` key.
+  `{"role": "tool", "tool_call_id", "content"}`, images are `image_url` parts.
+- "trl": what Hugging Face chat templates (and so TRL, NeMo RL) take: `arguments` is an object (the documented
+  transformers form; TRL's training templates render it with `tojson`), a tool result also names its tool, and a
+  message with images has `text` / `image` (`{"type": "image", "image": url}`) parts.
 """
 
 from __future__ import annotations
@@ -16,80 +12,28 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from rollouts import records
-from rollouts.records import dumps
+from rollouts.chat import ConversionError, Message, chat_tools, content_text, has_images, to_messages
 
+__all__ = [
+    "Conversation",
+    "ConversionError",
+    "chat_tools",
+    "completion_text",
+    "content_text",
+    "ends_with_assistant",
+    "has_images",
+    "loads",
+    "prompt_messages",
+    "prompt_text",
+    "to_messages",
+]
 
 Flavor = Literal["openai", "trl"]
-Message = dict[str, Any]
-
-
-class ConversionError(ValueError):
-    """An item that cannot become a chat message."""
+PROMPT_SEPARATOR = "\n\n"
 
 
 def loads(text: str | None) -> Any:
     return None if text is None else records.loads(text)
-
-
-def content_text(content: Any) -> str:
-    """A message's content as one string: a string as is, parts joined (text of text/input_text/output_text parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-        return "".join(texts)
-    raise ConversionError(f"content must be a string or a list of parts, got {type(content).__name__}")
-
-
-def to_messages(items: Any, default_role: str = "assistant") -> list[Message]:
-    """Chat messages (openai flavour) for a list of Responses input or output items."""
-    if not isinstance(items, list):
-        raise ConversionError("items must be a list")
-    messages: list[Message] = []
-    turn: Message | None = None  # the open assistant message of the current model turn
-    for item in items:
-        if not isinstance(item, dict):
-            raise ConversionError(f"item must be an object, got {type(item).__name__}")
-        kind = item.get("type") or ("message" if "role" in item else None)
-        if kind == "message":
-            role = item.get("role") or default_role
-            role = "system" if role == "developer" else role
-            text = content_text(item.get("content"))
-            if role == "assistant" and turn is not None and "content" not in turn:
-                turn["content"] = text
-                continue
-            message: Message = {"role": role, "content": text}
-            messages.append(message)
-            turn = message if role == "assistant" else None
-        elif kind == "function_call":
-            if turn is None:
-                turn = {"role": "assistant"}
-                messages.append(turn)
-            name = item.get("name")
-            if not isinstance(name, str):
-                raise ConversionError("function_call without a name")
-            arguments = item.get("arguments")
-            arguments = "{}" if arguments is None else arguments if isinstance(arguments, str) else dumps(arguments)
-            call_id = item.get("call_id") or item.get("id")
-            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-            turn.setdefault("tool_calls", []).append(call)
-        elif kind == "function_call_output":
-            turn = None
-            output = item.get("output")
-            text = output if isinstance(output, str) else content_text(output) if isinstance(output, list) else dumps(output)
-            messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
-        elif kind == "reasoning":
-            continue
-        else:
-            raise ConversionError(f"unsupported item type {kind!r}")
-    return messages
 
 
 def tool_names(messages: list[Message], names: dict[str, str] | None = None) -> dict[str, str]:
@@ -101,17 +45,26 @@ def tool_names(messages: list[Message], names: dict[str, str] | None = None) -> 
     return names
 
 
+def _trl_content(content: Any) -> Any:
+    if not isinstance(content, list):
+        return content
+    return [{"type": "image", "image": p["image_url"]["url"]} if p["type"] == "image_url" else p for p in content]
+
+
 def to_trl(messages: list[Message], names: dict[str, str]) -> list[Message]:
-    """The trl flavour of openai-flavour messages: arguments as objects, tool results named. Same list if no tools."""
-    if not any("tool_calls" in m or m["role"] == "tool" for m in messages):
+    """The trl flavour of openai-flavour messages. The same list when there are no tools and no images."""
+    if not any("tool_calls" in m or m["role"] == "tool" or isinstance(m.get("content"), list) for m in messages):
         return messages
     out: list[Message] = []
     for message in messages:
+        message = {**message, "content": _trl_content(message.get("content"))}
         if "tool_calls" in message:
-            calls = [{**c, "function": {"name": c["function"]["name"], "arguments": _arguments(c["function"]["arguments"])}} for c in message["tool_calls"]]
-            message = {**message, "tool_calls": calls}
+            message["tool_calls"] = [
+                {**c, "function": {"name": c["function"]["name"], "arguments": _arguments(c["function"]["arguments"])}}
+                for c in message["tool_calls"]
+            ]
         elif message["role"] == "tool":
-            name = names.get(message["tool_call_id"])
+            name = message.get("name") or names.get(message["tool_call_id"])
             head = {"role": "tool", "name": name} if name else {"role": "tool"}
             message = {**head, "tool_call_id": message["tool_call_id"], "content": message["content"]}
         out.append(message)
@@ -125,47 +78,48 @@ def _arguments(arguments: str) -> Any:
         return arguments  # not JSON: keep the text, templates print it as is
 
 
-def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
-    """Responses tools (`{"type": "function", "name", "parameters", ...}`) in Chat Completions form."""
-    if not tools:
-        return None
-    if not isinstance(tools, list):
-        raise ConversionError("tools must be a list")
-    out = []
-    for tool in tools:
-        if not isinstance(tool, dict):
-            raise ConversionError("a tool must be an object")
-        if tool.get("type") == "function" and "function" not in tool:
-            fields = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
-            out.append({"type": "function", "function": fields})
-        else:
-            out.append(tool)
-    return out
-
-
 def prompt_text(messages: list[Message]) -> str:
-    """The prompt as plain text for string formats: message contents joined by blank lines."""
-    return "\n\n".join(m["content"] for m in messages if isinstance(m.get("content"), str) and m["content"])
+    """The prompt as plain text for string formats: message texts joined by blank lines, ending with one.
+
+    TRL builds the standard form of a conversation as `prompt` = everything before the model's first token and
+    `chosen` = what the model wrote, and tokenizes `prompt + chosen`: the joining text belongs to the prompt, so the
+    completion is the model's text as is and the two never glue together.
+    """
+    texts = [m["content"] for m in messages if isinstance(m.get("content"), str) and m["content"]]
+    return PROMPT_SEPARATOR.join(texts) + PROMPT_SEPARATOR if texts else ""
 
 
 def completion_text(messages: list[Message]) -> str:
     """The final assistant text of a completion (tool calls are not representable as plain text)."""
     for message in reversed(messages):
         if message.get("role") == "assistant" and message.get("content"):
-            return message["content"]
+            return content_text(message["content"])
     return ""
+
+
+def ends_with_assistant(messages: list[Message]) -> bool:
+    """Whether the conversation ends with an assistant turn that says or calls something (trainers need one)."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return False
+    last = messages[-1]
+    return bool(last.get("tool_calls")) or bool(last.get("content"))
 
 
 class Conversation:
     """One rollout converted once: prompt and completion in the openai flavour, the trl copy made on demand."""
 
-    __slots__ = ("_prompt", "_completion", "_tools", "_trl")
+    __slots__ = ("_prompt", "_completion", "_tools", "_trl", "parallel_tool_calls")
 
-    def __init__(self, prompt: list[Message], output: str, tools: list[dict[str, Any]] | None) -> None:
+    def __init__(self, prompt: list[Message], output: str, tools: list[dict[str, Any]] | None, parallel_tool_calls: bool | None = None) -> None:
+        completion = to_messages(loads(output))
+        if not prompt:  # an `input: []` row: its trajectory, prompt included, is all in the output
+            cut = next((i for i, m in enumerate(completion) if m["role"] == "assistant"), len(completion))
+            prompt, completion = completion[:cut], completion[cut:]
         self._prompt = prompt
-        self._completion = to_messages(loads(output))
+        self._completion = completion
         self._tools = tools
         self._trl: tuple[list[Message], list[Message]] | None = None
+        self.parallel_tool_calls = parallel_tool_calls
 
     def _trl_pair(self) -> tuple[list[Message], list[Message]]:
         if self._trl is None:
@@ -182,8 +136,14 @@ class Conversation:
     def tools(self) -> list[dict[str, Any]] | None:
         return self._tools
 
+    def has_images(self) -> bool:
+        return has_images(self._prompt) or has_images(self._completion)
+
+    def complete(self) -> bool:
+        return ends_with_assistant(self._completion)
+
 
 def prompt_messages(prompt: str) -> list[Message]:
     """Chat messages for a frame `prompt` (a JSON list of input items; a JSON string is one user message)."""
     items = loads(prompt)
-    return [{"role": "user", "content": items}] if isinstance(items, str) else to_messages(items, default_role="user")
+    return to_messages(items, default_role="user")

@@ -5,10 +5,10 @@ Why it is built this way (measured with polars 2.1 on the 2-core dev machine, 1.
   object or array loses escapes (`"\\\\boxed"` comes back as `\\boxed`, `\\t` as a raw tab), which corrupts the JSON of
   math rollouts. So nested free-form parts are never read that way.
 - `str.json_path_match` re-serialises a sub-document correctly (compact JSON), in parallel when run in a lazy select;
-  it is used for `response.output`, and for `responses_create_params` only on the first row of each group (a
-  group's rollouts share their prompt).
+  it is used for `response.output` and for every row's `responses_create_params` (in stateful environments each
+  rollout of a task has its own prompt, so a group's first row does not speak for the others).
 - Python's json (and orjson) cost 35-65 µs/row here: 1M rows would take a minute, so Python only touches bad chunks
-  (see `validate.py`) and the rows that end up in SFT/DPO files.
+  (see `validate.py`), a sample of each chunk's top-level keys (`extras.py`) and the rows that end up in SFT/DPO files.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import io
 import polars as pl
 
 from ..records import rollout_id as make_rollout_id
+from .extras import extras_column
+from .status import STATUS_FIELDS, error_json, rollout_status, status_problem
 
 TOKEN_FIELDS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 MODEL_ITEM_TYPES = ["message", "reasoning", "function_call"]
@@ -26,23 +28,27 @@ MODEL_ITEM_TYPES = ["message", "reasoning", "function_call"]
 # The rollout frame. Free-form nested parts travel as JSON text (pl.String); everything a rule needs is typed.
 ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
     "row": pl.Int64(),  # position in the frame; selections refer to rows by it
-    "source": pl.String(),  # the run directory or file the row came from: the scope of its group
-    "file": pl.String(),  # the file that holds the row
+    "source": pl.String(),  # portable name of the run, Gym output stem or file the row came from: its group's scope
+    "file": pl.String(),  # the file that holds the row (as given: for messages only, never in ids)
     "line": pl.Int64(),  # 1-based line in `file` (the row number for Parquet inputs)
     "group_id": pl.String(),  # "<source>#<task index>", or "<source>#p<sha1 of the prompt>" without a task index
     "task_index": pl.Int64(),
     "rollout_index": pl.Int64(),
     "rollout_id": pl.String(),
-    "status": pl.String(),  # ok | failed
+    "status": pl.String(),  # ok | failed (ours, or judged for foreign rows: see status.py)
     "finish_reason": pl.String(),  # stop | length | tool_calls | content_filter | null
     "reward": pl.Float64(),
     "output_tokens": pl.Int64(),  # response.usage.output_tokens
     "output_chars": pl.Int64(),  # characters of text, tool arguments and tool outputs in the output
     "num_turns": pl.Int32(),  # model turns: runs of model items between tool outputs
+    "final_turn": pl.String(),  # what the output ends with: assistant | tool_call | tool_result | user | reasoning | none
     "completion_key": pl.UInt64(),  # hash of the output without ids and token fields: equal keys = duplicate completions
-    "prompt": pl.String(),  # JSON list of input items (a bare string input becomes one user message)
+    "prompt_key": pl.UInt64(),  # hash of this rollout's prompt and tools: equal keys = the same prompt
+    "prompt": pl.String(),  # JSON list of input items, `instructions` first as a system message (a string input: one user message)
     "tools": pl.String(),  # JSON list of tools, or null
+    "parallel_tool_calls": pl.Boolean(),  # responses_create_params.parallel_tool_calls when the row sets it
     "output": pl.String(),  # JSON list of output items, token fields moved to the columns below
+    "extra": pl.String(),  # JSON object of the row's other top-level keys (verifier metadata and fields), or null
     "prompt_token_ids": pl.List(pl.List(pl.Int32())),  # one list per model call, null when absent
     "generation_token_ids": pl.List(pl.List(pl.Int32())),
     "generation_log_probs": pl.List(pl.List(pl.Float32())),
@@ -52,14 +58,16 @@ ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
 _ITEM = pl.Struct(
     {
         "type": pl.String(),
+        "role": pl.String(),
         "prompt_token_ids": pl.List(pl.Int32()),
         "generation_token_ids": pl.List(pl.Int32()),
         "generation_log_probs": pl.List(pl.Float32()),
     }
 )
-# What read_ndjson parses; unknown keys are ignored. `input` is read only to test presence (see module docstring).
+# What read_ndjson parses; unknown keys are ignored. `input` is read only to test presence (see module docstring);
+# `instructions` is a JSON string, which read_ndjson decodes exactly.
 TYPED_SCHEMA: dict[str, pl.DataType] = {
-    "responses_create_params": pl.Struct({"input": pl.String()}),
+    "responses_create_params": pl.Struct({"input": pl.String(), "instructions": pl.String(), "parallel_tool_calls": pl.Boolean()}),
     "response": pl.Struct(
         {
             "usage": pl.Struct({"output_tokens": pl.Int64()}),
@@ -71,8 +79,8 @@ TYPED_SCHEMA: dict[str, pl.DataType] = {
     "_ng_task_index": pl.Int64(),
     "_ng_rollout_index": pl.Int64(),
     "rollout_id": pl.String(),
-    "status": pl.String(),
     "finish_reason": pl.String(),
+    **STATUS_FIELDS,
 }
 # Output items are decoded from the extracted `response.output` text: 2-3x cheaper than typing them in read_ndjson.
 ITEMS_DTYPE = pl.List(_ITEM)
@@ -109,36 +117,84 @@ def parse_chunk(data: bytes, lines: pl.DataFrame, *, source: str, file: str) -> 
         raise pl.exceptions.ComputeError(f"line count mismatch ({typed.height} parsed, {lines.height} lines)")
     df = pl.concat([lines, typed], how="horizontal").lazy()
     resp = pl.col("response")
-    df = df.with_columns(output_json=pl.when(resp.is_not_null()).then(pl.col("raw").str.json_path_match("$.response.output")))
+    params = pl.col("responses_create_params")
+    df = df.with_columns(
+        output_json=pl.when(resp.is_not_null()).then(pl.col("raw").str.json_path_match("$.response.output")),
+        params_json=pl.when(params.is_not_null()).then(pl.col("raw").str.json_path_match("$.responses_create_params")),
+    )
     items = pl.col("output_json").str.json_decode(ITEMS_DTYPE)
     types = pl.col("items").list.eval(pl.element().struct.field("type"))
-    df = df.with_columns(items=items).with_columns(
+    df = df.with_columns(items=items, rollout_status=rollout_status(resp.is_not_null())).with_columns(
         task_index=pl.col("_ng_task_index"),
         rollout_index=pl.col("_ng_rollout_index"),
-        status=pl.col("status").fill_null("ok"),
         output_tokens=resp.struct.field("usage").struct.field("output_tokens"),
         num_turns=types.list.eval(
             (pl.element().is_in(MODEL_ITEM_TYPES) & ~pl.element().shift(1).is_in(MODEL_ITEM_TYPES).fill_null(False)).sum()
         )
         .list.first()
         .cast(pl.Int32),
+        final_turn=_final_turn(),
         finish_reason=pl.coalesce(pl.col("finish_reason"), _derived_finish_reason(resp, types)),
-        has_input=pl.col("responses_create_params").struct.field("input").is_not_null(),
+        has_input=params.struct.field("input").is_not_null(),
+        parallel_tool_calls=params.struct.field("parallel_tool_calls"),
         **{name: _token_lists(pl.col("items"), name) for name in TOKEN_FIELDS},
     )
     df = df.with_columns(
         output=pl.col("output_json").str.replace_all(_TOKEN_VALUE, ""),
+        prompt=_prompt(),
+        tools=pl.col("params_json").str.json_path_match("$.tools"),
     ).with_columns(
         completion_key=pl.col("output").str.replace_all(_NOISE, "").hash(),
+        prompt_key=pl.concat_str(pl.col("prompt"), pl.col("tools").fill_null(""), separator="\x1f").hash(),
         output_chars=pl.col("output")
         .str.extract_all(_CONTENT_VALUE)
         .list.eval(pl.element().str.len_chars() - pl.element().str.find(":") - 3)
         .list.sum()
         .cast(pl.Int64),
-        error=pl.when(pl.col("status") == "failed").then(_error_json()),
     )
-    df = _attach_prompts(df.collect())
-    return _finish(df, source, file)
+    df = df.collect()
+    df = _with_errors(df).with_columns(extra=extras_column(df, data))
+    return _finish(_with_prompt_digests(df), source, file)
+
+
+def _final_turn() -> pl.Expr:
+    """The last output item that is not reasoning, as a kind of turn (SFT needs a final assistant turn)."""
+    last = pl.col("items").list.eval(pl.element().filter(pl.element().struct.field("type") != "reasoning")).list.last()
+    kind, role = last.struct.field("type"), last.struct.field("role")
+    only_reasoning = pl.col("items").list.len() > 0
+    return (
+        pl.when(kind == "function_call")
+        .then(pl.lit("tool_call"))
+        .when(kind == "function_call_output")
+        .then(pl.lit("tool_result"))
+        .when((kind == "message") & (role.is_null() | (role == "assistant")))
+        .then(pl.lit("assistant"))
+        .when(kind == "message")
+        .then(role)
+        .when(kind.is_not_null())
+        .then(kind)
+        .when(only_reasoning)
+        .then(pl.lit("reasoning"))
+        .otherwise(pl.lit("none"))
+    )
+
+
+def _prompt() -> pl.Expr:
+    """This row's input as a JSON list of items, `instructions` first as a system message."""
+    params = pl.col("params_json")
+    given = params.str.json_path_match("$.input")
+    is_list = params.str.json_path_match("$.input[0]").is_not_null() | (given == "[]")
+    as_list = (
+        pl.when(is_list)
+        .then(given)
+        .when(given.is_not_null())
+        .then(pl.concat_str(pl.lit("["), pl.struct(role=pl.lit("user"), content=given).struct.json_encode(), pl.lit("]")))
+    )
+    instructions = pl.col("responses_create_params").struct.field("instructions")
+    system = pl.struct(role=pl.lit("system"), content=instructions).struct.json_encode()
+    rest = as_list.str.strip_prefix("[")
+    with_system = pl.concat_str(pl.lit("["), system, pl.when(rest == "]").then(rest).otherwise(pl.lit(",") + rest))
+    return pl.when(instructions.is_not_null() & (instructions != "") & as_list.is_not_null()).then(with_system).otherwise(as_list)
 
 
 def _derived_finish_reason(resp: pl.Expr, types: pl.Expr) -> pl.Expr:
@@ -156,15 +212,13 @@ def _derived_finish_reason(resp: pl.Expr, types: pl.Expr) -> pl.Expr:
     )
 
 
-def _error_json() -> pl.Expr:
-    """A failed row's error as a JSON object, even when the producer stored a bare string."""
-    raw = pl.col("raw").str
-    return pl.struct(
-        type=raw.json_path_match("$.error.type"),
-        message=pl.coalesce(raw.json_path_match("$.error.message"), raw.json_path_match("$.error")),
-        status_code=raw.json_path_match("$.error.status_code").cast(pl.Int64, strict=False),
-        stage=raw.json_path_match("$.error.stage"),
-    ).struct.json_encode()
+def _with_errors(df: pl.DataFrame) -> pl.DataFrame:
+    """The error column, computed on failed rows only (each field is another pass over the raw line)."""
+    failed = df.filter(pl.col("rollout_status") == "failed")
+    if failed.height == 0:
+        return df.with_columns(error=pl.lit(None, pl.String))
+    errors = failed.select("line", error=error_json(pl.col("response").is_not_null()))
+    return df.join(errors, on="line", how="left", maintain_order="left")
 
 
 def _token_lists(items: pl.Expr, name: str) -> pl.Expr:
@@ -172,71 +226,38 @@ def _token_lists(items: pl.Expr, name: str) -> pl.Expr:
     return pl.when(lists.list.len() > 0).then(lists)
 
 
-def _attach_prompts(df: pl.DataFrame) -> pl.DataFrame:
-    """Cut `input` and `tools` out of the first row of each group only, and share them with the group's rows."""
-    # the group key inside a chunk: the task index, or the line itself when there is none (hashed after extraction)
-    df = df.with_columns(key_line=pl.when(pl.col("task_index").is_null()).then(pl.col("line")))
-    keys = ["task_index", "key_line"]
-    firsts = (
-        df.lazy()
-        .filter(pl.struct(keys).is_first_distinct() & pl.col("has_input"))
-        .select(*keys, params=pl.col("raw").str.json_path_match("$.responses_create_params"))
-        .with_columns(
-            input=pl.col("params").str.json_path_match("$.input"),
-            first=pl.col("params").str.json_path_match("$.input[0]"),
-            tools=pl.col("params").str.json_path_match("$.tools"),
-        )
-        .select(
-            *keys,
-            "tools",
-            prompt=pl.when(pl.col("first").is_not_null())
-            .then(pl.col("input"))
-            .when(pl.col("input").is_not_null() & (pl.col("input") != "[]"))
-            .then(
-                pl.concat_str(
-                    pl.lit("["),
-                    pl.struct(role=pl.lit("user"), content=pl.col("input")).struct.json_encode(),
-                    pl.lit("]"),
-                )
-            ),
-        )
-        .collect()
-    )
-    df = df.join(firsts, on=keys, how="left", nulls_equal=True, maintain_order="left")
+def _with_prompt_digests(df: pl.DataFrame) -> pl.DataFrame:
+    """Rows without a task index are grouped by a digest of their prompt."""
     missing = df.filter(pl.col("task_index").is_null() & pl.col("prompt").is_not_null())
-    if missing.height:
-        digests = {p: hashlib.sha1(p.encode()).hexdigest()[:12] for p in missing["prompt"].unique().to_list()}
-        df = df.with_columns(prompt_digest=pl.col("prompt").replace_strict(digests, default=None))
-    else:
-        df = df.with_columns(prompt_digest=pl.lit(None, pl.String))
-    return df
+    if not missing.height:
+        return df.with_columns(prompt_digest=pl.lit(None, pl.String))
+    digests = {p: hashlib.sha1(p.encode()).hexdigest()[:12] for p in missing["prompt"].unique().to_list()}
+    return df.with_columns(prompt_digest=pl.when(pl.col("task_index").is_null()).then(pl.col("prompt").replace_strict(digests, default=None)))
 
 
 def _finish(df: pl.DataFrame, source: str, file: str) -> pl.DataFrame:
-    df = df.with_columns(
-        source=pl.lit(source),
-        file=pl.lit(file),
-        group_id=pl.when(pl.col("task_index").is_not_null())
-        .then(pl.format("{}#{}", pl.lit(source), pl.col("task_index")))
-        .when(pl.col("prompt_digest").is_not_null())
-        .then(pl.format("{}#p{}", pl.lit(source), pl.col("prompt_digest"))),
-        problem=_problem(),
-    )
+    df = df.with_columns(status=pl.col("rollout_status"), source=pl.lit(source), file=pl.lit(file))
     missing_ids = df.filter(pl.col("rollout_id").is_null())
     if missing_ids.height:
         df = df.with_columns(rollout_id=pl.coalesce(pl.col("rollout_id"), pl.lit(_derived_ids(df, source, file))))
+    df = df.with_columns(
+        group_id=pl.when(pl.col("task_index").is_not_null())
+        .then(pl.format("{}#{}", pl.lit(source), pl.col("task_index")))
+        .when(pl.col("prompt_digest").is_not_null())
+        .then(pl.format("{}#p{}", pl.lit(source), pl.col("prompt_digest")))
+        .otherwise(pl.format("{}#r{}", pl.lit(source), pl.col("rollout_id"))),
+        problem=_problem(),
+    )
     return df.with_columns(row=pl.lit(0, pl.Int64)).select(*ROLLOUT_SCHEMA, "problem").cast(ROLLOUT_SCHEMA)
 
 
 def _problem() -> pl.Expr:
     ok = pl.col("status") == "ok"
     return (
-        pl.when(~pl.col("has_input"))
-        .then(pl.lit("missing responses_create_params.input"))
-        .when(pl.col("prompt").is_null())
-        .then(pl.lit("responses_create_params.input is empty"))
-        .when(~pl.col("status").is_in(["ok", "failed"]))
-        .then(pl.format("unknown status {}", pl.col("status")))
+        pl.when(status_problem().is_not_null())
+        .then(status_problem())
+        .when(~pl.col("has_input") & (ok | (pl.col("schema_version").is_null() & pl.col("_ng_failure_class").is_null())))
+        .then(pl.lit("missing responses_create_params.input"))  # a failed row of ours or a Gym failure row may lack it
         .when(ok & pl.col("response").is_null())
         .then(pl.lit("missing response"))
         .when(ok & pl.col("output").is_null())
@@ -249,13 +270,14 @@ def _problem() -> pl.Expr:
 
 
 def _derived_ids(df: pl.DataFrame, source: str, file: str) -> pl.Series:
-    """records.rollout_id(source, task, rollout) when both indices exist, else a digest of file and line."""
+    """records.rollout_id(source, task, rollout) when both indices exist, else a digest of source, file name, line."""
+    name = file.replace("\\", "/").rsplit("/", 1)[-1]
     ids = []
     for task, rollout, line in df.select("task_index", "rollout_index", "line").iter_rows():
         if task is not None and rollout is not None:
             ids.append(make_rollout_id(source, task, rollout))
         else:
-            ids.append(hashlib.sha256(f"{file}:{line}".encode()).hexdigest()[:20])
+            ids.append(hashlib.sha256(f"{source}:{name}:{line}".encode()).hexdigest()[:20])
     return pl.Series(ids, dtype=pl.String)
 
 

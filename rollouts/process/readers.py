@@ -1,15 +1,17 @@
-"""Find rollout inputs (runs, JSONL/Parquet files, globs; local or any fsspec URL) and load them into the rollout frame.
+"""Find rollout inputs (runs, NeMo Gym output folders, JSONL/Parquet files, globs; local or fsspec) and load them.
 
-Sources and groups: every run directory is one source (its rollouts/ and failures/ shards together), every other
-file is its own source. A group is (source, `_ng_task_index`), or (source, sha1 of the prompt) for rows without a
-task index.
+Sources and groups: a run directory is one source (its rollouts/ and failures/ shards together); a NeMo Gym output
+`<stem>.jsonl` is one with its `<stem>_failures.jsonl` (failed rollouts of the same groups), and its
+`<stem>_materialized_inputs.jsonl` holds the inputs (one row per rollout owed), read as inputs, not as rollouts. Any
+other file is its own source. A group is (source, `_ng_task_index`), or (source, sha1 of the prompt) without one.
+Sources are named portably (`portable_names`): ids never hold a local absolute path.
 """
 
 from __future__ import annotations
 
+import io
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -17,23 +19,13 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError, StorageError
-from ..storage import filesystem as url_to_fs
+from ..storage import filesystem
+from .discover import InputFile, discover, display
 from .frame import ROLLOUT_SCHEMA, empty_frame, parse_chunk, read_lines
 from .validate import BadRows, locate_bad_lines
 
 CHUNK_BYTES = 64 << 20
 PARQUET_ROWS = 50_000
-SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")  # not in-progress files such as shard.jsonl.tmp
-_GLOB_CHARS = set("*?[")
-
-
-@dataclass(frozen=True)
-class InputFile:
-    url: str  # what the user sees in messages
-    path: str  # path for `fs`
-    source: str
-    parquet: bool
-    fs: fsspec.AbstractFileSystem
 
 
 class LoadedRollouts(BaseModel):
@@ -47,6 +39,8 @@ class LoadedRollouts(BaseModel):
     rows: int  # rows in the frame
     bad_rows: BadRows
     has_token_ids: bool
+    input_rows: int = 0  # rows of NeMo Gym materialized inputs read (one per rollout owed)
+    missing_rollouts: int = 0  # owed rollouts (in the materialized inputs) with neither a rollout nor a failure row
     frame_uri: str | None = None
     frame_data: pl.DataFrame | None = Field(default=None, exclude=True, repr=False)
 
@@ -59,42 +53,6 @@ class LoadedRollouts(BaseModel):
         else:
             lf = scan_parquet_dir(self.frame_uri, columns, storage_options)
         return lf.select(columns) if columns else lf
-
-
-def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return path if "file" in protocols or "local" in protocols else fs.unstrip_protocol(path)
-
-
-def discover(inputs: list[str], storage_options: dict[str, Any] | None = None) -> list[InputFile]:
-    """Expand inputs into files: a run directory gives its rollouts/ and failures/ shards."""
-    if not inputs:
-        raise InputError("no input given")
-    found: list[InputFile] = []
-    for url in inputs:
-        try:
-            fs, path = url_to_fs(url, storage_options)
-            paths = sorted(fs.glob(path)) if _GLOB_CHARS & set(path) else [path]
-            if not paths:
-                raise InputError(f"{url}: no file matches this pattern")
-            for p in paths:
-                found.extend(_expand(fs, p, url))
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"{url}: cannot list input ({exc})") from exc
-    return found
-
-
-def _expand(fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[InputFile]:
-    if fs.isdir(path):
-        if not (fs.exists(f"{path}/manifest.json") or fs.isdir(f"{path}/rollouts")):
-            raise InputError(f"{url}: a directory but not a run (no manifest.json or rollouts/); pass files or a glob")
-        source = _display(fs, path.rstrip("/"))
-        shards = [p for sub in ("rollouts", "failures") for p in sorted(fs.glob(f"{path}/{sub}/*.jsonl*")) if p.endswith(SHARD_SUFFIXES)]
-        return [InputFile(_display(fs, p), p, source, False, fs) for p in shards]
-    if not fs.exists(path):
-        raise InputError(f"{url}: no such file or directory")
-    shown = _display(fs, path)
-    return [InputFile(shown, path, shown, path.endswith(".parquet"), fs)]
 
 
 def iter_jsonl_chunks(fs: fsspec.AbstractFileSystem, path: str, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
@@ -117,7 +75,7 @@ def iter_jsonl_chunks(fs: fsspec.AbstractFileSystem, path: str, chunk_bytes: int
 
 def iter_parquet_chunks(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tuple[int, bytes]]:
     """Rollout rows stored as Parquet, re-serialised to NDJSON blocks; 'line' is the 1-based row number."""
-    if _display(fs, path) == path:  # local: stream slices
+    if display(fs, path) == path:  # local: stream slices
         rows = pl.scan_parquet(path).select(pl.len()).collect().item()
         slices = (pl.scan_parquet(path).slice(offset, PARQUET_ROWS).collect() for offset in range(0, rows, PARQUET_ROWS))
     else:
@@ -186,11 +144,11 @@ def _row_error(file: str, line: int, reason: str) -> InputError:
 
 
 def scan_parquet_dir(uri: str, columns: list[str] | None, storage_options: dict[str, Any] | None) -> pl.LazyFrame:
-    fs, path = url_to_fs(uri, storage_options)
+    fs, path = filesystem(uri, storage_options)
     parts = sorted(fs.glob(f"{path}/*.parquet"))
     if not parts:
         return empty_frame().lazy()
-    if _display(fs, path) == path:
+    if display(fs, path) == path:
         return pl.scan_parquet(parts)
     frames = []
     for part in parts:
@@ -205,10 +163,11 @@ class FrameSink:
     def __init__(self, workdir: str | None, storage_options: dict[str, Any] | None) -> None:
         self.parts: list[pl.DataFrame] = []
         self.rows = 0
+        self.keys: list[pl.DataFrame] = []  # (source, task, rollout) of every row: small, for the owed-rollout count
         self.has_token_ids = False
         self.uri: str | None = None
         if workdir is not None:
-            self.fs, base = url_to_fs(workdir, storage_options)
+            self.fs, base = filesystem(workdir, storage_options)
             self.dir = f"{base.rstrip('/')}/frame-{uuid.uuid4().hex[:8]}"
             self.fs.makedirs(self.dir, exist_ok=True)
             self.uri = f"{workdir.rstrip('/')}/{self.dir.rsplit('/', 1)[1]}"
@@ -218,6 +177,7 @@ class FrameSink:
             return
         part = part.select(list(ROLLOUT_SCHEMA)).with_columns(row=pl.int_range(self.rows, self.rows + part.height, dtype=pl.Int64))
         self.has_token_ids = self.has_token_ids or part["generation_token_ids"].null_count() < part.height
+        self.keys.append(part.select(_KEYS))
         if self.uri is None:
             self.parts.append(part)
         else:
@@ -230,6 +190,23 @@ class FrameSink:
         if self.uri is not None:
             return None
         return pl.concat(self.parts) if self.parts else empty_frame()
+
+
+_KEYS = ["source", "task_index", "rollout_index"]
+_INPUT_SCHEMA = {"_ng_task_index": pl.Int64(), "_ng_rollout_index": pl.Int64()}
+
+
+def read_input_keys(item: InputFile, chunk_bytes: int) -> pl.DataFrame:
+    """(source, task_index, rollout_index) of a materialized-inputs file: the rollouts its run owes."""
+    parts = []
+    for _, data in iter_jsonl_chunks(item.fs, item.path, chunk_bytes):
+        try:
+            keys = pl.read_ndjson(io.BytesIO(data), schema=_INPUT_SCHEMA)
+        except pl.exceptions.PolarsError as exc:
+            raise InputError(f"{item.url}: cannot read the materialized inputs ({exc})") from None
+        parts.append(keys.rename({"_ng_task_index": "task_index", "_ng_rollout_index": "rollout_index"}))
+    keys = pl.concat(parts) if parts else pl.DataFrame(schema={"task_index": pl.Int64, "rollout_index": pl.Int64})
+    return keys.select(source=pl.lit(item.source), task_index="task_index", rollout_index="rollout_index")
 
 
 def load_rollouts(
@@ -246,10 +223,14 @@ def load_rollouts(
     bad = BadRows()
     sink = FrameSink(workdir, storage_options)
     rows_read = 0
+    owed: list[pl.DataFrame] = []
     for item in files:
         fs = item.fs
-        chunks = iter_parquet_chunks(fs, item.path) if item.parquet else iter_jsonl_chunks(fs, item.path, chunk_bytes)
         try:
+            if item.role == "inputs":
+                owed.append(read_input_keys(item, chunk_bytes))
+                continue
+            chunks = iter_parquet_chunks(fs, item.path) if item.parquet else iter_jsonl_chunks(fs, item.path, chunk_bytes)
             for first_line, data in chunks:
                 before = bad.count
                 part = parse_or_locate(data, first_line, item, bad, skip_bad_rows)
@@ -259,6 +240,11 @@ def load_rollouts(
             raise StorageError(f"{item.url}: cannot read ({exc})") from exc
     if rows_read == 0:
         raise InputError(f"no rollout rows in {', '.join(inputs)}")
+    inputs_frame = pl.concat(owed) if owed else None
+    missing = 0
+    if inputs_frame is not None and inputs_frame.height:
+        seen = pl.concat(sink.keys) if sink.keys else pl.DataFrame(schema=dict.fromkeys(_KEYS, pl.Int64)).with_columns(source=pl.lit("", pl.String))
+        missing = inputs_frame.unique().join(seen.unique(), on=_KEYS, how="anti", nulls_equal=True).height
     return LoadedRollouts(
         inputs=list(inputs),
         files=len(files),
@@ -266,6 +252,8 @@ def load_rollouts(
         rows=sink.rows,
         bad_rows=bad,
         has_token_ids=sink.has_token_ids,
+        input_rows=0 if inputs_frame is None else inputs_frame.height,
+        missing_rollouts=missing,
         frame_uri=sink.uri,
         frame_data=sink.frame(),
     )

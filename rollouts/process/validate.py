@@ -71,6 +71,9 @@ def check_line(text: str) -> tuple[str, str] | None:
     ]
     for key in ("rollout_id", "status", "finish_reason"):
         checks.append((key, _optional(row.get(key), lambda v: isinstance(v, str | int | float)), "a string"))
+    params = row.get("responses_create_params")
+    if isinstance(params, dict) and not _optional(params.get("parallel_tool_calls"), lambda v: isinstance(v, bool)):
+        return "bad responses_create_params", "responses_create_params.parallel_tool_calls must be a boolean"
     for key, ok, kind in checks:
         if not ok:
             return f"bad {key}", f"{key} must be {kind}, got {json.dumps(row.get(key))[:60]}"

@@ -9,17 +9,20 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import polars as pl
 
 from ..errors import InputError, StorageError
-from .card import DataCard, OutputFile
+from ..storage import filesystem
+from .card import DataCard, Drop, OutputFile
 from .config import ProcessConfig
 from ..records import dumps
+from . import verl
 from .formats import Conversation, ConversionError, chat_tools, completion_text, loads, prompt_messages, prompt_text
-from .readers import LoadedRollouts, url_to_fs
+from .readers import LoadedRollouts
 
 BATCH_ROWS = 20_000
 CONVERSION_ERRORS = (ConversionError, ValueError, TypeError, KeyError, AttributeError)
@@ -33,7 +36,7 @@ class Target:
 
     def __init__(self, out_dir: str, name: str, storage_options: dict[str, Any] | None) -> None:
         self.url = f"{out_dir.rstrip('/')}/{name}"
-        self.fs, self.path = url_to_fs(self.url, storage_options)
+        self.fs, self.path = filesystem(self.url, storage_options)
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
 
     def sink(self, write: Callable[[str], None]) -> None:
@@ -58,15 +61,18 @@ class Target:
 def write_rl(selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig, out_dir: str, so: dict[str, Any] | None) -> list[OutputFile]:
     tokens = TOKEN_COLUMNS if loaded.has_token_ids else []
     heavy = loaded.scan(
-        ["row", "rollout_id", "task_index", "rollout_index", "prompt", "tools", "output", "finish_reason", "output_tokens", "num_turns", *tokens],
+        ["row", "rollout_id", "task_index", "rollout_index", "prompt", "tools", "output", "extra", "finish_reason", "output_tokens", "num_turns", *tokens],
         so,
     )
     rows = heavy.join(selected.lazy(), on="row", how="inner", maintain_order="left")
     files = []
     for fmt in config.output_formats:
+        if fmt == "verl":
+            files.append(write_verl_rl(rows, out_dir, so))
+            continue
         target = Target(out_dir, f"rollouts.{fmt}", so)
         if fmt == "parquet":
-            target.sink(rows.select(*RL_KEYS, "prompt", "tools", "output", *RL_STATS, *tokens).sink_parquet)
+            target.sink(rows.select(*RL_KEYS, "prompt", "tools", "output", "extra", *RL_STATS, *tokens).sink_parquet)
         else:
             head = pl.struct(*RL_KEYS).struct.json_encode().str.strip_suffix("}")
             tail = pl.struct(*RL_STATS, *tokens).struct.json_encode().str.strip_prefix("{")
@@ -78,6 +84,8 @@ def write_rl(selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConf
                 pl.col("tools").fill_null("null"),
                 pl.lit(',"output":'),
                 pl.col("output"),
+                pl.lit(',"extra":'),
+                pl.col("extra").fill_null("{}"),
                 pl.lit(","),
                 tail,
             )
@@ -87,11 +95,24 @@ def write_rl(selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConf
     return files
 
 
+def write_verl_rl(rows: pl.LazyFrame, out_dir: str, so: dict[str, Any] | None) -> OutputFile:
+    """One verl RLHFDataset row per kept prompt (per distinct prompt of a task), in input order."""
+    prompts = rows.select("group_id", "task_index", "prompt", "tools", "extra").collect()
+    prompts = prompts.unique(["group_id", "prompt", "tools"], keep="first", maintain_order=True)
+    out = []
+    for group_id, task, prompt, tools, extra in prompts.select("group_id", "task_index", "prompt", "tools", "extra").iter_rows():
+        out.append(verl.rl_prompt_row(prompt_messages(prompt), chat_tools(loads(tools)), extra, task, group_id))
+    target = Target(out_dir, "verl.parquet", so)
+    frame = verl.rl_frame(out) if out else pl.DataFrame()
+    target.sink(frame.write_parquet)
+    return OutputFile(format="verl", path=target.url, rows=len(out), note="one row per prompt")
+
+
 Record = dict[str, Any]
 
 
 def _heavy(loaded: LoadedRollouts, rows: pl.Series, so: dict[str, Any] | None) -> pl.DataFrame:
-    cols = ["row", "file", "line", "prompt", "tools", "output"]
+    cols = ["row", "file", "line", "prompt", "tools", "parallel_tool_calls", "output"]
     return loaded.scan(cols, so).filter(pl.col("row").is_in(rows.implode())).collect(engine="streaming")
 
 
@@ -138,90 +159,133 @@ def _bad(card: DataCard, config: ProcessConfig, file: str, line: int, exc: Excep
     card.bad_rows.add(file, line, "unconvertible", detail)
 
 
+def _conversation(prompt: str, tools: str | None, output: str, parallel: bool | None) -> Conversation:
+    return Conversation(prompt_messages(prompt), output, chat_tools(loads(tools)), parallel)
+
+
 def write_sft(selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig, out_dir: str, so: dict[str, Any] | None, card: DataCard) -> list[OutputFile]:
     data = _heavy(loaded, selected["row"], so).join(selected.select("row"), on="row").sort("row")
-    targets = {fmt: Target(out_dir, f"{fmt}.jsonl", so) for fmt in config.output_formats}
+    formats = config.output_formats
+    targets = {fmt: Target(out_dir, f"{fmt}.jsonl", so) for fmt in formats if fmt != "verl"}
+    verl_rows: list[tuple[list[Any], list[Any] | None]] = []
+    empty = 0
 
     def records() -> Iterator[dict[str, Record | None]]:
-        for file, line, prompt, tools, output in data.select("file", "line", "prompt", "tools", "output").iter_rows():
+        nonlocal empty
+        cols = ["file", "line", "prompt", "tools", "output", "parallel_tool_calls"]
+        for file, line, prompt, tools, output, parallel in data.select(cols).iter_rows():
             try:
-                conv = Conversation(prompt_messages(prompt), output, chat_tools(loads(tools)))
-                yield {fmt: _sft_record(fmt, conv) for fmt in targets}
+                conv = _conversation(prompt, tools, output, parallel)
             except CONVERSION_ERRORS as exc:
                 _bad(card, config, file, line, exc)
+                continue
+            if not conv.complete():
+                empty += 1  # an assistant message with neither text nor tool calls: nothing to train on
+                continue
+            if "verl" in formats:
+                verl_rows.append((conv.prompt("openai") + conv.completion("openai"), conv.tools()))
+            yield {fmt: _sft_record(fmt, conv) for fmt in targets}
 
     counts = _write_jsonl(targets, records())
-    return [OutputFile(format=fmt, path=t.url, rows=counts[fmt]) for fmt, t in targets.items()]
+    if empty:
+        card.dropped.append(Drop(rule="empty_final_message", count=empty, why="the final assistant message is empty"))
+        card.rows_out -= empty
+    files = [OutputFile(format=fmt, path=t.url, rows=counts[fmt]) for fmt, t in targets.items()]
+    if "verl" in formats:
+        frame, padded = verl.sft_frame(verl_rows) if verl_rows else (pl.DataFrame({"messages": pl.Series([], dtype=pl.List(verl.MESSAGE))}), 0)
+        target = Target(out_dir, "verl.parquet", so)
+        target.sink(frame.write_parquet)
+        note = f"{padded} rows' tools changed to fit one Parquet type (fields of other tools' shapes as nulls, empty objects dropped)" if padded else None
+        files.insert(list(formats).index("verl"), OutputFile(format="verl", path=target.url, rows=frame.height, note=note))
+    return files
+
+
+DPO_SKIPS = {
+    "one_message": "OpenAI preference data needs exactly one assistant message per side",
+    "final_message_only": "NeMo RL's preference loader trains only the final message of a completion: multi-message (tool-call) completions are left out",
+    "no_text": "the final texts of both sides are equal or empty (tool calls have no text form)",
+    "images": "this format holds text only and the prompt or a completion has images",
+    "identical": "identical after conversion",
+}
 
 
 def write_dpo(pairs: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig, out_dir: str, so: dict[str, Any] | None, card: DataCard) -> list[OutputFile]:
     rows = pl.concat([pairs["chosen_row"], pairs["rejected_row"]]).unique()
     heavy = _heavy(loaded, rows, so)
-    chosen = heavy.select("row", "file", "line", "prompt", "tools", c_output="output")
-    rejected = heavy.select("row", r_file="file", r_line="line", r_output="output")
+    chosen = heavy.select("row", "file", "line", "prompt", "tools", "parallel_tool_calls", c_output="output")
+    rejected = heavy.select("row", r_file="file", r_line="line", r_prompt="prompt", r_tools="tools", r_output="output")
     # keep the selection's order: prompts in input order, each prompt's pairs by margin
     data = pairs.join(chosen, left_on="chosen_row", right_on="row", maintain_order="left")
     data = data.join(rejected, left_on="rejected_row", right_on="row", maintain_order="left")
     targets = {fmt: Target(out_dir, f"{fmt}.jsonl", so) for fmt in config.output_formats}
-    skipped = dict.fromkeys(targets, 0)
+    skipped: dict[str, Counter[str]] = {fmt: Counter() for fmt in targets}
 
     def records() -> Iterator[dict[str, Record | None]]:
-        cols = ["file", "line", "prompt", "tools", "c_output", "r_file", "r_line", "r_output"]
-        for file, line, prompt, tools, c_out, r_file, r_line, r_out in data.select(cols).iter_rows():
+        cols = ["file", "line", "prompt", "tools", "parallel_tool_calls", "c_output", "r_file", "r_line", "r_prompt", "r_tools", "r_output"]
+        for file, line, prompt, tools, parallel, c_out, r_file, r_line, r_prompt, r_tools, r_out in data.select(cols).iter_rows():
             try:
-                messages, chat = prompt_messages(prompt), chat_tools(loads(tools))
-                chosen = Conversation(messages, c_out, chat)
+                chosen = _conversation(prompt, tools, c_out, parallel)
             except CONVERSION_ERRORS as exc:
                 _bad(card, config, file, line, exc)
                 continue
             try:
-                rejected = Conversation(messages, r_out, chat)
-                out = {fmt: _dpo_record(fmt, chosen, rejected) for fmt in targets}
+                # each side keeps its own prompt (equal unless pairing by task index regardless of prompts)
+                rejected = _conversation(r_prompt, r_tools, r_out, parallel)
+                out = {}
+                for fmt in targets:
+                    record, reason = _dpo_record(fmt, chosen, rejected)
+                    out[fmt] = record
+                    if reason:
+                        skipped[fmt][reason] += 1
             except CONVERSION_ERRORS as exc:
                 _bad(card, config, r_file, r_line, exc)
                 continue
-            for fmt, record in out.items():
-                if record is None:
-                    skipped[fmt] += 1
             yield out
 
     counts = _write_jsonl(targets, records())
-    notes = {
-        "openai": "pairs skipped: OpenAI preference data needs one assistant message per side, and distinct sides",
-        "trl-standard": "pairs skipped: the final texts of both sides are equal or empty (tool calls have no text form)",
-    }
-    return [
-        OutputFile(format=fmt, path=t.url, rows=counts[fmt], note=f"{skipped[fmt]} {notes.get(fmt, 'pairs skipped: identical after conversion')}" if skipped[fmt] else None)
-        for fmt, t in targets.items()
-    ]
+    files = []
+    for fmt, t in targets.items():
+        note = "; ".join(f"{n} pairs skipped: {DPO_SKIPS[reason]}" for reason, n in skipped[fmt].items()) or None
+        if fmt == "nemo-rl":
+            note = "; ".join(filter(None, [note, "NeMo RL's preference loader ignores `tools`"])) if any(data["tools"].is_not_null()) else note
+        files.append(OutputFile(format=fmt, path=t.url, rows=counts[fmt], note=note))
+    return files
 
 
 def _sft_record(fmt: str, conv: Conversation) -> Record:
     if fmt == "trl-prompt-completion":
         return _with_tools({"prompt": conv.prompt("trl"), "completion": conv.completion("trl")}, conv.tools())
     flavor = "openai" if fmt == "openai" else "trl"
-    return _with_tools({"messages": conv.prompt(flavor) + conv.completion(flavor)}, conv.tools())
+    record = _with_tools({"messages": conv.prompt(flavor) + conv.completion(flavor)}, conv.tools())
+    if fmt == "openai" and conv.parallel_tool_calls is not None and conv.tools():
+        record["parallel_tool_calls"] = conv.parallel_tool_calls
+    return record
 
 
-def _dpo_record(fmt: str, chosen: Conversation, rejected: Conversation) -> Record | None:
-    """One pair in one format, or None when the format would make chosen == rejected or cannot hold the pair."""
+def _dpo_record(fmt: str, chosen: Conversation, rejected: Conversation) -> tuple[Record | None, str | None]:
+    """One pair in one format, or (None, why) when the format cannot hold the pair or would make its sides equal."""
+    if fmt in ("trl-standard", "nemo-rl") and (chosen.has_images() or rejected.has_images()):
+        return None, "images"
     if fmt == "trl-standard":
         c, r = completion_text(chosen.completion("trl")), completion_text(rejected.completion("trl"))
         if not c or not r or c == r:
-            return None
-        return {"prompt": prompt_text(chosen.prompt("trl")), "chosen": c, "rejected": r}
+            return None, "no_text"
+        return {"prompt": prompt_text(chosen.prompt("trl")), "chosen": c, "rejected": r}, None
     flavor = "openai" if fmt == "openai" else "trl"
     c_msgs, r_msgs = chosen.completion(flavor), rejected.completion(flavor)
     if c_msgs == r_msgs:
-        return None
+        return None, "identical"
     tools = chosen.tools()
     if fmt == "openai":
         if len(c_msgs) != 1 or len(r_msgs) != 1 or c_msgs[0]["role"] != "assistant" or r_msgs[0]["role"] != "assistant":
-            return None
-        return {"input": _with_tools({"messages": chosen.prompt("openai")}, tools), "preferred_output": c_msgs, "non_preferred_output": r_msgs}
+            return None, "one_message"
+        head = _with_tools({"messages": chosen.prompt("openai")}, tools)
+        if chosen.parallel_tool_calls is not None and tools:
+            head["parallel_tool_calls"] = chosen.parallel_tool_calls
+        return {"input": head, "preferred_output": c_msgs, "non_preferred_output": r_msgs}, None
     if fmt == "nemo-rl":
-        return _with_tools(
-            {"context": chosen.prompt("trl"), "completions": [{"rank": 0, "completion": c_msgs}, {"rank": 1, "completion": r_msgs}]},
-            tools,
-        )
-    return _with_tools({"prompt": chosen.prompt("trl"), "chosen": c_msgs, "rejected": r_msgs}, tools)
+        if len(c_msgs) != 1 or len(r_msgs) != 1:
+            return None, "final_message_only"
+        completions = [{"rank": 0, "completion": c_msgs}, {"rank": 1, "completion": r_msgs}]
+        return _with_tools({"context": chosen.prompt("trl"), "completions": completions}, tools), None
+    return _with_tools({"prompt": chosen.prompt("trl"), "chosen": c_msgs, "rejected": r_msgs}, tools), None

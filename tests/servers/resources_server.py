@@ -1,11 +1,13 @@
-"""A small but real NeMo Gym resources server for tests: aiohttp on loopback, strict like Gym's pydantic validation.
+"""A small but real NeMo Gym resources server for tests: aiohttp on loopback, as strict as NeMo Gym's request models.
 
-Routes:
-  POST /seed_session   any JSON object; starts a session and sets the `session_id` cookie (re-sent on every reply,
-                       as Starlette's session middleware does)
-  POST /verify         422 unless the session cookie names a live session and `response` is a complete
-                       Responses-API object (the fields Gym validates); scores "expected_answer is a substring of the
-                       output text" and answers the request echoed plus `reward`, `judge` and `session_tool_calls`
+Routes (validation in tests/servers/gym_schema.py, compared with NeMo Gym's own models in test_gym_strictness.py):
+  POST /seed_session   a JSON object whose `responses_create_params` (when present) NeMo Gym accepts; starts a
+                       session and sets the `session_id` cookie (re-sent on every reply, as Starlette's session
+                       middleware does)
+  POST /verify         422 unless the session cookie names a live session and the body passes NeMo Gym's
+                       BaseVerifyRequest (strict `responses_create_params`, complete `response`, usage details);
+                       scores "expected_answer is a substring of the output text" and answers the request echoed plus
+                       `reward`, `judge`, `session_tool_calls` and a verifier `status` ("pass" / "fail")
   POST /calculate      {"expression": "..."} -> {"result": number} (a safe arithmetic evaluator; counts per session)
   POST /session_info   -> {"tool_calls": n, "seed": {...}} for the calling session
 
@@ -34,9 +36,10 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.servers.gym_schema import seed_errors, verify_errors
+
 COOKIE = "session_id"
 NEW_SESSION = web.RequestKey("new_session", str)
-REQUIRED_RESPONSE_FIELDS = ("id", "created_at", "model", "object", "output", "parallel_tool_calls", "tool_choice", "tools")
 
 
 @dataclass
@@ -53,7 +56,7 @@ class ServerState:
             return pending.pop(0) if pending else None
 
 
-# ---- validation mimicking Gym's pydantic models -------------------------------------------------------------------
+# ---- validation: NeMo Gym's request models ------------------------------------------------------------------------
 
 
 def _missing(loc: list[Any], msg: str = "Field required", kind: str = "missing") -> dict[str, Any]:
@@ -62,42 +65,7 @@ def _missing(loc: list[Any], msg: str = "Field required", kind: str = "missing")
 
 def validate_verify_body(body: Any) -> list[dict[str, Any]]:
     """FastAPI-style 422 details for a /verify body (empty when valid)."""
-    if not isinstance(body, dict):
-        return [_missing([], "Input should be a valid dictionary", "dict_type")]
-    errors = []
-    params = body.get("responses_create_params")
-    if not isinstance(params, dict) or "input" not in params:
-        errors.append(_missing(["responses_create_params", "input"]))
-    response = body.get("response")
-    if not isinstance(response, dict):
-        return [*errors, _missing(["response"])]
-    for name in REQUIRED_RESPONSE_FIELDS:
-        if response.get(name) is None:
-            errors.append(_missing(["response", name]))
-    if response.get("object") not in (None, "response"):
-        errors.append(_missing(["response", "object"], "Input should be 'response'", "literal_error"))
-    for index, item in enumerate(response.get("output") or []):
-        kind = item.get("type") if isinstance(item, dict) else None
-        need = {
-            "message": ("id", "content", "role", "status"),
-            "reasoning": ("id", "summary"),
-            "function_call": ("arguments", "call_id", "name"),
-            "function_call_output": ("call_id", "output"),
-        }.get(kind)
-        if need is None:
-            errors.append(_missing(["response", "output", index, "type"], f"unknown item type {kind!r}", "union_tag_invalid"))
-            continue
-        errors.extend(_missing(["response", "output", index, key]) for key in need if key not in item)
-        if kind == "message":
-            for part_index, part in enumerate(item.get("content") or []):
-                if isinstance(part, dict) and part.get("type") == "output_text" and "annotations" not in part:
-                    errors.append(_missing(["response", "output", index, "content", part_index, "annotations"]))
-    usage = response.get("usage")
-    if usage is not None:
-        for key in ("input_tokens", "output_tokens", "total_tokens", "input_tokens_details", "output_tokens_details"):
-            if key not in usage:
-                errors.append(_missing(["response", "usage", key]))
-    return errors
+    return verify_errors(body)
 
 
 def output_text(response: dict[str, Any]) -> str:
@@ -174,8 +142,9 @@ def make_app(state: ServerState) -> web.Application:
     @routes.post("/seed_session")
     async def seed_session(request: web.Request) -> web.Response:
         body = await read_json(request)
-        if not isinstance(body, dict):
-            return web.json_response({"detail": [_missing([], "Input should be a valid dictionary", "dict_type")]}, status=422)
+        errors = seed_errors(body)
+        if errors:
+            return web.json_response({"detail": errors}, status=422)
         # Like Gym: a request that already carries a session cookie keeps that session id (a client whose cookie jar
         # leaks one rollout's cookie into another's seed would make the two share a session).
         session_id = request.cookies.get(COOKIE) or uuid.uuid4().hex
@@ -194,8 +163,10 @@ def make_app(state: ServerState) -> web.Application:
             return web.json_response({"detail": errors}, status=422)
         expected = str(body.get("expected_answer", ""))
         reward = 1.0 if expected and expected in output_text(body["response"]) else 0.0
+        # like NeMo Gym verifiers, a top-level `status` of the verifier's own, which is not the collector's
         return web.json_response(
-            {**body, "reward": reward, "judge": "substring", "session_tool_calls": session["tool_calls"]}
+            {**body, "reward": reward, "judge": "substring", "session_tool_calls": session["tool_calls"],
+             "status": "pass" if reward == 1.0 else "fail"}
         )
 
     @routes.post("/calculate")

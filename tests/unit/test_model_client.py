@@ -26,10 +26,15 @@ def test_items_map_to_chat_messages_with_tool_calls():
     assert items_to_chat(ITEMS) == [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "What is 2+3?"},
-        {"role": "assistant", "content": None, "tool_calls": [
+        {"role": "assistant", "content": "", "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": '{"expression": "2+3"}'}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "5"},
     ]
+
+
+def test_instructions_are_the_leading_system_message_of_a_chat_request():
+    body = chat_body("m", ITEMS[1:2], {"instructions": "Be terse.", "tools": TOOLS}, {}, False)
+    assert body["messages"] == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "What is 2+3?"}]
 
 
 def test_chat_body_maps_tools_sampling_and_token_requests():

@@ -26,7 +26,7 @@ def test_several_objectives_in_one_go(tmp_path: Path, capsys: pytest.CaptureFixt
         "sft/data_card.json", "sft/data_card.md", "sft/openai.jsonl", "sft/trl.jsonl",
     ]  # fmt: skip
     out = capsys.readouterr().out
-    assert f"dpo/nemo-rl: {tmp_path}/dpo/nemo-rl.jsonl (2 rows)" in out
+    assert f"dpo/nemo-rl: {tmp_path}/dpo/nemo-rl.jsonl (1 rows)" in out  # the tool-call pair: not for NeMo RL
     assert json.loads((tmp_path / "sft" / "data_card.json").read_text())["rows_out"] == 2  # reward >= 1.0 by default
 
 

@@ -35,19 +35,16 @@ def test_every_format_exactly(tmp_path: Path) -> None:
         {"input": {"messages": P0}, "preferred_output": four, "non_preferred_output": five},
     ]
     assert read_jsonl(result.files["trl-standard"]) == [
-        {"prompt": "What is 2+2? Answer in \\boxed{}.", "chosen": "It is \\boxed{4}.", "rejected": "It is \\boxed{5}."},
-        {"prompt": "Use the calculator.\n\nWhat is 6*7?", "chosen": "The answer is 42.", "rejected": "I think 41."},
+        {"prompt": "What is 2+2? Answer in \\boxed{}.\n\n", "chosen": "It is \\boxed{4}.", "rejected": "It is \\boxed{5}."},
+        {"prompt": "Use the calculator.\n\nWhat is 6*7?\n\n", "chosen": "The answer is 42.", "rejected": "I think 41."},
     ]
+    # NeMo RL trains only the final message of a completion: the tool-call pair is left out, and said so
     assert read_jsonl(result.files["nemo-rl"]) == [
         {"context": P0, "completions": [{"rank": 0, "completion": four}, {"rank": 1, "completion": five}]},
-        {
-            "context": P1,
-            "completions": [{"rank": 0, "completion": TOOL_TURN_TRL}, {"rank": 1, "completion": [assistant("I think 41.")]}],
-            "tools": TOOLS,
-        },
     ]
     notes = {o.format: o.note for o in result.card.outputs}
     assert notes["openai"] is not None and notes["openai"].startswith("1 pairs skipped")
+    assert notes["nemo-rl"] is not None and "final message" in notes["nemo-rl"] and "ignores `tools`" in notes["nemo-rl"]
     assert result.card.unit == "pairs" and result.card.rows_out == 2
 
 

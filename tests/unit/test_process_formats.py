@@ -68,9 +68,9 @@ def test_tool_call_conversation_trl_flavour() -> None:
     assert conv.prompt("trl") == conv.prompt("openai") == [{"role": "user", "content": "6*7 and 6+7?"}]
 
 
-def test_tool_only_turn_has_no_content_key_and_later_text_joins_it() -> None:
+def test_tool_only_turn_has_empty_content_and_later_text_joins_it() -> None:
     items = [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]
-    assert to_messages(items) == [{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]
+    assert to_messages(items) == [{"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]
     items.append({"type": "message", "role": "assistant", "content": "done"})
     assert to_messages(items)[0]["content"] == "done"
 
@@ -105,7 +105,7 @@ def test_chat_tools_converts_responses_tools_and_keeps_chat_tools() -> None:
 
 def test_plain_text_forms() -> None:
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
-    assert prompt_text(messages) == "S\n\nU"
+    assert prompt_text(messages) == "S\n\nU\n\n"  # the joining text belongs to the prompt (TRL's convention)
     assert completion_text(to_messages(TOOL_OUTPUT)) == "42 and 13."
     assert completion_text(to_messages(TOOL_OUTPUT[2:4])) == ""
     assert content_text([{"type": "output_text", "text": "a"}, "b"]) == "ab"
@@ -114,7 +114,7 @@ def test_plain_text_forms() -> None:
 @pytest.mark.parametrize(
     "items",
     [
-        "not a list",
+        {"not": "a list"},
         ["a string item"],
         [{"type": "function_call", "call_id": "c", "arguments": "{}"}],
         [{"type": "web_search_call", "id": "ws"}],

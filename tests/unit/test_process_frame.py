@@ -24,7 +24,7 @@ def test_gym_rows_load_with_the_explicit_schema_and_derived_fields() -> None:
     df = loaded.frame_data
     assert df is not None and df.schema == pl.Schema(ROLLOUT_SCHEMA)
     assert (loaded.rows, loaded.rows_read, loaded.bad_rows.count, loaded.has_token_ids) == (9, 9, 0, True)
-    assert df["group_id"].to_list() == [f"{GYM}#{t}" for t in (0, 0, 0, 0, 1, 1, 1, 2, 2)]
+    assert df["group_id"].to_list() == [f"gym#{t}" for t in (0, 0, 0, 0, 1, 1, 1, 2, 2)]  # no local path in ids
     assert df["status"].unique().to_list() == ["ok"]  # absent in Gym rows
     assert df["finish_reason"].to_list() == ["stop"] * 8 + ["length"]  # derived from response.status
     assert df["num_turns"].to_list() == [1, 1, 1, 1, 2, 1, 2, 1, 1]
@@ -57,9 +57,9 @@ def test_run_directory_reads_rollouts_and_failures_as_one_source() -> None:
     loaded = load_rollouts([str(FIXTURES / "run")])
     df = loaded.frame_data
     assert df is not None and loaded.files == 2
-    assert df["source"].unique().to_list() == [str(FIXTURES / "run")]
+    assert df["source"].unique().to_list() == ["run"]
     assert df["status"].to_list() == ["ok", "ok", "ok", "ok", "failed"]
-    assert df["group_id"].to_list()[-2:] == [f"{FIXTURES / 'run'}#1"] * 2  # a failure joins its group
+    assert df["group_id"].to_list()[-2:] == ["run#1"] * 2  # a failure joins its group
     assert json.loads(df["error"][-1]) == {"type": "ProviderError", "message": "HTTP 503", "status_code": 503, "stage": "generate"}
     assert df["rollout_id"].to_list() == ["run1-0-0", "run1-0-1", "run1-0-2", "run1-1-0", "run1-1-1"]
 
@@ -92,7 +92,7 @@ def test_rows_without_task_index_group_by_prompt(tmp_path: Path) -> None:
     df = load_rollouts([str(path)]).frame_data
     assert df is not None
     groups = df["group_id"].to_list()
-    assert all(g.startswith(f"{path}#p") for g in groups)
+    assert all(g.startswith("no_index#p") for g in groups)
     assert [groups.index(g) for g in groups] == [0, 0, 0, 0, 4, 4, 4, 7, 7]
 
 
@@ -110,9 +110,9 @@ def test_bad_row_fails_with_file_and_line() -> None:
         ('{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": 1\n', "invalid JSON"),
         ('{"prompt": "an input row"}', "missing responses_create_params.input"),
         ('{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": "high"}', "reward must be a number"),
-        ('{"responses_create_params": {"input": "x"}, "reward": 1.0}', "missing response"),
+        ('{"responses_create_params": {"input": "x"}, "reward": 1.0, "schema_version": 1}', "missing response"),
         ('{"responses_create_params": {"input": "x"}, "response": {"output": "text"}, "reward": 1.0}', "response.output must be a list"),
-        ('{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": 1, "status": "odd"}', "unknown status odd"),
+        ('{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": 1, "status": "odd", "schema_version": 1}', "unknown status odd"),
         ("[1, 2]", "not an object"),
     ],
 )
@@ -165,7 +165,7 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no rollout rows"):
         load_rollouts([str(tmp_path / "empty.jsonl")])
     (tmp_path / "plain").mkdir()
-    with pytest.raises(InputError, match="not a run"):
+    with pytest.raises(InputError, match="neither a run"):
         load_rollouts([str(tmp_path / "plain")])
 
 

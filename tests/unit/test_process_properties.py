@@ -32,7 +32,7 @@ def loaded(groups: list[list[tuple[Any, ...]]]) -> LoadedRollouts:
                     "task_index": g, "rollout_index": i, "rollout_id": f"{g}-{i}", "status": status,
                     "finish_reason": None if status == "failed" else finish,
                     "reward": None if status == "failed" else reward, "output_tokens": tokens, "output_chars": tokens * 4,
-                    "num_turns": 1, "completion_key": key, "prompt": "[]", "tools": None, "output": "[]", "error": None,
+                    "num_turns": 1, "final_turn": "assistant", "completion_key": key, "prompt_key": 0, "prompt": "[]", "tools": None, "output": "[]", "error": None,
                 }
             )  # fmt: skip
     frame = pl.DataFrame(rows, schema_overrides=ROLLOUT_SCHEMA).select(

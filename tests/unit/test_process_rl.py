@@ -68,7 +68,7 @@ def test_parquet_and_jsonl_rows(tmp_path: Path) -> None:
     result = process([GYM], ProcessConfig(objective="rl", formats=("parquet", "jsonl")), str(tmp_path))
     table = pl.read_parquet(result.files["parquet"])
     assert table.columns == [
-        "group_id", "rollout_id", "task_index", "rollout_index", "prompt", "tools", "output", "reward", "advantage",
+        "group_id", "rollout_id", "task_index", "rollout_index", "prompt", "tools", "output", "extra", "reward", "advantage",
         "group_mean", "group_std", "group_size", "finish_reason", "output_tokens", "num_turns",
         "prompt_token_ids", "generation_token_ids", "generation_log_probs",
     ]  # fmt: skip
@@ -76,7 +76,8 @@ def test_parquet_and_jsonl_rows(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in Path(result.files["jsonl"]).read_text().splitlines()]
     assert len(lines) == table.height == 9
     first = lines[0]
-    assert first["group_id"] == f"{GYM}#0" and first["task_index"] == 0 and first["rollout_index"] == 0
+    assert first["group_id"] == "gym#0" and first["task_index"] == 0 and first["rollout_index"] == 0
+    assert first["extra"] == {"agent_ref": {"name": "math"}, "expected_answer": "4"}  # the row's other keys, kept
     assert first["prompt"] == [{"role": "user", "content": "What is 2+2? Answer in \\boxed{}."}]
     assert first["tools"] is None and first["output"][1]["content"][0]["text"] == "It is \\boxed{4}."
     assert (first["prompt_token_ids"], first["generation_token_ids"], first["generation_log_probs"]) == ([[1, 2, 3]], [[7, 8]], [[-0.5, -0.25]])
@@ -85,6 +86,7 @@ def test_parquet_and_jsonl_rows(tmp_path: Path) -> None:
     ]  # fmt: skip
     for line, row in zip(lines, table.iter_rows(named=True), strict=True):
         assert line["prompt"] == json.loads(row["prompt"]) and line["output"] == json.loads(row["output"])
+        assert line["extra"] == json.loads(row["extra"] or "{}")
         assert line["advantage"] == pytest.approx(row["advantage"]) and line["rollout_id"] == row["rollout_id"]
 
 
