@@ -91,7 +91,15 @@ def collect_config(args: argparse.Namespace) -> CollectConfig:
 def cmd_collect(args: argparse.Namespace) -> int:
     config = collect_config(args)
     prefect_defaults(verbose=args.verbose)
-    return run_collect(config, show_progress=not args.no_progress)
+    return run_collect(config, show_progress=not args.no_progress, verbose=args.verbose)
+
+
+def print_phases(board: Any) -> None:
+    """Where the wall time of the command went, phase by phase (--verbose)."""
+    times = board.phase_times()
+    total = sum(seconds for _, seconds in times)
+    print("time by phase: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in times) + f" (total {total:.2f} s)",
+          file=sys.stderr, flush=True)
 
 
 def _absolute(url: str) -> str:
@@ -125,13 +133,14 @@ def _resume_note(config: CollectConfig) -> str | None:
     return f"resuming run {run.run_url}: {done} of {expected or '?'} rollouts already done"
 
 
-def run_collect(config: CollectConfig, *, show_progress: bool) -> int:
+def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = False) -> int:
     from commands.server import use_prefect_server
     from commands.terminal import ProgressDisplay, print_summary
     from rollouts.runtime import collector
 
     board = collector().board
     board.reset()
+    board.set_phase("loading")  # the command's own imports happened before this: see `python -X importtime`
     with ProgressDisplay(board, enabled=show_progress):
         board.set_phase("checking the input, the model server and the run name")
         config = resolved(config)
@@ -148,6 +157,9 @@ def run_collect(config: CollectConfig, *, show_progress: bool) -> int:
         with temporary_settings(updates={"flows.heartbeat_frequency": None}):
             board.set_phase("starting the flow run")
             state = collect_rollouts(config, return_state=True)
+    board.set_phase("done")
+    if verbose:
+        print_phases(board)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         summary = getattr(result, "summary", None)

@@ -47,8 +47,16 @@ class ProgressBoard:
     ui_url: str | None = None  # the flow run's page in the Prefect UI, once the flow has started
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    phases: list[tuple[str, float]] = field(default_factory=list)  # (phase, monotonic start), for --verbose
+
     def set_phase(self, phase: str) -> None:
         self.phase = phase
+        self.phases.append((phase, time.monotonic()))
+
+    def phase_times(self, until: float | None = None) -> list[tuple[str, float]]:
+        """Seconds spent in each phase so far, in order."""
+        ends = [t for _, t in self.phases[1:]] + [until or time.monotonic()]
+        return [(name, end - start) for (name, start), end in zip(self.phases, ends, strict=True)]
 
     def set_ui_url(self, url: str | None) -> None:
         self.ui_url = url
@@ -59,6 +67,7 @@ class ProgressBoard:
             self.resumed = 0
             self.started = None
             self.phase, self.ui_url = "", None
+            self.phases = []
 
     def add_total(self, n: int) -> None:
         with self._lock:
