@@ -8,6 +8,11 @@ from pydantic import BaseModel
 
 from rollouts.collect import ShardResult, run_store
 from rollouts.run import RunPlan, write_manifest
+from rollouts.storage import inventory
+
+# Committed outputs listed in the final manifest with size and sha256; shards/ and generations/ are working files.
+INVENTORY_FOLDERS = ("rollouts", "failures", "profile", "train")
+INVENTORY_FILES = ("rejects.jsonl",)
 
 
 class RunSummary(BaseModel):
@@ -54,11 +59,13 @@ def finish_run(plan: RunPlan, results: list[ShardResult], incomplete: list[str],
         mean_reward=round(reward_sum / ok, 6) if ok else None, rollouts_per_s=profile.get("rollouts_per_s"),
         output_tokens_per_s=profile.get("output_tokens_per_s"), outputs=outputs, incomplete_shards=incomplete,
     )
-    write_manifest(run_store(plan.run), plan.run, status=status, reason=reason, counts=summary.model_dump(
+    store = run_store(plan.run)
+    # Written last: a reader that finds status "completed" finds every listed file whole (check_inventory).
+    write_manifest(store, plan.run, status=status, reason=reason, counts=summary.model_dump(
         include={"prompts", "rejects", "rollouts_expected", "rollouts_ok", "rollouts_failed", "rollouts_not_run",
                  "failure_fraction", "mean_reward"}),
         shard_status=[{"shard": r.shard, "rollouts": r.rollouts, "failed": r.failed} for r in results]
         + [{"shard": s, "status": "incomplete"} for s in incomplete],
         profile={k: profile.get(k) for k in ("rollouts_per_s", "output_tokens_per_s", "generation_window_s")},
-        outputs=outputs)
+        outputs=outputs, files=inventory(store, INVENTORY_FOLDERS, INVENTORY_FILES))
     return summary

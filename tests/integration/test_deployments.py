@@ -42,6 +42,17 @@ def _wait_state(client, flow_run_id, timeout_s: float = 240):
     raise AssertionError(f"flow run {flow_run_id} not finished after {timeout_s} s (state {run.state})")
 
 
+def _events(client, name: str, related_id: str, timeout_s: float = 30) -> list[dict]:
+    """Events of `name` related to a resource; the server persists events in batches, so poll a little."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = client.request("POST", "/events/filter", json={"filter": {"event": {"name": [name]}}}).json()["events"]
+        found = [e for e in found if any(r["prefect.resource.id"] == related_id for r in e.get("related", []))]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
 def test_nightly_schedule_is_registered_with_its_next_runs(deployed, live_client):
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState
@@ -105,9 +116,7 @@ def test_prepared_prompts_event_triggers_the_collection_with_their_uri(deployed,
             time.sleep(1)
         assert triggered, "rollouts.prompts.ready did not trigger the collection deployment"
         collection = _wait_state(client, triggered[0].id)
-        events = client.request("POST", "/events/filter", json={"filter": {
-            "event": {"name": ["rollouts.run.completed"]},
-            "related": {"id": [f"prefect.flow-run.{collection.id}"]}}}).json()["events"]
+        events = _events(client, "rollouts.run.completed", f"prefect.flow-run.{collection.id}")
     assert collection.state.is_completed(), collection.state.message
     assert collection.parameters["config"]["input"] == uri  # the event's URI, arrived as a string
     runs = [p for p in (deployed["work"] / "runs").iterdir() if p.name.startswith("chain-")]
