@@ -71,8 +71,10 @@ def prefect_server(startup_timeout_s: float = 90) -> Iterator[LiveServer]:
     port = _free_port()
     log = Path(home) / "server.log"
     with open(log, "wb") as out:
+        # The UI asks /ui-settings for the API's address, which otherwise defaults to port 4200.
+        env = {**offline_env(home), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
         process = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                   env=offline_env(home), cwd=home, stdout=out, stderr=subprocess.STDOUT,
+                                   env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     server = LiveServer(url=f"http://127.0.0.1:{port}", home=home, log=log)
     try:

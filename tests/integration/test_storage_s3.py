@@ -30,7 +30,7 @@ def test_s3_run_killed_mid_way_is_never_complete_and_resumes_whole(tmp_path, s3_
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="atomic")
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(40))
     store = Store("s3://atomic/runs/killed")
-    with start_sim_server(latency_ms=150, seed=5) as server:
+    with start_sim_server(latency_ms=300, seed=5) as server:
         cmd = [sys.executable, "-m", "rollouts.cli", "collect", str(src), "--out", "s3://atomic/runs", "--model-url",
                server.url, "--model", "sim-model", "--num-repeats", "4", "--parallel", "8", "--shard-size", "5",
                "--max-concurrent-shards", "2", "--run-name", "killed", "--no-progress", "--temperature", "0.5",
@@ -39,12 +39,13 @@ def test_s3_run_killed_mid_way_is_never_complete_and_resumes_whole(tmp_path, s3_
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 start_new_session=True)
         deadline = time.monotonic() + 120
-        while len(store.glob("rollouts/*.jsonl")) < 2:  # some shards committed, others in flight
+        while store.fs.invalidate_cache() or len(store.glob("rollouts/*.jsonl")) < 2:  # some shards committed
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "no shard committed in time"
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        store.fs.invalidate_cache()
         killed = store.read_json("manifest.json")
         assert killed["status"] == "running" and "files" not in killed  # a reader sees a run in progress
         committed = {f: store.fs.cat(f) for f in store.glob("rollouts/*.jsonl")}
@@ -53,6 +54,7 @@ def test_s3_run_killed_mid_way_is_never_complete_and_resumes_whole(tmp_path, s3_
         cfg = CollectConfig(input=str(src), out="s3://atomic/runs", model_url=server.url, model="sim-model",
                             num_repeats=4, parallel=8, shard_size=5, run_name="killed", temperature=0.5, seed=1)
         summary = collect_rollouts(cfg)
+        store.fs.invalidate_cache()
         requests_after = server.stats()["requests"]
     assert summary.status == "completed" and summary.rollouts_ok == 160
     rows = [json.loads(line) for line in store.iter_lines("rollouts", "00000.jsonl")]
