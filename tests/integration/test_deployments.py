@@ -128,3 +128,36 @@ def test_prepared_prompts_event_triggers_the_collection_with_their_uri(deployed,
     payload = events[0]["payload"]
     assert payload["run_url"] == str(runs[0]) and payload["rollouts_ok"] == 10 and payload["status"] == "completed"
     assert payload["mean_reward"] == pytest.approx(sum(r["reward"] for r in rollouts) / 10)
+
+
+def test_served_deployment_runs_with_no_parameters_as_the_serve_script_says(deployed, live_prefect, sim):
+    import re
+    import subprocess
+    import sys
+
+    from prefect import get_client
+    from prefect.settings import temporary_settings
+
+    from tests.integration.live_server import ROOT, _stop, run_prefect
+
+    out = deployed["work"] / "served"
+    cmd = [sys.executable, "deployments/serve.py", "--input", deployed["config"]["input"], "--model-url", sim.url,
+           "--model", "sim-model", "--out", str(out)]
+    log = deployed["work"] / "serve.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(cmd, env=live_prefect.env(), cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "is being served" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        started = run_prefect(live_prefect, "deployment", "run", "collect-rollouts/collect-rollouts")
+        flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", started).group(1)
+        with temporary_settings(updates={"api.url": live_prefect.api_url}), get_client(sync_client=True) as client:
+            done = _wait_state(client, flow_run_id)
+    finally:
+        _stop(proc)
+    assert done.state.is_completed(), f"{done.state.message}\n{log.read_text()[-3000:]}"
+    runs = list(out.iterdir())
+    assert len(runs) == 1 and len(run_rows(runs[0], "rollouts")) == 32  # 4 prompts x the rl preset's 8 repeats
