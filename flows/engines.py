@@ -63,7 +63,10 @@ def ray_runner(address: str | None, workers: int) -> TaskRunner:
     A shard task takes one CPU, so each Ray worker process runs one shard at a time on its own collector loop with
     its share of `--parallel` (`CollectConfig.parallel_per_process`); verify tasks wait in Ray's graph, not on a CPU.
     """
-    from prefect_ray import RayTaskRunner
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        raise ConfigError("--task-runner ray needs prefect-ray: pip install 'rollouts[ray]'") from None
 
     runtime_env: dict[str, Any] = {"env_vars": worker_env()}
     if address:
