@@ -1,7 +1,7 @@
 """The `collect-rollouts` flow: shard prompts -> generate -> verify -> profile -> filter -> format."""
 
-# No `from __future__ import annotations` here: a served deployment pickles this flow by value, with only the globals
-# its body names, and a string annotation "CollectConfig" then cannot be resolved in the run's process.
+from __future__ import annotations
+
 import contextlib
 from collections.abc import Iterator
 
@@ -9,9 +9,6 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from blocks import apply_blocks
-from flows.engines import dask_runner, ray_runner
-from flows.events import emit_run_event
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
 from rollouts.outcome import RunSummary, finish_run
@@ -28,9 +25,15 @@ def shard_runners(config: CollectConfig) -> Iterator[tuple[TaskRunner, TaskRunne
     shard's generation, so generation of the next shards goes on meanwhile. Dask: one runner for both (a verify task
     waits in Dask's graph without holding a worker thread), `--dask-workers` processes of that many threads each.
     """
-    if config.task_runner in ("dask", "ray"):
-        runner = (dask_runner(config.dask_address, config.dask_workers, config.max_concurrent_shards)
-                  if config.task_runner == "dask" else ray_runner(config.ray_address, config.ray_workers))
+    if config.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.dask_address:
+            runner = DaskTaskRunner(address=config.dask_address)
+        else:
+            runner = DaskTaskRunner(cluster_kwargs={"n_workers": config.dask_workers, "processes": True,
+                                                    "threads_per_worker": config.max_concurrent_shards,
+                                                    "dashboard_address": None})
         with runner:
             yield runner, runner
         return
@@ -43,7 +46,6 @@ def shard_runners(config: CollectConfig) -> Iterator[tuple[TaskRunner, TaskRunne
 def collect_rollouts(config: CollectConfig) -> RunSummary:
     """Collect `num_repeats` verified rollouts per prompt and write training files for each objective."""
     logger = get_run_logger()
-    config = apply_blocks(config, config.model_block, config.storage_block)
     plan = shard_prompts(config)
     run = plan.run
     logger.info("run %s: %d prompts in %d shards, %d rejected rows%s", run.run_url, plan.prompts, len(plan.shards),
@@ -64,7 +66,6 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     profile = profile_run(run)
     outputs = {selection.objective: format_training_data(run, selection) for selection in filter_rollouts(run)}
     summary = finish_run(plan, results, broken, profile, outputs)
-    emit_run_event(summary)
     if summary.status == "failed":
         raise RunFailedError(summary.reason, summary=summary.model_dump())
     return summary

@@ -38,10 +38,8 @@ def add_collect_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("input", help="prompts JSONL (NeMo Gym rows, {\"prompt\": ...} or {\"messages\": [...]}); local path or s3:// URL")
     add("--out", default="./runs", help="where runs are written: local path or fsspec URL such as s3://bucket/runs (default ./runs)")
-    add("--model-url", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (or --model-block)")
-    add("--model", help="model name sent with each request, e.g. Qwen/Qwen3-8B (or --model-block)")
-    add("--model-block", metavar="NAME", help="a ModelEndpoint block: base URL, model, API, key and headers")
-    add("--storage-block", metavar="NAME", help="a RolloutStorage block: where runs go, with the filesystem's options and credentials")
+    add("--model-url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    add("--model", required=True, help="model name sent with each request, e.g. Qwen/Qwen3-8B")
     add("--api", choices=["chat", "responses"], default="chat", help="Chat Completions or Responses API (default chat)")
     add("--api-key-env", metavar="VAR", help="environment variable that holds the API key (sent as a Bearer token)")
     add("--objective", default="rl", help="rl | sft | dpo, or a comma list such as rl,dpo: training files to write; the first sets sampling defaults (default rl)")
@@ -56,14 +54,11 @@ def add_collect_options(parser: argparse.ArgumentParser) -> None:
     add("--end", type=int, help="stop before this input row")
     add("--shard-size", type=int, default=256, help="prompts per shard; one Prefect task run per shard and stage (default 256)")
     add("--max-concurrent-shards", type=int, default=4, help="shard tasks running at once: the task runner's limit (default 4)")
-    add("--task-runner", choices=["threads", "dask", "ray"], default="threads",
-        help="run shard tasks on threads of this process (default), on a Dask cluster or on a Ray cluster")
+    add("--task-runner", choices=["threads", "dask"], default="threads",
+        help="run shard tasks on threads of this process (default) or on a Dask cluster")
     add("--dask-address", metavar="tcp://HOST:8786", help="scheduler of an existing Dask cluster (default: start a local one)")
     add("--dask-workers", type=int, default=2,
         help="Dask worker processes: started locally, or expected at --dask-address; --parallel is split between them (default 2)")
-    add("--ray-address", metavar="ray://HOST:10001", help="an existing Ray cluster, or auto (default: start a local Ray instance)")
-    add("--ray-workers", type=int, default=2,
-        help="Ray worker processes: CPUs of the local instance, or expected at --ray-address; --parallel is split between them (default 2)")
     add("--env", default="math", help="environment for rows without agent_ref: math, exact_match, multiple_choice or a --remote-env name (default math)")
     add("--remote-env", action="append", metavar="NAME=URL", help="a NeMo Gym resources server scoring rows whose agent_ref.name is NAME (repeatable)")
     add("--run-name", help="name of the run directory (default: input name + digest of config and input)")
@@ -99,8 +94,6 @@ def collect_config(args: argparse.Namespace):
         "max_output_tokens": args.max_output_tokens, "seed": args.seed, "limit": args.limit, "start": args.start,
         "end": args.end, "shard_size": args.shard_size, "max_concurrent_shards": args.max_concurrent_shards,
         "task_runner": args.task_runner, "dask_address": args.dask_address, "dask_workers": args.dask_workers,
-        "ray_address": args.ray_address, "ray_workers": args.ray_workers, "model_block": args.model_block,
-        "storage_block": args.storage_block,
         "env": args.env, "remote_env": parse_remote_envs(args.remote_env), "run_name": args.run_name,
         "request_timeout": args.request_timeout, "max_retries": args.max_retries,
         "max_failure_fraction": args.max_failure_fraction, "return_tokens": args.return_tokens,

@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from rollouts.config import CollectConfig
-from rollouts.credentials import EndpointAuth
 from rollouts.envs import Environment, SessionState, build_environments
 from rollouts.errors import RolloutsError, error_record
 from rollouts.limits import limiter_for
@@ -223,12 +222,11 @@ class ShardGenerator:
         return record
 
 
-async def generate_shard(run: RunRef, shard: str, auth: EndpointAuth | None = None) -> ShardResult:
+async def generate_shard(run: RunRef, shard: str) -> ShardResult:
     config = run.config
     envs = build_environments(config.remote_env)
-    auth = auth or EndpointAuth(api_key=config.api_key())
-    factory = lambda: http_client(config.parallel_per_process, config.request_timeout, auth.api_key,  # noqa: E731
-                                  headers=auth.headers)
+    api_key = config.api_key()
+    factory = lambda: http_client(config.parallel_per_process, config.request_timeout, api_key)  # noqa: E731
     async with SHARED_CLIENTS.lease(f"{run.run_id}/{config.model_url}", factory) as http:
         return await ShardGenerator(run, shard, http, envs).run()
 

@@ -53,10 +53,8 @@ class CollectConfig(BaseModel):
 
     input: str = Field(description="Prompts JSONL: local path or fsspec URL (s3://...)")
     out: str = Field("./runs", description="Where runs are written: local path or fsspec URL (s3://...)")
-    model_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (or --model-block)")
-    model: str | None = Field(None, description="Model name sent in each request (or --model-block)")
-    model_block: str | None = Field(None, description="Name of a ModelEndpoint block: base URL, model, API, key and headers (secrets stay in the block)")
-    storage_block: str | None = Field(None, description="Name of a RolloutStorage block: where runs go and the filesystem's options and credentials")
+    model_url: str = Field(description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+    model: str = Field(description="Model name sent in each request")
     api: Literal["chat", "responses"] = "chat"
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key")
     objective: list[Objective] = Field(default_factory=lambda: ["rl"], description="rl|sft|dpo; several (rl,sft) give several training sets; the first sets sampling defaults")
@@ -71,11 +69,9 @@ class CollectConfig(BaseModel):
     end: int | None = Field(None, ge=0, description="Stop before this input row")
     shard_size: int = Field(256, ge=1, description="Prompts per shard (one task run each)")
     max_concurrent_shards: int = Field(4, ge=1, description="Shard tasks running at once per process (task-runner limit)")
-    task_runner: Literal["threads", "dask", "ray"] = Field("threads", description="threads in this process, or a Dask or Ray cluster")
+    task_runner: Literal["threads", "dask"] = Field("threads", description="threads in this process, or a Dask cluster")
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (default: start a local one)")
     dask_workers: int = Field(2, ge=1, description="Dask worker processes: started locally, or expected at --dask-address")
-    ray_address: str | None = Field(None, description="an existing Ray cluster (ray://host:10001 or auto; default: start a local Ray instance)")
-    ray_workers: int = Field(2, ge=1, description="Ray worker processes (CPUs of a local instance, or expected at --ray-address); --parallel is split between them")
     env: str = Field("math", description="Environment for rows without agent_ref")
     remote_env: dict[str, str] = Field(default_factory=dict, description="NAME -> NeMo Gym resources server URL")
     run_name: str | None = None
@@ -99,9 +95,7 @@ class CollectConfig(BaseModel):
 
     @field_validator("model_url")
     @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+    def _url(cls, value: str) -> str:
         if not re.match(r"^https?://", value):
             raise ValueError(f"--model-url must start with http:// or https:// (got {value!r})")
         return value.rstrip("/")
@@ -120,12 +114,6 @@ class CollectConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _endpoint(self) -> CollectConfig:
-        if not self.model_block and not (self.model_url and self.model):
-            raise ValueError("give --model-url and --model, or --model-block")
-        return self
-
-    @model_validator(mode="after")
     def _train_options(self) -> CollectConfig:
         self.process_configs()  # fails here, before any rollout is generated, on a bad filter or format option
         return self
@@ -140,7 +128,7 @@ class CollectConfig(BaseModel):
     @property
     def processes(self) -> int:
         """Collector processes sharing `parallel`: each runs its own loop and holds its share of the slots."""
-        return {"dask": self.dask_workers, "ray": self.ray_workers}.get(self.task_runner, 1)
+        return self.dask_workers if self.task_runner == "dask" else 1
 
     @property
     def parallel_per_process(self) -> int:

@@ -11,7 +11,6 @@ from pydantic import BaseModel
 
 from rollouts.collect import RunRef, ShardRef
 from rollouts.config import CollectConfig
-from rollouts.credentials import EndpointAuth
 from rollouts.envs import known_environment_names
 from rollouts.errors import ConfigError, InputError
 from rollouts.model import check_endpoint
@@ -45,15 +44,15 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan:
+def plan_run(config: CollectConfig) -> RunPlan:
     """Resolve the run directory; shard the input unless an earlier attempt already did."""
-    plan = _plan(config, auth or EndpointAuth(api_key=config.api_key()))
+    plan = _plan(config)
     BOARD.add_total(plan.rollouts_expected)
     return plan
 
 
-def _plan(config: CollectConfig, auth: EndpointAuth) -> RunPlan:
-    check_endpoint(config.model_url, auth.api_key, headers=auth.headers)
+def _plan(config: CollectConfig) -> RunPlan:
+    check_endpoint(config.model_url, config.api_key())
     in_digest = input_digest(config.input, config.storage_options)
     digest = config.digest(in_digest)
     name = config.run_name or default_run_name(config.input, digest)

@@ -12,7 +12,6 @@ from rollouts.collect import RunRef, ShardRef, ShardResult
 from rollouts.config import CollectConfig
 from rollouts.loop import run_on_collector_loop
 from rollouts.run import RunPlan, plan_run
-from blocks import endpoint_auth
 
 # Shard tasks are idempotent on their own output (they skip finished rollouts), so a Prefect retry is safe; the model
 # client owns request-level retries, so these only cover shard-level faults such as a storage hiccup.
@@ -21,15 +20,13 @@ SHARD_TASK = dict(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE, persi
 
 @task(name="shard-prompts", cache_policy=NO_CACHE, persist_result=False)
 def shard_prompts(config: CollectConfig) -> RunPlan:
-    return plan_run(config, auth=endpoint_auth(config.model_block, config.api_key()))
+    return plan_run(config)
 
 
 @task(name="generate-shard", task_run_name="generate-{shard.shard}", **SHARD_TASK)
 def generate_shard(run: RunRef, shard: ShardRef) -> ShardResult:
     # All shards' requests share one event loop per process (see rollouts/loop.py for the measurements).
-    # The key is loaded here, in the process that sends the requests: it never travels in a task argument.
-    auth = endpoint_auth(run.config.model_block, run.config.api_key())
-    return run_on_collector_loop(core.generate_shard(run, shard.shard, auth=auth))
+    return run_on_collector_loop(core.generate_shard(run, shard.shard))
 
 
 @task(name="verify-shard", task_run_name="verify-{shard.shard}", **SHARD_TASK)
