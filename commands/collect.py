@@ -115,7 +115,15 @@ def resolved(config: CollectConfig) -> CollectConfig:
     data["input"] = _absolute(config.input)
     data["storage"]["out"] = _absolute(config.storage.out)
     config = CollectConfig.model_validate(data)
-    run = preflight(config)
+    checked, auth = config, None
+    if config.endpoint.block or config.storage.block:  # blocks live in Prefect: resolved here for the checks only
+        from commands.server import use_prefect_server
+
+        use_prefect_server()
+        from blocks import apply_blocks, endpoint_auth
+
+        checked, auth = apply_blocks(config), endpoint_auth(config.endpoint.block, config.api_key())
+    run = preflight(checked, auth)
     return config.model_copy(update={"run_name": run.run_url.rstrip("/").rsplit("/", 1)[-1]})
 
 
@@ -144,7 +152,7 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
     with ProgressDisplay(board, enabled=show_progress):
         board.set_phase("checking the input, the model server and the run name")
         config = resolved(config)
-        note = _resume_note(config)
+        note = None if config.storage.block else _resume_note(config)
         if note:
             print(note, file=sys.stderr, flush=True)
         board.set_phase("starting Prefect")

@@ -98,6 +98,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("rejected input rows", summary.get("rejects")),
         ("rollouts ok / expected", f"{summary.get('rollouts_ok')} / {summary.get('rollouts_expected')}"),
         ("rollouts failed", f"{summary.get('rollouts_failed')} ({100 * (summary.get('failure_fraction') or 0):.2f}%)"),
+        *([("rollouts not run", summary["rollouts_not_run"])] if summary.get("rollouts_not_run") else []),
         ("mean reward", summary.get("mean_reward")),
         ("rollouts/s", summary.get("rollouts_per_s")),
         ("output tokens/s", summary.get("output_tokens_per_s")),

@@ -10,6 +10,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from blocks import apply_blocks
+from flows.engines import dask_runner, process_runner, ray_runner
+from flows.events import emit_run_event
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
 from rollouts.outcome import RunSummary, finish_run, judge
@@ -27,19 +30,14 @@ def shard_runners(config: CollectConfig) -> Iterator[tuple[TaskRunner, TaskRunne
     """Task runners for the generate and verify stages.
 
     Threads: two pools of `--max-concurrent-shards` workers; a shard's verify task waits in its own pool for that
-    shard's generation, so generation of the next shards goes on meanwhile. Dask: one runner for both (a verify task
-    waits in Dask's graph without holding a worker thread), `--dask-workers` processes of that many threads each.
+    shard's generation, so generation of the next shards goes on meanwhile. Processes, Dask, Ray: one runner for
+    both (a verify task waits in the runner's graph without holding a worker), one collector loop per worker process.
     """
     c = config.concurrency
-    if c.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if c.dask_address:
-            runner = DaskTaskRunner(address=c.dask_address)
-        else:
-            runner = DaskTaskRunner(cluster_kwargs={"n_workers": c.dask_workers, "processes": True,
-                                                    "threads_per_worker": c.max_concurrent_shards,
-                                                    "dashboard_address": None})
+    if c.task_runner != "threads":
+        runner = {"processes": lambda: process_runner(c.worker_processes),
+                  "dask": lambda: dask_runner(c.dask_address, c.dask_workers, c.max_concurrent_shards),
+                  "ray": lambda: ray_runner(c.ray_address, c.ray_workers)}[c.task_runner]()
         with runner:
             yield runner, runner
         return
@@ -64,6 +62,7 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     logger = get_run_logger()
     board = collector().board
     board.set_ui_url(flow_run.ui_url)
+    config = apply_blocks(config)  # block names travel in the parameters; their secrets are loaded here and in tasks
     plan = shard_prompts(config)
     run = plan.run
     logger.info("run %s: %d prompts in %d shards, %d rejected rows%s", run.run_url, plan.prompts, len(plan.shards),
@@ -91,6 +90,7 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     summary = finish_run(plan, verdict, results, broken, profile, outputs)
     logger.info("run %s %s: %d of %d rollouts ok, mean reward %s", run.run_url, summary.status, summary.rollouts_ok,
                 summary.rollouts_expected, summary.mean_reward)
+    emit_run_event(summary)
     if summary.status == "failed":
         raise RunFailedError(summary.reason, summary=summary.model_dump())
     return summary

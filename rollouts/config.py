@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rollouts.agent import AgentLimits
 from rollouts.envs import Environment, build_environments, known_environment_names, parse_remote_env
 from rollouts.errors import ConfigError
-from rollouts.options import IDENTITY, Cli, identity_fields
+from rollouts.options import IDENTITY, Cli, identity_fields, marker
 from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, TrainConfig
 
 __all__ = ["SAMPLING_PRESETS", "CollectConfig", "ConcurrencyConfig", "EndpointConfig", "EnvironmentConfig",
@@ -40,8 +40,11 @@ class EndpointConfig(BaseModel):
 
     model_config = _FROZEN
 
-    model_url: str = Field(description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    model: Annotated[str, IDENTITY] = Field(description="model name sent with each request, e.g. Qwen/Qwen3-8B")
+    model_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (or --model-block)")
+    model: Annotated[str | None, IDENTITY] = Field(
+        None, description="model name sent with each request, e.g. Qwen/Qwen3-8B (or --model-block)")
+    block: Annotated[str | None, Cli(flag="--model-block", metavar="NAME")] = Field(
+        None, description="a ModelEndpoint block: base URL, model, API, key and headers (the secrets stay in the block)")
     api: Annotated[Literal["chat", "responses"], IDENTITY] = Field(
         "chat", description="Chat Completions or the Responses API")
     api_key_env: Annotated[str | None, Cli(metavar="VAR")] = Field(
@@ -56,10 +59,18 @@ class EndpointConfig(BaseModel):
 
     @field_validator("model_url")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.match(r"^https?://", value):
             raise ValueError(f"--model-url must start with http:// or https:// (got {value!r})")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _given(self) -> EndpointConfig:
+        if not self.block and not (self.model_url and self.model):
+            raise ValueError("give --model-url and --model, or --model-block")
+        return self
 
 
 class SamplingConfig(BaseModel):
@@ -102,12 +113,31 @@ class ConcurrencyConfig(BaseModel):
     parallel: int = Field(256, ge=1, description="global number of rollouts in flight (NeMo Gym's num_samples_in_parallel)")
     shard_size: Annotated[int, IDENTITY] = Field(256, ge=1, description="prompts per shard: one Prefect task run per shard and stage")
     max_concurrent_shards: int = Field(4, ge=1, description="shard tasks running at once per process: the task runner's limit")
-    task_runner: Literal["threads", "dask"] = Field(
-        "threads", description="run shard tasks on threads of this process, or on a Dask cluster")
+    task_runner: Literal["threads", "processes", "dask", "ray"] = Field(
+        "threads", description="run shard tasks on threads of this process, in --workers collector processes of this "
+                               "machine, or on a Dask or Ray cluster")
+    workers: Annotated[int | None, Cli(metavar="N")] = Field(
+        None, ge=1, description="collector processes for --task-runner processes (default: half the cores, at most "
+                                "8, so a model server on this machine keeps the rest); --parallel is split between them")
     dask_address: Annotated[str | None, Cli(metavar="tcp://HOST:8786")] = Field(
         None, description="scheduler of an existing Dask cluster (default: start a local one)")
     dask_workers: int = Field(
         2, ge=1, description="Dask worker processes, started locally or expected at --dask-address; --parallel is split between them")
+    ray_address: Annotated[str | None, Cli(metavar="ray://HOST:10001")] = Field(
+        None, description="an existing Ray cluster, or auto (default: start a local Ray instance)")
+    ray_workers: int = Field(
+        2, ge=1, description="Ray worker processes: CPUs of the local instance, or expected at --ray-address; --parallel is split between them")
+
+    @property
+    def worker_processes(self) -> int:
+        """Collector processes for --task-runner processes: --workers, else half the cores (at most 8)."""
+        return self.workers or max(1, min(8, (os.cpu_count() or 2) // 2))
+
+    @property
+    def processes(self) -> int:
+        """Collector processes sharing `parallel`: each runs its own loop and holds its share of the slots."""
+        return {"processes": self.worker_processes, "dask": self.dask_workers, "ray": self.ray_workers}.get(
+            self.task_runner, 1)
 
 
 class EnvironmentConfig(BaseModel):
@@ -157,6 +187,8 @@ class StorageConfig(BaseModel):
 
     out: Annotated[str, Cli(flag="--out")] = Field(
         "./runs", description="where runs are written: local path or fsspec URL such as s3://bucket/runs")
+    block: Annotated[str | None, Cli(flag="--storage-block", metavar="NAME")] = Field(
+        None, description="a RolloutStorage block: where runs go, with the filesystem's options and credentials")
     options: Annotated[dict[str, Any], Cli(flag="--storage-options", metavar="JSON")] = Field(
         {}, description="fsspec options for --out and an s3:// INPUT, such as an endpoint; keep "
                                           "credentials in the usual AWS environment variables or profile")
@@ -186,16 +218,18 @@ class CollectConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _sections(cls, data: Any) -> Any:
+        return cls.nested(data) if isinstance(data, dict) else data
+
+    @classmethod
+    def nested(cls, data: dict[str, Any]) -> dict[str, Any]:
         """Accept a section's fields at the top level too (`CollectConfig(input=..., model_url=..., model=...)`):
-        each is moved into the one section that declares it."""
-        if not isinstance(data, dict):
-            return data
+        each is moved into the section that declares it. Deployments use this to store nested parameters."""
         data = dict(data)
         owners = _leaf_owners()
         for key in [k for k in data if k not in cls.model_fields]:
             if key in owners:
-                section = owners[key]
-                data[section] = {**dict(data.get(section) or {}), key: data.pop(key)}
+                section, name = owners[key]
+                data[section] = {**dict(data.get(section) or {}), name: data.pop(key)}
         return data
 
     @field_validator("objective", mode="before")
@@ -228,8 +262,7 @@ class CollectConfig(BaseModel):
 
     @property
     def processes(self) -> int:
-        """Collector processes sharing `parallel`: each runs its own loop and holds its share of the slots."""
-        return self.concurrency.dask_workers if self.concurrency.task_runner == "dask" else 1
+        return self.concurrency.processes
 
     @property
     def parallel_per_process(self) -> int:
@@ -276,15 +309,19 @@ class CollectConfig(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _leaf_owners() -> dict[str, str]:
-    """Field name -> the first CollectConfig section that declares it (generation sections come before `train`, so
-    `max_turns` at the top level is the generation limit, as on the command line)."""
-    owners: dict[str, str] = {}
+def _leaf_owners() -> dict[str, tuple[str, str]]:
+    """Top-level name -> (section, field) for every section field, by its field name and by its flag's name
+    (`model_block` for `endpoint.block`, `storage_options` for `storage.options`). The first section that declares a
+    name wins: generation sections come before `train`, so `max_turns` is the generation limit, as on the command line."""
+    owners: dict[str, tuple[str, str]] = {}
     for section, field in CollectConfig.model_fields.items():
         model = field.annotation
         if isinstance(model, type) and issubclass(model, BaseModel):
-            for name in model.model_fields:
-                owners.setdefault(name, section)
+            for name, leaf in model.model_fields.items():
+                cli = marker(leaf, Cli)
+                if cli is not None and cli.flag:
+                    owners.setdefault(cli.flag.lstrip("-").replace("-", "_"), (section, name))
+                owners.setdefault(name, (section, name))
     return owners
 
 

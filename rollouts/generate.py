@@ -14,6 +14,7 @@ from typing import Any
 
 from rollouts.breaker import STOPPED, FailureBreaker
 from rollouts.config import CollectConfig
+from rollouts.credentials import EndpointAuth
 from rollouts.agent import run_agent, with_env_tools
 from rollouts.envs import Environment
 from rollouts.envs.remote import gym_usage
@@ -186,11 +187,14 @@ class ShardGenerator:
 
 
 async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, limiter: InflightLimiter,
-                         board: ProgressBoard, breaker: FailureBreaker | None = None) -> ShardResult:
-    """Generate a shard on the caller's loop, with the run's warm client leased from `clients`."""
+                         board: ProgressBoard, breaker: FailureBreaker | None = None,
+                         auth: EndpointAuth | None = None) -> ShardResult:
+    """Generate a shard on the caller's loop, with the run's warm client leased from `clients`. `auth` is the key and
+    headers, loaded by the caller in this process (never passed between tasks)."""
     config = run.config
     envs = config.environments.build()
-    api_key = config.api_key()
-    factory = lambda: http_client(config.parallel_per_process, config.endpoint.request_timeout, api_key)  # noqa: E731
+    auth = auth or EndpointAuth(api_key=config.api_key())
+    factory = lambda: http_client(config.parallel_per_process, config.endpoint.request_timeout,  # noqa: E731
+                                  auth.api_key, headers=auth.headers)
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:
         return await ShardGenerator(run, shard, http, envs, limiter, board, breaker).run()

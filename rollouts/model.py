@@ -39,7 +39,8 @@ class ModelCall:
 
 
 def http_client(limit: int, timeout: float, api_key: str | None = None,
-                transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+                transport: httpx.AsyncBaseTransport | None = None,
+                headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     """An AsyncClient over aiohttp (plain httpx's pool scans every connection per queued request, encode/httpx#3215).
 
     Create it inside the task that uses it: a client is bound to the event loop it first ran on.
@@ -47,18 +48,20 @@ def http_client(limit: int, timeout: float, api_key: str | None = None,
     from rollouts.envs.remote import cookie_free_transport  # per-rollout sessions of remote environments
 
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    sent = {"Content-Type": "application/json", **(headers or {}),
+            **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     return httpx.AsyncClient(transport=transport or cookie_free_transport(limits), timeout=httpx.Timeout(timeout),
-                             headers=headers)
+                             headers=sent)
 
 
-def check_endpoint(base_url: str, api_key: str | None, timeout: float = 5.0) -> None:
+def check_endpoint(base_url: str, api_key: str | None, timeout: float = 5.0,
+                   headers: dict[str, str] | None = None) -> None:
     """Fail fast, before any prompt is sharded, when the model server is unreachable, refuses the key, or the URL
     is not an OpenAI-compatible base (`GET /models` answers on vLLM, SGLang and OpenAI; a 404 there means the path
     is wrong, usually a missing `/v1`)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    sent = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     try:
-        response = httpx.get(f"{base_url}/models", headers=headers, timeout=timeout)
+        response = httpx.get(f"{base_url}/models", headers=sent, timeout=timeout)
     except httpx.HTTPError as exc:
         raise ConfigError(f"cannot reach the model server at {base_url} ({type(exc).__name__}): is it running, and "
                           "is --model-url right (it usually ends in /v1)?") from exc

@@ -1,4 +1,4 @@
-"""The end of a run: counts, the failure-fraction verdict, the top failure types, and the final manifest."""
+"""The end of a run: counts, the verdict, the top failure types, and the final manifest with its file inventory."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ from pydantic import BaseModel
 
 from rollouts.breaker import STOPPED
 from rollouts.run import RunPlan, ShardResult, read_records, run_store, write_manifest
+from rollouts.storage import inventory
+
+# Committed outputs listed in the final manifest with size and sha256; shards/ and generations/ are working files.
+INVENTORY_FOLDERS = ("rollouts", "failures", "profile", "train")
+INVENTORY_FILES = ("rejects.jsonl",)
 
 
 class Verdict(BaseModel):
     status: str  # completed | failed
     reason: str = ""
     rollouts_ok: int
-    rollouts_failed: int  # failed rollouts plus those of shards whose tasks did not finish
+    rollouts_failed: int
+    rollouts_not_run: int = 0  # rollouts of shards whose task never finished: not attempted, so not failures
     failure_fraction: float
     mean_reward: float | None
 
@@ -29,6 +35,7 @@ class RunSummary(BaseModel):
     rollouts_expected: int
     rollouts_ok: int
     rollouts_failed: int
+    rollouts_not_run: int = 0
     failure_fraction: float
     mean_reward: float | None
     rollouts_per_s: float | None
@@ -44,21 +51,23 @@ def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str]) -> V
     ok = sum(r.rollouts for r in results)
     failed = sum(r.failed for r in results)
     expected = plan.rollouts_expected
-    # Rollouts of shards whose tasks crashed count as failed: they are missing, not silently dropped.
-    missing = max(expected - ok - failed, 0)
-    fraction = (failed + missing) / expected if expected else 0.0
+    # Rollouts of shards whose tasks never finished, or that a stopped run never started, were not attempted: they
+    # are counted as not run (never dropped silently, never passed off as failed rollouts).
+    not_run = max(expected - ok - failed, 0)
+    fraction = failed / expected if expected else 0.0
     reason = ""
     stopped = run_store(plan.run).read_json(STOPPED)
     if stopped:
         reason = stopped["reason"]
-    elif incomplete:
-        reason = f"{len(incomplete)} shard task(s) did not finish ({', '.join(incomplete[:5])}); run the same command again to resume"
+    elif incomplete or not_run:
+        reason = (f"{not_run} of {expected} rollouts not run: {len(incomplete)} shard task(s) did not finish "
+                  f"({', '.join(incomplete[:5])}); run the same command again to resume")
     elif fraction > config.max_failure_fraction:
-        reason = (f"{failed + missing} of {expected} rollouts failed ({fraction:.1%}), above --max-failure-fraction "
+        reason = (f"{failed} of {expected} rollouts failed ({fraction:.1%}), above --max-failure-fraction "
                   f"{config.max_failure_fraction:.1%}; see {plan.run.run_url}/failures/")
     reward_sum = sum(r.reward_sum for r in results)
-    return Verdict(status="failed" if reason else "completed", reason=reason, rollouts_ok=ok,
-                   rollouts_failed=failed + missing, failure_fraction=round(fraction, 6),
+    return Verdict(status="failed" if reason else "completed", reason=reason, rollouts_ok=ok, rollouts_failed=failed,
+                   rollouts_not_run=not_run, failure_fraction=round(fraction, 6),
                    mean_reward=round(reward_sum / ok, 6) if ok else None)
 
 
@@ -81,19 +90,21 @@ def top_failures(plan: RunPlan, results: list[ShardResult], limit: int = 5) -> l
 
 def finish_run(plan: RunPlan, verdict: Verdict, results: list[ShardResult], incomplete: list[str],
                profile: dict[str, Any], outputs: dict[str, list[str]]) -> RunSummary:
-    expected = plan.rollouts_expected
     summary = RunSummary(
         run_url=plan.run.run_url, status=verdict.status, reason=verdict.reason, prompts=plan.prompts,
-        rejects=plan.rejects, rollouts_expected=expected, rollouts_ok=verdict.rollouts_ok,
-        rollouts_failed=verdict.rollouts_failed, failure_fraction=verdict.failure_fraction,
-        mean_reward=verdict.mean_reward, rollouts_per_s=profile.get("rollouts_per_s"),
-        output_tokens_per_s=profile.get("output_tokens_per_s"), outputs=outputs, incomplete_shards=incomplete,
-        top_failures=top_failures(plan, results),
+        rejects=plan.rejects, rollouts_expected=plan.rollouts_expected, rollouts_ok=verdict.rollouts_ok,
+        rollouts_failed=verdict.rollouts_failed, rollouts_not_run=verdict.rollouts_not_run,
+        failure_fraction=verdict.failure_fraction, mean_reward=verdict.mean_reward,
+        rollouts_per_s=profile.get("rollouts_per_s"), output_tokens_per_s=profile.get("output_tokens_per_s"),
+        outputs=outputs, incomplete_shards=incomplete, top_failures=top_failures(plan, results),
     )
-    write_manifest(run_store(plan.run), plan.run, status=summary.status, reason=summary.reason, counts=summary.model_dump(
-        include={"prompts", "rejects", "rollouts_expected", "rollouts_ok", "rollouts_failed", "failure_fraction", "mean_reward"}),
+    store = run_store(plan.run)
+    # Written last: a reader that finds status "completed" finds every listed file whole (check_inventory).
+    write_manifest(store, plan.run, status=summary.status, reason=summary.reason, counts=summary.model_dump(
+        include={"prompts", "rejects", "rollouts_expected", "rollouts_ok", "rollouts_failed", "rollouts_not_run",
+                 "failure_fraction", "mean_reward"}),
         shard_status=[{"shard": r.shard, "rollouts": r.rollouts, "failed": r.failed} for r in results]
         + [{"shard": s, "status": "incomplete"} for s in incomplete],
         profile={k: profile.get(k) for k in ("rollouts_per_s", "output_tokens_per_s", "generation_window_s")},
-        top_failures=summary.top_failures, outputs=outputs)
+        top_failures=summary.top_failures, outputs=outputs, files=inventory(store, INVENTORY_FOLDERS, INVENTORY_FILES))
     return summary

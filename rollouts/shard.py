@@ -7,6 +7,7 @@ from typing import Any
 
 from rollouts.breaker import STOPPED
 from rollouts.config import CollectConfig
+from rollouts.credentials import EndpointAuth
 from rollouts.errors import ConfigError, InputError
 from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.model import check_endpoint
@@ -49,17 +50,19 @@ def locate_run(config: CollectConfig) -> tuple[RunRef, Store, dict[str, Any] | N
     return run, store, manifest, in_digest
 
 
-def preflight(config: CollectConfig) -> RunRef:
+def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> RunRef:
     """Everything that can be checked before a flow starts, fastest first: the input, the endpoint, the run name."""
     check_input(config)
-    check_endpoint(config.endpoint.model_url, config.api_key())
+    auth = auth or EndpointAuth(api_key=config.api_key())
+    check_endpoint(config.endpoint.model_url, auth.api_key, headers=auth.headers)
     run, _, _, _ = locate_run(config)
     return run
 
 
-def plan_run(config: CollectConfig) -> RunPlan:
+def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan:
     """Resolve the run directory; shard the input unless an earlier attempt already did."""
-    check_endpoint(config.endpoint.model_url, config.api_key())
+    auth = auth or EndpointAuth(api_key=config.api_key())
+    check_endpoint(config.endpoint.model_url, auth.api_key, headers=auth.headers)
     run, store, manifest, in_digest = locate_run(config)
     store.remove(STOPPED)  # an earlier attempt stopped early: this one tries again (the user changed something)
     if manifest is not None and manifest.get("shards") is not None:

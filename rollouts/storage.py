@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -47,6 +48,9 @@ class Store:
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.base, *parts) if not is_local(self.fs) else os.path.join(self.base, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
 
     def read_json(self, *parts: str) -> Any | None:
         path = self.path(*parts)
@@ -98,11 +102,17 @@ class Store:
                 continue
 
     def _pieces(self, path: str) -> list[str]:
+        """The file, then its uncommitted parts in order; parts a finished fold already holds are left out."""
         pieces = [path]
         parts_dir = path + ".parts"
-        if self.fs.exists(parts_dir):
-            pieces += sorted(self.fs.ls(parts_dir, detail=False))
-        return pieces
+        if not self.fs.exists(parts_dir):
+            return pieces
+        parts = sorted(p for p in self.fs.ls(parts_dir, detail=False) if not p.endswith(COMMIT_MARKER))
+        intent = _read_intent(self.fs, parts_dir)
+        if intent is not None and _size(self.fs, path) == intent["size"]:  # folded, parts not yet deleted
+            folded = set(intent["parts"])
+            parts = [p for p in parts if posixpath.basename(p) not in folded]
+        return pieces + parts
 
     def remove(self, *parts: str) -> None:
         path = self.path(*parts)
@@ -121,8 +131,8 @@ class Appender:
     """Appends JSONL lines as rollouts finish, so a crash loses at most what is in flight.
 
     Local files are appended and flushed in place. Object stores cannot append, so each flush writes a part object
-    next to the file (`<file>.parts/NNNNNN.jsonl`) and `commit()` folds the parts into the file in one PUT.
-    Readers (`Store.iter_lines`) see committed lines and parts alike.
+    next to the file (`<file>.parts/NNNNNN.jsonl`), whole in one PUT, and `commit()` folds the parts into the file
+    (`fold_parts`). Readers (`Store.iter_lines`) see committed lines and parts alike, each line once.
     """
 
     def __init__(self, store: Store, path: str, flush_every: int = 512) -> None:
@@ -134,6 +144,8 @@ class Appender:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self._repair_torn_tail()
             self._fh = open(path, "a", encoding="utf-8")
+        else:
+            fold_parts(store, path)  # an earlier attempt killed mid-commit: finish its fold before appending
 
     def _repair_torn_tail(self) -> None:
         # A crash mid-write can leave a line without its newline: cut it so the next append starts clean.
@@ -175,19 +187,100 @@ class Appender:
             self._fh.close()
             self._fh = None
             return
-        parts_dir = self.path + ".parts"
-        fs = self.store.fs
-        if not fs.exists(parts_dir):
-            return
-        data = b"".join(_read(fs, p) for p in self.store._pieces(self.path))
-        with fs.open(self.path, "wb") as fh:
-            fh.write(data)
-        fs.rm(parts_dir, recursive=True)
+        fold_parts(self.store, self.path)
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+COMMIT_MARKER = "_commit.json"
+
+
+def fold_parts(store: Store, path: str) -> None:
+    """Fold `<file>.parts/*` into `<file>` so that a crash at any point loses and duplicates nothing.
+
+    1. PUT `<file>.parts/_commit.json`: the parts being folded and the size the folded file will have;
+    2. PUT the folded file whole (an object store replaces it atomically);
+    3. delete the folded parts, then the marker.
+    A reader that finds the marker trusts the file to hold those parts only if its size is the promised one (the
+    fold's PUT happened); otherwise it reads the old file plus the parts. Re-running a fold finishes or redoes it.
+    """
+    fs = store.fs
+    parts_dir = path + ".parts"
+    if not fs.exists(parts_dir):
+        return
+    pieces = store._pieces(path)
+    blobs = [_read(fs, piece) for piece in pieces]
+    parts = [posixpath.basename(p) for p in pieces[1:]]
+    intent = _read_intent(fs, parts_dir)
+    folded_before = set(intent["parts"]) if intent is not None and _size(fs, path) == intent["size"] else set()
+    leftovers = [p for p in fs.ls(parts_dir, detail=False)
+                 if not p.endswith(COMMIT_MARKER) and posixpath.basename(p) in folded_before]
+    try:
+        if parts:
+            data = b"".join(blobs)
+            with fs.open(posixpath.join(parts_dir, COMMIT_MARKER), "wb") as fh:
+                fh.write(json.dumps({"parts": parts, "size": len(data)}).encode())
+            with fs.open(path, "wb") as fh:
+                fh.write(data)
+        for part in [posixpath.join(parts_dir, p) for p in parts] + leftovers:
+            fs.rm(part)
+        fs.rm(parts_dir, recursive=True)
+    except FileNotFoundError:
+        pass  # another attempt finished the same fold
+    except OSError as exc:
+        raise StorageError(f"cannot commit {path}: {exc}") from exc
+
+
+def _read_intent(fs: fsspec.AbstractFileSystem, parts_dir: str) -> dict[str, Any] | None:
+    try:
+        with fs.open(posixpath.join(parts_dir, COMMIT_MARKER), "rb") as fh:
+            return json.loads(fh.read())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _size(fs: fsspec.AbstractFileSystem, path: str) -> int:
+    try:
+        return int(fs.info(path)["size"])
+    except FileNotFoundError:
+        return 0
+
+
+def inventory(store: Store, folders: Iterable[str], files: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every committed file under `folders` (and of `files`), by path relative to the root:
+    the manifest lists them, so a reader can tell a complete run from a half-copied one (`check_inventory`)."""
+    found: dict[str, dict[str, Any]] = {}
+    prefix = store.path("")
+    candidates = [p for folder in folders for p in (store.fs.find(store.path(folder)) if store.exists(folder) else [])]
+    candidates += [store.path(name) for name in files if store.exists(name)]
+    for full in sorted(candidates):
+        rel = full[len(prefix):].lstrip("/").replace(os.sep, "/")
+        if ".parts/" in rel or "/.work/" in rel or ".tmp-" in rel:
+            continue
+        found[rel] = _digest(store.fs, full)
+    return found
+
+
+def check_inventory(store: Store, files: dict[str, dict[str, Any]]) -> list[str]:
+    """Files of a manifest's inventory that are missing or differ; empty when the run is whole."""
+    bad = []
+    for rel, expected in files.items():
+        full = store.path(*rel.split("/"))
+        if not store.fs.exists(full) or _digest(store.fs, full) != expected:
+            bad.append(rel)
+    return bad
+
+
+def _digest(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
+    sha, size = hashlib.sha256(), 0
+    with fs.open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": sha.hexdigest()}
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:

@@ -2,6 +2,8 @@
 
 from prefect import task
 
+from blocks import endpoint_auth
+
 from rollouts.config import CollectConfig
 from rollouts.run import RunPlan
 from rollouts.runtime import collector
@@ -13,7 +15,7 @@ from tasks import STAGE_TASK
 def shard_prompts(config: CollectConfig) -> RunPlan:
     board = collector().board
     board.set_phase("reading prompts")
-    plan = plan_run(config)
+    plan = plan_run(config, auth=endpoint_auth(config.endpoint.block, config.api_key()))
     board.add_total(plan.rollouts_expected)
     board.set_phase("collecting")
     return plan

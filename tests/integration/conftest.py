@@ -88,3 +88,22 @@ def run_rows(run_dir: Path, folder: str) -> list[dict]:
     for file in sorted((run_dir / folder).glob("*.jsonl")):
         rows += read_jsonl(file)
     return rows
+
+
+@pytest.fixture(scope="session")
+def live_prefect():
+    """A real `prefect server start` (not the test harness): schedules, automations and workers behave as deployed.
+    The test process's own client points at it only inside `live_client`."""
+    from tests.integration.live_server import prefect_server
+
+    with prefect_server() as server:
+        yield server
+
+
+@pytest.fixture()
+def live_client(live_prefect):
+    """This process's Prefect settings pointed at the live server for one test."""
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={"api.url": live_prefect.api_url, "flows.heartbeat_frequency": None}):
+        yield live_prefect

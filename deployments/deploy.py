@@ -1,0 +1,95 @@
+"""Deployments of the pipeline on a process work pool: a nightly collection (cron), a collection for runs started
+from the UI, a collection triggered by `rollouts.prompts.ready`, and the `prepare-prompts` flow that emits it.
+
+    python deployments/deploy.py --pool rollouts --input s3://bucket/prompts/math.jsonl --model-block qwen3-8b \\
+        --storage-block team-runs
+
+Parameters hold block names, never secrets. Only strings are templated into a trigger's parameters (the prompts
+URI): checked on Prefect 3.9.1, where a single-expression template is rendered through `| tojson`.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flows.events import PROMPTS_READY  # noqa: E402
+from rollouts.config import CollectConfig  # noqa: E402
+
+COLLECT = "flows/collect.py:collect_rollouts"
+PREPARE = "flows/prepare_prompts.py:prepare_prompts"
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def base_config(input: str, *, model_block: str | None = None, storage_block: str | None = None,
+                model_url: str | None = None, model: str | None = None, out: str | None = None,
+                **options: Any) -> dict[str, Any]:
+    """The `config` parameter shared by the collection deployments (unset options are left to their defaults)."""
+    fields = {"input": input, "model_block": model_block, "storage_block": storage_block, "model_url": model_url,
+              "model": model, "out": out, **options}
+    return CollectConfig.nested({key: value for key, value in fields.items() if value is not None})
+
+
+def prompts_ready_trigger(config: dict[str, Any]):
+    """Run the collection on the prompts file named by each `rollouts.prompts.ready` event."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name="collect-when-prompts-ready", expect={PROMPTS_READY}, match={"prefect.resource.id": "rollouts.prompts.*"},
+        parameters={"config": {**config, "input": "{{ event.payload.uri }}"}})
+
+
+def deploy_all(pool: str, config: dict[str, Any], *, cron: str = NIGHTLY_CRON, timezone: str = "UTC",
+               source: str | Path = ROOT) -> dict[str, UUID]:
+    """Create or update the four deployments on `pool`; returns their ids by `flow/deployment` name."""
+    from prefect import flow
+    from prefect.client.schemas.schedules import CronSchedule
+
+    collect = flow.from_source(source=str(source), entrypoint=COLLECT)
+    prepare = flow.from_source(source=str(source), entrypoint=PREPARE)
+    common = dict(work_pool_name=pool, build=False, push=False, print_next_steps=False, ignore_warnings=True)
+    ids = {
+        "collect-rollouts/nightly": collect.deploy(
+            name="nightly", schedule=CronSchedule(cron=cron, timezone=timezone), parameters={"config": config},
+            description=f"Nightly collection ({cron} {timezone}) of {config['input']}", tags=["rollouts"], **common),
+        "collect-rollouts/from-ui": collect.deploy(
+            name="from-ui", parameters={"config": config}, tags=["rollouts"],
+            description="Collection started from the UI or `prefect deployment run`: edit the options in the form",
+            **common),
+        "collect-rollouts/on-prompts-ready": collect.deploy(
+            name="on-prompts-ready", parameters={"config": config}, triggers=[prompts_ready_trigger(config)],
+            description=f"Collects the prompts file of each {PROMPTS_READY} event", tags=["rollouts"], **common),
+        "prepare-prompts/prepare": prepare.deploy(
+            name="prepare", description=f"Writes a prompts JSONL and emits {PROMPTS_READY}", tags=["rollouts"],
+            parameters={"storage_block": config["storage_block"], "out": ""} if config.get("storage_block") else {},
+            **common),
+    }
+    return ids
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", required=True, help="a process work pool (prefect work-pool create NAME --type process)")
+    parser.add_argument("--input", required=True, help="prompts JSONL of the nightly and UI collections (path or URL)")
+    parser.add_argument("--model-block", help="ModelEndpoint block name")
+    parser.add_argument("--storage-block", help="RolloutStorage block name")
+    parser.add_argument("--model-url", help="OpenAI-compatible base URL (without a model block)")
+    parser.add_argument("--model", help="model name (without a model block)")
+    parser.add_argument("--out", help="where runs go (without a storage block; default ./runs of the worker)")
+    parser.add_argument("--num-repeats", type=int, help="rollouts per prompt")
+    parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"schedule of the nightly collection (default {NIGHTLY_CRON!r})")
+    parser.add_argument("--timezone", default="UTC", help="time zone of --cron (default UTC)")
+    args = parser.parse_args(argv)
+    config = base_config(args.input, model_block=args.model_block, storage_block=args.storage_block,
+                         model_url=args.model_url, model=args.model, out=args.out, num_repeats=args.num_repeats)
+    for name, deployment_id in deploy_all(args.pool, config, cron=args.cron, timezone=args.timezone).items():
+        print(f"{name}  {deployment_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Task runners for the distributed engines (Dask, Ray), and the API server their worker processes report to.
+
+Worker processes must reach the flow's own Prefect API. Without `PREFECT_API_URL` the flow talks to the embedded
+server, a subprocess on a loopback port of this machine; a worker that inherits nothing starts an embedded server
+of its own, and under load that fails (`AssertionError('Server process did not start')`), losing the shard. So
+local workers are handed the URL of the server this process uses, and remote clusters must be given a real one.
+"""
+
+import os
+from typing import Any
+
+from prefect.settings import PREFECT_API_URL
+from prefect.task_runners import TaskRunner
+
+from rollouts.errors import ConfigError
+
+
+def worker_api_url() -> str | None:
+    """The API server this process reports to: `PREFECT_API_URL`, or the running embedded server's URL."""
+    url = PREFECT_API_URL.value()
+    if url:
+        return url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer._instances.get(None)
+    return server.api_url if server is not None and server.running else None
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for worker processes: the API server to use, and this process's quiet, offline defaults."""
+    env = {key: os.environ[key] for key in ("PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK", "PREFECT_LOGGING_LEVEL",
+                                            "PREFECT_API_KEY", "PYTHONPATH") if os.environ.get(key)}
+    url = worker_api_url()
+    if url:
+        env["PREFECT_API_URL"] = url
+    return env
+
+
+def _remote_needs_real_server(engine: str) -> None:
+    url = worker_api_url()
+    if not PREFECT_API_URL.value() and url:
+        raise ConfigError(f"--{engine}-address: the workers of a remote cluster cannot reach this process's embedded "
+                          f"Prefect server ({url}); start one (`prefect server start`) and set PREFECT_API_URL to an "
+                          "address the workers can reach")
+
+
+def dask_runner(address: str | None, workers: int, threads_per_worker: int) -> TaskRunner:
+    """An existing Dask scheduler, or a local cluster of `workers` processes on loopback with no dashboard port."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        _remote_needs_real_server("dask")
+        return DaskTaskRunner(address=address)
+    # dashboard_address=None still binds the scheduler's HTTP server on :8787; a random loopback port does not clash.
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "processes": True, "threads_per_worker": threads_per_worker,
+                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+                                          "scheduler_kwargs": {"dashboard": False}, "env": worker_env()})
+
+
+def ray_runner(address: str | None, workers: int) -> TaskRunner:
+    """An existing Ray cluster (`ray://host:10001` or `auto`), or a local Ray instance of `workers` CPUs.
+
+    A shard task takes one CPU, so each Ray worker process runs one shard at a time on its own collector loop with
+    its share of `--parallel` (`CollectConfig.parallel_per_process`); verify tasks wait in Ray's graph, not on a CPU.
+    """
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        raise ConfigError("--task-runner ray needs prefect-ray: pip install 'rollouts[ray]'") from None
+
+    runtime_env: dict[str, Any] = {"env_vars": worker_env()}
+    if address:
+        _remote_needs_real_server("ray")
+        return RayTaskRunner(address=address, init_kwargs={"runtime_env": runtime_env})
+    return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False, "log_to_driver": False,
+                                      "runtime_env": runtime_env})
+
+
+def process_runner(workers: int) -> TaskRunner:
+    """`workers` collector processes of this machine (Prefect's process pool: no cluster to start). Each process runs
+    one shard task at a time on its own collector loop with its share of `--parallel`."""
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    return ProcessPoolTaskRunner(max_workers=workers)

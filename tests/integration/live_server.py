@@ -1,0 +1,116 @@
+"""A real `prefect server start` on a free loopback port and a process worker polling a pool, as subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def offline_env(home: str, api_url: str | None = None) -> dict[str, str]:
+    """The environment of every Prefect subprocess: its own PREFECT_HOME, no telemetry, the project importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=home, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="60", PREFECT_LOGGING_LEVEL="INFO",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+@dataclass
+class LiveServer:
+    url: str  # the UI, e.g. http://127.0.0.1:4321
+    home: str
+    log: Path
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**offline_env(self.home, self.api_url), **extra}
+
+
+def _stop(process: subprocess.Popen, timeout_s: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextlib.contextmanager
+def prefect_server(startup_timeout_s: float = 90) -> Iterator[LiveServer]:
+    """`prefect server start` in its own session (so its uvicorn child goes with it), healthy before it yields."""
+    home = tempfile.mkdtemp(prefix="prefect-home-")
+    port = _free_port()
+    log = Path(home) / "server.log"
+    with open(log, "wb") as out:
+        # The UI asks /ui-settings for the API's address, which otherwise defaults to port 4200.
+        env = {**offline_env(home), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+        process = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                   env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    server = LiveServer(url=f"http://127.0.0.1:{port}", home=home, log=log)
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server not healthy after {startup_timeout_s} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        _stop(process)
+
+
+def run_prefect(server: LiveServer, *args: str, timeout_s: float = 120) -> str:
+    """A `prefect ...` command against the server; its output, or an error with it."""
+    done = subprocess.run([*PREFECT, *args], env=server.env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    if done.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+@contextlib.contextmanager
+def process_worker(server: LiveServer, pool: str) -> Iterator[Path]:
+    """A process work pool and `prefect worker start` polling it every second; yields the worker's log file."""
+    run_prefect(server, "work-pool", "create", pool, "--type", "process", "--overwrite")
+    log = Path(server.home) / f"worker-{pool}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([*PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
+                                   env=server.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5"),
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield log
+    finally:
+        _stop(process)

@@ -1,0 +1,56 @@
+"""Distributed engines: Dask from the command line on its default (embedded) Prefect server, and Ray giving the
+same rollouts and rewards as the thread runner for a fixed seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import math_rows, run_rows, write_jsonl
+from tests.integration.live_server import offline_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("board")]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dask_from_the_cli_with_the_embedded_server_runs_every_shard(tmp_path, sim):
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(24))
+    env = offline_env(tempfile.mkdtemp(prefix="prefect-home-"))  # no PREFECT_API_URL: the CLI's default setup
+    cmd = [sys.executable, "-m", "commands", "collect", str(src), "--out", str(tmp_path / "runs"), "--model-url",
+           sim.url, "--model", "sim-model", "--num-repeats", "2", "--shard-size", "3", "--task-runner", "dask",
+           "--dask-workers", "2", "--parallel", "8", "--run-name", "dask-cli", "--no-progress"]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Server process did not start" not in done.stderr
+    manifest = json.loads((tmp_path / "runs" / "dask-cli" / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert manifest["counts"]["rollouts_ok"] == 48 and manifest["counts"]["rollouts_not_run"] == 0
+    assert len(run_rows(tmp_path / "runs" / "dask-cli", "rollouts")) == 48
+
+
+def _outcomes(run_dir: Path) -> dict[str, tuple]:
+    """Reward and output items of each rollout, without the response ids the server makes up per request."""
+    def items(r: dict) -> str:
+        return json.dumps([{k: v for k, v in item.items() if k != "id"} for item in r["response"]["output"]], sort_keys=True)
+    return {r["rollout_id"]: (r["reward"], items(r)) for r in run_rows(run_dir, "rollouts")}
+
+
+def test_ray_gives_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_client):
+    from flows.collect import collect_rollouts
+    from rollouts.config import CollectConfig
+
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
+    common = dict(input=str(src), model_url=sim.url, model="sim-model", num_repeats=3, shard_size=4, parallel=8,
+                  temperature=0.8, seed=11)
+    threads = collect_rollouts(CollectConfig(out=str(tmp_path / "threads"), run_name="same", **common))
+    on_ray = collect_rollouts(CollectConfig(out=str(tmp_path / "ray"), run_name="same", task_runner="ray",
+                                            ray_workers=2, **common))
+    assert threads.status == on_ray.status == "completed" and on_ray.rollouts_ok == 36
+    assert _outcomes(Path(on_ray.run_url)) == _outcomes(Path(threads.run_url))
+    assert on_ray.mean_reward == threads.mean_reward
