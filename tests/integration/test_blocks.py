@@ -64,7 +64,7 @@ def test_a_run_from_blocks_keeps_their_secrets_out_of_everything_it_writes(tmp_p
     files = fs.find("blocks/runs/canary")
     assert len(files) > 10 and any(f.endswith("train/sft/openai.jsonl") for f in files)
     manifest = json.loads(fs.cat("blocks/runs/canary/manifest.json"))
-    assert manifest["identity"]["model"] == "sim-model" and manifest["config"]["model_block"] == "canary-model"
+    assert manifest["identity"]["model"] == "sim-model" and manifest["config"]["endpoint"]["block"] == "canary-model"
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(state.state_details.flow_run_id)
         logs = client.read_logs()
@@ -75,7 +75,8 @@ def test_a_run_from_blocks_keeps_their_secrets_out_of_everything_it_writes(tmp_p
             "parameters": json.dumps(flow_run.parameters), "logs": " ".join(log.message for log in logs),
             "artifacts": " ".join(str(a.data) for a in artifacts), "events": json.dumps(events),
             "task runs": " ".join(t.model_dump_json() for t in task_runs)}
-    assert flow_run.parameters["config"]["model_block"] == "canary-model" and artifacts and task_runs
+    config = CollectConfig.model_validate(flow_run.parameters["config"])
+    assert (config.endpoint.block, config.storage.block) == ("canary-model", "canary-store") and artifacts and task_runs
     for where, text in seen.items():
         for secret in (KEY, HEADER, S3_SECRET):
             assert secret not in text, f"{secret} leaked into {where}"

@@ -83,12 +83,12 @@ def test_run_deployment_with_parameters_completes_through_the_worker(deployed, l
     from prefect import get_client
     from prefect.deployments import run_deployment
 
-    config = {**deployed["config"], "run_name": "from-ui-run", "num_repeats": 3}
+    config = {**deployed["config"], "run_name": "from-ui-run", "sampling": {"num_repeats": 3}}  # the form's sections
     flow_run = run_deployment("collect-rollouts/from-ui", parameters={"config": config}, timeout=0)
     with get_client(sync_client=True) as client:
         done = _wait_state(client, flow_run.id)
     assert done.state.is_completed(), done.state.message
-    assert done.parameters["config"]["num_repeats"] == 3
+    assert done.parameters["config"]["sampling"]["num_repeats"] == 3
     rollouts = run_rows(deployed["work"] / "runs" / "from-ui-run", "rollouts")
     assert len(rollouts) == 12 and {r["_ng_rollout_index"] for r in rollouts} == {0, 1, 2}
     manifest = json.loads((deployed["work"] / "runs" / "from-ui-run" / "manifest.json").read_text())
