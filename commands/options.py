@@ -174,6 +174,8 @@ def usage_errors(exc: ValidationError, options: list[Option]) -> list[str]:
             messages.append(text)
         elif label:
             messages.append(f"{label}: {text}")
+        elif error["type"] == "missing":
+            messages.append(f"{'.'.join(loc)} is required")
         else:
             messages.append(text)
     return messages

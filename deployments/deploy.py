@@ -19,19 +19,17 @@ sys.path.insert(0, str(ROOT))
 
 from flows.events import PROMPTS_READY  # noqa: E402
 from rollouts.config import CollectConfig  # noqa: E402
+from rollouts.errors import ConfigError  # noqa: E402
 
 COLLECT = "flows/collect.py:collect_rollouts"
 PREPARE = "flows/prepare_prompts.py:prepare_prompts"
 NIGHTLY_CRON = "0 2 * * *"
 
 
-def base_config(input: str, *, model_block: str | None = None, storage_block: str | None = None,
-                model_url: str | None = None, model: str | None = None, out: str | None = None,
-                **options: Any) -> dict[str, Any]:
-    """The `config` parameter shared by the collection deployments (unset options are left to their defaults)."""
-    fields = {"input": input, "model_block": model_block, "storage_block": storage_block, "model_url": model_url,
-              "model": model, "out": out, **options}
-    return CollectConfig.nested({key: value for key, value in fields.items() if value is not None})
+def base_config(input: str, **options: Any) -> dict[str, Any]:
+    """The `config` parameter of a deployment from flat options (`model_url=...`, `model_block=...`), nested as the
+    form's sections; unset (None) options are left to their defaults."""
+    return CollectConfig.nested({"input": input, **{k: v for k, v in options.items() if v is not None}})
 
 
 def prompts_ready_trigger(config: dict[str, Any]):
@@ -71,21 +69,29 @@ def deploy_all(pool: str, config: dict[str, Any], *, cron: str = NIGHTLY_CRON, t
     return ids
 
 
+def config_parameters(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> dict[str, Any]:
+    """The `config` parameter from `rollouts collect`'s own options (generated from CollectConfig): only the options
+    given, nested as the form's sections, checked before anything is deployed."""
+    from commands.collect import config_data, validated
+    from commands.options import add_model_options
+
+    options = add_model_options(parser, CollectConfig, command="collect")
+    args = parser.parse_args(argv)
+    try:
+        data = config_data(args, options)
+        validated(CollectConfig, data, options)
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc.message}\n")
+    return args, data
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="Every option of `rollouts collect` sets that deployment default.")
     parser.add_argument("--pool", required=True, help="a process work pool (prefect work-pool create NAME --type process)")
-    parser.add_argument("--input", required=True, help="prompts JSONL of the nightly and UI collections (path or URL)")
-    parser.add_argument("--model-block", help="ModelEndpoint block name")
-    parser.add_argument("--storage-block", help="RolloutStorage block name")
-    parser.add_argument("--model-url", help="OpenAI-compatible base URL (without a model block)")
-    parser.add_argument("--model", help="model name (without a model block)")
-    parser.add_argument("--out", help="where runs go (without a storage block; default ./runs of the worker)")
-    parser.add_argument("--num-repeats", type=int, help="rollouts per prompt")
     parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"schedule of the nightly collection (default {NIGHTLY_CRON!r})")
     parser.add_argument("--timezone", default="UTC", help="time zone of --cron (default UTC)")
-    args = parser.parse_args(argv)
-    config = base_config(args.input, model_block=args.model_block, storage_block=args.storage_block,
-                         model_url=args.model_url, model=args.model, out=args.out, num_repeats=args.num_repeats)
+    args, config = config_parameters(parser, argv)
     for name, deployment_id in deploy_all(args.pool, config, cron=args.cron, timezone=args.timezone).items():
         print(f"{name}  {deployment_id}")
     return 0

@@ -218,7 +218,9 @@ class CollectConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _sections(cls, data: Any) -> Any:
-        return cls.nested(data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        return {"endpoint": {}, **cls.nested(data)}  # a missing endpoint says what to give, not "field required"
 
     @classmethod
     def nested(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -141,7 +141,7 @@ def test_served_deployment_runs_with_no_parameters_as_the_serve_script_says(depl
     from tests.integration.live_server import ROOT, _stop, run_prefect
 
     out = deployed["work"] / "served"
-    cmd = [sys.executable, "deployments/serve.py", "--input", deployed["config"]["input"], "--model-url", sim.url,
+    cmd = [sys.executable, "deployments/serve.py", deployed["config"]["input"], "--model-url", sim.url,
            "--model", "sim-model", "--out", str(out)]
     log = deployed["work"] / "serve.log"
     with open(log, "wb") as sink:
