@@ -93,16 +93,23 @@ def render_prompt(turns: list[Turn], tool_names: list[str]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Generation:
-    """What the model emitted: the parts it returns and the tokens it counts, possibly cut at `max_tokens`."""
+    """What the model emitted: the parts it returns and the tokens it counts, possibly cut at `max_tokens`.
+
+    `ids` are set when the real tokenizer encoded it (bpe.py); otherwise ids derive from the word tokens.
+    """
 
     reasoning: str
     content: str
     tool_call: ToolCall | None
     tokens: list[str]
     truncated: bool
+    ids: list[int] | None = None
+    reasoning_tokens: int | None = None  # counted by the real tokenizer; None: count the reasoning's words
 
     @property
     def token_ids(self) -> list[int]:
+        if self.ids is not None:
+            return self.ids
         return [token_id(token) for token in self.tokens]
 
 
