@@ -33,9 +33,11 @@ TEMPLATE_PATH = HERE / "chat_template.jinja"
 IM_END = "<|im_end|>"
 THINK_OPEN, THINK_CLOSE, CALL_OPEN = "<think>\n", "\n</think>\n", "<tool_call>"
 # The ByteLevel pre-tokenizer's pattern (GPT-2's, as in tokenizers' byte_level.rs). Words split by it are encoded
-# independently, so a per-word cache is exact: 8 us instead of 25 us for a 20-token answer on the dev machine.
+# independently, so a per-word cache is exact: 8 us instead of 25 us for a 20-token answer on the dev machine. On
+# ASCII text the same pattern in `re` is ~2.5x faster than `regex`'s Unicode classes.
 PRETOKEN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
-_WORD_CACHE = 1 << 17
+PRETOKEN_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII)
+_WORD_CACHE, _TEXT_CACHE = 1 << 16, 1 << 14  # entries; a few tens of MB at most
 
 
 @dataclass(frozen=True)
@@ -64,26 +66,37 @@ class ChatTokenizer:
         self.special = {token.content: token_id for token_id, token in added.items()}
         self.im_end = self.special[IM_END]
         self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.special, key=len, reverse=True)) + ")")
-        vocab_size = self.tokenizer.get_vocab_size()
-        # Logprob entries show each token's own text; decoded once here instead of per request.
-        self.pieces = [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(vocab_size)]
+        # Logprob entries show each token's own text; decoded once for the whole vocabulary.
+        self.pieces = [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
         self._words: dict[str, list[int]] = {}
+        self._texts: dict[str, list[int]] = {}  # whole texts between special tokens: role lines, system prompts, ...
 
     def encode(self, text: str) -> list[int]:
         """Exactly `tokenizer.encode(text).ids`: special tokens split the text, then each word is encoded alone."""
         ids: list[int] = []
-        words = self._words
+        texts = self._texts
         for index, piece in enumerate(self._split.split(text)):
             if index % 2:
                 ids.append(self.special[piece])
-                continue
-            for word in PRETOKEN.findall(piece):
-                cached = words.get(word)
+            elif piece:
+                cached = texts.get(piece)
                 if cached is None:
-                    if len(words) >= _WORD_CACHE:
-                        words.clear()
-                    cached = words[word] = self.tokenizer.encode(word, add_special_tokens=False).ids
+                    if len(texts) >= _TEXT_CACHE:
+                        texts.clear()
+                    cached = texts[piece] = self._encode_words(piece)
                 ids.extend(cached)
+        return ids
+
+    def _encode_words(self, text: str) -> list[int]:
+        ids: list[int] = []
+        words = self._words
+        for word in (PRETOKEN_ASCII if text.isascii() else PRETOKEN).findall(text):
+            cached = words.get(word)
+            if cached is None:
+                if len(words) >= _WORD_CACHE:
+                    words.clear()
+                cached = words[word] = self.tokenizer.encode(word, add_special_tokens=False).ids
+            ids.extend(cached)
         return ids
 
     def render(self, turns: list[Turn], tool_names: list[str]) -> str:

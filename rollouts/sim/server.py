@@ -1,7 +1,9 @@
 """The simulated OpenAI-compatible model server: an aiohttp app with seeded answers, latency and injected faults.
 
-Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/responses, GET /health, GET /stats.
+Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/responses, POST /tokenize, GET /health, GET /stats.
 Latency is only ever `asyncio.sleep`, so one process serves thousands of requests in flight.
+Requests that ask for token ids or logprobs get ids from a real BPE tokenizer and Jinja chat template (bpe.py), with
+optional drift (`--drift-*`); the others are counted in words, which costs a tenth as much.
 """
 
 from __future__ import annotations
@@ -151,7 +153,19 @@ class SimApp:
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/health", self.health)
         app.router.add_get("/stats", self.stats)
+        app.router.add_post("/tokenize", self.tokenize)  # vLLM's, at the root as vLLM serves it
         return app
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's chat `/tokenize`: the prompt ids of `messages` (+ `tools`), with the generation prompt."""
+        try:
+            sim_request = parse_chat(json.loads(await request.read()))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            return _json(error_body(f"invalid JSON body: {exc}"), status=400)
+        except RequestError as exc:
+            return _json(error_body(str(exc)), status=400)
+        ids = self.chat_tokenizer().prompt_ids(sim_request.turns, sim_request.tool_names)
+        return _json({"count": len(ids), "max_model_len": 1 << 20, "tokens": ids})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")

@@ -1,4 +1,5 @@
-"""The simulated model's toy tokenizer and chat template, shared by prompts and generations.
+"""The simulated model's word-level tokenizer and text template: usage counts of requests without token ids, and
+the text that seeds every answer (requests with token ids get real BPE ids from bpe.py).
 
 Tokens are words, single punctuation characters and a few special markers; whitespace is dropped. Ids are stable
 (crc32 of the token text), so a conversation re-sent with the previous answer appended tokenizes to the previous

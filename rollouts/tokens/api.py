@@ -21,7 +21,7 @@ from rollouts.errors import ConfigError, StorageError
 from rollouts.process.api import load_rollouts, select
 from rollouts.process.card import OutputFile
 from rollouts.process.config import ProcessConfig
-from rollouts.process.readers import LoadedRollouts, discover, iter_jsonl_chunks, iter_parquet_chunks, url_to_fs
+from rollouts.process.readers import CHUNK_BYTES, LoadedRollouts, discover, iter_jsonl_chunks, iter_parquet_chunks, url_to_fs
 from rollouts.process.writers import Target
 from rollouts.records import dumps
 from rollouts.tokens.card import TokenCard
@@ -57,7 +57,7 @@ def _selected_meta(selected: pl.DataFrame, loaded: LoadedRollouts, so: dict[str,
 def _rows(inputs: list[str], wanted: dict[tuple[str, int], dict[str, Any]], so: dict[str, Any] | None) -> Iterator[tuple[dict[str, Any], bytes]]:
     """(record fields, raw line) of the wanted rows, in input order: the same files and line numbers as load_rollouts."""
     for item in discover(inputs, so):
-        chunks = iter_parquet_chunks(item.fs, item.path) if item.parquet else iter_jsonl_chunks(item.fs, item.path, 64 << 20)
+        chunks = iter_parquet_chunks(item.fs, item.path) if item.parquet else iter_jsonl_chunks(item.fs, item.path, CHUNK_BYTES)
         try:
             for first_line, data in chunks:
                 for offset, raw in enumerate(data.split(b"\n")):

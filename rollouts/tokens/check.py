@@ -249,6 +249,26 @@ class ContiguityMetrics(BaseModel):
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{rollout_id}: call {first.call} at offset {first.offset}: {first.kind}")
 
+    def summary(self) -> str:
+        """One line for the run summary."""
+        if not self.with_token_ids:
+            return "no token ids"
+        kinds = ", ".join(f"{kind} {n}" for kind, n in self.breaks_by_kind.items())
+        return f"{self.contiguous} of {self.with_token_ids} rollouts contiguous" + (f"; breaks: {kinds}" if kinds else "")
+
+    def to_markdown(self) -> str:
+        """The profile artifact's token section."""
+        lines = ["## Token contiguity", "", "| | rollouts |", "| --- | ---: |"]
+        for label, value in (("looked at", self.rollouts), ("with token ids", self.with_token_ids),
+                             ("more than one model call", self.multi_call), ("contiguous", self.contiguous),
+                             ("broken", self.broken), ("malformed token fields", self.malformed)):
+            lines.append(f"| {label} | {value} |")
+        if self.breaks_by_kind:
+            lines += ["", "| break kind | breaks | rollouts (first break) |", "| --- | ---: | ---: |"]
+            lines += [f"| {k} | {n} | {self.rollouts_by_first_break.get(k, 0)} |" for k, n in self.breaks_by_kind.items()]
+            lines += ["", *[f"- `{e}`" for e in self.examples[:5]]]
+        return "\n".join(lines) + "\n"
+
 
 def contiguity_metrics(rows: Iterable[Mapping[str, Any]], tokenizer: Decoder | None = None) -> ContiguityMetrics:
     """Contiguity of every successful rollout row (failed rows are skipped): a pure function for the profile stage."""

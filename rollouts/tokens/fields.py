@@ -10,7 +10,8 @@ Whatever the server, a call keeps NeMo Gym's three fields on its last output ite
   `choices[0].token_ids`, and `choices[0].meta_info.output_token_logprobs` as `[logprob, token_id, text]` triples or
   `{"logprob", "token_id"}` objects (or the parallel `output_token_logprobs_val` / `_idx` arrays);
 - `choices[0].logprobs.content[*]`: the log-probabilities, and the ids too when each `token` reads `token_id:N`
-  (vLLM's `return_tokens_as_token_ids`).
+  (vLLM's `return_tokens_as_token_ids`). Such a server (vLLM < 0.10.2) sends no prompt ids; vLLM's `/tokenize` of
+  the same messages gives them (`tokenize_request`, `with_prompt_ids`), as NeMo Gym's adapter does.
 
 Generation ids found in several places must agree. When token fields were asked for and the reply lacks them, the call
 fails with `TokenFieldsError` naming what is missing; it is never kept as text alone.
@@ -42,6 +43,28 @@ _HINT = (
 
 class TokenFieldsError(ResponseParseError):
     """Token ids were asked for and the reply lacks them or contradicts itself; `missing` names the absent fields."""
+
+    @property
+    def only_prompt_missing(self) -> bool:
+        """Generation ids came (e.g. as `token_id:N` logprobs) but prompt ids did not: `/tokenize` can supply them."""
+        return self.fields.get("missing") == ["prompt_token_ids"]
+
+
+# vLLM's chat `/tokenize` fields, the ones NeMo Gym's vLLM adapter sends so prompt ids match the generation's.
+TOKENIZE_FIELDS = ("model", "messages", "tools", "chat_template_kwargs", "mm_processor_kwargs")
+
+
+def tokenize_request(base_url: str, chat_body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(URL, body) of vLLM's `/tokenize` (served at the root, not under /v1) for the prompt of a chat request."""
+    return base_url.removesuffix("/").removesuffix("/v1") + "/tokenize", {
+        key: chat_body[key] for key in TOKENIZE_FIELDS if key in chat_body
+    }
+
+
+def with_prompt_ids(data: dict[str, Any], tokenize_reply: Any) -> dict[str, Any]:
+    """The chat reply with the prompt ids of a `/tokenize` reply, in vLLM's place, ready to parse again."""
+    tokens = tokenize_reply.get("tokens") if isinstance(tokenize_reply, dict) else None
+    return {**data, "prompt_token_ids": _int_list(tokens, "/tokenize reply `tokens`")}
 
 
 def _int_list(value: Any, where: str) -> list[int]:

@@ -26,7 +26,7 @@ def test_the_shipped_tokenizer_is_small_and_has_the_template_tokens() -> None:
 
 
 text = st.lists(st.sampled_from(["What is 6 * 7?", " ", "\n", "\n\n", "  x", "'s", "ünï", "42", "<|im_end|>", "<think>",
-                                 "{\"a\": 1}", "\t", "é", "😀", "</tool_call>", "word"]), max_size=30).map("".join)
+                                 "{\"a\": 1}", "\t", "é", "😀", "</tool_call>", "word", "\x1c", "\x0b", "\r\n", "_x"]), max_size=30).map("".join)
 
 
 @settings(max_examples=200, deadline=None)

@@ -138,3 +138,10 @@ def test_contiguity_metrics_over_rows(contiguous: dict[str, list[dict[str, Any]]
     assert metrics.breaks_by_kind == {RETEMPLATING: 12, HISTORY_REWRITTEN: 12}
     assert metrics.rollouts_by_first_break == {RETEMPLATING: 4, HISTORY_REWRITTEN: 4}
     assert metrics.examples[0].endswith("call 1 at offset 46: retemplating")
+
+
+def test_metrics_render_a_summary_line_and_markdown(drifted: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    metrics = contiguity_metrics(drifted[("turn-token", "responses")])
+    assert metrics.summary() == "0 of 4 rollouts contiguous; breaks: retemplating 12"
+    assert "| retemplating | 12 | 4 |" in metrics.to_markdown()
+    assert contiguity_metrics([]).summary() == "no token ids"

@@ -13,7 +13,14 @@ import pytest
 from rollouts.errors import ResponseParseError
 from rollouts.model import ModelClient, parse_chat, parse_responses
 from rollouts.sim import SimConfig, serve_in_thread
-from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, TokenFieldsError, chat_token_fields, responses_token_fields
+from rollouts.tokens.fields import (
+    CHAT_TOKEN_REQUEST,
+    TokenFieldsError,
+    chat_token_fields,
+    responses_token_fields,
+    tokenize_request,
+    with_prompt_ids,
+)
 
 MESSAGE = {"role": "assistant", "content": "4"}
 
@@ -158,3 +165,19 @@ def test_model_client_fails_the_call_with_the_typed_error_when_the_server_return
         asyncio.run(call(True))
     assert caught.value.fields["status_code"] == 200 and caught.value.fields["attempts"] == 1
     assert asyncio.run(call(False)).output[-1]["type"] == "message"
+
+
+def test_a_server_with_only_token_id_logprobs_gets_its_prompt_ids_from_tokenize(http: httpx.Client, sim_url: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "What is 2 + 3?"}], "temperature": 0,
+            "tools": [{"type": "function", "function": {"name": "calculator", "parameters": {}}}]}
+    reference = _post(http, body | {"return_token_ids": True, "logprobs": True})
+    old_style = _post(http, body | {"logprobs": True, "return_tokens_as_token_ids": True})
+    with pytest.raises(TokenFieldsError) as caught:
+        parse_chat(old_style, return_tokens=True)
+    assert caught.value.only_prompt_missing
+    url, tokenize_body = tokenize_request(sim_url, body)
+    assert url.endswith("/tokenize") and "/v1/" not in url and set(tokenize_body) == {"model", "messages", "tools"}
+    reply = httpx.post(url, json=tokenize_body, timeout=10).json()
+    fields = parse_chat(with_prompt_ids(old_style, reply), return_tokens=True).output[-1]
+    assert fields["prompt_token_ids"] == reference["prompt_token_ids"]
+    assert fields["generation_token_ids"] == reference["choices"][0]["token_ids"]
