@@ -40,6 +40,21 @@ PRETOKEN_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[
 _WORD_CACHE, _TEXT_CACHE = 1 << 16, 1 << 14  # entries; a few tens of MB at most
 
 
+def _byte_chars() -> list[str]:
+    """GPT-2's byte -> printable character map, the alphabet of the ByteLevel pre-tokenizer."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+BYTE_CHARS = _byte_chars()
+
+
 @dataclass(frozen=True)
 class Drift:
     retokenize_args: bool = False
@@ -68,6 +83,7 @@ class ChatTokenizer:
         self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.special, key=len, reverse=True)) + ")")
         # Logprob entries show each token's own text; decoded once for the whole vocabulary.
         self.pieces = [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
+        self.model = self.tokenizer.model
         self._words: dict[str, list[int]] = {}
         self._texts: dict[str, list[int]] = {}  # whole texts between special tokens: role lines, system prompts, ...
 
@@ -95,7 +111,9 @@ class ChatTokenizer:
             if cached is None:
                 if len(words) >= _WORD_CACHE:
                     words.clear()
-                cached = words[word] = self.tokenizer.encode(word, add_special_tokens=False).ids
+                # the BPE model on the byte-mapped word: what encode() does for one word, ~2.5x cheaper
+                mapped = "".join([BYTE_CHARS[b] for b in word.encode()])
+                cached = words[word] = [token.id for token in self.model.tokenize(mapped)]
             ids.extend(cached)
         return ids
 

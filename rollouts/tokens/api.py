@@ -27,7 +27,7 @@ from rollouts.records import dumps
 from rollouts.tokens.card import TokenCard
 from rollouts.tokens.check import Decoder, TokenDataError, calls_of, check_calls
 from rollouts.tokens.formats import FILES, FORMATS, ROWS, SCHEMAS
-from rollouts.tokens.samples import POLICIES, build_samples
+from rollouts.tokens.samples import POLICIES, Sample, build_samples
 
 BATCH_SAMPLES = 4096
 META = ["group_id", "rollout_id", "task_index", "rollout_index", "reward", "advantage"]
@@ -73,7 +73,8 @@ class _Writer:
 
     def __init__(self, out_dir: str, tmp: str, so: dict[str, Any] | None) -> None:
         self.targets = {fmt: Target(out_dir, FILES[fmt], so) for fmt in FORMATS}
-        self.tmp, self.parts = tmp, {fmt: [] for fmt in SCHEMAS}  # type: dict[str, list[str]]
+        self.tmp = tmp
+        self.parts: dict[str, list[str]] = {fmt: [] for fmt in SCHEMAS}
         self.buffers: dict[str, list[dict[str, Any]]] = {fmt: [] for fmt in FORMATS}
         self.rows = dict.fromkeys(FORMATS, 0)
         self.jsonl = self.targets["nemo_rl"].open_text()
@@ -99,9 +100,31 @@ class _Writer:
         for fmt in FORMATS:
             self.flush(fmt)
         self.jsonl.close()
-        for fmt, parts in self.parts.items():
+        for fmt, parts in self.parts.items():  # Parquet files appear only once complete
             frame = pl.scan_parquet(parts) if parts else pl.DataFrame(schema=SCHEMAS[fmt]).lazy()
             self.targets[fmt].sink(frame.sink_parquet)
+
+
+def _samples(raw: bytes, meta: dict[str, Any], card: TokenCard, policy: str, tokenizer: Decoder | None,
+             turn_end_id: int | None) -> list[Sample]:
+    """One rollout row's samples; what the check found and the policy did goes on the card."""
+    try:
+        calls = calls_of(orjson.loads(raw))
+    except (TokenDataError, orjson.JSONDecodeError):
+        card.malformed += 1
+        card.check.rollouts += 1
+        card.check.malformed += 1
+        return []
+    if not calls:
+        card.without_token_ids += 1
+        card.check.add(meta["rollout_id"], None)
+        return []
+    check = check_calls(calls, tokenizer)
+    card.check.add(meta["rollout_id"], check)
+    outcome = build_samples(calls, check, policy, turn_end_id)  # type: ignore[arg-type]
+    card.count(outcome.counts)
+    card.rollouts_out += bool(outcome.samples)
+    return outcome.samples
 
 
 def write_token_records(
@@ -130,29 +153,15 @@ def write_token_records(
         writer = _Writer(out_dir, tmp, so)
         try:
             for meta, raw in _rows(loaded.inputs, wanted, so):
-                try:
-                    calls = calls_of(orjson.loads(raw))
-                except (TokenDataError, orjson.JSONDecodeError):
-                    card.malformed += 1
-                    card.check.rollouts += 1
-                    card.check.malformed += 1
-                    continue
-                if not calls:
-                    card.without_token_ids += 1
-                    card.check.add(meta["rollout_id"], None)
-                    continue
-                check = check_calls(calls, tokenizer)
-                card.check.add(meta["rollout_id"], check)
-                outcome = build_samples(calls, check, policy, turn_end_id)  # type: ignore[arg-type]
-                card.count(outcome.counts)
-                card.rollouts_out += bool(outcome.samples)
-                for sample in outcome.samples:
+                for sample in _samples(raw, meta, card, policy, tokenizer, turn_end_id):
                     card.samples_out += 1
                     card.tokens_out += len(sample.input_ids)
                     for fmt in FORMATS:
                         writer.add(fmt, ROWS[fmt](sample, meta))
-        finally:
-            writer.close()
+        except BaseException:
+            writer.jsonl.close()
+            raise
+        writer.close()
     card.outputs = [OutputFile(format=fmt, path=writer.targets[fmt].url, rows=writer.rows[fmt]) for fmt in FORMATS]
     if card.actions.get("splice_history_shrank"):
         card.notes.append("some splices kept generated ids the next prompt did not hold as such: use --on-break split "

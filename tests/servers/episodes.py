@@ -2,12 +2,14 @@
 
 Each episode is a rollout row as the collector writes it: Responses-API output items with NeMo Gym's token fields on
 the last item of each model call. Every question is answered as user -> tool call -> tool output -> answer.
+The server's raw reply bodies are kept per episode (`REPLIES`), so tests compare records with what the server sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -15,6 +17,7 @@ import httpx
 from rollouts.model import ModelClient
 from rollouts.records import rollout_id
 
+REPLIES: dict[str, list[dict[str, Any]]] = {}  # the row's `_episode` -> the server's reply bodies, in call order
 CALCULATOR = {
     "type": "function",
     "name": "calculator",
@@ -31,7 +34,13 @@ def _evaluate(arguments: str) -> str:
 
 async def run_episode(url: str, api: str, questions: list[str], *, task: int = 0, index: int = 0,
                       sampling: dict[str, Any] | None = None, max_calls: int = 8) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=30) as http:
+    episode = uuid.uuid4().hex
+    replies = REPLIES.setdefault(episode, [])
+
+    async def keep(response: httpx.Response) -> None:
+        replies.append(json.loads(await response.aread()))
+
+    async with httpx.AsyncClient(timeout=30, event_hooks={"response": [keep]}) as http:
         client = ModelClient(http, url, "sim-model", api, max_retries=0, return_tokens=True)
         params = {"tools": [CALCULATOR]}
         sampling = {"temperature": 0.7, "seed": 1000 * task + index, **(sampling or {})}
@@ -59,7 +68,23 @@ async def run_episode(url: str, api: str, questions: list[str], *, task: int = 0
         "_ng_rollout_index": index,
         "rollout_id": rollout_id("episodes", task, index),
         "status": "ok",
+        "_episode": episode,
     }
+
+
+def server_generated(row: dict[str, Any]) -> tuple[list[int], list[float]]:
+    """The generated ids and log-probabilities exactly as the server's replies for this rollout carried them."""
+    ids: list[int] = []
+    values: list[float] = []
+    for reply in REPLIES[row["_episode"]]:
+        if "choices" in reply:
+            choice = reply["choices"][0]
+            ids += choice["token_ids"]
+            values += [entry["logprob"] for entry in choice["logprobs"]["content"]]
+        else:
+            ids += reply["output"][-1]["generation_token_ids"]
+            values += reply["output"][-1]["generation_log_probs"]
+    return ids, values
 
 
 def questions(task: int, turns: int = 1) -> list[str]:

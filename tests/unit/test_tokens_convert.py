@@ -18,7 +18,7 @@ from rollouts.sim.bpe import TOKENIZER_PATH
 from rollouts.tokens import convert_token_records
 from rollouts.tokens.check import calls_of
 from rollouts.tokens.command import add_tokens_parser
-from tests.servers.episodes import episodes
+from tests.servers.episodes import episodes, server_generated
 
 GYM = str(Path(__file__).parents[1] / "fixtures" / "process" / "gym.jsonl")
 
@@ -76,8 +76,9 @@ def test_records_hold_the_servers_ids_and_logprobs_under_the_mask(rollouts_file:
                 if bit:
                     ids.append(token)
                     values.append(value)
-        assert ids == [i for c in kept for i in c.generation]
-        assert values == [v for c in kept for v in c.logprobs or []]  # float64 read back: exactly the server's values
+        raw_ids, raw_values = server_generated(by_rollout[rollout_id[0]])  # the server's reply bodies
+        kept_tokens = sum(len(c.generation) for c in kept)
+        assert (ids, values) == (raw_ids[:kept_tokens], raw_values[:kept_tokens])  # float64 read back: exact
     assert card["check"]["broken"] == 4 and card["check"]["breaks_by_kind"] == {"retemplating": 12}
     assert card["rollouts_selected"] == 9 and card["without_token_ids"] == 1
     assert card["generated_tokens_in"] == card["generated_tokens_out"] + card["generated_tokens_dropped"]
@@ -158,3 +159,18 @@ def test_the_command(rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path:
     assert missing.func(missing) == 1
     with pytest.raises(SystemExit):
         parse([str(path), "--out", str(tmp_path), "--on-break", "repair"])
+
+
+def test_blank_lines_crlf_and_malformed_token_fields(rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
+    _, rows = rollouts_file
+    bad = copy.deepcopy(rows[3])
+    bad["rollout_id"] = "bad"
+    bad["response"]["output"][-1]["generation_log_probs"].pop()  # well typed (the loader checks types), misaligned
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join([dumps(rows[0]).encode(), b"", dumps(rows[2]).encode() + b"\r", dumps(bad).encode()]) + b"\n")
+    result = convert_token_records([str(path)], str(tmp_path / "out"), "split")
+    assert result.card.malformed == 1 and result.card.check.malformed == 1
+    tokens = pl.read_parquet(tmp_path / "out" / "tokens.parquet")
+    assert tokens["rollout_id"].unique(maintain_order=True).to_list() == [rows[0]["rollout_id"], rows[2]["rollout_id"]]
+    markdown = Path(result.card_markdown).read_text()
+    assert "| retemplating | 6 | 2 |" in markdown and "| split | 6 |" in markdown

@@ -96,7 +96,8 @@ def test_not_asked_keeps_text_only_and_ignores_partial_fields() -> None:
         (chat({"token_ids": [7, 8], "logprobs": logprobs(("token_id:7", -0.5), ("token_id:9", -0.1))}, prompt_token_ids=[1]),
          "disagree"),
         (chat({"token_ids": [7, 8], "logprobs": logprobs((" 4", -0.5))}, prompt_token_ids=[1]), "1 log-probabilities"),
-        (chat({"token_ids": [7, "8"], "logprobs": logprobs(("a", -0.5), ("b", -0.1))}, prompt_token_ids=[1]), "integer"),
+        (chat({"token_ids": ["7", 8], "logprobs": logprobs(("a", -0.5), ("b", -0.1))}, prompt_token_ids=[1]), "integer"),
+        (chat({"token_ids": [7, 8], "logprobs": logprobs(("a", -0.5), ("b", -0.1))}, prompt_token_ids="1 2"), "integer"),
         (chat({"meta_info": {"output_token_logprobs": [["x", 7]]}}, prompt_token_ids=[1]), "malformed"),
     ],
 )
@@ -111,7 +112,7 @@ def test_responses_fields_move_to_the_last_output_item() -> None:
               {"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c"}]
     responses_token_fields(output, asked=True)
     assert "prompt_token_ids" not in output[0]
-    assert output[1]["generation_token_ids"] == [2] and output[1]["generation_log_probs"] == [-1.0]
+    assert output[1]["generation_token_ids"] == [2] and output[1]["generation_log_probs"] == [-1]
     with pytest.raises(TokenFieldsError, match="none returned"):
         parse_responses({"output": [{"type": "message", "content": []}]}, return_tokens=True)
 

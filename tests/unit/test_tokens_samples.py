@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from rollouts.sim import SimConfig, serve_in_thread
 from rollouts.tokens.check import TRUNCATION, Call, calls_of, check_calls
 from rollouts.tokens.samples import POLICIES, Sample, build_samples, infer_turn_end, splice_cut
+from tests.servers import episodes as sim_episodes
 from tests.servers.episodes import episodes
 
 DRIFTS = {
@@ -65,6 +66,9 @@ def test_generated_ids_and_logprobs_are_exactly_the_servers(rows: dict[str, list
         outcome = build_samples(calls, check, policy)  # type: ignore[arg-type]
         kept = calls if policy != "truncate" or check.contiguous else calls[: check.breaks[0].call]
         assert generated(outcome.samples) == server_generated(kept)
+        raw_ids, raw_values = sim_episodes.server_generated(row)  # the reply bodies as the server sent them
+        kept_tokens = sum(len(c.generation) for c in kept)
+        assert generated(outcome.samples) == (raw_ids[:kept_tokens], raw_values[:kept_tokens])
         assert sum(sum(s.loss_mask) for s in outcome.samples) == sum(len(c.generation) for c in kept)
         if policy == "split":  # every sample starts with a prompt the server really saw, whole
             starts = [0] + [b.call for b in check.breaks]
