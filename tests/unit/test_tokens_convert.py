@@ -183,3 +183,16 @@ def test_the_tokens_package_and_the_sim_tokenizer_never_import_prefect() -> None
     code = f"import sys; [__import__(m) for m in {modules!r}]; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_outputs_on_a_remote_filesystem(tmp_path: Path) -> None:
+    import fsspec
+
+    result = convert_token_records([GYM], "memory://tokens-out", "split")
+    fs = fsspec.filesystem("memory")
+    with fs.open("/tokens-out/tokens.parquet", "rb") as f:
+        assert pl.read_parquet(f)["input_ids"].to_list() == [[1, 2, 3, 7, 8]]
+    with fs.open("/tokens-out/nemo_rl.jsonl", "r") as f:
+        assert json.loads(f.readline())["message_log"][1] == {"role": "assistant", "content": "", "token_ids": [7, 8],
+                                                               "generation_logprobs": [-0.5, -0.25]}
+    assert result.files["verl"] == "memory://tokens-out/verl.parquet" and fs.exists("/tokens-out/tokens_card.json")
