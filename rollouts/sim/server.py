@@ -3,7 +3,7 @@
 Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/responses, POST /tokenize, GET /health, GET /stats.
 Latency is only ever `asyncio.sleep`, so one process serves thousands of requests in flight.
 Requests that ask for token ids or logprobs get ids from a real BPE tokenizer and Jinja chat template (bpe.py), with
-optional drift (`--drift-*`); the others are counted in words, which costs a tenth as much.
+optional drift (`--drift-*`); the others are counted in words and never load the tokenizer.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ class SimApp:
             generation = chat.generation(reasoning, answer.content, answer.tool_call, sim_request.max_tokens)
             ids = chat.prompt_ids(sim_request.turns, sim_request.tool_names, sim_request.truncate_prompt_tokens)
             prompt_tokens = PromptTokens(len(ids), ids)
-        else:  # words are counted ~10x cheaper, and nobody sees the ids
+        else:  # counted in words: cheaper, and nobody sees ids
             generation = generate(reasoning, answer.content, answer.tool_call, sim_request.max_tokens)
             prompt_tokens = PromptTokens(len(tokenize(prompt)), None)
         wants_logprobs = sim_request.logprobs or sim_request.return_token_ids
