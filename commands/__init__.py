@@ -12,6 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     from commands.collect import add_collect_parser, add_demo_parser
     from commands.process import add_process_parser
     from commands.server import add_server_parser
+    from commands.tokens import add_tokens_parser
 
     parser = argparse.ArgumentParser(prog="rollouts",
                                      description="Collect verified LLM rollouts and build RL/SFT/DPO training data.")
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_process_parser(sub)
     add_server_parser(sub)
+    add_tokens_parser(sub)
     sub.add_parser("sim-server", help="serve the simulated OpenAI-compatible model (see rollouts sim-server --help)",
                    add_help=False)
     return parser

@@ -103,8 +103,13 @@ def _chat_message(item: dict[str, Any], role: str) -> Message:
     return message
 
 
-def to_messages(items: Any, default_role: str = "assistant", instructions: str | None = None) -> list[Message]:
-    """Chat messages (OpenAI form: tool-call `arguments` as JSON text) for Responses input or output items."""
+def to_messages(items: Any, default_role: str = "assistant", instructions: str | None = None,
+                reasoning: bool = False) -> list[Message]:
+    """Chat messages (OpenAI form: tool-call `arguments` as JSON text) for Responses input or output items.
+
+    With `reasoning`, a reasoning item's text becomes `reasoning_content` on the assistant message of its turn (what
+    chat templates such as Qwen3's render back), so the context of the next call is the one the model generated;
+    training formats leave reasoning out."""
     if isinstance(items, str):
         items = [{"role": "user", "content": items}]
     if not isinstance(items, list):
@@ -112,6 +117,7 @@ def to_messages(items: Any, default_role: str = "assistant", instructions: str |
     messages: list[Message] = [{"role": "system", "content": instructions}] if instructions else []
     turn: Message | None = None  # the open assistant message of the current model turn
     turn_has_text = False
+    thought: str | None = None  # reasoning text waiting for its turn's assistant message
     for item in items:
         if not isinstance(item, dict):
             raise ConversionError(f"item must be an object, got {type(item).__name__}")
@@ -124,12 +130,16 @@ def to_messages(items: Any, default_role: str = "assistant", instructions: str |
                 turn_has_text = True
                 continue
             message = _chat_message(item, role)
+            if role == "assistant" and thought is not None:
+                message["reasoning_content"], thought = thought, None
             messages.append(message)
             turn = message if role == "assistant" else None
             turn_has_text = bool(message["content"])
         elif kind == "function_call":
             if turn is None:
                 turn = {"role": "assistant", "content": ""}
+                if thought is not None:
+                    turn["reasoning_content"], thought = thought, None
                 messages.append(turn)
                 turn_has_text = False
             name = item.get("name")
@@ -144,6 +154,9 @@ def to_messages(items: Any, default_role: str = "assistant", instructions: str |
             text = output if isinstance(output, str) else content_value(output) if isinstance(output, list) else _dumps(output)
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
         elif kind == "reasoning":
+            if reasoning:
+                text = "".join(p.get("text", "") for p in item.get("summary") or [] if isinstance(p, dict))
+                thought = (thought or "") + text if text else thought
             continue
         else:
             raise ConversionError(f"unsupported item type {kind!r}")
@@ -152,7 +165,7 @@ def to_messages(items: Any, default_role: str = "assistant", instructions: str |
 
 def items_to_chat(items: list[dict[str, Any]], instructions: str | None = None) -> list[Message]:
     """The request form of a rollout's context so far: input items then produced items (default role `user`)."""
-    return to_messages(items, default_role="user", instructions=instructions)
+    return to_messages(items, default_role="user", instructions=instructions, reasoning=True)
 
 
 def chat_tools(tools: Any) -> list[dict[str, Any]] | None:

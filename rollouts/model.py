@@ -18,6 +18,7 @@ import orjson
 from rollouts.errors import ConfigError, ProviderError, ResponseParseError
 from rollouts.chat import chat_tools, items_to_chat
 from rollouts.retry import RetryPolicy
+from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, chat_token_fields, responses_token_fields
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -87,8 +88,7 @@ def chat_body(model: str, items: list[dict[str, Any]], params: dict[str, Any], s
     for key, value in sampling.items():
         body["max_tokens" if key == "max_output_tokens" else key] = value
     if return_tokens:
-        body["logprobs"] = True
-        body["return_token_ids"] = True
+        body.update(CHAT_TOKEN_REQUEST)  # vLLM's and SGLang's names, and the token_id:N logprobs fallback
     return body
 
 
@@ -103,7 +103,7 @@ def responses_body(model: str, items: list[dict[str, Any]], params: dict[str, An
 # ----- response parsing -------------------------------------------------------------------------------------------
 
 
-def parse_chat(data: dict[str, Any]) -> ModelCall:
+def parse_chat(data: dict[str, Any], return_tokens: bool = False) -> ModelCall:
     try:
         choice = data["choices"][0]
         message = choice.get("message") or {}
@@ -125,15 +125,7 @@ def parse_chat(data: dict[str, Any]) -> ModelCall:
     if not output:
         output.append({"type": "message", "id": f"msg_{rid}", "role": "assistant", "status": "completed",
                        "content": [{"type": "output_text", "text": "", "annotations": []}]})
-    token_fields: dict[str, Any] = {}
-    if "prompt_token_ids" in data:
-        token_fields["prompt_token_ids"] = data["prompt_token_ids"]
-    if "token_ids" in choice:
-        token_fields["generation_token_ids"] = choice["token_ids"]
-    logprobs = (choice.get("logprobs") or {}).get("content")
-    if logprobs:
-        token_fields["generation_log_probs"] = [entry.get("logprob") for entry in logprobs]
-    output[-1].update(token_fields)
+    output[-1].update(chat_token_fields(data, asked=return_tokens))
     usage = data.get("usage") or {}
     return ModelCall(output=output, input_tokens=int(usage.get("prompt_tokens") or 0),
                      output_tokens=int(usage.get("completion_tokens") or 0),
@@ -149,10 +141,11 @@ def _detail(usage: dict[str, Any], group: str, key: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-def parse_responses(data: dict[str, Any]) -> ModelCall:
+def parse_responses(data: dict[str, Any], return_tokens: bool = False) -> ModelCall:
     output = data.get("output")
     if not isinstance(output, list):
         raise ResponseParseError(f"Responses API reply without an `output` list: {str(data)[:200]}")
+    responses_token_fields(output, asked=return_tokens)
     usage = data.get("usage") or {}
     status = data.get("status") or "completed"
     reason = ((data.get("incomplete_details") or {}).get("reason") or "") if status == "incomplete" else ""
@@ -220,7 +213,11 @@ class ModelClient:
             raise ResponseParseError(f"endpoint returned non-JSON body: {response.text[:200]!r}", status_code=response.status_code, attempts=attempts) from exc
         if not isinstance(data, dict):
             raise ResponseParseError(f"endpoint returned {type(data).__name__}, expected an object", status_code=response.status_code, attempts=attempts)
-        call = parse_chat(data) if self.api == "chat" else parse_responses(data)
+        parse = parse_chat if self.api == "chat" else parse_responses
+        try:
+            call = parse(data, return_tokens=self.return_tokens)
+        except ResponseParseError as exc:
+            raise exc.add(status_code=response.status_code, attempts=attempts) from None
         call.attempts = attempts
         call.latency_ms = (time.perf_counter() - started) * 1000
         return call

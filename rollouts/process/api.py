@@ -118,6 +118,11 @@ def write_outputs(
     so = storage_options
     if config.objective == "rl":
         card.outputs = write_rl(selected, selection.loaded, config, out_dir, so)
+        if "tokens" in config.output_formats:
+            from rollouts.tokens.api import write_token_records
+
+            tokens = write_token_records(selected, selection.loaded, f"{out_dir}/tokens", config.on_break, so)
+            card.outputs += tokens.card.outputs
     elif config.objective == "sft":
         card.outputs = write_sft(selected, selection.loaded, config, out_dir, so, card)
     else:

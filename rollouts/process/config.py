@@ -13,7 +13,7 @@ OBJECTIVES: tuple[Objective, ...] = ("rl", "sft", "dpo")
 
 # Output formats per objective; the first ones are the defaults.
 FORMATS: dict[str, tuple[str, ...]] = {
-    "rl": ("parquet", "jsonl", "verl"),
+    "rl": ("parquet", "jsonl", "verl", "tokens"),
     "sft": ("openai", "trl", "trl-prompt-completion", "verl"),
     "dpo": ("trl", "openai", "trl-standard", "nemo-rl"),
 }
@@ -25,6 +25,7 @@ DEFAULT_FORMATS: dict[str, tuple[str, ...]] = {
 FORMAT_HELP = {
     "rl/parquet": "one row per rollout with group stats and advantage; prompt/tools/output/extra as JSON text",
     "rl/jsonl": "the same rows as JSON lines, prompt/tools/output as nested JSON",
+    "rl/tokens": "token records (tokens/): input_ids, loss_mask, logprobs per sample, plus NeMo RL message_log and verl shapes; breaks repaired by --on-break",
     "rl/verl": "verl RLHFDataset prompts (verl.parquet): prompt messages, data_source, reward_model, extra_info; one row per prompt",
     "sft/openai": "OpenAI chat fine-tuning: messages (assistant tool_calls, tool messages) + tools",
     "sft/trl": "TRL conversational: messages + tools (tool-call arguments as objects)",
@@ -48,6 +49,9 @@ class FilterOptions(BaseModel):
     advantage_scale: Literal["group", "batch", "none"] = Field(
         "group", description="rl: advantage = (reward - group mean) / scale, scale = group std, batch std or none")
     drop_uniform_groups: bool = Field(False, description="rl: drop groups whose rewards are all equal (no gradient)")
+    on_break: Literal["splice", "split", "truncate", "drop"] = Field(
+        "split", description="rl --format tokens: what to do where a call's prompt does not continue the previous "
+                             "call's tokens: splice the generated ids in, split into samples, truncate, or drop")
     uniform_tolerance: Annotated[float, Cli(metavar="TOL")] = Field(
         1e-6, ge=0, description="rl: a group is uniform when max - min <= this")
     keep_mean_between: Annotated[tuple[float, float] | None, Cli(metavar=("LO", "HI"))] = Field(

@@ -67,6 +67,8 @@ def write_rl(selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConf
     rows = heavy.join(selected.lazy(), on="row", how="inner", maintain_order="left")
     files = []
     for fmt in config.output_formats:
+        if fmt == "tokens":  # written by rollouts.tokens (process.api)
+            continue
         if fmt == "verl":
             files.append(write_verl_rl(rows, out_dir, so))
             continue

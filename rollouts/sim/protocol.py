@@ -9,10 +9,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from rollouts.sim.answers import ToolSpec
-from rollouts.sim.tokens import Generation, ToolCall, Turn, token_id, tokenize
+from rollouts.sim.tokens import Generation, ToolCall, Turn, tokenize
 
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
@@ -35,6 +35,21 @@ class SimRequest:
     seed: int | None
     logprobs: bool
     return_token_ids: bool
+    # vLLM and SGLang extensions that change what comes back with the tokens
+    tokens_as_ids: bool = False  # vLLM return_tokens_as_token_ids: logprob tokens read "token_id:N"
+    return_prompt_token_ids: bool = False  # SGLang: choices[0].prompt_token_ids
+    return_meta_info: bool = False  # SGLang: choices[0].meta_info with output_token_logprobs
+    truncate_prompt_tokens: int | None = None  # vLLM: keep only the last N prompt tokens
+
+    @property
+    def wants_tokens(self) -> bool:
+        """Whether the reply carries token ids or log-probabilities, so the real tokenizer must run."""
+        return self.logprobs or self.return_token_ids or self.return_prompt_token_ids or self.return_meta_info
+
+
+class PromptTokens(NamedTuple):
+    count: int
+    ids: list[int] | None  # only when the request asked for token ids or log-probabilities
 
 
 def error_body(message: str, kind: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:
@@ -142,6 +157,10 @@ def parse_chat(payload: Any) -> SimRequest:
         seed=seed,
         logprobs=bool(payload.get("logprobs")),
         return_token_ids=bool(payload.get("return_token_ids")),
+        tokens_as_ids=bool(payload.get("return_tokens_as_token_ids")),
+        return_prompt_token_ids=bool(payload.get("return_prompt_token_ids")),
+        return_meta_info=bool(payload.get("return_meta_info")),
+        truncate_prompt_tokens=_max_tokens(payload, "truncate_prompt_tokens"),
     )
 
 
@@ -206,6 +225,7 @@ def parse_responses(payload: Any) -> SimRequest:
         seed=seed,
         logprobs=False,
         return_token_ids=bool(payload.get("return_token_ids")),
+        truncate_prompt_tokens=_max_tokens(payload, "truncate_prompt_tokens"),
     )
 
 
@@ -215,9 +235,7 @@ def logprob_values(rng: random.Random, count: int) -> list[float]:
     return [round(math.log(1.0 - uniform()) / 5.0, 4) for _ in range(count)]
 
 
-def chat_body(
-    request: SimRequest, generation: Generation, prompt_tokens: list[str], logprobs: list[float]
-) -> dict[str, Any]:
+def chat_body(request: SimRequest, generation: Generation, prompt: PromptTokens, logprobs: list[float]) -> dict[str, Any]:
     call = generation.tool_call
     message: dict[str, Any] = {
         "role": "assistant",
@@ -232,10 +250,11 @@ def chat_body(
     choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     choice["stop_reason"] = None  # vLLM's extra field
     if request.logprobs:
+        tokens = [f"token_id:{i}" for i in generation.token_ids] if request.tokens_as_ids else generation.tokens
         choice["logprobs"] = {
             "content": [
                 {"token": token, "logprob": value, "bytes": None, "top_logprobs": []}
-                for token, value in zip(generation.tokens, logprobs)
+                for token, value in zip(tokens, logprobs)
             ]
         }
     body: dict[str, Any] = {
@@ -245,20 +264,26 @@ def chat_body(
         "model": request.model,
         "choices": [choice],
         "usage": {
-            "prompt_tokens": len(prompt_tokens),
+            "prompt_tokens": prompt.count,
             "completion_tokens": len(generation.tokens),
-            "total_tokens": len(prompt_tokens) + len(generation.tokens),
+            "total_tokens": prompt.count + len(generation.tokens),
         },
     }
     if request.return_token_ids:
-        body["prompt_token_ids"] = [token_id(token) for token in prompt_tokens]
+        body["prompt_token_ids"] = prompt.ids  # vLLM's place
         choice["token_ids"] = generation.token_ids
+    if request.return_prompt_token_ids:
+        choice["prompt_token_ids"] = prompt.ids  # SGLang's place
+    if request.return_meta_info:
+        meta: dict[str, Any] = {"id": body["id"], "finish_reason": {"type": finish},
+                                "prompt_tokens": prompt.count, "completion_tokens": len(generation.tokens)}
+        if request.logprobs:
+            meta["output_token_logprobs"] = [[value, i, None] for value, i in zip(logprobs, generation.token_ids)]
+        choice["meta_info"] = meta
     return body
 
 
-def responses_body(
-    request: SimRequest, generation: Generation, prompt_tokens: list[str], logprobs: list[float]
-) -> dict[str, Any]:
+def responses_body(request: SimRequest, generation: Generation, prompt: PromptTokens, logprobs: list[float]) -> dict[str, Any]:
     payload, call = request.payload, generation.tool_call
     output: list[dict[str, Any]] = []
     if generation.reasoning:
@@ -286,12 +311,12 @@ def responses_body(
             }
         )
     if request.return_token_ids:
-        output[-1]["prompt_token_ids"] = [token_id(token) for token in prompt_tokens]
+        output[-1]["prompt_token_ids"] = prompt.ids
         output[-1]["generation_token_ids"] = generation.token_ids
         output[-1]["generation_log_probs"] = logprobs
-    reasoning_tokens = 0
-    if generation.reasoning:  # the reasoning's words plus <think> and </think>
-        reasoning_tokens = min(len(tokenize(generation.reasoning)) + 2, len(generation.tokens))
+    reasoning_tokens = generation.reasoning_tokens
+    if reasoning_tokens is None:  # the reasoning's words plus <think> and </think>
+        reasoning_tokens = min(len(tokenize(generation.reasoning)) + 2, len(generation.tokens)) if generation.reasoning else 0
     return {
         "id": _new_id("resp_"),
         "object": "response",
@@ -311,14 +336,14 @@ def responses_body(
         "previous_response_id": None,
         "metadata": payload.get("metadata") or {},
         "usage": {
-            "input_tokens": len(prompt_tokens),
+            "input_tokens": prompt.count,
             "input_tokens_details": {"cached_tokens": 0},
             "output_tokens": len(generation.tokens),
             "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
-            "total_tokens": len(prompt_tokens) + len(generation.tokens),
+            "total_tokens": prompt.count + len(generation.tokens),
         },
     }
 
 
 # The signature shared by chat_body and responses_body.
-BodyBuilder = Callable[[SimRequest, Generation, list[str], list[float]], dict[str, Any]]
+BodyBuilder = Callable[[SimRequest, Generation, PromptTokens, list[float]], dict[str, Any]]

@@ -1,7 +1,9 @@
 """The simulated OpenAI-compatible model server: an aiohttp app with seeded answers, latency and injected faults.
 
-Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/responses, GET /health, GET /stats.
+Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/responses, POST /tokenize, GET /health, GET /stats.
 Latency is only ever `asyncio.sleep`, so one process serves thousands of requests in flight.
+Requests that ask for token ids or logprobs get ids from a real BPE tokenizer and Jinja chat template (bpe.py), with
+optional drift (`--drift-*`); the others are counted in words and never load the tokenizer.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rollouts.sim.answers import respond
 from rollouts.sim.protocol import (
     BodyBuilder,
+    PromptTokens,
     RequestError,
     SimRequest,
     chat_body,
@@ -37,6 +40,9 @@ from rollouts.sim.protocol import (
     responses_body,
 )
 from rollouts.sim.tokens import Generation, generate, render_prompt, tokenize
+
+if TYPE_CHECKING:
+    from rollouts.sim.bpe import ChatTokenizer
 
 try:  # orjson comes with prefect; plain json is the fallback
     import orjson
@@ -76,6 +82,16 @@ class SimConfig(BaseModel):
     )
     tokens_per_s: float | None = Field(None, gt=0, description="decode speed: adds output tokens / this to latency")
     reasoning: bool = Field(True, description="return a short reasoning text, as vLLM's reasoning parsers do")
+    # Token drift (rollouts/sim/bpe.py): only requests that ask for token ids or logprobs see it.
+    drift_retokenize_args: bool = Field(
+        False, description="emit tool-call arguments with a non-canonical tokenization that the next prompt re-encodes"
+    )
+    drift_strip_think: bool = Field(
+        False, description="chat template drops the <think> reasoning of earlier assistant turns"
+    )
+    drift_turn_token: bool = Field(
+        False, description="chat template closes earlier assistant turns with a <|turn_end|> token never generated"
+    )
 
     @model_validator(mode="after")
     def _rates_fit(self) -> SimConfig:
@@ -119,6 +135,16 @@ class SimApp:
         self._unseeded = itertools.count()
         self._attempts: dict[bytes, int] = {}  # body digest -> faults so far, so a retry draws afresh
         self._fault_rate = config.fail_rate + config.rate_limit_rate + config.slow_rate
+        self._chat_tokenizer: ChatTokenizer | None = None  # loaded on the first request that asks for token ids
+
+    def chat_tokenizer(self) -> ChatTokenizer:
+        if self._chat_tokenizer is None:
+            from rollouts.sim.bpe import ChatTokenizer, Drift
+
+            config = self.config
+            drift = Drift(config.drift_retokenize_args, config.drift_strip_think, config.drift_turn_token)
+            self._chat_tokenizer = ChatTokenizer(drift)
+        return self._chat_tokenizer
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024**2)
@@ -127,7 +153,19 @@ class SimApp:
         app.router.add_post("/v1/responses", self.responses)
         app.router.add_get("/health", self.health)
         app.router.add_get("/stats", self.stats)
+        app.router.add_post("/tokenize", self.tokenize)  # vLLM's, at the root as vLLM serves it
         return app
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's chat `/tokenize`: the prompt ids of `messages` (+ `tools`), with the generation prompt."""
+        try:
+            sim_request = parse_chat(json.loads(await request.read()))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            return _json(error_body(f"invalid JSON body: {exc}"), status=400)
+        except RequestError as exc:
+            return _json(error_body(str(exc)), status=400)
+        ids = self.chat_tokenizer().prompt_ids(sim_request.turns, sim_request.tool_names)
+        return _json({"count": len(ids), "max_model_len": 1 << 20, "tokens": ids})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -225,13 +263,20 @@ class SimApp:
             headers = {"Retry-After": retry_after}
             return _json(error_body(message, "rate_limit_error", "rate_limit_exceeded"), status=429, headers=headers)
 
+        # The word-level rendering seeds the answer, so an answer never depends on whether token ids were asked.
         prompt = render_prompt(sim_request.turns, sim_request.tool_names)
         seed = sim_request.seed if sim_request.seed is not None else f"auto-{next(self._unseeded)}"
         rng = random.Random(_digest(self.config.seed, seed, prompt))
         answer = respond(sim_request.turns, sim_request.tools, rng, sim_request.temperature)
         reasoning = answer.reasoning if self.config.reasoning else ""
-        generation = generate(reasoning, answer.content, answer.tool_call, sim_request.max_tokens)
-        prompt_tokens = tokenize(prompt)
+        if sim_request.wants_tokens:  # the real tokenizer and chat template
+            chat = self.chat_tokenizer()
+            generation = chat.generation(reasoning, answer.content, answer.tool_call, sim_request.max_tokens)
+            ids = chat.prompt_ids(sim_request.turns, sim_request.tool_names, sim_request.truncate_prompt_tokens)
+            prompt_tokens = PromptTokens(len(ids), ids)
+        else:  # counted in words: cheaper, and nobody sees ids
+            generation = generate(reasoning, answer.content, answer.tool_call, sim_request.max_tokens)
+            prompt_tokens = PromptTokens(len(tokenize(prompt)), None)
         wants_logprobs = sim_request.logprobs or sim_request.return_token_ids
         logprobs = logprob_values(rng, len(generation.tokens)) if wants_logprobs else []
 

@@ -1,4 +1,5 @@
-"""The simulated model's toy tokenizer and chat template, shared by prompts and generations.
+"""The simulated model's word-level tokenizer and text template: usage counts of requests without token ids, and
+the text that seeds every answer (requests with token ids get real BPE ids from bpe.py).
 
 Tokens are words, single punctuation characters and a few special markers; whitespace is dropped. Ids are stable
 (crc32 of the token text), so a conversation re-sent with the previous answer appended tokenizes to the previous
@@ -93,16 +94,23 @@ def render_prompt(turns: list[Turn], tool_names: list[str]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Generation:
-    """What the model emitted: the parts it returns and the tokens it counts, possibly cut at `max_tokens`."""
+    """What the model emitted: the parts it returns and the tokens it counts, possibly cut at `max_tokens`.
+
+    `ids` are set when the real tokenizer encoded it (bpe.py); otherwise ids derive from the word tokens.
+    """
 
     reasoning: str
     content: str
     tool_call: ToolCall | None
     tokens: list[str]
     truncated: bool
+    ids: list[int] | None = None
+    reasoning_tokens: int | None = None  # counted by the real tokenizer; None: count the reasoning's words
 
     @property
     def token_ids(self) -> list[int]:
+        if self.ids is not None:
+            return self.ids
         return [token_id(token) for token in self.tokens]
 
 

@@ -1,0 +1,44 @@
+"""Token ids of multi-turn rollouts: read them from model replies, check their contiguity, write training token records.
+
+    fields.py   what to ask vLLM / SGLang for, and reading their replies into NeMo Gym's three fields
+    check.py    the contiguity check and its classes; per-run metrics (`contiguity_metrics`)
+    samples.py  samples per repair policy (splice | split | truncate | drop)
+    formats.py  the record shapes: ours, NeMo RL's message_log, verl's
+    api.py      `convert_token_records`, `write_token_records`
+    command.py  `rollouts tokens` (`add_tokens_parser`)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rollouts.tokens.check import BREAK_KINDS, Break, Call, ContiguityMetrics, RolloutCheck, check_calls, check_rollout, contiguity_metrics
+from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, RESPONSES_TOKEN_REQUEST, TokenFieldsError
+from rollouts.tokens.samples import POLICIES
+
+__all__ = [
+    "BREAK_KINDS",
+    "CHAT_TOKEN_REQUEST",
+    "POLICIES",
+    "RESPONSES_TOKEN_REQUEST",
+    "Break",
+    "Call",
+    "ContiguityMetrics",
+    "RolloutCheck",
+    "TokenFieldsError",
+    "TokenRecordsResult",
+    "check_calls",
+    "check_rollout",
+    "contiguity_metrics",
+    "convert_token_records",
+    "write_token_records",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The writers need polars and the process package; the model client imports this package for fields.py only.
+    if name in ("convert_token_records", "write_token_records", "TokenRecordsResult"):
+        from rollouts.tokens import api
+
+        return getattr(api, name)
+    raise AttributeError(name)
