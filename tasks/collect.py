@@ -7,10 +7,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from rollouts import collect as core
-from rollouts import profile as profiling
+from rollouts import report as reporting
 from rollouts.collect import RunRef, ShardRef, ShardResult
 from rollouts.config import CollectConfig
 from rollouts.loop import run_on_collector_loop
+from rollouts.profile import ProfileOptions
 from rollouts.run import RunPlan, plan_run
 
 # Shard tasks are idempotent on their own output (they skip finished rollouts), so a Prefect retry is safe; the model
@@ -38,16 +39,10 @@ def verify_shard(run: RunRef, shard: ShardRef) -> ShardResult:
 
 @task(name="profile-run", cache_policy=NO_CACHE, persist_result=False)
 def profile_run(run: RunRef) -> dict:
-    store = core.run_store(run)
-    profile = profiling.profile_frame(profiling.read_run_frame(store))
-    profiling.write_profile(store, profile)
-    create_table_artifact(key="rollout-timings", table=profiling.timing_rows(profile),
-                          description=f"Per-rollout timings (ms) of {run.run_url}")
-    create_table_artifact(key="rollout-throughput", table=[{k: profile[k] for k in (
-        "rollouts", "failed", "rollouts_per_s", "output_tokens_per_s", "generation_window_s")}],
-        description="Throughput of the generation stage")
-    if profile["failures_by_type"]:
-        create_table_artifact(key="rollout-failures", table=profile["failures_by_type"], description="Failures by error type")
-    create_markdown_artifact(key="reward-histogram", markdown=profiling.histogram_markdown(profile),
-                             description="Reward histogram per environment")
-    return profile
+    result = reporting.profile_run(core.run_store(run), ProfileOptions.from_config(run.config))
+    for artifact in result.artifacts:  # the run report first: it is the one to open
+        if artifact.kind == "table":
+            create_table_artifact(key=artifact.key, table=artifact.table, description=artifact.description)
+        else:
+            create_markdown_artifact(key=artifact.key, markdown=artifact.markdown, description=artifact.description)
+    return result.profile
