@@ -1,6 +1,6 @@
 """Benchmark: `rollouts tune` and `--parallel auto` against simulated servers with known knees.
 
-    python bench/tune_parallelism.py                      # all three scenarios (~8 minutes)
+    python bench/tune_parallelism.py                      # all three scenarios (~12 minutes)
     python bench/tune_parallelism.py --scenario capacity-32 --auto-seconds 40
 
 Scenarios (the simulated server on loopback):
@@ -9,10 +9,12 @@ Scenarios (the simulated server on loopback):
     rate-limit     500 ms latency, 429 + Retry-After above 300 req/s     (knee 150 in flight, ceiling 300 req/s)
 
 For each: the tune sweep's recommendation; the collector's core loop (ModelClient with retries + the in-flight
-limiter, as `rollouts collect` runs it, without Prefect) at fixed settings around the knee and with the AIMD
-controller; and a bare aiohttp client at the knee as the machine's baseline. Steady throughput is measured after
-`--warmup-seconds`; the controller "converges" when its rolling 5 s throughput first reaches 0.9 of the best fixed
-setting's.
+limiter, as `rollouts collect` runs it, without Prefect) at fixed settings (knee, 2x, 4x) and with the AIMD
+controller; and a bare aiohttp client at the knee as the machine's baseline. Steady throughput is that of the last
+`--steady-seconds` of each run, fixed or auto alike, so neither a token bucket's initial burst nor a ramp favours
+one. The controller "converges" when its rolling 5 s throughput first reaches 0.9 of the best fixed setting's.
+
+    python bench/tune_parallelism.py --record-sweeps tests/fixtures/tune   # the traces the unit tests replay
 """
 
 from __future__ import annotations
@@ -125,14 +127,14 @@ async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
         recommended = steps[index].parallel
         bare = await bare_client(server.url, knee, args.fixed_seconds / 2)
         fixed = {}
-        for parallel in sorted({max(8, knee // 2), knee, 2 * knee, 4 * knee}):
+        for parallel in (knee, 2 * knee, 4 * knee):
             result = await core_loop(server.url, args.fixed_seconds, fixed=parallel, config=config)
-            fixed[parallel] = (rate(result["done"], args.warmup_seconds, args.fixed_seconds),
+            fixed[parallel] = (rate(result["done"], args.fixed_seconds - args.steady_seconds, args.fixed_seconds),
                                len(result["failed"]) / max(1, len(result["done"]) + len(result["failed"])))
         best_parallel = max(fixed, key=lambda p: fixed[p][0])
         best = fixed[best_parallel][0]
         auto = await core_loop(server.url, args.auto_seconds, fixed=None, config=config)
-    steady_from = min(args.auto_seconds / 2, 30.0)
+    steady_from = args.auto_seconds - args.steady_seconds
     steady = rate(auto["done"], steady_from, args.auto_seconds)
     total = len(auto["done"]) + len(auto["failed"])
     limits = [row["limit"] for row in auto["trace"] if row["limit"] and row["t"] - auto["t0_wall"] >= steady_from]
@@ -144,20 +146,41 @@ async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
             "auto_limits": (min(limits), max(limits)) if limits else None, "trace": auto["trace"], "steps": steps}
 
 
+async def record_sweep(name: str, spec: dict, folder: Path, step_seconds: float) -> None:
+    """Every doubling from 8 to 1024, knee or not: the recorded traces the controller's tests replay."""
+    import json
+    from dataclasses import asdict
+
+    with start_sim_server(seed=0, **spec["server"]) as server:
+        steps, index, reason = await sweep(server.url, "sim-model", PROMPTS, start=8, max_parallel=1024,
+                                           step_seconds=step_seconds, sampling=SAMPLING, stop_at_knee=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"scenario": name, "server": spec["server"], "knee": spec["knee"], "step_seconds": step_seconds,
+            "recorded_with": f"python bench/tune_parallelism.py --record-sweeps {folder} --scenario {name}",
+            "steps": [asdict(s) for s in steps]}
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(f"{name}: {[(s.parallel, s.throughput, s.p95_ms, s.error_rate) for s in steps]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="default: all")
     parser.add_argument("--step-seconds", type=float, default=5.0, help="tune: time bound per step")
-    parser.add_argument("--fixed-seconds", type=float, default=15.0, help="each fixed setting's run")
+    parser.add_argument("--fixed-seconds", type=float, default=40.0, help="each fixed setting's run")
     parser.add_argument("--auto-seconds", type=float, default=60.0, help="the controller's run")
-    parser.add_argument("--warmup-seconds", type=float, default=5.0, help="fixed runs: measured after this")
+    parser.add_argument("--steady-seconds", type=float, default=30.0,
+                        help="steady throughput: the last this many seconds of every run, fixed or auto")
+    parser.add_argument("--record-sweeps", metavar="DIR", help="only record a full sweep (8..1024) per scenario as JSON")
     parser.add_argument("--max-failure-fraction", type=float, default=0.05)
     parser.add_argument("--trace", action="store_true", help="print the controller's decisions")
     args = parser.parse_args()
+    if args.record_sweeps:
+        for name in args.scenario or list(SCENARIOS):
+            asyncio.run(record_sweep(name, SCENARIOS[name], Path(args.record_sweeps), args.step_seconds))
+        return
     results = [asyncio.run(scenario(name, SCENARIOS[name], args)) for name in args.scenario or list(SCENARIOS)]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"fixed runs {args.fixed_seconds:g} s (measured after {args.warmup_seconds:g} s), auto {args.auto_seconds:g} s "
-          f"(steady = the second half, at most the last 30 s)")
+          f"fixed runs {args.fixed_seconds:g} s, auto {args.auto_seconds:g} s, steady = the last {args.steady_seconds:g} s")
     print(f"{'scenario':>13} {'knee':>5} {'tune':>5} {'ceiling':>8} {'bare/ceil':>9} {'best fixed':>14} "
           f"{'auto r/s':>8} {'auto/best':>9} {'converged s':>11} {'auto fail':>9} {'auto limit':>11}")
     for r in results:

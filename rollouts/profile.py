@@ -171,7 +171,7 @@ def timeline_rows(rows: pl.DataFrame, window_s: float = WINDOW_S,
     for row in table.sort("win").iter_rows(named=True):
         i = row["win"]
         length = min(window_s, t_end - (t0 + i * window_s)) or window_s
-        out.append({"t_s": round(i * window_s, 3), "window_s": round(length, 3),
+        out.append({"t_s": round(i * window_s, 3), "window_s": round(length, 3), "rollouts": int(row["ok"] or 0),
                     "rollouts_per_s": round((row["ok"] or 0) / length, 3),
                     "output_tokens_per_s": round((row["tokens"] or 0) / length, 1),
                     "in_flight_mean": round((row["area"] or 0.0) / length, 2), "in_flight_max": int(row["peak"] or 0),

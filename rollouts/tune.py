@@ -83,11 +83,18 @@ async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], paral
     sent = 0
     started = time.monotonic()
     deadline = started + step_seconds
+    # Slow steps (latency near the time bound) run on until two rounds are done, up to 4x the bound: one round gives
+    # a latency but no window to measure throughput in.
+    hard_deadline = started + 4 * step_seconds
     last_sent = started
+
+    def more() -> bool:
+        now = time.monotonic()
+        return sent < step_requests and now < hard_deadline and (now < deadline or len(done) < 2 * parallel)
 
     async def worker() -> None:
         nonlocal sent, last_sent
-        while sent < step_requests and time.monotonic() < deadline:
+        while more():
             sent += 1
             last_sent = time.monotonic()
             params = next(cycle)
@@ -104,7 +111,7 @@ async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], paral
                 done.append((time.monotonic(), (time.monotonic() - t) * 1000, outcome))
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(parallel)]
-    finished, pending = await asyncio.wait(tasks, timeout=step_seconds + DRAIN_CAP_S)
+    finished, pending = await asyncio.wait(tasks, timeout=4 * step_seconds + DRAIN_CAP_S)
     for task in pending:  # bounded drain: a stuck request must not hold the sweep
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
@@ -116,16 +123,18 @@ async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], paral
     finish_times = sorted(t for t, _, _ in done)
     first = finish_times[min(parallel, len(finish_times)) - 1] if finish_times else started
     end = max(last_sent, first)
-    window = [(t, ms, outcome) for t, ms, outcome in done if first < t <= end]
-    ok_ms = [ms for _, ms, outcome in window if outcome == "ok"]
+    window_ms = [ms for t, ms, outcome in done if first < t <= end and outcome == "ok"]
+    ok_ms = [ms for _, ms, outcome in done if outcome == "ok"]
+    # Latency of the window's requests, clear of the first round's connection set-up, when it holds a round or more.
+    latency_ms = window_ms if len(window_ms) >= parallel else ok_ms
     errors: dict[str, int] = {}
     for _, _, outcome in done:
         if outcome != "ok":
             errors[outcome] = errors.get(outcome, 0) + 1
     seconds = end - first
-    return StepResult(parallel=parallel, seconds=round(seconds, 3), sent=sent, ok=sum(o == "ok" for *_, o in done),
-                      errors=errors, throughput=round(len(ok_ms) / seconds, 3) if seconds > 0 else 0.0,
-                      p50_ms=_quantile(ok_ms, 0.5), p95_ms=_quantile(ok_ms, 0.95),
+    return StepResult(parallel=parallel, seconds=round(seconds, 3), sent=sent, ok=len(ok_ms),
+                      errors=errors, throughput=round(len(window_ms) / seconds, 3) if seconds > 0 else 0.0,
+                      p50_ms=_quantile(latency_ms, 0.5), p95_ms=_quantile(latency_ms, 0.95),
                       error_rate=round(sum(errors.values()) / len(done), 4) if done else 0.0)
 
 
@@ -142,7 +151,7 @@ def ladder(start: int, maximum: int) -> list[int]:
 async def sweep(model_url: str, model: str, prompts: list[dict[str, Any]], *, api: str = "chat",
                 api_key: str | None = None, start: int = 8, max_parallel: int = 1024, step_seconds: float = 10.0,
                 step_requests: int | None = None, request_timeout: float = 120.0, sampling: dict[str, Any] | None = None,
-                rule: KneeRule = KneeRule(), report=None) -> tuple[list[StepResult], int, str]:
+                rule: KneeRule = KneeRule(), report=None, stop_at_knee: bool = True) -> tuple[list[StepResult], int, str]:
     """Measure steps until the knee shows (or `max_parallel`); returns the steps, the index to use, and why."""
     steps: list[StepResult] = []
     for parallel in ladder(start, max_parallel):
@@ -155,7 +164,7 @@ async def sweep(model_url: str, model: str, prompts: list[dict[str, Any]], *, ap
         if report:
             report(step)
         index, reason = find_knee(steps, rule)
-        if index < len(steps) - 1 or steps[-1].ok == 0:
+        if stop_at_knee and (index < len(steps) - 1 or steps[-1].ok == 0):
             break
     index, reason = find_knee(steps, rule)
     steps[index].chosen = True
