@@ -51,7 +51,7 @@ def child(args: argparse.Namespace) -> None:
             await core.verify_shard(plan.run, shard.shard)
 
     cpu0 = time.process_time()
-    with function_profile(args.profile, store):
+    with function_profile(args.profile, store, duty=args.duty):
         asyncio.run(collect())
     cpu = time.process_time() - cpu0
     frame = read_run_frame(store).select("timings").unnest("timings")
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=5000)
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--pairs", type=int, default=2, help="off/on pairs, alternating")
+    parser.add_argument("--duty", type=float, default=1.0, help="fraction of the time the profiler is on")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -82,7 +83,7 @@ def main() -> None:
             for profile in (False, True):
                 with tempfile.TemporaryDirectory() as work:
                     cmd = [sys.executable, __file__, "--child", "--parallel", str(args.parallel), "--rollouts",
-                           str(args.rollouts), "--url", server.url, "--workdir", work] + (["--profile"] if profile else [])
+                           str(args.rollouts), "--url", server.url, "--workdir", work, "--duty", str(args.duty)] + (["--profile"] if profile else [])
                     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
                     if line is None:
@@ -90,7 +91,7 @@ def main() -> None:
                     results[profile].append(json.loads(line[len("RESULT "):]))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"--parallel {args.parallel}, {args.rollouts} rollouts per run, latency {args.latency_ms:g} ms, "
-          f"{args.pairs} off/on pairs")
+          f"{args.pairs} off/on pairs, duty {args.duty:g}")
     rps = {p: statistics.median(r["rps"] for r in rows) for p, rows in results.items()}
     cpu = {p: statistics.median(r["cpu_ms"] for r in rows) for p, rows in results.items()}
     ideal = args.parallel / (args.latency_ms / 1000)

@@ -3,7 +3,9 @@
 yappi measures one clock per session (sumerc/yappi#189), so the profiler alternates: it runs on the wall clock for
 `slice_s`, then on the CPU clock for `slice_s`, and so on, adding each slice's stats to that clock's table. Each
 clock therefore sees about half of the profiled time, the same half in kind, so the two `ttot` columns of a function
-compare directly, and `tavg` is unbiased; calls still running when the clock switches are not counted. With
+compare directly, and `tavg` is unbiased; calls still running when the clock switches are not counted. yappi costs
+~0.7 us per Python call on the wall clock and ~2 us on the CPU clock (measured here); `duty` < 1 pauses the
+profiler between rounds (on for a wall and a CPU slice, then off) so a long run pays only that fraction. With
 `--profile` off none of this is imported or started.
 """
 
@@ -75,10 +77,10 @@ class FunctionStats:
 class FunctionProfiler:
     """Start/stop (or `with`) around generation and verification; every thread of the process is profiled."""
 
-    def __init__(self, slice_s: float = 2.0, builtins: bool = False) -> None:
-        if slice_s <= 0:
-            raise ConfigError(f"profile slice must be positive (got {slice_s})")
-        self.slice_s, self.builtins = slice_s, builtins
+    def __init__(self, slice_s: float = 2.0, builtins: bool = False, duty: float = 1.0) -> None:
+        if slice_s <= 0 or not 0 < duty <= 1:
+            raise ConfigError(f"profile slice must be positive and duty in (0, 1] (got {slice_s}, {duty})")
+        self.slice_s, self.builtins, self.duty = slice_s, builtins, duty
         self.stats = FunctionStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,12 +134,19 @@ class FunctionProfiler:
         yappi.clear_stats()
 
     def _alternate(self) -> None:
+        pause = len(CLOCKS) * self.slice_s * (1 / self.duty - 1)
         while not self._stop.wait(self.slice_s):
             with self._lock:
                 if self._stop.is_set():
                     return
                 following = CLOCKS[(CLOCKS.index(self._clock) + 1) % len(CLOCKS)]
                 self._end()
+                if following != CLOCKS[0] or not pause:
+                    self._begin(following)
+                    continue
+            if self._stop.wait(pause):  # a round done: off until the next one
+                return
+            with self._lock:
                 self._begin(following)
 
 

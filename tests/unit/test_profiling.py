@@ -88,3 +88,18 @@ def test_one_profile_at_a_time_and_a_written_part(tmp_path: Path) -> None:
     assert read_function_stats(store)[1] == 1
     with pytest.raises(ConfigError):
         FunctionProfiler(slice_s=0)
+
+
+def test_duty_below_one_pauses_the_profiler_between_rounds() -> None:
+    import time
+
+    import yappi
+
+    seen = set()
+    with FunctionProfiler(slice_s=0.02, duty=0.25) as profiler:
+        deadline = time.monotonic() + 0.6
+        while time.monotonic() < deadline:
+            seen.add(yappi.is_running())
+            time.sleep(0.005)
+    assert seen == {True, False}  # on for a wall and a CPU slice, then off
+    assert profiler.stats.clock_seconds["cpu"] > 0 and not yappi.is_running()
