@@ -39,7 +39,7 @@ def throughput_chart(timeline: list[dict[str, Any]]) -> bytes | None:
     tokens.plot(t, [row["output_tokens_per_s"] for row in timeline], color="tab:green", alpha=0.6, label="output tokens/s")
     tokens.set_ylabel("output tokens/s")
     tokens.set_ylim(bottom=0)
-    top.legend(handles=top.get_lines() + tokens.get_lines(), loc="lower right", fontsize=8)
+    top.legend(handles=top.get_lines() + tokens.get_lines(), loc="best", fontsize=8, framealpha=0.8)
     top.set_title("Throughput per window")
     bottom.plot(t, [row["in_flight_mean"] for row in timeline], color="tab:purple", label="in flight (mean)")
     bottom.plot(t, [row["in_flight_max"] for row in timeline], color="tab:purple", alpha=0.35, linestyle="--",
@@ -53,7 +53,7 @@ def throughput_chart(timeline: list[dict[str, Any]]) -> bytes | None:
     errors.plot(t, [row["errors"] for row in timeline], color="tab:red", marker="x", linestyle=":", label="failed rollouts")
     errors.set_ylabel("failed rollouts")
     errors.set_ylim(bottom=0, top=max(1, *(row["errors"] for row in timeline)) * 1.2)
-    bottom.legend(handles=bottom.get_lines() + errors.get_lines(), loc="lower right", fontsize=8)
+    bottom.legend(handles=bottom.get_lines() + errors.get_lines(), loc="best", fontsize=8, framealpha=0.8)
     return _png(figure)
 
 

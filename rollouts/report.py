@@ -111,11 +111,11 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
         ("throughput", f"{_cell(profile['rollouts_per_s'])} rollouts/s, {_cell(profile['output_tokens_per_s'])} output tokens/s"),
         ("tokens", f"{tokens['input']:,} in ({tokens['cached']:,} cached), {tokens['output']:,} out "
                    f"({tokens['reasoning']:,} reasoning)"
-                   + ("" if tokens["cached_reported"] or tokens["reasoning_reported"] else "; cached and reasoning counts not reported by the endpoint")),
+                   + ("" if tokens["cached_reported"] or tokens["reasoning_reported"] else "; the endpoint reports no cached or reasoning counts")),
         ("estimated cost", f"{cost['total']:.4f} ({cost['input']:.4f} input at {cost['price_input_per_m']}/M, "
                            f"{cost['output']:.4f} output at {cost['price_output_per_m']}/M)" if cost else "– (give --price-input / --price-output)"),
     ]
-    lines += ["| | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in headline], ""]
+    lines += ["| run | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in headline], ""]
     if "throughput.png" in images:
         lines += ["## Throughput over time", "", f"![throughput over time]({images['throughput.png']})", ""]
     lines += ["## Latency (ms)", ""]
