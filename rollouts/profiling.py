@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,8 +167,9 @@ def short_module(path: str) -> str:
 def function_profile(enabled: bool, store: Store | None = None, **options: Any) -> Iterator[FunctionProfiler | None]:
     """`with function_profile(config.profile, store):` around generation+verification; nothing at all when off.
 
-    With a store, the process's stats are written to `profile/functions/<host>-<pid>.json` on exit, where the
-    profile stage merges every process's part into `profile/functions.csv`.
+    With a store, the stats are written to `profile/functions/<host>-<pid>-<id>.json` on exit, where the profile
+    stage merges every part (one per process, or per call) into `profile/functions.csv`. yappi is process-wide:
+    one profile at a time per process.
     """
     if not enabled:
         yield None
@@ -184,7 +186,8 @@ def function_profile(enabled: bool, store: Store | None = None, **options: Any) 
 def write_function_stats(store: Store, stats: FunctionStats, part: str | None = None) -> str:
     import json
 
-    name = f"{part or f'{socket.gethostname()}-{os.getpid()}'}.json"
+    # Unique per call: a process may profile several times (one part each), never overwriting an earlier part.
+    name = f"{part or f'{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'}.json"
     store.write_bytes(json.dumps(stats.to_json()).encode(), "profile", "functions", name)
     return store.url("profile", "functions", name)
 

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -243,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--step-seconds must be positive and --sample at least 1")
         api_key = None
         if args.api_key_env:
-            import os
-
             api_key = os.environ.get(args.api_key_env) or None
             if api_key is None:
                 raise ConfigError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")

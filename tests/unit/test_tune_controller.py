@@ -226,3 +226,32 @@ async def test_limiter_grows_at_once_and_shrinks_as_slots_come_back() -> None:
     assert limiter.in_flight == 0
     with pytest.raises(ValueError):
         limiter.resize(0)
+
+
+# ----- the command's edges ---------------------------------------------------------------------------------------------
+
+def test_tune_reads_usable_rows_and_refuses_an_input_without_any(tmp_path: Path) -> None:
+    from rollouts.errors import InputError
+    from rollouts.tune import load_prompts
+
+    good = tmp_path / "good.jsonl"
+    good.write_text('{not json\n{"prompt": "What is 1 + 1?"}\n{"responses_create_params": {"input": "hi"}}\n')
+    assert load_prompts(str(good), 5) == [{"input": [{"role": "user", "content": "What is 1 + 1?"}]}, {"input": "hi"}]
+    assert len(load_prompts(str(good), 1)) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n[]\n")
+    with pytest.raises(InputError, match="no usable prompt rows"):
+        load_prompts(str(bad), 5)
+
+
+def test_tuning_and_profiling_modules_never_import_prefect_or_plotting_up_front() -> None:
+    import subprocess
+    import sys
+
+    modules = ["rollouts.tune", "rollouts.controller", "rollouts.report", "rollouts.profiling", "rollouts.charts",
+               "rollouts.profile", "rollouts.histogram"]
+    code = (f"import sys; [__import__(m) for m in {modules!r}]; "
+            "print(*(name in sys.modules for name in ('prefect', 'matplotlib', 'yappi')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["False", "False", "False"]
