@@ -203,7 +203,7 @@ class SimApp:
         return fault, rng
 
     def _over_rate(self) -> bool:
-        """Take a token from the --rate-limit-rps bucket; False when there is none left (the request is refused)."""
+        """Take a token from the --rate-limit-rps bucket; True when there is none left and the request is refused."""
         rate = self.config.rate_limit_rps
         if not rate:
             return False
