@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -316,8 +317,8 @@ def vllm_metrics_url(model_url: str) -> str:
 
 
 def write_trace(store: Store, trace: list[dict[str, Any]], part: str | None = None) -> str:
-    """This process's chosen limits over time, for the run's timeline: `profile/parallel/<host>-<pid>.jsonl`."""
-    name = f"{part or f'{socket.gethostname()}-{os.getpid()}'}.jsonl"
+    """This process's chosen limits over time, for the run's timeline: `profile/parallel/<host>-<pid>-<id>.jsonl`."""
+    name = f"{part or f'{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'}.jsonl"
     store.write_lines((json.dumps(row) for row in trace), "profile", "parallel", name)
     return store.url("profile", "parallel", name)
 

@@ -119,3 +119,39 @@ def test_profiled_collection_has_a_function_table(tmp_path: Path) -> None:
     assert functions["wall_ttot"].to_list() == sorted(functions["wall_ttot"].to_list(), reverse=True)
     assert "function-profile" in {a.key for a in result.artifacts}
     assert "## Functions (`--profile`)" in (Path(plan.run.run_url) / "profile" / "report.md").read_text()
+
+
+async def test_parallel_control_auto_and_fixed_leave_a_trace_for_the_timeline(tmp_path: Path) -> None:
+    from rollouts.parallelism import ParallelControl
+
+    store = Store(str(tmp_path))
+    with start_sim_server(latency_ms=30, capacity=8, seed=0) as server:
+        control = ParallelControl("auto", model_url=server.url, request_timeout=30.0, min_parallel=2, max_parallel=64)
+        assert (control.limiter.limit, control.pool_size, control.workers) == (2, 64, 64)
+        async with control.http_client() as http:
+            control.start(http)  # the simulated server has no /metrics: client-side signals only
+            client = ModelClient(http, server.url, "sim-model", "chat", max_retries=2)
+            stop = asyncio.Event()
+
+            async def worker() -> None:
+                while not stop.is_set():
+                    await control.limiter.acquire()
+                    try:
+                        await client.create([{"role": "user", "content": "What is 2 + 2?"}], {}, {})
+                    finally:
+                        control.limiter.release()
+
+            workers = [asyncio.ensure_future(worker()) for _ in range(control.workers)]
+            await asyncio.sleep(3)
+            stop.set()
+            await asyncio.gather(*workers)
+            trace = await control.stop(store)
+    assert trace[-1]["limit"] == 0 and max(row["limit"] for row in trace) > 2
+    assert control.log is not None and len(control.log.events) > 0
+    fixed = ParallelControl(16, model_url="http://127.0.0.1:9/v1", request_timeout=5.0)
+    assert (fixed.limiter.limit, fixed.pool_size, fixed.log) == (16, 16, None)
+    fixed.start()
+    assert [row["limit"] for row in await fixed.stop(store)] == [16, 0]
+    assert read_trace(store)["process"].n_unique() == 2
+    with pytest.raises(ValueError):
+        ParallelControl(0, model_url="http://x/v1", request_timeout=1.0)
