@@ -3,10 +3,10 @@
 yappi measures one clock per session (sumerc/yappi#189), so the profiler alternates: it runs on the wall clock for
 `slice_s`, then on the CPU clock for `slice_s`, and so on, adding each slice's stats to that clock's table. Each
 clock therefore sees about half of the profiled time, the same half in kind, so the two `ttot` columns of a function
-compare directly, and `tavg` is unbiased; calls still running when the clock switches are not counted. yappi costs
-~0.7 us per Python call on the wall clock and ~2 us on the CPU clock (measured here); `duty` < 1 pauses the
-profiler between rounds (on for a wall and a CPU slice, then off) so a long run pays only that fraction. With
-`--profile` off none of this is imported or started.
+compare directly; a call still running when the clock switches counts on the new clock with only its time since the
+switch, so slices (2 s) should be long next to the calls of interest. yappi costs ~0.7 us per Python call on the
+wall clock and ~2 us on the CPU clock (measured here); `duty` < 1 pauses the profiler between rounds (on for a wall
+and a CPU slice, then off) so a long run pays only that fraction. With `--profile` off none of this is imported.
 """
 
 from __future__ import annotations

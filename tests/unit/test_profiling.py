@@ -42,7 +42,8 @@ def test_wall_clock_sees_the_awaits_and_cpu_clock_does_not() -> None:
     rows = by_name(profiler.stats)
     waiting, spinning = rows["wait_then_spin"], rows["spin"]
     assert waiting["wall_ncall"] > 0 and waiting["cpu_ncall"] > 0  # both clocks took turns
-    assert waiting["wall_tavg"] > 0.015  # the 20 ms sleep is inside the coroutine's wall time
+    # The 20 ms sleep is inside the coroutine's wall time (calls cut by a clock switch count only their last part).
+    assert waiting["wall_tavg"] > 0.01
     assert waiting["cpu_tavg"] < waiting["wall_tavg"] / 2  # and not inside its CPU time
     assert spinning["cpu_ttot"] > 0 and spinning["wall_tsub"] > 0
     assert set(profiler.stats.clock_seconds) == {"wall", "cpu"} and all(v > 0 for v in profiler.stats.clock_seconds.values())
