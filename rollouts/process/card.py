@@ -7,10 +7,9 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, Field
 
-from .validate import BadRows
+from rollouts.histogram import histogram
 
-HISTOGRAM_BINS = 10
-DISCRETE_VALUES = 12  # at most this many distinct values: count each value instead of binning
+from .validate import BadRows
 
 
 class Distribution(BaseModel):
@@ -40,18 +39,7 @@ def distribution(values: pl.Series) -> Distribution:
         max=pl.col("v").max(),
     )
     row = {k: (None if v is None else round(float(v), 6)) for k, v in stats.row(0, named=True).items()}
-    return Distribution(count=s.len(), histogram=_histogram(s), **row)
-
-
-def _histogram(s: pl.Series) -> list[tuple[float, float, int]]:
-    counts = s.value_counts(sort=False).sort(s.name or "")
-    if counts.height <= DISCRETE_VALUES:
-        return [(float(v), float(v), int(n)) for v, n in counts.iter_rows()]
-    lo, hi = float(s.min()), float(s.max())  # type: ignore[arg-type]
-    width = (hi - lo) / HISTOGRAM_BINS
-    bins = ((s - lo) / width).floor().clip(0, HISTOGRAM_BINS - 1).cast(pl.Int64).value_counts(sort=False)
-    by_bin = dict(bins.iter_rows())
-    return [(round(lo + i * width, 6), round(lo + (i + 1) * width, 6), int(by_bin.get(i, 0))) for i in range(HISTOGRAM_BINS)]
+    return Distribution(count=s.len(), histogram=histogram(s), **row)
 
 
 class Drop(BaseModel):

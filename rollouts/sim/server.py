@@ -75,6 +75,10 @@ class SimConfig(BaseModel):
     fail_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests answered 500, after the usual latency")
     rate_limit_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests answered 429 at once, with Retry-After")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After value sent with 429, in seconds")
+    rate_limit_rps: float = Field(
+        0.0, ge=0, description="requests per second above which requests are answered 429 at once with Retry-After, "
+        "like a hosted API's rate limit (a token bucket holding one second of requests); 0 = no limit"
+    )
     slow_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests that wait --slow-ms before answering")
     slow_ms: float = Field(30_000.0, ge=0, description="delay of slow requests, in milliseconds")
     capacity: int = Field(
@@ -135,6 +139,7 @@ class SimApp:
         self._unseeded = itertools.count()
         self._attempts: dict[bytes, int] = {}  # body digest -> faults so far, so a retry draws afresh
         self._fault_rate = config.fail_rate + config.rate_limit_rate + config.slow_rate
+        self._tokens, self._refilled = max(config.rate_limit_rps, 1.0), time.monotonic()
         self._chat_tokenizer: ChatTokenizer | None = None  # loaded on the first request that asks for token ids
 
     def chat_tokenizer(self) -> ChatTokenizer:
@@ -235,6 +240,20 @@ class SimApp:
             self._attempts[key] = attempt + 1
         return fault, rng
 
+    def _over_rate(self) -> bool:
+        """Take a token from the --rate-limit-rps bucket; True when there is none left and the request is refused."""
+        rate = self.config.rate_limit_rps
+        if not rate:
+            return False
+        now = time.monotonic()
+        self._tokens = min(max(rate, 1.0), self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return False
+        self.faults["rate_limit_rps"] += 1
+        return True
+
     def _latency(self, rng: random.Random | None, generation: Generation) -> float:
         config = self.config
         seconds = config.latency_ms / 1000
@@ -255,7 +274,9 @@ class SimApp:
         except RequestError as exc:
             return _json(error_body(str(exc)), status=400)
         fault, fault_rng = None, None
-        if self._fault_rate or self.config.latency_jitter_ms:
+        if self._over_rate():
+            fault = "429"
+        elif self._fault_rate or self.config.latency_jitter_ms:
             fault, fault_rng = self._fault(body)
         if fault == "429":
             retry_after = f"{self.config.retry_after_s:g}"

@@ -102,7 +102,7 @@ def test_reward_advantage_and_group_come_from_the_rl_selection(rollouts_file: tu
     convert_token_records([str(path)], str(tmp_path), "split")
     tokens = pl.read_parquet(tmp_path / "tokens.parquet")
     first = tokens.unique("rollout_id", keep="first", maintain_order=True)
-    assert first["group_id"].to_list()[:2] == [f"{path}#0", f"{path}#0"]
+    assert first["group_id"].to_list()[:2] == ["rollouts#0", "rollouts#0"]  # no local path in the id
     # each group has rewards 0 and 1: mean 0.5, sample std 0.7071
     assert first["reward"].to_list()[:2] == [0.0, 1.0]
     assert first["advantage"].round(4).to_list()[:2] == [-0.7071, 0.7071]

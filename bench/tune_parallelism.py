@@ -1,0 +1,207 @@
+"""Benchmark: `rollouts tune` and `--parallel auto` against simulated servers with known knees.
+
+    python bench/tune_parallelism.py                      # all three scenarios (~12 minutes)
+    python bench/tune_parallelism.py --scenario capacity-32 --auto-seconds 40
+
+Scenarios (the simulated server on loopback):
+    capacity-32    200 ms latency, latency grows above 32 in flight      (knee 32, ceiling 160 req/s)
+    capacity-256   1000 ms latency, latency grows above 256 in flight    (knee 256, ceiling 256 req/s)
+    rate-limit     500 ms latency, 429 + Retry-After above 300 req/s     (knee 150 in flight, ceiling 300 req/s)
+
+For each: the tune sweep's recommendation; the collector's core loop (ModelClient with retries + the in-flight
+limiter, as `rollouts collect` runs it, without Prefect) at fixed settings (knee, 2x, 4x) and with the AIMD
+controller; and a bare aiohttp client at the knee as the machine's baseline. Steady throughput is that of the last
+`--steady-seconds` of each run, fixed or auto alike, so neither a token bucket's initial burst nor a ramp favours
+one. The controller "converges" when its rolling 5 s throughput first reaches 0.9 of the best fixed setting's.
+
+    python bench/tune_parallelism.py --record-sweeps tests/fixtures/tune   # the traces the unit tests replay
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rollouts.controller import AttemptLog, AutoParallel, ControllerConfig, observed_http_client  # noqa: E402
+from rollouts.errors import ProviderError  # noqa: E402
+from rollouts.limits import InflightLimiter  # noqa: E402
+from rollouts.model import ModelClient  # noqa: E402
+from rollouts.sim.launch import start_sim_server  # noqa: E402
+from rollouts.tune import sweep  # noqa: E402
+
+SCENARIOS = {
+    "capacity-32": dict(server=dict(latency_ms=200, capacity=32), knee=32, ceiling=160.0),
+    "capacity-256": dict(server=dict(latency_ms=1000, capacity=256), knee=256, ceiling=256.0),
+    "rate-limit": dict(server=dict(latency_ms=500, rate_limit_rps=300, retry_after_s=1), knee=150, ceiling=300.0),
+}
+PROMPTS = [{"input": f"What is {i} + {i + 7}?"} for i in range(512)]
+SAMPLING = {"temperature": 0.7}
+
+
+async def core_loop(url: str, seconds: float, *, fixed: int | None, config: ControllerConfig,
+                    max_retries: int = 4) -> dict:
+    """Rollouts through ModelClient + InflightLimiter for `seconds`; a controller drives the limit unless `fixed`."""
+    limit = fixed or config.max_parallel
+    log = AttemptLog()
+    limiter = InflightLimiter(fixed or config.start)
+    done: list[float] = []
+    failed: list[float] = []
+    prompts = itertools.cycle(PROMPTS)
+    deadline = time.monotonic() + seconds
+    async with observed_http_client(limit, 60.0, None, log, url) as http:
+        client = ModelClient(http, url, "sim-model", "chat", max_retries=max_retries)
+        auto = AutoParallel(limiter, config, log).start() if fixed is None else None
+        t0 = time.monotonic()
+
+        async def worker() -> None:
+            while time.monotonic() < deadline:
+                params = next(prompts)
+                await limiter.acquire()
+                try:
+                    await client.create([{"role": "user", "content": params["input"]}], params, SAMPLING)
+                    done.append(time.monotonic() - t0)
+                except ProviderError:
+                    failed.append(time.monotonic() - t0)
+                finally:
+                    limiter.release()
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(limit)]
+        await asyncio.wait(workers, timeout=seconds + 30)
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        if auto is not None:
+            await auto.stop()
+    return {"done": done, "failed": failed, "trace": auto.trace if auto else [], "t0_wall": time.time() - (time.monotonic() - t0)}
+
+
+def rate(times: list[float], start: float, end: float) -> float:
+    return sum(start <= t < end for t in times) / (end - start) if end > start else 0.0
+
+
+async def bare_client(url: str, parallel: int, seconds: float) -> float:
+    """Requests/s of a bare aiohttp client at `parallel` in flight: what the machine allows, for the ratio."""
+    import aiohttp
+
+    count, deadline = 0, time.monotonic() + seconds
+    prompts = itertools.cycle(PROMPTS)
+    started = time.monotonic()
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal count
+        while time.monotonic() < deadline:
+            body = {"model": "sim-model", "messages": [{"role": "user", "content": next(prompts)["input"]}], **SAMPLING}
+            async with session.post(f"{url}/chat/completions", json=body) as response:
+                await response.read()
+                count += response.status == 200
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=parallel)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(parallel)))
+    return count / (time.monotonic() - started)
+
+
+def converged_at(done: list[float], target: float, end: float, window: float = 5.0) -> float | None:
+    t = window
+    while t <= end:
+        if rate(done, t - window, t) >= 0.9 * target:
+            return t
+        t += 0.5
+    return None
+
+
+async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
+    config = ControllerConfig(min_parallel=8, max_parallel=1024)
+    knee = spec["knee"]
+    with start_sim_server(seed=0, **spec["server"]) as server:
+        steps, index, reason = await sweep(server.url, "sim-model", PROMPTS, start=8, max_parallel=1024,
+                                           step_seconds=args.step_seconds, sampling=SAMPLING)
+        recommended = steps[index].parallel
+        bare = await bare_client(server.url, knee, args.fixed_seconds / 2)
+        fixed = {}
+        for parallel in (knee, 2 * knee, 4 * knee):
+            result = await core_loop(server.url, args.fixed_seconds, fixed=parallel, config=config)
+            fixed[parallel] = (rate(result["done"], args.fixed_seconds - args.steady_seconds, args.fixed_seconds),
+                               len(result["failed"]) / max(1, len(result["done"]) + len(result["failed"])))
+        best_parallel = max(fixed, key=lambda p: fixed[p][0])
+        best = fixed[best_parallel][0]
+        auto = await core_loop(server.url, args.auto_seconds, fixed=None, config=config)
+    steady_from = args.auto_seconds - args.steady_seconds
+    steady = rate(auto["done"], steady_from, args.auto_seconds)
+    total = len(auto["done"]) + len(auto["failed"])
+    limits = [row["limit"] for row in auto["trace"] if row["limit"] and row["t"] - auto["t0_wall"] >= steady_from]
+    return {"name": name, "knee": knee, "ceiling": spec["ceiling"], "recommended": recommended, "reason": reason,
+            "within_one_doubling": knee / 2 <= recommended <= knee * 2, "bare": bare, "fixed": fixed,
+            "best_parallel": best_parallel, "best": best, "auto_steady": steady, "ratio": steady / best if best else 0.0,
+            "converged_s": converged_at(auto["done"], best, args.auto_seconds),
+            "auto_failure_fraction": len(auto["failed"]) / total if total else 0.0,
+            "auto_limits": (min(limits), max(limits)) if limits else None, "trace": auto["trace"], "steps": steps}
+
+
+async def record_sweep(name: str, spec: dict, folder: Path, step_seconds: float) -> None:
+    """Every doubling from 8 to 1024, knee or not: the recorded traces the controller's tests replay."""
+    import json
+    from dataclasses import asdict
+
+    with start_sim_server(seed=0, **spec["server"]) as server:
+        steps, index, reason = await sweep(server.url, "sim-model", PROMPTS, start=8, max_parallel=1024,
+                                           step_seconds=step_seconds, sampling=SAMPLING, stop_at_knee=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"scenario": name, "server": spec["server"], "knee": spec["knee"], "step_seconds": step_seconds,
+            "recorded_with": f"python bench/tune_parallelism.py --record-sweeps {folder} --scenario {name}",
+            "steps": [asdict(s) for s in steps]}
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(f"{name}: {[(s.parallel, s.throughput, s.p95_ms, s.error_rate) for s in steps]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="default: all")
+    parser.add_argument("--step-seconds", type=float, default=5.0, help="tune: time bound per step")
+    parser.add_argument("--fixed-seconds", type=float, default=40.0, help="each fixed setting's run")
+    parser.add_argument("--auto-seconds", type=float, default=60.0, help="the controller's run")
+    parser.add_argument("--steady-seconds", type=float, default=30.0,
+                        help="steady throughput: the last this many seconds of every run, fixed or auto")
+    parser.add_argument("--record-sweeps", metavar="DIR", help="only record a full sweep (8..1024) per scenario as JSON")
+    parser.add_argument("--max-failure-fraction", type=float, default=0.05)
+    parser.add_argument("--trace", action="store_true", help="print the controller's decisions")
+    args = parser.parse_args()
+    if args.record_sweeps:
+        for name in args.scenario or list(SCENARIOS):
+            asyncio.run(record_sweep(name, SCENARIOS[name], Path(args.record_sweeps), args.step_seconds))
+        return
+    results = [asyncio.run(scenario(name, SCENARIOS[name], args)) for name in args.scenario or list(SCENARIOS)]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"fixed runs {args.fixed_seconds:g} s, auto {args.auto_seconds:g} s, steady = the last {args.steady_seconds:g} s")
+    print(f"{'scenario':>13} {'knee':>5} {'tune':>5} {'ceiling':>8} {'bare/ceil':>9} {'best fixed':>14} "
+          f"{'auto r/s':>8} {'auto/best':>9} {'converged s':>11} {'auto fail':>9} {'auto limit':>11}")
+    for r in results:
+        limits = f"{r['auto_limits'][0]}-{r['auto_limits'][1]}" if r["auto_limits"] else "-"
+        converged = f"{r['converged_s']:.1f}" if r["converged_s"] is not None else "never"
+        print(f"{r['name']:>13} {r['knee']:>5} {r['recommended']:>5} {r['ceiling']:>8.0f} {r['bare'] / r['ceiling']:>9.2f} "
+              f"{r['best']:>8.1f} @{r['best_parallel']:<5} {r['auto_steady']:>8.1f} {r['ratio']:>9.2f} {converged:>11} "
+              f"{r['auto_failure_fraction']:>9.2%} {limits:>11}")
+    for r in results:
+        fixed = ", ".join(f"{p}: {thr:.1f} r/s ({fail:.1%} failed)" for p, (thr, fail) in sorted(r["fixed"].items()))
+        print(f"{r['name']}: tune -> {r['recommended']} ({r['reason']}); fixed {fixed}")
+        if args.trace:
+            t0 = r["trace"][0]["t"] if r["trace"] else 0.0
+            for row in r["trace"]:
+                print(f"  {row['t'] - t0:6.1f} s  limit {row['limit']:>5}  {row['phase']:>6}  {row['reason']}"
+                      + (f"  ({row['throughput']:.0f} r/s, p50 {row['p50_ms'] or 0:.0f} ms, err {row['error_fraction']:.1%})"
+                         if "throughput" in row else ""))
+    ok = all(r["ratio"] >= 0.9 and r["converged_s"] is not None and r["converged_s"] <= 30
+             and r["auto_failure_fraction"] <= args.max_failure_fraction and r["within_one_doubling"] for r in results)
+    print("targets met" if ok else "targets NOT met")
+
+
+if __name__ == "__main__":
+    main()

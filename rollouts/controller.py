@@ -1,0 +1,338 @@
+"""`--parallel auto`: an AIMD controller of the in-flight limit, driven by what the client itself sees.
+
+Signals, per measurement window (no server metrics needed, so hosted APIs work):
+    throughput      successful model requests per second
+    latency         p50 of successful requests
+    errors          the fraction of attempts answered 429 or 5xx, or that timed out or lost the connection
+and, when the endpoint is vLLM and `/metrics` answers, its queue (`num_requests_waiting`) and KV-cache usage.
+
+Start: the limit doubles while throughput rises by >= `gain` per doubling and neither errors nor latency jump; the
+first doubling that fails returns to the level before it (the knee). Steady: additive increase of `step` x the knee
+per window; multiplicative decrease (x `backoff`) on errors, a latency jump or a server queue. Latency holds while
+p50 stays under `latency_factor` x the reference level's and, when throughput did not rise, under 1 + `latency_slack`
+times it (Little's law: more in flight at the same throughput is a queue). Windows where the work does not fill the
+limit (start-up, the tail of a run) decide nothing.
+`Controller.decide` is pure (tested on recorded traces); `AutoParallel` runs it on the loop against a limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import polars as pl
+
+from rollouts.limits import InflightLimiter
+from rollouts.storage import Store
+
+BAD_OUTCOMES = ("429", "5xx", "timeout", "connection")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    min_parallel: int = 8
+    max_parallel: int = 1024
+    initial: int | None = None  # default: min_parallel
+    gain: float = 0.10  # a doubling must raise throughput by this fraction to count as a gain
+    error_threshold: float = 0.02  # fraction of bad attempts that counts as "the server pushes back"
+    latency_factor: float = 2.0  # p50 above this multiple of the reference level's p50 is a jump
+    latency_slack: float = 0.5  # p50 up by this fraction with no throughput gain: requests queue at the server
+    step: float = 0.05  # additive increase per steady window, as a fraction of the knee
+    backoff: float = 0.8  # multiplicative decrease
+    waiting_fraction: float = 0.10  # vLLM: requests waiting above this fraction of the limit is a queue
+    kv_cache_full: float = 0.98
+    saturated: float = 0.8  # a window counts only when the mean in flight is at least this fraction of the limit
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_parallel <= self.max_parallel:
+            raise ValueError(f"need 1 <= min_parallel ({self.min_parallel}) <= max_parallel ({self.max_parallel})")
+
+    @property
+    def start(self) -> int:
+        return min(self.max_parallel, max(self.min_parallel, self.initial or self.min_parallel))
+
+
+@dataclass
+class WindowStats:
+    """What one measurement window saw at one limit."""
+
+    limit: int
+    seconds: float
+    ok: int
+    bad: dict[str, int] = field(default_factory=dict)
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    in_flight: float | None = None  # mean rollouts holding a slot
+    waiting: float | None = None  # vLLM num_requests_waiting
+    kv_cache: float | None = None  # vLLM KV-cache usage, 0..1
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def error_fraction(self) -> float:
+        bad = sum(self.bad.values())
+        return bad / (bad + self.ok) if bad + self.ok else 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    limit: int
+    reason: str
+    phase: str
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.limit = config.start
+        self.phase = "start"
+        self.reference: WindowStats | None = None  # the last accepted level
+        self.knee: int | None = None
+
+    def decide(self, window: WindowStats) -> Decision:
+        c = self.config
+        if window.in_flight is not None and window.in_flight < c.saturated * window.limit:
+            return Decision(self.limit, "not saturated", self.phase)
+        pushback = self._pushback(window)
+        if self.phase == "start":
+            gained = self.reference is None or window.throughput >= self.reference.throughput * (1 + c.gain)
+            if pushback or not gained:
+                self.phase = "steady"
+                if self.reference is not None:  # the knee lies below this level: go back to the last good one
+                    self.limit = self.knee = self.reference.limit
+                else:
+                    self.limit = self.knee = self._cut()
+                return Decision(self.limit, f"knee: {pushback or 'throughput gain below ' + format(c.gain, '.0%')}", self.phase)
+            self.reference = window
+            if self.limit >= c.max_parallel:
+                self.phase, self.knee = "steady", self.limit
+                return Decision(self.limit, "max_parallel", self.phase)
+            self.limit = min(c.max_parallel, self.limit * 2)
+            return Decision(self.limit, "double", self.phase)
+        if pushback:
+            self.limit = self._cut()
+            return Decision(self.limit, pushback, self.phase)
+        if self.reference is None or window.throughput >= self.reference.throughput * (1 + c.gain):
+            self.reference = window  # a real gain at this level: measure later jumps against it
+        self.limit = min(c.max_parallel, self.limit + max(1, round(c.step * (self.knee or self.limit))))
+        return Decision(self.limit, "increase", self.phase)
+
+    def _cut(self) -> int:
+        return max(self.config.min_parallel, int(self.limit * self.config.backoff))
+
+    def _pushback(self, window: WindowStats) -> str | None:
+        c = self.config
+        if window.error_fraction > c.error_threshold:
+            worst = max(window.bad, key=lambda k: window.bad[k])
+            return f"errors {window.error_fraction:.1%} ({worst})"
+        if window.waiting is not None:  # vLLM's own queue says more than client latency can
+            if window.waiting > c.waiting_fraction * window.limit or (window.kv_cache or 0.0) >= c.kv_cache_full:
+                return f"server queue ({window.waiting:.0f} waiting, KV cache {window.kv_cache or 0:.0%})"
+            return None
+        ref = self.reference
+        if ref is None or not ref.p50_ms or not window.p50_ms:
+            return None
+        ratio = window.p50_ms / ref.p50_ms
+        flat = window.throughput < ref.throughput * (1 + c.gain)
+        if ratio > c.latency_factor or (ratio > 1 + c.latency_slack and flat):
+            return f"latency jump (p50 {window.p50_ms:.0f} ms vs {ref.p50_ms:.0f} ms at {ref.limit})"
+        return None
+
+
+class AttemptLog:
+    """Every model request attempt (retries included): when it ended, how long it took, how it went."""
+
+    def __init__(self, keep_s: float = 120.0) -> None:
+        self.keep_s = keep_s
+        self.events: deque[tuple[float, float, str]] = deque()
+
+    def record(self, latency_s: float, outcome: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.events.append((now, latency_s, outcome))
+        while self.events and self.events[0][0] < now - self.keep_s:
+            self.events.popleft()
+
+    def window(self, start: float, end: float, limit: int, in_flight: float | None = None) -> WindowStats:
+        ok_latency: list[float] = []
+        bad: dict[str, int] = {}
+        for t, latency, outcome in self.events:
+            if start <= t < end:
+                if outcome == "ok":
+                    ok_latency.append(latency)
+                elif outcome in BAD_OUTCOMES:
+                    bad[outcome] = bad.get(outcome, 0) + 1
+        ok_latency.sort()
+        pick = (lambda q: round(1000 * ok_latency[min(len(ok_latency) - 1, int(q * len(ok_latency)))], 3)) if ok_latency else (lambda q: None)
+        return WindowStats(limit=limit, seconds=end - start, ok=len(ok_latency), bad=bad, p50_ms=pick(0.5),
+                           p95_ms=pick(0.95), in_flight=in_flight)
+
+
+def outcome_of(status: int | None, exc: BaseException | None = None) -> str:
+    if exc is not None:
+        return "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
+    if status == 429:
+        return "429"
+    if status is not None and status >= 500:
+        return "5xx"
+    return "ok" if status is not None and status < 400 else "client error"
+
+
+class ObservedTransport(httpx.AsyncBaseTransport):
+    """Wraps the client's transport and logs every attempt to the model endpoint (tool calls are not logged)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, log: AttemptLog, url_prefix: str) -> None:
+        self.inner, self.log, self.prefix = inner, log, url_prefix.rstrip("/")
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not str(request.url).startswith(self.prefix):
+            return await self.inner.handle_async_request(request)
+        started = time.monotonic()
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx.TransportError as exc:
+            self.log.record(time.monotonic() - started, outcome_of(None, exc))
+            raise
+        self.log.record(time.monotonic() - started, outcome_of(response.status_code))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def observed_http_client(limit: int, timeout: float, api_key: str | None, log: AttemptLog,
+                         model_url: str) -> httpx.AsyncClient:
+    """`model.http_client` whose model requests (every retry too) land in `log`; `limit` connections, as ever."""
+    from rollouts.envs.remote import cookie_free_transport
+    from rollouts.model import http_client
+
+    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+    return http_client(limit, timeout, api_key, transport=ObservedTransport(cookie_free_transport(limits), log, model_url))
+
+
+def parse_vllm_metrics(text: str) -> tuple[float | None, float | None]:
+    """(requests waiting, KV-cache usage 0..1) summed over vLLM's engines, from its Prometheus text."""
+    waiting = usage = None
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        metric = name.split("{", 1)[0]
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if metric == "vllm:num_requests_waiting":
+            waiting = (waiting or 0.0) + number
+        elif metric in ("vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc"):
+            usage = max(usage or 0.0, number)
+    return waiting, usage
+
+
+class AutoParallel:
+    """Runs the controller on the collector loop: measures windows, resizes the limiter, keeps the trace."""
+
+    def __init__(self, limiter: InflightLimiter, config: ControllerConfig, log: AttemptLog, *,
+                 metrics_url: str | None = None, http: httpx.AsyncClient | None = None,
+                 min_window_s: float = 1.0, max_window_s: float = 10.0, tick_s: float = 0.1) -> None:
+        self.limiter, self.log, self.controller = limiter, log, Controller(config)
+        self.metrics_url, self.http = metrics_url, http
+        self.min_window_s, self.max_window_s, self.tick_s = min_window_s, max_window_s, tick_s
+        self.trace: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        limiter.resize(self.controller.limit)
+
+    def start(self) -> AutoParallel:
+        self._record(self.controller.limit, "start", "start", None)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._record(0, "stopped", self.controller.phase, None)  # this process's share ends here
+
+    async def _run(self) -> None:
+        p50_s = 0.0
+        window_start = time.monotonic()
+        samples: list[int] = []
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = time.monotonic()
+            if now < window_start:  # settling after a change: completions now reflect the old limit
+                continue
+            samples.append(self.limiter.in_flight)
+            length = min(self.max_window_s, max(self.min_window_s, 2 * p50_s))
+            if now - window_start < length:
+                continue
+            window = self.log.window(window_start, now, self.limiter.limit, sum(samples) / len(samples))
+            samples.clear()
+            if window.ok + sum(window.bad.values()) == 0 and now - window_start < self.max_window_s:
+                continue
+            if self.metrics_url:
+                window.waiting, window.kv_cache = await self._server_metrics()
+            decision = self.controller.decide(window)
+            p50_s = (window.p50_ms or 0.0) / 1000 or p50_s
+            changed = decision.limit != self.limiter.limit
+            if changed:
+                self.limiter.resize(decision.limit)
+            self._record(decision.limit, decision.reason, decision.phase, window)
+            window_start = now + (min(p50_s, self.max_window_s) if changed else 0.0)
+
+    async def _server_metrics(self) -> tuple[float | None, float | None]:
+        try:
+            response = await self.http.get(self.metrics_url, timeout=2.0)  # type: ignore[union-attr]
+            if response.status_code != 200:
+                raise ValueError(response.status_code)
+            return parse_vllm_metrics(response.text)
+        except (httpx.HTTPError, ValueError, AttributeError):
+            self.metrics_url = None  # not vLLM, or not reachable: client-side signals only from now on
+            return None, None
+
+    def _record(self, limit: int, reason: str, phase: str, window: WindowStats | None) -> None:
+        row: dict[str, Any] = {"t": time.time(), "limit": limit, "reason": reason, "phase": phase}
+        if window is not None:
+            row.update(throughput=round(window.throughput, 3), p50_ms=window.p50_ms,
+                       error_fraction=round(window.error_fraction, 4), in_flight=round(window.in_flight or 0.0, 2))
+        self.trace.append(row)
+
+
+def vllm_metrics_url(model_url: str) -> str:
+    """vLLM serves Prometheus metrics at the server root, next to /v1."""
+    return model_url.rstrip("/").removesuffix("/v1") + "/metrics"
+
+
+def write_trace(store: Store, trace: list[dict[str, Any]], part: str | None = None) -> str:
+    """This process's chosen limits over time, for the run's timeline: `profile/parallel/<host>-<pid>-<id>.jsonl`."""
+    name = f"{part or f'{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'}.jsonl"
+    store.write_lines((json.dumps(row) for row in trace), "profile", "parallel", name)
+    return store.url("profile", "parallel", name)
+
+
+def read_trace(store: Store) -> pl.DataFrame | None:
+    """Every process's trace as (process, t, limit), or None when no run of this directory used `--parallel auto`."""
+    rows = []
+    for path in store.glob("profile/parallel/*.jsonl"):
+        process = path.rsplit("/", 1)[-1].removesuffix(".jsonl")
+        with store.fs.open(path, "rb") as fh:
+            rows += [{"process": process, "t": float(r["t"]), "limit": int(r["limit"])}
+                     for r in (json.loads(line) for line in fh if line.strip())]
+    return pl.DataFrame(rows, schema={"process": pl.String, "t": pl.Float64, "limit": pl.Int64}) if rows else None
+
+
+def config_dict(config: ControllerConfig) -> dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,33 @@
+"""The profile stage in a real flow run: the run report and charts on disk, and as artifacts the Prefect UI renders."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from prefect.artifacts import Artifact
+
+from flows.collect import collect_rollouts
+from rollouts.config import CollectConfig
+from tests.integration.conftest import math_rows, write_jsonl
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server", "board")]
+
+
+def test_flow_publishes_the_run_report_with_embedded_charts(tmp_path: Path, sim) -> None:
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
+    config = CollectConfig(input=str(src), out=str(tmp_path / "runs"), model_url=sim.url, model="sim-model",
+                           num_repeats=4, parallel=8, shard_size=6, temperature=0.5, seed=3, run_name="report")
+    summary = collect_rollouts(config)
+    folder = Path(summary.run_url) / "profile"
+    report = (folder / "report.md").read_text()
+    assert "![throughput over time](throughput.png)" in report and (folder / "throughput.png").exists()
+    profile = json.loads((folder / "profile.json").read_text())
+    assert profile["rollouts"] == 48 and [r["k"] for r in profile["pass_at_k"]] == [1, 2, 4]
+    artifact = Artifact.get("run-report")
+    assert artifact is not None and "## Latency (ms)" in artifact.data and "| math | 4 |" in artifact.data
+    png = artifact.data.split("](data:image/png;base64,", 1)[1].split(")", 1)[0]
+    assert base64.b64decode(png)[:4] == b"\x89PNG"
+    assert Artifact.get("pass-at-k") is not None
