@@ -49,6 +49,12 @@ class EndpointConfig(BaseModel):
     max_retries: int = Field(
         4, ge=0, description="retries per request on 429/5xx/connection errors/timeouts, exponential backoff with "
                              "jitter, Retry-After honoured")
+    rollout_timeout: float = Field(
+        3600.0, gt=0, description="seconds for one whole rollout: its remote-environment session, every model and tool "
+                                  "call, retries and backoff included; past it the rollout fails with RolloutTimeout")
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest model reply body read, in bytes; a larger one fails the "
+                                               "rollout with ResponseTooLarge (not retried)")
     return_tokens: Annotated[bool, IDENTITY] = Field(
         False, description="ask for prompt/generation token ids and logprobs (vLLM return_token_ids), kept as "
                            "prompt_token_ids, generation_token_ids, generation_log_probs")

@@ -1,6 +1,9 @@
 """Generate stage: every missing rollout of one shard, concurrently, appended to `generations/<shard>.jsonl` as it ends.
 
-The last record of a rollout in that file wins, so a resumed shard skips what is done and retries what failed.
+The last record of a rollout in that file wins, so a resumed shard skips what is done and retries what failed, and
+regenerates what failed verification in a way only a new generation can fix (`rollouts.failures`). Each rollout
+has one deadline over all its calls (`--rollout-timeout`); a stop request (`rollouts.interrupt`) ends the shard early
+with what finished flushed.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from typing import Any
 
 from rollouts.config import CollectConfig
 from rollouts.envs import Environment, build_environments
-from rollouts.errors import RolloutsError, error_record
+from rollouts.errors import InternalError, RolloutsError, RolloutTimeout, VerifierError, typed
+from rollouts.failures import resume_state
+from rollouts.interrupt import NEVER, StopSignal, run_until_stopped
 from rollouts.limits import InflightLimiter
 from rollouts.model import ModelCall, ModelClient, http_client
 from rollouts.progress import ProgressBoard
 from rollouts.records import SCHEMA_VERSION, Prompt, RolloutRow, dumps, input_messages, loads, rollout_id
 from rollouts.run import RunRef, ShardResult, read_records, run_store
+from rollouts.retry import RetryPolicy
 from rollouts.runtime import SharedClients
 
 SESSION_KEY = "_session"  # remote environments' session cookies, kept on generation records until verified
@@ -78,14 +84,17 @@ class ShardGenerator:
     """Generates every missing rollout of one shard; `limiter` bounds the rollouts in flight across the process."""
 
     def __init__(self, run: RunRef, shard: str, http, envs: dict[str, Environment], limiter: InflightLimiter,
-                 board: ProgressBoard) -> None:
+                 board: ProgressBoard, stop: StopSignal | None = None) -> None:
         self.ref, self.shard, self.config = run, shard, run.config
         self.store = run_store(run)
         self.http, self.envs, self.limiter, self.board = http, envs, limiter, board
+        self.stop = stop or NEVER
         endpoint = self.config.endpoint
         self.client = ModelClient(http, endpoint.model_url, endpoint.model, endpoint.api,
                                   max_retries=endpoint.max_retries, return_tokens=endpoint.return_tokens,
-                                  rng=random.Random(f"{run.run_id}/{shard}"))
+                                  rng=random.Random(f"{run.run_id}/{shard}"), request_timeout=endpoint.request_timeout,
+                                  max_response_bytes=endpoint.max_response_bytes)
+        self.rollout_timeout = endpoint.rollout_timeout
 
     def _todo(self, prompts: list[Prompt], done: set[str], previous: dict[str, int]) -> Iterator[tuple[Prompt, int, str, int]]:
         for prompt in prompts:
@@ -95,13 +104,10 @@ class ShardGenerator:
                     yield prompt, index, rid, previous.get(rid, 0)
 
     async def run(self) -> ShardResult:
+        self.stop.check()
         prompts = read_prompts(self.store, self.shard)
-        done, previous = set(), {}
-        for record in read_records(self.store, "generations", f"{self.shard}.jsonl"):
-            if record.get("status") == "ok":
-                done.add(record["rollout_id"])
-            else:
-                previous[record["rollout_id"]] = record.get("attempts", 1)
+        done, previous = resume_state(read_records(self.store, "generations", f"{self.shard}.jsonl"),
+                                      read_records(self.store, "failures", f"{self.shard}.jsonl"))
         self.board.add(resumed=len(done))
         todo = self._todo(prompts, done, previous)
         pending = len(prompts) * self.config.repeats - len(done)
@@ -112,18 +118,27 @@ class ShardGenerator:
 
         async def worker() -> None:
             for prompt, index, rid, prior in todo:
+                if self.stop.is_set():
+                    return
                 record = await self._rollout(prompt, index, rid, prior)
+                if record is None:  # stopped while it waited for a slot
+                    return
                 appender.write(dumps(record))
                 ok = record["status"] == "ok"
                 self.board.add(generated=int(ok), failed=int(not ok))
 
-        try:
+        async def workers() -> None:
             await asyncio.gather(*(worker() for _ in range(min(self.config.parallel_per_process, pending))))
+
+        try:
+            stopped, _ = await run_until_stopped(workers(), self.stop)
         finally:
             appender.commit()
+        if stopped:
+            self.stop.check()
         return result
 
-    async def _rollout(self, prompt: Prompt, index: int, rid: str, prior_attempts: int) -> RolloutRow:
+    async def _rollout(self, prompt: Prompt, index: int, rid: str, prior_attempts: int) -> RolloutRow | None:
         params = prompt.params
         sampling = sampling_for(self.config, params, index)
         env = self.envs[prompt.env]
@@ -135,56 +150,78 @@ class ShardGenerator:
                               "schema_version": SCHEMA_VERSION}
         queued = time.perf_counter()
         await self.limiter.acquire()
+        if self.stop.is_set():
+            self.limiter.release()
+            return None
         started = time.perf_counter()
         started_at = time.time()
         calls: list[ModelCall] = []
-        tool_ms = 0.0
+        timing = {"tool_ms": 0.0}
         try:
-            session = await env.seed_session(prompt.row, self.http) if env.remote else None
-            items = input_messages(params)
-            produced: list[dict[str, Any]] = []
-            for _turn in range(self.config.environments.max_turns):
-                call = await self.client.create(items + produced, params, sampling)
-                calls.append(call)
-                produced.extend(call.output)
-                tool_calls = [item for item in call.output if item.get("type") == "function_call"]
-                if not tool_calls or not env.remote:
-                    break
-                tool_started = time.perf_counter()
-                for item in tool_calls:
-                    result = await env.call_tool(item["name"], item.get("arguments") or "{}", self.http, session)
-                    produced.append({"type": "function_call_output", "call_id": item.get("call_id"), "output": result})
-                tool_ms += (time.perf_counter() - tool_started) * 1000
-            record["response"] = response_object(calls, produced, params, self.config.endpoint.model, sampling)
-            record["finish_reason"] = calls[-1].finish_reason
-            record["status"] = "ok"
-            record["error"] = None
-            if session is not None:
-                record[SESSION_KEY] = dataclasses.asdict(session)  # type: ignore[literal-required]
+            async with asyncio.timeout(self.rollout_timeout):
+                await self._interact(record, env, prompt, params, sampling, calls, timing)
             attempts = sum(c.attempts for c in calls)
-        except RolloutsError as exc:
-            record.update(status="failed", error=error_record(exc, "generate"), reward=None)
-            attempts = int(exc.fields.get("attempts", 1)) + sum(c.attempts for c in calls)
         except Exception as exc:  # a bad rollout is data, never a crash of its siblings
-            record.update(status="failed", error=error_record(exc, "generate"), reward=None)
-            attempts = 1
+            error = self._typed(exc)
+            record.update(status="failed", error=error.as_record("generate"), reward=None)
+            record.pop(SESSION_KEY, None)  # type: ignore[misc]
+            attempts = int(error.fields.get("attempts") or 1) + sum(c.attempts for c in calls)
         finally:
             self.limiter.release()
         ended = time.perf_counter()
         record["attempts"] = prior_attempts + attempts
         record["timings"] = {"queue_ms": round((started - queued) * 1000, 3),
-                             "model_ms": round(sum(c.latency_ms for c in calls), 3), "tool_ms": round(tool_ms, 3),
+                             "model_ms": round(sum(c.latency_ms for c in calls), 3),
+                             "tool_ms": round(timing["tool_ms"], 3),
                              "generate_ms": round((ended - started) * 1000, 3),
                              "started_at": started_at, "finished_at": time.time()}
         return record
 
+    async def _interact(self, record: RolloutRow, env: Environment, prompt: Prompt, params: dict[str, Any],
+                        sampling: dict[str, Any], calls: list[ModelCall], timing: dict[str, float]) -> None:
+        """Seed the session, call the model and the tools turn by turn, and fill the record's response."""
+        session = await env.seed_session(prompt.row, self.http) if env.remote else None
+        items = input_messages(params)
+        produced: list[dict[str, Any]] = []
+        for _turn in range(self.config.environments.max_turns):
+            call = await self.client.create(items + produced, params, sampling)
+            calls.append(call)
+            produced.extend(call.output)
+            tool_calls = [item for item in call.output if item.get("type") == "function_call"]
+            if not tool_calls or not env.remote:
+                break
+            tool_started = time.perf_counter()
+            for item in tool_calls:
+                result = await env.call_tool(item["name"], item.get("arguments") or "{}", self.http, session)
+                produced.append({"type": "function_call_output", "call_id": item.get("call_id"), "output": result})
+            timing["tool_ms"] += (time.perf_counter() - tool_started) * 1000
+        record["response"] = response_object(calls, produced, params, self.config.endpoint.model, sampling)
+        record["finish_reason"] = calls[-1].finish_reason
+        record["status"] = "ok"
+        record["error"] = None
+        if session is not None:
+            record[SESSION_KEY] = dataclasses.asdict(session)  # type: ignore[literal-required]
+
+    def _typed(self, exc: Exception) -> RolloutsError:
+        if isinstance(exc, TimeoutError) and not isinstance(exc, RolloutsError):
+            return RolloutTimeout(f"the rollout did not finish within --rollout-timeout {self.rollout_timeout:g} s "
+                                  "(its session, model and tool calls, retries included)", retryable=True)
+        error = typed(exc, InternalError)
+        status = error.fields.get("status_code")
+        if isinstance(error, VerifierError) and "retryable" not in error.fields and isinstance(status, int):
+            # An environment refusing the row at /seed_session (a 4xx) does so again on a re-run.
+            error.add(retryable=RetryPolicy.retryable(status))
+        return error
+
 
 async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, limiter: InflightLimiter,
-                         board: ProgressBoard) -> ShardResult:
-    """Generate a shard on the caller's loop, with the run's warm client leased from `clients`."""
+                         board: ProgressBoard, stop: StopSignal | None = None) -> ShardResult:
+    """Generate a shard on the caller's loop, with the run's warm client leased from `clients`; raises `Interrupted`
+    once `stop` is requested (before it starts, or after flushing what finished)."""
+    (stop or NEVER).check()
     config = run.config
     envs = build_environments(config.environments.remote_env)
     api_key = config.api_key()
     factory = lambda: http_client(config.parallel_per_process, config.endpoint.request_timeout, api_key)  # noqa: E731
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:
-        return await ShardGenerator(run, shard, http, envs, limiter, board).run()
+        return await ShardGenerator(run, shard, http, envs, limiter, board, stop).run()

@@ -6,12 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rollouts.run import RunPlan, ShardResult, run_store, write_manifest
+from rollouts.failures import FailureCounts, failure_counts
+from rollouts.interrupt import RESUME_HINT
+from rollouts.run import RunPlan, ShardResult, read_records, run_store, write_manifest
 
 
 class RunSummary(BaseModel):
     run_url: str
-    status: str  # completed | failed
+    status: str  # completed | failed | interrupted
     reason: str = ""
     prompts: int
     rejects: int
@@ -26,8 +28,17 @@ class RunSummary(BaseModel):
     incomplete_shards: list[str]
 
 
+def run_failure_counts(plan: RunPlan, missing: int = 0) -> FailureCounts:
+    """Retryable and permanent failures over the run's failure rows (plus `missing` rollouts, retryable)."""
+    store = run_store(plan.run)
+    rows = (row for shard in plan.shards for row in read_records(store, "failures", f"{shard.shard}.jsonl"))
+    return failure_counts(rows, missing)
+
+
 def finish_run(plan: RunPlan, results: list[ShardResult], incomplete: list[str], profile: dict[str, Any],
-               outputs: dict[str, list[str]]) -> RunSummary:
+               outputs: dict[str, list[str]], *, interrupted: str = "") -> RunSummary:
+    """`interrupted` is the stop's reason when the run was stopped (`StopSignal.reason`): the status is then
+    `interrupted` and the reason says how to resume."""
     config = plan.run.config
     ok = sum(r.rollouts for r in results)
     failed = sum(r.failed for r in results)
@@ -36,12 +47,15 @@ def finish_run(plan: RunPlan, results: list[ShardResult], incomplete: list[str],
     missing = max(expected - ok - failed, 0)
     fraction = (failed + missing) / expected if expected else 0.0
     reason = ""
-    if incomplete:
+    if interrupted:
+        reason = f"{interrupted} with {ok} of {expected} rollouts verified; {RESUME_HINT}"
+    elif incomplete:
         reason = f"{len(incomplete)} shard task(s) did not finish ({', '.join(incomplete[:5])}); run the same command again to resume"
     elif fraction > config.max_failure_fraction:
+        counts = run_failure_counts(plan, missing)
         reason = (f"{failed + missing} of {expected} rollouts failed ({fraction:.1%}), above --max-failure-fraction "
-                  f"{config.max_failure_fraction:.1%}; see {plan.run.run_url}/failures/ and run again to retry them")
-    status = "failed" if reason else "completed"
+                  f"{config.max_failure_fraction:.1%}: {counts.describe()}; see {plan.run.run_url}/failures/")
+    status = "interrupted" if interrupted else "failed" if reason else "completed"
     reward_sum = sum(r.reward_sum for r in results)
     summary = RunSummary(
         run_url=plan.run.run_url, status=status, reason=reason, prompts=plan.prompts, rejects=plan.rejects,

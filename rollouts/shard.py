@@ -6,11 +6,13 @@ import os
 from typing import Any
 
 from rollouts.config import CollectConfig
-from rollouts.envs import known_environment_names
+from rollouts.envs import build_environments
+from rollouts.envs.remote import check_environments
 from rollouts.errors import ConfigError, InputError
 from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.model import check_endpoint
 from rollouts.records import dumps
+from rollouts.redact import refuse_secrets
 from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
 from rollouts.storage import Store, join
 
@@ -21,7 +23,9 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def plan_run(config: CollectConfig) -> RunPlan:
     """Resolve the run directory; shard the input unless an earlier attempt already did."""
+    refuse_secrets(config)  # before anything is written: a credential would land in the manifest
     check_endpoint(config.endpoint.model_url, config.api_key())
+    check_environments(config.environments.remote_env)
     options = config.storage.options
     in_digest = input_digest(config.input, options)
     digest = config.digest(in_digest)
@@ -54,7 +58,7 @@ def shard_prompts(run: RunRef, store: Store) -> tuple[list[ShardRef], int, int]:
     rejects: list[dict[str, Any]] = []
     lines = iter_lines(config.input, config.storage.options)
     prompts = parse_prompts(lines, default_env=config.environments.env,
-                            known_envs=known_environment_names(config.environments.remote_env),
+                            known_envs=build_environments(config.environments.remote_env),
                             start=rows.start, end=rows.end, limit=rows.limit, on_reject=rejects.append)
     shards: list[ShardRef] = []
     batch: list[str] = []
