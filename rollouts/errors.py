@@ -104,7 +104,7 @@ class RolloutTimeout(RolloutsError):
 
 
 class InternalError(RolloutsError):
-    pass
+    retryable_by_default = False  # a bug does not fix itself on a re-run
 
 
 class StorageError(RolloutsError):

@@ -141,16 +141,16 @@ def parse_json(text: str | bytes) -> Any:
     """One row's JSON, strictly: a RowError for anything that is not JSON or would not survive being written back."""
     if isinstance(text, bytes):
         error = _utf8_error(text)
-        raise RowError(f"invalid UTF-8 at byte {error.start}: {text[error.start:error.start + 4]!r}")
+        raise RowError(f"invalid UTF-8 at byte offset {error.start}: {text[error.start:error.start + 4]!r}")
     try:
         if _LONG_INTEGER.search(text):
             value = json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant)
         else:
             value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:  # a subclass of json's: first
+        raise RowError(f"invalid JSON: {_orjson_reason(exc)}") from None
     except json.JSONDecodeError as exc:
         raise RowError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
-    except orjson.JSONDecodeError as exc:
-        raise RowError(f"invalid JSON: {_orjson_reason(exc)}") from None
     except RecursionError:
         raise RowError("nested too deeply to read") from None
     return value

@@ -14,7 +14,7 @@ from rollouts.errors import ResponseParseError
 
 
 def _kind(value: Any) -> str:
-    return "missing" if value is None else f"{type(value).__name__} {_peek(value, 60)}"
+    return "null or missing" if value is None else f"{type(value).__name__} {_peek(value, 60)}"
 
 
 def _peek(value: Any, limit: int = 200) -> str:
