@@ -105,14 +105,18 @@ async def run_until_stopped(work: Coroutine[Any, Any, T], stop: StopSignal) -> t
             task.cancel()
 
 
-def install_signal_handlers(stop: StopSignal, *, announce: Callable[[str], None] | None = None,
+def install_signal_handlers(stop: StopSignal, *, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+                            announce: Callable[[str], None] | None = None,
                             hard_exit: Callable[[int], None] = os._exit) -> Callable[[], None]:
-    """SIGINT and SIGTERM request `stop` (announced on stderr); a second one exits at once with 130.
+    """`signals` (SIGINT and SIGTERM) request `stop` (announced on stderr); a second one exits at once with 130.
 
-    Call from the main thread before the flow starts; returns a function that restores the previous handlers.
-    What finished is on disk by then: appended lines are flushed at most a second after they are written.
+    Call from the main thread; returns a function that restores the previous handlers. What finished is on disk when
+    a second signal exits: appended lines are flushed at most a second after they are written. Prefect's flow engine
+    puts its own SIGTERM handler in place while a flow runs (and restores the one before it afterwards), so to stop
+    gracefully on SIGTERM during a flow, install for SIGTERM again from inside the flow body.
     """
     names = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
+    names = {sig: names.get(sig, signal.Signals(sig).name) for sig in signals}
     say = announce or (lambda text: print(text, file=sys.stderr, flush=True))
     previous = {sig: signal.getsignal(sig) for sig in names}
 
