@@ -182,3 +182,28 @@ async def test_appended_lines_reach_the_file_within_the_flush_interval_without_m
     await asyncio.sleep(0.1)
     assert path.read_text() == '{"a": 1}\n'  # ... and flushed by the timer, with no write or commit after it
     appender.commit()
+
+
+# ---- the end of a run ------------------------------------------------------------------------------------------
+
+
+def test_the_final_message_splits_failures_and_an_interrupted_run_says_how_to_resume(tmp_path):
+    from rollouts.outcome import finish_run
+    from rollouts.records import dumps
+    from rollouts.run import RunPlan, RunRef, ShardRef, ShardResult
+
+    run = RunRef(run_id="r", run_url=str(tmp_path / "run"), config=config(num_repeats=2, max_failure_fraction=0.1))
+    plan = RunPlan(run=run, shards=[ShardRef(shard="00000", prompts=5)], prompts=5, rejects=0, resumed=False)
+    rows = [failed("a", "generate", True, type="ProviderTimeout"), failed("b", "generate", False, type="ProviderError",
+                                                                          status_code=400)]
+    Store(run.run_url).write_lines([dumps(r) for r in rows], "failures", "00000.jsonl")
+    results = [ShardResult(shard="00000", rollouts=7, failed=2, reward_sum=7.0)]
+    summary = finish_run(plan, results, [], {}, {})
+    assert summary.status == "failed" and "3 of 10 rollouts failed" in summary.reason
+    assert "2 may succeed when the same command runs again (ProviderTimeout ×1, not generated" in summary.reason
+    assert "1 will not without a change" in summary.reason and "ProviderError HTTP 400 ×1" in summary.reason
+    stopped = finish_run(plan, results, [], {}, {}, interrupted="interrupted (SIGINT)")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert stopped.status == manifest["status"] == "interrupted"
+    assert manifest["reason"] == ("interrupted (SIGINT) with 7 of 10 rollouts verified; "
+                                  "run the same command again to resume where it stopped")
