@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from commands.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
+from commands.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
 from commands.options import Option, add_model_options, build
 from rollouts.config import CollectConfig
 from rollouts.errors import ConfigError, RolloutsError
@@ -144,6 +144,7 @@ def _resume_note(config: CollectConfig) -> str | None:
 def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = False) -> int:
     from commands.server import use_prefect_server
     from commands.terminal import ProgressDisplay, print_summary
+    from rollouts.interrupt import RESUME_HINT, install_signal_handlers
     from rollouts.runtime import collector
 
     board = collector().board
@@ -162,12 +163,21 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
         from flows.collect import collect_rollouts
 
         # A CLI run lives in this process: no heartbeat thread (it costs ~1 s to join at exit).
-        with temporary_settings(updates={"flows.heartbeat_frequency": None}):
-            board.set_phase("starting the flow run")
-            state = collect_rollouts(config, return_state=True)
+        stop = collector().stop
+        stop.reset()
+        restore = install_signal_handlers(stop)  # Ctrl-C: no new rollouts, in-flight ones finish, then exit 130
+        try:
+            with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+                board.set_phase("starting the flow run")
+                state = collect_rollouts(config, return_state=True)
+        finally:
+            restore()
     board.set_phase("done")
     if verbose:
         print_phases(board)
+    if stop.is_set():
+        error(f"{stop.reason}: {RESUME_HINT}")
+        return EXIT_INTERRUPTED
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         summary = getattr(result, "summary", None)

@@ -68,17 +68,32 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     logger.info("run %s: %d prompts in %d shards, %d rejected rows%s", run.run_url, plan.prompts, len(plan.shards),
                 plan.rejects, " (resuming)" if plan.resumed else "")
     progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {run.run_url}")
+    stop = collector().stop
     with shard_runners(config) as (generators, verifiers):
         generated = generators.map(generate_shard, {"run": unmapped(run), "shard": plan.shards})
         verified = [verifiers.submit(verify_shard, {"run": run, "shard": shard}, wait_for=[future])
                     for shard, future in zip(plan.shards, generated, strict=True)]
         for done, future in enumerate(verified, start=1):  # shards finish roughly in submission order
-            future.wait()
+            while not stop.is_set() and not future.wrapped_future.done():
+                future.wait(timeout=0.25)
+            if stop.is_set():
+                break
+            future.wait()  # done: this keeps its result in memory (tasks do not persist results)
             update_progress_artifact(progress, progress=100.0 * done / len(verified))
             if config.processes > 1 and future.state.is_completed():  # workers' counters live in their processes
                 collector().board.add_shard(future.result())
+        if stop.is_set():  # Ctrl-C: tasks not started yet are cancelled; those running stop after flushing
+            for future in (*generated, *verified):
+                future.wrapped_future.cancel()
+            verified = [f for f in verified if not f.wrapped_future.cancelled()]
+            for future in verified:
+                future.wait()
         shard_states = [future.state for future in verified]
     results = [state.result() for state in shard_states if state.is_completed()]
+    if stop.is_set():
+        summary = finish_run(plan, judge(plan, results, [], interrupted=stop.reason), results, [], {}, {})
+        emit_run_event(summary)
+        raise RunFailedError(summary.reason, summary=summary.model_dump())
     broken = [shard.shard for shard, state in zip(plan.shards, shard_states, strict=True) if not state.is_completed()]
     board.set_phase("profiling")
     profile = profile_run(run)
@@ -91,6 +106,6 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     logger.info("run %s %s: %d of %d rollouts ok, mean reward %s", run.run_url, summary.status, summary.rollouts_ok,
                 summary.rollouts_expected, summary.mean_reward)
     emit_run_event(summary)
-    if summary.status == "failed":
+    if summary.status != "completed":
         raise RunFailedError(summary.reason, summary=summary.model_dump())
     return summary

@@ -49,10 +49,16 @@ class EndpointConfig(BaseModel):
         "chat", description="Chat Completions or the Responses API")
     api_key_env: Annotated[str | None, Cli(metavar="VAR")] = Field(
         None, description="environment variable that holds the API key (sent as a Bearer token)")
-    request_timeout: float = Field(600.0, gt=0, description="seconds per model request")
+    request_timeout: float = Field(600.0, gt=0, description="seconds per model request, connect to last byte")
     max_retries: int = Field(
         4, ge=0, description="retries per request on 429/5xx/connection errors/timeouts, exponential backoff with "
                              "jitter, Retry-After honoured")
+    rollout_timeout: float = Field(
+        3600.0, gt=0, description="seconds for one whole rollout: its remote-environment session, every model and tool "
+                                  "call, retries and backoff included; past it the rollout fails with RolloutTimeout")
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest model reply body read, in bytes; a larger one fails the "
+                                               "rollout with ResponseTooLarge (not retried)")
     return_tokens: Annotated[bool, IDENTITY] = Field(
         False, description="ask for prompt/generation token ids and logprobs (vLLM return_token_ids), kept as "
                            "prompt_token_ids, generation_token_ids, generation_log_probs")
@@ -152,9 +158,10 @@ class EnvironmentConfig(BaseModel):
     max_turns: Annotated[int, IDENTITY] = Field(8, ge=1, description="model calls per rollout (the agent loop ends there)")
     max_rollout_tokens: Annotated[int | None, IDENTITY, Cli(metavar="N")] = Field(
         None, ge=1, description="output tokens over all model calls of a rollout; no new call starts once reached")
-    rollout_timeout: Annotated[float | None, Cli(metavar="S")] = Field(
-        None, gt=0, description="seconds per rollout from its first model call; calls and tools in flight are "
-                                "cancelled (end reason deadline)")
+    agent_timeout: Annotated[float | None, Cli(metavar="S")] = Field(
+        None, gt=0, description="seconds for a rollout's agent loop (model and tool calls); when reached, the calls "
+                                "and tools in flight are cancelled and what finished is kept (end reason deadline); "
+                                "--rollout-timeout is the hard limit that fails the rollout")
     tool_timeout: Annotated[float, Cli(metavar="S")] = Field(
         60.0, gt=0, description="seconds per tool call; a slower call returns an error to the model")
     env_module: Annotated[list[str], IDENTITY, Cli(metavar="MODULE")] = Field(
@@ -170,7 +177,7 @@ class EnvironmentConfig(BaseModel):
 
     def limits(self) -> AgentLimits:
         return AgentLimits(max_turns=self.max_turns, max_rollout_tokens=self.max_rollout_tokens,
-                           timeout_s=self.rollout_timeout, tool_timeout_s=self.tool_timeout)
+                           timeout_s=self.agent_timeout, tool_timeout_s=self.tool_timeout)
 
     @field_validator("remote_env", mode="before")
     @classmethod

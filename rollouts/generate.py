@@ -1,6 +1,9 @@
 """Generate stage: every missing rollout of one shard, concurrently, appended to `generations/<shard>.jsonl` as it ends.
 
-The last record of a rollout in that file wins, so a resumed shard skips what is done and retries what failed.
+The last record of a rollout in that file wins, so a resumed shard skips what is done and retries what failed, and
+regenerates what failed verification in a way only a new generation can fix (`rollouts.failures`). Each rollout
+has one deadline over all its calls (`--rollout-timeout`); a stop request (`rollouts.interrupt`) ends the shard early
+with what finished flushed.
 """
 
 from __future__ import annotations
@@ -12,18 +15,21 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from rollouts.agent import run_agent, with_env_tools
 from rollouts.breaker import STOPPED, FailureBreaker
 from rollouts.config import CollectConfig
 from rollouts.credentials import EndpointAuth
-from rollouts.agent import run_agent, with_env_tools
 from rollouts.envs import Environment
 from rollouts.envs.remote import gym_usage
-from rollouts.errors import RolloutsError, error_record
+from rollouts.errors import InternalError, RolloutsError, RolloutTimeout, VerifierError, typed
+from rollouts.failures import resume_state
+from rollouts.interrupt import NEVER, StopSignal, run_until_stopped
 from rollouts.limits import InflightLimiter
 from rollouts.model import ModelCall, ModelClient, http_client
 from rollouts.progress import ProgressBoard
 from rollouts.records import SCHEMA_VERSION, Prompt, RolloutRow, dumps, input_messages, loads, rollout_id
 from rollouts.run import RunRef, ShardResult, read_records, run_store
+from rollouts.retry import RetryPolicy
 from rollouts.runtime import SharedClients
 
 # A rollout's session (a remote environment's cookies, an in-process environment's final state), kept on generation
@@ -82,16 +88,19 @@ class ShardGenerator:
     """Generates every missing rollout of one shard; `limiter` bounds the rollouts in flight across the process."""
 
     def __init__(self, run: RunRef, shard: str, http, envs: dict[str, Environment], limiter: InflightLimiter,
-                 board: ProgressBoard, breaker: FailureBreaker | None = None) -> None:
+                 board: ProgressBoard, stop: StopSignal | None = None, breaker: FailureBreaker | None = None) -> None:
         self.ref, self.shard, self.config = run, shard, run.config
         self.store = run_store(run)
         self.http, self.envs, self.limiter, self.board = http, envs, limiter, board
+        self.stop = stop or NEVER
         self.breaker = breaker or FailureBreaker()
-        endpoint = self.config.endpoint
         self.limits = self.config.environments.limits()
+        endpoint = self.config.endpoint
         self.client = ModelClient(http, endpoint.model_url, endpoint.model, endpoint.api,
                                   max_retries=endpoint.max_retries, return_tokens=endpoint.return_tokens,
-                                  rng=random.Random(f"{run.run_id}/{shard}"))
+                                  rng=random.Random(f"{run.run_id}/{shard}"), request_timeout=endpoint.request_timeout,
+                                  max_response_bytes=endpoint.max_response_bytes)
+        self.rollout_timeout = endpoint.rollout_timeout
 
     def _todo(self, prompts: list[Prompt], done: set[str], previous: dict[str, int]) -> Iterator[tuple[Prompt, int, str, int]]:
         for prompt in prompts:
@@ -101,13 +110,10 @@ class ShardGenerator:
                     yield prompt, index, rid, previous.get(rid, 0)
 
     async def run(self) -> ShardResult:
+        self.stop.check()
         prompts = read_prompts(self.store, self.shard)
-        done, previous = set(), {}
-        for record in read_records(self.store, "generations", f"{self.shard}.jsonl"):
-            if record.get("status") == "ok":
-                done.add(record["rollout_id"])
-            else:
-                previous[record["rollout_id"]] = record.get("attempts", 1)
+        done, previous = resume_state(read_records(self.store, "generations", f"{self.shard}.jsonl"),
+                                      read_records(self.store, "failures", f"{self.shard}.jsonl"))
         self.board.add(resumed=len(done))
         todo = self._todo(prompts, done, previous)
         pending = len(prompts) * self.config.repeats - len(done)
@@ -118,22 +124,29 @@ class ShardGenerator:
 
         async def worker() -> None:
             for prompt, index, rid, prior in todo:
-                if self.breaker.tripped:
+                if self.stop.is_set() or self.breaker.tripped:
                     return
                 record = await self._rollout(prompt, index, rid, prior)
+                if record is None:  # stopped while it waited for a slot
+                    return
                 appender.write(dumps(record))
                 if self.breaker.record(record):
                     self.store.write_json({"reason": self.breaker.reason}, STOPPED)
                 ok = record["status"] == "ok"
                 self.board.add(generated=int(ok), failed=int(not ok))
 
-        try:
+        async def workers() -> None:
             await asyncio.gather(*(worker() for _ in range(min(self.config.parallel_per_process, pending))))
+
+        try:
+            stopped, _ = await run_until_stopped(workers(), self.stop)
         finally:
             appender.commit()
+        if stopped:
+            self.stop.check()
         return result
 
-    async def _rollout(self, prompt: Prompt, index: int, rid: str, prior_attempts: int) -> RolloutRow:
+    async def _rollout(self, prompt: Prompt, index: int, rid: str, prior_attempts: int) -> RolloutRow | None:
         env = self.envs[prompt.env]
         params = with_env_tools(prompt.params, env)  # an in-process tool environment offers its tools
         sampling = sampling_for(self.config, params, index)
@@ -145,56 +158,78 @@ class ShardGenerator:
                               "schema_version": SCHEMA_VERSION}
         queued = time.perf_counter()
         await self.limiter.acquire()
+        if self.stop.is_set():
+            self.limiter.release()
+            return None
         started = time.perf_counter()
         started_at = time.time()
-        calls: list[ModelCall] = []  # owned here, so attempts add up even when a later call fails
-        tool_ms = 0.0
-
-        async def call_model(items: list[dict[str, Any]]) -> ModelCall:
-            call = await self.client.create(items, params, sampling)
-            calls.append(call)
-            return call
-
+        calls: list[ModelCall] = []
+        timing = {"tool_ms": 0.0}
         try:
-            session = await env.seed_session(prompt.row, self.http)
-            result = await run_agent(call_model, env, input_messages(params), session=session, http=self.http,
-                                     limits=self.limits)
-            tool_ms = result.tool_ms
-            record["response"] = response_object(calls, result.output, params, self.config.endpoint.model, sampling)
-            record["finish_reason"] = calls[-1].finish_reason
-            record["end_reason"] = result.end_reason  # type: ignore[typeddict-unknown-key]
-            record["tool_stats"] = result.tool_record()  # type: ignore[typeddict-unknown-key]
-            record["status"] = "ok"
-            record["error"] = None
-            if session is not None:
-                record[SESSION_KEY] = dataclasses.asdict(session)  # type: ignore[literal-required]
+            async with asyncio.timeout(self.rollout_timeout):
+                await self._interact(record, env, prompt, params, sampling, calls, timing)
             attempts = sum(c.attempts for c in calls)
-        except RolloutsError as exc:
-            record.update(status="failed", error=error_record(exc, "generate"), reward=None)
-            attempts = int(exc.fields.get("attempts", 1)) + sum(c.attempts for c in calls)
         except Exception as exc:  # a bad rollout is data, never a crash of its siblings
-            record.update(status="failed", error=error_record(exc, "generate"), reward=None)
-            attempts = 1
+            error = self._typed(exc)
+            record.update(status="failed", error=error.as_record("generate"), reward=None)
+            record.pop(SESSION_KEY, None)  # type: ignore[misc]
+            attempts = int(error.fields.get("attempts") or 1) + sum(c.attempts for c in calls)
         finally:
             self.limiter.release()
         ended = time.perf_counter()
         record["attempts"] = prior_attempts + attempts
         record["timings"] = {"queue_ms": round((started - queued) * 1000, 3),
-                             "model_ms": round(sum(c.latency_ms for c in calls), 3), "tool_ms": round(tool_ms, 3),
+                             "model_ms": round(sum(c.latency_ms for c in calls), 3),
+                             "tool_ms": round(timing["tool_ms"], 3),
                              "generate_ms": round((ended - started) * 1000, 3),
                              "started_at": started_at, "finished_at": time.time()}
         return record
 
+    async def _interact(self, record: RolloutRow, env: Environment, prompt: Prompt, params: dict[str, Any],
+                        sampling: dict[str, Any], calls: list[ModelCall], timing: dict[str, float]) -> None:
+        """Seed the session, run the agent loop (model, tools, model...), and fill the record's response."""
+
+        async def call_model(items: list[dict[str, Any]]) -> ModelCall:
+            call = await self.client.create(items, params, sampling)
+            calls.append(call)  # the caller's list: attempts add up even when a later call fails
+            return call
+
+        session = await env.seed_session(prompt.row, self.http)
+        result = await run_agent(call_model, env, input_messages(params), session=session, http=self.http,
+                                 limits=self.limits)
+        timing["tool_ms"] = result.tool_ms
+        record["response"] = response_object(calls, result.output, params, self.config.endpoint.model, sampling)
+        record["finish_reason"] = calls[-1].finish_reason
+        record["end_reason"] = result.end_reason  # type: ignore[typeddict-unknown-key]
+        record["tool_stats"] = result.tool_record()  # type: ignore[typeddict-unknown-key]
+        record["status"] = "ok"
+        record["error"] = None
+        if session is not None:
+            record[SESSION_KEY] = dataclasses.asdict(session)  # type: ignore[literal-required]
+
+    def _typed(self, exc: Exception) -> RolloutsError:
+        if isinstance(exc, TimeoutError) and not isinstance(exc, RolloutsError):
+            return RolloutTimeout(f"the rollout did not finish within --rollout-timeout {self.rollout_timeout:g} s "
+                                  "(its session, model and tool calls, retries included)", retryable=True)
+        error = typed(exc, InternalError)
+        status = error.fields.get("status_code")
+        if isinstance(error, VerifierError) and "retryable" not in error.fields and isinstance(status, int):
+            # An environment refusing the row at /seed_session (a 4xx) does so again on a re-run.
+            error.add(retryable=RetryPolicy.retryable(status))
+        return error
+
 
 async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, limiter: InflightLimiter,
-                         board: ProgressBoard, breaker: FailureBreaker | None = None,
+                         board: ProgressBoard, stop: StopSignal | None = None, breaker: FailureBreaker | None = None,
                          auth: EndpointAuth | None = None) -> ShardResult:
-    """Generate a shard on the caller's loop, with the run's warm client leased from `clients`. `auth` is the key and
-    headers, loaded by the caller in this process (never passed between tasks)."""
+    """Generate a shard on the caller's loop, with the run's warm client leased from `clients`; raises `Interrupted`
+    once `stop` is requested (before it starts, or after flushing what finished). `auth` is the key and headers,
+    loaded by the caller in this process (never passed between tasks)."""
+    (stop or NEVER).check()
     config = run.config
     envs = config.environments.build()
     auth = auth or EndpointAuth(api_key=config.api_key())
     factory = lambda: http_client(config.parallel_per_process, config.endpoint.request_timeout,  # noqa: E731
                                   auth.api_key, headers=auth.headers)
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:
-        return await ShardGenerator(run, shard, http, envs, limiter, board, breaker).run()
+        return await ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker).run()

@@ -1,15 +1,30 @@
-"""Input: read prompt rows lazily, validate each (bad rows become rejects with their line number), cut shards."""
+"""Input: read prompt rows lazily, validate each (bad rows become rejects with their line number), cut shards.
+
+Whatever a line holds, it is a prompt or a reject, never a crash and never silently changed data: a row must parse
+as strict JSON (no NaN, no infinities such as 1e999), decode as UTF-8 (a UTF-8 byte-order mark on the first line
+is accepted), and re-serialise exactly as it was read (integers within 64 bits, no lone UTF-16 surrogates, at most
+255 levels of nesting), or it is rejected with its line number, the reason and its raw text.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+import orjson
 
 from rollouts.errors import InputError, RowError
 from rollouts.records import SAMPLING_FIELDS, Prompt, dumps
 from rollouts.storage import filesystem
+
+BOM = b"\xef\xbb\xbf"
+_JSON_SPACE = b" \t\r\n"
+_LONG_INTEGER = re.compile(r"\d{19,}")  # orjson reads integers beyond 64 bits as floats, silently: re-read exactly
+RAW_LIMIT = 1 << 20  # characters of a rejected line kept in rejects.jsonl
 
 _NUMERIC_SAMPLING = {"temperature": (float, int), "top_p": (float, int), "max_output_tokens": (int,), "seed": (int,)}
 
@@ -29,15 +44,22 @@ def input_digest(url: str, storage_options: dict[str, Any] | None = None) -> str
     return digest.hexdigest()
 
 
-def iter_lines(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of every non-blank line, streamed."""
+def iter_lines(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[tuple[int, str | bytes]]:
+    """(1-based line number, text) of every non-blank line, streamed; a line that is not valid UTF-8 comes as its
+    bytes, for `parse_prompts` to reject (replacing the bad bytes would change the data silently)."""
     fs, path = filesystem(url, storage_options)
     try:
         with fs.open(path, "rb") as fh:
             for number, raw in enumerate(fh, start=1):
-                text = raw.decode("utf-8", errors="replace").strip()
-                if text:
-                    yield number, text
+                if number == 1 and raw.startswith(BOM):
+                    raw = raw[len(BOM):]
+                raw = raw.strip(_JSON_SPACE)
+                if not raw:
+                    continue
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    yield number, raw
     except FileNotFoundError as exc:
         raise InputError(f"input {url!r} does not exist: check the path") from exc
     except OSError as exc:
@@ -104,17 +126,93 @@ def normalise_row(raw: Any) -> dict[str, Any]:
     return row
 
 
+def _reject_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RowError(f"number {text} is out of range (it would become infinity)")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise RowError(f"{name} is not valid JSON")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """One row's JSON, strictly: a RowError for anything that is not JSON or would not survive being written back."""
+    if isinstance(text, bytes):
+        error = _utf8_error(text)
+        raise RowError(f"invalid UTF-8 at byte offset {error.start}: {text[error.start:error.start + 4]!r}")
+    try:
+        if _LONG_INTEGER.search(text):
+            value = json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant)
+        else:
+            value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:  # a subclass of json's: first
+        raise RowError(f"invalid JSON: {_orjson_reason(exc)}") from None
+    except json.JSONDecodeError as exc:
+        raise RowError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise RowError("nested too deeply to read") from None
+    return value
+
+
+def _utf8_error(data: bytes) -> UnicodeDecodeError:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc
+    raise AssertionError("valid UTF-8")  # pragma: no cover
+
+
+def _orjson_reason(exc: orjson.JSONDecodeError) -> str:
+    message = exc.msg
+    if "infinity" in message:
+        return f"a number is out of range (it would become infinity) at column {exc.colno}"
+    if message.startswith("unexpected character") and exc.doc[exc.pos:exc.pos + 3] in ("NaN", "Inf", "-In"):
+        return f"NaN and Infinity are not valid JSON (column {exc.colno})"
+    if "surrogate" in message:
+        return f"a lone UTF-16 surrogate escape is not valid Unicode (column {exc.colno})"
+    return f"{message} at column {exc.colno}"
+
+
+def writable(row: dict[str, Any]) -> str:
+    """The row as the JSON line the run stores; a RowError when it cannot be written back unchanged."""
+    try:
+        return dumps(row)
+    except orjson.JSONEncodeError as exc:
+        message = str(exc)
+        if "64-bit" in message:
+            raise RowError("an integer does not fit in 64 bits (it would not survive being written back)") from None
+        if "surrogates" in message:
+            raise RowError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not valid Unicode") from None
+        if "Recursion" in message:
+            raise RowError("nested deeper than 255 levels") from None
+        raise RowError(f"cannot be written back as JSON: {message}") from None
+
+
+def raw_text(text: str | bytes) -> str:
+    """A rejected line as text for rejects.jsonl: undecodable bytes shown as \\x escapes, very long lines cut."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="backslashreplace")
+    return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT]
+
+
 def parse_prompts(
-    lines: Iterator[tuple[int, str]],
+    lines: Iterator[tuple[int, str | bytes]],
     *,
     default_env: str,
-    known_envs: set[str],
+    known_envs: Mapping[str, Any] | set[str],
     start: int = 0,
     end: int | None = None,
     limit: int | None = None,
     on_reject: Callable[[dict[str, Any]], None],
 ) -> Iterator[Prompt]:
-    """Valid prompts in input order, lazily; each bad row goes to `on_reject` with its line number and raw text."""
+    """Valid prompts in input order, lazily; each bad row goes to `on_reject` with its line number and raw text.
+
+    `known_envs` maps environment names to environments (`envs.build_environments`); a row its environment cannot
+    ever score (`Environment.row_problem`, e.g. math without `expected_answer`) is a reject too. A set of names
+    checks the names only.
+    """
     seen: set[int] = set()
     accepted = 0
     for ordinal, (line, text) in enumerate(lines):
@@ -123,22 +221,26 @@ def parse_prompts(
         if (end is not None and ordinal >= end) or (limit is not None and accepted >= limit):
             return
         try:
-            try:
-                raw = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise RowError(f"invalid JSON: {exc.msg} at column {exc.colno}") from None
-            row = normalise_row(raw)
+            row = normalise_row(parse_json(text))
             env = (row.get("agent_ref") or {}).get("name") or default_env
             if env not in known_envs:
                 raise RowError(f"unknown environment {env!r}: use one of {sorted(known_envs)} or declare it with --remote-env {env}=URL")
+            problem = known_envs[env].row_problem(row) if isinstance(known_envs, Mapping) else None
+            if problem:
+                raise RowError(problem)
             row.setdefault("agent_ref", {"name": env})
             task_index = row.get("_ng_task_index", ordinal)
             if task_index in seen:
                 raise RowError(f"duplicate _ng_task_index {task_index}")
-            seen.add(task_index)
             row["_ng_task_index"] = task_index
+            writable(row)
+            seen.add(task_index)
         except RowError as exc:
-            on_reject({"line": line, "error": exc.message, "raw": text})
+            on_reject({"line": line, "error": exc.message, "raw": raw_text(text)})
+            continue
+        except Exception as exc:  # whatever a hostile row does to the checks above, it is one reject, not a crash
+            on_reject({"line": line, "error": f"unreadable row ({type(exc).__name__}: {str(exc)[:200]})",
+                       "raw": raw_text(text)})
             continue
         accepted += 1
         yield Prompt(task_index=task_index, line=line, env=env, row=row)

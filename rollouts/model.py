@@ -1,7 +1,10 @@
 """Model client: one call to an OpenAI-compatible endpoint (Chat Completions or Responses), with bounded retries.
 
 Whatever the API, a call returns Responses-API output items, so everything downstream sees one shape.
-This client is the single owner of request retries (429 with Retry-After, 5xx, connection errors, timeouts).
+This client is the single owner of request retries: 429 with Retry-After, 5xx, connection errors, timeouts, and 2xx
+bodies it cannot read (HTML pages, truncated or malformed JSON, missing or empty `choices`), which are as transient
+as a 5xx from a proxy or a restarting server. Each attempt has one deadline from connect to last byte, and its body
+is read up to `max_response_bytes` only.
 """
 
 from __future__ import annotations
@@ -12,15 +15,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 
-from rollouts.errors import ConfigError, ProviderError, ResponseParseError
 from rollouts.chat import chat_tools, items_to_chat
-from rollouts.retry import RetryPolicy
-from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, chat_token_fields, responses_token_fields
+from rollouts.errors import ConfigError, ProviderError, ProviderTimeout, ResponseParseError, ResponseTooLarge
+from rollouts.replies import check_chat, check_responses
+from rollouts.retry import RetryPolicy, retry_after, transport_failure
+from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, TokenFieldsError, chat_token_fields, responses_token_fields
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+_ERROR_BODY_BYTES = 64 * 1024  # what an error reply contributes to the failure's message
 
 
 @dataclass
@@ -104,6 +111,7 @@ def responses_body(model: str, items: list[dict[str, Any]], params: dict[str, An
 
 
 def parse_chat(data: dict[str, Any], return_tokens: bool = False) -> ModelCall:
+    check_chat(data)
     try:
         choice = data["choices"][0]
         message = choice.get("message") or {}
@@ -142,6 +150,7 @@ def _detail(usage: dict[str, Any], group: str, key: str) -> int:
 
 
 def parse_responses(data: dict[str, Any], return_tokens: bool = False) -> ModelCall:
+    check_responses(data)
     output = data.get("output")
     if not isinstance(output, list):
         raise ResponseParseError(f"Responses API reply without an `output` list: {str(data)[:200]}")
@@ -166,8 +175,12 @@ def parse_responses(data: dict[str, Any], return_tokens: bool = False) -> ModelC
 
 
 class ModelClient:
+    """Calls one endpoint; `request_timeout` is each attempt's deadline from connect to the body's last byte (httpx's
+    own timeouts bound each read, so a server trickling bytes would otherwise hold a request for ever)."""
+
     def __init__(self, http: httpx.AsyncClient, base_url: str, model: str, api: str, *, max_retries: int,
-                 return_tokens: bool = False, rng: random.Random | None = None) -> None:
+                 return_tokens: bool = False, rng: random.Random | None = None, request_timeout: float | None = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.http, self.model, self.api = http, model, api
         # Parsed once: httpx re-parses a str URL on every request (~20% of its per-request CPU here).
         self.url = httpx.URL(f"{base_url}/chat/completions" if api == "chat" else f"{base_url}/responses")
@@ -176,48 +189,94 @@ class ModelClient:
         self.headers = None if http.headers.get("content-type") == "application/json" else JSON_HEADERS
         self.return_tokens = return_tokens
         self.rng = rng or random.Random()
+        self.request_timeout = request_timeout
+        self.max_response_bytes = max_response_bytes
 
     async def create(self, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]) -> ModelCall:
         build = chat_body if self.api == "chat" else responses_body
         # Encoded once for every attempt; compact separators, no httpx re-encoding per try.
         body = orjson.dumps(build(self.model, items, params, sampling, self.return_tokens))
-        attempt = 0
         started = time.perf_counter()
+        attempt = 0
         while True:
             try:
-                response = await self.http.post(self.url, content=body, headers=self.headers)
-            except httpx.TimeoutException as exc:
-                error = ProviderError(f"request timed out ({type(exc).__name__}) after retries", status_code=None, retryable=True)
-                answered = None
-            except httpx.TransportError as exc:
-                error = ProviderError(f"connection error: {type(exc).__name__}: {exc}", status_code=None, retryable=True)
-                answered = None
-            else:
-                if response.status_code < 300:
-                    return self._parse(response, attempt + 1, started)
-                retryable = self.retry.retryable(response.status_code)
-                error = ProviderError(f"HTTP {response.status_code} from {self.url}: {response.text[:300]}",
-                                      status_code=response.status_code, retryable=retryable)
-                answered = response
-                if not retryable:
-                    raise error.add(attempts=attempt + 1)
-            if attempt >= self.retry.max_retries:
-                raise error.add(attempts=attempt + 1)
-            await asyncio.sleep(self.retry.delay(attempt, self.rng, answered))
-            attempt += 1
+                call = await self._attempt(body)
+            except ProviderError as error:
+                error.add(attempts=attempt + 1)
+                if not error.is_retryable or attempt >= self.retry.max_retries:
+                    raise
+                await asyncio.sleep(self.retry.delay(attempt, self.rng, retry_after_s=error.fields.get("retry_after_s")))
+                attempt += 1
+                continue
+            call.attempts = attempt + 1
+            call.latency_ms = (time.perf_counter() - started) * 1000
+            return call
 
-    def _parse(self, response: httpx.Response, attempts: int, started: float) -> ModelCall:
+    async def _attempt(self, body: bytes) -> ModelCall:
+        request = self.http.build_request("POST", self.url, content=body, headers=self.headers)
         try:
-            data = orjson.loads(response.content)
-        except ValueError as exc:
-            raise ResponseParseError(f"endpoint returned non-JSON body: {response.text[:200]!r}", status_code=response.status_code, attempts=attempts) from exc
+            async with asyncio.timeout(self.request_timeout):
+                # send(stream=True) rather than stream(): the context manager costs ~10 us a request here.
+                response = await self.http.send(request, stream=True)
+                try:
+                    status = response.status_code
+                    if status >= 300:
+                        text = (await read_capped(response, _ERROR_BODY_BYTES, truncate=True)).decode("utf-8", "replace")
+                        raise ProviderError(f"HTTP {status} from {self.url}: {text[:300]}", status_code=status,
+                                            retryable=self.retry.retryable(status), retry_after_s=retry_after(response))
+                    content = await read_capped(response, self.max_response_bytes)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise ProviderTimeout(f"no complete reply from {self.url} within the {self.request_timeout:g} s request "
+                                  "deadline (--request-timeout)", status_code=None, retryable=True) from None
+        except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:  # aiohttp's own when its mapping misses one
+            failure = transport_failure(exc)
+            kind = ProviderTimeout if failure.timeout else ProviderError
+            raise kind(f"{failure.label} ({self.url})", status_code=None, retryable=True) from exc
+        return self._parse(content, status)
+
+    def _parse(self, content: bytes, status: int) -> ModelCall:
+        try:
+            data = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            snippet = content[:200].decode("utf-8", "replace")
+            raise ResponseParseError(f"HTTP {status} with a body that is not JSON ({len(content)} bytes): {snippet!r}",
+                                     status_code=status, retryable=True) from None
         if not isinstance(data, dict):
-            raise ResponseParseError(f"endpoint returned {type(data).__name__}, expected an object", status_code=response.status_code, attempts=attempts)
-        parse = parse_chat if self.api == "chat" else parse_responses
+            raise ResponseParseError(f"HTTP {status} with a JSON {type(data).__name__}, expected an object",
+                                     status_code=status, retryable=True)
         try:
-            call = parse(data, return_tokens=self.return_tokens)
+            if self.api == "chat":
+                return parse_chat(data, return_tokens=self.return_tokens)
+            return parse_responses(data, return_tokens=self.return_tokens)
+        except TokenFieldsError as exc:  # the server does not return token ids: asking again will not change that
+            raise exc.add(status_code=status, retryable=False) from None
         except ResponseParseError as exc:
-            raise exc.add(status_code=response.status_code, attempts=attempts) from None
-        call.attempts = attempts
-        call.latency_ms = (time.perf_counter() - started) * 1000
-        return call
+            raise exc.add(status_code=status, retryable=True) from None
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:  # a shape the checks let through
+            raise ResponseParseError(f"HTTP {status} with a reply of unexpected shape ({type(exc).__name__}: {exc})",
+                                     status_code=status, retryable=True) from exc
+
+
+async def read_capped(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """The body, refusing (or, with `truncate`, cutting) it past `limit` bytes without reading the rest."""
+    declared = response.headers.get("content-length")
+    length = int(declared) if declared and declared.isdigit() else None
+    if length is not None and length > limit and not truncate:
+        raise ResponseTooLarge(f"reply body of {length:,} bytes is over --max-response-bytes {limit:,}",
+                               status_code=response.status_code, retryable=False)
+    if length is not None and length <= limit and "content-encoding" not in response.headers:
+        return await response.aread()  # the usual case, at httpx's own cost: its size is known and allowed
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            if truncate:
+                chunks.append(chunk[: len(chunk) - (size - limit)])
+                break
+            raise ResponseTooLarge(f"reply body over --max-response-bytes {limit:,} (stopped reading at {size:,})",
+                                   status_code=response.status_code, retryable=False)
+        chunks.append(chunk)
+    return b"".join(chunks)

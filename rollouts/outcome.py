@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from rollouts.breaker import STOPPED
+from rollouts.failures import FailureCounts, failure_counts
+from rollouts.interrupt import RESUME_HINT
 from rollouts.run import RunPlan, ShardResult, read_records, run_store, write_manifest
 from rollouts.storage import inventory
 
@@ -17,7 +19,7 @@ INVENTORY_FILES = ("rejects.jsonl",)
 
 
 class Verdict(BaseModel):
-    status: str  # completed | failed
+    status: str  # completed | failed | interrupted
     reason: str = ""
     rollouts_ok: int
     rollouts_failed: int
@@ -45,8 +47,16 @@ class RunSummary(BaseModel):
     top_failures: list[dict[str, Any]] = []  # {type, status_code, count, example}, most frequent first
 
 
-def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str]) -> Verdict:
-    """Decide the run's state from its shards' counts, before any training file is written."""
+def run_failure_counts(plan: RunPlan, missing: int = 0) -> FailureCounts:
+    """Retryable and permanent failures over the run's failure rows (plus `missing` rollouts, retryable)."""
+    store = run_store(plan.run)
+    rows = (row for shard in plan.shards for row in read_records(store, "failures", f"{shard.shard}.jsonl"))
+    return failure_counts(rows, missing)
+
+
+def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str], *, interrupted: str = "") -> Verdict:
+    """Decide the run's state from its shards' counts, before any training file is written. `interrupted` is the
+    stop's reason when the run was stopped (`StopSignal.reason`): the status is then `interrupted`."""
     config = plan.run.config
     ok = sum(r.rollouts for r in results)
     failed = sum(r.failed for r in results)
@@ -57,16 +67,20 @@ def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str]) -> V
     fraction = failed / expected if expected else 0.0
     reason = ""
     stopped = run_store(plan.run).read_json(STOPPED)
-    if stopped:
+    if interrupted:
+        reason = f"{interrupted} with {ok} of {expected} rollouts verified; {RESUME_HINT}"
+    elif stopped:
         reason = stopped["reason"]
     elif incomplete or not_run:
         reason = (f"{not_run} of {expected} rollouts not run: {len(incomplete)} shard task(s) did not finish "
                   f"({', '.join(incomplete[:5])}); run the same command again to resume")
     elif fraction > config.max_failure_fraction:
+        counts = run_failure_counts(plan)
         reason = (f"{failed} of {expected} rollouts failed ({fraction:.1%}), above --max-failure-fraction "
-                  f"{config.max_failure_fraction:.1%}; see {plan.run.run_url}/failures/")
+                  f"{config.max_failure_fraction:.1%}: {counts.describe()}; see {plan.run.run_url}/failures/")
     reward_sum = sum(r.reward_sum for r in results)
-    return Verdict(status="failed" if reason else "completed", reason=reason, rollouts_ok=ok, rollouts_failed=failed,
+    status = "interrupted" if interrupted else "failed" if reason else "completed"
+    return Verdict(status=status, reason=reason, rollouts_ok=ok, rollouts_failed=failed,
                    rollouts_not_run=not_run, failure_fraction=round(fraction, 6),
                    mean_reward=round(reward_sum / ok, 6) if ok else None)
 

@@ -36,19 +36,22 @@ from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from typing_extensions import TypedDict  # pydantic validates only this one on Python < 3.12
+from typing_extensions import NotRequired, TypedDict  # pydantic validates only this one on Python < 3.12
 
 # 2: `sampling` holds what was sent; `responses_create_params` stays a valid NeMo Gym request (no `seed`).
 SCHEMA_VERSION = 2
 
 
 class RolloutError(TypedDict):
-    """Why a rollout failed: the error class (named after the boundary), its message, the HTTP status if any, the stage."""
+    """Why a rollout failed: the error class (named after the boundary), its message, the HTTP status if any, the
+    stage, whether running again may help, and the attempts made."""
 
     type: str
     message: str
     status_code: int | None
     stage: str
+    retryable: NotRequired[bool]
+    attempts: NotRequired[int]
 
 
 class Timings(TypedDict, total=False):

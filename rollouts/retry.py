@@ -2,13 +2,20 @@
 
 Retryable: connection errors, timeouts, 408/409/425/429 and every 5xx. Backoff is exponential with jitter (uniform in
 [d/2, d], d = base * 2**attempt, capped); a `Retry-After` header (seconds) replaces it, capped at `retry_after_cap_s`.
+
+`transport_failure` names what really went wrong when no reply came. The aiohttp transport maps every aiohttp
+connection error to `httpx.ConnectTimeout` (a refused connection and a server that hung up mid-body alike), so the
+original exception, kept as the cause, decides the label and whether the request may have reached the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
@@ -25,12 +32,12 @@ class RetryPolicy:
     def retryable(status: int) -> bool:
         return status in RETRYABLE_STATUS or status >= 500
 
-    def delay(self, attempt: int, rng: random.Random | None = None, response: httpx.Response | None = None) -> float:
+    def delay(self, attempt: int, rng: random.Random | None = None, response: httpx.Response | None = None,
+              retry_after_s: float | None = None) -> float:
         """Seconds to wait before retry number `attempt + 1` (attempt counts from 0)."""
-        if response is not None:
-            after = retry_after(response)
-            if after is not None:
-                return min(after, self.retry_after_cap_s)
+        after = retry_after(response) if response is not None else retry_after_s
+        if after is not None:
+            return min(after, self.retry_after_cap_s)
         delay = min(self.cap_s, self.base_s * (2**attempt))
         return delay * (0.5 + (rng or random).random() / 2)
 
@@ -44,3 +51,62 @@ def retry_after(response: httpx.Response) -> float | None:
         return max(float(value), 0.0)
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class TransportFailure:
+    """A request that got no usable reply: what happened, whether it was a timeout, whether the server may have
+    received the request (a tool call that may have run must not be sent twice)."""
+
+    label: str
+    timeout: bool
+    sent: bool
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        os_error = getattr(current, "os_error", None)  # aiohttp.ClientConnectorError keeps the socket's error here
+        if isinstance(os_error, BaseException):
+            yield os_error
+        current = current.__cause__ or current.__context__
+
+
+def transport_failure(exc: BaseException) -> TransportFailure:
+    """Classify a transport-level exception (httpx's, or aiohttp's behind httpx-aiohttp) by its whole cause chain."""
+    chain = list(_chain(exc))
+    for item in chain:
+        if isinstance(item, ConnectionRefusedError):
+            return TransportFailure("connection refused", timeout=False, sent=False)
+    for item in chain:
+        if isinstance(item, aiohttp.ClientConnectorDNSError):
+            return TransportFailure(f"host name not resolved ({item})", timeout=False, sent=False)
+        if isinstance(item, aiohttp.ConnectionTimeoutError):
+            return TransportFailure("connect timed out", timeout=True, sent=False)
+        if isinstance(item, aiohttp.ClientConnectorError):
+            return TransportFailure(f"cannot connect ({item})", timeout=False, sent=False)
+        if isinstance(item, aiohttp.ServerDisconnectedError):
+            return TransportFailure("server closed the connection before the reply was complete", timeout=False, sent=True)
+        if isinstance(item, aiohttp.ClientPayloadError):
+            return TransportFailure(f"reply body cut off ({item})", timeout=False, sent=True)
+        if isinstance(item, ConnectionResetError):
+            return TransportFailure("connection reset by the server", timeout=False, sent=True)
+        if isinstance(item, (aiohttp.SocketTimeoutError, aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+            return TransportFailure("read timed out", timeout=True, sent=True)
+    # No aiohttp cause (plain httpx transports): httpx's own classes are accurate.
+    if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return TransportFailure("connect timed out" if isinstance(exc, httpx.ConnectTimeout) else "no free connection in time",
+                                timeout=True, sent=False)
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportFailure(f"{type(exc).__name__.replace('Timeout', '').lower() or 'request'} timed out",
+                                timeout=True, sent=True)
+    if isinstance(exc, httpx.ConnectError):
+        return TransportFailure(f"cannot connect ({exc})", timeout=False, sent=False)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return TransportFailure(f"server broke the HTTP protocol ({exc})", timeout=False, sent=True)
+    if isinstance(exc, httpx.DecodingError):
+        return TransportFailure(f"reply body could not be decoded ({exc})", timeout=False, sent=True)
+    return TransportFailure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, timeout=False, sent=True)

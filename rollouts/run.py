@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rollouts.config import CollectConfig
 from rollouts.records import SCHEMA_VERSION, loads
+from rollouts.redact import redacted_dump
 from rollouts.storage import Store
 
 MANIFEST = "manifest.json"
@@ -86,7 +87,7 @@ def write_manifest(store: Store, run: RunRef, in_digest: str | None = None, **fi
         run_url=run.run_url,
         config_digest=run.run_id,
         identity=config.identity(),
-        config=config.model_dump(mode="json", exclude={"storage": {"options"}}),
+        config=redacted_dump(config, exclude={"storage": {"options"}}),
         updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     if in_digest:

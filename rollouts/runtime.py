@@ -4,7 +4,7 @@ Prefect's thread-pool runner gives each async task run its own thread and event 
 several loops then fight for the GIL and each response waits for another loop's turn: on 2 cores that cost a sixth of
 the throughput at `--parallel 256` (0.74 of ideal with 3 shard loops, 0.86 with one). Shard tasks therefore hand their
 coroutine to the process's one collector loop and wait for it. Tasks get the process's `CollectorRuntime` with
-`collector()` and pass its parts (client, limiter, breaker, board) into the core's stage functions, which never reach for them.
+`collector()` and pass its parts (client, limiter, breaker, board, stop signal) into the core's stage functions, which never reach for them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from rollouts.breaker import FailureBreaker
+from rollouts.interrupt import StopSignal
 from rollouts.limits import InflightLimiter
 from rollouts.progress import ProgressBoard
 
@@ -116,6 +117,7 @@ class CollectorRuntime:
         self.loop = BackgroundLoop()
         self.clients = SharedClients()
         self.board = ProgressBoard()
+        self.stop = StopSignal()  # requested by SIGINT/SIGTERM (commands/) or a caller: shards stop taking work
         self._limiters: dict[str, InflightLimiter] = {}
         self._breakers: dict[str, FailureBreaker] = {}
         self._lock = threading.Lock()

@@ -8,10 +8,13 @@ from typing import Any
 from rollouts.breaker import STOPPED
 from rollouts.config import CollectConfig
 from rollouts.credentials import EndpointAuth
+from rollouts.envs.remote import check_environments
+from rollouts.redact import refuse_secrets
 from rollouts.errors import ConfigError, InputError
 from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.model import check_endpoint
 from rollouts.records import dumps
+from rollouts.redact import refuse_secrets
 from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
 from rollouts.storage import Store, join
 
@@ -51,18 +54,23 @@ def locate_run(config: CollectConfig) -> tuple[RunRef, Store, dict[str, Any] | N
 
 
 def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> RunRef:
-    """Everything that can be checked before a flow starts, fastest first: the input, the endpoint, the run name."""
+    """Everything that can be checked before a flow starts, fastest first: secrets in options, the input, the endpoint,
+    the remote environments, the run name."""
+    refuse_secrets(config)
     check_input(config)
     auth = auth or EndpointAuth(api_key=config.api_key())
     check_endpoint(config.endpoint.model_url, auth.api_key, headers=auth.headers)
+    check_environments(config.environments.remote_env)
     run, _, _, _ = locate_run(config)
     return run
 
 
 def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan:
     """Resolve the run directory; shard the input unless an earlier attempt already did."""
+    refuse_secrets(config)  # before anything is written: a credential would land in the manifest
     auth = auth or EndpointAuth(api_key=config.api_key())
     check_endpoint(config.endpoint.model_url, auth.api_key, headers=auth.headers)
+    check_environments(config.environments.remote_env)
     run, store, manifest, in_digest = locate_run(config)
     store.remove(STOPPED)  # an earlier attempt stopped early: this one tries again (the user changed something)
     if manifest is not None and manifest.get("shards") is not None:
@@ -78,7 +86,7 @@ def shard_prompts(run: RunRef, store: Store) -> tuple[list[ShardRef], int, int]:
     rows = config.rows
     rejects: list[dict[str, Any]] = []
     lines = iter_lines(config.input, config.storage.options)
-    prompts = parse_prompts(lines, default_env=config.environments.env, known_envs=config.environments.names(),
+    prompts = parse_prompts(lines, default_env=config.environments.env, known_envs=config.environments.build(),
                             start=rows.start, end=rows.end, limit=rows.limit, on_reject=rejects.append)
     shards: list[ShardRef] = []
     batch: list[str] = []

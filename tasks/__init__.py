@@ -7,8 +7,16 @@
 
 from prefect.cache_policies import NO_CACHE
 
+from rollouts.runtime import collector
+
+
+def _not_stopped(task, task_run, state) -> bool:
+    """A shard stopped by Ctrl-C is not retried: the next run of the command resumes it."""
+    return not collector().stop.is_set()
+
+
 # Every stage is idempotent on its own output (it skips what is done), so nothing relies on Prefect's result cache.
 STAGE_TASK = dict(cache_policy=NO_CACHE, persist_result=False)
 # Shard tasks may retry once: the model client owns request-level retries, so this only covers shard-level faults
 # such as a storage hiccup, and never multiplies request retries.
-SHARD_TASK = dict(retries=1, retry_delay_seconds=5, **STAGE_TASK)
+SHARD_TASK = dict(retries=1, retry_delay_seconds=5, retry_condition_fn=_not_stopped, **STAGE_TASK)

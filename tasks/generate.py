@@ -19,4 +19,4 @@ def generate_shard(run: RunRef, shard: ShardRef) -> ShardResult:
     limiter = runtime.limiter(run.run_id, run.config.parallel_per_process)
     return runtime.run(generate.generate_shard(run, shard.shard, clients=runtime.clients, limiter=limiter,
                                                board=runtime.board, breaker=runtime.breaker(run.run_id),
-                                               auth=auth))
+                                               auth=auth, stop=runtime.stop))

@@ -13,4 +13,4 @@ def verify_shard(run: RunRef, shard: ShardRef) -> ShardResult:
     # On the same loop as generation, in cooperative slices: from its own thread it would hold the GIL in 5 ms
     # stretches while responses wait (p90 model latency 285 ms against a 200 ms server at --parallel 256).
     runtime = collector()
-    return runtime.run(verify.verify_shard(run, shard.shard, board=runtime.board))
+    return runtime.run(verify.verify_shard(run, shard.shard, board=runtime.board, stop=runtime.stop))

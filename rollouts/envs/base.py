@@ -54,6 +54,15 @@ class Environment(ABC):
 
     name: str
     remote: bool = False
+    # The row must carry one of these keys (not null) to be scored at all; rows without are rejected at input time.
+    required_keys: tuple[str, ...] = ()
+
+    def row_problem(self, row: dict[str, Any]) -> str | None:
+        """Why this environment can never score `row`, or None; checked when the input is read."""
+        if self.required_keys and all(row.get(key) is None for key in self.required_keys):
+            wanted = " or ".join(f"`{key}`" for key in self.required_keys)
+            return f"environment {self.name!r} needs {wanted} on the row to score it"
+        return None
 
     async def seed_session(self, row: dict[str, Any], http: httpx.AsyncClient | None) -> SessionState | None:
         """Start a per-rollout session before the first model call. Stateless built-ins have none."""

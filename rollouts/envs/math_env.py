@@ -255,6 +255,7 @@ class MathEnvironment(BuiltinEnvironment):
     """Final-answer math (MATH, GSM8K, AIME style). Row key: `expected_answer` (or `answer`), string or number."""
 
     name = "math"
+    required_keys = ("expected_answer", "answer")
 
     def score(self, row: dict[str, Any], response: dict[str, Any]) -> VerifyResult:
         expected = _reference_text(expected_value(row, self.name, ("expected_answer", "answer")))

@@ -42,9 +42,9 @@ from typing import Any
 import httpx
 
 from rollouts.envs.base import Environment, SessionState, VerifyResult
-from rollouts.errors import VerifierError
+from rollouts.errors import ConfigError, VerifierError
 from rollouts.records import RESERVED_KEYS
-from rollouts.retry import RetryPolicy
+from rollouts.retry import RetryPolicy, transport_failure
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +144,9 @@ class RemoteEnvironment(Environment):
             try:
                 reply = await http.send(request)
             except httpx.TransportError as exc:
-                sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                status, problem = None, f"{type(exc).__name__}: {exc}"
-                if sent and not retry_replies:
+                failure = transport_failure(exc)  # the aiohttp transport calls a hang-up mid-reply ConnectTimeout
+                status, problem = None, failure.label
+                if failure.sent and not retry_replies:
                     break  # a tool may have run: do not run it twice
             else:
                 if not self._jar_checked:
@@ -167,6 +167,7 @@ class RemoteEnvironment(Environment):
                         f"environment {self.name!r}: POST /{route} answered {status}: {_snippet(reply.text)}",
                         status_code=status,
                         route=route,
+                        attempts=attempt,
                     )
                 problem = f"HTTP {status}: {_snippet(reply.text)}"
                 answered = reply
@@ -178,7 +179,36 @@ class RemoteEnvironment(Environment):
             f"environment {self.name!r}: POST /{route} failed after {attempt} attempt(s): {problem}",
             status_code=status,
             route=route,
+            attempts=attempt,
         )
+
+
+# ---- the pre-flight check ----------------------------------------------------------------------------------------
+
+
+def check_environment(name: str, url: str, timeout: float = 10.0) -> None:
+    """Fail fast, before any prompt is sharded, when a resources server cannot be reached.
+
+    `GET {url}/` has no side effect (a NeMo Gym server answers 404 there, which proves it is up); a refused or timed
+    out connection, or a gateway answering 502-504 for a server behind it, is a ConfigError saying which.
+    """
+    from rollouts.redact import redact_url
+
+    shown = redact_url(url)
+    try:
+        reply = httpx.get(f"{url.rstrip('/')}/", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach remote environment {name!r} at {shown} ({transport_failure(exc).label}); "
+                          f"is the resources server running, and is --remote-env {name}=URL right?") from None
+    if reply.status_code in (502, 503, 504):
+        raise ConfigError(f"remote environment {name!r} at {shown} answered {reply.status_code}: the server behind "
+                          "it is down or still starting")
+
+
+def check_environments(remote: dict[str, str], timeout: float = 10.0) -> None:
+    """`check_environment` for every `--remote-env NAME=URL`."""
+    for name, url in remote.items():
+        check_environment(name, url, timeout)
 
 
 # ---- helpers (public where the collector or tests use them) -----------------------------------------------------

@@ -59,6 +59,7 @@ class ExactMatchEnvironment(BuiltinEnvironment):
     """Short factual answers. Row key: `expected_answer` (a string, number, or list of acceptable strings)."""
 
     name = "exact_match"
+    required_keys = ("expected_answer",)
 
     def score(self, row: dict[str, Any], response: dict[str, Any]) -> VerifyResult:
         expected = expected_value(row, self.name)
@@ -142,6 +143,7 @@ class MultipleChoiceEnvironment(BuiltinEnvironment):
     """Lettered options (MMLU, GPQA style). Row keys: `expected_answer` (letter or option text), `options`."""
 
     name = "multiple_choice"
+    required_keys = ("expected_answer",)
 
     def score(self, row: dict[str, Any], response: dict[str, Any]) -> VerifyResult:
         expected = str(expected_value(row, self.name)).strip()

@@ -122,7 +122,8 @@ def test_timeouts_become_typed_failures(tmp_path):
     summary = state.result()
     failures = run_rows(Path(summary.run_url), "failures")
     assert failures and summary.rollouts_failed == len(failures)
-    assert all(f["error"]["type"] == "ProviderError" and "timed out" in f["error"]["message"] for f in failures)
+    assert all(f["error"]["type"] == "ProviderTimeout" and "0.5 s request deadline" in f["error"]["message"]
+               and f["error"]["retryable"] and f["error"]["status_code"] is None for f in failures)
 
 
 def test_same_run_name_with_another_config_is_refused(tmp_path, sim):

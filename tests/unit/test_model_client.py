@@ -131,10 +131,21 @@ async def test_client_errors_are_not_retried():
     assert info.value.retryable is False and len(seen) == 1
 
 
-async def test_non_json_success_is_a_parse_error():
-    client, _ = client_with([httpx.Response(200, text="<html>")])
-    with pytest.raises(ResponseParseError, match="non-JSON"):
-        await client.create([{"role": "user", "content": "q"}], {}, {})
+async def test_unreadable_success_bodies_are_retried_then_a_typed_parse_error(monkeypatch):
+    async def no_sleep(_):
+        return None
+
+    monkeypatch.setattr("rollouts.model.asyncio.sleep", no_sleep)
+    client, seen = client_with([httpx.Response(200, text="<html>"), OK])
+    assert (await client.create([{"role": "user", "content": "q"}], {}, {})).attempts == 2 and len(seen) == 2
+    for body in ("<html>", '{"choices": []}', '{"choices": null}', '{"choices": ["oops"]}', '{"id": "x"',
+                 '{"choices": [{"message": {"content": 5}}]}', '{"choices": [{"message": "hi"}]}', "[1]",
+                 '{"choices": [{"message": {"tool_calls": [{"function": null}]}}]}'):
+        client, seen = client_with([httpx.Response(200, text=body)], max_retries=2)
+        with pytest.raises(ResponseParseError) as info:
+            await client.create([{"role": "user", "content": "q"}], {}, {})
+        assert (info.value.status_code, info.value.attempts, len(seen)) == (200, 3, 3), body
+        assert info.value.as_record("generate")["type"] == "ResponseParseError"
 
 
 async def test_api_key_from_the_named_environment_variable_is_sent_as_bearer(monkeypatch):

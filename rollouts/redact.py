@@ -1,0 +1,137 @@
+"""Secrets never enter what a run stores: refuse them where they would be stored, mask them where a config is shown.
+
+A `CollectConfig` is the flow's parameter, so the Prefect database and UI keep it, and the manifest copies it. A
+credential inside it (in a URL's `user:password@`, a token in a URL's query, a key in `--storage-options`) would be
+written to both. `refuse_secrets(config)` therefore refuses such a config up front with a message saying where the
+credential belongs instead (`--api-key-env`, the AWS environment variables or a profile); `redacted(config)` and
+`redacted_dump(config)` mask anything credential-like, for every place a config is stored, logged or handed to
+Prefect, as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from rollouts.errors import ConfigError
+
+MASK = "***"
+
+# Storage option keys that carry credentials in s3fs, gcsfs, adlfs and fsspec's HTTP filesystems.
+_SECRET_KEY = re.compile(
+    r"(secret|token|passw|credential|account_key|connection_string|private_key|api[-_]?key|^sas|auth|^key$|"
+    r"access_key|^sig$|^signature$)", re.IGNORECASE)
+# Values of such keys that name a credential source rather than hold one (gcsfs `token`, s3fs `anon`-like modes).
+_NOT_SECRET_VALUES = frozenset({"anon", "google_default", "cache", "cloud", "browser"})
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def secret_key(name: str) -> bool:
+    """Whether an option or query-parameter name holds a credential."""
+    return bool(_SECRET_KEY.search(name))
+
+
+def url_secrets(url: str) -> list[str]:
+    """What in `url` is a credential: its `user:password@` part and query parameters named like keys or tokens."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found = []
+    if parts.username is not None or parts.password is not None:
+        found.append("user:password@")
+    found += [f"?{name}=" for name, _ in parse_qsl(parts.query, keep_blank_values=True) if secret_key(name)]
+    return found
+
+
+def redact_url(url: str) -> str:
+    """`url` with its credentials masked (the host, path and other query parameters kept)."""
+    if not url_secrets(url):
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = (f"{MASK}@" if parts.username is not None or parts.password is not None else "") + host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    query = urlencode([(k, MASK if secret_key(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+                      safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _holds_secret(value: Any) -> bool:
+    if value in (None, "", False, True):
+        return False
+    return not (isinstance(value, str) and value in _NOT_SECRET_VALUES)
+
+
+def _option_secrets(value: Any, path: str) -> list[str]:
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if secret_key(str(key)) and _holds_secret(item):
+                found.append(where)
+            else:
+                found += _option_secrets(item, where)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found += _option_secrets(item, f"{path}[{index}]")
+    elif isinstance(value, str) and "://" in value and url_secrets(value):
+        found.append(path)
+    return found
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: (MASK if secret_key(str(k)) and _holds_secret(v) else _mask(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    return value
+
+
+def secret_problems(config: Any) -> list[str]:
+    """Each place a `CollectConfig` holds a credential, as a sentence saying where to put it instead."""
+    problems = []
+    urls = {"--model-url": config.endpoint.model_url, "INPUT": config.input, "--out": config.storage.out}
+    urls.update({f"--remote-env {name}": url for name, url in config.environments.remote_env.items()})
+    if config.concurrency.dask_address:
+        urls["--dask-address"] = config.concurrency.dask_address
+    for option, url in urls.items():
+        found = url_secrets(url)
+        if found:
+            hint = (" put the key in an environment variable and name it with --api-key-env"
+                    if option == "--model-url" else " use the service's own credential settings")
+            problems.append(f"{option} {redact_url(url)} carries credentials ({', '.join(found)}): flow parameters "
+                            f"and the manifest would keep them;{hint}")
+    keys = _option_secrets(config.storage.options, "")
+    if keys:
+        problems.append(f"--storage-options holds credentials ({', '.join(keys)}): flow parameters and the manifest "
+                        "would keep them; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or "
+                        '{"profile": NAME}) in the environment instead')
+    name = config.endpoint.api_key_env
+    if name and not _ENV_NAME.match(name):
+        problems.append("--api-key-env takes the NAME of an environment variable (letters, digits, '_'), not the "
+                        "key itself: export MY_KEY=... and pass --api-key-env MY_KEY")
+    return problems
+
+
+def refuse_secrets(config: Any) -> None:
+    """Raise a ConfigError naming every credential the config would store; call it before the config is stored."""
+    problems = secret_problems(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def redacted_dump(config: Any, **dump: Any) -> dict[str, Any]:
+    """`config.model_dump(mode="json")` with every credential-like value masked."""
+    return _mask(config.model_dump(mode="json", **dump))
+
+
+def redacted(config: Any) -> Any:
+    """A copy of the config with every credential-like value masked (same type, validated again)."""
+    return type(config).model_validate(redacted_dump(config))
