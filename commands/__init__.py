@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_tokens_parser(sub)
     sub.add_parser("sim-server", help="serve the simulated OpenAI-compatible model (see rollouts sim-server --help)",
                    add_help=False)
+    sub.add_parser("tune", help="find the --parallel knee of a model server with a sample of your prompts "
+                                "(see rollouts tune --help)", add_help=False)
     return parser
 
 
@@ -33,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from rollouts.sim.server import main as sim_main
 
         return sim_main(argv[1:]) or 0
+    if argv[:1] == ["tune"]:
+        from rollouts.tune import main as tune_main
+
+        return tune_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     with usage_guard(verbose=getattr(args, "verbose", False)) as guard:
         return int(args.func(args) or 0)

@@ -16,10 +16,12 @@ from flows.events import emit_run_event
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
 from rollouts.outcome import RunSummary, finish_run, judge
+from rollouts.profiling import function_profile
+from rollouts.run import run_store
 from rollouts.runtime import collector
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
-from tasks.generate import generate_shard
+from tasks.generate import finish_parallel, generate_shard
 from tasks.profile import profile_run
 from tasks.shard import shard_prompts
 from tasks.verify import verify_shard
@@ -69,7 +71,9 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
                 plan.rejects, " (resuming)" if plan.resumed else "")
     progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {run.run_url}")
     stop = collector().stop
-    with shard_runners(config) as (generators, verifiers):
+    profiling = config.profiling
+    with function_profile(profiling.profile, run_store(run), duty=profiling.profile_duty), \
+            shard_runners(config) as (generators, verifiers):
         generated = generators.map(generate_shard, {"run": unmapped(run), "shard": plan.shards})
         verified = [verifiers.submit(verify_shard, {"run": run, "shard": shard}, wait_for=[future])
                     for shard, future in zip(plan.shards, generated, strict=True)]
@@ -90,6 +94,7 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
                 future.wait()
         shard_states = [future.state for future in verified]
     results = [state.result() for state in shard_states if state.is_completed()]
+    finish_parallel(run)
     if stop.is_set():
         summary = finish_run(plan, judge(plan, results, [], interrupted=stop.reason), results, [], {}, {})
         emit_run_event(summary)

@@ -116,7 +116,11 @@ class ConcurrencyConfig(BaseModel):
 
     model_config = _FROZEN
 
-    parallel: int = Field(256, ge=1, description="global number of rollouts in flight (NeMo Gym's num_samples_in_parallel)")
+    parallel: Annotated[int | Literal["auto"], Cli(metavar="N|auto")] = Field(
+        256, description="global number of rollouts in flight (NeMo Gym's num_samples_in_parallel), or auto: an "
+                         "adaptive controller between --min-parallel and --max-parallel (threads runner)")
+    min_parallel: int = Field(8, ge=1, description="--parallel auto: the lowest limit, and where it starts")
+    max_parallel: int = Field(1024, ge=1, description="--parallel auto: the highest limit, and the connection pool size")
     shard_size: Annotated[int, IDENTITY] = Field(256, ge=1, description="prompts per shard: one Prefect task run per shard and stage")
     max_concurrent_shards: int = Field(4, ge=1, description="shard tasks running at once per process: the task runner's limit")
     task_runner: Literal["threads", "processes", "dask", "ray"] = Field(
@@ -133,6 +137,30 @@ class ConcurrencyConfig(BaseModel):
         None, description="an existing Ray cluster, or auto (default: start a local Ray instance)")
     ray_workers: int = Field(
         2, ge=1, description="Ray worker processes: CPUs of the local instance, or expected at --ray-address; --parallel is split between them")
+
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _parallel(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        elif isinstance(value, str) and value != "auto":
+            raise ValueError(f"--parallel must be a positive integer or auto (got {value!r})")
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"--parallel must be at least 1 (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _auto(self) -> ConcurrencyConfig:
+        if self.min_parallel > self.max_parallel:
+            raise ValueError(f"--min-parallel ({self.min_parallel}) is above --max-parallel ({self.max_parallel})")
+        if self.parallel == "auto" and self.task_runner != "threads":
+            raise ValueError("--parallel auto runs in one collector process: use it with --task-runner threads")
+        return self
+
+    @property
+    def fixed_parallel(self) -> int:
+        """The most rollouts that may be in flight: --parallel, or --max-parallel with auto."""
+        return self.max_parallel if self.parallel == "auto" else int(self.parallel)
 
     @property
     def worker_processes(self) -> int:
@@ -187,6 +215,20 @@ class EnvironmentConfig(BaseModel):
         return value
 
 
+class ProfilingConfig(BaseModel):
+    """What the run's profile measures beyond its always-on report."""
+
+    model_config = _FROZEN
+
+    profile: bool = Field(False, description="function-level profile of verifiers and tools (yappi, wall and CPU "
+                                             "clocks) to profile/functions.csv; costs CPU while on")
+    profile_duty: float = Field(1.0, gt=0, le=1, description="--profile: fraction of the time the profiler is on")
+    price_input: Annotated[float | None, Cli(metavar="USD")] = Field(
+        None, ge=0, description="price per million input tokens, for the report's cost estimate")
+    price_output: Annotated[float | None, Cli(metavar="USD")] = Field(
+        None, ge=0, description="price per million output tokens, for the report's cost estimate")
+
+
 class StorageConfig(BaseModel):
     """Where runs are written."""
 
@@ -220,6 +262,7 @@ class CollectConfig(BaseModel):
     concurrency: ConcurrencyConfig = Field(default_factory=ConcurrencyConfig)
     environments: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    profiling: ProfilingConfig = Field(default_factory=ProfilingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="before")
@@ -275,7 +318,7 @@ class CollectConfig(BaseModel):
 
     @property
     def parallel_per_process(self) -> int:
-        return max(1, -(-self.concurrency.parallel // self.processes))
+        return max(1, -(-self.concurrency.fixed_parallel // self.processes))
 
     @property
     def repeats(self) -> int:

@@ -26,6 +26,7 @@ from rollouts.failures import resume_state
 from rollouts.interrupt import NEVER, StopSignal, run_until_stopped
 from rollouts.limits import InflightLimiter
 from rollouts.model import ModelCall, ModelClient, http_client
+from rollouts.parallelism import ParallelControl
 from rollouts.progress import ProgressBoard
 from rollouts.records import SCHEMA_VERSION, Prompt, RolloutRow, dumps, input_messages, loads, rollout_id
 from rollouts.run import RunRef, ShardResult, read_records, run_store
@@ -221,15 +222,20 @@ class ShardGenerator:
 
 async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, limiter: InflightLimiter,
                          board: ProgressBoard, stop: StopSignal | None = None, breaker: FailureBreaker | None = None,
-                         auth: EndpointAuth | None = None) -> ShardResult:
+                         auth: EndpointAuth | None = None, control: ParallelControl | None = None) -> ShardResult:
     """Generate a shard on the caller's loop, with the run's warm client leased from `clients`; raises `Interrupted`
     once `stop` is requested (before it starts, or after flushing what finished). `auth` is the key and headers,
-    loaded by the caller in this process (never passed between tasks)."""
+    loaded by the caller in this process (never passed between tasks). With `--parallel auto`, `control` owns the
+    limiter and the client (whose transport the controller observes)."""
     (stop or NEVER).check()
     config = run.config
     envs = config.environments.build()
     auth = auth or EndpointAuth(api_key=config.api_key())
     factory = lambda: http_client(config.parallel_per_process, config.endpoint.request_timeout,  # noqa: E731
                                   auth.api_key, headers=auth.headers)
+    if control is not None:
+        factory, limiter = control.http_client, control.limiter
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:
+        if control is not None and not control.started:
+            control.start(http)
         return await ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker).run()

@@ -23,11 +23,14 @@ class ParallelControl:
     """Create it once per run and process (not per shard); `start` and `stop` on the loop that runs the requests."""
 
     def __init__(self, parallel: int | str, *, model_url: str, request_timeout: float, api_key: str | None = None,
-                 min_parallel: int = 8, max_parallel: int = 1024, use_server_metrics: bool = True) -> None:
+                 min_parallel: int = 8, max_parallel: int = 1024, use_server_metrics: bool = True,
+                 headers: dict[str, str] | None = None) -> None:
         self.auto = parallel == "auto"
         if not self.auto and (not isinstance(parallel, int) or parallel < 1):
             raise ValueError(f"--parallel must be a positive integer or 'auto' (got {parallel!r})")
         self.model_url, self.request_timeout, self.api_key = model_url, request_timeout, api_key
+        self.headers = headers or {}
+        self.started = False
         self.config = ControllerConfig(min_parallel=min_parallel, max_parallel=max_parallel) if self.auto else None
         self.limit = self.config.start if self.config else int(parallel)
         # The pool bounds what the limiter may ever allow: the fixed value, or the controller's ceiling.
@@ -46,11 +49,13 @@ class ParallelControl:
     def http_client(self) -> httpx.AsyncClient:
         """The run's client: create it inside the loop that uses it, as `model.http_client` requires."""
         if self.log is not None:
-            return observed_http_client(self.pool_size, self.request_timeout, self.api_key, self.log, self.model_url)
-        return http_client(self.pool_size, self.request_timeout, self.api_key)
+            return observed_http_client(self.pool_size, self.request_timeout, self.api_key, self.log, self.model_url,
+                                        headers=self.headers)
+        return http_client(self.pool_size, self.request_timeout, self.api_key, headers=self.headers)
 
     def start(self, http: httpx.AsyncClient | None = None) -> None:
         """Begin controlling (auto) or note the fixed limit; `http` is used for vLLM's /metrics when reachable."""
+        self.started = True
         if self.config is None:
             self._fixed_trace = [{"t": time.time(), "limit": self.limit, "reason": "fixed", "phase": "fixed"}]
             return

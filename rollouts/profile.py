@@ -56,7 +56,7 @@ class ProfileOptions:
 
     @classmethod
     def from_config(cls, config: Any) -> ProfileOptions:
-        return cls(price_input=getattr(config, "price_input", None), price_output=getattr(config, "price_output", None))
+        return cls(price_input=config.profiling.price_input, price_output=config.profiling.price_output)
 
 
 def read_run_frame(store: Store, folders: tuple[str, ...] = ("rollouts", "failures"), *,

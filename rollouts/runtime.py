@@ -120,7 +120,19 @@ class CollectorRuntime:
         self.stop = StopSignal()  # requested by SIGINT/SIGTERM (commands/) or a caller: shards stop taking work
         self._limiters: dict[str, InflightLimiter] = {}
         self._breakers: dict[str, FailureBreaker] = {}
+        self._controls: dict[str, Any] = {}
         self._lock = threading.Lock()
+
+    def parallel_control(self, run_id: str, factory: Callable[[], Any]) -> Any:
+        """One `--parallel auto` controller per run and process (a `rollouts.parallelism.ParallelControl`)."""
+        with self._lock:
+            if run_id not in self._controls:
+                self._controls[run_id] = factory()
+            return self._controls[run_id]
+
+    def pop_parallel_control(self, run_id: str) -> Any:
+        with self._lock:
+            return self._controls.pop(run_id, None)
 
     def breaker(self, run_id: str) -> FailureBreaker:
         """One failure breaker per run and process: shards of the run share what they saw."""
