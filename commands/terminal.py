@@ -103,6 +103,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("rollouts/s", summary.get("rollouts_per_s")),
         ("output tokens/s", summary.get("output_tokens_per_s")),
     ]
+    if summary.get("token_contiguity"):
+        rows.append(("token contiguity", summary["token_contiguity"]))
     for failure in (summary.get("top_failures") or [])[:3]:
         status = f" {failure['status_code']}" if failure.get("status_code") else ""
         rows.append((f"  {failure['type']}{status}", f"{failure['count']}: {failure['example']}"))

@@ -45,6 +45,7 @@ class RunSummary(BaseModel):
     outputs: dict[str, list[str]]
     incomplete_shards: list[str]
     top_failures: list[dict[str, Any]] = []  # {type, status_code, count, example}, most frequent first
+    token_contiguity: str | None = None  # with --return-tokens: rollouts contiguous, breaks by class
 
 
 def run_failure_counts(plan: RunPlan, missing: int = 0) -> FailureCounts:
@@ -111,6 +112,7 @@ def finish_run(plan: RunPlan, verdict: Verdict, results: list[ShardResult], inco
         failure_fraction=verdict.failure_fraction, mean_reward=verdict.mean_reward,
         rollouts_per_s=profile.get("rollouts_per_s"), output_tokens_per_s=profile.get("output_tokens_per_s"),
         outputs=outputs, incomplete_shards=incomplete, top_failures=top_failures(plan, results),
+        token_contiguity=(profile.get("contiguity") or {}).get("summary"),
     )
     store = run_store(plan.run)
     # Written last: a reader that finds status "completed" finds every listed file whole (check_inventory).

@@ -53,10 +53,12 @@ class ProfileOptions:
     price_output: float | None = None
     pass_threshold: float = 1.0
     window_s: float = WINDOW_S
+    tokens: bool = False  # the run asked for token ids: check every rollout's contiguity
 
     @classmethod
     def from_config(cls, config: Any) -> ProfileOptions:
-        return cls(price_input=config.profiling.price_input, price_output=config.profiling.price_output)
+        return cls(price_input=config.profiling.price_input, price_output=config.profiling.price_output,
+                   tokens=config.endpoint.return_tokens)
 
 
 def read_run_frame(store: Store, folders: tuple[str, ...] = ("rollouts", "failures"), *,

@@ -48,6 +48,13 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
         rows = stats.table()
         store.write_bytes(csv_text(rows, COLUMNS).encode(), "profile", "functions.csv")
         profile["functions"] = {"processes": parts, "clock_seconds": stats.clock_seconds, "top": rows[:TOP_ROWS]}
+    if options is not None and options.tokens:
+        from rollouts.run import read_records
+        from rollouts.tokens import contiguity_metrics
+
+        rows = (row for path in store.glob("rollouts/*.jsonl") for row in read_records(store, "rollouts", path.rsplit("/", 1)[-1]))
+        metrics = contiguity_metrics(rows)
+        profile["contiguity"] = {**metrics.model_dump(), "summary": metrics.summary(), "markdown": metrics.to_markdown()}
     files = write_profile(store, profile)
     charts = profile_charts(profile)
     for name, png in charts.items():
@@ -73,6 +80,9 @@ def artifacts(profile: dict[str, Any], images: dict[str, str], run_url: str) -> 
         out.append(Artifact("table", "rollout-failures", "Failures by error type", table=profile["failures_by_type"]))
     if profile["pass_at_k"]:
         out.append(Artifact("table", "pass-at-k", "pass@k, pass^k and mean@k per environment", table=profile["pass_at_k"]))
+    if "contiguity" in profile:
+        out.append(Artifact("markdown", "token-contiguity", "Token contiguity across model calls (--return-tokens)",
+                            markdown=profile["contiguity"]["markdown"]))
     if "functions" in profile:
         out.append(Artifact("table", "function-profile", "Functions by total wall time (seconds), wall and CPU clocks",
                             table=profile["functions"]["top"]))
