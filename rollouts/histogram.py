@@ -35,4 +35,5 @@ def histogram(values: pl.Series, *, bins: int = BINS, discrete: int = DISCRETE_V
 
 def bin_label(low: float, high: float) -> str:
     """`0.5` for an exact value, `[0.2, 0.3)` for a bin."""
+    low, high = low + 0.0, high + 0.0  # never "-0"
     return f"{low:.4g}" if low == high else f"[{low:.4g}, {high:.4g})"

@@ -124,7 +124,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value + 0.0:.4g}"  # + 0.0: a mean of -0.0 prints as 0
     return str(value)
 
 

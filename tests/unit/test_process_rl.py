@@ -100,3 +100,10 @@ def test_run_input_counts_failures_and_keeps_only_ok_rows(tmp_path: Path) -> Non
     assert table["rollout_id"].to_list() == ["run1-0-0", "run1-0-1", "run1-0-2", "run1-1-0"]
     saved = json.loads(Path(result.card_json).read_text())
     assert saved["dropped"] == [{"rule": "failed", "count": 1, "why": card.dropped[0].why}]
+
+
+def test_the_card_never_prints_minus_zero() -> None:
+    from rollouts.histogram import bin_label
+    from rollouts.process.card import _cell
+
+    assert (_cell(-0.0), _cell(-1e-9 * 0), bin_label(-0.0, -0.0), bin_label(-0.0, 0.5)) == ("0", "0", "0", "[0, 0.5)")
