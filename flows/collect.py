@@ -17,6 +17,7 @@ from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
 from rollouts.outcome import RunSummary, finish_run, judge
 from rollouts.profiling import function_profile
+from rollouts.redact import refuse_secrets
 from rollouts.run import run_store
 from rollouts.runtime import collector
 from tasks.filter import filter_rollouts
@@ -64,6 +65,7 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     logger = get_run_logger()
     board = collector().board
     board.set_ui_url(flow_run.ui_url)
+    refuse_secrets(config)  # credentials in the parameters themselves: refused, and never written anywhere
     config = apply_blocks(config)  # block names travel in the parameters; their secrets are loaded here and in tasks
     plan = shard_prompts(config)
     run = plan.run

@@ -66,8 +66,9 @@ def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> RunRef
 
 
 def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan:
-    """Resolve the run directory; shard the input unless an earlier attempt already did."""
-    refuse_secrets(config)  # before anything is written: a credential would land in the manifest
+    """Resolve the run directory; shard the input unless an earlier attempt already did. A storage block's
+    credentials may be in `config.storage.options` here (the manifest leaves those out); the flow refuses credentials
+    the user put in the parameters before it resolves the blocks."""
     auth = auth or EndpointAuth(api_key=config.api_key())
     check_endpoint(config.endpoint.model_url, auth.api_key, headers=auth.headers)
     check_environments(config.environments.remote_env)
