@@ -89,12 +89,14 @@ class ShardGenerator:
     """Generates every missing rollout of one shard; `limiter` bounds the rollouts in flight across the process."""
 
     def __init__(self, run: RunRef, shard: str, http, envs: dict[str, Environment], limiter: InflightLimiter,
-                 board: ProgressBoard, stop: StopSignal | None = None, breaker: FailureBreaker | None = None) -> None:
+                 board: ProgressBoard, stop: StopSignal | None = None, breaker: FailureBreaker | None = None,
+                 verify_inline: bool = False) -> None:
         self.ref, self.shard, self.config = run, shard, run.config
         self.store = run_store(run)
         self.http, self.envs, self.limiter, self.board = http, envs, limiter, board
         self.stop = stop or NEVER
         self.breaker = breaker or FailureBreaker()
+        self.verify_inline = verify_inline
         self.limits = self.config.environments.limits()
         endpoint = self.config.endpoint
         self.client = ModelClient(http, endpoint.model_url, endpoint.model, endpoint.api,
@@ -115,6 +117,7 @@ class ShardGenerator:
         prompts = read_prompts(self.store, self.shard)
         done, previous = resume_state(read_records(self.store, "generations", f"{self.shard}.jsonl"),
                                       read_records(self.store, "failures", f"{self.shard}.jsonl"))
+        done |= {r["rollout_id"] for r in read_records(self.store, "rollouts", f"{self.shard}.jsonl")}
         self.board.add(resumed=len(done))
         todo = self._todo(prompts, done, previous)
         pending = len(prompts) * self.config.repeats - len(done)
@@ -122,6 +125,11 @@ class ShardGenerator:
         if pending <= 0:
             return result
         appender = self.store.appender("generations", f"{self.shard}.jsonl")
+        # With `verify_inline` (the generate stage), in-process verifiers score a rollout as soon as it is generated:
+        # the progress line's reward moves with the run, and the row is written once, to rollouts/. Remote
+        # environments, and what failed, are left to the verify stage.
+        verified = self.store.appender("rollouts", f"{self.shard}.jsonl")
+        from rollouts.verify import verify_one
 
         async def worker() -> None:
             for prompt, index, rid, prior in todo:
@@ -130,9 +138,16 @@ class ShardGenerator:
                 record = await self._rollout(prompt, index, rid, prior)
                 if record is None:  # stopped while it waited for a slot
                     return
-                appender.write(dumps(record))
                 if self.breaker.record(record):
                     self.store.write_json({"reason": self.breaker.reason}, STOPPED)
+                env = self.envs[prompt.env]
+                if self.verify_inline and record["status"] == "ok" and not env.remote:
+                    record = await verify_one(env, record, None)
+                    if record["status"] == "ok":
+                        verified.write(dumps(record))
+                        self.board.add(generated=1, verified=1, reward=record["reward"])
+                        continue
+                appender.write(dumps(record))
                 ok = record["status"] == "ok"
                 self.board.add(generated=int(ok), failed=int(not ok))
 
@@ -142,6 +157,7 @@ class ShardGenerator:
         try:
             stopped, _ = await run_until_stopped(workers(), self.stop)
         finally:
+            verified.commit()
             appender.commit()
         if stopped:
             self.stop.check()
@@ -238,4 +254,4 @@ async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, lim
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:
         if control is not None and not control.started:
             control.start(http)
-        return await ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker).run()
+        return await ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker, verify_inline=True).run()

@@ -87,7 +87,9 @@ async def verify_shard(run: RunRef, shard: str, *, board: ProgressBoard, stop: S
         result.rollouts += 1
         result.reward_sum += record.get("reward") or 0.0
     envs = config.environments.build()
-    failures: list[dict[str, Any]] = [r for r in latest.values() if r["status"] != "ok"]
+    # A rollout verified in rollouts/ is done, whatever an older generation record says (the generate stage scores
+    # in-process environments itself and writes only the verified row).
+    failures: list[dict[str, Any]] = [r for r in latest.values() if r["status"] != "ok" and r["rollout_id"] not in verified]
     todo = [r for r in latest.values() if r["status"] == "ok" and r["rollout_id"] not in verified]
     failures += [_lost(r) for r in todo if r.get("verified")]
     todo = [r for r in todo if not r.get("verified")]
