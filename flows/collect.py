@@ -80,7 +80,7 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
         verified = [verifiers.submit(verify_shard, {"run": run, "shard": shard}, wait_for=[future])
                     for shard, future in zip(plan.shards, generated, strict=True)]
         for done, future in enumerate(verified, start=1):  # shards finish roughly in submission order
-            while not stop.is_set() and not future.wrapped_future.done():
+            while not stop.is_set() and not future.state.is_final():
                 future.wait(timeout=0.25)
             if stop.is_set():
                 break
@@ -90,8 +90,10 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
                 collector().board.add_shard(future.result())
         if stop.is_set():  # Ctrl-C: tasks not started yet are cancelled; those running stop after flushing
             for future in (*generated, *verified):
-                future.wrapped_future.cancel()
-            verified = [f for f in verified if not f.wrapped_future.cancelled()]
+                cancel = getattr(future.wrapped_future, "cancel", None)  # thread/process pools; Dask/Ray run on
+                if cancel is not None:
+                    cancel()
+            verified = [f for f in verified if not getattr(f.wrapped_future, "cancelled", lambda: False)()]
             for future in verified:
                 future.wait()
         shard_states = [future.state for future in verified]

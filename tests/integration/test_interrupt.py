@@ -32,7 +32,8 @@ def test_sigint_stops_within_seconds_marks_the_run_interrupted_and_a_resume_comp
                                    stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and process.poll() is None:
-            lines = sum(len(f.read_bytes().splitlines()) for f in (run / "generations").glob("*.jsonl"))
+            lines = sum(len(f.read_bytes().splitlines()) for folder in ("generations", "rollouts")
+                        for f in (run / folder).glob("*.jsonl"))
             if lines >= 100:
                 break
             time.sleep(0.05)
