@@ -51,8 +51,26 @@ def announce_steady(runs: Path) -> None:
     print("STEADY", flush=True)
 
 
+class GcClock:
+    """Seconds spent in the cyclic garbage collector, per generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.seconds, self.counts, self._started = [0.0, 0.0, 0.0], [0, 0, 0], 0.0
+        gc.callbacks.append(self._tick)
+
+    def _tick(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
+            self.counts[info["generation"]] += 1
+
+
 def child(args: argparse.Namespace) -> None:
     """One measured collection through the flow; prints a RESULT JSON line."""
+    gc_clock = GcClock()
     imported = time.perf_counter()
     from commands.collect import prefect_defaults
 
@@ -63,6 +81,16 @@ def child(args: argparse.Namespace) -> None:
     from rollouts.config import CollectConfig
 
     import_s = time.perf_counter() - imported
+    if os.environ.get("BENCH_GC"):  # an experiment: "gen0,gen1,gen2" thresholds, and/or "freeze" (gc.freeze now)
+        import gc
+
+        spec = os.environ["BENCH_GC"].split(",")
+        if "freeze" in spec:
+            gc.collect()
+            gc.freeze()
+        numbers = [int(x) for x in spec if x.isdigit()]
+        if numbers:
+            gc.set_threshold(*numbers)
     work = Path(args.workdir)
     prompts = work / "prompts.jsonl"
     write_prompts(prompts, args.rollouts // args.repeats)
@@ -88,6 +116,7 @@ def child(args: argparse.Namespace) -> None:
         "cpu_ms_per_rollout": 1000 * cpu / ok, "api_cpu_ms_per_rollout": 1000 * api_cpu / ok,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "import_s": import_s,
         "startup_s": first - t0, "wall_s": wall, "mean_reward": summary.mean_reward,
+        "gc_s": [round(x, 3) for x in gc_clock.seconds], "gc_counts": gc_clock.counts,
     }), flush=True)
 
 
@@ -101,10 +130,10 @@ def run_child(cmd: list[str], spy: float, label: str, spy_dir: Path | None) -> d
     for line in proc.stdout:
         if line.startswith("STEADY") and spy and spy_dir is not None:
             spy_dir.mkdir(parents=True, exist_ok=True)
-            spy_proc = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "100", "--native", "--nonblocking",
+            spy_proc = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "100", "--native",
                                          "--subprocesses", "--format", "raw", "--duration", str(int(spy)),
                                          "--output", str(spy_dir / f"{label}.txt")],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=(spy_dir / f"{label}.log").open("w"))
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT "):])
     proc.wait()
@@ -144,7 +173,8 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=512)
     parser.add_argument("--max-concurrent-shards", type=int, default=4)
     parser.add_argument("--py-spy", type=float, default=0, metavar="SECONDS",
-                        help="record the collector with py-spy for this long in its steady state, print CPU by layer")
+                        help="record the collector with py-spy for this long in its steady state, print CPU by layer "
+                             "(py-spy pauses the process per sample: rates of a profiled run are not figures)")
     parser.add_argument("--spy-dir", default=str(ROOT / "bench" / "out"), help="where py-spy's raw stacks go")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -176,7 +206,8 @@ def main() -> None:
                 ours = run_child(cmd, args.py_spy, label, spy_dir)
             rows.append((runner, workers, parallel, ours, bare))
             print(f"{label}: {ours['steady_rps']:.0f} r/s ({ours['steady_rps'] / bare['steady_rps']:.2f} of bare), "
-                  f"{ours['cpu_ms_per_rollout']:.2f} ms CPU/r ({ours['cpu_ms_per_rollout'] / bare['cpu_ms_per_rollout']:.1f}x bare)",
+                  f"{ours['cpu_ms_per_rollout']:.2f} ms CPU/r ({ours['cpu_ms_per_rollout'] / bare['cpu_ms_per_rollout']:.1f}x bare), "
+                  f"cyclic GC {ours['gc_s']} s in {ours['gc_counts']} collections (generations 0, 1, 2)",
                   file=sys.stderr, flush=True)
     yard_after = yardstick()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
