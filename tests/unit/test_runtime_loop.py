@@ -19,11 +19,20 @@ def loop_kind(loop: asyncio.AbstractEventLoop) -> str:
 
 
 @pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed")
-def test_uvloop_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
+def test_uvloop_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(EVENT_LOOP_ENV, "uvloop")
     loop = new_event_loop()
     try:
         assert loop_kind(loop) == "uvloop"
+    finally:
+        loop.close()
+
+
+def test_asyncio_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
+    loop = new_event_loop()
+    try:
+        assert loop_kind(loop) == "asyncio"
     finally:
         loop.close()
 
@@ -55,14 +64,8 @@ def test_requiring_a_missing_uvloop_is_a_config_error(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(builtins, "__import__", no_uvloop)
     monkeypatch.setenv(EVENT_LOOP_ENV, "uvloop")
-    with pytest.raises(ConfigError, match="pip install"):
+    with pytest.raises(ConfigError, match="pip install uvloop"):
         new_event_loop()
-    monkeypatch.delenv(EVENT_LOOP_ENV)
-    loop = new_event_loop()  # unset: falls back to asyncio's loop
-    try:
-        assert loop_kind(loop) == "asyncio"
-    finally:
-        loop.close()
 
 
 @pytest.mark.parametrize("choice", ["asyncio"] + (["uvloop"] if HAS_UVLOOP else []))
