@@ -84,36 +84,36 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--loop", default="asyncio", help="asyncio, uvloop, or both: asyncio,uvloop (paired rounds)")
     parser.add_argument("--stacks", default=",".join(STACKS))
     args = parser.parse_args()
     from rollouts.sim.launch import start_sim_server
 
-    new_loop = asyncio.new_event_loop
-    if args.loop == "uvloop":
+    loops = {"asyncio": asyncio.new_event_loop}
+    if "uvloop" in args.loop:
         import uvloop
 
-        new_loop = uvloop.new_event_loop
-    names = args.stacks.split(",")
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    rate: dict[str, list[float]] = {n: [] for n in names}
+        loops["uvloop"] = uvloop.new_event_loop
+    names = [(stack, loop) for loop in args.loop.split(",") for stack in args.stacks.split(",")]
+    cpu: dict[tuple[str, str], list[float]] = {n: [] for n in names}
+    rate: dict[tuple[str, str], list[float]] = {n: [] for n in names}
     print(f"CPU yardstick (fixed pure-Python loop): {yardstick():.0f} ms")
     with start_sim_server(latency_ms=args.latency_ms, seed=0) as server:
         for _ in range(args.rounds):
             for name in names:
-                loop = new_loop()
+                loop = loops[name[1]]()
                 c0, t0 = time.process_time(), time.perf_counter()
-                loop.run_until_complete(STACKS[name](server.url, args.parallel, args.calls))
+                loop.run_until_complete(STACKS[name[0]](server.url, args.parallel, args.calls))
                 cpu[name].append(1e6 * (time.process_time() - c0) / args.calls)
                 rate[name].append(args.calls / (time.perf_counter() - t0))
                 loop.close()
-    base = statistics.median(cpu["bare"]) if "bare" in cpu else None
-    print(f"{args.parallel} in flight, {args.latency_ms:.0f} ms latency, {args.loop}, {args.calls} calls x {args.rounds} rounds")
-    print(f"{'stack':<14} {'CPU us/call':>11} {'/ bare':>7} {'calls/s':>8}")
+    base = statistics.median(cpu[("bare", "asyncio")]) if ("bare", "asyncio") in cpu else None
+    print(f"{args.parallel} in flight, {args.latency_ms:.0f} ms latency, {args.calls} calls x {args.rounds} rounds (medians)")
+    print(f"{'stack':<14} {'loop':<8} {'CPU us/call':>11} {'/ bare on asyncio':>17} {'calls/s':>8}")
     for name in names:
         median = statistics.median(cpu[name])
-        ratio = f"{median / base:7.2f}" if base else ""
-        print(f"{name:<14} {median:>11.0f} {ratio} {statistics.median(rate[name]):>8.0f}")
+        ratio = f"{median / base:17.2f}" if base else ""
+        print(f"{name[0]:<14} {name[1]:<8} {median:>11.0f} {ratio} {statistics.median(rate[name]):>8.0f}")
 
 
 if __name__ == "__main__":
