@@ -49,17 +49,19 @@ class ModelCall:
 def http_client(limit: int, timeout: float, api_key: str | None = None,
                 transport: httpx.AsyncBaseTransport | None = None,
                 headers: dict[str, str] | None = None) -> httpx.AsyncClient:
-    """An AsyncClient over aiohttp (plain httpx's pool scans every connection per queued request, encode/httpx#3215).
+    """An AsyncClient over aiohttp (plain httpx's pool scans every connection per queued request, encode/httpx#3215),
+    without a cookie jar or per-request URL and header merging (rollouts/transport.py has the measurements).
 
     Create it inside the task that uses it: a client is bound to the event loop it first ran on.
     """
     from rollouts.envs.remote import cookie_free_transport  # per-rollout sessions of remote environments
+    from rollouts.transport import CollectorHTTPClient
 
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     sent = {"Content-Type": "application/json", **(headers or {}),
             **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    return httpx.AsyncClient(transport=transport or cookie_free_transport(limits), timeout=httpx.Timeout(timeout),
-                             headers=sent)
+    return CollectorHTTPClient(transport=transport or cookie_free_transport(limits), timeout=httpx.Timeout(timeout),
+                               headers=sent)
 
 
 def check_endpoint(base_url: str, api_key: str | None, timeout: float = 5.0,

@@ -354,7 +354,8 @@ def update_cookies(session: SessionState, reply: httpx.Response) -> None:
 def cookie_free_transport(limits: httpx.Limits | None = None) -> httpx.AsyncBaseTransport:
     """An aiohttp-backed httpx transport whose aiohttp session keeps no cookies (sessions stay per rollout)."""
     import aiohttp
-    from httpx_aiohttp import AiohttpTransport
+
+    from rollouts.transport import CollectorTransport
 
     limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
@@ -362,7 +363,7 @@ def cookie_free_transport(limits: httpx.Limits | None = None) -> httpx.AsyncBase
         connector = aiohttp.TCPConnector(limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry)
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
-    return AiohttpTransport(limits=limits, client=make_session)
+    return CollectorTransport(limits=limits, client=make_session)
 
 
 def shares_cookies(http: httpx.AsyncClient) -> bool:
