@@ -12,8 +12,13 @@ from rollouts.errors import ConfigError, InputError, RolloutsError
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+def error(message: str, console=None) -> None:
+    """`error: <message>` on stderr (through a rich console when the command has one, never as markup)."""
+    if console is None:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return
+    console.print("[red]error:[/] ", end="")
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 class Guard:

@@ -10,6 +10,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
+
+from commands.errors import error
 from rich.table import Table
 
 from commands.collect import config_data, objectives_of, validated
@@ -79,11 +81,6 @@ def _summary(results: list[Any]) -> Table:
     return table
 
 
-def _print_error(console: Console, message: str) -> None:
-    console.print("[red]error:[/] ", end="")
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
 def run_process_command(args: argparse.Namespace) -> int:
     """Run `process` from parsed arguments; user errors print one clear line and return a non-zero code."""
     from rollouts.process.api import process_many
@@ -94,10 +91,10 @@ def run_process_command(args: argparse.Namespace) -> int:
         results = process_many(command.inputs, command.configs(), command.out, storage_options=command.storage_options,
                                workdir=command.workdir)
     except ConfigError as exc:
-        _print_error(err, exc.message)
+        error(console=err, message=exc.message)
         return 2
     except RolloutsError as exc:
-        _print_error(err, exc.message)
+        error(console=err, message=exc.message)
         return 1
     out = Console()
     out.print(_summary(results))

@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 
+from commands.errors import error
+
 from rollouts.errors import ConfigError, RolloutsError
 from rollouts.tokens.samples import POLICIES
 
@@ -61,11 +63,6 @@ def load_tokenizer(spec: str) -> Any:
         raise ConfigError(f"--tokenizer {spec}: not a tokenizers JSON file ({exc})") from exc
 
 
-def _print_error(console: Console, message: str) -> None:
-    console.print("[red]error:[/] ", end="")
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
 def run_tokens_command(args: argparse.Namespace) -> int:
     """Run `tokens` from parsed arguments: 0 on success, 2 for a usage error, 1 when the inputs cannot be processed."""
     from rollouts.process.config import ProcessConfig
@@ -78,13 +75,13 @@ def run_tokens_command(args: argparse.Namespace) -> int:
         result = convert_token_records(args.inputs, args.out, args.policy, args.storage_options, tokenizer=tokenizer,
                                        turn_end_id=args.turn_end_id, config=config)
     except ValidationError as exc:
-        _print_error(err, f"invalid options: {exc.errors()[0]['msg']}")
+        error(console=err, message=f"invalid options: {exc.errors()[0]['msg']}")
         return 2
     except ConfigError as exc:
-        _print_error(err, exc.message)
+        error(console=err, message=exc.message)
         return 2
     except RolloutsError as exc:
-        _print_error(err, exc.message)
+        error(console=err, message=exc.message)
         return 1
     out = Console()
     card = result.card
