@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
-
-from commands.errors import error
 from rich.table import Table
 
 from commands.collect import config_data, objectives_of, validated
+from commands.errors import error
 from commands.options import Option, add_model_options
 from rollouts.errors import ConfigError, RolloutsError
 from rollouts.options import Cli

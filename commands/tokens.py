@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from commands.errors import error
-
 from rollouts.errors import ConfigError, RolloutsError
 from rollouts.tokens.samples import POLICIES
 
