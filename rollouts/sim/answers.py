@@ -266,7 +266,7 @@ def _follow(plan: Plan, since_user: list[Turn], user_text: str, rng: random.Rand
     outputs = [turn.content for turn in since_user if turn.role == "tool"]
     # A plan that computes (its last output is a number, as `calculate` returns): report that result.
     number = find_number(outputs[-1]) if outputs and _NUMBER_RE.fullmatch(outputs[-1].strip()) else None
-    if number is not None and done == len(plan):
+    if number is not None and done >= len(plan):
         return _use_tool_result(outputs[-1], number, rng, temperature)
     made = sum(len(turn.tool_calls) for turn in since_user if turn.role == "assistant")
     errors = sum(1 for text in outputs if text.startswith("Error"))

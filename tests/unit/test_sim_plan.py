@@ -109,6 +109,11 @@ def test_the_model_makes_one_turn_per_step_then_answers() -> None:
     assert final == "Done: 3 tool calls in 2 turns."
 
 
+def test_the_final_text_says_how_many_calls_failed() -> None:
+    _, final = follow(PLAN_TEXT, KV_TOOLS, outputs={"delete_key": "Error: there is no key 'a' in the store"})
+    assert final == "Done: 3 tool calls in 2 turns, 1 of them failed."
+
+
 def test_a_new_user_message_starts_its_own_plan() -> None:
     turns = [Turn("user", PLAN_TEXT), Turn("assistant", "", "", [ToolCall("get_value", '{"key": "a"}')]),
              Turn("tool", "1"), Turn("assistant", "Done.")]
