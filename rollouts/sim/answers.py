@@ -1,4 +1,5 @@
-"""What the simulated model says: arithmetic with temperature-dependent accuracy, letters, echoes and tool calls."""
+"""What the simulated model says: arithmetic with temperature-dependent accuracy, letters, echoes and tool calls
+(one call for a bare question, or the turns of a plan the prompt spells out: plan.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from rollouts.sim.plan import Plan, read_plan
 from rollouts.sim.tokens import ToolCall, Turn
 
 MAX_SHOWN_STEPS = 8
@@ -44,7 +46,12 @@ class ToolSpec:
 class Answer:
     reasoning: str
     content: str
-    tool_call: ToolCall | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # the turn's calls, in order; each gets its own call id
+
+    @property
+    def tool_call(self) -> ToolCall | None:
+        """The first call, if any."""
+        return self.tool_calls[0] if self.tool_calls else None
 
 
 class _Parser:
@@ -231,13 +238,52 @@ def _call_tool(tool: ToolSpec, problem: Problem | None, user_text: str) -> Answe
     else:
         name, value = (tool.parameters[0] if tool.parameters else "query"), user_text
     call = ToolCall(tool.name, json.dumps({name: value}, ensure_ascii=False))
-    return Answer(f"I should call {tool.name} to help with this.", "", call)
+    return Answer(f"I should call {tool.name} to help with this.", "", (call,))
 
 
-def respond(turns: list[Turn], tools: list[ToolSpec], rng: random.Random, temperature: float) -> Answer:
-    """Decide the next assistant turn: a tool call, a worked answer, a letter, or an echo."""
+def _follow(plan: Plan, since_user: list[Turn], user_text: str, rng: random.Random, temperature: float,
+            parallel: bool) -> Answer:
+    """The plan's next turn, counted as the assistant turns with tool calls since the user spoke; then the end.
+
+    A step's calls are all made together, unless the request forbids parallel calls (one call per turn then). With
+    probability 1 - p_correct one call of the step is left out, so a sampled rollout can miss a change and lose
+    its reward; leaving out a step's only call ends the rollout early with a final text.
+    """
+    if not parallel:
+        plan = tuple((call,) for step in plan for call in step)
+    done = sum(1 for turn in since_user if turn.role == "assistant" and turn.tool_calls)
+    if done < len(plan):
+        calls = plan[done]
+        if rng.random() >= p_correct(temperature):
+            left_out = rng.randrange(len(calls))
+            calls = calls[:left_out] + calls[left_out + 1 :]
+        if calls:
+            names = ", ".join(dict.fromkeys(call.name for call in calls))
+            return Answer(f"Step {done + 1} of {len(plan)}: {names}.", "", calls)
+    options = find_options(user_text)
+    if options:
+        return _choose(options, find_problem(user_text), rng, temperature)
+    outputs = [turn.content for turn in since_user if turn.role == "tool"]
+    # A plan that computes (its last output is a number, as `calculate` returns): report that result.
+    number = find_number(outputs[-1]) if outputs and _NUMBER_RE.fullmatch(outputs[-1].strip()) else None
+    if number is not None and done >= len(plan):
+        return _use_tool_result(outputs[-1], number, rng, temperature)
+    made = sum(len(turn.tool_calls) for turn in since_user if turn.role == "assistant")
+    errors = sum(1 for text in outputs if text.startswith("Error"))
+    noted = f", {errors} of them failed" if errors else ""
+    summary = f"{made} tool call{'s' * (made != 1)} in {done} turn{'s' * (done != 1)}"
+    return Answer("The plan's steps are done; I will confirm.", f"Done: {summary}{noted}.")
+
+
+def respond(turns: list[Turn], tools: list[ToolSpec], rng: random.Random, temperature: float, *,
+            parallel: bool = True) -> Answer:
+    """Decide the next assistant turn: a plan's tool calls, a tool call, a worked answer, a letter, or an echo."""
     last_user = max((index for index, turn in enumerate(turns) if turn.role == "user"), default=-1)
     user_text = turns[last_user].content if last_user >= 0 else (turns[-1].content if turns else "")
+    if tools:
+        plan = read_plan(user_text, {tool.name for tool in tools})
+        if plan:
+            return _follow(plan, turns[last_user + 1 :], user_text, rng, temperature, parallel)
     tool_outputs = [turn.content for turn in turns[last_user + 1 :] if turn.role == "tool"]
     problem = find_problem(user_text)
     if tools and not tool_outputs:

@@ -18,6 +18,7 @@ Drift options make consecutive calls of one conversation non-contiguous the way 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import jinja2
 import regex
 from tokenizers import Tokenizer
 
-from rollouts.sim.tokens import Generation, ToolCall, Turn
+from rollouts.sim.tokens import Generation, ToolCall, Turn, as_calls
 
 HERE = Path(__file__).resolve().parent
 TOKENIZER_PATH = HERE / "tokenizer.json"
@@ -128,41 +129,49 @@ class ChatTokenizer:
         ids = self.encode(self.render(turns, tool_names))
         return ids[-truncate:] if truncate is not None and len(ids) > truncate else ids
 
-    def generation(self, reasoning: str, content: str, call: ToolCall | None, max_tokens: int | None) -> Generation:
+    def generation(self, reasoning: str, content: str, calls: ToolCall | Sequence[ToolCall] | None,
+                   max_tokens: int | None) -> Generation:
         """The answer as the model emits it: the assistant body's ids and <|im_end|>, cut at `max_tokens`."""
+        tool_calls = as_calls(calls)
         message = {"reasoning": reasoning, "content": content,
-                   "tool_calls": [{"name": call.name, "arguments": call.arguments}] if call else []}
+                   "tool_calls": [{"name": call.name, "arguments": call.arguments} for call in tool_calls]}
         body = str(self.body_macro(message, False))
-        if call is not None and self.drift.retokenize_args:
-            ids = self._split_arguments(body, call.arguments)
+        if tool_calls and self.drift.retokenize_args:
+            ids = self._split_arguments(body, [call.arguments for call in tool_calls])
         else:
             ids = self.encode(body)
         ids.append(self.im_end)
         truncated = max_tokens is not None and len(ids) > max_tokens
         if truncated:
             ids = ids[: max(max_tokens or 0, 0)]
-            reasoning, content, call = self._parse(self.tokenizer.decode(ids, skip_special_tokens=False), reasoning)
+            reasoning, content, tool_calls = self._parse(self.tokenizer.decode(ids, skip_special_tokens=False), reasoning)
         close = self.special[THINK_CLOSE.strip()]
         reasoning_tokens = (ids.index(close) + 1 if close in ids else len(ids)) if reasoning else 0
         tokens = [self.pieces[i] for i in ids]
-        return Generation(reasoning, content, call, tokens, truncated, ids=ids, reasoning_tokens=reasoning_tokens)
+        return Generation(reasoning, content, tool_calls, tokens, truncated, ids=ids, reasoning_tokens=reasoning_tokens)
 
-    def _split_arguments(self, body: str, arguments: str) -> list[int]:
-        """Canonical ids, except that tokens overlapping the arguments are emitted byte by byte."""
-        start = body.rindex(arguments)
-        end = start + len(arguments)
+    def _split_arguments(self, body: str, arguments: list[str]) -> list[int]:
+        """Canonical ids, except that tokens overlapping any call's arguments are emitted byte by byte."""
+        spans = []
+        end = len(body)
+        for text in reversed(arguments):  # each call's arguments, found from the end so earlier calls stay earlier
+            start = body.rindex(text, 0, end)
+            spans.append((start, start + len(text)))
+            end = start
         encoding = self.tokenizer.encode(body, add_special_tokens=False)
+        special = set(self.special.values())
         ids: list[int] = []
         for token_id, token, (lo, hi) in zip(encoding.ids, encoding.tokens, encoding.offsets, strict=True):
-            if lo < end and hi > start and len(token) > 1 and token_id not in self.special.values():
+            inside = any(lo < stop and hi > start for start, stop in spans)
+            if inside and len(token) > 1 and token_id not in special:
                 ids.extend(self.tokenizer.token_to_id(char) for char in token)  # each byte is in the alphabet
             else:
                 ids.append(token_id)
         return ids
 
     @staticmethod
-    def _parse(text: str, reasoning: str) -> tuple[str, str, None]:
-        """Reasoning and content of a generation cut short; a cut tool call is no tool call."""
+    def _parse(text: str, reasoning: str) -> tuple[str, str, tuple[()]]:
+        """Reasoning and content of a generation cut short; a turn cut short makes no tool calls."""
         rest = text
         kept_reasoning = ""
         if reasoning:
@@ -172,7 +181,7 @@ class ChatTokenizer:
             else:
                 kept_reasoning, rest = rest.removesuffix("\n</think>").removesuffix("\n"), ""
         content = rest.split(CALL_OPEN, 1)[0].removesuffix("\n")
-        return kept_reasoning, content, None
+        return kept_reasoning, content, ()
 
 
 def _message(turn: Turn) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class SimRequest:
     seed: int | None
     logprobs: bool
     return_token_ids: bool
+    parallel_tool_calls: bool = True  # False: at most one function call per turn
     # vLLM and SGLang extensions that change what comes back with the tokens
     tokens_as_ids: bool = False  # vLLM return_tokens_as_token_ids: logprob tokens read "token_id:N"
     return_prompt_token_ids: bool = False  # SGLang: choices[0].prompt_token_ids
@@ -157,6 +158,7 @@ def parse_chat(payload: Any) -> SimRequest:
         seed=seed,
         logprobs=bool(payload.get("logprobs")),
         return_token_ids=bool(payload.get("return_token_ids")),
+        parallel_tool_calls=payload.get("parallel_tool_calls") is not False,
         tokens_as_ids=bool(payload.get("return_tokens_as_token_ids")),
         return_prompt_token_ids=bool(payload.get("return_prompt_token_ids")),
         return_meta_info=bool(payload.get("return_meta_info")),
@@ -225,6 +227,7 @@ def parse_responses(payload: Any) -> SimRequest:
         seed=seed,
         logprobs=False,
         return_token_ids=bool(payload.get("return_token_ids")),
+        parallel_tool_calls=payload.get("parallel_tool_calls") is not False,
         truncate_prompt_tokens=_max_tokens(payload, "truncate_prompt_tokens"),
     )
 
@@ -236,17 +239,18 @@ def logprob_values(rng: random.Random, count: int) -> list[float]:
 
 
 def chat_body(request: SimRequest, generation: Generation, prompt: PromptTokens, logprobs: list[float]) -> dict[str, Any]:
-    call = generation.tool_call
+    calls = generation.tool_calls
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": None if call and not generation.content else generation.content,
+        "content": None if calls and not generation.content else generation.content,
         "reasoning_content": generation.reasoning or None,
     }
-    if call is not None:
+    if calls:
         message["tool_calls"] = [
             {"id": _new_id("call_"), "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in calls
         ]
-    finish = "length" if generation.truncated else ("tool_calls" if call else "stop")
+    finish = "length" if generation.truncated else ("tool_calls" if calls else "stop")
     choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     choice["stop_reason"] = None  # vLLM's extra field
     if request.logprobs:
@@ -284,13 +288,13 @@ def chat_body(request: SimRequest, generation: Generation, prompt: PromptTokens,
 
 
 def responses_body(request: SimRequest, generation: Generation, prompt: PromptTokens, logprobs: list[float]) -> dict[str, Any]:
-    payload, call = request.payload, generation.tool_call
+    payload, calls = request.payload, generation.tool_calls
     output: list[dict[str, Any]] = []
     if generation.reasoning:
         summary = [{"type": "summary_text", "text": generation.reasoning}]
         output.append({"type": "reasoning", "id": _new_id("rs_"), "summary": summary})
-    if call is not None:
-        output.append(
+    if calls:
+        output.extend(
             {
                 "type": "function_call",
                 "id": _new_id("fc_"),
@@ -299,6 +303,7 @@ def responses_body(request: SimRequest, generation: Generation, prompt: PromptTo
                 "arguments": call.arguments,
                 "status": "completed",
             }
+            for call in calls
         )
     else:
         output.append(
@@ -310,7 +315,7 @@ def responses_body(request: SimRequest, generation: Generation, prompt: PromptTo
                 "content": [{"type": "output_text", "text": generation.content, "annotations": []}],
             }
         )
-    if request.return_token_ids:
+    if request.return_token_ids:  # on the call's last item, as NeMo Gym puts them
         output[-1]["prompt_token_ids"] = prompt.ids
         output[-1]["generation_token_ids"] = generation.token_ids
         output[-1]["generation_log_probs"] = logprobs

@@ -288,15 +288,16 @@ class SimApp:
         prompt = render_prompt(sim_request.turns, sim_request.tool_names)
         seed = sim_request.seed if sim_request.seed is not None else f"auto-{next(self._unseeded)}"
         rng = random.Random(_digest(self.config.seed, seed, prompt))
-        answer = respond(sim_request.turns, sim_request.tools, rng, sim_request.temperature)
+        answer = respond(sim_request.turns, sim_request.tools, rng, sim_request.temperature,
+                         parallel=sim_request.parallel_tool_calls)
         reasoning = answer.reasoning if self.config.reasoning else ""
         if sim_request.wants_tokens:  # the real tokenizer and chat template
             chat = self.chat_tokenizer()
-            generation = chat.generation(reasoning, answer.content, answer.tool_call, sim_request.max_tokens)
+            generation = chat.generation(reasoning, answer.content, answer.tool_calls, sim_request.max_tokens)
             ids = chat.prompt_ids(sim_request.turns, sim_request.tool_names, sim_request.truncate_prompt_tokens)
             prompt_tokens = PromptTokens(len(ids), ids)
         else:  # counted in words: cheaper, and nobody sees ids
-            generation = generate(reasoning, answer.content, answer.tool_call, sim_request.max_tokens)
+            generation = generate(reasoning, answer.content, answer.tool_calls, sim_request.max_tokens)
             prompt_tokens = PromptTokens(len(tokenize(prompt)), None)
         wants_logprobs = sim_request.logprobs or sim_request.return_token_ids
         logprobs = logprob_values(rng, len(generation.tokens)) if wants_logprobs else []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -42,6 +43,13 @@ _TOKEN_RE = re.compile(r"<\|im_(?:start|end)\|>|</?think>|</?tool_call>|\w+|[^\w
 class ToolCall:
     name: str
     arguments: str  # a JSON string, exactly as the client sees it
+
+
+def as_calls(calls: ToolCall | Sequence[ToolCall] | None) -> tuple[ToolCall, ...]:
+    """One call, several or none, as a tuple (answers and generations hold every call of a turn)."""
+    if calls is None:
+        return ()
+    return (calls,) if isinstance(calls, ToolCall) else tuple(calls)
 
 
 @dataclass(slots=True)
@@ -70,7 +78,7 @@ def encode(text: str) -> list[int]:
     return [token_id(token) for token in _TOKEN_RE.findall(text)]
 
 
-def render_body(content: str, reasoning: str = "", tool_calls: list[ToolCall] | None = None) -> str:
+def render_body(content: str, reasoning: str = "", tool_calls: Sequence[ToolCall] | None = None) -> str:
     """The text between a turn's role line and its `<|im_end|>`."""
     parts: list[str] = []
     if reasoning:
@@ -101,11 +109,16 @@ class Generation:
 
     reasoning: str
     content: str
-    tool_call: ToolCall | None
+    tool_calls: tuple[ToolCall, ...]  # in the order generated; empty for a text answer or a cut generation
     tokens: list[str]
     truncated: bool
     ids: list[int] | None = None
     reasoning_tokens: int | None = None  # counted by the real tokenizer; None: count the reasoning's words
+
+    @property
+    def tool_call(self) -> ToolCall | None:
+        """The first call, if any."""
+        return self.tool_calls[0] if self.tool_calls else None
 
     @property
     def token_ids(self) -> list[int]:
@@ -126,12 +139,14 @@ def _cut(text: str, keep: int) -> tuple[str, int]:
     return text[:end], count
 
 
-def generate(reasoning: str, content: str, tool_call: ToolCall | None, max_tokens: int | None) -> Generation:
+def generate(reasoning: str, content: str, tool_calls: ToolCall | Sequence[ToolCall] | None,
+             max_tokens: int | None) -> Generation:
     """Tokenize an answer as the template renders it and truncate it to `max_tokens` generated tokens."""
-    tokens = tokenize(render_body(content, reasoning, [tool_call] if tool_call else None))
+    calls = as_calls(tool_calls)
+    tokens = tokenize(render_body(content, reasoning, calls))
     tokens.append(IM_END)
     if max_tokens is None or len(tokens) <= max_tokens:
-        return Generation(reasoning, content, tool_call, tokens, truncated=False)
+        return Generation(reasoning, content, calls, tokens, truncated=False)
     budget = max(max_tokens, 0)
     kept_reasoning, kept_content = "", ""
     if reasoning:
@@ -140,5 +155,5 @@ def generate(reasoning: str, content: str, tool_call: ToolCall | None, max_token
         budget -= used + 1  # </think>
     if budget > 0:
         kept_content, _ = _cut(content, budget)
-    # A tool call cut short is not a tool call: drop it, keep the text before it, finish with "length".
-    return Generation(kept_reasoning, kept_content, None, tokens[: max(max_tokens, 0)], truncated=True)
+    # A turn cut short makes no tool calls: drop them, keep the text before them, finish with "length".
+    return Generation(kept_reasoning, kept_content, (), tokens[: max(max_tokens, 0)], truncated=True)
