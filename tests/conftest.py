@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Before anything imports Prefect: no telemetry, a patient embedded-server start under CI load.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# A command run without PREFECT_API_URL starts the long-lived local Prefect server: keep it out of the user's home,
+# and stop it when the session ends (pytest_sessionfinish).
+os.environ["ROLLOUTS_HOME"] = tempfile.mkdtemp(prefix="rollouts-home-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from commands.server import stop
+
+    stop()
 
 
 def pytest_collection_modifyitems(config, items):
