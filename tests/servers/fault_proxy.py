@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections import Counter, deque
@@ -32,6 +31,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.servers.threaded import serve_in_thread
 
 RELEASE = web.AppKey("release", asyncio.Event)
 FAULTS = ("ok", "reset", "truncated", "malformed", "html", "empty_choices", "null_choices", "hang", "trickle", "oversized")
@@ -175,30 +176,5 @@ def start_fault_proxy(upstream: str | None = None, host: str = "127.0.0.1") -> F
     """Start the proxy in a daemon thread with its own event loop; `upstream` is a server root such as
     http://127.0.0.1:8000 (requests keep their path, so clients use f"{proxy.url}/v1")."""
     state = ProxyState(upstream=upstream.rstrip("/") if upstream else None)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    port = sock.getsockname()[1]
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app(state), access_log=None, shutdown_timeout=0.5)
-    ready = threading.Event()
-    problems: list[BaseException] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
-        except BaseException as exc:  # surfaced to the caller below
-            problems.append(exc)
-            ready.set()
-            return
-        ready.set()
-        loop.run_forever()
-        loop.close()
-
-    thread = threading.Thread(target=run, name="fault-proxy", daemon=True)
-    thread.start()
-    if not ready.wait(timeout=10) or problems:
-        raise RuntimeError(f"fault proxy did not start: {problems}")
+    loop, runner, thread, port = serve_in_thread(make_app(state), host, 0, "fault proxy", shutdown_timeout=0.5)
     return FaultProxyHandle(state, loop, runner, thread, port)

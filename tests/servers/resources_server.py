@@ -27,7 +27,6 @@ import ast
 import asyncio
 import json
 import operator
-import socket
 import threading
 import uuid
 from collections import Counter
@@ -37,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.servers.gym_schema import seed_errors, verify_errors
+from tests.servers.threaded import serve_in_thread
 
 COOKIE = "session_id"
 NEW_SESSION = web.RequestKey("new_session", str)
@@ -240,32 +240,7 @@ def start_resources_server(host: str = "127.0.0.1", port: int = 0, **failures: i
         if not key.startswith("fail_"):
             raise TypeError(f"unknown option {key!r}")
         state.failures[key.removeprefix("fail_")] = [500] * count
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    port = sock.getsockname()[1]
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(make_app(state), access_log=None)
-    ready = threading.Event()
-    problems: list[BaseException] = []
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
-        except BaseException as exc:  # surfaced to the caller below
-            problems.append(exc)
-            ready.set()
-            return
-        ready.set()
-        loop.run_forever()
-        loop.close()
-
-    thread = threading.Thread(target=run, name="resources-server", daemon=True)
-    thread.start()
-    if not ready.wait(timeout=10) or problems:
-        raise RuntimeError(f"resources server did not start: {problems}")
+    loop, runner, thread, port = serve_in_thread(make_app(state), host, port, "resources server")
     return ResourcesServerHandle(state, loop, runner, thread, port)
 
 
