@@ -12,7 +12,7 @@ from rich.table import Table
 
 from commands.collect import config_data, objectives_of, validated
 from commands.errors import error
-from commands.options import Option, add_model_options
+from commands.options import add_model_options
 from rollouts.errors import ConfigError, RolloutsError
 from rollouts.options import Cli
 from rollouts.process.config import FORMAT_HELP, Objective, ProcessConfig, TrainConfig

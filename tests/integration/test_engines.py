@@ -4,7 +4,6 @@ same rollouts and rewards as the thread runner for a fixed seed."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from rollouts.sim.launch import start_sim_server
 from tests.integration.conftest import math_rows, write_jsonl
