@@ -106,11 +106,14 @@ def _absolute(url: str) -> str:
     return url if "://" in url else os.path.abspath(os.path.expanduser(url))
 
 
-def resolved(config: CollectConfig) -> CollectConfig:
+def resolved(config: CollectConfig) -> tuple[CollectConfig, str | None]:
     """What the flow run gets: absolute paths (a relative path means nothing on a worker) and the run's real name,
-    after every check that can be made without Prefect (input, endpoint, run name), fastest first."""
+    after every check that can be made without Prefect (secrets, input, endpoint, run name); and, for a run that
+    resumes, a line saying how much is done."""
+    from rollouts.redact import refuse_secrets
     from rollouts.shard import preflight
 
+    refuse_secrets(config)  # the user's own options, before any block adds its credentials
     data = config.model_dump()
     data["input"] = _absolute(config.input)
     data["storage"]["out"] = _absolute(config.storage.out)
@@ -123,21 +126,17 @@ def resolved(config: CollectConfig) -> CollectConfig:
         from blocks import apply_blocks, endpoint_auth
 
         checked, auth = apply_blocks(config), endpoint_auth(config.endpoint.block, config.api_key())
-    run = preflight(checked, auth)
-    return config.model_copy(update={"run_name": run.run_url.rstrip("/").rsplit("/", 1)[-1]})
+    run, store, manifest = preflight(checked, auth)
+    named = config.model_copy(update={"run_name": run.run_url.rstrip("/").rsplit("/", 1)[-1]})
+    return named, None if manifest is None else _resume_note(run, store, manifest)
 
 
-def _resume_note(config: CollectConfig) -> str | None:
-    from rollouts.shard import locate_run
-
-    run, store, manifest, _ = locate_run(config)
-    if manifest is None:
-        return None
+def _resume_note(run, store, manifest: dict[str, Any]) -> str:
     done = 0
     for path in store.glob("rollouts/*.jsonl"):
         with store.fs.open(path, "rb") as fh:
             done += sum(1 for line in fh if line.strip())
-    expected = (manifest.get("prompts") or 0) * config.repeats
+    expected = (manifest.get("prompts") or 0) * run.config.repeats
     return f"resuming run {run.run_url}: {done} of {expected or '?'} rollouts already done"
 
 
@@ -152,8 +151,7 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
     board.set_phase("loading")  # the command's own imports happened before this: see `python -X importtime`
     with ProgressDisplay(board, enabled=show_progress):
         board.set_phase("checking the input, the model server and the run name")
-        config = resolved(config)
-        note = None if config.storage.block else _resume_note(config)
+        config, note = resolved(config)
         if note:
             print(note, file=sys.stderr, flush=True)
         board.set_phase("starting Prefect")

@@ -9,12 +9,10 @@ from rollouts.breaker import STOPPED
 from rollouts.config import CollectConfig
 from rollouts.credentials import EndpointAuth
 from rollouts.envs.remote import check_environments
-from rollouts.redact import refuse_secrets
 from rollouts.errors import ConfigError, InputError
 from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.model import check_endpoint
 from rollouts.records import dumps
-from rollouts.redact import refuse_secrets
 from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
 from rollouts.storage import Store, join
 
@@ -53,16 +51,16 @@ def locate_run(config: CollectConfig) -> tuple[RunRef, Store, dict[str, Any] | N
     return run, store, manifest, in_digest
 
 
-def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> RunRef:
-    """Everything that can be checked before a flow starts, fastest first: secrets in options, the input, the endpoint,
-    the remote environments, the run name."""
-    refuse_secrets(config)
+def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> tuple[RunRef, Store, dict[str, Any] | None]:
+    """What can be checked before a flow starts, fastest first: the input, the endpoint, the remote environments, the
+    run name. Returns the run, its store and its manifest if an earlier attempt wrote one. `config` may hold a storage
+    block's credentials: refuse the user's own (`refuse_secrets`) before the blocks are applied."""
     check_input(config)
     auth = auth or EndpointAuth(api_key=config.api_key())
     check_endpoint(config.endpoint.model_url, auth.api_key, headers=auth.headers)
     check_environments(config.environments.remote_env)
-    run, _, _, _ = locate_run(config)
-    return run
+    run, store, manifest, _ = locate_run(config)
+    return run, store, manifest
 
 
 def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan:
