@@ -45,27 +45,36 @@ def write_prompts(path: Path, prompts: int) -> None:
 
 
 def announce_steady(runs: Path) -> None:
-    """Print `STEADY` once the first generation lands, so the parent can start a profiler on the steady state."""
-    while not any(f.stat().st_size for f in runs.glob("*/generations/*.jsonl")):
+    """Print `STEADY` once the first generation (or inline-verified rollout) lands, so the parent can start a profiler on the steady state."""
+    while not any(f.stat().st_size for stage in ("generations", "rollouts") for f in runs.glob(f"*/{stage}/*.jsonl")):
         time.sleep(0.05)
     print("STEADY", flush=True)
 
 
 class GcClock:
-    """Seconds spent in the cyclic garbage collector, per generation (gc.callbacks)."""
+    """Each cyclic garbage collection's wall-clock end, generation and seconds (gc.callbacks), to sum over a window."""
 
     def __init__(self) -> None:
         import gc
 
-        self.seconds, self.counts, self._started = [0.0, 0.0, 0.0], [0, 0, 0], 0.0
+        self.events: list[tuple[float, int, float]] = []
+        self._started = 0.0
         gc.callbacks.append(self._tick)
 
     def _tick(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            self.seconds[info["generation"]] += time.perf_counter() - self._started
-            self.counts[info["generation"]] += 1
+            self.events.append((time.time(), info["generation"], time.perf_counter() - self._started))
+
+    def between(self, first: float, last: float) -> tuple[list[float], list[int]]:
+        """(seconds, collections) per generation 0, 1, 2 for the collections that ended inside [first, last]."""
+        seconds, counts = [0.0, 0.0, 0.0], [0, 0, 0]
+        for at, generation, took in self.events:
+            if first <= at <= last:
+                seconds[generation] += took
+                counts[generation] += 1
+        return seconds, counts
 
 
 def child(args: argparse.Namespace) -> None:
@@ -110,13 +119,14 @@ def child(args: argparse.Namespace) -> None:
             timings = json.loads(line)["timings"]
             first, last = min(first, timings["started_at"]), max(last, timings["finished_at"])
     cpu, api_cpu = sampler.cpu_between(first, last)
+    gc_seconds, gc_counts = gc_clock.between(first, last)
     ok = max(summary.rollouts_ok, 1)
     print("RESULT " + json.dumps({
         "rollouts": summary.rollouts_ok, "failed": summary.rollouts_failed, "steady_rps": summary.rollouts_ok / (last - first),
         "cpu_ms_per_rollout": 1000 * cpu / ok, "api_cpu_ms_per_rollout": 1000 * api_cpu / ok,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "import_s": import_s,
         "startup_s": first - t0, "wall_s": wall, "mean_reward": summary.mean_reward,
-        "gc_s": [round(x, 3) for x in gc_clock.seconds], "gc_counts": gc_clock.counts,
+        "gc_s": [round(x, 3) for x in gc_seconds], "gc_counts": gc_counts,
     }), flush=True)
 
 
@@ -207,7 +217,7 @@ def main() -> None:
             rows.append((runner, workers, parallel, ours, bare))
             print(f"{label}: {ours['steady_rps']:.0f} r/s ({ours['steady_rps'] / bare['steady_rps']:.2f} of bare), "
                   f"{ours['cpu_ms_per_rollout']:.2f} ms CPU/r ({ours['cpu_ms_per_rollout'] / bare['cpu_ms_per_rollout']:.1f}x bare), "
-                  f"cyclic GC {ours['gc_s']} s in {ours['gc_counts']} collections (generations 0, 1, 2)",
+                  f"cyclic GC in the steady window {ours['gc_s']} s in {ours['gc_counts']} collections (generations 0, 1, 2)",
                   file=sys.stderr, flush=True)
     yard_after = yardstick()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "

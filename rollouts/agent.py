@@ -143,6 +143,8 @@ class _Rollout:
 
     async def model(self, call_model: CallModel, items: list[dict[str, Any]]) -> ModelCall | None:
         """The next model call, or None when the deadline cut it."""
+        if self.deadline is None:  # no scope to enter and leave per call (a timer handle each) when there is no deadline
+            return await call_model(items)
         try:
             async with asyncio.timeout_at(self.deadline) as scope:
                 return await call_model(items)

@@ -155,6 +155,31 @@ async def test_connections_are_reused_for_eager_bodies(server: str) -> None:
         assert connector.limit == 2 and len(connector._acquired) == 0
 
 
+async def test_replies_are_freed_by_reference_counting_not_the_cyclic_collector(server: str) -> None:
+    """httpx binds each reply's stream back to the reply: a cycle per request unless the client unbinds it."""
+    import gc
+
+    transport = CollectorTransport(client=None, eager_body_bytes=1000)
+    async with CollectorHTTPClient(transport=transport) as http:
+        await http.get(f"{server}/echo")  # the pool's first connection and its objects exist before counting
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                assert (await http.get(f"{server}/echo")).json()["path"] == "/echo"  # eager body
+                streamed = await http.get(f"{server}/big")  # streamed body, closed by httpx's read
+                assert streamed.content == BIG and streamed.elapsed.total_seconds() > 0
+                del streamed
+            gc.collect()
+            left = [o for o in gc.garbage if isinstance(o, (httpx.Response, httpx.Headers))]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert left == []
+
+
 async def test_model_calls_through_the_collector_client() -> None:
     url, stop = serve_in_thread(SimConfig(latency_ms=0, seed=1))
     try:
