@@ -170,3 +170,37 @@ async def test_api_key_from_the_named_environment_variable_is_sent_as_bearer(mon
     await client.create([{"role": "user", "content": "q"}], {}, {})
     await http.aclose()
     assert seen[0]["authorization"] == "Bearer sk-test" and seen[0]["content-type"] == "application/json"
+
+
+async def test_a_plain_client_sends_straight_to_its_transport_with_its_headers_and_timeouts():
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return OK
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handler), headers={"X-Team": "rl"}, timeout=7.5)
+    client = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0)
+    assert client.transport is http._transport
+    call = await client.create([{"role": "user", "content": "q"}], {}, {})
+    assert call.output[-1]["content"][0]["text"] == "42"
+    request = seen[0]
+    assert request.headers["x-team"] == "rl" and request.headers["content-type"] == "application/json"
+    assert request.headers["content-length"] == str(len(request.content)) and request.headers["host"] == "model"
+    assert request.extensions["timeout"] == {"connect": 7.5, "read": 7.5, "write": 7.5, "pool": 7.5}
+
+
+async def test_a_client_with_event_hooks_or_auth_is_sent_through_as_a_client():
+    hooked = []
+
+    async def hook(response: httpx.Response) -> None:
+        hooked.append(response.status_code)
+
+    for http in (httpx.AsyncClient(transport=httpx.MockTransport(lambda r: OK), event_hooks={"response": [hook]}),
+                 httpx.AsyncClient(transport=httpx.MockTransport(
+                     lambda r: OK if r.headers.get("authorization", "").startswith("Basic") else httpx.Response(401)),
+                     auth=("user", "pass"))):
+        client = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0)
+        assert client.transport is None
+        assert (await client.create([{"role": "user", "content": "q"}], {}, {})).finish_reason == "stop"
+    assert hooked == [200]
