@@ -11,7 +11,8 @@ Every setting runs as a pair in this invocation, against one simulated server: f
 are measured in their steady window, from the first request to the last response: the rate is rollouts / window
 and the CPU is the collector's (the process, plus its worker processes with `--task-runner processes`) between the
 window's edges, sampled by a thread (`bench/cpu_window.py`), so start-up and shutdown are not counted. The Prefect
-API server's CPU in the same window is its own column. A fixed pure-Python loop, timed at the start and the end,
+API server's CPU in the same window is its own column, and so is the simulated model server's over each run
+(the bare client's in brackets): on a small machine it shares the cores, and bounds what any client can reach. A fixed pure-Python loop, timed at the start and the end,
 says how fast this machine's cores are today (the CPU yardstick).
 """
 
@@ -31,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
 
 from bench.cpu_window import CpuSampler, yardstick  # noqa: E402
 
@@ -156,6 +159,11 @@ def run_child(cmd: list[str], spy: float, label: str, spy_dir: Path | None) -> d
     return result
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def settings(args: argparse.Namespace) -> list[tuple[str, int | None, int]]:
     """(task runner, workers, parallel) to run: threads at each --parallel, processes at each --workers."""
     parallels = args.parallel or [64, 256, 1024]
@@ -204,9 +212,12 @@ def main() -> None:
         for runner, workers, parallel in settings(args):
             rollouts = args.rollouts or max(5000, 40 * parallel)
             label = f"{runner}{workers or ''}-p{parallel}"
+            sim = psutil.Process(server.process.pid)
+            sim_cpu = cpu_seconds(sim)
             bare = run_child([sys.executable, str(ROOT / "bench" / "bare_client.py"), "--url", server.url,
                               "--parallel", str(parallel), "--rollouts", str(rollouts), "--repeats", str(args.repeats)],
                              args.py_spy, f"bare-p{parallel}", spy_dir)
+            bare["sim_cpu_ms_per_rollout"], sim_cpu = 1000 * (cpu_seconds(sim) - sim_cpu) / rollouts, cpu_seconds(sim)
             with tempfile.TemporaryDirectory() as work:
                 cmd = [sys.executable, __file__, "--child", "--parallel", str(parallel), "--rollouts", str(rollouts),
                        "--repeats", str(args.repeats), "--shard-size", str(args.shard_size), "--task-runner", runner,
@@ -214,6 +225,7 @@ def main() -> None:
                 if workers:
                     cmd += ["--workers", str(workers)]
                 ours = run_child(cmd, args.py_spy, label, spy_dir)
+                ours["sim_cpu_ms_per_rollout"] = 1000 * (cpu_seconds(sim) - sim_cpu) / rollouts
             rows.append((runner, workers, parallel, ours, bare))
             print(f"{label}: {ours['steady_rps']:.0f} r/s ({ours['steady_rps'] / bare['steady_rps']:.2f} of bare), "
                   f"{ours['cpu_ms_per_rollout']:.2f} ms CPU/r ({ours['cpu_ms_per_rollout'] / bare['cpu_ms_per_rollout']:.1f}x bare), "
@@ -224,15 +236,16 @@ def main() -> None:
           f"latency {args.latency_ms:.0f} ms, {args.repeats} repeats/prompt, math verification, shard size {args.shard_size}")
     print(f"CPU yardstick (fixed pure-Python loop, lower is faster): {yard_before:.0f} ms before, {yard_after:.0f} ms after")
     print("| runner | parallel | rollouts | r/s | bare r/s | rate / bare | ideal r/s | CPU ms/r | bare CPU ms/r | CPU / bare "
-          "| API server CPU ms/r | peak RSS MB | start-up s | wall s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| API server CPU ms/r | model server CPU ms/r (bare) | peak RSS MB | start-up s | wall s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for runner, workers, parallel, r, b in rows:
         name = runner if workers is None else f"{runner} x{workers}"
         ideal = parallel / (args.latency_ms / 1000) if args.latency_ms else float("inf")
         print(f"| {name} | {parallel} | {r['rollouts']} | {r['steady_rps']:.0f} | {b['steady_rps']:.0f} "
               f"| {r['steady_rps'] / b['steady_rps']:.2f} | {ideal:.0f} | {r['cpu_ms_per_rollout']:.2f} "
               f"| {b['cpu_ms_per_rollout']:.2f} | {r['cpu_ms_per_rollout'] / b['cpu_ms_per_rollout']:.1f} "
-              f"| {r['api_cpu_ms_per_rollout']:.2f} | {r['peak_rss_mb']:.0f} | {r['startup_s']:.1f} | {r['wall_s']:.1f} |")
+              f"| {r['api_cpu_ms_per_rollout']:.2f} | {r['sim_cpu_ms_per_rollout']:.2f} ({b['sim_cpu_ms_per_rollout']:.2f}) "
+              f"| {r['peak_rss_mb']:.0f} | {r['startup_s']:.1f} | {r['wall_s']:.1f} |")
     if spy_dir is not None:
         from bench.spy_layers import report
 

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from blocks import apply_blocks
-from flows.engines import dask_runner, process_runner, ray_runner
+from flows.engines import dask_runner, ray_runner
 from flows.events import emit_run_event
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
@@ -34,18 +34,19 @@ def shard_runners(config: CollectConfig) -> Iterator[tuple[TaskRunner, TaskRunne
     """Task runners for the generate and verify stages.
 
     Threads: two pools of `--max-concurrent-shards` workers; a shard's verify task waits in its own pool for that
-    shard's generation, so generation of the next shards goes on meanwhile. Processes, Dask, Ray: one runner for
+    shard's generation, so generation of the next shards goes on meanwhile. Processes: the same on threads, with
+    `--max-concurrent-shards` per collector process, each generate task handing its shard to one of this machine's
+    collector processes (rollouts.pool), which runs it on its own loop. Dask, Ray: one runner for
     both (a verify task waits in the runner's graph without holding a worker), one collector loop per worker process.
     """
     c = config.concurrency
-    if c.task_runner != "threads":
-        runner = {"processes": lambda: process_runner(c.worker_processes),
-                  "dask": lambda: dask_runner(c.dask_address, c.dask_workers, c.max_concurrent_shards),
+    if c.task_runner in ("dask", "ray"):
+        runner = {"dask": lambda: dask_runner(c.dask_address, c.dask_workers, c.max_concurrent_shards),
                   "ray": lambda: ray_runner(c.ray_address, c.ray_workers)}[c.task_runner]()
         with runner:
             yield runner, runner
         return
-    width = c.max_concurrent_shards
+    width = c.max_concurrent_shards * (c.worker_processes if c.task_runner == "processes" else 1)
     with ThreadPoolTaskRunner(max_workers=width) as generators, ThreadPoolTaskRunner(max_workers=width) as verifiers:
         yield generators, verifiers
 
@@ -76,6 +77,8 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     board.set_ui_url(flow_run.ui_url)
     refuse_secrets(config)  # credentials in the parameters themselves: refused, and never written anywhere
     config = apply_blocks(config)  # block names travel in the parameters; their secrets are loaded here and in tasks
+    if config.concurrency.task_runner == "processes":  # they start while the prompts are read and sharded
+        collector().pool(config.concurrency.worker_processes).reset()
     plan = shard_prompts(config)
     run = plan.run
     logger.info("run %s: %d prompts in %d shards, %d rejected rows%s", run.run_url, plan.prompts, len(plan.shards),
@@ -95,7 +98,7 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
                 break
             future.wait()  # done: this keeps its result in memory (tasks do not persist results)
             update_progress_artifact(progress, progress=100.0 * done / len(verified))
-            if config.processes > 1 and future.state.is_completed():  # workers' counters live in their processes
+            if config.concurrency.task_runner in ("dask", "ray") and future.state.is_completed():  # their workers' counters live there
                 collector().board.add_shard(future.result())
         if stop.is_set():  # Ctrl-C: tasks not started yet are cancelled; those running stop after flushing
             for future in (*generated, *verified):

@@ -74,11 +74,3 @@ def ray_runner(address: str | None, workers: int) -> TaskRunner:
         return RayTaskRunner(address=address, init_kwargs={"runtime_env": runtime_env})
     return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False, "log_to_driver": False,
                                       "runtime_env": runtime_env})
-
-
-def process_runner(workers: int) -> TaskRunner:
-    """`workers` collector processes of this machine (Prefect's process pool: no cluster to start). Each process runs
-    one shard task at a time on its own collector loop with its share of `--parallel`."""
-    from prefect.task_runners import ProcessPoolTaskRunner
-
-    return ProcessPoolTaskRunner(max_workers=workers)

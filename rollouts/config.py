@@ -128,7 +128,8 @@ class ConcurrencyConfig(BaseModel):
                                "machine, or on a Dask or Ray cluster")
     workers: Annotated[int | None, Cli(metavar="N")] = Field(
         None, ge=1, description="collector processes for --task-runner processes (default: half the cores, at most "
-                                "8, so a model server on this machine keeps the rest); --parallel is split between them")
+                                "8, so a model server on this machine keeps the rest); --parallel is split between them, and each runs "
+                                "--max-concurrent-shards shards at once")
     dask_address: Annotated[str | None, Cli(metavar="tcp://HOST:8786")] = Field(
         None, description="scheduler of an existing Dask cluster (default: start a local one)")
     dask_workers: int = Field(

@@ -85,7 +85,8 @@ class BackgroundLoop:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
-    def _ensure(self) -> asyncio.AbstractEventLoop:
+    def ensure(self) -> asyncio.AbstractEventLoop:
+        """The loop, started in its thread on first use."""
         with self._lock:
             if self.loop is None or self.loop.is_closed():
                 relax_garbage_collection()
@@ -95,7 +96,7 @@ class BackgroundLoop:
             return self.loop
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._ensure())
+        future = asyncio.run_coroutine_threadsafe(coro, self.ensure())
         try:
             return future.result()
         except BaseException:
@@ -160,7 +161,21 @@ class CollectorRuntime:
         self._limiters: dict[str, InflightLimiter] = {}
         self._breakers: dict[str, FailureBreaker] = {}
         self._controls: dict[str, Any] = {}
+        self._pool: Any = None
         self._lock = threading.Lock()
+
+    def pool(self, workers: int) -> Any:
+        """This process's collector processes for `--task-runner processes` (a `rollouts.pool.CollectorPool`),
+        started on first use and kept for later runs of the same size."""
+        from rollouts.pool import CollectorPool
+
+        with self._lock:
+            if self._pool is not None and self._pool.size != workers:
+                self._pool.close()
+                self._pool = None
+            if self._pool is None:
+                self._pool = CollectorPool(workers, self.board)
+            return self._pool
 
     def parallel_control(self, run_id: str, factory: Callable[[], Any]) -> Any:
         """One `--parallel auto` controller per run and process (a `rollouts.parallelism.ParallelControl`)."""
@@ -190,6 +205,9 @@ class CollectorRuntime:
         return self.loop.run(coro)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         loop = self.loop.loop
         if loop is not None and loop.is_running():
             with contextlib.suppress(Exception):

@@ -4,6 +4,7 @@ same rollouts and rewards as the thread runner for a fixed seed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -53,3 +54,27 @@ def test_ray_gives_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_
     assert threads.status == on_ray.status == "completed" and on_ray.rollouts_ok == 36
     assert _outcomes(Path(on_ray.run_url)) == _outcomes(Path(threads.run_url))
     assert on_ray.mean_reward == threads.mean_reward
+
+
+def test_collector_processes_give_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_client):
+    from flows.collect import collect_rollouts
+    from rollouts.config import CollectConfig
+    from rollouts.runtime import collector
+
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
+    common = dict(input=str(src), model_url=sim.url, model="sim-model", num_repeats=3, shard_size=2, parallel=8,
+                  temperature=0.8, seed=11, max_concurrent_shards=2)
+    board = collector().board
+    board.reset()
+    processes = collect_rollouts(CollectConfig(out=str(tmp_path / "processes"), run_name="same",
+                                               task_runner="processes", workers=2, **common))
+    run_id = json.loads((Path(processes.run_url) / "manifest.json").read_text())["run_id"]
+    assert run_id not in collector()._limiters  # no shard of the run was generated on this process's loop
+    snapshot = board.snapshot()  # the processes' counts reached this process's progress board as they went
+    threads = collect_rollouts(CollectConfig(out=str(tmp_path / "threads"), run_name="same", **common))
+    assert threads.status == processes.status == "completed" and processes.rollouts_ok == 36
+    assert _outcomes(Path(processes.run_url)) == _outcomes(Path(threads.run_url))
+    assert processes.mean_reward == threads.mean_reward
+    assert (snapshot.generated, snapshot.verified, snapshot.failed) == (36, 36, 0)
+    pool = collector().pool(2)
+    assert len(set(pool.pids)) == 2 and os.getpid() not in pool.pids

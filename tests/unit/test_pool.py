@@ -1,0 +1,105 @@
+"""Collector processes (rollouts/pool.py): real child processes against the simulated server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from rollouts.config import CollectConfig
+from rollouts.errors import Interrupted
+from rollouts.pool import CollectorPool, WorkerLost
+from rollouts.progress import ProgressBoard
+from rollouts.shard import plan_run
+from rollouts.sim import SimConfig, serve_in_thread
+
+
+def math_prompts(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"responses_create_params": {"input": f"What is {i} + 1?"},
+                                        "expected_answer": str(i + 1)}) + "\n" for i in range(n)))
+    return path
+
+
+def plan(tmp_path: Path, url: str, prompts: int, **options):
+    config = CollectConfig(input=str(math_prompts(tmp_path / "prompts.jsonl", prompts)), out=str(tmp_path / "runs"),
+                           model_url=url, model="sim-model", task_runner="processes", workers=2, **options)
+    return plan_run(config)
+
+
+def rows(run_url: str) -> list[dict]:
+    return [json.loads(line) for f in sorted((Path(run_url) / "rollouts").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+
+
+@pytest.fixture
+def pool():
+    pool = CollectorPool(2, ProgressBoard())
+    yield pool
+    pool.close()
+
+
+def test_shards_go_to_the_least_busy_process_and_count_on_the_parents_board(tmp_path, pool):
+    url, stop = serve_in_thread(SimConfig(latency_ms=20, seed=3))
+    try:
+        work = plan(tmp_path, url, 8, shard_size=2, num_repeats=2, parallel=8)
+        futures = [pool.submit(work.run, shard.shard, None) for shard in work.shards]
+        results = [f.result(timeout=60) for f in futures]
+    finally:
+        stop()
+    assert sorted(r.shard for r in results) == sorted(s.shard for s in work.shards)
+    assert len(rows(work.run.run_url)) == 16
+    snapshot = pool.board.snapshot()
+    assert (snapshot.generated, snapshot.verified, snapshot.failed) == (16, 16, 0)
+    assert len(set(pool.pids)) == 2 and os.getpid() not in pool.pids
+
+
+def test_a_stop_reaches_the_processes_which_flush_and_end_with_interrupted(tmp_path, pool):
+    url, stop = serve_in_thread(SimConfig(latency_ms=300, seed=3))
+    try:
+        work = plan(tmp_path, url, 400, shard_size=400, num_repeats=1, parallel=64)
+        future = pool.submit(work.run, work.shards[0].shard, None)
+        while pool.board.snapshot().generated < 8:  # under way
+            time.sleep(0.05)
+        asked = time.monotonic()
+        pool.stop("stop requested by the test")
+        with pytest.raises(Interrupted, match="stop requested by the test"):
+            future.result(timeout=30)
+        took = time.monotonic() - asked
+        written = rows(work.run.run_url)
+        assert 8 <= len(written) < 400 and len({r["rollout_id"] for r in written}) == len(written)
+        assert took < 5
+        pool.reset()  # the next run starts again
+        pool.submit(work.run, work.shards[0].shard, None).result(timeout=120)
+    finally:
+        stop()
+    assert len(rows(work.run.run_url)) == 400 == len({r["rollout_id"] for r in rows(work.run.run_url)})
+
+
+def test_a_killed_process_fails_its_shards_with_worker_lost_and_is_replaced(tmp_path, pool):
+    url, stop = serve_in_thread(SimConfig(latency_ms=300, seed=3))
+    try:
+        work = plan(tmp_path, url, 200, shard_size=100, num_repeats=1, parallel=32)
+        futures = [pool.submit(work.run, shard.shard, None) for shard in work.shards]
+        while pool.board.snapshot().generated < 4:
+            time.sleep(0.05)
+        victim = pool.pids[0]
+        os.kill(victim, signal.SIGKILL)
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append(future.result(timeout=60).shard)
+            except WorkerLost as lost:
+                assert lost.is_retryable and str(victim) in str(lost)
+                outcomes.append("lost")
+        assert outcomes.count("lost") == 1
+        redo = [pool.submit(work.run, shard.shard, None) for shard in work.shards]  # a fresh process stands in
+        assert [f.result(timeout=120).shard for f in redo] == [s.shard for s in work.shards]
+    finally:
+        stop()
+    assert victim not in pool.pids and len(set(pool.pids)) == 2
+    written = rows(work.run.run_url)
+    assert len({r["rollout_id"] for r in written}) == 200 == len(written)  # resumed: nothing twice
