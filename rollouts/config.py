@@ -156,6 +156,9 @@ class ConcurrencyConfig(BaseModel):
             raise ValueError(f"--min-parallel ({self.min_parallel}) is above --max-parallel ({self.max_parallel})")
         if self.parallel == "auto" and self.task_runner != "threads":
             raise ValueError("--parallel auto runs in one collector process: use it with --task-runner threads")
+        if self.workers is not None and self.task_runner != "processes":
+            raise ValueError(f"--workers is the number of collector processes of --task-runner processes; with "
+                             f"--task-runner {self.task_runner} it does nothing (Dask and Ray: --dask-workers, --ray-workers)")
         return self
 
     @property

@@ -132,9 +132,10 @@ def _flat(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def latency_rows(rows: pl.DataFrame) -> list[dict[str, Any]]:
-    """p50/p90/p99/max per stage, per model call, per tool and per environment (successful rollouts)."""
-    ok = rows.filter(pl.col("status") == "ok")
+def latency_rows(rows: pl.DataFrame, ok: pl.DataFrame | None = None) -> list[dict[str, Any]]:
+    """p50/p90/p99/max per stage, per model call, per tool and per environment (successful rollouts: `ok`, when the
+    caller has them already)."""
+    ok = rows.filter(pl.col("status") == "ok") if ok is None else ok
     out = [{"scope": "stage", "name": name, **summary(ok[name])} for name in STAGES]
     exact = ok["model_calls_ms"].explode().drop_nulls()
     if exact.len():
@@ -249,9 +250,12 @@ def profile_frame(frame: pl.DataFrame, options: ProfileOptions | None = None,
                   parallel: pl.DataFrame | None = None) -> dict[str, Any]:
     options = options or ProfileOptions()
     rows = _flat(frame)
-    ok = rows.filter(pl.col("status") == "ok")
-    failed = rows.filter(pl.col("status") != "ok")
-    latency = latency_rows(rows)
+    del frame  # the caller's read frame, nested: freed once flattened (a 1M-rollout run holds one copy, not two)
+    is_ok = (rows["status"] == "ok").fill_null(False)
+    everything_ok = bool(is_ok.all())
+    ok = rows if everything_ok else rows.filter(is_ok)  # no copy of the whole run when nothing failed
+    failed = rows.clear() if everything_ok else rows.filter(~is_ok)
+    latency = latency_rows(rows, ok)
     window = None
     if rows.height and rows["started_at"].drop_nulls().len():
         window = float(rows["finished_at"].max() - rows["started_at"].min())  # type: ignore[operator]

@@ -103,3 +103,21 @@ def test_a_killed_process_fails_its_shards_with_worker_lost_and_is_replaced(tmp_
     assert victim not in pool.pids and len(set(pool.pids)) == 2
     written = rows(work.run.run_url)
     assert len({r["rollout_id"] for r in written}) == 200 == len(written)  # resumed: nothing twice
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"task_runner": "threads", "workers": 2}, "--workers is the number of collector processes"),
+    ({"task_runner": "dask", "workers": 2}, "--dask-workers"),
+    ({"task_runner": "processes", "parallel": "auto"}, "--parallel auto runs in one collector process"),
+])
+def test_options_that_would_do_nothing_are_refused(options, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        CollectConfig(input="p.jsonl", model_url="http://x/v1", model="m", **options)
+
+
+def test_parallel_is_split_between_the_processes():
+    config = CollectConfig(input="p.jsonl", model_url="http://x/v1", model="m", task_runner="processes", workers=3,
+                           parallel=1000)
+    assert (config.processes, config.parallel_per_process) == (3, 334)
