@@ -41,7 +41,7 @@ class ProfileResult:
 
 def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileResult:
     """Read the run's rows (and controller trace, and function profile), write `profile/`, return what to publish."""
-    profile = profile_frame(read_run_frame(store), options, read_trace(store))
+    profile = profile_frame(read_run_frame(store, flat=True), options, read_trace(store))
     functions = read_function_stats(store)
     if functions is not None:
         stats, parts = functions
