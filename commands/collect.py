@@ -155,10 +155,13 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
         if note:
             print(note, file=sys.stderr, flush=True)
         board.set_phase("starting Prefect")
-        use_prefect_server()
+        use_prefect_server(wait=False)  # a server to start boots while Prefect and the flow are imported
         from prefect.settings import temporary_settings
 
+        from commands.server import await_prefect_server
         from flows.collect import collect_rollouts
+
+        await_prefect_server()
 
         # A CLI run lives in this process: no heartbeat thread (it costs ~1 s to join at exit).
         stop = collector().stop

@@ -93,11 +93,30 @@ def _free_port(preferred: int) -> int:
     raise OSError("no free port on 127.0.0.1")
 
 
-def start(port: int | None = None, *, quiet: bool = False) -> ServerInfo:
-    """Start the local server in the background (its own session: Ctrl-C of a run does not stop it); wait until healthy."""
-    running = status()
-    if running is not None:
-        return running
+@dataclass
+class Booting:
+    """A local server launched and not yet known to be healthy."""
+
+    info: ServerInfo
+    process: subprocess.Popen[bytes]
+
+    def wait(self) -> ServerInfo:
+        root = Path(self.info.home)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the local Prefect server exited at start (code {self.process.returncode}); "
+                                   f"see {root / 'server.log'}")
+            if healthy(self.info, timeout=1.0):
+                _state_file().write_text(json.dumps(asdict(self.info)))
+                return self.info
+            time.sleep(0.3)
+        self.process.kill()
+        raise RuntimeError(f"the local Prefect server did not answer within {START_TIMEOUT_S:.0f} s; see {root / 'server.log'}")
+
+
+def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
+    """Start the local server in the background (its own session: Ctrl-C of a run does not stop it); do not wait."""
     root = home()
     root.mkdir(parents=True, exist_ok=True)
     port = _free_port(port or DEFAULT_PORT)
@@ -112,16 +131,15 @@ def start(port: int | None = None, *, quiet: bool = False) -> ServerInfo:
     if not quiet:
         print(f"starting a local Prefect server at {info.ui_url} (it stays up for later runs; "
               "`rollouts server stop` stops it)...", file=sys.stderr, flush=True)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the local Prefect server exited at start (code {process.returncode}); see {root / 'server.log'}")
-        if healthy(info, timeout=1.0):
-            _state_file().write_text(json.dumps(asdict(info)))
-            return info
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"the local Prefect server did not answer within {START_TIMEOUT_S:.0f} s; see {root / 'server.log'}")
+    return Booting(info, process)
+
+
+def start(port: int | None = None, *, quiet: bool = False) -> ServerInfo:
+    """The running local server, or a new one started in the background once it is healthy."""
+    running = status()
+    if running is not None:
+        return running
+    return launch(port, quiet=quiet).wait()
 
 
 def stop() -> bool:
@@ -144,18 +162,40 @@ def stop() -> bool:
     return True
 
 
-def use_prefect_server() -> str | None:
+_booting: Booting | None = None
+
+
+def use_prefect_server(*, wait: bool = True) -> str | None:
     """Point this process (and its Dask workers, which inherit the environment) at a Prefect API; return its UI URL.
 
-    The user's PREFECT_API_URL wins; `ROLLOUTS_SERVER=ephemeral` leaves Prefect's embedded server (no UI)."""
+    The user's PREFECT_API_URL wins; `ROLLOUTS_SERVER=ephemeral` leaves Prefect's embedded server (no UI). With
+    `wait=False` a server that has to be started is only launched (its URL is known at once) and
+    `await_prefect_server` waits for it: a first run imports Prefect and the flow while the server's database is
+    created (its migrations alone take ~8 s on 2 cores)."""
+    global _booting
     if os.environ.get("PREFECT_API_URL"):
+        if wait:
+            await_prefect_server()
         return os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
     if os.environ.get("ROLLOUTS_SERVER", "").lower() == "ephemeral":
         return None
-    info = start()
+    info = status()
+    if info is None:
+        _booting = launch()
+        info = _booting.info
     os.environ["PREFECT_API_URL"] = info.api_url
     os.environ["PREFECT_UI_URL"] = info.ui_url
+    if wait:
+        await_prefect_server()
     return info.ui_url
+
+
+def await_prefect_server() -> None:
+    """Wait until a server launched by `use_prefect_server(wait=False)` answers (nothing to do otherwise)."""
+    global _booting
+    if _booting is not None:
+        booting, _booting = _booting, None
+        booting.wait()
 
 
 def cmd_server(args: argparse.Namespace) -> int:

@@ -1,0 +1,39 @@
+"""The long-lived local Prefect server: started by the first run on a machine (while that run imports Prefect and
+the flow), found by the next run, and stopped by `rollouts server stop`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tests.cli.conftest import rollouts
+from tests.integration.conftest import math_rows, write_jsonl
+
+
+def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_path, sim):
+    env = {"ROLLOUTS_HOME": str(tmp_path / "home")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL", "ROLLOUTS_SERVER")}
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(4))
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(clean)
+    try:
+        args = ("collect", str(src), "--model-url", sim.url, "--model", "sim-model", "--out", str(tmp_path / "runs"),
+                "--no-progress", "--num-repeats", "1")
+        first = rollouts(*args, "--run-name", "first", env=env)
+        assert first.code == 0, first.err[-2000:]
+        assert "starting a local Prefect server at http://127.0.0.1:" in first.err
+        status = rollouts("server", "status", env=env)
+        assert status.code == 0 and status.out.startswith("running at http://127.0.0.1:")
+        second = rollouts(*args, "--run-name", "second", env=env)
+        assert second.code == 0, second.err[-2000:]
+        assert "starting a local Prefect server" not in second.err
+        for name in ("first", "second"):
+            manifest = json.loads((tmp_path / "runs" / name / "manifest.json").read_text())
+            assert manifest["status"] == "completed" and manifest["counts"]["rollouts_ok"] == 4
+    finally:
+        stopped = rollouts("server", "stop", env=env)
+        os.environ.clear()
+        os.environ.update(saved)
+    assert stopped.out.strip() == "stopped the local Prefect server"
+    assert rollouts("server", "status", env=env).code == 3
