@@ -10,7 +10,8 @@ and ran one shard at a time per process, so each shard's tail left the process's
 Messages go over one pipe per process (pickled tuples):
   parent -> child   ("shard", job, run, shard, auth)   ("stop", reason)   ("reset",)   ("close",)
   child -> parent   ("progress", counts)   ("done", job, ok, result-or-exception)
-A child counts its rollouts on its own ProgressBoard and sends the change twice a second and before each result, so
+A child profiles its shards of a `--profile` run (its part of `profile/functions/`, merged by the profile stage) and
+counts its rollouts on its own ProgressBoard and sends the change twice a second and before each result, so
 the parent's board (the terminal's progress line) moves as rollouts finish. SIGINT is ignored in a child: Ctrl-C
 reaches the parent, whose stop signal is relayed, and the child's shards flush and end with `Interrupted` as they
 would on threads. A child whose parent is gone (its pipe closes) stops, flushes, and exits.
@@ -206,8 +207,34 @@ def serve(conn: Any) -> None:
 
     threading.Thread(target=report, name="rollouts-progress", daemon=True).start()
 
-    def finished(job: int, future: concurrent.futures.Future[ShardResult]) -> None:
+    profiled: dict[str, Any] = {}  # run id -> [profiler, store, shards in flight] while a --profile run has shards here
+
+    def profile_begin(run: Any) -> None:
+        if not run.config.profiling.profile or (profiled and run.run_id not in profiled):
+            return  # yappi is process-wide: one run profiled at a time
+        if run.run_id not in profiled:
+            from rollouts.profiling import FunctionProfiler
+            from rollouts.run import run_store
+
+            profiled[run.run_id] = [FunctionProfiler(duty=run.config.profiling.profile_duty).start(), run_store(run), 0]
+        profiled[run.run_id][2] += 1
+
+    def profile_end(run_id: str) -> None:
+        entry = profiled.get(run_id)
+        if entry is not None:
+            entry[2] -= 1
+            if entry[2] == 0:  # this process's part of the run's function profile, merged by the profile stage
+                from rollouts.profiling import write_function_stats
+
+                del profiled[run_id]
+                write_function_stats(entry[1], entry[0].stop())
+
+    def finished(job: int, run_id: str, future: concurrent.futures.Future[ShardResult]) -> None:
         in_flight.discard(future)
+        try:
+            profile_end(run_id)
+        except Exception:  # a profile that cannot be written never fails the shard
+            pass
         progress()  # the counts of this shard reach the parent before its result
         if future.cancelled():
             send(("done", job, False, _portable(asyncio.CancelledError())))
@@ -225,13 +252,14 @@ def serve(conn: Any) -> None:
         kind = message[0]
         if kind == "shard":
             _, job, run, shard, auth = message
+            profile_begin(run)
             coro = generate.generate_shard(run, shard, clients=runtime.clients,
                                            limiter=runtime.limiter(run.run_id, run.config.parallel_per_process),
                                            board=runtime.board, breaker=runtime.breaker(run.run_id), auth=auth,
                                            stop=runtime.stop)
             future = asyncio.run_coroutine_threadsafe(coro, loop)
             in_flight.add(future)
-            future.add_done_callback(lambda f, job=job: finished(job, f))
+            future.add_done_callback(lambda f, job=job, run_id=run.run_id: finished(job, run_id, f))
         elif kind == "stop":
             runtime.stop.request(message[1])
         elif kind == "reset":

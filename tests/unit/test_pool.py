@@ -121,3 +121,24 @@ def test_parallel_is_split_between_the_processes():
     config = CollectConfig(input="p.jsonl", model_url="http://x/v1", model="m", task_runner="processes", workers=3,
                            parallel=1000)
     assert (config.processes, config.parallel_per_process) == (3, 334)
+
+
+def test_a_profiled_run_gets_a_function_profile_part_from_each_process_that_ran_its_shards(tmp_path, pool):
+    url, stop = serve_in_thread(SimConfig(latency_ms=10, seed=3))
+    try:
+        work = plan(tmp_path, url, 8, shard_size=2, num_repeats=2, parallel=8, profile=True)
+        for future in [pool.submit(work.run, shard.shard, None) for shard in work.shards]:
+            future.result(timeout=60)
+    finally:
+        stop()
+    parts = sorted((Path(work.run.run_url) / "profile" / "functions").glob("*.json"))
+    pids = {int(p.name.rsplit("-", 2)[-2]) for p in parts}
+    assert pids and pids <= set(pool.pids)
+    from rollouts.profiling import read_function_stats
+    from rollouts.storage import Store
+
+    stats, merged = read_function_stats(Store(work.run.run_url, None))
+    assert merged == len(parts)
+    rows = {(r["module"], r["function"]): r for r in stats.table()}
+    rollout = next(r for (module, name), r in rows.items() if module.endswith("rollouts/generate.py") and name.endswith("_rollout"))
+    assert rollout["wall_ncall"] + rollout["cpu_ncall"] > 0  # the shards' own code, profiled where it ran
