@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from commands.collect import config_data, objectives_of, validated
-from commands.errors import error
+from commands.errors import usage_guard
 from commands.options import add_model_options
-from rollouts.errors import ConfigError, RolloutsError
+from rollouts.errors import ConfigError
 from rollouts.options import Cli
 from rollouts.process.config import FORMAT_HELP, Objective, ProcessConfig, TrainConfig
 
@@ -82,17 +82,13 @@ def run_process_command(args: argparse.Namespace) -> int:
     """Run `process` from parsed arguments; user errors print one clear line and return a non-zero code."""
     from rollouts.process.api import process_many
 
-    err = Console(stderr=True)
-    try:
+    # Unlike `collect`, inputs that cannot be read are not a usage error here: only ConfigError exits 2.
+    with usage_guard(getattr(args, "verbose", False), usage=(ConfigError,)) as guard:
         command = build_command(args)
         results = process_many(command.inputs, command.configs(), command.out, storage_options=command.storage_options,
                                workdir=command.workdir)
-    except ConfigError as exc:
-        error(console=err, message=exc.message)
-        return 2
-    except RolloutsError as exc:
-        error(console=err, message=exc.message)
-        return 1
+    if guard.code:
+        return guard.code
     out = Console()
     out.print(_summary(results))
     for r in results:

@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 
-from commands.errors import error
-from rollouts.errors import ConfigError, RolloutsError
+from commands.errors import usage_guard
+from rollouts.errors import ConfigError
 from rollouts.tokens.samples import POLICIES
 
 DESCRIPTION = """Check that every model call's prompt extends the previous call's prompt + generation, classify the
@@ -67,21 +67,16 @@ def run_tokens_command(args: argparse.Namespace) -> int:
     from rollouts.process.config import ProcessConfig
     from rollouts.tokens.api import convert_token_records
 
-    err = Console(stderr=True)
-    try:
-        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        config = ProcessConfig(objective="rl", skip_bad_rows=args.skip_bad_rows, advantage_scale=args.advantage_scale)
-        result = convert_token_records(args.inputs, args.out, args.policy, args.storage_options, tokenizer=tokenizer,
-                                       turn_end_id=args.turn_end_id, config=config)
-    except ValidationError as exc:
-        error(console=err, message=f"invalid options: {exc.errors()[0]['msg']}")
-        return 2
-    except ConfigError as exc:
-        error(console=err, message=exc.message)
-        return 2
-    except RolloutsError as exc:
-        error(console=err, message=exc.message)
-        return 1
+    with usage_guard(getattr(args, "verbose", False), usage=(ConfigError,)) as guard:  # unreadable inputs: exit 1
+        try:
+            tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+            config = ProcessConfig(objective="rl", skip_bad_rows=args.skip_bad_rows, advantage_scale=args.advantage_scale)
+            result = convert_token_records(args.inputs, args.out, args.policy, args.storage_options, tokenizer=tokenizer,
+                                           turn_end_id=args.turn_end_id, config=config)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid options: {exc.errors()[0]['msg']}") from None
+    if guard.code:
+        return guard.code
     out = Console()
     card = result.card
     check = card.check
