@@ -16,16 +16,11 @@ from rollouts.pool import CollectorPool, WorkerLost
 from rollouts.progress import ProgressBoard
 from rollouts.shard import plan_run
 from rollouts.sim import SimConfig, serve_in_thread
-
-
-def math_prompts(path: Path, n: int) -> Path:
-    path.write_text("".join(json.dumps({"responses_create_params": {"input": f"What is {i} + 1?"},
-                                        "expected_answer": str(i + 1)}) + "\n" for i in range(n)))
-    return path
+from tests.integration.conftest import math_rows, write_jsonl
 
 
 def plan(tmp_path: Path, url: str, prompts: int, **options):
-    config = CollectConfig(input=str(math_prompts(tmp_path / "prompts.jsonl", prompts)), out=str(tmp_path / "runs"),
+    config = CollectConfig(input=str(write_jsonl(tmp_path / "prompts.jsonl", math_rows(prompts))), out=str(tmp_path / "runs"),
                            model_url=url, model="sim-model", task_runner="processes", workers=2, **options)
     return plan_run(config)
 
