@@ -7,7 +7,9 @@ A fresh `$ROLLOUTS_HOME` (a temporary directory) stands for a fresh machine: the
 local Prefect server (a new database, its migrations) and leaves it running; the later runs find it. Each run is a
 new process running the real command against the simulated server (0 ms latency, 2 repeats per prompt), with
 `--verbose` for its phases. Beside them, in the same invocation, the bare cost of Python importing the flow
-(`python -c "import flows.collect"`), which every run pays before it can do anything.
+(`python -c "import flows.collect"`), which every run pays before it can do anything, and the time a new Prefect
+server takes to answer, with its database from the schema snapshot (what the first run does) and from Prefect's own
+migrations, in turn (`--server-starts` pairs).
 """
 
 from __future__ import annotations
@@ -34,10 +36,41 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.Comple
     return time.perf_counter() - started, done
 
 
+def server_start(seeded: bool, env: dict[str, str]) -> float:
+    """Seconds from `prefect server start` on a new PREFECT_HOME to its first healthy answer."""
+    import httpx
+
+    from commands import prefect_db
+    from commands.server import _free_port
+
+    prefect_home = Path(tempfile.mkdtemp(prefix="prefect-home-")) / "prefect"
+    if seeded and not prefect_db.seed(prefect_home, env={}):
+        raise SystemExit(f"no schema snapshot for this Prefect ({prefect_db.snapshot_path().name})")
+    port = _free_port(0)
+    env = {k: v for k, v in env.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1.0).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"prefect server start exited with code {server.returncode}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=6, help="runs in all, the first one included (default 6)")
     parser.add_argument("--prompts", type=int, default=10)
+    parser.add_argument("--server-starts", type=int, default=2, help="pairs of new-server starts (default 2)")
     args = parser.parse_args()
     from bench.cpu_window import yardstick
     from rollouts.sim.launch import start_sim_server
@@ -78,6 +111,15 @@ def main() -> None:
     if later:
         print(f"| later, median of {len(later)} (min-max {min(later):.1f}-{max(later):.1f}) | "
               f"{statistics.median(later):.1f} | {statistics.median(later) / statistics.median(imports):.1f} |")
+    seeded: list[float] = []
+    migrating: list[float] = []
+    for _ in range(args.server_starts):
+        seeded.append(server_start(True, env))
+        migrating.append(server_start(False, env))
+    if seeded:
+        print(f"\na new Prefect server answers after: {statistics.median(seeded):.1f} s with its database from the "
+              f"schema snapshot, {statistics.median(migrating):.1f} s running its migrations (medians of "
+              f"{len(seeded)}; ratio {statistics.median(seeded) / statistics.median(migrating):.2f})")
     names = list(dict.fromkeys(name for p in phases for name in p))
     print("\nphases (--verbose), first run | median of the later runs, s:")
     for name in names:

@@ -1,0 +1,65 @@
+"""The local Prefect server's first database from the schema snapshot: written only when it can be, atomically, at
+the snapshot's revision. (That the snapshot is what the migrations make: tests/integration/test_prefect_db.py.)"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+
+from commands import prefect_db
+
+needs_snapshot = pytest.mark.skipif(not prefect_db.snapshot_path().exists(),
+                                    reason="no schema snapshot for the installed Prefect (the server migrates)")
+
+
+def _revision(sql: str) -> str:
+    return re.search(r"""INSERT INTO "alembic_version" VALUES\('(\w+)'\);""", sql).group(1)
+
+
+@needs_snapshot
+def test_a_new_database_is_the_snapshot_at_its_revision_in_wal_mode(tmp_path):
+    home = tmp_path / "prefect"
+    assert prefect_db.seed(home, env={})
+    assert sorted(p.name for p in home.iterdir()) == ["prefect.db"]  # no partial file left behind
+    with sqlite3.connect(home / "prefect.db") as connection:
+        revision = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+    assert revision == [(_revision(prefect_db.snapshot_path().read_text()),)]
+    assert {"flow_run", "task_run", "artifact", "block_document", "deployment_version"} <= tables
+    assert mode == "wal"
+
+
+@needs_snapshot
+def test_an_existing_database_is_never_touched(tmp_path):
+    home = tmp_path / "prefect"
+    home.mkdir()
+    (home / "prefect.db").write_bytes(b"a user's database")
+    assert not prefect_db.seed(home, env={})
+    assert (home / "prefect.db").read_bytes() == b"a user's database"
+
+
+@needs_snapshot
+@pytest.mark.parametrize("setting", prefect_db.URL_SETTINGS)
+def test_a_database_url_of_the_users_own_is_left_to_prefect(tmp_path, setting):
+    assert not prefect_db.seed(tmp_path / "prefect", env={setting: "postgresql+asyncpg://db/prefect"})
+    assert not (tmp_path / "prefect").exists()
+
+
+def test_another_prefect_version_migrates_as_usual(tmp_path, monkeypatch):
+    monkeypatch.setattr(prefect_db.metadata, "version", lambda name: "3.0.0rc1")
+    assert not prefect_db.seed(tmp_path / "prefect", env={})
+    assert not (tmp_path / "prefect" / "prefect.db").exists()
+
+
+def test_a_schema_that_fails_to_load_leaves_no_database(tmp_path, monkeypatch):
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    (snapshots / "prefect-9.9.9.sql").write_text("CREATE TABLE a (x);\nTHIS IS NOT SQL;\n")
+    monkeypatch.setattr(prefect_db, "SNAPSHOTS", snapshots)
+    monkeypatch.setattr(prefect_db.metadata, "version", lambda name: "9.9.9")
+    with pytest.raises(sqlite3.OperationalError):
+        prefect_db.seed(tmp_path / "prefect", env={})
+    assert list((tmp_path / "prefect").iterdir()) == []
