@@ -199,6 +199,14 @@ class ModelClient:
         plain = http.auth is None and not http.follow_redirects and not hooks["request"] and not hooks["response"]
         self.transport = http._transport_for_url(self.url) if plain else None
         self.extensions = {"timeout": http.timeout.as_dict()}
+        from rollouts.transport import CollectorTransport
+
+        # The collector's own transport takes the call without an httpx.Request at all (see CollectorTransport.post).
+        transport = self.transport
+        self.direct = transport if isinstance(transport, CollectorTransport) and transport.direct else None
+        if self.direct is not None:
+            self._target = self.direct.target(self.url, self.extensions["timeout"])
+            self._header_items = self.headers.multi_items()
         self.return_tokens = return_tokens
         self.rng = rng or random.Random()
         self.request_timeout = request_timeout
@@ -225,13 +233,17 @@ class ModelClient:
             return call
 
     async def _attempt(self, body: bytes) -> ModelCall:
-        request = httpx.Request("POST", self.url, headers=self.headers, content=body, extensions=self.extensions)
         try:
             async with asyncio.timeout(self.request_timeout):
-                if self.transport is not None:
-                    response = await self.transport.handle_async_request(request)
+                if self.direct is not None:
+                    response = await self.direct.post(self._target, self._header_items, body)
                 else:
-                    response = await self.http.send(request, stream=True)
+                    request = httpx.Request("POST", self.url, headers=self.headers, content=body,
+                                            extensions=self.extensions)
+                    if self.transport is not None:
+                        response = await self.transport.handle_async_request(request)
+                    else:
+                        response = await self.http.send(request, stream=True)
                 try:
                     status = response.status_code
                     if status >= 300:

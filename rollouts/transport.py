@@ -149,22 +149,45 @@ class CollectorTransport(AiohttpTransport):
             found = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
         return found
 
+    def target(self, url: httpx.URL, timeout: dict[str, Any]) -> tuple[Any, aiohttp.ClientTimeout]:
+        """`url` and httpx `timeout` extensions converted once for `post`."""
+        return self._yarl(url), self._timeout(timeout)
+
+    @property
+    def direct(self) -> bool:
+        """Whether `post` may be used: not through a proxy, which httpx-aiohttp's own path handles."""
+        return self.proxy is None
+
+    async def post(self, target: tuple[Any, aiohttp.ClientTimeout], headers: list[tuple[str, str]],
+                   body: bytes) -> httpx.Response:
+        """A POST of a body in memory, sent and answered as `handle_async_request` does, without an `httpx.Request`.
+
+        For the collector's model calls, whose URL, headers (the client's, merged once by the caller) and timeouts
+        never change: building and copying an `httpx.Request` per call (its Headers normalised, the body wrapped in a
+        stream, the content length set), only for this transport to take it apart again into aiohttp's arguments,
+        was ~8 % of the collector's CPU at `--parallel 512`. aiohttp sets Host and Content-Length itself."""
+        url, timeout = target
+        return await self._send("POST", url, headers, body, timeout, None)
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.proxy is not None or request.extensions.get("sni_hostname"):
             return await super().handle_async_request(request)
-        if not isinstance(self.client, aiohttp.ClientSession):
-            self.client = self.get_client()
-        started = time.perf_counter()
         try:
             data: Any = request.content or None
         except httpx.RequestNotRead:
             data = request.stream
             request.headers.pop("transfer-encoding", None)  # aiohttp frames a streamed body itself
+        return await self._send(request.method, self._yarl(request.url), request.headers.multi_items(), data,
+                                self._timeout(request.extensions.get("timeout", {})), request)
+
+    async def _send(self, method: str, url: Any, headers: list[tuple[str, str]], data: Any,
+                    timeout: aiohttp.ClientTimeout, request: httpx.Request | None) -> httpx.Response:
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        started = time.perf_counter()
         try:
-            response = await self.client.request(
-                request.method, self._yarl(request.url), headers=request.headers.multi_items(), data=data,
-                allow_redirects=False, auto_decompress=False, compress=False,
-                timeout=self._timeout(request.extensions.get("timeout", {})))
+            response = await self.client.request(method, url, headers=headers, data=data, allow_redirects=False,
+                                                 auto_decompress=False, compress=False, timeout=timeout)
             extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
             if response.reason:
                 extensions["reason_phrase"] = response.reason.encode()

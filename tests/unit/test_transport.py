@@ -180,6 +180,32 @@ async def test_replies_are_freed_by_reference_counting_not_the_cyclic_collector(
     assert left == []
 
 
+async def test_a_model_call_sends_what_the_httpx_path_sends_without_an_httpx_request(server: str,
+                                                                                    client: httpx.AsyncClient) -> None:
+    """ModelClient's direct path (CollectorTransport.post): the same method, path, headers and body reach the server
+    as through `handle_async_request` with the httpx.Request the client would build, and the reply is the same."""
+    model = ModelClient(client, server, "m", "chat", max_retries=0)
+    assert model.direct is client._transport
+    body = b'{"model": "m", "messages": []}'
+    url = httpx.URL(f"{server}/echo")
+    direct = await model.direct.post(model.direct.target(url, model.extensions["timeout"]), model._header_items, body)
+    request = httpx.Request("POST", url, headers=model.headers, content=body, extensions=model.extensions)
+    through = await client._transport.handle_async_request(request)
+    seen, want = orjson.loads(await direct.aread()), orjson.loads(await through.aread())
+    assert direct.status_code == through.status_code == 200
+    assert seen["body"] == want["body"] == body.decode() and seen["path"] == want["path"] == "/echo"
+    assert seen["headers"] == want["headers"]
+    assert seen["headers"]["authorization"] == "Bearer sk-test" and seen["headers"]["content-length"] == str(len(body))
+    assert direct.headers["content-type"] == "application/json; charset=utf-8" and direct.elapsed.total_seconds() > 0
+    with pytest.raises(httpx.TransportError):  # errors are httpx's, as on the other path
+        await model.direct.post(model.direct.target(httpx.URL("http://127.0.0.1:1/v1"), {}), [], body)
+
+
+async def test_a_proxied_transport_is_sent_httpx_aiohttps_way() -> None:
+    async with http_client(2, 10.0, transport=CollectorTransport(client=None, proxy="http://127.0.0.1:9")) as http:
+        assert ModelClient(http, "http://model/v1", "m", "chat", max_retries=0).direct is None
+
+
 async def test_model_calls_through_the_collector_client() -> None:
     url, stop = serve_in_thread(SimConfig(latency_ms=0, seed=1))
     try:
