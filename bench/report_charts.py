@@ -3,6 +3,7 @@
     python bench/report_charts.py                      # a 10-prompt run (2 repeats), 5 fresh processes
     python bench/report_charts.py --prompts 2000 --repeats 4 --processes 3
     python bench/report_charts.py --cprofile 25        # and the top functions of one process's chart rendering
+    python bench/report_charts.py --against main       # and main's rollouts/charts.py, alternating, same processes
 
 The run is real: the collector's core loop (no Prefect) against the simulated server (0 ms), written to a temporary
 run directory, then profiled once. Each measuring process is fresh (as a `rollouts collect` is), imports the
@@ -15,7 +16,9 @@ report module and reads the profile first, then times, in this order:
   process, nothing imported beforehand but the report module.
 
 The ratio "charts / bare" divides the first pass over the charts by the warm bare figure of the same process, so
-figures from different days of this machine (its cores vary by up to ~2x) compare.
+figures from different days of this machine (its cores vary by up to ~2x) compare; `--against REV` measures that
+revision's rollouts/charts.py in the same invocation, its processes alternating with this tree's. Times are wall
+clock; the CPU column is the process's CPU time over the same span (steadier when other work shares the cores).
 """
 
 from __future__ import annotations
@@ -52,9 +55,14 @@ def collect(work: Path, url: str, prompts: int, repeats: int) -> str:
     return str(work / "runs" / "charts")
 
 
-def ms(fn) -> tuple[float, object]:
-    started = time.perf_counter()
+CPU: dict[str, float] = {}
+
+
+def ms(fn, key: str | None = None) -> tuple[float, object]:
+    started, cpu = time.perf_counter(), time.process_time()
     out = fn()
+    if key:
+        CPU[key] = 1000 * (time.process_time() - cpu)
     return 1000 * (time.perf_counter() - started), out
 
 
@@ -69,8 +77,23 @@ def bare_figure() -> bytes:
     return buffer.getvalue()
 
 
-def child_charts(run: str, cprofile: int) -> None:
-    from rollouts import charts
+def load_charts(path: str | None):
+    """This tree's rollouts.charts, or the module at `path` (another revision's file) standing in for it."""
+    import importlib.util
+
+    import rollouts.charts
+
+    if not path:
+        return rollouts.charts
+    spec = importlib.util.spec_from_file_location("rollouts.charts", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules["rollouts.charts"] = rollouts.charts = module
+    return module
+
+
+def child_charts(run: str, cprofile: int, charts_file: str | None) -> None:
+    charts = load_charts(charts_file)
     from rollouts.controller import read_trace
     from rollouts.profile import profile_frame, read_run_frame
     from rollouts.storage import Store
@@ -87,10 +110,11 @@ def child_charts(run: str, cprofile: int) -> None:
     profiler = cProfile.Profile() if cprofile else None
     if profiler:
         profiler.enable()
-    first = {name: ms(fn) for name, fn in draw.items()}
+    first = {name: ms(fn, name) for name, fn in draw.items()}
     if profiler:
         profiler.disable()
     result["first_ms"] = {name: t for name, (t, _) in first.items()}
+    result["first_cpu_ms"] = dict(CPU)
     result["bytes"] = {name: len(png or b"") for name, (_, png) in first.items()}
     result["warm_ms"] = {name: ms(fn)[0] for name, fn in draw.items()}
     result["profile_charts_ms"] = ms(lambda: charts.profile_charts(profile))[0]
@@ -101,11 +125,14 @@ def child_charts(run: str, cprofile: int) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def child_stage(run: str) -> None:
+def child_stage(run: str, charts_file: str | None) -> None:
     import shutil
 
+    from rollouts import report
     from rollouts.report import profile_run
     from rollouts.storage import Store
+
+    report.profile_charts = load_charts(charts_file).profile_charts
 
     with tempfile.TemporaryDirectory() as copy:
         shutil.copytree(run, copy, dirs_exist_ok=True)
@@ -132,13 +159,15 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=5, help="fresh measuring processes of each kind (default 5)")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N functions of one process")
     parser.add_argument("--child", choices=("charts", "stage"), help=argparse.SUPPRESS)
+    parser.add_argument("--against", metavar="REV", help="also measure this git revision's rollouts/charts.py")
     parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--charts-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "charts":
-        child_charts(args.run, args.cprofile)
+        child_charts(args.run, args.cprofile, args.charts_file)
         return
     if args.child == "stage":
-        child_stage(args.run)
+        child_stage(args.run, args.charts_file)
         return
     from bench.cpu_window import yardstick
     from rollouts.sim.launch import start_sim_server
@@ -147,26 +176,43 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         with start_sim_server(latency_ms=0, seed=0) as server:
             run = collect(Path(work), server.url, args.prompts, args.repeats)
+        versions = {"this tree": None}
+        if args.against:
+            old = Path(work) / "charts_against.py"
+            old.write_text(subprocess.run(["git", "show", f"{args.against}:rollouts/charts.py"], cwd=ROOT, check=True,
+                                          capture_output=True, text=True).stdout)
+            versions = {args.against: str(old), **versions}
         if args.cprofile:
             run_child("--child", "charts", "--run", run, "--cprofile", str(args.cprofile))
-        charts = [run_child("--child", "charts", "--run", run) for _ in range(args.processes)]
-        stages = [run_child("--child", "stage", "--run", run) for _ in range(args.processes)]
+        results: dict[str, tuple[list[dict], list[dict]]] = {label: ([], []) for label in versions}
+        for _ in range(args.processes):
+            for label, path in versions.items():
+                extra = ["--charts-file", path] if path else []
+                results[label][0].append(run_child("--child", "charts", "--run", run, *extra))
+                results[label][1].append(run_child("--child", "stage", "--run", run, *extra))
+    print(f"{args.prompts} prompts x {args.repeats} repeats; medians of {args.processes} fresh processes each")
+    for label, (charts, stages) in results.items():
+        report(label, charts, stages)
+
+
+def report(label: str, charts: list[dict], stages: list[dict]) -> None:
     med = statistics.median
     names = list(charts[0]["first_ms"])
-    print(f"{args.prompts} prompts x {args.repeats} repeats; medians of {args.processes} fresh processes; "
-          f"matplotlib imported before the charts: {charts[0]['imported_before']}")
-    print("| what | first in the process ms | warm ms | PNG KB |")
-    print("|---|---:|---:|---:|")
-    print(f"| import matplotlib (figure, Agg) | {med(c['import_ms'] for c in charts):.0f} | | |")
-    print(f"| bare: one empty 8x4 figure to PNG | {med(c['bare_cold_ms'] for c in charts):.0f} | "
+    print(f"\n{label} (matplotlib imported before the charts: {charts[0]['imported_before']})")
+    print("| what | first in the process ms | CPU ms | warm ms | PNG KB |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| import matplotlib (figure, Agg) | {med(c['import_ms'] for c in charts):.0f} | | | |")
+    print(f"| bare: one empty 8x4 figure to PNG | {med(c['bare_cold_ms'] for c in charts):.0f} | | "
           f"{med(c['bare_warm_ms'] for c in charts):.1f} | |")
     for name in names:
-        print(f"| {name} | {med(c['first_ms'][name] for c in charts):.1f} | {med(c['warm_ms'][name] for c in charts):.1f} | "
-              f"{charts[0]['bytes'][name] / 1024:.0f} |")
+        kb = charts[0]["bytes"][name] / 1024
+        print(f"| {name} | {med(c['first_ms'][name] for c in charts):.1f} | {med(c['first_cpu_ms'][name] for c in charts):.1f} | "
+              f"{med(c['warm_ms'][name] for c in charts):.1f} | {f'{kb:.0f}' if kb else 'not drawn'} |")
     first = med(sum(c["first_ms"].values()) for c in charts)
+    cpu = med(sum(c["first_cpu_ms"].values()) for c in charts)
     warm = med(sum(c["warm_ms"].values()) for c in charts)
     bare = med(c["bare_warm_ms"] for c in charts)
-    print(f"| all charts | {first:.0f} | {warm:.0f} | |")
+    print(f"| all charts | {first:.0f} | {cpu:.0f} | {warm:.0f} | |")
     print(f"charts / bare warm figure: first pass {first / bare:.1f}x, warm {warm / bare:.1f}x "
           f"(profile_charts, warm: {med(c['profile_charts_ms'] for c in charts):.0f} ms)")
     runs = ", ".join(f"{s['stage_ms']:.0f}" for s in stages)
