@@ -5,7 +5,9 @@ fixed margins instead of a layout engine. A layout engine (constrained or tight)
 `savefig`, draws the whole figure twice, once to size it and once for real: it was ~half of a 10-prompt run's chart
 time (bench/report_charts.py). The fixed margins hold any label because every tick label is at most five
 characters (`_short`: 1.5k, 20k, 1.2M) and tests/unit/test_charts.py checks that nothing drawn leaves the figure.
-matplotlib itself is imported on the first chart, not with this module (~0.45 s, most of it numpy).
+matplotlib itself is imported on the first chart, not with this module (~0.45 s, most of it numpy). Importing it in
+a thread from the flow's start instead only moved that time: reading prompts and collecting slowed by about what
+profiling gained (the import holds the GIL), so the 10-prompt run's total did not drop.
 """
 
 from __future__ import annotations
