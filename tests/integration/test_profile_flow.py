@@ -23,8 +23,12 @@ def test_flow_publishes_the_run_report_with_embedded_charts(tmp_path: Path, sim)
     summary = collect_rollouts(config)
     folder = Path(summary.run_url) / "profile"
     report = (folder / "report.md").read_text()
-    assert "![throughput over time](throughput.png)" in report and (folder / "throughput.png").exists()
     profile = json.loads((folder / "profile.json").read_text())
+    for name in ("latency_cdf.png", "rewards.png"):
+        assert f"]({name})" in report and (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # 48 rollouts at 5 ms end within one timeline window: one point per line, so no throughput chart, the table instead
+    assert len(profile["timeline"]) == 1 and not (folder / "throughput.png").exists()
+    assert "throughput.png" not in report and "## Timeline (1 windows)" in report
     assert profile["rollouts"] == 48 and [r["k"] for r in profile["pass_at_k"]] == [1, 2, 4]
     artifact = Artifact.get("run-report")
     assert artifact is not None and "## Latency (ms)" in artifact.data and "| math | 4 |" in artifact.data
