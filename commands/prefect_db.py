@@ -44,7 +44,9 @@ def seed(prefect_home: Path, env: dict[str, str] | None = None) -> bool:
             connection.executescript(snapshot.read_text())
             connection.execute("PRAGMA journal_mode = WAL")  # as Prefect opens it, and as its migrations leave it
         connection.close()
-        os.replace(partial, database)  # a server never sees half a schema
+        os.link(partial, database)  # a server never sees half a schema, and a database made meanwhile is kept
+    except FileExistsError:
+        return False
     finally:
         partial.unlink(missing_ok=True)
     return True

@@ -48,6 +48,22 @@ def test_a_database_url_of_the_users_own_is_left_to_prefect(tmp_path, setting):
     assert not (tmp_path / "prefect").exists()
 
 
+@needs_snapshot
+def test_a_database_made_meanwhile_is_kept(tmp_path, monkeypatch):
+    """Two first starts at once: the one that loses the race keeps the other's database, not its own."""
+    home = tmp_path / "prefect"
+    real_link = prefect_db.os.link
+
+    def link_after_another(src, dst):
+        (home / "prefect.db").write_bytes(b"the other start's database")
+        return real_link(src, dst)
+
+    monkeypatch.setattr(prefect_db.os, "link", link_after_another)
+    assert not prefect_db.seed(home, env={})
+    assert (home / "prefect.db").read_bytes() == b"the other start's database"
+    assert sorted(p.name for p in home.iterdir()) == ["prefect.db"]
+
+
 def test_another_prefect_version_migrates_as_usual(tmp_path, monkeypatch):
     monkeypatch.setattr(prefect_db.metadata, "version", lambda name: "3.0.0rc1")
     assert not prefect_db.seed(tmp_path / "prefect", env={})
