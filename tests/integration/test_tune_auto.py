@@ -22,7 +22,7 @@ from rollouts.run import run_store
 from rollouts.shard import plan_run
 from rollouts.sim.launch import start_sim_server
 from rollouts.storage import Store
-from rollouts.tune import main as tune_main
+from commands.tune import main as tune_main
 from tests.integration.conftest import math_rows, write_jsonl
 
 pytestmark = pytest.mark.integration
