@@ -18,8 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from rollouts.agent import AgentLimits
 from rollouts.envs import Environment, build_environments, known_environment_names, parse_remote_env
 from rollouts.errors import ConfigError
-from rollouts.options import IDENTITY, Cli, identity_fields, marker
-from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, TrainConfig
+from rollouts.options import IDENTITY, Cli, field_of, identity_fields, marker
+from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, RolloutFilesConfig, TrainConfig
 
 __all__ = ["SAMPLING_PRESETS", "CollectConfig", "api_key_from_env", "ConcurrencyConfig", "EndpointConfig", "EnvironmentConfig",
            "Objective", "RowsConfig", "SamplingConfig", "StorageConfig", "TrainConfig", "parse_remote_envs"]
@@ -257,9 +257,7 @@ class StorageConfig(BaseModel):
         "./runs", description="where runs are written: local path or fsspec URL such as s3://bucket/runs")
     block: Annotated[str | None, Cli(flag="--storage-block", metavar="NAME")] = Field(
         None, description="a RolloutStorage block: where runs go, with the filesystem's options and credentials")
-    options: Annotated[dict[str, Any], Cli(flag="--storage-options", metavar="JSON")] = Field(
-        {}, description="fsspec options for --out and an s3:// INPUT, such as an endpoint; keep "
-                                          "credentials in the usual AWS environment variables or profile")
+    options: dict[str, Any] = field_of(RolloutFilesConfig, "storage_options")  # --storage-options, as process has it
 
 
 class CollectConfig(BaseModel):

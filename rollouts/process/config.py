@@ -40,14 +40,16 @@ FORMAT_HELP = {
 
 
 class RolloutFilesConfig(BaseModel):
-    """Existing rollouts in, files out: the options `rollouts process` and `rollouts tokens` share."""
+    """Existing rollouts in, files out: the options `rollouts process` and `rollouts tokens` share (`rollouts collect`'s
+    --storage-options is this field too)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     inputs: Annotated[list[str], Cli(positional=True, metavar="INPUT")] = Field(description="run directory, rollout file or glob")
     out: Annotated[str, Cli(metavar="URL")] = Field(description="output directory (local path or fsspec URL)")
-    storage_options: Annotated[dict[str, Any], Cli(metavar="JSON")] = Field(
-        default_factory=dict, description="fsspec options, e.g. '{\"anon\": false}'")
+    storage_options: Annotated[dict[str, Any], Cli(flag="--storage-options", metavar="JSON")] = Field(
+        default_factory=dict, description="fsspec options for INPUT and --out, such as '{\"anon\": false}' or an "
+                                          "endpoint; keep credentials in the usual AWS environment variables or profile")
 
 
 class FilterOptions(BaseModel):
