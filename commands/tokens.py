@@ -37,12 +37,16 @@ def add_tokens_parser(subparsers: Any) -> None:
     add_arguments(parser)
 
 
+def tokens_config(args: argparse.Namespace) -> TokensConfig:
+    return validated(TokensConfig, build(args, args.options), args.options)
+
+
 def run_tokens_command(args: argparse.Namespace) -> int:
     """Run `tokens` from parsed arguments: 0 on success, 2 for a usage error, 1 when the inputs cannot be processed."""
     from rollouts.tokens.api import convert_token_records
 
     with usage_guard(args.verbose, usage=(ConfigError,)) as guard:  # unreadable inputs: exit 1
-        config = validated(TokensConfig, build(args, args.options), args.options)
+        config = tokens_config(args)
         result = convert_token_records(config.inputs, config.out, config.on_break, config.storage_options,
                                        tokenizer=config.decoder(), turn_end_id=config.turn_end_id,
                                        config=config.process_config())

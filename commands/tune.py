@@ -30,6 +30,10 @@ def add_tune_parser(subparsers: Any) -> None:
     add_arguments(parser)
 
 
+def tune_config(args: argparse.Namespace) -> TuneConfig:
+    return validated(TuneConfig, build(args, args.options), args.options)
+
+
 def _step_line(step: StepResult) -> None:
     print(f"  parallel {step.parallel:>5}: {step.throughput:8.1f} req/s, p50 {step.p50_ms or 0:.0f} ms, "
           f"p95 {step.p95_ms or 0:.0f} ms, errors {step.error_rate:.1%}", file=sys.stderr, flush=True)
@@ -42,7 +46,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
     from rollouts.tune import load_prompts, sweep, table, write_results
 
     with usage_guard(args.verbose, interrupted="interrupted: nothing was written") as guard:
-        config = validated(TuneConfig, build(args, args.options), args.options)
+        config = tune_config(args)
         api_key = config.api_key()
         check_endpoint(config.model_url, api_key)
         prompts = load_prompts(config.input, config.sample)
