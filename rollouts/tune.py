@@ -71,7 +71,7 @@ class TuneConfig(BaseModel):
     temperature: float | None = field_of(SamplingConfig, "temperature")
     max_output_tokens: int | None = field_of(SamplingConfig, "max_output_tokens")
     request_timeout: float = field_of(EndpointConfig, "request_timeout")
-    gain: float = Field(KneeRule.gain, gt=0, description="smallest throughput gain per doubling that is worth it")
+    gain: float = Field(KneeRule.gain, ge=0, description="smallest throughput gain per doubling that is worth it")
     out: str = Field("./tune", description="where tune.csv, tune.json and tune.png go")
 
     @model_validator(mode="after")
@@ -154,12 +154,16 @@ async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], paral
                 done.append((time.monotonic(), (time.monotonic() - t) * 1000, outcome))
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(parallel)]
-    finished, pending = await asyncio.wait(tasks, timeout=4 * step_seconds + DRAIN_CAP_S)
-    for task in pending:  # bounded drain: a stuck request must not hold the sweep
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    try:
+        finished, _ = await asyncio.wait(tasks, timeout=4 * step_seconds + DRAIN_CAP_S)
+    finally:
+        # Bounded drain: a stuck request must not hold the sweep. And on Ctrl-C (this coroutine cancelled) no worker
+        # may outlive the step's connection pool, or each one ends with "Session is closed" as an unretrieved error.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     for task in finished:
-        if task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
     # The window opens at the `parallel`-th completion (one full round done, the pipe full) and closes at the last
     # request sent; completions at its opening instant are excluded so a synchronous round is not counted twice.
