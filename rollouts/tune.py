@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, api_key_from_env
-from rollouts.controller import outcome_of
 from rollouts.errors import InputError, ProviderError, ResponseParseError, RolloutsError
 from rollouts.inputs import iter_lines, normalise_row
 from rollouts.model import ModelClient, http_client
@@ -121,6 +120,8 @@ def _quantile(values: list[float], q: float) -> float | None:
 async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], parallel: int, *, step_seconds: float,
                        step_requests: int, sampling: dict[str, Any]) -> StepResult:
     """One step at `parallel` in flight; see the module docstring for what is measured."""
+    from rollouts.controller import outcome_of  # it loads polars: not for every command's --help
+
     cycle = itertools.cycle(prompts)
     done: list[tuple[float, float, str]] = []  # (finished, latency ms, outcome)
     sent = 0
