@@ -10,9 +10,9 @@ from pydantic import Field, field_validator
 from rich.console import Console
 from rich.table import Table
 
-from commands.collect import config_data, objectives_of, validated
+from commands.collect import config_data, objectives_of
 from commands.errors import usage_guard
-from commands.options import add_model_options
+from commands.options import add_model_options, validated
 from rollouts.errors import ConfigError
 from rollouts.options import Cli
 from rollouts.process.config import FORMAT_HELP, Objective, ProcessConfig, RolloutFilesConfig, TrainConfig

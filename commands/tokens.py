@@ -9,9 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
-from commands.collect import validated
 from commands.errors import usage_guard
-from commands.options import add_model_options, build
+from commands.options import add_model_options, build, validated
 from rollouts.errors import ConfigError
 from rollouts.tokens.config import TokensConfig
 

@@ -7,9 +7,8 @@ import asyncio
 import sys
 from typing import Any
 
-from commands.collect import validated
 from commands.errors import EXIT_RUN_FAILED, error, usage_guard
-from commands.options import add_model_options, build
+from commands.options import add_model_options, build, validated
 from rollouts.tune import StepResult, TuneConfig
 
 DESCRIPTION = ("Find the --parallel where throughput stops rising: real prompts at 8, 16, 32, ... in flight, one "

@@ -10,6 +10,7 @@ import httpx
 import polars as pl
 import pytest
 
+from commands.tune import main as tune_main
 from rollouts.local import collect_plan
 from rollouts.config import CollectConfig
 from rollouts.controller import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, read_trace, write_trace
@@ -23,7 +24,6 @@ from rollouts.shard import plan_run
 from rollouts.sim.launch import start_sim_server
 from rollouts.storage import Store
 from rollouts.tune import TuneConfig
-from commands.tune import main as tune_main
 from tests.integration.conftest import math_rows, write_jsonl
 
 pytestmark = pytest.mark.integration
