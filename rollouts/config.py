@@ -21,8 +21,9 @@ from rollouts.errors import ConfigError
 from rollouts.options import IDENTITY, Cli, field_of, identity_fields, marker
 from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, RolloutFilesConfig, TrainConfig
 
-__all__ = ["SAMPLING_PRESETS", "CollectConfig", "api_key_from_env", "ConcurrencyConfig", "EndpointConfig", "EnvironmentConfig",
-           "Objective", "RowsConfig", "SamplingConfig", "StorageConfig", "TrainConfig", "parse_remote_envs"]
+__all__ = ["SAMPLING_PRESETS", "CollectConfig", "ConcurrencyConfig", "EndpointConfig", "EnvironmentConfig",
+           "Objective", "RowsConfig", "SamplingConfig", "StorageConfig", "TrainConfig", "api_key_from_env",
+           "parse_remote_envs"]
 
 # NeMo Gym's sampling guidance per objective; explicit options override these.
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
