@@ -36,7 +36,7 @@ from rollouts.errors import ProviderError  # noqa: E402
 from rollouts.limits import InflightLimiter  # noqa: E402
 from rollouts.model import ModelClient  # noqa: E402
 from rollouts.sim.launch import start_sim_server  # noqa: E402
-from rollouts.tune import sweep  # noqa: E402
+from rollouts.tune import TuneConfig, sweep  # noqa: E402
 
 SCENARIOS = {
     "capacity-32": dict(server=dict(latency_ms=200, capacity=32), knee=32, ceiling=160.0),
@@ -45,6 +45,12 @@ SCENARIOS = {
 }
 PROMPTS = [{"input": f"What is {i} + {i + 7}?"} for i in range(512)]
 SAMPLING = {"temperature": 0.7}
+
+
+def tune_config(url: str, step_seconds: float) -> TuneConfig:
+    """`rollouts tune`'s options for a sweep from 8 to 1024 over PROMPTS (the input is already in memory)."""
+    return TuneConfig(input="bench-prompts", model_url=url, model="sim-model", start=8, max_parallel=1024,
+                      step_seconds=step_seconds, temperature=SAMPLING["temperature"])
 
 
 async def core_loop(url: str, seconds: float, *, fixed: int | None, config: ControllerConfig,
@@ -122,8 +128,7 @@ async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
     config = ControllerConfig(min_parallel=8, max_parallel=1024)
     knee = spec["knee"]
     with start_sim_server(seed=0, **spec["server"]) as server:
-        steps, index, reason = await sweep(server.url, "sim-model", PROMPTS, start=8, max_parallel=1024,
-                                           step_seconds=args.step_seconds, sampling=SAMPLING)
+        steps, index, reason = await sweep(tune_config(server.url, args.step_seconds), PROMPTS)
         recommended = steps[index].parallel
         bare = await bare_client(server.url, knee, args.fixed_seconds / 2)
         fixed = {}
@@ -152,8 +157,7 @@ async def record_sweep(name: str, spec: dict, folder: Path, step_seconds: float)
     from dataclasses import asdict
 
     with start_sim_server(seed=0, **spec["server"]) as server:
-        steps, index, reason = await sweep(server.url, "sim-model", PROMPTS, start=8, max_parallel=1024,
-                                           step_seconds=step_seconds, sampling=SAMPLING, stop_at_knee=False)
+        steps, index, reason = await sweep(tune_config(server.url, step_seconds), PROMPTS, stop_at_knee=False)
     folder.mkdir(parents=True, exist_ok=True)
     data = {"scenario": name, "server": spec["server"], "knee": spec["knee"], "step_seconds": step_seconds,
             "recorded_with": f"python bench/tune_parallelism.py --record-sweeps {folder} --scenario {name}",

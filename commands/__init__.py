@@ -1,4 +1,5 @@
-"""The `rollouts` command line: collect, demo, process, sim-server. Outside the core: it starts Prefect flows."""
+"""The `rollouts` command line: collect, demo, process, server, tokens, tune, sim-server. Outside the core: it starts
+Prefect flows."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     from commands.process import add_process_parser
     from commands.server import add_server_parser
     from commands.tokens import add_tokens_parser
+    from commands.tune import add_tune_parser
 
     parser = argparse.ArgumentParser(prog="rollouts",
                                      description="Collect verified LLM rollouts and build RL/SFT/DPO training data.")
@@ -24,8 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tokens_parser(sub)
     sub.add_parser("sim-server", help="serve the simulated OpenAI-compatible model (see rollouts sim-server --help)",
                    add_help=False)
-    sub.add_parser("tune", help="find the --parallel knee of a model server with a sample of your prompts "
-                                "(see rollouts tune --help)", add_help=False)
+    add_tune_parser(sub)
     return parser
 
 
@@ -35,10 +36,6 @@ def main(argv: list[str] | None = None) -> int:
         from rollouts.sim.server import main as sim_main
 
         return sim_main(argv[1:]) or 0
-    if argv[:1] == ["tune"]:
-        from rollouts.tune import main as tune_main
-
-        return tune_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     with usage_guard(verbose=getattr(args, "verbose", False)) as guard:
         return int(args.func(args) or 0)

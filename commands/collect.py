@@ -8,10 +8,8 @@ import sys
 from importlib import resources
 from typing import Any
 
-from pydantic import ValidationError
-
 from commands.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
-from commands.options import Option, add_model_options, build
+from commands.options import Option, add_model_options, build, validated
 from rollouts.config import CollectConfig
 from rollouts.errors import ConfigError, RolloutsError
 from rollouts.process.config import FORMATS, OBJECTIVES
@@ -63,15 +61,6 @@ def config_data(args: argparse.Namespace, options: list[Option]) -> dict[str, An
     if "formats" in train:
         train["formats"] = format_choice(train["formats"], objectives_of(data.get("objective", ["rl"])))
     return data
-
-
-def validated(model: type, data: dict[str, Any], options: list[Option]):
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        from commands.options import usage_errors
-
-        raise ConfigError("; ".join(usage_errors(exc, options))) from None
 
 
 def add_collect_parser(sub: Any) -> None:

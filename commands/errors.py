@@ -26,9 +26,10 @@ class Guard:
 
 
 @contextlib.contextmanager
-def usage_guard(verbose: bool = False, usage: tuple[type[RolloutsError], ...] = (ConfigError, InputError)) -> Iterator[Guard]:
-    """Turn the project's own errors into one clear line and an exit code (`usage` ones: 2, others: 1); anything else
-    keeps its traceback."""
+def usage_guard(verbose: bool = False, usage: tuple[type[RolloutsError], ...] = (ConfigError, InputError),
+                interrupted: str = "interrupted: run the same command again to resume where it stopped") -> Iterator[Guard]:
+    """Turn the project's own errors into one clear line and an exit code (`usage` ones: 2, others: 1; Ctrl-C: 130
+    with the `interrupted` line); anything else keeps its traceback."""
     guard = Guard()
     try:
         yield guard
@@ -43,5 +44,5 @@ def usage_guard(verbose: bool = False, usage: tuple[type[RolloutsError], ...] = 
         error(exc.message)
         guard.code = EXIT_RUN_FAILED
     except KeyboardInterrupt:
-        error("interrupted: run the same command again to resume where it stopped")
+        error(interrupted)
         guard.code = EXIT_INTERRUPTED

@@ -4,7 +4,8 @@ Each leaf field of a model becomes `--field-name` (or its `rollouts.options.Cli`
 type (bools are switches, Literals are choices, tuples take several values, dicts take JSON or NAME=VALUE, lists
 repeat or take commas), the description and default give the help text. Sections (nested models) become help groups.
 Options left out on the command line are left out of the config, so the model's defaults apply: one default, declared
-once. `build(args, options)` turns parsed arguments back into the nested dict the model validates.
+once. `build(args, options)` turns parsed arguments back into the nested dict the model validates, and `validated`
+validates it, naming the flags in its errors.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from rollouts.errors import ConfigError
 from rollouts.options import Cli, marker
 
 NONE_WORDS = frozenset({"none", "null", "off"})
@@ -156,6 +158,14 @@ def build(args: argparse.Namespace, options: list[Option], **given: Any) -> dict
             node = node.setdefault(part, {})
         node[option.path[-1]] = getattr(args, option.dest)
     return data
+
+
+def validated(model: type[BaseModel], data: dict[str, Any], options: list[Option]) -> Any:
+    """`model` from the options given, or a ConfigError whose one line names each wrong flag."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(usage_errors(exc, options))) from None
 
 
 def usage_errors(exc: ValidationError, options: list[Option]) -> list[str]:

@@ -6,16 +6,16 @@ import argparse
 import sys
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from rich.console import Console
 from rich.table import Table
 
-from commands.collect import config_data, objectives_of, validated
+from commands.collect import config_data, objectives_of
 from commands.errors import usage_guard
-from commands.options import add_model_options
+from commands.options import add_model_options, validated
 from rollouts.errors import ConfigError
 from rollouts.options import Cli
-from rollouts.process.config import FORMAT_HELP, Objective, ProcessConfig, TrainConfig
+from rollouts.process.config import FORMAT_HELP, Objective, ProcessConfig, RolloutFilesConfig, TrainConfig
 
 DESCRIPTION = """Re-process existing rollouts into training files, without regenerating them.
 
@@ -30,18 +30,13 @@ def _formats_epilog() -> str:
     )
 
 
-class ProcessCommand(BaseModel):
-    """Options of `rollouts process` (the filter and format options are TrainConfig's, shared with `collect`)."""
+class ProcessCommand(RolloutFilesConfig):
+    """Options of `rollouts process`: INPUT, --out and --storage-options as `rollouts tokens` has them; the filter and
+    format options are TrainConfig's, shared with `collect`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    inputs: Annotated[list[str], Cli(positional=True, metavar="INPUT")] = Field(description="run directory, rollout file or glob")
     objective: list[Objective] = Field(description="rl, sft or dpo; repeat or comma-separate")
-    out: Annotated[str, Cli(metavar="URL")] = Field(description="output directory (local path or fsspec URL)")
     workdir: Annotated[str | None, Cli(metavar="URL")] = Field(
         None, description="where the intermediate Parquet frame goes (default: a temp dir)")
-    storage_options: Annotated[dict[str, Any], Cli(metavar="JSON")] = Field(
-        default_factory=dict, description="fsspec options, e.g. '{\"anon\": false}'")
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     _objectives = field_validator("objective", mode="before")(lambda cls, v: objectives_of(v))

@@ -13,16 +13,17 @@ import os
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rollouts.agent import AgentLimits
 from rollouts.envs import Environment, build_environments, known_environment_names, parse_remote_env
 from rollouts.errors import ConfigError
-from rollouts.options import IDENTITY, Cli, identity_fields, marker
-from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, TrainConfig
+from rollouts.options import IDENTITY, Cli, field_of, identity_fields, marker
+from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, RolloutFilesConfig, TrainConfig
 
 __all__ = ["SAMPLING_PRESETS", "CollectConfig", "ConcurrencyConfig", "EndpointConfig", "EnvironmentConfig",
-           "Objective", "RowsConfig", "SamplingConfig", "StorageConfig", "TrainConfig", "parse_remote_envs"]
+           "Objective", "RowsConfig", "SamplingConfig", "StorageConfig", "TrainConfig", "api_key_from_env",
+           "parse_remote_envs"]
 
 # NeMo Gym's sampling guidance per objective; explicit options override these.
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
@@ -35,16 +36,37 @@ _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
+def _model_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not re.match(r"^https?://", value):
+        raise ValueError(f"--model-url must start with http:// or https:// (got {value!r})")
+    return value.rstrip("/")
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The API key held by the environment variable `name` (--api-key-env); None without a name."""
+    if not name:
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise ConfigError(f"--api-key-env {name}: that environment variable is not set or empty")
+    return key
+
+
 class EndpointConfig(BaseModel):
     """The model server and how requests to it are made."""
 
     model_config = _FROZEN
 
-    model_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1 (or --model-block)")
+    # `rollouts tune` reuses model_url, model, api, api_key_env and request_timeout (rollouts.tune.TuneConfig).
+    model_url: Annotated[str | None, AfterValidator(_model_url)] = Field(
+        None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     model: Annotated[str | None, IDENTITY] = Field(
-        None, description="model name sent with each request, e.g. Qwen/Qwen3-8B (or --model-block)")
+        None, description="model name sent with each request, e.g. Qwen/Qwen3-8B")
     block: Annotated[str | None, Cli(flag="--model-block", metavar="NAME")] = Field(
-        None, description="a ModelEndpoint block: base URL, model, API, key and headers (the secrets stay in the block)")
+        None, description="a ModelEndpoint block instead of --model-url and --model: base URL, model, API, key and "
+                          "headers (the secrets stay in the block)")
     api: Annotated[Literal["chat", "responses"], IDENTITY] = Field(
         "chat", description="Chat Completions or the Responses API")
     api_key_env: Annotated[str | None, Cli(metavar="VAR")] = Field(
@@ -63,15 +85,6 @@ class EndpointConfig(BaseModel):
         False, description="ask for prompt/generation token ids and logprobs (vLLM return_token_ids), kept as "
                            "prompt_token_ids, generation_token_ids, generation_log_probs")
 
-    @field_validator("model_url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.match(r"^https?://", value):
-            raise ValueError(f"--model-url must start with http:// or https:// (got {value!r})")
-        return value.rstrip("/")
-
     @model_validator(mode="after")
     def _given(self) -> EndpointConfig:
         if not self.block and not (self.model_url and self.model):
@@ -87,7 +100,8 @@ class SamplingConfig(BaseModel):
     num_repeats: Annotated[int | None, IDENTITY] = Field(
         None, ge=1, description="rollouts per prompt (default: rl 8, sft 2, dpo 4)")
     temperature: Annotated[float | None, IDENTITY] = Field(
-        None, ge=0.0, le=2.0, description="sampling temperature; overrides the rows' value (default: rl 1.0, sft 0.2, dpo 0.7)")
+        None, ge=0.0, le=2.0, description="sampling temperature; overrides the rows' value (collect's default: "
+                                          "rl 1.0, sft 0.2, dpo 0.7)")
     top_p: Annotated[float | None, IDENTITY] = Field(
         None, gt=0.0, le=1.0, description="nucleus sampling; overrides the rows' value (default 1.0)")
     max_output_tokens: Annotated[int | None, IDENTITY] = Field(
@@ -120,7 +134,9 @@ class ConcurrencyConfig(BaseModel):
         256, description="global number of rollouts in flight (NeMo Gym's num_samples_in_parallel), or auto: an "
                          "adaptive controller between --min-parallel and --max-parallel (threads runner)")
     min_parallel: int = Field(8, ge=1, description="--parallel auto: the lowest limit, and where it starts")
-    max_parallel: int = Field(1024, ge=1, description="--parallel auto: the highest limit, and the connection pool size")
+    max_parallel: int = Field(
+        1024, ge=1, description="the highest --parallel: with --parallel auto, the controller's top limit and the "
+                                "connection pool size; in rollouts tune, the largest step")
     shard_size: Annotated[int, IDENTITY] = Field(256, ge=1, description="prompts per shard: one Prefect task run per shard and stage")
     max_concurrent_shards: int = Field(4, ge=1, description="shard tasks running at once per process: the task runner's limit")
     task_runner: Literal["threads", "processes", "dask", "ray"] = Field(
@@ -242,9 +258,7 @@ class StorageConfig(BaseModel):
         "./runs", description="where runs are written: local path or fsspec URL such as s3://bucket/runs")
     block: Annotated[str | None, Cli(flag="--storage-block", metavar="NAME")] = Field(
         None, description="a RolloutStorage block: where runs go, with the filesystem's options and credentials")
-    options: Annotated[dict[str, Any], Cli(flag="--storage-options", metavar="JSON")] = Field(
-        {}, description="fsspec options for --out and an s3:// INPUT, such as an endpoint; keep "
-                                          "credentials in the usual AWS environment variables or profile")
+    options: dict[str, Any] = field_of(RolloutFilesConfig, "storage_options")  # --storage-options, as process has it
 
 
 class CollectConfig(BaseModel):
@@ -339,13 +353,7 @@ class CollectConfig(BaseModel):
         return {"temperature": preset["temperature"], "top_p": preset["top_p"]}
 
     def api_key(self) -> str | None:
-        name = self.endpoint.api_key_env
-        if not name:
-            return None
-        key = os.environ.get(name)
-        if not key:
-            raise ConfigError(f"--api-key-env {name}: that environment variable is not set or empty")
-        return key
+        return api_key_from_env(self.endpoint.api_key_env)
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide generation, by their (flat) field names, with presets resolved."""

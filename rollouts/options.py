@@ -2,16 +2,19 @@
 
 A config option is declared once, as a pydantic field with a description; these markers, put in its `Annotated`
 metadata, add only what the field's type cannot say. The command line (`commands/options.py`), the Prefect UI form
-(the flow's parameter schema), the manifest and the run digest are all derived from the fields.
+(the flow's parameter schema), the manifest and the run digest are all derived from the fields. An option that two
+commands share (`--model-url` in `collect` and `tune`) is declared in one model and reused by the other with `field_of`.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,18 @@ class Identity:
 
 
 IDENTITY = Identity()
+
+
+def field_of(model: type[BaseModel], name: str, *, required: bool = False) -> Any:
+    """`model`'s field `name`, for another command that has the same option: its description, default, bounds,
+    validators and Cli marker, so the option keeps one declaration (`api: Literal[...] = field_of(EndpointConfig, "api")`).
+    `required` drops the default, for a command where the option has no alternative (no --model-block in `tune`).
+    The Identity marker stays behind: only a collection run has an identity."""
+    field = copy.copy(model.model_fields[name])
+    field.metadata = [m for m in field.metadata if not isinstance(m, Identity)]
+    if required:
+        field.default = PydanticUndefined
+    return field
 
 
 def marker(field: FieldInfo, kind: type) -> Any:

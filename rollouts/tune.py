@@ -4,24 +4,25 @@ Each step runs `parallel` workers against the endpoint for at most `step_seconds
 without retries (a 429 must show as an error, not hide as latency). Throughput counts the requests that finished
 between the end of the first full round (the pipe is full from then on) and the last request sent (the drain after
 it is not measured). The connection pool of each step is sized to its `parallel`, as `rollouts collect` sizes it.
+`TuneConfig` holds the options; the command line is generated from it (commands/tune.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from rollouts.controller import outcome_of
-from rollouts.errors import ConfigError, InputError, ProviderError, ResponseParseError, RolloutsError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, api_key_from_env
+from rollouts.errors import InputError, ProviderError, ResponseParseError, RolloutsError
 from rollouts.inputs import iter_lines, normalise_row
-from rollouts.model import ModelClient, check_endpoint, http_client
+from rollouts.model import ModelClient, http_client
+from rollouts.options import Cli, field_of
 from rollouts.records import input_messages
 from rollouts.storage import Store
 
@@ -48,6 +49,46 @@ class KneeRule:
     gain: float = 0.10  # a doubling that raises throughput by less than this is the knee
     latency_factor: float = 2.0  # p95 above this multiple of the previous step's is a jump
     error_rate: float = 0.02  # an error rate above this (and above twice the previous step's) is a jump
+
+
+class TuneConfig(BaseModel):
+    """Options of `rollouts tune`. The ones `rollouts collect` has too are its fields, reused: one declaration each."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: str = field_of(CollectConfig, "input")
+    model_url: str = field_of(EndpointConfig, "model_url", required=True)  # no --model-block here: required
+    model: str = field_of(EndpointConfig, "model", required=True)
+    api: Literal["chat", "responses"] = field_of(EndpointConfig, "api")
+    api_key_env: str | None = field_of(EndpointConfig, "api_key_env")
+    start: int = Field(8, ge=1, description="first --parallel step")
+    max_parallel: int = field_of(ConcurrencyConfig, "max_parallel")
+    step_seconds: float = Field(10.0, gt=0, description="time bound of each step")
+    step_requests: Annotated[int | None, Cli(metavar="N")] = Field(
+        None, ge=1, description="request bound of each step (default max(200, 20 x parallel))")
+    sample: int = Field(256, ge=1, description="prompts to use, from the start of INPUT, cycled")
+    temperature: float | None = field_of(SamplingConfig, "temperature")
+    max_output_tokens: int | None = field_of(SamplingConfig, "max_output_tokens")
+    request_timeout: float = field_of(EndpointConfig, "request_timeout")
+    gain: float = Field(KneeRule.gain, ge=0, description="smallest throughput gain per doubling that is worth it")
+    out: str = Field("./tune", description="where tune.csv, tune.json and tune.png go")
+
+    @model_validator(mode="after")
+    def _ladder(self) -> TuneConfig:
+        if self.start > self.max_parallel:
+            raise ValueError(f"need 1 <= --start ({self.start}) <= --max-parallel ({self.max_parallel})")
+        return self
+
+    def api_key(self) -> str | None:
+        return api_key_from_env(self.api_key_env)
+
+    def sampling(self) -> dict[str, Any]:
+        """What every request is sent on top of its row's own fields."""
+        forced = {"temperature": self.temperature, "max_output_tokens": self.max_output_tokens}
+        return {k: v for k, v in forced.items() if v is not None}
+
+    def rule(self) -> KneeRule:
+        return KneeRule(gain=self.gain)
 
 
 def find_knee(steps: list[StepResult], rule: KneeRule = KneeRule()) -> tuple[int, str]:
@@ -79,6 +120,8 @@ def _quantile(values: list[float], q: float) -> float | None:
 async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], parallel: int, *, step_seconds: float,
                        step_requests: int, sampling: dict[str, Any]) -> StepResult:
     """One step at `parallel` in flight; see the module docstring for what is measured."""
+    from rollouts.controller import outcome_of  # it loads polars: not for every command's --help
+
     cycle = itertools.cycle(prompts)
     done: list[tuple[float, float, str]] = []  # (finished, latency ms, outcome)
     sent = 0
@@ -112,12 +155,16 @@ async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], paral
                 done.append((time.monotonic(), (time.monotonic() - t) * 1000, outcome))
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(parallel)]
-    finished, pending = await asyncio.wait(tasks, timeout=4 * step_seconds + DRAIN_CAP_S)
-    for task in pending:  # bounded drain: a stuck request must not hold the sweep
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    try:
+        finished, _ = await asyncio.wait(tasks, timeout=4 * step_seconds + DRAIN_CAP_S)
+    finally:
+        # Bounded drain: a stuck request must not hold the sweep. And on Ctrl-C (this coroutine cancelled) no worker
+        # may outlive the step's connection pool, or each one ends with "Session is closed" as an unretrieved error.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     for task in finished:
-        if task.exception() is not None:
+        if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
     # The window opens at the `parallel`-th completion (one full round done, the pipe full) and closes at the last
     # request sent; completions at its opening instant are excluded so a synchronous round is not counted twice.
@@ -149,18 +196,18 @@ def ladder(start: int, maximum: int) -> list[int]:
     return values
 
 
-async def sweep(model_url: str, model: str, prompts: list[dict[str, Any]], *, api: str = "chat",
-                api_key: str | None = None, start: int = 8, max_parallel: int = 1024, step_seconds: float = 10.0,
-                step_requests: int | None = None, request_timeout: float = 120.0, sampling: dict[str, Any] | None = None,
-                rule: KneeRule = KneeRule(), report=None, stop_at_knee: bool = True) -> tuple[list[StepResult], int, str]:
-    """Measure steps until the knee shows (or `max_parallel`); returns the steps, the index to use, and why."""
+async def sweep(config: TuneConfig, prompts: list[dict[str, Any]], *, api_key: str | None = None, report=None,
+                stop_at_knee: bool = True) -> tuple[list[StepResult], int, str]:
+    """Measure steps until the knee shows (or --max-parallel); returns the steps, the index to use, and why."""
     steps: list[StepResult] = []
-    for parallel in ladder(start, max_parallel):
+    rule = config.rule()
+    for parallel in ladder(config.start, config.max_parallel):
         # Connection limits follow --parallel: a pool of exactly `parallel` connections, as collect opens.
-        async with http_client(parallel, request_timeout, api_key) as http:
-            client = ModelClient(http, model_url, model, api, max_retries=0)
-            step = await measure_step(client, prompts, parallel, step_seconds=step_seconds,
-                                      step_requests=step_requests or max(200, 20 * parallel), sampling=sampling or {})
+        async with http_client(parallel, config.request_timeout, api_key) as http:
+            client = ModelClient(http, config.model_url, config.model, config.api, max_retries=0)
+            step = await measure_step(client, prompts, parallel, step_seconds=config.step_seconds,
+                                      step_requests=config.step_requests or max(200, 20 * parallel),
+                                      sampling=config.sampling())
         steps.append(step)
         if report:
             report(step)
@@ -213,66 +260,9 @@ def write_results(out: str, steps: list[StepResult], recommended: int, reason: s
     return files
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rollouts tune", description="Find the --parallel where throughput stops "
-                                     "rising: real prompts at 8, 16, 32, ... in flight, one bounded step each.")
-    add = parser.add_argument
-    add("input", help="prompts JSONL (the rows you will collect from); local path or fsspec URL")
-    add("--model-url", required=True, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    add("--model", required=True, help="model name sent with each request")
-    add("--api", choices=["chat", "responses"], default="chat", help="Chat Completions or Responses API (default chat)")
-    add("--api-key-env", metavar="VAR", help="environment variable that holds the API key")
-    add("--start", type=int, default=8, help="first --parallel step (default 8)")
-    add("--max-parallel", type=int, default=1024, help="largest step (default 1024)")
-    add("--step-seconds", type=float, default=10.0, help="time bound of each step (default 10)")
-    add("--step-requests", type=int, help="request bound of each step (default max(200, 20 x parallel))")
-    add("--sample", type=int, default=256, help="prompts to use, from the start of INPUT, cycled (default 256)")
-    add("--temperature", type=float, help="sampling temperature sent with each request")
-    add("--max-output-tokens", type=int, help="output token limit per request")
-    add("--request-timeout", type=float, default=120.0, help="seconds per request; a timeout counts as an error (default 120)")
-    add("--gain", type=float, default=0.10, help="smallest throughput gain per doubling that is worth it (default 0.10)")
-    add("--out", default="./tune", help="where tune.csv, tune.json and tune.png go (default ./tune)")
-    return parser
+if __name__ == "__main__":  # `python -m rollouts.tune`: the same command as `rollouts tune`
+    import sys
 
+    from commands.tune import main
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if not 1 <= args.start <= args.max_parallel:
-            raise ConfigError(f"need 1 <= --start ({args.start}) <= --max-parallel ({args.max_parallel})")
-        if args.step_seconds <= 0 or args.sample < 1:
-            raise ConfigError("--step-seconds must be positive and --sample at least 1")
-        api_key = None
-        if args.api_key_env:
-            api_key = os.environ.get(args.api_key_env) or None
-            if api_key is None:
-                raise ConfigError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
-        model_url = args.model_url.rstrip("/")
-        check_endpoint(model_url, api_key)
-        prompts = load_prompts(args.input, args.sample)
-        sampling = {k: v for k, v in (("temperature", args.temperature), ("max_output_tokens", args.max_output_tokens))
-                    if v is not None}
-        print(f"tuning --parallel against {model_url} with {len(prompts)} prompts, "
-              f"steps of <= {args.step_seconds:g} s", file=sys.stderr)
-        steps, index, reason = asyncio.run(sweep(
-            model_url, args.model, prompts, api=args.api, api_key=api_key, start=args.start,
-            max_parallel=args.max_parallel, step_seconds=args.step_seconds, step_requests=args.step_requests,
-            request_timeout=args.request_timeout, sampling=sampling, rule=KneeRule(gain=args.gain),
-            report=lambda s: print(f"  parallel {s.parallel:>5}: {s.throughput:8.1f} req/s, p50 {s.p50_ms or 0:.0f} ms, "
-                                   f"p95 {s.p95_ms or 0:.0f} ms, errors {s.error_rate:.1%}", file=sys.stderr)))
-    except RolloutsError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    if all(s.ok == 0 for s in steps):
-        print(f"error: no request succeeded (errors: {steps[0].errors})", file=sys.stderr)
-        return 1
-    recommended = steps[index].parallel
-    files = write_results(args.out, steps, recommended, reason, vars(args) | {"model_url": model_url})
-    print(table(steps))
-    print(f"\nuse --parallel {recommended} ({reason})")
-    print("wrote " + ", ".join(files))
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""ProcessConfig: every filter and format option of `rollouts process` and of the flow's filter and format stages."""
+"""ProcessConfig: every filter and format option of `rollouts process` and of the flow's filter and format stages; and
+RolloutFilesConfig, the input and output options of the commands that read existing rollouts."""
 
 from __future__ import annotations
 
@@ -38,6 +39,19 @@ FORMAT_HELP = {
 }
 
 
+class RolloutFilesConfig(BaseModel):
+    """Existing rollouts in, files out: the options `rollouts process` and `rollouts tokens` share (`rollouts collect`'s
+    --storage-options is this field too)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    inputs: Annotated[list[str], Cli(positional=True, metavar="INPUT")] = Field(description="run directory, rollout file or glob")
+    out: Annotated[str, Cli(metavar="URL")] = Field(description="output directory (local path or fsspec URL)")
+    storage_options: Annotated[dict[str, Any], Cli(flag="--storage-options", metavar="JSON")] = Field(
+        default_factory=dict, description="fsspec options for INPUT and --out, such as '{\"anon\": false}' or an "
+                                          "endpoint; keep credentials in the usual AWS environment variables or profile")
+
+
 class FilterOptions(BaseModel):
     """The filter options of every objective. One set drives several objectives: each reads the fields of its own."""
 
@@ -50,8 +64,10 @@ class FilterOptions(BaseModel):
         "group", description="rl: advantage = (reward - group mean) / scale, scale = group std, batch std or none")
     drop_uniform_groups: bool = Field(False, description="rl: drop groups whose rewards are all equal (no gradient)")
     on_break: Literal["splice", "split", "truncate", "drop"] = Field(
-        "split", description="rl --format tokens: what to do where a call's prompt does not continue the previous "
-                             "call's tokens: splice the generated ids in, split into samples, truncate, or drop")
+        "split", description="token records (rl --format tokens; rollouts tokens): at a break, where a call's "
+                             "prompt does not continue the previous call's prompt + generation: splice = keep the generated ids, append "
+                             "only the next prompt's new tokens; split = start a new sample; truncate = keep the "
+                             "contiguous prefix; drop = leave the rollout out")
     uniform_tolerance: Annotated[float, Cli(metavar="TOL")] = Field(
         1e-6, ge=0, description="rl: a group is uniform when max - min <= this")
     keep_mean_between: Annotated[tuple[float, float] | None, Cli(metavar=("LO", "HI"))] = Field(

@@ -5,7 +5,7 @@
     samples.py  samples per repair policy (splice | split | truncate | drop)
     formats.py  the record shapes: ours, NeMo RL's message_log, verl's
     api.py      `convert_token_records`, `write_token_records`
-    command.py  `rollouts tokens` (`add_tokens_parser`)
+    config.py   `TokensConfig`, the options of `rollouts tokens` (its command line: commands/tokens.py)
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """One declaration per option: every CollectConfig field is a flag in --help, a typed, described field of the flow's
 parameter schema (the Prefect UI's run form) and a key of the run's manifest; a field added to a section appears in
-all three with nothing else written."""
+all three with nothing else written. `rollouts tune` and `rollouts tokens` follow the same contract from TuneConfig and
+TokensConfig, and a flag two commands share is one field, with one help text and one default."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ import pytest
 from prefect.utilities.callables import parameter_schema
 from pydantic import BaseModel, Field, create_model
 
+import commands.tokens
+import commands.tune
 from commands import build_parser
 from commands.options import add_model_options, build
 from flows.collect import collect_rollouts
 from rollouts.config import CollectConfig, SamplingConfig
+from rollouts.errors import ConfigError
 from rollouts.options import Cli, marker
 from rollouts.run import RunRef, write_manifest
 from rollouts.storage import Store
+from rollouts.tokens.config import TokensConfig
+from rollouts.tune import TuneConfig
 
 
 def leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], typing.Any]]:
@@ -36,10 +42,14 @@ def flag_of(name: str, field) -> str:
     return cli.collect_flag or cli.flag or "--" + name.replace("_", "-")
 
 
-def collect_help() -> str:
+def command_parser(command: str) -> argparse.ArgumentParser:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["collect"].format_help()
+    return sub.choices[command]
+
+
+def collect_help() -> str:
+    return command_parser("collect").format_help()
 
 
 def schema_node(schema: dict, path: tuple[str, ...]) -> dict:
@@ -90,3 +100,78 @@ def test_a_new_field_appears_in_help_form_and_manifest_with_nothing_else_written
     assert form["description"] == "penalise repeats" and form["default"] is None
     with pytest.raises(SystemExit):
         parser.parse_args(["p.jsonl", "--model-url", "http://x/v1", "--model", "m", "--frequency-penalty", "x"])
+
+
+# ----- rollouts tune and rollouts tokens ------------------------------------------------------------------------------
+
+COMMAND_MODELS = {"tune": TuneConfig, "tokens": TokensConfig}
+
+
+@pytest.mark.parametrize("command", sorted(COMMAND_MODELS))
+def test_every_tune_and_tokens_field_is_a_flag_with_its_description(command):
+    parser = command_parser(command)
+    help_text = parser.format_help()
+    by_dest = {a.dest: a for a in parser._actions}
+    fields = leaves(COMMAND_MODELS[command])
+    assert fields and {o.path for o in parser.get_default("options")} == {path for path, _ in fields}
+    for path, field in fields:
+        cli = marker(field, Cli) or Cli()
+        label = (cli.metavar or path[-1].upper()) if cli.positional else (cli.flag or "--" + path[-1].replace("_", "-"))
+        assert label in help_text, (command, path)
+        assert field.description and by_dest["__".join(path)].help.startswith(field.description.replace("%", "%%"))
+
+
+# Flags that name different options in different commands (each set: the commands that share one meaning).
+SAME_NAME_OTHER_OPTION = {
+    "--start": [{"collect"}, {"tune"}],  # collect: first input row; tune: first --parallel step
+    "--out": [{"collect"}, {"tune"}, {"process", "tokens"}],  # runs / tune's result files / training files
+    "--max-output-tokens": [{"collect", "tune"}, {"process"}],  # sampling limit / the sft filter (--sft-max-output-tokens in collect)
+    "--max-turns": [{"collect"}, {"process"}],  # the agent loop's limit / the sft filter (--sft-max-turns in collect)
+    "--objective": [{"collect"}, {"process"}],  # collect: optional, the first sets the sampling preset; process: required
+}
+
+
+def test_a_flag_shared_by_two_commands_has_one_help_and_one_default():
+    helps: dict[str, dict[str, str]] = {}
+    for command in ("collect", "process", "tune", "tokens"):
+        parser = command_parser(command)
+        by_dest = {a.dest: a for a in parser._actions}
+        for option in parser.get_default("options"):
+            helps.setdefault(option.label, {})[command] = by_dest[option.dest].help  # the default is in the help
+    shared = {label: by_command for label, by_command in helps.items() if len(by_command) > 1}
+    assert {"--model-url", "--model", "--api", "--api-key-env", "--max-parallel", "--request-timeout", "--temperature",
+            "--on-break", "--skip-bad-rows", "--advantage-scale", "--storage-options", "INPUT", "INPUTS"} <= set(shared)
+    for label, by_command in shared.items():
+        groups = SAME_NAME_OTHER_OPTION.get(label, [set(by_command)])
+        assert set().union(*groups) == set(by_command), (label, sorted(by_command))
+        for group in groups:
+            assert len({by_command[c] for c in group}) == 1, (label, {c: by_command[c] for c in group})
+
+
+def test_a_new_tune_field_is_a_flag_and_reaches_the_config(monkeypatch):
+    extended = create_model("TuneConfig", __base__=TuneConfig,
+                            warmup_seconds=(float, Field(0.0, ge=0, description="unmeasured time before each step")))
+    monkeypatch.setattr(commands.tune, "TuneConfig", extended)
+    parser = argparse.ArgumentParser(prog="rollouts tune")
+    commands.tune.add_arguments(parser)
+    assert "--warmup-seconds WARMUP_SECONDS" in parser.format_help() and "unmeasured time before each step" in parser.format_help()
+    given = ["p.jsonl", "--model-url", "http://x/v1/", "--model", "m", "--warmup-seconds", "2.5", "--max-parallel", "64"]
+    config = commands.tune.tune_config(parser.parse_args(given))
+    assert (config.warmup_seconds, config.max_parallel, config.model_url, config.start) == (2.5, 64, "http://x/v1", 8)
+    with pytest.raises(ConfigError, match="--warmup-seconds"):
+        commands.tune.tune_config(parser.parse_args([*given, "--warmup-seconds", "-1"]))
+
+
+def test_a_new_tokens_field_is_a_flag_and_reaches_the_config(monkeypatch, tmp_path):
+    extended = create_model("TokensConfig", __base__=TokensConfig,
+                            max_samples=(int | None, Field(None, ge=1, description="stop after this many samples")))
+    monkeypatch.setattr(commands.tokens, "TokensConfig", extended)
+    parser = argparse.ArgumentParser(prog="rollouts tokens")
+    commands.tokens.add_arguments(parser)
+    assert "--max-samples MAX_SAMPLES" in parser.format_help() and "stop after this many samples" in parser.format_help()
+    config = commands.tokens.tokens_config(parser.parse_args(["r1", "r2", "--out", str(tmp_path), "--max-samples", "3",
+                                                              "--on-break", "splice"]))
+    assert (config.max_samples, config.inputs, config.on_break, config.storage_options) == (3, ["r1", "r2"], "splice", {})
+    assert config.process_config().on_break == "splice" and config.process_config().advantage_scale == "group"
+    with pytest.raises(ConfigError, match="--max-samples"):
+        commands.tokens.tokens_config(parser.parse_args(["r1", "--out", str(tmp_path), "--max-samples", "0"]))

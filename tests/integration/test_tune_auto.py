@@ -10,6 +10,7 @@ import httpx
 import polars as pl
 import pytest
 
+from commands.tune import main as tune_main
 from rollouts.local import collect_plan
 from rollouts.config import CollectConfig
 from rollouts.controller import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, read_trace, write_trace
@@ -22,7 +23,7 @@ from rollouts.run import run_store
 from rollouts.shard import plan_run
 from rollouts.sim.launch import start_sim_server
 from rollouts.storage import Store
-from rollouts.tune import main as tune_main
+from rollouts.tune import TuneConfig
 from tests.integration.conftest import math_rows, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -52,6 +53,8 @@ def test_tune_recommends_the_capacity_knee_and_writes_its_files(tmp_path: Path, 
     steps = pl.read_csv(tmp_path / "tune" / "tune.csv")
     assert steps["parallel"].to_list()[:3] == [4, 8, 16] and steps["chosen"].sum() == 1
     assert (tmp_path / "tune" / "tune.png").read_bytes()[:4] == b"\x89PNG"
+    assert result["settings"] == TuneConfig(input=str(src), model_url=server.url, model="sim-model", start=4,
+                                            max_parallel=64, step_seconds=0.6, out=str(tmp_path / "tune")).model_dump()
     assert f"use --parallel {result['recommended_parallel']}" in capsys.readouterr().out
 
 
@@ -62,6 +65,23 @@ def test_tune_refuses_bad_options_with_a_clear_message(tmp_path: Path, capsys) -
     assert "--start (64) <= --max-parallel (8)" in capsys.readouterr().err
     assert tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m"]) == 2
     assert "cannot reach the model server" in capsys.readouterr().err
+    assert tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--sample", "0"]) == 2
+    assert capsys.readouterr().err == "error: --sample: Input should be greater than or equal to 1\n"
+    assert tune_main([str(tmp_path / "nope.jsonl"), "--model-url", "http://127.0.0.1:9/v1", "--model", "m"]) == 2
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage error for a value of the wrong type
+        tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--start", "x"])
+    assert exit_.value.code == 2 and "--start: invalid int value" in capsys.readouterr().err
+
+
+def test_tune_exits_1_and_writes_nothing_when_no_request_succeeds(tmp_path: Path, capsys) -> None:
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(4))
+    with start_sim_server(latency_ms=1, fail_rate=1.0, seed=0) as server:
+        code = tune_main([str(src), "--model-url", server.url, "--model", "sim-model", "--start", "2",
+                          "--max-parallel", "4", "--step-seconds", "0.3", "--out", str(tmp_path / "tune")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: no request succeeded (errors: {'5xx': " in err and "Traceback" not in err
+    assert not (tmp_path / "tune").exists()
 
 
 async def test_auto_parallel_finds_the_knee_and_records_its_trace(tmp_path: Path) -> None:
