@@ -9,7 +9,8 @@
    the same row shape, row size and file count as a real collection of that size.
 3. In a fresh process each: `filter_run` + `format_run` of that run (seconds, rows/s, peak RSS), and a bare baseline
    that reads the same files with `polars.scan_ndjson` and the filter's typed schema. The ratio filter/baseline is
-   printed beside the absolute figure, since this machine's speed varies from day to day.
+   printed beside the absolute figure, since this machine's speed varies from day to day; CPU seconds (all threads)
+   too, since other jobs on the 2 cores stretch wall time more than CPU time.
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ def replicate(sample: Path, run: Path, rows: int) -> int:
 
 
 def stage(args: argparse.Namespace) -> None:
-    """Child process: one measurement, printed as a JSON line."""
+    """Child process: one measurement, printed as a JSON line (CPU: all threads, imports excluded)."""
+    import polars  # noqa: F401  (imported before the clock starts, as rollouts imports it)
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     if args.stage == "baseline":
         import polars as pl
@@ -120,8 +125,9 @@ def stage(args: argparse.Namespace) -> None:
         rows = selections[0].loaded.rows
         extra = {"filter_s": filtered, "outputs": {o.objective: o.rows for o in outputs}}
     seconds = time.perf_counter() - start
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"stage": args.stage, "seconds": seconds, "rows": rows, "rss_mb": rss_mb, **extra}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss_mb, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime - cpu0
+    print(json.dumps({"stage": args.stage, "seconds": seconds, "cpu_s": cpu, "rows": rows, "rss_mb": rss_mb, **extra}))
 
 
 def run_stage(name: str, run: Path) -> dict:
@@ -165,9 +171,10 @@ def main() -> None:
             r = run_stage("filter", run)
             ratio = r["filter_s"] / base_r["seconds"]
             print(f"[{i + 1}] filter {r['filter_s']:.1f} s ({r['rows'] / r['filter_s']:,.0f} rows/s, {ratio:.1f}x the baseline), "
-                  f"filter+format {r['seconds']:.1f} s, peak RSS {r['rss_mb']:.0f} MB, outputs {r['outputs']}; "
-                  f"baseline scan_ndjson {base_r['seconds']:.1f} s ({base_r['rows'] / base_r['seconds']:,.0f} rows/s, "
-                  f"peak RSS {base_r['rss_mb']:.0f} MB)", flush=True)
+                  f"filter+format {r['seconds']:.1f} s ({r['cpu_s']:.0f} s CPU, {r['cpu_s'] / base_r['cpu_s']:.1f}x the baseline's), "
+                  f"peak RSS {r['rss_mb']:.0f} MB, outputs {r['outputs']}; baseline scan_ndjson {base_r['seconds']:.1f} s "
+                  f"({base_r['rows'] / base_r['seconds']:,.0f} rows/s, {base_r['cpu_s']:.0f} s CPU, peak RSS {base_r['rss_mb']:.0f} MB)",
+                  flush=True)
 
 
 if __name__ == "__main__":
