@@ -39,20 +39,26 @@ def _sample(raw: pl.Series) -> list[str]:
 
 
 def discover(raw: pl.Series) -> dict[str, pl.DataType | None]:
-    """Extra keys of the sampled rows -> the scalar dtype that reads them exactly, or None (cut out as JSON)."""
-    kinds: dict[str, set[type]] = {}
+    """Extra keys of the sampled rows -> the scalar dtype that reads them exactly, or None (cut out as JSON).
+
+    Rows are told apart by their keys and value types only, so the Python work per key is done once per distinct
+    shape: the rows of a collection run have a handful of shapes, and every row of a small shard is sampled.
+    """
+    shapes: dict[tuple[tuple[str, ...], tuple[type, ...]], None] = {}  # in first-seen order: it orders the keys
     for text in _sample(raw):
         try:
             row = orjson.loads(text)
         except orjson.JSONDecodeError:
             continue
-        if not isinstance(row, dict):
-            continue
-        ours = "schema_version" in row
-        for key, value in row.items():
-            if _skipped(key) or (ours and key in OUR_KEYS) or value is None:
+        if isinstance(row, dict):
+            shapes[tuple(row), tuple(map(type, row.values()))] = None
+    kinds: dict[str, set[type]] = {}
+    for keys, types in shapes:
+        ours = "schema_version" in keys
+        for key, kind in zip(keys, types, strict=True):
+            if _skipped(key) or (ours and key in OUR_KEYS) or kind is type(None):
                 continue
-            kinds.setdefault(key, set()).add(type(value))
+            kinds.setdefault(key, set()).add(kind)
     return {key: _SCALAR_TYPES.get(next(iter(types))) if len(types) == 1 else None for key, types in kinds.items()}
 
 
@@ -65,9 +71,35 @@ def _json_of(value: pl.Expr) -> pl.Expr:
     return pl.struct(v=value).struct.json_encode().str.strip_prefix('{"v":').str.strip_suffix("}")
 
 
-def extras_column(df: pl.DataFrame, data: bytes) -> pl.Series:
-    """The `extra` JSON text of each row of a parsed chunk (null when there is nothing extra)."""
-    keys = discover(df["raw"])
+def extras_column(df: pl.DataFrame, data: bytes, piece_bytes: list[int] | None = None) -> pl.Series:
+    """The `extra` JSON text of each row of a parsed chunk (null when there is nothing extra).
+
+    A chunk read as several pieces (`piece_bytes`: their sizes; `df["piece"]`: each row's) gets what each piece alone
+    would: the keys are found per piece, and consecutive pieces with the same keys are done in one pass.
+    """
+    if piece_bytes is None or len(piece_bytes) == 1:
+        return _column(df, data, discover(df["raw"]), [(df.height, len(data))])
+    rows = [0] * len(piece_bytes)
+    for piece, n in df.group_by("piece").len().iter_rows():
+        rows[piece] = n
+    found, at = [], 0
+    for n in rows:
+        found.append(list(discover(df["raw"].slice(at, n)).items()) if n else [])
+        at += n
+    parts, row, byte, first = [], 0, 0, 0
+    for i in range(1, len(rows) + 1):
+        if i < len(rows) and found[i] == found[first]:
+            continue
+        spans = list(zip(rows[first:i], piece_bytes[first:i], strict=True))
+        n, size = sum(rows[first:i]), sum(piece_bytes[first:i])
+        whole = first == 0 and i == len(rows)
+        parts.append(_column(df if whole else df.slice(row, n), data if whole else data[byte : byte + size], dict(found[first]), spans))
+        row, byte, first = row + n, byte + size, i
+    return pl.concat(parts)
+
+
+def _column(df: pl.DataFrame, data: bytes, keys: dict[str, pl.DataType | None], spans: list[tuple[int, int]]) -> pl.Series:
+    """extras_column of rows whose pieces have the same `keys`; `spans` are the pieces' (rows, bytes)."""
     if not keys:
         return pl.Series("extra", [None] * df.height, dtype=pl.String)
     typed_keys = {k: t for k, t in keys.items() if t is not None}
@@ -75,8 +107,14 @@ def extras_column(df: pl.DataFrame, data: bytes) -> pl.Series:
     if typed_keys:
         try:
             typed = pl.read_ndjson(io.BytesIO(data), schema=typed_keys)
-        except pl.exceptions.PolarsError:  # a later row has another type: cut every key out as JSON instead
-            typed_keys = {}
+        except pl.exceptions.PolarsError:
+            if len(spans) > 1:  # the pieces one by one, as each would be alone: only the failing ones fall back
+                parts, row, byte = [], 0, 0
+                for n, size in spans:
+                    parts.append(_column(df.slice(row, n), data[byte : byte + size], keys, [(n, size)]))
+                    row, byte = row + n, byte + size
+                return pl.concat(parts)
+            typed_keys = {}  # a later row has another type: cut every key out as JSON instead
     ours = df["schema_version"].is_not_null()
     pieces: list[pl.Expr] = []
     frame = df.select("raw").with_columns(ours=ours)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
@@ -92,18 +94,66 @@ _NOISE = r'"(?:id|call_id|status)":"(?:[^"\\]|\\.)*"'
 _CONTENT_VALUE = r'"(?:text|arguments|output)":"(?:[^"\\]|\\.)*"'
 
 
-def read_lines(data: bytes, first_line: int) -> pl.DataFrame:
-    """Non-blank lines of an NDJSON chunk with their 1-based line numbers (a blank line keeps its number)."""
-    raw = pl.read_csv(
+@dataclass(frozen=True)
+class Piece:
+    """Whole NDJSON lines of one file (a chunk of it, or all of it), with the line number of the first one."""
+
+    file: str  # as given: for messages and the `file` column
+    first_line: int
+    data: bytes  # ends with a newline
+
+
+def _raw_lines(data: bytes) -> pl.DataFrame:
+    return pl.read_csv(
         io.BytesIO(data),
         has_header=False,
         separator="\x1f",  # a raw unit separator cannot occur in valid JSON
         quote_char=None,
         schema={"raw": pl.String()},
     )
-    return raw.with_row_index("line", offset=first_line).with_columns(pl.col("line").cast(pl.Int64)).filter(
-        pl.col("raw").is_not_null() & (pl.col("raw").str.strip_chars() != "")
+
+
+def _non_blank(raw: pl.DataFrame) -> pl.DataFrame:
+    return raw.filter(pl.col("raw").is_not_null() & (pl.col("raw").str.strip_chars() != ""))
+
+
+def read_lines(data: bytes, first_line: int) -> pl.DataFrame:
+    """Non-blank lines of an NDJSON chunk with their 1-based line numbers (a blank line keeps its number)."""
+    return _non_blank(_raw_lines(data).with_row_index("line", offset=first_line).with_columns(pl.col("line").cast(pl.Int64)))
+
+
+def _piece_lines(pieces: Sequence[Piece], data: bytes) -> pl.DataFrame:
+    """read_lines of several pieces read as one: each line numbered in its own file, with its piece and file."""
+    counts = [p.data.count(b"\n") for p in pieces]
+    raw = _raw_lines(data)
+    if raw.height != sum(counts):  # not one row per newline: let the caller read the pieces one by one
+        raise pl.exceptions.ComputeError(f"line count mismatch ({raw.height} read, {sum(counts)} newlines)")
+    starts = [0]
+    for count in counts[:-1]:
+        starts.append(starts[-1] + count)
+    spans = pl.DataFrame(
+        {"piece": range(len(pieces)), "base": [p.first_line - start for p, start in zip(pieces, starts, strict=True)], "n": counts},
+        schema={"piece": pl.Int32, "base": pl.Int64, "n": pl.Int64},
+    ).select(pl.col("piece", "base").repeat_by("n").explode())
+    lines = pl.concat([raw.with_row_index("index"), spans], how="horizontal").select(
+        line=pl.col("index").cast(pl.Int64) + pl.col("base"), raw="raw", piece="piece"
     )
+    files = pl.Series("file", [p.file for p in pieces], dtype=pl.String).gather(lines["piece"])
+    return _non_blank(lines.with_columns(files))
+
+
+def parse_pieces(pieces: Sequence[Piece], *, source: str) -> pl.DataFrame:
+    """parse_chunk of several pieces of one source at once: per-chunk costs are paid once, not once per piece.
+
+    A collection run is thousands of small shard files (256 rows each by default): parsed one by one, fixed costs
+    per chunk (query plans, the extras pass, a Parquet part) took ~50 ms per shard, ~200 s of a 1M-rollout run's
+    filter stage. Every result is the same as parsing the pieces one by one (the extra keys are found per piece).
+    """
+    if len(pieces) == 1:
+        piece = pieces[0]
+        return parse_chunk(piece.data, read_lines(piece.data, piece.first_line), source=source, file=piece.file)
+    data = b"".join(p.data for p in pieces)
+    return _parse(data, _piece_lines(pieces, data), source, [len(p.data) for p in pieces])
 
 
 def parse_chunk(data: bytes, lines: pl.DataFrame, *, source: str, file: str) -> pl.DataFrame:
@@ -112,6 +162,12 @@ def parse_chunk(data: bytes, lines: pl.DataFrame, *, source: str, file: str) -> 
     Raises polars errors when a line is not JSON or a typed field has the wrong type: the caller then locates the bad
     lines in Python (validate.py). `lines` must be the non-blank lines of `data`, in order.
     """
+    lines = lines.with_columns(piece=pl.lit(0, pl.Int32), file=pl.lit(file, pl.String))
+    return _parse(data, lines, source, [len(data)])
+
+
+def _parse(data: bytes, lines: pl.DataFrame, source: str, piece_bytes: list[int]) -> pl.DataFrame:
+    """parse_chunk of `lines` (line, raw, piece, file): `data` is the pieces' bytes, `piece_bytes` their sizes."""
     typed = pl.read_ndjson(io.BytesIO(data), schema=TYPED_SCHEMA)
     if typed.height != lines.height:
         raise pl.exceptions.ComputeError(f"line count mismatch ({typed.height} parsed, {lines.height} lines)")
@@ -153,8 +209,8 @@ def parse_chunk(data: bytes, lines: pl.DataFrame, *, source: str, file: str) -> 
         .cast(pl.Int64),
     )
     df = df.collect()
-    df = _with_errors(df).with_columns(extra=extras_column(df, data))
-    return _finish(_with_prompt_digests(df), source, file)
+    df = _with_errors(df).with_columns(extra=extras_column(df, data, piece_bytes))
+    return _finish(_with_prompt_digests(df), source)
 
 
 def _final_turn() -> pl.Expr:
@@ -214,11 +270,11 @@ def _derived_finish_reason(resp: pl.Expr, types: pl.Expr) -> pl.Expr:
 
 def _with_errors(df: pl.DataFrame) -> pl.DataFrame:
     """The error column, computed on failed rows only (each field is another pass over the raw line)."""
-    failed = df.filter(pl.col("rollout_status") == "failed")
+    failed = df.with_row_index("_at").filter(pl.col("rollout_status") == "failed")
     if failed.height == 0:
         return df.with_columns(error=pl.lit(None, pl.String))
-    errors = failed.select("line", error=error_json(pl.col("response").is_not_null()))
-    return df.join(errors, on="line", how="left", maintain_order="left")
+    errors = failed.select("_at", error=error_json(pl.col("response").is_not_null()))  # lines repeat across pieces
+    return df.with_row_index("_at").join(errors, on="_at", how="left", maintain_order="left").drop("_at")
 
 
 def _token_lists(items: pl.Expr, name: str) -> pl.Expr:
@@ -235,11 +291,11 @@ def _with_prompt_digests(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(prompt_digest=pl.when(pl.col("task_index").is_null()).then(pl.col("prompt").replace_strict(digests, default=None)))
 
 
-def _finish(df: pl.DataFrame, source: str, file: str) -> pl.DataFrame:
-    df = df.with_columns(status=pl.col("rollout_status"), source=pl.lit(source), file=pl.lit(file))
+def _finish(df: pl.DataFrame, source: str) -> pl.DataFrame:
+    df = df.with_columns(status=pl.col("rollout_status"), source=pl.lit(source))
     missing_ids = df.filter(pl.col("rollout_id").is_null())
     if missing_ids.height:
-        df = df.with_columns(rollout_id=pl.coalesce(pl.col("rollout_id"), pl.lit(_derived_ids(df, source, file))))
+        df = df.with_columns(rollout_id=pl.coalesce(pl.col("rollout_id"), pl.lit(_derived_ids(df, source))))
     df = df.with_columns(
         group_id=pl.when(pl.col("task_index").is_not_null())
         .then(pl.format("{}#{}", pl.lit(source), pl.col("task_index")))
@@ -269,14 +325,14 @@ def _problem() -> pl.Expr:
     )
 
 
-def _derived_ids(df: pl.DataFrame, source: str, file: str) -> pl.Series:
+def _derived_ids(df: pl.DataFrame, source: str) -> pl.Series:
     """records.rollout_id(source, task, rollout) when both indices exist, else a digest of source, file name, line."""
-    name = file.replace("\\", "/").rsplit("/", 1)[-1]
     ids = []
-    for task, rollout, line in df.select("task_index", "rollout_index", "line").iter_rows():
+    for task, rollout, line, file in df.select("task_index", "rollout_index", "line", "file").iter_rows():
         if task is not None and rollout is not None:
             ids.append(make_rollout_id(source, task, rollout))
         else:
+            name = file.replace("\\", "/").rsplit("/", 1)[-1]
             ids.append(hashlib.sha256(f"{source}:{name}:{line}".encode()).hexdigest()[:20])
     return pl.Series(ids, dtype=pl.String)
 

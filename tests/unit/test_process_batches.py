@@ -1,0 +1,129 @@
+"""Small shards read together: a run's shard files are parsed in batches, with the results of reading them one by one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from rollouts.errors import InputError
+from rollouts.process import load_rollouts
+from rollouts.process.extras import discover
+
+
+def ok_row(task: int, answer: str, reward: float, **extra: object) -> str:
+    return json.dumps({
+        "responses_create_params": {"input": f"What is {task} + 1? \\boxed{{}}"},
+        "expected_answer": str(task + 1),
+        "_ng_task_index": task,
+        "_ng_rollout_index": 0,
+        "rollout_id": f"r{task}",
+        "schema_version": 2,
+        "sampling": {"temperature": 0.7},
+        "response": {"output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": f"\\boxed{{{answer}}}"}]}],
+                     "usage": {"output_tokens": 5}},
+        "status": "ok",
+        "reward": reward,
+        **extra,
+    })
+
+
+def failed_row(task: int) -> str:
+    return json.dumps({
+        "responses_create_params": {"input": f"What is {task} + 1?"},
+        "_ng_task_index": task,
+        "_ng_rollout_index": 0,
+        "rollout_id": f"r{task}",
+        "schema_version": 2,
+        "response": None,
+        "reward": None,
+        "status": "failed",
+        "error": {"type": "ProviderError", "message": f"HTTP 503 for {task}", "status_code": 503, "stage": "generate"},
+    })
+
+
+def write_run(root: Path, shards: list[list[str]]) -> Path:
+    run = root / "run"
+    (run / "rollouts").mkdir(parents=True)
+    (run / "failures").mkdir()
+    for i, lines in enumerate(shards):
+        (run / "rollouts" / f"{i:05d}.jsonl").write_text("".join(line + "\n" for line in lines))
+        (run / "failures" / f"{i:05d}.jsonl").write_text("")
+    (run / "manifest.json").write_text("{}")
+    return run
+
+
+def one_by_one(run: Path) -> int:
+    """A chunk size that holds any one shard but no two: every shard is parsed alone."""
+    sizes = sorted(p.stat().st_size for p in (run / "rollouts").glob("*.jsonl"))
+    assert sizes[0] + sizes[1] > sizes[-1] + 1
+    return sizes[-1] + 1
+
+
+def test_shards_read_together_give_the_frame_of_shards_read_one_by_one(tmp_path: Path) -> None:
+    shards = [
+        [ok_row(0, "1", 1.0), ok_row(1, "3", 0.0), failed_row(2)],
+        [ok_row(3, "4", 1.0, judge={"note": "a \\ b \"q\""}), failed_row(4), ok_row(5, "6", 1.0)],  # a key only here
+        [ok_row(6, "7", 1.0, score=True), ok_row(7, "8", 1.0, score=3), ok_row(8, "0", 0.0)],  # mixed types: as JSON
+        [ok_row(9, "10", 1.0, score=2), "", ok_row(10, "11", 1.0, score=5), ok_row(11, "12", 1.0)],  # typed here
+    ]
+    run = write_run(tmp_path, shards)
+    together = load_rollouts([str(run)])
+    alone = load_rollouts([str(run)], chunk_bytes=one_by_one(run))
+    assert together.frame_data is not None and alone.frame_data is not None
+    assert_frame_equal(together.frame_data, alone.frame_data)
+    df = together.frame_data
+    assert df["row"].to_list() == list(range(12))
+    assert df["line"].to_list() == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 3, 4]  # each in its own file, blank line kept
+    assert [f.rsplit("/", 1)[1] for f in df["file"]] == ["00000.jsonl"] * 3 + ["00001.jsonl"] * 3 + ["00002.jsonl"] * 3 + ["00003.jsonl"] * 3
+    extra = [json.loads(e) if e else {} for e in df["extra"]]
+    assert extra[3] == {"expected_answer": "4", "judge": {"note": "a \\ b \"q\""}}
+    assert [e.get("score") for e in extra] == [None] * 6 + [True, 3, None, 2, 5, None]
+    assert all("sampling" not in e for e in extra)  # our bookkeeping on our rows
+    errors = {line: json.loads(e)["message"] for line, e in zip(df["line"], df["error"], strict=True) if e}
+    assert errors == {3: "HTTP 503 for 2", 2: "HTTP 503 for 4"}  # the same line number in two shards
+    assert df["status"].to_list().count("failed") == 2
+
+
+def test_a_bad_row_in_a_later_shard_is_named_by_its_own_file_and_line(tmp_path: Path) -> None:
+    odd = json.loads(ok_row(5, "6", 1.0)) | {"status": "odd"}
+    run = write_run(tmp_path, [[ok_row(0, "1", 1.0), ok_row(1, "2", 1.0)], [ok_row(2, "3", 1.0), json.dumps(odd)],
+                               [ok_row(3, "4", 1.0), "{not json", ok_row(4, "5", 1.0)]])
+    with pytest.raises(InputError, match=r"00001\.jsonl:2: unknown status odd") as info:
+        load_rollouts([str(run)])
+    assert info.value.line == 2  # type: ignore[attr-defined]
+    loaded = load_rollouts([str(run)], skip_bad_rows=True)
+    assert (loaded.rows, loaded.rows_read, loaded.bad_rows.count) == (5, 7, 2)
+    assert [e.rsplit("/", 1)[1].split(": ")[0] for e in loaded.bad_rows.examples] == ["00001.jsonl:2", "00002.jsonl:2"]
+    assert loaded.bad_rows.by_reason == {"unknown status": 1, "invalid JSON": 1}
+    assert loaded.frame_data is not None
+    assert loaded.frame_data["rollout_id"].to_list() == ["r0", "r1", "r2", "r3", "r4"]
+    alone = load_rollouts([str(run)], skip_bad_rows=True, chunk_bytes=one_by_one(run))
+    assert alone.frame_data is not None and alone.bad_rows == loaded.bad_rows
+    assert_frame_equal(alone.frame_data, loaded.frame_data)
+
+
+def test_rows_without_ids_get_ids_from_their_own_file(tmp_path: Path) -> None:
+    row = json.loads(ok_row(0, "1", 1.0))
+    del row["rollout_id"], row["_ng_task_index"]
+    run = write_run(tmp_path, [[json.dumps(row)], [json.dumps(row)]])
+    together = load_rollouts([str(run)])
+    alone = load_rollouts([str(run)], chunk_bytes=one_by_one(run))
+    assert together.frame_data is not None and alone.frame_data is not None
+    ids = together.frame_data["rollout_id"].to_list()
+    assert len(set(ids)) == 2 and ids == alone.frame_data["rollout_id"].to_list()  # file name and line decide them
+
+
+def test_extra_keys_are_found_in_first_seen_order_with_their_types() -> None:
+    rows = [
+        {"schema_version": 2, "a": 1, "status": "ok", "b": None},
+        {"c": "x", "a": 2, "status": "pass"},  # not ours: its status is the verifier's
+        {"schema_version": 2, "a": "s", "d": True, "_ng_x": 1, "reward": 1.0},
+        {"schema_version": 2, "a": 1, "status": "ok", "b": None},  # a shape seen before
+        "[1, 2]",
+    ]
+    found = discover(pl.Series([r if isinstance(r, str) else json.dumps(r) for r in rows]))
+    assert list(found.items()) == [("a", None), ("c", pl.String()), ("status", pl.String()), ("d", pl.Boolean())]
