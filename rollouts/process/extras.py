@@ -6,13 +6,19 @@ perf records). On our own rows (with `schema_version`) our bookkeeping is exclud
 `error`, `attempts`... are the producer's fields and are kept. A key whose value is null is left out.
 
 Cost: the key names come from a sample of each chunk's rows, parsed in Python (a key on none of ~1,000 sampled rows
-of a 64 MB chunk is not carried). Values are exact: strings, integers and booleans come typed from read_ndjson in one
-pass; any other value is cut out of the line with `json_path_match` (compact JSON).
+of a 64 MB chunk is not carried). Values are exact (valid JSON, equal in value and type to what orjson reads):
+strings, integers and booleans come typed from read_ndjson in one pass; any other value is cut out of the line with
+`json_path_match`, which unquotes a string and rounds some floats, so the line says whether the value is a string
+(`"key":"`), the floats are checked against read_ndjson's, and a row that cannot be told apart (a key of two types in
+one line, a string key holding another type, a key spelled with escapes, a float json_path_match got wrong) is made
+in Python from the line itself.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import re
 from typing import Any
 
 import orjson
@@ -24,6 +30,11 @@ SAMPLE_HEAD = 500
 SAMPLE_SPREAD = 500
 
 _SCALAR_TYPES: dict[type, pl.DataType] = {str: pl.String(), int: pl.Int64(), bool: pl.Boolean()}
+# A key is found in the line by its plain spelling, unless the line spells one with an escape (`"\u0061nswer":`):
+# only an escaped ASCII character can spell a printable ASCII key without `"`, `/` or `\` otherwise.
+_PLAIN_KEY = re.compile(r"[ !#-.0-\[\]-~]+")
+_ESCAPED_KEY = r'\\u00[0-7][0-9a-fA-F][^"]*"\s*:'
+_FLOATY = r"\d[.eE]"
 
 
 def _skipped(key: str) -> bool:
@@ -102,36 +113,92 @@ def _column(df: pl.DataFrame, data: bytes, keys: dict[str, pl.DataType | None], 
     """extras_column of rows whose pieces have the same `keys`; `spans` are the pieces' (rows, bytes)."""
     if not keys:
         return pl.Series("extra", [None] * df.height, dtype=pl.String)
-    typed_keys = {k: t for k, t in keys.items() if t is not None}
-    typed = pl.DataFrame()
-    if typed_keys:
+    names = list(keys)
+    frame = df.select("raw").with_columns(ours=df["schema_version"].is_not_null(), escaped=pl.col("raw").str.contains(_ESCAPED_KEY))
+    frame = _with_cuts(frame, names, [k for k, t in keys.items() if t is None])
+    # The String read that checks a cut value's numbers rides along with the typed read, for the keys that have any
+    floaty = [k for i, (k, t) in enumerate(keys.items()) if t is None and frame[f"_c{i}"].str.contains(_FLOATY).any()]
+    schema = {k: t for k, t in keys.items() if t is not None} | dict.fromkeys(floaty, pl.String())
+    try:
+        typed = pl.read_ndjson(io.BytesIO(data), schema=schema) if schema else pl.DataFrame()
+    except pl.exceptions.PolarsError:
+        if len(spans) > 1:  # the pieces one by one, as each would be alone: only the failing ones fall back
+            parts, row, byte = [], 0, 0
+            for n, size in spans:
+                parts.append(_column(df.slice(row, n), data[byte : byte + size], keys, [(n, size)]))
+                row, byte = row + n, byte + size
+            return pl.concat(parts)
+        # A later row has another type (an integer key holds a string): read every key as text and check it.
+        frame = _with_cuts(frame, names, [k for k, t in keys.items() if t not in (None, pl.String())])
+        keys = {k: t if t == pl.String() else None for k, t in keys.items()}
         try:
-            typed = pl.read_ndjson(io.BytesIO(data), schema=typed_keys)
-        except pl.exceptions.PolarsError:
-            if len(spans) > 1:  # the pieces one by one, as each would be alone: only the failing ones fall back
-                parts, row, byte = [], 0, 0
-                for n, size in spans:
-                    parts.append(_column(df.slice(row, n), data[byte : byte + size], keys, [(n, size)]))
-                    row, byte = row + n, byte + size
-                return pl.concat(parts)
-            typed_keys = {}  # a later row has another type: cut every key out as JSON instead
-    ours = df["schema_version"].is_not_null()
-    pieces: list[pl.Expr] = []
-    frame = df.select("raw").with_columns(ours=ours)
-    for key in keys:
-        if key in typed_keys:
-            frame = frame.with_columns(typed[key].alias(f"_x{len(pieces)}"))
-            column = pl.col(f"_x{len(pieces)}")
-            value = pl.when(column.is_not_null()).then(_json_of(column))
-        else:
-            value = pl.col("raw").str.json_path_match(_path(key))
-            value = pl.when(value != "null").then(value)
+            typed = pl.read_ndjson(io.BytesIO(data), schema=dict.fromkeys(keys, pl.String()))
+        except pl.exceptions.PolarsError:  # a value polars cannot read at all (1e400): every row in Python
+            return _exact_rows(df, keys, pl.Series([True] * df.height))
+    frame = frame.with_columns(typed.rename({k: f"_x{names.index(k)}" for k in typed.columns}))
+    pieces, suspects = [], []
+    for i, (key, dtype) in enumerate(keys.items()):
+        read = pl.col(f"_x{i}") if key in typed.columns else None
+        value, suspect = _value(key, dtype, read, pl.col(f"_c{i}") if dtype is None else None)
         if key in OUR_KEYS:
-            value = pl.when(~pl.col("ours")).then(value)
+            value, suspect = pl.when(~pl.col("ours")).then(value), suspect & ~pl.col("ours")
         pieces.append(_piece(key, value))
+        suspects.append(suspect)
     body = pl.concat_str(pieces, separator=",", ignore_nulls=True)
-    out = frame.lazy().select(extra=pl.when(body != "").then(pl.lit("{") + body + pl.lit("}"))).collect()
-    return out["extra"]
+    out = frame.lazy().select(
+        extra=pl.when(body != "").then(pl.lit("{") + body + pl.lit("}")), suspect=pl.any_horizontal(suspects)
+    ).collect()
+    return _exact_rows(df, keys, out["suspect"], out["extra"])
+
+
+def _with_cuts(frame: pl.DataFrame, names: list[str], keys: list[str]) -> pl.DataFrame:
+    cuts = {f"_c{names.index(k)}": pl.col("raw").str.json_path_match(_path(k)) for k in keys}
+    return frame.lazy().with_columns(**cuts).collect() if cuts else frame
+
+
+def _value(key: str, dtype: pl.DataType | None, read: pl.Expr | None, cut: pl.Expr | None) -> tuple[pl.Expr, pl.Expr]:
+    """A key's JSON text on each row, and whether the row must be read in Python to know it exactly.
+
+    `read` is the key read by read_ndjson: Int64/Boolean (strict: it failed otherwise), else String, which is exact
+    for a string but turns any other value into text. `cut` (json_path_match) gives the other values as compact JSON,
+    a string unquoted, and parses numbers with serde's fast float path: ~10% of random doubles come back one ulp off,
+    often as a shorter number (2.0000000000000002e-19 -> 2e-19). So a cut with a float in it is checked against the
+    String read's numbers, which are exact. Whether a value is a string is seen in the line: `"key":"` is there or not.
+    """
+    spelled = pl.col("escaped") if _PLAIN_KEY.fullmatch(key) else pl.lit(True)  # else: spelled we cannot know how
+    name = "".join("\\" + ch if ch in r"\.+*?()|[]{}^$#&-~" else ch for ch in key)
+    other = pl.col("raw").str.contains(rf'"{name}"\s*:\s*[{{\[\-0-9tf]') | spelled  # a value that is not a string
+    if read is not None and dtype is not None:
+        value = pl.when(read.is_not_null()).then(_json_of(read))
+        return value, (read.is_not_null() & other) if dtype == pl.String() else pl.lit(False)
+    assert cut is not None
+    string = pl.col("raw").str.contains(rf'"{name}"\s*:\s*"') | spelled
+    value = pl.when(~string).then(cut).when(~other & cut.is_not_null()).then(_json_of(cut))
+    floats = cut.str.contains(_FLOATY).fill_null(False)
+    if read is None:
+        return value, (string & other) | (~string & floats)
+    numbers_differ = floats & (_numbers(cut) != _numbers(read)).fill_null(True)
+    return value, (string & other) | (~string & numbers_differ) | (cut.is_null() != read.is_null())
+
+
+def _numbers(text: pl.Expr) -> pl.Expr:
+    return text.str.extract_all(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?").list.eval(pl.element().cast(pl.Float64))
+
+
+def _exact_rows(df: pl.DataFrame, keys: dict[str, pl.DataType | None], suspect: pl.Series, extra: pl.Series | None = None) -> pl.Series:
+    """`extra` with the `suspect` rows (all, without `extra`) made in Python from the line itself."""
+    rows = suspect.fill_null(True).arg_true()
+    texts = []
+    for raw, ours in zip(df["raw"].gather(rows), df["schema_version"].gather(rows).is_not_null(), strict=True):
+        try:
+            row = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # an integer past 64 bits: json reads it
+            row = json.loads(raw)
+        found = {k: row[k] for k in keys if row.get(k) is not None and not (ours and k in OUR_KEYS)}
+        texts.append(json.dumps(found, ensure_ascii=False, separators=(",", ":")) if found else None)
+    if extra is None:
+        return pl.Series("extra", texts, dtype=pl.String)
+    return extra.scatter(rows, texts) if texts else extra
 
 
 def _path(key: str) -> str:
