@@ -5,6 +5,10 @@
 import contextlib
 from collections.abc import Iterator
 
+from rollouts.allocator import release_freed_memory_at_once
+
+release_freed_memory_at_once()  # before anything imports polars: see rollouts/allocator.py
+
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture

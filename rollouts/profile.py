@@ -131,15 +131,15 @@ def _flat_columns(with_output: bool) -> list[pl.Expr]:
         calls = pl.when(pl.col("response").is_not_null()).then(1)
         names = pl.lit([], dtype=pl.List(pl.String))
     return [
-        pl.col("status"), pl.col("reward"), pl.col("_ng_task_index").alias("task"),
-        pl.col("agent_ref").struct.field("name").alias("env"),
+        pl.col("status").cast(pl.Categorical), pl.col("reward"), pl.col("_ng_task_index").alias("task"),
+        pl.col("agent_ref").struct.field("name").cast(pl.Categorical).alias("env"),
         *[pl.col("timings").struct.field(name) for name in (*_TIMING_FIELDS, "model_calls_ms", "tool_calls")],
         usage.struct.field("input_tokens"), usage.struct.field("output_tokens"),
         usage.struct.field("input_tokens_details").struct.field("cached_tokens"),
         usage.struct.field("output_tokens_details").struct.field("reasoning_tokens"),
         calls.cast(pl.Int64).alias("model_calls"), names.alias("tool_names"),
-        pl.col("error").struct.field("type").alias("error_type"),
-        pl.col("error").struct.field("status_code"), pl.col("error").struct.field("stage"),
+        pl.col("error").struct.field("type").cast(pl.Categorical).alias("error_type"),
+        pl.col("error").struct.field("status_code"), pl.col("error").struct.field("stage").cast(pl.Categorical),
         pl.col("attempts"),
     ]
 
