@@ -121,7 +121,7 @@ async def bare_episodes(args: argparse.Namespace) -> dict[str, Any]:
     import aiohttp
     import orjson
 
-    from rollouts.chat import chat_tools
+    from rollouts.client.chat import chat_tools
     from rollouts.envs import KeyValueEnvironment
 
     specs = KeyValueEnvironment().tool_specs()

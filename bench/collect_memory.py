@@ -88,7 +88,7 @@ def child(args: argparse.Namespace) -> None:
 
     from flows.collect import collect_rollouts
     from rollouts.config import CollectConfig
-    from rollouts.runtime import collector
+    from rollouts.collector.runtime import collector
 
     work = Path(args.workdir)
     prompts = work / "prompts.jsonl"

@@ -113,8 +113,8 @@ def stage(args: argparse.Namespace) -> None:
         extra: dict[str, object] = {}
     else:
         from rollouts.config import CollectConfig
-        from rollouts.filter import filter_run
-        from rollouts.format import format_run
+        from rollouts.stages.filter import filter_run
+        from rollouts.stages.format import format_run
         from rollouts.run import RunRef
 
         manifest = json.loads(Path(args.run, "manifest.json").read_text())

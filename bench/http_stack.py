@@ -3,9 +3,9 @@
     python bench/http_stack.py                       # 256 in flight, 0 ms latency, 3 rounds of each stack
     python bench/http_stack.py --parallel 1024 --loop uvloop
 
-Stacks: `bare` (aiohttp, orjson, as bench/bare_client.py), `httpx-aiohttp` (rollouts.model.ModelClient on
-httpx.AsyncClient over httpx_aiohttp.AiohttpTransport, as the collector built it before rollouts/transport.py),
-`collector` (ModelClient on `rollouts.model.http_client()`: CollectorHTTPClient over CollectorTransport). Rounds
+Stacks: `bare` (aiohttp, orjson, as bench/bare_client.py), `httpx-aiohttp` (rollouts.client.model.ModelClient on
+httpx.AsyncClient over httpx_aiohttp.AiohttpTransport, as the collector built it before rollouts/client/transport.py),
+`collector` (ModelClient on `rollouts.client.model.http_client()`: CollectorHTTPClient over CollectorTransport). Rounds
 alternate A B C A B C..., so a drift of the machine's speed hits every stack alike; CPU is the process's
 `time.process_time()` over each round, the rate is calls / round wall time.
 """
@@ -26,7 +26,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cpu_window import yardstick  # noqa: E402
-from rollouts.model import ModelClient, http_client  # noqa: E402
+from rollouts.client.model import ModelClient, http_client  # noqa: E402
 
 
 async def bare(url: str, parallel: int, calls: int) -> None:

@@ -27,12 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 
 def child(args: argparse.Namespace) -> None:
-    from rollouts.local import collect_plan
+    from rollouts.collector.inline import collect_plan
     from rollouts.config import CollectConfig
-    from rollouts.profile import read_run_frame
-    from rollouts.profiling import function_profile
+    from rollouts.report.metrics import read_run_frame
+    from rollouts.report.profiler import function_profile
     from rollouts.run import run_store
-    from rollouts.shard import plan_run
+    from rollouts.stages.shard import plan_run
 
     work = Path(args.workdir)
     prompts = work / "prompts.jsonl"

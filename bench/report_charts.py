@@ -3,7 +3,7 @@
     python bench/report_charts.py                      # a 10-prompt run (2 repeats), 5 fresh processes
     python bench/report_charts.py --prompts 2000 --repeats 4 --processes 3
     python bench/report_charts.py --cprofile 25        # and the top functions of one process's chart rendering
-    python bench/report_charts.py --against main       # and main's rollouts/charts.py, alternating, same processes
+    python bench/report_charts.py --against main       # and main's rollouts/report/charts.py, alternating, same processes
 
 The run is real: the collector's core loop (no Prefect) against the simulated server (0 ms), written to a temporary
 run directory, then profiled once. Each measuring process is fresh (as a `rollouts collect` is), imports the
@@ -12,12 +12,12 @@ report module and reads the profile first, then times, in this order:
 - importing matplotlib's figure and Agg canvas (what the first chart of a process pays on top of drawing);
 - the bare baseline: one empty 8x4 in figure saved to PNG, once cold (the process's first figure) and once warm;
 - each chart of `profile_charts` in the order the report draws them, then all of them again (warm);
-- the profile stage as a whole (`rollouts.report.profile_run`: profile, files, charts, report) in another fresh
+- the profile stage as a whole (`rollouts.stages.profile.profile_run`: profile, files, charts, report) in another fresh
   process, nothing imported beforehand but the report module.
 
 The ratio "charts / bare" divides the first pass over the charts by the warm bare figure of the same process, so
 figures from different days of this machine (its cores vary by up to ~2x) compare; `--against REV` measures that
-revision's rollouts/charts.py in the same invocation, its processes alternating with this tree's. Times are wall
+revision's rollouts/report/charts.py in the same invocation, its processes alternating with this tree's. Times are wall
 clock; the CPU column is the process's CPU time over the same span (steadier when other work shares the cores).
 """
 
@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 def collect(work: Path, url: str, prompts: int, repeats: int) -> str:
     from rollouts.config import CollectConfig
-    from rollouts.local import collect_plan
-    from rollouts.shard import plan_run
+    from rollouts.collector.inline import collect_plan
+    from rollouts.stages.shard import plan_run
 
     path = work / "prompts.jsonl"
     path.write_text("".join(json.dumps({"responses_create_params": {"input": f"What is {i} + 2?"},
@@ -78,24 +78,24 @@ def bare_figure() -> bytes:
 
 
 def load_charts(path: str | None):
-    """This tree's rollouts.charts, or the module at `path` (another revision's file) standing in for it."""
+    """This tree's rollouts.report.charts, or the module at `path` (another revision's file) standing in for it."""
     import importlib.util
 
-    import rollouts.charts
+    import rollouts.report.charts
 
     if not path:
-        return rollouts.charts
-    spec = importlib.util.spec_from_file_location("rollouts.charts", path)
+        return rollouts.report.charts
+    spec = importlib.util.spec_from_file_location("rollouts.report.charts", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.modules["rollouts.charts"] = rollouts.charts = module
+    sys.modules["rollouts.report.charts"] = rollouts.report.charts = module
     return module
 
 
 def child_charts(run: str, cprofile: int, charts_file: str | None) -> None:
     charts = load_charts(charts_file)
-    from rollouts.controller import read_trace
-    from rollouts.profile import profile_frame, read_run_frame
+    from rollouts.tune.aimd import read_trace
+    from rollouts.report.metrics import profile_frame, read_run_frame
     from rollouts.storage import Store
 
     store = Store(run)
@@ -128,8 +128,8 @@ def child_charts(run: str, cprofile: int, charts_file: str | None) -> None:
 def child_stage(run: str, charts_file: str | None) -> None:
     import shutil
 
-    from rollouts import report
-    from rollouts.report import profile_run
+    from rollouts.stages import profile as report
+    from rollouts.stages.profile import profile_run
     from rollouts.storage import Store
 
     report.profile_charts = load_charts(charts_file).profile_charts
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=5, help="fresh measuring processes of each kind (default 5)")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N functions of one process")
     parser.add_argument("--child", choices=("charts", "stage"), help=argparse.SUPPRESS)
-    parser.add_argument("--against", metavar="REV", help="also measure this git revision's rollouts/charts.py")
+    parser.add_argument("--against", metavar="REV", help="also measure this git revision's rollouts/report/charts.py")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--charts-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,7 +179,7 @@ def main() -> None:
         versions = {"this tree": None}
         if args.against:
             old = Path(work) / "charts_against.py"
-            old.write_text(subprocess.run(["git", "show", f"{args.against}:rollouts/charts.py"], cwd=ROOT, check=True,
+            old.write_text(subprocess.run(["git", "show", f"{args.against}:rollouts/report/charts.py"], cwd=ROOT, check=True,
                                           capture_output=True, text=True).stdout)
             versions = {args.against: str(old), **versions}
         if args.cprofile:

@@ -31,12 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rollouts.controller import AttemptLog, AutoParallel, ControllerConfig, observed_http_client  # noqa: E402
+from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client  # noqa: E402
 from rollouts.errors import ProviderError  # noqa: E402
-from rollouts.limits import InflightLimiter  # noqa: E402
-from rollouts.model import ModelClient  # noqa: E402
+from rollouts.collector.limits import InflightLimiter  # noqa: E402
+from rollouts.client.model import ModelClient  # noqa: E402
 from rollouts.sim.launch import start_sim_server  # noqa: E402
-from rollouts.tune import TuneConfig, sweep  # noqa: E402
+from rollouts.tune.sweep import TuneConfig, sweep  # noqa: E402
 
 SCENARIOS = {
     "capacity-32": dict(server=dict(latency_ms=200, capacity=32), knee=32, ceiling=160.0),

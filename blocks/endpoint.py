@@ -7,8 +7,8 @@ from prefect.blocks.core import Block
 from prefect.types import SecretDict
 from pydantic import Field, SecretStr, field_validator
 
-from rollouts.credentials import EndpointAuth
-from rollouts.model import http_client
+from rollouts.client.credentials import EndpointAuth
+from rollouts.client.model import http_client
 
 
 class ModelEndpoint(Block):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from blocks.endpoint import ModelEndpoint
 from blocks.storage import RolloutStorage
-from rollouts.credentials import EndpointAuth
+from rollouts.client.credentials import EndpointAuth
 from rollouts.errors import ConfigError
 
 C = TypeVar("C", bound=BaseModel)

@@ -100,7 +100,7 @@ def resolved(config: CollectConfig) -> tuple[CollectConfig, str | None]:
     after every check that can be made without Prefect (secrets, input, endpoint, run name); and, for a run that
     resumes, a line saying how much is done."""
     from rollouts.redact import refuse_secrets
-    from rollouts.shard import preflight
+    from rollouts.stages.shard import preflight
 
     refuse_secrets(config)  # the user's own options, before any block adds its credentials
     data = config.model_dump()
@@ -132,8 +132,8 @@ def _resume_note(run, store, manifest: dict[str, Any]) -> str:
 def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = False) -> int:
     from commands.server import use_prefect_server
     from commands.terminal import ProgressDisplay, print_summary
-    from rollouts.interrupt import RESUME_HINT, install_signal_handlers
-    from rollouts.runtime import collector
+    from rollouts.collector.interrupt import RESUME_HINT, install_signal_handlers
+    from rollouts.collector.runtime import collector
 
     board = collector().board
     board.reset()

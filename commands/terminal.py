@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from rollouts.progress import ProgressBoard
+from rollouts.collector.progress import ProgressBoard
 
 
 class _Stats(ProgressColumn):

@@ -9,7 +9,7 @@ from typing import Any
 
 from commands.errors import EXIT_RUN_FAILED, error, usage_guard
 from commands.options import add_model_options, build, validated
-from rollouts.tune import StepResult, TuneConfig
+from rollouts.tune.sweep import StepResult, TuneConfig
 
 DESCRIPTION = ("Find the --parallel where throughput stops rising: real prompts at 8, 16, 32, ... in flight, one "
                "bounded step each. Requests are sent without retries: a 429, a 5xx or a --request-timeout counts as an "
@@ -41,8 +41,8 @@ def _step_line(step: StepResult) -> None:
 def run_tune_command(args: argparse.Namespace) -> int:
     """Run `tune` from parsed arguments: 0 with a recommendation, 2 for a usage error (bad options, unreachable
     server, no usable prompts), 1 when no request succeeded or the results cannot be written."""
-    from rollouts.model import check_endpoint
-    from rollouts.tune import load_prompts, sweep, table, write_results
+    from rollouts.client.model import check_endpoint
+    from rollouts.tune.sweep import load_prompts, sweep, table, write_results
 
     with usage_guard(args.verbose, interrupted="interrupted: nothing was written") as guard:
         config = tune_config(args)

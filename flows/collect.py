@@ -5,9 +5,9 @@
 import contextlib
 from collections.abc import Iterator
 
-from rollouts.allocator import release_freed_memory_at_once
+from rollouts.collector.allocator import release_freed_memory_at_once
 
-release_freed_memory_at_once()  # before anything imports polars: see rollouts/allocator.py
+release_freed_memory_at_once()  # before anything imports polars: see rollouts/collector/allocator.py
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -20,11 +20,11 @@ from flows.engines import dask_runner, ray_runner
 from flows.events import emit_run_event
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
-from rollouts.outcome import RunSummary, finish_run, judge
-from rollouts.profiling import function_profile
+from rollouts.stages.outcome import RunSummary, finish_run, judge
+from rollouts.report.profiler import function_profile
 from rollouts.redact import refuse_secrets
 from rollouts.run import run_store
-from rollouts.runtime import collector
+from rollouts.collector.runtime import collector
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
 from tasks.generate import finish_parallel, generate_shard
@@ -40,7 +40,7 @@ def shard_runners(config: CollectConfig) -> Iterator[tuple[TaskRunner, TaskRunne
     Threads: two pools of `--max-concurrent-shards` workers; a shard's verify task waits in its own pool for that
     shard's generation, so generation of the next shards goes on meanwhile. Processes: the same on threads, with
     `--max-concurrent-shards` per collector process, each generate task handing its shard to one of this machine's
-    collector processes (rollouts.pool), which runs it on its own loop. Dask, Ray: one runner for
+    collector processes (rollouts.collector.pool), which runs it on its own loop. Dask, Ray: one runner for
     both (a verify task waits in the runner's graph without holding a worker), one collector loop per worker process.
     """
     c = config.concurrency

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rollouts.agent import AgentLimits
+from rollouts.stages.agent import AgentLimits
 from rollouts.envs import Environment, build_environments, known_environment_names, parse_remote_env
 from rollouts.errors import ConfigError
 from rollouts.options import IDENTITY, Cli, field_of, identity_fields, marker
@@ -59,7 +59,7 @@ class EndpointConfig(BaseModel):
 
     model_config = _FROZEN
 
-    # `rollouts tune` reuses model_url, model, api, api_key_env and request_timeout (rollouts.tune.TuneConfig).
+    # `rollouts tune` reuses model_url, model, api, api_key_env and request_timeout (rollouts.tune.sweep.TuneConfig).
     model_url: Annotated[str | None, AfterValidator(_model_url)] = Field(
         None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
     model: Annotated[str | None, IDENTITY] = Field(

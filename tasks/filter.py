@@ -2,7 +2,7 @@
 
 from prefect import task
 
-from rollouts.filter import filter_run
+from rollouts.stages.filter import filter_run
 from rollouts.process.api import Selection
 from rollouts.run import RunRef
 from tasks import STAGE_TASK

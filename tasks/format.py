@@ -3,7 +3,7 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from rollouts.format import format_run
+from rollouts.stages.format import format_run
 from rollouts.process.api import Selection
 from rollouts.run import RunRef
 from tasks import STAGE_TASK

@@ -6,16 +6,16 @@ from prefect import task
 
 from blocks import endpoint_auth
 
-from rollouts import generate
-from rollouts.parallelism import ParallelControl
+from rollouts.stages import generate
+from rollouts.tune.control import ParallelControl
 from rollouts.run import RunRef, ShardRef, ShardResult, run_store
-from rollouts.runtime import collector
+from rollouts.collector.runtime import collector
 from tasks import SHARD_TASK
 
 
 @task(name="generate-shard", task_run_name="generate-{shard.shard}", **SHARD_TASK)
 def generate_shard(run: RunRef, shard: ShardRef) -> ShardResult:
-    # All shards' requests share one event loop per process (see rollouts/runtime.py for the measurements).
+    # All shards' requests share one event loop per process (see rollouts/collector/runtime.py for the measurements).
     runtime = collector()
     # The key is loaded here, in a task, never passed as a task argument (a collector process gets it by pipe).
     auth = endpoint_auth(run.config.endpoint.block, run.config.api_key())
@@ -31,7 +31,7 @@ def generate_shard(run: RunRef, shard: ShardRef) -> ShardResult:
 
 
 def in_collector_process(run: RunRef, shard: ShardRef, auth) -> ShardResult:
-    """`--task-runner processes`: the shard runs in one of this machine's collector processes (rollouts.pool);
+    """`--task-runner processes`: the shard runs in one of this machine's collector processes (rollouts.collector.pool);
     this task waits for it, and relays a stop request (Ctrl-C) to the processes."""
     runtime = collector()
     pool = runtime.pool(run.config.concurrency.worker_processes)

@@ -3,8 +3,8 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from rollouts import report as reporting
-from rollouts.profile import ProfileOptions
+from rollouts.stages import profile as reporting
+from rollouts.report.metrics import ProfileOptions
 from rollouts.run import RunRef, run_store
 from tasks import STAGE_TASK
 

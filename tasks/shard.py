@@ -6,8 +6,8 @@ from blocks import endpoint_auth
 
 from rollouts.config import CollectConfig
 from rollouts.run import RunPlan
-from rollouts.runtime import collector
-from rollouts.shard import plan_run
+from rollouts.collector.runtime import collector
+from rollouts.stages.shard import plan_run
 from tasks import STAGE_TASK
 
 

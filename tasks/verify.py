@@ -2,9 +2,9 @@
 
 from prefect import task
 
-from rollouts import verify
+from rollouts.stages import verify
 from rollouts.run import RunRef, ShardRef, ShardResult
-from rollouts.runtime import collector
+from rollouts.collector.runtime import collector
 from tasks import SHARD_TASK
 
 

@@ -7,7 +7,7 @@
     env.end_session(session)                                           # the agent loop does this
     result = await env.verify(row, response, http, session)            # VerifyResult(reward, extra)
 
-`rollouts.agent.run_agent` drives the model, the tools and the session of one rollout. Never imports prefect.
+`rollouts.stages.agent.run_agent` drives the model, the tools and the session of one rollout. Never imports prefect.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ those stored; the echo is not duplicated. A verifier field named like one of the
 (`rollouts.records.RESERVED_KEYS`: NeMo Gym verifiers write `status: "pass"`...) is kept under `verifier`
 (`{"verifier": {"status": "pass"}}`), never over the collector's.
 
-Retries: up to `attempts` tries under the collector's one `rollouts.retry.RetryPolicy` (backoff with jitter on
+Retries: up to `attempts` tries under the collector's one `rollouts.client.retry.RetryPolicy` (backoff with jitter on
 connection errors, timeouts, 408/409/425/429 and 5xx, `Retry-After` honoured up to `max_backoff`); any other 4xx fails at
 once with a `VerifierError` carrying `status_code` and the server's body (a 422 body says which field is missing).
 Tool calls retry only when the request could not be sent at all: a tool may have side effects, and an error reply
@@ -44,7 +44,7 @@ import httpx
 from rollouts.envs.base import Environment, SessionState, VerifyResult
 from rollouts.errors import ConfigError, VerifierError
 from rollouts.records import RESERVED_KEYS
-from rollouts.retry import RetryPolicy, transport_failure
+from rollouts.client.retry import RetryPolicy, transport_failure
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def cookie_free_transport(limits: httpx.Limits | None = None) -> httpx.AsyncBase
     """An aiohttp-backed httpx transport whose aiohttp session keeps no cookies (sessions stay per rollout)."""
     import aiohttp
 
-    from rollouts.transport import CollectorTransport
+    from rollouts.client.transport import CollectorTransport
 
     limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
 

@@ -7,7 +7,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, Field
 
-from rollouts.histogram import histogram
+from rollouts.report.histogram import histogram
 
 from .validate import BadRows
 

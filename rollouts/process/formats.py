@@ -1,4 +1,4 @@
-"""Training-file flavours of the one Responses -> chat conversion (rollouts.chat): OpenAI and Hugging Face/TRL.
+"""Training-file flavours of the one Responses -> chat conversion (rollouts.client.chat): OpenAI and Hugging Face/TRL.
 
 - "openai": what OpenAI's fine-tuning formats take: tool-call `arguments` stay a JSON string, a tool result is
   `{"role": "tool", "tool_call_id", "content"}`, images are `image_url` parts.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from rollouts import records
-from rollouts.chat import ConversionError, Message, chat_tools, content_text, has_images, to_messages
+from rollouts.client.chat import ConversionError, Message, chat_tools, content_text, has_images, to_messages
 
 __all__ = [
     "Conversation",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rollouts.runtime import collector
+from rollouts.collector.runtime import collector
 from rollouts.sim.launch import SimServer, start_sim_server
 
 

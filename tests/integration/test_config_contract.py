@@ -23,7 +23,7 @@ from rollouts.options import Cli, marker
 from rollouts.run import RunRef, write_manifest
 from rollouts.storage import Store
 from rollouts.tokens.config import TokensConfig
-from rollouts.tune import TuneConfig
+from rollouts.tune.sweep import TuneConfig
 
 
 def leaves(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], typing.Any]]:

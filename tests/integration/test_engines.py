@@ -59,7 +59,7 @@ def test_ray_gives_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_
 def test_collector_processes_give_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_client):
     from flows.collect import collect_rollouts
     from rollouts.config import CollectConfig
-    from rollouts.runtime import collector
+    from rollouts.collector.runtime import collector
 
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
     common = dict(input=str(src), model_url=sim.url, model="sim-model", num_repeats=3, shard_size=2, parallel=8,

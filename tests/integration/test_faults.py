@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from rollouts.errors import ProviderError, ProviderTimeout, ResponseParseError, ResponseTooLarge
-from rollouts.model import ModelClient, http_client
+from rollouts.client.model import ModelClient, http_client
 from rollouts.sim.launch import SimServer
 from tests.integration.conftest import free_port
 from tests.servers.fault_proxy import FaultProxyHandle, start_fault_proxy

@@ -12,15 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from rollouts import generate, verify
+from rollouts.stages import generate
+
+from rollouts.stages import verify
 from rollouts.config import CollectConfig
 from rollouts.errors import ConfigError
-from rollouts.limits import InflightLimiter
-from rollouts.outcome import run_failure_counts
-from rollouts.progress import ProgressBoard
+from rollouts.collector.limits import InflightLimiter
+from rollouts.stages.outcome import run_failure_counts
+from rollouts.collector.progress import ProgressBoard
 from rollouts.run import read_records, run_store
-from rollouts.runtime import SharedClients
-from rollouts.shard import plan_run
+from rollouts.collector.runtime import SharedClients
+from rollouts.stages.shard import plan_run
 from tests.integration.conftest import free_port, math_rows, run_rows, write_jsonl
 from tests.servers.resources_server import start_resources_server
 

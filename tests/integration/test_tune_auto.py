@@ -11,19 +11,19 @@ import polars as pl
 import pytest
 
 from commands.tune import main as tune_main
-from rollouts.local import collect_plan
+from rollouts.collector.inline import collect_plan
 from rollouts.config import CollectConfig
-from rollouts.controller import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, read_trace, write_trace
-from rollouts.limits import InflightLimiter
-from rollouts.model import ModelClient
-from rollouts.profile import ProfileOptions
-from rollouts.profiling import function_profile
-from rollouts.report import profile_run
+from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, read_trace, write_trace
+from rollouts.collector.limits import InflightLimiter
+from rollouts.client.model import ModelClient
+from rollouts.report.metrics import ProfileOptions
+from rollouts.report.profiler import function_profile
+from rollouts.stages.profile import profile_run
 from rollouts.run import run_store
-from rollouts.shard import plan_run
+from rollouts.stages.shard import plan_run
 from rollouts.sim.launch import start_sim_server
 from rollouts.storage import Store
-from rollouts.tune import TuneConfig
+from rollouts.tune.sweep import TuneConfig
 from tests.integration.conftest import math_rows, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -141,7 +141,7 @@ def test_profiled_collection_has_a_function_table(tmp_path: Path) -> None:
 
 
 async def test_parallel_control_auto_and_fixed_leave_a_trace_for_the_timeline(tmp_path: Path) -> None:
-    from rollouts.parallelism import ParallelControl
+    from rollouts.tune.control import ParallelControl
 
     store = Store(str(tmp_path))
     with start_sim_server(latency_ms=30, capacity=8, seed=0) as server:

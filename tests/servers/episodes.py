@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from rollouts.model import ModelClient
+from rollouts.client.model import ModelClient
 from rollouts.records import rollout_id
 
 REPLIES: dict[str, list[dict[str, Any]]] = {}  # the row's `_episode` -> the server's reply bodies, in call order

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from rollouts.agent import (
+from rollouts.stages.agent import (
     DEADLINE,
     LENGTH,
     MAX_ROLLOUT_TOKENS,
@@ -26,7 +26,7 @@ from rollouts.agent import (
 )
 from rollouts.envs import CalculatorEnvironment, KeyValueEnvironment, MathEnvironment, ToolEnvironment, ToolError
 from rollouts.errors import ConfigError, ProviderError
-from rollouts.model import ModelCall
+from rollouts.client.model import ModelCall
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
 
@@ -298,5 +298,5 @@ def test_limits_are_checked(bad: dict[str, Any]) -> None:
 
 
 def test_the_loop_and_tool_environments_never_import_prefect() -> None:
-    code = "import sys, rollouts.agent, rollouts.envs; print('prefect' in sys.modules)"
+    code = "import sys, rollouts.stages.agent, rollouts.envs; print('prefect' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

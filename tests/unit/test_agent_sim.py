@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from rollouts.agent import MAX_TURNS, STOP, AgentLimits, AgentResult, run_agent, with_env_tools
+from rollouts.stages.agent import MAX_TURNS, STOP, AgentLimits, AgentResult, run_agent, with_env_tools
 from rollouts.envs import CalculatorEnvironment, Environment, KeyValueEnvironment, RemoteEnvironment
 from rollouts.envs.calculator import calculate
-from rollouts.model import ModelClient, http_client
+from rollouts.client.model import ModelClient, http_client
 from rollouts.records import input_messages
 from rollouts.sim import SimConfig, serve_in_thread
 from tests.servers.resources_server import ResourcesServerHandle, start_resources_server

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from rollouts import charts
-from rollouts.charts import _short
+from rollouts.report import charts
+from rollouts.report.charts import _short
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

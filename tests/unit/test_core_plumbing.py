@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from rollouts.config import CollectConfig, parse_remote_envs
 from rollouts.errors import ConfigError, ProviderError
-from rollouts.limits import InflightLimiter
+from rollouts.collector.limits import InflightLimiter
 from rollouts.storage import Store
 
 def test_core_never_imports_prefect():

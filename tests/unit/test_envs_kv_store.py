@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from rollouts.agent import run_agent
+from rollouts.stages.agent import run_agent
 from rollouts.envs import KeyValueEnvironment, SessionState
 from rollouts.envs.tools import ToolError
 from rollouts.errors import VerifierError
-from rollouts.model import ModelCall
+from rollouts.client.model import ModelCall
 from rollouts.records import dumps, loads
 
 ROW = {"initial_store": {"apples": "3", "pears": 5}, "expected_store": {"apples": "3", "pears": "5", "total": "8"}}

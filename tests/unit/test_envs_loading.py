@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from rollouts.agent import run_agent, with_env_tools
+from rollouts.stages.agent import run_agent, with_env_tools
 from rollouts.envs import ENTRY_POINT_GROUP, ToolEnvironment, build_environments, known_environment_names, load_env_module
 from rollouts.envs.loading import entry_point_environments, installed_entry_points
 from rollouts.errors import ConfigError
-from rollouts.model import ModelCall
+from rollouts.client.model import ModelCall
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

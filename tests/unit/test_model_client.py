@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from rollouts.errors import ProviderError, ResponseParseError
-from rollouts.retry import RetryPolicy
-from rollouts.model import ModelClient, chat_body, items_to_chat, parse_chat, parse_responses, responses_body
+from rollouts.client.retry import RetryPolicy
+from rollouts.client.model import ModelClient, chat_body, items_to_chat, parse_chat, parse_responses, responses_body
 
 ITEMS = [
     {"role": "system", "content": "You are terse."},
@@ -105,7 +105,7 @@ async def test_retries_429_honouring_retry_after_then_5xx_then_succeeds(monkeypa
     async def fake_sleep(seconds):
         sleeps.append(seconds)
 
-    monkeypatch.setattr("rollouts.model.asyncio.sleep", fake_sleep)
+    monkeypatch.setattr("rollouts.client.model.asyncio.sleep", fake_sleep)
     client, seen = client_with([httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(503),
                                 httpx.ConnectError("refused"), OK])
     call = await client.create([{"role": "user", "content": "q"}], {}, {"temperature": 0})
@@ -117,7 +117,7 @@ async def test_gives_up_after_max_retries_with_a_typed_error(monkeypatch):
     async def no_sleep(_):
         return None
 
-    monkeypatch.setattr("rollouts.model.asyncio.sleep", no_sleep)
+    monkeypatch.setattr("rollouts.client.model.asyncio.sleep", no_sleep)
     client, seen = client_with([httpx.Response(500, text="overloaded")], max_retries=2)
     with pytest.raises(ProviderError) as info:
         await client.create([{"role": "user", "content": "q"}], {}, {})
@@ -135,7 +135,7 @@ async def test_unreadable_success_bodies_are_retried_then_a_typed_parse_error(mo
     async def no_sleep(_):
         return None
 
-    monkeypatch.setattr("rollouts.model.asyncio.sleep", no_sleep)
+    monkeypatch.setattr("rollouts.client.model.asyncio.sleep", no_sleep)
     client, seen = client_with([httpx.Response(200, text="<html>"), OK])
     assert (await client.create([{"role": "user", "content": "q"}], {}, {})).attempts == 2 and len(seen) == 2
     for body in ("<html>", '{"choices": []}', '{"choices": null}', '{"choices": ["oops"]}', '{"id": "x"',
@@ -163,7 +163,7 @@ async def test_api_key_from_the_named_environment_variable_is_sent_as_bearer(mon
         seen.append(request.headers)
         return OK
 
-    from rollouts.model import http_client
+    from rollouts.client.model import http_client
 
     http = http_client(4, 10, config.api_key(), transport=httpx.MockTransport(handler))
     client = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from rollouts.config import CollectConfig
-from rollouts.outcome import finish_run, judge
+from rollouts.stages.outcome import finish_run, judge
 from rollouts.run import RunPlan, RunRef, ShardRef, ShardResult
 from rollouts.storage import Store
 

@@ -1,4 +1,4 @@
-"""Collector processes (rollouts/pool.py): real child processes against the simulated server on loopback."""
+"""Collector processes (rollouts/collector/pool.py): real child processes against the simulated server on loopback."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 
 from rollouts.config import CollectConfig
 from rollouts.errors import Interrupted
-from rollouts.pool import CollectorPool, WorkerLost
-from rollouts.progress import ProgressBoard
-from rollouts.shard import plan_run
+from rollouts.collector.pool import CollectorPool, WorkerLost
+from rollouts.collector.progress import ProgressBoard
+from rollouts.stages.shard import plan_run
 from rollouts.sim import SimConfig, serve_in_thread
 from tests.integration.conftest import math_rows, write_jsonl
 
@@ -129,11 +129,11 @@ def test_a_profiled_run_gets_a_function_profile_part_from_each_process_that_ran_
     parts = sorted((Path(work.run.run_url) / "profile" / "functions").glob("*.json"))
     pids = {int(p.name.rsplit("-", 2)[-2]) for p in parts}
     assert pids and pids <= set(pool.pids)
-    from rollouts.profiling import read_function_stats
+    from rollouts.report.profiler import read_function_stats
     from rollouts.storage import Store
 
     stats, merged = read_function_stats(Store(work.run.run_url, None))
     assert merged == len(parts)
     rows = {(r["module"], r["function"]): r for r in stats.table()}
-    rollout = next(r for (module, name), r in rows.items() if module.endswith("rollouts/generate.py") and name.endswith("_rollout"))
+    rollout = next(r for (module, name), r in rows.items() if module.endswith("rollouts/stages/generate.py") and name.endswith("_rollout"))
     assert rollout["wall_ncall"] + rollout["cpu_ncall"] > 0  # the shards' own code, profiled where it ran

@@ -103,7 +103,7 @@ def test_run_input_counts_failures_and_keeps_only_ok_rows(tmp_path: Path) -> Non
 
 
 def test_the_card_never_prints_minus_zero() -> None:
-    from rollouts.histogram import bin_label
+    from rollouts.report.histogram import bin_label
     from rollouts.process.card import _cell
 
     assert (_cell(-0.0), _cell(-1e-9 * 0), bin_label(-0.0, -0.0), bin_label(-0.0, 0.5)) == ("0", "0", "0", "[0, 0.5)")

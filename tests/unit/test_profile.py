@@ -11,10 +11,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from rollouts.controller import write_trace
-from rollouts.histogram import histogram
-from rollouts.profile import ProfileOptions, pass_at_k_rows, profile_frame, read_run_frame, window_for
-from rollouts.report import profile_run
+from rollouts.tune.aimd import write_trace
+from rollouts.report.histogram import histogram
+from rollouts.report.metrics import ProfileOptions, pass_at_k_rows, profile_frame, read_run_frame, window_for
+from rollouts.stages.profile import profile_run
 from rollouts.storage import Store
 
 T0 = 1_700_000_000.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rollouts.errors import ConfigError
-from rollouts.profiling import FunctionProfiler, FunctionStats, function_profile, read_function_stats, write_function_stats
+from rollouts.report.profiler import FunctionProfiler, FunctionStats, function_profile, read_function_stats, write_function_stats
 from rollouts.storage import Store
 
 
@@ -71,7 +71,7 @@ def test_stats_merge_across_processes_through_the_store(tmp_path: Path) -> None:
 
 
 def test_off_means_no_profiler_at_all() -> None:
-    code = ("import sys; from rollouts.profiling import function_profile\n"
+    code = ("import sys; from rollouts.report.profiler import function_profile\n"
             "with function_profile(False) as p: pass\n"
             "print(p is None, 'yappi' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

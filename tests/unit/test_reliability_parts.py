@@ -15,10 +15,10 @@ import pytest
 
 from rollouts.config import CollectConfig
 from rollouts.errors import ConfigError, InternalError, ProviderError, ResponseTooLarge, RolloutsError, error_record
-from rollouts.failures import compacted, failure_counts, is_retryable, regenerates, resume_state
-from rollouts.interrupt import StopSignal, install_signal_handlers, run_until_stopped
+from rollouts.stages.failures import compacted, failure_counts, is_retryable, regenerates, resume_state
+from rollouts.collector.interrupt import StopSignal, install_signal_handlers, run_until_stopped
 from rollouts.redact import MASK, redact_url, redacted, redacted_dump, refuse_secrets, secret_problems
-from rollouts.retry import transport_failure
+from rollouts.client.retry import transport_failure
 from rollouts.storage import Store
 
 CANARY = "canary-5ecret-7f3a"
@@ -188,7 +188,7 @@ async def test_appended_lines_reach_the_file_within_the_flush_interval_without_m
 
 
 def test_the_final_message_splits_failures_and_an_interrupted_run_says_how_to_resume(tmp_path):
-    from rollouts.outcome import finish_run, judge
+    from rollouts.stages.outcome import finish_run, judge
     from rollouts.records import dumps
     from rollouts.run import RunPlan, RunRef, ShardRef, ShardResult
 

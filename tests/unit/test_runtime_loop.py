@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 
 from rollouts.errors import ConfigError
-from rollouts.runtime import EVENT_LOOP_ENV, BackgroundLoop, new_event_loop, relax_garbage_collection
+from rollouts.collector.runtime import EVENT_LOOP_ENV, BackgroundLoop, new_event_loop, relax_garbage_collection
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 

@@ -14,14 +14,14 @@ from rollouts.config import CollectConfig
 from rollouts.envs import build_environments
 from rollouts.envs.math_env import MathEnvironment
 from rollouts.errors import Interrupted
-from rollouts.generate import ShardGenerator
-from rollouts.interrupt import StopSignal
-from rollouts.limits import InflightLimiter
-from rollouts.progress import ProgressBoard
+from rollouts.stages.generate import ShardGenerator
+from rollouts.collector.interrupt import StopSignal
+from rollouts.collector.limits import InflightLimiter
+from rollouts.collector.progress import ProgressBoard
 from rollouts.records import Prompt
-from rollouts.inputs import prompt_line
+from rollouts.stages.inputs import prompt_line
 from rollouts.run import RunRef, read_records, run_store
-from rollouts.verify import verify_shard
+from rollouts.stages.verify import verify_shard
 
 SHARD = "00000"
 

@@ -1,6 +1,6 @@
 """The simulated server following a prompt's plan over HTTP: several calls per turn, several turns, both APIs, tokens.
 
-Requests are built and replies parsed by the collector's own client functions (rollouts/model.py), and the token
+Requests are built and replies parsed by the collector's own client functions (rollouts/client/model.py), and the token
 fields are read by the contiguity check (rollouts/tokens), so these shapes are the ones the real consumers see.
 """
 
@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from rollouts.envs import KeyValueEnvironment
-from rollouts.model import chat_body, parse_chat, parse_responses, responses_body
+from rollouts.client.model import chat_body, parse_chat, parse_responses, responses_body
 from rollouts.sim.server import SimApp, SimConfig
 from rollouts.tokens import check_rollout
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rollouts.chat import to_messages
+from rollouts.client.chat import to_messages
 
 from collections.abc import Iterator
 from typing import Any
@@ -95,7 +95,7 @@ def test_the_chat_client_sends_reasoning_back_so_chat_episodes_stay_contiguous(t
 
 @pytest.mark.parametrize("tokenizer", [None, TOKENIZER], ids=["ids", "decoded"])
 def test_a_chat_client_that_drops_reasoning_rewrites_history(tokenizer: Any) -> None:
-    import rollouts.model as model
+    import rollouts.client.model as model
 
     original = model.items_to_chat
     model.items_to_chat = lambda items, instructions=None: to_messages(items, "user", instructions)  # no reasoning

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from rollouts.errors import ResponseParseError
-from rollouts.model import ModelClient, parse_chat, parse_responses
+from rollouts.client.model import ModelClient, parse_chat, parse_responses
 from rollouts.sim import SimConfig, serve_in_thread
 from rollouts.tokens.fields import (
     CHAT_TOKEN_REQUEST,

@@ -1,4 +1,4 @@
-"""The collector's HTTP stack (rollouts/transport.py) against real aiohttp servers on loopback."""
+"""The collector's HTTP stack (rollouts/client/transport.py) against real aiohttp servers on loopback."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 
 from rollouts.envs import RemoteEnvironment, cookie_free_transport
-from rollouts.model import ModelClient, http_client
+from rollouts.client.model import ModelClient, http_client
 from rollouts.sim import SimConfig, serve_in_thread
-from rollouts.transport import CollectorHTTPClient, CollectorTransport
+from rollouts.client.transport import CollectorHTTPClient, CollectorTransport
 from tests.servers.resources_server import ResourcesServerHandle, start_resources_server
 
 BIG = b"x" * 300_000

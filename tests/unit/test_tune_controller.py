@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rollouts.controller import (AttemptLog, Controller, ControllerConfig, ObservedTransport, WindowStats,
+from rollouts.tune.aimd import (AttemptLog, Controller, ControllerConfig, ObservedTransport, WindowStats,
                                  parse_vllm_metrics, vllm_metrics_url)
-from rollouts.limits import InflightLimiter
-from rollouts.tune import KneeRule, StepResult, find_knee, ladder
+from rollouts.collector.limits import InflightLimiter
+from rollouts.tune.sweep import KneeRule, StepResult, find_knee, ladder
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tune"
 
@@ -232,7 +232,7 @@ async def test_limiter_grows_at_once_and_shrinks_as_slots_come_back() -> None:
 
 def test_tune_reads_usable_rows_and_refuses_an_input_without_any(tmp_path: Path) -> None:
     from rollouts.errors import InputError
-    from rollouts.tune import load_prompts
+    from rollouts.tune.sweep import load_prompts
 
     good = tmp_path / "good.jsonl"
     good.write_text('{not json\n{"prompt": "What is 1 + 1?"}\n{"responses_create_params": {"input": "hi"}}\n')
@@ -248,8 +248,8 @@ def test_tuning_and_profiling_modules_never_import_prefect_or_plotting_up_front(
     import subprocess
     import sys
 
-    modules = ["rollouts.tune", "rollouts.controller", "rollouts.report", "rollouts.profiling", "rollouts.charts",
-               "rollouts.profile", "rollouts.histogram"]
+    modules = ["rollouts.tune.sweep", "rollouts.tune.aimd", "rollouts.stages.profile", "rollouts.report.profiler", "rollouts.report.charts",
+               "rollouts.report.metrics", "rollouts.report.histogram"]
     code = (f"import sys; [__import__(m) for m in {modules!r}]; "
             "print(*(name in sys.modules for name in ('prefect', 'matplotlib', 'yappi')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, api_key_from_env
 from rollouts.errors import InputError, ProviderError, ResponseParseError, RolloutsError
-from rollouts.inputs import iter_lines, normalise_row
-from rollouts.model import ModelClient, http_client
+from rollouts.stages.inputs import iter_lines, normalise_row
+from rollouts.client.model import ModelClient, http_client
 from rollouts.options import Cli, field_of
 from rollouts.records import input_messages
 from rollouts.storage import Store
@@ -120,7 +120,7 @@ def _quantile(values: list[float], q: float) -> float | None:
 async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], parallel: int, *, step_seconds: float,
                        step_requests: int, sampling: dict[str, Any]) -> StepResult:
     """One step at `parallel` in flight; see the module docstring for what is measured."""
-    from rollouts.controller import outcome_of  # it loads polars: not for every command's --help
+    from rollouts.tune.aimd import outcome_of  # it loads polars: not for every command's --help
 
     cycle = itertools.cycle(prompts)
     done: list[tuple[float, float, str]] = []  # (finished, latency ms, outcome)
@@ -244,8 +244,8 @@ def table(steps: list[StepResult]) -> str:
 
 
 def write_results(out: str, steps: list[StepResult], recommended: int, reason: str, settings: dict[str, Any]) -> list[str]:
-    from rollouts.charts import parallel_chart
-    from rollouts.profile import csv_text
+    from rollouts.report.charts import parallel_chart
+    from rollouts.report.metrics import csv_text
 
     store = Store(out)
     rows = [{k: v for k, v in asdict(s).items() if k != "errors"} | {"errors": json.dumps(s.errors)} for s in steps]
@@ -258,11 +258,3 @@ def write_results(out: str, steps: list[StepResult], recommended: int, reason: s
         store.write_bytes(png, "tune.png")
         files.append(store.url("tune.png"))
     return files
-
-
-if __name__ == "__main__":  # `python -m rollouts.tune`: the same command as `rollouts tune`
-    import sys
-
-    from commands.tune import main
-
-    sys.exit(main())

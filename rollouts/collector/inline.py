@@ -5,15 +5,15 @@ For tests, benchmarks and notebooks; the flow does the same through its tasks an
 
 from __future__ import annotations
 
-from rollouts.limits import InflightLimiter
-from rollouts.progress import ProgressBoard
+from rollouts.collector.limits import InflightLimiter
+from rollouts.collector.progress import ProgressBoard
 from rollouts.run import RunPlan, ShardResult
-from rollouts.runtime import SharedClients
+from rollouts.collector.runtime import SharedClients
 
 
 async def collect_plan(plan: RunPlan, board: ProgressBoard | None = None) -> list[ShardResult]:
-    from rollouts.generate import generate_shard
-    from rollouts.verify import verify_shard
+    from rollouts.stages.generate import generate_shard
+    from rollouts.stages.verify import verify_shard
 
     board = board or ProgressBoard()
     clients = SharedClients()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from rollouts.retry import RetryPolicy
+from rollouts.client.retry import RetryPolicy
 
 STOPPED = "stopped.json"
 

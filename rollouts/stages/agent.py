@@ -5,7 +5,7 @@
     result = await run_agent(call_model, env, input_items, session=session, http=http, limits=limits)
     result.output, result.calls, result.end_reason, result.tools   # items, ModelCalls, why it ended, per-tool stats
 
-`call_model(items)` is any async callable returning a `rollouts.model.ModelCall` (the generate stage binds the
+`call_model(items)` is any async callable returning a `rollouts.client.model.ModelCall` (the generate stage binds the
 model client, the row's params and sampling); `items` is the input plus everything produced so far. The same loop
 serves remote NeMo Gym environments (tools over HTTP with the rollout's session cookies) and in-process ones,
 through `Environment.call_tool`.
@@ -41,7 +41,7 @@ from rollouts.errors import ConfigError, ProviderError
 if TYPE_CHECKING:
     import httpx
 
-    from rollouts.model import ModelCall
+    from rollouts.client.model import ModelCall
 
 CallModel = Callable[[list[dict[str, Any]]], Awaitable["ModelCall"]]
 

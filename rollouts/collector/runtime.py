@@ -18,11 +18,11 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
-from rollouts.breaker import FailureBreaker
+from rollouts.collector.breaker import FailureBreaker
 from rollouts.errors import ConfigError
-from rollouts.interrupt import StopSignal
-from rollouts.limits import InflightLimiter
-from rollouts.progress import ProgressBoard
+from rollouts.collector.interrupt import StopSignal
+from rollouts.collector.limits import InflightLimiter
+from rollouts.collector.progress import ProgressBoard
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ def relax_garbage_collection(freeze: bool = True) -> None:
     """Collect cyclic garbage less often while rollouts are collected, and never walk the start-up heap again.
 
     A rollout's objects are freed by reference counting (the HTTP client's replies hold no cycles, see
-    rollouts.transport), so a gen-0 collection finds almost no garbage: it only walks the young objects still alive,
+    rollouts.client.transport), so a gen-0 collection finds almost no garbage: it only walks the young objects still alive,
     the state of the rollouts in flight, and stalls every response waiting on the loop while it does. CPython counts
     allocations net of deallocations towards the gen-0 threshold, so with little cyclic garbage a large threshold
     means few collections, each walking at most that many objects (~1.5 us each here). Measured against a 200 ms
@@ -165,9 +165,9 @@ class CollectorRuntime:
         self._lock = threading.Lock()
 
     def pool(self, workers: int) -> Any:
-        """This process's collector processes for `--task-runner processes` (a `rollouts.pool.CollectorPool`),
+        """This process's collector processes for `--task-runner processes` (a `rollouts.collector.pool.CollectorPool`),
         started on first use and kept for later runs of the same size."""
-        from rollouts.pool import CollectorPool
+        from rollouts.collector.pool import CollectorPool
 
         with self._lock:
             if self._pool is not None and self._pool.size != workers:
@@ -178,7 +178,7 @@ class CollectorRuntime:
             return self._pool
 
     def parallel_control(self, run_id: str, factory: Callable[[], Any]) -> Any:
-        """One `--parallel auto` controller per run and process (a `rollouts.parallelism.ParallelControl`)."""
+        """One `--parallel auto` controller per run and process (a `rollouts.tune.control.ParallelControl`)."""
         with self._lock:
             if run_id not in self._controls:
                 self._controls[run_id] = factory()

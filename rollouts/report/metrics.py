@@ -9,7 +9,7 @@ from typing import Any
 
 import polars as pl
 
-from rollouts.histogram import histogram
+from rollouts.report.histogram import histogram
 from rollouts.storage import Store, is_local
 
 _TIMING_FIELDS = ("queue_ms", "model_ms", "tool_ms", "generate_ms", "verify_ms", "total_ms", "started_at", "finished_at")

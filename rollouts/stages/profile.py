@@ -12,10 +12,10 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rollouts.charts import profile_charts
-from rollouts.controller import read_trace
-from rollouts.profile import ProfileOptions, csv_text, histogram_markdown, profile_frame, read_run_frame, timing_rows, write_profile
-from rollouts.profiling import COLUMNS, TOP_ROWS, read_function_stats
+from rollouts.report.charts import profile_charts
+from rollouts.tune.aimd import read_trace
+from rollouts.report.metrics import ProfileOptions, csv_text, histogram_markdown, profile_frame, read_run_frame, timing_rows, write_profile
+from rollouts.report.profiler import COLUMNS, TOP_ROWS, read_function_stats
 from rollouts.storage import Store
 
 TIMELINE_ROWS = 30  # the report lists at most this many windows; timeline.csv has them all

@@ -29,7 +29,7 @@ import threading
 from typing import Any
 
 from rollouts.errors import RolloutsError
-from rollouts.progress import ProgressBoard
+from rollouts.collector.progress import ProgressBoard
 from rollouts.run import RunRef, ShardResult
 
 _COUNTS = ("generated", "failed", "verified", "reward_sum", "resumed")
@@ -171,8 +171,8 @@ def _portable(exc: BaseException) -> BaseException:
 def serve(conn: Any) -> None:
     """A collector process: run the shards the parent sends on this process's collector loop until told to close."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from rollouts import generate
-    from rollouts.runtime import collector
+    from rollouts.stages import generate
+    from rollouts.collector.runtime import collector
 
     runtime = collector()
     loop = runtime.loop.ensure()
@@ -213,7 +213,7 @@ def serve(conn: Any) -> None:
         if not run.config.profiling.profile or (profiled and run.run_id not in profiled):
             return  # yappi is process-wide: one run profiled at a time
         if run.run_id not in profiled:
-            from rollouts.profiling import FunctionProfiler
+            from rollouts.report.profiler import FunctionProfiler
             from rollouts.run import run_store
 
             profiled[run.run_id] = [FunctionProfiler(duty=run.config.profiling.profile_duty).start(), run_store(run), 0]
@@ -224,7 +224,7 @@ def serve(conn: Any) -> None:
         if entry is not None:
             entry[2] -= 1
             if entry[2] == 0:  # this process's part of the run's function profile, merged by the profile stage
-                from rollouts.profiling import write_function_stats
+                from rollouts.report.profiler import write_function_stats
 
                 del profiled[run_id]
                 write_function_stats(entry[1], entry[0].stop())

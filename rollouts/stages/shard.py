@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from rollouts.breaker import STOPPED
+from rollouts.collector.breaker import STOPPED
 from rollouts.config import CollectConfig
-from rollouts.credentials import EndpointAuth
+from rollouts.client.credentials import EndpointAuth
 from rollouts.envs.remote import check_environments
 from rollouts.errors import ConfigError, InputError
-from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
-from rollouts.model import check_endpoint
+from rollouts.stages.inputs import input_digest, iter_lines, parse_prompts, prompt_line
+from rollouts.client.model import check_endpoint
 from rollouts.records import dumps
 from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
 from rollouts.storage import Store, join

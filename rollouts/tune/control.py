@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from rollouts.controller import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, vllm_metrics_url, write_trace
-from rollouts.limits import InflightLimiter
-from rollouts.model import http_client
+from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, vllm_metrics_url, write_trace
+from rollouts.collector.limits import InflightLimiter
+from rollouts.client.model import http_client
 from rollouts.storage import Store
 
 

@@ -19,10 +19,10 @@ import aiohttp
 import httpx
 import orjson
 
-from rollouts.chat import chat_tools, items_to_chat
+from rollouts.client.chat import chat_tools, items_to_chat
 from rollouts.errors import ConfigError, ProviderError, ProviderTimeout, ResponseParseError, ResponseTooLarge
-from rollouts.replies import check_chat, check_responses
-from rollouts.retry import RetryPolicy, retry_after, transport_failure
+from rollouts.client.replies import check_chat, check_responses
+from rollouts.client.retry import RetryPolicy, retry_after, transport_failure
 from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, TokenFieldsError, chat_token_fields, responses_token_fields
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -50,12 +50,12 @@ def http_client(limit: int, timeout: float, api_key: str | None = None,
                 transport: httpx.AsyncBaseTransport | None = None,
                 headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     """An AsyncClient over aiohttp (plain httpx's pool scans every connection per queued request, encode/httpx#3215),
-    without a cookie jar or per-request URL and header merging (rollouts/transport.py has the measurements).
+    without a cookie jar or per-request URL and header merging (rollouts/client/transport.py has the measurements).
 
     Create it inside the task that uses it: a client is bound to the event loop it first ran on.
     """
     from rollouts.envs.remote import cookie_free_transport  # per-rollout sessions of remote environments
-    from rollouts.transport import CollectorHTTPClient
+    from rollouts.client.transport import CollectorHTTPClient
 
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     sent = {"Content-Type": "application/json", **(headers or {}),
@@ -199,7 +199,7 @@ class ModelClient:
         plain = http.auth is None and not http.follow_redirects and not hooks["request"] and not hooks["response"]
         self.transport = http._transport_for_url(self.url) if plain else None
         self.extensions = {"timeout": http.timeout.as_dict()}
-        from rollouts.transport import CollectorTransport
+        from rollouts.client.transport import CollectorTransport
 
         # The collector's own transport takes the call without an httpx.Request at all (see CollectorTransport.post).
         transport = self.transport

@@ -1,8 +1,8 @@
 """Generate stage: every missing rollout of one shard, concurrently, appended to `generations/<shard>.jsonl` as it ends.
 
 The last record of a rollout in that file wins, so a resumed shard skips what is done and retries what failed, and
-regenerates what failed verification in a way only a new generation can fix (`rollouts.failures`). Each rollout
-has one deadline over all its calls (`--rollout-timeout`); a stop request (`rollouts.interrupt`) ends the shard early
+regenerates what failed verification in a way only a new generation can fix (`rollouts.stages.failures`). Each rollout
+has one deadline over all its calls (`--rollout-timeout`); a stop request (`rollouts.collector.interrupt`) ends the shard early
 with what finished flushed.
 """
 
@@ -15,23 +15,23 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from rollouts.agent import run_agent, with_env_tools
-from rollouts.breaker import STOPPED, FailureBreaker
+from rollouts.stages.agent import run_agent, with_env_tools
+from rollouts.collector.breaker import STOPPED, FailureBreaker
 from rollouts.config import CollectConfig
-from rollouts.credentials import EndpointAuth
+from rollouts.client.credentials import EndpointAuth
 from rollouts.envs import Environment
 from rollouts.envs.remote import gym_usage
 from rollouts.errors import InternalError, RolloutsError, RolloutTimeout, VerifierError, typed
-from rollouts.failures import resume_state
-from rollouts.interrupt import NEVER, StopSignal, run_until_stopped
-from rollouts.limits import InflightLimiter
-from rollouts.model import ModelCall, ModelClient, http_client
-from rollouts.parallelism import ParallelControl
-from rollouts.progress import ProgressBoard
+from rollouts.stages.failures import resume_state
+from rollouts.collector.interrupt import NEVER, StopSignal, run_until_stopped
+from rollouts.collector.limits import InflightLimiter
+from rollouts.client.model import ModelCall, ModelClient, http_client
+from rollouts.tune.control import ParallelControl
+from rollouts.collector.progress import ProgressBoard
 from rollouts.records import SCHEMA_VERSION, Prompt, RolloutRow, dumps, input_messages, loads, rollout_id
 from rollouts.run import RunRef, ShardResult, read_records, run_store
-from rollouts.retry import RetryPolicy
-from rollouts.runtime import SharedClients
+from rollouts.client.retry import RetryPolicy
+from rollouts.collector.runtime import SharedClients
 
 # A rollout's session (a remote environment's cookies, an in-process environment's final state), kept on generation
 # records until verified.
@@ -129,7 +129,7 @@ class ShardGenerator:
         # the progress line's reward moves with the run, and the row is written once, to rollouts/. Remote
         # environments, and what failed, are left to the verify stage.
         verified = self.store.appender("rollouts", f"{self.shard}.jsonl")
-        from rollouts.verify import verify_one
+        from rollouts.stages.verify import verify_one
 
         async def worker() -> None:
             for prompt, index, rid, prior in todo:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollouts.records import dumps, loads
-from rollouts.retry import RetryPolicy
+from rollouts.client.retry import RetryPolicy
 
 # Error types no re-run of the same command can fix (the record's own `retryable` says so when it has one).
 _PERMANENT_TYPES = frozenset({"ResponseTooLarge", "ConfigError", "RowError", "InternalError"})

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rollouts.breaker import STOPPED
-from rollouts.failures import FailureCounts, failure_counts
-from rollouts.interrupt import RESUME_HINT
+from rollouts.collector.breaker import STOPPED
+from rollouts.stages.failures import FailureCounts, failure_counts
+from rollouts.collector.interrupt import RESUME_HINT
 from rollouts.run import RunPlan, ShardResult, read_records, run_store, write_manifest
 from rollouts.storage import inventory
 

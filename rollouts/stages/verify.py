@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 
 from rollouts.envs import Environment, SessionState
 from rollouts.errors import RolloutsError, VerifierError, typed
-from rollouts.failures import compacted
-from rollouts.generate import SESSION_KEY
-from rollouts.interrupt import NEVER, StopSignal, run_until_stopped
-from rollouts.model import http_client
-from rollouts.progress import ProgressBoard
+from rollouts.stages.failures import compacted
+from rollouts.stages.generate import SESSION_KEY
+from rollouts.collector.interrupt import NEVER, StopSignal, run_until_stopped
+from rollouts.client.model import http_client
+from rollouts.collector.progress import ProgressBoard
 from rollouts.records import RESERVED_KEYS, dumps
 from rollouts.run import RunRef, ShardResult, read_records, run_store
 

@@ -1,0 +1,1 @@
+"""Reading a run back for people: run metrics, the function profiler, charts, histograms and Markdown tables."""
