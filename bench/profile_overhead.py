@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def child(args: argparse.Namespace) -> None:
-    from rollouts.collector.inline import collect_plan
+    from rollouts.stages.inline import collect_plan
     from rollouts.config import CollectConfig
     from rollouts.report.metrics import read_run_frame
     from rollouts.report.profiler import function_profile

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 def collect(work: Path, url: str, prompts: int, repeats: int) -> str:
     from rollouts.config import CollectConfig
-    from rollouts.collector.inline import collect_plan
+    from rollouts.stages.inline import collect_plan
     from rollouts.stages.shard import plan_run
 
     path = work / "prompts.jsonl"

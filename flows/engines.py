@@ -6,12 +6,16 @@ of its own, and under load that fails (`AssertionError('Server process did not s
 local workers are handed the URL of the server this process uses, and remote clusters must be given a real one.
 """
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from prefect.settings import PREFECT_API_URL
-from prefect.task_runners import TaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from rollouts.collector.engine import Engine
+from rollouts.config import ConcurrencyConfig
 from rollouts.errors import ConfigError
 
 
@@ -74,3 +78,27 @@ def ray_runner(address: str | None, workers: int) -> TaskRunner:
         return RayTaskRunner(address=address, init_kwargs={"runtime_env": runtime_env})
     return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False, "log_to_driver": False,
                                       "runtime_env": runtime_env})
+
+
+def _distributed(concurrency: ConcurrencyConfig) -> TaskRunner:
+    if concurrency.task_runner == "dask":
+        return dask_runner(concurrency.dask_address, concurrency.dask_workers, concurrency.max_concurrent_shards)
+    return ray_runner(concurrency.ray_address, concurrency.ray_workers)
+
+
+@contextlib.contextmanager
+def shard_runners(engine: Engine) -> Iterator[tuple[TaskRunner, TaskRunner]]:
+    """Task runners for the generate and verify stages of an engine's run.
+
+    Threads and processes: two thread pools of `engine.shard_slots` workers; a shard's verify task waits in its
+    own pool for that shard's generation, so generation of the next shards goes on meanwhile (with processes, each
+    generate task hands its shard to a collector process). Dask, Ray: one runner for both (a verify task waits in
+    the runner's graph without holding a worker), one collector loop per worker process.
+    """
+    if engine.counts_in_workers:
+        with _distributed(engine.concurrency) as runner:
+            yield runner, runner
+        return
+    width = engine.shard_slots
+    with ThreadPoolTaskRunner(max_workers=width) as generators, ThreadPoolTaskRunner(max_workers=width) as verifiers:
+        yield generators, verifiers

@@ -42,7 +42,7 @@ from typing_extensions import NotRequired, TypedDict  # pydantic validates only 
 SCHEMA_VERSION = 2
 
 
-class RolloutError(TypedDict):
+class FailureRecord(TypedDict):
     """Why a rollout failed: the error class (named after the boundary), its message, the HTTP status if any, the
     stage, whether running again may help, and the attempts made."""
 
@@ -77,7 +77,7 @@ class RolloutRow(TypedDict, total=False):
     sampling: dict[str, Any]
     rollout_id: str
     status: Literal["ok", "failed"]
-    error: RolloutError | None
+    error: FailureRecord | None
     attempts: int
     finish_reason: str
     end_reason: str

@@ -18,13 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from rollouts.errors import ConversionError
 
 Message = dict[str, Any]
 TEXT_PARTS = frozenset({"text", "input_text", "output_text", "summary_text"})
 
 
-class ConversionError(ValueError):
-    """An item that cannot become a chat message."""
+
 
 
 def _dumps(value: Any) -> str:

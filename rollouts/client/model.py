@@ -23,6 +23,7 @@ from rollouts.client.chat import chat_tools, items_to_chat
 from rollouts.errors import ConfigError, ProviderError, ProviderTimeout, ResponseParseError, ResponseTooLarge
 from rollouts.client.replies import check_chat, check_responses
 from rollouts.client.retry import RetryPolicy, retry_after, transport_failure
+from rollouts.client.transport import CollectorHTTPClient, CollectorTransport, cookie_free_transport
 from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, TokenFieldsError, chat_token_fields, responses_token_fields
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -54,9 +55,6 @@ def http_client(limit: int, timeout: float, api_key: str | None = None,
 
     Create it inside the task that uses it: a client is bound to the event loop it first ran on.
     """
-    from rollouts.envs.remote import cookie_free_transport  # per-rollout sessions of remote environments
-    from rollouts.client.transport import CollectorHTTPClient
-
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     sent = {"Content-Type": "application/json", **(headers or {}),
             **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
@@ -199,8 +197,6 @@ class ModelClient:
         plain = http.auth is None and not http.follow_redirects and not hooks["request"] and not hooks["response"]
         self.transport = http._transport_for_url(self.url) if plain else None
         self.extensions = {"timeout": http.timeout.as_dict()}
-        from rollouts.client.transport import CollectorTransport
-
         # The collector's own transport takes the call without an httpx.Request at all (see CollectorTransport.post).
         transport = self.transport
         self.direct = transport if isinstance(transport, CollectorTransport) and transport.direct else None
@@ -225,7 +221,7 @@ class ModelClient:
                 error.add(attempts=attempt + 1)
                 if not error.is_retryable or attempt >= self.retry.max_retries:
                     raise
-                await asyncio.sleep(self.retry.delay(attempt, self.rng, retry_after_s=error.fields.get("retry_after_s")))
+                await asyncio.sleep(self.retry.delay(attempt, self.rng, retry_after_s=error.retry_after_s))
                 attempt += 1
                 continue
             call.attempts = attempt + 1

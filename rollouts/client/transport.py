@@ -208,3 +208,14 @@ class CollectorTransport(AiohttpTransport):
             raise mapped from exc
         return httpx.Response(response.status, headers=response.raw_headers, stream=AiohttpResponseStream(response),
                               request=request, extensions=extensions)
+
+
+def cookie_free_transport(limits: httpx.Limits | None = None) -> httpx.AsyncBaseTransport:
+    """An aiohttp-backed httpx transport whose aiohttp session keeps no cookies (sessions stay per rollout)."""
+    limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+    def make_session() -> aiohttp.ClientSession:  # called lazily, inside the running event loop
+        connector = aiohttp.TCPConnector(limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry)
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    return CollectorTransport(limits=limits, client=make_session)

@@ -21,31 +21,34 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import multiprocessing
 import pickle
 import signal
 import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
-from rollouts.errors import RolloutsError
 from rollouts.collector.progress import ProgressBoard
-from rollouts.run import RunRef, ShardResult
+from rollouts.collector.runtime import CollectorRuntime, collector
+from rollouts.errors import InternalError, WorkerLost
+from rollouts.report.profiler import FunctionProfiler, write_function_stats
+from rollouts.run import RunRef, ShardResult, run_store
+from rollouts.storage import Store
 
 _COUNTS = ("generated", "failed", "verified", "reward_sum", "resumed")
 PROGRESS_EVERY_S = 0.5
 
 
-class WorkerLost(RolloutsError):
-    """A collector process ended with shards in flight (killed, or out of memory): they are generated again."""
-
-
 class _Worker:
     """One collector process and the parent's end of its pipe."""
 
-    def __init__(self, context: Any, index: int, board: ProgressBoard) -> None:
+    def __init__(self, context: Any, index: int, board: ProgressBoard, start: ShardStart) -> None:
         parent, child = context.Pipe()
-        self.process = context.Process(target=serve, args=(child,), name=f"rollouts-collector-{index}", daemon=True)
+        self.process = context.Process(target=serve, args=(child, start), name=f"rollouts-collector-{index}",
+                                       daemon=True)
         self.process.start()
         child.close()
         self.conn, self.board = parent, board
@@ -99,15 +102,16 @@ class _Worker:
 
 
 class CollectorPool:
-    """`workers` collector processes; `submit` sends a shard to the one with the fewest shards in flight."""
+    """`workers` collector processes; `submit` sends a shard to the one with the fewest shards in flight, where
+    `start(runtime, run, shard, auth)` (a module-level function: it is pickled by name) makes the shard's coroutine."""
 
-    def __init__(self, workers: int, board: ProgressBoard) -> None:
-        self.size, self.board = workers, board
+    def __init__(self, workers: int, board: ProgressBoard, start: ShardStart) -> None:
+        self.size, self.board, self.start = workers, board, start
         self._context = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._jobs = itertools.count()
         self._stopped = False
-        self._workers = [_Worker(self._context, i, board) for i in range(workers)]
+        self._workers = [_Worker(self._context, i, board, start) for i in range(workers)]
 
     def submit(self, run: RunRef, shard: str, auth: Any) -> concurrent.futures.Future[ShardResult]:
         future: concurrent.futures.Future[ShardResult] = concurrent.futures.Future()
@@ -115,7 +119,7 @@ class CollectorPool:
             for i, worker in enumerate(self._workers):
                 if not worker.alive:  # killed: a fresh process takes its place
                     worker.close()
-                    self._workers[i] = _Worker(self._context, i, self.board)
+                    self._workers[i] = _Worker(self._context, i, self.board, self.start)
             worker = min(self._workers, key=lambda w: len(w.pending))
             job = next(self._jobs)
             worker.pending[job] = future
@@ -157,119 +161,122 @@ class CollectorPool:
             worker.close()
 
 
+ShardStart = Callable[[CollectorRuntime, RunRef, str, Any], Coroutine[Any, Any, ShardResult]]
+
+
 def _portable(exc: BaseException) -> BaseException:
     """The exception itself when it survives pickling, else a RolloutsError carrying its type and message."""
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:
-        from rollouts.errors import InternalError
-
         return InternalError(f"{type(exc).__name__}: {exc}")
 
 
-def serve(conn: Any) -> None:
+@dataclass
+class _Profiled:
+    """A `--profile` run with shards in this process: its profiler, its store, and how many of its shards are here."""
+
+    profiler: FunctionProfiler
+    store: Store
+    shards: int = 0
+
+
+class _Child:
+    """The child's side of the pipe: runs shards on the process's collector loop, reports counts and results."""
+
+    def __init__(self, conn: Any, start: ShardStart) -> None:
+        self.conn, self.start = conn, start
+        self.runtime = collector()
+        self.loop = self.runtime.loop.ensure()
+        self.send_lock = threading.Lock()
+        self.sent = dict.fromkeys(_COUNTS, 0.0)
+        self.in_flight: set[concurrent.futures.Future[ShardResult]] = set()
+        self.closing = threading.Event()
+        self.profiled: dict[str, _Profiled] = {}  # run id -> its profile, while a --profile run has shards here
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self.send_lock:
+            try:
+                self.conn.send(message)
+            except (OSError, ValueError):
+                self.closing.set()
+
+    def progress(self) -> None:
+        """Send the change of this process's counts since the last report."""
+        snap = self.runtime.board.snapshot()
+        now = {"generated": snap.generated, "failed": snap.failed, "verified": snap.verified,
+               "reward_sum": snap.reward_sum, "resumed": snap.resumed}
+        with self.send_lock:
+            delta = {key: now[key] - self.sent[key] for key in _COUNTS}
+            if not any(delta.values()):
+                return
+            self.sent.update(now)
+        self.send(("progress", delta))
+
+    def report(self) -> None:
+        while not self.closing.wait(PROGRESS_EVERY_S):
+            self.progress()
+
+    def profile_begin(self, run: RunRef) -> None:
+        if not run.config.profiling.profile or (self.profiled and run.run_id not in self.profiled):
+            return  # yappi is process-wide: one run profiled at a time
+        if run.run_id not in self.profiled:
+            profiler = FunctionProfiler(duty=run.config.profiling.profile_duty).start()
+            self.profiled[run.run_id] = _Profiled(profiler, run_store(run))
+        self.profiled[run.run_id].shards += 1
+
+    def profile_end(self, run_id: str) -> None:
+        entry = self.profiled.get(run_id)
+        if entry is not None:
+            entry.shards -= 1
+            if entry.shards == 0:  # this process's part of the run's function profile, merged by the profile stage
+                del self.profiled[run_id]
+                write_function_stats(entry.store, entry.profiler.stop())
+
+    def finished(self, job: int, run_id: str, future: concurrent.futures.Future[ShardResult]) -> None:
+        self.in_flight.discard(future)
+        with contextlib.suppress(Exception):  # a profile that cannot be written never fails the shard
+            self.profile_end(run_id)
+        self.progress()  # the counts of this shard reach the parent before its result
+        if future.cancelled():
+            self.send(("done", job, False, _portable(asyncio.CancelledError())))
+        elif (exc := future.exception()) is not None:
+            self.send(("done", job, False, _portable(exc)))
+        else:
+            self.send(("done", job, True, future.result()))
+
+    def submit(self, job: int, run: RunRef, shard: str, auth: Any) -> None:
+        self.profile_begin(run)
+        future = asyncio.run_coroutine_threadsafe(self.start(self.runtime, run, shard, auth), self.loop)
+        self.in_flight.add(future)
+        future.add_done_callback(lambda f: self.finished(job, run.run_id, f))
+
+    def serve(self) -> None:
+        threading.Thread(target=self.report, name="rollouts-progress", daemon=True).start()
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the parent is gone: stop, flush, leave
+                self.runtime.stop.request("the flow's process ended")
+                break
+            kind = message[0]
+            if kind == "shard":
+                self.submit(*message[1:])
+            elif kind == "stop":
+                self.runtime.stop.request(message[1])
+            elif kind == "reset":
+                self.runtime.stop.reset()
+            elif kind == "close":
+                break
+        for future in list(self.in_flight):
+            with contextlib.suppress(Exception):
+                future.result(timeout=self.runtime.stop.grace_s + 30)
+        self.closing.set()
+        self.runtime.close()
+
+
+def serve(conn: Any, start: ShardStart) -> None:
     """A collector process: run the shards the parent sends on this process's collector loop until told to close."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from rollouts.stages import generate
-    from rollouts.collector.runtime import collector
-
-    runtime = collector()
-    loop = runtime.loop.ensure()
-    send_lock = threading.Lock()
-    sent = dict.fromkeys(_COUNTS, 0.0)
-    in_flight: set[concurrent.futures.Future[Any]] = set()
-    closing = threading.Event()
-
-    def send(message: tuple[Any, ...]) -> None:
-        with send_lock:
-            try:
-                conn.send(message)
-            except (OSError, ValueError):
-                closing.set()
-
-    def progress() -> None:
-        with send_lock:
-            snap = runtime.board.snapshot()
-            now = {"generated": snap.generated, "failed": snap.failed, "verified": snap.verified,
-                   "reward_sum": snap.reward_sum, "resumed": snap.resumed}
-            delta = {key: now[key] - sent[key] for key in _COUNTS}
-            if any(delta.values()):
-                sent.update(now)
-                try:
-                    conn.send(("progress", delta))
-                except (OSError, ValueError):
-                    closing.set()
-
-    def report() -> None:
-        while not closing.wait(PROGRESS_EVERY_S):
-            progress()
-
-    threading.Thread(target=report, name="rollouts-progress", daemon=True).start()
-
-    profiled: dict[str, Any] = {}  # run id -> [profiler, store, shards in flight] while a --profile run has shards here
-
-    def profile_begin(run: Any) -> None:
-        if not run.config.profiling.profile or (profiled and run.run_id not in profiled):
-            return  # yappi is process-wide: one run profiled at a time
-        if run.run_id not in profiled:
-            from rollouts.report.profiler import FunctionProfiler
-            from rollouts.run import run_store
-
-            profiled[run.run_id] = [FunctionProfiler(duty=run.config.profiling.profile_duty).start(), run_store(run), 0]
-        profiled[run.run_id][2] += 1
-
-    def profile_end(run_id: str) -> None:
-        entry = profiled.get(run_id)
-        if entry is not None:
-            entry[2] -= 1
-            if entry[2] == 0:  # this process's part of the run's function profile, merged by the profile stage
-                from rollouts.report.profiler import write_function_stats
-
-                del profiled[run_id]
-                write_function_stats(entry[1], entry[0].stop())
-
-    def finished(job: int, run_id: str, future: concurrent.futures.Future[ShardResult]) -> None:
-        in_flight.discard(future)
-        try:
-            profile_end(run_id)
-        except Exception:  # a profile that cannot be written never fails the shard
-            pass
-        progress()  # the counts of this shard reach the parent before its result
-        if future.cancelled():
-            send(("done", job, False, _portable(asyncio.CancelledError())))
-        elif future.exception() is not None:
-            send(("done", job, False, _portable(future.exception())))
-        else:
-            send(("done", job, True, future.result()))
-
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):  # the parent is gone: stop, flush, leave
-            runtime.stop.request("the flow's process ended")
-            break
-        kind = message[0]
-        if kind == "shard":
-            _, job, run, shard, auth = message
-            profile_begin(run)
-            coro = generate.generate_shard(run, shard, clients=runtime.clients,
-                                           limiter=runtime.limiter(run.run_id, run.config.parallel_per_process),
-                                           board=runtime.board, breaker=runtime.breaker(run.run_id), auth=auth,
-                                           stop=runtime.stop)
-            future = asyncio.run_coroutine_threadsafe(coro, loop)
-            in_flight.add(future)
-            future.add_done_callback(lambda f, job=job, run_id=run.run_id: finished(job, run_id, f))
-        elif kind == "stop":
-            runtime.stop.request(message[1])
-        elif kind == "reset":
-            runtime.stop.reset()
-        elif kind == "close":
-            break
-    for future in list(in_flight):
-        try:
-            future.result(timeout=runtime.stop.grace_s + 30)
-        except Exception:
-            pass
-    closing.set()
-    runtime.close()
+    _Child(conn, start).serve()

@@ -16,7 +16,7 @@ import gc
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from rollouts.collector.breaker import FailureBreaker
 from rollouts.errors import ConfigError
@@ -25,6 +25,17 @@ from rollouts.collector.limits import InflightLimiter
 from rollouts.collector.progress import ProgressBoard
 
 T = TypeVar("T")
+
+
+class Pool(Protocol):
+    """What the runtime needs of its collector processes: their number, and closing them at exit."""
+
+    size: int
+
+    def close(self) -> None: ...
+
+
+P = TypeVar("P", bound=Pool)
 
 
 def relax_garbage_collection(freeze: bool = True) -> None:
@@ -161,21 +172,19 @@ class CollectorRuntime:
         self._limiters: dict[str, InflightLimiter] = {}
         self._breakers: dict[str, FailureBreaker] = {}
         self._controls: dict[str, Any] = {}
-        self._pool: Any = None
+        self._pool: Pool | None = None
         self._lock = threading.Lock()
 
-    def pool(self, workers: int) -> Any:
-        """This process's collector processes for `--task-runner processes` (a `rollouts.collector.pool.CollectorPool`),
-        started on first use and kept for later runs of the same size."""
-        from rollouts.collector.pool import CollectorPool
-
+    def pool(self, workers: int, factory: Callable[[int, ProgressBoard], P]) -> P:
+        """This process's collector processes for `--task-runner processes` (made by `factory`, a
+        `rollouts.collector.pool.CollectorPool`), started on first use and kept for later runs of the same size."""
         with self._lock:
             if self._pool is not None and self._pool.size != workers:
                 self._pool.close()
                 self._pool = None
             if self._pool is None:
-                self._pool = CollectorPool(workers, self.board)
-            return self._pool
+                self._pool = factory(workers, self.board)
+            return cast(P, self._pool)
 
     def parallel_control(self, run_id: str, factory: Callable[[], Any]) -> Any:
         """One `--parallel auto` controller per run and process (a `rollouts.tune.control.ParallelControl`)."""

@@ -45,6 +45,8 @@ from rollouts.envs.base import Environment, SessionState, VerifyResult
 from rollouts.errors import ConfigError, VerifierError
 from rollouts.records import RESERVED_KEYS
 from rollouts.client.retry import RetryPolicy, transport_failure
+from rollouts.client.transport import cookie_free_transport
+from rollouts.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,6 @@ def check_environment(name: str, url: str, timeout: float = 10.0) -> None:
     `GET {url}/` has no side effect (a NeMo Gym server answers 404 there, which proves it is up); a refused or timed
     out connection, or a gateway answering 502-504 for a server behind it, is a ConfigError saying which.
     """
-    from rollouts.redact import redact_url
 
     shown = redact_url(url)
     try:
@@ -349,21 +350,6 @@ def update_cookies(session: SessionState, reply: httpx.Response) -> None:
                 session.cookies.pop(name, None)
             else:
                 session.cookies[name] = morsel.value
-
-
-def cookie_free_transport(limits: httpx.Limits | None = None) -> httpx.AsyncBaseTransport:
-    """An aiohttp-backed httpx transport whose aiohttp session keeps no cookies (sessions stay per rollout)."""
-    import aiohttp
-
-    from rollouts.client.transport import CollectorTransport
-
-    limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
-
-    def make_session() -> aiohttp.ClientSession:  # called lazily, inside the running event loop
-        connector = aiohttp.TCPConnector(limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-
-    return CollectorTransport(limits=limits, client=make_session)
 
 
 def shares_cookies(http: httpx.AsyncClient) -> bool:

@@ -40,6 +40,7 @@ from typing import Any, get_type_hints
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.fields import FieldInfo
+from rollouts.errors import ToolError
 
 STATE_PARAMETER = "state"
 _GOOGLE_HEADER = re.compile(r"^(?:Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments):$")
@@ -51,8 +52,7 @@ _NUMPY_ARG = re.compile(r"^(\w+)\s*(?::.*)?$")
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class ToolError(Exception):
-    """An error a tool reports to the model: the message becomes the tool's output and the rollout goes on."""
+
 
 
 # ---- docstrings ---------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from .readers import LoadedRollouts, load_rollouts
 from .rl import select_rl
 from .sft import select_sft
 from .writers import Target, write_dpo, write_rl, write_sft
+from ..tokens.api import write_token_records
 
 SELECTORS = {"rl": select_rl, "sft": select_sft, "dpo": select_dpo}
 
@@ -119,8 +120,6 @@ def write_outputs(
     if config.objective == "rl":
         card.outputs = write_rl(selected, selection.loaded, config, out_dir, so)
         if "tokens" in config.output_formats:
-            from rollouts.tokens.api import write_token_records
-
             tokens = write_token_records(selected, selection.loaded, f"{out_dir}/tokens", config.on_break, so)
             card.outputs += tokens.card.outputs
     elif config.objective == "sft":

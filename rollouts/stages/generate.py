@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from rollouts.stages.agent import run_agent, with_env_tools
@@ -31,11 +31,11 @@ from rollouts.collector.progress import ProgressBoard
 from rollouts.records import SCHEMA_VERSION, Prompt, RolloutRow, dumps, input_messages, loads, rollout_id
 from rollouts.run import RunRef, ShardResult, read_records, run_store
 from rollouts.client.retry import RetryPolicy
-from rollouts.collector.runtime import SharedClients
+from rollouts.collector.runtime import CollectorRuntime, SharedClients
+from rollouts.stages.score import SESSION_KEY, verify_one
 
 # A rollout's session (a remote environment's cookies, an in-process environment's final state), kept on generation
 # records until verified.
-SESSION_KEY = "_session"
 
 
 def read_prompts(store, shard: str) -> list[Prompt]:
@@ -129,8 +129,6 @@ class ShardGenerator:
         # the progress line's reward moves with the run, and the row is written once, to rollouts/. Remote
         # environments, and what failed, are left to the verify stage.
         verified = self.store.appender("rollouts", f"{self.shard}.jsonl")
-        from rollouts.stages.verify import verify_one
-
         async def worker() -> None:
             for prompt, index, rid, prior in todo:
                 if self.stop.is_set() or self.breaker.tripped:
@@ -190,7 +188,7 @@ class ShardGenerator:
             error = self._typed(exc)
             record.update(status="failed", error=error.as_record("generate"), reward=None)
             record.pop(SESSION_KEY, None)  # type: ignore[misc]
-            attempts = int(error.fields.get("attempts") or 1) + sum(c.attempts for c in calls)
+            attempts = int(error.attempts or 1) + sum(c.attempts for c in calls)
         finally:
             self.limiter.release()
         ended = time.perf_counter()
@@ -229,8 +227,8 @@ class ShardGenerator:
             return RolloutTimeout(f"the rollout did not finish within --rollout-timeout {self.rollout_timeout:g} s "
                                   "(its session, model and tool calls, retries included)", retryable=True)
         error = typed(exc, InternalError)
-        status = error.fields.get("status_code")
-        if isinstance(error, VerifierError) and "retryable" not in error.fields and isinstance(status, int):
+        status = error.status_code
+        if isinstance(error, VerifierError) and error.retryable is None and isinstance(status, int):
             # An environment refusing the row at /seed_session (a 4xx) does so again on a re-run.
             error.add(retryable=RetryPolicy.retryable(status))
         return error
@@ -255,3 +253,23 @@ async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, lim
         if control is not None and not control.started:
             control.start(http)
         return await ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker, verify_inline=True).run()
+
+
+def generate_with(runtime: CollectorRuntime, run: RunRef, shard: str, auth: EndpointAuth) -> Coroutine[Any, Any, ShardResult]:
+    """`generate_shard` on a collector runtime's parts (its clients, the run's limiter and breaker, its board and
+    stop signal): the one wiring of the stage to a process, used on threads, in collector processes and on Dask
+    and Ray workers. With `--parallel auto` the run's controller (one per run and process) owns limiter and client."""
+    config = run.config
+    control = None
+    if config.concurrency.parallel == "auto":
+        control = runtime.parallel_control(run.run_id, lambda: ParallelControl.for_run(config, auth))
+    return generate_shard(run, shard, clients=runtime.clients, limiter=runtime.limiter(run.run_id, config.parallel_per_process),
+                          board=runtime.board, breaker=runtime.breaker(run.run_id), auth=auth, stop=runtime.stop,
+                          control=control)
+
+
+def finish_generation(runtime: CollectorRuntime, run: RunRef) -> None:
+    """After the shards: stop this process's `--parallel auto` controller and write its trace for the timeline."""
+    control = runtime.pop_parallel_control(run.run_id)
+    if control is not None:
+        runtime.run(control.stop(run_store(run)))

@@ -16,7 +16,9 @@ from rollouts.report.charts import profile_charts
 from rollouts.tune.aimd import read_trace
 from rollouts.report.metrics import ProfileOptions, csv_text, histogram_markdown, profile_frame, read_run_frame, timing_rows, write_profile
 from rollouts.report.profiler import COLUMNS, TOP_ROWS, read_function_stats
+from rollouts.run import read_records
 from rollouts.storage import Store
+from rollouts.tokens import contiguity_metrics
 
 TIMELINE_ROWS = 30  # the report lists at most this many windows; timeline.csv has them all
 
@@ -49,9 +51,6 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
         store.write_bytes(csv_text(rows, COLUMNS).encode(), "profile", "functions.csv")
         profile["functions"] = {"processes": parts, "clock_seconds": stats.clock_seconds, "top": rows[:TOP_ROWS]}
     if options is not None and options.tokens:
-        from rollouts.run import read_records
-        from rollouts.tokens import contiguity_metrics
-
         rows = (row for path in store.glob("rollouts/*.jsonl") for row in read_records(store, "rollouts", path.rsplit("/", 1)[-1]))
         metrics = contiguity_metrics(rows)
         profile["contiguity"] = {**metrics.model_dump(), "summary": metrics.summary(), "markdown": metrics.to_markdown()}

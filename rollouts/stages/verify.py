@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from rollouts.envs import Environment, SessionState
 from rollouts.errors import RolloutsError, VerifierError, typed
 from rollouts.stages.failures import compacted
-from rollouts.stages.generate import SESSION_KEY
+from rollouts.stages.score import SESSION_KEY, verify_one
 from rollouts.collector.interrupt import NEVER, StopSignal, run_until_stopped
 from rollouts.client.model import http_client
 from rollouts.collector.progress import ProgressBoard
@@ -32,36 +32,6 @@ async def cooperative(items: Iterable[T], every: int = 32) -> AsyncIterator[T]:
         if index % every == 0:
             await asyncio.sleep(0)
         yield item
-
-
-def verify_error(exc: BaseException) -> RolloutsError:
-    """The failure of one verification, typed. A verifier that raises on a response (a malformed reply it could not
-    read) is a VerifierError a new generation can fix; a row missing what its verifier needs is permanent."""
-    error = typed(exc, VerifierError)
-    if "missing_key" in error.fields and "retryable" not in error.fields:
-        error.add(retryable=False)
-    return error
-
-
-async def verify_one(env: Environment, record: dict[str, Any], http) -> dict[str, Any]:
-    session_data = record.pop(SESSION_KEY, None)
-    started = time.perf_counter()
-    try:
-        session = SessionState(**session_data) if session_data is not None else None
-        result = await env.verify(record, record["response"], http, session)
-        reward = float(result.reward)
-    except Exception as exc:
-        record.update(status="failed", reward=None, error=verify_error(exc).as_record("verify"))
-    else:
-        for key, value in result.extra.items():  # NeMo Gym keeps verifier fields top-level; ours stay ours
-            if key not in RESERVED_KEYS:
-                record[key] = value
-        record["reward"] = reward
-    verify_ms = (time.perf_counter() - started) * 1000
-    timings = record.setdefault("timings", {})
-    timings["verify_ms"] = round(verify_ms, 3)
-    timings["total_ms"] = round(timings.get("queue_ms", 0) + timings.get("generate_ms", 0) + verify_ms, 3)
-    return record
 
 
 def _lost(stub: dict[str, Any]) -> dict[str, Any]:

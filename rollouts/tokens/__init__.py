@@ -4,7 +4,8 @@
     check.py    the contiguity check and its classes; per-run metrics (`contiguity_metrics`)
     samples.py  samples per repair policy (splice | split | truncate | drop)
     formats.py  the record shapes: ours, NeMo RL's message_log, verl's
-    api.py      `convert_token_records`, `write_token_records`
+    api.py      `write_token_records`: the RL objective's `tokens` format from a selection
+    convert.py  `convert_token_records`: existing rollouts to token records (`rollouts tokens`)
     config.py   `TokensConfig`, the options of `rollouts tokens` (its command line: commands/tokens.py)
 """
 
@@ -37,8 +38,12 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # The writers need polars and the process package; the model client imports this package for fields.py only.
-    if name in ("convert_token_records", "write_token_records", "TokenRecordsResult"):
+    if name in ("write_token_records", "TokenRecordsResult"):
         from rollouts.tokens import api
 
         return getattr(api, name)
+    if name == "convert_token_records":
+        from rollouts.tokens import convert
+
+        return convert.convert_token_records
     raise AttributeError(name)

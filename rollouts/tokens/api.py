@@ -1,5 +1,5 @@
-"""Entry points: `convert_token_records` (check and convert existing rollouts) and `write_token_records` (the RL
-objective's `tokens` format, from a selection), both writing tokens.parquet, nemo_rl.jsonl, verl.parquet and a card.
+"""`write_token_records`: the RL objective's `tokens` format from a selection (tokens.parquet, nemo_rl.jsonl,
+verl.parquet and a card); `rollouts tokens` reaches it through convert.py.
 
 Rewards, advantages and groups come from the RL selection (rollouts.process); the token fields are read again from
 the input rows themselves, item by item, so ids and log-probabilities reach the records exactly as the server sent
@@ -18,7 +18,6 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict
 
 from rollouts.errors import ConfigError, StorageError
-from rollouts.process.api import load_rollouts, select
 from rollouts.process.card import OutputFile
 from rollouts.process.config import ProcessConfig
 from rollouts.process.readers import CHUNK_BYTES, LoadedRollouts, discover, iter_jsonl_chunks, iter_parquet_chunks
@@ -188,24 +187,3 @@ def write_token_records(
     return TokenRecordsResult(out_dir=out_dir, policy=policy, files={o.format: o.path for o in card.outputs},
                               rows={o.format: o.rows for o in card.outputs}, card_json=card_json.url,
                               card_markdown=card_md.url, card=card)
-
-
-def convert_token_records(
-    inputs: Sequence[str],
-    out: str,
-    policy: str,
-    storage_options: dict[str, Any] | None = None,
-    *,
-    tokenizer: Decoder | None = None,
-    turn_end_id: int | None = None,
-    config: ProcessConfig | None = None,
-) -> TokenRecordsResult:
-    """Load rollouts (runs, JSONL/Parquet, NeMo Gym output; local or fsspec), select them for RL, write token records."""
-    config = config or ProcessConfig(objective="rl")
-    if config.objective != "rl":
-        raise ConfigError("token records are built from the rl selection; pass an rl ProcessConfig")
-    with tempfile.TemporaryDirectory(prefix="rollouts-tokens-frame-") as work:
-        loaded = load_rollouts(list(inputs), storage_options=storage_options, skip_bad_rows=config.skip_bad_rows, workdir=work)
-        selection = select(loaded, config, storage_options=storage_options)
-        return write_token_records(selection.selected(storage_options), loaded, out, policy, storage_options,
-                                   tokenizer=tokenizer, turn_end_id=turn_end_id)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
+from rollouts.errors import TokenDataError
 
 RETOKENIZATION, RETEMPLATING, HISTORY_REWRITTEN, TRUNCATION = "retokenization", "retemplating", "history_rewritten", "truncation"
 BREAK_KINDS = (RETOKENIZATION, RETEMPLATING, HISTORY_REWRITTEN, TRUNCATION)
@@ -42,8 +43,7 @@ class Decoder(Protocol):
     def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
 
 
-class TokenDataError(ValueError):
-    """A rollout's token fields are malformed (wrong types, or log-probabilities not aligned with the ids)."""
+
 
 
 @dataclass(frozen=True, slots=True)

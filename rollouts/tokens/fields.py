@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from rollouts.errors import ResponseParseError
+from rollouts.errors import TokenFieldsError
 
 TOKEN_FIELDS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 # Request fields that make vLLM and SGLang return token ids and log-probabilities on Chat Completions. Each server
@@ -41,13 +42,7 @@ _HINT = (
 )
 
 
-class TokenFieldsError(ResponseParseError):
-    """Token ids were asked for and the reply lacks them or contradicts itself; `missing` names the absent fields."""
 
-    @property
-    def only_prompt_missing(self) -> bool:
-        """Generation ids came (e.g. as `token_id:N` logprobs) but prompt ids did not: `/tokenize` can supply them."""
-        return self.fields.get("missing") == ["prompt_token_ids"]
 
 
 # vLLM's chat `/tokenize` fields, the ones NeMo Gym's vLLM adapter sends so prompt ids match the generation's.

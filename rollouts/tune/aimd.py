@@ -32,6 +32,8 @@ import polars as pl
 
 from rollouts.collector.limits import InflightLimiter
 from rollouts.storage import Store
+from rollouts.client.model import http_client
+from rollouts.client.transport import cookie_free_transport
 
 BAD_OUTCOMES = ("429", "5xx", "timeout", "connection")
 
@@ -212,9 +214,6 @@ class ObservedTransport(httpx.AsyncBaseTransport):
 def observed_http_client(limit: int, timeout: float, api_key: str | None, log: AttemptLog,
                          model_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     """`model.http_client` whose model requests (every retry too) land in `log`; `limit` connections, as ever."""
-    from rollouts.envs.remote import cookie_free_transport
-    from rollouts.client.model import http_client
-
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     return http_client(limit, timeout, api_key, transport=ObservedTransport(cookie_free_transport(limits), log, model_url),
                        headers=headers)

@@ -17,6 +17,8 @@ from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, obser
 from rollouts.collector.limits import InflightLimiter
 from rollouts.client.model import http_client
 from rollouts.storage import Store
+from rollouts.client.credentials import EndpointAuth
+from rollouts.config import CollectConfig
 
 
 class ParallelControl:
@@ -40,6 +42,13 @@ class ParallelControl:
         self.use_server_metrics = use_server_metrics
         self._auto: AutoParallel | None = None
         self._fixed_trace: list[dict[str, Any]] = []
+
+    @classmethod
+    def for_run(cls, config: CollectConfig, auth: EndpointAuth) -> ParallelControl:
+        """The control of a collection run's `--parallel`, sending with the run's key and headers."""
+        c = config.concurrency
+        return cls(c.parallel, model_url=config.endpoint.model_url, request_timeout=config.endpoint.request_timeout,
+                   api_key=auth.api_key, headers=auth.headers, min_parallel=c.min_parallel, max_parallel=c.max_parallel)
 
     @property
     def workers(self) -> int:

@@ -149,7 +149,7 @@ async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], paral
             except ResponseParseError:
                 done.append((time.monotonic(), (time.monotonic() - t) * 1000, "bad response"))
             except ProviderError as exc:
-                status = exc.fields.get("status_code")
+                status = exc.status_code
                 outcome = outcome_of(status) if status is not None else (
                     "timeout" if "timed out" in exc.message else "connection")
                 done.append((time.monotonic(), (time.monotonic() - t) * 1000, outcome))

@@ -60,6 +60,7 @@ def test_collector_processes_give_the_same_rollouts_and_rewards_as_threads(tmp_p
     from flows.collect import collect_rollouts
     from rollouts.config import CollectConfig
     from rollouts.collector.runtime import collector
+    from tasks.generate import engine_of
 
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
     common = dict(input=str(src), model_url=sim.url, model="sim-model", num_repeats=3, shard_size=2, parallel=8,
@@ -76,5 +77,6 @@ def test_collector_processes_give_the_same_rollouts_and_rewards_as_threads(tmp_p
     assert _outcomes(Path(processes.run_url)) == _outcomes(Path(threads.run_url))
     assert processes.mean_reward == threads.mean_reward
     assert (snapshot.generated, snapshot.verified, snapshot.failed) == (36, 36, 0)
-    pool = collector().pool(2)
+    pool = engine_of(CollectConfig(out=str(tmp_path / "processes"), run_name="same", task_runner="processes",
+                                   workers=2, **common)).pool(collector())
     assert len(set(pool.pids)) == 2 and os.getpid() not in pool.pids

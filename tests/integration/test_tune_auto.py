@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from commands.tune import main as tune_main
-from rollouts.collector.inline import collect_plan
+from rollouts.stages.inline import collect_plan
 from rollouts.config import CollectConfig
 from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, read_trace, write_trace
 from rollouts.collector.limits import InflightLimiter

@@ -12,7 +12,9 @@ import pytest
 
 from rollouts.config import CollectConfig
 from rollouts.errors import Interrupted
-from rollouts.collector.pool import CollectorPool, WorkerLost
+from rollouts.collector.pool import CollectorPool
+from rollouts.errors import WorkerLost
+from rollouts.stages.generate import generate_with
 from rollouts.collector.progress import ProgressBoard
 from rollouts.stages.shard import plan_run
 from rollouts.sim import SimConfig, serve_in_thread
@@ -32,7 +34,7 @@ def rows(run_url: str) -> list[dict]:
 
 @pytest.fixture
 def pool():
-    pool = CollectorPool(2, ProgressBoard())
+    pool = CollectorPool(2, ProgressBoard(), generate_with)
     yield pool
     pool.close()
 

@@ -164,7 +164,7 @@ def test_model_client_fails_the_call_with_the_typed_error_when_the_server_return
 
     with pytest.raises(TokenFieldsError) as caught:
         asyncio.run(call(True))
-    assert caught.value.fields["status_code"] == 200 and caught.value.fields["attempts"] == 1
+    assert caught.value.status_code == 200 and caught.value.attempts == 1
     assert asyncio.run(call(False)).output[-1]["type"] == "message"
 
 

@@ -9,12 +9,11 @@ from rollouts.collector.limits import InflightLimiter
 from rollouts.collector.progress import ProgressBoard
 from rollouts.run import RunPlan, ShardResult
 from rollouts.collector.runtime import SharedClients
+from rollouts.stages.generate import generate_shard
+from rollouts.stages.verify import verify_shard
 
 
 async def collect_plan(plan: RunPlan, board: ProgressBoard | None = None) -> list[ShardResult]:
-    from rollouts.stages.generate import generate_shard
-    from rollouts.stages.verify import verify_shard
-
     board = board or ProgressBoard()
     clients = SharedClients()
     limiter = InflightLimiter(plan.run.config.parallel_per_process)
