@@ -34,21 +34,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CALLS_PER_ROLLOUT = 4
-SYSTEM = ("You manage a key-value store through its tools (list_keys, get_value, set_value, delete_key). "
-          "Make exactly the requested changes, then reply with a one-line confirmation.")
+SYSTEM = (
+    "You manage a key-value store through its tools (list_keys, get_value, set_value, delete_key). "
+    "Make exactly the requested changes, then reply with a one-line confirmation."
+)
 
 
 def task_row(index: int) -> dict[str, Any]:
     """One 3-step kv_store task: read two keys at once, write their product, delete both at once."""
     width, height, area = f"width_{index}", f"height_{index}", f"area_{index}"
     x, y = 2 + index % 97, 3 + index % 89
-    user = (f"Store `{width}` times `{height}` under `{area}`, then delete `{width}` and `{height}`.\n\nSteps:\n"
-            f'1. `get_value(key="{width}")` and `get_value(key="{height}")`\n'
-            f'2. `set_value(key="{area}", value="{x * y}")`\n'
-            f'3. `delete_key(key="{width}")` and `delete_key(key="{height}")`')
-    return {"responses_create_params": {"input": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]},
-            "agent_ref": {"name": "kv_store"}, "initial_store": {width: str(x), height: str(y), "other": "kept"},
-            "expected_store": {area: str(x * y), "other": "kept"}}
+    user = (
+        f"Store `{width}` times `{height}` under `{area}`, then delete `{width}` and `{height}`.\n\nSteps:\n"
+        f'1. `get_value(key="{width}")` and `get_value(key="{height}")`\n'
+        f'2. `set_value(key="{area}", value="{x * y}")`\n'
+        f'3. `delete_key(key="{width}")` and `delete_key(key="{height}")`'
+    )
+    return {
+        "responses_create_params": {
+            "input": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        },
+        "agent_ref": {"name": "kv_store"},
+        "initial_store": {width: str(x), height: str(y), "other": "kept"},
+        "expected_store": {area: str(x * y), "other": "kept"},
+    }
 
 
 class CpuSampler(threading.Thread):
@@ -79,8 +88,12 @@ class CpuSampler(threading.Thread):
 def model_calls(row: dict[str, Any]) -> int:
     """Model calls of a rollout: its tool turns (each ends at its function outputs) and a final answer, if any."""
     output = row["response"]["output"]
-    turns = sum(1 for i, item in enumerate(output) if item["type"] == "function_call_output"
-                and (i + 1 == len(output) or output[i + 1]["type"] != "function_call_output"))
+    turns = sum(
+        1
+        for i, item in enumerate(output)
+        if item["type"] == "function_call_output"
+        and (i + 1 == len(output) or output[i + 1]["type"] != "function_call_output")
+    )
     return turns + int(bool(output) and output[-1]["type"] != "function_call_output")
 
 
@@ -96,10 +109,21 @@ def flow_child(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.workdir)
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(task_row(i)) + "\n" for i in range(args.rollouts // args.repeats)))
-    config = CollectConfig(input=str(prompts), out=str(work / "runs"), model_url=args.url, model="sim-model",
-                           api=args.api, env="kv_store", num_repeats=args.repeats, parallel=args.parallel,
-                           temperature=0.0, seed=1, shard_size=args.shard_size, run_name="bench-agent",
-                           objective="rl")
+    config = CollectConfig(
+        input=str(prompts),
+        out=str(work / "runs"),
+        model_url=args.url,
+        model="sim-model",
+        api=args.api,
+        env="kv_store",
+        num_repeats=args.repeats,
+        parallel=args.parallel,
+        temperature=0.0,
+        seed=1,
+        shard_size=args.shard_size,
+        run_name="bench-agent",
+        objective="rl",
+    )
     sampler = CpuSampler()
     sampler.start()
     t0 = time.time()
@@ -111,10 +135,16 @@ def flow_child(args: argparse.Namespace) -> dict[str, Any]:
     start = min(r["timings"]["started_at"] for r in rows)
     end = max(r["timings"]["finished_at"] for r in rows)
     calls = sum(model_calls(r) for r in rows)
-    return {"rollouts": len(rows), "failed": summary.rollouts_failed, "calls": calls, "window_s": end - start,
-            "cpu_s": sampler.cpu_between(start, end),
-            "mean_reward": summary.mean_reward, "startup_s": start - t0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "rollouts": len(rows),
+        "failed": summary.rollouts_failed,
+        "calls": calls,
+        "window_s": end - start,
+        "cpu_s": sampler.cpu_between(start, end),
+        "mean_reward": summary.mean_reward,
+        "startup_s": start - t0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 async def bare_episodes(args: argparse.Namespace) -> dict[str, Any]:
@@ -151,7 +181,9 @@ async def bare_episodes(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 conversation += reply["output"]
                 calls = [item for item in reply["output"] if item["type"] == "function_call"]
-                conversation += [{"type": "function_call_output", "call_id": c["call_id"], "output": "ok"} for c in calls]
+                conversation += [
+                    {"type": "function_call_output", "call_id": c["call_id"], "output": "ok"} for c in calls
+                ]
             if not calls:
                 return
 
@@ -166,9 +198,16 @@ async def bare_episodes(args: argparse.Namespace) -> dict[str, Any]:
         cpu0, t0 = time.process_time(), time.time()
         await asyncio.gather(*(worker(session) for _ in range(args.parallel)))
         window, cpu = time.time() - t0, time.process_time() - cpu0
-    return {"rollouts": rollouts, "failed": counts["failed"], "calls": counts["calls"], "window_s": window,
-            "cpu_s": cpu, "mean_reward": None, "startup_s": 0.0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "rollouts": rollouts,
+        "failed": counts["failed"],
+        "calls": counts["calls"],
+        "window_s": window,
+        "cpu_s": cpu,
+        "mean_reward": None,
+        "startup_s": 0.0,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -179,15 +218,32 @@ def cpu_seconds(pid: int) -> float:
 
 def run_child(kind: str, args: argparse.Namespace, url: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as work:
-        command = [sys.executable, __file__, "--child", kind, "--url", url, "--workdir", work, "--api", args.api,
-                   "--parallel", str(args.parallel), "--rollouts", str(args.rollouts), "--repeats", str(args.repeats),
-                   "--shard-size", str(args.shard_size)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--url",
+            url,
+            "--workdir",
+            work,
+            "--api",
+            args.api,
+            "--parallel",
+            str(args.parallel),
+            "--rollouts",
+            str(args.rollouts),
+            "--repeats",
+            str(args.repeats),
+            "--shard-size",
+            str(args.shard_size),
+        ]
         out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ.copy())
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"benchmark child {kind!r} failed")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -211,12 +267,16 @@ def main() -> None:
     from rollouts.sim.launch import start_sim_server
 
     ideal = args.parallel / (CALLS_PER_ROLLOUT * args.latency_ms / 1000)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"--parallel {args.parallel}, {args.latency_ms:.0f} ms per call, --api {args.api}, "
-          f"{args.rollouts} rollouts of {CALLS_PER_ROLLOUT} model calls (kv_store: 3 tool turns + the answer)")
-    print(f"{'pair':>4} {'client':<12} {'rollouts':>8} {'failed':>6} {'rollouts/s':>10} {'calls/s':>8} "
-          f"{'ideal r/s':>9} {'ratio':>6} {'CPU ms/call':>11} {'server ms/call':>14} {'reward':>6} "
-          f"{'start-up s':>10} {'load':>5}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"--parallel {args.parallel}, {args.latency_ms:.0f} ms per call, --api {args.api}, "
+        f"{args.rollouts} rollouts of {CALLS_PER_ROLLOUT} model calls (kv_store: 3 tool turns + the answer)"
+    )
+    print(
+        f"{'pair':>4} {'client':<12} {'rollouts':>8} {'failed':>6} {'rollouts/s':>10} {'calls/s':>8} "
+        f"{'ideal r/s':>9} {'ratio':>6} {'CPU ms/call':>11} {'server ms/call':>14} {'reward':>6} "
+        f"{'start-up s':>10} {'load':>5}"
+    )
     with start_sim_server(latency_ms=args.latency_ms, seed=0) as server:
         for pair in range(1, args.pairs + 1):
             ratios = {}
@@ -229,12 +289,18 @@ def main() -> None:
                 ratios[kind] = rate / ideal
                 reward = "" if r["mean_reward"] is None else f"{r['mean_reward']:.2f}"
                 calls = max(r["calls"], 1)
-                print(f"{pair:>4} {label:<12} {r['rollouts']:>8} {r['failed']:>6} {rate:>10.1f} "
-                      f"{r['calls'] / r['window_s']:>8.0f} {ideal:>9.0f} {ratios[kind]:>6.2f} "
-                      f"{1000 * r['cpu_s'] / calls:>11.3f} {1000 * server_cpu / calls:>14.3f} {reward:>6} "
-                      f"{r['startup_s']:>10.1f} {load:>5.1f}", flush=True)
-            print(f"{pair:>4} flow ratio {ratios['flow']:.2f} beside bare {ratios['bare']:.2f}: "
-                  f"{ratios['flow'] / ratios['bare']:.2f} of the bare client", flush=True)
+                print(
+                    f"{pair:>4} {label:<12} {r['rollouts']:>8} {r['failed']:>6} {rate:>10.1f} "
+                    f"{r['calls'] / r['window_s']:>8.0f} {ideal:>9.0f} {ratios[kind]:>6.2f} "
+                    f"{1000 * r['cpu_s'] / calls:>11.3f} {1000 * server_cpu / calls:>14.3f} {reward:>6} "
+                    f"{r['startup_s']:>10.1f} {load:>5.1f}",
+                    flush=True,
+                )
+            print(
+                f"{pair:>4} flow ratio {ratios['flow']:.2f} beside bare {ratios['bare']:.2f}: "
+                f"{ratios['flow'] / ratios['bare']:.2f} of the bare client",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

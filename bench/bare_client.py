@@ -41,11 +41,17 @@ async def collect(url: str, parallel: int, prompts: int, repeats: int) -> dict[s
         async def worker() -> None:
             for i, r in todo:
                 question, expected = prompt_text(i)
-                body = {"model": "sim-model", "messages": [{"role": "user", "content": question}],
-                        "temperature": 0.7, "top_p": 1.0, "seed": 1 + r}
+                body = {
+                    "model": "sim-model",
+                    "messages": [{"role": "user", "content": question}],
+                    "temperature": 0.7,
+                    "top_p": 1.0,
+                    "seed": 1 + r,
+                }
                 first[0] = min(first[0], time.time())
-                async with session.post(endpoint, data=orjson.dumps(body),
-                                        headers={"Content-Type": "application/json"}) as response:
+                async with session.post(
+                    endpoint, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+                ) as response:
                     data = orjson.loads(await response.read())
                 if not last[0]:
                     print("STEADY", flush=True)  # the benchmark may start a profiler now
@@ -79,10 +85,20 @@ def main() -> None:
         got = runner(collect(args.url, args.parallel, args.rollouts // args.repeats, args.repeats))
     window = got["last"] - got["first"]
     cpu, _ = sampler.cpu_between(got["first"], got["last"])
-    print("RESULT " + json.dumps({
-        "rollouts": got["ok"], "steady_rps": got["ok"] / window, "cpu_ms_per_rollout": 1000 * cpu / max(got["ok"], 1),
-        "mean_reward": got["reward"] / max(got["ok"], 1), "startup_s": got["first"] - started, "window_s": window,
-    }), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "rollouts": got["ok"],
+                "steady_rps": got["ok"] / window,
+                "cpu_ms_per_rollout": 1000 * cpu / max(got["ok"], 1),
+                "mean_reward": got["reward"] / max(got["ok"], 1),
+                "startup_s": got["first"] - started,
+                "window_s": window,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT))
 def write_prompts(path: Path, prompts: int) -> None:
     with path.open("w") as fh:
         for i in range(prompts):
-            fh.write(f'{{"responses_create_params": {{"input": "What is {i} + {i + 7}?"}}, "expected_answer": "{2 * i + 7}"}}\n')
+            fh.write(
+                f'{{"responses_create_params": {{"input": "What is {i} + {i + 7}?"}}, "expected_answer": "{2 * i + 7}"}}\n'
+            )
 
 
 def census() -> Counter[str]:
@@ -87,15 +89,25 @@ def child(args: argparse.Namespace) -> None:
     from prefect.settings import temporary_settings
 
     from flows.collect import collect_rollouts
-    from rollouts.config import CollectConfig
     from rollouts.collector.runtime import collector
+    from rollouts.config import CollectConfig
 
     work = Path(args.workdir)
     prompts = work / "prompts.jsonl"
     write_prompts(prompts, args.prompts)
-    config = CollectConfig(input=str(prompts), out=str(work / "runs"), model_url=args.url, model="sim-model",
-                           num_repeats=1, parallel=args.parallel, temperature=0.7, seed=1, shard_size=args.shard_size,
-                           run_name=f"memory-{args.prompts}", objective="rl")
+    config = CollectConfig(
+        input=str(prompts),
+        out=str(work / "runs"),
+        model_url=args.url,
+        model="sim-model",
+        num_repeats=1,
+        parallel=args.parallel,
+        temperature=0.7,
+        seed=1,
+        shard_size=args.shard_size,
+        run_name=f"memory-{args.prompts}",
+        objective="rl",
+    )
     board = collector().board
     censuses: list[tuple[int, Counter[str]]] = []
 
@@ -104,8 +116,10 @@ def child(args: argparse.Namespace) -> None:
         while mark <= 10:
             done = board.generated + board.failed
             if done >= mark * step:
-                print(f"CHECKPOINT {json.dumps({'done': done, 'seconds': round(time.time() - started, 1), **watch.peak})}",
-                      flush=True)
+                print(
+                    f"CHECKPOINT {json.dumps({'done': done, 'seconds': round(time.time() - started, 1), **watch.peak})}",
+                    flush=True,
+                )
                 if args.census and mark in (1, 9):
                     censuses.append((done, census()))
                 mark += 1
@@ -143,18 +157,32 @@ def main() -> None:
     with start_sim_server(latency_ms=0, seed=0) as server:
         for size in (int(s) for s in args.prompts.split(",")):
             with tempfile.TemporaryDirectory() as work:
-                cmd = [sys.executable, __file__, "--child", "--prompts", str(size), "--parallel", str(args.parallel),
-                       "--shard-size", str(args.shard_size), "--url", server.url, "--workdir", work]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--prompts",
+                    str(size),
+                    "--parallel",
+                    str(args.parallel),
+                    "--shard-size",
+                    str(args.shard_size),
+                    "--url",
+                    server.url,
+                    "--workdir",
+                    work,
+                ]
                 if args.census:
                     cmd.append("--census")
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                        env=os.environ.copy())
+                proc = subprocess.Popen(
+                    cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=os.environ.copy()
+                )
                 result = None
                 for line in proc.stdout:
                     if line.startswith("CHECKPOINT "):
-                        print(f"{size} prompts: {line[len('CHECKPOINT '):].strip()}", file=sys.stderr, flush=True)
+                        print(f"{size} prompts: {line[len('CHECKPOINT ') :].strip()}", file=sys.stderr, flush=True)
                     elif line.startswith("RESULT "):
-                        result = json.loads(line[len("RESULT "):])
+                        result = json.loads(line[len("RESULT ") :])
                 err = proc.stderr.read()
                 proc.wait()
                 if result is None:
@@ -162,14 +190,19 @@ def main() -> None:
                     raise SystemExit(f"memory benchmark child for {size} prompts failed")
                 rows.append(result)
                 if "grew" in result:
-                    print(f"{size} prompts, objects grown between {result['grew']['between_done']} done: "
-                          f"{result['grew']['objects']}", file=sys.stderr)
+                    print(
+                        f"{size} prompts, objects grown between {result['grew']['between_done']} done: "
+                        f"{result['grew']['objects']}",
+                        file=sys.stderr,
+                    )
     print(f"1 repeat per prompt, 0 ms latency, --parallel {args.parallel}, shard size {args.shard_size}")
     print("| prompts | rollouts | wall s | collector peak RSS MB | worker processes MB | Prefect API server MB |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['prompts']:,} | {r['rollouts']:,} | {r['wall_s']:.0f} | {r['collector']:.0f} | {r['workers']:.0f} "
-              f"| {r['api']:.0f} |")
+        print(
+            f"| {r['prompts']:,} | {r['rollouts']:,} | {r['wall_s']:.0f} | {r['collector']:.0f} | {r['workers']:.0f} "
+            f"| {r['api']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

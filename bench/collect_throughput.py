@@ -106,11 +106,22 @@ def child(args: argparse.Namespace) -> None:
     work = Path(args.workdir)
     prompts = work / "prompts.jsonl"
     write_prompts(prompts, args.rollouts // args.repeats)
-    config = CollectConfig(input=str(prompts), out=str(work / "runs"), model_url=args.url, model="sim-model",
-                           num_repeats=args.repeats, parallel=args.parallel, temperature=0.7, seed=1,
-                           shard_size=args.shard_size, max_concurrent_shards=args.max_concurrent_shards,
-                           task_runner=args.task_runner[0], workers=args.workers,
-                           run_name=f"bench-{args.parallel}", objective="rl")
+    config = CollectConfig(
+        input=str(prompts),
+        out=str(work / "runs"),
+        model_url=args.url,
+        model="sim-model",
+        num_repeats=args.repeats,
+        parallel=args.parallel,
+        temperature=0.7,
+        seed=1,
+        shard_size=args.shard_size,
+        max_concurrent_shards=args.max_concurrent_shards,
+        task_runner=args.task_runner[0],
+        workers=args.workers,
+        run_name=f"bench-{args.parallel}",
+        objective="rl",
+    )
     threading.Thread(target=announce_steady, args=(work / "runs",), daemon=True).start()
     t0 = time.time()
     with CpuSampler(children=True) as sampler, temporary_settings(updates={"flows.heartbeat_frequency": None}):
@@ -124,13 +135,26 @@ def child(args: argparse.Namespace) -> None:
     cpu, api_cpu = sampler.cpu_between(first, last)
     gc_seconds, gc_counts = gc_clock.between(first, last)
     ok = max(summary.rollouts_ok, 1)
-    print("RESULT " + json.dumps({
-        "rollouts": summary.rollouts_ok, "failed": summary.rollouts_failed, "steady_rps": summary.rollouts_ok / (last - first),
-        "cpu_ms_per_rollout": 1000 * cpu / ok, "api_cpu_ms_per_rollout": 1000 * api_cpu / ok,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "import_s": import_s,
-        "startup_s": first - t0, "wall_s": wall, "mean_reward": summary.mean_reward,
-        "gc_s": [round(x, 3) for x in gc_seconds], "gc_counts": gc_counts,
-    }), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "rollouts": summary.rollouts_ok,
+                "failed": summary.rollouts_failed,
+                "steady_rps": summary.rollouts_ok / (last - first),
+                "cpu_ms_per_rollout": 1000 * cpu / ok,
+                "api_cpu_ms_per_rollout": 1000 * api_cpu / ok,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "import_s": import_s,
+                "startup_s": first - t0,
+                "wall_s": wall,
+                "mean_reward": summary.mean_reward,
+                "gc_s": [round(x, 3) for x in gc_seconds],
+                "gc_counts": gc_counts,
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_child(cmd: list[str], spy: float, label: str, spy_dir: Path | None) -> dict:
@@ -143,12 +167,28 @@ def run_child(cmd: list[str], spy: float, label: str, spy_dir: Path | None) -> d
     for line in proc.stdout:
         if line.startswith("STEADY") and spy and spy_dir is not None:
             spy_dir.mkdir(parents=True, exist_ok=True)
-            spy_proc = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "100", "--native",
-                                         "--subprocesses", "--format", "raw", "--duration", str(int(spy)),
-                                         "--output", str(spy_dir / f"{label}.txt")],
-                                        stdout=subprocess.DEVNULL, stderr=(spy_dir / f"{label}.log").open("w"))
+            spy_proc = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--rate",
+                    "100",
+                    "--native",
+                    "--subprocesses",
+                    "--format",
+                    "raw",
+                    "--duration",
+                    str(int(spy)),
+                    "--output",
+                    str(spy_dir / f"{label}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=(spy_dir / f"{label}.log").open("w"),
+            )
         if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
+            result = json.loads(line[len("RESULT ") :])
     proc.wait()
     drain.join()
     if spy_proc is not None:
@@ -174,7 +214,7 @@ def settings(args: argparse.Namespace) -> list[tuple[str, int | None, int]]:
         if runner == "threads":
             out += [("threads", None, p) for p in parallels]
         else:  # by default the process runs go at the largest setting only
-            for p in (parallels if args.parallel else [max(parallels)]):
+            for p in parallels if args.parallel else [max(parallels)]:
                 out += [("processes", w, p) for w in workers]
     return out
 
@@ -182,17 +222,26 @@ def settings(args: argparse.Namespace) -> list[tuple[str, int | None, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parallel", type=int, action="append", help="settings to run (default 64, 256, 1024)")
-    parser.add_argument("--task-runner", action="append", choices=["threads", "processes"],
-                        help="task runners to run (default: threads, and processes at the largest --parallel)")
+    parser.add_argument(
+        "--task-runner",
+        action="append",
+        choices=["threads", "processes"],
+        help="task runners to run (default: threads, and processes at the largest --parallel)",
+    )
     parser.add_argument("--workers", help="comma list of --workers for the processes runs (default 1,2)")
     parser.add_argument("--rollouts", type=int, help="rollouts per setting (default max(5000, 40 x parallel))")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--latency-ms", type=float, default=200)
     parser.add_argument("--shard-size", type=int, default=512)
     parser.add_argument("--max-concurrent-shards", type=int, default=4)
-    parser.add_argument("--py-spy", type=float, default=0, metavar="SECONDS",
-                        help="record the collector with py-spy for this long in its steady state, print CPU by layer "
-                             "(py-spy pauses the process per sample: rates of a profiled run are not figures)")
+    parser.add_argument(
+        "--py-spy",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="record the collector with py-spy for this long in its steady state, print CPU by layer "
+        "(py-spy pauses the process per sample: rates of a profiled run are not figures)",
+    )
     parser.add_argument("--spy-dir", default=str(ROOT / "bench" / "out"), help="where py-spy's raw stacks go")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -214,38 +263,81 @@ def main() -> None:
             label = f"{runner}{workers or ''}-p{parallel}"
             sim = psutil.Process(server.process.pid)
             sim_cpu = cpu_seconds(sim)
-            bare = run_child([sys.executable, str(ROOT / "bench" / "bare_client.py"), "--url", server.url,
-                              "--parallel", str(parallel), "--rollouts", str(rollouts), "--repeats", str(args.repeats)],
-                             args.py_spy, f"bare-p{parallel}", spy_dir)
+            bare = run_child(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "bare_client.py"),
+                    "--url",
+                    server.url,
+                    "--parallel",
+                    str(parallel),
+                    "--rollouts",
+                    str(rollouts),
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                args.py_spy,
+                f"bare-p{parallel}",
+                spy_dir,
+            )
             bare["sim_cpu_ms_per_rollout"], sim_cpu = 1000 * (cpu_seconds(sim) - sim_cpu) / rollouts, cpu_seconds(sim)
             with tempfile.TemporaryDirectory() as work:
-                cmd = [sys.executable, __file__, "--child", "--parallel", str(parallel), "--rollouts", str(rollouts),
-                       "--repeats", str(args.repeats), "--shard-size", str(args.shard_size), "--task-runner", runner,
-                       "--max-concurrent-shards", str(args.max_concurrent_shards), "--url", server.url, "--workdir", work]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--parallel",
+                    str(parallel),
+                    "--rollouts",
+                    str(rollouts),
+                    "--repeats",
+                    str(args.repeats),
+                    "--shard-size",
+                    str(args.shard_size),
+                    "--task-runner",
+                    runner,
+                    "--max-concurrent-shards",
+                    str(args.max_concurrent_shards),
+                    "--url",
+                    server.url,
+                    "--workdir",
+                    work,
+                ]
                 if workers:
                     cmd += ["--workers", str(workers)]
                 ours = run_child(cmd, args.py_spy, label, spy_dir)
                 ours["sim_cpu_ms_per_rollout"] = 1000 * (cpu_seconds(sim) - sim_cpu) / rollouts
             rows.append((runner, workers, parallel, ours, bare))
-            print(f"{label}: {ours['steady_rps']:.0f} r/s ({ours['steady_rps'] / bare['steady_rps']:.2f} of bare), "
-                  f"{ours['cpu_ms_per_rollout']:.2f} ms CPU/r ({ours['cpu_ms_per_rollout'] / bare['cpu_ms_per_rollout']:.1f}x bare), "
-                  f"cyclic GC in the steady window {ours['gc_s']} s in {ours['gc_counts']} collections (generations 0, 1, 2)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{label}: {ours['steady_rps']:.0f} r/s ({ours['steady_rps'] / bare['steady_rps']:.2f} of bare), "
+                f"{ours['cpu_ms_per_rollout']:.2f} ms CPU/r ({ours['cpu_ms_per_rollout'] / bare['cpu_ms_per_rollout']:.1f}x bare), "
+                f"cyclic GC in the steady window {ours['gc_s']} s in {ours['gc_counts']} collections (generations 0, 1, 2)",
+                file=sys.stderr,
+                flush=True,
+            )
     yard_after = yardstick()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"latency {args.latency_ms:.0f} ms, {args.repeats} repeats/prompt, math verification, shard size {args.shard_size}")
-    print(f"CPU yardstick (fixed pure-Python loop, lower is faster): {yard_before:.0f} ms before, {yard_after:.0f} ms after")
-    print("| runner | parallel | rollouts | r/s | bare r/s | rate / bare | ideal r/s | CPU ms/r | bare CPU ms/r | CPU / bare "
-          "| API server CPU ms/r | model server CPU ms/r (bare) | peak RSS MB | start-up s | wall s |")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"latency {args.latency_ms:.0f} ms, {args.repeats} repeats/prompt, math verification, shard size {args.shard_size}"
+    )
+    print(
+        f"CPU yardstick (fixed pure-Python loop, lower is faster): {yard_before:.0f} ms before, {yard_after:.0f} ms after"
+    )
+    print(
+        "| runner | parallel | rollouts | r/s | bare r/s | rate / bare | ideal r/s | CPU ms/r | bare CPU ms/r | CPU / bare "
+        "| API server CPU ms/r | model server CPU ms/r (bare) | peak RSS MB | start-up s | wall s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for runner, workers, parallel, r, b in rows:
         name = runner if workers is None else f"{runner} x{workers}"
         ideal = parallel / (args.latency_ms / 1000) if args.latency_ms else float("inf")
-        print(f"| {name} | {parallel} | {r['rollouts']} | {r['steady_rps']:.0f} | {b['steady_rps']:.0f} "
-              f"| {r['steady_rps'] / b['steady_rps']:.2f} | {ideal:.0f} | {r['cpu_ms_per_rollout']:.2f} "
-              f"| {b['cpu_ms_per_rollout']:.2f} | {r['cpu_ms_per_rollout'] / b['cpu_ms_per_rollout']:.1f} "
-              f"| {r['api_cpu_ms_per_rollout']:.2f} | {r['sim_cpu_ms_per_rollout']:.2f} ({b['sim_cpu_ms_per_rollout']:.2f}) "
-              f"| {r['peak_rss_mb']:.0f} | {r['startup_s']:.1f} | {r['wall_s']:.1f} |")
+        print(
+            f"| {name} | {parallel} | {r['rollouts']} | {r['steady_rps']:.0f} | {b['steady_rps']:.0f} "
+            f"| {r['steady_rps'] / b['steady_rps']:.2f} | {ideal:.0f} | {r['cpu_ms_per_rollout']:.2f} "
+            f"| {b['cpu_ms_per_rollout']:.2f} | {r['cpu_ms_per_rollout'] / b['cpu_ms_per_rollout']:.1f} "
+            f"| {r['api_cpu_ms_per_rollout']:.2f} | {r['sim_cpu_ms_per_rollout']:.2f} ({b['sim_cpu_ms_per_rollout']:.2f}) "
+            f"| {r['peak_rss_mb']:.0f} | {r['startup_s']:.1f} | {r['wall_s']:.1f} |"
+        )
     if spy_dir is not None:
         from bench.spy_layers import report
 

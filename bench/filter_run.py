@@ -39,7 +39,7 @@ def collect_sample(work: Path, prompts: int) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     code = f"""
 import sys
-sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'bench')!r})
+sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / "bench")!r})
 from pathlib import Path
 from collect_memory import write_prompts
 from commands.collect import prefect_defaults
@@ -113,12 +113,14 @@ def stage(args: argparse.Namespace) -> None:
         extra: dict[str, object] = {}
     else:
         from rollouts.config import CollectConfig
+        from rollouts.run import RunRef
         from rollouts.stages.filter import filter_run
         from rollouts.stages.format import format_run
-        from rollouts.run import RunRef
 
         manifest = json.loads(Path(args.run, "manifest.json").read_text())
-        run = RunRef(run_id=manifest["run_id"], run_url=args.run, config=CollectConfig.model_validate(manifest["config"]))
+        run = RunRef(
+            run_id=manifest["run_id"], run_url=args.run, config=CollectConfig.model_validate(manifest["config"])
+        )
         selections = filter_run(run)
         filtered = time.perf_counter() - start
         outputs = [format_run(run, s) for s in selections]
@@ -143,7 +145,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--sample", type=int, default=25_600, help="prompts the real collector runs (multiple of 256)")
     parser.add_argument("--keep", type=Path, help="build (or reuse) the sample and the replica here")
-    parser.add_argument("--repeat", type=int, default=1, help="measure filter and baseline this many times, alternating")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="measure filter and baseline this many times, alternating"
+    )
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -163,18 +167,23 @@ def main() -> None:
             shutil.rmtree(run, ignore_errors=True)
             files = replicate(sample, run, args.rows)
             size = sum(p.stat().st_size for p in (run / "rollouts").glob("*.jsonl")) / 1e9
-            print(f"replica: {args.rows:,} rollouts in {files:,} shards (+ {files:,} empty failures files), "
-                  f"{size:.2f} GB JSONL, built in {time.perf_counter() - t:.0f} s", flush=True)
+            print(
+                f"replica: {args.rows:,} rollouts in {files:,} shards (+ {files:,} empty failures files), "
+                f"{size:.2f} GB JSONL, built in {time.perf_counter() - t:.0f} s",
+                flush=True,
+            )
         for i in range(args.repeat):
             shutil.rmtree(run / "train", ignore_errors=True)
             base_r = run_stage("baseline", run)
             r = run_stage("filter", run)
             ratio = r["filter_s"] / base_r["seconds"]
-            print(f"[{i + 1}] filter {r['filter_s']:.1f} s ({r['rows'] / r['filter_s']:,.0f} rows/s, {ratio:.1f}x the baseline), "
-                  f"filter+format {r['seconds']:.1f} s ({r['cpu_s']:.0f} s CPU, {r['cpu_s'] / base_r['cpu_s']:.1f}x the baseline's), "
-                  f"peak RSS {r['rss_mb']:.0f} MB, outputs {r['outputs']}; baseline scan_ndjson {base_r['seconds']:.1f} s "
-                  f"({base_r['rows'] / base_r['seconds']:,.0f} rows/s, {base_r['cpu_s']:.0f} s CPU, peak RSS {base_r['rss_mb']:.0f} MB)",
-                  flush=True)
+            print(
+                f"[{i + 1}] filter {r['filter_s']:.1f} s ({r['rows'] / r['filter_s']:,.0f} rows/s, {ratio:.1f}x the baseline), "
+                f"filter+format {r['seconds']:.1f} s ({r['cpu_s']:.0f} s CPU, {r['cpu_s'] / base_r['cpu_s']:.1f}x the baseline's), "
+                f"peak RSS {r['rss_mb']:.0f} MB, outputs {r['outputs']}; baseline scan_ndjson {base_r['seconds']:.1f} s "
+                f"({base_r['rows'] / base_r['seconds']:,.0f} rows/s, {base_r['cpu_s']:.0f} s CPU, peak RSS {base_r['rss_mb']:.0f} MB)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

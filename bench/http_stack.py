@@ -35,10 +35,16 @@ async def bare(url: str, parallel: int, calls: int) -> None:
 
         async def worker() -> None:
             for i in todo:
-                body = {"model": "sim-model", "messages": [{"role": "user", "content": f"What is {i} + 1?"}],
-                        "temperature": 0.7, "top_p": 1.0, "seed": i}
-                async with session.post(f"{url}/chat/completions", data=orjson.dumps(body),
-                                        headers={"Content-Type": "application/json"}) as response:
+                body = {
+                    "model": "sim-model",
+                    "messages": [{"role": "user", "content": f"What is {i} + 1?"}],
+                    "temperature": 0.7,
+                    "top_p": 1.0,
+                    "seed": i,
+                }
+                async with session.post(
+                    f"{url}/chat/completions", data=orjson.dumps(body), headers={"Content-Type": "application/json"}
+                ) as response:
                     orjson.loads(await response.read())
 
         await asyncio.gather(*(worker() for _ in range(parallel)))
@@ -54,8 +60,11 @@ def plain_client(parallel: int) -> httpx.AsyncClient:
         connector = aiohttp.TCPConnector(limit=parallel, keepalive_timeout=limits.keepalive_expiry)
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
-    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits, client=make_session),
-                             timeout=httpx.Timeout(600), headers={"Content-Type": "application/json"})
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits, client=make_session),
+        timeout=httpx.Timeout(600),
+        headers={"Content-Type": "application/json"},
+    )
 
 
 async def through_model_client(http: httpx.AsyncClient, url: str, parallel: int, calls: int) -> None:
@@ -64,8 +73,9 @@ async def through_model_client(http: httpx.AsyncClient, url: str, parallel: int,
 
     async def worker() -> None:
         for i in todo:
-            await client.create([{"role": "user", "content": f"What is {i} + 1?"}], {},
-                                {"temperature": 0.7, "top_p": 1.0, "seed": i})
+            await client.create(
+                [{"role": "user", "content": f"What is {i} + 1?"}], {}, {"temperature": 0.7, "top_p": 1.0, "seed": i}
+            )
 
     async with http:
         await asyncio.gather(*(worker() for _ in range(parallel)))
@@ -108,7 +118,9 @@ def main() -> None:
                 rate[name].append(args.calls / (time.perf_counter() - t0))
                 loop.close()
     base = statistics.median(cpu[("bare", "asyncio")]) if ("bare", "asyncio") in cpu else None
-    print(f"{args.parallel} in flight, {args.latency_ms:.0f} ms latency, {args.calls} calls x {args.rounds} rounds (medians)")
+    print(
+        f"{args.parallel} in flight, {args.latency_ms:.0f} ms latency, {args.calls} calls x {args.rounds} rounds (medians)"
+    )
     print(f"{'stack':<14} {'loop':<8} {'CPU us/call':>11} {'/ bare on asyncio':>17} {'calls/s':>8}")
     for name in names:
         median = statistics.median(cpu[name])

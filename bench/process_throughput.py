@@ -24,8 +24,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_PROMPTS = 2_500
-TOOLS = [{"type": "function", "name": "calculator", "description": "Evaluate an arithmetic expression.",
-          "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}]
+TOOLS = [
+    {
+        "type": "function",
+        "name": "calculator",
+        "description": "Evaluate an arithmetic expression.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+    }
+]
 
 
 def _tokens(seed: int, n: int) -> tuple[str, str]:
@@ -57,7 +63,9 @@ def rollout_line(task: int, rollout: int) -> str:
     )
     steps = " ".join(f"Step {i}: we add the digits of the numbers carefully." for i in range(1 + seed % 4))
     text = f"{steps} So the result is \\boxed{{{answer}}}."
-    reasoning = f'{{"type":"reasoning","id":"rs_{seed}","summary":[{{"type":"summary_text","text":"Add {a} and {b}."}}]}}'
+    reasoning = (
+        f'{{"type":"reasoning","id":"rs_{seed}","summary":[{{"type":"summary_text","text":"Add {a} and {b}."}}]}}'
+    )
     truncated = seed % 50 == 7
     if task % 10 == 3:  # a tool-call conversation: two model calls
         gen, lp = _tokens(seed, 24)
@@ -168,7 +176,9 @@ def main() -> None:
             t = time.perf_counter()
             n = build_run(run, args.prompts, args.repeats)
             size = sum(f.stat().st_size for f in run.rglob("*.jsonl")) / 1e9
-            print(f"built {n:,} rollouts ({args.prompts:,} prompts x {args.repeats}), {size:.2f} GB JSONL in {time.perf_counter() - t:.1f} s")
+            print(
+                f"built {n:,} rollouts ({args.prompts:,} prompts x {args.repeats}), {size:.2f} GB JSONL in {time.perf_counter() - t:.1f} s"
+            )
         print(f"{'stage':<6} {'seconds':>8} {'rows/s':>10} {'peak RSS':>9}  output")
         total, peak = 0.0, 0.0
         for name in ("load", "rl", "sft", "dpo"):

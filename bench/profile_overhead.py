@@ -27,22 +27,35 @@ sys.path.insert(0, str(ROOT))
 
 
 def child(args: argparse.Namespace) -> None:
-    from rollouts.stages.inline import collect_plan
     from rollouts.config import CollectConfig
     from rollouts.report.metrics import read_run_frame
     from rollouts.report.profiler import function_profile
     from rollouts.run import run_store
+    from rollouts.stages.inline import collect_plan
     from rollouts.stages.shard import plan_run
 
     work = Path(args.workdir)
     prompts = work / "prompts.jsonl"
     with prompts.open("w") as fh:
         for i in range(args.rollouts // 4):
-            fh.write(json.dumps({"responses_create_params": {"input": f"What is {i} + {i + 7}?"},
-                                 "expected_answer": str(2 * i + 7)}) + "\n")
-    config = CollectConfig(input=str(prompts), out=str(work / "runs"), model_url=args.url, model="sim-model",
-                           num_repeats=4, parallel=args.parallel, temperature=0.7, seed=1, shard_size=512,
-                           run_name="overhead")
+            fh.write(
+                json.dumps(
+                    {"responses_create_params": {"input": f"What is {i} + {i + 7}?"}, "expected_answer": str(2 * i + 7)}
+                )
+                + "\n"
+            )
+    config = CollectConfig(
+        input=str(prompts),
+        out=str(work / "runs"),
+        model_url=args.url,
+        model="sim-model",
+        num_repeats=4,
+        parallel=args.parallel,
+        temperature=0.7,
+        seed=1,
+        shard_size=512,
+        run_name="overhead",
+    )
     plan = plan_run(config)
     store = run_store(plan.run)
 
@@ -55,8 +68,18 @@ def child(args: argparse.Namespace) -> None:
     cpu = time.process_time() - cpu0
     frame = read_run_frame(store).select("timings").unnest("timings")
     window = float(frame["finished_at"].max() - frame["started_at"].min())
-    print("RESULT " + json.dumps({"profile": args.profile, "rollouts": frame.height, "rps": frame.height / window,
-                                  "cpu_ms": 1000 * cpu / frame.height}), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "profile": args.profile,
+                "rollouts": frame.height,
+                "rps": frame.height / window,
+                "cpu_ms": 1000 * cpu / frame.height,
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -81,22 +104,39 @@ def main() -> None:
         for _ in range(args.pairs):
             for profile in (False, True):
                 with tempfile.TemporaryDirectory() as work:
-                    cmd = [sys.executable, __file__, "--child", "--parallel", str(args.parallel), "--rollouts",
-                           str(args.rollouts), "--url", server.url, "--workdir", work, "--duty", str(args.duty)] + (["--profile"] if profile else [])
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        "--parallel",
+                        str(args.parallel),
+                        "--rollouts",
+                        str(args.rollouts),
+                        "--url",
+                        server.url,
+                        "--workdir",
+                        work,
+                        "--duty",
+                        str(args.duty),
+                    ] + (["--profile"] if profile else [])
                     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
                     if line is None:
                         raise SystemExit(out.stderr[-3000:])
-                    results[profile].append(json.loads(line[len("RESULT "):]))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"--parallel {args.parallel}, {args.rollouts} rollouts per run, latency {args.latency_ms:g} ms, "
-          f"{args.pairs} off/on pairs, duty {args.duty:g}")
+                    results[profile].append(json.loads(line[len("RESULT ") :]))
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"--parallel {args.parallel}, {args.rollouts} rollouts per run, latency {args.latency_ms:g} ms, "
+        f"{args.pairs} off/on pairs, duty {args.duty:g}"
+    )
     rps = {p: statistics.median(r["rps"] for r in rows) for p, rows in results.items()}
     cpu = {p: statistics.median(r["cpu_ms"] for r in rows) for p, rows in results.items()}
     ideal = args.parallel / (args.latency_ms / 1000)
     for p in (False, True):
-        print(f"--profile {'on ' if p else 'off'}: {rps[p]:8.1f} rollouts/s ({rps[p] / ideal:.2f} of ideal {ideal:.0f}), "
-              f"{cpu[p]:.2f} CPU ms/rollout   runs: " + ", ".join(f"{r['rps']:.0f}" for r in results[p]))
+        print(
+            f"--profile {'on ' if p else 'off'}: {rps[p]:8.1f} rollouts/s ({rps[p] / ideal:.2f} of ideal {ideal:.0f}), "
+            f"{cpu[p]:.2f} CPU ms/rollout   runs: " + ", ".join(f"{r['rps']:.0f}" for r in results[p])
+        )
     print(f"overhead: throughput x{rps[True] / rps[False]:.2f}, CPU per rollout x{cpu[True] / cpu[False]:.2f}")
 
 

@@ -46,10 +46,24 @@ def collect(work: Path, url: str, prompts: int, repeats: int) -> str:
     from rollouts.stages.shard import plan_run
 
     path = work / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"responses_create_params": {"input": f"What is {i} + 2?"},
-                                        "expected_answer": str(i + 2)}) + "\n" for i in range(prompts)))
-    config = CollectConfig(input=str(path), out=str(work / "runs"), model_url=url, model="sim-model",
-                           num_repeats=repeats, parallel=64, temperature=0.7, seed=1, run_name="charts")
+    path.write_text(
+        "".join(
+            json.dumps({"responses_create_params": {"input": f"What is {i} + 2?"}, "expected_answer": str(i + 2)})
+            + "\n"
+            for i in range(prompts)
+        )
+    )
+    config = CollectConfig(
+        input=str(path),
+        out=str(work / "runs"),
+        model_url=url,
+        model="sim-model",
+        num_repeats=repeats,
+        parallel=64,
+        temperature=0.7,
+        seed=1,
+        run_name="charts",
+    )
     plan = plan_run(config)
     asyncio.run(collect_plan(plan))
     return str(work / "runs" / "charts")
@@ -94,17 +108,21 @@ def load_charts(path: str | None):
 
 def child_charts(run: str, cprofile: int, charts_file: str | None) -> None:
     charts = load_charts(charts_file)
-    from rollouts.tune.aimd import read_trace
     from rollouts.report.metrics import profile_frame, read_run_frame
     from rollouts.storage import Store
+    from rollouts.tune.aimd import read_trace
 
     store = Store(run)
     profile = profile_frame(read_run_frame(store, flat=True), None, read_trace(store))
-    draw = {"throughput.png": lambda: charts.throughput_chart(profile["timeline"]),
-            "latency_cdf.png": lambda: charts.latency_cdf_chart(profile["latency_cdf_ms"]),
-            "rewards.png": lambda: charts.reward_chart(profile["rewards"])}
+    draw = {
+        "throughput.png": lambda: charts.throughput_chart(profile["timeline"]),
+        "latency_cdf.png": lambda: charts.latency_cdf_chart(profile["latency_cdf_ms"]),
+        "rewards.png": lambda: charts.reward_chart(profile["rewards"]),
+    }
     result: dict[str, object] = {"imported_before": "matplotlib" in sys.modules}
-    result["import_ms"] = ms(lambda: __import__("matplotlib.figure") and __import__("matplotlib.backends.backend_agg"))[0]
+    result["import_ms"] = ms(lambda: __import__("matplotlib.figure") and __import__("matplotlib.backends.backend_agg"))[
+        0
+    ]
     result["bare_cold_ms"] = ms(bare_figure)[0]
     result["bare_warm_ms"] = ms(bare_figure)[0]
     profiler = cProfile.Profile() if cprofile else None
@@ -138,8 +156,11 @@ def child_stage(run: str, charts_file: str | None) -> None:
         shutil.copytree(run, copy, dirs_exist_ok=True)
         elapsed, result = ms(lambda: profile_run(Store(copy)))
         pngs = [f for f in result.files if f.endswith(".png")]
-    print("RESULT " + json.dumps({"stage_ms": elapsed, "charts": len(pngs),
-                                  "matplotlib_imported": "matplotlib" in sys.modules}), flush=True)
+    print(
+        "RESULT "
+        + json.dumps({"stage_ms": elapsed, "charts": len(pngs), "matplotlib_imported": "matplotlib" in sys.modules}),
+        flush=True,
+    )
 
 
 def run_child(*args: str) -> dict:
@@ -149,7 +170,7 @@ def run_child(*args: str) -> dict:
         raise SystemExit(done.stderr[-3000:])
     if done.stderr.strip() and "--cprofile" in args:
         print(done.stderr)
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
@@ -179,8 +200,15 @@ def main() -> None:
         versions = {"this tree": None}
         if args.against:
             old = Path(work) / "charts_against.py"
-            old.write_text(subprocess.run(["git", "show", f"{args.against}:rollouts/report/charts.py"], cwd=ROOT, check=True,
-                                          capture_output=True, text=True).stdout)
+            old.write_text(
+                subprocess.run(
+                    ["git", "show", f"{args.against}:rollouts/report/charts.py"],
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
             versions = {args.against: str(old), **versions}
         if args.cprofile:
             run_child("--child", "charts", "--run", run, "--cprofile", str(args.cprofile))
@@ -202,23 +230,31 @@ def report(label: str, charts: list[dict], stages: list[dict]) -> None:
     print("| what | first in the process ms | CPU ms | warm ms | PNG KB |")
     print("|---|---:|---:|---:|---:|")
     print(f"| import matplotlib (figure, Agg) | {med(c['import_ms'] for c in charts):.0f} | | | |")
-    print(f"| bare: one empty 8x4 figure to PNG | {med(c['bare_cold_ms'] for c in charts):.0f} | | "
-          f"{med(c['bare_warm_ms'] for c in charts):.1f} | |")
+    print(
+        f"| bare: one empty 8x4 figure to PNG | {med(c['bare_cold_ms'] for c in charts):.0f} | | "
+        f"{med(c['bare_warm_ms'] for c in charts):.1f} | |"
+    )
     for name in names:
         kb = charts[0]["bytes"][name] / 1024
-        print(f"| {name} | {med(c['first_ms'][name] for c in charts):.1f} | {med(c['first_cpu_ms'][name] for c in charts):.1f} | "
-              f"{med(c['warm_ms'][name] for c in charts):.1f} | {f'{kb:.0f}' if kb else 'not drawn'} |")
+        print(
+            f"| {name} | {med(c['first_ms'][name] for c in charts):.1f} | {med(c['first_cpu_ms'][name] for c in charts):.1f} | "
+            f"{med(c['warm_ms'][name] for c in charts):.1f} | {f'{kb:.0f}' if kb else 'not drawn'} |"
+        )
     first = med(sum(c["first_ms"].values()) for c in charts)
     cpu = med(sum(c["first_cpu_ms"].values()) for c in charts)
     warm = med(sum(c["warm_ms"].values()) for c in charts)
     bare = med(c["bare_warm_ms"] for c in charts)
     print(f"| all charts | {first:.0f} | {cpu:.0f} | {warm:.0f} | |")
-    print(f"charts / bare warm figure: first pass {first / bare:.1f}x, warm {warm / bare:.1f}x "
-          f"(profile_charts, warm: {med(c['profile_charts_ms'] for c in charts):.0f} ms)")
+    print(
+        f"charts / bare warm figure: first pass {first / bare:.1f}x, warm {warm / bare:.1f}x "
+        f"(profile_charts, warm: {med(c['profile_charts_ms'] for c in charts):.0f} ms)"
+    )
     runs = ", ".join(f"{s['stage_ms']:.0f}" for s in stages)
-    print(f"profile stage (profile_run) in a fresh process: median {med(s['stage_ms'] for s in stages):.0f} ms "
-          f"(runs: {runs}), {stages[0]['charts']} charts; "
-          f"cold import + bare cold figure: {med(c['import_ms'] + c['bare_cold_ms'] for c in charts):.0f} ms")
+    print(
+        f"profile stage (profile_run) in a fresh process: median {med(s['stage_ms'] for s in stages):.0f} ms "
+        f"(runs: {runs}), {stages[0]['charts']} charts; "
+        f"cold import + bare cold figure: {med(c['import_ms'] + c['bare_cold_ms'] for c in charts):.0f} ms"
+    )
 
 
 if __name__ == "__main__":

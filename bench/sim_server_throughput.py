@@ -13,8 +13,9 @@ import aiohttp
 from rollouts.sim import start_sim_server
 
 
-async def _worker(session: aiohttp.ClientSession, url: str, worker: int, count: int, statuses: list[int],
-                  tokens: bool = True) -> None:
+async def _worker(
+    session: aiohttp.ClientSession, url: str, worker: int, count: int, statuses: list[int], tokens: bool = True
+) -> None:
     for index in range(count):
         body = {
             "model": "sim-model",
@@ -27,7 +28,9 @@ async def _worker(session: aiohttp.ClientSession, url: str, worker: int, count: 
             statuses.append(response.status)
 
 
-async def run(url: str, concurrency: int, per_worker: int, tokens: bool, pid: int) -> tuple[int, float, list[int], float]:
+async def run(
+    url: str, concurrency: int, per_worker: int, tokens: bool, pid: int
+) -> tuple[int, float, list[int], float]:
     """(requests, seconds, statuses, server CPU seconds) of the timed part, after a warm-up that opens the connections
     (and loads the server's tokenizer, a one-time cost)."""
     statuses: list[int] = []
@@ -54,8 +57,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1024)
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--per-worker", type=int, default=20, help="requests each concurrent worker sends")
-    parser.add_argument("--tokens", action=argparse.BooleanOptionalAction, default=True,
-                        help="ask for token ids (return_token_ids), which runs the server's real tokenizer")
+    parser.add_argument(
+        "--tokens",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask for token ids (return_token_ids), which runs the server's real tokenizer",
+    )
     args = parser.parse_args()
     with start_sim_server(latency_ms=args.latency_ms) as server:
         total, elapsed, statuses, server_cpu = asyncio.run(

@@ -16,17 +16,73 @@ from collections import Counter
 from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<where>[^()]*)\)$")
-_WAIT_NATIVE = ("PyThread_acquire_lock", "epoll_wait", "select_poll", "select_epoll", "time_sleep", "pysleep",
-                "sem_wait", "pthread_cond", "futex", "_queue_SimpleQueue_get")
-_WAIT_PY = {("select", "selectors.py"), ("wait", "threading.py"), ("get", "queue.py"), ("_worker", "concurrent/futures/thread.py"),
-            ("_wait_for_tstate_lock", "threading.py"), ("join", "threading.py")}
-_STDLIB = {"concurrent", "json", "logging", "threading", "selectors", "contextlib", "queue", "ssl", "socket", "urllib",
-           "http", "email", "enum", "functools", "typing", "re", "collections", "abc", "dataclasses", "uuid", "random",
-           "hashlib", "weakref", "copy", "inspect", "traceback", "base64", "datetime", "ipaddress", "encodings"}
+_WAIT_NATIVE = (
+    "PyThread_acquire_lock",
+    "epoll_wait",
+    "select_poll",
+    "select_epoll",
+    "time_sleep",
+    "pysleep",
+    "sem_wait",
+    "pthread_cond",
+    "futex",
+    "_queue_SimpleQueue_get",
+)
+_WAIT_PY = {
+    ("select", "selectors.py"),
+    ("wait", "threading.py"),
+    ("get", "queue.py"),
+    ("_worker", "concurrent/futures/thread.py"),
+    ("_wait_for_tstate_lock", "threading.py"),
+    ("join", "threading.py"),
+}
+_STDLIB = {
+    "concurrent",
+    "json",
+    "logging",
+    "threading",
+    "selectors",
+    "contextlib",
+    "queue",
+    "ssl",
+    "socket",
+    "urllib",
+    "http",
+    "email",
+    "enum",
+    "functools",
+    "typing",
+    "re",
+    "collections",
+    "abc",
+    "dataclasses",
+    "uuid",
+    "random",
+    "hashlib",
+    "weakref",
+    "copy",
+    "inspect",
+    "traceback",
+    "base64",
+    "datetime",
+    "ipaddress",
+    "encodings",
+}
 OURS = ("rollouts/", "tasks/", "flows/", "commands/", "blocks/", "bench/")
-NATIVE_LAYERS = {"orjson": "orjson", "_http_parser": "aiohttp", "_http_writer": "aiohttp", "_websocket": "aiohttp",
-                 "multidict": "multidict", "_quoting": "yarl", "yarl": "yarl", "_ssl": "ssl", "pydantic_core": "pydantic",
-                 "_json": "json (stdlib)", "uvloop": "uvloop", "loop.cpython": "uvloop"}
+NATIVE_LAYERS = {
+    "orjson": "orjson",
+    "_http_parser": "aiohttp",
+    "_http_writer": "aiohttp",
+    "_websocket": "aiohttp",
+    "multidict": "multidict",
+    "_quoting": "yarl",
+    "yarl": "yarl",
+    "_ssl": "ssl",
+    "pydantic_core": "pydantic",
+    "_json": "json (stdlib)",
+    "uvloop": "uvloop",
+    "loop.cpython": "uvloop",
+}
 
 
 def process_role(header: str) -> str:
@@ -99,7 +155,9 @@ def report(path: Path) -> str:
     lines = [f"CPU samples by layer, {path.name} (waiting threads excluded from the shares):"]
     for role, counts in layers(path).items():
         busy = sum(v for k, v in counts.items() if k != "waiting")
-        shares = ", ".join(f"{k} {100 * v / busy:.0f}%" for k, v in counts.most_common() if k != "waiting" and v / busy >= 0.005)
+        shares = ", ".join(
+            f"{k} {100 * v / busy:.0f}%" for k, v in counts.most_common() if k != "waiting" and v / busy >= 0.005
+        )
         lines.append(f"  {role} ({busy} busy samples): {shares}")
     return "\n".join(lines)
 

@@ -50,8 +50,12 @@ def server_start(seeded: bool, env: dict[str, str]) -> float:
     env = {k: v for k, v in env.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
     started = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while server.poll() is None:
             try:
@@ -81,8 +85,13 @@ def main() -> None:
     env.pop("ROLLOUTS_SERVER", None)
     work = Path(tempfile.mkdtemp(prefix="rollouts-startup-"))
     prompts = work / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"responses_create_params": {"input": f"What is {i} + 2?"},
-                                           "expected_answer": str(i + 2)}) + "\n" for i in range(args.prompts)))
+    prompts.write_text(
+        "".join(
+            json.dumps({"responses_create_params": {"input": f"What is {i} + 2?"}, "expected_answer": str(i + 2)})
+            + "\n"
+            for i in range(args.prompts)
+        )
+    )
     print(f"CPU yardstick (fixed pure-Python loop, lower is faster): {yardstick():.0f} ms")
     imports = [timed([sys.executable, "-c", "import flows.collect"], env)[0] for _ in range(3)]
     walls: list[float] = []
@@ -90,36 +99,58 @@ def main() -> None:
     try:
         with start_sim_server(latency_ms=0, seed=0) as server:
             for i in range(args.runs):
-                cmd = [sys.executable, "-m", "commands", "collect", str(prompts), "--model-url", server.url,
-                       "--model", "sim-model", "--num-repeats", "2", "--out", str(work / "runs"),
-                       "--run-name", f"startup-{i}", "--no-progress", "--verbose"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "commands",
+                    "collect",
+                    str(prompts),
+                    "--model-url",
+                    server.url,
+                    "--model",
+                    "sim-model",
+                    "--num-repeats",
+                    "2",
+                    "--out",
+                    str(work / "runs"),
+                    "--run-name",
+                    f"startup-{i}",
+                    "--no-progress",
+                    "--verbose",
+                ]
                 wall, done = timed(cmd, env)
                 if done.returncode != 0:
                     print(done.stderr[-3000:], file=sys.stderr)
                     raise SystemExit(f"run {i} failed with exit code {done.returncode}")
                 walls.append(wall)
                 line = next((x for x in done.stderr.splitlines() if x.startswith("time by phase: ")), "")
-                phases.append({name: float(s) for name, s in PHASE.findall(line[len("time by phase: "):])})
+                phases.append({name: float(s) for name, s in PHASE.findall(line[len("time by phase: ") :])})
     finally:
         subprocess.run([sys.executable, "-m", "commands", "server", "stop"], env=env, cwd=ROOT, capture_output=True)
     later = walls[1:]
-    print(f"{args.prompts} prompts x 2 repeats, simulated server at 0 ms; `import flows.collect` alone: "
-          f"median {statistics.median(imports):.1f} s")
+    print(
+        f"{args.prompts} prompts x 2 repeats, simulated server at 0 ms; `import flows.collect` alone: "
+        f"median {statistics.median(imports):.1f} s"
+    )
     print("| run | wall s | wall / import alone |")
     print("|---|---:|---:|")
     print(f"| first (starts the local Prefect server) | {walls[0]:.1f} | {walls[0] / statistics.median(imports):.1f} |")
     if later:
-        print(f"| later, median of {len(later)} (min-max {min(later):.1f}-{max(later):.1f}) | "
-              f"{statistics.median(later):.1f} | {statistics.median(later) / statistics.median(imports):.1f} |")
+        print(
+            f"| later, median of {len(later)} (min-max {min(later):.1f}-{max(later):.1f}) | "
+            f"{statistics.median(later):.1f} | {statistics.median(later) / statistics.median(imports):.1f} |"
+        )
     seeded: list[float] = []
     migrating: list[float] = []
     for _ in range(args.server_starts):
         seeded.append(server_start(True, env))
         migrating.append(server_start(False, env))
     if seeded:
-        print(f"\na new Prefect server answers after: {statistics.median(seeded):.1f} s with its database from the "
-              f"schema snapshot, {statistics.median(migrating):.1f} s running its migrations (medians of "
-              f"{len(seeded)}; ratio {statistics.median(seeded) / statistics.median(migrating):.2f})")
+        print(
+            f"\na new Prefect server answers after: {statistics.median(seeded):.1f} s with its database from the "
+            f"schema snapshot, {statistics.median(migrating):.1f} s running its migrations (medians of "
+            f"{len(seeded)}; ratio {statistics.median(seeded) / statistics.median(migrating):.2f})"
+        )
     names = list(dict.fromkeys(name for p in phases for name in p))
     print("\nphases (--verbose), first run | median of the later runs, s:")
     for name in names:

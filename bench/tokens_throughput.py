@@ -24,15 +24,27 @@ def rollout(rng: random.Random, task: int, index: int, calls: int, prompt_tokens
     output: list[dict[str, Any]] = []
     for call in range(calls):
         generation = [rng.randrange(10, 50_000) for _ in range(rng.randint(30, 90))] + [EOT]
-        output.append({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "x"}],
-                       "prompt_token_ids": prompt, "generation_token_ids": generation,
-                       "generation_log_probs": [round(-rng.random(), 4) for _ in generation]})
+        output.append(
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "x"}],
+                "prompt_token_ids": prompt,
+                "generation_token_ids": generation,
+                "generation_log_probs": [round(-rng.random(), 4) for _ in generation],
+            }
+        )
         history = prompt + generation
         if broken and call == 0:
             history = history[:-1] + [3, EOT]
         prompt = history + [rng.randrange(10, 50_000) for _ in range(20)] + [EOT]
-    return {"responses_create_params": {"input": "q"}, "response": {"output": output}, "reward": float(index % 2),
-            "_ng_task_index": task, "_ng_rollout_index": index}
+    return {
+        "responses_create_params": {"input": "q"},
+        "response": {"output": output},
+        "reward": float(index % 2),
+        "_ng_task_index": task,
+        "_ng_rollout_index": index,
+    }
 
 
 def main() -> None:
@@ -43,13 +55,17 @@ def main() -> None:
     parser.add_argument("--broken", type=float, default=0.25, help="fraction of rollouts with a break")
     args = parser.parse_args()
     rng = random.Random(0)
-    rows = [rollout(rng, i // 8, i % 8, args.calls, args.prompt_tokens, rng.random() < args.broken)
-            for i in range(args.rollouts)]
+    rows = [
+        rollout(rng, i // 8, i % 8, args.calls, args.prompt_tokens, rng.random() < args.broken)
+        for i in range(args.rollouts)
+    ]
     started = time.perf_counter()
     metrics = contiguity_metrics(rows)
     check_s = time.perf_counter() - started
-    print(f"check: {args.rollouts / check_s:,.0f} rollouts/s ({1e6 * check_s / args.rollouts:.0f} us each); "
-          f"{metrics.contiguous} contiguous, breaks {metrics.breaks_by_kind}")
+    print(
+        f"check: {args.rollouts / check_s:,.0f} rollouts/s ({1e6 * check_s / args.rollouts:.0f} us each); "
+        f"{metrics.contiguous} contiguous, breaks {metrics.breaks_by_kind}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rollouts.jsonl"
         path.write_text("".join(dumps(row) + "\n" for row in rows))
@@ -58,8 +74,10 @@ def main() -> None:
             started = time.perf_counter()
             result = convert_token_records([str(path)], f"{tmp}/{policy}", policy)
             seconds = time.perf_counter() - started
-            print(f"convert --on-break {policy}: {args.rollouts / seconds:,.0f} rollouts/s, {size / seconds / 1e6:.1f} MB/s "
-                  f"of JSONL in, {result.card.samples_out:,} samples, {result.card.tokens_out:,} tokens")
+            print(
+                f"convert --on-break {policy}: {args.rollouts / seconds:,.0f} rollouts/s, {size / seconds / 1e6:.1f} MB/s "
+                f"of JSONL in, {result.card.samples_out:,} samples, {result.card.tokens_out:,} tokens"
+            )
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client  # noqa: E402
-from rollouts.errors import ProviderError  # noqa: E402
-from rollouts.collector.limits import InflightLimiter  # noqa: E402
 from rollouts.client.model import ModelClient  # noqa: E402
+from rollouts.collector.limits import InflightLimiter  # noqa: E402
+from rollouts.errors import ProviderError  # noqa: E402
 from rollouts.sim.launch import start_sim_server  # noqa: E402
+from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client  # noqa: E402
 from rollouts.tune.sweep import TuneConfig, sweep  # noqa: E402
 
 SCENARIOS = {
@@ -49,12 +49,20 @@ SAMPLING = {"temperature": 0.7}
 
 def tune_config(url: str, step_seconds: float) -> TuneConfig:
     """`rollouts tune`'s options for a sweep from 8 to 1024 over PROMPTS (the input is already in memory)."""
-    return TuneConfig(input="bench-prompts", model_url=url, model="sim-model", start=8, max_parallel=1024,
-                      step_seconds=step_seconds, temperature=SAMPLING["temperature"])
+    return TuneConfig(
+        input="bench-prompts",
+        model_url=url,
+        model="sim-model",
+        start=8,
+        max_parallel=1024,
+        step_seconds=step_seconds,
+        temperature=SAMPLING["temperature"],
+    )
 
 
-async def core_loop(url: str, seconds: float, *, fixed: int | None, config: ControllerConfig,
-                    max_retries: int = 4) -> dict:
+async def core_loop(
+    url: str, seconds: float, *, fixed: int | None, config: ControllerConfig, max_retries: int = 4
+) -> dict:
     """Rollouts through ModelClient + InflightLimiter for `seconds`; a controller drives the limit unless `fixed`."""
     limit = fixed or config.max_parallel
     log = AttemptLog()
@@ -87,7 +95,12 @@ async def core_loop(url: str, seconds: float, *, fixed: int | None, config: Cont
         await asyncio.gather(*workers, return_exceptions=True)
         if auto is not None:
             await auto.stop()
-    return {"done": done, "failed": failed, "trace": auto.trace if auto else [], "t0_wall": time.time() - (time.monotonic() - t0)}
+    return {
+        "done": done,
+        "failed": failed,
+        "trace": auto.trace if auto else [],
+        "t0_wall": time.time() - (time.monotonic() - t0),
+    }
 
 
 def rate(times: list[float], start: float, end: float) -> float:
@@ -134,8 +147,10 @@ async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
         fixed = {}
         for parallel in (knee, 2 * knee, 4 * knee):
             result = await core_loop(server.url, args.fixed_seconds, fixed=parallel, config=config)
-            fixed[parallel] = (rate(result["done"], args.fixed_seconds - args.steady_seconds, args.fixed_seconds),
-                               len(result["failed"]) / max(1, len(result["done"]) + len(result["failed"])))
+            fixed[parallel] = (
+                rate(result["done"], args.fixed_seconds - args.steady_seconds, args.fixed_seconds),
+                len(result["failed"]) / max(1, len(result["done"]) + len(result["failed"])),
+            )
         best_parallel = max(fixed, key=lambda p: fixed[p][0])
         best = fixed[best_parallel][0]
         auto = await core_loop(server.url, args.auto_seconds, fixed=None, config=config)
@@ -143,12 +158,25 @@ async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
     steady = rate(auto["done"], steady_from, args.auto_seconds)
     total = len(auto["done"]) + len(auto["failed"])
     limits = [row["limit"] for row in auto["trace"] if row["limit"] and row["t"] - auto["t0_wall"] >= steady_from]
-    return {"name": name, "knee": knee, "ceiling": spec["ceiling"], "recommended": recommended, "reason": reason,
-            "within_one_doubling": knee / 2 <= recommended <= knee * 2, "bare": bare, "fixed": fixed,
-            "best_parallel": best_parallel, "best": best, "auto_steady": steady, "ratio": steady / best if best else 0.0,
-            "converged_s": converged_at(auto["done"], best, args.auto_seconds),
-            "auto_failure_fraction": len(auto["failed"]) / total if total else 0.0,
-            "auto_limits": (min(limits), max(limits)) if limits else None, "trace": auto["trace"], "steps": steps}
+    return {
+        "name": name,
+        "knee": knee,
+        "ceiling": spec["ceiling"],
+        "recommended": recommended,
+        "reason": reason,
+        "within_one_doubling": knee / 2 <= recommended <= knee * 2,
+        "bare": bare,
+        "fixed": fixed,
+        "best_parallel": best_parallel,
+        "best": best,
+        "auto_steady": steady,
+        "ratio": steady / best if best else 0.0,
+        "converged_s": converged_at(auto["done"], best, args.auto_seconds),
+        "auto_failure_fraction": len(auto["failed"]) / total if total else 0.0,
+        "auto_limits": (min(limits), max(limits)) if limits else None,
+        "trace": auto["trace"],
+        "steps": steps,
+    }
 
 
 async def record_sweep(name: str, spec: dict, folder: Path, step_seconds: float) -> None:
@@ -159,9 +187,14 @@ async def record_sweep(name: str, spec: dict, folder: Path, step_seconds: float)
     with start_sim_server(seed=0, **spec["server"]) as server:
         steps, index, reason = await sweep(tune_config(server.url, step_seconds), PROMPTS, stop_at_knee=False)
     folder.mkdir(parents=True, exist_ok=True)
-    data = {"scenario": name, "server": spec["server"], "knee": spec["knee"], "step_seconds": step_seconds,
-            "recorded_with": f"python bench/tune_parallelism.py --record-sweeps {folder} --scenario {name}",
-            "steps": [asdict(s) for s in steps]}
+    data = {
+        "scenario": name,
+        "server": spec["server"],
+        "knee": spec["knee"],
+        "step_seconds": step_seconds,
+        "recorded_with": f"python bench/tune_parallelism.py --record-sweeps {folder} --scenario {name}",
+        "steps": [asdict(s) for s in steps],
+    }
     (folder / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
     print(f"{name}: {[(s.parallel, s.throughput, s.p95_ms, s.error_rate) for s in steps]}")
 
@@ -172,9 +205,15 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=5.0, help="tune: time bound per step")
     parser.add_argument("--fixed-seconds", type=float, default=40.0, help="each fixed setting's run")
     parser.add_argument("--auto-seconds", type=float, default=60.0, help="the controller's run")
-    parser.add_argument("--steady-seconds", type=float, default=30.0,
-                        help="steady throughput: the last this many seconds of every run, fixed or auto")
-    parser.add_argument("--record-sweeps", metavar="DIR", help="only record a full sweep (8..1024) per scenario as JSON")
+    parser.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=30.0,
+        help="steady throughput: the last this many seconds of every run, fixed or auto",
+    )
+    parser.add_argument(
+        "--record-sweeps", metavar="DIR", help="only record a full sweep (8..1024) per scenario as JSON"
+    )
     parser.add_argument("--max-failure-fraction", type=float, default=0.05)
     parser.add_argument("--trace", action="store_true", help="print the controller's decisions")
     args = parser.parse_args()
@@ -183,27 +222,44 @@ def main() -> None:
             asyncio.run(record_sweep(name, SCENARIOS[name], Path(args.record_sweeps), args.step_seconds))
         return
     results = [asyncio.run(scenario(name, SCENARIOS[name], args)) for name in args.scenario or list(SCENARIOS)]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"fixed runs {args.fixed_seconds:g} s, auto {args.auto_seconds:g} s, steady = the last {args.steady_seconds:g} s")
-    print(f"{'scenario':>13} {'knee':>5} {'tune':>5} {'ceiling':>8} {'bare/ceil':>9} {'best fixed':>14} "
-          f"{'auto r/s':>8} {'auto/best':>9} {'converged s':>11} {'auto fail':>9} {'auto limit':>11}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"fixed runs {args.fixed_seconds:g} s, auto {args.auto_seconds:g} s, steady = the last {args.steady_seconds:g} s"
+    )
+    print(
+        f"{'scenario':>13} {'knee':>5} {'tune':>5} {'ceiling':>8} {'bare/ceil':>9} {'best fixed':>14} "
+        f"{'auto r/s':>8} {'auto/best':>9} {'converged s':>11} {'auto fail':>9} {'auto limit':>11}"
+    )
     for r in results:
         limits = f"{r['auto_limits'][0]}-{r['auto_limits'][1]}" if r["auto_limits"] else "-"
         converged = f"{r['converged_s']:.1f}" if r["converged_s"] is not None else "never"
-        print(f"{r['name']:>13} {r['knee']:>5} {r['recommended']:>5} {r['ceiling']:>8.0f} {r['bare'] / r['ceiling']:>9.2f} "
-              f"{r['best']:>8.1f} @{r['best_parallel']:<5} {r['auto_steady']:>8.1f} {r['ratio']:>9.2f} {converged:>11} "
-              f"{r['auto_failure_fraction']:>9.2%} {limits:>11}")
+        print(
+            f"{r['name']:>13} {r['knee']:>5} {r['recommended']:>5} {r['ceiling']:>8.0f} {r['bare'] / r['ceiling']:>9.2f} "
+            f"{r['best']:>8.1f} @{r['best_parallel']:<5} {r['auto_steady']:>8.1f} {r['ratio']:>9.2f} {converged:>11} "
+            f"{r['auto_failure_fraction']:>9.2%} {limits:>11}"
+        )
     for r in results:
         fixed = ", ".join(f"{p}: {thr:.1f} r/s ({fail:.1%} failed)" for p, (thr, fail) in sorted(r["fixed"].items()))
         print(f"{r['name']}: tune -> {r['recommended']} ({r['reason']}); fixed {fixed}")
         if args.trace:
             t0 = r["trace"][0]["t"] if r["trace"] else 0.0
             for row in r["trace"]:
-                print(f"  {row['t'] - t0:6.1f} s  limit {row['limit']:>5}  {row['phase']:>6}  {row['reason']}"
-                      + (f"  ({row['throughput']:.0f} r/s, p50 {row['p50_ms'] or 0:.0f} ms, err {row['error_fraction']:.1%})"
-                         if "throughput" in row else ""))
-    ok = all(r["ratio"] >= 0.9 and r["converged_s"] is not None and r["converged_s"] <= 30
-             and r["auto_failure_fraction"] <= args.max_failure_fraction and r["within_one_doubling"] for r in results)
+                print(
+                    f"  {row['t'] - t0:6.1f} s  limit {row['limit']:>5}  {row['phase']:>6}  {row['reason']}"
+                    + (
+                        f"  ({row['throughput']:.0f} r/s, p50 {row['p50_ms'] or 0:.0f} ms, err {row['error_fraction']:.1%})"
+                        if "throughput" in row
+                        else ""
+                    )
+                )
+    ok = all(
+        r["ratio"] >= 0.9
+        and r["converged_s"] is not None
+        and r["converged_s"] <= 30
+        and r["auto_failure_fraction"] <= args.max_failure_fraction
+        and r["within_one_doubling"]
+        for r in results
+    )
     print("targets met" if ok else "targets NOT met")
 
 

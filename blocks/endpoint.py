@@ -16,17 +16,23 @@ class ModelEndpoint(Block):
 
     _block_type_name = "Model Endpoint"
     _block_type_slug = "rollouts-model-endpoint"
-    _description = ("An OpenAI-compatible model server for rollout collection: base URL, model name, API, "
-                    "API key and extra headers (stored encrypted), connection limit and request timeout.")
+    _description = (
+        "An OpenAI-compatible model server for rollout collection: base URL, model name, API, "
+        "API key and extra headers (stored encrypted), connection limit and request timeout."
+    )
 
     base_url: str = Field(title="Base URL", description="OpenAI-compatible base URL, e.g. http://vllm:8000/v1")
     model: str = Field(description="Model name sent with each request, e.g. Qwen/Qwen3-8B")
     api: Literal["chat", "responses"] = Field("chat", title="API", description="Chat Completions or the Responses API")
     api_key: SecretStr | None = Field(None, title="API key", description="Sent as a Bearer token")
-    extra_headers: SecretDict | None = Field(None, description="Extra HTTP headers sent with every request, "
-                                             "e.g. {\"OpenAI-Organization\": \"org-...\"}")
-    connection_limit: int = Field(256, ge=1, description="Most connections (and so rollouts in flight) per collector "
-                                  "process; caps the run's --parallel")
+    extra_headers: SecretDict | None = Field(
+        None, description='Extra HTTP headers sent with every request, e.g. {"OpenAI-Organization": "org-..."}'
+    )
+    connection_limit: int = Field(
+        256,
+        ge=1,
+        description="Most connections (and so rollouts in flight) per collector process; caps the run's --parallel",
+    )
     request_timeout: float = Field(600.0, gt=0, description="Seconds per model request")
 
     @field_validator("base_url")
@@ -39,11 +45,17 @@ class ModelEndpoint(Block):
     def auth(self) -> EndpointAuth:
         """The key and headers, revealed for the requests only."""
         headers = self.extra_headers.get_secret_value() if self.extra_headers else {}
-        return EndpointAuth(api_key=self.api_key.get_secret_value() if self.api_key else None,
-                            headers={str(k): str(v) for k, v in (headers or {}).items()})
+        return EndpointAuth(
+            api_key=self.api_key.get_secret_value() if self.api_key else None,
+            headers={str(k): str(v) for k, v in (headers or {}).items()},
+        )
 
     def get_client(self, limit: int | None = None) -> httpx.AsyncClient:
         """The configured client (create it inside the task that uses it: a client is bound to its event loop)."""
         auth = self.auth()
-        return http_client(min(limit or self.connection_limit, self.connection_limit), self.request_timeout,
-                           auth.api_key, headers=auth.headers)
+        return http_client(
+            min(limit or self.connection_limit, self.connection_limit),
+            self.request_timeout,
+            auth.api_key,
+            headers=auth.headers,
+        )

@@ -45,16 +45,24 @@ def _load(block_type: type, kind: str, name: str):
     try:
         return block_type.load(name, _sync=True)
     except ValueError as exc:  # Prefect's "Unable to find block document named ..."
-        raise ConfigError(f"--{kind}-block {name!r}: no {block_type.get_block_type_name()} block of that name "
-                          f"({exc}); create it in the Prefect UI (Blocks) or with {block_type.__name__}(...).save({name!r})") from None
+        raise ConfigError(
+            f"--{kind}-block {name!r}: no {block_type.get_block_type_name()} block of that name "
+            f"({exc}); create it in the Prefect UI (Blocks) or with {block_type.__name__}(...).save({name!r})"
+        ) from None
     except ValidationError as exc:
         raise ConfigError(f"--{kind}-block {name!r}: the stored block is invalid: {exc.errors()[0]['msg']}") from None
 
 
 def resolve_endpoint(name: str) -> ResolvedEndpoint:
     block: ModelEndpoint = _load(ModelEndpoint, "model", name)
-    return ResolvedEndpoint(url=block.base_url, model=block.model, api=block.api, auth=block.auth(),
-                            connection_limit=block.connection_limit, request_timeout=block.request_timeout)
+    return ResolvedEndpoint(
+        url=block.base_url,
+        model=block.model,
+        api=block.api,
+        auth=block.auth(),
+        connection_limit=block.connection_limit,
+        request_timeout=block.request_timeout,
+    )
 
 
 def resolve_storage(name: str) -> ResolvedStorage:

@@ -15,14 +15,20 @@ class RolloutStorage(Block):
 
     _block_type_name = "Rollout Storage"
     _block_type_slug = "rollouts-storage"
-    _description = ("Where rollout runs are written: a local path or an fsspec URL such as s3://bucket/prefix, "
-                    "with fsspec options (endpoint, region...) and credentials kept as secrets.")
+    _description = (
+        "Where rollout runs are written: a local path or an fsspec URL such as s3://bucket/prefix, "
+        "with fsspec options (endpoint, region...) and credentials kept as secrets."
+    )
 
     url: str = Field(title="URL", description="Local path or fsspec URL where runs go, e.g. s3://bucket/runs")
-    options: dict[str, Any] = Field(default_factory=dict, description="fsspec options that are not secret, e.g. "
-                                    "{\"client_kwargs\": {\"endpoint_url\": \"http://minio:9000\"}}")
-    secret_options: SecretDict | None = Field(None, description="fsspec options that are secret, merged over the "
-                                              "others, e.g. {\"key\": \"AKIA...\", \"secret\": \"...\"}")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='fsspec options that are not secret, e.g. {"client_kwargs": {"endpoint_url": "http://minio:9000"}}',
+    )
+    secret_options: SecretDict | None = Field(
+        None,
+        description='fsspec options that are secret, merged over the others, e.g. {"key": "AKIA...", "secret": "..."}',
+    )
 
     def storage_options(self) -> dict[str, Any]:
         """All fsspec options, secrets revealed: for filesystems only, never for logs or parameters."""
@@ -37,5 +43,7 @@ class RolloutStorage(Block):
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in over.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged

@@ -16,16 +16,20 @@ def build_parser() -> argparse.ArgumentParser:
     from commands.tokens import add_tokens_parser
     from commands.tune import add_tune_parser
 
-    parser = argparse.ArgumentParser(prog="rollouts",
-                                     description="Collect verified LLM rollouts and build RL/SFT/DPO training data.")
+    parser = argparse.ArgumentParser(
+        prog="rollouts", description="Collect verified LLM rollouts and build RL/SFT/DPO training data."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_collect_parser(sub)
     add_demo_parser(sub)
     add_process_parser(sub)
     add_server_parser(sub)
     add_tokens_parser(sub)
-    sub.add_parser("sim-server", help="serve the simulated OpenAI-compatible model (see rollouts sim-server --help)",
-                   add_help=False)
+    sub.add_parser(
+        "sim-server",
+        help="serve the simulated OpenAI-compatible model (see rollouts sim-server --help)",
+        add_help=False,
+    )
     add_tune_parser(sub)
     return parser
 

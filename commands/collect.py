@@ -21,8 +21,10 @@ def prefect_defaults(verbose: bool = False) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
-    for name, value in (("PREFECT_LOGGING_LEVEL", "INFO"),
-                        ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")):
+    for name, value in (
+        ("PREFECT_LOGGING_LEVEL", "INFO"),
+        ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL"),
+    ):
         if not os.environ.get(name):
             os.environ[name] = value
 
@@ -47,7 +49,9 @@ def format_choice(specs: list[str], objectives: list[str]) -> dict[str, list[str
 
 
 def objectives_of(values: Any) -> list[str]:
-    names = [p.strip() for v in (values if isinstance(values, list) else [values]) for p in str(v).split(",") if p.strip()]
+    names = [
+        p.strip() for v in (values if isinstance(values, list) else [values]) for p in str(v).split(",") if p.strip()
+    ]
     for name in names:
         if name not in OBJECTIVES:
             raise ConfigError(f"--objective: unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
@@ -64,9 +68,12 @@ def config_data(args: argparse.Namespace, options: list[Option]) -> dict[str, An
 
 
 def add_collect_parser(sub: Any) -> None:
-    parser = sub.add_parser("collect", help="collect rollouts for a prompts JSONL from an OpenAI-compatible server",
-                            description="Collect verified rollouts through the collect-rollouts Prefect flow. "
-                                        "Every option is a field of CollectConfig, the flow's parameter.")
+    parser = sub.add_parser(
+        "collect",
+        help="collect rollouts for a prompts JSONL from an OpenAI-compatible server",
+        description="Collect verified rollouts through the collect-rollouts Prefect flow. "
+        "Every option is a field of CollectConfig, the flow's parameter.",
+    )
     options = add_model_options(parser, CollectConfig, command="collect")
     parser.add_argument("--no-progress", action="store_true", help="no live progress bar (plain lines only)")
     parser.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs and error tracebacks")
@@ -87,8 +94,11 @@ def print_phases(board: Any) -> None:
     """Where the wall time of the command went, phase by phase (--verbose)."""
     times = board.phase_times()
     total = sum(seconds for _, seconds in times)
-    print("time by phase: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in times) + f" (total {total:.2f} s)",
-          file=sys.stderr, flush=True)
+    print(
+        "time by phase: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in times) + f" (total {total:.2f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _absolute(url: str) -> str:
@@ -181,7 +191,9 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
 
 
 def add_demo_parser(sub: Any) -> None:
-    demo = sub.add_parser("demo", help="run the whole pipeline on bundled math prompts against the built-in simulated server")
+    demo = sub.add_parser(
+        "demo", help="run the whole pipeline on bundled math prompts against the built-in simulated server"
+    )
     demo.add_argument("--out", default="./runs", help="where the run is written (default ./runs)")
     demo.add_argument("--run-name", default="demo", help="run directory name (default demo)")
     demo.add_argument("--num-repeats", type=int, default=4, help="rollouts per prompt (default 4)")
@@ -200,7 +212,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"starting the simulated model server (latency {args.latency_ms} ms)...", file=sys.stderr)
     with start_sim_server(latency_ms=args.latency_ms, seed=0) as server:
         print(f"simulated model server at {server.url}; collecting through the collect-rollouts flow", file=sys.stderr)
-        config = CollectConfig(input=str(prompts), out=args.out, model_url=server.url, model="sim-model",
-                               objective=["rl", "sft", "dpo"], num_repeats=args.num_repeats, parallel=args.parallel,
-                               temperature=0.8, seed=1234, shard_size=16, run_name=args.run_name)
+        config = CollectConfig(
+            input=str(prompts),
+            out=args.out,
+            model_url=server.url,
+            model="sim-model",
+            objective=["rl", "sft", "dpo"],
+            num_repeats=args.num_repeats,
+            parallel=args.parallel,
+            temperature=0.8,
+            seed=1234,
+            shard_size=16,
+            run_name=args.run_name,
+        )
         return run_collect(config, show_progress=not args.no_progress)

@@ -26,8 +26,11 @@ class Guard:
 
 
 @contextlib.contextmanager
-def usage_guard(verbose: bool = False, usage: tuple[type[RolloutsError], ...] = (ConfigError, InputError),
-                interrupted: str = "interrupted: run the same command again to resume where it stopped") -> Iterator[Guard]:
+def usage_guard(
+    verbose: bool = False,
+    usage: tuple[type[RolloutsError], ...] = (ConfigError, InputError),
+    interrupted: str = "interrupted: run the same command again to resume where it stopped",
+) -> Iterator[Guard]:
     """Turn the project's own errors into one clear line and an exit code (`usage` ones: 2, others: 1; Ctrl-C: 130
     with the `interrupted` line); anything else keeps its traceback."""
     guard = Guard()

@@ -114,8 +114,14 @@ def _argparse_kwargs(name: str, field: FieldInfo, cli: Cli) -> dict[str, Any]:
     return kw
 
 
-def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel], *, command: str,
-                      prefix: tuple[str, ...] = (), group: Any = None) -> list[Option]:
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    *,
+    command: str,
+    prefix: tuple[str, ...] = (),
+    group: Any = None,
+) -> list[Option]:
     """Add one option per leaf field of `model` (sections become help groups); return how to read them back."""
     options: list[Option] = []
     target = group or parser
@@ -136,11 +142,20 @@ def add_model_options(parser: argparse.ArgumentParser, model: type[BaseModel], *
             target.add_argument(dest, metavar=cli.metavar or name.upper(), nargs=nargs, help=field.description)
             options.append(Option(path, name, dest))
             continue
-        flag = (cli.collect_flag if command == "collect" and cli.collect_flag else None) or cli.flag or \
-            "--" + name.replace("_", "-")
+        flag = (
+            (cli.collect_flag if command == "collect" and cli.collect_flag else None)
+            or cli.flag
+            or "--" + name.replace("_", "-")
+        )
         if _is_model(field.annotation):  # a whole section behind one flag (--format): parsed by the command
-            target.add_argument(flag, dest=dest, action="append", default=argparse.SUPPRESS, metavar=cli.metavar,
-                                help=(field.description or "") + " (repeatable)")
+            target.add_argument(
+                flag,
+                dest=dest,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar=cli.metavar,
+                help=(field.description or "") + " (repeatable)",
+            )
         else:
             target.add_argument(flag, dest=dest, **_argparse_kwargs(name, field, cli))
         options.append(Option(path, flag, dest))

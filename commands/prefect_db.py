@@ -66,12 +66,18 @@ def contents(database: Path) -> tuple[dict[tuple[str, str], list[str]], dict[str
     An object's definition is compared as the set of its lines: SQLAlchemy writes one column or constraint per line,
     and Alembic's table rebuilds on SQLite list a table's constraints in an order that varies from run to run."""
     with sqlite3.connect(database) as connection:
-        objects = connection.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master "
-                                     "WHERE name NOT LIKE 'sqlite_%'").fetchall()
-        schema = {(type_, name): sorted(line.strip().removesuffix(",").strip() for line in sql.splitlines())
-                  for type_, name, sql in objects}
-        rows = {name: sorted(connection.execute(f'SELECT * FROM "{name}"'))  # noqa: S608 - names from sqlite_master
-                for type_, name, _ in objects if type_ == "table"}
+        objects = connection.execute(
+            "SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        schema = {
+            (type_, name): sorted(line.strip().removesuffix(",").strip() for line in sql.splitlines())
+            for type_, name, sql in objects
+        }
+        rows = {
+            name: sorted(connection.execute(f'SELECT * FROM "{name}"'))  # noqa: S608 - names from sqlite_master
+            for type_, name, _ in objects
+            if type_ == "table"
+        }
     connection.close()
     return schema, rows
 
@@ -80,8 +86,15 @@ def migrated(prefect_home: Path) -> Path:
     """A database made by the installed Prefect's own migrations (`prefect server database upgrade`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
     return prefect_home / "prefect.db"
 
 

@@ -36,7 +36,8 @@ class ProcessCommand(RolloutFilesConfig):
 
     objective: list[Objective] = Field(description="rl, sft or dpo; repeat or comma-separate")
     workdir: Annotated[str | None, Cli(metavar="URL")] = Field(
-        None, description="where the intermediate Parquet frame goes (default: a temp dir)")
+        None, description="where the intermediate Parquet frame goes (default: a temp dir)"
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     _objectives = field_validator("objective", mode="before")(lambda cls, v: objectives_of(v))
@@ -69,7 +70,13 @@ def _summary(results: list[Any]) -> Table:
         table.add_column(column, justify="left" if column == "objective" else "right")
     for r in results:
         c = r.card
-        table.add_row(r.objective, str(c.rows_in), str(c.bad_rows.count), f"{c.groups_in} → {c.groups_out}", f"{c.rows_out} {c.unit}")
+        table.add_row(
+            r.objective,
+            str(c.rows_in),
+            str(c.bad_rows.count),
+            f"{c.groups_in} → {c.groups_out}",
+            f"{c.rows_out} {c.unit}",
+        )
     return table
 
 
@@ -80,8 +87,13 @@ def run_process_command(args: argparse.Namespace) -> int:
     # Unlike `collect`, inputs that cannot be read are not a usage error here: only ConfigError exits 2.
     with usage_guard(getattr(args, "verbose", False), usage=(ConfigError,)) as guard:
         command = build_command(args)
-        results = process_many(command.inputs, command.configs(), command.out, storage_options=command.storage_options,
-                               workdir=command.workdir)
+        results = process_many(
+            command.inputs,
+            command.configs(),
+            command.out,
+            storage_options=command.storage_options,
+            workdir=command.workdir,
+        )
     if guard.code:
         return guard.code
     out = Console()
@@ -89,7 +101,11 @@ def run_process_command(args: argparse.Namespace) -> int:
     for r in results:
         drops = [*r.card.dropped, *r.card.group_drops, *r.card.pair_drops]
         if drops:
-            out.print(f"{r.objective} dropped: " + ", ".join(f"{d.rule} {d.count}" for d in drops), highlight=False, soft_wrap=True)
+            out.print(
+                f"{r.objective} dropped: " + ", ".join(f"{d.rule} {d.count}" for d in drops),
+                highlight=False,
+                soft_wrap=True,
+            )
         for fmt, path in r.files.items():
             out.print(f"{r.objective}/{fmt}: {path} ({r.rows[fmt]} rows)", highlight=False, soft_wrap=True)
         out.print(f"{r.objective} data card: {r.card_markdown}", highlight=False, soft_wrap=True)

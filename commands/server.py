@@ -106,14 +106,18 @@ class Booting:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the local Prefect server exited at start (code {self.process.returncode}); "
-                                   f"see {root / 'server.log'}")
+                raise RuntimeError(
+                    f"the local Prefect server exited at start (code {self.process.returncode}); "
+                    f"see {root / 'server.log'}"
+                )
             if healthy(self.info, timeout=1.0):
                 _state_file().write_text(json.dumps(asdict(self.info)))
                 return self.info
             time.sleep(0.3)
         self.process.kill()
-        raise RuntimeError(f"the local Prefect server did not answer within {START_TIMEOUT_S:.0f} s; see {root / 'server.log'}")
+        raise RuntimeError(
+            f"the local Prefect server did not answer within {START_TIMEOUT_S:.0f} s; see {root / 'server.log'}"
+        )
 
 
 def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
@@ -122,17 +126,32 @@ def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
     root.mkdir(parents=True, exist_ok=True)
     port = _free_port(port or DEFAULT_PORT)
     api_url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_UI_API_URL": api_url, "PREFECT_API_URL": api_url}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_UI_API_URL": api_url,
+        "PREFECT_API_URL": api_url,
+    }
     prefect_db.seed(root / "prefect", env)  # a first start skips Prefect's migrations (~8 s) when it can
     log = open(root / "server.log", "ab")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     info = ServerInfo(pid=process.pid, port=port, home=str(root))
     if not quiet:
-        print(f"starting a local Prefect server at {info.ui_url} (it stays up for later runs; "
-              "`rollouts server stop` stops it)...", file=sys.stderr, flush=True)
+        print(
+            f"starting a local Prefect server at {info.ui_url} (it stays up for later runs; "
+            "`rollouts server stop` stops it)...",
+            file=sys.stderr,
+            flush=True,
+        )
     return Booting(info, process)
 
 
@@ -220,8 +239,13 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def add_server_parser(sub: Any) -> None:
-    parser = sub.add_parser("server", help="start, stop or show the local Prefect server that runs use",
-                            description=(__doc__ or "").split("\n\n", 1)[1].strip())
+    parser = sub.add_parser(
+        "server",
+        help="start, stop or show the local Prefect server that runs use",
+        description=(__doc__ or "").split("\n\n", 1)[1].strip(),
+    )
     parser.add_argument("action", choices=["start", "stop", "status"])
-    parser.add_argument("--port", type=int, default=None, help=f"port for start (default {DEFAULT_PORT}, or a free one)")
+    parser.add_argument(
+        "--port", type=int, default=None, help=f"port for start (default {DEFAULT_PORT}, or a free one)"
+    )
     parser.set_defaults(func=cmd_server)

@@ -59,8 +59,13 @@ class ProgressDisplay:
         if not self.console.is_terminal:  # CI logs, files: a plain line every so often instead of a live bar
             self._plain_lines()
             return
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                   _Stats(self.board), TimeElapsedColumn()]
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            _Stats(self.board),
+            TimeElapsedColumn(),
+        ]
         shown: dict[str, bool] = {}
         with Progress(*columns, console=self.console, transient=False, refresh_per_second=4) as progress:
             task = progress.add_task("rollouts", total=None)
@@ -84,8 +89,12 @@ class ProgressDisplay:
             if snap.total and time.monotonic() - shown.get("at", 0.0) >= every_s:  # type: ignore[operator]
                 shown["at"] = time.monotonic()  # type: ignore[assignment]
                 reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
-                print(f"rollouts {snap.resumed + snap.done}/{snap.total}  {snap.rate:.0f}/s  reward {reward}  "
-                      f"failed {snap.failed}", file=sys.stderr, flush=True)
+                print(
+                    f"rollouts {snap.resumed + snap.done}/{snap.total}  {snap.rate:.0f}/s  reward {reward}  "
+                    f"failed {snap.failed}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -31,8 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_tokens_parser(subparsers: Any) -> None:
     """Register `tokens` on an argparse subparsers object; the parsed args carry func=run_tokens_command."""
-    parser = subparsers.add_parser("tokens", help="check token contiguity and write training token records",
-                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "tokens",
+        help="check token contiguity and write training token records",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
 
 
@@ -46,20 +50,34 @@ def run_tokens_command(args: argparse.Namespace) -> int:
 
     with usage_guard(args.verbose, usage=(ConfigError,)) as guard:  # unreadable inputs: exit 1
         config = tokens_config(args)
-        result = convert_token_records(config.inputs, config.out, config.on_break, config.storage_options,
-                                       tokenizer=config.decoder(), turn_end_id=config.turn_end_id,
-                                       config=config.process_config())
+        result = convert_token_records(
+            config.inputs,
+            config.out,
+            config.on_break,
+            config.storage_options,
+            tokenizer=config.decoder(),
+            turn_end_id=config.turn_end_id,
+            config=config.process_config(),
+        )
     if guard.code:
         return guard.code
     out = Console()
     card = result.card
     check = card.check
     kinds = ", ".join(f"{k} {n}" for k, n in check.breaks_by_kind.items()) or "none"
-    out.print(f"{card.rollouts_selected} rollouts: {check.contiguous} contiguous, {check.broken} broken "
-              f"(breaks: {kinds}); {card.without_token_ids} without token ids", highlight=False, soft_wrap=True)
+    out.print(
+        f"{card.rollouts_selected} rollouts: {check.contiguous} contiguous, {check.broken} broken "
+        f"(breaks: {kinds}); {card.without_token_ids} without token ids",
+        highlight=False,
+        soft_wrap=True,
+    )
     actions = ", ".join(f"{k} {n}" for k, n in card.actions.items()) or "nothing to repair"
-    out.print(f"--on-break {result.policy}: {actions}; {card.samples_out} samples, "
-              f"{card.generated_tokens_out} of {card.generated_tokens_in} generated tokens", highlight=False, soft_wrap=True)
+    out.print(
+        f"--on-break {result.policy}: {actions}; {card.samples_out} samples, "
+        f"{card.generated_tokens_out} of {card.generated_tokens_in} generated tokens",
+        highlight=False,
+        soft_wrap=True,
+    )
     for fmt, path in result.files.items():
         out.print(f"{fmt}: {path} ({result.rows[fmt]} rows)", highlight=False, soft_wrap=True)
     out.print(f"data card: {result.card_markdown}", highlight=False, soft_wrap=True)
@@ -67,8 +85,9 @@ def run_tokens_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rollouts tokens", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rollouts tokens", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return run_tokens_command(parser.parse_args(sys.argv[1:] if argv is None else argv))
 

@@ -11,9 +11,11 @@ from commands.errors import EXIT_RUN_FAILED, error, usage_guard
 from commands.options import add_model_options, build, validated
 from rollouts.tune.sweep import StepResult, TuneConfig
 
-DESCRIPTION = ("Find the --parallel where throughput stops rising: real prompts at 8, 16, 32, ... in flight, one "
-               "bounded step each. Requests are sent without retries: a 429, a 5xx or a --request-timeout counts as an "
-               "error of its step.")
+DESCRIPTION = (
+    "Find the --parallel where throughput stops rising: real prompts at 8, 16, 32, ... in flight, one "
+    "bounded step each. Requests are sent without retries: a 429, a 5xx or a --request-timeout counts as an "
+    "error of its step."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_tune_parser(subparsers: Any) -> None:
     """Register `tune` on an argparse subparsers object; the parsed args carry func, which runs it."""
-    parser = subparsers.add_parser("tune", help="find the --parallel knee of a model server with a sample of your prompts",
-                                   description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "tune", help="find the --parallel knee of a model server with a sample of your prompts", description=DESCRIPTION
+    )
     add_arguments(parser)
 
 
@@ -34,8 +37,12 @@ def tune_config(args: argparse.Namespace) -> TuneConfig:
 
 
 def _step_line(step: StepResult) -> None:
-    print(f"  parallel {step.parallel:>5}: {step.throughput:8.1f} req/s, p50 {step.p50_ms or 0:.0f} ms, "
-          f"p95 {step.p95_ms or 0:.0f} ms, errors {step.error_rate:.1%}", file=sys.stderr, flush=True)
+    print(
+        f"  parallel {step.parallel:>5}: {step.throughput:8.1f} req/s, p50 {step.p50_ms or 0:.0f} ms, "
+        f"p95 {step.p95_ms or 0:.0f} ms, errors {step.error_rate:.1%}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def run_tune_command(args: argparse.Namespace) -> int:
@@ -49,8 +56,12 @@ def run_tune_command(args: argparse.Namespace) -> int:
         api_key = config.api_key()
         check_endpoint(config.model_url, api_key)
         prompts = load_prompts(config.input, config.sample)
-        print(f"tuning --parallel against {config.model_url} with {len(prompts)} prompts, "
-              f"steps of <= {config.step_seconds:g} s", file=sys.stderr, flush=True)
+        print(
+            f"tuning --parallel against {config.model_url} with {len(prompts)} prompts, "
+            f"steps of <= {config.step_seconds:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
         steps, index, reason = asyncio.run(sweep(config, prompts, api_key=api_key, report=_step_line))
         if all(s.ok == 0 for s in steps):
             error(f"no request succeeded (errors: {steps[0].errors})")

@@ -37,12 +37,16 @@ def prompts_ready_trigger(config: dict[str, Any]):
     from prefect.events import DeploymentEventTrigger
 
     return DeploymentEventTrigger(
-        name="collect-when-prompts-ready", expect={PROMPTS_READY}, match={"prefect.resource.id": "rollouts.prompts.*"},
-        parameters={"config": {**config, "input": "{{ event.payload.uri }}"}})
+        name="collect-when-prompts-ready",
+        expect={PROMPTS_READY},
+        match={"prefect.resource.id": "rollouts.prompts.*"},
+        parameters={"config": {**config, "input": "{{ event.payload.uri }}"}},
+    )
 
 
-def deploy_all(pool: str, config: dict[str, Any], *, cron: str = NIGHTLY_CRON, timezone: str = "UTC",
-               source: str | Path = ROOT) -> dict[str, UUID]:
+def deploy_all(
+    pool: str, config: dict[str, Any], *, cron: str = NIGHTLY_CRON, timezone: str = "UTC", source: str | Path = ROOT
+) -> dict[str, UUID]:
     """Create or update the four deployments on `pool`; returns their ids by `flow/deployment` name."""
     from prefect import flow
     from prefect.client.schemas.schedules import CronSchedule
@@ -52,19 +56,35 @@ def deploy_all(pool: str, config: dict[str, Any], *, cron: str = NIGHTLY_CRON, t
     common = dict(work_pool_name=pool, build=False, push=False, print_next_steps=False, ignore_warnings=True)
     ids = {
         "collect-rollouts/nightly": collect.deploy(
-            name="nightly", schedule=CronSchedule(cron=cron, timezone=timezone), parameters={"config": config},
-            description=f"Nightly collection ({cron} {timezone}) of {config['input']}", tags=["rollouts"], **common),
+            name="nightly",
+            schedule=CronSchedule(cron=cron, timezone=timezone),
+            parameters={"config": config},
+            description=f"Nightly collection ({cron} {timezone}) of {config['input']}",
+            tags=["rollouts"],
+            **common,
+        ),
         "collect-rollouts/from-ui": collect.deploy(
-            name="from-ui", parameters={"config": config}, tags=["rollouts"],
+            name="from-ui",
+            parameters={"config": config},
+            tags=["rollouts"],
             description="Collection started from the UI or `prefect deployment run`: edit the options in the form",
-            **common),
+            **common,
+        ),
         "collect-rollouts/on-prompts-ready": collect.deploy(
-            name="on-prompts-ready", parameters={"config": config}, triggers=[prompts_ready_trigger(config)],
-            description=f"Collects the prompts file of each {PROMPTS_READY} event", tags=["rollouts"], **common),
+            name="on-prompts-ready",
+            parameters={"config": config},
+            triggers=[prompts_ready_trigger(config)],
+            description=f"Collects the prompts file of each {PROMPTS_READY} event",
+            tags=["rollouts"],
+            **common,
+        ),
         "prepare-prompts/prepare": prepare.deploy(
-            name="prepare", description=f"Writes a prompts JSONL and emits {PROMPTS_READY}", tags=["rollouts"],
+            name="prepare",
+            description=f"Writes a prompts JSONL and emits {PROMPTS_READY}",
+            tags=["rollouts"],
             parameters={"storage_block": config["storage_block"], "out": ""} if config.get("storage_block") else {},
-            **common),
+            **common,
+        ),
     }
     return ids
 
@@ -86,10 +106,15 @@ def config_parameters(parser: argparse.ArgumentParser, argv: list[str] | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="Every option of `rollouts collect` sets that deployment default.")
-    parser.add_argument("--pool", required=True, help="a process work pool (prefect work-pool create NAME --type process)")
-    parser.add_argument("--cron", default=NIGHTLY_CRON, help=f"schedule of the nightly collection (default {NIGHTLY_CRON!r})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="Every option of `rollouts collect` sets that deployment default."
+    )
+    parser.add_argument(
+        "--pool", required=True, help="a process work pool (prefect work-pool create NAME --type process)"
+    )
+    parser.add_argument(
+        "--cron", default=NIGHTLY_CRON, help=f"schedule of the nightly collection (default {NIGHTLY_CRON!r})"
+    )
     parser.add_argument("--timezone", default="UTC", help="time zone of --cron (default UTC)")
     args, config = config_parameters(parser, argv)
     for name, deployment_id in deploy_all(args.pool, config, cron=args.cron, timezone=args.timezone).items():

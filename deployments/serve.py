@@ -14,8 +14,10 @@ from commands.collect import prefect_defaults  # noqa: E402
 from deployments.deploy import config_parameters  # noqa: E402
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="Every option of `rollouts collect` sets the served deployment's default.")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Every option of `rollouts collect` sets the served deployment's default.",
+    )
     _, config = config_parameters(parser)
     prefect_defaults(verbose=True)
     from flows.collect import collect_rollouts

@@ -15,14 +15,14 @@ from prefect.runtime import flow_run
 from blocks import apply_blocks
 from flows.engines import shard_runners
 from flows.events import emit_run_event
+from rollouts.collector.engine import Engine
+from rollouts.collector.runtime import collector
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
-from rollouts.collector.engine import Engine
-from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge
-from rollouts.report.profiler import function_profile
 from rollouts.redact import refuse_secrets
+from rollouts.report.profiler import function_profile
 from rollouts.run import RunRef, run_store
-from rollouts.collector.runtime import collector
+from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
 from tasks.generate import engine_of, finish_parallel, generate_shard
@@ -49,8 +49,9 @@ def settled(future: PrefectFuture) -> bool:
     return bool(done()) if callable(done) else future.state.is_final()
 
 
-def follow_shards(engine: Engine, run: RunRef, generated: list[PrefectFuture], verified: list[PrefectFuture]
-                  ) -> list[State]:
+def follow_shards(
+    engine: Engine, run: RunRef, generated: list[PrefectFuture], verified: list[PrefectFuture]
+) -> list[State]:
     """Wait for the shards' verify tasks in submission order (roughly the order they finish), moving the progress
     artifact; on a stop request, cancel what has not started and wait for what runs to flush. Their final states."""
     stop = collector().stop
@@ -85,8 +86,14 @@ def write_outputs(run: RunRef, verdict: Verdict) -> dict[str, list[str]]:
 
 def conclude(summary: RunSummary) -> RunSummary:
     """Announce the run's end (log line, event); a run that did not complete ends the flow run Failed."""
-    get_run_logger().info("run %s %s: %d of %d rollouts ok, mean reward %s", summary.run_url, summary.status,
-                          summary.rollouts_ok, summary.rollouts_expected, summary.mean_reward)
+    get_run_logger().info(
+        "run %s %s: %d of %d rollouts ok, mean reward %s",
+        summary.run_url,
+        summary.status,
+        summary.rollouts_ok,
+        summary.rollouts_expected,
+        summary.mean_reward,
+    )
     emit_run_event(summary)
     if summary.status != "completed":
         raise RunFailedError(summary.reason, summary=summary.model_dump())
@@ -104,13 +111,23 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     engine.prepare(collector())  # collector processes start while the prompts are read and sharded
     plan = shard_prompts(config)
     run = plan.run
-    get_run_logger().info("run %s: %d prompts in %d shards, %d rejected rows%s", run.run_url, plan.prompts,
-                          len(plan.shards), plan.rejects, " (resuming)" if plan.resumed else "")
-    with function_profile(config.profiling.profile, run_store(run), duty=config.profiling.profile_duty), \
-            shard_runners(engine) as (generators, verifiers):
+    get_run_logger().info(
+        "run %s: %d prompts in %d shards, %d rejected rows%s",
+        run.run_url,
+        plan.prompts,
+        len(plan.shards),
+        plan.rejects,
+        " (resuming)" if plan.resumed else "",
+    )
+    with (
+        function_profile(config.profiling.profile, run_store(run), duty=config.profiling.profile_duty),
+        shard_runners(engine) as (generators, verifiers),
+    ):
         generated = generators.map(generate_shard, {"run": unmapped(run), "shard": plan.shards})
-        verified = [verifiers.submit(verify_shard, {"run": run, "shard": shard}, wait_for=[future])
-                    for shard, future in zip(plan.shards, generated, strict=True)]
+        verified = [
+            verifiers.submit(verify_shard, {"run": run, "shard": shard}, wait_for=[future])
+            for shard, future in zip(plan.shards, generated, strict=True)
+        ]
         states = follow_shards(engine, run, generated, verified)
     results = [state.result() for state in states if state.is_completed()]
     finish_parallel(run)

@@ -32,8 +32,17 @@ def worker_api_url() -> str | None:
 
 def worker_env() -> dict[str, str]:
     """Environment for worker processes: the API server to use, and this process's quiet, offline defaults."""
-    env = {key: os.environ[key] for key in ("PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK", "PREFECT_LOGGING_LEVEL",
-                                            "PREFECT_API_KEY", "PYTHONPATH") if os.environ.get(key)}
+    env = {
+        key: os.environ[key]
+        for key in (
+            "PREFECT_SERVER_ANALYTICS_ENABLED",
+            "DO_NOT_TRACK",
+            "PREFECT_LOGGING_LEVEL",
+            "PREFECT_API_KEY",
+            "PYTHONPATH",
+        )
+        if os.environ.get(key)
+    }
     url = worker_api_url()
     if url:
         env["PREFECT_API_URL"] = url
@@ -43,9 +52,11 @@ def worker_env() -> dict[str, str]:
 def _remote_needs_real_server(engine: str) -> None:
     url = worker_api_url()
     if not PREFECT_API_URL.value() and url:
-        raise ConfigError(f"--{engine}-address: the workers of a remote cluster cannot reach this process's embedded "
-                          f"Prefect server ({url}); start one (`prefect server start`) and set PREFECT_API_URL to an "
-                          "address the workers can reach")
+        raise ConfigError(
+            f"--{engine}-address: the workers of a remote cluster cannot reach this process's embedded "
+            f"Prefect server ({url}); start one (`prefect server start`) and set PREFECT_API_URL to an "
+            "address the workers can reach"
+        )
 
 
 def dask_runner(address: str | None, workers: int, threads_per_worker: int) -> TaskRunner:
@@ -56,9 +67,17 @@ def dask_runner(address: str | None, workers: int, threads_per_worker: int) -> T
         _remote_needs_real_server("dask")
         return DaskTaskRunner(address=address)
     # dashboard_address=None still binds the scheduler's HTTP server on :8787; a random loopback port does not clash.
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "processes": True, "threads_per_worker": threads_per_worker,
-                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
-                                          "scheduler_kwargs": {"dashboard": False}, "env": worker_env()})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "processes": True,
+            "threads_per_worker": threads_per_worker,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+            "scheduler_kwargs": {"dashboard": False},
+            "env": worker_env(),
+        }
+    )
 
 
 def ray_runner(address: str | None, workers: int) -> TaskRunner:
@@ -76,8 +95,14 @@ def ray_runner(address: str | None, workers: int) -> TaskRunner:
     if address:
         _remote_needs_real_server("ray")
         return RayTaskRunner(address=address, init_kwargs={"runtime_env": runtime_env})
-    return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False, "log_to_driver": False,
-                                      "runtime_env": runtime_env})
+    return RayTaskRunner(
+        init_kwargs={
+            "num_cpus": workers,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "runtime_env": runtime_env,
+        }
+    )
 
 
 def _distributed(concurrency: ConcurrencyConfig) -> TaskRunner:

@@ -13,8 +13,17 @@ from prefect.events import Event, emit_event
 PROMPTS_READY = "rollouts.prompts.ready"
 RUN_COMPLETED = "rollouts.run.completed"
 RUN_FAILED = "rollouts.run.failed"
-_COUNTS = ("prompts", "rejects", "rollouts_expected", "rollouts_ok", "rollouts_failed", "rollouts_not_run",
-           "failure_fraction", "mean_reward", "rollouts_per_s")
+_COUNTS = (
+    "prompts",
+    "rejects",
+    "rollouts_expected",
+    "rollouts_ok",
+    "rollouts_failed",
+    "rollouts_not_run",
+    "failure_fraction",
+    "mean_reward",
+    "rollouts_per_s",
+)
 
 
 def _name(url: str) -> str:
@@ -23,9 +32,11 @@ def _name(url: str) -> str:
 
 def emit_prompts_ready(uri: str, rows: int, dataset: str) -> Event | None:
     """A prompts JSONL is ready at `uri` (any fsspec URL the collection's workers can read)."""
-    return emit_event(PROMPTS_READY, resource={"prefect.resource.id": f"rollouts.prompts.{dataset}",
-                                               "prefect.resource.name": dataset},
-                      payload={"uri": uri, "rows": rows, "dataset": dataset})
+    return emit_event(
+        PROMPTS_READY,
+        resource={"prefect.resource.id": f"rollouts.prompts.{dataset}", "prefect.resource.name": dataset},
+        payload={"uri": uri, "rows": rows, "dataset": dataset},
+    )
 
 
 def emit_run_event(summary: Any) -> Event | None:
@@ -37,6 +48,12 @@ def emit_run_event(summary: Any) -> Event | None:
     payload.update({key: data[key] for key in _COUNTS if key in data})
     payload["outputs"] = {objective: list(files) for objective, files in (data.get("outputs") or {}).items()}
     event = RUN_COMPLETED if data["status"] == "completed" else RUN_FAILED
-    return emit_event(event, resource={"prefect.resource.id": f"rollouts.run.{_name(run_url)}",
-                                       "prefect.resource.name": _name(run_url), "rollouts.run-url": run_url},
-                      payload=payload)
+    return emit_event(
+        event,
+        resource={
+            "prefect.resource.id": f"rollouts.run.{_name(run_url)}",
+            "prefect.resource.name": _name(run_url),
+            "rollouts.run-url": run_url,
+        },
+        payload=payload,
+    )

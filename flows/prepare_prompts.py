@@ -24,17 +24,28 @@ def write_prompts(out: str, dataset: str, rows: int, seed: int, storage_block: s
     lines = []
     for _ in range(rows):
         a, b = rng.randint(1, 999), rng.randint(1, 999)
-        lines.append(json.dumps({"responses_create_params": {"input": [
-            {"role": "user", "content": f"What is {a} + {b}? Put the final answer in \\boxed{{}}."}]},
-            "agent_ref": {"name": "math"}, "expected_answer": str(a + b)}))
+        lines.append(
+            json.dumps(
+                {
+                    "responses_create_params": {
+                        "input": [
+                            {"role": "user", "content": f"What is {a} + {b}? Put the final answer in \\boxed{{}}."}
+                        ]
+                    },
+                    "agent_ref": {"name": "math"},
+                    "expected_answer": str(a + b),
+                }
+            )
+        )
     store = Store(out, options)
     store.write_lines(lines, "prompts", f"{dataset}.jsonl")
     return store.url("prompts", f"{dataset}.jsonl")
 
 
 @flow(name="prepare-prompts", log_prints=False)
-def prepare_prompts(out: str = "./data", dataset: str = "arith", rows: int = 32, seed: int = 0,
-                    storage_block: str | None = None) -> str:
+def prepare_prompts(
+    out: str = "./data", dataset: str = "arith", rows: int = 32, seed: int = 0, storage_block: str | None = None
+) -> str:
     """Write `rows` prompts to `<out>/prompts/<dataset>.jsonl` (or under a RolloutStorage block's URL when `out` is
     empty) and emit `rollouts.prompts.ready` with its URI."""
     uri = write_prompts(out, dataset, rows, seed, storage_block)

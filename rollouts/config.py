@@ -15,15 +15,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rollouts.stages.agent import AgentLimits
 from rollouts.envs import Environment, build_environments, known_environment_names, parse_remote_env
 from rollouts.errors import ConfigError
 from rollouts.options import IDENTITY, Cli, field_of, identity_fields, marker
 from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, RolloutFilesConfig, TrainConfig
+from rollouts.stages.agent import AgentLimits
 
-__all__ = ["SAMPLING_PRESETS", "CollectConfig", "ConcurrencyConfig", "EndpointConfig", "EnvironmentConfig",
-           "Objective", "RowsConfig", "SamplingConfig", "StorageConfig", "TrainConfig", "api_key_from_env",
-           "parse_remote_envs"]
+__all__ = [
+    "SAMPLING_PRESETS",
+    "CollectConfig",
+    "ConcurrencyConfig",
+    "EndpointConfig",
+    "EnvironmentConfig",
+    "Objective",
+    "RowsConfig",
+    "SamplingConfig",
+    "StorageConfig",
+    "TrainConfig",
+    "api_key_from_env",
+    "parse_remote_envs",
+]
 
 # NeMo Gym's sampling guidance per objective; explicit options override these.
 SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
@@ -61,29 +72,46 @@ class EndpointConfig(BaseModel):
 
     # `rollouts tune` reuses model_url, model, api, api_key_env and request_timeout (rollouts.tune.sweep.TuneConfig).
     model_url: Annotated[str | None, AfterValidator(_model_url)] = Field(
-        None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
+        None, description="OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
+    )
     model: Annotated[str | None, IDENTITY] = Field(
-        None, description="model name sent with each request, e.g. Qwen/Qwen3-8B")
+        None, description="model name sent with each request, e.g. Qwen/Qwen3-8B"
+    )
     block: Annotated[str | None, Cli(flag="--model-block", metavar="NAME")] = Field(
-        None, description="a ModelEndpoint block instead of --model-url and --model: base URL, model, API, key and "
-                          "headers (the secrets stay in the block)")
+        None,
+        description="a ModelEndpoint block instead of --model-url and --model: base URL, model, API, key and "
+        "headers (the secrets stay in the block)",
+    )
     api: Annotated[Literal["chat", "responses"], IDENTITY] = Field(
-        "chat", description="Chat Completions or the Responses API")
+        "chat", description="Chat Completions or the Responses API"
+    )
     api_key_env: Annotated[str | None, Cli(metavar="VAR")] = Field(
-        None, description="environment variable that holds the API key (sent as a Bearer token)")
+        None, description="environment variable that holds the API key (sent as a Bearer token)"
+    )
     request_timeout: float = Field(600.0, gt=0, description="seconds per model request, connect to last byte")
     max_retries: int = Field(
-        4, ge=0, description="retries per request on 429/5xx/connection errors/timeouts, exponential backoff with "
-                             "jitter, Retry-After honoured")
+        4,
+        ge=0,
+        description="retries per request on 429/5xx/connection errors/timeouts, exponential backoff with "
+        "jitter, Retry-After honoured",
+    )
     rollout_timeout: float = Field(
-        3600.0, gt=0, description="seconds for one whole rollout: its remote-environment session, every model and tool "
-                                  "call, retries and backoff included; past it the rollout fails with RolloutTimeout")
+        3600.0,
+        gt=0,
+        description="seconds for one whole rollout: its remote-environment session, every model and tool "
+        "call, retries and backoff included; past it the rollout fails with RolloutTimeout",
+    )
     max_response_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="largest model reply body read, in bytes; a larger one fails the "
-                                               "rollout with ResponseTooLarge (not retried)")
+        16 * 1024 * 1024,
+        ge=1024,
+        description="largest model reply body read, in bytes; a larger one fails the "
+        "rollout with ResponseTooLarge (not retried)",
+    )
     return_tokens: Annotated[bool, IDENTITY] = Field(
-        False, description="ask for prompt/generation token ids and logprobs (vLLM return_token_ids), kept as "
-                           "prompt_token_ids, generation_token_ids, generation_log_probs")
+        False,
+        description="ask for prompt/generation token ids and logprobs (vLLM return_token_ids), kept as "
+        "prompt_token_ids, generation_token_ids, generation_log_probs",
+    )
 
     @model_validator(mode="after")
     def _given(self) -> EndpointConfig:
@@ -98,15 +126,23 @@ class SamplingConfig(BaseModel):
     model_config = _FROZEN
 
     num_repeats: Annotated[int | None, IDENTITY] = Field(
-        None, ge=1, description="rollouts per prompt (default: rl 8, sft 2, dpo 4)")
+        None, ge=1, description="rollouts per prompt (default: rl 8, sft 2, dpo 4)"
+    )
     temperature: Annotated[float | None, IDENTITY] = Field(
-        None, ge=0.0, le=2.0, description="sampling temperature; overrides the rows' value (collect's default: "
-                                          "rl 1.0, sft 0.2, dpo 0.7)")
+        None,
+        ge=0.0,
+        le=2.0,
+        description="sampling temperature; overrides the rows' value (collect's default: rl 1.0, sft 0.2, dpo 0.7)",
+    )
     top_p: Annotated[float | None, IDENTITY] = Field(
-        None, gt=0.0, le=1.0, description="nucleus sampling; overrides the rows' value (default 1.0)")
+        None, gt=0.0, le=1.0, description="nucleus sampling; overrides the rows' value (default 1.0)"
+    )
     max_output_tokens: Annotated[int | None, IDENTITY] = Field(
-        None, ge=1, description="output token limit per model call; overrides the rows' value")
-    seed: Annotated[int | None, IDENTITY] = Field(None, description="sampling seed; rollout i of a prompt is sent seed + i")
+        None, ge=1, description="output token limit per model call; overrides the rows' value"
+    )
+    seed: Annotated[int | None, IDENTITY] = Field(
+        None, description="sampling seed; rollout i of a prompt is sent seed + i"
+    )
 
 
 class RowsConfig(BaseModel):
@@ -115,7 +151,9 @@ class RowsConfig(BaseModel):
     model_config = _FROZEN
 
     limit: Annotated[int | None, IDENTITY] = Field(None, ge=1, description="use at most this many prompts")
-    start: Annotated[int, IDENTITY] = Field(0, ge=0, description="first input row to use (0-based, counting every non-blank line)")
+    start: Annotated[int, IDENTITY] = Field(
+        0, ge=0, description="first input row to use (0-based, counting every non-blank line)"
+    )
     end: Annotated[int | None, IDENTITY] = Field(None, ge=0, description="stop before this input row")
 
     @model_validator(mode="after")
@@ -131,29 +169,51 @@ class ConcurrencyConfig(BaseModel):
     model_config = _FROZEN
 
     parallel: Annotated[int | Literal["auto"], Cli(metavar="N|auto")] = Field(
-        256, description="global number of rollouts in flight (NeMo Gym's num_samples_in_parallel), or auto: an "
-                         "adaptive controller between --min-parallel and --max-parallel (threads runner)")
+        256,
+        description="global number of rollouts in flight (NeMo Gym's num_samples_in_parallel), or auto: an "
+        "adaptive controller between --min-parallel and --max-parallel (threads runner)",
+    )
     min_parallel: int = Field(8, ge=1, description="--parallel auto: the lowest limit, and where it starts")
     max_parallel: int = Field(
-        1024, ge=1, description="the highest --parallel: with --parallel auto, the controller's top limit and the "
-                                "connection pool size; in rollouts tune, the largest step")
-    shard_size: Annotated[int, IDENTITY] = Field(256, ge=1, description="prompts per shard: one Prefect task run per shard and stage")
-    max_concurrent_shards: int = Field(4, ge=1, description="shard tasks running at once per process: the task runner's limit")
+        1024,
+        ge=1,
+        description="the highest --parallel: with --parallel auto, the controller's top limit and the "
+        "connection pool size; in rollouts tune, the largest step",
+    )
+    shard_size: Annotated[int, IDENTITY] = Field(
+        256, ge=1, description="prompts per shard: one Prefect task run per shard and stage"
+    )
+    max_concurrent_shards: int = Field(
+        4, ge=1, description="shard tasks running at once per process: the task runner's limit"
+    )
     task_runner: Literal["threads", "processes", "dask", "ray"] = Field(
-        "threads", description="run shard tasks on threads of this process, in --workers collector processes of this "
-                               "machine, or on a Dask or Ray cluster")
+        "threads",
+        description="run shard tasks on threads of this process, in --workers collector processes of this "
+        "machine, or on a Dask or Ray cluster",
+    )
     workers: Annotated[int | None, Cli(metavar="N")] = Field(
-        None, ge=1, description="collector processes for --task-runner processes (default: half the cores, at most "
-                                "8, so a model server on this machine keeps the rest); --parallel is split between them, and each runs "
-                                "--max-concurrent-shards shards at once")
+        None,
+        ge=1,
+        description="collector processes for --task-runner processes (default: half the cores, at most "
+        "8, so a model server on this machine keeps the rest); --parallel is split between them, and each runs "
+        "--max-concurrent-shards shards at once",
+    )
     dask_address: Annotated[str | None, Cli(metavar="tcp://HOST:8786")] = Field(
-        None, description="scheduler of an existing Dask cluster (default: start a local one)")
+        None, description="scheduler of an existing Dask cluster (default: start a local one)"
+    )
     dask_workers: int = Field(
-        2, ge=1, description="Dask worker processes, started locally or expected at --dask-address; --parallel is split between them")
+        2,
+        ge=1,
+        description="Dask worker processes, started locally or expected at --dask-address; --parallel is split between them",
+    )
     ray_address: Annotated[str | None, Cli(metavar="ray://HOST:10001")] = Field(
-        None, description="an existing Ray cluster, or auto (default: start a local Ray instance)")
+        None, description="an existing Ray cluster, or auto (default: start a local Ray instance)"
+    )
     ray_workers: int = Field(
-        2, ge=1, description="Ray worker processes: CPUs of the local instance, or expected at --ray-address; --parallel is split between them")
+        2,
+        ge=1,
+        description="Ray worker processes: CPUs of the local instance, or expected at --ray-address; --parallel is split between them",
+    )
 
     @field_validator("parallel", mode="before")
     @classmethod
@@ -173,8 +233,10 @@ class ConcurrencyConfig(BaseModel):
         if self.parallel == "auto" and self.task_runner != "threads":
             raise ValueError("--parallel auto runs in one collector process: use it with --task-runner threads")
         if self.workers is not None and self.task_runner != "processes":
-            raise ValueError(f"--workers is the number of collector processes of --task-runner processes; with "
-                             f"--task-runner {self.task_runner} it does nothing (Dask and Ray: --dask-workers, --ray-workers)")
+            raise ValueError(
+                f"--workers is the number of collector processes of --task-runner processes; with "
+                f"--task-runner {self.task_runner} it does nothing (Dask and Ray: --dask-workers, --ray-workers)"
+            )
         return self
 
     @property
@@ -191,7 +253,8 @@ class ConcurrencyConfig(BaseModel):
     def processes(self) -> int:
         """Collector processes sharing `parallel`: each runs its own loop and holds its share of the slots."""
         return {"processes": self.worker_processes, "dask": self.dask_workers, "ray": self.ray_workers}.get(
-            self.task_runner, 1)
+            self.task_runner, 1
+        )
 
 
 class EnvironmentConfig(BaseModel):
@@ -200,21 +263,33 @@ class EnvironmentConfig(BaseModel):
     model_config = _FROZEN
 
     env: Annotated[str, IDENTITY] = Field(
-        "math", description="environment for rows without agent_ref: math, exact_match, multiple_choice or a --remote-env name")
+        "math",
+        description="environment for rows without agent_ref: math, exact_match, multiple_choice or a --remote-env name",
+    )
     remote_env: Annotated[dict[str, str], IDENTITY, Cli(metavar="NAME=URL")] = Field(
-        {}, description="a NeMo Gym resources server scoring rows whose agent_ref.name is NAME (repeatable)")
-    max_turns: Annotated[int, IDENTITY] = Field(8, ge=1, description="model calls per rollout (the agent loop ends there)")
+        {}, description="a NeMo Gym resources server scoring rows whose agent_ref.name is NAME (repeatable)"
+    )
+    max_turns: Annotated[int, IDENTITY] = Field(
+        8, ge=1, description="model calls per rollout (the agent loop ends there)"
+    )
     max_rollout_tokens: Annotated[int | None, IDENTITY, Cli(metavar="N")] = Field(
-        None, ge=1, description="output tokens over all model calls of a rollout; no new call starts once reached")
+        None, ge=1, description="output tokens over all model calls of a rollout; no new call starts once reached"
+    )
     agent_timeout: Annotated[float | None, Cli(metavar="S")] = Field(
-        None, gt=0, description="seconds for a rollout's agent loop (model and tool calls); when reached, the calls "
-                                "and tools in flight are cancelled and what finished is kept (end reason deadline); "
-                                "--rollout-timeout is the hard limit that fails the rollout")
+        None,
+        gt=0,
+        description="seconds for a rollout's agent loop (model and tool calls); when reached, the calls "
+        "and tools in flight are cancelled and what finished is kept (end reason deadline); "
+        "--rollout-timeout is the hard limit that fails the rollout",
+    )
     tool_timeout: Annotated[float, Cli(metavar="S")] = Field(
-        60.0, gt=0, description="seconds per tool call; a slower call returns an error to the model")
+        60.0, gt=0, description="seconds per tool call; a slower call returns an error to the model"
+    )
     env_module: Annotated[list[str], IDENTITY, Cli(metavar="MODULE")] = Field(
-        [], description="Python module defining environments (e.g. my_pkg.my_env), imported in every collector "
-                        "process (repeatable)")
+        [],
+        description="Python module defining environments (e.g. my_pkg.my_env), imported in every collector "
+        "process (repeatable)",
+    )
 
     def build(self) -> dict[str, Environment]:
         """The run's environments: built-ins, entry points and --env-module ones, then the remote ones."""
@@ -224,8 +299,12 @@ class EnvironmentConfig(BaseModel):
         return known_environment_names(self.remote_env, self.env_module)
 
     def limits(self) -> AgentLimits:
-        return AgentLimits(max_turns=self.max_turns, max_rollout_tokens=self.max_rollout_tokens,
-                           timeout_s=self.agent_timeout, tool_timeout_s=self.tool_timeout)
+        return AgentLimits(
+            max_turns=self.max_turns,
+            max_rollout_tokens=self.max_rollout_tokens,
+            timeout_s=self.agent_timeout,
+            tool_timeout_s=self.tool_timeout,
+        )
 
     @field_validator("remote_env", mode="before")
     @classmethod
@@ -240,13 +319,18 @@ class ProfilingConfig(BaseModel):
 
     model_config = _FROZEN
 
-    profile: bool = Field(False, description="function-level profile of verifiers and tools (yappi, wall and CPU "
-                                             "clocks) to profile/functions.csv; costs CPU while on")
+    profile: bool = Field(
+        False,
+        description="function-level profile of verifiers and tools (yappi, wall and CPU "
+        "clocks) to profile/functions.csv; costs CPU while on",
+    )
     profile_duty: float = Field(1.0, gt=0, le=1, description="--profile: fraction of the time the profiler is on")
     price_input: Annotated[float | None, Cli(metavar="USD")] = Field(
-        None, ge=0, description="price per million input tokens, for the report's cost estimate")
+        None, ge=0, description="price per million input tokens, for the report's cost estimate"
+    )
     price_output: Annotated[float | None, Cli(metavar="USD")] = Field(
-        None, ge=0, description="price per million output tokens, for the report's cost estimate")
+        None, ge=0, description="price per million output tokens, for the report's cost estimate"
+    )
 
 
 class StorageConfig(BaseModel):
@@ -255,9 +339,11 @@ class StorageConfig(BaseModel):
     model_config = _FROZEN
 
     out: Annotated[str, Cli(flag="--out")] = Field(
-        "./runs", description="where runs are written: local path or fsspec URL such as s3://bucket/runs")
+        "./runs", description="where runs are written: local path or fsspec URL such as s3://bucket/runs"
+    )
     block: Annotated[str | None, Cli(flag="--storage-block", metavar="NAME")] = Field(
-        None, description="a RolloutStorage block: where runs go, with the filesystem's options and credentials")
+        None, description="a RolloutStorage block: where runs go, with the filesystem's options and credentials"
+    )
     options: dict[str, Any] = field_of(RolloutFilesConfig, "storage_options")  # --storage-options, as process has it
 
 
@@ -267,13 +353,18 @@ class CollectConfig(BaseModel):
     model_config = _FROZEN
 
     input: Annotated[str, Cli(positional=True)] = Field(
-        description="prompts JSONL (NeMo Gym rows, {\"prompt\": ...} or {\"messages\": [...]}): local path or fsspec URL")
+        description='prompts JSONL (NeMo Gym rows, {"prompt": ...} or {"messages": [...]}): local path or fsspec URL'
+    )
     objective: list[Objective] = Field(
         ["rl"],
-        description="training files to write: rl, sft, dpo or a comma list such as rl,dpo; the first sets sampling defaults")
-    run_name: str | None = Field(None, description="name of the run directory (default: input name + digest of config and input)")
+        description="training files to write: rl, sft, dpo or a comma list such as rl,dpo; the first sets sampling defaults",
+    )
+    run_name: str | None = Field(
+        None, description="name of the run directory (default: input name + digest of config and input)"
+    )
     max_failure_fraction: float = Field(
-        0.05, ge=0.0, le=1.0, description="the run fails when more rollouts than this fraction fail")
+        0.05, ge=0.0, le=1.0, description="the run fails when more rollouts than this fraction fail"
+    )
     endpoint: EndpointConfig
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     rows: RowsConfig = Field(default_factory=RowsConfig)

@@ -36,8 +36,16 @@ class RolloutsError(Exception):
     # Whether running the same command again may succeed; subclasses and the `retryable` attribute refine it.
     retryable_by_default: ClassVar[bool] = True
 
-    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool | None = None,
-                 attempts: int | None = None, retry_after_s: float | None = None, **context: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retryable: bool | None = None,
+        attempts: int | None = None,
+        retry_after_s: float | None = None,
+        **context: Any,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
@@ -46,8 +54,14 @@ class RolloutsError(Exception):
         self.retry_after_s = retry_after_s
         self.context: dict[str, Any] = context
 
-    def add(self, *, status_code: int | None = None, retryable: bool | None = None, attempts: int | None = None,
-            **context: Any) -> Self:
+    def add(
+        self,
+        *,
+        status_code: int | None = None,
+        retryable: bool | None = None,
+        attempts: int | None = None,
+        **context: Any,
+    ) -> Self:
         """Attach more context (the attempt count, the status) on the way up; None leaves a value as it is."""
         if status_code is not None:
             self.status_code = status_code
@@ -59,8 +73,13 @@ class RolloutsError(Exception):
         return self
 
     def _state(self) -> dict[str, Any]:
-        return {"status_code": self.status_code, "retryable": self.retryable, "attempts": self.attempts,
-                "retry_after_s": self.retry_after_s, **self.context}
+        return {
+            "status_code": self.status_code,
+            "retryable": self.retryable,
+            "attempts": self.attempts,
+            "retry_after_s": self.retry_after_s,
+            **self.context,
+        }
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep every attribute through pickling
         return (_rebuild, (type(self), self.message, self._state()))

@@ -32,11 +32,15 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
-from typing import Any, Literal
+from typing import (
+    Any,
+    Literal,
+    NotRequired,  # pydantic validates only this one on Python < 3.12
+)
 
 import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter
-from typing_extensions import NotRequired, TypedDict  # pydantic validates only this one on Python < 3.12
+from typing_extensions import TypedDict
 
 # 2: `sampling` holds what was sent; `responses_create_params` stays a valid NeMo Gym request (no `seed`).
 SCHEMA_VERSION = 2
@@ -97,6 +101,7 @@ def validate_rollout(row: dict[str, Any]) -> RolloutRow:
     if checked.get("status") == "failed" and not checked.get("error"):
         raise ValueError("a failed rollout needs its error")
     return checked
+
 
 # Keys the collector owns on a rollout row; verifier extras and input keys never overwrite them.
 RESERVED_KEYS = frozenset(

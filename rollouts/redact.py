@@ -21,7 +21,9 @@ MASK = "***"
 # Storage option keys that carry credentials in s3fs, gcsfs, adlfs and fsspec's HTTP filesystems.
 _SECRET_KEY = re.compile(
     r"(secret|token|passw|credential|account_key|connection_string|private_key|api[-_]?key|^sas|auth|^key$|"
-    r"access_key|^sig$|^signature$)", re.IGNORECASE)
+    r"access_key|^sig$|^signature$)",
+    re.IGNORECASE,
+)
 # Values of such keys that name a credential source rather than hold one (gcsfs `token`, s3fs `anon`-like modes).
 _NOT_SECRET_VALUES = frozenset({"anon", "google_default", "cache", "cloud", "browser"})
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -56,8 +58,9 @@ def redact_url(url: str) -> str:
     netloc = (f"{MASK}@" if parts.username is not None or parts.password is not None else "") + host
     if parts.port is not None:
         netloc += f":{parts.port}"
-    query = urlencode([(k, MASK if secret_key(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-                      safe="*")
+    query = urlencode(
+        [(k, MASK if secret_key(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*"
+    )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
@@ -104,19 +107,28 @@ def secret_problems(config: Any) -> list[str]:
     for option, url in urls.items():
         found = url_secrets(url)
         if found:
-            hint = (" put the key in an environment variable and name it with --api-key-env"
-                    if option == "--model-url" else " use the service's own credential settings")
-            problems.append(f"{option} {redact_url(url)} carries credentials ({', '.join(found)}): flow parameters "
-                            f"and the manifest would keep them;{hint}")
+            hint = (
+                " put the key in an environment variable and name it with --api-key-env"
+                if option == "--model-url"
+                else " use the service's own credential settings"
+            )
+            problems.append(
+                f"{option} {redact_url(url)} carries credentials ({', '.join(found)}): flow parameters "
+                f"and the manifest would keep them;{hint}"
+            )
     keys = _option_secrets(config.storage.options, "")
     if keys:
-        problems.append(f"--storage-options holds credentials ({', '.join(keys)}): flow parameters and the manifest "
-                        "would keep them; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or "
-                        '{"profile": NAME}) in the environment instead')
+        problems.append(
+            f"--storage-options holds credentials ({', '.join(keys)}): flow parameters and the manifest "
+            "would keep them; set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or "
+            '{"profile": NAME}) in the environment instead'
+        )
     name = config.endpoint.api_key_env
     if name and not _ENV_NAME.match(name):
-        problems.append("--api-key-env takes the NAME of an environment variable (letters, digits, '_'), not the "
-                        "key itself: export MY_KEY=... and pass --api-key-env MY_KEY")
+        problems.append(
+            "--api-key-env takes the NAME of an environment variable (letters, digits, '_'), not the "
+            "key itself: export MY_KEY=... and pass --api-key-env MY_KEY"
+        )
     return problems
 
 

@@ -182,7 +182,9 @@ class Appender:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a plain script): the check on each write is the only deadline
             return
-        self._timer = loop.call_later(max(self.flush_interval_s - (time.monotonic() - self._oldest), 0.0), self._on_timer)
+        self._timer = loop.call_later(
+            max(self.flush_interval_s - (time.monotonic() - self._oldest), 0.0), self._on_timer
+        )
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -251,8 +253,11 @@ def fold_parts(store: Store, path: str) -> None:
     parts = [posixpath.basename(p) for p in pieces[1:]]
     intent = _read_intent(fs, parts_dir)
     folded_before = set(intent["parts"]) if intent is not None and _size(fs, path) == intent["size"] else set()
-    leftovers = [p for p in fs.ls(parts_dir, detail=False)
-                 if not p.endswith(COMMIT_MARKER) and posixpath.basename(p) in folded_before]
+    leftovers = [
+        p
+        for p in fs.ls(parts_dir, detail=False)
+        if not p.endswith(COMMIT_MARKER) and posixpath.basename(p) in folded_before
+    ]
     try:
         if parts:
             data = b"".join(blobs)
@@ -292,7 +297,7 @@ def inventory(store: Store, folders: Iterable[str], files: Iterable[str] = ()) -
     candidates = [p for folder in folders for p in (store.fs.find(store.path(folder)) if store.exists(folder) else [])]
     candidates += [store.path(name) for name in files if store.exists(name)]
     for full in sorted(candidates):
-        rel = full[len(prefix):].lstrip("/").replace(os.sep, "/")
+        rel = full[len(prefix) :].lstrip("/").replace(os.sep, "/")
         if ".parts/" in rel or "/.work/" in rel or ".tmp-" in rel:
             continue
         found[rel] = _digest(store.fs, full)

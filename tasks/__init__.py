@@ -1,8 +1,8 @@
 """Thin Prefect tasks, one per stage of the collection DAG: each wraps `rollouts.<stage>` on one shard (or the run).
 
-    tasks/shard.py    -> rollouts/stages/shard.py      tasks/profile.py -> rollouts/report/metrics.py
-    tasks/generate.py -> rollouts/stages/generate.py   tasks/filter.py  -> rollouts/stages/filter.py
-    tasks/verify.py   -> rollouts/stages/verify.py     tasks/format.py  -> rollouts/stages/format.py
+tasks/shard.py    -> rollouts/stages/shard.py      tasks/profile.py -> rollouts/report/metrics.py
+tasks/generate.py -> rollouts/stages/generate.py   tasks/filter.py  -> rollouts/stages/filter.py
+tasks/verify.py   -> rollouts/stages/verify.py     tasks/format.py  -> rollouts/stages/format.py
 """
 
 from prefect.cache_policies import NO_CACHE

@@ -3,9 +3,9 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from rollouts.stages import profile as reporting
 from rollouts.report.metrics import ProfileOptions
 from rollouts.run import RunRef, run_store
+from rollouts.stages import profile as reporting
 from tasks import STAGE_TASK
 
 

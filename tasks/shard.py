@@ -3,10 +3,9 @@
 from prefect import task
 
 from blocks import endpoint_auth
-
+from rollouts.collector.runtime import collector
 from rollouts.config import CollectConfig
 from rollouts.run import RunPlan
-from rollouts.collector.runtime import collector
 from rollouts.stages.shard import plan_run
 from tasks import STAGE_TASK
 

@@ -2,9 +2,9 @@
 
 from prefect import task
 
-from rollouts.stages import verify
-from rollouts.run import RunRef, ShardRef, ShardResult
 from rollouts.collector.runtime import collector
+from rollouts.run import RunRef, ShardRef, ShardResult
+from rollouts.stages import verify
 from tasks import SHARD_TASK
 
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
 from rollouts.errors import ConversionError
 
 Message = dict[str, Any]
 TEXT_PARTS = frozenset({"text", "input_text", "output_text", "summary_text"})
-
-
-
 
 
 def _dumps(value: Any) -> str:
@@ -38,7 +36,9 @@ def _image_part(part: dict[str, Any]) -> dict[str, Any]:
     else:
         detail = part.get("detail")
     if not isinstance(url, str) or not url:
-        raise ConversionError("an input_image without an image_url (a file_id image) cannot be carried into chat messages")
+        raise ConversionError(
+            "an input_image without an image_url (a file_id image) cannot be carried into chat messages"
+        )
     image: dict[str, Any] = {"url": url}
     if detail in ("low", "high", "auto"):
         image["detail"] = detail
@@ -93,8 +93,13 @@ def _chat_message(item: dict[str, Any], role: str) -> Message:
             fn = call.get("function") or {}
             if not isinstance(fn.get("name"), str):
                 raise ConversionError("a tool call without a function name")
-            calls.append({"id": call.get("id"), "type": "function",
-                          "function": {"name": fn["name"], "arguments": _arguments_text(fn.get("arguments"))}})
+            calls.append(
+                {
+                    "id": call.get("id"),
+                    "type": "function",
+                    "function": {"name": fn["name"], "arguments": _arguments_text(fn.get("arguments"))},
+                }
+            )
         message["tool_calls"] = calls
     if role == "tool":
         message["tool_call_id"] = item.get("tool_call_id")
@@ -103,8 +108,9 @@ def _chat_message(item: dict[str, Any], role: str) -> Message:
     return message
 
 
-def to_messages(items: Any, default_role: str = "assistant", instructions: str | None = None,
-                reasoning: bool = False) -> list[Message]:
+def to_messages(
+    items: Any, default_role: str = "assistant", instructions: str | None = None, reasoning: bool = False
+) -> list[Message]:
     """Chat messages (OpenAI form: tool-call `arguments` as JSON text) for Responses input or output items.
 
     With `reasoning`, a reasoning item's text becomes `reasoning_content` on the assistant message of its turn (what
@@ -146,12 +152,22 @@ def to_messages(items: Any, default_role: str = "assistant", instructions: str |
             if not isinstance(name, str):
                 raise ConversionError("function_call without a name")
             call_id = item.get("call_id") or item.get("id")
-            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": _arguments_text(item.get("arguments"))}}
+            call = {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": name, "arguments": _arguments_text(item.get("arguments"))},
+            }
             turn.setdefault("tool_calls", []).append(call)
         elif kind == "function_call_output":
             turn = None
             output = item.get("output")
-            text = output if isinstance(output, str) else content_value(output) if isinstance(output, list) else _dumps(output)
+            text = (
+                output
+                if isinstance(output, str)
+                else content_value(output)
+                if isinstance(output, list)
+                else _dumps(output)
+            )
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
         elif kind == "reasoning":
             if reasoning:
@@ -186,7 +202,11 @@ def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
             if isinstance(tool.get("strict"), bool):
                 fields["strict"] = tool["strict"]
             out.append({"type": "function", "function": fields})
-        elif isinstance(tool.get("function"), dict) and "strict" in tool["function"] and not isinstance(tool["function"]["strict"], bool):
+        elif (
+            isinstance(tool.get("function"), dict)
+            and "strict" in tool["function"]
+            and not isinstance(tool["function"]["strict"], bool)
+        ):
             out.append({**tool, "function": {k: v for k, v in tool["function"].items() if k != "strict"}})
         else:
             out.append(tool)
@@ -194,4 +214,6 @@ def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
 
 
 def has_images(messages: list[Message]) -> bool:
-    return any(isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"]) for m in messages)
+    return any(
+        isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"]) for m in messages
+    )

@@ -20,10 +20,10 @@ import httpx
 import orjson
 
 from rollouts.client.chat import chat_tools, items_to_chat
-from rollouts.errors import ConfigError, ProviderError, ProviderTimeout, ResponseParseError, ResponseTooLarge
 from rollouts.client.replies import check_chat, check_responses
 from rollouts.client.retry import RetryPolicy, retry_after, transport_failure
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport, cookie_free_transport
+from rollouts.errors import ConfigError, ProviderError, ProviderTimeout, ResponseParseError, ResponseTooLarge
 from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, TokenFieldsError, chat_token_fields, responses_token_fields
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -47,23 +47,32 @@ class ModelCall:
     reasoning_tokens: int = 0
 
 
-def http_client(limit: int, timeout: float, api_key: str | None = None,
-                transport: httpx.AsyncBaseTransport | None = None,
-                headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+def http_client(
+    limit: int,
+    timeout: float,
+    api_key: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.AsyncClient:
     """An AsyncClient over aiohttp (plain httpx's pool scans every connection per queued request, encode/httpx#3215),
     without a cookie jar or per-request URL and header merging (rollouts/client/transport.py has the measurements).
 
     Create it inside the task that uses it: a client is bound to the event loop it first ran on.
     """
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-    sent = {"Content-Type": "application/json", **(headers or {}),
-            **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    return CollectorHTTPClient(transport=transport or cookie_free_transport(limits), timeout=httpx.Timeout(timeout),
-                               headers=sent)
+    sent = {
+        "Content-Type": "application/json",
+        **(headers or {}),
+        **({"Authorization": f"Bearer {api_key}"} if api_key else {}),
+    }
+    return CollectorHTTPClient(
+        transport=transport or cookie_free_transport(limits), timeout=httpx.Timeout(timeout), headers=sent
+    )
 
 
-def check_endpoint(base_url: str, api_key: str | None, timeout: float = 5.0,
-                   headers: dict[str, str] | None = None) -> None:
+def check_endpoint(
+    base_url: str, api_key: str | None, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> None:
     """Fail fast, before any prompt is sharded, when the model server is unreachable, refuses the key, or the URL
     is not an OpenAI-compatible base (`GET /models` answers on vLLM, SGLang and OpenAI; a 404 there means the path
     is wrong, usually a missing `/v1`)."""
@@ -71,11 +80,15 @@ def check_endpoint(base_url: str, api_key: str | None, timeout: float = 5.0,
     try:
         response = httpx.get(f"{base_url}/models", headers=sent, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach the model server at {base_url} ({type(exc).__name__}): is it running, and "
-                          "is --model-url right (it usually ends in /v1)?") from exc
+        raise ConfigError(
+            f"cannot reach the model server at {base_url} ({type(exc).__name__}): is it running, and "
+            "is --model-url right (it usually ends in /v1)?"
+        ) from exc
     if response.status_code in (401, 403):
-        raise ConfigError(f"the model server at {base_url} refused the request (HTTP {response.status_code}): "
-                          "check the key in --api-key-env")
+        raise ConfigError(
+            f"the model server at {base_url} refused the request (HTTP {response.status_code}): "
+            "check the key in --api-key-env"
+        )
     if response.status_code == 404:
         hint = f"; did you mean {base_url}/v1?" if not base_url.rstrip("/").endswith("/v1") else ""
         raise ConfigError(f"{base_url}/models answered 404: --model-url is not an OpenAI-compatible base URL{hint}")
@@ -84,7 +97,9 @@ def check_endpoint(base_url: str, api_key: str | None, timeout: float = 5.0,
 # ----- request building -------------------------------------------------------------------------------------------
 
 
-def chat_body(model: str, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any], return_tokens: bool) -> dict[str, Any]:
+def chat_body(
+    model: str, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any], return_tokens: bool
+) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": items_to_chat(items, params.get("instructions"))}
     if params.get("tools"):
         body["tools"] = chat_tools(params["tools"])
@@ -99,7 +114,9 @@ def chat_body(model: str, items: list[dict[str, Any]], params: dict[str, Any], s
     return body
 
 
-def responses_body(model: str, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any], return_tokens: bool) -> dict[str, Any]:
+def responses_body(
+    model: str, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any], return_tokens: bool
+) -> dict[str, Any]:
     body = {k: v for k, v in params.items() if k not in ("input", "model", "stream")}
     body.update(model=model, input=items, **sampling)
     if return_tokens:
@@ -121,26 +138,54 @@ def parse_chat(data: dict[str, Any], return_tokens: bool = False) -> ModelCall:
     output: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if reasoning:
-        output.append({"type": "reasoning", "id": f"rs_{rid}", "summary": [{"type": "summary_text", "text": reasoning}]})
+        output.append(
+            {"type": "reasoning", "id": f"rs_{rid}", "summary": [{"type": "summary_text", "text": reasoning}]}
+        )
     content = message.get("content")
     if content:
-        output.append({"type": "message", "id": f"msg_{rid}", "role": "assistant", "status": "completed",
-                       "content": [{"type": "output_text", "text": content, "annotations": []}]})
+        output.append(
+            {
+                "type": "message",
+                "id": f"msg_{rid}",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": content, "annotations": []}],
+            }
+        )
     for call in message.get("tool_calls") or []:
         fn = call.get("function") or {}
-        output.append({"type": "function_call", "id": f"fc_{call.get('id')}", "call_id": call.get("id"),
-                       "name": fn.get("name"), "arguments": fn.get("arguments") or "{}", "status": "completed"})
+        output.append(
+            {
+                "type": "function_call",
+                "id": f"fc_{call.get('id')}",
+                "call_id": call.get("id"),
+                "name": fn.get("name"),
+                "arguments": fn.get("arguments") or "{}",
+                "status": "completed",
+            }
+        )
     if not output:
-        output.append({"type": "message", "id": f"msg_{rid}", "role": "assistant", "status": "completed",
-                       "content": [{"type": "output_text", "text": "", "annotations": []}]})
+        output.append(
+            {
+                "type": "message",
+                "id": f"msg_{rid}",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "", "annotations": []}],
+            }
+        )
     output[-1].update(chat_token_fields(data, asked=return_tokens))
     usage = data.get("usage") or {}
-    return ModelCall(output=output, input_tokens=int(usage.get("prompt_tokens") or 0),
-                     output_tokens=int(usage.get("completion_tokens") or 0),
-                     finish_reason=choice.get("finish_reason") or "stop", response_id=rid,
-                     created_at=int(data.get("created") or time.time()),
-                     cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
-                     reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"))
+    return ModelCall(
+        output=output,
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        output_tokens=int(usage.get("completion_tokens") or 0),
+        finish_reason=choice.get("finish_reason") or "stop",
+        response_id=rid,
+        created_at=int(data.get("created") or time.time()),
+        cached_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+        reasoning_tokens=_detail(usage, "completion_tokens_details", "reasoning_tokens"),
+    )
 
 
 def _detail(usage: dict[str, Any], group: str, key: str) -> int:
@@ -164,11 +209,16 @@ def parse_responses(data: dict[str, Any], return_tokens: bool = False) -> ModelC
         finish = "tool_calls"
     else:
         finish = reason or "stop"
-    return ModelCall(output=output, input_tokens=int(usage.get("input_tokens") or 0),
-                     output_tokens=int(usage.get("output_tokens") or 0), finish_reason=finish,
-                     response_id=str(data.get("id") or "resp"), created_at=int(data.get("created_at") or time.time()),
-                     cached_tokens=_detail(usage, "input_tokens_details", "cached_tokens"),
-                     reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"))
+    return ModelCall(
+        output=output,
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        finish_reason=finish,
+        response_id=str(data.get("id") or "resp"),
+        created_at=int(data.get("created_at") or time.time()),
+        cached_tokens=_detail(usage, "input_tokens_details", "cached_tokens"),
+        reasoning_tokens=_detail(usage, "output_tokens_details", "reasoning_tokens"),
+    )
 
 
 # ----- the call with retries ---------------------------------------------------------------------------------------
@@ -178,9 +228,19 @@ class ModelClient:
     """Calls one endpoint; `request_timeout` is each attempt's deadline from connect to the body's last byte (httpx's
     own timeouts bound each read, so a server trickling bytes would otherwise hold a request for ever)."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, model: str, api: str, *, max_retries: int,
-                 return_tokens: bool = False, rng: random.Random | None = None, request_timeout: float | None = None,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        model: str,
+        api: str,
+        *,
+        max_retries: int,
+        return_tokens: bool = False,
+        rng: random.Random | None = None,
+        request_timeout: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         self.http, self.model, self.api = http, model, api
         # Parsed once: httpx re-parses a str URL on every request (~20% of its per-request CPU here).
         self.url = httpx.URL(f"{base_url}/chat/completions" if api == "chat" else f"{base_url}/responses")
@@ -234,8 +294,9 @@ class ModelClient:
                 if self.direct is not None:
                     response = await self.direct.post(self._target, self._header_items, body)
                 else:
-                    request = httpx.Request("POST", self.url, headers=self.headers, content=body,
-                                            extensions=self.extensions)
+                    request = httpx.Request(
+                        "POST", self.url, headers=self.headers, content=body, extensions=self.extensions
+                    )
                     if self.transport is not None:
                         response = await self.transport.handle_async_request(request)
                     else:
@@ -243,15 +304,25 @@ class ModelClient:
                 try:
                     status = response.status_code
                     if status >= 300:
-                        text = (await read_capped(response, _ERROR_BODY_BYTES, truncate=True)).decode("utf-8", "replace")
-                        raise ProviderError(f"HTTP {status} from {self.url}: {text[:300]}", status_code=status,
-                                            retryable=self.retry.retryable(status), retry_after_s=retry_after(response))
+                        text = (await read_capped(response, _ERROR_BODY_BYTES, truncate=True)).decode(
+                            "utf-8", "replace"
+                        )
+                        raise ProviderError(
+                            f"HTTP {status} from {self.url}: {text[:300]}",
+                            status_code=status,
+                            retryable=self.retry.retryable(status),
+                            retry_after_s=retry_after(response),
+                        )
                     content = await read_capped(response, self.max_response_bytes)
                 finally:
                     await response.aclose()
         except TimeoutError:
-            raise ProviderTimeout(f"no complete reply from {self.url} within the {self.request_timeout:g} s request "
-                                  "deadline (--request-timeout)", status_code=None, retryable=True) from None
+            raise ProviderTimeout(
+                f"no complete reply from {self.url} within the {self.request_timeout:g} s request "
+                "deadline (--request-timeout)",
+                status_code=None,
+                retryable=True,
+            ) from None
         except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:  # aiohttp's own when its mapping misses one
             failure = transport_failure(exc)
             kind = ProviderTimeout if failure.timeout else ProviderError
@@ -263,11 +334,17 @@ class ModelClient:
             data = orjson.loads(content)
         except orjson.JSONDecodeError:
             snippet = content[:200].decode("utf-8", "replace")
-            raise ResponseParseError(f"HTTP {status} with a body that is not JSON ({len(content)} bytes): {snippet!r}",
-                                     status_code=status, retryable=True) from None
+            raise ResponseParseError(
+                f"HTTP {status} with a body that is not JSON ({len(content)} bytes): {snippet!r}",
+                status_code=status,
+                retryable=True,
+            ) from None
         if not isinstance(data, dict):
-            raise ResponseParseError(f"HTTP {status} with a JSON {type(data).__name__}, expected an object",
-                                     status_code=status, retryable=True)
+            raise ResponseParseError(
+                f"HTTP {status} with a JSON {type(data).__name__}, expected an object",
+                status_code=status,
+                retryable=True,
+            )
         try:
             if self.api == "chat":
                 return parse_chat(data, return_tokens=self.return_tokens)
@@ -277,8 +354,11 @@ class ModelClient:
         except ResponseParseError as exc:
             raise exc.add(status_code=status, retryable=True) from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:  # a shape the checks let through
-            raise ResponseParseError(f"HTTP {status} with a reply of unexpected shape ({type(exc).__name__}: {exc})",
-                                     status_code=status, retryable=True) from exc
+            raise ResponseParseError(
+                f"HTTP {status} with a reply of unexpected shape ({type(exc).__name__}: {exc})",
+                status_code=status,
+                retryable=True,
+            ) from exc
 
 
 async def read_capped(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
@@ -286,8 +366,11 @@ async def read_capped(response: httpx.Response, limit: int, *, truncate: bool = 
     declared = response.headers.get("content-length")
     length = int(declared) if declared and declared.isdigit() else None
     if length is not None and length > limit and not truncate:
-        raise ResponseTooLarge(f"reply body of {length:,} bytes is over --max-response-bytes {limit:,}",
-                               status_code=response.status_code, retryable=False)
+        raise ResponseTooLarge(
+            f"reply body of {length:,} bytes is over --max-response-bytes {limit:,}",
+            status_code=response.status_code,
+            retryable=False,
+        )
     if length is not None and length <= limit and "content-encoding" not in response.headers:
         if isinstance(response.stream, httpx.ByteStream):  # the usual case: the transport read it whole already
             return b"".join(response.stream)
@@ -300,7 +383,10 @@ async def read_capped(response: httpx.Response, limit: int, *, truncate: bool = 
             if truncate:
                 chunks.append(chunk[: len(chunk) - (size - limit)])
                 break
-            raise ResponseTooLarge(f"reply body over --max-response-bytes {limit:,} (stopped reading at {size:,})",
-                                   status_code=response.status_code, retryable=False)
+            raise ResponseTooLarge(
+                f"reply body over --max-response-bytes {limit:,} (stopped reading at {size:,})",
+                status_code=response.status_code,
+                retryable=False,
+            )
         chunks.append(chunk)
     return b"".join(chunks)

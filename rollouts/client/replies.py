@@ -64,8 +64,10 @@ def check_chat(data: dict[str, Any]) -> None:
     """A Chat Completions reply: `choices[0].message` an object, its text, reasoning and tool calls well typed."""
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices:
-        raise _fail(f"chat completion without choices[0] (`choices` is {_kind(choices) if choices != [] else 'empty'}): "
-                    f"{_peek(data)}")
+        raise _fail(
+            f"chat completion without choices[0] (`choices` is {_kind(choices) if choices != [] else 'empty'}): "
+            f"{_peek(data)}"
+        )
     choice = choices[0]
     if not isinstance(choice, dict):
         raise _fail(f"`choices[0]` is {_kind(choice)}, expected an object")
@@ -108,8 +110,9 @@ def check_responses(data: dict[str, Any]) -> None:
         if kind == "message":
             content = item.get("content")
             if isinstance(content, list):
-                _text_parts([p for p in content if not (isinstance(p, dict) and p.get("type") == "refusal")],
-                            f"{where}.content")
+                _text_parts(
+                    [p for p in content if not (isinstance(p, dict) and p.get("type") == "refusal")], f"{where}.content"
+                )
             elif not isinstance(content, str):
                 raise _fail(f"`{where}.content` is {_kind(content)}, expected a list of text parts")
         elif kind == "function_call":

@@ -32,8 +32,13 @@ class RetryPolicy:
     def retryable(status: int) -> bool:
         return status in RETRYABLE_STATUS or status >= 500
 
-    def delay(self, attempt: int, rng: random.Random | None = None, response: httpx.Response | None = None,
-              retry_after_s: float | None = None) -> float:
+    def delay(
+        self,
+        attempt: int,
+        rng: random.Random | None = None,
+        response: httpx.Response | None = None,
+        retry_after_s: float | None = None,
+    ) -> float:
         """Seconds to wait before retry number `attempt + 1` (attempt counts from 0)."""
         after = retry_after(response) if response is not None else retry_after_s
         if after is not None:
@@ -89,7 +94,9 @@ def transport_failure(exc: BaseException) -> TransportFailure:
         if isinstance(item, aiohttp.ClientConnectorError):
             return TransportFailure(f"cannot connect ({item})", timeout=False, sent=False)
         if isinstance(item, aiohttp.ServerDisconnectedError):
-            return TransportFailure("server closed the connection before the reply was complete", timeout=False, sent=True)
+            return TransportFailure(
+                "server closed the connection before the reply was complete", timeout=False, sent=True
+            )
         if isinstance(item, aiohttp.ClientPayloadError):
             return TransportFailure(f"reply body cut off ({item})", timeout=False, sent=True)
         if isinstance(item, ConnectionResetError):
@@ -98,15 +105,21 @@ def transport_failure(exc: BaseException) -> TransportFailure:
             return TransportFailure("read timed out", timeout=True, sent=True)
     # No aiohttp cause (plain httpx transports): httpx's own classes are accurate.
     if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)):
-        return TransportFailure("connect timed out" if isinstance(exc, httpx.ConnectTimeout) else "no free connection in time",
-                                timeout=True, sent=False)
+        return TransportFailure(
+            "connect timed out" if isinstance(exc, httpx.ConnectTimeout) else "no free connection in time",
+            timeout=True,
+            sent=False,
+        )
     if isinstance(exc, httpx.TimeoutException):
-        return TransportFailure(f"{type(exc).__name__.replace('Timeout', '').lower() or 'request'} timed out",
-                                timeout=True, sent=True)
+        return TransportFailure(
+            f"{type(exc).__name__.replace('Timeout', '').lower() or 'request'} timed out", timeout=True, sent=True
+        )
     if isinstance(exc, httpx.ConnectError):
         return TransportFailure(f"cannot connect ({exc})", timeout=False, sent=False)
     if isinstance(exc, httpx.RemoteProtocolError):
         return TransportFailure(f"server broke the HTTP protocol ({exc})", timeout=False, sent=True)
     if isinstance(exc, httpx.DecodingError):
         return TransportFailure(f"reply body could not be decoded ({exc})", timeout=False, sent=True)
-    return TransportFailure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, timeout=False, sent=True)
+    return TransportFailure(
+        f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, timeout=False, sent=True
+    )

@@ -77,14 +77,15 @@ class CollectorHTTPClient(httpx.AsyncClient):
             return self.headers
         return super()._merge_headers(headers)
 
-
     async def _send_single_request(self, request: httpx.Request) -> httpx.Response:
         response = await super()._send_single_request(request)
         bound = response.stream
         if isinstance(bound, BoundAsyncStream):
             inner = bound._stream
             # A body already read (CollectorTransport's eager path, elapsed set there) needs nothing on close.
-            response.stream = inner if isinstance(inner, httpx.ByteStream) else _ElapsedStream(inner, response, bound._start)
+            response.stream = (
+                inner if isinstance(inner, httpx.ByteStream) else _ElapsedStream(inner, response, bound._start)
+            )
         return response
 
 
@@ -158,8 +159,9 @@ class CollectorTransport(AiohttpTransport):
         """Whether `post` may be used: not through a proxy, which httpx-aiohttp's own path handles."""
         return self.proxy is None
 
-    async def post(self, target: tuple[Any, aiohttp.ClientTimeout], headers: list[tuple[str, str]],
-                   body: bytes) -> httpx.Response:
+    async def post(
+        self, target: tuple[Any, aiohttp.ClientTimeout], headers: list[tuple[str, str]], body: bytes
+    ) -> httpx.Response:
         """A POST of a body in memory, sent and answered as `handle_async_request` does, without an `httpx.Request`.
 
         For the collector's model calls, whose URL, headers (the client's, merged once by the caller) and timeouts
@@ -177,17 +179,38 @@ class CollectorTransport(AiohttpTransport):
         except httpx.RequestNotRead:
             data = request.stream
             request.headers.pop("transfer-encoding", None)  # aiohttp frames a streamed body itself
-        return await self._send(request.method, self._yarl(request.url), request.headers.multi_items(), data,
-                                self._timeout(request.extensions.get("timeout", {})), request)
+        return await self._send(
+            request.method,
+            self._yarl(request.url),
+            request.headers.multi_items(),
+            data,
+            self._timeout(request.extensions.get("timeout", {})),
+            request,
+        )
 
-    async def _send(self, method: str, url: Any, headers: list[tuple[str, str]], data: Any,
-                    timeout: aiohttp.ClientTimeout, request: httpx.Request | None) -> httpx.Response:
+    async def _send(
+        self,
+        method: str,
+        url: Any,
+        headers: list[tuple[str, str]],
+        data: Any,
+        timeout: aiohttp.ClientTimeout,
+        request: httpx.Request | None,
+    ) -> httpx.Response:
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
         started = time.perf_counter()
         try:
-            response = await self.client.request(method, url, headers=headers, data=data, allow_redirects=False,
-                                                 auto_decompress=False, compress=False, timeout=timeout)
+            response = await self.client.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                auto_decompress=False,
+                compress=False,
+                timeout=timeout,
+            )
             extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
             if response.reason:
                 extensions["reason_phrase"] = response.reason.encode()
@@ -197,8 +220,13 @@ class CollectorTransport(AiohttpTransport):
                 response.release()
                 # stream=, not content=: httpx would run the bytes through its decoders and chunker at once (~7 % of
                 # a model call's CPU); a reader gets them from the ByteStream, or through httpx's read() as ever.
-                reply = httpx.Response(response.status, headers=response.raw_headers, stream=httpx.ByteStream(body),
-                                       request=request, extensions=extensions)
+                reply = httpx.Response(
+                    response.status,
+                    headers=response.raw_headers,
+                    stream=httpx.ByteStream(body),
+                    request=request,
+                    extensions=extensions,
+                )
                 reply.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
                 return reply
         except Exception as exc:
@@ -206,8 +234,13 @@ class CollectorTransport(AiohttpTransport):
             if mapped is None:
                 raise
             raise mapped from exc
-        return httpx.Response(response.status, headers=response.raw_headers, stream=AiohttpResponseStream(response),
-                              request=request, extensions=extensions)
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            stream=AiohttpResponseStream(response),
+            request=request,
+            extensions=extensions,
+        )
 
 
 def cookie_free_transport(limits: httpx.Limits | None = None) -> httpx.AsyncBaseTransport:

@@ -50,8 +50,10 @@ class FailureBreaker:
                 self._ok = True
                 return False
             if self._failures >= self.threshold:
-                self.reason = (f"stopped early: the first {self._failures} rollouts all failed with HTTP {status} "
-                               f"(not retryable), e.g. {self._example!r}; fix the request (--model, --model-url, "
-                               "--api, the key) before running again")
+                self.reason = (
+                    f"stopped early: the first {self._failures} rollouts all failed with HTTP {status} "
+                    f"(not retryable), e.g. {self._example!r}; fix the request (--model, --model-url, "
+                    "--api, the key) before running again"
+                )
                 return True
             return False

@@ -59,8 +59,9 @@ class ProcessEngine(Engine):
 
     def pool(self, runtime: CollectorRuntime) -> CollectorPool:
         """This machine's collector processes, started on first use and kept for later runs of the same size."""
-        return runtime.pool(self.concurrency.worker_processes,
-                            lambda workers, board: CollectorPool(workers, board, self.start))
+        return runtime.pool(
+            self.concurrency.worker_processes, lambda workers, board: CollectorPool(workers, board, self.start)
+        )
 
     def prepare(self, runtime: CollectorRuntime) -> None:
         """The processes start while the prompts are read and sharded; a stop left by an earlier run is cleared."""
@@ -88,7 +89,10 @@ class DistributedEngine(Engine):
 
 
 ENGINES: dict[str, Callable[[ConcurrencyConfig, ShardStart], Engine]] = {
-    "threads": Engine, "processes": ProcessEngine, "dask": DistributedEngine, "ray": DistributedEngine,
+    "threads": Engine,
+    "processes": ProcessEngine,
+    "dask": DistributedEngine,
+    "ray": DistributedEngine,
 }
 
 

@@ -105,9 +105,13 @@ async def run_until_stopped(work: Coroutine[Any, Any, T], stop: StopSignal) -> t
             task.cancel()
 
 
-def install_signal_handlers(stop: StopSignal, *, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
-                            announce: Callable[[str], None] | None = None,
-                            hard_exit: Callable[[int], None] = os._exit) -> Callable[[], None]:
+def install_signal_handlers(
+    stop: StopSignal,
+    *,
+    signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    announce: Callable[[str], None] | None = None,
+    hard_exit: Callable[[int], None] = os._exit,
+) -> Callable[[], None]:
     """`signals` (SIGINT and SIGTERM) request `stop` (announced on stderr); a second one exits at once with 130.
 
     Call from the main thread; returns a function that restores the previous handlers. What finished is on disk when
@@ -126,8 +130,10 @@ def install_signal_handlers(stop: StopSignal, *, signals: tuple[int, ...] = (sig
             hard_exit(EXIT_INTERRUPTED)
             return
         stop.request(names.get(signum, "stopped"))
-        say(f"{names.get(signum, 'stopped')}: no new rollouts; those in flight get {stop.grace_s:g} s to finish "
-            f"(press Ctrl-C again to stop at once)")
+        say(
+            f"{names.get(signum, 'stopped')}: no new rollouts; those in flight get {stop.grace_s:g} s to finish "
+            f"(press Ctrl-C again to stop at once)"
+        )
 
     for sig in names:
         signal.signal(sig, handler)

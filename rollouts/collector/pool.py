@@ -47,8 +47,9 @@ class _Worker:
 
     def __init__(self, context: Any, index: int, board: ProgressBoard, start: ShardStart) -> None:
         parent, child = context.Pipe()
-        self.process = context.Process(target=serve, args=(child, start), name=f"rollouts-collector-{index}",
-                                       daemon=True)
+        self.process = context.Process(
+            target=serve, args=(child, start), name=f"rollouts-collector-{index}", daemon=True
+        )
         self.process.start()
         child.close()
         self.conn, self.board = parent, board
@@ -72,18 +73,24 @@ class _Worker:
             except (EOFError, OSError):
                 break
             if message[0] == "progress":
-                self.board.add(generated=message[1]["generated"], failed=message[1]["failed"],
-                               verified=message[1]["verified"], reward=message[1]["reward_sum"],
-                               resumed=message[1]["resumed"])
+                self.board.add(
+                    generated=message[1]["generated"],
+                    failed=message[1]["failed"],
+                    verified=message[1]["verified"],
+                    reward=message[1]["reward_sum"],
+                    resumed=message[1]["resumed"],
+                )
             elif message[0] == "done":
                 _, job, ok, value = message
                 future = self.pending.pop(job, None)
                 if future is not None:
                     future.set_result(value) if ok else future.set_exception(value)
         self.process.join(timeout=5)
-        lost = WorkerLost(f"collector process {self.process.pid} ended (exit code {self.process.exitcode}) with "
-                          f"{len(self.pending)} shard(s) in flight; they are generated again on a re-run",
-                          retryable=True)
+        lost = WorkerLost(
+            f"collector process {self.process.pid} ended (exit code {self.process.exitcode}) with "
+            f"{len(self.pending)} shard(s) in flight; they are generated again on a re-run",
+            retryable=True,
+        )
         for future in list(self.pending.values()):
             if not future.done():
                 future.set_exception(lost)
@@ -205,8 +212,13 @@ class _Child:
     def progress(self) -> None:
         """Send the change of this process's counts since the last report."""
         snap = self.runtime.board.snapshot()
-        now = {"generated": snap.generated, "failed": snap.failed, "verified": snap.verified,
-               "reward_sum": snap.reward_sum, "resumed": snap.resumed}
+        now = {
+            "generated": snap.generated,
+            "failed": snap.failed,
+            "verified": snap.verified,
+            "reward_sum": snap.reward_sum,
+            "resumed": snap.resumed,
+        }
         with self.send_lock:
             delta = {key: now[key] - self.sent[key] for key in _COUNTS}
             if not any(delta.values()):

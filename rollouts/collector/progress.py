@@ -73,7 +73,9 @@ class ProgressBoard:
         with self._lock:
             self.total += n
 
-    def add(self, generated: int = 0, failed: int = 0, verified: int = 0, reward: float = 0.0, resumed: int = 0) -> None:
+    def add(
+        self, generated: int = 0, failed: int = 0, verified: int = 0, reward: float = 0.0, resumed: int = 0
+    ) -> None:
         with self._lock:
             self.resumed += resumed
             if self.started is None and (generated or failed):
@@ -89,5 +91,13 @@ class ProgressBoard:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            return Snapshot(self.total, self.generated, self.verified, self.failed, self.reward_sum, self.started,
-                            self.resumed, self.phase)
+            return Snapshot(
+                self.total,
+                self.generated,
+                self.verified,
+                self.failed,
+                self.reward_sum,
+                self.started,
+                self.resumed,
+                self.phase,
+            )

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, cast
 
 from rollouts.collector.breaker import FailureBreaker
-from rollouts.errors import ConfigError
 from rollouts.collector.interrupt import StopSignal
 from rollouts.collector.limits import InflightLimiter
 from rollouts.collector.progress import ProgressBoard
+from rollouts.errors import ConfigError
 
 T = TypeVar("T")
 

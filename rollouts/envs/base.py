@@ -93,9 +93,7 @@ class Environment(ABC):
     ) -> VerifyResult:
         """Score `response` (a Responses-API object) for the input `row`."""
 
-    async def call_tool(
-        self, name: str, arguments: str, http: httpx.AsyncClient, session: SessionState | None
-    ) -> str:
+    async def call_tool(self, name: str, arguments: str, http: httpx.AsyncClient, session: SessionState | None) -> str:
         """Run tool `name` with `arguments` (a JSON string); the reply text goes back to the model."""
         raise VerifierError(f"environment {self.name!r} has no tools (the model called {name!r})", tool=name)
 

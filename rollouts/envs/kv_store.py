@@ -52,8 +52,7 @@ def _text(value: Any) -> str:
 def _store_from(row: dict[str, Any], key: str, *, required: bool) -> dict[str, str]:
     raw = expected_value(row, "kv_store", (key,)) if required else row.get(key) or {}
     if not isinstance(raw, dict):
-        raise VerifierError(f"kv_store: `{key}` must be an object of keys to values, not {type(raw).__name__}",
-                            key=key)
+        raise VerifierError(f"kv_store: `{key}` must be an object of keys to values, not {type(raw).__name__}", key=key)
     try:
         return KeyValueStore(values=raw).values
     except ValidationError as exc:
@@ -132,5 +131,7 @@ class KeyValueEnvironment(ToolEnvironment):
         expected = _store_from(row, "expected_store", required=True)
         final = state.values
         mismatches = sum(1 for key in expected.keys() | final.keys() if expected.get(key) != final.get(key))
-        return VerifyResult(reward=1.0 if mismatches == 0 else 0.0,
-                            extra={"store_mismatches": mismatches, "final_store": dict(sorted(final.items()))})
+        return VerifyResult(
+            reward=1.0 if mismatches == 0 else 0.0,
+            extra={"store_mismatches": mismatches, "final_store": dict(sorted(final.items()))},
+        )

@@ -36,8 +36,9 @@ def _instantiate(obj: Any, origin: str) -> Environment | None:
         try:
             return obj()
         except Exception as exc:
-            raise ConfigError(f"{origin}: cannot create environment {obj.__name__} without arguments: "
-                              f"{type(exc).__name__}: {exc}") from exc
+            raise ConfigError(
+                f"{origin}: cannot create environment {obj.__name__} without arguments: {type(exc).__name__}: {exc}"
+            ) from exc
     return None
 
 
@@ -54,9 +55,13 @@ def environments_of(module: ModuleType) -> dict[str, Environment]:
     public = [obj for attribute, obj in vars(module).items() if not attribute.startswith("_")]
     instances = [obj for obj in public if isinstance(obj, Environment)]
     classes = [
-        obj for obj in public
-        if inspect.isclass(obj) and issubclass(obj, Environment) and obj.__module__ == module.__name__
-        and getattr(obj, "name", None) and not any(type(env) is obj for env in instances)
+        obj
+        for obj in public
+        if inspect.isclass(obj)
+        and issubclass(obj, Environment)
+        and obj.__module__ == module.__name__
+        and getattr(obj, "name", None)
+        and not any(type(env) is obj for env in instances)
     ]  # imported classes (ToolEnvironment itself, a base class) are not this module's environments
     found: dict[str, Environment] = {}
     for obj in [*instances, *classes]:
@@ -86,8 +91,10 @@ def load_env_module(path: str) -> dict[str, Environment]:
         raise ConfigError(f"bad environment module {path!r}: give a dotted module name such as my_pkg.my_env")
     found = environments_of(import_env_module(path))
     if not found:
-        raise ConfigError(f"environment module {path!r} defines no environment: give it a module-level "
-                          "ToolEnvironment (or another Environment) with a name")
+        raise ConfigError(
+            f"environment module {path!r} defines no environment: give it a module-level "
+            "ToolEnvironment (or another Environment) with a name"
+        )
     return found
 
 

@@ -96,9 +96,7 @@ def _has_digit(text: str) -> bool:
 _DELIMS = re.compile(r"\$|\\\(|\\\)|\\\[|\\\]|\\displaystyle|\\textstyle")
 _SIZING = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![a-zA-Z])\.?")
 _THIN_SPACE = re.compile(r"\\[,;: ]|\\q?quad(?![a-zA-Z])|~")
-_UNIT_TEXT = re.compile(
-    r"(?<=[\d}.])\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\^\{?[23]\}?)?\s*$"
-)
+_UNIT_TEXT = re.compile(r"(?<=[\d}.])\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z][a-zA-Z .]*\}(?:\^\{?[23]\}?)?\s*$")
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}")
 _DEGREES = re.compile(r"\^\s*\{?\\circ\}?|\\circ|°|\\degree(?![a-zA-Z])|\\deg(?![a-zA-Z])")
 _FRAC_ALIASES = re.compile(r"\\[dt]frac(?![a-zA-Z])")

@@ -117,7 +117,7 @@ class _Parser:
     def parse(self) -> Value:
         value = self.expr()
         if self.i != len(self.s):
-            raise _Unsupported(f"unexpected {self.s[self.i:]!r}")
+            raise _Unsupported(f"unexpected {self.s[self.i :]!r}")
         return value
 
     def peek(self) -> str:

@@ -41,11 +41,10 @@ from typing import Any
 
 import httpx
 
+from rollouts.client.retry import RetryPolicy, transport_failure
 from rollouts.envs.base import Environment, SessionState, VerifyResult
 from rollouts.errors import ConfigError, VerifierError
 from rollouts.records import RESERVED_KEYS
-from rollouts.client.retry import RetryPolicy, transport_failure
-from rollouts.client.transport import cookie_free_transport
 from rollouts.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,9 @@ class RemoteEnvironment(Environment):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.attempts = attempts
-        self.retry = RetryPolicy(max_retries=attempts - 1, base_s=backoff, cap_s=max_backoff, retry_after_cap_s=max_backoff)
+        self.retry = RetryPolicy(
+            max_retries=attempts - 1, base_s=backoff, cap_s=max_backoff, retry_after_cap_s=max_backoff
+        )
         self._jar_checked = False
 
     def __repr__(self) -> str:
@@ -109,9 +110,7 @@ class RemoteEnvironment(Environment):
             )
         return VerifyResult(reward=float(reward), extra=verify_extras(data, body))
 
-    async def call_tool(
-        self, name: str, arguments: str, http: httpx.AsyncClient, session: SessionState | None
-    ) -> str:
+    async def call_tool(self, name: str, arguments: str, http: httpx.AsyncClient, session: SessionState | None) -> str:
         if not _TOOL_NAME.match(name) or name in RESERVED_ROUTES:
             return json.dumps({"error": f"Unknown tool: {name!r}"})
         try:
@@ -199,11 +198,15 @@ def check_environment(name: str, url: str, timeout: float = 10.0) -> None:
     try:
         reply = httpx.get(f"{url.rstrip('/')}/", timeout=timeout)
     except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach remote environment {name!r} at {shown} ({transport_failure(exc).label}); "
-                          f"is the resources server running, and is --remote-env {name}=URL right?") from None
+        raise ConfigError(
+            f"cannot reach remote environment {name!r} at {shown} ({transport_failure(exc).label}); "
+            f"is the resources server running, and is --remote-env {name}=URL right?"
+        ) from None
     if reply.status_code in (502, 503, 504):
-        raise ConfigError(f"remote environment {name!r} at {shown} answered {reply.status_code}: the server behind "
-                          "it is down or still starting")
+        raise ConfigError(
+            f"remote environment {name!r} at {shown} answered {reply.status_code}: the server behind "
+            "it is down or still starting"
+        )
 
 
 def check_environments(remote: dict[str, str], timeout: float = 10.0) -> None:
@@ -223,7 +226,9 @@ GYM_PARAMS_KEYS = frozenset({
     "truncation", "user", "stream",
 })  # fmt: skip
 # The collector's bookkeeping on a rollout row: not the environment's business.
-BOOKKEEPING_KEYS = frozenset({"rollout_id", "status", "error", "attempts", "finish_reason", "timings", "schema_version", "sampling", "_session"})
+BOOKKEEPING_KEYS = frozenset(
+    {"rollout_id", "status", "error", "attempts", "finish_reason", "timings", "schema_version", "sampling", "_session"}
+)
 
 
 def gym_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +237,9 @@ def gym_params(params: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in params.items() if k in GYM_PARAMS_KEYS}
     if isinstance(out.get("tools"), list):
         out["tools"] = [
-            {"strict": None, "parameters": None, **tool} if isinstance(tool, dict) and tool.get("type") == "function" and "function" not in tool else tool
+            {"strict": None, "parameters": None, **tool}
+            if isinstance(tool, dict) and tool.get("type") == "function" and "function" not in tool
+            else tool
             for tool in out["tools"]
         ]
     return out
@@ -246,7 +253,9 @@ def gym_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def gym_usage(input_tokens: int, output_tokens: int, *, cached_tokens: int | None = 0, reasoning_tokens: int | None = 0) -> dict[str, Any]:
+def gym_usage(
+    input_tokens: int, output_tokens: int, *, cached_tokens: int | None = 0, reasoning_tokens: int | None = 0
+) -> dict[str, Any]:
     """Responses-API `usage` with the token-detail objects NeMo Gym's `NeMoGymResponseUsage` requires."""
     return {
         "input_tokens": input_tokens,
@@ -307,7 +316,9 @@ def _complete_item(item: dict[str, Any]) -> dict[str, Any]:
         item = dict(item)
         item["call_id"] = item.get("call_id") or item.get("id") or f"call_{uuid.uuid4().hex}"
         arguments = item.get("arguments")
-        item["arguments"] = arguments if isinstance(arguments, str) else json.dumps(arguments if arguments is not None else {})
+        item["arguments"] = (
+            arguments if isinstance(arguments, str) else json.dumps(arguments if arguments is not None else {})
+        )
     return item
 
 

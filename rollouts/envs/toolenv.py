@@ -125,12 +125,14 @@ class ToolEnvironment(Environment):
         except VerifierError:
             raise
         except Exception as exc:  # a bad row fails its rollout with a typed error
-            raise VerifierError(f"environment {self.name!r} cannot make a state for this row: "
-                                f"{type(exc).__name__}: {exc}") from exc
+            raise VerifierError(
+                f"environment {self.name!r} cannot make a state for this row: {type(exc).__name__}: {exc}"
+            ) from exc
         return SessionState(live=state)
 
-    async def call_tool(self, name: str, arguments: str, http: httpx.AsyncClient | None,
-                        session: SessionState | None) -> str:
+    async def call_tool(
+        self, name: str, arguments: str, http: httpx.AsyncClient | None, session: SessionState | None
+    ) -> str:
         return await self.tools.call(name, arguments, session.live if session is not None else None)
 
     def end_session(self, session: SessionState | None) -> None:
@@ -167,8 +169,13 @@ class ToolEnvironment(Environment):
             raise VerifierError(f"environment {self.name!r} has no verifier")
         return self._verifier(row, response, state)
 
-    async def verify(self, row: dict[str, Any], response: dict[str, Any], http: httpx.AsyncClient | None = None,
-                     session: SessionState | None = None) -> VerifyResult:
+    async def verify(
+        self,
+        row: dict[str, Any],
+        response: dict[str, Any],
+        http: httpx.AsyncClient | None = None,
+        session: SessionState | None = None,
+    ) -> VerifyResult:
         state = self.final_state(session)
         try:
             result = self.score_state(row, response, state)

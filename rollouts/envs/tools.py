@@ -40,6 +40,7 @@ from typing import Any, get_type_hints
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.fields import FieldInfo
+
 from rollouts.errors import ToolError
 
 STATE_PARAMETER = "state"
@@ -50,9 +51,6 @@ _GOOGLE_ARG = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 _SPHINX_FIELD = re.compile(r"^:(\w+)(?:\s+([^:]*?))?\s*:\s*(.*)$")
 _NUMPY_ARG = re.compile(r"^(\w+)\s*(?::.*)?$")
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-
 
 
 # ---- docstrings ---------------------------------------------------------------------------------------------------
@@ -139,8 +137,13 @@ class Tool:
 
     def spec(self) -> dict[str, Any]:
         """The Responses-API function tool (`rollouts.process.formats.chat_tools` converts it for chat)."""
-        return {"type": "function", "name": self.name, "description": self.description,
-                "parameters": self.parameters, "strict": self.strict}
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+            "strict": self.strict,
+        }
 
     def parse(self, arguments: str | dict[str, Any] | None) -> dict[str, Any]:
         """Keyword arguments for the function, or a ToolError that tells the model what is wrong."""
@@ -149,13 +152,17 @@ class Tool:
         try:
             raw = json.loads(arguments) if isinstance(arguments, str) else arguments
         except json.JSONDecodeError as exc:
-            raise ToolError(f"the arguments of {self.name} are not valid JSON ({exc.msg} at position {exc.pos})") from None
+            raise ToolError(
+                f"the arguments of {self.name} are not valid JSON ({exc.msg} at position {exc.pos})"
+            ) from None
         if not isinstance(raw, dict):
             raise ToolError(f"the arguments of {self.name} must be a JSON object, not {type(raw).__name__}")
         try:
             validated = self.arguments.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
+            )
             raise ToolError(f"invalid arguments for {self.name}: {problems}") from None
         return {name: getattr(validated, name) for name in type(validated).model_fields}
 
@@ -186,8 +193,14 @@ def render(value: Any) -> str:
     return pydantic_core.to_json(value, fallback=str).decode()
 
 
-def tool_from_function(function: Callable[..., Any], *, name: str | None = None, description: str | None = None,
-                       thread: bool = False, timeout: float | None = None) -> Tool:
+def tool_from_function(
+    function: Callable[..., Any],
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    thread: bool = False,
+    timeout: float | None = None,
+) -> Tool:
     """Build a Tool from a function's signature and docstring (see the module docstring)."""
     name = name or function.__name__
     if not _TOOL_NAME.match(name):
@@ -195,8 +208,7 @@ def tool_from_function(function: Callable[..., Any], *, name: str | None = None,
     if timeout is not None and timeout <= 0:
         raise ValueError(f"tool {name}: timeout must be positive")
     target = inspect.unwrap(function)
-    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
-        getattr(target, "__call__", None))
+    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(getattr(target, "__call__", None))
     if thread and is_async:
         raise ValueError(f"tool {name}: thread=True is for blocking sync functions, not async ones")
     signature = inspect.signature(function)
@@ -212,7 +224,9 @@ def tool_from_function(function: Callable[..., Any], *, name: str | None = None,
             takes_state = True
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
-            raise ValueError(f"tool {name}: parameter {param.name!r} must be a named parameter (no *args, **kwargs or /)")
+            raise ValueError(
+                f"tool {name}: parameter {param.name!r} must be a named parameter (no *args, **kwargs or /)"
+            )
         annotation = hints.get(param.name, Any)
         default = param.default
         if isinstance(default, FieldInfo):
@@ -223,8 +237,9 @@ def tool_from_function(function: Callable[..., Any], *, name: str | None = None,
         if info.description is None and docs.get(param.name):
             info.description = docs[param.name]
         fields[param.name] = (annotation, info)
-    model = create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-                         **fields)
+    model = create_model(
+        f"{name}_arguments", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields
+    )
     try:
         schema = _tidy(model.model_json_schema())
     except Exception as exc:  # pydantic cannot express a parameter type as JSON schema
@@ -232,9 +247,18 @@ def tool_from_function(function: Callable[..., Any], *, name: str | None = None,
     schema.setdefault("properties", {})
     schema["additionalProperties"] = False
     strict = all(info.is_required() for _, info in fields.values())
-    return Tool(name=name, description=description if description is not None else summary, parameters=schema,
-                strict=strict, function=function, arguments=model, takes_state=takes_state, is_async=is_async,
-                thread=thread, timeout=timeout)
+    return Tool(
+        name=name,
+        description=description if description is not None else summary,
+        parameters=schema,
+        strict=strict,
+        function=function,
+        arguments=model,
+        takes_state=takes_state,
+        is_async=is_async,
+        thread=thread,
+        timeout=timeout,
+    )
 
 
 class ToolRegistry:

@@ -9,10 +9,21 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ProcessResult": ".api", "Selection": ".api", "load_rollouts": ".api", "process": ".api",
-    "process_many": ".api", "select": ".api", "write_outputs": ".api", "DataCard": ".card",
-    "DEFAULT_FORMATS": ".config", "FORMATS": ".config", "ProcessConfig": ".config", "TrainConfig": ".config",
-    "ROLLOUT_SCHEMA": ".frame", "LoadedRollouts": ".readers", "BadRows": ".validate",
+    "ProcessResult": ".api",
+    "Selection": ".api",
+    "load_rollouts": ".api",
+    "process": ".api",
+    "process_many": ".api",
+    "select": ".api",
+    "write_outputs": ".api",
+    "DataCard": ".card",
+    "DEFAULT_FORMATS": ".config",
+    "FORMATS": ".config",
+    "ProcessConfig": ".config",
+    "TrainConfig": ".config",
+    "ROLLOUT_SCHEMA": ".frame",
+    "LoadedRollouts": ".readers",
+    "BadRows": ".validate",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, StorageError
 from ..storage import filesystem
+from ..tokens.api import write_token_records
 from .card import DataCard
 from .config import Objective, ProcessConfig
 from .dpo import select_dpo
@@ -23,7 +24,6 @@ from .readers import LoadedRollouts, load_rollouts
 from .rl import select_rl
 from .sft import select_sft
 from .writers import Target, write_dpo, write_rl, write_sft
-from ..tokens.api import write_token_records
 
 SELECTORS = {"rl": select_rl, "sft": select_sft, "dpo": select_dpo}
 
@@ -179,4 +179,13 @@ def process(
     return process_many(inputs, [config], out, storage_options=storage_options, workdir=workdir)[0]
 
 
-__all__ = ["LoadedRollouts", "ProcessResult", "Selection", "load_rollouts", "process", "process_many", "select", "write_outputs"]
+__all__ = [
+    "LoadedRollouts",
+    "ProcessResult",
+    "Selection",
+    "load_rollouts",
+    "process",
+    "process_many",
+    "select",
+    "write_outputs",
+]

@@ -106,7 +106,9 @@ class DataCard(BaseModel):
         lines.append("")
         for name, d in dists.items():
             if d.histogram:
-                bins = ", ".join(f"{_cell(lo)}: {n}" if lo == hi else f"[{_cell(lo)}, {_cell(hi)}): {n}" for lo, hi, n in d.histogram)
+                bins = ", ".join(
+                    f"{_cell(lo)}: {n}" if lo == hi else f"[{_cell(lo)}, {_cell(hi)}): {n}" for lo, hi, n in d.histogram
+                )
                 lines.append(f"- {name} histogram: {bins}")
         lines.append("")
         if self.outputs:

@@ -45,11 +45,15 @@ class RolloutFilesConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    inputs: Annotated[list[str], Cli(positional=True, metavar="INPUT")] = Field(description="run directory, rollout file or glob")
+    inputs: Annotated[list[str], Cli(positional=True, metavar="INPUT")] = Field(
+        description="run directory, rollout file or glob"
+    )
     out: Annotated[str, Cli(metavar="URL")] = Field(description="output directory (local path or fsspec URL)")
     storage_options: Annotated[dict[str, Any], Cli(flag="--storage-options", metavar="JSON")] = Field(
-        default_factory=dict, description="fsspec options for INPUT and --out, such as '{\"anon\": false}' or an "
-                                          "endpoint; keep credentials in the usual AWS environment variables or profile")
+        default_factory=dict,
+        description="fsspec options for INPUT and --out, such as '{\"anon\": false}' or an "
+        "endpoint; keep credentials in the usual AWS environment variables or profile",
+    )
 
 
 class FilterOptions(BaseModel):
@@ -61,45 +65,61 @@ class FilterOptions(BaseModel):
 
     # RL
     advantage_scale: Literal["group", "batch", "none"] = Field(
-        "group", description="rl: advantage = (reward - group mean) / scale, scale = group std, batch std or none")
+        "group", description="rl: advantage = (reward - group mean) / scale, scale = group std, batch std or none"
+    )
     drop_uniform_groups: bool = Field(False, description="rl: drop groups whose rewards are all equal (no gradient)")
     on_break: Literal["splice", "split", "truncate", "drop"] = Field(
-        "split", description="token records (rl --format tokens; rollouts tokens): at a break, where a call's "
-                             "prompt does not continue the previous call's prompt + generation: splice = keep the generated ids, append "
-                             "only the next prompt's new tokens; split = start a new sample; truncate = keep the "
-                             "contiguous prefix; drop = leave the rollout out")
+        "split",
+        description="token records (rl --format tokens; rollouts tokens): at a break, where a call's "
+        "prompt does not continue the previous call's prompt + generation: splice = keep the generated ids, append "
+        "only the next prompt's new tokens; split = start a new sample; truncate = keep the "
+        "contiguous prefix; drop = leave the rollout out",
+    )
     uniform_tolerance: Annotated[float, Cli(metavar="TOL")] = Field(
-        1e-6, ge=0, description="rl: a group is uniform when max - min <= this")
+        1e-6, ge=0, description="rl: a group is uniform when max - min <= this"
+    )
     keep_mean_between: Annotated[tuple[float, float] | None, Cli(metavar=("LO", "HI"))] = Field(
-        None, description="rl: keep groups with LO <= mean reward <= HI")
+        None, description="rl: keep groups with LO <= mean reward <= HI"
+    )
 
     # SFT (keep_length_truncated and drop_duplicates also apply to DPO candidates)
     min_reward: float | None = Field(
-        1.0, description="sft: keep rollouts with reward >= this, the same default in `collect` and `process`; "
-                         "'none' keeps every reward, wrong answers included")
+        1.0,
+        description="sft: keep rollouts with reward >= this, the same default in `collect` and `process`; "
+        "'none' keeps every reward, wrong answers included",
+    )
     per_prompt: Annotated[int, Cli(metavar="K")] = Field(
-        1, ge=1, description="sft: best-of-n, keep the top K rollouts of each prompt")
+        1, ge=1, description="sft: best-of-n, keep the top K rollouts of each prompt"
+    )
     drop_duplicates: Annotated[bool, Cli(flag="--keep-duplicates", invert=True)] = Field(
-        True, description="sft and dpo: keep exact duplicate completions of a prompt (dropped by default)")
+        True, description="sft and dpo: keep exact duplicate completions of a prompt (dropped by default)"
+    )
     max_turns: Annotated[int | None, Cli(metavar="N", collect_flag="--sft-max-turns")] = Field(
-        None, ge=1, description="sft: drop rollouts with more model turns")
+        None, ge=1, description="sft: drop rollouts with more model turns"
+    )
     max_output_tokens: Annotated[int | None, Cli(metavar="N", collect_flag="--sft-max-output-tokens")] = Field(
-        None, ge=1, description="sft: drop rollouts with more output tokens")
+        None, ge=1, description="sft: drop rollouts with more output tokens"
+    )
     keep_length_truncated: bool = Field(False, description="sft and dpo: keep rollouts cut off by the token limit")
 
     # DPO
     pairing: Literal["best-worst", "all-pairs", "top-bottom-k"] = Field(
-        "best-worst", description="dpo: which pairs of a group: its best and worst, every pair, or the k best x k worst")
+        "best-worst", description="dpo: which pairs of a group: its best and worst, every pair, or the k best x k worst"
+    )
     min_margin: float = Field(0.0, ge=0, description="dpo: minimum reward margin (a tie is never a pair)")
     pair_by_task_index: bool = Field(
-        False, description="dpo: pair rollouts of one task index even when their prompts differ (stateful "
-                           "environments give each rollout its own prompt); by default such pairs are dropped and "
-                           "counted as different_prompts")
+        False,
+        description="dpo: pair rollouts of one task index even when their prompts differ (stateful "
+        "environments give each rollout its own prompt); by default such pairs are dropped and "
+        "counted as different_prompts",
+    )
     top_k: Annotated[int, Cli(metavar="K")] = Field(2, ge=1, description="dpo: k for --pairing top-bottom-k")
     max_pairs_per_prompt: Annotated[int | None, Cli(metavar="N")] = Field(
-        None, ge=1, description="dpo: keep the N largest-margin pairs of a prompt")
+        None, ge=1, description="dpo: keep the N largest-margin pairs of a prompt"
+    )
     max_length_ratio: Annotated[float | None, Cli(metavar="R")] = Field(
-        None, ge=1, description="dpo: drop pairs whose longer side is over R times the shorter")
+        None, ge=1, description="dpo: drop pairs whose longer side is over R times the shorter"
+    )
 
     @model_validator(mode="after")
     def _check_range(self) -> FilterOptions:
@@ -117,12 +137,15 @@ class OutputFormats(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rl: _format_list("rl") = Field(list(DEFAULT_FORMATS["rl"]), min_length=1,
-                                   description="rl files: " + ", ".join(FORMATS["rl"]))
-    sft: _format_list("sft") = Field(list(DEFAULT_FORMATS["sft"]), min_length=1,
-                                     description="sft files: " + ", ".join(FORMATS["sft"]))
-    dpo: _format_list("dpo") = Field(list(DEFAULT_FORMATS["dpo"]), min_length=1,
-                                     description="dpo files: " + ", ".join(FORMATS["dpo"]))
+    rl: _format_list("rl") = Field(
+        list(DEFAULT_FORMATS["rl"]), min_length=1, description="rl files: " + ", ".join(FORMATS["rl"])
+    )
+    sft: _format_list("sft") = Field(
+        list(DEFAULT_FORMATS["sft"]), min_length=1, description="sft files: " + ", ".join(FORMATS["sft"])
+    )
+    dpo: _format_list("dpo") = Field(
+        list(DEFAULT_FORMATS["dpo"]), min_length=1, description="dpo files: " + ", ".join(FORMATS["dpo"])
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> OutputFormats:
@@ -137,7 +160,8 @@ class TrainConfig(FilterOptions):
     """Filter and format options of the training files: `rollouts process` and the flow's last two stages."""
 
     formats: Annotated[OutputFormats, Cli(flag="--format", metavar="[OBJ:]NAME")] = Field(
-        default_factory=OutputFormats, description="output formats per objective")
+        default_factory=OutputFormats, description="output formats per objective"
+    )
 
     def for_objective(self, objective: Objective) -> ProcessConfig:
         """The one place where a ProcessConfig is built from the shared options."""

@@ -80,11 +80,18 @@ def _expand(fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[InputFil
         root = path.rstrip("/")
         if fs.exists(f"{root}/manifest.json") or fs.isdir(f"{root}/rollouts"):
             source = display(fs, root)
-            shards = [p for sub in ("rollouts", "failures") for p in sorted(fs.glob(f"{root}/{sub}/*.jsonl*")) if p.endswith(SHARD_SUFFIXES)]
+            shards = [
+                p
+                for sub in ("rollouts", "failures")
+                for p in sorted(fs.glob(f"{root}/{sub}/*.jsonl*"))
+                if p.endswith(SHARD_SUFFIXES)
+            ]
             return [InputFile(display(fs, p), p, source, False, fs) for p in shards]
         files = [p for p in sorted(fs.glob(f"{root}/*.jsonl*")) if p.endswith(SHARD_SUFFIXES)]
         if not files:
-            raise InputError(f"{url}: a directory but neither a run (no manifest.json or rollouts/) nor a NeMo Gym output folder (no *.jsonl)")
+            raise InputError(
+                f"{url}: a directory but neither a run (no manifest.json or rollouts/) nor a NeMo Gym output folder (no *.jsonl)"
+            )
         return [_file(fs, p) for p in files]
     if not fs.exists(path):
         raise InputError(f"{url}: no such file or directory")

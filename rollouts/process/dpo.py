@@ -23,7 +23,18 @@ from .card import DataCard, distribution, drops_from_counts
 from .config import ProcessConfig
 from .sft import judged
 
-COLUMNS = ["row", "group_id", "status", "final_turn", "reward", "finish_reason", "completion_key", "rollout_index", "output_tokens", "output_chars"]
+COLUMNS = [
+    "row",
+    "group_id",
+    "status",
+    "final_turn",
+    "reward",
+    "finish_reason",
+    "completion_key",
+    "rollout_index",
+    "output_tokens",
+    "output_chars",
+]
 MAX_JOIN_ROWS = 8_000_000  # candidate pairs materialised at once; bigger inputs are joined in batches of groups
 ROW_RULES = {
     "failed": "the rollout failed (no reward)",
@@ -72,7 +83,9 @@ def select_dpo(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
     if config.max_pairs_per_prompt is not None:
         pair_counts["over_cap"] = int((pairs["pair_rank"] > config.max_pairs_per_prompt).sum())
         pairs = pairs.filter(pl.col("pair_rank") <= config.max_pairs_per_prompt)
-    pairs = pairs.rename({"row": "chosen_row", "row_rej": "rejected_row", "reward": "chosen_reward", "reward_rej": "rejected_reward"})
+    pairs = pairs.rename(
+        {"row": "chosen_row", "row_rej": "rejected_row", "reward": "chosen_reward", "reward_rej": "rejected_reward"}
+    )
     tasks = cands.select(chosen_row="row", task_group="task_group")
     pairs = pairs.join(tasks, on="chosen_row", maintain_order="left").with_columns(group_id=pl.col("task_group"))
     pairs = pairs.select(PAIR_COLUMNS)
@@ -88,7 +101,9 @@ def _pairing_groups(cands: pl.DataFrame, by_task: bool, counts: dict[str, int]) 
     per_task = cands.group_by("task_group").agg(n=pl.len())
     per_prompt = cands.group_by("task_group", "prompt_key").agg(n=pl.len())
     pairs = lambda n: n * (n - 1) // 2  # noqa: E731
-    cross = int(per_task.select(pairs(pl.col("n")).sum()).item() or 0) - int(per_prompt.select(pairs(pl.col("n")).sum()).item() or 0)
+    cross = int(per_task.select(pairs(pl.col("n")).sum()).item() or 0) - int(
+        per_prompt.select(pairs(pl.col("n")).sum()).item() or 0
+    )
     if cross:
         counts["different_prompts"] = cross
     return cands.with_columns(group_id=pl.format("{}\x1f{}", pl.col("task_group"), pl.col("prompt_key").fill_null(0)))
@@ -97,7 +112,9 @@ def _pairing_groups(cands: pl.DataFrame, by_task: bool, counts: dict[str, int]) 
 def _pairs(cands: pl.DataFrame, config: ProcessConfig, counts: dict[str, int]) -> pl.DataFrame:
     if config.pairing == "best-worst" and config.max_length_ratio is None:
         best = cands.filter(pl.col("rank") == 1)
-        worst = cands.filter(pl.col("rank_low") == 1).select("group_id", pl.exclude("group_id", "group_order").name.suffix("_rej"))
+        worst = cands.filter(pl.col("rank_low") == 1).select(
+            "group_id", pl.exclude("group_id", "group_order").name.suffix("_rej")
+        )
         pairs = best.join(worst, on="group_id").with_columns(margin=pl.col("reward") - pl.col("reward_rej"))
         return _drop_identical(pairs.filter((pl.col("margin") > 0) & (pl.col("margin") >= config.min_margin)), counts)
     left, right = cands, cands
@@ -122,7 +139,9 @@ def _pair_batch(left: pl.DataFrame, right: pl.DataFrame, config: ProcessConfig, 
     right = right.select("group_id", pl.exclude("group_id", "group_order").name.suffix("_rej"))
     joined = left.join(right, on="group_id").filter(pl.col("row") != pl.col("row_rej"))
     joined = joined.with_columns(margin=pl.col("reward") - pl.col("reward_rej"))
-    ties = joined.filter(pl.col("margin") == 0).select(a=pl.min_horizontal("row", "row_rej"), b=pl.max_horizontal("row", "row_rej"))
+    ties = joined.filter(pl.col("margin") == 0).select(
+        a=pl.min_horizontal("row", "row_rej"), b=pl.max_horizontal("row", "row_rej")
+    )
     counts["tie"] = counts.get("tie", 0) + ties.unique().height  # once per unordered pair
     pairs = joined.filter(pl.col("margin") > 0)
     low = pairs.filter(pl.col("margin") < config.min_margin).height
@@ -131,7 +150,9 @@ def _pair_batch(left: pl.DataFrame, right: pl.DataFrame, config: ProcessConfig, 
     pairs = _drop_identical(pairs, counts)
     if config.max_length_ratio is not None:
         pairs = pairs.with_columns(length_ratio=_length_ratio())
-        counts["length_ratio"] = counts.get("length_ratio", 0) + int((pairs["length_ratio"] > config.max_length_ratio).sum())
+        counts["length_ratio"] = counts.get("length_ratio", 0) + int(
+            (pairs["length_ratio"] > config.max_length_ratio).sum()
+        )
         pairs = pairs.filter(pl.col("length_ratio") <= config.max_length_ratio).drop("length_ratio")
     return pairs
 
@@ -152,11 +173,11 @@ def _length_ratio() -> pl.Expr:
     return pl.max_horizontal(a, b) / pl.max_horizontal(pl.min_horizontal(a, b), pl.lit(1.0))
 
 
-def _fill_card(card: DataCard, cands: pl.DataFrame, pairs: pl.DataFrame, counts: dict[str, int], config: ProcessConfig) -> None:
+def _fill_card(
+    card: DataCard, cands: pl.DataFrame, pairs: pl.DataFrame, counts: dict[str, int], config: ProcessConfig
+) -> None:
     card.pair_drops = drops_from_counts(counts, PAIR_RULES)
-    stats = cands.group_by("group_id").agg(
-        n=pl.len(), spread=pl.col("reward").max() - pl.col("reward").min()
-    )
+    stats = cands.group_by("group_id").agg(n=pl.len(), spread=pl.col("reward").max() - pl.col("reward").min())
     with_pairs = pairs["group_id"].unique().implode()
     reason = (
         pl.when(pl.col("group_id").is_in(with_pairs))
@@ -181,4 +202,6 @@ def _fill_card(card: DataCard, cands: pl.DataFrame, pairs: pl.DataFrame, counts:
     card.distributions["rejected_reward"] = distribution(pairs["rejected_reward"])
     card.distributions["margin"] = distribution(pairs["margin"])
     card.distributions["pairs_per_prompt"] = distribution(pairs.group_by("group_id").agg(pl.len())["len"])
-    card.notes.append(f"pairing {config.pairing}: {pairs.height} pairs from {card.groups_out} of {card.groups_in} prompts")
+    card.notes.append(
+        f"pairing {config.pairing}: {pairs.height} pairs from {card.groups_out} of {card.groups_in} prompts"
+    )

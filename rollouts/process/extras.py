@@ -24,7 +24,17 @@ from typing import Any
 import orjson
 import polars as pl
 
-RULE_KEYS = frozenset({"responses_create_params", "response", "reward", "_ng_task_index", "_ng_rollout_index", "rollout_id", "finish_reason"})
+RULE_KEYS = frozenset(
+    {
+        "responses_create_params",
+        "response",
+        "reward",
+        "_ng_task_index",
+        "_ng_rollout_index",
+        "rollout_id",
+        "finish_reason",
+    }
+)
 OUR_KEYS = frozenset({"status", "error", "attempts", "timings", "schema_version", "sampling", "_session"})
 SAMPLE_HEAD = 500
 SAMPLE_SPREAD = 500
@@ -104,17 +114,28 @@ def extras_column(df: pl.DataFrame, data: bytes, piece_bytes: list[int] | None =
         spans = list(zip(rows[first:i], piece_bytes[first:i], strict=True))
         n, size = sum(rows[first:i]), sum(piece_bytes[first:i])
         whole = first == 0 and i == len(rows)
-        parts.append(_column(df if whole else df.slice(row, n), data if whole else data[byte : byte + size], dict(found[first]), spans))
+        parts.append(
+            _column(
+                df if whole else df.slice(row, n),
+                data if whole else data[byte : byte + size],
+                dict(found[first]),
+                spans,
+            )
+        )
         row, byte, first = row + n, byte + size, i
     return pl.concat(parts)
 
 
-def _column(df: pl.DataFrame, data: bytes, keys: dict[str, pl.DataType | None], spans: list[tuple[int, int]]) -> pl.Series:
+def _column(
+    df: pl.DataFrame, data: bytes, keys: dict[str, pl.DataType | None], spans: list[tuple[int, int]]
+) -> pl.Series:
     """extras_column of rows whose pieces have the same `keys`; `spans` are the pieces' (rows, bytes)."""
     if not keys:
         return pl.Series("extra", [None] * df.height, dtype=pl.String)
     names = list(keys)
-    frame = df.select("raw").with_columns(ours=df["schema_version"].is_not_null(), escaped=pl.col("raw").str.contains(_ESCAPED_KEY))
+    frame = df.select("raw").with_columns(
+        ours=df["schema_version"].is_not_null(), escaped=pl.col("raw").str.contains(_ESCAPED_KEY)
+    )
     frame = _with_cuts(frame, names, [k for k, t in keys.items() if t is None])
     # The String read that checks a cut value's numbers rides along with the typed read, for the keys that have any
     floaty = [k for i, (k, t) in enumerate(keys.items()) if t is None and frame[f"_c{i}"].str.contains(_FLOATY).any()]
@@ -145,9 +166,11 @@ def _column(df: pl.DataFrame, data: bytes, keys: dict[str, pl.DataType | None], 
         pieces.append(_piece(key, value))
         suspects.append(suspect)
     body = pl.concat_str(pieces, separator=",", ignore_nulls=True)
-    out = frame.lazy().select(
-        extra=pl.when(body != "").then(pl.lit("{") + body + pl.lit("}")), suspect=pl.any_horizontal(suspects)
-    ).collect()
+    out = (
+        frame.lazy()
+        .select(extra=pl.when(body != "").then(pl.lit("{") + body + pl.lit("}")), suspect=pl.any_horizontal(suspects))
+        .collect()
+    )
     return _exact_rows(df, keys, out["suspect"], out["extra"])
 
 
@@ -185,7 +208,9 @@ def _numbers(text: pl.Expr) -> pl.Expr:
     return text.str.extract_all(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?").list.eval(pl.element().cast(pl.Float64))
 
 
-def _exact_rows(df: pl.DataFrame, keys: dict[str, pl.DataType | None], suspect: pl.Series, extra: pl.Series | None = None) -> pl.Series:
+def _exact_rows(
+    df: pl.DataFrame, keys: dict[str, pl.DataType | None], suspect: pl.Series, extra: pl.Series | None = None
+) -> pl.Series:
     """`extra` with the `suspect` rows (all, without `extra`) made in Python from the line itself."""
     rows = suspect.fill_null(True).arg_true()
     texts = []

@@ -110,7 +110,13 @@ class Conversation:
 
     __slots__ = ("_prompt", "_completion", "_tools", "_trl", "parallel_tool_calls")
 
-    def __init__(self, prompt: list[Message], output: str, tools: list[dict[str, Any]] | None, parallel_tool_calls: bool | None = None) -> None:
+    def __init__(
+        self,
+        prompt: list[Message],
+        output: str,
+        tools: list[dict[str, Any]] | None,
+        parallel_tool_calls: bool | None = None,
+    ) -> None:
         completion = to_messages(loads(output))
         if not prompt:  # an `input: []` row: its trajectory, prompt included, is all in the output
             cut = next((i for i, m in enumerate(completion) if m["role"] == "assistant"), len(completion))

@@ -69,7 +69,9 @@ _ITEM = pl.Struct(
 # What read_ndjson parses; unknown keys are ignored. `input` is read only to test presence (see module docstring);
 # `instructions` is a JSON string, which read_ndjson decodes exactly.
 TYPED_SCHEMA: dict[str, pl.DataType] = {
-    "responses_create_params": pl.Struct({"input": pl.String(), "instructions": pl.String(), "parallel_tool_calls": pl.Boolean()}),
+    "responses_create_params": pl.Struct(
+        {"input": pl.String(), "instructions": pl.String(), "parallel_tool_calls": pl.Boolean()}
+    ),
     "response": pl.Struct(
         {
             "usage": pl.Struct({"output_tokens": pl.Int64()}),
@@ -119,7 +121,9 @@ def _non_blank(raw: pl.DataFrame) -> pl.DataFrame:
 
 def read_lines(data: bytes, first_line: int) -> pl.DataFrame:
     """Non-blank lines of an NDJSON chunk with their 1-based line numbers (a blank line keeps its number)."""
-    return _non_blank(_raw_lines(data).with_row_index("line", offset=first_line).with_columns(pl.col("line").cast(pl.Int64)))
+    return _non_blank(
+        _raw_lines(data).with_row_index("line", offset=first_line).with_columns(pl.col("line").cast(pl.Int64))
+    )
 
 
 def _piece_lines(pieces: Sequence[Piece], data: bytes) -> pl.DataFrame:
@@ -132,7 +136,11 @@ def _piece_lines(pieces: Sequence[Piece], data: bytes) -> pl.DataFrame:
     for count in counts[:-1]:
         starts.append(starts[-1] + count)
     spans = pl.DataFrame(
-        {"piece": range(len(pieces)), "base": [p.first_line - start for p, start in zip(pieces, starts, strict=True)], "n": counts},
+        {
+            "piece": range(len(pieces)),
+            "base": [p.first_line - start for p, start in zip(pieces, starts, strict=True)],
+            "n": counts,
+        },
         schema={"piece": pl.Int32, "base": pl.Int64, "n": pl.Int64},
     ).select(pl.col("piece", "base").repeat_by("n").explode())
     lines = pl.concat([raw.with_row_index("index"), spans], how="horizontal").select(
@@ -185,7 +193,9 @@ def _parse(data: bytes, lines: pl.DataFrame, source: str, piece_bytes: list[int]
         rollout_index=pl.col("_ng_rollout_index"),
         output_tokens=resp.struct.field("usage").struct.field("output_tokens"),
         num_turns=types.list.eval(
-            (pl.element().is_in(MODEL_ITEM_TYPES) & ~pl.element().shift(1).is_in(MODEL_ITEM_TYPES).fill_null(False)).sum()
+            (
+                pl.element().is_in(MODEL_ITEM_TYPES) & ~pl.element().shift(1).is_in(MODEL_ITEM_TYPES).fill_null(False)
+            ).sum()
         )
         .list.first()
         .cast(pl.Int32),
@@ -244,13 +254,19 @@ def _prompt() -> pl.Expr:
         pl.when(is_list)
         .then(given)
         .when(given.is_not_null())
-        .then(pl.concat_str(pl.lit("["), pl.struct(role=pl.lit("user"), content=given).struct.json_encode(), pl.lit("]")))
+        .then(
+            pl.concat_str(pl.lit("["), pl.struct(role=pl.lit("user"), content=given).struct.json_encode(), pl.lit("]"))
+        )
     )
     instructions = pl.col("responses_create_params").struct.field("instructions")
     system = pl.struct(role=pl.lit("system"), content=instructions).struct.json_encode()
     rest = as_list.str.strip_prefix("[")
     with_system = pl.concat_str(pl.lit("["), system, pl.when(rest == "]").then(rest).otherwise(pl.lit(",") + rest))
-    return pl.when(instructions.is_not_null() & (instructions != "") & as_list.is_not_null()).then(with_system).otherwise(as_list)
+    return (
+        pl.when(instructions.is_not_null() & (instructions != "") & as_list.is_not_null())
+        .then(with_system)
+        .otherwise(as_list)
+    )
 
 
 def _derived_finish_reason(resp: pl.Expr, types: pl.Expr) -> pl.Expr:
@@ -288,7 +304,11 @@ def _with_prompt_digests(df: pl.DataFrame) -> pl.DataFrame:
     if not missing.height:
         return df.with_columns(prompt_digest=pl.lit(None, pl.String))
     digests = {p: hashlib.sha1(p.encode()).hexdigest()[:12] for p in missing["prompt"].unique().to_list()}
-    return df.with_columns(prompt_digest=pl.when(pl.col("task_index").is_null()).then(pl.col("prompt").replace_strict(digests, default=None)))
+    return df.with_columns(
+        prompt_digest=pl.when(pl.col("task_index").is_null()).then(
+            pl.col("prompt").replace_strict(digests, default=None)
+        )
+    )
 
 
 def _finish(df: pl.DataFrame, source: str) -> pl.DataFrame:
@@ -312,7 +332,9 @@ def _problem() -> pl.Expr:
     return (
         pl.when(status_problem().is_not_null())
         .then(status_problem())
-        .when(~pl.col("has_input") & (ok | (pl.col("schema_version").is_null() & pl.col("_ng_failure_class").is_null())))
+        .when(
+            ~pl.col("has_input") & (ok | (pl.col("schema_version").is_null() & pl.col("_ng_failure_class").is_null()))
+        )
         .then(pl.lit("missing responses_create_params.input"))  # a failed row of ours or a Gym failure row may lack it
         .when(ok & pl.col("response").is_null())
         .then(pl.lit("missing response"))

@@ -81,7 +81,9 @@ def iter_parquet_chunks(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tu
     """Rollout rows stored as Parquet, re-serialised to NDJSON blocks; 'line' is the 1-based row number."""
     if display(fs, path) == path:  # local: stream slices
         rows = pl.scan_parquet(path).select(pl.len()).collect().item()
-        slices = (pl.scan_parquet(path).slice(offset, PARQUET_ROWS).collect() for offset in range(0, rows, PARQUET_ROWS))
+        slices = (
+            pl.scan_parquet(path).slice(offset, PARQUET_ROWS).collect() for offset in range(0, rows, PARQUET_ROWS)
+        )
     else:
         with fs.open(path, "rb") as f:
             table = pl.read_parquet(f)
@@ -109,9 +111,13 @@ def parse_or_locate(pieces: list[Piece], source: str, bad: BadRows, skip: bool) 
         parsed = _parse_good_lines(good, piece, source)
     problems = parsed.filter(pl.col("problem").is_not_null())
     if problems.height:
-        order = {p.file: i for i, p in reversed(list(enumerate(pieces)))}  # a file's first piece: its place in file order
-        rejected += [(order[file], line, "unknown status" if p.startswith("unknown status") else p, p)
-                     for file, line, p in problems.select("file", "line", "problem").iter_rows()]
+        order = {
+            p.file: i for i, p in reversed(list(enumerate(pieces)))
+        }  # a file's first piece: its place in file order
+        rejected += [
+            (order[file], line, "unknown status" if p.startswith("unknown status") else p, p)
+            for file, line, p in problems.select("file", "line", "problem").iter_rows()
+        ]
     if rejected and not skip:
         piece_at, line, _, detail = min(rejected)
         raise _row_error(pieces[piece_at].file, line, detail)
@@ -124,7 +130,9 @@ def _parse_good_lines(good: list[tuple[int, str]], piece: Piece, source: str) ->
     if not good:
         return empty_frame().with_columns(problem=pl.lit(None, pl.String))
     body = "\n".join(text for _, text in good).encode() + b"\n"
-    lines = pl.DataFrame({"line": [n for n, _ in good], "raw": [t for _, t in good]}, schema={"line": pl.Int64, "raw": pl.String})
+    lines = pl.DataFrame(
+        {"line": [n for n, _ in good], "raw": [t for _, t in good]}, schema={"line": pl.Int64, "raw": pl.String}
+    )
     try:
         return parse_chunk(body, lines, source=source, file=piece.file)
     except pl.exceptions.PolarsError as exc:
@@ -186,7 +194,9 @@ class FrameSink:
     def add(self, part: pl.DataFrame) -> None:
         if part.height == 0:
             return
-        part = part.select(list(ROLLOUT_SCHEMA)).with_columns(row=pl.int_range(self.rows, self.rows + part.height, dtype=pl.Int64))
+        part = part.select(list(ROLLOUT_SCHEMA)).with_columns(
+            row=pl.int_range(self.rows, self.rows + part.height, dtype=pl.Int64)
+        )
         self.has_token_ids = self.has_token_ids or part["generation_token_ids"].null_count() < part.height
         self.keys.append(part.select(_KEYS))
         if self.uri is None:
@@ -255,7 +265,9 @@ def load_rollouts(
             if item.role == "inputs":
                 owed.append(read_input_keys(item, chunk_bytes))
                 continue
-            chunks = iter_parquet_chunks(fs, item.path) if item.parquet else iter_jsonl_chunks(fs, item.path, chunk_bytes)
+            chunks = (
+                iter_parquet_chunks(fs, item.path) if item.parquet else iter_jsonl_chunks(fs, item.path, chunk_bytes)
+            )
             for first_line, data in chunks:
                 # Small files of one source (a run's 256-row shards) are parsed together, up to BATCH_BYTES at once
                 if batch and (item.source != batch_source or batch_bytes + len(data) > min(chunk_bytes, BATCH_BYTES)):
@@ -273,7 +285,11 @@ def load_rollouts(
     inputs_frame = pl.concat(owed) if owed else None
     missing = 0
     if inputs_frame is not None and inputs_frame.height:
-        seen = pl.concat(sink.keys) if sink.keys else pl.DataFrame(schema=dict.fromkeys(_KEYS, pl.Int64)).with_columns(source=pl.lit("", pl.String))
+        seen = (
+            pl.concat(sink.keys)
+            if sink.keys
+            else pl.DataFrame(schema=dict.fromkeys(_KEYS, pl.Int64)).with_columns(source=pl.lit("", pl.String))
+        )
         missing = inputs_frame.unique().join(seen.unique(), on=_KEYS, how="anti", nulls_equal=True).height
     return LoadedRollouts(
         inputs=list(inputs),

@@ -14,7 +14,18 @@ import polars as pl
 from .card import DataCard, distribution, drops_from_counts
 from .config import ProcessConfig
 
-COLUMNS = ["row", "group_id", "status", "final_turn", "reward", "finish_reason", "num_turns", "output_tokens", "completion_key", "rollout_index"]
+COLUMNS = [
+    "row",
+    "group_id",
+    "status",
+    "final_turn",
+    "reward",
+    "finish_reason",
+    "num_turns",
+    "output_tokens",
+    "completion_key",
+    "rollout_index",
+]
 FINAL_TURNS = ["assistant", "tool_call"]
 RULES = {
     "failed": "the rollout failed (no reward)",
@@ -45,7 +56,11 @@ def row_rules(config: ProcessConfig, *, sft: bool) -> pl.Expr:
 
 def ranked(df: pl.DataFrame) -> pl.DataFrame:
     """Rows ordered best first within each prompt (`prompt_group`), with `rank` (1 = best)."""
-    df = df.sort(["group_id", "prompt_group", "reward", "rollout_index", "row"], descending=[False, False, True, False, False], nulls_last=True)
+    df = df.sort(
+        ["group_id", "prompt_group", "reward", "rollout_index", "row"],
+        descending=[False, False, True, False, False],
+        nulls_last=True,
+    )
     return df.with_columns(rank=pl.int_range(1, pl.len() + 1).over("prompt_group").cast(pl.Int32))
 
 
@@ -53,15 +68,24 @@ def mark_duplicates(df: pl.DataFrame, rule: str = "rule") -> pl.DataFrame:
     """On ranked rows: a kept row whose completion already appeared better-ranked for its prompt is a duplicate."""
     live = df.filter(pl.col(rule).is_null())
     dup = live.filter(~pl.col("completion_key").is_first_distinct().over("prompt_group"))["row"]
-    return df.with_columns(pl.when(pl.col("row").is_in(dup.implode())).then(pl.lit("duplicate")).otherwise(pl.col(rule)).alias(rule))
+    return df.with_columns(
+        pl.when(pl.col("row").is_in(dup.implode())).then(pl.lit("duplicate")).otherwise(pl.col(rule)).alias(rule)
+    )
 
 
-def judged(frame: pl.LazyFrame, columns: list[str], config: ProcessConfig, card: DataCard, *, sft: bool) -> pl.DataFrame:
+def judged(
+    frame: pl.LazyFrame, columns: list[str], config: ProcessConfig, card: DataCard, *, sft: bool
+) -> pl.DataFrame:
     """The rows with their row-rule verdict (`rule`, null = kept), ranked in their group, duplicates marked; the
     card's input figures filled. Shared by SFT and DPO, whose candidates pass the same row rules."""
     # a prompt is a task's group, or one of its prompts when a stateful environment gave its rollouts different ones
-    df = frame.select(*columns, "prompt_key").collect().with_columns(
-        rule=row_rules(config, sft=sft), prompt_group=pl.format("{}\x1f{}", pl.col("group_id"), pl.col("prompt_key").fill_null(0))
+    df = (
+        frame.select(*columns, "prompt_key")
+        .collect()
+        .with_columns(
+            rule=row_rules(config, sft=sft),
+            prompt_group=pl.format("{}\x1f{}", pl.col("group_id"), pl.col("prompt_key").fill_null(0)),
+        )
     )
     card.rows_in = df.height
     card.groups_in = df["group_id"].n_unique()
@@ -76,7 +100,12 @@ def select_sft(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
     live = df.filter(pl.col("rule").is_null())
     live = live.with_columns(rank=pl.int_range(1, pl.len() + 1).over("prompt_group").cast(pl.Int32))
     cut = live.filter(pl.col("rank") > config.per_prompt)["row"]
-    df = df.with_columns(pl.when(pl.col("row").is_in(cut.implode())).then(pl.lit("not_best_of_n")).otherwise(pl.col("rule")).alias("rule"))
+    df = df.with_columns(
+        pl.when(pl.col("row").is_in(cut.implode()))
+        .then(pl.lit("not_best_of_n"))
+        .otherwise(pl.col("rule"))
+        .alias("rule")
+    )
     counts = dict(df.drop_nulls("rule")["rule"].value_counts().iter_rows())
     card.dropped = drops_from_counts(counts, RULES)
     kept = live.filter(pl.col("rank") <= config.per_prompt).select("row", "group_id", "reward", "rank").sort("row")

@@ -58,8 +58,13 @@ def error_json(has_response: pl.Expr) -> pl.Expr:
     return pl.struct(
         type=pl.coalesce(kind, pl.col("_ng_failure_type"), FAILURE_CLASS, pl.when(~OURS).then(pl.lit("Unscored"))),
         message=pl.coalesce(
-            raw.json_path_match("$.error.message"), raw.json_path_match("$.error"), pl.col("_ng_failure_message"), pl.when(~OURS).then(missing)
+            raw.json_path_match("$.error.message"),
+            raw.json_path_match("$.error"),
+            pl.col("_ng_failure_message"),
+            pl.when(~OURS).then(missing),
         ),
-        status_code=pl.coalesce(raw.json_path_match("$.error.status_code"), pl.col("_ng_failure_http_status")).cast(pl.Int64, strict=False),
+        status_code=pl.coalesce(raw.json_path_match("$.error.status_code"), pl.col("_ng_failure_http_status")).cast(
+            pl.Int64, strict=False
+        ),
         stage=pl.coalesce(raw.json_path_match("$.error.stage"), FAILURE_CLASS),
     ).struct.json_encode()

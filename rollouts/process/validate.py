@@ -66,7 +66,11 @@ def check_line(text: str) -> tuple[str, str] | None:
         ("reward", _optional(row.get("reward"), _is_number), "a number"),
         ("_ng_task_index", _optional(row.get("_ng_task_index"), _is_int), "an integer"),
         ("_ng_rollout_index", _optional(row.get("_ng_rollout_index"), _is_int), "an integer"),
-        ("responses_create_params", _optional(row.get("responses_create_params"), lambda v: isinstance(v, dict)), "an object"),
+        (
+            "responses_create_params",
+            _optional(row.get("responses_create_params"), lambda v: isinstance(v, dict)),
+            "an object",
+        ),
         ("response", _optional(row.get("response"), lambda v: isinstance(v, dict)), "an object"),
     ]
     for key in ("rollout_id", "status", "finish_reason"):

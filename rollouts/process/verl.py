@@ -24,8 +24,18 @@ from ..records import dumps, loads
 from .formats import Message
 
 IMAGE = "<image>"
-_CALL = pl.Struct({"id": pl.String(), "type": pl.String(), "function": pl.Struct({"name": pl.String(), "arguments": pl.String()})})
-MESSAGE = pl.Struct({"role": pl.String(), "content": pl.String(), "tool_calls": pl.List(_CALL), "tool_call_id": pl.String(), "name": pl.String()})
+_CALL = pl.Struct(
+    {"id": pl.String(), "type": pl.String(), "function": pl.Struct({"name": pl.String(), "arguments": pl.String()})}
+)
+MESSAGE = pl.Struct(
+    {
+        "role": pl.String(),
+        "content": pl.String(),
+        "tool_calls": pl.List(_CALL),
+        "tool_call_id": pl.String(),
+        "name": pl.String(),
+    }
+)
 IMAGES = pl.List(pl.Struct({"image": pl.String()}))
 
 
@@ -43,8 +53,13 @@ def verl_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], list[d
                 else:
                     texts.append(part["text"])
             content = "".join(texts)
-        row = {"role": message["role"], "content": content or "", "tool_calls": message.get("tool_calls"),
-               "tool_call_id": message.get("tool_call_id"), "name": message.get("name")}
+        row = {
+            "role": message["role"],
+            "content": content or "",
+            "tool_calls": message.get("tool_calls"),
+            "tool_call_id": message.get("tool_call_id"),
+            "name": message.get("name"),
+        }
         out.append(row)
     return out, images
 
@@ -54,19 +69,38 @@ def ground_truth(extra: dict[str, Any]) -> str | None:
     return None if value is None else value if isinstance(value, str) else dumps(value)
 
 
-def rl_prompt_row(prompt_messages: list[Message], tools: list[dict[str, Any]] | None, extra_json: str | None, task_index: int | None, group_id: str) -> dict[str, Any]:
+def rl_prompt_row(
+    prompt_messages: list[Message],
+    tools: list[dict[str, Any]] | None,
+    extra_json: str | None,
+    task_index: int | None,
+    group_id: str,
+) -> dict[str, Any]:
     extra = loads(extra_json) if extra_json else {}
     messages, images = verl_messages(prompt_messages)
     truth = ground_truth(extra)
-    names = [t["function"]["name"] for t in tools or () if isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)]
+    names = [
+        t["function"]["name"]
+        for t in tools or ()
+        if isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+    ]
     env = (extra.get("agent_ref") or {}).get("name") if isinstance(extra.get("agent_ref"), dict) else None
     metadata = {k: v for k, v in extra.items() if k != "agent_ref"}
-    info: dict[str, Any] = {"index": task_index, "group_id": group_id, "need_tools_kwargs": bool(names),
-                            "metadata": dumps(metadata) if metadata else None}
+    info: dict[str, Any] = {
+        "index": task_index,
+        "group_id": group_id,
+        "need_tools_kwargs": bool(names),
+        "metadata": dumps(metadata) if metadata else None,
+    }
     if names:
         info["tools_kwargs"] = {name: {"create_kwargs": {"ground_truth": truth}} for name in names}
-    return {"data_source": env or "rollouts", "prompt": messages, "images": images,
-            "reward_model": {"style": "rule", "ground_truth": truth}, "extra_info": info}
+    return {
+        "data_source": env or "rollouts",
+        "prompt": messages,
+        "images": images,
+        "reward_model": {"style": "rule", "ground_truth": truth},
+        "extra_info": info,
+    }
 
 
 def rl_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -76,7 +110,9 @@ def rl_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
         {
             "data_source": [r["data_source"] for r in rows],
             "prompt": pl.Series([r["prompt"] for r in rows], dtype=pl.List(MESSAGE)),
-            "reward_model": pl.Series([r["reward_model"] for r in rows], dtype=pl.Struct({"style": pl.String(), "ground_truth": pl.String()})),
+            "reward_model": pl.Series(
+                [r["reward_model"] for r in rows], dtype=pl.Struct({"style": pl.String(), "ground_truth": pl.String()})
+            ),
             "extra_info": [r["extra_info"] for r in rows],
         }
     )

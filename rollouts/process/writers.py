@@ -16,18 +16,27 @@ from typing import Any
 import polars as pl
 
 from ..errors import InputError, StorageError
+from ..records import dumps
 from ..storage import filesystem
+from . import verl
 from .card import DataCard, Drop, OutputFile
 from .config import ProcessConfig
-from ..records import dumps
-from . import verl
 from .formats import Conversation, ConversionError, chat_tools, completion_text, loads, prompt_messages, prompt_text
 from .readers import LoadedRollouts
 
 BATCH_ROWS = 20_000
 CONVERSION_ERRORS = (ConversionError, ValueError, TypeError, KeyError, AttributeError)
 RL_KEYS = ["group_id", "rollout_id", "task_index", "rollout_index"]
-RL_STATS = ["reward", "advantage", "group_mean", "group_std", "group_size", "finish_reason", "output_tokens", "num_turns"]
+RL_STATS = [
+    "reward",
+    "advantage",
+    "group_mean",
+    "group_std",
+    "group_size",
+    "finish_reason",
+    "output_tokens",
+    "num_turns",
+]
 TOKEN_COLUMNS = ["prompt_token_ids", "generation_token_ids", "generation_log_probs"]
 
 
@@ -58,10 +67,25 @@ class Target:
             raise StorageError(f"{self.url}: cannot write ({exc})") from exc
 
 
-def write_rl(selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig, out_dir: str, so: dict[str, Any] | None) -> list[OutputFile]:
+def write_rl(
+    selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig, out_dir: str, so: dict[str, Any] | None
+) -> list[OutputFile]:
     tokens = TOKEN_COLUMNS if loaded.has_token_ids else []
     heavy = loaded.scan(
-        ["row", "rollout_id", "task_index", "rollout_index", "prompt", "tools", "output", "extra", "finish_reason", "output_tokens", "num_turns", *tokens],
+        [
+            "row",
+            "rollout_id",
+            "task_index",
+            "rollout_index",
+            "prompt",
+            "tools",
+            "output",
+            "extra",
+            "finish_reason",
+            "output_tokens",
+            "num_turns",
+            *tokens,
+        ],
         so,
     )
     rows = heavy.join(selected.lazy(), on="row", how="inner", maintain_order="left")
@@ -102,7 +126,9 @@ def write_verl_rl(rows: pl.LazyFrame, out_dir: str, so: dict[str, Any] | None) -
     prompts = rows.select("group_id", "task_index", "prompt", "tools", "extra").collect()
     prompts = prompts.unique(["group_id", "prompt", "tools"], keep="first", maintain_order=True)
     out = []
-    for group_id, task, prompt, tools, extra in prompts.select("group_id", "task_index", "prompt", "tools", "extra").iter_rows():
+    for group_id, task, prompt, tools, extra in prompts.select(
+        "group_id", "task_index", "prompt", "tools", "extra"
+    ).iter_rows():
         out.append(verl.rl_prompt_row(prompt_messages(prompt), chat_tools(loads(tools)), extra, task, group_id))
     target = Target(out_dir, "verl.parquet", so)
     frame = verl.rl_frame(out) if out else pl.DataFrame()
@@ -165,7 +191,14 @@ def _conversation(prompt: str, tools: str | None, output: str, parallel: bool | 
     return Conversation(prompt_messages(prompt), output, chat_tools(loads(tools)), parallel)
 
 
-def write_sft(selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig, out_dir: str, so: dict[str, Any] | None, card: DataCard) -> list[OutputFile]:
+def write_sft(
+    selected: pl.DataFrame,
+    loaded: LoadedRollouts,
+    config: ProcessConfig,
+    out_dir: str,
+    so: dict[str, Any] | None,
+    card: DataCard,
+) -> list[OutputFile]:
     data = _heavy(loaded, selected["row"], so).join(selected.select("row"), on="row").sort("row")
     formats = config.output_formats
     targets = {fmt: Target(out_dir, f"{fmt}.jsonl", so) for fmt in formats if fmt != "verl"}
@@ -194,11 +227,21 @@ def write_sft(selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessCon
         card.rows_out -= empty
     files = [OutputFile(format=fmt, path=t.url, rows=counts[fmt]) for fmt, t in targets.items()]
     if "verl" in formats:
-        frame, padded = verl.sft_frame(verl_rows) if verl_rows else (pl.DataFrame({"messages": pl.Series([], dtype=pl.List(verl.MESSAGE))}), 0)
+        frame, padded = (
+            verl.sft_frame(verl_rows)
+            if verl_rows
+            else (pl.DataFrame({"messages": pl.Series([], dtype=pl.List(verl.MESSAGE))}), 0)
+        )
         target = Target(out_dir, "verl.parquet", so)
         target.sink(frame.write_parquet)
-        note = f"{padded} rows' tools changed to fit one Parquet type (fields of other tools' shapes as nulls, empty objects dropped)" if padded else None
-        files.insert(list(formats).index("verl"), OutputFile(format="verl", path=target.url, rows=frame.height, note=note))
+        note = (
+            f"{padded} rows' tools changed to fit one Parquet type (fields of other tools' shapes as nulls, empty objects dropped)"
+            if padded
+            else None
+        )
+        files.insert(
+            list(formats).index("verl"), OutputFile(format="verl", path=target.url, rows=frame.height, note=note)
+        )
     return files
 
 
@@ -211,7 +254,14 @@ DPO_SKIPS = {
 }
 
 
-def write_dpo(pairs: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig, out_dir: str, so: dict[str, Any] | None, card: DataCard) -> list[OutputFile]:
+def write_dpo(
+    pairs: pl.DataFrame,
+    loaded: LoadedRollouts,
+    config: ProcessConfig,
+    out_dir: str,
+    so: dict[str, Any] | None,
+    card: DataCard,
+) -> list[OutputFile]:
     rows = pl.concat([pairs["chosen_row"], pairs["rejected_row"]]).unique()
     heavy = _heavy(loaded, rows, so)
     chosen = heavy.select("row", "file", "line", "prompt", "tools", "parallel_tool_calls", c_output="output")
@@ -223,8 +273,22 @@ def write_dpo(pairs: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig
     skipped: dict[str, Counter[str]] = {fmt: Counter() for fmt in targets}
 
     def records() -> Iterator[dict[str, Record | None]]:
-        cols = ["file", "line", "prompt", "tools", "parallel_tool_calls", "c_output", "r_file", "r_line", "r_prompt", "r_tools", "r_output"]
-        for file, line, prompt, tools, parallel, c_out, r_file, r_line, r_prompt, r_tools, r_out in data.select(cols).iter_rows():
+        cols = [
+            "file",
+            "line",
+            "prompt",
+            "tools",
+            "parallel_tool_calls",
+            "c_output",
+            "r_file",
+            "r_line",
+            "r_prompt",
+            "r_tools",
+            "r_output",
+        ]
+        for file, line, prompt, tools, parallel, c_out, r_file, r_line, r_prompt, r_tools, r_out in data.select(
+            cols
+        ).iter_rows():
             try:
                 chosen = _conversation(prompt, tools, c_out, parallel)
             except CONVERSION_ERRORS as exc:
@@ -249,7 +313,11 @@ def write_dpo(pairs: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig
     for fmt, t in targets.items():
         note = "; ".join(f"{n} pairs skipped: {DPO_SKIPS[reason]}" for reason, n in skipped[fmt].items()) or None
         if fmt == "nemo-rl":
-            note = "; ".join(filter(None, [note, "NeMo RL's preference loader ignores `tools`"])) if any(data["tools"].is_not_null()) else note
+            note = (
+                "; ".join(filter(None, [note, "NeMo RL's preference loader ignores `tools`"]))
+                if any(data["tools"].is_not_null())
+                else note
+            )
         files.append(OutputFile(format=fmt, path=t.url, rows=counts[fmt], note=note))
     return files
 

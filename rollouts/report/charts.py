@@ -41,14 +41,29 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _subplots(figure, rows: int = 1, columns: int = 1, *, right: float = RIGHT, top: float = TOP,
-              row_gap: float = 0.0, column_gap: float = 0.0, **options: Any):
+def _subplots(
+    figure,
+    rows: int = 1,
+    columns: int = 1,
+    *,
+    right: float = RIGHT,
+    top: float = TOP,
+    row_gap: float = 0.0,
+    column_gap: float = 0.0,
+    **options: Any,
+):
     """`figure.subplots` placed by margins and gaps in inches, turned into the fractions GridSpec takes."""
     width, height = figure.get_size_inches()
     cell_w = (width - LEFT - right - (columns - 1) * column_gap) / columns
     cell_h = (height - top - BOTTOM - (rows - 1) * row_gap) / rows
-    grid = {"left": LEFT / width, "right": 1 - right / width, "top": 1 - top / height, "bottom": BOTTOM / height,
-            "wspace": column_gap / cell_w, "hspace": row_gap / cell_h}
+    grid = {
+        "left": LEFT / width,
+        "right": 1 - right / width,
+        "top": 1 - top / height,
+        "bottom": BOTTOM / height,
+        "wspace": column_gap / cell_w,
+        "hspace": row_gap / cell_h,
+    }
     return figure.subplots(rows, columns, gridspec_kw=grid, **options)
 
 
@@ -68,8 +83,17 @@ def _title(axes, text: str, **options: Any) -> None:
 def _legend_above(axes, handles) -> None:
     # Above the plot, in one row: loc="best" only avoids the lines of its own axes, not a twin axis' (it put the
     # in-flight legend over the failed-rollout markers), and a legend outside the plot never covers data.
-    axes.legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(handles), fontsize=8,
-                frameon=False, borderaxespad=0.2, handlelength=1.8, columnspacing=1.2)
+    axes.legend(
+        handles=handles,
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.0),
+        ncols=len(handles),
+        fontsize=8,
+        frameon=False,
+        borderaxespad=0.2,
+        handlelength=1.8,
+        columnspacing=1.2,
+    )
 
 
 def _png(figure) -> bytes:
@@ -89,21 +113,31 @@ def throughput_figure(timeline: list[dict[str, Any]]):
     top.set_ylabel("rollouts/s")
     top.set_ylim(bottom=0)
     tokens = top.twinx()
-    tokens.plot(t, [row["output_tokens_per_s"] for row in timeline], color="tab:green", alpha=0.6, label="output tokens/s")
+    tokens.plot(
+        t, [row["output_tokens_per_s"] for row in timeline], color="tab:green", alpha=0.6, label="output tokens/s"
+    )
     tokens.set_ylabel("output tokens/s")
     tokens.set_ylim(bottom=0)
     _legend_above(top, top.get_lines() + tokens.get_lines())
     _title(top, "Throughput per window", loc="left")
     bottom.plot(t, [row["in_flight_mean"] for row in timeline], color="tab:purple", label="in flight (mean)")
-    bottom.plot(t, [row["in_flight_max"] for row in timeline], color="tab:purple", alpha=0.35, linestyle="--",
-                label="in flight (max)")
+    bottom.plot(
+        t,
+        [row["in_flight_max"] for row in timeline],
+        color="tab:purple",
+        alpha=0.35,
+        linestyle="--",
+        label="in flight (max)",
+    )
     if any(row.get("parallel") is not None for row in timeline):
         bottom.step(t, [row.get("parallel") for row in timeline], where="mid", color="black", label="--parallel")
     bottom.set_ylabel("rollouts in flight")
     bottom.set_xlabel("seconds since the first request")
     bottom.set_ylim(bottom=0)
     errors = bottom.twinx()
-    errors.plot(t, [row["errors"] for row in timeline], color="tab:red", marker="x", linestyle=":", label="failed rollouts")
+    errors.plot(
+        t, [row["errors"] for row in timeline], color="tab:red", marker="x", linestyle=":", label="failed rollouts"
+    )
     errors.set_ylabel("failed rollouts")
     errors.set_ylim(bottom=0, top=max(1, *(row["errors"] for row in timeline)) * 1.2)
     errors.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count: no 0.2 failed rollouts
@@ -166,13 +200,19 @@ def reward_figure(envs: list[tuple[str, dict[str, Any]]]):
             labels = [f"{b['lo']:g}" for b in bins]
             axes.bar(labels, [b["count"] for b in bins], color="tab:blue")
         else:
-            axes.bar([b["lo"] for b in bins], [b["count"] for b in bins], width=[b["hi"] - b["lo"] for b in bins],
-                     align="edge", color="tab:blue", edgecolor="white")
+            axes.bar(
+                [b["lo"] for b in bins],
+                [b["count"] for b in bins],
+                width=[b["hi"] - b["lo"] for b in bins],
+                align="edge",
+                color="tab:blue",
+                edgecolor="white",
+            )
         _title(axes, f"{env}: {stats['count']} rollouts, mean {stats['mean']:.3g}", fontsize=9)
         axes.set_xlabel("reward")
         axes.set_ylabel("rollouts")
     _short_ticks(*cells)
-    for axes in cells[len(envs):]:
+    for axes in cells[len(envs) :]:
         axes.set_visible(False)
     return figure
 
@@ -213,7 +253,9 @@ def parallel_chart(steps: list[dict[str, Any]], title: str) -> bytes | None:
 
 def profile_charts(profile: dict[str, Any]) -> dict[str, bytes]:
     """The run's charts by file name; a chart with nothing to show is left out."""
-    charts = {"throughput.png": throughput_chart(profile["timeline"]),
-              "latency_cdf.png": latency_cdf_chart(profile["latency_cdf_ms"]),
-              "rewards.png": reward_chart(profile["rewards"])}
+    charts = {
+        "throughput.png": throughput_chart(profile["timeline"]),
+        "latency_cdf.png": latency_cdf_chart(profile["latency_cdf_ms"]),
+        "rewards.png": reward_chart(profile["rewards"]),
+    }
     return {name: png for name, png in charts.items() if png}

@@ -10,8 +10,9 @@ DISCRETE_VALUES = 12  # at most this many distinct values: count each value inst
 Bin = tuple[float, float, int]  # (low, high, count); low == high: one exact value
 
 
-def histogram(values: pl.Series, *, bins: int = BINS, discrete: int = DISCRETE_VALUES,
-              unit_range: bool = False) -> list[Bin]:
+def histogram(
+    values: pl.Series, *, bins: int = BINS, discrete: int = DISCRETE_VALUES, unit_range: bool = False
+) -> list[Bin]:
     """Histogram of a numeric series (nulls and NaN ignored).
 
     With at most `discrete` distinct values each value gets its own (v, v, count) entry, so 0/1 rewards read as

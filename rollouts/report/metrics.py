@@ -12,31 +12,47 @@ import polars as pl
 from rollouts.report.histogram import histogram
 from rollouts.storage import Store, is_local
 
-_TIMING_FIELDS = ("queue_ms", "model_ms", "tool_ms", "generate_ms", "verify_ms", "total_ms", "started_at", "finished_at")
-_USAGE = pl.Struct({
-    "input_tokens": pl.Int64, "output_tokens": pl.Int64,
-    "input_tokens_details": pl.Struct({"cached_tokens": pl.Int64}),
-    "output_tokens_details": pl.Struct({"reasoning_tokens": pl.Int64}),
-})
+_TIMING_FIELDS = (
+    "queue_ms",
+    "model_ms",
+    "tool_ms",
+    "generate_ms",
+    "verify_ms",
+    "total_ms",
+    "started_at",
+    "finished_at",
+)
+_USAGE = pl.Struct(
+    {
+        "input_tokens": pl.Int64,
+        "output_tokens": pl.Int64,
+        "input_tokens_details": pl.Struct({"cached_tokens": pl.Int64}),
+        "output_tokens_details": pl.Struct({"reasoning_tokens": pl.Int64}),
+    }
+)
 PROFILE_SCHEMA = {
     "status": pl.String,
     "reward": pl.Float64,
     "agent_ref": pl.Struct({"name": pl.String}),
     "_ng_task_index": pl.Int64,
-    "timings": pl.Struct({
-        **{name: pl.Float64 for name in _TIMING_FIELDS},
-        # Per-call detail when the collector records it; without it, per-call figures are estimated from the totals.
-        "model_calls_ms": pl.List(pl.Float64),
-        "tool_calls": pl.List(pl.Struct({"name": pl.String, "ms": pl.Float64})),
-    }),
+    "timings": pl.Struct(
+        {
+            **{name: pl.Float64 for name in _TIMING_FIELDS},
+            # Per-call detail when the collector records it; without it, per-call figures are estimated from the totals.
+            "model_calls_ms": pl.List(pl.Float64),
+            "tool_calls": pl.List(pl.Struct({"name": pl.String, "ms": pl.Float64})),
+        }
+    ),
     "response": pl.Struct({"usage": _USAGE}),
     "error": pl.Struct({"type": pl.String, "status_code": pl.Int64, "stage": pl.String}),
     "attempts": pl.Int64,
 }
 # The output items' types and tool names, read only for runs whose rollouts called tools without per-call timings:
 # typing them costs ~60 % more read time (250,000 rollouts: 4.1 -> 6.7 s).
-PROFILE_SCHEMA_WITH_OUTPUT = {**PROFILE_SCHEMA, "response": pl.Struct({
-    "usage": _USAGE, "output": pl.List(pl.Struct({"type": pl.String, "name": pl.String}))})}
+PROFILE_SCHEMA_WITH_OUTPUT = {
+    **PROFILE_SCHEMA,
+    "response": pl.Struct({"usage": _USAGE, "output": pl.List(pl.Struct({"type": pl.String, "name": pl.String}))}),
+}
 STAGES = ("queue_ms", "model_ms", "tool_ms", "generate_ms", "verify_ms", "total_ms")
 TIMINGS = STAGES  # the stages reported in timings.csv and the timing table artifact
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
@@ -57,12 +73,20 @@ class ProfileOptions:
 
     @classmethod
     def from_config(cls, config: Any) -> ProfileOptions:
-        return cls(price_input=config.profiling.price_input, price_output=config.profiling.price_output,
-                   tokens=config.endpoint.return_tokens)
+        return cls(
+            price_input=config.profiling.price_input,
+            price_output=config.profiling.price_output,
+            tokens=config.endpoint.return_tokens,
+        )
 
 
-def read_run_frame(store: Store, folders: tuple[str, ...] = ("rollouts", "failures"), *,
-                   with_output: bool | None = None, flat: bool = False) -> pl.DataFrame:
+def read_run_frame(
+    store: Store,
+    folders: tuple[str, ...] = ("rollouts", "failures"),
+    *,
+    with_output: bool | None = None,
+    flat: bool = False,
+) -> pl.DataFrame:
     """The columns the profile needs, read with an explicit schema (never inferred); with `flat`, already one plain
     column per figure (`_flat`), which is what the profile computes on.
 
@@ -81,7 +105,7 @@ def read_run_frame(store: Store, folders: tuple[str, ...] = ("rollouts", "failur
     parts: list[pl.DataFrame] = []
     for start in range(0, len(paths), READ_BATCH):
         frames = []
-        for path in paths[start:start + READ_BATCH]:
+        for path in paths[start : start + READ_BATCH]:
             if is_local(store.fs):
                 frames.append(pl.scan_ndjson(path, schema=schema))
             else:
@@ -106,7 +130,11 @@ def summary(values: pl.Series) -> dict[str, Any]:
     s = values.drop_nulls()
     if s.len() == 0:
         return {"count": 0, **{q: None for q, _ in QUANTILES}, "max": None}
-    return {"count": s.len(), **{q: round(float(s.quantile(v)), 3) for q, v in QUANTILES}, "max": round(float(s.max()), 3)}
+    return {
+        "count": s.len(),
+        **{q: round(float(s.quantile(v)), 3) for q, v in QUANTILES},
+        "max": round(float(s.max()), 3),
+    }
 
 
 def _cdf(values: pl.Series) -> list[float]:
@@ -125,21 +153,27 @@ def _flat_columns(with_output: bool) -> list[pl.Expr]:
         output = pl.col("response").struct.field("output")
         starts = (pl.element() != TOOL_OUTPUT) & (pl.element().shift(1).fill_null(TOOL_OUTPUT) == TOOL_OUTPUT)
         calls = output.list.eval(pl.element().struct.field("type")).list.eval(starts).list.sum()
-        names = output.list.eval(pl.element().filter(pl.element().struct.field("type") == "function_call")
-                                 .struct.field("name"))
+        names = output.list.eval(
+            pl.element().filter(pl.element().struct.field("type") == "function_call").struct.field("name")
+        )
     else:  # read without output items: no rollout ran tools, so each made one model call
         calls = pl.when(pl.col("response").is_not_null()).then(1)
         names = pl.lit([], dtype=pl.List(pl.String))
     return [
-        pl.col("status").cast(pl.Categorical), pl.col("reward"), pl.col("_ng_task_index").alias("task"),
+        pl.col("status").cast(pl.Categorical),
+        pl.col("reward"),
+        pl.col("_ng_task_index").alias("task"),
         pl.col("agent_ref").struct.field("name").cast(pl.Categorical).alias("env"),
         *[pl.col("timings").struct.field(name) for name in (*_TIMING_FIELDS, "model_calls_ms", "tool_calls")],
-        usage.struct.field("input_tokens"), usage.struct.field("output_tokens"),
+        usage.struct.field("input_tokens"),
+        usage.struct.field("output_tokens"),
         usage.struct.field("input_tokens_details").struct.field("cached_tokens"),
         usage.struct.field("output_tokens_details").struct.field("reasoning_tokens"),
-        calls.cast(pl.Int64).alias("model_calls"), names.alias("tool_names"),
+        calls.cast(pl.Int64).alias("model_calls"),
+        names.alias("tool_names"),
         pl.col("error").struct.field("type").cast(pl.Categorical).alias("error_type"),
-        pl.col("error").struct.field("status_code"), pl.col("error").struct.field("stage").cast(pl.Categorical),
+        pl.col("error").struct.field("status_code"),
+        pl.col("error").struct.field("stage").cast(pl.Categorical),
         pl.col("attempts"),
     ]
 
@@ -160,18 +194,31 @@ def latency_rows(rows: pl.DataFrame, ok: pl.DataFrame | None = None) -> list[dic
     if exact.len():
         out.append({"scope": "model_call", "name": "all", **summary(exact), "estimated": False})
     else:  # the rollout's model time shared evenly between its calls
-        per_call = ok.select("model_calls", "model_ms").filter(pl.col("model_calls") > 0).select(
-            (pl.col("model_ms") / pl.col("model_calls")).repeat_by(pl.col("model_calls")).alias("ms")).explode("ms")
+        per_call = (
+            ok.select("model_calls", "model_ms")
+            .filter(pl.col("model_calls") > 0)
+            .select((pl.col("model_ms") / pl.col("model_calls")).repeat_by(pl.col("model_calls")).alias("ms"))
+            .explode("ms")
+        )
         out.append({"scope": "model_call", "name": "all", **summary(per_call["ms"]), "estimated": True})
     calls = ok.select("tool_calls").explode("tool_calls").drop_nulls().unnest("tool_calls")
     estimated = calls.height == 0
     if estimated:  # a rollout's tool time shared evenly between the tools it called
-        with_tools = ok.select("tool_ms", "tool_names").filter((pl.col("tool_ms") > 0) & (pl.col("tool_names").list.len() > 0))
-        calls = with_tools.select(pl.col("tool_names").alias("name"),
-                                  (pl.col("tool_ms") / pl.col("tool_names").list.len()).alias("ms")).explode("name")
+        with_tools = ok.select("tool_ms", "tool_names").filter(
+            (pl.col("tool_ms") > 0) & (pl.col("tool_names").list.len() > 0)
+        )
+        calls = with_tools.select(
+            pl.col("tool_names").alias("name"), (pl.col("tool_ms") / pl.col("tool_names").list.len()).alias("ms")
+        ).explode("name")
     for name in sorted(calls["name"].drop_nulls().unique().to_list()):
-        out.append({"scope": "tool", "name": name, **summary(calls.filter(pl.col("name") == name)["ms"]),
-                    "estimated": estimated})
+        out.append(
+            {
+                "scope": "tool",
+                "name": name,
+                **summary(calls.filter(pl.col("name") == name)["ms"]),
+                "estimated": estimated,
+            }
+        )
     for env in sorted(ok["env"].drop_nulls().unique().to_list()):
         of_env = ok.select("env", "model_ms", "verify_ms", "total_ms").filter(pl.col("env") == env)
         for stage in ("model_ms", "verify_ms", "total_ms"):
@@ -186,11 +233,13 @@ def window_for(span_s: float, window_s: float = WINDOW_S) -> float:
     return next((w for w in (0.5, 1.0, 2.0, 5.0) if span_s / w <= 20), window_s)
 
 
-def timeline_rows(rows: pl.DataFrame, window_s: float = WINDOW_S,
-                  parallel: pl.DataFrame | None = None) -> list[dict[str, Any]]:
+def timeline_rows(
+    rows: pl.DataFrame, window_s: float = WINDOW_S, parallel: pl.DataFrame | None = None
+) -> list[dict[str, Any]]:
     """Per window: rollouts/s, output tokens/s, rollouts in flight (mean and max), errors and the --parallel limit."""
     spans = rows.select("started_at", "finished_at", "status", "output_tokens").filter(
-        pl.col("started_at").is_not_null() & pl.col("finished_at").is_not_null())
+        pl.col("started_at").is_not_null() & pl.col("finished_at").is_not_null()
+    )
     if spans.height == 0:
         return []
     t0, t_end = float(spans["started_at"].min()), float(spans["finished_at"].max())  # type: ignore[arg-type]
@@ -198,27 +247,49 @@ def timeline_rows(rows: pl.DataFrame, window_s: float = WINDOW_S,
     count = max(1, math.ceil((t_end - t0) / window_s))
     done = spans.with_columns(win=((pl.col("finished_at") - t0) / window_s).floor().cast(pl.Int64).clip(0, count - 1))
     per_window = done.group_by("win").agg(
-        ok=(pl.col("status") == "ok").sum(), errors=(pl.col("status") != "ok").sum(),
-        tokens=pl.col("output_tokens").filter(pl.col("status") == "ok").sum())
-    events = pl.concat([
-        spans.select(t=pl.col("started_at"), delta=pl.lit(1, pl.Int64)),
-        spans.select(t=pl.col("finished_at"), delta=pl.lit(-1, pl.Int64)),
-        pl.DataFrame({"t": [t0 + i * window_s for i in range(count)], "delta": [0] * count}),
-    ]).sort("t", "delta").with_columns(level=pl.col("delta").cum_sum(),
-                                      span=(pl.col("t").shift(-1) - pl.col("t")).fill_null(0.0),
-                                      win=((pl.col("t") - t0) / window_s).floor().cast(pl.Int64).clip(0, count - 1))
+        ok=(pl.col("status") == "ok").sum(),
+        errors=(pl.col("status") != "ok").sum(),
+        tokens=pl.col("output_tokens").filter(pl.col("status") == "ok").sum(),
+    )
+    events = (
+        pl.concat(
+            [
+                spans.select(t=pl.col("started_at"), delta=pl.lit(1, pl.Int64)),
+                spans.select(t=pl.col("finished_at"), delta=pl.lit(-1, pl.Int64)),
+                pl.DataFrame({"t": [t0 + i * window_s for i in range(count)], "delta": [0] * count}),
+            ]
+        )
+        .sort("t", "delta")
+        .with_columns(
+            level=pl.col("delta").cum_sum(),
+            span=(pl.col("t").shift(-1) - pl.col("t")).fill_null(0.0),
+            win=((pl.col("t") - t0) / window_s).floor().cast(pl.Int64).clip(0, count - 1),
+        )
+    )
     flight = events.group_by("win").agg(area=(pl.col("level") * pl.col("span")).sum(), peak=pl.col("level").max())
-    table = pl.DataFrame({"win": list(range(count))}).join(per_window, on="win", how="left").join(flight, on="win", how="left")
+    table = (
+        pl.DataFrame({"win": list(range(count))})
+        .join(per_window, on="win", how="left")
+        .join(flight, on="win", how="left")
+    )
     limits = _parallel_at(parallel, [t0 + (i + 1) * window_s for i in range(count)]) if parallel is not None else None
     out = []
     for row in table.sort("win").iter_rows(named=True):
         i = row["win"]
         length = min(window_s, t_end - (t0 + i * window_s)) or window_s
-        out.append({"t_s": round(i * window_s, 3), "window_s": round(length, 3), "rollouts": int(row["ok"] or 0),
-                    "rollouts_per_s": round((row["ok"] or 0) / length, 3),
-                    "output_tokens_per_s": round((row["tokens"] or 0) / length, 1),
-                    "in_flight_mean": round((row["area"] or 0.0) / length, 2), "in_flight_max": int(row["peak"] or 0),
-                    "errors": int(row["errors"] or 0), "parallel": limits[i] if limits else None})
+        out.append(
+            {
+                "t_s": round(i * window_s, 3),
+                "window_s": round(length, 3),
+                "rollouts": int(row["ok"] or 0),
+                "rollouts_per_s": round((row["ok"] or 0) / length, 3),
+                "output_tokens_per_s": round((row["tokens"] or 0) / length, 1),
+                "in_flight_mean": round((row["area"] or 0.0) / length, 2),
+                "in_flight_max": int(row["peak"] or 0),
+                "errors": int(row["errors"] or 0),
+                "parallel": limits[i] if limits else None,
+            }
+        )
     return out
 
 
@@ -245,14 +316,19 @@ def pass_at_k_rows(rows: pl.DataFrame, threshold: float = 1.0) -> list[dict[str,
     # A prompt (task) has one environment: grouped on the task alone, streamed, with the environment as a category
     # code, the run is one small row per prompt (1M prompts: +121 MB, where grouping a filtered copy of the frame on
     # (env, task) took +330 MB).
-    by_nc = (rows.lazy()
-             .filter((pl.col("status") == "ok") & pl.col("reward").is_not_null() & pl.col("task").is_not_null())
-             .select("task", "reward", pl.col("env").cast(pl.Categorical))
-             .group_by("task").agg(env=pl.col("env").first(), n=pl.len(), c=(pl.col("reward") >= threshold).sum(),
-                                   mean=pl.col("reward").mean())
-             .group_by("env", "n", "c").agg(prompts=pl.len(), mean_sum=pl.col("mean").sum())
-             .collect(engine="streaming")
-             .with_columns(pl.col("env").cast(pl.String)))
+    by_nc = (
+        rows.lazy()
+        .filter((pl.col("status") == "ok") & pl.col("reward").is_not_null() & pl.col("task").is_not_null())
+        .select("task", "reward", pl.col("env").cast(pl.Categorical))
+        .group_by("task")
+        .agg(
+            env=pl.col("env").first(), n=pl.len(), c=(pl.col("reward") >= threshold).sum(), mean=pl.col("reward").mean()
+        )
+        .group_by("env", "n", "c")
+        .agg(prompts=pl.len(), mean_sum=pl.col("mean").sum())
+        .collect(engine="streaming")
+        .with_columns(pl.col("env").cast(pl.String))
+    )
     out = []
     for env in sorted(by_nc["env"].drop_nulls().unique().to_list()):
         part = by_nc.filter(pl.col("env") == env)
@@ -267,14 +343,25 @@ def pass_at_k_rows(rows: pl.DataFrame, threshold: float = 1.0) -> list[dict[str,
                 at_k += count * (1 - math.comb(n - c, k) / total)
                 pow_k += count * math.comb(c, k) / total
                 mean += mean_sum
-            out.append({"env": env, "k": k, "n_min": int(used["n"].min()), "n_max": int(used["n"].max()),  # type: ignore[arg-type]
-                        "prompts": prompts, "pass_at_k": round(at_k / prompts, 6), "pass_pow_k": round(pow_k / prompts, 6),
-                        "mean_at_k": round(mean / prompts, 6), "threshold": threshold})
+            out.append(
+                {
+                    "env": env,
+                    "k": k,
+                    "n_min": int(used["n"].min()),
+                    "n_max": int(used["n"].max()),  # type: ignore[arg-type]
+                    "prompts": prompts,
+                    "pass_at_k": round(at_k / prompts, 6),
+                    "pass_pow_k": round(pow_k / prompts, 6),
+                    "mean_at_k": round(mean / prompts, 6),
+                    "threshold": threshold,
+                }
+            )
     return out
 
 
-def profile_frame(frame: pl.DataFrame, options: ProfileOptions | None = None,
-                  parallel: pl.DataFrame | None = None) -> dict[str, Any]:
+def profile_frame(
+    frame: pl.DataFrame, options: ProfileOptions | None = None, parallel: pl.DataFrame | None = None
+) -> dict[str, Any]:
     options = options or ProfileOptions()
     rows = _flat(frame)
     del frame  # the caller's read frame, nested: freed once flattened (a 1M-rollout run holds one copy, not two)
@@ -286,17 +373,33 @@ def profile_frame(frame: pl.DataFrame, options: ProfileOptions | None = None,
     window = None
     if rows.height and rows["started_at"].drop_nulls().len():
         window = float(rows["finished_at"].max() - rows["started_at"].min())  # type: ignore[operator]
-    tokens = {name: int(ok[column].sum() or 0) for name, column in (
-        ("input", "input_tokens"), ("output", "output_tokens"), ("cached", "cached_tokens"), ("reasoning", "reasoning_tokens"))}
+    tokens = {
+        name: int(ok[column].sum() or 0)
+        for name, column in (
+            ("input", "input_tokens"),
+            ("output", "output_tokens"),
+            ("cached", "cached_tokens"),
+            ("reasoning", "reasoning_tokens"),
+        )
+    }
     tokens["cached_reported"] = int(ok["cached_tokens"].is_not_null().sum())
     tokens["reasoning_reported"] = int(ok["reasoning_tokens"].is_not_null().sum())
-    by_type = (failed.group_by("error_type", "status_code", "stage").len().sort("len", "error_type", descending=[True, False])
-               .to_dicts() if failed.height else [])
+    by_type = (
+        failed.group_by("error_type", "status_code", "stage")
+        .len()
+        .sort("len", "error_type", descending=[True, False])
+        .to_dicts()
+        if failed.height
+        else []
+    )
     envs: dict[str, Any] = {}
     for env in sorted(ok["env"].drop_nulls().unique().to_list()):
         rewards = ok.select("env", "reward").filter(pl.col("env") == env)["reward"].drop_nulls()
-        envs[env] = {"count": rewards.len(), "mean": round(float(rewards.mean()), 6) if rewards.len() else None,  # type: ignore[arg-type]
-                     "histogram": [{"lo": lo, "hi": hi, "count": n} for lo, hi, n in histogram(rewards, unit_range=True)]}
+        envs[env] = {
+            "count": rewards.len(),
+            "mean": round(float(rewards.mean()), 6) if rewards.len() else None,  # type: ignore[arg-type]
+            "histogram": [{"lo": lo, "hi": hi, "count": n} for lo, hi, n in histogram(rewards, unit_range=True)],
+        }
     rate = ok.height / window if window else None
     return {
         "rollouts": ok.height,
@@ -309,13 +412,20 @@ def profile_frame(frame: pl.DataFrame, options: ProfileOptions | None = None,
         "output_tokens_per_s": round(tokens["output"] / window, 1) if window else None,
         "tokens": tokens,
         "cost": cost(tokens, options),
-        "timings_ms": {r["name"]: {k: r[k] for k in ("p50", "p90", "p99", "max")} for r in latency if r["scope"] == "stage"},
+        "timings_ms": {
+            r["name"]: {k: r[k] for k in ("p50", "p90", "p99", "max")} for r in latency if r["scope"] == "stage"
+        },
         "latency": latency,
-        "latency_cdf_ms": {"rollout total": _cdf(ok["total_ms"]), "model call": _model_call_cdf(ok),
-                           "verify": _cdf(ok["verify_ms"])},
+        "latency_cdf_ms": {
+            "rollout total": _cdf(ok["total_ms"]),
+            "model call": _model_call_cdf(ok),
+            "verify": _cdf(ok["verify_ms"]),
+        },
         "timeline": timeline_rows(rows, options.window_s, parallel),
-        "failures_by_type": [{"type": r["error_type"], "status_code": r["status_code"], "stage": r["stage"],
-                              "count": r["len"]} for r in by_type],
+        "failures_by_type": [
+            {"type": r["error_type"], "status_code": r["status_code"], "stage": r["stage"], "count": r["len"]}
+            for r in by_type
+        ],
         "rewards": envs,
         "pass_at_k": pass_at_k_rows(rows, options.pass_threshold),
     }
@@ -334,8 +444,13 @@ def cost(tokens: dict[str, int], options: ProfileOptions) -> dict[str, Any] | No
         return None
     input_cost = tokens["input"] * (options.price_input or 0.0) / 1e6
     output_cost = tokens["output"] * (options.price_output or 0.0) / 1e6
-    return {"price_input_per_m": options.price_input, "price_output_per_m": options.price_output,
-            "input": round(input_cost, 6), "output": round(output_cost, 6), "total": round(input_cost + output_cost, 6)}
+    return {
+        "price_input_per_m": options.price_input,
+        "price_output_per_m": options.price_output,
+        "input": round(input_cost, 6),
+        "output": round(output_cost, 6),
+        "total": round(input_cost + output_cost, 6),
+    }
 
 
 def timing_rows(profile: dict[str, Any]) -> list[dict[str, Any]]:

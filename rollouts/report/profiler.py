@@ -25,7 +25,12 @@ from rollouts.errors import ConfigError
 from rollouts.storage import Store
 
 CLOCKS = ("wall", "cpu")
-COLUMNS = ["function", "module", "line", *(f"{clock}_{c}" for clock in CLOCKS for c in ("ncall", "tsub", "ttot", "tavg"))]
+COLUMNS = [
+    "function",
+    "module",
+    "line",
+    *(f"{clock}_{c}" for clock in CLOCKS for c in ("ncall", "tsub", "ttot", "tavg")),
+]
 TOP_ROWS = 25
 
 
@@ -46,7 +51,15 @@ class FunctionStats:
         for (module, line, name), row in other.rows.items():
             for clock in CLOCKS:
                 if f"{clock}_ncall" in row:
-                    self.add(clock, module, line, name, int(row[f"{clock}_ncall"]), row[f"{clock}_tsub"], row[f"{clock}_ttot"])
+                    self.add(
+                        clock,
+                        module,
+                        line,
+                        name,
+                        int(row[f"{clock}_ncall"]),
+                        row[f"{clock}_tsub"],
+                        row[f"{clock}_ttot"],
+                    )
         for clock in CLOCKS:
             self.clock_seconds[clock] += other.clock_seconds.get(clock, 0.0)
 
@@ -58,8 +71,14 @@ class FunctionStats:
             for clock in CLOCKS:
                 ncall = int(row.get(f"{clock}_ncall", 0))
                 ttot = row.get(f"{clock}_ttot", 0.0)
-                record.update({f"{clock}_ncall": ncall, f"{clock}_tsub": round(row.get(f"{clock}_tsub", 0.0), 6),
-                               f"{clock}_ttot": round(ttot, 6), f"{clock}_tavg": round(ttot / ncall, 9) if ncall else 0.0})
+                record.update(
+                    {
+                        f"{clock}_ncall": ncall,
+                        f"{clock}_tsub": round(row.get(f"{clock}_tsub", 0.0), 6),
+                        f"{clock}_ttot": round(ttot, 6),
+                        f"{clock}_tavg": round(ttot / ncall, 9) if ncall else 0.0,
+                    }
+                )
             out.append(record)
         out.sort(key=lambda r: (-r["wall_ttot"], -r["cpu_ttot"], r["module"], r["line"]))
         return out
@@ -158,9 +177,9 @@ def short_module(path: str) -> str:
             return path.rsplit(marker, 1)[1]
     stdlib = os.path.dirname(os.__file__) + os.sep
     if path.startswith(stdlib):
-        return path[len(stdlib):]
+        return path[len(stdlib) :]
     cwd = os.getcwd() + os.sep
-    return path[len(cwd):] if path.startswith(cwd) else path
+    return path[len(cwd) :] if path.startswith(cwd) else path
 
 
 @contextlib.contextmanager

@@ -241,8 +241,9 @@ def _call_tool(tool: ToolSpec, problem: Problem | None, user_text: str) -> Answe
     return Answer(f"I should call {tool.name} to help with this.", "", (call,))
 
 
-def _follow(plan: Plan, since_user: list[Turn], user_text: str, rng: random.Random, temperature: float,
-            parallel: bool) -> Answer:
+def _follow(
+    plan: Plan, since_user: list[Turn], user_text: str, rng: random.Random, temperature: float, parallel: bool
+) -> Answer:
     """The plan's next turn, counted as the assistant turns with tool calls since the user spoke; then the end.
 
     A step's calls are all made together, unless the request forbids parallel calls (one call per turn then). With
@@ -275,8 +276,9 @@ def _follow(plan: Plan, since_user: list[Turn], user_text: str, rng: random.Rand
     return Answer("The plan's steps are done; I will confirm.", f"Done: {summary}{noted}.")
 
 
-def respond(turns: list[Turn], tools: list[ToolSpec], rng: random.Random, temperature: float, *,
-            parallel: bool = True) -> Answer:
+def respond(
+    turns: list[Turn], tools: list[ToolSpec], rng: random.Random, temperature: float, *, parallel: bool = True
+) -> Answer:
     """Decide the next assistant turn: a plan's tool calls, a tool call, a worked answer, a letter, or an echo."""
     last_user = max((index for index, turn in enumerate(turns) if turn.role == "user"), default=-1)
     user_text = turns[last_user].content if last_user >= 0 else (turns[-1].content if turns else "")

@@ -38,7 +38,9 @@ THINK_OPEN, THINK_CLOSE, CALL_OPEN = "<think>\n", "\n</think>\n", "<tool_call>"
 # independently, so a per-word cache is exact: 8 us instead of 25 us for a 20-token answer on the dev machine. On
 # ASCII text the same pattern in `re` is ~2.5x faster than `regex`'s Unicode classes.
 PRETOKEN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
-PRETOKEN_ASCII = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII)
+PRETOKEN_ASCII = re.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+""", re.ASCII
+)
 _WORD_CACHE, _TEXT_CACHE = 1 << 16, 1 << 14  # entries; a few tens of MB at most
 
 
@@ -82,9 +84,13 @@ class ChatTokenizer:
         added = self.tokenizer.get_added_tokens_decoder()
         self.special = {token.content: token_id for token_id, token in added.items()}
         self.im_end = self.special[IM_END]
-        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.special, key=len, reverse=True)) + ")")
+        self._split = re.compile(
+            "(" + "|".join(re.escape(t) for t in sorted(self.special, key=len, reverse=True)) + ")"
+        )
         # Logprob entries show each token's own text; decoded once for the whole vocabulary.
-        self.pieces = [self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())]
+        self.pieces = [
+            self.tokenizer.decode([i], skip_special_tokens=False) for i in range(self.tokenizer.get_vocab_size())
+        ]
         self.model = self.tokenizer.model
         self._words: dict[str, list[int]] = {}
         self._texts: dict[str, list[int]] = {}  # whole texts between special tokens: role lines, system prompts, ...
@@ -121,20 +127,29 @@ class ChatTokenizer:
 
     def render(self, turns: list[Turn], tool_names: list[str]) -> str:
         messages = [_message(turn) for turn in turns]
-        return self.template.render(messages=messages, tools=tool_names, add_generation_prompt=True,
-                                    strip_think=self.drift.strip_think, turn_token=self.drift.turn_token)
+        return self.template.render(
+            messages=messages,
+            tools=tool_names,
+            add_generation_prompt=True,
+            strip_think=self.drift.strip_think,
+            turn_token=self.drift.turn_token,
+        )
 
     def prompt_ids(self, turns: list[Turn], tool_names: list[str], truncate: int | None = None) -> list[int]:
         """The prompt's ids; `truncate` keeps the last N, as vLLM's `truncate_prompt_tokens` does."""
         ids = self.encode(self.render(turns, tool_names))
         return ids[-truncate:] if truncate is not None and len(ids) > truncate else ids
 
-    def generation(self, reasoning: str, content: str, calls: ToolCall | Sequence[ToolCall] | None,
-                   max_tokens: int | None) -> Generation:
+    def generation(
+        self, reasoning: str, content: str, calls: ToolCall | Sequence[ToolCall] | None, max_tokens: int | None
+    ) -> Generation:
         """The answer as the model emits it: the assistant body's ids and <|im_end|>, cut at `max_tokens`."""
         tool_calls = as_calls(calls)
-        message = {"reasoning": reasoning, "content": content,
-                   "tool_calls": [{"name": call.name, "arguments": call.arguments} for call in tool_calls]}
+        message = {
+            "reasoning": reasoning,
+            "content": content,
+            "tool_calls": [{"name": call.name, "arguments": call.arguments} for call in tool_calls],
+        }
         body = str(self.body_macro(message, False))
         if tool_calls and self.drift.retokenize_args:
             ids = self._split_arguments(body, [call.arguments for call in tool_calls])
@@ -144,7 +159,9 @@ class ChatTokenizer:
         truncated = max_tokens is not None and len(ids) > max_tokens
         if truncated:
             ids = ids[: max(max_tokens or 0, 0)]
-            reasoning, content, tool_calls = self._parse(self.tokenizer.decode(ids, skip_special_tokens=False), reasoning)
+            reasoning, content, tool_calls = self._parse(
+                self.tokenizer.decode(ids, skip_special_tokens=False), reasoning
+            )
         close = self.special[THINK_CLOSE.strip()]
         reasoning_tokens = (ids.index(close) + 1 if close in ids else len(ids)) if reasoning else 0
         tokens = [self.pieces[i] for i in ids]
@@ -175,7 +192,7 @@ class ChatTokenizer:
         rest = text
         kept_reasoning = ""
         if reasoning:
-            rest = text[len(THINK_OPEN):] if text.startswith(THINK_OPEN) else ""
+            rest = text[len(THINK_OPEN) :] if text.startswith(THINK_OPEN) else ""
             if THINK_CLOSE in rest:
                 kept_reasoning, rest = rest.split(THINK_CLOSE, 1)
             else:
@@ -185,5 +202,9 @@ class ChatTokenizer:
 
 
 def _message(turn: Turn) -> dict[str, Any]:
-    return {"role": turn.role, "content": turn.content, "reasoning": turn.reasoning,
-            "tool_calls": [{"name": call.name, "arguments": call.arguments} for call in turn.tool_calls]}
+    return {
+        "role": turn.role,
+        "content": turn.content,
+        "reasoning": turn.reasoning,
+        "tool_calls": [{"name": call.name, "arguments": call.arguments} for call in turn.tool_calls],
+    }

@@ -45,7 +45,7 @@ def parse_plan(text: str) -> Plan:
     if match is None:
         return ()
     steps: list[tuple[ToolCall, ...]] = []
-    for line in text[match.end():].splitlines():
+    for line in text[match.end() :].splitlines():
         if not line.strip():
             if steps:
                 break

@@ -238,7 +238,9 @@ def logprob_values(rng: random.Random, count: int) -> list[float]:
     return [round(math.log(1.0 - uniform()) / 5.0, 4) for _ in range(count)]
 
 
-def chat_body(request: SimRequest, generation: Generation, prompt: PromptTokens, logprobs: list[float]) -> dict[str, Any]:
+def chat_body(
+    request: SimRequest, generation: Generation, prompt: PromptTokens, logprobs: list[float]
+) -> dict[str, Any]:
     calls = generation.tool_calls
     message: dict[str, Any] = {
         "role": "assistant",
@@ -279,15 +281,21 @@ def chat_body(request: SimRequest, generation: Generation, prompt: PromptTokens,
     if request.return_prompt_token_ids:
         choice["prompt_token_ids"] = prompt.ids  # SGLang's place
     if request.return_meta_info:
-        meta: dict[str, Any] = {"id": body["id"], "finish_reason": {"type": finish},
-                                "prompt_tokens": prompt.count, "completion_tokens": len(generation.tokens)}
+        meta: dict[str, Any] = {
+            "id": body["id"],
+            "finish_reason": {"type": finish},
+            "prompt_tokens": prompt.count,
+            "completion_tokens": len(generation.tokens),
+        }
         if request.logprobs:
             meta["output_token_logprobs"] = [[value, i, None] for value, i in zip(logprobs, generation.token_ids)]
         choice["meta_info"] = meta
     return body
 
 
-def responses_body(request: SimRequest, generation: Generation, prompt: PromptTokens, logprobs: list[float]) -> dict[str, Any]:
+def responses_body(
+    request: SimRequest, generation: Generation, prompt: PromptTokens, logprobs: list[float]
+) -> dict[str, Any]:
     payload, calls = request.payload, generation.tool_calls
     output: list[dict[str, Any]] = []
     if generation.reasoning:
@@ -321,7 +329,9 @@ def responses_body(request: SimRequest, generation: Generation, prompt: PromptTo
         output[-1]["generation_log_probs"] = logprobs
     reasoning_tokens = generation.reasoning_tokens
     if reasoning_tokens is None:  # the reasoning's words plus <think> and </think>
-        reasoning_tokens = min(len(tokenize(generation.reasoning)) + 2, len(generation.tokens)) if generation.reasoning else 0
+        reasoning_tokens = (
+            min(len(tokenize(generation.reasoning)) + 2, len(generation.tokens)) if generation.reasoning else 0
+        )
     return {
         "id": _new_id("resp_"),
         "object": "response",

@@ -73,11 +73,15 @@ class SimConfig(BaseModel):
     seed: int = Field(0, description="server seed: with a request's seed and prompt, fixes its answer")
     model: str = Field("sim-model", description="model name listed by /v1/models (any name is accepted)")
     fail_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests answered 500, after the usual latency")
-    rate_limit_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests answered 429 at once, with Retry-After")
+    rate_limit_rate: float = Field(
+        0.0, ge=0, le=1, description="fraction of requests answered 429 at once, with Retry-After"
+    )
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After value sent with 429, in seconds")
     rate_limit_rps: float = Field(
-        0.0, ge=0, description="requests per second above which requests are answered 429 at once with Retry-After, "
-        "like a hosted API's rate limit (a token bucket holding one second of requests); 0 = no limit"
+        0.0,
+        ge=0,
+        description="requests per second above which requests are answered 429 at once with Retry-After, "
+        "like a hosted API's rate limit (a token bucket holding one second of requests); 0 = no limit",
     )
     slow_rate: float = Field(0.0, ge=0, le=1, description="fraction of requests that wait --slow-ms before answering")
     slow_ms: float = Field(30_000.0, ge=0, description="delay of slow requests, in milliseconds")
@@ -288,8 +292,9 @@ class SimApp:
         prompt = render_prompt(sim_request.turns, sim_request.tool_names)
         seed = sim_request.seed if sim_request.seed is not None else f"auto-{next(self._unseeded)}"
         rng = random.Random(_digest(self.config.seed, seed, prompt))
-        answer = respond(sim_request.turns, sim_request.tools, rng, sim_request.temperature,
-                         parallel=sim_request.parallel_tool_calls)
+        answer = respond(
+            sim_request.turns, sim_request.tools, rng, sim_request.temperature, parallel=sim_request.parallel_tool_calls
+        )
         reasoning = answer.reasoning if self.config.reasoning else ""
         if sim_request.wants_tokens:  # the real tokenizer and chat template
             chat = self.chat_tokenizer()

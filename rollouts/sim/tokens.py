@@ -139,8 +139,9 @@ def _cut(text: str, keep: int) -> tuple[str, int]:
     return text[:end], count
 
 
-def generate(reasoning: str, content: str, tool_calls: ToolCall | Sequence[ToolCall] | None,
-             max_tokens: int | None) -> Generation:
+def generate(
+    reasoning: str, content: str, tool_calls: ToolCall | Sequence[ToolCall] | None, max_tokens: int | None
+) -> Generation:
     """Tokenize an answer as the template renders it and truncate it to `max_tokens` generated tokens."""
     calls = as_calls(tool_calls)
     tokens = tokenize(render_body(content, reasoning, calls))

@@ -46,7 +46,13 @@ if TYPE_CHECKING:
 CallModel = Callable[[list[dict[str, Any]]], Awaitable["ModelCall"]]
 
 STOP, LENGTH, MAX_TURNS, MAX_ROLLOUT_TOKENS, DEADLINE, NO_TOOLS = (
-    "stop", "length", "max_turns", "max_rollout_tokens", "deadline", "no_tools")
+    "stop",
+    "length",
+    "max_turns",
+    "max_rollout_tokens",
+    "deadline",
+    "no_tools",
+)
 END_REASONS = (STOP, LENGTH, MAX_TURNS, MAX_ROLLOUT_TOKENS, DEADLINE, NO_TOOLS)
 
 
@@ -106,8 +112,16 @@ class AgentResult:
 
     def tool_record(self) -> dict[str, dict[str, float | int]]:
         """Per-tool statistics as a JSON object for the rollout row (milliseconds rounded to microseconds)."""
-        return {name: {"calls": s.calls, "errors": s.errors, "timeouts": s.timeouts,
-                       "total_ms": round(s.total_ms, 3), "max_ms": round(s.max_ms, 3)} for name, s in self.tools.items()}
+        return {
+            name: {
+                "calls": s.calls,
+                "errors": s.errors,
+                "timeouts": s.timeouts,
+                "total_ms": round(s.total_ms, 3),
+                "max_ms": round(s.max_ms, 3),
+            }
+            for name, s in self.tools.items()
+        }
 
 
 def error_output(exc: BaseException) -> str:
@@ -128,8 +142,9 @@ def with_env_tools(params: dict[str, Any], env: Environment) -> dict[str, Any]:
 class _Rollout:
     """One run of the loop: its clock, its tool statistics."""
 
-    def __init__(self, env: Environment, session: SessionState | None, http: httpx.AsyncClient | None,
-                 limits: AgentLimits) -> None:
+    def __init__(
+        self, env: Environment, session: SessionState | None, http: httpx.AsyncClient | None, limits: AgentLimits
+    ) -> None:
         self.env, self.session, self.http, self.limits = env, session, http, limits
         self.loop = asyncio.get_running_loop()
         self.deadline = None if limits.timeout_s is None else self.loop.time() + limits.timeout_s
@@ -143,7 +158,9 @@ class _Rollout:
 
     async def model(self, call_model: CallModel, items: list[dict[str, Any]]) -> ModelCall | None:
         """The next model call, or None when the deadline cut it."""
-        if self.deadline is None:  # no scope to enter and leave per call (a timer handle each) when there is no deadline
+        if (
+            self.deadline is None
+        ):  # no scope to enter and leave per call (a timer handle each) when there is no deadline
             return await call_model(items)
         try:
             async with asyncio.timeout_at(self.deadline) as scope:
@@ -235,14 +252,20 @@ async def run_agent(
             if len(calls) >= limits.max_turns:
                 end = MAX_TURNS
                 break
-            if limits.max_rollout_tokens is not None and sum(c.output_tokens for c in calls) >= limits.max_rollout_tokens:
+            if (
+                limits.max_rollout_tokens is not None
+                and sum(c.output_tokens for c in calls) >= limits.max_rollout_tokens
+            ):
                 end = MAX_ROLLOUT_TOKENS
                 break
             call = None if rollout.expired() else await rollout.model(call_model, items + produced)
             if call is None:
                 if not calls:
-                    raise ProviderError(f"no model call finished within the rollout's {limits.timeout_s:g} s",
-                                        status_code=None, retryable=True)
+                    raise ProviderError(
+                        f"no model call finished within the rollout's {limits.timeout_s:g} s",
+                        status_code=None,
+                        retryable=True,
+                    )
                 end = DEADLINE
                 break
             calls.append(call)

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollouts.records import dumps, loads
 from rollouts.client.retry import RetryPolicy
+from rollouts.records import dumps, loads
 
 # Error types no re-run of the same command can fix (the record's own `retryable` says so when it has one).
 _PERMANENT_TYPES = frozenset({"ResponseTooLarge", "ConfigError", "RowError", "InternalError"})
@@ -43,7 +43,9 @@ def regenerates(record: dict[str, Any]) -> bool:
     return record.get("status") == "failed" and error.get("stage") == "verify" and is_retryable(error)
 
 
-def resume_state(generations: Iterable[dict[str, Any]], failures: Iterable[dict[str, Any]]) -> tuple[set[str], dict[str, int]]:
+def resume_state(
+    generations: Iterable[dict[str, Any]], failures: Iterable[dict[str, Any]]
+) -> tuple[set[str], dict[str, int]]:
     """(rollouts that need no new generation, attempts so far of the others) from a shard's generation records (the
     last record of a rollout wins) and its failure rows."""
     latest: dict[str, dict[str, Any]] = {}
@@ -55,7 +57,11 @@ def resume_state(generations: Iterable[dict[str, Any]], failures: Iterable[dict[
         rid = failure.get("rollout_id")
         generated = latest.get(rid)
         # Only the failure of the latest generation counts: a newer one, not yet verified, is verified instead.
-        if rid in done and regenerates(failure) and int(generated.get("attempts") or 1) <= int(failure.get("attempts") or 1):
+        if (
+            rid in done
+            and regenerates(failure)
+            and int(generated.get("attempts") or 1) <= int(failure.get("attempts") or 1)
+        ):
             done.discard(rid)
             prior[rid] = int(failure.get("attempts") or 1)
     return done, prior
@@ -75,8 +81,9 @@ def compacted(lines: Iterable[str], verified: set[str]) -> Iterator[str]:
             continue
         rid = record.get("rollout_id")
         if rid in verified:
-            latest[rid] = dumps({"rollout_id": rid, "status": "ok", "attempts": record.get("attempts", 1),
-                                 "verified": True})
+            latest[rid] = dumps(
+                {"rollout_id": rid, "status": "ok", "attempts": record.get("attempts", 1), "verified": True}
+            )
         elif rid is not None:
             latest.pop(rid, None)  # keep the file in the order records were last written
             latest[rid] = line.rstrip("\n")
@@ -112,10 +119,14 @@ class FailureCounts:
         """E.g. "9 may succeed when run again (ProviderTimeout 7, ...); 3 will not without a change (...)"."""
         parts = []
         if self.retryable:
-            parts.append(f"{self.retryable_total} may succeed when the same command runs again ({_top(self.retryable)})")
+            parts.append(
+                f"{self.retryable_total} may succeed when the same command runs again ({_top(self.retryable)})"
+            )
         if self.permanent:
-            parts.append(f"{self.permanent_total} will not without a change to the input, options or servers "
-                         f"({_top(self.permanent)})")
+            parts.append(
+                f"{self.permanent_total} will not without a change to the input, options or servers "
+                f"({_top(self.permanent)})"
+            )
         return "; ".join(parts)
 
 

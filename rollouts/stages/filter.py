@@ -16,6 +16,7 @@ def filter_run(run: RunRef) -> list[Selection]:
     run_store(run).remove("train", ".work")  # an earlier attempt's intermediate frame: rebuilt from the rollouts
     workdir = join(run.run_url, "train", ".work")
     configs = run.config.process_configs()
-    loaded = load_rollouts([run.run_url], storage_options=options, workdir=workdir,
-                           skip_bad_rows=run.config.train.skip_bad_rows)
+    loaded = load_rollouts(
+        [run.run_url], storage_options=options, workdir=workdir, skip_bad_rows=run.config.train.skip_bad_rows
+    )
     return [select(loaded, config, workdir=workdir, storage_options=options) for config in configs]

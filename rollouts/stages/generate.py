@@ -15,24 +15,24 @@ import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from rollouts.stages.agent import run_agent, with_env_tools
-from rollouts.collector.breaker import STOPPED, FailureBreaker
-from rollouts.config import CollectConfig
 from rollouts.client.credentials import EndpointAuth
+from rollouts.client.model import ModelCall, ModelClient, http_client
+from rollouts.client.retry import RetryPolicy
+from rollouts.collector.breaker import STOPPED, FailureBreaker
+from rollouts.collector.interrupt import NEVER, StopSignal, run_until_stopped
+from rollouts.collector.limits import InflightLimiter
+from rollouts.collector.progress import ProgressBoard
+from rollouts.collector.runtime import CollectorRuntime, SharedClients
+from rollouts.config import CollectConfig
 from rollouts.envs import Environment
 from rollouts.envs.remote import gym_usage
 from rollouts.errors import InternalError, RolloutsError, RolloutTimeout, VerifierError, typed
-from rollouts.stages.failures import resume_state
-from rollouts.collector.interrupt import NEVER, StopSignal, run_until_stopped
-from rollouts.collector.limits import InflightLimiter
-from rollouts.client.model import ModelCall, ModelClient, http_client
-from rollouts.tune.control import ParallelControl
-from rollouts.collector.progress import ProgressBoard
 from rollouts.records import SCHEMA_VERSION, Prompt, RolloutRow, dumps, input_messages, loads, rollout_id
 from rollouts.run import RunRef, ShardResult, read_records, run_store
-from rollouts.client.retry import RetryPolicy
-from rollouts.collector.runtime import CollectorRuntime, SharedClients
+from rollouts.stages.agent import run_agent, with_env_tools
+from rollouts.stages.failures import resume_state
 from rollouts.stages.score import SESSION_KEY, verify_one
+from rollouts.tune.control import ParallelControl
 
 # A rollout's session (a remote environment's cookies, an in-process environment's final state), kept on generation
 # records until verified.
@@ -57,13 +57,17 @@ def sampling_for(config: CollectConfig, params: dict[str, Any], rollout_index: i
 
 def usage_of(calls: list[ModelCall]) -> dict[str, Any]:
     """Responses-API usage summed over the calls, with the detail objects NeMo Gym's usage model requires."""
-    return gym_usage(sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls),
-                     cached_tokens=sum(c.cached_tokens for c in calls),
-                     reasoning_tokens=sum(c.reasoning_tokens for c in calls))
+    return gym_usage(
+        sum(c.input_tokens for c in calls),
+        sum(c.output_tokens for c in calls),
+        cached_tokens=sum(c.cached_tokens for c in calls),
+        reasoning_tokens=sum(c.reasoning_tokens for c in calls),
+    )
 
 
-def response_object(calls: list[ModelCall], output: list[dict[str, Any]], params: dict[str, Any], model: str,
-                    sampling: dict[str, Any]) -> dict[str, Any]:
+def response_object(
+    calls: list[ModelCall], output: list[dict[str, Any]], params: dict[str, Any], model: str, sampling: dict[str, Any]
+) -> dict[str, Any]:
     """A complete Responses-API object (NeMo Gym verifiers answer 422 without every one of these fields)."""
     last = calls[-1]
     incomplete = last.finish_reason == "length"
@@ -88,9 +92,18 @@ def response_object(calls: list[ModelCall], output: list[dict[str, Any]], params
 class ShardGenerator:
     """Generates every missing rollout of one shard; `limiter` bounds the rollouts in flight across the process."""
 
-    def __init__(self, run: RunRef, shard: str, http, envs: dict[str, Environment], limiter: InflightLimiter,
-                 board: ProgressBoard, stop: StopSignal | None = None, breaker: FailureBreaker | None = None,
-                 verify_inline: bool = False) -> None:
+    def __init__(
+        self,
+        run: RunRef,
+        shard: str,
+        http,
+        envs: dict[str, Environment],
+        limiter: InflightLimiter,
+        board: ProgressBoard,
+        stop: StopSignal | None = None,
+        breaker: FailureBreaker | None = None,
+        verify_inline: bool = False,
+    ) -> None:
         self.ref, self.shard, self.config = run, shard, run.config
         self.store = run_store(run)
         self.http, self.envs, self.limiter, self.board = http, envs, limiter, board
@@ -99,13 +112,22 @@ class ShardGenerator:
         self.verify_inline = verify_inline
         self.limits = self.config.environments.limits()
         endpoint = self.config.endpoint
-        self.client = ModelClient(http, endpoint.model_url, endpoint.model, endpoint.api,
-                                  max_retries=endpoint.max_retries, return_tokens=endpoint.return_tokens,
-                                  rng=random.Random(f"{run.run_id}/{shard}"), request_timeout=endpoint.request_timeout,
-                                  max_response_bytes=endpoint.max_response_bytes)
+        self.client = ModelClient(
+            http,
+            endpoint.model_url,
+            endpoint.model,
+            endpoint.api,
+            max_retries=endpoint.max_retries,
+            return_tokens=endpoint.return_tokens,
+            rng=random.Random(f"{run.run_id}/{shard}"),
+            request_timeout=endpoint.request_timeout,
+            max_response_bytes=endpoint.max_response_bytes,
+        )
         self.rollout_timeout = endpoint.rollout_timeout
 
-    def _todo(self, prompts: list[Prompt], done: set[str], previous: dict[str, int]) -> Iterator[tuple[Prompt, int, str, int]]:
+    def _todo(
+        self, prompts: list[Prompt], done: set[str], previous: dict[str, int]
+    ) -> Iterator[tuple[Prompt, int, str, int]]:
         for prompt in prompts:
             for index in range(self.config.repeats):
                 rid = rollout_id(self.ref.run_id, prompt.task_index, index)
@@ -115,8 +137,10 @@ class ShardGenerator:
     async def run(self) -> ShardResult:
         self.stop.check()
         prompts = read_prompts(self.store, self.shard)
-        done, previous = resume_state(read_records(self.store, "generations", f"{self.shard}.jsonl"),
-                                      read_records(self.store, "failures", f"{self.shard}.jsonl"))
+        done, previous = resume_state(
+            read_records(self.store, "generations", f"{self.shard}.jsonl"),
+            read_records(self.store, "failures", f"{self.shard}.jsonl"),
+        )
         done |= {r["rollout_id"] for r in read_records(self.store, "rollouts", f"{self.shard}.jsonl")}
         self.board.add(resumed=len(done))
         todo = self._todo(prompts, done, previous)
@@ -129,6 +153,7 @@ class ShardGenerator:
         # the progress line's reward moves with the run, and the row is written once, to rollouts/. Remote
         # environments, and what failed, are left to the verify stage.
         verified = self.store.appender("rollouts", f"{self.shard}.jsonl")
+
         async def worker() -> None:
             for prompt, index, rid, prior in todo:
                 if self.stop.is_set() or self.breaker.tripped:
@@ -168,9 +193,15 @@ class ShardGenerator:
         # The echoed request stays a valid NeMo Gym `responses_create_params` (which has no `seed`); the sampling
         # really sent, seed included, is the rollout's own `sampling` field.
         echoed = {**params, **{k: v for k, v in sampling.items() if k != "seed"}}
-        record: RolloutRow = {**prompt.row, "responses_create_params": echoed, "sampling": sampling,  # type: ignore[typeddict-item]
-                              "_ng_task_index": prompt.task_index, "_ng_rollout_index": index, "rollout_id": rid,
-                              "schema_version": SCHEMA_VERSION}
+        record: RolloutRow = {
+            **prompt.row,
+            "responses_create_params": echoed,
+            "sampling": sampling,  # type: ignore[typeddict-item]
+            "_ng_task_index": prompt.task_index,
+            "_ng_rollout_index": index,
+            "rollout_id": rid,
+            "schema_version": SCHEMA_VERSION,
+        }
         queued = time.perf_counter()
         await self.limiter.acquire()
         if self.stop.is_set():
@@ -193,15 +224,26 @@ class ShardGenerator:
             self.limiter.release()
         ended = time.perf_counter()
         record["attempts"] = prior_attempts + attempts
-        record["timings"] = {"queue_ms": round((started - queued) * 1000, 3),
-                             "model_ms": round(sum(c.latency_ms for c in calls), 3),
-                             "tool_ms": round(timing["tool_ms"], 3),
-                             "generate_ms": round((ended - started) * 1000, 3),
-                             "started_at": started_at, "finished_at": time.time()}
+        record["timings"] = {
+            "queue_ms": round((started - queued) * 1000, 3),
+            "model_ms": round(sum(c.latency_ms for c in calls), 3),
+            "tool_ms": round(timing["tool_ms"], 3),
+            "generate_ms": round((ended - started) * 1000, 3),
+            "started_at": started_at,
+            "finished_at": time.time(),
+        }
         return record
 
-    async def _interact(self, record: RolloutRow, env: Environment, prompt: Prompt, params: dict[str, Any],
-                        sampling: dict[str, Any], calls: list[ModelCall], timing: dict[str, float]) -> None:
+    async def _interact(
+        self,
+        record: RolloutRow,
+        env: Environment,
+        prompt: Prompt,
+        params: dict[str, Any],
+        sampling: dict[str, Any],
+        calls: list[ModelCall],
+        timing: dict[str, float],
+    ) -> None:
         """Seed the session, run the agent loop (model, tools, model...), and fill the record's response."""
 
         async def call_model(items: list[dict[str, Any]]) -> ModelCall:
@@ -210,8 +252,9 @@ class ShardGenerator:
             return call
 
         session = await env.seed_session(prompt.row, self.http)
-        result = await run_agent(call_model, env, input_messages(params), session=session, http=self.http,
-                                 limits=self.limits)
+        result = await run_agent(
+            call_model, env, input_messages(params), session=session, http=self.http, limits=self.limits
+        )
         timing["tool_ms"] = result.tool_ms
         record["response"] = response_object(calls, result.output, params, self.config.endpoint.model, sampling)
         record["finish_reason"] = calls[-1].finish_reason
@@ -224,8 +267,11 @@ class ShardGenerator:
 
     def _typed(self, exc: Exception) -> RolloutsError:
         if isinstance(exc, TimeoutError) and not isinstance(exc, RolloutsError):
-            return RolloutTimeout(f"the rollout did not finish within --rollout-timeout {self.rollout_timeout:g} s "
-                                  "(its session, model and tool calls, retries included)", retryable=True)
+            return RolloutTimeout(
+                f"the rollout did not finish within --rollout-timeout {self.rollout_timeout:g} s "
+                "(its session, model and tool calls, retries included)",
+                retryable=True,
+            )
         error = typed(exc, InternalError)
         status = error.status_code
         if isinstance(error, VerifierError) and error.retryable is None and isinstance(status, int):
@@ -234,9 +280,18 @@ class ShardGenerator:
         return error
 
 
-async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, limiter: InflightLimiter,
-                         board: ProgressBoard, stop: StopSignal | None = None, breaker: FailureBreaker | None = None,
-                         auth: EndpointAuth | None = None, control: ParallelControl | None = None) -> ShardResult:
+async def generate_shard(
+    run: RunRef,
+    shard: str,
+    *,
+    clients: SharedClients,
+    limiter: InflightLimiter,
+    board: ProgressBoard,
+    stop: StopSignal | None = None,
+    breaker: FailureBreaker | None = None,
+    auth: EndpointAuth | None = None,
+    control: ParallelControl | None = None,
+) -> ShardResult:
     """Generate a shard on the caller's loop, with the run's warm client leased from `clients`; raises `Interrupted`
     once `stop` is requested (before it starts, or after flushing what finished). `auth` is the key and headers,
     loaded by the caller in this process (never passed between tasks). With `--parallel auto`, `control` owns the
@@ -245,8 +300,12 @@ async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, lim
     config = run.config
     envs = config.environments.build()
     auth = auth or EndpointAuth(api_key=config.api_key())
-    factory = lambda: http_client(config.parallel_per_process, config.endpoint.request_timeout,  # noqa: E731
-                                  auth.api_key, headers=auth.headers)
+    factory = lambda: http_client(
+        config.parallel_per_process,
+        config.endpoint.request_timeout,  # noqa: E731
+        auth.api_key,
+        headers=auth.headers,
+    )
     if control is not None:
         factory, limiter = control.http_client, control.limiter
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:
@@ -255,7 +314,9 @@ async def generate_shard(run: RunRef, shard: str, *, clients: SharedClients, lim
         return await ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker, verify_inline=True).run()
 
 
-def generate_with(runtime: CollectorRuntime, run: RunRef, shard: str, auth: EndpointAuth) -> Coroutine[Any, Any, ShardResult]:
+def generate_with(
+    runtime: CollectorRuntime, run: RunRef, shard: str, auth: EndpointAuth
+) -> Coroutine[Any, Any, ShardResult]:
     """`generate_shard` on a collector runtime's parts (its clients, the run's limiter and breaker, its board and
     stop signal): the one wiring of the stage to a process, used on threads, in collector processes and on Dask
     and Ray workers. With `--parallel auto` the run's controller (one per run and process) owns limiter and client."""
@@ -263,9 +324,17 @@ def generate_with(runtime: CollectorRuntime, run: RunRef, shard: str, auth: Endp
     control = None
     if config.concurrency.parallel == "auto":
         control = runtime.parallel_control(run.run_id, lambda: ParallelControl.for_run(config, auth))
-    return generate_shard(run, shard, clients=runtime.clients, limiter=runtime.limiter(run.run_id, config.parallel_per_process),
-                          board=runtime.board, breaker=runtime.breaker(run.run_id), auth=auth, stop=runtime.stop,
-                          control=control)
+    return generate_shard(
+        run,
+        shard,
+        clients=runtime.clients,
+        limiter=runtime.limiter(run.run_id, config.parallel_per_process),
+        board=runtime.board,
+        breaker=runtime.breaker(run.run_id),
+        auth=auth,
+        stop=runtime.stop,
+        control=control,
+    )
 
 
 def finish_generation(runtime: CollectorRuntime, run: RunRef) -> None:

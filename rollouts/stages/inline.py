@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from rollouts.collector.limits import InflightLimiter
 from rollouts.collector.progress import ProgressBoard
-from rollouts.run import RunPlan, ShardResult
 from rollouts.collector.runtime import SharedClients
+from rollouts.run import RunPlan, ShardResult
 from rollouts.stages.generate import generate_shard
 from rollouts.stages.verify import verify_shard
 

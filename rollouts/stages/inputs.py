@@ -52,7 +52,7 @@ def iter_lines(url: str, storage_options: dict[str, Any] | None = None) -> Itera
         with fs.open(path, "rb") as fh:
             for number, raw in enumerate(fh, start=1):
                 if number == 1 and raw.startswith(BOM):
-                    raw = raw[len(BOM):]
+                    raw = raw[len(BOM) :]
                 raw = raw.strip(_JSON_SPACE)
                 if not raw:
                     continue
@@ -104,7 +104,9 @@ def normalise_row(raw: Any) -> dict[str, Any]:
     elif "prompt" in row:
         prompt = row.pop("prompt")
         _check_items(prompt, "prompt")
-        row["responses_create_params"] = params = {"input": [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt}
+        row["responses_create_params"] = params = {
+            "input": [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        }
     elif "messages" in row:
         messages = row.pop("messages")
         _check_items(messages, "messages")
@@ -141,7 +143,7 @@ def parse_json(text: str | bytes) -> Any:
     """One row's JSON, strictly: a RowError for anything that is not JSON or would not survive being written back."""
     if isinstance(text, bytes):
         error = _utf8_error(text)
-        raise RowError(f"invalid UTF-8 at byte offset {error.start}: {text[error.start:error.start + 4]!r}")
+        raise RowError(f"invalid UTF-8 at byte offset {error.start}: {text[error.start : error.start + 4]!r}")
     try:
         if _LONG_INTEGER.search(text):
             value = json.loads(text, parse_float=_reject_float, parse_constant=_reject_constant)
@@ -168,7 +170,7 @@ def _orjson_reason(exc: orjson.JSONDecodeError) -> str:
     message = exc.msg
     if "infinity" in message:
         return f"a number is out of range (it would become infinity) at column {exc.colno}"
-    if message.startswith("unexpected character") and exc.doc[exc.pos:exc.pos + 3] in ("NaN", "Inf", "-In"):
+    if message.startswith("unexpected character") and exc.doc[exc.pos : exc.pos + 3] in ("NaN", "Inf", "-In"):
         return f"NaN and Infinity are not valid JSON (column {exc.colno})"
     if "surrogate" in message:
         return f"a lone UTF-16 surrogate escape is not valid Unicode (column {exc.colno})"
@@ -184,7 +186,9 @@ def writable(row: dict[str, Any]) -> str:
         if "64-bit" in message:
             raise RowError("an integer does not fit in 64 bits (it would not survive being written back)") from None
         if "surrogates" in message:
-            raise RowError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not valid Unicode") from None
+            raise RowError(
+                "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not valid Unicode"
+            ) from None
         if "Recursion" in message:
             raise RowError("nested deeper than 255 levels") from None
         raise RowError(f"cannot be written back as JSON: {message}") from None
@@ -224,7 +228,9 @@ def parse_prompts(
             row = normalise_row(parse_json(text))
             env = (row.get("agent_ref") or {}).get("name") or default_env
             if env not in known_envs:
-                raise RowError(f"unknown environment {env!r}: use one of {sorted(known_envs)} or declare it with --remote-env {env}=URL")
+                raise RowError(
+                    f"unknown environment {env!r}: use one of {sorted(known_envs)} or declare it with --remote-env {env}=URL"
+                )
             problem = known_envs[env].row_problem(row) if isinstance(known_envs, Mapping) else None
             if problem:
                 raise RowError(problem)
@@ -239,8 +245,13 @@ def parse_prompts(
             on_reject({"line": line, "error": exc.message, "raw": raw_text(text)})
             continue
         except Exception as exc:  # whatever a hostile row does to the checks above, it is one reject, not a crash
-            on_reject({"line": line, "error": f"unreadable row ({type(exc).__name__}: {str(exc)[:200]})",
-                       "raw": raw_text(text)})
+            on_reject(
+                {
+                    "line": line,
+                    "error": f"unreadable row ({type(exc).__name__}: {str(exc)[:200]})",
+                    "raw": raw_text(text),
+                }
+            )
             continue
         accepted += 1
         yield Prompt(task_index=task_index, line=line, env=env, row=row)
@@ -248,4 +259,3 @@ def parse_prompts(
 
 def prompt_line(prompt: Prompt) -> str:
     return dumps(prompt.model_dump())
-

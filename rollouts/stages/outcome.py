@@ -8,9 +8,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from rollouts.collector.breaker import STOPPED
-from rollouts.stages.failures import FailureCounts, failure_counts
 from rollouts.collector.interrupt import RESUME_HINT
 from rollouts.run import RunPlan, ShardResult, read_records, run_store, write_manifest
+from rollouts.stages.failures import FailureCounts, failure_counts
 from rollouts.storage import inventory
 
 # Committed outputs listed in the final manifest with size and sha256; shards/ and generations/ are working files.
@@ -73,17 +73,27 @@ def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str], *, i
     elif stopped:
         reason = stopped["reason"]
     elif incomplete or not_run:
-        reason = (f"{not_run} of {expected} rollouts not run: {len(incomplete)} shard task(s) did not finish "
-                  f"({', '.join(incomplete[:5])}); run the same command again to resume")
+        reason = (
+            f"{not_run} of {expected} rollouts not run: {len(incomplete)} shard task(s) did not finish "
+            f"({', '.join(incomplete[:5])}); run the same command again to resume"
+        )
     elif fraction > config.max_failure_fraction:
         counts = run_failure_counts(plan)
-        reason = (f"{failed} of {expected} rollouts failed ({fraction:.1%}), above --max-failure-fraction "
-                  f"{config.max_failure_fraction:.1%}: {counts.describe()}; see {plan.run.run_url}/failures/")
+        reason = (
+            f"{failed} of {expected} rollouts failed ({fraction:.1%}), above --max-failure-fraction "
+            f"{config.max_failure_fraction:.1%}: {counts.describe()}; see {plan.run.run_url}/failures/"
+        )
     reward_sum = sum(r.reward_sum for r in results)
     status = "interrupted" if interrupted else "failed" if reason else "completed"
-    return Verdict(status=status, reason=reason, rollouts_ok=ok, rollouts_failed=failed,
-                   rollouts_not_run=not_run, failure_fraction=round(fraction, 6),
-                   mean_reward=round(reward_sum / ok, 6) if ok else None)
+    return Verdict(
+        status=status,
+        reason=reason,
+        rollouts_ok=ok,
+        rollouts_failed=failed,
+        rollouts_not_run=not_run,
+        failure_fraction=round(fraction, 6),
+        mean_reward=round(reward_sum / ok, 6) if ok else None,
+    )
 
 
 def top_failures(plan: RunPlan, results: list[ShardResult], limit: int = 5) -> list[dict[str, Any]]:
@@ -99,28 +109,63 @@ def top_failures(plan: RunPlan, results: list[ShardResult], limit: int = 5) -> l
             key = (str(error.get("type") or "unknown"), error.get("status_code"))
             counts[key] += 1
             examples.setdefault(key, str(error.get("message") or "")[:200])
-    return [{"type": t, "status_code": code, "count": n, "example": examples[(t, code)]}
-            for (t, code), n in counts.most_common(limit)]
+    return [
+        {"type": t, "status_code": code, "count": n, "example": examples[(t, code)]}
+        for (t, code), n in counts.most_common(limit)
+    ]
 
 
-def finish_run(plan: RunPlan, verdict: Verdict, results: list[ShardResult], incomplete: list[str],
-               profile: dict[str, Any], outputs: dict[str, list[str]]) -> RunSummary:
+def finish_run(
+    plan: RunPlan,
+    verdict: Verdict,
+    results: list[ShardResult],
+    incomplete: list[str],
+    profile: dict[str, Any],
+    outputs: dict[str, list[str]],
+) -> RunSummary:
     summary = RunSummary(
-        run_url=plan.run.run_url, status=verdict.status, reason=verdict.reason, prompts=plan.prompts,
-        rejects=plan.rejects, rollouts_expected=plan.rollouts_expected, rollouts_ok=verdict.rollouts_ok,
-        rollouts_failed=verdict.rollouts_failed, rollouts_not_run=verdict.rollouts_not_run,
-        failure_fraction=verdict.failure_fraction, mean_reward=verdict.mean_reward,
-        rollouts_per_s=profile.get("rollouts_per_s"), output_tokens_per_s=profile.get("output_tokens_per_s"),
-        outputs=outputs, incomplete_shards=incomplete, top_failures=top_failures(plan, results),
+        run_url=plan.run.run_url,
+        status=verdict.status,
+        reason=verdict.reason,
+        prompts=plan.prompts,
+        rejects=plan.rejects,
+        rollouts_expected=plan.rollouts_expected,
+        rollouts_ok=verdict.rollouts_ok,
+        rollouts_failed=verdict.rollouts_failed,
+        rollouts_not_run=verdict.rollouts_not_run,
+        failure_fraction=verdict.failure_fraction,
+        mean_reward=verdict.mean_reward,
+        rollouts_per_s=profile.get("rollouts_per_s"),
+        output_tokens_per_s=profile.get("output_tokens_per_s"),
+        outputs=outputs,
+        incomplete_shards=incomplete,
+        top_failures=top_failures(plan, results),
         token_contiguity=(profile.get("contiguity") or {}).get("summary"),
     )
     store = run_store(plan.run)
     # Written last: a reader that finds status "completed" finds every listed file whole (check_inventory).
-    write_manifest(store, plan.run, status=summary.status, reason=summary.reason, counts=summary.model_dump(
-        include={"prompts", "rejects", "rollouts_expected", "rollouts_ok", "rollouts_failed", "rollouts_not_run",
-                 "failure_fraction", "mean_reward"}),
+    write_manifest(
+        store,
+        plan.run,
+        status=summary.status,
+        reason=summary.reason,
+        counts=summary.model_dump(
+            include={
+                "prompts",
+                "rejects",
+                "rollouts_expected",
+                "rollouts_ok",
+                "rollouts_failed",
+                "rollouts_not_run",
+                "failure_fraction",
+                "mean_reward",
+            }
+        ),
         shard_status=[{"shard": r.shard, "rollouts": r.rollouts, "failed": r.failed} for r in results]
         + [{"shard": s, "status": "incomplete"} for s in incomplete],
         profile={k: profile.get(k) for k in ("rollouts_per_s", "output_tokens_per_s", "generation_window_s")},
-        top_failures=summary.top_failures, outputs=outputs, files=inventory(store, INVENTORY_FOLDERS, INVENTORY_FILES))
+        top_failures=summary.top_failures,
+        outputs=outputs,
+        files=inventory(store, INVENTORY_FOLDERS, INVENTORY_FILES),
+    )
     return summary

@@ -13,12 +13,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rollouts.report.charts import profile_charts
-from rollouts.tune.aimd import read_trace
-from rollouts.report.metrics import ProfileOptions, csv_text, histogram_markdown, profile_frame, read_run_frame, timing_rows, write_profile
+from rollouts.report.metrics import (
+    ProfileOptions,
+    csv_text,
+    histogram_markdown,
+    profile_frame,
+    read_run_frame,
+    timing_rows,
+    write_profile,
+)
 from rollouts.report.profiler import COLUMNS, TOP_ROWS, read_function_stats
 from rollouts.run import read_records
 from rollouts.storage import Store
 from rollouts.tokens import contiguity_metrics
+from rollouts.tune.aimd import read_trace
 
 TIMELINE_ROWS = 30  # the report lists at most this many windows; timeline.csv has them all
 
@@ -51,9 +59,17 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
         store.write_bytes(csv_text(rows, COLUMNS).encode(), "profile", "functions.csv")
         profile["functions"] = {"processes": parts, "clock_seconds": stats.clock_seconds, "top": rows[:TOP_ROWS]}
     if options is not None and options.tokens:
-        rows = (row for path in store.glob("rollouts/*.jsonl") for row in read_records(store, "rollouts", path.rsplit("/", 1)[-1]))
+        rows = (
+            row
+            for path in store.glob("rollouts/*.jsonl")
+            for row in read_records(store, "rollouts", path.rsplit("/", 1)[-1])
+        )
         metrics = contiguity_metrics(rows)
-        profile["contiguity"] = {**metrics.model_dump(), "summary": metrics.summary(), "markdown": metrics.to_markdown()}
+        profile["contiguity"] = {
+            **metrics.model_dump(),
+            "summary": metrics.summary(),
+            "markdown": metrics.to_markdown(),
+        }
     files = write_profile(store, profile)
     charts = profile_charts(profile)
     for name, png in charts.items():
@@ -61,7 +77,9 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
         files.append(store.url("profile", name))
     if functions is not None:
         files.append(store.url("profile", "functions.csv"))
-    store.write_bytes(report_markdown(profile, {name: name for name in charts}, store.root).encode(), "profile", "report.md")
+    store.write_bytes(
+        report_markdown(profile, {name: name for name in charts}, store.root).encode(), "profile", "report.md"
+    )
     files.append(store.url("profile", "report.md"))
     inline = {name: "data:image/png;base64," + base64.b64encode(png).decode() for name, png in charts.items()}
     return ProfileResult(profile=profile, files=files, artifacts=artifacts(profile, inline, store.root))
@@ -69,22 +87,49 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
 
 def artifacts(profile: dict[str, Any], images: dict[str, str], run_url: str) -> list[Artifact]:
     out = [
-        Artifact("markdown", "run-report", f"Run report of {run_url}", markdown=report_markdown(profile, images, run_url)),
+        Artifact(
+            "markdown", "run-report", f"Run report of {run_url}", markdown=report_markdown(profile, images, run_url)
+        ),
         Artifact("table", "rollout-timings", f"Per-rollout timings (ms) of {run_url}", table=timing_rows(profile)),
-        Artifact("table", "rollout-throughput", "Throughput of the generation stage", table=[{k: profile[k] for k in (
-            "rollouts", "failed", "rollouts_per_s", "output_tokens_per_s", "generation_window_s")}]),
-        Artifact("markdown", "reward-histogram", "Reward histogram per environment", markdown=histogram_markdown(profile)),
+        Artifact(
+            "table",
+            "rollout-throughput",
+            "Throughput of the generation stage",
+            table=[
+                {
+                    k: profile[k]
+                    for k in ("rollouts", "failed", "rollouts_per_s", "output_tokens_per_s", "generation_window_s")
+                }
+            ],
+        ),
+        Artifact(
+            "markdown", "reward-histogram", "Reward histogram per environment", markdown=histogram_markdown(profile)
+        ),
     ]
     if profile["failures_by_type"]:
         out.append(Artifact("table", "rollout-failures", "Failures by error type", table=profile["failures_by_type"]))
     if profile["pass_at_k"]:
-        out.append(Artifact("table", "pass-at-k", "pass@k, pass^k and mean@k per environment", table=profile["pass_at_k"]))
+        out.append(
+            Artifact("table", "pass-at-k", "pass@k, pass^k and mean@k per environment", table=profile["pass_at_k"])
+        )
     if "contiguity" in profile:
-        out.append(Artifact("markdown", "token-contiguity", "Token contiguity across model calls (--return-tokens)",
-                            markdown=profile["contiguity"]["markdown"]))
+        out.append(
+            Artifact(
+                "markdown",
+                "token-contiguity",
+                "Token contiguity across model calls (--return-tokens)",
+                markdown=profile["contiguity"]["markdown"],
+            )
+        )
     if "functions" in profile:
-        out.append(Artifact("table", "function-profile", "Functions by total wall time (seconds), wall and CPU clocks",
-                            table=profile["functions"]["top"]))
+        out.append(
+            Artifact(
+                "table",
+                "function-profile",
+                "Functions by total wall time (seconds), wall and CPU clocks",
+                table=profile["functions"]["top"],
+            )
+        )
     return out
 
 
@@ -102,8 +147,10 @@ def _table(rows: list[dict[str, Any]], columns: list[str], headers: list[str] | 
     if not rows:
         return []
     right = [isinstance(rows[0].get(c), int | float) for c in columns]
-    lines = ["| " + " | ".join(headers or columns) + " |",
-             "| " + " | ".join("---:" if r else "---" for r in right) + " |"]
+    lines = [
+        "| " + " | ".join(headers or columns) + " |",
+        "| " + " | ".join("---:" if r else "---" for r in right) + " |",
+    ]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     return lines + [""]
 
@@ -114,15 +161,34 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
     tokens, cost = profile["tokens"], profile["cost"]
     lines = ["# Run report", "", f"`{run_url}`", ""]
     headline = [
-        ("rollouts", f"{profile['rollouts']:,} ok, {profile['failed']:,} failed"
-                     + (f" ({profile['failed'] / total:.1%})" if total else "") + f", {profile['retries']:,} retries"),
+        (
+            "rollouts",
+            f"{profile['rollouts']:,} ok, {profile['failed']:,} failed"
+            + (f" ({profile['failed'] / total:.1%})" if total else "")
+            + f", {profile['retries']:,} retries",
+        ),
         ("generation window", f"{_cell(profile['generation_window_s'])} s"),
-        ("throughput", f"{_cell(profile['rollouts_per_s'])} rollouts/s, {_cell(profile['output_tokens_per_s'])} output tokens/s"),
-        ("tokens", f"{tokens['input']:,} in ({tokens['cached']:,} cached), {tokens['output']:,} out "
-                   f"({tokens['reasoning']:,} reasoning)"
-                   + ("" if tokens["cached_reported"] or tokens["reasoning_reported"] else "; the endpoint reports no cached or reasoning counts")),
-        ("estimated cost", f"{cost['total']:.4f} ({cost['input']:.4f} input at {cost['price_input_per_m']}/M, "
-                           f"{cost['output']:.4f} output at {cost['price_output_per_m']}/M)" if cost else "– (give --price-input / --price-output)"),
+        (
+            "throughput",
+            f"{_cell(profile['rollouts_per_s'])} rollouts/s, {_cell(profile['output_tokens_per_s'])} output tokens/s",
+        ),
+        (
+            "tokens",
+            f"{tokens['input']:,} in ({tokens['cached']:,} cached), {tokens['output']:,} out "
+            f"({tokens['reasoning']:,} reasoning)"
+            + (
+                ""
+                if tokens["cached_reported"] or tokens["reasoning_reported"]
+                else "; the endpoint reports no cached or reasoning counts"
+            ),
+        ),
+        (
+            "estimated cost",
+            f"{cost['total']:.4f} ({cost['input']:.4f} input at {cost['price_input_per_m']}/M, "
+            f"{cost['output']:.4f} output at {cost['price_output_per_m']}/M)"
+            if cost
+            else "– (give --price-input / --price-output)",
+        ),
     ]
     lines += ["| run | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in headline], ""]
     if "throughput.png" in images:
@@ -134,18 +200,29 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
     if "latency_cdf.png" in images:
         lines += [f"![latency CDF]({images['latency_cdf.png']})", ""]
     lines += ["## Rewards", ""]
-    lines += _table([{"env": env, "rollouts": s["count"], "mean reward": s["mean"]} for env, s in profile["rewards"].items()],
-                    ["env", "rollouts", "mean reward"])
+    lines += _table(
+        [{"env": env, "rollouts": s["count"], "mean reward": s["mean"]} for env, s in profile["rewards"].items()],
+        ["env", "rollouts", "mean reward"],
+    )
     if profile["pass_at_k"]:
         threshold = profile["pass_at_k"][0]["threshold"]
-        lines += [f"pass@k and pass^k count a rollout as passed when its reward is at least {threshold:g} "
-                  "(unbiased estimators over the n scored rollouts of each prompt).", ""]
-        lines += _table(profile["pass_at_k"], ["env", "k", "n_min", "n_max", "prompts", "pass_at_k", "pass_pow_k", "mean_at_k"],
-                        ["env", "k", "n min", "n max", "prompts", "pass@k", "pass^k", "mean@k"])
+        lines += [
+            f"pass@k and pass^k count a rollout as passed when its reward is at least {threshold:g} "
+            "(unbiased estimators over the n scored rollouts of each prompt).",
+            "",
+        ]
+        lines += _table(
+            profile["pass_at_k"],
+            ["env", "k", "n_min", "n_max", "prompts", "pass_at_k", "pass_pow_k", "mean_at_k"],
+            ["env", "k", "n min", "n max", "prompts", "pass@k", "pass^k", "mean@k"],
+        )
     if "rewards.png" in images:
         lines += [f"![reward histogram per environment]({images['rewards.png']})", ""]
     lines += ["## Errors", ""]
-    lines += _table(profile["failures_by_type"], ["type", "status_code", "stage", "count"]) or ["No failed rollouts.", ""]
+    lines += _table(profile["failures_by_type"], ["type", "status_code", "stage", "count"]) or [
+        "No failed rollouts.",
+        "",
+    ]
     timeline = profile["timeline"]
     if timeline:
         lines += [f"## Timeline ({len(timeline)} windows)", ""]
@@ -159,10 +236,21 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
     if "functions" in profile:
         info = profile["functions"]
         seconds = ", ".join(f"{clock} {s:.1f} s" for clock, s in info["clock_seconds"].items())
-        lines += ["## Functions (`--profile`)", "",
-                  f"yappi, coroutine-aware, alternating clocks ({seconds} over {info['processes']} process(es)); "
-                  "times in seconds, sorted by total wall time; `functions.csv` has every function.", ""]
-        lines += _table(info["top"][:15], ["function", "module", "wall_ncall", "wall_ttot", "wall_tavg", "cpu_ttot", "cpu_tavg"])
-    lines += ["## Files", "", "`profile/`: profile.json, timings.csv, latency.csv, timeline.csv, errors.csv, "
-              "pass_at_k.csv, reward_histogram.md, the charts (PNG) and this report.", ""]
+        lines += [
+            "## Functions (`--profile`)",
+            "",
+            f"yappi, coroutine-aware, alternating clocks ({seconds} over {info['processes']} process(es)); "
+            "times in seconds, sorted by total wall time; `functions.csv` has every function.",
+            "",
+        ]
+        lines += _table(
+            info["top"][:15], ["function", "module", "wall_ncall", "wall_ttot", "wall_tavg", "cpu_ttot", "cpu_tavg"]
+        )
+    lines += [
+        "## Files",
+        "",
+        "`profile/`: profile.json, timings.csv, latency.csv, timeline.csv, errors.csv, "
+        "pass_at_k.csv, reward_histogram.md, the charts (PNG) and this report.",
+        "",
+    ]
     return "\n".join(lines)

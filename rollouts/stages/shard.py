@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rollouts.client.credentials import EndpointAuth
+from rollouts.client.model import check_endpoint
 from rollouts.collector.breaker import STOPPED
 from rollouts.config import CollectConfig
-from rollouts.client.credentials import EndpointAuth
 from rollouts.envs.remote import check_environments
 from rollouts.errors import ConfigError, InputError
-from rollouts.stages.inputs import input_digest, iter_lines, parse_prompts, prompt_line
-from rollouts.client.model import check_endpoint
 from rollouts.records import dumps
 from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
+from rollouts.stages.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.storage import Store, join
 
 
@@ -85,8 +85,15 @@ def shard_prompts(run: RunRef, store: Store) -> tuple[list[ShardRef], int, int]:
     rows = config.rows
     rejects: list[dict[str, Any]] = []
     lines = iter_lines(config.input, config.storage.options)
-    prompts = parse_prompts(lines, default_env=config.environments.env, known_envs=config.environments.build(),
-                            start=rows.start, end=rows.end, limit=rows.limit, on_reject=rejects.append)
+    prompts = parse_prompts(
+        lines,
+        default_env=config.environments.env,
+        known_envs=config.environments.build(),
+        start=rows.start,
+        end=rows.end,
+        limit=rows.limit,
+        on_reject=rejects.append,
+    )
     shards: list[ShardRef] = []
     batch: list[str] = []
 
@@ -106,7 +113,11 @@ def shard_prompts(run: RunRef, store: Store) -> tuple[list[ShardRef], int, int]:
     total = sum(s.prompts for s in shards)
     if total == 0:
         if not rejects:
-            raise InputError(f"input {config.input!r} has no prompt rows in the selected range: it is empty or --start/--end/--limit select nothing")
-        raise InputError(f"input {config.input!r} has no valid prompt rows: all {len(rejects)} were rejected "
-                         f"(see {store.url('rejects.jsonl')}; first error, line {rejects[0]['line']}: {rejects[0]['error']})")
+            raise InputError(
+                f"input {config.input!r} has no prompt rows in the selected range: it is empty or --start/--end/--limit select nothing"
+            )
+        raise InputError(
+            f"input {config.input!r} has no valid prompt rows: all {len(rejects)} were rejected "
+            f"(see {store.url('rejects.jsonl')}; first error, line {rejects[0]['line']}: {rejects[0]['error']})"
+        )
     return shards, total, len(rejects)

@@ -1,19 +1,28 @@
 """Token ids of multi-turn rollouts: read them from model replies, check their contiguity, write training token records.
 
-    fields.py   what to ask vLLM / SGLang for, and reading their replies into NeMo Gym's three fields
-    check.py    the contiguity check and its classes; per-run metrics (`contiguity_metrics`)
-    samples.py  samples per repair policy (splice | split | truncate | drop)
-    formats.py  the record shapes: ours, NeMo RL's message_log, verl's
-    api.py      `write_token_records`: the RL objective's `tokens` format from a selection
-    convert.py  `convert_token_records`: existing rollouts to token records (`rollouts tokens`)
-    config.py   `TokensConfig`, the options of `rollouts tokens` (its command line: commands/tokens.py)
+fields.py   what to ask vLLM / SGLang for, and reading their replies into NeMo Gym's three fields
+check.py    the contiguity check and its classes; per-run metrics (`contiguity_metrics`)
+samples.py  samples per repair policy (splice | split | truncate | drop)
+formats.py  the record shapes: ours, NeMo RL's message_log, verl's
+api.py      `write_token_records`: the RL objective's `tokens` format from a selection
+convert.py  `convert_token_records`: existing rollouts to token records (`rollouts tokens`)
+config.py   `TokensConfig`, the options of `rollouts tokens` (its command line: commands/tokens.py)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from rollouts.tokens.check import BREAK_KINDS, Break, Call, ContiguityMetrics, RolloutCheck, check_calls, check_rollout, contiguity_metrics
+from rollouts.tokens.check import (
+    BREAK_KINDS,
+    Break,
+    Call,
+    ContiguityMetrics,
+    RolloutCheck,
+    check_calls,
+    check_rollout,
+    contiguity_metrics,
+)
 from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, RESPONSES_TOKEN_REQUEST, TokenFieldsError
 from rollouts.tokens.samples import POLICIES
 

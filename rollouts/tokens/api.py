@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -19,11 +19,10 @@ from pydantic import BaseModel, ConfigDict
 
 from rollouts.errors import ConfigError, StorageError
 from rollouts.process.card import OutputFile
-from rollouts.process.config import ProcessConfig
 from rollouts.process.readers import CHUNK_BYTES, LoadedRollouts, discover, iter_jsonl_chunks, iter_parquet_chunks
-from rollouts.storage import filesystem
 from rollouts.process.writers import Target
 from rollouts.records import dumps
+from rollouts.storage import filesystem
 from rollouts.tokens.card import TokenCard
 from rollouts.tokens.check import Decoder, TokenDataError, calls_of, check_calls
 from rollouts.tokens.formats import FILES, FORMATS, ROWS, SCHEMAS
@@ -47,17 +46,25 @@ class TokenRecordsResult(BaseModel):
     card: TokenCard
 
 
-def _selected_meta(selected: pl.DataFrame, loaded: LoadedRollouts, so: dict[str, Any] | None) -> dict[tuple[str, int], dict[str, Any]]:
+def _selected_meta(
+    selected: pl.DataFrame, loaded: LoadedRollouts, so: dict[str, Any] | None
+) -> dict[tuple[str, int], dict[str, Any]]:
     """(file, line) -> the record fields of every selected rollout."""
     keys = loaded.scan(["row", "file", "line", "rollout_id", "task_index", "rollout_index"], so)
     frame = keys.join(selected.lazy().select("row", "group_id", "reward", "advantage"), on="row").collect()
     return {(row["file"], row["line"]): {k: row[k] for k in META} for row in frame.iter_rows(named=True)}
 
 
-def _rows(inputs: list[str], wanted: dict[tuple[str, int], dict[str, Any]], so: dict[str, Any] | None) -> Iterator[tuple[dict[str, Any], bytes]]:
+def _rows(
+    inputs: list[str], wanted: dict[tuple[str, int], dict[str, Any]], so: dict[str, Any] | None
+) -> Iterator[tuple[dict[str, Any], bytes]]:
     """(record fields, raw line) of the wanted rows, in input order: the same files and line numbers as load_rollouts."""
     for item in discover(inputs, so):
-        chunks = iter_parquet_chunks(item.fs, item.path) if item.parquet else iter_jsonl_chunks(item.fs, item.path, CHUNK_BYTES)
+        chunks = (
+            iter_parquet_chunks(item.fs, item.path)
+            if item.parquet
+            else iter_jsonl_chunks(item.fs, item.path, CHUNK_BYTES)
+        )
         try:
             for first_line, data in chunks:
                 for offset, raw in enumerate(data.split(b"\n")):
@@ -76,7 +83,9 @@ class _Writer:
         self.targets = {fmt: Target(out_dir, FILES[fmt], so) for fmt in FORMATS}
         self.tmp = tmp
         self.parts: dict[str, list[str]] = {fmt: [] for fmt in SCHEMAS}
-        self.columns: dict[str, dict[str, list[Any]]] = {fmt: {c: [] for c in schema} for fmt, schema in SCHEMAS.items()}
+        self.columns: dict[str, dict[str, list[Any]]] = {
+            fmt: {c: [] for c in schema} for fmt, schema in SCHEMAS.items()
+        }
         self.lines: list[str] = []
         self.rows = dict.fromkeys(FORMATS, 0)
         self.jsonl = self.targets["nemo_rl"].open_text()
@@ -118,8 +127,9 @@ class _Writer:
             self.targets[fmt].sink(frame.sink_parquet)
 
 
-def _samples(raw: bytes, meta: dict[str, Any], card: TokenCard, policy: str, tokenizer: Decoder | None,
-             turn_end_id: int | None) -> list[Sample]:
+def _samples(
+    raw: bytes, meta: dict[str, Any], card: TokenCard, policy: str, tokenizer: Decoder | None, turn_end_id: int | None
+) -> list[Sample]:
     """One rollout row's samples; what the check found and the policy did goes on the card."""
     try:
         calls = calls_of(orjson.loads(raw))
@@ -154,8 +164,13 @@ def write_token_records(
     if policy not in POLICIES:
         raise ConfigError(f"unknown policy {policy!r} at a break; choose from {', '.join(POLICIES)}")
     so = storage_options
-    card = TokenCard(policy=policy, inputs=loaded.inputs, turn_end_id=turn_end_id, rows_read=loaded.rows_read,
-                     rollouts_selected=selected.height)
+    card = TokenCard(
+        policy=policy,
+        inputs=loaded.inputs,
+        turn_end_id=turn_end_id,
+        rows_read=loaded.rows_read,
+        rollouts_selected=selected.height,
+    )
     wanted = _selected_meta(selected, loaded, so)
     try:
         fs, path = filesystem(out_dir, so)
@@ -177,13 +192,21 @@ def write_token_records(
         writer.close()
     card.outputs = [OutputFile(format=fmt, path=writer.targets[fmt].url, rows=writer.rows[fmt]) for fmt in FORMATS]
     if card.actions.get("splice_history_shrank"):
-        card.notes.append("some splices kept generated ids the next prompt did not hold as such: use --on-break split "
-                          "for samples whose every token is in the context the model saw")
+        card.notes.append(
+            "some splices kept generated ids the next prompt did not hold as such: use --on-break split "
+            "for samples whose every token is in the context the model saw"
+        )
     card_json, card_md = Target(out_dir, "tokens_card.json", so), Target(out_dir, "tokens_card.md", so)
     with card_json.open_text() as f:
         f.write(card.model_dump_json(indent=2) + "\n")
     with card_md.open_text() as f:
         f.write(card.to_markdown())
-    return TokenRecordsResult(out_dir=out_dir, policy=policy, files={o.format: o.path for o in card.outputs},
-                              rows={o.format: o.rows for o in card.outputs}, card_json=card_json.url,
-                              card_markdown=card_md.url, card=card)
+    return TokenRecordsResult(
+        out_dir=out_dir,
+        policy=policy,
+        files={o.format: o.path for o in card.outputs},
+        rows={o.format: o.rows for o in card.outputs},
+        card_json=card_json.url,
+        card_markdown=card_md.url,
+        card=card,
+    )

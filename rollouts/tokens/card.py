@@ -58,12 +58,19 @@ class TokenCard(BaseModel):
         lines = ["# Data card: token records", "", f"Inputs: {', '.join(f'`{i}`' for i in self.inputs)}", ""]
         lines += [f"Policy at a break: **{self.policy}**", "", "| | count |", "| --- | ---: |"]
         for label, value in (
-            ("rows read", self.rows_read), ("rollouts selected (RL)", self.rollouts_selected),
-            ("without token ids", self.without_token_ids), ("malformed token fields", self.malformed),
-            ("with more than one model call", c.multi_call), ("contiguous", c.contiguous), ("broken", c.broken),
-            ("rollouts written", self.rollouts_out), ("samples written", self.samples_out),
-            ("generated tokens in", self.generated_tokens_in), ("generated tokens written", self.generated_tokens_out),
-            ("generated tokens dropped", self.generated_tokens_dropped), ("tokens written", self.tokens_out),
+            ("rows read", self.rows_read),
+            ("rollouts selected (RL)", self.rollouts_selected),
+            ("without token ids", self.without_token_ids),
+            ("malformed token fields", self.malformed),
+            ("with more than one model call", c.multi_call),
+            ("contiguous", c.contiguous),
+            ("broken", c.broken),
+            ("rollouts written", self.rollouts_out),
+            ("samples written", self.samples_out),
+            ("generated tokens in", self.generated_tokens_in),
+            ("generated tokens written", self.generated_tokens_out),
+            ("generated tokens dropped", self.generated_tokens_dropped),
+            ("tokens written", self.tokens_out),
         ):
             lines.append(f"| {label} | {value} |")
         lines.append("")

@@ -27,9 +27,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
+
 from rollouts.errors import TokenDataError
 
-RETOKENIZATION, RETEMPLATING, HISTORY_REWRITTEN, TRUNCATION = "retokenization", "retemplating", "history_rewritten", "truncation"
+RETOKENIZATION, RETEMPLATING, HISTORY_REWRITTEN, TRUNCATION = (
+    "retokenization",
+    "retemplating",
+    "history_rewritten",
+    "truncation",
+)
 BREAK_KINDS = (RETOKENIZATION, RETEMPLATING, HISTORY_REWRITTEN, TRUNCATION)
 ANCHOR = 4  # tokens both sides must agree on after an edit
 WINDOW = 64  # the shorter side of an edit is at most this long; the longer one may be any length
@@ -41,9 +47,6 @@ class Decoder(Protocol):
     """A tokenizer: `tokenizers.Tokenizer` and transformers tokenizers both fit."""
 
     def decode(self, ids: list[int], skip_special_tokens: bool = ...) -> str: ...
-
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +175,16 @@ def _edit(expected: list[int], actual: list[int], n: int) -> tuple[int, int]:
     return best if best is not None else (rest_e, rest_a)
 
 
-def _classify(previous: Call, expected: list[int], actual: list[int], n: int, a: int, b: int,
-              tokenizer: Decoder | None) -> str:
+def _classify(
+    previous: Call, expected: list[int], actual: list[int], n: int, a: int, b: int, tokenizer: Decoder | None
+) -> str:
     if tokenizer is not None:
         old, new = expected[n : n + a], actual[n : n + b]
-        if old and new and tokenizer.decode(old, skip_special_tokens=False) == tokenizer.decode(new, skip_special_tokens=False):
+        if (
+            old
+            and new
+            and tokenizer.decode(old, skip_special_tokens=False) == tokenizer.decode(new, skip_special_tokens=False)
+        ):
             return RETOKENIZATION
         if tokenizer.decode(old, skip_special_tokens=True) == tokenizer.decode(new, skip_special_tokens=True):
             return RETEMPLATING
@@ -255,18 +263,27 @@ class ContiguityMetrics(BaseModel):
         if not self.with_token_ids:
             return "no token ids"
         kinds = ", ".join(f"{kind} {n}" for kind, n in self.breaks_by_kind.items())
-        return f"{self.contiguous} of {self.with_token_ids} rollouts contiguous" + (f"; breaks: {kinds}" if kinds else "")
+        return f"{self.contiguous} of {self.with_token_ids} rollouts contiguous" + (
+            f"; breaks: {kinds}" if kinds else ""
+        )
 
     def to_markdown(self) -> str:
         """The profile artifact's token section."""
         lines = ["## Token contiguity", "", "| | rollouts |", "| --- | ---: |"]
-        for label, value in (("looked at", self.rollouts), ("with token ids", self.with_token_ids),
-                             ("more than one model call", self.multi_call), ("contiguous", self.contiguous),
-                             ("broken", self.broken), ("malformed token fields", self.malformed)):
+        for label, value in (
+            ("looked at", self.rollouts),
+            ("with token ids", self.with_token_ids),
+            ("more than one model call", self.multi_call),
+            ("contiguous", self.contiguous),
+            ("broken", self.broken),
+            ("malformed token fields", self.malformed),
+        ):
             lines.append(f"| {label} | {value} |")
         if self.breaks_by_kind:
             lines += ["", "| break kind | breaks | rollouts (first break) |", "| --- | ---: | ---: |"]
-            lines += [f"| {k} | {n} | {self.rollouts_by_first_break.get(k, 0)} |" for k, n in self.breaks_by_kind.items()]
+            lines += [
+                f"| {k} | {n} | {self.rollouts_by_first_break.get(k, 0)} |" for k, n in self.breaks_by_kind.items()
+            ]
             lines += ["", *[f"- `{e}`" for e in self.examples[:5]]]
         return "\n".join(lines) + "\n"
 

@@ -19,18 +19,27 @@ class TokensConfig(RolloutFilesConfig):
 
     on_break: Policy = field_of(FilterOptions, "on_break")
     tokenizer: Annotated[str | None, Cli(metavar="PATH")] = Field(
-        None, description="a tokenizer.json (or a directory holding one) to classify breaks by decoded text; without "
-                          "it, breaks are classified from the ids")
+        None,
+        description="a tokenizer.json (or a directory holding one) to classify breaks by decoded text; without "
+        "it, breaks are classified from the ids",
+    )
     turn_end_id: Annotated[int | None, Cli(metavar="ID")] = Field(
-        None, ge=0, description="the end-of-turn token id splice matches (default: the most common last generated id "
-                                "of each rollout)")
+        None,
+        ge=0,
+        description="the end-of-turn token id splice matches (default: the most common last generated id "
+        "of each rollout)",
+    )
     skip_bad_rows: bool = field_of(FilterOptions, "skip_bad_rows")
     advantage_scale: Literal["group", "batch", "none"] = field_of(FilterOptions, "advantage_scale")
 
     def process_config(self) -> ProcessConfig:
         """The rl selection the records are built from (rewards, advantages, groups)."""
-        return ProcessConfig(objective="rl", skip_bad_rows=self.skip_bad_rows, advantage_scale=self.advantage_scale,
-                             on_break=self.on_break)
+        return ProcessConfig(
+            objective="rl",
+            skip_bad_rows=self.skip_bad_rows,
+            advantage_scale=self.advantage_scale,
+            on_break=self.on_break,
+        )
 
     def decoder(self) -> Any:
         """The --tokenizer, loaded; None without one."""

@@ -28,7 +28,16 @@ def convert_token_records(
     if config.objective != "rl":
         raise ConfigError("token records are built from the rl selection; pass an rl ProcessConfig")
     with tempfile.TemporaryDirectory(prefix="rollouts-tokens-frame-") as work:
-        loaded = load_rollouts(list(inputs), storage_options=storage_options, skip_bad_rows=config.skip_bad_rows, workdir=work)
+        loaded = load_rollouts(
+            list(inputs), storage_options=storage_options, skip_bad_rows=config.skip_bad_rows, workdir=work
+        )
         selection = select(loaded, config, storage_options=storage_options)
-        return write_token_records(selection.selected(storage_options), loaded, out, policy, storage_options,
-                                   tokenizer=tokenizer, turn_end_id=turn_end_id)
+        return write_token_records(
+            selection.selected(storage_options),
+            loaded,
+            out,
+            policy,
+            storage_options,
+            tokenizer=tokenizer,
+            turn_end_id=turn_end_id,
+        )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollouts.errors import ResponseParseError
 from rollouts.errors import TokenFieldsError
 
 TOKEN_FIELDS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
@@ -40,9 +39,6 @@ _HINT = (
     "the server must return token ids: vLLM >= 0.10.2 (return_token_ids), SGLang >= 0.5.13 "
     "(return_prompt_token_ids, return_meta_info) or NeMo RL's server; hosted APIs do not return them"
 )
-
-
-
 
 
 # vLLM's chat `/tokenize` fields, the ones NeMo Gym's vLLM adapter sends so prompt ids match the generation's.
@@ -147,8 +143,9 @@ def _checked(fields: dict[str, Any], asked: bool, where: str) -> dict[str, Any]:
     missing = [name for name in TOKEN_FIELDS if fields.get(name) is None]
     try:
         if missing:
-            raise TokenFieldsError(f"{where}: token fields were asked for but {', '.join(missing)} missing; {_HINT}",
-                                   missing=missing)
+            raise TokenFieldsError(
+                f"{where}: token fields were asked for but {', '.join(missing)} missing; {_HINT}", missing=missing
+            )
         bundle = {
             "prompt_token_ids": _int_list(fields["prompt_token_ids"], f"{where} prompt_token_ids"),
             "generation_token_ids": _int_list(fields["generation_token_ids"], f"{where} generation_token_ids"),
@@ -156,8 +153,9 @@ def _checked(fields: dict[str, Any], asked: bool, where: str) -> dict[str, Any]:
         }
         generated, values = bundle["generation_token_ids"], bundle["generation_log_probs"]
         if len(generated) != len(values):
-            raise TokenFieldsError(f"{where}: {len(generated)} generated token ids but {len(values)} log-probabilities",
-                                   missing=[])
+            raise TokenFieldsError(
+                f"{where}: {len(generated)} generated token ids but {len(values)} log-probabilities", missing=[]
+            )
     except TokenFieldsError:
         if asked:
             raise
@@ -200,8 +198,10 @@ def responses_token_fields(output: list[dict[str, Any]], asked: bool) -> None:
     carriers = [item for item in output if isinstance(item, dict) and any(name in item for name in TOKEN_FIELDS)]
     if not carriers:
         if asked:
-            raise TokenFieldsError(f"Responses API reply: token fields were asked for but none returned; {_HINT}",
-                                   missing=list(TOKEN_FIELDS))
+            raise TokenFieldsError(
+                f"Responses API reply: token fields were asked for but none returned; {_HINT}",
+                missing=list(TOKEN_FIELDS),
+            )
         return
     source = carriers[-1]
     bundle = _checked({name: source.get(name) for name in TOKEN_FIELDS}, asked, "Responses API output item")

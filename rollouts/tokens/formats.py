@@ -51,8 +51,13 @@ SCHEMAS = {"tokens": TOKENS_SCHEMA, "verl": VERL_SCHEMA}
 
 
 def tokens_row(sample: Sample, meta: dict[str, Any]) -> dict[str, Any]:
-    return {**meta, "sample_index": sample.index, "input_ids": sample.input_ids, "loss_mask": sample.loss_mask,
-            "logprobs": sample.logprobs}
+    return {
+        **meta,
+        "sample_index": sample.index,
+        "input_ids": sample.input_ids,
+        "loss_mask": sample.loss_mask,
+        "logprobs": sample.logprobs,
+    }
 
 
 def nemo_rl_row(sample: Sample, meta: dict[str, Any]) -> dict[str, Any]:
@@ -74,9 +79,19 @@ def verl_row(sample: Sample, meta: dict[str, Any]) -> dict[str, Any]:
     complete = all(s.logprobs is not None for s in rest if s.role == "assistant")
     logprobs = None
     if complete:
-        logprobs = [v for s in rest for v in (s.logprobs if s.role == "assistant" and s.logprobs is not None else [0.0] * len(s.ids))]
-    return {**meta, "sample_index": sample.index, "prompt_ids": first.ids, "response_ids": response,
-            "response_mask": mask, "response_logprobs": logprobs}
+        logprobs = [
+            v
+            for s in rest
+            for v in (s.logprobs if s.role == "assistant" and s.logprobs is not None else [0.0] * len(s.ids))
+        ]
+    return {
+        **meta,
+        "sample_index": sample.index,
+        "prompt_ids": first.ids,
+        "response_ids": response,
+        "response_mask": mask,
+        "response_logprobs": logprobs,
+    }
 
 
 ROWS = {"tokens": tokens_row, "nemo_rl": nemo_rl_row, "verl": verl_row}

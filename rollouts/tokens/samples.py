@@ -123,8 +123,11 @@ def build_samples(calls: Sequence[Call], check: RolloutCheck, policy: Policy, tu
             continue
         if policy == "truncate":
             dropped = calls[k:]
-            counts.update(truncated_rollouts=1, calls_dropped=len(dropped),
-                          generated_dropped=sum(len(c.generation) for c in dropped))
+            counts.update(
+                truncated_rollouts=1,
+                calls_dropped=len(dropped),
+                generated_dropped=sum(len(c.generation) for c in dropped),
+            )
             break
         cut = None
         if policy == "splice":

@@ -30,10 +30,10 @@ from typing import Any
 import httpx
 import polars as pl
 
-from rollouts.collector.limits import InflightLimiter
-from rollouts.storage import Store
 from rollouts.client.model import http_client
 from rollouts.client.transport import cookie_free_transport
+from rollouts.collector.limits import InflightLimiter
+from rollouts.storage import Store
 
 BAD_OUTCOMES = ("429", "5xx", "timeout", "connection")
 
@@ -114,7 +114,9 @@ class Controller:
                     self.limit = self.knee = self.reference.limit
                 else:
                     self.limit = self.knee = self._cut()
-                return Decision(self.limit, f"knee: {pushback or 'throughput gain below ' + format(c.gain, '.0%')}", self.phase)
+                return Decision(
+                    self.limit, f"knee: {pushback or 'throughput gain below ' + format(c.gain, '.0%')}", self.phase
+                )
             self.reference = window
             if self.limit >= c.max_parallel:
                 self.phase, self.knee = "steady", self.limit
@@ -174,9 +176,20 @@ class AttemptLog:
                 elif outcome in BAD_OUTCOMES:
                     bad[outcome] = bad.get(outcome, 0) + 1
         ok_latency.sort()
-        pick = (lambda q: round(1000 * ok_latency[min(len(ok_latency) - 1, int(q * len(ok_latency)))], 3)) if ok_latency else (lambda q: None)
-        return WindowStats(limit=limit, seconds=end - start, ok=len(ok_latency), bad=bad, p50_ms=pick(0.5),
-                           p95_ms=pick(0.95), in_flight=in_flight)
+        pick = (
+            (lambda q: round(1000 * ok_latency[min(len(ok_latency) - 1, int(q * len(ok_latency)))], 3))
+            if ok_latency
+            else (lambda q: None)
+        )
+        return WindowStats(
+            limit=limit,
+            seconds=end - start,
+            ok=len(ok_latency),
+            bad=bad,
+            p50_ms=pick(0.5),
+            p95_ms=pick(0.95),
+            in_flight=in_flight,
+        )
 
 
 def outcome_of(status: int | None, exc: BaseException | None = None) -> str:
@@ -211,12 +224,23 @@ class ObservedTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def observed_http_client(limit: int, timeout: float, api_key: str | None, log: AttemptLog,
-                         model_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+def observed_http_client(
+    limit: int,
+    timeout: float,
+    api_key: str | None,
+    log: AttemptLog,
+    model_url: str,
+    headers: dict[str, str] | None = None,
+) -> httpx.AsyncClient:
     """`model.http_client` whose model requests (every retry too) land in `log`; `limit` connections, as ever."""
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-    return http_client(limit, timeout, api_key, transport=ObservedTransport(cookie_free_transport(limits), log, model_url),
-                       headers=headers)
+    return http_client(
+        limit,
+        timeout,
+        api_key,
+        transport=ObservedTransport(cookie_free_transport(limits), log, model_url),
+        headers=headers,
+    )
 
 
 def parse_vllm_metrics(text: str) -> tuple[float | None, float | None]:
@@ -241,9 +265,18 @@ def parse_vllm_metrics(text: str) -> tuple[float | None, float | None]:
 class AutoParallel:
     """Runs the controller on the collector loop: measures windows, resizes the limiter, keeps the trace."""
 
-    def __init__(self, limiter: InflightLimiter, config: ControllerConfig, log: AttemptLog, *,
-                 metrics_url: str | None = None, http: httpx.AsyncClient | None = None,
-                 min_window_s: float = 1.0, max_window_s: float = 10.0, tick_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        limiter: InflightLimiter,
+        config: ControllerConfig,
+        log: AttemptLog,
+        *,
+        metrics_url: str | None = None,
+        http: httpx.AsyncClient | None = None,
+        min_window_s: float = 1.0,
+        max_window_s: float = 10.0,
+        tick_s: float = 0.1,
+    ) -> None:
         self.limiter, self.log, self.controller = limiter, log, Controller(config)
         self.metrics_url, self.http = metrics_url, http
         self.min_window_s, self.max_window_s, self.tick_s = min_window_s, max_window_s, tick_s
@@ -306,8 +339,12 @@ class AutoParallel:
     def _record(self, limit: int, reason: str, phase: str, window: WindowStats | None) -> None:
         row: dict[str, Any] = {"t": time.time(), "limit": limit, "reason": reason, "phase": phase}
         if window is not None:
-            row.update(throughput=round(window.throughput, 3), p50_ms=window.p50_ms,
-                       error_fraction=round(window.error_fraction, 4), in_flight=round(window.in_flight or 0.0, 2))
+            row.update(
+                throughput=round(window.throughput, 3),
+                p50_ms=window.p50_ms,
+                error_fraction=round(window.error_fraction, 4),
+                in_flight=round(window.in_flight or 0.0, 2),
+            )
         self.trace.append(row)
 
 
@@ -329,8 +366,10 @@ def read_trace(store: Store) -> pl.DataFrame | None:
     for path in store.glob("profile/parallel/*.jsonl"):
         process = path.rsplit("/", 1)[-1].removesuffix(".jsonl")
         with store.fs.open(path, "rb") as fh:
-            rows += [{"process": process, "t": float(r["t"]), "limit": int(r["limit"])}
-                     for r in (json.loads(line) for line in fh if line.strip())]
+            rows += [
+                {"process": process, "t": float(r["t"]), "limit": int(r["limit"])}
+                for r in (json.loads(line) for line in fh if line.strip())
+            ]
     return pl.DataFrame(rows, schema={"process": pl.String, "t": pl.Float64, "limit": pl.Int64}) if rows else None
 
 

@@ -13,20 +13,36 @@ from typing import Any
 
 import httpx
 
-from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, vllm_metrics_url, write_trace
-from rollouts.collector.limits import InflightLimiter
-from rollouts.client.model import http_client
-from rollouts.storage import Store
 from rollouts.client.credentials import EndpointAuth
+from rollouts.client.model import http_client
+from rollouts.collector.limits import InflightLimiter
 from rollouts.config import CollectConfig
+from rollouts.storage import Store
+from rollouts.tune.aimd import (
+    AttemptLog,
+    AutoParallel,
+    ControllerConfig,
+    observed_http_client,
+    vllm_metrics_url,
+    write_trace,
+)
 
 
 class ParallelControl:
     """Create it once per run and process (not per shard); `start` and `stop` on the loop that runs the requests."""
 
-    def __init__(self, parallel: int | str, *, model_url: str, request_timeout: float, api_key: str | None = None,
-                 min_parallel: int = 8, max_parallel: int = 1024, use_server_metrics: bool = True,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        parallel: int | str,
+        *,
+        model_url: str,
+        request_timeout: float,
+        api_key: str | None = None,
+        min_parallel: int = 8,
+        max_parallel: int = 1024,
+        use_server_metrics: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.auto = parallel == "auto"
         if not self.auto and (not isinstance(parallel, int) or parallel < 1):
             raise ValueError(f"--parallel must be a positive integer or 'auto' (got {parallel!r})")
@@ -47,8 +63,15 @@ class ParallelControl:
     def for_run(cls, config: CollectConfig, auth: EndpointAuth) -> ParallelControl:
         """The control of a collection run's `--parallel`, sending with the run's key and headers."""
         c = config.concurrency
-        return cls(c.parallel, model_url=config.endpoint.model_url, request_timeout=config.endpoint.request_timeout,
-                   api_key=auth.api_key, headers=auth.headers, min_parallel=c.min_parallel, max_parallel=c.max_parallel)
+        return cls(
+            c.parallel,
+            model_url=config.endpoint.model_url,
+            request_timeout=config.endpoint.request_timeout,
+            api_key=auth.api_key,
+            headers=auth.headers,
+            min_parallel=c.min_parallel,
+            max_parallel=c.max_parallel,
+        )
 
     @property
     def workers(self) -> int:
@@ -58,8 +81,9 @@ class ParallelControl:
     def http_client(self) -> httpx.AsyncClient:
         """The run's client: create it inside the loop that uses it, as `model.http_client` requires."""
         if self.log is not None:
-            return observed_http_client(self.pool_size, self.request_timeout, self.api_key, self.log, self.model_url,
-                                        headers=self.headers)
+            return observed_http_client(
+                self.pool_size, self.request_timeout, self.api_key, self.log, self.model_url, headers=self.headers
+            )
         return http_client(self.pool_size, self.request_timeout, self.api_key, headers=self.headers)
 
     def start(self, http: httpx.AsyncClient | None = None) -> None:

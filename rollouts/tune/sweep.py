@@ -18,12 +18,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rollouts.client.model import ModelClient, http_client
 from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, api_key_from_env
 from rollouts.errors import InputError, ProviderError, ResponseParseError, RolloutsError
-from rollouts.stages.inputs import iter_lines, normalise_row
-from rollouts.client.model import ModelClient, http_client
 from rollouts.options import Cli, field_of
 from rollouts.records import input_messages
+from rollouts.stages.inputs import iter_lines, normalise_row
 from rollouts.storage import Store
 
 DRAIN_CAP_S = 30.0
@@ -65,7 +65,8 @@ class TuneConfig(BaseModel):
     max_parallel: int = field_of(ConcurrencyConfig, "max_parallel")
     step_seconds: float = Field(10.0, gt=0, description="time bound of each step")
     step_requests: Annotated[int | None, Cli(metavar="N")] = Field(
-        None, ge=1, description="request bound of each step (default max(200, 20 x parallel))")
+        None, ge=1, description="request bound of each step (default max(200, 20 x parallel))"
+    )
     sample: int = Field(256, ge=1, description="prompts to use, from the start of INPUT, cycled")
     temperature: float | None = field_of(SamplingConfig, "temperature")
     max_output_tokens: int | None = field_of(SamplingConfig, "max_output_tokens")
@@ -117,8 +118,15 @@ def _quantile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
 
-async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], parallel: int, *, step_seconds: float,
-                       step_requests: int, sampling: dict[str, Any]) -> StepResult:
+async def measure_step(
+    client: ModelClient,
+    prompts: list[dict[str, Any]],
+    parallel: int,
+    *,
+    step_seconds: float,
+    step_requests: int,
+    sampling: dict[str, Any],
+) -> StepResult:
     """One step at `parallel` in flight; see the module docstring for what is measured."""
     from rollouts.tune.aimd import outcome_of  # it loads polars: not for every command's --help
 
@@ -150,8 +158,11 @@ async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], paral
                 done.append((time.monotonic(), (time.monotonic() - t) * 1000, "bad response"))
             except ProviderError as exc:
                 status = exc.status_code
-                outcome = outcome_of(status) if status is not None else (
-                    "timeout" if "timed out" in exc.message else "connection")
+                outcome = (
+                    outcome_of(status)
+                    if status is not None
+                    else ("timeout" if "timed out" in exc.message else "connection")
+                )
                 done.append((time.monotonic(), (time.monotonic() - t) * 1000, outcome))
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(parallel)]
@@ -180,10 +191,17 @@ async def measure_step(client: ModelClient, prompts: list[dict[str, Any]], paral
         if outcome != "ok":
             errors[outcome] = errors.get(outcome, 0) + 1
     seconds = end - first
-    return StepResult(parallel=parallel, seconds=round(seconds, 3), sent=sent, ok=len(ok_ms),
-                      errors=errors, throughput=round(len(window_ms) / seconds, 3) if seconds > 0 else 0.0,
-                      p50_ms=_quantile(latency_ms, 0.5), p95_ms=_quantile(latency_ms, 0.95),
-                      error_rate=round(sum(errors.values()) / len(done), 4) if done else 0.0)
+    return StepResult(
+        parallel=parallel,
+        seconds=round(seconds, 3),
+        sent=sent,
+        ok=len(ok_ms),
+        errors=errors,
+        throughput=round(len(window_ms) / seconds, 3) if seconds > 0 else 0.0,
+        p50_ms=_quantile(latency_ms, 0.5),
+        p95_ms=_quantile(latency_ms, 0.95),
+        error_rate=round(sum(errors.values()) / len(done), 4) if done else 0.0,
+    )
 
 
 def ladder(start: int, maximum: int) -> list[int]:
@@ -196,8 +214,14 @@ def ladder(start: int, maximum: int) -> list[int]:
     return values
 
 
-async def sweep(config: TuneConfig, prompts: list[dict[str, Any]], *, api_key: str | None = None, report=None,
-                stop_at_knee: bool = True) -> tuple[list[StepResult], int, str]:
+async def sweep(
+    config: TuneConfig,
+    prompts: list[dict[str, Any]],
+    *,
+    api_key: str | None = None,
+    report=None,
+    stop_at_knee: bool = True,
+) -> tuple[list[StepResult], int, str]:
     """Measure steps until the knee shows (or --max-parallel); returns the steps, the index to use, and why."""
     steps: list[StepResult] = []
     rule = config.rule()
@@ -205,9 +229,14 @@ async def sweep(config: TuneConfig, prompts: list[dict[str, Any]], *, api_key: s
         # Connection limits follow --parallel: a pool of exactly `parallel` connections, as collect opens.
         async with http_client(parallel, config.request_timeout, api_key) as http:
             client = ModelClient(http, config.model_url, config.model, config.api, max_retries=0)
-            step = await measure_step(client, prompts, parallel, step_seconds=config.step_seconds,
-                                      step_requests=config.step_requests or max(200, 20 * parallel),
-                                      sampling=config.sampling())
+            step = await measure_step(
+                client,
+                prompts,
+                parallel,
+                step_seconds=config.step_seconds,
+                step_requests=config.step_requests or max(200, 20 * parallel),
+                sampling=config.sampling(),
+            )
         steps.append(step)
         if report:
             report(step)
@@ -238,20 +267,31 @@ def load_prompts(url: str, sample: int) -> list[dict[str, Any]]:
 def table(steps: list[StepResult]) -> str:
     lines = [f"{'parallel':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'errors':>7} {'sent':>6}  note"]
     for s in steps:
-        lines.append(f"{s.parallel:>8} {s.throughput:>8.1f} {s.p50_ms or 0:>8.0f} {s.p95_ms or 0:>8.0f} "
-                     f"{s.error_rate:>7.1%} {s.sent:>6}  {('<- use this: ' + s.note) if s.chosen else ''}")
+        lines.append(
+            f"{s.parallel:>8} {s.throughput:>8.1f} {s.p50_ms or 0:>8.0f} {s.p95_ms or 0:>8.0f} "
+            f"{s.error_rate:>7.1%} {s.sent:>6}  {('<- use this: ' + s.note) if s.chosen else ''}"
+        )
     return "\n".join(lines)
 
 
-def write_results(out: str, steps: list[StepResult], recommended: int, reason: str, settings: dict[str, Any]) -> list[str]:
+def write_results(
+    out: str, steps: list[StepResult], recommended: int, reason: str, settings: dict[str, Any]
+) -> list[str]:
     from rollouts.report.charts import parallel_chart
     from rollouts.report.metrics import csv_text
 
     store = Store(out)
     rows = [{k: v for k, v in asdict(s).items() if k != "errors"} | {"errors": json.dumps(s.errors)} for s in steps]
     store.write_bytes(csv_text(rows).encode(), "tune.csv")
-    store.write_json({"recommended_parallel": recommended, "reason": reason, "settings": settings,
-                      "steps": [asdict(s) for s in steps]}, "tune.json")
+    store.write_json(
+        {
+            "recommended_parallel": recommended,
+            "reason": reason,
+            "settings": settings,
+            "steps": [asdict(s) for s in steps],
+        },
+        "tune.json",
+    )
     files = [store.url("tune.csv"), store.url("tune.json")]
     png = parallel_chart([asdict(s) for s in steps], f"rollouts tune: use --parallel {recommended}")
     if png:

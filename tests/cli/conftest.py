@@ -33,12 +33,20 @@ class Result:
         return [line for line in self.err.splitlines() if line.strip()]
 
 
-def rollouts(*args: str, api_url: str | None = None, timeout: float = 300, env: dict[str, str] | None = None,
-             cwd: Path = ROOT) -> Result:
+def rollouts(
+    *args: str, api_url: str | None = None, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Result:
     full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     if api_url:
         full["PREFECT_API_URL"] = api_url
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "commands", *args], capture_output=True, text=True, env=full, cwd=cwd,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [sys.executable, "-m", "commands", *args],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=cwd,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return Result(done.returncode, done.stdout, done.stderr, time.monotonic() - started)

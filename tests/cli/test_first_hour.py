@@ -15,8 +15,19 @@ from tests.integration.conftest import free_port, math_rows, write_jsonl
 
 
 def collect(src: Path, url: str, out: Path, *extra: str, api_url: str | None = None):
-    return rollouts("collect", str(src), "--model-url", url, "--model", "m", "--out", str(out), "--no-progress",
-                    *extra, api_url=api_url)
+    return rollouts(
+        "collect",
+        str(src),
+        "--model-url",
+        url,
+        "--model",
+        "m",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+        api_url=api_url,
+    )
 
 
 def test_missing_input_is_one_line_and_fast(tmp_path, sim):
@@ -37,8 +48,10 @@ def test_unreachable_server_is_one_line_and_fast(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"
     result = collect(src, url, tmp_path)
     assert (result.code, result.fast) == (2, True)
-    assert result.error_lines == [f"error: cannot reach the model server at {url} (ConnectError): is it running, and "
-                                  "is --model-url right (it usually ends in /v1)?"]
+    assert result.error_lines == [
+        f"error: cannot reach the model server at {url} (ConnectError): is it running, and "
+        "is --model-url right (it usually ends in /v1)?"
+    ]
 
 
 def test_a_url_without_v1_is_a_usage_error_that_suggests_it(tmp_path, sim):
@@ -46,8 +59,9 @@ def test_a_url_without_v1_is_a_usage_error_that_suggests_it(tmp_path, sim):
     base = sim.url.removesuffix("/v1")
     result = collect(src, base, tmp_path)
     assert (result.code, result.fast) == (2, True)
-    assert result.error_lines == [f"error: {base}/models answered 404: --model-url is not an OpenAI-compatible base "
-                                  f"URL; did you mean {base}/v1?"]
+    assert result.error_lines == [
+        f"error: {base}/models answered 404: --model-url is not an OpenAI-compatible base URL; did you mean {base}/v1?"
+    ]
 
 
 def test_option_errors_do_not_speak_pydantic(tmp_path, sim):
@@ -67,16 +81,32 @@ def test_run_name_clash_is_refused_before_prefect_starts(tmp_path, sim, prefect_
     assert (clash.code, clash.fast) == (2, True)
     assert clash.error_lines == [
         f"error: run 'mine' at {tmp_path / 'mine'} was collected with a different config or input (changed: "
-        "num_repeats). Pick another --run-name, or delete that run to start over."]
+        "num_repeats). Pick another --run-name, or delete that run to start over."
+    ]
     again = collect(src, sim.url, tmp_path, "--run-name", "mine", "--num-repeats", "1", api_url=prefect_server)
     assert again.code == 0 and f"resuming run {tmp_path / 'mine'}: 2 of 2 rollouts already done" in again.err
 
 
 def test_flow_run_is_named_after_the_run_and_stores_absolute_paths(tmp_path, sim, prefect_server):
     write_jsonl(tmp_path / "p.jsonl", math_rows(2))
-    result = rollouts("collect", "p.jsonl", "--model-url", sim.url, "--model", "m", "--out", "./runs",
-                      "--run-name", "named", "--num-repeats", "1", "--no-progress", api_url=prefect_server, cwd=tmp_path,
-                      env={"PREFECT_LOGGING_LEVEL": ""})  # the CLI's own default, not the test suite's WARNING
+    result = rollouts(
+        "collect",
+        "p.jsonl",
+        "--model-url",
+        sim.url,
+        "--model",
+        "m",
+        "--out",
+        "./runs",
+        "--run-name",
+        "named",
+        "--num-repeats",
+        "1",
+        "--no-progress",
+        api_url=prefect_server,
+        cwd=tmp_path,
+        env={"PREFECT_LOGGING_LEVEL": ""},
+    )  # the CLI's own default, not the test suite's WARNING
     assert result.code == 0, result.err[-2000:]
     import httpx
 
@@ -121,8 +151,20 @@ def wrong_route():
 
 def test_every_request_refused_stops_early_and_writes_no_training_files(tmp_path, wrong_route, prefect_server):
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(60))
-    result = collect(src, wrong_route, tmp_path, "--run-name", "refused", "--num-repeats", "4", "--parallel", "4",
-                     "--objective", "rl,sft", api_url=prefect_server)
+    result = collect(
+        src,
+        wrong_route,
+        tmp_path,
+        "--run-name",
+        "refused",
+        "--num-repeats",
+        "4",
+        "--parallel",
+        "4",
+        "--objective",
+        "rl,sft",
+        api_url=prefect_server,
+    )
     assert result.code == 1
     run = tmp_path / "refused"
     generated = sum(1 for f in (run / "generations").glob("*.jsonl") for _ in f.open())

@@ -18,8 +18,19 @@ def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_pat
     os.environ.clear()
     os.environ.update(clean)
     try:
-        args = ("collect", str(src), "--model-url", sim.url, "--model", "sim-model", "--out", str(tmp_path / "runs"),
-                "--no-progress", "--num-repeats", "1")
+        args = (
+            "collect",
+            str(src),
+            "--model-url",
+            sim.url,
+            "--model",
+            "sim-model",
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--num-repeats",
+            "1",
+        )
         first = rollouts(*args, "--run-name", "first", env=env)
         assert first.code == 0, first.err[-2000:]
         assert "starting a local Prefect server at http://127.0.0.1:" in first.err

@@ -55,7 +55,9 @@ def gym_errors(kind: str, bodies: list[Any]) -> list[list[str] | None]:
     """NeMo Gym's validation errors for each body (None: valid)."""
     python = require_gym()
     stdin = "".join(json.dumps(b) + "\n" for b in bodies)
-    done = subprocess.run([python, "-c", _SCRIPT, MODELS[kind]], input=stdin, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [python, "-c", _SCRIPT, MODELS[kind]], input=stdin, capture_output=True, text=True, timeout=120, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"NeMo Gym validation failed to run: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -51,9 +51,16 @@ def s3_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     try:
         yield endpoint
     finally:
@@ -69,8 +76,12 @@ def math_rows(n: int, start: int = 0) -> list[dict]:
     rows = []
     for i in range(start, start + n):
         a, b = 3 + i, 7 + 2 * i
-        rows.append({"responses_create_params": {"input": [{"role": "user", "content": f"What is {a} + {b}?"}]},
-                     "expected_answer": str(a + b)})
+        rows.append(
+            {
+                "responses_create_params": {"input": [{"role": "user", "content": f"What is {a} + {b}?"}]},
+                "expected_answer": str(a + b),
+            }
+        )
     return rows
 
 

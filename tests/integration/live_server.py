@@ -29,9 +29,14 @@ def _free_port() -> int:
 def offline_env(home: str, api_url: str | None = None) -> dict[str, str]:
     """The environment of every Prefect subprocess: its own PREFECT_HOME, no telemetry, the project importable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=home, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="60", PREFECT_LOGGING_LEVEL="INFO",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.update(
+        PREFECT_HOME=home,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="60",
+        PREFECT_LOGGING_LEVEL="INFO",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
@@ -73,9 +78,14 @@ def prefect_server(startup_timeout_s: float = 90) -> Iterator[LiveServer]:
     with open(log, "wb") as out:
         # The UI asks /ui-settings for the API's address, which otherwise defaults to port 4200.
         env = {**offline_env(home), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
-        process = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                   env=env, cwd=home, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=home,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = LiveServer(url=f"http://127.0.0.1:{port}", home=home, log=log)
     try:
         deadline = time.monotonic() + startup_timeout_s
@@ -86,7 +96,9 @@ def prefect_server(startup_timeout_s: float = 90) -> Iterator[LiveServer]:
                 if httpx.get(f"{server.api_url}/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server not healthy after {startup_timeout_s} s:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"prefect server not healthy after {startup_timeout_s} s:\n{log.read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield server
     finally:
@@ -95,7 +107,9 @@ def prefect_server(startup_timeout_s: float = 90) -> Iterator[LiveServer]:
 
 def run_prefect(server: LiveServer, *args: str, timeout_s: float = 120) -> str:
     """A `prefect ...` command against the server; its output, or an error with it."""
-    done = subprocess.run([*PREFECT, *args], env=server.env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    done = subprocess.run(
+        [*PREFECT, *args], env=server.env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout_s
+    )
     if done.returncode != 0:
         raise RuntimeError(f"prefect {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done.stdout
@@ -107,9 +121,14 @@ def process_worker(server: LiveServer, pool: str) -> Iterator[Path]:
     run_prefect(server, "work-pool", "create", pool, "--type", "process", "--overwrite")
     log = Path(server.home) / f"worker-{pool}.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([*PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
-                                   env=server.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5"),
-                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
+            env=server.env(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5"),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         yield log
     finally:

@@ -15,8 +15,15 @@ SHOW = "import {module}, os, sys; print(os.environ.get('{var}', ''))"
 
 
 def _conf_after_import(module: str, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-c", SHOW.format(module=module, var=JEMALLOC_CONF)], cwd=ROOT,
-                          env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", SHOW.format(module=module, var=JEMALLOC_CONF)],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     return done.stdout.strip()
 
 
@@ -25,7 +32,9 @@ def test_the_flow_module_sets_it_before_polars_loads_and_keeps_a_users_own():
     # polars puts its own defaults first; jemalloc takes the last value of an option, so ours win
     assert _conf_after_import("flows.collect", clean).endswith(RELEASE_AT_ONCE)
     assert _conf_after_import("flows.collect", {**clean, JEMALLOC_CONF: "narenas:2"}).endswith("narenas:2")
-    assert RELEASE_AT_ONCE not in _conf_after_import("rollouts.process.api", clean)  # `rollouts process` keeps the default
+    assert RELEASE_AT_ONCE not in _conf_after_import(
+        "rollouts.process.api", clean
+    )  # `rollouts process` keeps the default
 
 
 def test_too_late_once_polars_is_loaded():

@@ -24,8 +24,14 @@ def test_blocks_register_from_the_module(live_client):
 def test_endpoint_block_hands_out_a_client_with_its_key_and_headers():
     from blocks import ModelEndpoint
 
-    block = ModelEndpoint(base_url="http://127.0.0.1:9/v1/", model="m", api_key=KEY, extra_headers={"X-Team": HEADER},
-                          connection_limit=16, request_timeout=30)
+    block = ModelEndpoint(
+        base_url="http://127.0.0.1:9/v1/",
+        model="m",
+        api_key=KEY,
+        extra_headers={"X-Team": HEADER},
+        connection_limit=16,
+        request_timeout=30,
+    )
     client = block.get_client()
     assert client.headers["authorization"] == f"Bearer {KEY}" and client.headers["x-team"] == HEADER
     assert client.timeout.read == 30 and block.base_url == "http://127.0.0.1:9/v1"
@@ -50,14 +56,27 @@ def test_a_run_from_blocks_keeps_their_secrets_out_of_everything_it_writes(tmp_p
     from rollouts.config import CollectConfig
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="blocks")
-    ModelEndpoint(base_url=sim.url, model="sim-model", api_key=KEY, extra_headers={"X-Team": HEADER},
-                  connection_limit=8).save("canary-model", overwrite=True)
-    RolloutStorage(url="s3://blocks/runs", options={"client_kwargs": {"endpoint_url": s3_endpoint}},
-                   secret_options={"key": "testing", "secret": S3_SECRET}).save("canary-store", overwrite=True)
+    ModelEndpoint(
+        base_url=sim.url, model="sim-model", api_key=KEY, extra_headers={"X-Team": HEADER}, connection_limit=8
+    ).save("canary-model", overwrite=True)
+    RolloutStorage(
+        url="s3://blocks/runs",
+        options={"client_kwargs": {"endpoint_url": s3_endpoint}},
+        secret_options={"key": "testing", "secret": S3_SECRET},
+    ).save("canary-store", overwrite=True)
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(6))
-    state = collect_rollouts(CollectConfig(input=str(src), model_block="canary-model", storage_block="canary-store",
-                                           num_repeats=2, shard_size=3, run_name="canary", objective="rl,sft"),
-                             return_state=True)
+    state = collect_rollouts(
+        CollectConfig(
+            input=str(src),
+            model_block="canary-model",
+            storage_block="canary-store",
+            num_repeats=2,
+            shard_size=3,
+            run_name="canary",
+            objective="rl,sft",
+        ),
+        return_state=True,
+    )
     summary = state.result()
     assert summary.status == "completed" and summary.run_url == "s3://blocks/runs/canary" and summary.rollouts_ok == 12
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
@@ -71,10 +90,14 @@ def test_a_run_from_blocks_keeps_their_secrets_out_of_everything_it_writes(tmp_p
         artifacts = client.read_artifacts()
         events = client.request("POST", "/events/filter", json={"filter": {}}).json()["events"]
         task_runs = client.read_task_runs()
-    seen = {"files": b"".join(fs.cat(f) for f in files).decode(errors="replace"),
-            "parameters": json.dumps(flow_run.parameters), "logs": " ".join(log.message for log in logs),
-            "artifacts": " ".join(str(a.data) for a in artifacts), "events": json.dumps(events),
-            "task runs": " ".join(t.model_dump_json() for t in task_runs)}
+    seen = {
+        "files": b"".join(fs.cat(f) for f in files).decode(errors="replace"),
+        "parameters": json.dumps(flow_run.parameters),
+        "logs": " ".join(log.message for log in logs),
+        "artifacts": " ".join(str(a.data) for a in artifacts),
+        "events": json.dumps(events),
+        "task runs": " ".join(t.model_dump_json() for t in task_runs),
+    }
     config = CollectConfig.model_validate(flow_run.parameters["config"])
     assert (config.endpoint.block, config.storage.block) == ("canary-model", "canary-store") and artifacts and task_runs
     for where, text in seen.items():

@@ -13,18 +13,47 @@ import pytest
 from tests.integration.conftest import free_port, math_rows, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-COLLECT_OPTIONS = ["--out", "--model-url", "--model", "--api", "--api-key-env", "--objective", "--num-repeats", "--parallel",
-                   "--temperature", "--top-p", "--max-output-tokens", "--seed", "--limit", "--start", "--end", "--shard-size",
-                   "--max-concurrent-shards", "--env", "--remote-env", "--run-name", "--request-timeout", "--max-retries",
-                   "--max-failure-fraction", "--return-tokens"]
+COLLECT_OPTIONS = [
+    "--out",
+    "--model-url",
+    "--model",
+    "--api",
+    "--api-key-env",
+    "--objective",
+    "--num-repeats",
+    "--parallel",
+    "--temperature",
+    "--top-p",
+    "--max-output-tokens",
+    "--seed",
+    "--limit",
+    "--start",
+    "--end",
+    "--shard-size",
+    "--max-concurrent-shards",
+    "--env",
+    "--remote-env",
+    "--run-name",
+    "--request-timeout",
+    "--max-retries",
+    "--max-failure-fraction",
+    "--return-tokens",
+]
 
 
 def rollouts(*args: str, api_url: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    return subprocess.run([sys.executable, "-m", "commands", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "commands", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_collect_help_documents_every_option():
@@ -47,19 +76,57 @@ def test_demo_collects_and_prints_where_everything_is(tmp_path, prefect_server):
 
 
 def test_collect_exit_codes_and_messages(tmp_path, sim, prefect_server):
-    missing = rollouts("collect", str(tmp_path / "nope.jsonl"), "--model-url", sim.url, "--model", "m",
-                       "--out", str(tmp_path), api_url=prefect_server)
+    missing = rollouts(
+        "collect",
+        str(tmp_path / "nope.jsonl"),
+        "--model-url",
+        sim.url,
+        "--model",
+        "m",
+        "--out",
+        str(tmp_path),
+        api_url=prefect_server,
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    down = rollouts("collect", str(write_jsonl(tmp_path / "q.jsonl", math_rows(1))), "--model-url",
-                    f"http://127.0.0.1:{free_port()}/v1", "--model", "m", "--out", str(tmp_path), api_url=prefect_server)
+    down = rollouts(
+        "collect",
+        str(write_jsonl(tmp_path / "q.jsonl", math_rows(1))),
+        "--model-url",
+        f"http://127.0.0.1:{free_port()}/v1",
+        "--model",
+        "m",
+        "--out",
+        str(tmp_path),
+        api_url=prefect_server,
+    )
     assert down.returncode == 2 and "cannot reach the model server" in down.stderr
     bad_url = rollouts("collect", "x.jsonl", "--model-url", "localhost:8000", "--model", "m")
     assert bad_url.returncode == 2 and "--model-url" in bad_url.stderr and "http://" in bad_url.stderr
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(3))
-    ok = rollouts("collect", str(src), "--model-url", sim.url, "--model", "m", "--out", str(tmp_path / "runs"),
-                  "--num-repeats", "2", "--temperature", "0", "--run-name", "cli", "--no-progress",
-                  "--objective", "rl,sft", "--format", "sft:trl-prompt-completion", "--advantage-scale", "none",
-                  api_url=prefect_server)
+    ok = rollouts(
+        "collect",
+        str(src),
+        "--model-url",
+        sim.url,
+        "--model",
+        "m",
+        "--out",
+        str(tmp_path / "runs"),
+        "--num-repeats",
+        "2",
+        "--temperature",
+        "0",
+        "--run-name",
+        "cli",
+        "--no-progress",
+        "--objective",
+        "rl,sft",
+        "--format",
+        "sft:trl-prompt-completion",
+        "--advantage-scale",
+        "none",
+        api_url=prefect_server,
+    )
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "run completed" in ok.stdout and "6 / 6" in ok.stdout
     train = tmp_path / "runs" / "cli" / "train"
@@ -72,7 +139,10 @@ def test_collect_exit_codes_and_messages(tmp_path, sim, prefect_server):
 
 
 def test_tune_and_tokens_help_and_one_line_usage_errors(tmp_path):
-    for command, flag in (("tune", "--max-parallel MAX_PARALLEL"), ("tokens", "--on-break {splice,split,truncate,drop}")):
+    for command, flag in (
+        ("tune", "--max-parallel MAX_PARALLEL"),
+        ("tokens", "--on-break {splice,split,truncate,drop}"),
+    ):
         shown = rollouts(command, "--help")
         assert shown.returncode == 0 and shown.stdout.startswith(f"usage: rollouts {command} ") and flag in shown.stdout
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(1))

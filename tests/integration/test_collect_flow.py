@@ -20,8 +20,18 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "board")
 
 
 def config(tmp_path: Path, input_path: Path, url: str, **overrides) -> CollectConfig:
-    fields = dict(input=str(input_path), out=str(tmp_path / "runs"), model_url=url, model="sim-model",
-                  num_repeats=4, parallel=16, shard_size=4, temperature=0.0, seed=7, run_name="t")
+    fields = dict(
+        input=str(input_path),
+        out=str(tmp_path / "runs"),
+        model_url=url,
+        model="sim-model",
+        num_repeats=4,
+        parallel=16,
+        shard_size=4,
+        temperature=0.0,
+        seed=7,
+        run_name="t",
+    )
     fields.update(overrides)
     return CollectConfig(**fields)
 
@@ -98,7 +108,11 @@ def test_retries_injected_faults_then_records_what_still_fails(tmp_path):
     assert failures and len(failures) + len(ok) == 32
     for f in failures:
         assert f["status"] == "failed" and f["reward"] is None
-        assert f["error"]["type"] == "ProviderError" and f["error"]["status_code"] == 500 and f["error"]["stage"] == "generate"
+        assert (
+            f["error"]["type"] == "ProviderError"
+            and f["error"]["status_code"] == 500
+            and f["error"]["stage"] == "generate"
+        )
     assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
 
     # The same command again resumes: finished rollouts are kept as they are, failed ones retried, none duplicated.
@@ -117,13 +131,22 @@ def test_retries_injected_faults_then_records_what_still_fails(tmp_path):
 def test_timeouts_become_typed_failures(tmp_path):
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(4))
     with start_sim_server(latency_ms=2, seed=4, slow_rate=0.5, slow_ms=5000) as server:
-        state = collect_rollouts(config(tmp_path, src, server.url, max_retries=0, request_timeout=0.5,
-                                        max_failure_fraction=1.0, run_name="slow"), return_state=True)
+        state = collect_rollouts(
+            config(
+                tmp_path, src, server.url, max_retries=0, request_timeout=0.5, max_failure_fraction=1.0, run_name="slow"
+            ),
+            return_state=True,
+        )
     summary = state.result()
     failures = run_rows(Path(summary.run_url), "failures")
     assert failures and summary.rollouts_failed == len(failures)
-    assert all(f["error"]["type"] == "ProviderTimeout" and "0.5 s request deadline" in f["error"]["message"]
-               and f["error"]["retryable"] and f["error"]["status_code"] is None for f in failures)
+    assert all(
+        f["error"]["type"] == "ProviderTimeout"
+        and "0.5 s request deadline" in f["error"]["message"]
+        and f["error"]["retryable"]
+        and f["error"]["status_code"] is None
+        for f in failures
+    )
 
 
 def test_same_run_name_with_another_config_is_refused(tmp_path, sim):
@@ -146,14 +169,20 @@ def test_responses_api_with_token_ids(tmp_path, sim):
     for r in rollouts:
         last = r["response"]["output"][-1]
         assert last["prompt_token_ids"] and last["generation_token_ids"]
-        assert len(last["generation_token_ids"]) == len(last["generation_log_probs"]) == r["response"]["usage"]["output_tokens"]
+        assert (
+            len(last["generation_token_ids"])
+            == len(last["generation_log_probs"])
+            == r["response"]["usage"]["output_tokens"]
+        )
 
 
 def test_chat_api_with_token_ids_and_length_limit(tmp_path, sim):
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(2))
     summary = collect_rollouts(config(tmp_path, src, sim.url, return_tokens=True, max_output_tokens=3, run_name="len"))
     rollouts = run_rows(Path(summary.run_url), "rollouts")
-    assert rollouts and all(r["finish_reason"] == "length" and r["response"]["status"] == "incomplete" for r in rollouts)
+    assert rollouts and all(
+        r["finish_reason"] == "length" and r["response"]["status"] == "incomplete" for r in rollouts
+    )
     assert all(len(r["response"]["output"][-1]["generation_token_ids"]) == 3 for r in rollouts)
 
 
@@ -169,8 +198,19 @@ def test_empty_input_fails_fast(tmp_path, sim):
 def test_dask_task_runner_splits_parallel_between_worker_processes(tmp_path):
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
     with start_sim_server(latency_ms=30, seed=6) as server:
-        summary = collect_rollouts(config(tmp_path, src, server.url, task_runner="dask", dask_workers=2, parallel=8,
-                                          shard_size=3, max_concurrent_shards=2, run_name="dask"))
+        summary = collect_rollouts(
+            config(
+                tmp_path,
+                src,
+                server.url,
+                task_runner="dask",
+                dask_workers=2,
+                parallel=8,
+                shard_size=3,
+                max_concurrent_shards=2,
+                run_name="dask",
+            )
+        )
         stats = server.stats()
     rollouts = run_rows(Path(summary.run_url), "rollouts")
     assert summary.status == "completed" and len(rollouts) == 48 == len({r["rollout_id"] for r in rollouts})

@@ -74,7 +74,7 @@ def test_every_field_is_a_flag_a_form_field_and_a_manifest_key(tmp_path):
             assert flag_of(path[-1], field) in help_text, path
         node = schema_node(schema, path)
         assert node.get("description") == field.description and field.description, path
-        assert ("type" in node or "anyOf" in node or "$ref" in node or "allOf" in node), path
+        assert "type" in node or "anyOf" in node or "$ref" in node or "allOf" in node, path
         if not field.is_required() and path != ("storage", "options"):
             stored = manifest["config"]
             for part in path:
@@ -84,13 +84,19 @@ def test_every_field_is_a_flag_a_form_field_and_a_manifest_key(tmp_path):
 
 
 def test_a_new_field_appears_in_help_form_and_manifest_with_nothing_else_written(tmp_path):
-    sampling = create_model("SamplingConfig", __base__=SamplingConfig,
-                            frequency_penalty=(float | None, Field(None, ge=-2, le=2, description="penalise repeats")))
-    extended = create_model("CollectConfig", __base__=CollectConfig,
-                            sampling=(sampling, Field(default_factory=sampling)))
+    sampling = create_model(
+        "SamplingConfig",
+        __base__=SamplingConfig,
+        frequency_penalty=(float | None, Field(None, ge=-2, le=2, description="penalise repeats")),
+    )
+    extended = create_model(
+        "CollectConfig", __base__=CollectConfig, sampling=(sampling, Field(default_factory=sampling))
+    )
     parser = argparse.ArgumentParser(prog="rollouts collect")
     options = add_model_options(parser, extended, command="collect")
-    assert "--frequency-penalty FREQUENCY_PENALTY" in parser.format_help() and "penalise repeats" in parser.format_help()
+    assert (
+        "--frequency-penalty FREQUENCY_PENALTY" in parser.format_help() and "penalise repeats" in parser.format_help()
+    )
     args = parser.parse_args(["p.jsonl", "--model-url", "http://x/v1", "--model", "m", "--frequency-penalty", "0.5"])
     config = extended.model_validate(build(args, options))
     assert config.sampling.frequency_penalty == 0.5
@@ -125,9 +131,15 @@ def test_every_tune_and_tokens_field_is_a_flag_with_its_description(command):
 SAME_NAME_OTHER_OPTION = {
     "--start": [{"collect"}, {"tune"}],  # collect: first input row; tune: first --parallel step
     "--out": [{"collect"}, {"tune"}, {"process", "tokens"}],  # runs / tune's result files / training files
-    "--max-output-tokens": [{"collect", "tune"}, {"process"}],  # sampling limit / the sft filter (--sft-max-output-tokens in collect)
+    "--max-output-tokens": [
+        {"collect", "tune"},
+        {"process"},
+    ],  # sampling limit / the sft filter (--sft-max-output-tokens in collect)
     "--max-turns": [{"collect"}, {"process"}],  # the agent loop's limit / the sft filter (--sft-max-turns in collect)
-    "--objective": [{"collect"}, {"process"}],  # collect: optional, the first sets the sampling preset; process: required
+    "--objective": [
+        {"collect"},
+        {"process"},
+    ],  # collect: optional, the first sets the sampling preset; process: required
 }
 
 
@@ -139,8 +151,21 @@ def test_a_flag_shared_by_two_commands_has_one_help_and_one_default():
         for option in parser.get_default("options"):
             helps.setdefault(option.label, {})[command] = by_dest[option.dest].help  # the default is in the help
     shared = {label: by_command for label, by_command in helps.items() if len(by_command) > 1}
-    assert {"--model-url", "--model", "--api", "--api-key-env", "--max-parallel", "--request-timeout", "--temperature",
-            "--on-break", "--skip-bad-rows", "--advantage-scale", "--storage-options", "INPUT", "INPUTS"} <= set(shared)
+    assert {
+        "--model-url",
+        "--model",
+        "--api",
+        "--api-key-env",
+        "--max-parallel",
+        "--request-timeout",
+        "--temperature",
+        "--on-break",
+        "--skip-bad-rows",
+        "--advantage-scale",
+        "--storage-options",
+        "INPUT",
+        "INPUTS",
+    } <= set(shared)
     for label, by_command in shared.items():
         groups = SAME_NAME_OTHER_OPTION.get(label, [set(by_command)])
         assert set().union(*groups) == set(by_command), (label, sorted(by_command))
@@ -149,13 +174,29 @@ def test_a_flag_shared_by_two_commands_has_one_help_and_one_default():
 
 
 def test_a_new_tune_field_is_a_flag_and_reaches_the_config(monkeypatch):
-    extended = create_model("TuneConfig", __base__=TuneConfig,
-                            warmup_seconds=(float, Field(0.0, ge=0, description="unmeasured time before each step")))
+    extended = create_model(
+        "TuneConfig",
+        __base__=TuneConfig,
+        warmup_seconds=(float, Field(0.0, ge=0, description="unmeasured time before each step")),
+    )
     monkeypatch.setattr(commands.tune, "TuneConfig", extended)
     parser = argparse.ArgumentParser(prog="rollouts tune")
     commands.tune.add_arguments(parser)
-    assert "--warmup-seconds WARMUP_SECONDS" in parser.format_help() and "unmeasured time before each step" in parser.format_help()
-    given = ["p.jsonl", "--model-url", "http://x/v1/", "--model", "m", "--warmup-seconds", "2.5", "--max-parallel", "64"]
+    assert (
+        "--warmup-seconds WARMUP_SECONDS" in parser.format_help()
+        and "unmeasured time before each step" in parser.format_help()
+    )
+    given = [
+        "p.jsonl",
+        "--model-url",
+        "http://x/v1/",
+        "--model",
+        "m",
+        "--warmup-seconds",
+        "2.5",
+        "--max-parallel",
+        "64",
+    ]
     config = commands.tune.tune_config(parser.parse_args(given))
     assert (config.warmup_seconds, config.max_parallel, config.model_url, config.start) == (2.5, 64, "http://x/v1", 8)
     with pytest.raises(ConfigError, match="--warmup-seconds"):
@@ -163,15 +204,26 @@ def test_a_new_tune_field_is_a_flag_and_reaches_the_config(monkeypatch):
 
 
 def test_a_new_tokens_field_is_a_flag_and_reaches_the_config(monkeypatch, tmp_path):
-    extended = create_model("TokensConfig", __base__=TokensConfig,
-                            max_samples=(int | None, Field(None, ge=1, description="stop after this many samples")))
+    extended = create_model(
+        "TokensConfig",
+        __base__=TokensConfig,
+        max_samples=(int | None, Field(None, ge=1, description="stop after this many samples")),
+    )
     monkeypatch.setattr(commands.tokens, "TokensConfig", extended)
     parser = argparse.ArgumentParser(prog="rollouts tokens")
     commands.tokens.add_arguments(parser)
-    assert "--max-samples MAX_SAMPLES" in parser.format_help() and "stop after this many samples" in parser.format_help()
-    config = commands.tokens.tokens_config(parser.parse_args(["r1", "r2", "--out", str(tmp_path), "--max-samples", "3",
-                                                              "--on-break", "splice"]))
-    assert (config.max_samples, config.inputs, config.on_break, config.storage_options) == (3, ["r1", "r2"], "splice", {})
+    assert (
+        "--max-samples MAX_SAMPLES" in parser.format_help() and "stop after this many samples" in parser.format_help()
+    )
+    config = commands.tokens.tokens_config(
+        parser.parse_args(["r1", "r2", "--out", str(tmp_path), "--max-samples", "3", "--on-break", "splice"])
+    )
+    assert (config.max_samples, config.inputs, config.on_break, config.storage_options) == (
+        3,
+        ["r1", "r2"],
+        "splice",
+        {},
+    )
     assert config.process_config().on_break == "splice" and config.process_config().advantage_scale == "group"
     with pytest.raises(ConfigError, match="--max-samples"):
         commands.tokens.tokens_config(parser.parse_args(["r1", "--out", str(tmp_path), "--max-samples", "0"]))

@@ -44,14 +44,44 @@ def test_kill_9_at_random_points_then_resume_gives_every_rollout_exactly_once(tm
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": prefect_server}
     kept: dict[Path, bytes] = {}
     with start_sim_server(latency_ms=100, seed=0) as sim:
-        command = [sys.executable, "-m", "commands", "collect", str(src), "--model-url", sim.url, "--model", "m",
-                   "--out", str(tmp_path / "runs"), "--run-name", "crash", "--num-repeats", str(REPEATS),
-                   "--parallel", "8", "--shard-size", "10", "--temperature", "0.5", "--seed", "3", "--objective", "rl",
-                   "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "commands",
+            "collect",
+            str(src),
+            "--model-url",
+            sim.url,
+            "--model",
+            "m",
+            "--out",
+            str(tmp_path / "runs"),
+            "--run-name",
+            "crash",
+            "--num-repeats",
+            str(REPEATS),
+            "--parallel",
+            "8",
+            "--shard-size",
+            "10",
+            "--temperature",
+            "0.5",
+            "--seed",
+            "3",
+            "--objective",
+            "rl",
+            "--no-progress",
+        ]
         before = 0
         for kill in range(KILLS):
-            process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(
+                command,
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
             try:
                 deadline = time.monotonic() + 60
                 while finished(run) <= before and process.poll() is None and time.monotonic() < deadline:
@@ -66,8 +96,9 @@ def test_kill_9_at_random_points_then_resume_gives_every_rollout_exactly_once(tm
             for file in (run / "rollouts").glob("*.jsonl"):
                 kept[file] = complete_lines(file)
         assert before < PROMPTS * REPEATS, f"the run finished before the last kill (seed {seed}): kill sooner"
-        final = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                               stdin=subprocess.DEVNULL)
+        final = subprocess.run(
+            command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        )
     assert final.returncode == 0, final.stderr[-3000:]
     rows, torn = [], []
     for file in sorted(run.rglob("*.jsonl")):
@@ -89,5 +120,7 @@ def test_kill_9_at_random_points_then_resume_gives_every_rollout_exactly_once(tm
         assert file.read_bytes().startswith(earlier), f"{file.name} changed after a crash (seed {seed})"
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "completed" and manifest["counts"]["rollouts_ok"] == PROMPTS * REPEATS
-    generations = [json.loads(line) for file in (run / "generations").glob("*.jsonl") for line in file.read_bytes().splitlines()]
+    generations = [
+        json.loads(line) for file in (run / "generations").glob("*.jsonl") for line in file.read_bytes().splitlines()
+    ]
     assert all("response" not in g for g in generations)  # one full copy: in rollouts/

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,15 @@ def deployed(live_prefect, sim, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("deployed")
     prompts = write_jsonl(work / "prompts.jsonl", math_rows(4))
-    config = base_config(str(prompts), model_url=sim.url, model="sim-model", out=str(work / "runs"), num_repeats=2,
-                         temperature=0.0, seed=7)
+    config = base_config(
+        str(prompts),
+        model_url=sim.url,
+        model="sim-model",
+        out=str(work / "runs"),
+        num_repeats=2,
+        temperature=0.0,
+        seed=7,
+    )
     with temporary_settings(updates={"api.url": live_prefect.api_url}), process_worker(live_prefect, POOL) as log:
         ids = deploy_all(POOL, config)
         yield {"ids": ids, "work": work, "config": config, "worker_log": log}
@@ -55,8 +62,13 @@ def _events(client, name: str, related_id: str, timeout_s: float = 30) -> list[d
 
 def test_nightly_schedule_is_registered_with_its_next_runs(deployed, live_client):
     from prefect import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState
-    from prefect.client.schemas.filters import FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     with get_client(sync_client=True) as client:
@@ -67,12 +79,15 @@ def test_nightly_schedule_is_registered_with_its_next_runs(deployed, live_client
         while True:
             runs = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                ),
+            )
             if len(runs) >= 3 or time.monotonic() > deadline:
                 break
             time.sleep(1)
-    times = sorted(r.expected_start_time.astimezone(timezone.utc) for r in runs)
-    now = datetime.now(timezone.utc)
+    times = sorted(r.expected_start_time.astimezone(UTC) for r in runs)
+    now = datetime.now(UTC)
     first = now.replace(hour=2, minute=0, second=0, microsecond=0)
     first += timedelta(days=1) if first <= now else timedelta(0)
     assert times[:3] == [first, first + timedelta(days=1), first + timedelta(days=2)]
@@ -101,8 +116,9 @@ def test_prepared_prompts_event_triggers_the_collection_with_their_uri(deployed,
     from prefect.deployments import run_deployment
 
     out = deployed["work"] / "data"
-    upstream = run_deployment("prepare-prompts/prepare", parameters={"out": str(out), "dataset": "chain", "rows": 5},
-                              timeout=0)
+    upstream = run_deployment(
+        "prepare-prompts/prepare", parameters={"out": str(out), "dataset": "chain", "rows": 5}, timeout=0
+    )
     on_ready = deployed["ids"]["collect-rollouts/on-prompts-ready"]
     with get_client(sync_client=True) as client:
         prepared = _wait_state(client, upstream.id)
@@ -112,7 +128,9 @@ def test_prepared_prompts_event_triggers_the_collection_with_their_uri(deployed,
         deadline = time.monotonic() + 120
         triggered = []
         while not triggered and time.monotonic() < deadline:
-            triggered = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[on_ready])))
+            triggered = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[on_ready]))
+            )
             time.sleep(1)
         assert triggered, "rollouts.prompts.ready did not trigger the collection deployment"
         collection = _wait_state(client, triggered[0].id)
@@ -141,12 +159,22 @@ def test_served_deployment_runs_with_no_parameters_as_the_serve_script_says(depl
     from tests.integration.live_server import ROOT, _stop, run_prefect
 
     out = deployed["work"] / "served"
-    cmd = [sys.executable, "deployments/serve.py", deployed["config"]["input"], "--model-url", sim.url,
-           "--model", "sim-model", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "deployments/serve.py",
+        deployed["config"]["input"],
+        "--model-url",
+        sim.url,
+        "--model",
+        "sim-model",
+        "--out",
+        str(out),
+    ]
     log = deployed["work"] / "serve.log"
     with open(log, "wb") as sink:
-        proc = subprocess.Popen(cmd, env=live_prefect.env(), cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=live_prefect.env(), cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 90
         while "is being served" not in log.read_text():

@@ -22,9 +22,32 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_dask_from_the_cli_with_the_embedded_server_runs_every_shard(tmp_path, sim):
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(24))
     env = offline_env(tempfile.mkdtemp(prefix="prefect-home-"))  # no PREFECT_API_URL: the CLI's default setup
-    cmd = [sys.executable, "-m", "commands", "collect", str(src), "--out", str(tmp_path / "runs"), "--model-url",
-           sim.url, "--model", "sim-model", "--num-repeats", "2", "--shard-size", "3", "--task-runner", "dask",
-           "--dask-workers", "2", "--parallel", "8", "--run-name", "dask-cli", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "commands",
+        "collect",
+        str(src),
+        "--out",
+        str(tmp_path / "runs"),
+        "--model-url",
+        sim.url,
+        "--model",
+        "sim-model",
+        "--num-repeats",
+        "2",
+        "--shard-size",
+        "3",
+        "--task-runner",
+        "dask",
+        "--dask-workers",
+        "2",
+        "--parallel",
+        "8",
+        "--run-name",
+        "dask-cli",
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Server process did not start" not in done.stderr
@@ -36,8 +59,12 @@ def test_dask_from_the_cli_with_the_embedded_server_runs_every_shard(tmp_path, s
 
 def _outcomes(run_dir: Path) -> dict[str, tuple]:
     """Reward and output items of each rollout, without the response ids the server makes up per request."""
+
     def items(r: dict) -> str:
-        return json.dumps([{k: v for k, v in item.items() if k != "id"} for item in r["response"]["output"]], sort_keys=True)
+        return json.dumps(
+            [{k: v for k, v in item.items() if k != "id"} for item in r["response"]["output"]], sort_keys=True
+        )
+
     return {r["rollout_id"]: (r["reward"], items(r)) for r in run_rows(run_dir, "rollouts")}
 
 
@@ -46,11 +73,20 @@ def test_ray_gives_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_
     from rollouts.config import CollectConfig
 
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
-    common = dict(input=str(src), model_url=sim.url, model="sim-model", num_repeats=3, shard_size=4, parallel=8,
-                  temperature=0.8, seed=11)
+    common = dict(
+        input=str(src),
+        model_url=sim.url,
+        model="sim-model",
+        num_repeats=3,
+        shard_size=4,
+        parallel=8,
+        temperature=0.8,
+        seed=11,
+    )
     threads = collect_rollouts(CollectConfig(out=str(tmp_path / "threads"), run_name="same", **common))
-    on_ray = collect_rollouts(CollectConfig(out=str(tmp_path / "ray"), run_name="same", task_runner="ray",
-                                            ray_workers=2, **common))
+    on_ray = collect_rollouts(
+        CollectConfig(out=str(tmp_path / "ray"), run_name="same", task_runner="ray", ray_workers=2, **common)
+    )
     assert threads.status == on_ray.status == "completed" and on_ray.rollouts_ok == 36
     assert _outcomes(Path(on_ray.run_url)) == _outcomes(Path(threads.run_url))
     assert on_ray.mean_reward == threads.mean_reward
@@ -58,17 +94,27 @@ def test_ray_gives_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_
 
 def test_collector_processes_give_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_client):
     from flows.collect import collect_rollouts
-    from rollouts.config import CollectConfig
     from rollouts.collector.runtime import collector
+    from rollouts.config import CollectConfig
     from tasks.generate import engine_of
 
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
-    common = dict(input=str(src), model_url=sim.url, model="sim-model", num_repeats=3, shard_size=2, parallel=8,
-                  temperature=0.8, seed=11, max_concurrent_shards=2)
+    common = dict(
+        input=str(src),
+        model_url=sim.url,
+        model="sim-model",
+        num_repeats=3,
+        shard_size=2,
+        parallel=8,
+        temperature=0.8,
+        seed=11,
+        max_concurrent_shards=2,
+    )
     board = collector().board
     board.reset()
-    processes = collect_rollouts(CollectConfig(out=str(tmp_path / "processes"), run_name="same",
-                                               task_runner="processes", workers=2, **common))
+    processes = collect_rollouts(
+        CollectConfig(out=str(tmp_path / "processes"), run_name="same", task_runner="processes", workers=2, **common)
+    )
     run_id = json.loads((Path(processes.run_url) / "manifest.json").read_text())["run_id"]
     assert run_id not in collector()._limiters  # no shard of the run was generated on this process's loop
     snapshot = board.snapshot()  # the processes' counts reached this process's progress board as they went
@@ -77,6 +123,7 @@ def test_collector_processes_give_the_same_rollouts_and_rewards_as_threads(tmp_p
     assert _outcomes(Path(processes.run_url)) == _outcomes(Path(threads.run_url))
     assert processes.mean_reward == threads.mean_reward
     assert (snapshot.generated, snapshot.verified, snapshot.failed) == (36, 36, 0)
-    pool = engine_of(CollectConfig(out=str(tmp_path / "processes"), run_name="same", task_runner="processes",
-                                   workers=2, **common)).pool(collector())
+    pool = engine_of(
+        CollectConfig(out=str(tmp_path / "processes"), run_name="same", task_runner="processes", workers=2, **common)
+    ).pool(collector())
     assert len(set(pool.pids)) == 2 and os.getpid() not in pool.pids

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from rollouts.errors import ProviderError, ProviderTimeout, ResponseParseError, ResponseTooLarge
 from rollouts.client.model import ModelClient, http_client
+from rollouts.errors import ProviderError, ProviderTimeout, ResponseParseError, ResponseTooLarge
 from rollouts.sim.launch import SimServer
 from tests.integration.conftest import free_port
 from tests.servers.fault_proxy import FaultProxyHandle, start_fault_proxy
@@ -41,8 +41,16 @@ def proxy(sim: SimServer) -> Iterator[FaultProxyHandle]:
 async def client(proxy: FaultProxyHandle):
     proxy.reset()
     http = http_client(8, 30.0)
-    model = ModelClient(http, f"{proxy.url}/v1", "sim-model", "chat", max_retries=2, rng=random.Random(0),
-                        request_timeout=DEADLINE_S, max_response_bytes=1_000_000)
+    model = ModelClient(
+        http,
+        f"{proxy.url}/v1",
+        "sim-model",
+        "chat",
+        max_retries=2,
+        rng=random.Random(0),
+        request_timeout=DEADLINE_S,
+        max_response_bytes=1_000_000,
+    )
     model.retry = type(model.retry)(max_retries=2, base_s=0.01, cap_s=0.02)  # fast backoff: the faults are the test
     yield model
     await http.aclose()
@@ -80,7 +88,11 @@ async def test_an_oversized_body_is_a_typed_failure_not_retried(chunked, proxy, 
         await client.create(MESSAGES, {}, {})
     record = info.value.as_record("generate")
     assert (record["type"], record["status_code"], record["attempts"], record["retryable"]) == (
-        "ResponseTooLarge", 200, 1, False)
+        "ResponseTooLarge",
+        200,
+        1,
+        False,
+    )
     assert "--max-response-bytes 1,000,000" in record["message"]
 
 

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from rollouts.sim.launch import start_sim_server
 from tests.integration.conftest import math_rows, write_jsonl
 
@@ -24,15 +23,40 @@ def test_sigint_stops_within_seconds_marks_the_run_interrupted_and_a_resume_comp
     run = tmp_path / "runs" / "stopped"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": prefect_server}
     with start_sim_server(latency_ms=200, seed=0) as sim:
-        command = [sys.executable, "-m", "commands", "collect", str(src), "--model-url", sim.url, "--model", "m",
-                   "--out", str(tmp_path / "runs"), "--run-name", "stopped", "--num-repeats", str(REPEATS),
-                   "--parallel", "32", "--shard-size", "20", "--no-progress", "--objective", "rl"]
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   stdin=subprocess.DEVNULL)
+        command = [
+            sys.executable,
+            "-m",
+            "commands",
+            "collect",
+            str(src),
+            "--model-url",
+            sim.url,
+            "--model",
+            "m",
+            "--out",
+            str(tmp_path / "runs"),
+            "--run-name",
+            "stopped",
+            "--num-repeats",
+            str(REPEATS),
+            "--parallel",
+            "32",
+            "--shard-size",
+            "20",
+            "--no-progress",
+            "--objective",
+            "rl",
+        ]
+        process = subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and process.poll() is None:
-            lines = sum(len(f.read_bytes().splitlines()) for folder in ("generations", "rollouts")
-                        for f in (run / folder).glob("*.jsonl"))
+            lines = sum(
+                len(f.read_bytes().splitlines())
+                for folder in ("generations", "rollouts")
+                for f in (run / folder).glob("*.jsonl")
+            )
             if lines >= 100:
                 break
             time.sleep(0.05)
@@ -53,8 +77,9 @@ def test_sigint_stops_within_seconds_marks_the_run_interrupted_and_a_resume_comp
         assert after <= 32  # at most what was already on its way: nothing new starts
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["status"] == "interrupted" and "resume" in manifest["reason"]
-        resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                                 stdin=subprocess.DEVNULL)
+        resumed = subprocess.run(
+            command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+        )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = [json.loads(line) for f in (run / "rollouts").glob("*.jsonl") for line in f.read_bytes().splitlines()]
     assert len(rows) == PROMPTS * REPEATS and len({r["rollout_id"] for r in rows}) == len(rows)

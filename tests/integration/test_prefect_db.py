@@ -18,7 +18,8 @@ def test_the_snapshot_is_what_the_installed_prefects_migrations_make(tmp_path):
     assert prefect_db.seed(tmp_path / "seeded", env={})
     want_schema, want_rows = prefect_db.contents(migrated)
     got_schema, got_rows = prefect_db.contents(tmp_path / "seeded" / "prefect.db")
-    assert set(got_schema) == set(want_schema), f"refresh the snapshot of Prefect {metadata.version('prefect')}: " \
-                                                "python -m commands.prefect_db"
+    assert set(got_schema) == set(want_schema), (
+        f"refresh the snapshot of Prefect {metadata.version('prefect')}: python -m commands.prefect_db"
+    )
     assert got_schema == want_schema
     assert got_rows == want_rows and list(want_rows["alembic_version"])

@@ -18,8 +18,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server",
 
 def test_flow_publishes_the_run_report_with_embedded_charts(tmp_path: Path, sim) -> None:
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
-    config = CollectConfig(input=str(src), out=str(tmp_path / "runs"), model_url=sim.url, model="sim-model",
-                           num_repeats=4, parallel=8, shard_size=6, temperature=0.5, seed=3, run_name="report")
+    config = CollectConfig(
+        input=str(src),
+        out=str(tmp_path / "runs"),
+        model_url=sim.url,
+        model="sim-model",
+        num_repeats=4,
+        parallel=8,
+        shard_size=6,
+        temperature=0.5,
+        seed=3,
+        run_name="report",
+    )
     summary = collect_rollouts(config)
     folder = Path(summary.run_url) / "profile"
     report = (folder / "report.md").read_text()

@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from rollouts.stages import generate
-
-from rollouts.stages import verify
+from rollouts.collector.limits import InflightLimiter
+from rollouts.collector.progress import ProgressBoard
+from rollouts.collector.runtime import SharedClients
 from rollouts.config import CollectConfig
 from rollouts.errors import ConfigError
-from rollouts.collector.limits import InflightLimiter
-from rollouts.stages.outcome import run_failure_counts
-from rollouts.collector.progress import ProgressBoard
 from rollouts.run import read_records, run_store
-from rollouts.collector.runtime import SharedClients
+from rollouts.stages import generate, verify
+from rollouts.stages.outcome import run_failure_counts
 from rollouts.stages.shard import plan_run
 from tests.integration.conftest import free_port, math_rows, run_rows, write_jsonl
 from tests.servers.resources_server import start_resources_server
@@ -32,8 +30,15 @@ CANARY = "canary-9d41-s3cr3t"
 
 def rollouts_cli(*args: str, api_url: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": api_url, **env}
-    return subprocess.run([sys.executable, "-m", "commands", *args], capture_output=True, text=True, env=environment,
-                          cwd=ROOT, timeout=300, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "commands", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def files_with(root: Path, needle: str) -> list[Path]:
@@ -48,15 +53,35 @@ async def prefect_records() -> str:
         runs = await client.read_flow_runs()
         logs = await client.read_logs()
         artifacts = await client.read_artifacts()
-    return json.dumps([[r.parameters for r in runs], [log.message for log in logs],
-                       [a.model_dump(mode="json") for a in artifacts]], default=str)
+    return json.dumps(
+        [[r.parameters for r in runs], [log.message for log in logs], [a.model_dump(mode="json") for a in artifacts]],
+        default=str,
+    )
 
 
 def test_an_api_key_canary_is_written_nowhere(tmp_path, sim, prefect_server):
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(3))
-    out = rollouts_cli("collect", str(src), "--model-url", sim.url, "--model", "m", "--out", str(tmp_path / "runs"),
-                       "--api-key-env", "ROLLOUTS_CANARY_KEY", "--num-repeats", "2", "--run-name", "canary",
-                       "--no-progress", "--objective", "rl,sft,dpo", api_url=prefect_server, ROLLOUTS_CANARY_KEY=CANARY)
+    out = rollouts_cli(
+        "collect",
+        str(src),
+        "--model-url",
+        sim.url,
+        "--model",
+        "m",
+        "--out",
+        str(tmp_path / "runs"),
+        "--api-key-env",
+        "ROLLOUTS_CANARY_KEY",
+        "--num-repeats",
+        "2",
+        "--run-name",
+        "canary",
+        "--no-progress",
+        "--objective",
+        "rl,sft,dpo",
+        api_url=prefect_server,
+        ROLLOUTS_CANARY_KEY=CANARY,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(run_rows(tmp_path / "runs" / "canary", "rollouts")) == 6
     assert files_with(tmp_path, CANARY) == [] and CANARY not in out.stdout + out.stderr
@@ -68,8 +93,21 @@ def test_credentials_in_a_url_or_storage_options_are_refused_and_written_nowhere
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
     model_url = sim.url.replace("http://", f"http://user:{CANARY}@") if option == "url" else sim.url
     extra = ["--storage-options", json.dumps({"secret": CANARY, "key": "AKIA"})] if option == "storage" else []
-    out = rollouts_cli("collect", str(src), "--model-url", model_url, "--model", "m", "--out", str(tmp_path / "runs"),
-                       "--run-name", "refused", "--no-progress", *extra, api_url=prefect_server)
+    out = rollouts_cli(
+        "collect",
+        str(src),
+        "--model-url",
+        model_url,
+        "--model",
+        "m",
+        "--out",
+        str(tmp_path / "runs"),
+        "--run-name",
+        "refused",
+        "--no-progress",
+        *extra,
+        api_url=prefect_server,
+    )
     assert out.returncode == 2 and "credentials" in out.stderr, out.stderr[-2000:]
     assert CANARY not in out.stdout + out.stderr and files_with(tmp_path, CANARY) == []
     assert not (tmp_path / "runs" / "refused" / "manifest.json").exists()
@@ -78,24 +116,43 @@ def test_credentials_in_a_url_or_storage_options_are_refused_and_written_nowhere
 def test_refused_credentials_never_reach_the_flow_parameters(tmp_path, sim, prefect_server):
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(1))
     marker = f"{CANARY}-params"
-    rollouts_cli("collect", str(src), "--model-url", sim.url.replace("http://", f"http://u:{marker}@"), "--model", "m",
-                 "--out", str(tmp_path / "runs"), "--no-progress", api_url=prefect_server)
+    rollouts_cli(
+        "collect",
+        str(src),
+        "--model-url",
+        sim.url.replace("http://", f"http://u:{marker}@"),
+        "--model",
+        "m",
+        "--out",
+        str(tmp_path / "runs"),
+        "--no-progress",
+        api_url=prefect_server,
+    )
     assert marker not in asyncio.run(prefect_records())
 
 
 def test_a_closed_remote_environment_port_fails_the_pre_flight_with_a_clear_message(tmp_path, sim):
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
     port = free_port()
-    config = CollectConfig(input=str(src), out=str(tmp_path / "runs"), model_url=sim.url, model="m",
-                           remote_env={"gym": f"http://127.0.0.1:{port}"}, env="gym")
+    config = CollectConfig(
+        input=str(src),
+        out=str(tmp_path / "runs"),
+        model_url=sim.url,
+        model="m",
+        remote_env={"gym": f"http://127.0.0.1:{port}"},
+        env="gym",
+    )
     with pytest.raises(ConfigError) as info:
         plan_run(config)
     assert info.value.message.startswith(f"cannot reach remote environment 'gym' at http://127.0.0.1:{port}")
     assert "connection refused" in info.value.message and "--remote-env gym=URL" in info.value.message
     assert not (tmp_path / "runs").exists()
     with start_resources_server() as gym:  # a live server passes
-        plan_run(config.model_copy(update={"environments": config.environments.model_copy(
-            update={"remote_env": {"gym": gym.url}})}))
+        plan_run(
+            config.model_copy(
+                update={"environments": config.environments.model_copy(update={"remote_env": {"gym": gym.url}})}
+            )
+        )
 
 
 async def run_shard(config: CollectConfig, plan) -> None:
@@ -108,21 +165,40 @@ async def run_shard(config: CollectConfig, plan) -> None:
 
 
 def test_sessions_lost_to_a_restarted_environment_are_regenerated_with_new_sessions(tmp_path, sim):
-    rows = [{"prompt": f"What is {a} + 2?", "expected_answer": str(a + 2), "agent_ref": {"name": "gym"}} for a in range(3)]
+    rows = [
+        {"prompt": f"What is {a} + 2?", "expected_answer": str(a + 2), "agent_ref": {"name": "gym"}} for a in range(3)
+    ]
     src = write_jsonl(tmp_path / "p.jsonl", rows)
     with start_resources_server() as gym:
-        config = CollectConfig(input=str(src), out=str(tmp_path / "runs"), model_url=sim.url, model="m",
-                               remote_env={"gym": gym.url}, num_repeats=2, temperature=0.0, run_name="restart")
+        config = CollectConfig(
+            input=str(src),
+            out=str(tmp_path / "runs"),
+            model_url=sim.url,
+            model="m",
+            remote_env={"gym": gym.url},
+            num_repeats=2,
+            temperature=0.0,
+            run_name="restart",
+        )
         plan = plan_run(config)
         store = run_store(plan.run)
         shard = plan.shards[0].shard
         # Generated, then the server restarts before verification: every session is gone.
-        asyncio.run(generate.generate_shard(plan.run, shard, clients=SharedClients(idle_close_s=0.0),
-                                            limiter=InflightLimiter(4), board=ProgressBoard()))
+        asyncio.run(
+            generate.generate_shard(
+                plan.run,
+                shard,
+                clients=SharedClients(idle_close_s=0.0),
+                limiter=InflightLimiter(4),
+                board=ProgressBoard(),
+            )
+        )
         gym.state.sessions.clear()
         asyncio.run(verify.verify_shard(plan.run, shard, board=ProgressBoard()))
         failures = list(read_records(store, "failures", f"{shard}.jsonl"))
-        assert len(failures) == 6 and all(f["error"]["status_code"] == 422 and f["error"]["retryable"] for f in failures)
+        assert len(failures) == 6 and all(
+            f["error"]["status_code"] == 422 and f["error"]["retryable"] for f in failures
+        )
         counts = run_failure_counts(plan)
         assert (counts.retryable_total, counts.permanent_total) == (6, 0)
         seeds = gym.calls["seed_session"]
@@ -137,11 +213,22 @@ def test_seed_session_retries_count_as_the_rollouts_attempts(tmp_path, sim):
     src = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is 1 + 1?", "expected_answer": "2"}])
     with start_resources_server() as gym:
         gym.fail_next("seed_session", count=3, status=503)
-        config = CollectConfig(input=str(src), out=str(tmp_path / "runs"), model_url=sim.url, model="m", env="gym",
-                               remote_env={"gym": gym.url}, num_repeats=1, run_name="seed")
+        config = CollectConfig(
+            input=str(src),
+            out=str(tmp_path / "runs"),
+            model_url=sim.url,
+            model="m",
+            env="gym",
+            remote_env={"gym": gym.url},
+            num_repeats=1,
+            run_name="seed",
+        )
         plan = plan_run(config)
         asyncio.run(run_shard(config, plan))
     (failure,) = run_rows(Path(plan.run.run_url), "failures")
     assert failure["attempts"] == 3 and failure["error"]["attempts"] == 3
     assert (failure["error"]["type"], failure["error"]["status_code"], failure["error"]["stage"]) == (
-        "VerifierError", 503, "generate")
+        "VerifierError",
+        503,
+        "generate",
+    )

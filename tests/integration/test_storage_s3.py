@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rollouts.storage import Store, check_inventory
 from rollouts.sim.launch import start_sim_server
+from rollouts.storage import Store, check_inventory
 from tests.integration.conftest import math_rows, write_jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("board")]
@@ -31,13 +31,38 @@ def test_s3_run_killed_mid_way_is_never_complete_and_resumes_whole(tmp_path, s3_
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(40))
     store = Store("s3://atomic/runs/killed")
     with start_sim_server(latency_ms=300, seed=5) as server:
-        cmd = [sys.executable, "-m", "commands", "collect", str(src), "--out", "s3://atomic/runs", "--model-url",
-               server.url, "--model", "sim-model", "--num-repeats", "4", "--parallel", "8", "--shard-size", "5",
-               "--max-concurrent-shards", "2", "--run-name", "killed", "--no-progress", "--temperature", "0.5",
-               "--seed", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "commands",
+            "collect",
+            str(src),
+            "--out",
+            "s3://atomic/runs",
+            "--model-url",
+            server.url,
+            "--model",
+            "sim-model",
+            "--num-repeats",
+            "4",
+            "--parallel",
+            "8",
+            "--shard-size",
+            "5",
+            "--max-concurrent-shards",
+            "2",
+            "--run-name",
+            "killed",
+            "--no-progress",
+            "--temperature",
+            "0.5",
+            "--seed",
+            "1",
+        ]
         env = {**live_client.env(), **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
         deadline = time.monotonic() + 120
         while store.fs.invalidate_cache() or len(store.glob("rollouts/*.jsonl")) < 2:  # some shards committed
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -51,8 +76,18 @@ def test_s3_run_killed_mid_way_is_never_complete_and_resumes_whole(tmp_path, s3_
         committed = {f: store.fs.cat(f) for f in store.glob("rollouts/*.jsonl")}
         assert all(blob.endswith(b"\n") for blob in committed.values())  # whole objects, never a torn line
         requests_before = server.stats()["requests"]
-        cfg = CollectConfig(input=str(src), out="s3://atomic/runs", model_url=server.url, model="sim-model",
-                            num_repeats=4, parallel=8, shard_size=5, run_name="killed", temperature=0.5, seed=1)
+        cfg = CollectConfig(
+            input=str(src),
+            out="s3://atomic/runs",
+            model_url=server.url,
+            model="sim-model",
+            num_repeats=4,
+            parallel=8,
+            shard_size=5,
+            run_name="killed",
+            temperature=0.5,
+            seed=1,
+        )
         summary = collect_rollouts(cfg)
         store.fs.invalidate_cache()
         requests_after = server.stats()["requests"]

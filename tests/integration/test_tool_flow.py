@@ -19,8 +19,19 @@ KV_PROMPTS = str(resources.files("rollouts").joinpath("data/kv_store_prompts.jso
 
 
 def collect(tmp_path: Path, url: str, name: str, **fields: Any) -> tuple[list[dict[str, Any]], Path]:
-    options = dict(input=KV_PROMPTS, out=str(tmp_path / "runs"), model_url=url, model="sim-model", env="kv_store",
-                   num_repeats=2, parallel=16, shard_size=6, temperature=0.0, seed=7, run_name=name)
+    options = dict(
+        input=KV_PROMPTS,
+        out=str(tmp_path / "runs"),
+        model_url=url,
+        model="sim-model",
+        env="kv_store",
+        num_repeats=2,
+        parallel=16,
+        shard_size=6,
+        temperature=0.0,
+        seed=7,
+        run_name=name,
+    )
     config = CollectConfig(**{**options, **fields})
     summary = collect_rollouts(config)
     assert summary.status == "completed"

@@ -11,18 +11,18 @@ import polars as pl
 import pytest
 
 from commands.tune import main as tune_main
-from rollouts.stages.inline import collect_plan
-from rollouts.config import CollectConfig
-from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, read_trace, write_trace
-from rollouts.collector.limits import InflightLimiter
 from rollouts.client.model import ModelClient
+from rollouts.collector.limits import InflightLimiter
+from rollouts.config import CollectConfig
 from rollouts.report.metrics import ProfileOptions
 from rollouts.report.profiler import function_profile
-from rollouts.stages.profile import profile_run
 from rollouts.run import run_store
-from rollouts.stages.shard import plan_run
 from rollouts.sim.launch import start_sim_server
+from rollouts.stages.inline import collect_plan
+from rollouts.stages.profile import profile_run
+from rollouts.stages.shard import plan_run
 from rollouts.storage import Store
+from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, read_trace, write_trace
 from rollouts.tune.sweep import TuneConfig
 from tests.integration.conftest import math_rows, write_jsonl
 
@@ -45,23 +45,52 @@ async def test_rate_limit_answers_429_with_retry_after_above_the_rate() -> None:
 def test_tune_recommends_the_capacity_knee_and_writes_its_files(tmp_path: Path, capsys) -> None:
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(40))
     with start_sim_server(latency_ms=40, capacity=16, seed=0) as server:
-        code = tune_main([str(src), "--model-url", server.url, "--model", "sim-model", "--start", "4",
-                          "--max-parallel", "64", "--step-seconds", "0.6", "--out", str(tmp_path / "tune")])
+        code = tune_main(
+            [
+                str(src),
+                "--model-url",
+                server.url,
+                "--model",
+                "sim-model",
+                "--start",
+                "4",
+                "--max-parallel",
+                "64",
+                "--step-seconds",
+                "0.6",
+                "--out",
+                str(tmp_path / "tune"),
+            ]
+        )
     assert code == 0
     result = json.loads((tmp_path / "tune" / "tune.json").read_text())
     assert 8 <= result["recommended_parallel"] <= 32
     steps = pl.read_csv(tmp_path / "tune" / "tune.csv")
     assert steps["parallel"].to_list()[:3] == [4, 8, 16] and steps["chosen"].sum() == 1
     assert (tmp_path / "tune" / "tune.png").read_bytes()[:4] == b"\x89PNG"
-    assert result["settings"] == TuneConfig(input=str(src), model_url=server.url, model="sim-model", start=4,
-                                            max_parallel=64, step_seconds=0.6, out=str(tmp_path / "tune")).model_dump()
+    assert (
+        result["settings"]
+        == TuneConfig(
+            input=str(src),
+            model_url=server.url,
+            model="sim-model",
+            start=4,
+            max_parallel=64,
+            step_seconds=0.6,
+            out=str(tmp_path / "tune"),
+        ).model_dump()
+    )
     assert f"use --parallel {result['recommended_parallel']}" in capsys.readouterr().out
 
 
 def test_tune_refuses_bad_options_with_a_clear_message(tmp_path: Path, capsys) -> None:
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(2))
-    assert tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--start", "64",
-                      "--max-parallel", "8"]) == 2
+    assert (
+        tune_main(
+            [str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--start", "64", "--max-parallel", "8"]
+        )
+        == 2
+    )
     assert "--start (64) <= --max-parallel (8)" in capsys.readouterr().err
     assert tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m"]) == 2
     assert "cannot reach the model server" in capsys.readouterr().err
@@ -76,8 +105,23 @@ def test_tune_refuses_bad_options_with_a_clear_message(tmp_path: Path, capsys) -
 def test_tune_exits_1_and_writes_nothing_when_no_request_succeeds(tmp_path: Path, capsys) -> None:
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(4))
     with start_sim_server(latency_ms=1, fail_rate=1.0, seed=0) as server:
-        code = tune_main([str(src), "--model-url", server.url, "--model", "sim-model", "--start", "2",
-                          "--max-parallel", "4", "--step-seconds", "0.3", "--out", str(tmp_path / "tune")])
+        code = tune_main(
+            [
+                str(src),
+                "--model-url",
+                server.url,
+                "--model",
+                "sim-model",
+                "--start",
+                "2",
+                "--max-parallel",
+                "4",
+                "--step-seconds",
+                "0.3",
+                "--out",
+                str(tmp_path / "tune"),
+            ]
+        )
     assert code == 1
     err = capsys.readouterr().err
     assert "error: no request succeeded (errors: {'5xx': " in err and "Traceback" not in err
@@ -120,8 +164,17 @@ async def test_auto_parallel_finds_the_knee_and_records_its_trace(tmp_path: Path
 def test_profiled_collection_has_a_function_table(tmp_path: Path) -> None:
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(24))
     with start_sim_server(latency_ms=5, seed=0) as server:
-        config = CollectConfig(input=str(src), out=str(tmp_path / "runs"), model_url=server.url, model="sim-model",
-                               num_repeats=2, parallel=8, shard_size=12, run_name="prof", seed=1)
+        config = CollectConfig(
+            input=str(src),
+            out=str(tmp_path / "runs"),
+            model_url=server.url,
+            model="sim-model",
+            num_repeats=2,
+            parallel=8,
+            shard_size=12,
+            run_name="prof",
+            seed=1,
+        )
         plan = plan_run(config)
         store = run_store(plan.run)
 

@@ -32,8 +32,16 @@ def _evaluate(arguments: str) -> str:
     return str(eval(expression)) if expression and set(expression) <= allowed else "error"  # noqa: S307 - digits only
 
 
-async def run_episode(url: str, api: str, questions: list[str], *, task: int = 0, index: int = 0,
-                      sampling: dict[str, Any] | None = None, max_calls: int = 8) -> dict[str, Any]:
+async def run_episode(
+    url: str,
+    api: str,
+    questions: list[str],
+    *,
+    task: int = 0,
+    index: int = 0,
+    sampling: dict[str, Any] | None = None,
+    max_calls: int = 8,
+) -> dict[str, Any]:
     episode = uuid.uuid4().hex
     replies = REPLIES.setdefault(episode, [])
 
@@ -57,8 +65,13 @@ async def run_episode(url: str, api: str, questions: list[str], *, task: int = 0
                 if not tool_calls:
                     break
                 for item in tool_calls:
-                    items.append({"type": "function_call_output", "call_id": item["call_id"],
-                                  "output": _evaluate(item["arguments"])})
+                    items.append(
+                        {
+                            "type": "function_call_output",
+                            "call_id": item["call_id"],
+                            "output": _evaluate(item["arguments"]),
+                        }
+                    )
     output = items[1:]  # everything after the first question, follow-up questions included
     return {
         "responses_create_params": {"input": input_items, "tools": [CALCULATOR]},
@@ -92,13 +105,17 @@ def questions(task: int, turns: int = 1) -> list[str]:
     return [f"What is {task + turn + 2} * ({task + 5} + {turn})?" for turn in range(turns)]
 
 
-def episodes(url: str, api: str, *, tasks: int = 1, repeats: int = 1, turns: int = 1,
-             sampling: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def episodes(
+    url: str, api: str, *, tasks: int = 1, repeats: int = 1, turns: int = 1, sampling: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """tasks x repeats episodes of `turns` questions each (2 model calls per question)."""
 
     async def run_all() -> list[dict[str, Any]]:
-        jobs = [run_episode(url, api, questions(t, turns), task=t, index=i, sampling=sampling)
-                for t in range(tasks) for i in range(repeats)]
+        jobs = [
+            run_episode(url, api, questions(t, turns), task=t, index=i, sampling=sampling)
+            for t in range(tasks)
+            for i in range(repeats)
+        ]
         return list(await asyncio.gather(*jobs))
 
     return asyncio.run(run_all())

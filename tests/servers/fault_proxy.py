@@ -35,13 +35,29 @@ from aiohttp import web
 from tests.servers.threaded import serve_in_thread
 
 RELEASE = web.AppKey("release", asyncio.Event)
-FAULTS = ("ok", "reset", "truncated", "malformed", "html", "empty_choices", "null_choices", "hang", "trickle", "oversized")
+FAULTS = (
+    "ok",
+    "reset",
+    "truncated",
+    "malformed",
+    "html",
+    "empty_choices",
+    "null_choices",
+    "hang",
+    "trickle",
+    "oversized",
+)
 
 
 def completion(content: str, model: str = "proxy-model") -> dict[str, Any]:
-    return {"id": "chatcmpl-proxy", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+    return {
+        "id": "chatcmpl-proxy",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
 
 
 @dataclass
@@ -71,8 +87,9 @@ def make_app(state: ProxyState) -> web.Application:
         if "client" not in session:
             session["client"] = aiohttp.ClientSession()
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization")}
-        async with session["client"].request(request.method, state.upstream + request.path_qs, data=body or None,
-                                             headers=headers) as reply:
+        async with session["client"].request(
+            request.method, state.upstream + request.path_qs, data=body or None, headers=headers
+        ) as reply:
             return reply.status, await reply.read(), reply.content_type
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -83,11 +100,15 @@ def make_app(state: ProxyState) -> web.Application:
             await released(request.app).wait()  # until the proxy stops
             return web.Response(status=503)
         if fault == "html":
-            return web.Response(status=200, text="<html><body><h1>502 Bad Gateway</h1></body></html>",
-                                content_type="text/html")
+            return web.Response(
+                status=200, text="<html><body><h1>502 Bad Gateway</h1></body></html>", content_type="text/html"
+            )
         if fault in ("malformed", "empty_choices", "null_choices"):
-            shaped = {"malformed": params.get("body", {"choices": ["oops"]}), "empty_choices": {"choices": []},
-                      "null_choices": {"choices": None}}[fault]
+            shaped = {
+                "malformed": params.get("body", {"choices": ["oops"]}),
+                "empty_choices": {"choices": []},
+                "null_choices": {"choices": None},
+            }[fault]
             return web.json_response(shaped)
         if fault == "oversized":
             data = json.dumps(completion("x" * int(params.get("size", 5_000_000)))).encode()
@@ -98,7 +119,7 @@ def make_app(state: ProxyState) -> web.Application:
             await response.prepare(request)
             try:
                 for start in range(0, len(data), 65536):
-                    await response.write(data[start:start + 65536])
+                    await response.write(data[start : start + 65536])
                 await response.write_eof()
             except ConnectionResetError:
                 pass
@@ -107,8 +128,9 @@ def make_app(state: ProxyState) -> web.Application:
         if fault == "truncated":
             return web.Response(status=status, body=data[: len(data) // 2], content_type=content_type)
         if fault in ("reset", "trickle"):
-            response = web.StreamResponse(status=status, headers={"Content-Type": content_type,
-                                                                  "Content-Length": str(len(data))})
+            response = web.StreamResponse(
+                status=status, headers={"Content-Type": content_type, "Content-Length": str(len(data))}
+            )
             await response.prepare(request)
             if fault == "reset":
                 await response.write(data[: len(data) // 2])
@@ -117,7 +139,7 @@ def make_app(state: ProxyState) -> web.Application:
                 return response
             try:
                 for index in range(len(data)):
-                    await response.write(data[index:index + 1])
+                    await response.write(data[index : index + 1])
                     await asyncio.sleep(float(params.get("interval_s", 0.1)))
                 await response.write_eof()
             except ConnectionResetError:  # the client gave up, as it should
@@ -139,8 +161,14 @@ def make_app(state: ProxyState) -> web.Application:
 class FaultProxyHandle:
     """A running proxy: `.url`, `inject(...)`, `.calls`, `stop()`."""
 
-    def __init__(self, state: ProxyState, loop: asyncio.AbstractEventLoop, runner: web.AppRunner,
-                 thread: threading.Thread, port: int) -> None:
+    def __init__(
+        self,
+        state: ProxyState,
+        loop: asyncio.AbstractEventLoop,
+        runner: web.AppRunner,
+        thread: threading.Thread,
+        port: int,
+    ) -> None:
         self.state, self.port, self.url = state, port, f"http://127.0.0.1:{port}"
         self._loop, self._runner, self._thread = loop, runner, thread
 

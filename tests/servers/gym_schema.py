@@ -183,7 +183,11 @@ def _item_errors(item: Any, where: list[Any], *, output: bool) -> list[dict[str,
         return [{"type": "model_type", "loc": ["body", *where], "msg": "Input should be an object"}]
     kind = item.get("type") or ("message" if "role" in item and not output else None)
     if kind == "message":
-        adapter = _OUTPUT_MESSAGE if output and item.get("role", "assistant") == "assistant" and "id" in item else _INPUT_MESSAGE
+        adapter = (
+            _OUTPUT_MESSAGE
+            if output and item.get("role", "assistant") == "assistant" and "id" in item
+            else _INPUT_MESSAGE
+        )
     elif kind in _ITEM_MODELS:
         adapter = _ITEM_MODELS[kind]
     else:
@@ -216,7 +220,9 @@ def verify_errors(body: Any) -> list[dict[str, Any]]:
     except ValidationError as exc:
         errors = _errors(exc, [])
     if isinstance(body.get("responses_create_params"), dict):
-        errors += [e for e in params_errors(body["responses_create_params"], ["responses_create_params"]) if e not in errors]
+        errors += [
+            e for e in params_errors(body["responses_create_params"], ["responses_create_params"]) if e not in errors
+        ]
     response = body.get("response")
     if isinstance(response, dict) and isinstance(response.get("output"), list):
         for i, item in enumerate(response["output"]):

@@ -78,8 +78,15 @@ def output_text(response: dict[str, Any]) -> str:
 
 # ---- a safe calculator ------------------------------------------------------------------------------------------
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
@@ -165,8 +172,13 @@ def make_app(state: ServerState) -> web.Application:
         reward = 1.0 if expected and expected in output_text(body["response"]) else 0.0
         # like NeMo Gym verifiers, a top-level `status` of the verifier's own, which is not the collector's
         return web.json_response(
-            {**body, "reward": reward, "judge": "substring", "session_tool_calls": session["tool_calls"],
-             "status": "pass" if reward == 1.0 else "fail"}
+            {
+                **body,
+                "reward": reward,
+                "judge": "substring",
+                "session_tool_calls": session["tool_calls"],
+                "status": "pass" if reward == 1.0 else "fail",
+            }
         )
 
     @routes.post("/calculate")
@@ -197,8 +209,14 @@ def make_app(state: ServerState) -> web.Application:
 class ResourcesServerHandle:
     """A running server: `.url`, `.state`, `.calls`, `fail_next(...)`, `stop()`."""
 
-    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop, runner: web.AppRunner,
-                 thread: threading.Thread, port: int) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        loop: asyncio.AbstractEventLoop,
+        runner: web.AppRunner,
+        thread: threading.Thread,
+        port: int,
+    ) -> None:
         self.state = state
         self.url = f"http://127.0.0.1:{port}"
         self.port = port

@@ -9,8 +9,9 @@ import threading
 from aiohttp import web
 
 
-def serve_in_thread(app: web.Application, host: str, port: int, name: str, *,
-                    shutdown_timeout: float = 60.0) -> tuple[asyncio.AbstractEventLoop, web.AppRunner, threading.Thread, int]:
+def serve_in_thread(
+    app: web.Application, host: str, port: int, name: str, *, shutdown_timeout: float = 60.0
+) -> tuple[asyncio.AbstractEventLoop, web.AppRunner, threading.Thread, int]:
     """(loop, runner, thread, port) of the started app; a start that fails raises with its cause."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from rollouts.client.model import ModelCall
+from rollouts.envs import CalculatorEnvironment, KeyValueEnvironment, MathEnvironment, ToolEnvironment, ToolError
+from rollouts.errors import ConfigError, ProviderError
 from rollouts.stages.agent import (
     DEADLINE,
     LENGTH,
@@ -24,9 +27,6 @@ from rollouts.stages.agent import (
     run_agent,
     with_env_tools,
 )
-from rollouts.envs import CalculatorEnvironment, KeyValueEnvironment, MathEnvironment, ToolEnvironment, ToolError
-from rollouts.errors import ConfigError, ProviderError
-from rollouts.client.model import ModelCall
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
 
@@ -45,8 +45,9 @@ def fcall(name: str, arguments: dict[str, Any] | str, call_id: str | None = "aut
 
 def turn(*items: dict[str, Any], finish: str | None = None, tokens: int = 5) -> ModelCall:
     reason = finish or ("tool_calls" if any(i["type"] == "function_call" for i in items) else "stop")
-    return ModelCall(output=list(items), input_tokens=10, output_tokens=tokens, finish_reason=reason,
-                     response_id="r", created_at=0)
+    return ModelCall(
+        output=list(items), input_tokens=10, output_tokens=tokens, finish_reason=reason, response_id="r", created_at=0
+    )
 
 
 class Script:
@@ -91,8 +92,13 @@ async def test_tool_errors_become_outputs_and_the_rollout_goes_on() -> None:
         """Fails politely."""
         raise ToolError(f"refused: {reason}")
 
-    calls = [fcall("boom", {}), fcall("refuse", {"reason": "no"}), fcall("nope", {}), fcall("refuse", "{not json"),
-             fcall("refuse", {"reason": 3, "extra": 1})]
+    calls = [
+        fcall("boom", {}),
+        fcall("refuse", {"reason": "no"}),
+        fcall("nope", {}),
+        fcall("refuse", "{not json"),
+        fcall("refuse", {"reason": 3, "extra": 1}),
+    ]
     model = Script(turn(*calls), turn(message("I give up.")))
     result = await run_agent(model, env, PROMPT)
     assert result.end_reason == STOP and result.turns == 2
@@ -105,7 +111,11 @@ async def test_tool_errors_become_outputs_and_the_rollout_goes_on() -> None:
     assert result.tools["refuse"].errors == 3 and result.tools["boom"].errors == 1 and result.tools["nope"].calls == 1
     record = result.tool_record()
     assert set(record) == {"boom", "refuse", "nope"}
-    assert {k: v for k, v in record["refuse"].items() if not k.endswith("_ms")} == {"calls": 3, "errors": 3, "timeouts": 0}
+    assert {k: v for k, v in record["refuse"].items() if not k.endswith("_ms")} == {
+        "calls": 3,
+        "errors": 3,
+        "timeouts": 0,
+    }
     assert [o["call_id"] for o in result.output[5:10]] == [c["call_id"] for c in calls]
 
 
@@ -159,8 +169,9 @@ async def test_parallel_calls_of_one_turn_run_concurrently_and_outputs_keep_call
         log.append(f"end {me}")
         return me
 
-    model = Script(turn(fcall("meet", {"me": "a", "other": "b"}), fcall("meet", {"me": "b", "other": "a"})),
-                   turn(message("met")))
+    model = Script(
+        turn(fcall("meet", {"me": "a", "other": "b"}), fcall("meet", {"me": "b", "other": "a"})), turn(message("met"))
+    )
     # Run sequentially, the first call would wait for ever: the safety timeout would then show in its output.
     result = await run_agent(model, env, PROMPT, limits=AgentLimits(tool_timeout_s=5))
     assert outputs(result) == ["a", "b"]
@@ -238,8 +249,10 @@ async def test_other_finish_reasons_are_the_end_reason() -> None:
 
 
 async def test_missing_call_ids_are_filled_so_outputs_point_at_their_calls() -> None:
-    model = Script(turn(fcall("calculate", {"expression": "1+1"}, None), fcall("calculate", {"expression": "2"}, None)),
-                   turn(message("2")))
+    model = Script(
+        turn(fcall("calculate", {"expression": "1+1"}, None), fcall("calculate", {"expression": "2"}, None)),
+        turn(message("2")),
+    )
     result = await run_agent(model, CalculatorEnvironment(), PROMPT)
     ids = [item["call_id"] for item in result.output[:2]]
     assert ids == ["call_1_0", "call_1_1"] and [o["call_id"] for o in result.output[2:4]] == ids
@@ -299,4 +312,7 @@ def test_limits_are_checked(bad: dict[str, Any]) -> None:
 
 def test_the_loop_and_tool_environments_never_import_prefect() -> None:
     code = "import sys, rollouts.stages.agent, rollouts.envs; print('prefect' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )

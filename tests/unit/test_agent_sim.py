@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from rollouts.stages.agent import MAX_TURNS, STOP, AgentLimits, AgentResult, run_agent, with_env_tools
+from rollouts.client.model import ModelClient, http_client
 from rollouts.envs import CalculatorEnvironment, Environment, KeyValueEnvironment, RemoteEnvironment
 from rollouts.envs.calculator import calculate
-from rollouts.client.model import ModelClient, http_client
 from rollouts.records import input_messages
 from rollouts.sim import SimConfig, serve_in_thread
+from rollouts.stages.agent import MAX_TURNS, STOP, AgentLimits, AgentResult, run_agent, with_env_tools
 from tests.servers.resources_server import ResourcesServerHandle, start_resources_server
 
 pytestmark = pytest.mark.integration
@@ -47,14 +47,25 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def roll(client: ModelClient, env: Environment, row: dict[str, Any], http: httpx.AsyncClient,
-               limits: AgentLimits = AgentLimits()) -> tuple[AgentResult, Any, dict[str, Any]]:
+async def roll(
+    client: ModelClient,
+    env: Environment,
+    row: dict[str, Any],
+    http: httpx.AsyncClient,
+    limits: AgentLimits = AgentLimits(),
+) -> tuple[AgentResult, Any, dict[str, Any]]:
     """One rollout as the generate stage runs it; returns the result, the session and the verifier's verdict."""
     params = with_env_tools(row["responses_create_params"], env)
     sampling = {"temperature": 0.0, "max_output_tokens": 512}
     session = await env.seed_session(row, http)
-    result = await run_agent(lambda items: client.create(items, params, sampling), env, input_messages(params),
-                             session=session, http=http, limits=limits)
+    result = await run_agent(
+        lambda items: client.create(items, params, sampling),
+        env,
+        input_messages(params),
+        session=session,
+        http=http,
+        limits=limits,
+    )
     response = {"output": result.output, "model": "sim"}
     verdict = await env.verify({**row, "responses_create_params": params}, response, http, session)
     return result, session, verdict
@@ -95,7 +106,8 @@ async def test_max_turns_through_the_real_server(sim_url: str, http: httpx.Async
 
 @pytest.mark.parametrize("api", APIS)
 async def test_kv_store_rollouts_keep_every_call_answered_and_score_the_final_store(
-        sim_url: str, http: httpx.AsyncClient, api: str) -> None:
+    sim_url: str, http: httpx.AsyncClient, api: str
+) -> None:
     client = ModelClient(http, sim_url, "sim", api, max_retries=0)
     env = KeyValueEnvironment()
     for row in bundled("kv_store_prompts.jsonl")[:4]:
@@ -108,16 +120,26 @@ async def test_kv_store_rollouts_keep_every_call_answered_and_score_the_final_st
 
 
 @pytest.mark.parametrize("api", APIS)
-async def test_a_remote_resources_server_through_the_same_loop(sim_url: str, gym: ResourcesServerHandle,
-                                                              http: httpx.AsyncClient, api: str) -> None:
+async def test_a_remote_resources_server_through_the_same_loop(
+    sim_url: str, gym: ResourcesServerHandle, http: httpx.AsyncClient, api: str
+) -> None:
     client = ModelClient(http, sim_url, "sim", api, max_retries=0)
     env = RemoteEnvironment("calc", gym.url, backoff=0.01)
-    tool = {"type": "function", "name": "calculate", "description": "Evaluate arithmetic.",
-            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}
-    row = {"responses_create_params": {"input": [{"role": "user", "content": "What is 6 * 7?"}], "tools": [tool]},
-           "agent_ref": {"name": "calc"}, "expected_answer": "42"}
+    tool = {
+        "type": "function",
+        "name": "calculate",
+        "description": "Evaluate arithmetic.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+    }
+    row = {
+        "responses_create_params": {"input": [{"role": "user", "content": "What is 6 * 7?"}], "tools": [tool]},
+        "agent_ref": {"name": "calc"},
+        "expected_answer": "42",
+    }
     result, session, verdict = await roll(client, env, row, http)
     assert set(session.cookies) == {"session_id"} and result.end_reason == STOP
     output = next(item for item in result.output if item["type"] == "function_call_output")
     assert json.loads(output["output"]) == {"result": 42}
-    assert verdict.reward == 1.0 and verdict.extra["session_tool_calls"] == 1  # the tool call hit this rollout's session
+    assert (
+        verdict.reward == 1.0 and verdict.extra["session_tool_calls"] == 1
+    )  # the tool call hit this rollout's session

@@ -41,15 +41,25 @@ def _raise(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
 
-def render(name: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *, add_generation_prompt: bool = False) -> str:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols])
+def render(
+    name: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+    *,
+    add_generation_prompt: bool = False,
+) -> str:
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[Generation, jinja2.ext.loopcontrols]
+    )
     env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
         x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
     env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime(2026, 12, 1).strftime(fmt))
     template = env.from_string((TEMPLATES / f"{name}.jinja").read_text())
     normalized = [{k: v for k, v in m.items() if v is not None} for m in messages]  # as transformers does
-    return template.render(messages=normalized, tools=tools, add_generation_prompt=add_generation_prompt, bos_token="<s>", eos_token="</s>")
+    return template.render(
+        messages=normalized, tools=tools, add_generation_prompt=add_generation_prompt, bos_token="<s>", eos_token="</s>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +68,11 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str
     sft = process([GYM], ProcessConfig(objective="sft", formats=("openai", "trl")), str(out))
     dpo = process([GYM], ProcessConfig(objective="dpo", formats=("trl",)), str(out))
     read = lambda path: [json.loads(line) for line in Path(path).read_text().splitlines()]  # noqa: E731
-    return {"sft/openai": read(sft.files["openai"]), "sft/trl": read(sft.files["trl"]), "dpo/trl": read(dpo.files["trl"])}
+    return {
+        "sft/openai": read(sft.files["openai"]),
+        "sft/trl": read(sft.files["trl"]),
+        "dpo/trl": read(dpo.files["trl"]),
+    }
 
 
 @pytest.mark.parametrize("name", TRL_FLAVOUR)
@@ -77,14 +91,19 @@ def test_deepseek_v3_needs_content_on_tool_call_messages(outputs: dict[str, list
     assert call["content"] == ""
     text = render("deepseekv3", row["messages"], row["tools"])
     assert "<｜tool▁call▁begin｜>function<｜tool▁sep｜>calculator" in text and '{"expression":"6*7"}' in text
-    for broken in ({k: v for k, v in call.items() if k != "content"}, {**call, "content": None}):  # absent, or null (dropped)
+    for broken in (
+        {k: v for k, v in call.items() if k != "content"},
+        {**call, "content": None},
+    ):  # absent, or null (dropped)
         messages = [broken if m is call else m for m in row["messages"]]
         with pytest.raises(jinja2.exceptions.UndefinedError):
             render("deepseekv3", messages, row["tools"])
 
 
 @pytest.mark.parametrize("name", TRL_FLAVOUR)
-def test_trl_dpo_prompt_is_a_prefix_of_prompt_plus_completion(name: str, outputs: dict[str, list[dict[str, Any]]]) -> None:
+def test_trl_dpo_prompt_is_a_prefix_of_prompt_plus_completion(
+    name: str, outputs: dict[str, list[dict[str, Any]]]
+) -> None:
     # TRL's DPOTrainer tokenizes the prompt with the generation prompt and prompt+chosen without: the completion
     # starts where they stop agreeing, so the rendered prompt must be a prefix of the rendered conversation
     for row in outputs["dpo/trl"]:

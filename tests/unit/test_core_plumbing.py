@@ -11,10 +11,11 @@ import threading
 import pytest
 from pydantic import ValidationError
 
+from rollouts.collector.limits import InflightLimiter
 from rollouts.config import CollectConfig, parse_remote_envs
 from rollouts.errors import ConfigError, ProviderError
-from rollouts.collector.limits import InflightLimiter
 from rollouts.storage import Store
+
 
 def test_core_never_imports_prefect():
     """Every module of the core package, found by walking it (not a hand-kept list), imports without Prefect."""

@@ -81,7 +81,12 @@ def response(*items: dict) -> dict:
     return {"output": list(items)}
 
 
-CALL = {"type": "function_call", "call_id": "c1", "name": "calculate", "arguments": '{"expression": "1284 * 37 - 2150"}'}
+CALL = {
+    "type": "function_call",
+    "call_id": "c1",
+    "name": "calculate",
+    "arguments": '{"expression": "1284 * 37 - 2150"}',
+}
 OUTPUT = {"type": "function_call_output", "call_id": "c1", "output": "45358"}
 
 
@@ -93,8 +98,11 @@ async def test_reward_is_the_math_verifiers_with_the_number_of_calls() -> None:
     env = CalculatorEnvironment()
     assert await env.seed_session(ROW) is None  # stateless: nothing to store between generate and verify
     right = await env.verify(ROW, response(CALL, OUTPUT, answer("So \\boxed{45,358}.")))
-    assert right.reward == 1.0 and right.extra == {"extracted_answer": "45,358", "expected_answer": "45358",
-                                                   "calculator_calls": 1}
+    assert right.reward == 1.0 and right.extra == {
+        "extracted_answer": "45,358",
+        "expected_answer": "45358",
+        "calculator_calls": 1,
+    }
     wrong = await env.verify(ROW, response(answer("About \\boxed{45000}.")))
     assert wrong.reward == 0.0 and wrong.extra["calculator_calls"] == 0
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from rollouts.stages.agent import run_agent
+from rollouts.client.model import ModelCall
 from rollouts.envs import KeyValueEnvironment, SessionState
 from rollouts.envs.tools import ToolError
 from rollouts.errors import VerifierError
-from rollouts.client.model import ModelCall
 from rollouts.records import dumps, loads
+from rollouts.stages.agent import run_agent
 
 ROW = {"initial_store": {"apples": "3", "pears": 5}, "expected_store": {"apples": "3", "pears": "5", "total": "8"}}
 
@@ -88,8 +88,13 @@ async def test_reward_is_one_only_for_the_exact_expected_store() -> None:
     env = KeyValueEnvironment()
     right = await final_verdict(env, ROW, ("set_value", {"key": "total", "value": "8"}))
     assert right.reward == 1.0 and right.extra == {"store_mismatches": 0, "final_store": ROW["expected_store"]}
-    wrong = await final_verdict(env, ROW, ("set_value", {"key": "total", "value": "9"}), ("delete_key", {"key": "apples"}),
-                                ("set_value", {"key": "extra", "value": "1"}))
+    wrong = await final_verdict(
+        env,
+        ROW,
+        ("set_value", {"key": "total", "value": "9"}),
+        ("delete_key", {"key": "apples"}),
+        ("set_value", {"key": "extra", "value": "1"}),
+    )
     assert wrong.reward == 0.0 and wrong.extra["store_mismatches"] == 3  # wrong, missing and extra keys
     untouched = await final_verdict(env, ROW)
     assert untouched.reward == 0.0 and untouched.extra["store_mismatches"] == 1
@@ -133,8 +138,10 @@ def planned_model(plan: list[list[tuple[str, dict[str, Any]]]]):
     async def model(items: list[dict[str, Any]]) -> ModelCall:
         step = sum(1 for item in items if item.get("type") == "function_call_output" and item["call_id"].endswith("_0"))
         if step < len(plan):
-            output = [{"type": "function_call", "call_id": f"s{step}_{i}", "name": name, "arguments": json.dumps(args)}
-                      for i, (name, args) in enumerate(plan[step])]
+            output = [
+                {"type": "function_call", "call_id": f"s{step}_{i}", "name": name, "arguments": json.dumps(args)}
+                for i, (name, args) in enumerate(plan[step])
+            ]
             return ModelCall(output, 0, 5, "tool_calls", "r", 0)
         done = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Done."}]}
         return ModelCall([done], 0, 2, "stop", "r", 0)

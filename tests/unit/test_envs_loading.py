@@ -12,11 +12,17 @@ from typing import Any
 
 import pytest
 
-from rollouts.stages.agent import run_agent, with_env_tools
-from rollouts.envs import ENTRY_POINT_GROUP, ToolEnvironment, build_environments, known_environment_names, load_env_module
+from rollouts.client.model import ModelCall
+from rollouts.envs import (
+    ENTRY_POINT_GROUP,
+    ToolEnvironment,
+    build_environments,
+    known_environment_names,
+    load_env_module,
+)
 from rollouts.envs.loading import entry_point_environments, installed_entry_points
 from rollouts.errors import ConfigError
-from rollouts.client.model import ModelCall
+from rollouts.stages.agent import run_agent, with_env_tools
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -82,7 +88,9 @@ def test_a_module_registers_its_instances_and_its_own_classes(modules) -> None:
 
 
 def test_an_instance_of_a_class_wins_over_the_class(modules) -> None:
-    name = modules("inst_envs", """
+    name = modules(
+        "inst_envs",
+        """
         from rollouts.envs import ToolEnvironment
         class Scored(ToolEnvironment):
             name = "scored"
@@ -90,7 +98,8 @@ def test_an_instance_of_a_class_wins_over_the_class(modules) -> None:
                 super().__init__()
                 self.level = level
         hard = Scored(3)
-    """)
+    """,
+    )
     assert load_env_module(name)["scored"].level == 3
 
 
@@ -100,11 +109,16 @@ def test_an_instance_of_a_class_wins_over_the_class(modules) -> None:
         ("x = 1\n", "defines no environment"),
         ("raise RuntimeError('broken at import')\n", "failed to import: RuntimeError: broken at import"),
         ("import not_a_real_module_xyz\n", "No module named 'not_a_real_module_xyz'"),
-        ("from rollouts.envs import ToolEnvironment\na = ToolEnvironment('dup')\nb = ToolEnvironment('dup')\n",
-         "two environments named 'dup'"),
+        (
+            "from rollouts.envs import ToolEnvironment\na = ToolEnvironment('dup')\nb = ToolEnvironment('dup')\n",
+            "two environments named 'dup'",
+        ),
         ("from rollouts.envs import ToolEnvironment\na = ToolEnvironment('has space')\n", "needs a `name`"),
-        ("from rollouts.envs import ToolEnvironment\nclass Needy(ToolEnvironment):\n    name = 'needy'\n"
-         "    def __init__(self, x):\n        super().__init__()\n", "cannot create environment Needy"),
+        (
+            "from rollouts.envs import ToolEnvironment\nclass Needy(ToolEnvironment):\n    name = 'needy'\n"
+            "    def __init__(self, x):\n        super().__init__()\n",
+            "cannot create environment Needy",
+        ),
     ],
 )
 def test_module_problems_are_config_errors(modules, source: str, message: str) -> None:
@@ -112,8 +126,10 @@ def test_module_problems_are_config_errors(modules, source: str, message: str) -
         load_env_module(modules(f"bad_env_{abs(hash(source)) % 10**8}", source))
 
 
-@pytest.mark.parametrize(("path", "message"), [("no_such_env_mod", "is it installed, or on PYTHONPATH"),
-                                               ("bad path", "give a dotted module name")])
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("no_such_env_mod", "is it installed, or on PYTHONPATH"), ("bad path", "give a dotted module name")],
+)
 def test_missing_or_malformed_module_names(path: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_env_module(path)
@@ -128,8 +144,10 @@ def test_two_modules_may_not_define_the_same_name(modules) -> None:
 
 def test_entry_points_name_a_module_or_one_environment(modules) -> None:
     name = modules("ep_envs", MODULE)
-    entries = [EntryPoint("all_of_them", name, ENTRY_POINT_GROUP),
-               EntryPoint("just_one", f"{name}:Lengthy", ENTRY_POINT_GROUP)]
+    entries = [
+        EntryPoint("all_of_them", name, ENTRY_POINT_GROUP),
+        EntryPoint("just_one", f"{name}:Lengthy", ENTRY_POINT_GROUP),
+    ]
     assert sorted(entry_point_environments(entries)) == ["echo_env", "lengthy"]
     with pytest.raises(ConfigError, match="is neither a module nor an Environment"):
         entry_point_environments([EntryPoint("odd", "json:dumps", ENTRY_POINT_GROUP)])

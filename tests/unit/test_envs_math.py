@@ -205,8 +205,13 @@ fractions = st.builds(
 def spellings(value: Fraction) -> list[str]:
     sign = "-" if value < 0 else ""
     num, den = abs(value.numerator), value.denominator
-    forms = [f"{value.numerator}/{den}", f"{sign}\\frac{{{num}}}{{{den}}}", f"{sign}\\dfrac{{{num}}}{{{den}}}",
-             f"\\frac{{{value.numerator}}}{{{den}}}", f"${sign}\\tfrac{{{num}}}{{{den}}}$"]
+    forms = [
+        f"{value.numerator}/{den}",
+        f"{sign}\\frac{{{num}}}{{{den}}}",
+        f"{sign}\\dfrac{{{num}}}{{{den}}}",
+        f"\\frac{{{value.numerator}}}{{{den}}}",
+        f"${sign}\\tfrac{{{num}}}{{{den}}}$",
+    ]
     if den == 1:
         forms += [str(value.numerator), f"{value.numerator}.0", f"{value.numerator:,}"]
     d = den
@@ -253,7 +258,8 @@ def test_verify_cost_per_call() -> None:
         "figure. Hence the shaded fraction of the bounding square of area 44 is "
     )
     cases = [
-        ({"expected_answer": f"{k}/{k + 7}"}, response(body + f"$\\boxed{{\\dfrac{{{k}}}{{{k + 7}}}}}$.")) for k in range(2000)
+        ({"expected_answer": f"{k}/{k + 7}"}, response(body + f"$\\boxed{{\\dfrac{{{k}}}{{{k + 7}}}}}$."))
+        for k in range(2000)
     ]
     normalize.cache_clear()
     start = time.perf_counter()

@@ -88,7 +88,9 @@ async def test_seed_tool_verify_round_trip(gym: ResourcesServerHandle, http: htt
     assert (await env.verify(ROW, wrong, http, session)).reward == 0.0
 
 
-async def test_incomplete_response_is_completed_before_verify(gym: ResourcesServerHandle, http: httpx.AsyncClient) -> None:
+async def test_incomplete_response_is_completed_before_verify(
+    gym: ResourcesServerHandle, http: httpx.AsyncClient
+) -> None:
     sent = {**ROW, "response": BARE_RESPONSE}
     problems = {tuple(e["loc"]) for e in validate_verify_body(sent)}
     assert ("body", "response", "id") in problems and ("body", "response", "tools") in problems
@@ -104,7 +106,9 @@ async def test_incomplete_response_is_completed_before_verify(gym: ResourcesServ
     assert result.reward == 1.0
 
 
-async def test_sessions_stay_per_rollout_on_a_shared_client(gym: ResourcesServerHandle, http: httpx.AsyncClient) -> None:
+async def test_sessions_stay_per_rollout_on_a_shared_client(
+    gym: ResourcesServerHandle, http: httpx.AsyncClient
+) -> None:
     # `localhost`, not an IP: cookie jars (httpx's, aiohttp's) keep cookies for host names and would leak them.
     env = RemoteEnvironment("calc", gym.url.replace("127.0.0.1", "localhost"), backoff=0.01)
     rows = [{**ROW, "expected_answer": str(k)} for k in range(6)]
@@ -143,7 +147,9 @@ async def test_server_errors_are_retried(gym: ResourcesServerHandle, http: httpx
     assert gym.calls["verify"] == 3
 
 
-async def test_persistent_server_errors_become_a_verifier_error(gym: ResourcesServerHandle, http: httpx.AsyncClient) -> None:
+async def test_persistent_server_errors_become_a_verifier_error(
+    gym: ResourcesServerHandle, http: httpx.AsyncClient
+) -> None:
     env = env_for(gym)
     session = await env.seed_session(ROW, http)
     gym.fail_next("verify", count=5, status=500)
@@ -154,7 +160,9 @@ async def test_persistent_server_errors_become_a_verifier_error(gym: ResourcesSe
     assert pickle.loads(pickle.dumps(caught.value)).status_code == 500
 
 
-async def test_client_errors_fail_at_once_with_the_servers_body(gym: ResourcesServerHandle, http: httpx.AsyncClient) -> None:
+async def test_client_errors_fail_at_once_with_the_servers_body(
+    gym: ResourcesServerHandle, http: httpx.AsyncClient
+) -> None:
     env = env_for(gym)
     with pytest.raises(VerifierError, match="answered 422") as caught:
         await env.verify(ROW, BARE_RESPONSE, http, session=None)  # no seeded session: the server refuses
@@ -193,8 +201,12 @@ async def test_unreachable_server_is_a_verifier_error(http: httpx.AsyncClient) -
 async def test_tool_calls_return_text_whatever_happens(gym: ResourcesServerHandle, http: httpx.AsyncClient) -> None:
     env = env_for(gym)
     session = await env.seed_session(ROW, http)
-    assert json.loads(await env.call_tool("calculate", '{"expression": "2**10 / 4"}', http, session)) == {"result": 256.0}
-    assert "error" in json.loads(await env.call_tool("calculate", '{"expression": "__import__(\'os\')"}', http, session))
+    assert json.loads(await env.call_tool("calculate", '{"expression": "2**10 / 4"}', http, session)) == {
+        "result": 256.0
+    }
+    assert "error" in json.loads(
+        await env.call_tool("calculate", '{"expression": "__import__(\'os\')"}', http, session)
+    )
     assert "Invalid tool call arguments" in await env.call_tool("calculate", '{"expression": ', http, session)
     assert "Unknown tool" in await env.call_tool("verify", "{}", http, session)  # a model may not call /verify
     assert "Unknown tool" in await env.call_tool("../admin", "{}", http, session)
@@ -208,7 +220,11 @@ def test_verify_extras_rule() -> None:
     sent = {**ROW, "response": {"output": []}}
     reply = {**sent, "reward": 1.0, "judge": "x", "difficulty": "hard", "status": "pass", "_ng_task_index": 3}
     # changed metadata is kept; a verifier field named like a reserved key of the rollout row goes under `verifier`
-    assert verify_extras(reply, sent) == {"judge": "x", "difficulty": "hard", "verifier": {"status": "pass", "_ng_task_index": 3}}
+    assert verify_extras(reply, sent) == {
+        "judge": "x",
+        "difficulty": "hard",
+        "verifier": {"status": "pass", "_ng_task_index": 3},
+    }
 
 
 async def test_missing_reward_is_a_verifier_error() -> None:
@@ -239,7 +255,15 @@ async def test_cookies_are_updated_and_deleted_from_replies() -> None:
 def test_parse_remote_env() -> None:
     assert parse_remote_env("calc=http://localhost:8000/") == ("calc", "http://localhost:8000")
     assert parse_remote_env(" my-env = https://gym.example.com/api ") == ("my-env", "https://gym.example.com/api")
-    for bad in ["calc", "=http://x", "calc=localhost:8000", "calc=ftp://x", "calc=http://", "a b=http://x", "c=http://h:port"]:
+    for bad in [
+        "calc",
+        "=http://x",
+        "calc=localhost:8000",
+        "calc=ftp://x",
+        "calc=http://",
+        "a b=http://x",
+        "c=http://h:port",
+    ]:
         with pytest.raises(ConfigError, match="environment"):
             parse_remote_env(bad)
 

@@ -88,7 +88,11 @@ CHOICE_CASES = [
     ("Reasoning...\n\nC", "C", 1.0),
     ("Reasoning...\n**J.**", "J", 1.0),
     ("I think the answer is I.", "I", 1.0),
-    ("The answer is A. Option (B) is a distractor because it confuses cause and effect.", "A", 1.0),  # strong beats weak
+    (
+        "The answer is A. Option (B) is a distractor because it confuses cause and effect.",
+        "A",
+        1.0,
+    ),  # strong beats weak
     ("At first I thought the answer is A, but re-reading the passage, the answer is C.", "C", 1.0),  # last wins
     ("Answer: C", "(c)", 1.0),
     ("I believe that none of these is right.", "B", 0.0),

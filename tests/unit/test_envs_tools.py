@@ -64,7 +64,9 @@ class Point(BaseModel):
     y: float
 
 
-def typed(point: Point, tags: list[str], note: str | None, weight: Annotated[float, Field(description="kg", ge=0)]) -> Point:
+def typed(
+    point: Point, tags: list[str], note: str | None, weight: Annotated[float, Field(description="kg", ge=0)]
+) -> Point:
     """Move a point."""
     return Point(x=point.x + 1, y=point.y)
 
@@ -91,8 +93,14 @@ def test_schema_from_a_google_docstring_skips_state_and_keeps_defaults() -> None
 
 
 def test_sphinx_and_numpy_docstrings_describe_parameters() -> None:
-    assert parse_docstring(sphinx.__doc__) == ("Search the index.", {"query": "words to look for", "limit": "at most this many hits"})
-    assert parse_docstring(numpy.__doc__) == ("Multiply two numbers.", {"a": "The first factor.", "b": "The second factor."})
+    assert parse_docstring(sphinx.__doc__) == (
+        "Search the index.",
+        {"query": "words to look for", "limit": "at most this many hits"},
+    )
+    assert parse_docstring(numpy.__doc__) == (
+        "Multiply two numbers.",
+        {"a": "The first factor.", "b": "The second factor."},
+    )
     tool = tool_from_function(sphinx)
     assert tool.strict and tool.parameters["required"] == ["query", "limit"]
     assert tool.parameters["properties"]["limit"] == {"type": "integer", "description": "at most this many hits"}
@@ -203,7 +211,10 @@ def test_results_render_as_text_or_json() -> None:
 def test_specs_convert_to_chat_tools_with_strict_kept() -> None:
     spec = tool_from_function(sphinx).spec()
     (chat,) = chat_tools([spec])
-    assert chat == {"type": "function", "function": {k: spec[k] for k in ("name", "description", "parameters", "strict")}}
+    assert chat == {
+        "type": "function",
+        "function": {k: spec[k] for k in ("name", "description", "parameters", "strict")},
+    }
 
 
 def test_tool_objects_can_be_registered_as_built() -> None:

@@ -15,7 +15,13 @@ from tests.gym.models import gym_errors
 from tests.servers.gym_schema import seed_errors, verify_errors
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-TOOL = {"type": "function", "name": "calculate", "description": "Arithmetic.", "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}, "strict": None}
+TOOL = {
+    "type": "function",
+    "name": "calculate",
+    "description": "Arithmetic.",
+    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
+    "strict": None,
+}
 INPUT_ROW = {
     "responses_create_params": {"input": [{"role": "user", "content": "6 * 7?"}], "tools": [TOOL], "temperature": 0.7},
     "agent_ref": {"name": "calc"},
@@ -74,7 +80,10 @@ def test_what_the_remote_environment_sends_is_valid() -> None:
     sent = {**gym_row(old_row), "response": complete_response(old_row["response"], old_row)}
     assert verify_errors(sent) == [] and "seed" not in sent["responses_create_params"]
     assert not {"rollout_id", "status", "timings", "sampling", "schema_version"} & set(sent)
-    assert seed_errors(gym_row(old_row)) == [] and seed_errors({"responses_create_params": {"input": "x", "seed": 1}}) != []
+    assert (
+        seed_errors(gym_row(old_row)) == []
+        and seed_errors({"responses_create_params": {"input": "x", "seed": 1}}) != []
+    )
 
 
 def test_nemo_gym_agrees_with_the_test_server() -> None:
@@ -82,7 +91,9 @@ def test_nemo_gym_agrees_with_the_test_server() -> None:
     verdicts = gym_errors("verify_request", [BODIES[n][0] for n in names])
     for name, errors in zip(names, verdicts, strict=True):
         assert (errors is None) is BODIES[name][1], (name, errors)
-        assert (errors is None) is (verify_errors(BODIES[name][0]) == []), name  # at least as strict, and no stricter here
+        assert (errors is None) is (verify_errors(BODIES[name][0]) == []), (
+            name
+        )  # at least as strict, and no stricter here
 
 
 def test_rollout_row_built_the_new_way_is_a_nemo_gym_verify_response() -> None:

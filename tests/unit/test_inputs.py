@@ -23,31 +23,41 @@ def test_nemo_gym_prompt_and_messages_rows_normalise_to_responses_create_params(
     gym = {"responses_create_params": {"input": "hi", "temperature": 0.3}, "agent_ref": {"name": "exact_match"}, "x": 1}
     assert normalise_row(gym) == gym
     assert normalise_row({"prompt": "2+2?", "expected_answer": "4"}) == {
-        "responses_create_params": {"input": [{"role": "user", "content": "2+2?"}]}, "expected_answer": "4"}
+        "responses_create_params": {"input": [{"role": "user", "content": "2+2?"}]},
+        "expected_answer": "4",
+    }
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     assert normalise_row({"messages": messages}) == {"responses_create_params": {"input": messages}}
 
 
-@pytest.mark.parametrize("row, message", [
-    ([1, 2], "must be a JSON object"),
-    ({"foo": 1}, "missing input"),
-    ({"responses_create_params": {"tools": []}}, "has no `input`"),
-    ({"responses_create_params": {"input": ""}}, "empty string"),
-    ({"responses_create_params": {"input": []}}, "non-empty list"),
-    ({"responses_create_params": {"input": [{"role": "user", "content": 3}]}}, "string `role`"),
-    ({"responses_create_params": {"input": "x", "temperature": "hot"}}, "temperature` must be a number"),
-    ({"responses_create_params": {"input": "x", "tools": {}}}, "tools` must be a list"),
-    ({"prompt": "x", "agent_ref": "math"}, "agent_ref"),
-    ({"prompt": "x", "_ng_task_index": -1}, "_ng_task_index"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ([1, 2], "must be a JSON object"),
+        ({"foo": 1}, "missing input"),
+        ({"responses_create_params": {"tools": []}}, "has no `input`"),
+        ({"responses_create_params": {"input": ""}}, "empty string"),
+        ({"responses_create_params": {"input": []}}, "non-empty list"),
+        ({"responses_create_params": {"input": [{"role": "user", "content": 3}]}}, "string `role`"),
+        ({"responses_create_params": {"input": "x", "temperature": "hot"}}, "temperature` must be a number"),
+        ({"responses_create_params": {"input": "x", "tools": {}}}, "tools` must be a list"),
+        ({"prompt": "x", "agent_ref": "math"}, "agent_ref"),
+        ({"prompt": "x", "_ng_task_index": -1}, "_ng_task_index"),
+    ],
+)
 def test_malformed_rows_raise_row_errors(row, message):
     with pytest.raises(RowError, match=message):
         normalise_row(row)
 
 
 def test_bad_rows_become_rejects_with_line_numbers_and_the_rest_goes_on():
-    lines = [json.dumps({"prompt": "a"}), "{broken", json.dumps({"prompt": "b", "agent_ref": {"name": "nope"}}),
-             json.dumps({"messages": [{"role": "user", "content": "c"}]}), json.dumps({"prompt": "d", "_ng_task_index": 0})]
+    lines = [
+        json.dumps({"prompt": "a"}),
+        "{broken",
+        json.dumps({"prompt": "b", "agent_ref": {"name": "nope"}}),
+        json.dumps({"messages": [{"role": "user", "content": "c"}]}),
+        json.dumps({"prompt": "d", "_ng_task_index": 0}),
+    ]
     prompts, rejects = parse(lines)
     assert [p.task_index for p in prompts] == [0, 3]
     assert [p.line for p in prompts] == [1, 4]

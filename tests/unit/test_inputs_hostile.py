@@ -60,7 +60,10 @@ def test_each_hostile_row_is_one_reject_at_its_line_and_the_rest_goes_on(tmp_pat
 def test_a_bom_on_line_one_is_accepted_and_invalid_utf8_is_kept_visible(tmp_path):
     prompts, rejects = run(tmp_path, [GOOD, b'{"prompt": "caf\xe9", "expected_answer": "1"}'], prefix=b"\xef\xbb\xbf")
     assert [p.line for p in prompts] == [1] and prompts[0].row["expected_answer"] == "4"
-    assert rejects[0]["raw"] == '{"prompt": "caf\\xe9", "expected_answer": "1"}' and "byte offset 15" in rejects[0]["error"]
+    assert (
+        rejects[0]["raw"] == '{"prompt": "caf\\xe9", "expected_answer": "1"}'
+        and "byte offset 15" in rejects[0]["error"]
+    )
 
 
 def test_integers_within_64_bits_survive_exactly(tmp_path):
@@ -72,10 +75,14 @@ def test_integers_within_64_bits_survive_exactly(tmp_path):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=True)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True)
     | st.text(st.characters(codec=None), max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=12)
+    max_leaves=12,
+)
 
 
 def row_line(value) -> bytes:
@@ -88,13 +95,20 @@ lines = st.one_of(
     st.just(GOOD),
     st.binary(max_size=40).filter(lambda b: b"\n" not in b),
     json_values.map(row_line),
-    st.fixed_dictionaries({"prompt": st.text(max_size=10), "expected_answer": json_values}, optional={
-        "agent_ref": st.fixed_dictionaries({"name": st.sampled_from(["math", "exact_match", "x"])}),
-        "_ng_task_index": st.integers(min_value=-2, max_value=2**65), "x": json_values}).map(row_line),
+    st.fixed_dictionaries(
+        {"prompt": st.text(max_size=10), "expected_answer": json_values},
+        optional={
+            "agent_ref": st.fixed_dictionaries({"name": st.sampled_from(["math", "exact_match", "x"])}),
+            "_ng_task_index": st.integers(min_value=-2, max_value=2**65),
+            "x": json_values,
+        },
+    ).map(row_line),
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(st.lists(lines, min_size=1, max_size=12), st.booleans())
 def test_fuzzed_input_never_crashes_and_every_line_is_a_prompt_or_a_reject_at_its_line(tmp_path, rows, bom):
     prompts, rejects = run(tmp_path, rows, prefix=b"\xef\xbb\xbf" if bom else b"")

@@ -8,9 +8,9 @@ import random
 import httpx
 import pytest
 
-from rollouts.errors import ProviderError, ResponseParseError
-from rollouts.client.retry import RetryPolicy
 from rollouts.client.model import ModelClient, chat_body, items_to_chat, parse_chat, parse_responses, responses_body
+from rollouts.client.retry import RetryPolicy
+from rollouts.errors import ProviderError, ResponseParseError
 
 ITEMS = [
     {"role": "system", "content": "You are terse."},
@@ -26,8 +26,13 @@ def test_items_map_to_chat_messages_with_tool_calls():
     assert items_to_chat(ITEMS) == [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "What is 2+3?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": '{"expression": "2+3"}'}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "calc", "arguments": '{"expression": "2+3"}'}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "5"},
     ]
 
@@ -38,32 +43,75 @@ def test_instructions_are_the_leading_system_message_of_a_chat_request():
 
 
 def test_chat_body_maps_tools_sampling_and_token_requests():
-    body = chat_body("m", ITEMS[:2], {"tools": TOOLS, "tool_choice": "auto"}, {"temperature": 0.5, "max_output_tokens": 9, "seed": 3}, True)
-    assert body["tools"] == [{"type": "function", "function": {"name": "calc", "description": "math", "parameters": {"type": "object"}}}]
-    assert body["max_tokens"] == 9 and body["temperature"] == 0.5 and body["seed"] == 3 and body["tool_choice"] == "auto"
+    body = chat_body(
+        "m",
+        ITEMS[:2],
+        {"tools": TOOLS, "tool_choice": "auto"},
+        {"temperature": 0.5, "max_output_tokens": 9, "seed": 3},
+        True,
+    )
+    assert body["tools"] == [
+        {"type": "function", "function": {"name": "calc", "description": "math", "parameters": {"type": "object"}}}
+    ]
+    assert (
+        body["max_tokens"] == 9 and body["temperature"] == 0.5 and body["seed"] == 3 and body["tool_choice"] == "auto"
+    )
     assert body["logprobs"] is True and body["return_token_ids"] is True
 
 
 def test_responses_body_passes_params_through_with_sampling_overrides():
-    body = responses_body("m", ITEMS[:2], {"input": "ignored", "tools": TOOLS, "temperature": 1.0, "stream": True}, {"temperature": 0.2}, False)
+    body = responses_body(
+        "m",
+        ITEMS[:2],
+        {"input": "ignored", "tools": TOOLS, "temperature": 1.0, "stream": True},
+        {"temperature": 0.2},
+        False,
+    )
     assert body == {"model": "m", "input": ITEMS[:2], "tools": TOOLS, "temperature": 0.2}
 
 
 def test_parse_chat_keeps_reasoning_tool_calls_tokens_and_usage():
-    call = parse_chat({"id": "x", "created": 5, "prompt_token_ids": [1, 2], "usage": {"prompt_tokens": 2, "completion_tokens": 3},
-                       "choices": [{"finish_reason": "tool_calls", "token_ids": [7, 8, 9],
-                                    "logprobs": {"content": [{"logprob": -0.1}, {"logprob": -0.2}, {"logprob": -0.3}]},
-                                    "message": {"role": "assistant", "content": "let me compute", "reasoning_content": "hmm",
-                                                "tool_calls": [{"id": "c9", "type": "function", "function": {"name": "calc", "arguments": "{}"}}]}}]})
+    call = parse_chat(
+        {
+            "id": "x",
+            "created": 5,
+            "prompt_token_ids": [1, 2],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 3},
+            "choices": [
+                {
+                    "finish_reason": "tool_calls",
+                    "token_ids": [7, 8, 9],
+                    "logprobs": {"content": [{"logprob": -0.1}, {"logprob": -0.2}, {"logprob": -0.3}]},
+                    "message": {
+                        "role": "assistant",
+                        "content": "let me compute",
+                        "reasoning_content": "hmm",
+                        "tool_calls": [
+                            {"id": "c9", "type": "function", "function": {"name": "calc", "arguments": "{}"}}
+                        ],
+                    },
+                }
+            ],
+        }
+    )
     assert [i["type"] for i in call.output] == ["reasoning", "message", "function_call"]
     assert call.output[-1]["call_id"] == "c9" and call.output[-1]["generation_token_ids"] == [7, 8, 9]
-    assert call.output[-1]["prompt_token_ids"] == [1, 2] and call.output[-1]["generation_log_probs"] == [-0.1, -0.2, -0.3]
+    assert call.output[-1]["prompt_token_ids"] == [1, 2] and call.output[-1]["generation_log_probs"] == [
+        -0.1,
+        -0.2,
+        -0.3,
+    ]
     assert (call.input_tokens, call.output_tokens, call.finish_reason, call.created_at) == (2, 3, "tool_calls", 5)
 
 
 def test_parse_responses_derives_finish_reason():
     out = [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "hi"}]}]
-    assert parse_responses({"output": out, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}).finish_reason == "length"
+    assert (
+        parse_responses(
+            {"output": out, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}
+        ).finish_reason
+        == "length"
+    )
     assert parse_responses({"output": out + [{"type": "function_call", "name": "f"}]}).finish_reason == "tool_calls"
     assert parse_responses({"output": out, "usage": {"input_tokens": 4, "output_tokens": 1}}).output_tokens == 1
     with pytest.raises(ResponseParseError):
@@ -77,7 +125,15 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap():
     assert 0.25 <= delays[0] <= 0.5 and 2.0 <= delays[3] <= 4.0 and all(d <= 30.0 for d in delays)
     limited = httpx.Response(429, headers={"retry-after": "7"})
     assert policy.delay(0, rng, limited) == 7.0 and RetryPolicy(retry_after_cap_s=3).delay(0, rng, limited) == 3.0
-    assert [s for s in (400, 404, 408, 409, 425, 429, 500, 503, 599) if policy.retryable(s)] == [408, 409, 425, 429, 500, 503, 599]
+    assert [s for s in (400, 404, 408, 409, 425, 429, 500, 503, 599) if policy.retryable(s)] == [
+        408,
+        409,
+        425,
+        429,
+        500,
+        503,
+        599,
+    ]
 
 
 def client_with(responses: list, max_retries: int = 3) -> tuple[ModelClient, list]:
@@ -95,8 +151,14 @@ def client_with(responses: list, max_retries: int = 3) -> tuple[ModelClient, lis
     return client, seen
 
 
-OK = httpx.Response(200, json={"id": "a", "choices": [{"message": {"content": "42"}, "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+OK = httpx.Response(
+    200,
+    json={
+        "id": "a",
+        "choices": [{"message": {"content": "42"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+    },
+)
 
 
 async def test_retries_429_honouring_retry_after_then_5xx_then_succeeds(monkeypatch):
@@ -106,8 +168,9 @@ async def test_retries_429_honouring_retry_after_then_5xx_then_succeeds(monkeypa
         sleeps.append(seconds)
 
     monkeypatch.setattr("rollouts.client.model.asyncio.sleep", fake_sleep)
-    client, seen = client_with([httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(503),
-                                httpx.ConnectError("refused"), OK])
+    client, seen = client_with(
+        [httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(503), httpx.ConnectError("refused"), OK]
+    )
     call = await client.create([{"role": "user", "content": "q"}], {}, {"temperature": 0})
     assert call.attempts == 4 and len(seen) == 4
     assert sleeps[0] == 7.0 and 0.5 <= sleeps[1] <= 1.0 and 1.0 <= sleeps[2] <= 2.0
@@ -138,9 +201,17 @@ async def test_unreadable_success_bodies_are_retried_then_a_typed_parse_error(mo
     monkeypatch.setattr("rollouts.client.model.asyncio.sleep", no_sleep)
     client, seen = client_with([httpx.Response(200, text="<html>"), OK])
     assert (await client.create([{"role": "user", "content": "q"}], {}, {})).attempts == 2 and len(seen) == 2
-    for body in ("<html>", '{"choices": []}', '{"choices": null}', '{"choices": ["oops"]}', '{"id": "x"',
-                 '{"choices": [{"message": {"content": 5}}]}', '{"choices": [{"message": "hi"}]}', "[1]",
-                 '{"choices": [{"message": {"tool_calls": [{"function": null}]}}]}'):
+    for body in (
+        "<html>",
+        '{"choices": []}',
+        '{"choices": null}',
+        '{"choices": ["oops"]}',
+        '{"id": "x"',
+        '{"choices": [{"message": {"content": 5}}]}',
+        '{"choices": [{"message": "hi"}]}',
+        "[1]",
+        '{"choices": [{"message": {"tool_calls": [{"function": null}]}}]}',
+    ):
         client, seen = client_with([httpx.Response(200, text=body)], max_retries=2)
         with pytest.raises(ResponseParseError) as info:
             await client.create([{"role": "user", "content": "q"}], {}, {})
@@ -196,10 +267,15 @@ async def test_a_client_with_event_hooks_or_auth_is_sent_through_as_a_client():
     async def hook(response: httpx.Response) -> None:
         hooked.append(response.status_code)
 
-    for http in (httpx.AsyncClient(transport=httpx.MockTransport(lambda r: OK), event_hooks={"response": [hook]}),
-                 httpx.AsyncClient(transport=httpx.MockTransport(
-                     lambda r: OK if r.headers.get("authorization", "").startswith("Basic") else httpx.Response(401)),
-                     auth=("user", "pass"))):
+    for http in (
+        httpx.AsyncClient(transport=httpx.MockTransport(lambda r: OK), event_hooks={"response": [hook]}),
+        httpx.AsyncClient(
+            transport=httpx.MockTransport(
+                lambda r: OK if r.headers.get("authorization", "").startswith("Basic") else httpx.Response(401)
+            ),
+            auth=("user", "pass"),
+        ),
+    ):
         client = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0)
         assert client.transport is None
         assert (await client.create([{"role": "user", "content": "q"}], {}, {})).finish_reason == "stop"

@@ -6,22 +6,29 @@ from __future__ import annotations
 import json
 
 from rollouts.config import CollectConfig
-from rollouts.stages.outcome import finish_run, judge
 from rollouts.run import RunPlan, RunRef, ShardRef, ShardResult
+from rollouts.stages.outcome import finish_run, judge
 from rollouts.storage import Store
 
 
 def _plan(tmp_path, shards: int = 4) -> RunPlan:
     config = CollectConfig(input="prompts.jsonl", model_url="http://127.0.0.1:9/v1", model="m", num_repeats=4)
     run = RunRef(run_id="r" * 16, run_url=str(tmp_path / "run"), config=config)
-    return RunPlan(run=run, shards=[ShardRef(shard=f"{i:05d}", prompts=2) for i in range(shards)], prompts=2 * shards,
-                   rejects=0, resumed=False)
+    return RunPlan(
+        run=run,
+        shards=[ShardRef(shard=f"{i:05d}", prompts=2) for i in range(shards)],
+        prompts=2 * shards,
+        rejects=0,
+        resumed=False,
+    )
 
 
 def test_shards_that_never_ran_are_not_run_not_failed(tmp_path):
     plan = _plan(tmp_path)
-    results = [ShardResult(shard="00000", rollouts=7, failed=1, reward_sum=3.5),
-               ShardResult(shard="00001", rollouts=8, failed=0, reward_sum=8.0)]
+    results = [
+        ShardResult(shard="00000", rollouts=7, failed=1, reward_sum=3.5),
+        ShardResult(shard="00001", rollouts=8, failed=0, reward_sum=8.0),
+    ]
     summary = finish_run(plan, judge(plan, results, ["00002", "00003"]), results, ["00002", "00003"], {}, {})
     assert (summary.rollouts_ok, summary.rollouts_failed, summary.rollouts_not_run) == (15, 1, 16)
     assert summary.failure_fraction == 1 / 32 and summary.status == "failed"

@@ -10,26 +10,35 @@ from pathlib import Path
 
 import pytest
 
-from rollouts.config import CollectConfig
-from rollouts.errors import Interrupted
 from rollouts.collector.pool import CollectorPool
-from rollouts.errors import WorkerLost
-from rollouts.stages.generate import generate_with
 from rollouts.collector.progress import ProgressBoard
-from rollouts.stages.shard import plan_run
+from rollouts.config import CollectConfig
+from rollouts.errors import Interrupted, WorkerLost
 from rollouts.sim import SimConfig, serve_in_thread
+from rollouts.stages.generate import generate_with
+from rollouts.stages.shard import plan_run
 from tests.integration.conftest import math_rows, write_jsonl
 
 
 def plan(tmp_path: Path, url: str, prompts: int, **options):
-    config = CollectConfig(input=str(write_jsonl(tmp_path / "prompts.jsonl", math_rows(prompts))), out=str(tmp_path / "runs"),
-                           model_url=url, model="sim-model", task_runner="processes", workers=2, **options)
+    config = CollectConfig(
+        input=str(write_jsonl(tmp_path / "prompts.jsonl", math_rows(prompts))),
+        out=str(tmp_path / "runs"),
+        model_url=url,
+        model="sim-model",
+        task_runner="processes",
+        workers=2,
+        **options,
+    )
     return plan_run(config)
 
 
 def rows(run_url: str) -> list[dict]:
-    return [json.loads(line) for f in sorted((Path(run_url) / "rollouts").glob("*.jsonl"))
-            for line in f.read_text().splitlines()]
+    return [
+        json.loads(line)
+        for f in sorted((Path(run_url) / "rollouts").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
 
 
 @pytest.fixture
@@ -102,11 +111,14 @@ def test_a_killed_process_fails_its_shards_with_worker_lost_and_is_replaced(tmp_
     assert len({r["rollout_id"] for r in written}) == 200 == len(written)  # resumed: nothing twice
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"task_runner": "threads", "workers": 2}, "--workers is the number of collector processes"),
-    ({"task_runner": "dask", "workers": 2}, "--dask-workers"),
-    ({"task_runner": "processes", "parallel": "auto"}, "--parallel auto runs in one collector process"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"task_runner": "threads", "workers": 2}, "--workers is the number of collector processes"),
+        ({"task_runner": "dask", "workers": 2}, "--dask-workers"),
+        ({"task_runner": "processes", "parallel": "auto"}, "--parallel auto runs in one collector process"),
+    ],
+)
 def test_options_that_would_do_nothing_are_refused(options, message):
     from pydantic import ValidationError
 
@@ -115,8 +127,9 @@ def test_options_that_would_do_nothing_are_refused(options, message):
 
 
 def test_parallel_is_split_between_the_processes():
-    config = CollectConfig(input="p.jsonl", model_url="http://x/v1", model="m", task_runner="processes", workers=3,
-                           parallel=1000)
+    config = CollectConfig(
+        input="p.jsonl", model_url="http://x/v1", model="m", task_runner="processes", workers=3, parallel=1000
+    )
     assert (config.processes, config.parallel_per_process) == (3, 334)
 
 
@@ -137,5 +150,9 @@ def test_a_profiled_run_gets_a_function_profile_part_from_each_process_that_ran_
     stats, merged = read_function_stats(Store(work.run.run_url, None))
     assert merged == len(parts)
     rows = {(r["module"], r["function"]): r for r in stats.table()}
-    rollout = next(r for (module, name), r in rows.items() if module.endswith("rollouts/stages/generate.py") and name.endswith("_rollout"))
+    rollout = next(
+        r
+        for (module, name), r in rows.items()
+        if module.endswith("rollouts/stages/generate.py") and name.endswith("_rollout")
+    )
     assert rollout["wall_ncall"] + rollout["cpu_ncall"] > 0  # the shards' own code, profiled where it ran

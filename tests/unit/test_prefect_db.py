@@ -10,8 +10,9 @@ import pytest
 
 from commands import prefect_db
 
-needs_snapshot = pytest.mark.skipif(not prefect_db.snapshot_path().exists(),
-                                    reason="no schema snapshot for the installed Prefect (the server migrates)")
+needs_snapshot = pytest.mark.skipif(
+    not prefect_db.snapshot_path().exists(), reason="no schema snapshot for the installed Prefect (the server migrates)"
+)
 
 
 def _revision(sql: str) -> str:

@@ -15,34 +15,51 @@ from rollouts.process.extras import discover
 
 
 def ok_row(task: int, answer: str, reward: float, **extra: object) -> str:
-    return json.dumps({
-        "responses_create_params": {"input": f"What is {task} + 1? \\boxed{{}}"},
-        "expected_answer": str(task + 1),
-        "_ng_task_index": task,
-        "_ng_rollout_index": 0,
-        "rollout_id": f"r{task}",
-        "schema_version": 2,
-        "sampling": {"temperature": 0.7},
-        "response": {"output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": f"\\boxed{{{answer}}}"}]}],
-                     "usage": {"output_tokens": 5}},
-        "status": "ok",
-        "reward": reward,
-        **extra,
-    })
+    return json.dumps(
+        {
+            "responses_create_params": {"input": f"What is {task} + 1? \\boxed{{}}"},
+            "expected_answer": str(task + 1),
+            "_ng_task_index": task,
+            "_ng_rollout_index": 0,
+            "rollout_id": f"r{task}",
+            "schema_version": 2,
+            "sampling": {"temperature": 0.7},
+            "response": {
+                "output": [
+                    {
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": f"\\boxed{{{answer}}}"}],
+                    }
+                ],
+                "usage": {"output_tokens": 5},
+            },
+            "status": "ok",
+            "reward": reward,
+            **extra,
+        }
+    )
 
 
 def failed_row(task: int) -> str:
-    return json.dumps({
-        "responses_create_params": {"input": f"What is {task} + 1?"},
-        "_ng_task_index": task,
-        "_ng_rollout_index": 0,
-        "rollout_id": f"r{task}",
-        "schema_version": 2,
-        "response": None,
-        "reward": None,
-        "status": "failed",
-        "error": {"type": "ProviderError", "message": f"HTTP 503 for {task}", "status_code": 503, "stage": "generate"},
-    })
+    return json.dumps(
+        {
+            "responses_create_params": {"input": f"What is {task} + 1?"},
+            "_ng_task_index": task,
+            "_ng_rollout_index": 0,
+            "rollout_id": f"r{task}",
+            "schema_version": 2,
+            "response": None,
+            "reward": None,
+            "status": "failed",
+            "error": {
+                "type": "ProviderError",
+                "message": f"HTTP 503 for {task}",
+                "status_code": 503,
+                "stage": "generate",
+            },
+        }
+    )
 
 
 def write_run(root: Path, shards: list[list[str]]) -> Path:
@@ -66,7 +83,7 @@ def one_by_one(run: Path) -> int:
 def test_shards_read_together_give_the_frame_of_shards_read_one_by_one(tmp_path: Path) -> None:
     shards = [
         [ok_row(0, "1", 1.0), ok_row(1, "3", 0.0), failed_row(2)],
-        [ok_row(3, "4", 1.0, judge={"note": "a \\ b \"q\""}), failed_row(4), ok_row(5, "6", 1.0)],  # a key only here
+        [ok_row(3, "4", 1.0, judge={"note": 'a \\ b "q"'}), failed_row(4), ok_row(5, "6", 1.0)],  # a key only here
         [ok_row(6, "7", 1.0, score=True), ok_row(7, "8", 1.0, score=3), ok_row(8, "0", 0.0)],  # mixed types: as JSON
         [ok_row(9, "10", 1.0, score=2), "", ok_row(10, "11", 1.0, score=5), ok_row(11, "12", 1.0)],  # typed here
     ]
@@ -78,9 +95,11 @@ def test_shards_read_together_give_the_frame_of_shards_read_one_by_one(tmp_path:
     df = together.frame_data
     assert df["row"].to_list() == list(range(12))
     assert df["line"].to_list() == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 3, 4]  # each in its own file, blank line kept
-    assert [f.rsplit("/", 1)[1] for f in df["file"]] == ["00000.jsonl"] * 3 + ["00001.jsonl"] * 3 + ["00002.jsonl"] * 3 + ["00003.jsonl"] * 3
+    assert [f.rsplit("/", 1)[1] for f in df["file"]] == ["00000.jsonl"] * 3 + ["00001.jsonl"] * 3 + [
+        "00002.jsonl"
+    ] * 3 + ["00003.jsonl"] * 3
     extra = [json.loads(e) if e else {} for e in df["extra"]]
-    assert extra[3] == {"expected_answer": "4", "judge": {"note": "a \\ b \"q\""}}
+    assert extra[3] == {"expected_answer": "4", "judge": {"note": 'a \\ b "q"'}}
     assert [e.get("score") for e in extra] == [None] * 6 + [True, 3, None, 2, 5, None]
     assert all("sampling" not in e for e in extra)  # our bookkeeping on our rows
     errors = {line: json.loads(e)["message"] for line, e in zip(df["line"], df["error"], strict=True) if e}
@@ -90,8 +109,14 @@ def test_shards_read_together_give_the_frame_of_shards_read_one_by_one(tmp_path:
 
 def test_a_bad_row_in_a_later_shard_is_named_by_its_own_file_and_line(tmp_path: Path) -> None:
     odd = json.loads(ok_row(5, "6", 1.0)) | {"status": "odd"}
-    run = write_run(tmp_path, [[ok_row(0, "1", 1.0), ok_row(1, "2", 1.0)], [ok_row(2, "3", 1.0), json.dumps(odd)],
-                               [ok_row(3, "4", 1.0), "{not json", ok_row(4, "5", 1.0)]])
+    run = write_run(
+        tmp_path,
+        [
+            [ok_row(0, "1", 1.0), ok_row(1, "2", 1.0)],
+            [ok_row(2, "3", 1.0), json.dumps(odd)],
+            [ok_row(3, "4", 1.0), "{not json", ok_row(4, "5", 1.0)],
+        ],
+    )
     with pytest.raises(InputError, match=r"00001\.jsonl:2: unknown status odd") as info:
         load_rollouts([str(run)])
     assert info.value.line == 2  # type: ignore[attr-defined]

@@ -17,7 +17,21 @@ GYM = str(FIXTURES / "gym.jsonl")
 
 
 def test_several_objectives_in_one_go(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main([GYM, "--objective", "rl,sft", "--objective", "dpo", "--out", str(tmp_path), "--format", "dpo:nemo-rl", "--format", "jsonl"])
+    code = main(
+        [
+            GYM,
+            "--objective",
+            "rl,sft",
+            "--objective",
+            "dpo",
+            "--out",
+            str(tmp_path),
+            "--format",
+            "dpo:nemo-rl",
+            "--format",
+            "jsonl",
+        ]
+    )
     assert code == 0
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert written == [
@@ -39,7 +53,12 @@ def test_options_reach_the_config() -> None:
          "--min-reward", "0.5", "--per-prompt", "2", "--keep-duplicates", "--top-k", "3"]
     )  # fmt: skip
     (config,) = build_command(args).configs()
-    assert (config.objective, config.pairing, config.min_margin, config.max_pairs_per_prompt) == ("dpo", "all-pairs", 0.5, 3)
+    assert (config.objective, config.pairing, config.min_margin, config.max_pairs_per_prompt) == (
+        "dpo",
+        "all-pairs",
+        0.5,
+        3,
+    )
     assert (config.max_length_ratio, config.keep_mean_between, config.skip_bad_rows) == (2.0, (0.1, 0.9), True)
     assert (config.min_reward, config.per_prompt, config.drop_duplicates, config.top_k) == (0.5, 2, False, 3)
     assert config.output_formats == ("trl", "openai")
@@ -52,11 +71,17 @@ def test_options_reach_the_config() -> None:
         (["nope.jsonl", "--objective", "rl"], 1, "nope.jsonl: no such file"),
         ([GYM, "--objective", "ppo"], 2, "unknown objective 'ppo'"),
         ([GYM, "--objective", "rl", "--format", "openai"], 2, "--format openai: not a format of rl"),
-        ([GYM, "--objective", "sft", "--per-prompt", "0"], 2, "--per-prompt: Input should be greater than or equal to 1"),
+        (
+            [GYM, "--objective", "sft", "--per-prompt", "0"],
+            2,
+            "--per-prompt: Input should be greater than or equal to 1",
+        ),
         ([GYM, "--objective", "rl", "--keep-mean-between", "0.9", "0.1"], 2, "low 0.9 > high 0.1"),
     ],
 )
-def test_user_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str) -> None:
+def test_user_errors_are_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
     assert main([*argv, "--out", str(tmp_path)]) == code
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -83,6 +108,9 @@ def test_sft_never_takes_a_wrong_answer_without_asking(tmp_path: Path) -> None:
     assert main([GYM, "--objective", "sft", "--per-prompt", "9", "--out", str(tmp_path / "a")]) == 0
     card = json.loads((tmp_path / "a" / "sft" / "data_card.json").read_text())
     assert card["reward_after"]["min"] == 1.0
-    assert main([GYM, "--objective", "sft", "--per-prompt", "9", "--min-reward", "none", "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main([GYM, "--objective", "sft", "--per-prompt", "9", "--min-reward", "none", "--out", str(tmp_path / "b")])
+        == 0
+    )
     card = json.loads((tmp_path / "b" / "sft" / "data_card.json").read_text())
     assert card["reward_after"]["min"] == 0.0

@@ -35,7 +35,11 @@ def test_every_format_exactly(tmp_path: Path) -> None:
         {"input": {"messages": P0}, "preferred_output": four, "non_preferred_output": five},
     ]
     assert read_jsonl(result.files["trl-standard"]) == [
-        {"prompt": "What is 2+2? Answer in \\boxed{}.\n\n", "chosen": "It is \\boxed{4}.", "rejected": "It is \\boxed{5}."},
+        {
+            "prompt": "What is 2+2? Answer in \\boxed{}.\n\n",
+            "chosen": "It is \\boxed{4}.",
+            "rejected": "It is \\boxed{5}.",
+        },
         {"prompt": "Use the calculator.\n\nWhat is 6*7?\n\n", "chosen": "The answer is 42.", "rejected": "I think 41."},
     ]
     # NeMo RL trains only the final message of a completion: the tool-call pair is left out, and said so
@@ -44,7 +48,9 @@ def test_every_format_exactly(tmp_path: Path) -> None:
     ]
     notes = {o.format: o.note for o in result.card.outputs}
     assert notes["openai"] is not None and notes["openai"].startswith("1 pairs skipped")
-    assert notes["nemo-rl"] is not None and "final message" in notes["nemo-rl"] and "ignores `tools`" in notes["nemo-rl"]
+    assert (
+        notes["nemo-rl"] is not None and "final message" in notes["nemo-rl"] and "ignores `tools`" in notes["nemo-rl"]
+    )
     assert result.card.unit == "pairs" and result.card.rows_out == 2
 
 
@@ -57,8 +63,16 @@ def test_every_format_exactly(tmp_path: Path) -> None:
             [(0, 1, 1.0, 1), (0, 3, 0.5, 2), (3, 1, 0.5, 3), (4, 5, 1.0, 1), (4, 6, 1.0, 2)],
             {"tie": 1},
         ),
-        ({"pairing": "all-pairs", "min_margin": 0.6}, [(0, 1, 1.0, 1), (4, 5, 1.0, 1), (4, 6, 1.0, 2)], {"tie": 1, "margin_below_min": 2}),
-        ({"pairing": "all-pairs", "max_pairs_per_prompt": 1}, [(0, 1, 1.0, 1), (4, 5, 1.0, 1)], {"tie": 1, "over_cap": 3}),
+        (
+            {"pairing": "all-pairs", "min_margin": 0.6},
+            [(0, 1, 1.0, 1), (4, 5, 1.0, 1), (4, 6, 1.0, 2)],
+            {"tie": 1, "margin_below_min": 2},
+        ),
+        (
+            {"pairing": "all-pairs", "max_pairs_per_prompt": 1},
+            [(0, 1, 1.0, 1), (4, 5, 1.0, 1)],
+            {"tie": 1, "over_cap": 3},
+        ),
         ({"pairing": "top-bottom-k", "top_k": 1}, [(0, 1, 1.0, 1), (4, 5, 1.0, 1)], {}),
         (
             {"pairing": "top-bottom-k", "top_k": 2},
@@ -70,7 +84,9 @@ def test_every_format_exactly(tmp_path: Path) -> None:
         ({"pairing": "all-pairs", "max_length_ratio": 1.3}, [(0, 1, 1.0, 1)], {"tie": 1, "length_ratio": 4}),
     ],
 )
-def test_strategies(options: dict[str, Any], expected: list[tuple[int, int, float, int]], pair_drops: dict[str, int]) -> None:
+def test_strategies(
+    options: dict[str, Any], expected: list[tuple[int, int, float, int]], pair_drops: dict[str, int]
+) -> None:
     got, drops, _ = pairs(**options)
     assert got == expected
     assert drops == pair_drops
@@ -90,7 +106,9 @@ def test_identical_completions_never_pair(tmp_path: Path) -> None:
     rows[2]["reward"] = 0.0  # same completion as row 0, lower reward: a noisy verifier
     path = tmp_path / "noisy.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    selection = select(load_rollouts([str(path)]), ProcessConfig(objective="dpo", pairing="all-pairs", drop_duplicates=False))
+    selection = select(
+        load_rollouts([str(path)]), ProcessConfig(objective="dpo", pairing="all-pairs", drop_duplicates=False)
+    )
     assert selection.selected_data is not None
     got = selection.selected_data.select("chosen_row", "rejected_row").rows()
     assert (0, 2) not in got and (0, 1) in got

@@ -17,8 +17,24 @@ import pytest
 from rollouts.process import extras, load_rollouts
 from rollouts.process.extras import RULE_KEYS, SAMPLE_HEAD, SAMPLE_SPREAD, extras_column, loads_extra
 
-TRICKY = ["q\"x", "a\\b", "\\boxed{1}", "é\U0001f600", "\u0000\x1b", "\n\t", '{"b":1}', "{}", "[1]", "", "null", "3", "true",
-          "-1.5", "\u2028", "/"]
+TRICKY = [
+    'q"x',
+    "a\\b",
+    "\\boxed{1}",
+    "é\U0001f600",
+    "\u0000\x1b",
+    "\n\t",
+    '{"b":1}',
+    "{}",
+    "[1]",
+    "",
+    "null",
+    "3",
+    "true",
+    "-1.5",
+    "\u2028",
+    "/",
+]
 
 
 def exact(value: Any) -> Any:
@@ -37,7 +53,9 @@ def expected(line: str) -> dict[str, Any]:
 
 def column_of(lines: list[str]) -> list[str | None]:
     data = ("\n".join(lines) + "\n").encode()
-    df = pl.DataFrame({"raw": lines, "schema_version": [None] * len(lines)}, schema={"raw": pl.String, "schema_version": pl.Int64})
+    df = pl.DataFrame(
+        {"raw": lines, "schema_version": [None] * len(lines)}, schema={"raw": pl.String, "schema_version": pl.Int64}
+    )
     return extras_column(df, data).to_list()
 
 
@@ -53,15 +71,22 @@ def test_a_key_that_is_a_string_on_some_rows_and_a_number_on_others() -> None:
 
 def test_strings_that_need_escapes_or_look_like_json() -> None:
     assert_exact([json.dumps({"mixed": s if i % 2 else i, "text": s}) for i, s in enumerate(TRICKY)])
-    assert_exact([json.dumps({"mixed": s, "obj": {"s": s}}, ensure_ascii=False) for s in TRICKY] + ['{"mixed": 1, "obj": []}'])
+    assert_exact(
+        [json.dumps({"mixed": s, "obj": {"s": s}}, ensure_ascii=False) for s in TRICKY] + ['{"mixed": 1, "obj": []}']
+    )
 
 
 def test_floats_are_exact() -> None:
     rng = random.Random(7)
     floats = [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(3000)]
     floats = [f for f in floats if math.isfinite(f)] + [0.1, 1e-7, 1e23, -0.0, 5e-324, 0.30000000000000004]
-    lines = [orjson.dumps({"score": f, "judge": {"p": f, "xs": [f, 1]}, "count": i}).decode() for i, f in enumerate(floats)]
-    lines += ['{"score": 3, "judge": {"p": 3, "xs": [2.0]}, "count": 1}', '{"score": 1.00000000000000011102230246251565404}']
+    lines = [
+        orjson.dumps({"score": f, "judge": {"p": f, "xs": [f, 1]}, "count": i}).decode() for i, f in enumerate(floats)
+    ]
+    lines += [
+        '{"score": 3, "judge": {"p": 3, "xs": [2.0]}, "count": 1}',
+        '{"score": 1.00000000000000011102230246251565404}',
+    ]
     assert_exact(lines)
 
 
@@ -74,8 +99,12 @@ def test_a_value_of_another_type_beyond_the_sample() -> None:
         "steps": [3] * n,  # an integer, and beyond it a string (the typed read fails) and a float
         "flag": [True] * n,
     }
-    odd: dict[str, list[Any]] = {"agent_ref": ['{"name":"math"}', 7, [1], "null"], "answer": [4, {"a": "4"}, True, 4.5],
-                                 "steps": ["3", 3.5, False, {}], "flag": ["true", 1, None, [True]]}
+    odd: dict[str, list[Any]] = {
+        "agent_ref": ['{"name":"math"}', 7, [1], "null"],
+        "answer": [4, {"a": "4"}, True, 4.5],
+        "steps": ["3", 3.5, False, {}],
+        "flag": ["true", 1, None, [True]],
+    }
     for key, others in odd.items():
         for i, other in zip(beyond, others, strict=False):
             values[key][i] = other
@@ -93,12 +122,32 @@ def test_a_key_written_with_escapes_is_still_checked() -> None:
 
 def test_extra_through_load_rollouts(tmp_path: Path) -> None:
     def row(task: int, **extra: Any) -> str:
-        return json.dumps({"responses_create_params": {"input": f"What is {task} + 1?"}, "_ng_task_index": task,
-                           "_ng_rollout_index": 0, "response": {"output": [{"type": "message", "role": "assistant",
-                           "content": [{"type": "output_text", "text": "\\boxed{2}"}]}], "usage": {"output_tokens": 3}},
-                           "reward": 1.0, **extra})
-    lines = [row(0, score="high", agent_ref={"name": "math"}), row(1, score=3, agent_ref={"name": "math"}),
-             row(2, score='q"x', judge=0.1 + 0.2), row(3, score="3", judge=1e-30)]
+        return json.dumps(
+            {
+                "responses_create_params": {"input": f"What is {task} + 1?"},
+                "_ng_task_index": task,
+                "_ng_rollout_index": 0,
+                "response": {
+                    "output": [
+                        {
+                            "type": "message",
+                            "role": "assistant",
+                            "content": [{"type": "output_text", "text": "\\boxed{2}"}],
+                        }
+                    ],
+                    "usage": {"output_tokens": 3},
+                },
+                "reward": 1.0,
+                **extra,
+            }
+        )
+
+    lines = [
+        row(0, score="high", agent_ref={"name": "math"}),
+        row(1, score=3, agent_ref={"name": "math"}),
+        row(2, score='q"x', judge=0.1 + 0.2),
+        row(3, score="3", judge=1e-30),
+    ]
     path = tmp_path / "gym.jsonl"
     path.write_text("".join(line + "\n" for line in lines))
     loaded = load_rollouts([str(path)])
@@ -109,8 +158,10 @@ def test_extra_through_load_rollouts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("rows", [1, 3, 700])
 def test_the_usual_collection_rows_take_no_python_per_row(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    line = ('{"agent_ref":{"name":"math"},"expected_answer":"%d","tool_stats":{"calculator":{"calls":1,"errors":0,'
-            '"total_ms":12.345,"max_ms":%d.5}},"end_reason":"done","response":{"output":[]},"reward":1.0}')
+    line = (
+        '{"agent_ref":{"name":"math"},"expected_answer":"%d","tool_stats":{"calculator":{"calls":1,"errors":0,'
+        '"total_ms":12.345,"max_ms":%d.5}},"end_reason":"done","response":{"output":[]},"reward":1.0}'
+    )
     lines = [line % (i, i) for i in range(rows)]
     calls: list[int] = []
     original = extras._exact_rows
@@ -120,7 +171,9 @@ def test_the_usual_collection_rows_take_no_python_per_row(rows: int, monkeypatch
         return original(df, keys, suspect, extra)
 
     monkeypatch.setattr(extras, "_exact_rows", counted)
-    df = pl.read_ndjson(io.BytesIO("\n".join(lines).encode()), schema={"schema_version": pl.Int64}).with_columns(raw=pl.Series(lines))
+    df = pl.read_ndjson(io.BytesIO("\n".join(lines).encode()), schema={"schema_version": pl.Int64}).with_columns(
+        raw=pl.Series(lines)
+    )
     out = extras_column(df, ("\n".join(lines) + "\n").encode()).to_list()
     assert [exact(loads_extra(t)) for t in out] == [exact(expected(x)) for x in lines]
     assert calls == [0]  # no row read in Python

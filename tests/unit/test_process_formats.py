@@ -40,8 +40,16 @@ def test_tool_call_conversation_openai_flavour() -> None:
             "role": "assistant",
             "content": "Let me compute.",
             "tool_calls": [
-                {"id": "call_a", "type": "function", "function": {"name": "calculator", "arguments": '{"expression":"6*7"}'}},
-                {"id": "call_b", "type": "function", "function": {"name": "calculator", "arguments": '{"expression":"6+7"}'}},
+                {
+                    "id": "call_a",
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": '{"expression":"6*7"}'},
+                },
+                {
+                    "id": "call_b",
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": '{"expression":"6+7"}'},
+                },
             ],
         },
         {"role": "tool", "tool_call_id": "call_a", "content": "42"},
@@ -57,8 +65,16 @@ def test_tool_call_conversation_trl_flavour() -> None:
             "role": "assistant",
             "content": "Let me compute.",
             "tool_calls": [
-                {"id": "call_a", "type": "function", "function": {"name": "calculator", "arguments": {"expression": "6*7"}}},
-                {"id": "call_b", "type": "function", "function": {"name": "calculator", "arguments": {"expression": "6+7"}}},
+                {
+                    "id": "call_a",
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": {"expression": "6*7"}},
+                },
+                {
+                    "id": "call_b",
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": {"expression": "6+7"}},
+                },
             ],
         },
         {"role": "tool", "name": "calculator", "tool_call_id": "call_a", "content": "42"},
@@ -70,7 +86,13 @@ def test_tool_call_conversation_trl_flavour() -> None:
 
 def test_tool_only_turn_has_empty_content_and_later_text_joins_it() -> None:
     items = [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}]
-    assert to_messages(items) == [{"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]
+    assert to_messages(items) == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        }
+    ]
     items.append({"type": "message", "role": "assistant", "content": "done"})
     assert to_messages(items)[0]["content"] == "done"
 
@@ -79,9 +101,16 @@ def test_prompt_items_roles_and_parts() -> None:
     assert prompt_messages('"just text"') == [{"role": "user", "content": "just text"}]
     items = [
         {"role": "developer", "content": "Be brief."},
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say "}, {"type": "input_text", "text": "no."}]},
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Say "}, {"type": "input_text", "text": "no."}],
+        },
     ]
-    assert prompt_messages(json.dumps(items)) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say no."}]
+    assert prompt_messages(json.dumps(items)) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say no."},
+    ]
 
 
 def test_non_string_tool_output_and_arguments() -> None:
@@ -97,7 +126,10 @@ def test_non_string_tool_output_and_arguments() -> None:
 def test_chat_tools_converts_responses_tools_and_keeps_chat_tools() -> None:
     chat = {"type": "function", "function": {"name": "g", "parameters": {}}}
     assert chat_tools([CALC, chat]) == [
-        {"type": "function", "function": {"name": "calculator", "description": "Evaluate arithmetic.", "parameters": CALC["parameters"]}},
+        {
+            "type": "function",
+            "function": {"name": "calculator", "description": "Evaluate arithmetic.", "parameters": CALC["parameters"]},
+        },
         chat,
     ]
     assert chat_tools(None) is None and chat_tools([]) is None

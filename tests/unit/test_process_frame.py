@@ -45,10 +45,15 @@ def test_nested_json_round_trips_exactly_including_backslashes() -> None:
     rows = [json.loads(line) for line in GYM.read_text().splitlines()]
     for got, row in zip(df.iter_rows(named=True), rows, strict=True):
         params = row["responses_create_params"]
-        want_prompt = [{"role": "user", "content": params["input"]}] if isinstance(params["input"], str) else params["input"]
+        want_prompt = (
+            [{"role": "user", "content": params["input"]}] if isinstance(params["input"], str) else params["input"]
+        )
         assert json.loads(got["prompt"]) == want_prompt
-        assert json.loads(got["tools"]) if got["tools"] else None == params.get("tools")
-        tokenless = [{k: v for k, v in item.items() if "token" not in k and "log_probs" not in k} for item in row["response"]["output"]]
+        assert json.loads(got["tools"]) if got["tools"] else params.get("tools") == None
+        tokenless = [
+            {k: v for k, v in item.items() if "token" not in k and "log_probs" not in k}
+            for item in row["response"]["output"]
+        ]
         assert json.loads(got["output"]) == tokenless
     assert "\\boxed{4}" in json.loads(df["output"][0])[1]["content"][0]["text"]
 
@@ -60,7 +65,12 @@ def test_run_directory_reads_rollouts_and_failures_as_one_source() -> None:
     assert df["source"].unique().to_list() == ["run"]
     assert df["status"].to_list() == ["ok", "ok", "ok", "ok", "failed"]
     assert df["group_id"].to_list()[-2:] == ["run#1"] * 2  # a failure joins its group
-    assert json.loads(df["error"][-1]) == {"type": "ProviderError", "message": "HTTP 503", "status_code": 503, "stage": "generate"}
+    assert json.loads(df["error"][-1]) == {
+        "type": "ProviderError",
+        "message": "HTTP 503",
+        "status_code": 503,
+        "stage": "generate",
+    }
     assert df["rollout_id"].to_list() == ["run1-0-0", "run1-0-1", "run1-0-2", "run1-1-0", "run1-1-1"]
 
 
@@ -75,8 +85,18 @@ def test_glob_parquet_and_workdir_give_the_same_frame(tmp_path: Path) -> None:
     assert from_glob.files == 2 and from_glob.rows == 9
     parquet = load_rollouts([str(tmp_path / "gym.parquet")], workdir=str(tmp_path / "work"))
     assert parquet.frame_data is None and parquet.frame_uri is not None
-    cols = ["task_index", "rollout_index", "reward", "finish_reason", "num_turns", "output_tokens", "generation_token_ids"]
-    assert_frame_equal(parquet.scan().select(cols).collect(), load_rollouts([str(tool_rows)]).scan().select(cols).collect())
+    cols = [
+        "task_index",
+        "rollout_index",
+        "reward",
+        "finish_reason",
+        "num_turns",
+        "output_tokens",
+        "generation_token_ids",
+    ]
+    assert_frame_equal(
+        parquet.scan().select(cols).collect(), load_rollouts([str(tool_rows)]).scan().select(cols).collect()
+    )
     frame = parquet.scan().collect()
     assert frame["line"].to_list() == [1, 2, 3]  # row numbers
     assert json.loads(frame["prompt"][0])[1] == {"role": "user", "content": "What is 6*7?"}
@@ -109,10 +129,19 @@ def test_bad_row_fails_with_file_and_line() -> None:
     [
         ('{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": 1\n', "invalid JSON"),
         ('{"prompt": "an input row"}', "missing responses_create_params.input"),
-        ('{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": "high"}', "reward must be a number"),
+        (
+            '{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": "high"}',
+            "reward must be a number",
+        ),
         ('{"responses_create_params": {"input": "x"}, "reward": 1.0, "schema_version": 1}', "missing response"),
-        ('{"responses_create_params": {"input": "x"}, "response": {"output": "text"}, "reward": 1.0}', "response.output must be a list"),
-        ('{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": 1, "status": "odd", "schema_version": 1}', "unknown status odd"),
+        (
+            '{"responses_create_params": {"input": "x"}, "response": {"output": "text"}, "reward": 1.0}',
+            "response.output must be a list",
+        ),
+        (
+            '{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": 1, "status": "odd", "schema_version": 1}',
+            "unknown status odd",
+        ),
         ("[1, 2]", "not an object"),
     ],
 )

@@ -80,26 +80,44 @@ def test_dpo_pairs_need_one_prompt_unless_asked_to_pair_by_task(tmp_path: Path) 
     # asked to pair the task regardless: "Hit." (A, 3; reward 1) over "Stand." (7, 5; reward 0); the two "Stand."
     # answers are identical completions and never a pair
     by_task = select(load_rollouts([str(GYM_OUT)]), ByTaskConfig(objective="dpo", pairing="all-pairs"))
-    assert by_task.selected_data is not None and by_task.selected_data["group_id"].to_list() == ["rollouts#0", "rollouts#1"]
-    result = process([str(GYM_OUT)], ByTaskConfig(objective="dpo", pairing="all-pairs", formats=("trl",)), str(tmp_path))
+    assert by_task.selected_data is not None and by_task.selected_data["group_id"].to_list() == [
+        "rollouts#0",
+        "rollouts#1",
+    ]
+    result = process(
+        [str(GYM_OUT)], ByTaskConfig(objective="dpo", pairing="all-pairs", formats=("trl",)), str(tmp_path)
+    )
     pair = read_jsonl(result.files["trl"])[0]
     assert pair["prompt"][1]["content"] == "Your hand: A, 3. Hit or stand?"  # the chosen side's own prompt
-    assert (pair["chosen"], pair["rejected"]) == ([{"role": "assistant", "content": "Hit."}], [{"role": "assistant", "content": "Stand."}])
+    assert (pair["chosen"], pair["rejected"]) == (
+        [{"role": "assistant", "content": "Hit."}],
+        [{"role": "assistant", "content": "Stand."}],
+    )
 
 
 def test_sft_is_best_of_n_per_prompt_and_ends_with_an_assistant_turn(tmp_path: Path) -> None:
-    result = process([str(GYM_OUT)], ProcessConfig(objective="sft", formats=("openai", "trl", "verl"), min_reward=1.0), str(tmp_path))
+    result = process(
+        [str(GYM_OUT)], ProcessConfig(objective="sft", formats=("openai", "trl", "verl"), min_reward=1.0), str(tmp_path)
+    )
     rows = read_jsonl(result.files["openai"])
-    assert [r["messages"][-1] for r in rows] == [{"role": "assistant", "content": c} for c in ("Stand.", "Hit.", "Red.", "7.")]
+    assert [r["messages"][-1] for r in rows] == [
+        {"role": "assistant", "content": c} for c in ("Stand.", "Hit.", "Red.", "7.")
+    ]
     assert rows[0]["messages"][0] == SYSTEM and rows[0]["parallel_tool_calls"] is False
     assert rows[0]["tools"][0]["function"]["strict"] is True
-    assert rows[3]["messages"] == [{"role": "user", "content": "Name a prime number."}, {"role": "assistant", "content": "7."}]
+    assert rows[3]["messages"] == [
+        {"role": "user", "content": "Name a prime number."},
+        {"role": "assistant", "content": "7."},
+    ]
 
 
 def test_images_per_format(tmp_path: Path) -> None:
     results = process_many(
         [str(GYM_OUT)],
-        [ProcessConfig(objective="sft", formats=("openai", "trl", "verl"), min_reward=1.0), ProcessConfig(objective="dpo", formats=("trl", "openai", "trl-standard", "nemo-rl"))],
+        [
+            ProcessConfig(objective="sft", formats=("openai", "trl", "verl"), min_reward=1.0),
+            ProcessConfig(objective="dpo", formats=("trl", "openai", "trl-standard", "nemo-rl")),
+        ],
         str(tmp_path),
     )
     sft, dpo = results
@@ -109,7 +127,9 @@ def test_images_per_format(tmp_path: Path) -> None:
     trl = read_jsonl(sft.files["trl"])[2]["messages"][0]["content"]
     assert trl[1] == {"type": "image", "image": image_row[1]["image_url"]["url"]}
     verl = pl.read_parquet(sft.files["verl"]).to_dicts()[2]
-    assert verl["messages"][0]["content"] == "What colour is this pixel?<image>" and verl["images"] == [{"image": trl[1]["image"]}]
+    assert verl["messages"][0]["content"] == "What colour is this pixel?<image>" and verl["images"] == [
+        {"image": trl[1]["image"]}
+    ]
     notes = {o.format: o.note or "" for o in dpo.card.outputs}
     assert dpo.rows["trl"] == dpo.rows["openai"] == 1 and dpo.rows["trl-standard"] == dpo.rows["nemo-rl"] == 0
     assert "images" in notes["trl-standard"] and "images" in notes["nemo-rl"]
@@ -127,7 +147,9 @@ def test_verl_rl_prompts(tmp_path: Path) -> None:
     assert first["extra_info"]["index"] == 0 and first["extra_info"]["need_tools_kwargs"] is True
     assert first["extra_info"]["tools_kwargs"] == {"draw_card": {"create_kwargs": {"ground_truth": None}}}
     image = rows[3]
-    assert image["reward_model"] == {"style": "rule", "ground_truth": "red"} and image["prompt"][0]["content"].endswith("<image>")
+    assert image["reward_model"] == {"style": "rule", "ground_truth": "red"} and image["prompt"][0]["content"].endswith(
+        "<image>"
+    )
 
 
 def test_group_ids_hold_no_local_path(tmp_path: Path) -> None:

@@ -38,7 +38,15 @@ def loaded(groups: list[list[tuple[Any, ...]]]) -> LoadedRollouts:
     frame = pl.DataFrame(rows, schema_overrides=ROLLOUT_SCHEMA).select(
         [pl.col(c) if c in rows[0] else pl.lit(None, d).alias(c) for c, d in ROLLOUT_SCHEMA.items()]
     )
-    return LoadedRollouts(inputs=["s"], files=1, rows_read=len(rows), rows=len(rows), bad_rows=BadRows(), has_token_ids=False, frame_data=frame)
+    return LoadedRollouts(
+        inputs=["s"],
+        files=1,
+        rows_read=len(rows),
+        rows=len(rows),
+        bad_rows=BadRows(),
+        has_token_ids=False,
+        frame_data=frame,
+    )
 
 
 @SETTINGS
@@ -52,7 +60,9 @@ def loaded(groups: list[list[tuple[Any, ...]]]) -> LoadedRollouts:
 )
 def test_dpo_pairs(groups: Any, pairing: str, margin: float, cap: int | None, ratio: float | None, k: int) -> None:
     data = loaded(groups)
-    config = ProcessConfig(objective="dpo", pairing=pairing, min_margin=margin, max_pairs_per_prompt=cap, max_length_ratio=ratio, top_k=k)  # type: ignore[arg-type]
+    config = ProcessConfig(
+        objective="dpo", pairing=pairing, min_margin=margin, max_pairs_per_prompt=cap, max_length_ratio=ratio, top_k=k
+    )  # type: ignore[arg-type]
     selection = select(data, config)
     pairs = selection.selected_data
     assert pairs is not None
@@ -66,7 +76,10 @@ def test_dpo_pairs(groups: Any, pairing: str, margin: float, cap: int | None, ra
         assert p["chosen_reward"] - p["rejected_reward"] > 0  # a tie is never a pair
         assert p["chosen_reward"] - p["rejected_reward"] >= margin
         assert chosen["completion_key"] != rejected["completion_key"]
-        assert chosen["status"] == rejected["status"] == "ok" and "length" not in (chosen["finish_reason"], rejected["finish_reason"])
+        assert chosen["status"] == rejected["status"] == "ok" and "length" not in (
+            chosen["finish_reason"],
+            rejected["finish_reason"],
+        )
         if ratio is not None:
             a, b = chosen["output_tokens"], rejected["output_tokens"]
             assert max(a, b) / min(a, b) <= ratio
@@ -106,10 +119,14 @@ def test_sft_rows(groups: Any, min_reward: float | None, per_prompt: int) -> Non
 @SETTINGS
 @given(GROUPS, st.sampled_from(["group", "batch", "none"]), st.booleans())
 def test_rl_advantages_sum_to_zero(groups: Any, scale: str, drop_uniform: bool) -> None:
-    selection = select(loaded(groups), ProcessConfig(objective="rl", advantage_scale=scale, drop_uniform_groups=drop_uniform))  # type: ignore[arg-type]
+    selection = select(
+        loaded(groups), ProcessConfig(objective="rl", advantage_scale=scale, drop_uniform_groups=drop_uniform)
+    )  # type: ignore[arg-type]
     kept = selection.selected_data
     assert kept is not None
-    sums = kept.group_by("group_id").agg(total=pl.col("advantage").sum(), n=pl.len(), spread=pl.col("reward").max() - pl.col("reward").min())
+    sums = kept.group_by("group_id").agg(
+        total=pl.col("advantage").sum(), n=pl.len(), spread=pl.col("reward").max() - pl.col("reward").min()
+    )
     for total, n, spread in sums.select("total", "n", "spread").iter_rows():
         assert abs(total) <= 1e-6 * max(1.0, n) * 1e3  # float error only, amplified at most by 1/(std + eps)
         if drop_uniform:

@@ -43,7 +43,9 @@ def test_other_scales(scale: str) -> None:
     df = selected(advantage_scale=scale)
     means = [0.625, 1 / 3, 0.0]
     divisor = statistics.stdev(REWARDS) + EPS if scale == "batch" else 1.0
-    assert df["advantage"].to_list() == pytest.approx([(r - means[g]) / divisor for r, g in zip(REWARDS, GROUPS, strict=True)])
+    assert df["advantage"].to_list() == pytest.approx(
+        [(r - means[g]) / divisor for r, g in zip(REWARDS, GROUPS, strict=True)]
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,7 +53,11 @@ def test_other_scales(scale: str) -> None:
     [
         ({"drop_uniform_groups": True}, list(range(7)), {"uniform_rewards": 1}),
         ({"keep_mean_between": (0.5, 1.0)}, [0, 1, 2, 3], {"mean_out_of_range": 2}),
-        ({"drop_uniform_groups": True, "keep_mean_between": (0.0, 0.5)}, [4, 5, 6], {"uniform_rewards": 1, "mean_out_of_range": 1}),
+        (
+            {"drop_uniform_groups": True, "keep_mean_between": (0.0, 0.5)},
+            [4, 5, 6],
+            {"uniform_rewards": 1, "mean_out_of_range": 1},
+        ),
         ({"drop_uniform_groups": True, "uniform_tolerance": 1.0}, [], {"uniform_rewards": 3}),
     ],
 )
@@ -80,7 +86,11 @@ def test_parquet_and_jsonl_rows(tmp_path: Path) -> None:
     assert first["extra"] == {"agent_ref": {"name": "math"}, "expected_answer": "4"}  # the row's other keys, kept
     assert first["prompt"] == [{"role": "user", "content": "What is 2+2? Answer in \\boxed{}."}]
     assert first["tools"] is None and first["output"][1]["content"][0]["text"] == "It is \\boxed{4}."
-    assert (first["prompt_token_ids"], first["generation_token_ids"], first["generation_log_probs"]) == ([[1, 2, 3]], [[7, 8]], [[-0.5, -0.25]])
+    assert (first["prompt_token_ids"], first["generation_token_ids"], first["generation_log_probs"]) == (
+        [[1, 2, 3]],
+        [[7, 8]],
+        [[-0.5, -0.25]],
+    )
     assert lines[4]["tools"][0]["name"] == "calculator" and [i["type"] for i in lines[4]["output"]] == [
         "function_call", "function_call_output", "message",
     ]  # fmt: skip
@@ -103,7 +113,7 @@ def test_run_input_counts_failures_and_keeps_only_ok_rows(tmp_path: Path) -> Non
 
 
 def test_the_card_never_prints_minus_zero() -> None:
-    from rollouts.report.histogram import bin_label
     from rollouts.process.card import _cell
+    from rollouts.report.histogram import bin_label
 
     assert (_cell(-0.0), _cell(-1e-9 * 0), bin_label(-0.0, -0.0), bin_label(-0.0, 0.5)) == ("0", "0", "0", "[0, 0.5)")

@@ -22,7 +22,11 @@ TOOLS = [
         "function": {
             "name": "calculator",
             "description": "Evaluate arithmetic.",
-            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"expression": {"type": "string"}},
+                "required": ["expression"],
+            },
         },
     }
 ]
@@ -33,12 +37,28 @@ def assistant(text: str) -> dict[str, Any]:
 
 
 TOOL_TURN_OPENAI = [
-    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_a", "type": "function", "function": {"name": "calculator", "arguments": '{"expression":"6*7"}'}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "calculator", "arguments": '{"expression":"6*7"}'},
+            }
+        ],
+    },
     {"role": "tool", "tool_call_id": "call_a", "content": "42"},
     assistant("The answer is 42."),
 ]
 TOOL_TURN_TRL = [
-    {"role": "assistant", "content": "", "tool_calls": [{"id": "call_a", "type": "function", "function": {"name": "calculator", "arguments": {"expression": "6*7"}}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "call_a", "type": "function", "function": {"name": "calculator", "arguments": {"expression": "6*7"}}}
+        ],
+    },
     {"role": "tool", "name": "calculator", "tool_call_id": "call_a", "content": "42"},
     assistant("The answer is 42."),
 ]

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from rollouts.errors import ConfigError
-from rollouts.report.profiler import FunctionProfiler, FunctionStats, function_profile, read_function_stats, write_function_stats
+from rollouts.report.profiler import (
+    FunctionProfiler,
+    FunctionStats,
+    function_profile,
+    read_function_stats,
+    write_function_stats,
+)
 from rollouts.storage import Store
 
 
@@ -46,7 +52,9 @@ def test_wall_clock_sees_the_awaits_and_cpu_clock_does_not() -> None:
     assert waiting["wall_tavg"] > 0.01
     assert waiting["cpu_tavg"] < waiting["wall_tavg"] / 2  # and not inside its CPU time
     assert spinning["cpu_ttot"] > 0 and spinning["wall_tsub"] > 0
-    assert set(profiler.stats.clock_seconds) == {"wall", "cpu"} and all(v > 0 for v in profiler.stats.clock_seconds.values())
+    assert set(profiler.stats.clock_seconds) == {"wall", "cpu"} and all(
+        v > 0 for v in profiler.stats.clock_seconds.values()
+    )
     table = profiler.stats.table()
     assert [r["wall_ttot"] for r in table] == sorted((r["wall_ttot"] for r in table), reverse=True)
     assert rows["sleep"]["module"] == "asyncio/tasks.py"  # standard library paths are shortened
@@ -71,11 +79,18 @@ def test_stats_merge_across_processes_through_the_store(tmp_path: Path) -> None:
 
 
 def test_off_means_no_profiler_at_all() -> None:
-    code = ("import sys; from rollouts.report.profiler import function_profile\n"
-            "with function_profile(False) as p: pass\n"
-            "print(p is None, 'yappi' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys; from rollouts.report.profiler import function_profile\n"
+        "with function_profile(False) as p: pass\n"
+        "print(p is None, 'yappi' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.split() == ["True", "False"]
 
 

@@ -8,8 +8,8 @@ import importlib.util
 
 import pytest
 
-from rollouts.errors import ConfigError
 from rollouts.collector.runtime import EVENT_LOOP_ENV, BackgroundLoop, new_event_loop, relax_garbage_collection
+from rollouts.errors import ConfigError
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 

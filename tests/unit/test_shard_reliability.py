@@ -10,29 +10,47 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rollouts.collector.interrupt import StopSignal
+from rollouts.collector.limits import InflightLimiter
+from rollouts.collector.progress import ProgressBoard
 from rollouts.config import CollectConfig
 from rollouts.envs import build_environments
 from rollouts.envs.math_env import MathEnvironment
 from rollouts.errors import Interrupted
-from rollouts.stages.generate import ShardGenerator
-from rollouts.collector.interrupt import StopSignal
-from rollouts.collector.limits import InflightLimiter
-from rollouts.collector.progress import ProgressBoard
 from rollouts.records import Prompt
-from rollouts.stages.inputs import prompt_line
 from rollouts.run import RunRef, read_records, run_store
+from rollouts.stages.generate import ShardGenerator
+from rollouts.stages.inputs import prompt_line
 from rollouts.stages.verify import verify_shard
 
 SHARD = "00000"
 
 
 def make_run(tmp_path: Path, prompts: int = 3, repeats: int = 2, **endpoint) -> RunRef:
-    config = CollectConfig(input="p.jsonl", model_url="http://model/v1", model="m", num_repeats=repeats, parallel=4,
-                           out=str(tmp_path), **endpoint)
+    config = CollectConfig(
+        input="p.jsonl",
+        model_url="http://model/v1",
+        model="m",
+        num_repeats=repeats,
+        parallel=4,
+        out=str(tmp_path),
+        **endpoint,
+    )
     run = RunRef(run_id="run1", run_url=str(tmp_path / "run"), config=config)
-    rows = [Prompt(task_index=i, line=i + 1, env="math",
-                   row={"responses_create_params": {"input": f"What is {i} + {i}?"}, "expected_answer": str(2 * i),
-                        "agent_ref": {"name": "math"}, "_ng_task_index": i}) for i in range(prompts)]
+    rows = [
+        Prompt(
+            task_index=i,
+            line=i + 1,
+            env="math",
+            row={
+                "responses_create_params": {"input": f"What is {i} + {i}?"},
+                "expected_answer": str(2 * i),
+                "agent_ref": {"name": "math"},
+                "_ng_task_index": i,
+            },
+        )
+        for i in range(prompts)
+    ]
     run_store(run).write_lines([prompt_line(p) for p in rows], "shards", f"{SHARD}.jsonl")
     return run
 
@@ -40,8 +58,14 @@ def make_run(tmp_path: Path, prompts: int = 3, repeats: int = 2, **endpoint) -> 
 def answer(request: httpx.Request) -> httpx.Response:
     text = json.loads(request.content)["messages"][-1]["content"]
     a = int(text.split()[2])
-    return httpx.Response(200, json={"id": "c", "choices": [{"message": {"content": f"\\boxed{{{2 * a}}}"},
-                                                             "finish_reason": "stop"}], "usage": {}})
+    return httpx.Response(
+        200,
+        json={
+            "id": "c",
+            "choices": [{"message": {"content": f"\\boxed{{{2 * a}}}"}, "finish_reason": "stop"}],
+            "usage": {},
+        },
+    )
 
 
 class Model:
@@ -61,8 +85,9 @@ class Model:
 
 
 async def generate(run: RunRef, model: Model, stop: StopSignal | None = None, parallel: int = 4):
-    generator = ShardGenerator(run, SHARD, model.http, build_environments(), InflightLimiter(parallel),
-                               ProgressBoard(), stop)
+    generator = ShardGenerator(
+        run, SHARD, model.http, build_environments(), InflightLimiter(parallel), ProgressBoard(), stop
+    )
     return await generator.run()
 
 
@@ -120,7 +145,9 @@ async def test_a_rollout_past_its_deadline_fails_typed_and_retryable(tmp_path):
     assert record["error"]["retryable"] is True and "--rollout-timeout 0.05 s" in record["error"]["message"]
 
 
-async def test_a_verifier_choking_on_a_reply_is_regenerated_by_the_rerun_and_generations_are_compacted(tmp_path, monkeypatch):
+async def test_a_verifier_choking_on_a_reply_is_regenerated_by_the_rerun_and_generations_are_compacted(
+    tmp_path, monkeypatch
+):
     run = make_run(tmp_path, prompts=3, repeats=2)
     await generate(run, Model())
     real = MathEnvironment.score

@@ -13,17 +13,19 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from rollouts.envs import KeyValueEnvironment
 from rollouts.client.model import chat_body, parse_chat, parse_responses, responses_body
+from rollouts.envs import KeyValueEnvironment
 from rollouts.sim.server import SimApp, SimConfig
 from rollouts.tokens import check_rollout
 
 APIS = ["chat", "responses"]
 KV_TOOLS = KeyValueEnvironment().tool_specs()  # Responses-API function tools, as the collector sends them
-PLAN = ("Add `area` = `width` times `height`, then delete both.\n\nSteps:\n"
-        "1. `get_value(key=\"width\")` and `get_value(key=\"height\")`\n"
-        "2. `set_value(key=\"area\", value=\"84\")`\n"
-        "3. `delete_key(key=\"width\")` and `delete_key(key=\"height\")`")
+PLAN = (
+    "Add `area` = `width` times `height`, then delete both.\n\nSteps:\n"
+    '1. `get_value(key="width")` and `get_value(key="height")`\n'
+    '2. `set_value(key="area", value="84")`\n'
+    '3. `delete_key(key="width")` and `delete_key(key="height")`'
+)
 EXPECTED = [["get_value", "get_value"], ["set_value"], ["delete_key", "delete_key"]]
 
 
@@ -34,8 +36,15 @@ async def client(request: pytest.FixtureRequest) -> AsyncIterator[TestClient]:
         yield test_client
 
 
-async def episode(client: TestClient, api: str, *, tokens: bool = False, params: dict[str, Any] | None = None,
-                  temperature: float = 0.0, seed: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def episode(
+    client: TestClient,
+    api: str,
+    *,
+    tokens: bool = False,
+    params: dict[str, Any] | None = None,
+    temperature: float = 0.0,
+    seed: int = 1,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The agent loop by hand: (the raw reply bodies, the rollout's output items), tools answered with "ok"."""
     params = {"tools": KV_TOOLS, **(params or {})}
     items: list[dict[str, Any]] = [{"role": "user", "content": PLAN}]
@@ -43,8 +52,11 @@ async def episode(client: TestClient, api: str, *, tokens: bool = False, params:
     bodies = []
     sampling = {"temperature": temperature, "seed": seed}
     for _ in range(8):
-        build, parse, path = ((chat_body, parse_chat, "/v1/chat/completions") if api == "chat"
-                              else (responses_body, parse_responses, "/v1/responses"))
+        build, parse, path = (
+            (chat_body, parse_chat, "/v1/chat/completions")
+            if api == "chat"
+            else (responses_body, parse_responses, "/v1/responses")
+        )
         reply = await client.post(path, json=build("m", items + output, params, sampling, tokens))
         assert reply.status == 200, await reply.text()
         body = await reply.json()
@@ -54,7 +66,9 @@ async def episode(client: TestClient, api: str, *, tokens: bool = False, params:
         function_calls = [item for item in call.output if item["type"] == "function_call"]
         if not function_calls:
             return bodies, output
-        output += [{"type": "function_call_output", "call_id": item["call_id"], "output": "ok"} for item in function_calls]
+        output += [
+            {"type": "function_call_output", "call_id": item["call_id"], "output": "ok"} for item in function_calls
+        ]
     raise AssertionError("the episode never ended")
 
 
@@ -89,7 +103,8 @@ async def test_a_plan_is_followed_with_parallel_calls_then_a_final_text(client: 
 
 @pytest.mark.parametrize("api", APIS)
 async def test_token_fields_sit_on_the_last_item_of_each_call_and_the_episode_is_contiguous(
-        client: TestClient, api: str) -> None:
+    client: TestClient, api: str
+) -> None:
     bodies, output = await episode(client, api, tokens=True)
     carriers = [index for index, item in enumerate(output) if "generation_token_ids" in item]
     assert len(carriers) == len(bodies) == 4
@@ -97,14 +112,18 @@ async def test_token_fields_sit_on_the_last_item_of_each_call_and_the_episode_is
         assert output[index]["type"] == "function_call" and output[index + 1]["type"] == "function_call_output"
     if api == "responses":
         for body in bodies:
-            assert ["prompt_token_ids" in item for item in body["output"]] == [False] * (len(body["output"]) - 1) + [True]
+            assert ["prompt_token_ids" in item for item in body["output"]] == [False] * (len(body["output"]) - 1) + [
+                True
+            ]
     check = check_rollout({"response": {"output": output}})
     assert check is not None and check.calls == 4 and check.contiguous
 
 
 @pytest.mark.parametrize("client", [{"drift_retokenize_args": True}], indirect=True)
 @pytest.mark.parametrize("api", APIS)
-async def test_retokenized_arguments_of_parallel_calls_break_where_they_were_generated(client: TestClient, api: str) -> None:
+async def test_retokenized_arguments_of_parallel_calls_break_where_they_were_generated(
+    client: TestClient, api: str
+) -> None:
     _, output = await episode(client, api, tokens=True)
     check = check_rollout({"response": {"output": output}})
     assert check is not None and check.calls == 4
@@ -129,6 +148,8 @@ async def test_a_plan_names_only_offered_tools_and_without_tools_it_is_plain_tex
     only_set = [tool for tool in KV_TOOLS if tool["name"] == "set_value"]
     _, output = await episode(client, "chat", params={"tools": only_set})
     assert turns_of(output) == [["set_value"]]
-    reply = await client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": PLAN}]})
+    reply = await client.post(
+        "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": PLAN}]}
+    )
     message = (await reply.json())["choices"][0]["message"]
     assert "tool_calls" not in message and message["content"].startswith("Echo: ")

@@ -349,7 +349,9 @@ def test_tokens_per_s_adds_decode_time() -> None:
     url, stop = serve_in_thread(SimConfig(latency_ms=0, tokens_per_s=100))
     try:
         started = time.perf_counter()
-        body = httpx.post(f"{url}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        body = httpx.post(
+            f"{url}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        )
         elapsed = time.perf_counter() - started
     finally:
         stop()

@@ -22,11 +22,44 @@ DRIFTED = ChatTokenizer(Drift(retokenize_args=True, strip_think=True, turn_token
 
 def test_the_shipped_tokenizer_is_small_and_has_the_template_tokens() -> None:
     assert TOKENIZER_PATH.stat().st_size < 1_000_000
-    assert {"<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>", "<|turn_end|>"} <= PLAIN.special.keys()
+    assert {
+        "<|im_start|>",
+        "<|im_end|>",
+        "<think>",
+        "</think>",
+        "<tool_call>",
+        "</tool_call>",
+        "<|turn_end|>",
+    } <= PLAIN.special.keys()
 
 
-text = st.lists(st.sampled_from(["What is 6 * 7?", " ", "\n", "\n\n", "  x", "'s", "ünï", "42", "<|im_end|>", "<think>",
-                                 "{\"a\": 1}", "\t", "é", "😀", "</tool_call>", "word", "\x1c", "\x0b", "\r\n", "_x"]), max_size=30).map("".join)
+text = st.lists(
+    st.sampled_from(
+        [
+            "What is 6 * 7?",
+            " ",
+            "\n",
+            "\n\n",
+            "  x",
+            "'s",
+            "ünï",
+            "42",
+            "<|im_end|>",
+            "<think>",
+            '{"a": 1}',
+            "\t",
+            "é",
+            "😀",
+            "</tool_call>",
+            "word",
+            "\x1c",
+            "\x0b",
+            "\r\n",
+            "_x",
+        ]
+    ),
+    max_size=30,
+).map("".join)
 
 
 @settings(max_examples=200, deadline=None)
@@ -37,7 +70,13 @@ def test_cached_word_encoding_equals_the_tokenizer_itself(value: str) -> None:
 
 @pytest.mark.parametrize(
     ("reasoning", "content", "call"),
-    [("I should call it.", "", CALL), ("", "", CALL), ("Think.", "Let me check.", CALL), ("Done.", "It is 42.", None), ("", "42", None)],
+    [
+        ("I should call it.", "", CALL),
+        ("", "", CALL),
+        ("Think.", "Let me check.", CALL),
+        ("Done.", "It is 42.", None),
+        ("", "42", None),
+    ],
 )
 def test_an_earlier_turn_renders_exactly_as_generated(reasoning: str, content: str, call: ToolCall | None) -> None:
     generation = PLAIN.generation(reasoning, content, call, None)

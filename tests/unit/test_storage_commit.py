@@ -43,7 +43,11 @@ def test_a_crash_after_the_folded_put_neither_duplicates_nor_loses(store):
     # The fold's first two steps, then a crash: the marker and the new file are there, the parts too.
     data = b"a\nb\nc\nd\ne\n"
     with store.fs.open(posixpath.join(path + ".parts", COMMIT_MARKER), "wb") as fh:
-        fh.write(('{"parts": %s, "size": %d}' % ([posixpath.basename(p) for p in parts], len(data))).replace("'", '"').encode())
+        fh.write(
+            ('{"parts": %s, "size": %d}' % ([posixpath.basename(p) for p in parts], len(data)))
+            .replace("'", '"')
+            .encode()
+        )
     with store.fs.open(path, "wb") as fh:
         fh.write(data)
     assert list(store.iter_lines("rollouts", "00000.jsonl")) == ["a\n", "b\n", "c\n", "d\n", "e\n"]
@@ -69,8 +73,10 @@ def test_inventory_lists_sizes_and_checksums_and_spots_a_changed_file(store):
     store.write_lines(["z"], "rejects.jsonl")
     _append(store, ["uncommitted"])  # parts are not part of a committed run
     files = inventory(store, ["rollouts"], ["rejects.jsonl"])
-    assert files == {"rejects.jsonl": {"size": 2, "sha256": files["rejects.jsonl"]["sha256"]},
-                     "rollouts/00000.jsonl": {"size": 4, "sha256": files["rollouts/00000.jsonl"]["sha256"]}}
+    assert files == {
+        "rejects.jsonl": {"size": 2, "sha256": files["rejects.jsonl"]["sha256"]},
+        "rollouts/00000.jsonl": {"size": 4, "sha256": files["rollouts/00000.jsonl"]["sha256"]},
+    }
     assert check_inventory(store, files) == []
     store.write_lines(["x"], "rollouts", "00000.jsonl")
     assert check_inventory(store, files) == ["rollouts/00000.jsonl"]

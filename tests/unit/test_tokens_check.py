@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from rollouts.client.chat import to_messages
-
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from rollouts.client.chat import to_messages
 from rollouts.sim import SimConfig, serve_in_thread
 from rollouts.sim.bpe import load_tokenizer
 from rollouts.tokens.check import (
@@ -43,8 +42,9 @@ def contiguous() -> dict[str, list[dict[str, Any]]]:
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
 @pytest.mark.parametrize("tokenizer", [None, TOKENIZER], ids=["ids", "decoded"])
-def test_without_drift_every_call_extends_the_previous_one(contiguous: dict[str, list[dict[str, Any]]], api: str,
-                                                          tokenizer: Any) -> None:
+def test_without_drift_every_call_extends_the_previous_one(
+    contiguous: dict[str, list[dict[str, Any]]], api: str, tokenizer: Any
+) -> None:
     for row in contiguous[api]:
         check = check_rollout(row, tokenizer)
         assert check is not None and check.calls == 4 and check.contiguous
@@ -59,14 +59,17 @@ DRIFTS = {
 
 @pytest.fixture(scope="module")
 def drifted() -> Iterator[dict[tuple[str, str], list[dict[str, Any]]]]:
-    yield {(name, api): run(api, **options) for name, (options, _, _) in DRIFTS.items() for api in ("chat", "responses")}
+    yield {
+        (name, api): run(api, **options) for name, (options, _, _) in DRIFTS.items() for api in ("chat", "responses")
+    }
 
 
 @pytest.mark.parametrize("name", list(DRIFTS))
 @pytest.mark.parametrize("api", ["chat", "responses"])
 @pytest.mark.parametrize("tokenizer", [None, TOKENIZER], ids=["ids", "decoded"])
-def test_each_drift_is_caught_where_it_happens_and_classified(drifted: dict[tuple[str, str], list[dict[str, Any]]],
-                                                             name: str, api: str, tokenizer: Any) -> None:
+def test_each_drift_is_caught_where_it_happens_and_classified(
+    drifted: dict[tuple[str, str], list[dict[str, Any]]], name: str, api: str, tokenizer: Any
+) -> None:
     _, kind, broken_calls = DRIFTS[name]
     for row in drifted[(name, api)]:
         calls = calls_of(row)
@@ -143,8 +146,9 @@ def test_classes_from_the_ids_alone(previous: Call, prompt: list[int], kind: str
     assert found is not None and (found.kind, found.offset) == (kind, offset)
 
 
-def test_contiguity_metrics_over_rows(contiguous: dict[str, list[dict[str, Any]]],
-                                      drifted: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+def test_contiguity_metrics_over_rows(
+    contiguous: dict[str, list[dict[str, Any]]], drifted: dict[tuple[str, str], list[dict[str, Any]]]
+) -> None:
     rows = [*contiguous["chat"], *drifted[("turn-token", "chat")], *drifted[("strip-think", "chat")]]
     failed = {**rows[0], "status": "failed"}
     text_only = {"response": {"output": [{"type": "message", "content": []}]}, "rollout_id": "t"}

@@ -13,13 +13,13 @@ from typing import Any
 import polars as pl
 import pytest
 
+from commands.tokens import add_tokens_parser
 from rollouts.errors import ConfigError, InputError
 from rollouts.records import dumps
 from rollouts.sim import SimConfig, serve_in_thread
 from rollouts.sim.bpe import TOKENIZER_PATH
 from rollouts.tokens import convert_token_records
 from rollouts.tokens.check import calls_of
-from commands.tokens import add_tokens_parser
 from tests.servers.episodes import episodes, server_generated
 
 GYM = str(Path(__file__).parents[1] / "fixtures" / "process" / "gym.jsonl")
@@ -39,10 +39,22 @@ def rollouts_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[
             row["_ng_task_index"] += task_offset
             row["rollout_id"] = f"r{row['_ng_task_index']}-{row['_ng_rollout_index']}"
         rows += batch
-    failed = {**rows[0], "_ng_rollout_index": 5, "rollout_id": "failed", "status": "failed", "reward": None,
-              "error": {"type": "ProviderError", "message": "boom"}}
-    text = {**rows[-1], "_ng_rollout_index": 6, "rollout_id": "text", "response": {"output": [
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "4"}]}]}}
+    failed = {
+        **rows[0],
+        "_ng_rollout_index": 5,
+        "rollout_id": "failed",
+        "status": "failed",
+        "reward": None,
+        "error": {"type": "ProviderError", "message": "boom"},
+    }
+    text = {
+        **rows[-1],
+        "_ng_rollout_index": 6,
+        "rollout_id": "text",
+        "response": {
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "4"}]}]
+        },
+    }
     path = tmp_path_factory.mktemp("in") / "rollouts.jsonl"
     path.write_text("".join(dumps(r) + "\n" for r in [*rows, failed, text]))
     return path, rows
@@ -57,8 +69,9 @@ def read(out: Path) -> tuple[pl.DataFrame, list[dict[str, Any]], pl.DataFrame, d
 
 
 @pytest.mark.parametrize("policy", ["splice", "split", "truncate", "drop"])
-def test_records_hold_the_servers_ids_and_logprobs_under_the_mask(rollouts_file: tuple[Path, list[dict[str, Any]]],
-                                                                  tmp_path: Path, policy: str) -> None:
+def test_records_hold_the_servers_ids_and_logprobs_under_the_mask(
+    rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path, policy: str
+) -> None:
     path, rows = rollouts_file
     result = convert_token_records([str(path)], str(tmp_path), policy)
     tokens, nemo, verl, card = read(tmp_path)
@@ -84,20 +97,28 @@ def test_records_hold_the_servers_ids_and_logprobs_under_the_mask(rollouts_file:
     assert card["check"]["broken"] == 4 and card["check"]["breaks_by_kind"] == {"retemplating": 12}
     assert card["rollouts_selected"] == 9 and card["without_token_ids"] == 1
     assert card["generated_tokens_in"] == card["generated_tokens_out"] + card["generated_tokens_dropped"]
-    for record, message_row, verl_row in zip(tokens.iter_rows(named=True), nemo, verl.iter_rows(named=True), strict=True):
+    for record, message_row, verl_row in zip(
+        tokens.iter_rows(named=True), nemo, verl.iter_rows(named=True), strict=True
+    ):
         log = message_row["message_log"]
         assert [m["role"] for m in log] == ["user", "assistant"] * (len(log) // 2)
-        assert [t for m in log for t in m["token_ids"]] == record["input_ids"] and message_row["length"] == len(record["input_ids"])
+        assert [t for m in log for t in m["token_ids"]] == record["input_ids"] and message_row["length"] == len(
+            record["input_ids"]
+        )
         assert all(("generation_logprobs" in m) == (m["role"] == "assistant") for m in log)
-        assert [v for m in log if m["role"] == "assistant" for v in m["generation_logprobs"]] == [v for v in record["logprobs"] if v is not None]
+        assert [v for m in log if m["role"] == "assistant" for v in m["generation_logprobs"]] == [
+            v for v in record["logprobs"] if v is not None
+        ]
         prompt = verl_row["prompt_ids"]
         assert prompt + verl_row["response_ids"] == record["input_ids"]
-        assert verl_row["response_mask"] == record["loss_mask"][len(prompt):]
-        assert verl_row["response_logprobs"] == [0.0 if v is None else v for v in record["logprobs"][len(prompt):]]
+        assert verl_row["response_mask"] == record["loss_mask"][len(prompt) :]
+        assert verl_row["response_logprobs"] == [0.0 if v is None else v for v in record["logprobs"][len(prompt) :]]
         assert (message_row["rollout_id"], verl_row["sample_index"]) == (record["rollout_id"], record["sample_index"])
 
 
-def test_reward_advantage_and_group_come_from_the_rl_selection(rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_reward_advantage_and_group_come_from_the_rl_selection(
+    rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
     path, _ = rollouts_file
     convert_token_records([str(path)], str(tmp_path), "split")
     tokens = pl.read_parquet(tmp_path / "tokens.parquet")
@@ -114,12 +135,18 @@ def test_nemo_gym_rows_convert_and_count_rows_without_token_ids(tmp_path: Path) 
     tokens = pl.read_parquet(tmp_path / "tokens.parquet")
     assert tokens.height == 1
     row = tokens.row(0, named=True)
-    assert (row["input_ids"], row["loss_mask"], row["logprobs"]) == ([1, 2, 3, 7, 8], [0, 0, 0, 1, 1], [None, None, None, -0.5, -0.25])
+    assert (row["input_ids"], row["loss_mask"], row["logprobs"]) == (
+        [1, 2, 3, 7, 8],
+        [0, 0, 0, 1, 1],
+        [None, None, None, -0.5, -0.25],
+    )
     assert result.card.without_token_ids == result.card.rollouts_selected - 1
     assert "token records" in Path(result.card_markdown).read_text()
 
 
-def test_parquet_rollout_inputs_give_the_same_records(rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_parquet_rollout_inputs_give_the_same_records(
+    rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
     rows = copy.deepcopy(rollouts_file[1])
     for row in rows:  # one content type per column, as a Parquet writer needs
         for item in row["response"]["output"]:
@@ -147,9 +174,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(["tokens", *argv])
 
 
-def test_the_command(rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command(
+    rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, _ = rollouts_file
-    args = parse([str(path), "--out", str(tmp_path / "out"), "--on-break", "splice", "--tokenizer", str(TOKENIZER_PATH)])
+    args = parse(
+        [str(path), "--out", str(tmp_path / "out"), "--on-break", "splice", "--tokenizer", str(TOKENIZER_PATH)]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "9 rollouts: 4 contiguous, 4 broken (breaks: retemplating 12); 1 without token ids" in printed
@@ -163,13 +194,17 @@ def test_the_command(rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path:
         parse([str(path), "--out", str(tmp_path), "--on-break", "repair"])
 
 
-def test_blank_lines_crlf_and_malformed_token_fields(rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_blank_lines_crlf_and_malformed_token_fields(
+    rollouts_file: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
     _, rows = rollouts_file
     bad = copy.deepcopy(rows[3])
     bad["rollout_id"] = "bad"
     bad["response"]["output"][-1]["generation_log_probs"].pop()  # well typed (the loader checks types), misaligned
     path = tmp_path / "mixed.jsonl"
-    path.write_bytes(b"\n".join([dumps(rows[0]).encode(), b"", dumps(rows[2]).encode() + b"\r", dumps(bad).encode()]) + b"\n")
+    path.write_bytes(
+        b"\n".join([dumps(rows[0]).encode(), b"", dumps(rows[2]).encode() + b"\r", dumps(bad).encode()]) + b"\n"
+    )
     result = convert_token_records([str(path)], str(tmp_path / "out"), "split")
     assert result.card.malformed == 1 and result.card.check.malformed == 1
     tokens = pl.read_parquet(tmp_path / "out" / "tokens.parquet")
@@ -193,6 +228,10 @@ def test_outputs_on_a_remote_filesystem(tmp_path: Path) -> None:
     with fs.open("/tokens-out/tokens.parquet", "rb") as f:
         assert pl.read_parquet(f)["input_ids"].to_list() == [[1, 2, 3, 7, 8]]
     with fs.open("/tokens-out/nemo_rl.jsonl", "r") as f:
-        assert json.loads(f.readline())["message_log"][1] == {"role": "assistant", "content": "", "token_ids": [7, 8],
-                                                               "generation_logprobs": [-0.5, -0.25]}
+        assert json.loads(f.readline())["message_log"][1] == {
+            "role": "assistant",
+            "content": "",
+            "token_ids": [7, 8],
+            "generation_logprobs": [-0.5, -0.25],
+        }
     assert result.files["verl"] == "memory://tokens-out/verl.parquet" and fs.exists("/tokens-out/tokens_card.json")

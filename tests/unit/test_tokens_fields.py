@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from rollouts.errors import ResponseParseError
 from rollouts.client.model import ModelClient, parse_chat, parse_responses
+from rollouts.errors import ResponseParseError
 from rollouts.sim import SimConfig, serve_in_thread
 from rollouts.tokens.fields import (
     CHAT_TOKEN_REQUEST,
@@ -34,9 +34,15 @@ def logprobs(*entries: tuple[str, float]) -> dict[str, Any]:
 
 
 def test_vllm_return_token_ids_shape() -> None:
-    data = chat({"token_ids": [7, 8], "logprobs": logprobs((" 4", -0.5), ("<|im_end|>", -0.25))}, prompt_token_ids=[1, 2, 3])
+    data = chat(
+        {"token_ids": [7, 8], "logprobs": logprobs((" 4", -0.5), ("<|im_end|>", -0.25))}, prompt_token_ids=[1, 2, 3]
+    )
     fields = chat_token_fields(data, asked=True)
-    assert fields == {"prompt_token_ids": [1, 2, 3], "generation_token_ids": [7, 8], "generation_log_probs": [-0.5, -0.25]}
+    assert fields == {
+        "prompt_token_ids": [1, 2, 3],
+        "generation_token_ids": [7, 8],
+        "generation_log_probs": [-0.5, -0.25],
+    }
 
 
 def test_sglang_prompt_ids_on_the_choice_and_meta_info_triples() -> None:
@@ -66,7 +72,11 @@ def test_logprob_tokens_of_the_form_token_id_n_are_the_fallback() -> None:
 def test_a_complete_bundle_on_the_message_wins() -> None:
     message = {**MESSAGE, "prompt_token_ids": [1], "generation_token_ids": [9], "generation_log_probs": [-1.0]}
     data = {"choices": [{"message": message}], "prompt_token_ids": [5, 5]}
-    assert chat_token_fields(data, asked=True) == {"prompt_token_ids": [1], "generation_token_ids": [9], "generation_log_probs": [-1.0]}
+    assert chat_token_fields(data, asked=True) == {
+        "prompt_token_ids": [1],
+        "generation_token_ids": [9],
+        "generation_log_probs": [-1.0],
+    }
 
 
 @pytest.mark.parametrize(
@@ -93,11 +103,22 @@ def test_not_asked_keeps_text_only_and_ignores_partial_fields() -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        (chat({"token_ids": [7, 8], "logprobs": logprobs(("token_id:7", -0.5), ("token_id:9", -0.1))}, prompt_token_ids=[1]),
-         "disagree"),
+        (
+            chat(
+                {"token_ids": [7, 8], "logprobs": logprobs(("token_id:7", -0.5), ("token_id:9", -0.1))},
+                prompt_token_ids=[1],
+            ),
+            "disagree",
+        ),
         (chat({"token_ids": [7, 8], "logprobs": logprobs((" 4", -0.5))}, prompt_token_ids=[1]), "1 log-probabilities"),
-        (chat({"token_ids": ["7", 8], "logprobs": logprobs(("a", -0.5), ("b", -0.1))}, prompt_token_ids=[1]), "integer"),
-        (chat({"token_ids": [7, 8], "logprobs": logprobs(("a", -0.5), ("b", -0.1))}, prompt_token_ids="1 2"), "integer"),
+        (
+            chat({"token_ids": ["7", 8], "logprobs": logprobs(("a", -0.5), ("b", -0.1))}, prompt_token_ids=[1]),
+            "integer",
+        ),
+        (
+            chat({"token_ids": [7, 8], "logprobs": logprobs(("a", -0.5), ("b", -0.1))}, prompt_token_ids="1 2"),
+            "integer",
+        ),
         (chat({"meta_info": {"output_token_logprobs": [["x", 7]]}}, prompt_token_ids=[1]), "malformed"),
     ],
 )
@@ -108,8 +129,10 @@ def test_contradictory_or_malformed_fields_are_errors_when_asked(data: dict[str,
 
 
 def test_responses_fields_move_to_the_last_output_item() -> None:
-    output = [{"type": "reasoning", "prompt_token_ids": [1], "generation_token_ids": [2], "generation_log_probs": [-1]},
-              {"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c"}]
+    output = [
+        {"type": "reasoning", "prompt_token_ids": [1], "generation_token_ids": [2], "generation_log_probs": [-1]},
+        {"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c"},
+    ]
     responses_token_fields(output, asked=True)
     assert "prompt_token_ids" not in output[0]
     assert output[1]["generation_token_ids"] == [2] and output[1]["generation_log_probs"] == [-1]
@@ -145,7 +168,9 @@ def _post(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
         CHAT_TOKEN_REQUEST,
     ],
 )
-def test_every_shape_the_simulated_server_speaks_reads_to_the_same_fields(http: httpx.Client, flags: dict[str, Any]) -> None:
+def test_every_shape_the_simulated_server_speaks_reads_to_the_same_fields(
+    http: httpx.Client, flags: dict[str, Any]
+) -> None:
     request = {"model": "m", "messages": [{"role": "user", "content": "What is 2 + 3?"}], "temperature": 0}
     reference = _post(http, request | {"logprobs": True, "return_token_ids": True})
     expected = reference["prompt_token_ids"], reference["choices"][0]["token_ids"]
@@ -157,7 +182,9 @@ def test_every_shape_the_simulated_server_speaks_reads_to_the_same_fields(http: 
 def test_model_client_fails_the_call_with_the_typed_error_when_the_server_returns_no_ids(sim_url: str) -> None:
     async def call(return_tokens: bool) -> Any:
         # A Responses reply without return_token_ids in the body: what a server without token support sends back.
-        transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"output": [{"type": "message", "content": []}]}))
+        transport = httpx.MockTransport(
+            lambda request: httpx.Response(200, json={"output": [{"type": "message", "content": []}]})
+        )
         async with httpx.AsyncClient(transport=transport) as http:
             client = ModelClient(http, sim_url, "m", "responses", max_retries=3, return_tokens=return_tokens)
             return await client.create([{"role": "user", "content": "hi"}], {}, {})
@@ -168,9 +195,15 @@ def test_model_client_fails_the_call_with_the_typed_error_when_the_server_return
     assert asyncio.run(call(False)).output[-1]["type"] == "message"
 
 
-def test_a_server_with_only_token_id_logprobs_gets_its_prompt_ids_from_tokenize(http: httpx.Client, sim_url: str) -> None:
-    body = {"model": "m", "messages": [{"role": "user", "content": "What is 2 + 3?"}], "temperature": 0,
-            "tools": [{"type": "function", "function": {"name": "calculator", "parameters": {}}}]}
+def test_a_server_with_only_token_id_logprobs_gets_its_prompt_ids_from_tokenize(
+    http: httpx.Client, sim_url: str
+) -> None:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "What is 2 + 3?"}],
+        "temperature": 0,
+        "tools": [{"type": "function", "function": {"name": "calculator", "parameters": {}}}],
+    }
     reference = _post(http, body | {"return_token_ids": True, "logprobs": True})
     old_style = _post(http, body | {"logprobs": True, "return_tokens_as_token_ids": True})
     with pytest.raises(TokenFieldsError) as caught:

@@ -31,8 +31,9 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         url, stop = serve_in_thread(SimConfig(latency_ms=0, **options))
         sampling = {"truncate_prompt_tokens": 40} if name == "truncation" else None
         try:
-            out[name] = episodes(url, "responses" if name == "strip-think" else "chat", tasks=2, repeats=2, turns=2,
-                                 sampling=sampling)
+            out[name] = episodes(
+                url, "responses" if name == "strip-think" else "chat", tasks=2, repeats=2, turns=2, sampling=sampling
+            )
         finally:
             stop()
     return out
@@ -58,7 +59,9 @@ def server_generated(calls: list[Call]) -> tuple[list[int], list[float | None]]:
 
 @pytest.mark.parametrize("name", list(DRIFTS))
 @pytest.mark.parametrize("policy", ["splice", "split", "truncate"])
-def test_generated_ids_and_logprobs_are_exactly_the_servers(rows: dict[str, list[dict[str, Any]]], name: str, policy: str) -> None:
+def test_generated_ids_and_logprobs_are_exactly_the_servers(
+    rows: dict[str, list[dict[str, Any]]], name: str, policy: str
+) -> None:
     for row in rows[name]:
         calls = calls_of(row)
         check = check_calls(calls)
@@ -80,7 +83,9 @@ def test_generated_ids_and_logprobs_are_exactly_the_servers(rows: dict[str, list
 
 
 @pytest.mark.parametrize("name", ["retokenize-args", "strip-think", "turn-token"])
-def test_splice_appends_only_the_new_tokens_after_the_previous_turn(rows: dict[str, list[dict[str, Any]]], name: str) -> None:
+def test_splice_appends_only_the_new_tokens_after_the_previous_turn(
+    rows: dict[str, list[dict[str, Any]]], name: str
+) -> None:
     for row in rows[name]:
         calls = calls_of(row)
         outcome = build_samples(calls, check_calls(calls), "splice")
@@ -157,7 +162,11 @@ def test_no_generated_token_is_lost_or_duplicated(calls: list[Call], policy: str
     else:
         kept = []
     assert generated(outcome.samples) == server_generated(kept)
-    assert sum(sum(s.loss_mask) for s in outcome.samples) == sum(len(c.generation) for c in kept) == counts["generated_out"]
+    assert (
+        sum(sum(s.loss_mask) for s in outcome.samples)
+        == sum(len(c.generation) for c in kept)
+        == counts["generated_out"]
+    )
     assert counts["generated_in"] == counts["generated_out"] + counts["generated_dropped"]
     assert [s.index for s in outcome.samples] == list(range(len(outcome.samples)))
     if check.contiguous:

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from rollouts.envs import RemoteEnvironment, cookie_free_transport
 from rollouts.client.model import ModelClient, http_client
-from rollouts.sim import SimConfig, serve_in_thread
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport
+from rollouts.envs import RemoteEnvironment, cookie_free_transport
+from rollouts.sim import SimConfig, serve_in_thread
 from tests.servers.resources_server import ResourcesServerHandle, start_resources_server
 
 BIG = b"x" * 300_000
@@ -25,8 +25,14 @@ BIG = b"x" * 300_000
 async def echo(request: web.Request) -> web.Response:
     """The request as the server saw it; sets a cookie, so a client with a jar would send it back."""
     body = await request.read()
-    reply = web.json_response({"method": request.method, "path": request.path_qs, "headers": {k.lower(): v for k, v in request.headers.items()},
-                               "body": body.decode()})
+    reply = web.json_response(
+        {
+            "method": request.method,
+            "path": request.path_qs,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body": body.decode(),
+        }
+    )
     reply.set_cookie("shared", "leak")
     return reply
 
@@ -46,8 +52,9 @@ async def chunked(request: web.Request) -> web.StreamResponse:
 
 
 async def gzipped(request: web.Request) -> web.Response:
-    return web.Response(body=gzip.compress(b'{"zipped": true}'), headers={"Content-Encoding": "gzip"},
-                        content_type="application/json")
+    return web.Response(
+        body=gzip.compress(b'{"zipped": true}'), headers={"Content-Encoding": "gzip"}, content_type="application/json"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +65,15 @@ def server() -> Iterator[str]:
 
     async def serve() -> None:
         app = web.Application()
-        app.add_routes([web.post("/echo", echo), web.get("/echo", echo), web.get("/big", big),
-                        web.get("/chunked", chunked), web.get("/gzip", gzipped)])
+        app.add_routes(
+            [
+                web.post("/echo", echo),
+                web.get("/echo", echo),
+                web.get("/big", big),
+                web.get("/chunked", chunked),
+                web.get("/gzip", gzipped),
+            ]
+        )
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -102,7 +116,9 @@ async def test_per_request_headers_override_the_clients(server: str, client: htt
     seen = (await client.post(f"{server}/echo", content=b"{}", headers={"X-Team": "sft", "X-New": "1"})).json()
     assert seen["headers"]["x-team"] == "sft" and seen["headers"]["x-new"] == "1"
     again = (await client.get(f"{server}/echo")).json()
-    assert again["headers"]["x-team"] == "rl" and "x-new" not in again["headers"]  # the client's own stayed as they were
+    assert (
+        again["headers"]["x-team"] == "rl" and "x-new" not in again["headers"]
+    )  # the client's own stayed as they were
 
 
 async def test_no_cookie_jar_on_the_client(server: str, client: httpx.AsyncClient) -> None:
@@ -180,8 +196,9 @@ async def test_replies_are_freed_by_reference_counting_not_the_cyclic_collector(
     assert left == []
 
 
-async def test_a_model_call_sends_what_the_httpx_path_sends_without_an_httpx_request(server: str,
-                                                                                    client: httpx.AsyncClient) -> None:
+async def test_a_model_call_sends_what_the_httpx_path_sends_without_an_httpx_request(
+    server: str, client: httpx.AsyncClient
+) -> None:
     """ModelClient's direct path (CollectorTransport.post): the same method, path, headers and body reach the server
     as through `handle_async_request` with the httpx.Request the client would build, and the reply is the same."""
     model = ModelClient(client, server, "m", "chat", max_retries=0)
@@ -211,8 +228,14 @@ async def test_model_calls_through_the_collector_client() -> None:
     try:
         async with http_client(16, 10.0) as http:
             model = ModelClient(http, url, "sim-model", "chat", max_retries=0)
-            calls = await asyncio.gather(*(model.create([{"role": "user", "content": f"What is {i} + 1?"}], {},
-                                                        {"temperature": 0.0, "seed": i}) for i in range(32)))
+            calls = await asyncio.gather(
+                *(
+                    model.create(
+                        [{"role": "user", "content": f"What is {i} + 1?"}], {}, {"temperature": 0.0, "seed": i}
+                    )
+                    for i in range(32)
+                )
+            )
     finally:
         stop()
     assert len(calls) == 32 and all(c.output and c.output[-1]["type"] == "message" for c in calls)

@@ -10,9 +10,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rollouts.tune.aimd import (AttemptLog, Controller, ControllerConfig, ObservedTransport, WindowStats,
-                                 parse_vllm_metrics, vllm_metrics_url)
 from rollouts.collector.limits import InflightLimiter
+from rollouts.tune.aimd import (
+    AttemptLog,
+    Controller,
+    ControllerConfig,
+    ObservedTransport,
+    WindowStats,
+    parse_vllm_metrics,
+    vllm_metrics_url,
+)
 from rollouts.tune.sweep import KneeRule, StepResult, find_knee, ladder
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tune"
@@ -21,15 +28,26 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tune"
 def recorded(name: str) -> list[StepResult]:
     """A sweep measured at every doubling 8..1024 against the simulated server (see the fixture's `server`)."""
     data = json.loads((FIXTURES / f"{name}.json").read_text())
-    return [StepResult(**{k: v for k, v in step.items() if k in StepResult.__dataclass_fields__}) for step in data["steps"]]
+    return [
+        StepResult(**{k: v for k, v in step.items() if k in StepResult.__dataclass_fields__}) for step in data["steps"]
+    ]
 
 
 def step(parallel: int, throughput: float, p95: float = 100.0, errors: float = 0.0) -> StepResult:
-    return StepResult(parallel=parallel, seconds=5.0, sent=100, ok=100, throughput=throughput, p50_ms=p95 * 0.8,
-                      p95_ms=p95, error_rate=errors)
+    return StepResult(
+        parallel=parallel,
+        seconds=5.0,
+        sent=100,
+        ok=100,
+        throughput=throughput,
+        p50_ms=p95 * 0.8,
+        p95_ms=p95,
+        error_rate=errors,
+    )
 
 
 # ----- the knee ----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("name", "knee"), [("capacity-32", 32), ("capacity-256", 256), ("rate-limit", 150)])
 def test_recorded_sweeps_recommend_within_one_doubling_of_the_true_knee(name: str, knee: int) -> None:
@@ -65,6 +83,7 @@ def test_ladder_doubles_and_ends_at_the_maximum() -> None:
 
 # ----- the controller on recorded sweeps -----------------------------------------------------------------------------
 
+
 def replay(steps: list[StepResult], limit: int, seconds: float = 2.0) -> WindowStats:
     """What a window at `limit` sees, interpolated (log-linearly in the limit) between the recorded steps."""
     xs = [math.log2(s.parallel) for s in steps]
@@ -80,8 +99,15 @@ def replay(steps: list[StepResult], limit: int, seconds: float = 2.0) -> WindowS
     ok = round(mix("throughput") * seconds)
     error = mix("error_rate")
     bad = round(ok * error / (1 - error)) if error < 1 else ok
-    return WindowStats(limit=limit, seconds=seconds, ok=ok, bad={"429": bad} if bad else {}, p50_ms=mix("p50_ms"),
-                       p95_ms=mix("p95_ms"), in_flight=float(limit))
+    return WindowStats(
+        limit=limit,
+        seconds=seconds,
+        ok=ok,
+        bad={"429": bad} if bad else {},
+        p50_ms=mix("p50_ms"),
+        p95_ms=mix("p95_ms"),
+        in_flight=float(limit),
+    )
 
 
 def drive(steps: list[StepResult], windows: int = 80, **options) -> list[int]:
@@ -122,8 +148,16 @@ def test_errors_cut_the_limit_but_never_below_the_minimum() -> None:
     decision = controller.decide(window)
     assert (decision.limit, decision.reason) == (12, "errors 16.7% (429)")
     for _ in range(5):
-        controller.decide(WindowStats(limit=controller.limit, seconds=1.0, ok=10, bad={"5xx": 10}, p50_ms=100.0,
-                                      in_flight=float(controller.limit)))
+        controller.decide(
+            WindowStats(
+                limit=controller.limit,
+                seconds=1.0,
+                ok=10,
+                bad={"5xx": 10},
+                p50_ms=100.0,
+                in_flight=float(controller.limit),
+            )
+        )
     assert controller.limit == 8
 
 
@@ -147,14 +181,16 @@ def test_vllm_queue_replaces_the_latency_signal() -> None:
 
 
 def test_vllm_metrics_text_is_parsed() -> None:
-    text = "\n".join([
-        "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
-        "# TYPE vllm:num_requests_waiting gauge",
-        'vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen3-8B"} 3.0',
-        'vllm:num_requests_waiting{engine="1",model_name="Qwen/Qwen3-8B"} 2.0',
-        'vllm:kv_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-8B"} 0.42',
-        'vllm:num_requests_running{engine="0",model_name="Qwen/Qwen3-8B"} 61.0',
-    ])
+    text = "\n".join(
+        [
+            "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+            "# TYPE vllm:num_requests_waiting gauge",
+            'vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen3-8B"} 3.0',
+            'vllm:num_requests_waiting{engine="1",model_name="Qwen/Qwen3-8B"} 2.0',
+            'vllm:kv_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-8B"} 0.42',
+            'vllm:num_requests_running{engine="0",model_name="Qwen/Qwen3-8B"} 61.0',
+        ]
+    )
     assert parse_vllm_metrics(text) == (5.0, 0.42)
     assert parse_vllm_metrics('vllm:gpu_cache_usage_perc{model_name="m"} 0.9') == (None, 0.9)
     assert parse_vllm_metrics("garbage\n") == (None, None)
@@ -162,6 +198,7 @@ def test_vllm_metrics_text_is_parsed() -> None:
 
 
 # ----- attempts seen by the transport --------------------------------------------------------------------------------
+
 
 async def test_observed_transport_logs_every_model_attempt_but_not_other_calls() -> None:
     statuses = iter([429, 503, 200])
@@ -198,6 +235,7 @@ def test_attempt_log_windows_and_percentiles() -> None:
 
 # ----- the resizable limiter -------------------------------------------------------------------------------------------
 
+
 async def settle() -> None:
     """A few loop turns: a granted slot is a callback, then the waiter's wake-up."""
     for _ in range(3):
@@ -230,6 +268,7 @@ async def test_limiter_grows_at_once_and_shrinks_as_slots_come_back() -> None:
 
 # ----- the command's edges ---------------------------------------------------------------------------------------------
 
+
 def test_tune_reads_usable_rows_and_refuses_an_input_without_any(tmp_path: Path) -> None:
     from rollouts.errors import InputError
     from rollouts.tune.sweep import load_prompts
@@ -248,10 +287,24 @@ def test_tuning_and_profiling_modules_never_import_prefect_or_plotting_up_front(
     import subprocess
     import sys
 
-    modules = ["rollouts.tune.sweep", "rollouts.tune.aimd", "rollouts.stages.profile", "rollouts.report.profiler", "rollouts.report.charts",
-               "rollouts.report.metrics", "rollouts.report.histogram"]
-    code = (f"import sys; [__import__(m) for m in {modules!r}]; "
-            "print(*(name in sys.modules for name in ('prefect', 'matplotlib', 'yappi')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    modules = [
+        "rollouts.tune.sweep",
+        "rollouts.tune.aimd",
+        "rollouts.stages.profile",
+        "rollouts.report.profiler",
+        "rollouts.report.charts",
+        "rollouts.report.metrics",
+        "rollouts.report.histogram",
+    ]
+    code = (
+        f"import sys; [__import__(m) for m in {modules!r}]; "
+        "print(*(name in sys.modules for name in ('prefect', 'matplotlib', 'yappi')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.split() == ["False", "False", "False"]
