@@ -14,16 +14,17 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from rollouts.client.transport import cookie_free_transport
 from rollouts.envs.base import BuiltinEnvironment, Environment, SessionState, VerifyResult
 from rollouts.envs.calculator import CalculatorEnvironment
 from rollouts.envs.kv_store import KeyValueEnvironment
 from rollouts.envs.loading import ENTRY_POINT_GROUP, load_env_module, user_environments
 from rollouts.envs.math_env import MathEnvironment
-from rollouts.envs.remote import RemoteEnvironment, complete_response, cookie_free_transport, verify_extras
+from rollouts.envs.remote import RemoteEnvironment, complete_response, verify_extras
 from rollouts.envs.text import ExactMatchEnvironment, MultipleChoiceEnvironment
 from rollouts.envs.toolenv import ToolEnvironment
-from rollouts.envs.tools import Tool, ToolError, ToolRegistry, tool_from_function
-from rollouts.errors import ConfigError
+from rollouts.envs.tools import Tool, ToolRegistry, tool_from_function
+from rollouts.errors import ConfigError, ToolError
 
 __all__ = [
     "BUILTIN_ENVIRONMENTS",
