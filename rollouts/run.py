@@ -1,7 +1,7 @@
 """A run and its files: the references tasks pass around (RunRef, ShardRef, ShardResult), its store and its manifest.
 
-The whole run layout is in the README. Tasks pass these small references, never rows: a RunRef carries the config and
-the run's URL, from which every stage opens the run's store.
+The run layout and what each stage reads and writes are in docs/architecture.md. Tasks pass these small references,
+never rows: a RunRef carries the config and the run's URL, from which every stage opens the run's store.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Responses-API items -> Chat Completions messages: the one conversion behind model requests and training files.
 
-Rules (README "Message conversion"):
+Rules (docs/training-files.md, "Outputs"):
 - `instructions` (the Responses-API system prompt) becomes a leading `system` message; `developer` becomes `system`.
 - A message's content is one string when it holds only text; with images it stays a list of parts, `text` and
   `image_url` (`{"url", "detail"}`) as in OpenAI's vision format. Parts that no chat format carries (files, audio,

@@ -1,6 +1,6 @@
 """Whose row is it, and did the rollout succeed: our bookkeeping kept apart from NeMo Gym's and the verifiers' fields.
 
-The rule (README "Reading rows"):
+The rule (docs/training-files.md, "Whose row, and did it succeed"):
 - A row with `schema_version` is ours: its `status` is ours and must be `ok` or `failed` (absent: `ok`).
 - Any other row (NeMo Gym's, or another tool's) is judged by its content alone. It is a failed rollout when it has
   `_ng_failure_class` (NeMo Gym's failure sidecar rows), no `response` object, or no numeric `reward`; otherwise it

@@ -1,7 +1,7 @@
 """Validate JSON bodies with NeMo Gym's own pydantic models, in a Python that has nemo-gym installed.
 
 NeMo Gym 0.7 needs Python >= 3.13 and ~1.5 GB of dependencies, so it is not a test dependency: point
-`NEMO_GYM_PYTHON` at such an interpreter (README "Checking against NeMo Gym") and the tests that use it run;
+`NEMO_GYM_PYTHON` at such an interpreter (CONTRIBUTING.md, "Checking against NeMo Gym") and the tests that use it run;
 without it they skip and say why. Bodies go over stdin as JSON lines; one verdict per body comes back.
 """
 
@@ -47,7 +47,9 @@ def gym_python() -> str | None:
 def require_gym() -> str:
     python = gym_python()
     if python is None:
-        pytest.skip(f"NeMo Gym's models are not installed here: set {ENV} to a Python with nemo-gym 0.7 (README)")
+        pytest.skip(
+            f"NeMo Gym's models are not installed here: set {ENV} to a Python with nemo-gym 0.7 (CONTRIBUTING.md)"
+        )
     return python
 
 

@@ -1,5 +1,5 @@
 """Our rows and requests against NeMo Gym's request models: the test resources server's own validation always, and
-NeMo Gym 0.7's real models when NEMO_GYM_PYTHON points at a Python that has them (README)."""
+NeMo Gym 0.7's real models when NEMO_GYM_PYTHON points at a Python that has them (CONTRIBUTING.md)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def test_output_folder_reads_failures_into_their_groups_and_inputs_as_inputs() -
     }  # fmt: skip
     card = select(loaded, ProcessConfig(objective="rl")).card
     assert card.notes[0].startswith("1 of 9 rollouts owed by the materialized inputs have no row")
-    same = load_rollouts([str(GYM_OUT / "*.jsonl")]).frame_data  # the glob the README shows reads the same
+    same = load_rollouts([str(GYM_OUT / "*.jsonl")]).frame_data  # the glob docs/training-files.md shows reads the same
     assert same is not None and same.drop("file", "row").equals(df.drop("file", "row"))
 
 
