@@ -1,4 +1,5 @@
-"""Users' environments: `load_env_module`, the `rollouts.environments` entry points, and the README's example."""
+"""Users' environments: `load_env_module`, the `rollouts.environments` entry points, and the example of
+docs/environments.md."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from rollouts.envs.loading import entry_point_environments, installed_entry_poin
 from rollouts.errors import ConfigError
 from rollouts.stages.agent import run_agent, with_env_tools
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ENVIRONMENTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "environments.md"
 
 
 @pytest.fixture
@@ -160,17 +161,17 @@ def test_installed_entry_points_are_read_once() -> None:
     assert all(entry.group == ENTRY_POINT_GROUP for entry in installed_entry_points())
 
 
-def readme_example() -> tuple[str, dict[str, Any]]:
-    """The module and the row of the README's "Writing your own environment"."""
-    text = README.read_text()
-    section = text.split("### Writing your own environment", 1)[1]
+def documented_example() -> tuple[str, dict[str, Any]]:
+    """The module and the row of docs/environments.md's "Writing your own environment"."""
+    text = ENVIRONMENTS_DOC.read_text()
+    section = text.split("## Writing your own environment", 1)[1]
     module = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     row = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
     return module, row
 
 
-async def test_the_readme_example_loads_and_scores_a_rollout(modules) -> None:
-    source, row = readme_example()
+async def test_the_documented_example_loads_and_scores_a_rollout(modules) -> None:
+    source, row = documented_example()
     assert len(source.strip().splitlines()) <= 30
     name = modules("my_env", source)
     env = load_env_module(name)[row["agent_ref"]["name"]]
