@@ -12,17 +12,18 @@ vLLM cannot be installed here, so the models are copied, not imported. Sources (
 Left out: the embeddings, score and rerank bodies BatchRequestInput also accepts (this copy refuses those urls),
 the methods that turn a request into sampling parameters, and multimodal content parts other than text and images;
 `request_id`'s random default and the logits-processor constructor type are simplified.
-`logger.warning` for fields vLLM ignores is kept, under the logger name vLLM uses, so tests can watch for it.
+Types are spelt `X | Y` where vLLM writes Union and Optional. `logger.warning` for fields vLLM ignores is kept,
+under the logger name vLLM uses, so tests can watch for it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Required
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from typing_extensions import Required, TypedDict
+from typing_extensions import TypedDict
 
 logger = logging.getLogger("vllm.entrypoints.openai.protocol")
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1  # torch.iinfo(torch.long)
@@ -49,7 +50,7 @@ class ChatCompletionContentPartRefusalParam(TypedDict, total=False):
     type: Required[Literal["refusal"]]
 
 
-OpenAIChatCompletionContentPartParam = Union[ChatCompletionContentPartTextParam, ChatCompletionContentPartImageParam]
+OpenAIChatCompletionContentPartParam = ChatCompletionContentPartTextParam | ChatCompletionContentPartImageParam
 
 
 class Function(TypedDict, total=False):
@@ -64,19 +65,19 @@ class ChatCompletionMessageToolCallParam(TypedDict, total=False):
 
 
 class ChatCompletionDeveloperMessageParam(TypedDict, total=False):
-    content: Required[Union[str, Iterable[ChatCompletionContentPartTextParam]]]
+    content: Required[str | Iterable[ChatCompletionContentPartTextParam]]
     role: Required[Literal["developer"]]
     name: str
 
 
 class ChatCompletionSystemMessageParam(TypedDict, total=False):
-    content: Required[Union[str, Iterable[ChatCompletionContentPartTextParam]]]
+    content: Required[str | Iterable[ChatCompletionContentPartTextParam]]
     role: Required[Literal["system"]]
     name: str
 
 
 class ChatCompletionUserMessageParam(TypedDict, total=False):
-    content: Required[Union[str, Iterable[OpenAIChatCompletionContentPartParam]]]
+    content: Required[str | Iterable[OpenAIChatCompletionContentPartParam]]
     role: Required[Literal["user"]]
     name: str
 
@@ -87,49 +88,47 @@ class Audio(TypedDict, total=False):
 
 class ChatCompletionAssistantMessageParam(TypedDict, total=False):
     role: Required[Literal["assistant"]]
-    audio: Optional[Audio]
-    content: Union[str, Iterable[Union[ChatCompletionContentPartTextParam, ChatCompletionContentPartRefusalParam]], None]
-    function_call: Optional[Function]
+    audio: Audio | None
+    content: str | Iterable[ChatCompletionContentPartTextParam | ChatCompletionContentPartRefusalParam] | None
+    function_call: Function | None
     name: str
-    refusal: Optional[str]
+    refusal: str | None
     tool_calls: Iterable[ChatCompletionMessageToolCallParam]
 
 
 class ChatCompletionToolMessageParam(TypedDict, total=False):
-    content: Required[Union[str, Iterable[ChatCompletionContentPartTextParam]]]
+    content: Required[str | Iterable[ChatCompletionContentPartTextParam]]
     role: Required[Literal["tool"]]
     tool_call_id: Required[str]
 
 
 class ChatCompletionFunctionMessageParam(TypedDict, total=False):
-    content: Required[Optional[str]]
+    content: Required[str | None]
     name: Required[str]
     role: Required[Literal["function"]]
 
 
-OpenAIChatCompletionMessageParam = Union[
-    ChatCompletionDeveloperMessageParam, ChatCompletionSystemMessageParam, ChatCompletionUserMessageParam,
-    ChatCompletionAssistantMessageParam, ChatCompletionToolMessageParam, ChatCompletionFunctionMessageParam,
-]
+OpenAIChatCompletionMessageParam = (
+    ChatCompletionDeveloperMessageParam | ChatCompletionSystemMessageParam | ChatCompletionUserMessageParam
+    | ChatCompletionAssistantMessageParam | ChatCompletionToolMessageParam | ChatCompletionFunctionMessageParam
+)
 
 
 # ----- vllm/entrypoints/chat_utils.py -------------------------------------------------------------------------------
-ChatCompletionContentPartParam = Union[
-    OpenAIChatCompletionContentPartParam, ChatCompletionContentPartRefusalParam, str,
-]
+ChatCompletionContentPartParam = OpenAIChatCompletionContentPartParam | ChatCompletionContentPartRefusalParam | str
 
 
 class CustomChatCompletionMessageParam(TypedDict, total=False):
     """Enables custom roles in the Chat Completion API."""
 
     role: Required[str]
-    content: Union[str, list[ChatCompletionContentPartParam]]
+    content: str | list[ChatCompletionContentPartParam]
     name: str
-    tool_call_id: Optional[str]
-    tool_calls: Optional[Iterable[ChatCompletionMessageToolCallParam]]
+    tool_call_id: str | None
+    tool_calls: Iterable[ChatCompletionMessageToolCallParam] | None
 
 
-ChatCompletionMessageParam = Union[OpenAIChatCompletionMessageParam, CustomChatCompletionMessageParam]
+ChatCompletionMessageParam = OpenAIChatCompletionMessageParam | CustomChatCompletionMessageParam
 
 
 # ----- vllm/entrypoints/openai/protocol.py --------------------------------------------------------------------------
@@ -138,7 +137,7 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     # Cache class field names
-    field_names: ClassVar[Optional[set[str]]] = None
+    field_names: ClassVar[set[str] | None] = None
 
     @model_validator(mode="wrap")
     @classmethod
@@ -161,14 +160,14 @@ class OpenAIBaseModel(BaseModel):
 
 
 class StreamOptions(OpenAIBaseModel):
-    include_usage: Optional[bool] = True
-    continuous_usage_stats: Optional[bool] = False
+    include_usage: bool | None = True
+    continuous_usage_stats: bool | None = False
 
 
 class FunctionDefinition(OpenAIBaseModel):
     name: str
-    description: Optional[str] = None
-    parameters: Optional[dict[str, Any]] = None
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
 
 
 class ChatCompletionToolsParam(OpenAIBaseModel):
@@ -187,82 +186,82 @@ class ChatCompletionNamedToolChoiceParam(OpenAIBaseModel):
 
 class JsonSchemaResponseFormat(OpenAIBaseModel):
     name: str
-    description: Optional[str] = None
-    json_schema: Optional[dict[str, Any]] = Field(default=None, alias="schema")
-    strict: Optional[bool] = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
 
 
 class ResponseFormat(OpenAIBaseModel):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[JsonSchemaResponseFormat] = None
+    json_schema: JsonSchemaResponseFormat | None = None
 
 
 class ChatCompletionRequest(OpenAIBaseModel):
     # Ordered by official OpenAI API documentation
     messages: list[ChatCompletionMessageParam]
-    model: Optional[str] = None
-    frequency_penalty: Optional[float] = 0.0
-    logit_bias: Optional[dict[str, float]] = None
-    logprobs: Optional[bool] = False
-    top_logprobs: Optional[int] = 0
-    max_tokens: Optional[int] = None
-    max_completion_tokens: Optional[int] = None
-    n: Optional[int] = 1
-    presence_penalty: Optional[float] = 0.0
-    response_format: Optional[ResponseFormat] = None
-    seed: Optional[int] = Field(None, ge=_LONG_MIN, le=_LONG_MAX)
-    stop: Optional[Union[str, list[str]]] = []
-    stream: Optional[bool] = False
-    stream_options: Optional[StreamOptions] = None
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    tools: Optional[list[ChatCompletionToolsParam]] = None
-    tool_choice: Optional[Union[Literal["none"], Literal["auto"], Literal["required"],
-                                ChatCompletionNamedToolChoiceParam]] = "none"
-    reasoning_effort: Optional[Literal["low", "medium", "high"]] = None
+    model: str | None = None
+    frequency_penalty: float | None = 0.0
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = 0
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int | None = 1
+    presence_penalty: float | None = 0.0
+    response_format: ResponseFormat | None = None
+    seed: int | None = Field(None, ge=_LONG_MIN, le=_LONG_MAX)
+    stop: str | list[str] | None = []
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[ChatCompletionToolsParam] | None = None
+    tool_choice: (Literal["none"] | Literal["auto"] | Literal["required"] | ChatCompletionNamedToolChoiceParam
+                  | None) = "none"
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
     include_reasoning: bool = True
-    parallel_tool_calls: Optional[bool] = False
-    user: Optional[str] = None
+    parallel_tool_calls: bool | None = False
+    user: str | None = None
     # chat-completion-sampling-params
-    best_of: Optional[int] = None
+    best_of: int | None = None
     use_beam_search: bool = False
-    top_k: Optional[int] = None
-    min_p: Optional[float] = None
-    repetition_penalty: Optional[float] = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     length_penalty: float = 1.0
-    stop_token_ids: Optional[list[int]] = []
+    stop_token_ids: list[int] | None = []
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     min_tokens: int = 0
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
-    truncate_prompt_tokens: Optional[Annotated[int, Field(ge=1)]] = None
-    prompt_logprobs: Optional[int] = None
-    allowed_token_ids: Optional[list[int]] = None
+    truncate_prompt_tokens: Annotated[int, Field(ge=1)] | None = None
+    prompt_logprobs: int | None = None
+    allowed_token_ids: list[int] | None = None
     bad_words: list[str] = Field(default_factory=list)
     # chat-completion-extra-params
     echo: bool = False
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False
-    documents: Optional[list[dict[str, str]]] = None
-    chat_template: Optional[str] = None
-    chat_template_kwargs: Optional[dict[str, Any]] = None
-    mm_processor_kwargs: Optional[dict[str, Any]] = None
-    guided_json: Optional[Union[str, dict[str, Any], BaseModel]] = None
-    guided_regex: Optional[str] = None
-    guided_choice: Optional[list[str]] = None
-    guided_grammar: Optional[str] = None
-    structural_tag: Optional[str] = None
-    guided_decoding_backend: Optional[str] = None
-    guided_whitespace_pattern: Optional[str] = None
+    documents: list[dict[str, str]] | None = None
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
+    guided_json: str | dict[str, Any] | BaseModel | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    structural_tag: str | None = None
+    guided_decoding_backend: str | None = None
+    guided_whitespace_pattern: str | None = None
     priority: int = 0
     request_id: str = ""
-    logits_processors: Optional[list[Union[str, dict[str, Any]]]] = None
-    return_tokens_as_token_ids: Optional[bool] = None
-    cache_salt: Optional[str] = None
-    kv_transfer_params: Optional[dict[str, Any]] = None
-    vllm_xargs: Optional[dict[str, Union[str, int, float]]] = None
+    logits_processors: list[str | dict[str, Any]] | None = None
+    return_tokens_as_token_ids: bool | None = None
+    cache_salt: str | None = None
+    kv_transfer_params: dict[str, Any] | None = None
+    vllm_xargs: dict[str, str | int | float] | None = None
 
     @model_validator(mode="before")
     @classmethod

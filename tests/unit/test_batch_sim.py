@@ -1,4 +1,4 @@
-"""The simulated server's Files and Batch APIs over loopback: uploads, batch life cycle, faults, expiry, cancel, list."""
+"""The simulated server's Files and Batch APIs over loopback: uploads, batch life cycle, faults, expiry, cancel."""
 
 from __future__ import annotations
 
