@@ -59,26 +59,29 @@ def request_line(custom_id: str, endpoint: str, body: Mapping[str, Any]) -> byte
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
-def split_lines(lines: Iterable[tuple[str, bytes]], limits: BatchLimits) -> tuple[list[BatchFile], list[str]]:
-    """(files, custom_ids of lines that alone pass `limits.max_bytes`), filling each file up to both limits in order."""
-    files: list[BatchFile] = []
+def split_sizes(sizes: Iterable[tuple[str, int]], limits: BatchLimits) -> tuple[list[list[str]], list[str]]:
+    """(custom_ids per file, custom_ids of lines that alone pass `limits.max_bytes`) from (custom_id, line bytes),
+    filling each file in order up to both limits."""
+    groups: list[list[str]] = []
     too_large: list[str] = []
-    ids: list[str] = []
-    chunks: list[bytes] = []
     size = 0
-    for custom_id, line in lines:
-        if len(line) > limits.max_bytes:
+    for custom_id, length in sizes:
+        if length > limits.max_bytes:
             too_large.append(custom_id)
             continue
-        if ids and (len(ids) >= limits.max_requests or size + len(line) > limits.max_bytes):
-            files.append(BatchFile(tuple(ids), b"".join(chunks)))
-            ids, chunks, size = [], [], 0
-        ids.append(custom_id)
-        chunks.append(line)
-        size += len(line)
-    if ids:
-        files.append(BatchFile(tuple(ids), b"".join(chunks)))
-    return files, too_large
+        if not groups or len(groups[-1]) >= limits.max_requests or size + length > limits.max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(custom_id)
+        size += length
+    return groups, too_large
+
+
+def split_lines(lines: Iterable[tuple[str, bytes]], limits: BatchLimits) -> tuple[list[BatchFile], list[str]]:
+    """The files `split_sizes` makes of (custom_id, line) pairs, with their bytes."""
+    by_id = dict(lines)
+    groups, too_large = split_sizes(((custom_id, len(line)) for custom_id, line in by_id.items()), limits)
+    return [BatchFile(tuple(ids), b"".join(by_id[custom_id] for custom_id in ids)) for ids in groups], too_large
 
 
 def build_files(requests: Mapping[str, Mapping[str, Any]], endpoint: str,

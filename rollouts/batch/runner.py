@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollouts.batch.api import BatchAPI, BatchAPIError, BatchObject, maybe_await
-from rollouts.batch.jsonl import BatchLimits, ResultLine, build_files, read_results, request_line
+from rollouts.batch.jsonl import BatchLimits, ResultLine, read_results, request_line, split_sizes
 from rollouts.batch.results import JobResults, RequestFailure, classify
 from rollouts.batch.state import BatchJob, BatchState
 
@@ -51,7 +51,6 @@ class BatchRunner:
         self.poll_interval_s = poll_interval_s
         self.max_rounds = max_rounds
         self.metadata = dict(metadata or {})
-        self._data: dict[str, bytes] = {}  # job key -> input file bytes, planned in this process
 
     async def run(self, state: BatchState, requests: Requests | None = None, *, on_state: StateCallback | None = None,
                   on_progress: ProgressCallback | None = None,
@@ -110,30 +109,29 @@ class BatchRunner:
         await maybe_await(on_state(state) if on_state else None)
 
     def _plan(self, state: BatchState, requests: Requests, round_: int) -> list[str]:
-        """Append jobs for `requests`, split by the limits; returns the custom_ids too large for any file."""
-        files, too_large = build_files(requests, state.endpoint, self.limits)
-        for batch_file in files:
-            job = BatchJob(key=state.next_key(round_), round=round_, custom_ids=list(batch_file.custom_ids))
-            state.jobs.append(job)
-            self._data[job.key] = batch_file.data
+        """Append jobs for `requests`, split by the limits; returns the custom_ids too large for any file. Only the
+        sizes are kept: each file is serialised again when uploaded, so a shard's files are never all in memory."""
+        endpoint = state.endpoint
+        sizes = ((custom_id, len(request_line(custom_id, endpoint, body))) for custom_id, body in requests.items())
+        groups, too_large = split_sizes(sizes, self.limits)
+        for custom_ids in groups:
+            state.jobs.append(BatchJob(key=state.next_key(round_), round=round_, custom_ids=custom_ids))
         return too_large
 
     async def _submit(self, job: BatchJob, state: BatchState, requests: Requests,
                       on_state: StateCallback | None) -> None:
         """Upload the job's file (when not yet uploaded) and create its batch, or adopt the one already created."""
         if job.status == "planned":
-            data = self._data.get(job.key)
-            if data is None:
-                missing = [custom_id for custom_id in job.custom_ids if custom_id not in requests]
-                if missing:
-                    raise BatchRunError(f"batch {job.key} is not uploaded yet and needs the bodies of {len(missing)} "
-                                        f"requests, e.g. {missing[0]!r}: pass the same requests when resuming")
-                data = b"".join(request_line(custom_id, state.endpoint, requests[custom_id])
-                                for custom_id in job.custom_ids)
+            missing = [custom_id for custom_id in job.custom_ids if custom_id not in requests]
+            if missing:
+                raise BatchRunError(f"batch {job.key} is not uploaded yet and needs the bodies of {len(missing)} "
+                                    f"requests, e.g. {missing[0]!r}: pass the same requests when resuming")
+            endpoint = state.endpoint
+            data = b"".join(request_line(custom_id, endpoint, requests[custom_id]) for custom_id in job.custom_ids)
             uploaded = await self.api.upload(data, f"{job.key}.jsonl")
+            del data
             job.input_file_id, job.uploaded_at, job.status = uploaded.id, uploaded.created_at, "creating"
             await maybe_await(on_state(state) if on_state else None)
-            self._data.pop(job.key, None)
             batch = await self._create(job, state, search_first=False)
         else:  # "creating": this batch may exist already
             batch = await self._create(job, state, search_first=True)

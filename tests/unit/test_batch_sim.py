@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rollouts.sim import SimConfig, serve_in_thread
+from rollouts.sim import SimConfig, serve_in_thread, start_sim_server
 
 CHAT = "/v1/chat/completions"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -199,3 +199,11 @@ def test_list_pages_newest_first(start: Start) -> None:
     rest = client.get("/batches", params={"limit": 10, "after": first["last_id"]}).json()
     assert [batch["id"] for batch in rest["data"]] == ids[::-1][2:] and not rest["has_more"]
     assert client.get("/batches/batch_nope").status_code == 404
+
+
+def test_batch_options_are_command_line_flags() -> None:
+    config = SimConfig(batch_delay_s=0, batch_expire=-1, batch_max_requests=5)
+    assert config.to_argv() == ["--batch-delay-s", "0.0", "--batch-expire", "-1", "--batch-max-requests", "5"]
+    with start_sim_server(latency_ms=0, batch_delay_s=0, batch_expire=-1) as server, \
+            httpx.Client(base_url=server.url, timeout=10) as client:
+        assert [wait(client, submit(client, 2)["id"])["status"] for _ in range(2)] == ["expired", "expired"]
