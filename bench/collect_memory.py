@@ -34,7 +34,8 @@ def write_prompts(path: Path, prompts: int) -> None:
     with path.open("w") as fh:
         for i in range(prompts):
             fh.write(
-                f'{{"responses_create_params": {{"input": "What is {i} + {i + 7}?"}}, "expected_answer": "{2 * i + 7}"}}\n'
+                f'{{"responses_create_params": {{"input": "What is {i} + {i + 7}?"}}, '
+                f'"expected_answer": "{2 * i + 7}"}}\n'
             )
 
 
@@ -117,7 +118,8 @@ def child(args: argparse.Namespace) -> None:
             done = board.generated + board.failed
             if done >= mark * step:
                 print(
-                    f"CHECKPOINT {json.dumps({'done': done, 'seconds': round(time.time() - started, 1), **watch.peak})}",
+                    "CHECKPOINT "
+                    + json.dumps({"done": done, "seconds": round(time.time() - started, 1), **watch.peak}),
                     flush=True,
                 )
                 if args.census and mark in (1, 9):

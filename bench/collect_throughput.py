@@ -1,7 +1,7 @@
 """Benchmark: collection throughput of the real flow against the simulated server, beside a bare aiohttp client.
 
-    python bench/collect_throughput.py                          # threads at --parallel 64, 256, 1024; processes 1, 2 at 1024
-    python bench/collect_throughput.py --parallel 256           # one setting, threads
+    python bench/collect_throughput.py                     # threads at --parallel 64, 256, 1024; processes 1, 2 at 1024
+    python bench/collect_throughput.py --parallel 256      # one setting, threads
     python bench/collect_throughput.py --parallel 1024 --task-runner processes --workers 1,2
     python bench/collect_throughput.py --parallel 256 --py-spy 10   # also where the collector's CPU goes, by layer
 
@@ -12,8 +12,9 @@ are measured in their steady window, from the first request to the last response
 and the CPU is the collector's (the process, plus its worker processes with `--task-runner processes`) between the
 window's edges, sampled by a thread (`bench/cpu_window.py`), so start-up and shutdown are not counted. The Prefect
 API server's CPU in the same window is its own column, and so is the simulated model server's over each run
-(the bare client's in brackets): on a small machine it shares the cores, and bounds what any client can reach. A fixed pure-Python loop, timed at the start and the end,
-says how fast this machine's cores are today (the CPU yardstick).
+(the bare client's in brackets): on a small machine it shares the cores, and bounds what any client can reach. A
+fixed pure-Python loop, timed at the start and the end, says how fast this machine's cores are today (the CPU
+yardstick).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def write_prompts(path: Path, prompts: int) -> None:
 
 
 def announce_steady(runs: Path) -> None:
-    """Print `STEADY` once the first generation (or inline-verified rollout) lands, so the parent can start a profiler on the steady state."""
+    """Print `STEADY` once the first generation (or inline-verified rollout) lands, so the parent can start a profiler
+    on the steady state."""
     while not any(f.stat().st_size for stage in ("generations", "rollouts") for f in runs.glob(f"*/{stage}/*.jsonl")):
         time.sleep(0.05)
     print("STEADY", flush=True)
@@ -310,22 +312,26 @@ def main() -> None:
             rows.append((runner, workers, parallel, ours, bare))
             print(
                 f"{label}: {ours['steady_rps']:.0f} r/s ({ours['steady_rps'] / bare['steady_rps']:.2f} of bare), "
-                f"{ours['cpu_ms_per_rollout']:.2f} ms CPU/r ({ours['cpu_ms_per_rollout'] / bare['cpu_ms_per_rollout']:.1f}x bare), "
-                f"cyclic GC in the steady window {ours['gc_s']} s in {ours['gc_counts']} collections (generations 0, 1, 2)",
+                f"{ours['cpu_ms_per_rollout']:.2f} ms CPU/r "
+                f"({ours['cpu_ms_per_rollout'] / bare['cpu_ms_per_rollout']:.1f}x bare), "
+                f"cyclic GC in the steady window {ours['gc_s']} s in {ours['gc_counts']} collections "
+                "(generations 0, 1, 2)",
                 file=sys.stderr,
                 flush=True,
             )
     yard_after = yardstick()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"latency {args.latency_ms:.0f} ms, {args.repeats} repeats/prompt, math verification, shard size {args.shard_size}"
+        f"latency {args.latency_ms:.0f} ms, {args.repeats} repeats/prompt, math verification, "
+        f"shard size {args.shard_size}"
     )
     print(
-        f"CPU yardstick (fixed pure-Python loop, lower is faster): {yard_before:.0f} ms before, {yard_after:.0f} ms after"
+        "CPU yardstick (fixed pure-Python loop, lower is faster): "
+        f"{yard_before:.0f} ms before, {yard_after:.0f} ms after"
     )
     print(
-        "| runner | parallel | rollouts | r/s | bare r/s | rate / bare | ideal r/s | CPU ms/r | bare CPU ms/r | CPU / bare "
-        "| API server CPU ms/r | model server CPU ms/r (bare) | peak RSS MB | start-up s | wall s |"
+        "| runner | parallel | rollouts | r/s | bare r/s | rate / bare | ideal r/s | CPU ms/r | bare CPU ms/r "
+        "| CPU / bare | API server CPU ms/r | model server CPU ms/r (bare) | peak RSS MB | start-up s | wall s |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for runner, workers, parallel, r, b in rows:
@@ -335,7 +341,8 @@ def main() -> None:
             f"| {name} | {parallel} | {r['rollouts']} | {r['steady_rps']:.0f} | {b['steady_rps']:.0f} "
             f"| {r['steady_rps'] / b['steady_rps']:.2f} | {ideal:.0f} | {r['cpu_ms_per_rollout']:.2f} "
             f"| {b['cpu_ms_per_rollout']:.2f} | {r['cpu_ms_per_rollout'] / b['cpu_ms_per_rollout']:.1f} "
-            f"| {r['api_cpu_ms_per_rollout']:.2f} | {r['sim_cpu_ms_per_rollout']:.2f} ({b['sim_cpu_ms_per_rollout']:.2f}) "
+            f"| {r['api_cpu_ms_per_rollout']:.2f} | {r['sim_cpu_ms_per_rollout']:.2f} "
+            f"({b['sim_cpu_ms_per_rollout']:.2f}) "
             f"| {r['peak_rss_mb']:.0f} | {r['startup_s']:.1f} | {r['wall_s']:.1f} |"
         )
     if spy_dir is not None:

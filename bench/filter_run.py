@@ -50,7 +50,9 @@ from rollouts.config import CollectConfig
 from rollouts.sim.launch import start_sim_server
 work = Path({str(work)!r})
 write_prompts(work / "prompts.jsonl", {prompts})
-with start_sim_server(latency_ms=0, seed=0) as server, temporary_settings(updates={{"flows.heartbeat_frequency": None}}):
+with start_sim_server(latency_ms=0, seed=0) as server, temporary_settings(
+    updates={{"flows.heartbeat_frequency": None}}
+):
     config = CollectConfig(input=str(work / "prompts.jsonl"), out=str(work / "runs"), model_url=server.url,
                            model="sim-model", num_repeats=1, parallel=1024, temperature=0.7, seed=1,
                            shard_size={SHARD_ROWS}, run_name="sample", objective="rl")
@@ -80,7 +82,7 @@ def replicate(sample: Path, run: Path, rows: int) -> int:
         offset = copy * per_copy
         lines = shards[shard][: rows - written]
 
-        def renumber(line: bytes) -> bytes:
+        def renumber(line: bytes, offset: int = offset) -> bytes:
             task = int(_TASK.search(line).group(1)) + offset  # type: ignore[union-attr]
             rollout = int(_ROLLOUT.search(line).group(1))  # type: ignore[union-attr]
             line = _TASK.sub(b'"_ng_task_index":%d' % task, line, count=1)
@@ -178,10 +180,14 @@ def main() -> None:
             r = run_stage("filter", run)
             ratio = r["filter_s"] / base_r["seconds"]
             print(
-                f"[{i + 1}] filter {r['filter_s']:.1f} s ({r['rows'] / r['filter_s']:,.0f} rows/s, {ratio:.1f}x the baseline), "
-                f"filter+format {r['seconds']:.1f} s ({r['cpu_s']:.0f} s CPU, {r['cpu_s'] / base_r['cpu_s']:.1f}x the baseline's), "
-                f"peak RSS {r['rss_mb']:.0f} MB, outputs {r['outputs']}; baseline scan_ndjson {base_r['seconds']:.1f} s "
-                f"({base_r['rows'] / base_r['seconds']:,.0f} rows/s, {base_r['cpu_s']:.0f} s CPU, peak RSS {base_r['rss_mb']:.0f} MB)",
+                f"[{i + 1}] filter {r['filter_s']:.1f} s ({r['rows'] / r['filter_s']:,.0f} rows/s, "
+                f"{ratio:.1f}x the baseline), "
+                f"filter+format {r['seconds']:.1f} s ({r['cpu_s']:.0f} s CPU, "
+                f"{r['cpu_s'] / base_r['cpu_s']:.1f}x the baseline's), "
+                f"peak RSS {r['rss_mb']:.0f} MB, outputs {r['outputs']}; "
+                f"baseline scan_ndjson {base_r['seconds']:.1f} s "
+                f"({base_r['rows'] / base_r['seconds']:,.0f} rows/s, {base_r['cpu_s']:.0f} s CPU, "
+                f"peak RSS {base_r['rss_mb']:.0f} MB)",
                 flush=True,
             )
 

@@ -119,7 +119,8 @@ def main() -> None:
                 loop.close()
     base = statistics.median(cpu[("bare", "asyncio")]) if ("bare", "asyncio") in cpu else None
     print(
-        f"{args.parallel} in flight, {args.latency_ms:.0f} ms latency, {args.calls} calls x {args.rounds} rounds (medians)"
+        f"{args.parallel} in flight, {args.latency_ms:.0f} ms latency, "
+        f"{args.calls} calls x {args.rounds} rounds (medians)"
     )
     print(f"{'stack':<14} {'loop':<8} {'CPU us/call':>11} {'/ bare on asyncio':>17} {'calls/s':>8}")
     for name in names:

@@ -87,7 +87,8 @@ def rollout_line(task: int, rollout: int) -> str:
         f'{{"responses_create_params":{params},"agent_ref":{{"name":"math"}},"expected_answer":"{a + b}",'
         f'"_ng_task_index":{task},"_ng_rollout_index":{rollout},'
         f'"response":{{"id":"resp_{seed}","created_at":1767225600,"model":"bench-model","object":"response",'
-        f'"output":{output},"usage":{{"input_tokens":40,"output_tokens":{48 + 24 * (task % 10 == 3)},"total_tokens":88}},'
+        f'"output":{output},'
+        f'"usage":{{"input_tokens":40,"output_tokens":{48 + 24 * (task % 10 == 3)},"total_tokens":88}},'
         f'"status":{status},"parallel_tool_calls":true,"tool_choice":"auto","tools":[]}},'
         f'"reward":{reward},"rollout_id":"r{task:07d}{rollout:02d}","status":"ok","attempts":1,'
         f'"finish_reason":"{"length" if truncated else "stop"}",'
@@ -99,7 +100,8 @@ def failed_line(task: int, rollout: int) -> str:
     return (
         f'{{"responses_create_params":{{"input":"Compute {task % 977} + 1."}},"_ng_task_index":{task},'
         f'"_ng_rollout_index":{rollout},"response":null,"reward":null,"rollout_id":"r{task:07d}{rollout:02d}",'
-        f'"status":"failed","error":{{"type":"ProviderError","message":"HTTP 503","status_code":503,"stage":"generate"}},'
+        '"status":"failed",'
+        '"error":{"type":"ProviderError","message":"HTTP 503","status_code":503,"stage":"generate"},'
         f'"attempts":3,"schema_version":1}}'
     )
 
@@ -177,7 +179,8 @@ def main() -> None:
             n = build_run(run, args.prompts, args.repeats)
             size = sum(f.stat().st_size for f in run.rglob("*.jsonl")) / 1e9
             print(
-                f"built {n:,} rollouts ({args.prompts:,} prompts x {args.repeats}), {size:.2f} GB JSONL in {time.perf_counter() - t:.1f} s"
+                f"built {n:,} rollouts ({args.prompts:,} prompts x {args.repeats}), "
+                f"{size:.2f} GB JSONL in {time.perf_counter() - t:.1f} s"
             )
         print(f"{'stage':<6} {'seconds':>8} {'rows/s':>10} {'peak RSS':>9}  output")
         total, peak = 0.0, 0.0

@@ -1,9 +1,9 @@
 """Benchmark: what the run report's PNG charts cost, per chart, beside one empty matplotlib figure saved to PNG.
 
-    python bench/report_charts.py                      # a 10-prompt run (2 repeats), 5 fresh processes
+    python bench/report_charts.py                    # a 10-prompt run (2 repeats), 5 fresh processes
     python bench/report_charts.py --prompts 2000 --repeats 4 --processes 3
-    python bench/report_charts.py --cprofile 25        # and the top functions of one process's chart rendering
-    python bench/report_charts.py --against main       # and main's rollouts/report/charts.py, alternating, same processes
+    python bench/report_charts.py --cprofile 25      # and the top functions of one process's chart rendering
+    python bench/report_charts.py --against main     # and main's rollouts/report/charts.py, alternating, same processes
 
 The run is real: the collector's core loop (no Prefect) against the simulated server (0 ms), written to a temporary
 run directory, then profiled once. Each measuring process is fresh (as a `rollouts collect` is), imports the
@@ -237,7 +237,8 @@ def report(label: str, charts: list[dict], stages: list[dict]) -> None:
     for name in names:
         kb = charts[0]["bytes"][name] / 1024
         print(
-            f"| {name} | {med(c['first_ms'][name] for c in charts):.1f} | {med(c['first_cpu_ms'][name] for c in charts):.1f} | "
+            f"| {name} | {med(c['first_ms'][name] for c in charts):.1f} "
+            f"| {med(c['first_cpu_ms'][name] for c in charts):.1f} | "
             f"{med(c['warm_ms'][name] for c in charts):.1f} | {f'{kb:.0f}' if kb else 'not drawn'} |"
         )
     first = med(sum(c["first_ms"].values()) for c in charts)

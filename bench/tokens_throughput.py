@@ -75,7 +75,8 @@ def main() -> None:
             result = convert_token_records([str(path)], f"{tmp}/{policy}", policy)
             seconds = time.perf_counter() - started
             print(
-                f"convert --on-break {policy}: {args.rollouts / seconds:,.0f} rollouts/s, {size / seconds / 1e6:.1f} MB/s "
+                f"convert --on-break {policy}: {args.rollouts / seconds:,.0f} rollouts/s, "
+                f"{size / seconds / 1e6:.1f} MB/s "
                 f"of JSONL in, {result.card.samples_out:,} samples, {result.card.tokens_out:,} tokens"
             )
 

@@ -224,7 +224,8 @@ def main() -> None:
     results = [asyncio.run(scenario(name, SCENARIOS[name], args)) for name in args.scenario or list(SCENARIOS)]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"fixed runs {args.fixed_seconds:g} s, auto {args.auto_seconds:g} s, steady = the last {args.steady_seconds:g} s"
+        f"fixed runs {args.fixed_seconds:g} s, auto {args.auto_seconds:g} s, "
+        f"steady = the last {args.steady_seconds:g} s"
     )
     print(
         f"{'scenario':>13} {'knee':>5} {'tune':>5} {'ceiling':>8} {'bare/ceil':>9} {'best fixed':>14} "
@@ -234,7 +235,8 @@ def main() -> None:
         limits = f"{r['auto_limits'][0]}-{r['auto_limits'][1]}" if r["auto_limits"] else "-"
         converged = f"{r['converged_s']:.1f}" if r["converged_s"] is not None else "never"
         print(
-            f"{r['name']:>13} {r['knee']:>5} {r['recommended']:>5} {r['ceiling']:>8.0f} {r['bare'] / r['ceiling']:>9.2f} "
+            f"{r['name']:>13} {r['knee']:>5} {r['recommended']:>5} {r['ceiling']:>8.0f} "
+            f"{r['bare'] / r['ceiling']:>9.2f} "
             f"{r['best']:>8.1f} @{r['best_parallel']:<5} {r['auto_steady']:>8.1f} {r['ratio']:>9.2f} {converged:>11} "
             f"{r['auto_failure_fraction']:>9.2%} {limits:>11}"
         )
@@ -247,7 +249,8 @@ def main() -> None:
                 print(
                     f"  {row['t'] - t0:6.1f} s  limit {row['limit']:>5}  {row['phase']:>6}  {row['reason']}"
                     + (
-                        f"  ({row['throughput']:.0f} r/s, p50 {row['p50_ms'] or 0:.0f} ms, err {row['error_fraction']:.1%})"
+                        f"  ({row['throughput']:.0f} r/s, p50 {row['p50_ms'] or 0:.0f} ms, "
+                        f"err {row['error_fraction']:.1%})"
                         if "throughput" in row
                         else ""
                     )

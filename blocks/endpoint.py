@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import http_client
+from rollouts.places import http_url
 
 
 class ModelEndpoint(Block):
@@ -38,9 +39,7 @@ class ModelEndpoint(Block):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https:// (got {value!r})")
-        return value.rstrip("/")
+        return http_url(value, "base_url")
 
     def auth(self) -> EndpointAuth:
         """The key and headers, revealed for the requests only."""
@@ -52,10 +51,6 @@ class ModelEndpoint(Block):
 
     def get_client(self, limit: int | None = None) -> httpx.AsyncClient:
         """The configured client (create it inside the task that uses it: a client is bound to its event loop)."""
-        auth = self.auth()
         return http_client(
-            min(limit or self.connection_limit, self.connection_limit),
-            self.request_timeout,
-            auth.api_key,
-            headers=auth.headers,
+            min(limit or self.connection_limit, self.connection_limit), self.request_timeout, self.auth()
         )

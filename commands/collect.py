@@ -12,7 +12,8 @@ from commands.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USA
 from commands.options import Option, add_model_options, build, validated
 from rollouts.config import CollectConfig
 from rollouts.errors import ConfigError, RolloutsError
-from rollouts.process.config import FORMATS, OBJECTIVES
+from rollouts.places import absolute
+from rollouts.process.config import FORMATS, parse_objectives
 
 
 def prefect_defaults(verbose: bool = False) -> None:
@@ -49,13 +50,10 @@ def format_choice(specs: list[str], objectives: list[str]) -> dict[str, list[str
 
 
 def objectives_of(values: Any) -> list[str]:
-    names = [
-        p.strip() for v in (values if isinstance(values, list) else [values]) for p in str(v).split(",") if p.strip()
-    ]
-    for name in names:
-        if name not in OBJECTIVES:
-            raise ConfigError(f"--objective: unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
-    return list(dict.fromkeys(names)) or ["rl"]
+    try:
+        return parse_objectives(values) or ["rl"]
+    except ValueError as exc:
+        raise ConfigError(f"--objective: {exc}") from None
 
 
 def config_data(args: argparse.Namespace, options: list[Option]) -> dict[str, Any]:
@@ -101,10 +99,6 @@ def print_phases(board: Any) -> None:
     )
 
 
-def _absolute(url: str) -> str:
-    return url if "://" in url else os.path.abspath(os.path.expanduser(url))
-
-
 def resolved(config: CollectConfig) -> tuple[CollectConfig, str | None]:
     """What the flow run gets: absolute paths (a relative path means nothing on a worker) and the run's real name,
     after every check that can be made without Prefect (secrets, input, endpoint, run name); and, for a run that
@@ -114,8 +108,8 @@ def resolved(config: CollectConfig) -> tuple[CollectConfig, str | None]:
 
     refuse_secrets(config)  # the user's own options, before any block adds its credentials
     data = config.model_dump()
-    data["input"] = _absolute(config.input)
-    data["storage"]["out"] = _absolute(config.storage.out)
+    data["input"] = absolute(config.input)
+    data["storage"]["out"] = absolute(config.storage.out)
     config = CollectConfig.model_validate(data)
     checked, auth = config, None
     if config.endpoint.block or config.storage.block:  # blocks live in Prefect: resolved here for the checks only

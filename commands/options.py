@@ -69,10 +69,7 @@ def _nullable(convert: Any) -> Any:
 
 
 def _default_text(field: FieldInfo) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()  # type: ignore[call-arg]
-    else:
-        value = field.default
+    value = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
     if value is None or value is PydanticUndefined or value in ({}, [], ()) or isinstance(value, bool):
         return ""
     if isinstance(value, list):

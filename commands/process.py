@@ -1,4 +1,5 @@
-"""`rollouts process`: re-process existing rollouts (our runs, rollout JSONL/Parquet, NeMo Gym output) into training files."""
+"""`rollouts process`: re-process existing rollouts (our runs, rollout JSONL/Parquet, NeMo Gym output) into training
+files."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ state file (`$ROLLOUTS_HOME/server/server.json`, default `~/.rollouts`). A user'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -170,10 +171,8 @@ def stop() -> bool:
             info = ServerInfo(**json.loads(_state_file().read_text()))
         except (OSError, ValueError, TypeError):
             return False
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(info.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + 15
     while _alive(info.pid) and time.monotonic() < deadline:
         time.sleep(0.2)

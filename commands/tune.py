@@ -1,4 +1,5 @@
-"""`rollouts tune`: options generated from TuneConfig, the sweep's lines on stderr, the table and the advice on stdout."""
+"""`rollouts tune`: options generated from TuneConfig, the sweep's lines on stderr, the table and the advice on
+stdout."""
 
 from __future__ import annotations
 
@@ -48,13 +49,14 @@ def _step_line(step: StepResult) -> None:
 def run_tune_command(args: argparse.Namespace) -> int:
     """Run `tune` from parsed arguments: 0 with a recommendation, 2 for a usage error (bad options, unreachable
     server, no usable prompts), 1 when no request succeeded or the results cannot be written."""
+    from rollouts.client.credentials import EndpointAuth
     from rollouts.client.model import check_endpoint
     from rollouts.tune.sweep import load_prompts, sweep, table, write_results
 
     with usage_guard(args.verbose, interrupted="interrupted: nothing was written") as guard:
         config = tune_config(args)
-        api_key = config.api_key()
-        check_endpoint(config.model_url, api_key)
+        auth = EndpointAuth(api_key=config.api_key())
+        check_endpoint(config.model_url, auth)
         prompts = load_prompts(config.input, config.sample)
         print(
             f"tuning --parallel against {config.model_url} with {len(prompts)} prompts, "
@@ -62,7 +64,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        steps, index, reason = asyncio.run(sweep(config, prompts, api_key=api_key, report=_step_line))
+        steps, index, reason = asyncio.run(sweep(config, prompts, auth=auth, report=_step_line))
         if all(s.ok == 0 for s in steps):
             error(f"no request succeeded (errors: {steps[0].errors})")
             return EXIT_RUN_FAILED

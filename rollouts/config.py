@@ -18,7 +18,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from rollouts.envs import Environment, build_environments, known_environment_names, parse_remote_env
 from rollouts.errors import ConfigError
 from rollouts.options import IDENTITY, Cli, field_of, identity_fields, marker
-from rollouts.process.config import OBJECTIVES, Objective, ProcessConfig, RolloutFilesConfig, TrainConfig
+from rollouts.places import http_url
+from rollouts.process.config import (
+    Objective,
+    ProcessConfig,
+    RolloutFilesConfig,
+    TrainConfig,
+    parse_objectives,
+)
 from rollouts.stages.agent import AgentLimits
 
 __all__ = [
@@ -48,11 +55,7 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 def _model_url(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not re.match(r"^https?://", value):
-        raise ValueError(f"--model-url must start with http:// or https:// (got {value!r})")
-    return value.rstrip("/")
+    return None if value is None else http_url(value, "--model-url")
 
 
 def api_key_from_env(name: str | None) -> str | None:
@@ -121,7 +124,9 @@ class EndpointConfig(BaseModel):
 
 
 class SamplingConfig(BaseModel):
-    """Sampling: explicit values override the rows' own `responses_create_params`; the objective's preset fills the rest."""
+    """
+    Sampling: explicit values override the rows' own `responses_create_params`; the objective's preset fills the rest.
+    """
 
     model_config = _FROZEN
 
@@ -204,7 +209,9 @@ class ConcurrencyConfig(BaseModel):
     dask_workers: int = Field(
         2,
         ge=1,
-        description="Dask worker processes, started locally or expected at --dask-address; --parallel is split between them",
+        description=(
+            "Dask worker processes, started locally or expected at --dask-address; --parallel is split between them"
+        ),
     )
     ray_address: Annotated[str | None, Cli(metavar="ray://HOST:10001")] = Field(
         None, description="an existing Ray cluster, or auto (default: start a local Ray instance)"
@@ -212,7 +219,8 @@ class ConcurrencyConfig(BaseModel):
     ray_workers: int = Field(
         2,
         ge=1,
-        description="Ray worker processes: CPUs of the local instance, or expected at --ray-address; --parallel is split between them",
+        description="Ray worker processes: CPUs of the local instance, or expected at --ray-address; "
+        "--parallel is split between them",
     )
 
     @field_validator("parallel", mode="before")
@@ -357,7 +365,9 @@ class CollectConfig(BaseModel):
     )
     objective: list[Objective] = Field(
         ["rl"],
-        description="training files to write: rl, sft, dpo or a comma list such as rl,dpo; the first sets sampling defaults",
+        description=(
+            "training files to write: rl, sft, dpo or a comma list such as rl,dpo; the first sets sampling defaults"
+        ),
     )
     run_name: str | None = Field(
         None, description="name of the run directory (default: input name + digest of config and input)"
@@ -396,17 +406,12 @@ class CollectConfig(BaseModel):
     @field_validator("objective", mode="before")
     @classmethod
     def _objectives(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, (list, tuple)):
-            names = [part.strip() for item in value for part in str(item).split(",") if part.strip()]
-            if not names:
-                raise ValueError("--objective needs at least one of rl, sft, dpo")
-            unknown = [n for n in names if n not in OBJECTIVES]
-            if unknown:
-                raise ValueError(f"unknown objective {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
-            return list(dict.fromkeys(names))
-        return value
+        if not isinstance(value, (str, list, tuple)):
+            return value
+        names = parse_objectives(value)
+        if not names:
+            raise ValueError("--objective needs at least one of rl, sft, dpo")
+        return names
 
     @field_validator("run_name")
     @classmethod
@@ -467,7 +472,8 @@ class CollectConfig(BaseModel):
 def _leaf_owners() -> dict[str, tuple[str, str]]:
     """Top-level name -> (section, field) for every section field, by its field name and by its flag's name
     (`model_block` for `endpoint.block`, `storage_options` for `storage.options`). The first section that declares a
-    name wins: generation sections come before `train`, so `max_turns` is the generation limit, as on the command line."""
+    name wins: generation sections come before `train`, so `max_turns` is the generation limit, as on the command
+    line."""
     owners: dict[str, tuple[str, str]] = {}
     for section, field in CollectConfig.model_fields.items():
         model = field.annotation

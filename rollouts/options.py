@@ -41,7 +41,8 @@ IDENTITY = Identity()
 
 def field_of(model: type[BaseModel], name: str, *, required: bool = False) -> Any:
     """`model`'s field `name`, for another command that has the same option: its description, default, bounds,
-    validators and Cli marker, so the option keeps one declaration (`api: Literal[...] = field_of(EndpointConfig, "api")`).
+    validators and Cli marker, so the option keeps one declaration
+    (`api: Literal[...] = field_of(EndpointConfig, "api")`).
     `required` drops the default, for a command where the option has no alternative (no --model-block in `tune`).
     The Identity marker stays behind: only a collection run has an identity."""
     field = copy.copy(model.model_fields[name])

@@ -15,7 +15,8 @@ A rollout row is a superset of NeMo Gym's output row, so Gym and NeMo RL tooling
       "sampling": {"temperature": 1.0, "top_p": 1.0, "seed": 7},   # what was really sent (seed included)
       "rollout_id": "3f9c...", "status": "ok" | "failed", "error": null | {"type", "message", "status_code", "stage"},
       "attempts": 1, "finish_reason": "stop" | "length" | "tool_calls" | ...,
-      "timings": {"queue_ms", "model_ms", "tool_ms", "generate_ms", "verify_ms", "total_ms", "started_at", "finished_at"},
+      "timings": {"queue_ms", "model_ms", "tool_ms", "generate_ms", "verify_ms", "total_ms", "started_at",
+                  "finished_at"},
       "schema_version": 2
     }
 
@@ -58,6 +59,11 @@ class FailureRecord(TypedDict):
     attempts: NotRequired[int]
 
 
+class ToolCallTiming(TypedDict):
+    name: str
+    ms: float
+
+
 class Timings(TypedDict, total=False):
     queue_ms: float
     model_ms: float
@@ -67,16 +73,113 @@ class Timings(TypedDict, total=False):
     total_ms: float
     started_at: float
     finished_at: float
+    model_calls_ms: list[float]  # each model call's latency, retries included, in call order
+    tool_calls: list[ToolCallTiming]  # each tool call's name and wall time, in call order (tool rollouts only)
+
+
+class CachedTokens(TypedDict, total=False):
+    cached_tokens: int
+
+
+class ReasoningTokens(TypedDict, total=False):
+    reasoning_tokens: int
+
+
+class Usage(TypedDict, total=False):
+    """The Responses API's usage, with the detail objects NeMo Gym's models require."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: CachedTokens
+    output_tokens_details: ReasoningTokens
+
+
+class ContentPart(TypedDict, total=False):
+    type: str
+    text: str
+    annotations: list[dict[str, Any]]
+
+
+class OutputItem(TypedDict, total=False):
+    """One Responses output item (message, reasoning, function_call, function_call_output) with the token fields
+    the last item of each model call carries."""
+
+    type: str
+    id: str
+    role: str
+    status: str
+    content: list[ContentPart]
+    summary: list[ContentPart]
+    call_id: str
+    name: str
+    arguments: str
+    output: str
+    prompt_token_ids: list[int]
+    generation_token_ids: list[int]
+    generation_log_probs: list[float]
+
+
+class IncompleteDetails(TypedDict, total=False):
+    reason: str
+
+
+class Response(TypedDict, total=False):
+    """The Responses-API object of a rollout (rollouts/stages/generate.py: `response_object`)."""
+
+    id: str
+    object: str
+    created_at: float
+    model: str
+    status: str
+    incomplete_details: IncompleteDetails | None
+    output: list[OutputItem]
+    usage: Usage
+    parallel_tool_calls: bool
+    tool_choice: Any
+    tools: list[dict[str, Any]]
+    temperature: float | None
+    top_p: float | None
+    max_output_tokens: int | None
+
+
+class CreateParams(TypedDict, total=False):
+    """The NeMo Gym request: `input` (messages or items, or a string), instructions, tools, sampling."""
+
+    input: Any
+    instructions: str
+    tools: list[dict[str, Any]]
+    tool_choice: Any
+    parallel_tool_calls: bool
+    temperature: float
+    top_p: float
+    max_output_tokens: int
+
+
+class AgentRef(TypedDict, total=False):
+    name: str
+
+
+class ToolCallStats(TypedDict, total=False):
+    calls: int
+    errors: int
+    timeouts: int
+    total_ms: float
+    max_ms: float
 
 
 class RolloutRow(TypedDict, total=False):
-    """A stored rollout row; input keys and verifier extras sit beside these fields (see the module docstring)."""
+    """A stored rollout row; input keys and verifier extras sit beside these fields (see the module docstring).
 
-    responses_create_params: dict[str, Any]
-    agent_ref: dict[str, Any]
+    The one typed description of what the collector writes: the polars schemas the profile and the filter stage
+    read with are derived from it (rollouts/schema.py), and a test fails when the collector writes a field that is
+    not here."""
+
+    responses_create_params: CreateParams
+    agent_ref: AgentRef
     _ng_task_index: int
     _ng_rollout_index: int
-    response: dict[str, Any]
+    response: Response
     reward: float | None
     sampling: dict[str, Any]
     rollout_id: str
@@ -85,7 +188,7 @@ class RolloutRow(TypedDict, total=False):
     attempts: int
     finish_reason: str
     end_reason: str
-    tool_stats: dict[str, dict[str, Any]]
+    tool_stats: dict[str, ToolCallStats]
     timings: Timings
     schema_version: int
 

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from rollouts.errors import ConfigError
+from rollouts.places import is_url
 
 MASK = "***"
 
@@ -82,7 +83,7 @@ def _option_secrets(value: Any, path: str) -> list[str]:
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
             found += _option_secrets(item, f"{path}[{index}]")
-    elif isinstance(value, str) and "://" in value and url_secrets(value):
+    elif isinstance(value, str) and is_url(value) and url_secrets(value):
         found.append(path)
     return found
 
@@ -92,7 +93,7 @@ def _mask(value: Any) -> Any:
         return {k: (MASK if secret_key(str(k)) and _holds_secret(v) else _mask(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v) for v in value]
-    if isinstance(value, str) and "://" in value:
+    if isinstance(value, str) and is_url(value):
         return redact_url(value)
     return value
 

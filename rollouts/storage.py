@@ -16,6 +16,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from rollouts.errors import StorageError
+from rollouts.places import is_url
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -26,7 +27,7 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
 
 
 def join(base: str, *parts: str) -> str:
-    if "://" in base:
+    if is_url(base):
         return posixpath.join(base.rstrip("/"), *parts)
     return os.path.join(base, *parts)
 
@@ -39,7 +40,7 @@ class Store:
     """One root URL plus its filesystem; every path below is relative to the root."""
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
-        self.root = root.rstrip("/") if "://" in root else os.path.abspath(root)
+        self.root = root.rstrip("/") if is_url(root) else os.path.abspath(root)
         self.storage_options = storage_options or {}
         self.fs, self.base = filesystem(self.root, self.storage_options)
 
@@ -149,7 +150,7 @@ class Appender:
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             self._repair_torn_tail()
-            self._fh = open(path, "a", encoding="utf-8")
+            self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open across writes; closed by the writer)
         else:
             fold_parts(store, path)  # an earlier attempt killed mid-commit: finish its fold before appending
 

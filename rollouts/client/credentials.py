@@ -23,3 +23,6 @@ class EndpointAuth:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
+
+
+NO_AUTH = EndpointAuth()

@@ -20,6 +20,7 @@ import httpx
 import orjson
 
 from rollouts.client.chat import chat_tools, items_to_chat
+from rollouts.client.credentials import NO_AUTH, EndpointAuth
 from rollouts.client.replies import check_chat, check_responses
 from rollouts.client.retry import RetryPolicy, retry_after, transport_failure
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport, cookie_free_transport
@@ -50,9 +51,8 @@ class ModelCall:
 def http_client(
     limit: int,
     timeout: float,
-    api_key: str | None = None,
+    auth: EndpointAuth | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    headers: dict[str, str] | None = None,
 ) -> httpx.AsyncClient:
     """An AsyncClient over aiohttp (plain httpx's pool scans every connection per queued request, encode/httpx#3215),
     without a cookie jar or per-request URL and header merging (rollouts/client/transport.py has the measurements).
@@ -60,25 +60,18 @@ def http_client(
     Create it inside the task that uses it: a client is bound to the event loop it first ran on.
     """
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
-    sent = {
-        "Content-Type": "application/json",
-        **(headers or {}),
-        **({"Authorization": f"Bearer {api_key}"} if api_key else {}),
-    }
+    sent = {"Content-Type": "application/json", **(auth or NO_AUTH).request_headers()}
     return CollectorHTTPClient(
         transport=transport or cookie_free_transport(limits), timeout=httpx.Timeout(timeout), headers=sent
     )
 
 
-def check_endpoint(
-    base_url: str, api_key: str | None, timeout: float = 5.0, headers: dict[str, str] | None = None
-) -> None:
+def check_endpoint(base_url: str, auth: EndpointAuth | None = None, timeout: float = 5.0) -> None:
     """Fail fast, before any prompt is sharded, when the model server is unreachable, refuses the key, or the URL
     is not an OpenAI-compatible base (`GET /models` answers on vLLM, SGLang and OpenAI; a 404 there means the path
     is wrong, usually a missing `/v1`)."""
-    sent = {**(headers or {}), **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
     try:
-        response = httpx.get(f"{base_url}/models", headers=sent, timeout=timeout)
+        response = httpx.get(f"{base_url}/models", headers=(auth or NO_AUTH).request_headers(), timeout=timeout)
     except httpx.HTTPError as exc:
         raise ConfigError(
             f"cannot reach the model server at {base_url} ({type(exc).__name__}): is it running, and "

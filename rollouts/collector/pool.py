@@ -97,10 +97,8 @@ class _Worker:
         self.pending.clear()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self.send(("close",))
-        except (OSError, ValueError):
-            pass
         self.process.join(timeout=10)
         if self.process.is_alive():
             self.process.terminate()
@@ -152,10 +150,8 @@ class CollectorPool:
         with self._lock:
             workers = list(self._workers)
         for worker in workers:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 worker.send(message)
-            except (OSError, ValueError):
-                pass
 
     @property
     def pids(self) -> list[int]:

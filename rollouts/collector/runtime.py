@@ -1,10 +1,12 @@
-"""What one collector process owns: its event loop, the runs' warm clients and `--parallel` limiters, its progress board.
+"""What one collector process owns: its event loop, the runs' warm clients and `--parallel` limiters, its progress
+board.
 
 Prefect's thread-pool runner gives each async task run its own thread and event loop. With several shards in flight,
 several loops then fight for the GIL and each response waits for another loop's turn: on 2 cores that cost a sixth of
 the throughput at `--parallel 256` (0.74 of ideal with 3 shard loops, 0.86 with one). Shard tasks therefore hand their
 coroutine to the process's one collector loop and wait for it. Tasks get the process's `CollectorRuntime` with
-`collector()` and pass its parts (client, limiter, breaker, board, stop signal) into the core's stage functions, which never reach for them.
+`collector()` and pass its parts (client, limiter, breaker, board, stop signal) into the core's stage functions, which
+never reach for them.
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ def relax_garbage_collection(freeze: bool = True) -> None:
     """Collect cyclic garbage less often while rollouts are collected, and never walk the start-up heap again.
 
     A rollout's objects are freed by reference counting (the HTTP client's replies hold no cycles, see
-    rollouts.client.transport), so a gen-0 collection finds almost no garbage: it only walks the young objects still alive,
-    the state of the rollouts in flight, and stalls every response waiting on the loop while it does. CPython counts
-    allocations net of deallocations towards the gen-0 threshold, so with little cyclic garbage a large threshold
-    means few collections, each walking at most that many objects (~1.5 us each here). Measured against a 200 ms
-    server, steady window only, flow vs a bare aiohttp client in the same invocation:
+    rollouts.client.transport), so a gen-0 collection finds almost no garbage: it only walks the young objects still
+    alive, the state of the rollouts in flight, and stalls every response waiting on the loop while it does. CPython
+    counts allocations net of deallocations towards the gen-0 threshold, so with little cyclic garbage a large threshold
+    means few collections, each walking at most that many objects (~1.5 us each here). Measured against a 200 ms server,
+    steady window only, flow vs a bare aiohttp client in the same invocation:
       (700, 10, 10), CPython's default: --parallel 256 0.80-0.83 of ideal (before replies were cycle-free)
       (10000, 20, 100):  --parallel 1024: 299 gen-0 collections, 5.1 s of GC in a 26 s window, 0.59 ms CPU/rollout
       (100000, 20, 100): --parallel 1024: 4 collections, 0.4 s, 0.50 ms CPU/rollout (1.8x the bare client's)
@@ -89,7 +91,8 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class BackgroundLoop:
-    """An event loop in a daemon thread, started on first use; `run` blocks the calling thread until a coroutine ends."""
+    """An event loop in a daemon thread, started on first use; `run` blocks the calling thread until a coroutine
+    ends."""
 
     def __init__(self, name: str = "rollouts-collector") -> None:
         self.name = name

@@ -77,7 +77,9 @@ class Environment(ABC):
         return type(self).call_tool is not Environment.call_tool
 
     def end_session(self, session: SessionState | None) -> None:
-        """The rollout's last tool has run: make the session storable (JSON only). Called by the agent loop."""
+        """Optional hook, a no-op by default: the rollout's last tool has run, so make the session storable (JSON only).
+        Called by the agent loop."""
+        return None
 
     def tool_specs(self) -> list[dict[str, Any]]:
         """Function tools (Responses-API shape) sent to the model when the row brings none of its own."""

@@ -1,4 +1,5 @@
-"""Loading a user's environments: from a module (`--env-module my_pkg.my_env`) or the `rollouts.environments` entry points.
+"""Loading a user's environments: from a module (`--env-module my_pkg.my_env`) or the `rollouts.environments` entry
+points.
 
 A module's environments are its public module-level `Environment` instances (such as a `ToolEnvironment` built
 with decorators) and the concrete `Environment` subclasses it defines itself (instantiated without arguments);

@@ -56,8 +56,8 @@ def _last_number(text: str) -> str | None:
     while start > 0 and text[start] in _NUMBER_CHARS:  # never start inside a number
         start -= 1
     match = None
-    for match in _LAST_NUMBER.finditer(text, start, end):
-        pass
+    for found in _LAST_NUMBER.finditer(text, start, end):
+        match = found
     if match is None:
         return None
     number, at = match.group(), match.start()
@@ -205,7 +205,7 @@ def _sequences_equal(a: tuple[str, list[str]], b: tuple[str, list[str]]) -> bool
                 return False
             remaining.pop(match)
         return True
-    return all(equivalent(x, y) for x, y in zip(xs, ys))
+    return all(equivalent(x, y) for x, y in zip(xs, ys, strict=True))
 
 
 def equivalent(a: str, b: str) -> bool:
@@ -232,7 +232,7 @@ def equivalent(a: str, b: str) -> bool:
     if "\\cup" in a or "\\cup" in b:
         pieces_a, pieces_b = _split_top(a, "\\cup"), _split_top(b, "\\cup")
         if pieces_a and pieces_b and len(pieces_a) == len(pieces_b) > 1:
-            return all(equivalent(x, y) for x, y in zip(pieces_a, pieces_b))
+            return all(equivalent(x, y) for x, y in zip(pieces_a, pieces_b, strict=True))
     if "," in a or "," in b:
         seq_a, seq_b = _as_sequence(a), _as_sequence(b)
         if seq_a is not None and seq_b is not None:

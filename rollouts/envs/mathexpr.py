@@ -13,9 +13,8 @@ import random
 import re
 from fractions import Fraction
 from functools import lru_cache
-from typing import Union
 
-Value = Union[Fraction, float]
+Value = Fraction | float
 
 REL_TOL = 1e-6
 ABS_TOL = 1e-9

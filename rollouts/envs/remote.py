@@ -21,8 +21,8 @@ those stored; the echo is not duplicated. A verifier field named like one of the
 (`{"verifier": {"status": "pass"}}`), never over the collector's.
 
 Retries: up to `attempts` tries under the collector's one `rollouts.client.retry.RetryPolicy` (backoff with jitter on
-connection errors, timeouts, 408/409/425/429 and 5xx, `Retry-After` honoured up to `max_backoff`); any other 4xx fails at
-once with a `VerifierError` carrying `status_code` and the server's body (a 422 body says which field is missing).
+connection errors, timeouts, 408/409/425/429 and 5xx, `Retry-After` honoured up to `max_backoff`); any other 4xx fails
+at once with a `VerifierError` carrying `status_code` and the server's body (a 422 body says which field is missing).
 Tool calls retry only when the request could not be sent at all: a tool may have side effects, and an error reply
 is a valid tool output for the model, as in NeMo Gym.
 """

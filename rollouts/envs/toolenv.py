@@ -46,7 +46,8 @@ Verifier = Callable[[dict[str, Any], dict[str, Any], Any], Any]
 
 
 def as_verify_result(value: Any, env: str) -> VerifyResult:
-    """A verifier's return value (reward, bool, (reward, extras), dict with `reward`, VerifyResult) as a VerifyResult."""
+    """A verifier's return value (reward, bool, (reward, extras), dict with `reward`, VerifyResult) as a
+    VerifyResult."""
     if isinstance(value, VerifyResult):
         return value
     if isinstance(value, (bool, int, float)):

@@ -208,7 +208,7 @@ def tool_from_function(
     if timeout is not None and timeout <= 0:
         raise ValueError(f"tool {name}: timeout must be positive")
     target = inspect.unwrap(function)
-    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(getattr(target, "__call__", None))
+    is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(getattr(target, "__call__", None))  # noqa: B004 (the method itself, not a callable check)
     if thread and is_async:
         raise ValueError(f"tool {name}: thread=True is for blocking sync functions, not async ones")
     signature = inspect.signature(function)

@@ -81,8 +81,8 @@ def select(
     )
     if loaded.missing_rollouts:
         card.notes.append(
-            f"{loaded.missing_rollouts} of {loaded.input_rows} rollouts owed by the materialized inputs have no row at all "
-            "(killed or never dispatched)"
+            f"{loaded.missing_rollouts} of {loaded.input_rows} rollouts owed by the materialized inputs "
+            "have no row at all (killed or never dispatched)"
         )
     selected = SELECTORS[config.objective](loaded.scan(None, storage_options), config, card)
     if workdir is None:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from rollouts.report.histogram import histogram
 
+from ..report.markdown import header, row
 from .validate import BadRows
 
 
@@ -85,8 +86,8 @@ class DataCard(BaseModel):
         lines += [f"| rollouts in | {self.rows_in} |", f"| groups (prompts) in | {self.groups_in} |"]
         lines += [f"| {self.unit} out | {self.rows_out} |", f"| groups (prompts) out | {self.groups_out} |", ""]
         if self.bad_rows.count:
-            lines += ["## Bad rows", "", "| reason | rows |", "| --- | ---: |"]
-            lines += [f"| {reason} | {n} |" for reason, n in self.bad_rows.by_reason.items()]
+            lines += ["## Bad rows", "", *header(["reason", "rows"], [False, True])]
+            lines += [row([reason, n]) for reason, n in self.bad_rows.by_reason.items()]
             lines += ["", *[f"- `{e}`" for e in self.bad_rows.examples], ""]
         for title, drops, unit in (
             ("Dropped rollouts", self.dropped, "rollouts"),
@@ -94,15 +95,15 @@ class DataCard(BaseModel):
             ("Dropped pairs", self.pair_drops, "pairs"),
         ):
             if drops:
-                lines += [f"## {title}", "", f"| rule | {unit} | why |", "| --- | ---: | --- |"]
-                lines += [f"| {d.rule} | {d.count} | {d.why} |" for d in drops]
+                lines += [f"## {title}", "", *header(["rule", unit, "why"], [False, True, False])]
+                lines += [row([d.rule, d.count, d.why]) for d in drops]
                 lines.append("")
         dists = {"reward before": self.reward_before, "reward after": self.reward_after, **self.distributions}
-        lines += ["## Distributions", "", "| | count | mean | std | min | p25 | p50 | p75 | max |"]
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        columns = ["", "count", "mean", "std", "min", "p25", "p50", "p75", "max"]
+        lines += ["## Distributions", "", *header(columns, [False] + [True] * 8)]
         for name, d in dists.items():
             cells = [d.count, d.mean, d.std, d.min, d.p25, d.p50, d.p75, d.max]
-            lines.append(f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |")
+            lines.append(row([name, *(_cell(c) for c in cells)]))
         lines.append("")
         for name, d in dists.items():
             if d.histogram:
@@ -112,8 +113,8 @@ class DataCard(BaseModel):
                 lines.append(f"- {name} histogram: {bins}")
         lines.append("")
         if self.outputs:
-            lines += ["## Outputs", "", "| format | file | rows | note |", "| --- | --- | ---: | --- |"]
-            lines += [f"| {o.format} | `{o.path}` | {o.rows} | {o.note or ''} |" for o in self.outputs]
+            lines += ["## Outputs", "", *header(["format", "file", "rows", "note"], [False, False, True, False])]
+            lines += [row([o.format, f"`{o.path}`", o.rows, o.note or ""]) for o in self.outputs]
             lines.append("")
         if self.notes:
             lines += ["## Notes", "", *[f"- {n}" for n in self.notes], ""]

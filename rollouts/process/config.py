@@ -12,6 +12,18 @@ from rollouts.options import Cli
 Objective = Literal["rl", "sft", "dpo"]
 OBJECTIVES: tuple[Objective, ...] = ("rl", "sft", "dpo")
 
+
+def parse_objectives(values: Any) -> list[str]:
+    """Objective names from `--objective` values (each may be a comma list: `rl,sft`), in order, once each; a
+    ValueError names an unknown one. No names gives an empty list: the caller decides the default."""
+    items = values if isinstance(values, (list, tuple)) else [values]
+    names = [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+    unknown = [name for name in names if name not in OBJECTIVES]
+    if unknown:
+        raise ValueError(f"unknown objective {unknown[0]!r}; choose from {', '.join(OBJECTIVES)}")
+    return list(dict.fromkeys(names))
+
+
 # Output formats per objective; the first ones are the defaults.
 FORMATS: dict[str, tuple[str, ...]] = {
     "rl": ("parquet", "jsonl", "verl", "tokens"),
@@ -26,8 +38,10 @@ DEFAULT_FORMATS: dict[str, tuple[str, ...]] = {
 FORMAT_HELP = {
     "rl/parquet": "one row per rollout with group stats and advantage; prompt/tools/output/extra as JSON text",
     "rl/jsonl": "the same rows as JSON lines, prompt/tools/output as nested JSON",
-    "rl/tokens": "token records (tokens/): input_ids, loss_mask, logprobs per sample, plus NeMo RL message_log and verl shapes; breaks repaired by --on-break",
-    "rl/verl": "verl RLHFDataset prompts (verl.parquet): prompt messages, data_source, reward_model, extra_info; one row per prompt",
+    "rl/tokens": "token records (tokens/): input_ids, loss_mask, logprobs per sample, plus NeMo RL message_log and "
+    "verl shapes; breaks repaired by --on-break",
+    "rl/verl": "verl RLHFDataset prompts (verl.parquet): prompt messages, data_source, reward_model, extra_info; "
+    "one row per prompt",
     "sft/openai": "OpenAI chat fine-tuning: messages (assistant tool_calls, tool messages) + tools",
     "sft/trl": "TRL conversational: messages + tools (tool-call arguments as objects)",
     "sft/trl-prompt-completion": "TRL conversational prompt/completion: prompt and completion message lists + tools",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import fsspec
 
 from ..errors import InputError, StorageError
+from ..places import without_scheme
 from ..storage import filesystem
 
 SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")  # not in-progress files such as shard.jsonl.tmp
@@ -90,7 +91,8 @@ def _expand(fs: fsspec.AbstractFileSystem, path: str, url: str) -> list[InputFil
         files = [p for p in sorted(fs.glob(f"{root}/*.jsonl*")) if p.endswith(SHARD_SUFFIXES)]
         if not files:
             raise InputError(
-                f"{url}: a directory but neither a run (no manifest.json or rollouts/) nor a NeMo Gym output folder (no *.jsonl)"
+                f"{url}: a directory but neither a run (no manifest.json or rollouts/) "
+                "nor a NeMo Gym output folder (no *.jsonl)"
             )
         return [_file(fs, p) for p in files]
     if not fs.exists(path):
@@ -104,8 +106,7 @@ def _file(fs: fsspec.AbstractFileSystem, path: str) -> InputFile:
 
 
 def _parts(name: str) -> list[str]:
-    if "://" in name:
-        name = name.split("://", 1)[1]
+    name = without_scheme(name)
     return [p for p in posixpath.normpath(name.replace("\\", "/")).split("/") if p not in ("", ".")]
 
 

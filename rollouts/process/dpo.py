@@ -46,7 +46,8 @@ GROUP_RULES = {
     "fewer_than_2_candidates": "fewer than two candidate rollouts",
     "all_rewards_tied": "all candidates have the same reward: a tie is never a pair",
     "margin_below_min": "no two candidates differ by --min-margin",
-    "no_pair_passes_filters": "every pair with enough margin fails --max-length-ratio, has identical completions or different prompts",
+    "no_pair_passes_filters": "every pair with enough margin fails --max-length-ratio, has identical completions "
+    "or different prompts",
 }
 PAIR_RULES = {
     "different_prompts": "the two rollouts had different prompts (a stateful environment): not a preference pair",
@@ -94,7 +95,8 @@ def select_dpo(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
 
 
 def _pairing_groups(cands: pl.DataFrame, by_task: bool, counts: dict[str, int]) -> pl.DataFrame:
-    """`group_id` becomes the pairing group (task and prompt, or the task with `by_task`); `task_group` keeps the task."""
+    """`group_id` becomes the pairing group (task and prompt, or the task with `by_task`); `task_group` keeps the
+    task."""
     cands = cands.with_columns(task_group=pl.col("group_id"))
     if by_task:
         return cands

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from ..records import OutputItem
 from ..records import rollout_id as make_rollout_id
+from ..schema import dtype_of, row_schema
 from .extras import extras_column
 from .status import STATUS_FIELDS, error_json, rollout_status, status_problem
 
@@ -43,10 +45,13 @@ ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
     "output_tokens": pl.Int64(),  # response.usage.output_tokens
     "output_chars": pl.Int64(),  # characters of text, tool arguments and tool outputs in the output
     "num_turns": pl.Int32(),  # model turns: runs of model items between tool outputs
-    "final_turn": pl.String(),  # what the output ends with: assistant | tool_call | tool_result | user | reasoning | none
-    "completion_key": pl.UInt64(),  # hash of the output without ids and token fields: equal keys = duplicate completions
+    # what the output ends with: assistant | tool_call | tool_result | user | reasoning | none
+    "final_turn": pl.String(),
+    # hash of the output without ids and token fields: equal keys = duplicate completions
+    "completion_key": pl.UInt64(),
     "prompt_key": pl.UInt64(),  # hash of this rollout's prompt and tools: equal keys = the same prompt
-    "prompt": pl.String(),  # JSON list of input items, `instructions` first as a system message (a string input: one user message)
+    # JSON list of input items, `instructions` first as a system message (a string input: one user message)
+    "prompt": pl.String(),
     "tools": pl.String(),  # JSON list of tools, or null
     "parallel_tool_calls": pl.Boolean(),  # responses_create_params.parallel_tool_calls when the row sets it
     "output": pl.String(),  # JSON list of output items, token fields moved to the columns below
@@ -57,33 +62,28 @@ ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
     "error": pl.String(),  # JSON object of a failed rollout's error, or null
 }
 
-_ITEM = pl.Struct(
-    {
-        "type": pl.String(),
-        "role": pl.String(),
-        "prompt_token_ids": pl.List(pl.Int32()),
-        "generation_token_ids": pl.List(pl.Int32()),
-        "generation_log_probs": pl.List(pl.Float32()),
-    }
-)
+# Token ids as Int32 and log-probabilities as Float32: half the memory of the stored row's types, exact for any
+# vocabulary below 2**31 and for the float32 values servers send.
+_TOKENS: dict[str, pl.DataType] = {
+    "prompt_token_ids": pl.List(pl.Int32()),
+    "generation_token_ids": pl.List(pl.Int32()),
+    "generation_log_probs": pl.List(pl.Float32()),
+}
+_ITEM = dtype_of(OutputItem, {"type": True, "role": True, **_TOKENS})
 # What read_ndjson parses; unknown keys are ignored. `input` is read only to test presence (see module docstring);
-# `instructions` is a JSON string, which read_ndjson decodes exactly.
+# `instructions` is a JSON string, which read_ndjson decodes exactly. STATUS_FIELDS add what foreign rows carry.
 TYPED_SCHEMA: dict[str, pl.DataType] = {
-    "responses_create_params": pl.Struct(
-        {"input": pl.String(), "instructions": pl.String(), "parallel_tool_calls": pl.Boolean()}
-    ),
-    "response": pl.Struct(
+    **row_schema(
         {
-            "usage": pl.Struct({"output_tokens": pl.Int64()}),
-            "status": pl.String(),
-            "incomplete_details": pl.Struct({"reason": pl.String()}),
+            "responses_create_params": {"input": pl.String(), "instructions": True, "parallel_tool_calls": True},
+            "response": {"usage": {"output_tokens": True}, "status": True, "incomplete_details": {"reason": True}},
+            "reward": True,
+            "_ng_task_index": True,
+            "_ng_rollout_index": True,
+            "rollout_id": True,
+            "finish_reason": True,
         }
     ),
-    "reward": pl.Float64(),
-    "_ng_task_index": pl.Int64(),
-    "_ng_rollout_index": pl.Int64(),
-    "rollout_id": pl.String(),
-    "finish_reason": pl.String(),
     **STATUS_FIELDS,
 }
 # Output items are decoded from the extracted `response.output` text: 2-3x cheaper than typing them in read_ndjson.

@@ -1,10 +1,10 @@
 """SFT selection: rows that pass the row rules, de-duplicated, best-of-n per prompt.
 
-Rules run in this order and a dropped row is counted under the first rule that drops it: failed, no final assistant
-turn (trainers need the conversation to end with one: NeMo RL asserts it, TRL refuses an empty completion), length-truncated
+Rules run in this order and a dropped row is counted under the first rule that drops it: failed, no final assistant turn
+(trainers need the conversation to end with one: NeMo RL asserts it, TRL refuses an empty completion), length-truncated
 (unless kept), below --min-reward, over --max-turns, over --max-output-tokens, duplicate completion of the same prompt
-(the best-rewarded copy stays), outside the top --per-prompt of its prompt. Ranking within a prompt: reward
-descending, then rollout index, then input order.
+(the best-rewarded copy stays), outside the top --per-prompt of its prompt. Ranking within a prompt: reward descending,
+then rollout index, then input order.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ COLUMNS = [
 FINAL_TURNS = ["assistant", "tool_call"]
 RULES = {
     "failed": "the rollout failed (no reward)",
-    "no_final_assistant": "the output does not end with an assistant message or tool call (only reasoning, empty, or a tool result / user turn last)",
+    "no_final_assistant": "the output does not end with an assistant message or tool call "
+    "(only reasoning, empty, or a tool result / user turn last)",
     "length_truncated": "finish reason `length`: the completion was cut off (--keep-length-truncated keeps it)",
     "below_min_reward": "reward below --min-reward",
     "too_many_turns": "more model turns than --max-turns",

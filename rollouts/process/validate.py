@@ -1,4 +1,5 @@
-"""Row checks in Python for the chunks polars refuses: they name the bad line and the reason, and let good lines through.
+"""Row checks in Python for the chunks polars refuses: they name the bad line and the reason, and let good lines
+through.
 
 The fast path (frame.parse_chunk) fails a whole chunk when one line is not JSON or a typed field has the wrong type;
 these checks mirror frame.TYPED_SCHEMA so that, once the lines they flag are removed, the rest parses.

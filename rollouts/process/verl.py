@@ -132,8 +132,8 @@ def _prune_empty(value: Any) -> Any:
 
 
 def sft_frame(rows: list[tuple[list[Message], list[dict[str, Any]] | None]]) -> tuple[pl.DataFrame, int]:
-    """(messages, tools) rows as the SFT Parquet frame, and how many rows' tools Parquet could not hold exactly:
-    tools of different shapes in one file are unified into one struct (each padded with nulls), empty objects dropped."""
+    """(messages, tools) rows as the SFT Parquet frame, and how many rows' tools Parquet could not hold exactly: tools
+    of different shapes in one file are unified into one struct (each padded with nulls), empty objects dropped."""
     converted = [verl_messages(messages) for messages, _ in rows]
     tools = [t or [] for _, t in rows]
     frame = pl.DataFrame({"messages": pl.Series([m for m, _ in converted], dtype=pl.List(MESSAGE))})

@@ -235,7 +235,8 @@ def write_sft(
         target = Target(out_dir, "verl.parquet", so)
         target.sink(frame.write_parquet)
         note = (
-            f"{padded} rows' tools changed to fit one Parquet type (fields of other tools' shapes as nulls, empty objects dropped)"
+            f"{padded} rows' tools changed to fit one Parquet type "
+            "(fields of other tools' shapes as nulls, empty objects dropped)"
             if padded
             else None
         )
@@ -247,7 +248,8 @@ def write_sft(
 
 DPO_SKIPS = {
     "one_message": "OpenAI preference data needs exactly one assistant message per side",
-    "final_message_only": "NeMo RL's preference loader trains only the final message of a completion: multi-message (tool-call) completions are left out",
+    "final_message_only": "NeMo RL's preference loader trains only the final message of a completion: "
+    "multi-message (tool-call) completions are left out",
     "no_text": "the final texts of both sides are equal or empty (tool calls have no text form)",
     "images": "this format holds text only and the prompt or a completion has images",
     "identical": "identical after conversion",

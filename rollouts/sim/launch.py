@@ -90,7 +90,7 @@ def start_sim_server(*, startup_timeout_s: float = 30.0, **options: Any) -> SimS
     config = SimConfig(**options)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
-    stderr = tempfile.TemporaryFile()
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (the server's stderr, owned and closed by SimServer.stop)
     command = [sys.executable, "-m", "rollouts.sim", *config.to_argv()]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, start_new_session=True)
     assert process.stdout is not None
@@ -99,7 +99,8 @@ def start_sim_server(*, startup_timeout_s: float = 30.0, **options: Any) -> SimS
     if match is None:
         code = process.poll()
         state = f"exit code {code}" if code is not None else f"no listening line in {startup_timeout_s} s"
-        SimServer(process, "http://invalid/v1", tempfile.TemporaryFile()).stop()
+        with tempfile.TemporaryFile() as unused_stderr:
+            SimServer(process, "http://invalid/v1", unused_stderr).stop()
         stderr.seek(0)
         errors = stderr.read().decode(errors="replace").strip()
         stderr.close()

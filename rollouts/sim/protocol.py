@@ -260,7 +260,7 @@ def chat_body(
         choice["logprobs"] = {
             "content": [
                 {"token": token, "logprob": value, "bytes": None, "top_logprobs": []}
-                for token, value in zip(tokens, logprobs)
+                for token, value in zip(tokens, logprobs, strict=True)
             ]
         }
     body: dict[str, Any] = {
@@ -288,7 +288,9 @@ def chat_body(
             "completion_tokens": len(generation.tokens),
         }
         if request.logprobs:
-            meta["output_token_logprobs"] = [[value, i, None] for value, i in zip(logprobs, generation.token_ids)]
+            meta["output_token_logprobs"] = [
+                [value, i, None] for value, i in zip(logprobs, generation.token_ids, strict=True)
+            ]
         choice["meta_info"] = meta
     return body
 

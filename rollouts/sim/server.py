@@ -1,6 +1,7 @@
 """The simulated OpenAI-compatible model server: an aiohttp app with seeded answers, latency and injected faults.
 
-Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/responses, POST /tokenize, GET /health, GET /stats.
+Endpoints: GET /v1/models, POST /v1/chat/completions, POST /v1/responses, POST /tokenize, GET /health, GET /stats,
+and the Files and Batch APIs (/v1/files, /v1/batches: batches.py), whose lines get the same answers as live calls.
 Latency is only ever `asyncio.sleep`, so one process serves thousands of requests in flight.
 Requests that ask for token ids or logprobs get ids from a real BPE tokenizer and Jinja chat template (bpe.py), with
 optional drift (`--drift-*`); the others are counted in words and never load the tokenizer.
@@ -27,6 +28,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rollouts.sim.answers import respond
+from rollouts.sim.batches import BatchStore
 from rollouts.sim.protocol import (
     BodyBuilder,
     PromptTokens,
@@ -100,6 +102,16 @@ class SimConfig(BaseModel):
     drift_turn_token: bool = Field(
         False, description="chat template closes earlier assistant turns with a <|turn_end|> token never generated"
     )
+    # Batch API (rollouts/sim/batches.py)
+    batch_delay_s: float = Field(1.0, ge=0, description="time a batch takes to process all its requests, in seconds")
+    batch_fail_rate: float = Field(0.0, ge=0, le=1, description="fraction of batch requests that fail with 500")
+    batch_expire: int = Field(
+        0,
+        ge=-1,
+        description="how many batches, the first created, expire after "
+        "--batch-delay-s with half their requests done instead of completing; -1 = all",
+    )
+    batch_max_requests: int = Field(50_000, ge=1, description="requests allowed in one batch input file")
 
     @model_validator(mode="after")
     def _rates_fit(self) -> SimConfig:
@@ -145,6 +157,7 @@ class SimApp:
         self._fault_rate = config.fail_rate + config.rate_limit_rate + config.slow_rate
         self._tokens, self._refilled = max(config.rate_limit_rps, 1.0), time.monotonic()
         self._chat_tokenizer: ChatTokenizer | None = None  # loaded on the first request that asks for token ids
+        self.batches = BatchStore(config, self.answer_batch_line)
 
     def chat_tokenizer(self) -> ChatTokenizer:
         if self._chat_tokenizer is None:
@@ -163,6 +176,7 @@ class SimApp:
         app.router.add_get("/health", self.health)
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/tokenize", self.tokenize)  # vLLM's, at the root as vLLM serves it
+        self.batches.install(app)
         return app
 
     async def tokenize(self, request: web.Request) -> web.Response:
@@ -270,23 +284,35 @@ class SimApp:
         return seconds
 
     async def _answer(self, request: web.Request, parse: Parser, build: BodyBuilder) -> web.Response:
-        body = await request.read()
+        status, payload, headers = await self.answer(await request.read(), parse, build)
+        return _json(payload, status=status, headers=headers)
+
+    async def answer_batch_line(self, url: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """One batch request's answer: the live one, without the live faults and latency."""
+        pair = (parse_chat, chat_body) if url.endswith("/chat/completions") else (parse_responses, responses_body)
+        status, payload, _ = await self.answer(body, *pair, live=False)
+        return status, payload
+
+    async def answer(
+        self, body: bytes, parse: Parser, build: BodyBuilder, *, live: bool = True
+    ) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+        """(status, body, headers) of one request; `live=False` skips the injected faults and the latency."""
         try:
             sim_request = parse(json.loads(body))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            return _json(error_body(f"invalid JSON body: {exc}"), status=400)
+            return 400, error_body(f"invalid JSON body: {exc}"), None
         except RequestError as exc:
-            return _json(error_body(str(exc)), status=400)
+            return 400, error_body(str(exc)), None
         fault, fault_rng = None, None
-        if self._over_rate():
+        if live and self._over_rate():
             fault = "429"
-        elif self._fault_rate or self.config.latency_jitter_ms:
+        elif live and (self._fault_rate or self.config.latency_jitter_ms):
             fault, fault_rng = self._fault(body)
         if fault == "429":
             retry_after = f"{self.config.retry_after_s:g}"
             message = f"rate limited by rollouts-sim; retry after {retry_after} s"
             headers = {"Retry-After": retry_after}
-            return _json(error_body(message, "rate_limit_error", "rate_limit_exceeded"), status=429, headers=headers)
+            return 429, error_body(message, "rate_limit_error", "rate_limit_exceeded"), headers
 
         # The word-level rendering seeds the answer, so an answer never depends on whether token ids were asked.
         prompt = render_prompt(sim_request.turns, sim_request.tool_names)
@@ -308,11 +334,11 @@ class SimApp:
         logprobs = logprob_values(rng, len(generation.tokens)) if wants_logprobs else []
 
         delay = self.config.slow_ms / 1000 if fault == "slow" else self._latency(fault_rng, generation)
-        if delay:
+        if delay and live:
             await asyncio.sleep(delay)
         if fault == "500":
-            return _json(error_body("simulated server error", "server_error"), status=500)
-        return _json(build(sim_request, generation, prompt_tokens, logprobs))
+            return 500, error_body("simulated server error", "server_error"), None
+        return 200, build(sim_request, generation, prompt_tokens, logprobs), None
 
 
 async def start(config: SimConfig) -> tuple[web.AppRunner, str]:

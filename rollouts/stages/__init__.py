@@ -1,1 +1,2 @@
-"""The collection pipeline, one module per stage: shard -> generate -> verify -> profile -> filter -> format, and the run's outcome."""
+"""The collection pipeline, one module per stage: shard -> generate -> verify -> profile -> filter -> format, and the
+run's outcome."""

@@ -53,7 +53,6 @@ STOP, LENGTH, MAX_TURNS, MAX_ROLLOUT_TOKENS, DEADLINE, NO_TOOLS = (
     "deadline",
     "no_tools",
 )
-END_REASONS = (STOP, LENGTH, MAX_TURNS, MAX_ROLLOUT_TOKENS, DEADLINE, NO_TOOLS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +100,7 @@ class AgentResult:
     end_reason: str
     tool_ms: float = 0.0  # wall-clock time of the tool phases (parallel calls overlap)
     tools: dict[str, ToolStats] = field(default_factory=dict)
+    tool_timings: list[tuple[str, float]] = field(default_factory=list)  # (name, ms) of each tool call
 
     @property
     def turns(self) -> int:
@@ -149,6 +149,7 @@ class _Rollout:
         self.loop = asyncio.get_running_loop()
         self.deadline = None if limits.timeout_s is None else self.loop.time() + limits.timeout_s
         self.tools: dict[str, ToolStats] = {}
+        self.timings: list[tuple[str, float]] = []  # (tool name, ms) of each call, in the order they ended
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - self.loop.time())
@@ -196,7 +197,9 @@ class _Rollout:
         stats = self.tools.get(name)
         if stats is None:
             stats = self.tools[name] = ToolStats()
-        stats.add((time.perf_counter() - started) * 1000, error=error, timeout=timeout)
+        ms = (time.perf_counter() - started) * 1000
+        stats.add(ms, error=error, timeout=timeout)
+        self.timings.append((name, ms))
 
     async def run_tools(self, calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
         """One output item per call, in call order; True when the deadline cut some of them."""
@@ -212,7 +215,7 @@ class _Rollout:
         if pending:
             await asyncio.wait(pending)
         outputs = []
-        for item, task in zip(calls, tasks):
+        for item, task in zip(calls, tasks, strict=True):
             if task in done:
                 text = task.result()
             else:
@@ -289,4 +292,6 @@ async def run_agent(
                 break
     finally:
         env.end_session(session)
-    return AgentResult(output=produced, calls=calls, end_reason=end, tool_ms=tool_ms, tools=rollout.tools)
+    return AgentResult(
+        output=produced, calls=calls, end_reason=end, tool_ms=tool_ms, tools=rollout.tools, tool_timings=rollout.timings
+    )

@@ -1,4 +1,5 @@
-"""Format stage: write one objective's selection of a run as training files, with its data card, under `<run>/train/`."""
+"""Format stage: write one objective's selection of a run as training files, with its data card, under
+`<run>/train/`."""
 
 from __future__ import annotations
 

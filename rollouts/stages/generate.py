@@ -2,8 +2,8 @@
 
 The last record of a rollout in that file wins, so a resumed shard skips what is done and retries what failed, and
 regenerates what failed verification in a way only a new generation can fix (`rollouts.stages.failures`). Each rollout
-has one deadline over all its calls (`--rollout-timeout`); a stop request (`rollouts.collector.interrupt`) ends the shard early
-with what finished flushed.
+has one deadline over all its calls (`--rollout-timeout`); a stop request (`rollouts.collector.interrupt`) ends the
+shard early with what finished flushed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import random
 import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
+
+import httpx
 
 from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelCall, ModelClient, http_client
@@ -210,7 +212,7 @@ class ShardGenerator:
         started = time.perf_counter()
         started_at = time.time()
         calls: list[ModelCall] = []
-        timing = {"tool_ms": 0.0}
+        timing: dict[str, Any] = {"tool_ms": 0.0}
         try:
             async with asyncio.timeout(self.rollout_timeout):
                 await self._interact(record, env, prompt, params, sampling, calls, timing)
@@ -227,11 +229,14 @@ class ShardGenerator:
         record["timings"] = {
             "queue_ms": round((started - queued) * 1000, 3),
             "model_ms": round(sum(c.latency_ms for c in calls), 3),
+            "model_calls_ms": [round(c.latency_ms, 3) for c in calls],
             "tool_ms": round(timing["tool_ms"], 3),
             "generate_ms": round((ended - started) * 1000, 3),
             "started_at": started_at,
             "finished_at": time.time(),
         }
+        if timing.get("tool_calls"):
+            record["timings"]["tool_calls"] = timing["tool_calls"]
         return record
 
     async def _interact(
@@ -256,10 +261,11 @@ class ShardGenerator:
             call_model, env, input_messages(params), session=session, http=self.http, limits=self.limits
         )
         timing["tool_ms"] = result.tool_ms
+        timing["tool_calls"] = [{"name": name, "ms": round(ms, 3)} for name, ms in result.tool_timings]
         record["response"] = response_object(calls, result.output, params, self.config.endpoint.model, sampling)
         record["finish_reason"] = calls[-1].finish_reason
-        record["end_reason"] = result.end_reason  # type: ignore[typeddict-unknown-key]
-        record["tool_stats"] = result.tool_record()  # type: ignore[typeddict-unknown-key]
+        record["end_reason"] = result.end_reason
+        record["tool_stats"] = result.tool_record()
         record["status"] = "ok"
         record["error"] = None
         if session is not None:
@@ -300,12 +306,10 @@ async def generate_shard(
     config = run.config
     envs = config.environments.build()
     auth = auth or EndpointAuth(api_key=config.api_key())
-    factory = lambda: http_client(
-        config.parallel_per_process,
-        config.endpoint.request_timeout,  # noqa: E731
-        auth.api_key,
-        headers=auth.headers,
-    )
+
+    def factory() -> httpx.AsyncClient:
+        return http_client(config.parallel_per_process, config.endpoint.request_timeout, auth)
+
     if control is not None:
         factory, limiter = control.http_client, control.limiter
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:

@@ -229,7 +229,8 @@ def parse_prompts(
             env = (row.get("agent_ref") or {}).get("name") or default_env
             if env not in known_envs:
                 raise RowError(
-                    f"unknown environment {env!r}: use one of {sorted(known_envs)} or declare it with --remote-env {env}=URL"
+                    f"unknown environment {env!r}: use one of {sorted(known_envs)} "
+                    f"or declare it with --remote-env {env}=URL"
                 )
             problem = known_envs[env].row_problem(row) if isinstance(known_envs, Mapping) else None
             if problem:

@@ -1,4 +1,5 @@
-"""The profile stage: compute the run's profile, write its files and charts, the run report, and the artifacts to publish.
+"""The profile stage: compute the run's profile, write its files and charts, the run report, and the artifacts to
+publish.
 
 The Prefect UI (checked in headless Chromium against `prefect server start`, both its UIs) renders markdown tables,
 `![](data:image/png;base64,...)` images and images from http(s) URLs the browser can reach. A run's files often sit
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rollouts.report.charts import profile_charts
+from rollouts.report.markdown import header, row
 from rollouts.report.metrics import (
     ProfileOptions,
     csv_text,
@@ -140,18 +142,15 @@ def _cell(value: Any) -> str:
         return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value).replace("|", "\\|")
+    return str(value)
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], headers: list[str] | None = None) -> list[str]:
     if not rows:
         return []
     right = [isinstance(rows[0].get(c), int | float) for c in columns]
-    lines = [
-        "| " + " | ".join(headers or columns) + " |",
-        "| " + " | ".join("---:" if r else "---" for r in right) + " |",
-    ]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines = header(headers or columns, right)
+    lines += [row([_cell(r.get(c)) for c in columns]) for r in rows]
     return lines + [""]
 
 

@@ -11,6 +11,7 @@ from rollouts.collector.breaker import STOPPED
 from rollouts.config import CollectConfig
 from rollouts.envs.remote import check_environments
 from rollouts.errors import ConfigError, InputError
+from rollouts.places import is_url
 from rollouts.records import dumps
 from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
 from rollouts.stages.inputs import input_digest, iter_lines, parse_prompts, prompt_line
@@ -36,7 +37,7 @@ def locate_run(config: CollectConfig) -> tuple[RunRef, Store, dict[str, Any] | N
     digest = config.digest(in_digest)
     name = config.run_name or default_run_name(config.input, digest)
     out = config.storage.out
-    run_url = join(out if "://" in out else os.path.abspath(out), name)
+    run_url = join(out if is_url(out) else os.path.abspath(out), name)
     run = RunRef(run_id=digest, run_url=run_url, config=config)
     store = Store(run_url, options)
     manifest = store.read_json(MANIFEST)
@@ -57,7 +58,7 @@ def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> tuple[
     block's credentials: refuse the user's own (`refuse_secrets`) before the blocks are applied."""
     check_input(config)
     auth = auth or EndpointAuth(api_key=config.api_key())
-    check_endpoint(config.endpoint.model_url, auth.api_key, headers=auth.headers)
+    check_endpoint(config.endpoint.model_url, auth)
     check_environments(config.environments.remote_env)
     run, store, manifest, _ = locate_run(config)
     return run, store, manifest
@@ -68,7 +69,7 @@ def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan
     credentials may be in `config.storage.options` here (the manifest leaves those out); the flow refuses credentials
     the user put in the parameters before it resolves the blocks."""
     auth = auth or EndpointAuth(api_key=config.api_key())
-    check_endpoint(config.endpoint.model_url, auth.api_key, headers=auth.headers)
+    check_endpoint(config.endpoint.model_url, auth)
     check_environments(config.environments.remote_env)
     run, store, manifest, in_digest = locate_run(config)
     store.remove(STOPPED)  # an earlier attempt stopped early: this one tries again (the user changed something)
@@ -114,7 +115,8 @@ def shard_prompts(run: RunRef, store: Store) -> tuple[list[ShardRef], int, int]:
     if total == 0:
         if not rejects:
             raise InputError(
-                f"input {config.input!r} has no prompt rows in the selected range: it is empty or --start/--end/--limit select nothing"
+                f"input {config.input!r} has no prompt rows in the selected range: "
+                "it is empty or --start/--end/--limit select nothing"
             )
         raise InputError(
             f"input {config.input!r} has no valid prompt rows: all {len(rejects)} were rejected "

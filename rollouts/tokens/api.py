@@ -58,7 +58,8 @@ def _selected_meta(
 def _rows(
     inputs: list[str], wanted: dict[tuple[str, int], dict[str, Any]], so: dict[str, Any] | None
 ) -> Iterator[tuple[dict[str, Any], bytes]]:
-    """(record fields, raw line) of the wanted rows, in input order: the same files and line numbers as load_rollouts."""
+    """(record fields, raw line) of the wanted rows, in input order: the same files and line numbers as
+    load_rollouts."""
     for item in discover(inputs, so):
         chunks = (
             iter_parquet_chunks(item.fs, item.path)

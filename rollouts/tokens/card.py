@@ -1,4 +1,5 @@
-"""The token records' data card: what the check found, what the repair policy did, what was written; JSON and markdown."""
+"""The token records' data card: what the check found, what the repair policy did, what was written; JSON and
+markdown."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections import Counter
 from pydantic import BaseModel, Field
 
 from rollouts.process.card import OutputFile
+from rollouts.report.markdown import header, row
 from rollouts.tokens.check import ContiguityMetrics
 
 ACTIONS = {
@@ -56,7 +58,7 @@ class TokenCard(BaseModel):
     def to_markdown(self) -> str:
         c = self.check
         lines = ["# Data card: token records", "", f"Inputs: {', '.join(f'`{i}`' for i in self.inputs)}", ""]
-        lines += [f"Policy at a break: **{self.policy}**", "", "| | count |", "| --- | ---: |"]
+        lines += [f"Policy at a break: **{self.policy}**", "", *header(["", "count"], [False, True])]
         for label, value in (
             ("rows read", self.rows_read),
             ("rollouts selected (RL)", self.rollouts_selected),
@@ -72,19 +74,19 @@ class TokenCard(BaseModel):
             ("generated tokens dropped", self.generated_tokens_dropped),
             ("tokens written", self.tokens_out),
         ):
-            lines.append(f"| {label} | {value} |")
+            lines.append(row([label, value]))
         lines.append("")
         if c.breaks_by_kind:
-            lines += ["## Breaks", "", "| kind | breaks | rollouts (first break) |", "| --- | ---: | ---: |"]
-            lines += [f"| {k} | {n} | {c.rollouts_by_first_break.get(k, 0)} |" for k, n in c.breaks_by_kind.items()]
+            lines += ["## Breaks", "", *header(["kind", "breaks", "rollouts (first break)"], [False, True, True])]
+            lines += [row([k, n, c.rollouts_by_first_break.get(k, 0)]) for k, n in c.breaks_by_kind.items()]
             lines += ["", *[f"- `{e}`" for e in c.examples[:5]], ""]
         if self.actions:
-            lines += ["## What the policy did", "", "| action | count | meaning |", "| --- | ---: | --- |"]
-            lines += [f"| {k} | {n} | {ACTIONS[k]} |" for k, n in self.actions.items()]
+            lines += ["## What the policy did", "", *header(["action", "count", "meaning"], [False, True, False])]
+            lines += [row([k, n, ACTIONS[k]]) for k, n in self.actions.items()]
             lines.append("")
         if self.outputs:
-            lines += ["## Outputs", "", "| format | file | rows |", "| --- | --- | ---: |"]
-            lines += [f"| {o.format} | `{o.path}` | {o.rows} |" for o in self.outputs]
+            lines += ["## Outputs", "", *header(["format", "file", "rows"], [False, False, True])]
+            lines += [row([o.format, f"`{o.path}`", o.rows]) for o in self.outputs]
             lines.append("")
         if self.notes:
             lines += ["## Notes", "", *[f"- {n}" for n in self.notes], ""]

@@ -1,4 +1,5 @@
-"""Contiguity check of a rollout's model calls: where call k+1's prompt stops extending call k's prompt + generation, and why.
+"""Contiguity check of a rollout's model calls: where call k+1's prompt stops extending call k's prompt + generation,
+and why.
 
 For calls k and k+1, `expected` = prompt_k + generation_k and `actual` = prompt_{k+1}. They are contiguous when
 `actual` starts with `expected`. Otherwise the break is located at the first differing offset n of `actual`, and the

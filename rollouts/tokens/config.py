@@ -1,4 +1,5 @@
-"""TokensConfig: the options of `rollouts tokens`, most of them reused from `rollouts process`; and the --tokenizer loader."""
+"""TokensConfig: the options of `rollouts tokens`, most of them reused from `rollouts process`; and the --tokenizer
+loader."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`convert_token_records`: check and convert existing rollouts (runs, JSONL/Parquet, NeMo Gym output) to token records."""
+"""`convert_token_records`: check and convert existing rollouts (runs, JSONL/Parquet, NeMo Gym output) to token
+records."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def convert_token_records(
     turn_end_id: int | None = None,
     config: ProcessConfig | None = None,
 ) -> TokenRecordsResult:
-    """Load rollouts (runs, JSONL/Parquet, NeMo Gym output; local or fsspec), select them for RL, write token records."""
+    """Load rollouts (runs, JSONL/Parquet, NeMo Gym output; local or fsspec), select them for RL, write token
+    records."""
     config = config or ProcessConfig(objective="rl")
     if config.objective != "rl":
         raise ConfigError("token records are built from the rl selection; pass an rl ProcessConfig")

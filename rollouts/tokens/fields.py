@@ -6,9 +6,10 @@ Whatever the server, a call keeps NeMo Gym's three fields on its last output ite
 
 - a complete bundle on `choices[0].message` (NeMo RL's vLLM server puts it there);
 - vLLM >= 0.10.2 with `return_token_ids`: top-level `prompt_token_ids`, `choices[0].token_ids`;
-- SGLang >= 0.5.13 with `return_prompt_token_ids` / `return_token_ids` / `return_meta_info`: `choices[0].prompt_token_ids`,
-  `choices[0].token_ids`, and `choices[0].meta_info.output_token_logprobs` as `[logprob, token_id, text]` triples or
-  `{"logprob", "token_id"}` objects (or the parallel `output_token_logprobs_val` / `_idx` arrays);
+- SGLang >= 0.5.13 with `return_prompt_token_ids` / `return_token_ids` / `return_meta_info`:
+  `choices[0].prompt_token_ids`, `choices[0].token_ids`, and `choices[0].meta_info.output_token_logprobs` as
+  `[logprob, token_id, text]` triples or `{"logprob", "token_id"}` objects (or the parallel
+  `output_token_logprobs_val` / `_idx` arrays);
 - `choices[0].logprobs.content[*]`: the log-probabilities, and the ids too when each `token` reads `token_id:N`
   (vLLM's `return_tokens_as_token_ids`). Such a server (vLLM < 0.10.2) sends no prompt ids; vLLM's `/tokenize` of
   the same messages gives them (`tokenize_request`, `with_prompt_ids`), as NeMo Gym's adapter does.
@@ -139,7 +140,8 @@ def _agree(first: list[int] | None, second: list[int] | None, first_name: str, s
 
 
 def _checked(fields: dict[str, Any], asked: bool, where: str) -> dict[str, Any]:
-    """The complete, well-typed bundle; when not asked for, a partial or malformed one is left out instead of raising."""
+    """The complete, well-typed bundle; when not asked for, a partial or malformed one is left out instead of
+    raising."""
     missing = [name for name in TOKEN_FIELDS if fields.get(name) is None]
     try:
         if missing:

@@ -18,18 +18,20 @@ limit (start-up, the tail of a run) decide nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import polars as pl
 
+from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import http_client
 from rollouts.client.transport import cookie_free_transport
 from rollouts.collector.limits import InflightLimiter
@@ -225,21 +227,15 @@ class ObservedTransport(httpx.AsyncBaseTransport):
 
 
 def observed_http_client(
-    limit: int,
-    timeout: float,
-    api_key: str | None,
-    log: AttemptLog,
-    model_url: str,
-    headers: dict[str, str] | None = None,
+    limit: int, timeout: float, auth: EndpointAuth | None, log: AttemptLog, model_url: str
 ) -> httpx.AsyncClient:
     """`model.http_client` whose model requests (every retry too) land in `log`; `limit` connections, as ever."""
     limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
     return http_client(
         limit,
         timeout,
-        api_key,
+        auth,
         transport=ObservedTransport(cookie_free_transport(limits), log, model_url),
-        headers=headers,
     )
 
 
@@ -292,10 +288,8 @@ class AutoParallel:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         self._record(0, "stopped", self.controller.phase, None)  # this process's share ends here
 
@@ -371,7 +365,3 @@ def read_trace(store: Store) -> pl.DataFrame | None:
                 for r in (json.loads(line) for line in fh if line.strip())
             ]
     return pl.DataFrame(rows, schema={"process": pl.String, "t": pl.Float64, "limit": pl.Int64}) if rows else None
-
-
-def config_dict(config: ControllerConfig) -> dict[str, Any]:
-    return asdict(config)

@@ -1,4 +1,5 @@
-"""What one collector process owns for `--parallel`: the in-flight limiter, its HTTP client, and with `auto` the controller.
+"""What one collector process owns for `--parallel`: the in-flight limiter, its HTTP client, and with `auto` the
+controller.
 
 Fixed `--parallel N`: a limiter of N and a client pool of N connections (requests never queue inside the pool).
 `--parallel auto`: a pool of `max_parallel` connections, whose transport logs every model request attempt; the limiter
@@ -37,17 +38,15 @@ class ParallelControl:
         *,
         model_url: str,
         request_timeout: float,
-        api_key: str | None = None,
+        auth: EndpointAuth | None = None,
         min_parallel: int = 8,
         max_parallel: int = 1024,
         use_server_metrics: bool = True,
-        headers: dict[str, str] | None = None,
     ) -> None:
         self.auto = parallel == "auto"
         if not self.auto and (not isinstance(parallel, int) or parallel < 1):
             raise ValueError(f"--parallel must be a positive integer or 'auto' (got {parallel!r})")
-        self.model_url, self.request_timeout, self.api_key = model_url, request_timeout, api_key
-        self.headers = headers or {}
+        self.model_url, self.request_timeout, self.auth = model_url, request_timeout, auth
         self.started = False
         self.config = ControllerConfig(min_parallel=min_parallel, max_parallel=max_parallel) if self.auto else None
         self.limit = self.config.start if self.config else int(parallel)
@@ -67,8 +66,7 @@ class ParallelControl:
             c.parallel,
             model_url=config.endpoint.model_url,
             request_timeout=config.endpoint.request_timeout,
-            api_key=auth.api_key,
-            headers=auth.headers,
+            auth=auth,
             min_parallel=c.min_parallel,
             max_parallel=c.max_parallel,
         )
@@ -81,10 +79,8 @@ class ParallelControl:
     def http_client(self) -> httpx.AsyncClient:
         """The run's client: create it inside the loop that uses it, as `model.http_client` requires."""
         if self.log is not None:
-            return observed_http_client(
-                self.pool_size, self.request_timeout, self.api_key, self.log, self.model_url, headers=self.headers
-            )
-        return http_client(self.pool_size, self.request_timeout, self.api_key, headers=self.headers)
+            return observed_http_client(self.pool_size, self.request_timeout, self.auth, self.log, self.model_url)
+        return http_client(self.pool_size, self.request_timeout, self.auth)
 
     def start(self, http: httpx.AsyncClient | None = None) -> None:
         """Begin controlling (auto) or note the fixed limit; `http` is used for vLLM's /metrics when reachable."""

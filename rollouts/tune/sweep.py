@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelClient, http_client
 from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, api_key_from_env
 from rollouts.errors import InputError, ProviderError, ResponseParseError, RolloutsError
@@ -218,7 +219,7 @@ async def sweep(
     config: TuneConfig,
     prompts: list[dict[str, Any]],
     *,
-    api_key: str | None = None,
+    auth: EndpointAuth | None = None,
     report=None,
     stop_at_knee: bool = True,
 ) -> tuple[list[StepResult], int, str]:
@@ -227,7 +228,7 @@ async def sweep(
     rule = config.rule()
     for parallel in ladder(config.start, config.max_parallel):
         # Connection limits follow --parallel: a pool of exactly `parallel` connections, as collect opens.
-        async with http_client(parallel, config.request_timeout, api_key) as http:
+        async with http_client(parallel, config.request_timeout, auth) as http:
             client = ModelClient(http, config.model_url, config.model, config.api, max_retries=0)
             step = await measure_step(
                 client,

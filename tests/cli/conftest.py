@@ -1,4 +1,5 @@
-"""The real `rollouts` command in a subprocess: fixtures shared with the integration suite, and a runner that times it."""
+"""The real `rollouts` command in a subprocess: fixtures shared with the integration suite, and a runner that times
+it."""
 
 from __future__ import annotations
 

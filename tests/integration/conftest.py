@@ -19,9 +19,11 @@ def prefect_server() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
-        with temporary_settings(updates={"flows.heartbeat_frequency": None}):
-            yield PREFECT_API_URL.value()
+    with (
+        prefect_test_harness(server_startup_timeout=60),
+        temporary_settings(updates={"flows.heartbeat_frequency": None}),
+    ):
+        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session")

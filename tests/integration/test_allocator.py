@@ -1,5 +1,5 @@
-"""A collection run's process has polars' allocator return freed memory at once (rollouts/collector/allocator.py), set before
-polars loads; a setting of the user's own is kept; other processes keep polars' default."""
+"""A collection run's process has polars' allocator return freed memory at once (rollouts/collector/allocator.py), set
+before polars loads; a setting of the user's own is kept; other processes keep polars' default."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ def test_collected_tool_runs_are_checked_and_converted_under_every_policy(tmp_pa
             masked = [
                 t
                 for row in group.sort("sample_index").iter_rows(named=True)
-                for t, bit in zip(row["input_ids"], row["loss_mask"])
+                for t, bit in zip(row["input_ids"], row["loss_mask"], strict=True)
                 if bit
             ]
             expected = generated[rollout_id[0]]

@@ -21,6 +21,7 @@ from tests.servers.resources_server import ResourcesServerHandle, start_resource
 
 pytestmark = pytest.mark.integration
 APIS = ["chat", "responses"]
+DEFAULT_LIMITS = AgentLimits()
 
 
 def bundled(name: str) -> list[dict[str, Any]]:
@@ -52,7 +53,7 @@ async def roll(
     env: Environment,
     row: dict[str, Any],
     http: httpx.AsyncClient,
-    limits: AgentLimits = AgentLimits(),
+    limits: AgentLimits = DEFAULT_LIMITS,
 ) -> tuple[AgentResult, Any, dict[str, Any]]:
     """One rollout as the generate stage runs it; returns the result, the session and the verifier's verdict."""
     params = with_env_tools(row["responses_create_params"], env)

@@ -21,7 +21,8 @@ def test_core_never_imports_prefect():
     """Every module of the core package, found by walking it (not a hand-kept list), imports without Prefect."""
     code = (
         "import importlib, pkgutil, sys, rollouts\n"
-        "names = [m.name for m in pkgutil.walk_packages(rollouts.__path__, 'rollouts.') if not m.name.endswith('__main__')]\n"
+        "names = [m.name for m in pkgutil.walk_packages(rollouts.__path__, 'rollouts.') "
+        "if not m.name.endswith('__main__')]\n"
         "[importlib.import_module(n) for n in names]\n"
         "print(len(names), sorted(m for m in sys.modules if m.split('.')[0] == 'prefect')[:3])"
     )
@@ -111,3 +112,13 @@ def test_config_errors_are_clear():
 def test_errors_pickle_with_their_fields():
     error = pickle.loads(pickle.dumps(ProviderError("boom", status_code=503, retryable=True)))
     assert (type(error), error.message, error.status_code, error.retryable) == (ProviderError, "boom", 503, True)
+
+
+def test_a_pipe_in_a_data_card_cell_stays_inside_its_cell():
+    from rollouts.process.card import DataCard, Drop
+
+    card = DataCard(
+        objective="sft", inputs=["in.jsonl"], rows_read=1, dropped=[Drop(rule="custom|rule", count=1, why="a | b")]
+    )
+    table = [line for line in card.to_markdown().splitlines() if "custom" in line]
+    assert table == ["| custom\\|rule | 1 | a \\| b |"]

@@ -30,9 +30,11 @@ INPUT_ROW = {
 RESPONSE = {
     "id": "resp_1", "created_at": 1767225600, "model": "policy", "object": "response", "status": "completed",
     "output": [
-        {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "calculate", "arguments": '{"expression":"6*7"}', "status": "completed"},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "calculate",
+         "arguments": '{"expression":"6*7"}', "status": "completed"},
         {"type": "function_call_output", "call_id": "call_1", "output": '{"result": 42}'},
-        {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "42", "annotations": []}]},
+        {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": "42", "annotations": []}]},
     ],
     "usage": gym_usage(30, 12), "parallel_tool_calls": True, "tool_choice": "auto", "tools": [TOOL],
 }  # fmt: skip
@@ -50,7 +52,8 @@ def rollout_row(*, seed_in_params: bool = False, bare_usage: bool = False) -> di
     return {
         **INPUT_ROW, "responses_create_params": params, "sampling": {"temperature": 1.0, "seed": 7},
         "_ng_task_index": 0, "_ng_rollout_index": 0, "response": response, "reward": 1.0, "rollout_id": "r0",
-        "status": "ok", "error": None, "attempts": 1, "finish_reason": "stop", "timings": {"total_ms": 1.0}, "schema_version": 1,
+        "status": "ok", "error": None, "attempts": 1, "finish_reason": "stop", "timings": {"total_ms": 1.0},
+        "schema_version": 1,
     }  # fmt: skip
 
 
@@ -58,13 +61,21 @@ BODIES: dict[str, tuple[dict[str, Any], bool]] = {
     "rollout row (new)": (rollout_row(), True),
     "seed in params": (rollout_row(seed_in_params=True), False),
     "usage without details": (rollout_row(bare_usage=True), False),
-    "tool without strict": ({**rollout_row(), "responses_create_params": {**INPUT_ROW["responses_create_params"], "tools": [{k: v for k, v in TOOL.items() if k != "strict"}]}}, False),
+    "tool without strict": ({**rollout_row(), "responses_create_params": {
+        **INPUT_ROW["responses_create_params"], "tools": [{k: v for k, v in TOOL.items() if k != "strict"}]}}, False),
     "response without id": ({**rollout_row(), "response": {k: v for k, v in RESPONSE.items() if k != "id"}}, False),
-    "output_text without annotations": ({**rollout_row(), "response": {**RESPONSE, "output": [{"type": "message", "id": "m", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "42"}]}]}}, False),
-    "function_call without call_id": ({**rollout_row(), "response": {**RESPONSE, "output": [{"type": "function_call", "name": "calculate", "arguments": "{}"}]}}, False),
-    "image input": ({**rollout_row(), "responses_create_params": {"input": [{"role": "user", "content": [{"type": "input_text", "text": "colour?"}, {"type": "input_image", "image_url": "data:image/png;base64,AA==", "detail": "auto"}]}]}}, True),
-    "image without detail": ({**rollout_row(), "responses_create_params": {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AA=="}]}]}}, False),
-    "instructions and input []": ({**rollout_row(), "responses_create_params": {"input": [], "instructions": "Be brief."}}, True),
+    "output_text without annotations": ({**rollout_row(), "response": {**RESPONSE, "output": [
+        {"type": "message", "id": "m", "role": "assistant", "status": "completed",
+         "content": [{"type": "output_text", "text": "42"}]}]}}, False),
+    "function_call without call_id": ({**rollout_row(), "response": {**RESPONSE, "output": [
+        {"type": "function_call", "name": "calculate", "arguments": "{}"}]}}, False),
+    "image input": ({**rollout_row(), "responses_create_params": {"input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "colour?"},
+        {"type": "input_image", "image_url": "data:image/png;base64,AA==", "detail": "auto"}]}]}}, True),
+    "image without detail": ({**rollout_row(), "responses_create_params": {"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "data:image/png;base64,AA=="}]}]}}, False),
+    "instructions and input []": (
+        {**rollout_row(), "responses_create_params": {"input": [], "instructions": "Be brief."}}, True),
 }  # fmt: skip
 
 

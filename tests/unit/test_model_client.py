@@ -8,6 +8,7 @@ import random
 import httpx
 import pytest
 
+from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelClient, chat_body, items_to_chat, parse_chat, parse_responses, responses_body
 from rollouts.client.retry import RetryPolicy
 from rollouts.errors import ProviderError, ResponseParseError
@@ -236,7 +237,7 @@ async def test_api_key_from_the_named_environment_variable_is_sent_as_bearer(mon
 
     from rollouts.client.model import http_client
 
-    http = http_client(4, 10, config.api_key(), transport=httpx.MockTransport(handler))
+    http = http_client(4, 10, EndpointAuth(api_key=config.api_key()), transport=httpx.MockTransport(handler))
     client = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0)
     await client.create([{"role": "user", "content": "q"}], {}, {})
     await http.aclose()

@@ -1,4 +1,5 @@
-"""Small shards read together: a run's shard files are parsed in batches, with the results of reading them one by one."""
+"""Small shards read together: a run's shard files are parsed in batches, with the results of reading them one by
+one."""
 
 from __future__ import annotations
 

@@ -49,8 +49,8 @@ def test_options_reach_the_config() -> None:
     add_process_parser(parser.add_subparsers())
     args = parser.parse_args(
         ["process", GYM, "--objective", "dpo", "--out", "x", "--pairing", "all-pairs", "--min-margin", "0.5",
-         "--max-pairs-per-prompt", "3", "--max-length-ratio", "2", "--keep-mean-between", "0.1", "0.9", "--skip-bad-rows",
-         "--min-reward", "0.5", "--per-prompt", "2", "--keep-duplicates", "--top-k", "3"]
+         "--max-pairs-per-prompt", "3", "--max-length-ratio", "2", "--keep-mean-between", "0.1", "0.9",
+         "--skip-bad-rows", "--min-reward", "0.5", "--per-prompt", "2", "--keep-duplicates", "--top-k", "3"]
     )  # fmt: skip
     (config,) = build_command(args).configs()
     assert (config.objective, config.pairing, config.min_margin, config.max_pairs_per_prompt) == (

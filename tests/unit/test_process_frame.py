@@ -49,7 +49,7 @@ def test_nested_json_round_trips_exactly_including_backslashes() -> None:
             [{"role": "user", "content": params["input"]}] if isinstance(params["input"], str) else params["input"]
         )
         assert json.loads(got["prompt"]) == want_prompt
-        assert json.loads(got["tools"]) if got["tools"] else params.get("tools") == None
+        assert json.loads(got["tools"]) if got["tools"] else params.get("tools") is None
         tokenless = [
             {k: v for k, v in item.items() if "token" not in k and "log_probs" not in k}
             for item in row["response"]["output"]
@@ -139,7 +139,8 @@ def test_bad_row_fails_with_file_and_line() -> None:
             "response.output must be a list",
         ),
         (
-            '{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": 1, "status": "odd", "schema_version": 1}',
+            '{"responses_create_params": {"input": "x"}, "response": {"output": []}, "reward": 1, "status": "odd", '
+            '"schema_version": 1}',
             "unknown status odd",
         ),
         ("[1, 2]", "not an object"),

@@ -36,7 +36,8 @@ def test_output_folder_reads_failures_into_their_groups_and_inputs_as_inputs() -
     failed = df.filter(pl.col("status") == "failed")
     assert failed.select("group_id", "rollout_index").rows() == [("rollouts#0", 3), ("rollouts#1", 2)]
     assert json.loads(failed["error"][0]) == {
-        "type": "ClientResponseError", "message": "500, message='Internal Server Error'", "status_code": 500, "stage": "agent_run_error",
+        "type": "ClientResponseError", "message": "500, message='Internal Server Error'", "status_code": 500,
+        "stage": "agent_run_error",
     }  # fmt: skip
     card = select(loaded, ProcessConfig(objective="rl")).card
     assert card.notes[0].startswith("1 of 9 rollouts owed by the materialized inputs have no row")

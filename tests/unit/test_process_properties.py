@@ -31,8 +31,9 @@ def loaded(groups: list[list[tuple[Any, ...]]]) -> LoadedRollouts:
                     "row": len(rows), "source": "s", "file": "f", "line": len(rows) + 1, "group_id": f"s#{g}",
                     "task_index": g, "rollout_index": i, "rollout_id": f"{g}-{i}", "status": status,
                     "finish_reason": None if status == "failed" else finish,
-                    "reward": None if status == "failed" else reward, "output_tokens": tokens, "output_chars": tokens * 4,
-                    "num_turns": 1, "final_turn": "assistant", "completion_key": key, "prompt_key": 0, "prompt": "[]", "tools": None, "output": "[]", "error": None,
+                    "reward": None if status == "failed" else reward, "output_tokens": tokens,
+                    "output_chars": tokens * 4, "num_turns": 1, "final_turn": "assistant", "completion_key": key,
+                    "prompt_key": 0, "prompt": "[]", "tools": None, "output": "[]", "error": None,
                 }
             )  # fmt: skip
     frame = pl.DataFrame(rows, schema_overrides=ROLLOUT_SCHEMA).select(

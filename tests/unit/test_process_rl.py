@@ -74,8 +74,8 @@ def test_parquet_and_jsonl_rows(tmp_path: Path) -> None:
     result = process([GYM], ProcessConfig(objective="rl", formats=("parquet", "jsonl")), str(tmp_path))
     table = pl.read_parquet(result.files["parquet"])
     assert table.columns == [
-        "group_id", "rollout_id", "task_index", "rollout_index", "prompt", "tools", "output", "extra", "reward", "advantage",
-        "group_mean", "group_std", "group_size", "finish_reason", "output_tokens", "num_turns",
+        "group_id", "rollout_id", "task_index", "rollout_index", "prompt", "tools", "output", "extra", "reward",
+        "advantage", "group_mean", "group_std", "group_size", "finish_reason", "output_tokens", "num_turns",
         "prompt_token_ids", "generation_token_ids", "generation_log_probs",
     ]  # fmt: skip
     assert table.schema["generation_token_ids"] == pl.List(pl.List(pl.Int32))

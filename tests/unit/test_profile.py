@@ -1,4 +1,5 @@
-"""The run profile from rollout rows written to a real run directory: latency, timeline, tokens, cost, pass@k, report."""
+"""The run profile from rollout rows written to a real run directory: latency, timeline, tokens, cost, pass@k,
+report."""
 
 from __future__ import annotations
 

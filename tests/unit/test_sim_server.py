@@ -289,7 +289,7 @@ async def test_fault_rates_are_honoured_and_retries_draw_afresh() -> None:
         assert all(r.json()["error"]["type"] for r in responses if r.status_code != 200)
         stats = faulty.stats()
         assert stats["by_status"] == {str(code): n for code, n in counts.items()}
-        failed = next(body for body, r in zip(bodies, responses) if r.status_code != 200)
+        failed = next(body for body, r in zip(bodies, responses, strict=True) if r.status_code != 200)
         with httpx.Client(base_url=faulty.url) as http:
             retries = [http.post("/chat/completions", json=failed).status_code for _ in range(30)]
         assert 200 in retries

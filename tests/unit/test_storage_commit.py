@@ -44,9 +44,7 @@ def test_a_crash_after_the_folded_put_neither_duplicates_nor_loses(store):
     data = b"a\nb\nc\nd\ne\n"
     with store.fs.open(posixpath.join(path + ".parts", COMMIT_MARKER), "wb") as fh:
         fh.write(
-            ('{"parts": %s, "size": %d}' % ([posixpath.basename(p) for p in parts], len(data)))
-            .replace("'", '"')
-            .encode()
+            f'{{"parts": {[posixpath.basename(p) for p in parts]}, "size": {len(data)}}}'.replace("'", '"').encode()
         )
     with store.fs.open(path, "wb") as fh:
         fh.write(data)
@@ -62,7 +60,7 @@ def test_a_crash_before_the_folded_put_keeps_the_parts(store):
     _append(store, ["c"], flush_every=1)
     parts = [posixpath.basename(p) for p in store.fs.ls(path + ".parts", detail=False)]
     with store.fs.open(posixpath.join(path + ".parts", COMMIT_MARKER), "wb") as fh:
-        fh.write(('{"parts": ["%s"], "size": 6}' % parts[0]).encode())  # the PUT of the folded file never happened
+        fh.write(f'{{"parts": ["{parts[0]}"], "size": 6}}'.encode())  # the PUT of the folded file never happened
     assert list(store.iter_lines("rollouts", "00000.jsonl")) == ["a\n", "b\n", "c\n"]
     fold_parts(store, path)
     assert store.fs.cat(path) == b"a\nb\nc\n"

@@ -1,4 +1,5 @@
-"""The contiguity check on real multi-turn episodes from the simulated server (loopback HTTP), one drift option at a time."""
+"""The contiguity check on real multi-turn episodes from the simulated server (loopback HTTP), one drift option at a
+time."""
 
 from __future__ import annotations
 

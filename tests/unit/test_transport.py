@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelClient, http_client
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport
 from rollouts.envs import RemoteEnvironment, cookie_free_transport
@@ -92,7 +93,7 @@ def server() -> Iterator[str]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with http_client(8, 10.0, api_key="sk-test", headers={"X-Team": "rl"}) as http:
+    async with http_client(8, 10.0, EndpointAuth(api_key="sk-test", headers={"X-Team": "rl"})) as http:
         yield http
 
 

@@ -233,7 +233,7 @@ def test_attempt_log_windows_and_percentiles() -> None:
     assert len(log.events) == 1
 
 
-# ----- the resizable limiter -------------------------------------------------------------------------------------------
+# ----- the resizable limiter ------------------------------------------------------------------------------------------
 
 
 async def settle() -> None:
@@ -266,7 +266,7 @@ async def test_limiter_grows_at_once_and_shrinks_as_slots_come_back() -> None:
         limiter.resize(0)
 
 
-# ----- the command's edges ---------------------------------------------------------------------------------------------
+# ----- the command's edges --------------------------------------------------------------------------------------------
 
 
 def test_tune_reads_usable_rows_and_refuses_an_input_without_any(tmp_path: Path) -> None:
