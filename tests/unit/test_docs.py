@@ -61,7 +61,7 @@ RUN: dict[str, tuple[str, ...]] = {
 NOT_RUN: dict[tuple[str, ...], str] = {
     ("pip install",): "installs into the environment these tests run in; .ci/run runs the README's test command",
     ("pytest", "NEMO_GYM_PYTHON="): "runs the test suite this test is part of",
-    ("ruff check", "ruff format", "mypy"): "checks the whole tree; CI runs them",
+    ("ruff check", "ruff format", "mypy"): "lint and type checks of the whole tree, not of the docs",
     ("rollouts collect",): "collects through the Prefect flow from a model server; tests/integration/test_cli.py and "
     "tests/cli/ run the real command",
     ("rollouts tune",): "measures a model server for a minute or more; tests/integration/test_tune_auto.py runs it",
