@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from commands.errors import EXIT_USAGE, error, usage_guard
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line (`error: ... (see rollouts collect --help)`), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        error(f"{message} (see {self.prog} --help)")
+        raise SystemExit(EXIT_USAGE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from commands.tokens import add_tokens_parser
     from commands.tune import add_tune_parser
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rollouts", description="Collect verified LLM rollouts and build RL/SFT/DPO training data."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from commands.collect import config_data, objectives_of
-from commands.errors import usage_guard
+from commands.errors import EXIT_OK, EXIT_RUN_FAILED, error, usage_guard
 from commands.options import add_model_options, validated
 from rollouts.errors import ConfigError
 from rollouts.options import Cli
@@ -110,7 +110,26 @@ def run_process_command(args: argparse.Namespace) -> int:
         for fmt, path in r.files.items():
             out.print(f"{r.objective}/{fmt}: {path} ({r.rows[fmt]} rows)", highlight=False, soft_wrap=True)
         out.print(f"{r.objective} data card: {r.card_markdown}", highlight=False, soft_wrap=True)
-    return 0
+    empty = [r for r in results if r.card.rows_out == 0]
+    for r in empty:
+        error(f"{r.objective}: nothing written: {why_empty(r.card)}")
+    return EXIT_RUN_FAILED if empty else EXIT_OK
+
+
+def why_empty(card: Any) -> str:
+    """Why an objective selected nothing, in the words a user acts on."""
+    if card.rows_read == 0:
+        return "the input has no rows"
+    if card.rows_in == 0:
+        return f"none of the {card.rows_read} rows could be read (see the data card's bad rows)"
+    failed = sum(d.count for d in card.dropped if d.rule == "failed")
+    if failed == card.rows_in:
+        return (
+            f"all {card.rows_in} rows are failed rollouts or rows without a model response: is the input a prompts "
+            "file? `rollouts process` reads collected rollouts (run `rollouts collect` on prompts)"
+        )
+    drops = ", ".join(f"{d.rule} {d.count}" for d in [*card.dropped, *card.group_drops, *card.pair_drops])
+    return f"every {card.unit[:-1]} was dropped by the rules ({drops}); loosen them, see the data card"
 
 
 def main(argv: list[str] | None = None) -> int:

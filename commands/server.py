@@ -26,6 +26,7 @@ import httpx
 
 from commands import prefect_db
 from commands.errors import EXIT_OK, EXIT_USAGE, error
+from rollouts.errors import ConfigError
 
 DEFAULT_PORT = 4200
 START_TIMEOUT_S = 90.0
@@ -185,6 +186,22 @@ def stop() -> bool:
 _booting: Booting | None = None
 
 
+def check_api_url(api_url: str, timeout_s: float = 5.0) -> None:
+    """The user's PREFECT_API_URL answers; one clear line (a ConfigError) instead of a client traceback later."""
+    try:
+        answered = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError as exc:
+        reason = type(exc).__name__
+    else:
+        if answered:
+            return
+        reason = "its /health did not answer 200"
+    raise ConfigError(
+        f"PREFECT_API_URL={api_url} does not answer ({reason}): start that Prefect server, or unset "
+        "PREFECT_API_URL to let rollouts use its local one"
+    )
+
+
 def use_prefect_server(*, wait: bool = True) -> str | None:
     """Point this process (and its Dask workers, which inherit the environment) at a Prefect API; return its UI URL.
 
@@ -194,8 +211,7 @@ def use_prefect_server(*, wait: bool = True) -> str | None:
     created (its migrations alone take ~8 s on 2 cores)."""
     global _booting
     if os.environ.get("PREFECT_API_URL"):
-        if wait:
-            await_prefect_server()
+        check_api_url(os.environ["PREFECT_API_URL"])
         return os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
     if os.environ.get("ROLLOUTS_SERVER", "").lower() == "ephemeral":
         return None

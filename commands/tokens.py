@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
-from commands.errors import usage_guard
+from commands.errors import EXIT_OK, EXIT_RUN_FAILED, error, usage_guard
 from commands.options import add_model_options, build, validated
 from rollouts.errors import ConfigError
 from rollouts.tokens.config import TokensConfig
@@ -81,7 +81,16 @@ def run_tokens_command(args: argparse.Namespace) -> int:
     for fmt, path in result.files.items():
         out.print(f"{fmt}: {path} ({result.rows[fmt]} rows)", highlight=False, soft_wrap=True)
     out.print(f"data card: {result.card_markdown}", highlight=False, soft_wrap=True)
-    return 0
+    if card.samples_out == 0:
+        if card.rollouts_selected and card.without_token_ids == card.rollouts_selected:
+            why = "no rollout carries token ids: collect with --return-tokens (a server that returns them) first"
+        elif not card.rollouts_selected:
+            why = "no rollout was selected (failed rollouts and bad rows are left out; see the data card)"
+        else:
+            why = f"--on-break {result.policy} dropped every rollout (see the data card)"
+        error(f"nothing written: {why}")
+        return EXIT_RUN_FAILED
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ def run_tune_command(args: argparse.Namespace) -> int:
     with usage_guard(args.verbose, interrupted="interrupted: nothing was written") as guard:
         config = tune_config(args)
         auth = EndpointAuth(api_key=config.api_key())
-        check_endpoint(config.model_url, auth)
+        check_endpoint(config.model_url, auth, model=config.model if config.check_model else None)
         prompts = load_prompts(config.input, config.sample)
         print(
             f"tuning --parallel against {config.model_url} with {len(prompts)} prompts, "

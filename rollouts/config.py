@@ -15,7 +15,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rollouts.envs import Environment, build_environments, known_environment_names, parse_remote_env
+from rollouts.envs import (
+    BUILTIN_ENVIRONMENTS,
+    Environment,
+    build_environments,
+    known_environment_names,
+    parse_remote_env,
+)
 from rollouts.errors import ConfigError
 from rollouts.options import IDENTITY, Cli, field_of, identity_fields, marker
 from rollouts.places import http_url
@@ -109,6 +115,11 @@ class EndpointConfig(BaseModel):
         ge=1024,
         description="largest model reply body read, in bytes; a larger one fails the "
         "rollout with ResponseTooLarge (not retried)",
+    )
+    check_model: Annotated[bool, Cli(flag="--no-model-check", invert=True)] = Field(
+        True,
+        description="refuse --model before the run when the server lists its models (GET /models) and it is not "
+        "among them; --no-model-check for a gateway whose list is incomplete",
     )
     return_tokens: Annotated[bool, IDENTITY] = Field(
         False,
@@ -272,7 +283,8 @@ class EnvironmentConfig(BaseModel):
 
     env: Annotated[str, IDENTITY] = Field(
         "math",
-        description="environment for rows without agent_ref: math, exact_match, multiple_choice or a --remote-env name",
+        description=f"environment for rows without agent_ref: {', '.join(BUILTIN_ENVIRONMENTS)}, one of an "
+        "--env-module, or a --remote-env name",
     )
     remote_env: Annotated[dict[str, str], IDENTITY, Cli(metavar="NAME=URL")] = Field(
         {}, description="a NeMo Gym resources server scoring rows whose agent_ref.name is NAME (repeatable)"
@@ -320,6 +332,14 @@ class EnvironmentConfig(BaseModel):
         if isinstance(value, (list, tuple)):  # NAME=URL specs, as the command line gives them
             return parse_remote_envs(list(value))
         return value
+
+    @model_validator(mode="after")
+    def _known_env(self) -> EnvironmentConfig:
+        # Checked even when every row names its own environment: a typo here would otherwise pass unnoticed.
+        names = self.names()
+        if self.env not in names:
+            raise ValueError(f"--env {self.env!r} is not an environment; choose from {', '.join(sorted(names))}")
+        return self
 
 
 class ProfilingConfig(BaseModel):
@@ -419,6 +439,15 @@ class CollectConfig(BaseModel):
         if value is not None and not _RUN_NAME.match(value):
             raise ValueError("--run-name may only use letters, digits, '.', '_' and '-' (max 128)")
         return value
+
+    @model_validator(mode="after")
+    def _tokens_asked(self) -> CollectConfig:
+        # Token records are built from the ids the server returns: without them the file would be empty.
+        if "rl" in self.objective and "tokens" in self.train.formats.rl and not self.endpoint.return_tokens:
+            raise ValueError(
+                "--format tokens needs --return-tokens: token records are built from the ids the server sends"
+            )
+        return self
 
     # ----- derived -----------------------------------------------------------------------------------------------
 

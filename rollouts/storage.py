@@ -7,6 +7,7 @@ import io
 import json
 import os
 import posixpath
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from rollouts.errors import StorageError
+from rollouts.errors import ConfigError, StorageError
 from rollouts.places import is_url
 
 
@@ -330,3 +331,49 @@ def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
             return fh.read()
     except FileNotFoundError:
         return b""
+
+
+def check_place(url: str, storage_options: dict[str, Any] | None = None, *, timeout_s: float = 10.0) -> None:
+    """Before a run: the output place can be reached and written under (a ConfigError of one line otherwise).
+
+    An object store that does not answer (a dead endpoint, no network) would otherwise retry for many seconds and end
+    in a traceback deep inside the first write; a bucket that does not exist would only show at that write. The
+    check runs in a thread so a hung connection is cut after `timeout_s`."""
+    fs, path = filesystem(url, storage_options)
+    outcome: list[BaseException | str | None] = []
+
+    def probe() -> None:
+        try:
+            outcome.append(_place_problem(fs, path, url))
+        except BaseException as exc:  # reported on the caller's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=probe, name="rollouts-check-place", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise ConfigError(
+            f"the output place {url} did not answer within {timeout_s:g} s: check its endpoint "
+            "(--storage-options) and the network"
+        )
+    found = outcome[0]
+    if isinstance(found, BaseException):
+        detail = str(found).splitlines()[0][:300] if str(found) else type(found).__name__
+        raise ConfigError(f"cannot use the output place {url}: {type(found).__name__}: {detail}") from None
+    if found:
+        raise ConfigError(found)
+
+
+def _place_problem(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str | None:
+    if is_local(fs):
+        parent = os.path.abspath(path)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            return f"cannot write under {url}: {parent} is not a writable folder"
+        return None
+    root = path.split("/", 1)[0]
+    if root and not fs.exists(root):
+        return f"{url}: the bucket {root!r} does not exist (or these credentials cannot see it)"
+    fs.exists(path)  # reaches the store with the run's credentials: refused access shows here
+    return None

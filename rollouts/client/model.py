@@ -66,7 +66,9 @@ def http_client(
     )
 
 
-def check_endpoint(base_url: str, auth: EndpointAuth | None = None, timeout: float = 5.0) -> None:
+def check_endpoint(
+    base_url: str, auth: EndpointAuth | None = None, timeout: float = 5.0, *, model: str | None = None
+) -> None:
     """Fail fast, before any prompt is sharded, when the model server is unreachable, refuses the key, or the URL
     is not an OpenAI-compatible base (`GET /models` answers on vLLM, SGLang and OpenAI; a 404 there means the path
     is wrong, usually a missing `/v1`)."""
@@ -85,6 +87,25 @@ def check_endpoint(base_url: str, auth: EndpointAuth | None = None, timeout: flo
     if response.status_code == 404:
         hint = f"; did you mean {base_url}/v1?" if not base_url.rstrip("/").endswith("/v1") else ""
         raise ConfigError(f"{base_url}/models answered 404: --model-url is not an OpenAI-compatible base URL{hint}")
+    if model is not None and response.status_code == 200:
+        served = served_models(response)
+        if served and model not in served:
+            listed = ", ".join(served[:10]) + (f" and {len(served) - 10} more" if len(served) > 10 else "")
+            raise ConfigError(
+                f"--model {model!r} is not served by {base_url} (it serves {listed}); "
+                "pass --no-model-check for a gateway whose model list is incomplete"
+            )
+
+
+def served_models(response: httpx.Response) -> list[str]:
+    """Model ids an OpenAI-compatible `GET /models` lists (`{"data": [{"id": ...}]}`); empty when it lists none."""
+    try:
+        data = response.json().get("data")
+    except (ValueError, AttributeError):
+        return []
+    if not isinstance(data, list):
+        return []
+    return [str(m["id"]) for m in data if isinstance(m, dict) and m.get("id") is not None]
 
 
 # ----- request building -------------------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ from rollouts.collector.breaker import STOPPED
 from rollouts.config import CollectConfig
 from rollouts.envs.remote import check_environments
 from rollouts.errors import ConfigError, InputError
-from rollouts.places import is_url
+from rollouts.places import absolute, is_url
 from rollouts.records import dumps
 from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
 from rollouts.stages.inputs import input_digest, iter_lines, parse_prompts, prompt_line
-from rollouts.storage import Store, join
+from rollouts.storage import Store, check_place, join
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -27,6 +27,11 @@ def check_input(config: CollectConfig) -> None:
     for _ in iter_lines(config.input, config.storage.options):
         return
     raise InputError(f"input {config.input!r} is empty: it has no rows")
+
+
+def check_output(config: CollectConfig) -> None:
+    """The output place can be reached and written under (`storage.check_place`)."""
+    check_place(absolute(config.storage.out), config.storage.options)
 
 
 def locate_run(config: CollectConfig) -> tuple[RunRef, Store, dict[str, Any] | None, str]:
@@ -57,8 +62,10 @@ def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> tuple[
     run name. Returns the run, its store and its manifest if an earlier attempt wrote one. `config` may hold a storage
     block's credentials: refuse the user's own (`refuse_secrets`) before the blocks are applied."""
     check_input(config)
+    check_output(config)
     auth = auth or EndpointAuth(api_key=config.api_key())
-    check_endpoint(config.endpoint.model_url, auth)
+    endpoint = config.endpoint
+    check_endpoint(endpoint.model_url, auth, model=endpoint.model if endpoint.check_model else None)
     check_environments(config.environments.remote_env)
     run, store, manifest, _ = locate_run(config)
     return run, store, manifest
@@ -69,7 +76,8 @@ def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan
     credentials may be in `config.storage.options` here (the manifest leaves those out); the flow refuses credentials
     the user put in the parameters before it resolves the blocks."""
     auth = auth or EndpointAuth(api_key=config.api_key())
-    check_endpoint(config.endpoint.model_url, auth)
+    endpoint = config.endpoint
+    check_endpoint(endpoint.model_url, auth, model=endpoint.model if endpoint.check_model else None)
     check_environments(config.environments.remote_env)
     run, store, manifest, in_digest = locate_run(config)
     store.remove(STOPPED)  # an earlier attempt stopped early: this one tries again (the user changed something)

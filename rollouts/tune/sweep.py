@@ -62,6 +62,7 @@ class TuneConfig(BaseModel):
     model: str = field_of(EndpointConfig, "model", required=True)
     api: Literal["chat", "responses"] = field_of(EndpointConfig, "api")
     api_key_env: str | None = field_of(EndpointConfig, "api_key_env")
+    check_model: bool = field_of(EndpointConfig, "check_model")
     start: int = Field(8, ge=1, description="first --parallel step")
     max_parallel: int = field_of(ConcurrencyConfig, "max_parallel")
     step_seconds: float = Field(10.0, gt=0, description="time bound of each step")
