@@ -373,7 +373,8 @@ def _place_problem(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str | 
             return f"cannot write under {url}: {parent} is not a writable folder"
         return None
     root = path.split("/", 1)[0]
-    if root and not fs.exists(root):
+    try:
+        fs.info(root)  # raises on a store that cannot be reached or refuses the credentials (exists() says False)
+    except FileNotFoundError:
         return f"{url}: the bucket {root!r} does not exist (or these credentials cannot see it)"
-    fs.exists(path)  # reaches the store with the run's credentials: refused access shows here
     return None

@@ -21,7 +21,7 @@ def collect(src: Path, url: str, out: Path, *extra: str, api_url: str | None = N
         "--model-url",
         url,
         "--model",
-        "m",
+        "sim-model",
         "--out",
         str(out),
         "--no-progress",
@@ -122,7 +122,7 @@ class WrongRoute(BaseHTTPRequestHandler):
     """A server whose /v1/models answers but whose completions route does not exist (a wrong proxy path)."""
 
     def do_GET(self):  # noqa: N802
-        body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
+        body = json.dumps({"object": "list", "data": [{"id": "sim-model", "object": "model"}]}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -174,3 +174,131 @@ def test_every_request_refused_stops_early_and_writes_no_training_files(tmp_path
     assert "ProviderError 404" in result.out  # the summary's failure types
     assert not (run / "train").exists()
     assert "Traceback" not in result.err
+
+
+def test_a_model_the_server_does_not_serve_is_refused_before_any_request(tmp_path, sim):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    before = sim.stats()
+    result = rollouts(
+        "collect", str(src), "--model-url", sim.url, "--model", "gpt-5", "--out", str(tmp_path), "--no-progress"
+    )
+    assert (result.code, result.fast) == (2, True)
+    assert result.error_lines == [
+        f"error: --model 'gpt-5' is not served by {sim.url} (it serves sim-model); "
+        "pass --no-model-check for a gateway whose model list is incomplete"
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["p.jsonl"]  # no run folder
+    assert sim.stats()["requests"] == before["requests"]  # not one model request was sent
+
+
+def test_a_typo_in_env_is_refused_with_the_environments(tmp_path, sim):
+    rows = [{**row, "agent_ref": {"name": "math"}} for row in math_rows(2)]  # every row names its own environment
+    src = write_jsonl(tmp_path / "p.jsonl", rows)
+    result = collect(src, sim.url, tmp_path, "--env", "kv_stor")
+    assert (result.code, result.fast) == (2, True)
+    assert result.error_lines == [
+        "error: --env 'kv_stor' is not an environment; choose from calculator, exact_match, kv_store, math, "
+        "multiple_choice"
+    ]
+
+
+def test_collect_help_lists_every_built_in_environment():
+    result = rollouts("collect", "--help")
+    text = " ".join(result.out.split())
+    assert result.code == 0
+    assert "math, exact_match, multiple_choice, calculator, kv_store" in text
+
+
+def test_token_records_without_token_ids_are_refused(tmp_path, sim):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    result = collect(src, sim.url, tmp_path, "--format", "tokens")
+    assert (result.code, result.fast) == (2, True)
+    assert result.error_lines == [
+        "error: --format tokens needs --return-tokens: token records are built from the ids the server sends"
+    ]
+
+
+def test_bad_storage_options_json_is_one_line(tmp_path, sim):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    result = collect(src, sim.url, tmp_path, "--storage-options", "{bad")
+    assert result.code == 2
+    assert result.error_lines == [
+        "error: argument --storage-options: not JSON: Expecting property name enclosed in double quotes "
+        "(see rollouts collect --help)"
+    ]
+
+
+def test_a_bucket_that_does_not_exist_is_refused_before_prefect_starts(tmp_path, sim, s3_endpoint):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    result = rollouts(
+        "collect",
+        str(src),
+        "--model-url",
+        sim.url,
+        "--model",
+        "sim-model",
+        "--out",
+        "s3://no-such-bucket/runs",
+        "--no-progress",
+    )
+    assert (result.code, result.fast) == (2, True)
+    assert result.error_lines == [
+        "error: s3://no-such-bucket/runs: the bucket 'no-such-bucket' does not exist (or these credentials cannot "
+        "see it)"
+    ]
+
+
+def test_an_object_store_that_does_not_answer_is_one_line(tmp_path, sim):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    dead = json.dumps({"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{free_port()}"}})
+    result = rollouts(
+        "collect",
+        str(src),
+        "--model-url",
+        sim.url,
+        "--model",
+        "sim-model",
+        "--out",
+        "s3://bucket/runs",
+        "--storage-options",
+        dead,
+        "--no-progress",
+        env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+    )
+    assert result.code == 2
+    [line] = result.error_lines
+    assert line.startswith("error: cannot use the output place s3://bucket/runs: ") or line.startswith(
+        "error: the output place s3://bucket/runs did not answer within 10 s"
+    ), line
+
+
+def test_a_stale_prefect_api_url_is_one_line(tmp_path, sim):
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
+    api = f"http://127.0.0.1:{free_port()}/api"
+    result = collect(src, sim.url, tmp_path, api_url=api)
+    assert result.code == 2
+    assert result.error_lines[-1] == (
+        f"error: PREFECT_API_URL={api} does not answer (ConnectError): start that Prefect server, or unset "
+        "PREFECT_API_URL to let rollouts use its local one"
+    )
+    assert "Traceback" not in result.err
+
+
+def test_process_of_a_prompts_file_says_why_nothing_was_written(tmp_path):
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(4))
+    result = rollouts("process", str(src), "--objective", "rl", "--out", str(tmp_path / "out"))
+    assert result.code == 1
+    assert result.error_lines[-1] == (
+        "error: rl: nothing written: all 4 rows are failed rollouts or rows without a model response: is the input a "
+        "prompts file? `rollouts process` reads collected rollouts (run `rollouts collect` on prompts)"
+    )
+
+
+def test_tokens_of_a_run_without_token_ids_says_why_nothing_was_written(tmp_path):
+    run = Path(__file__).resolve().parents[1] / "fixtures" / "process" / "run"
+    result = rollouts("tokens", str(run), "--out", str(tmp_path / "tok"))
+    assert result.code == 1
+    assert result.error_lines[-1] == (
+        "error: nothing written: no rollout carries token ids: collect with --return-tokens (a server that returns "
+        "them) first"
+    )
