@@ -51,9 +51,9 @@ RUN: dict[str, tuple[str, ...]] = {
     "rollouts process gym_out/ --objective sft --min-reward 1 --per-prompt 2 --out ./gym-train": (
         "gym-train/sft/openai.jsonl",
     ),
-    "rollouts tokens runs/demo --out runs/demo/train/tokens --on-break splice": (
-        "runs/demo/train/tokens/tokens.parquet",
-        "runs/demo/train/tokens/tokens_card.md",
+    "rollouts tokens runs/agent --out runs/agent/train/tokens --on-break splice": (
+        "runs/agent/train/tokens/tokens.parquet",
+        "runs/agent/train/tokens/tokens_card.md",
     ),
 }
 
@@ -162,6 +162,9 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A folder to run documented commands in: the demo run and a NeMo Gym output folder, as the docs name them."""
     shutil.copytree(ROOT / "tests" / "fixtures" / "process" / "run", tmp_path / "runs" / "demo")
     shutil.copytree(ROOT / "tests" / "fixtures" / "gym_out", tmp_path / "gym_out")
+    # a run collected with --return-tokens: rollout rows that carry token ids
+    (tmp_path / "runs" / "agent").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "fixtures" / "process" / "gym.jsonl", tmp_path / "runs" / "agent" / "rollouts.jsonl")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
