@@ -12,9 +12,9 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
-from rollouts.client.transport import cookie_free_transport
 from rollouts.envs.base import BuiltinEnvironment, Environment, SessionState, VerifyResult
 from rollouts.envs.calculator import CalculatorEnvironment
 from rollouts.envs.kv_store import KeyValueEnvironment
@@ -111,3 +111,12 @@ def known_environment_names(
 ) -> set[str]:
     """Names a row's `agent_ref.name` (or the run default) may use."""
     return set(BUILTIN_ENVIRONMENTS) | set(user_environments(modules)) | set(remote or {})
+
+
+def __getattr__(name: str) -> Any:
+    # aiohttp (~0.3 s to import) loads only when a client is built, not for every command's --help.
+    if name == "cookie_free_transport":
+        from rollouts.client.transport import cookie_free_transport
+
+        return cookie_free_transport
+    raise AttributeError(f"module 'rollouts.envs' has no attribute {name!r}")
