@@ -122,6 +122,20 @@ class EndpointConfig(BaseModel):
             raise ValueError("give --model-url and --model, or --model-block")
         return self
 
+    @property
+    def base_url(self) -> str:
+        """`model_url` of an endpoint in use: a run resolves --model-block into it before it sends anything."""
+        if self.model_url is None:
+            raise ConfigError(f"no --model-url: the model block {self.block!r} was not resolved")
+        return self.model_url
+
+    @property
+    def model_name(self) -> str:
+        """`model` of an endpoint in use (see `base_url`)."""
+        if self.model is None:
+            raise ConfigError(f"no --model: the model block {self.block!r} was not resolved")
+        return self.model
+
 
 class SamplingConfig(BaseModel):
     """

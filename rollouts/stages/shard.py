@@ -58,7 +58,7 @@ def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> tuple[
     block's credentials: refuse the user's own (`refuse_secrets`) before the blocks are applied."""
     check_input(config)
     auth = auth or EndpointAuth(api_key=config.api_key())
-    check_endpoint(config.endpoint.model_url, auth)
+    check_endpoint(config.endpoint.base_url, auth)
     check_environments(config.environments.remote_env)
     run, store, manifest, _ = locate_run(config)
     return run, store, manifest
@@ -69,7 +69,7 @@ def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan
     credentials may be in `config.storage.options` here (the manifest leaves those out); the flow refuses credentials
     the user put in the parameters before it resolves the blocks."""
     auth = auth or EndpointAuth(api_key=config.api_key())
-    check_endpoint(config.endpoint.model_url, auth)
+    check_endpoint(config.endpoint.base_url, auth)
     check_environments(config.environments.remote_env)
     run, store, manifest, in_digest = locate_run(config)
     store.remove(STOPPED)  # an earlier attempt stopped early: this one tries again (the user changed something)
