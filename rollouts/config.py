@@ -408,7 +408,9 @@ class CollectConfig(BaseModel):
     @classmethod
     def nested(cls, data: dict[str, Any]) -> dict[str, Any]:
         """Accept a section's fields at the top level too (`CollectConfig(input=..., model_url=..., model=...)`):
-        each is moved into the section that declares it. Deployments use this to store nested parameters."""
+        each is moved into the section that declares it. Deployments use this to store nested parameters. The flat
+        keywords are a run-time convenience (tests, benchmarks, stored parameters): type-checked code passes the
+        sections (`CollectConfig(input=..., endpoint=EndpointConfig(...))`), which mypy's pydantic plugin checks."""
         data = dict(data)
         owners = _leaf_owners()
         for key in [k for k in data if k not in cls.model_fields]:
