@@ -8,6 +8,7 @@ so the key is in no parameter, manifest, artifact or pickled task argument.
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from prefect.blocks.core import Block
 from pydantic import BaseModel, ValidationError
 
 from blocks.endpoint import ModelEndpoint
@@ -16,6 +17,7 @@ from rollouts.client.credentials import EndpointAuth
 from rollouts.errors import ConfigError
 
 C = TypeVar("C", bound=BaseModel)
+B = TypeVar("B", bound=Block)
 DEFAULT_OUT = "./runs"
 
 
@@ -41,9 +43,11 @@ class ResolvedStorage:
         return f"ResolvedStorage(url={self.url!r}, options={sorted(self.storage_options)})"
 
 
-def _load(block_type: type, kind: str, name: str):
+def _load(block_type: type[B], kind: str, name: str) -> B:
     try:
-        return block_type.load(name, _sync=True)
+        # prefect's async_dispatch: `_sync=True` (run the sync variant, even under a running loop) is not in load's
+        # signature, and its result is typed as the block or a coroutine; with _sync=True it is the block
+        return block_type.load(name, _sync=True)  # type: ignore[call-arg,return-value]
     except ValueError as exc:  # Prefect's "Unable to find block document named ..."
         raise ConfigError(
             f"--{kind}-block {name!r}: no {block_type.get_block_type_name()} block of that name "

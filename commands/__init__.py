@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["sim-server"]:
         from rollouts.sim.server import main as sim_main
 
-        return sim_main(argv[1:]) or 0
+        sim_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     with usage_guard(verbose=getattr(args, "verbose", False)) as guard:
         return int(args.func(args) or 0)

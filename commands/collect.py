@@ -6,14 +6,18 @@ import argparse
 import os
 import sys
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from commands.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
 from commands.options import Option, add_model_options, build, validated
-from rollouts.config import CollectConfig
+from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, StorageConfig
 from rollouts.errors import ConfigError, RolloutsError
 from rollouts.places import absolute
 from rollouts.process.config import FORMATS, parse_objectives
+
+if TYPE_CHECKING:
+    from rollouts.run import RunRef
+    from rollouts.storage import Store
 
 
 def prefect_defaults(verbose: bool = False) -> None:
@@ -124,7 +128,7 @@ def resolved(config: CollectConfig) -> tuple[CollectConfig, str | None]:
     return named, None if manifest is None else _resume_note(run, store, manifest)
 
 
-def _resume_note(run, store, manifest: dict[str, Any]) -> str:
+def _resume_note(run: RunRef, store: Store, manifest: dict[str, Any]) -> str:
     done = 0
     for path in store.glob("rollouts/*.jsonl"):
         with store.fs.open(path, "rb") as fh:
@@ -206,17 +210,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"starting the simulated model server (latency {args.latency_ms} ms)...", file=sys.stderr)
     with start_sim_server(latency_ms=args.latency_ms, seed=0) as server:
         print(f"simulated model server at {server.url}; collecting through the collect-rollouts flow", file=sys.stderr)
+        # The nested form, section by section (what the flat keywords the model also accepts are moved into), so
+        # each section's options are checked by their own model's signature.
         config = CollectConfig(
             input=str(prompts),
-            out=args.out,
-            model_url=server.url,
-            model="sim-model",
             objective=["rl", "sft", "dpo"],
-            num_repeats=args.num_repeats,
-            parallel=args.parallel,
-            temperature=0.8,
-            seed=1234,
-            shard_size=16,
             run_name=args.run_name,
+            endpoint=EndpointConfig(model_url=server.url, model="sim-model"),
+            sampling=SamplingConfig(num_repeats=args.num_repeats, temperature=0.8, seed=1234),
+            concurrency=ConcurrencyConfig(parallel=args.parallel, shard_size=16),
+            storage=StorageConfig(out=args.out),
         )
         return run_collect(config, show_progress=not args.no_progress)

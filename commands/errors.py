@@ -6,13 +6,17 @@ import contextlib
 import sys
 import traceback
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from rollouts.errors import ConfigError, InputError, RolloutsError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def error(message: str, console=None) -> None:
+def error(message: str, console: Console | None = None) -> None:
     """`error: <message>` on stderr (through a rich console when the command has one, never as markup)."""
     if console is None:
         print(f"error: {message}", file=sys.stderr, flush=True)

@@ -15,7 +15,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -46,7 +46,10 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _is_model(annotation: Any) -> bool:
+M = TypeVar("M", bound=BaseModel)
+
+
+def _is_model(annotation: Any) -> TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
@@ -172,7 +175,7 @@ def build(args: argparse.Namespace, options: list[Option], **given: Any) -> dict
     return data
 
 
-def validated(model: type[BaseModel], data: dict[str, Any], options: list[Option]) -> Any:
+def validated(model: type[M], data: dict[str, Any], options: list[Option]) -> M:
     """`model` from the options given, or a ConfigError whose one line names each wrong flag."""
     try:
         return model.model_validate(data)

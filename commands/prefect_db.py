@@ -18,8 +18,10 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 SNAPSHOTS = Path(__file__).with_name("prefect_schema")
 URL_SETTINGS = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
@@ -29,12 +31,12 @@ def snapshot_path(version: str | None = None) -> Path:
     return SNAPSHOTS / f"prefect-{version or metadata.version('prefect')}.sql"
 
 
-def seed(prefect_home: Path, env: dict[str, str] | None = None) -> bool:
+def seed(prefect_home: Path, env: Mapping[str, str] | None = None) -> bool:
     """Create `prefect_home/prefect.db` from the installed Prefect's snapshot; False when there is none to use."""
-    env = os.environ if env is None else env
+    settings: Mapping[str, str] = os.environ if env is None else env
     database = prefect_home / "prefect.db"
     snapshot = snapshot_path()
-    if any(env.get(name) for name in URL_SETTINGS) or database.exists() or not snapshot.exists():
+    if any(settings.get(name) for name in URL_SETTINGS) or database.exists() or not snapshot.exists():
         return False
     prefect_home.mkdir(parents=True, exist_ok=True)
     partial = database.with_name(f".prefect.db.{os.getpid()}")
@@ -60,7 +62,7 @@ def dump(database: Path) -> str:
     return text
 
 
-def contents(database: Path) -> tuple[dict[tuple[str, str], list[str]], dict[str, list[tuple]]]:
+def contents(database: Path) -> tuple[dict[tuple[str, str], list[str]], dict[str, list[tuple[Any, ...]]]]:
     """What two databases must share to be the same to Prefect: every schema object and every row.
 
     An object's definition is compared as the set of its lines: SQLAlchemy writes one column or constraint per line,

@@ -136,4 +136,5 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rollouts")
     add_process_parser(parser.add_subparsers())
     args = parser.parse_args(["process", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    code: int = args.func(args)  # run_process_command, set as the subcommand's default
+    return code

@@ -92,7 +92,8 @@ def _free_port(preferred: int) -> int:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return sock.getsockname()[1]
+            port_found: int = sock.getsockname()[1]  # (host, port) of an AF_INET socket
+            return port_found
     raise OSError("no free port on 127.0.0.1")
 
 
@@ -245,11 +246,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     elif args.action == "stop":
         print("stopped the local Prefect server" if stop() else "no local Prefect server is running")
     else:
-        info = status()
-        if info is None:
+        running = status()
+        if running is None:
             print("no local Prefect server is running (`rollouts server start` starts one)")
             return 3
-        print(f"running at {info.ui_url} (API {info.api_url}, pid {info.pid}, data in {info.home})")
+        print(f"running at {running.ui_url} (API {running.api_url}, pid {running.pid}, data in {running.home})")
     return EXIT_OK
 
 

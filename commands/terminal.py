@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
@@ -24,6 +24,13 @@ class _Stats(ProgressColumn):
         snap = self.board.snapshot()
         reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
         return Text(f"{snap.rate:6.0f}/s reward {reward} failed {snap.failed}")
+
+
+class _Shown(TypedDict, total=False):
+    """What the progress display has said already: the UI line, and when the last plain line was printed."""
+
+    ui: bool
+    at: float
 
 
 class ProgressDisplay:
@@ -49,7 +56,7 @@ class ProgressDisplay:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def _announce(self, shown: dict[str, bool]) -> None:
+    def _announce(self, shown: _Shown) -> None:
         """One line with the flow run's UI page, as soon as it is known."""
         if self.board.ui_url and not shown.get("ui"):
             shown["ui"] = True
@@ -66,7 +73,7 @@ class ProgressDisplay:
             _Stats(self.board),
             TimeElapsedColumn(),
         ]
-        shown: dict[str, bool] = {}
+        shown: _Shown = {}
         with Progress(*columns, console=self.console, transient=False, refresh_per_second=4) as progress:
             task = progress.add_task("rollouts", total=None)
             while True:
@@ -79,15 +86,15 @@ class ProgressDisplay:
                     break
 
     def _plain_lines(self, every_s: float = 10.0) -> None:
-        last_phase, shown = "", {}
+        last_phase, shown = "", _Shown()
         while not self._stop.wait(min(every_s, 0.5)):
             snap = self.board.snapshot()
             self._announce(shown)
             if snap.phase and snap.phase != last_phase:
                 last_phase = snap.phase
                 print(f"rollouts: {snap.phase}", file=sys.stderr, flush=True)
-            if snap.total and time.monotonic() - shown.get("at", 0.0) >= every_s:  # type: ignore[operator]
-                shown["at"] = time.monotonic()  # type: ignore[assignment]
+            if snap.total and time.monotonic() - shown.get("at", 0.0) >= every_s:
+                shown["at"] = time.monotonic()
                 reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
                 print(
                     f"rollouts {snap.resumed + snap.done}/{snap.total}  {snap.rate:.0f}/s  reward {reward}  "

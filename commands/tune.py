@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rollouts tune", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    return args.func(args)
+    code: int = args.func(args)  # run_tune_command, set as the parser's default
+    return code
 
 
 if __name__ == "__main__":

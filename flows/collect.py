@@ -6,10 +6,13 @@ from rollouts.collector.allocator import release_freed_memory_at_once
 
 release_freed_memory_at_once()  # before anything imports polars: see rollouts/collector/allocator.py
 
+from collections.abc import Sequence
+from typing import Any, cast
+
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, PrefectWrappedFuture
 from prefect.runtime import flow_run
 
 from blocks import apply_blocks
@@ -41,7 +44,13 @@ def run_name_of() -> str:
     return name or f"collect-{stem}"
 
 
-def settled(future: PrefectFuture) -> bool:
+def _runner_future(future: PrefectFuture[Any]) -> Any:
+    """The runner's own future inside a Prefect one: every runner here (threads, processes, Dask, Ray) returns a
+    PrefectWrappedFuture, though TaskRunner.map is typed as returning plain PrefectFutures."""
+    return cast(PrefectWrappedFuture[Any, Any], future).wrapped_future
+
+
+def settled(future: PrefectFuture[Any]) -> bool:
     """Whether a shard's task has ended, asked of its runner's own future when it can say (threads, processes,
     Dask): `PrefectFuture.state` reads the task run from the API until then, four HTTP round trips a second of
     the flow's waiting loop, ~8 % of the collector's CPU at --parallel 256."""
@@ -50,8 +59,11 @@ def settled(future: PrefectFuture) -> bool:
 
 
 def follow_shards(
-    engine: Engine, run: RunRef, generated: list[PrefectFuture], verified: list[PrefectFuture]
-) -> list[State]:
+    engine: Engine,
+    run: RunRef,
+    generated: Sequence[PrefectFuture[Any]],
+    verified: Sequence[PrefectFuture[Any]],
+) -> list[State[Any]]:
     """Wait for the shards' verify tasks in submission order (roughly the order they finish), moving the progress
     artifact; on a stop request, cancel what has not started and wait for what runs to flush. Their final states."""
     stop = collector().stop
@@ -62,15 +74,16 @@ def follow_shards(
         if stop.is_set():
             break
         future.wait()  # done: this keeps its result in memory (tasks do not persist results)
-        update_progress_artifact(progress, progress=100.0 * done / len(verified))
+        # prefect's async_dispatch types the result as UUID | Coroutine; called from sync code it is the UUID
+        update_progress_artifact(progress, progress=100.0 * done / len(verified))  # type: ignore[arg-type]
         if engine.counts_in_workers and future.state.is_completed():  # the workers' boards are not this one
             collector().board.add_shard(future.result())
     if stop.is_set():  # Ctrl-C: tasks not started yet are cancelled; those running stop after flushing
         for future in (*generated, *verified):
-            cancel = getattr(future.wrapped_future, "cancel", None)  # thread/process pools; Dask/Ray run on
+            cancel = getattr(_runner_future(future), "cancel", None)  # thread/process pools; Dask/Ray run on
             if cancel is not None:
                 cancel()
-        verified = [f for f in verified if not getattr(f.wrapped_future, "cancelled", lambda: False)()]
+        verified = [f for f in verified if not getattr(_runner_future(f), "cancelled", lambda: False)()]
         for future in verified:
             future.wait()
     return [future.state for future in verified]
@@ -123,7 +136,8 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
         function_profile(config.profiling.profile, run_store(run), duty=config.profiling.profile_duty),
         shard_runners(engine) as (generators, verifiers),
     ):
-        generated = generators.map(generate_shard, {"run": unmapped(run), "shard": plan.shards})
+        # TaskRunner.map lacks the overload for a sync task that submit and the concrete runners have (prefect)
+        generated = generators.map(generate_shard, {"run": unmapped(run), "shard": plan.shards})  # type: ignore[arg-type]
         verified = [
             verifiers.submit(verify_shard, {"run": run, "shard": shard}, wait_for=[future])
             for shard, future in zip(plan.shards, generated, strict=True)

@@ -18,10 +18,13 @@ from rollouts.collector.engine import Engine
 from rollouts.config import ConcurrencyConfig
 from rollouts.errors import ConfigError
 
+# A task runner of any engine: the type of its futures differs (concurrent, Dask, Ray).
+AnyRunner = TaskRunner[Any]
+
 
 def worker_api_url() -> str | None:
     """The API server this process reports to: `PREFECT_API_URL`, or the running embedded server's URL."""
-    url = PREFECT_API_URL.value()
+    url: str | None = PREFECT_API_URL.value()
     if url:
         return url
     from prefect.server.api.server import SubprocessASGIServer
@@ -59,9 +62,9 @@ def _remote_needs_real_server(engine: str) -> None:
         )
 
 
-def dask_runner(address: str | None, workers: int, threads_per_worker: int) -> TaskRunner:
+def dask_runner(address: str | None, workers: int, threads_per_worker: int) -> AnyRunner:
     """An existing Dask scheduler, or a local cluster of `workers` processes on loopback with no dashboard port."""
-    from prefect_dask import DaskTaskRunner
+    from prefect_dask.task_runners import DaskTaskRunner
 
     if address:
         _remote_needs_real_server("dask")
@@ -80,7 +83,7 @@ def dask_runner(address: str | None, workers: int, threads_per_worker: int) -> T
     )
 
 
-def ray_runner(address: str | None, workers: int) -> TaskRunner:
+def ray_runner(address: str | None, workers: int) -> AnyRunner:
     """An existing Ray cluster (`ray://host:10001` or `auto`), or a local Ray instance of `workers` CPUs.
 
     A shard task takes one CPU, so each Ray worker process runs one shard at a time on its own collector loop with
@@ -94,8 +97,9 @@ def ray_runner(address: str | None, workers: int) -> TaskRunner:
     runtime_env: dict[str, Any] = {"env_vars": worker_env()}
     if address:
         _remote_needs_real_server("ray")
-        return RayTaskRunner(address=address, init_kwargs={"runtime_env": runtime_env})
-    return RayTaskRunner(
+        runner: AnyRunner = RayTaskRunner(address=address, init_kwargs={"runtime_env": runtime_env})
+        return runner
+    runner = RayTaskRunner(
         init_kwargs={
             "num_cpus": workers,
             "include_dashboard": False,
@@ -103,16 +107,17 @@ def ray_runner(address: str | None, workers: int) -> TaskRunner:
             "runtime_env": runtime_env,
         }
     )
+    return runner
 
 
-def _distributed(concurrency: ConcurrencyConfig) -> TaskRunner:
+def _distributed(concurrency: ConcurrencyConfig) -> AnyRunner:
     if concurrency.task_runner == "dask":
         return dask_runner(concurrency.dask_address, concurrency.dask_workers, concurrency.max_concurrent_shards)
     return ray_runner(concurrency.ray_address, concurrency.ray_workers)
 
 
 @contextlib.contextmanager
-def shard_runners(engine: Engine) -> Iterator[tuple[TaskRunner, TaskRunner]]:
+def shard_runners(engine: Engine) -> Iterator[tuple[AnyRunner, AnyRunner]]:
     """Task runners for the generate and verify stages of an engine's run.
 
     Threads and processes: two thread pools of `engine.shard_slots` workers; a shard's verify task waits in its
@@ -125,5 +130,7 @@ def shard_runners(engine: Engine) -> Iterator[tuple[TaskRunner, TaskRunner]]:
             yield runner, runner
         return
     width = engine.shard_slots
+    generators: ThreadPoolTaskRunner[Any]
+    verifiers: ThreadPoolTaskRunner[Any]
     with ThreadPoolTaskRunner(max_workers=width) as generators, ThreadPoolTaskRunner(max_workers=width) as verifiers:
         yield generators, verifiers

@@ -3,6 +3,7 @@ with a `rollouts.prompts.ready` event, which triggers the collection deployment 
 
 import json
 import random
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -14,7 +15,7 @@ from rollouts.storage import Store
 @task(name="write-prompts", cache_policy=NO_CACHE, persist_result=False)
 def write_prompts(out: str, dataset: str, rows: int, seed: int, storage_block: str | None) -> str:
     """Arithmetic prompts with their answers, written whole (one PUT on object stores); returns the file's URL."""
-    options: dict = {}
+    options: dict[str, Any] = {}
     if storage_block:
         from blocks import resolve_storage
 

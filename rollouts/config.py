@@ -133,6 +133,20 @@ class EndpointConfig(BaseModel):
             raise ValueError("give --model-url and --model, or --model-block")
         return self
 
+    @property
+    def base_url(self) -> str:
+        """`model_url` of an endpoint in use: a run resolves --model-block into it before it sends anything."""
+        if self.model_url is None:
+            raise ConfigError(f"no --model-url: the model block {self.block!r} was not resolved")
+        return self.model_url
+
+    @property
+    def model_name(self) -> str:
+        """`model` of an endpoint in use (see `base_url`)."""
+        if self.model is None:
+            raise ConfigError(f"no --model: the model block {self.block!r} was not resolved")
+        return self.model
+
 
 class SamplingConfig(BaseModel):
     """
@@ -414,7 +428,9 @@ class CollectConfig(BaseModel):
     @classmethod
     def nested(cls, data: dict[str, Any]) -> dict[str, Any]:
         """Accept a section's fields at the top level too (`CollectConfig(input=..., model_url=..., model=...)`):
-        each is moved into the section that declares it. Deployments use this to store nested parameters."""
+        each is moved into the section that declares it. Deployments use this to store nested parameters. The flat
+        keywords are a run-time convenience (tests, benchmarks, stored parameters): type-checked code passes the
+        sections (`CollectConfig(input=..., endpoint=EndpointConfig(...))`), which mypy's pydantic plugin checks."""
         data = dict(data)
         owners = _leaf_owners()
         for key in [k for k in data if k not in cls.model_fields]:

@@ -244,7 +244,8 @@ class Prompt(BaseModel):
 
     @property
     def params(self) -> dict[str, Any]:
-        return self.row["responses_create_params"]
+        params: dict[str, Any] = self.row["responses_create_params"]  # normalised to an object on reading
+        return params
 
 
 def rollout_id(run_id: str, task_index: int, rollout_index: int) -> str:

@@ -11,11 +11,15 @@ Prefect, as a second line of defence.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import BaseModel
 
 from rollouts.errors import ConfigError
 from rollouts.places import is_url
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 MASK = "***"
 
@@ -88,9 +92,13 @@ def _option_secrets(value: Any, path: str) -> list[str]:
     return found
 
 
+def _mask_mapping(value: dict[Any, Any]) -> dict[Any, Any]:
+    return {k: (MASK if secret_key(str(k)) and _holds_secret(v) else _mask(v)) for k, v in value.items()}
+
+
 def _mask(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: (MASK if secret_key(str(k)) and _holds_secret(v) else _mask(v)) for k, v in value.items()}
+        return _mask_mapping(value)
     if isinstance(value, list):
         return [_mask(v) for v in value]
     if isinstance(value, str) and is_url(value):
@@ -140,11 +148,11 @@ def refuse_secrets(config: Any) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def redacted_dump(config: Any, **dump: Any) -> dict[str, Any]:
+def redacted_dump(config: BaseModel, **dump: Any) -> dict[str, Any]:
     """`config.model_dump(mode="json")` with every credential-like value masked."""
-    return _mask(config.model_dump(mode="json", **dump))
+    return _mask_mapping(config.model_dump(mode="json", **dump))
 
 
-def redacted(config: Any) -> Any:
+def redacted(config: ModelT) -> ModelT:
     """A copy of the config with every credential-like value masked (same type, validated again)."""
     return type(config).model_validate(redacted_dump(config))

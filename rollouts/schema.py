@@ -49,14 +49,7 @@ def dtype_of(tp: Any, spec: bool | pl.DataType | Spec = True, where: str = "row"
         return spec
     tp = _strip_optional(tp)
     if _is_typeddict(tp):
-        hints = get_type_hints(tp)
-        names = hints if spec is True else spec
-        fields = {}
-        for name in names:
-            if name not in hints:
-                raise KeyError(f"{where}.{name} is not a field of the stored row ({tp.__name__})")
-            fields[name] = dtype_of(hints[name], True if spec is True else spec[name], f"{where}.{name}")
-        return pl.Struct(fields)
+        return pl.Struct(_fields_of(tp, spec, where))
     if get_origin(tp) is list:
         (item,) = get_args(tp)
         return pl.List(dtype_of(item, spec, f"{where}[]"))
@@ -67,8 +60,23 @@ def dtype_of(tp: Any, spec: bool | pl.DataType | Spec = True, where: str = "row"
     raise TypeError(f"{where}: {tp!r} has no polars type; give the reader's dtype in its spec")
 
 
+def _fields_of(tp: Any, spec: bool | Spec, where: str) -> dict[str, pl.DataType]:
+    """The polars types of the fields of TypedDict `tp` that `spec` selects (True: all of them)."""
+    hints = get_type_hints(tp)
+    if spec is True:
+        selected: Spec = dict.fromkeys(hints, True)
+    elif isinstance(spec, Mapping):
+        selected = spec
+    else:
+        raise TypeError(f"{where}: a spec of False selects no fields of {tp.__name__}")
+    fields = {}
+    for name, sub in selected.items():
+        if name not in hints:
+            raise KeyError(f"{where}.{name} is not a field of the stored row ({tp.__name__})")
+        fields[name] = dtype_of(hints[name], sub, f"{where}.{name}")
+    return fields
+
+
 def row_schema(spec: Spec) -> dict[str, pl.DataType]:
     """The polars schema of the row fields `spec` names (see the module docstring)."""
-    struct = dtype_of(RolloutRow, spec)
-    assert isinstance(struct, pl.Struct)
-    return {field.name: field.dtype for field in struct.fields}
+    return _fields_of(RolloutRow, spec, "row")

@@ -22,7 +22,8 @@ from rollouts.places import is_url
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        return fs, path
     except (ImportError, ValueError) as exc:
         raise StorageError(f"cannot open storage {url!r}: {exc}") from exc
 
@@ -52,7 +53,7 @@ class Store:
         return posixpath.join(self.base, *parts) if not is_local(self.fs) else os.path.join(self.base, *parts)
 
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
+        return bool(self.fs.exists(self.path(*parts)))
 
     def read_json(self, *parts: str) -> Any | None:
         path = self.path(*parts)
@@ -279,7 +280,8 @@ def fold_parts(store: Store, path: str) -> None:
 def _read_intent(fs: fsspec.AbstractFileSystem, parts_dir: str) -> dict[str, Any] | None:
     try:
         with fs.open(posixpath.join(parts_dir, COMMIT_MARKER), "rb") as fh:
-            return json.loads(fh.read())
+            intent: dict[str, Any] = json.loads(fh.read())  # written by this module as a JSON object
+            return intent
     except (FileNotFoundError, ValueError):
         return None
 
@@ -328,7 +330,8 @@ def _digest(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     try:
         with fs.open(path, "rb") as fh:
-            return fh.read()
+            data: bytes = fh.read()
+            return data
     except FileNotFoundError:
         return b""
 

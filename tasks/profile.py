@@ -1,5 +1,7 @@
 """Task `profile-run`: the run's profile files, report and charts, published as artifacts (the run report first)."""
 
+from typing import Any
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -10,7 +12,7 @@ from tasks import STAGE_TASK
 
 
 @task(name="profile-run", **STAGE_TASK)
-def profile_run(run: RunRef) -> dict:
+def profile_run(run: RunRef) -> dict[str, Any]:
     result = reporting.profile_run(run_store(run), ProfileOptions.from_config(run.config))
     for artifact in result.artifacts:
         if artifact.kind == "table":

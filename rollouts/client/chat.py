@@ -32,7 +32,8 @@ def _dumps(value: Any) -> str:
 def _image_part(part: dict[str, Any]) -> dict[str, Any]:
     url = part.get("image_url")
     if isinstance(url, dict):  # a chat-style part already
-        url, detail = url.get("url"), url.get("detail") or part.get("detail")
+        detail = url.get("detail") or part.get("detail")
+        url = url.get("url")
     else:
         detail = part.get("detail")
     if not isinstance(url, str) or not url:

@@ -24,8 +24,15 @@ from rollouts.client.credentials import NO_AUTH, EndpointAuth
 from rollouts.client.replies import check_chat, check_responses
 from rollouts.client.retry import RetryPolicy, retry_after, transport_failure
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport, cookie_free_transport
-from rollouts.errors import ConfigError, ProviderError, ProviderTimeout, ResponseParseError, ResponseTooLarge
-from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, TokenFieldsError, chat_token_fields, responses_token_fields
+from rollouts.errors import (
+    ConfigError,
+    ProviderError,
+    ProviderTimeout,
+    ResponseParseError,
+    ResponseTooLarge,
+    TokenFieldsError,
+)
+from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, chat_token_fields, responses_token_fields
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024

@@ -43,8 +43,9 @@ class RetryPolicy:
         after = retry_after(response) if response is not None else retry_after_s
         if after is not None:
             return min(after, self.retry_after_cap_s)
-        delay = min(self.cap_s, self.base_s * (2**attempt))
-        return delay * (0.5 + (rng or random).random() / 2)
+        delay: float = min(self.cap_s, self.base_s * (2**attempt))
+        draw = rng.random() if rng is not None else random.random()
+        return delay * (0.5 + draw / 2)
 
 
 def retry_after(response: httpx.Response) -> float | None:

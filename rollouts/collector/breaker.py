@@ -9,6 +9,7 @@ starts; the reason is written to `<run>/stopped.json` so the verdict (in whateve
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from rollouts.client.retry import RetryPolicy
@@ -30,7 +31,7 @@ class FailureBreaker:
     def tripped(self) -> bool:
         return self.reason is not None
 
-    def record(self, row: dict[str, Any]) -> bool:
+    def record(self, row: Mapping[str, Any]) -> bool:
         """Count one finished generation; True when this one trips the breaker."""
         with self._lock:
             if self._ok or self.reason is not None:

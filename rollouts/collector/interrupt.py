@@ -119,8 +119,8 @@ def install_signal_handlers(
     puts its own SIGTERM handler in place while a flow runs (and restores the one before it afterwards), so to stop
     gracefully on SIGTERM during a flow, install for SIGTERM again from inside the flow body.
     """
-    names = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
-    names = {sig: names.get(sig, signal.Signals(sig).name) for sig in signals}
+    known: dict[int, str] = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
+    names = {sig: known.get(sig, signal.Signals(sig).name) for sig in signals}
     say = announce or (lambda text: print(text, file=sys.stderr, flush=True))
     previous = {sig: signal.getsignal(sig) for sig in names}
 

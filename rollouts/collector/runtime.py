@@ -86,7 +86,8 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
             import uvloop
         except ImportError:
             raise ConfigError(f"{EVENT_LOOP_ENV}=uvloop but uvloop is not installed: pip install uvloop") from None
-        return uvloop.new_event_loop()
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
     return asyncio.new_event_loop()
 
 

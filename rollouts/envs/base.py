@@ -90,13 +90,17 @@ class Environment(ABC):
         self,
         row: dict[str, Any],
         response: dict[str, Any],
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | None,
         session: SessionState | None = None,
     ) -> VerifyResult:
-        """Score `response` (a Responses-API object) for the input `row`."""
+        """Score `response` (a Responses-API object) for the input `row`; `http` as for `call_tool`."""
 
-    async def call_tool(self, name: str, arguments: str, http: httpx.AsyncClient, session: SessionState | None) -> str:
-        """Run tool `name` with `arguments` (a JSON string); the reply text goes back to the model."""
+    async def call_tool(
+        self, name: str, arguments: str, http: httpx.AsyncClient | None, session: SessionState | None
+    ) -> str:
+        """Run tool `name` with `arguments` (a JSON string); the reply text goes back to the model.
+
+        `http` is the agent loop's client, None when it has none (only remote environments need one)."""
         raise VerifierError(f"environment {self.name!r} has no tools (the model called {name!r})", tool=name)
 
     def __repr__(self) -> str:

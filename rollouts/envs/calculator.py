@@ -19,7 +19,8 @@ from typing import Any
 from rollouts.envs.base import VerifyResult
 from rollouts.envs.math_env import MathEnvironment
 from rollouts.envs.toolenv import ToolEnvironment
-from rollouts.envs.tools import ToolError, tool_from_function
+from rollouts.envs.tools import tool_from_function
+from rollouts.errors import ToolError
 
 Value = Fraction | float
 

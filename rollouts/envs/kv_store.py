@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from rollouts.envs.base import VerifyResult, expected_value
 from rollouts.envs.toolenv import ToolEnvironment
-from rollouts.envs.tools import ToolError, tool_from_function
-from rollouts.errors import VerifierError
+from rollouts.envs.tools import tool_from_function
+from rollouts.errors import ToolError, VerifierError
 
 MAX_KEY_CHARS = 200
 MAX_VALUE_CHARS = 10_000

@@ -76,7 +76,7 @@ def extract_answer(text: str) -> str | None:
         phrase = _ANSWER_PHRASE.match(text, at)
         if phrase:
             candidate = phrase.group(1).strip().strip("*").strip()
-            spans = _MATH_SPAN.findall(candidate)
+            spans: list[str] = _MATH_SPAN.findall(candidate)  # one group: a list of strings
             if spans:
                 return spans[-1].strip()
             if candidate and (len(candidate) <= 20 or not _has_digit(candidate)):

@@ -71,7 +71,7 @@ def _root(x: Value, n: int) -> Value:
         num, den = math.isqrt(x.numerator), math.isqrt(x.denominator)
         if num * num == x.numerator and den * den == x.denominator:
             return Fraction(num, den)
-    result = _to_float(x) ** (1.0 / n)
+    result: float = _to_float(x) ** (1.0 / n)
     if type(x) is Fraction:
         rounded = round(result)
         if Fraction(rounded) ** n == x:
@@ -214,7 +214,7 @@ class _Parser:
             return self.group("{", "}")
         if c == "|":
             value = self.group("|", "|")
-            return abs(value)
+            return abs(value) if isinstance(value, Fraction) else abs(value)  # per member: abs() of the union is object
         if c == "\\":
             return self.command()
         if c.isalpha():

@@ -85,7 +85,7 @@ class RemoteEnvironment(Environment):
     def __repr__(self) -> str:
         return f"RemoteEnvironment(name={self.name!r}, url={self.url!r})"
 
-    async def seed_session(self, row: dict[str, Any], http: httpx.AsyncClient) -> SessionState:
+    async def seed_session(self, row: dict[str, Any], http: httpx.AsyncClient | None) -> SessionState:
         session = SessionState()
         reply = await self._post(http, "seed_session", gym_row(row), session, retry_replies=True)
         session.data = _json_object(reply, "seed_session", self.name, required=False)
@@ -95,7 +95,7 @@ class RemoteEnvironment(Environment):
         self,
         row: dict[str, Any],
         response: dict[str, Any],
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | None,
         session: SessionState | None = None,
     ) -> VerifyResult:
         body = {**gym_row(row), "response": complete_response(response, row)}
@@ -110,7 +110,9 @@ class RemoteEnvironment(Environment):
             )
         return VerifyResult(reward=float(reward), extra=verify_extras(data, body))
 
-    async def call_tool(self, name: str, arguments: str, http: httpx.AsyncClient, session: SessionState | None) -> str:
+    async def call_tool(
+        self, name: str, arguments: str, http: httpx.AsyncClient | None, session: SessionState | None
+    ) -> str:
         if not _TOOL_NAME.match(name) or name in RESERVED_ROUTES:
             return json.dumps({"error": f"Unknown tool: {name!r}"})
         try:
@@ -123,10 +125,12 @@ class RemoteEnvironment(Environment):
     # ---- transport ----------------------------------------------------------------------------------------------
 
     async def _post(
-        self, http: httpx.AsyncClient, route: str, body: Any, session: SessionState, *, retry_replies: bool
+        self, http: httpx.AsyncClient | None, route: str, body: Any, session: SessionState, *, retry_replies: bool
     ) -> httpx.Response:
         """POST with this rollout's cookies; retries per the module docstring; returns a 2xx reply (or, for
         tools, any reply)."""
+        if http is None:
+            raise ConfigError(f"environment {self.name!r} is remote: the agent loop must be given an HTTP client")
         url = f"{self.url}/{route}"
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         problem = ""

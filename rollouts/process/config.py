@@ -3,7 +3,7 @@ RolloutFilesConfig, the input and output options of the commands that read exist
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -146,18 +146,28 @@ def _format_list(objective: str) -> Any:
     return list[Literal[FORMATS[objective]]]  # type: ignore[valid-type]
 
 
+if TYPE_CHECKING:
+    # Statically a list of names; at run time a list of Literal[the objective's FORMATS], so pydantic checks each
+    # name (and the JSON schema lists them) without a second spelling of the names here.
+    RLFormats = list[str]
+    SFTFormats = list[str]
+    DPOFormats = list[str]
+else:
+    RLFormats, SFTFormats, DPOFormats = _format_list("rl"), _format_list("sft"), _format_list("dpo")
+
+
 class OutputFormats(BaseModel):
     """Output formats per objective (set on the command line with --format [OBJECTIVE:]NAME)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rl: _format_list("rl") = Field(
+    rl: RLFormats = Field(
         list(DEFAULT_FORMATS["rl"]), min_length=1, description="rl files: " + ", ".join(FORMATS["rl"])
     )
-    sft: _format_list("sft") = Field(
+    sft: SFTFormats = Field(
         list(DEFAULT_FORMATS["sft"]), min_length=1, description="sft files: " + ", ".join(FORMATS["sft"])
     )
-    dpo: _format_list("dpo") = Field(
+    dpo: DPOFormats = Field(
         list(DEFAULT_FORMATS["dpo"]), min_length=1, description="dpo files: " + ", ".join(FORMATS["dpo"])
     )
 

@@ -102,7 +102,10 @@ def _pairing_groups(cands: pl.DataFrame, by_task: bool, counts: dict[str, int]) 
         return cands
     per_task = cands.group_by("task_group").agg(n=pl.len())
     per_prompt = cands.group_by("task_group", "prompt_key").agg(n=pl.len())
-    pairs = lambda n: n * (n - 1) // 2  # noqa: E731
+
+    def pairs(n: pl.Expr) -> pl.Expr:
+        return n * (n - 1) // 2
+
     cross = int(per_task.select(pairs(pl.col("n")).sum()).item() or 0) - int(
         per_prompt.select(pairs(pl.col("n")).sum()).item() or 0
     )

@@ -192,7 +192,7 @@ def _value(key: str, dtype: pl.DataType | None, read: pl.Expr | None, cut: pl.Ex
     name = "".join("\\" + ch if ch in r"\.+*?()|[]{}^$#&-~" else ch for ch in key)
     other = pl.col("raw").str.contains(rf'"{name}"\s*:\s*[{{\[\-0-9tf]') | spelled  # a value that is not a string
     if read is not None and dtype is not None:
-        value = pl.when(read.is_not_null()).then(_json_of(read))
+        value: pl.Expr = pl.when(read.is_not_null()).then(_json_of(read))
         return value, (read.is_not_null() & other) if dtype == pl.String() else pl.lit(False)
     assert cut is not None
     string = pl.col("raw").str.contains(rf'"{name}"\s*:\s*"') | spelled

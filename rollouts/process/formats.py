@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from rollouts import records
-from rollouts.client.chat import ConversionError, Message, chat_tools, content_text, has_images, to_messages
+from rollouts.client.chat import Message, chat_tools, content_text, has_images, to_messages
+from rollouts.errors import ConversionError
 
 __all__ = [
     "Conversation",

@@ -61,6 +61,8 @@ ROLLOUT_SCHEMA: dict[str, pl.DataType] = {
     "generation_log_probs": pl.List(pl.List(pl.Float32())),
     "error": pl.String(),  # JSON object of a failed rollout's error, or null
 }
+# The same, as the Schema that DataFrame.cast takes (its mapping form wants selector keys too).
+_ROLLOUT_CAST = pl.Schema(ROLLOUT_SCHEMA)
 
 # Token ids as Int32 and log-probabilities as Float32: half the memory of the stored row's types, exact for any
 # vocabulary below 2**31 and for the float32 values servers send.
@@ -218,9 +220,9 @@ def _parse(data: bytes, lines: pl.DataFrame, source: str, piece_bytes: list[int]
         .list.sum()
         .cast(pl.Int64),
     )
-    df = df.collect()
-    df = _with_errors(df).with_columns(extra=extras_column(df, data, piece_bytes))
-    return _finish(_with_prompt_digests(df), source)
+    frame = df.collect()
+    frame = _with_errors(frame).with_columns(extra=extras_column(frame, data, piece_bytes))
+    return _finish(_with_prompt_digests(frame), source)
 
 
 def _final_turn() -> pl.Expr:
@@ -324,7 +326,7 @@ def _finish(df: pl.DataFrame, source: str) -> pl.DataFrame:
         .otherwise(pl.format("{}#r{}", pl.lit(source), pl.col("rollout_id"))),
         problem=_problem(),
     )
-    return df.with_columns(row=pl.lit(0, pl.Int64)).select(*ROLLOUT_SCHEMA, "problem").cast(ROLLOUT_SCHEMA)
+    return df.with_columns(row=pl.lit(0, pl.Int64)).select(*ROLLOUT_SCHEMA, "problem").cast(_ROLLOUT_CAST)
 
 
 def _problem() -> pl.Expr:

@@ -10,6 +10,7 @@ then rollout index, then input order.
 from __future__ import annotations
 
 import polars as pl
+from polars.expr.whenthen import ChainedThen, Then
 
 from .card import DataCard, distribution, drops_from_counts
 from .config import ProcessConfig
@@ -42,7 +43,7 @@ RULES = {
 
 def row_rules(config: ProcessConfig, *, sft: bool) -> pl.Expr:
     """The first row rule that drops each row (null: kept), shared with DPO's candidate rules."""
-    rule = pl.when(pl.col("status") != "ok").then(pl.lit("failed"))
+    rule: Then | ChainedThen = pl.when(pl.col("status") != "ok").then(pl.lit("failed"))
     rule = rule.when(~pl.col("final_turn").is_in(FINAL_TURNS)).then(pl.lit("no_final_assistant"))
     if not config.keep_length_truncated:
         rule = rule.when(pl.col("finish_reason") == "length").then(pl.lit("length_truncated"))

@@ -20,8 +20,8 @@ from typing import Any
 
 import polars as pl
 
+from ..client.chat import Message
 from ..records import dumps, loads
-from .formats import Message
 
 IMAGE = "<image>"
 _CALL = pl.Struct(

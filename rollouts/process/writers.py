@@ -21,7 +21,16 @@ from ..storage import filesystem
 from . import verl
 from .card import DataCard, Drop, OutputFile
 from .config import ProcessConfig
-from .formats import Conversation, ConversionError, chat_tools, completion_text, loads, prompt_messages, prompt_text
+from .formats import (
+    Conversation,
+    ConversionError,
+    Flavor,
+    chat_tools,
+    completion_text,
+    loads,
+    prompt_messages,
+    prompt_text,
+)
 from .readers import LoadedRollouts
 
 BATCH_ROWS = 20_000
@@ -327,7 +336,7 @@ def write_dpo(
 def _sft_record(fmt: str, conv: Conversation) -> Record:
     if fmt == "trl-prompt-completion":
         return _with_tools({"prompt": conv.prompt("trl"), "completion": conv.completion("trl")}, conv.tools())
-    flavor = "openai" if fmt == "openai" else "trl"
+    flavor: Flavor = "openai" if fmt == "openai" else "trl"
     record = _with_tools({"messages": conv.prompt(flavor) + conv.completion(flavor)}, conv.tools())
     if fmt == "openai" and conv.parallel_tool_calls is not None and conv.tools():
         record["parallel_tool_calls"] = conv.parallel_tool_calls
@@ -343,7 +352,7 @@ def _dpo_record(fmt: str, chosen: Conversation, rejected: Conversation) -> tuple
         if not c or not r or c == r:
             return None, "no_text"
         return {"prompt": prompt_text(chosen.prompt("trl")), "chosen": c, "rejected": r}, None
-    flavor = "openai" if fmt == "openai" else "trl"
+    flavor: Flavor = "openai" if fmt == "openai" else "trl"
     c_msgs, r_msgs = chosen.completion(flavor), rejected.completion(flavor)
     if c_msgs == r_msgs:
         return None, "identical"

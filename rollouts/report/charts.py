@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # matplotlib is imported on the first chart (see above)
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DPI = 100
 # Margins in inches around the plotting area: room for a y label and five-character tick labels at the left (and at
@@ -32,7 +38,7 @@ def _short(value: float, _pos: int | None = None) -> str:
     return "0" if size < 1e-12 else f"{value:.3g}"
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -42,7 +48,7 @@ def _figure(width: float, height: float):
 
 
 def _subplots(
-    figure,
+    figure: Figure,
     rows: int = 1,
     columns: int = 1,
     *,
@@ -51,8 +57,10 @@ def _subplots(
     row_gap: float = 0.0,
     column_gap: float = 0.0,
     **options: Any,
-):
-    """`figure.subplots` placed by margins and gaps in inches, turned into the fractions GridSpec takes."""
+) -> Any:
+    """`figure.subplots` placed by margins and gaps in inches, turned into the fractions GridSpec takes.
+
+    An Axes, or an array of them for a grid: Figure.subplots' own result (typed Any when options are passed on)."""
     width, height = figure.get_size_inches()
     cell_w = (width - LEFT - right - (columns - 1) * column_gap) / columns
     cell_h = (height - top - BOTTOM - (rows - 1) * row_gap) / rows
@@ -67,20 +75,20 @@ def _subplots(
     return figure.subplots(rows, columns, gridspec_kw=grid, **options)
 
 
-def _short_ticks(*axes_list) -> None:
+def _short_ticks(*axes_list: Axes) -> None:
     from matplotlib.ticker import FuncFormatter
 
     for axes in axes_list:
         axes.yaxis.set_major_formatter(FuncFormatter(_short))
 
 
-def _title(axes, text: str, **options: Any) -> None:
+def _title(axes: Axes, text: str, **options: Any) -> None:
     # An explicit y keeps matplotlib from measuring the axes on every draw to lift the title over top tick labels,
     # which none of these charts has (~55 ms of a 130 ms latency CDF).
     axes.set_title(text, y=1.0, **options)
 
 
-def _legend_above(axes, handles) -> None:
+def _legend_above(axes: Axes, handles: Sequence[Artist]) -> None:
     # Above the plot, in one row: loc="best" only avoids the lines of its own axes, not a twin axis' (it put the
     # in-flight legend over the failed-rollout markers), and a legend outside the plot never covers data.
     axes.legend(
@@ -96,13 +104,13 @@ def _legend_above(axes, handles) -> None:
     )
 
 
-def _png(figure) -> bytes:
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
 
 
-def throughput_figure(timeline: list[dict[str, Any]]):
+def throughput_figure(timeline: list[dict[str, Any]]) -> Figure:
     """Rollouts/s and output tokens/s above; rollouts in flight, the --parallel limit and errors below."""
     from matplotlib.ticker import MaxNLocator
 
@@ -152,7 +160,7 @@ def throughput_chart(timeline: list[dict[str, Any]]) -> bytes | None:
     return _png(throughput_figure(timeline))
 
 
-def latency_cdf_figure(curves: dict[str, list[float]]):
+def latency_cdf_figure(curves: dict[str, list[float]]) -> Figure:
     """Fraction of rollouts (or calls) done within x milliseconds, on a log axis."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
@@ -187,7 +195,7 @@ def latency_cdf_chart(cdfs: dict[str, list[float]]) -> bytes | None:
     return _png(latency_cdf_figure(curves)) if curves else None
 
 
-def reward_figure(envs: list[tuple[str, dict[str, Any]]]):
+def reward_figure(envs: list[tuple[str, dict[str, Any]]]) -> Figure:
     """One bar chart per environment: exact values as labelled bars, bins as contiguous bars."""
     columns = min(3, len(envs))
     rows = math.ceil(len(envs) / columns)
@@ -222,7 +230,7 @@ def reward_chart(rewards: dict[str, Any]) -> bytes | None:
     return _png(reward_figure(envs)) if envs else None
 
 
-def parallel_figure(steps: list[dict[str, Any]], title: str):
+def parallel_figure(steps: list[dict[str, Any]], title: str) -> Figure:
     """Throughput and latency per --parallel step of a sweep (the `rollouts tune` table)."""
     figure = _figure(8, 4)
     axes = _subplots(figure, right=TWIN)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -125,8 +125,9 @@ def summary(values: pl.Series) -> dict[str, Any]:
         return {"count": 0, **{q: None for q, _ in QUANTILES}, "max": None}
     return {
         "count": s.len(),
-        **{q: round(float(s.quantile(v)), 3) for q, v in QUANTILES},
-        "max": round(float(s.max()), 3),
+        # a non-empty numeric series: its quantiles and max are numbers (polars types them as any literal or None)
+        **{q: round(float(cast(float, s.quantile(v))), 3) for q, v in QUANTILES},
+        "max": round(float(cast(float, s.max())), 3),
     }
 
 
@@ -175,7 +176,8 @@ def _flat(frame: pl.DataFrame) -> pl.DataFrame:
     """One row per rollout with plain columns (a frame read with `flat=True` is that already)."""
     if "response" not in frame.columns:
         return frame
-    return frame.select(_flat_columns("output" in {f.name for f in frame.schema["response"].fields}))  # type: ignore[union-attr]
+    response = cast(pl.Struct, frame.schema["response"])  # a nested frame's response column is a struct
+    return frame.select(_flat_columns("output" in {f.name for f in response.fields}))
 
 
 def latency_rows(rows: pl.DataFrame, ok: pl.DataFrame | None = None) -> list[dict[str, Any]]:
@@ -340,8 +342,9 @@ def pass_at_k_rows(rows: pl.DataFrame, threshold: float = 1.0) -> list[dict[str,
                 {
                     "env": env,
                     "k": k,
-                    "n_min": int(used["n"].min()),
-                    "n_max": int(used["n"].max()),  # type: ignore[arg-type]
+                    # an integer count column: min and max are ints (polars types them as any literal)
+                    "n_min": int(cast(int, used["n"].min())),
+                    "n_max": int(cast(int, used["n"].max())),
                     "prompts": prompts,
                     "pass_at_k": round(at_k / prompts, 6),
                     "pass_pow_k": round(pow_k / prompts, 6),
@@ -365,7 +368,8 @@ def profile_frame(
     latency = latency_rows(rows, ok)
     window = None
     if rows.height and rows["started_at"].drop_nulls().len():
-        window = float(rows["finished_at"].max() - rows["started_at"].min())  # type: ignore[operator]
+        # epoch seconds (Float64 columns): max and min are floats (polars types them as any literal)
+        window = float(cast(float, rows["finished_at"].max()) - cast(float, rows["started_at"].min()))
     tokens = {
         name: int(ok[column].sum() or 0)
         for name, column in (

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import regex
@@ -181,7 +181,8 @@ class ChatTokenizer:
         for token_id, token, (lo, hi) in zip(encoding.ids, encoding.tokens, encoding.offsets, strict=True):
             inside = any(lo < stop and hi > start for start, stop in spans)
             if inside and len(token) > 1 and token_id not in special:
-                ids.extend(self.tokenizer.token_to_id(char) for char in token)  # each byte is in the alphabet
+                # each byte is in the byte-level alphabet, so token_to_id never returns None here
+                ids.extend(cast(int, self.tokenizer.token_to_id(char)) for char in token)
             else:
                 ids.append(token_id)
         return ids

@@ -43,7 +43,8 @@ class SimServer:
     def stats(self) -> dict[str, Any]:
         response = httpx.get(f"{self.base_url}/stats", timeout=10)
         response.raise_for_status()
-        return response.json()
+        stats: dict[str, Any] = response.json()  # the simulated server's /stats is a JSON object
+        return stats
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate the server's process group (SIGTERM, then SIGKILL); safe to call twice."""

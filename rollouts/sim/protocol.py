@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from rollouts.sim.answers import ToolSpec
 from rollouts.sim.tokens import Generation, ToolCall, Turn, tokenize
@@ -48,7 +48,8 @@ class SimRequest:
         return self.logprobs or self.return_token_ids or self.return_prompt_token_ids or self.return_meta_info
 
 
-class PromptTokens(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class PromptTokens:  # not a NamedTuple: its `count` field would shadow tuple.count
     count: int
     ids: list[int] | None  # only when the request asked for token ids or log-probabilities
 

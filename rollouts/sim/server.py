@@ -388,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
             continue
-        kind = field.annotation if field.annotation in (int, float, str) else float  # `float | None` -> float
+        scalars: tuple[Callable[[str], Any], ...] = (int, float, str)
+        kind = next((t for t in scalars if field.annotation is t), float)  # `float | None` -> float
         parser.add_argument(flag, type=kind, default=field.default, help=help_text)
     return parser
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rollouts.envs.base import Environment, SessionState
-from rollouts.envs.tools import ToolError, render
-from rollouts.errors import ConfigError, ProviderError
+from rollouts.envs.tools import render
+from rollouts.errors import ConfigError, ProviderError, ToolError
 
 if TYPE_CHECKING:
     import httpx

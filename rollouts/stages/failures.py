@@ -55,13 +55,11 @@ def resume_state(
     prior = {rid: int(record.get("attempts") or 1) for rid, record in latest.items() if rid not in done}
     for failure in failures:
         rid = failure.get("rollout_id")
-        generated = latest.get(rid)
+        if rid not in done or not regenerates(failure):
+            continue
+        generated = latest[rid]  # every rollout in `done` has a latest generation
         # Only the failure of the latest generation counts: a newer one, not yet verified, is verified instead.
-        if (
-            rid in done
-            and regenerates(failure)
-            and int(generated.get("attempts") or 1) <= int(failure.get("attempts") or 1)
-        ):
+        if int(generated.get("attempts") or 1) <= int(failure.get("attempts") or 1):
             done.discard(rid)
             prior[rid] = int(failure.get("attempts") or 1)
     return done, prior

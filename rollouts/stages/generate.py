@@ -13,7 +13,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Coroutine, Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 
@@ -29,18 +29,19 @@ from rollouts.config import CollectConfig
 from rollouts.envs import Environment
 from rollouts.envs.remote import gym_usage
 from rollouts.errors import InternalError, RolloutsError, RolloutTimeout, VerifierError, typed
-from rollouts.records import SCHEMA_VERSION, Prompt, RolloutRow, dumps, input_messages, loads, rollout_id
+from rollouts.records import SCHEMA_VERSION, Prompt, ToolCallTiming, dumps, input_messages, loads, rollout_id
 from rollouts.run import RunRef, ShardResult, read_records, run_store
 from rollouts.stages.agent import run_agent, with_env_tools
 from rollouts.stages.failures import resume_state
 from rollouts.stages.score import SESSION_KEY, verify_one
+from rollouts.storage import Store
 from rollouts.tune.control import ParallelControl
 
 # A rollout's session (a remote environment's cookies, an in-process environment's final state), kept on generation
 # records until verified.
 
 
-def read_prompts(store, shard: str) -> list[Prompt]:
+def read_prompts(store: Store, shard: str) -> list[Prompt]:
     # Validated when the shard was cut; re-validating costs ~0.1 ms a prompt on the shared loop.
     return [Prompt.model_construct(**loads(line)) for line in store.iter_lines("shards", f"{shard}.jsonl")]
 
@@ -91,6 +92,13 @@ def response_object(
     }
 
 
+class ToolTiming(TypedDict, total=False):
+    """What a rollout's tool calls took, for its `timings`."""
+
+    tool_ms: float
+    tool_calls: list[ToolCallTiming]
+
+
 class ShardGenerator:
     """Generates every missing rollout of one shard; `limiter` bounds the rollouts in flight across the process."""
 
@@ -98,7 +106,7 @@ class ShardGenerator:
         self,
         run: RunRef,
         shard: str,
-        http,
+        http: httpx.AsyncClient,
         envs: dict[str, Environment],
         limiter: InflightLimiter,
         board: ProgressBoard,
@@ -116,8 +124,8 @@ class ShardGenerator:
         endpoint = self.config.endpoint
         self.client = ModelClient(
             http,
-            endpoint.model_url,
-            endpoint.model,
+            endpoint.base_url,
+            endpoint.model_name,
             endpoint.api,
             max_retries=endpoint.max_retries,
             return_tokens=endpoint.return_tokens,
@@ -188,17 +196,19 @@ class ShardGenerator:
             self.stop.check()
         return result
 
-    async def _rollout(self, prompt: Prompt, index: int, rid: str, prior_attempts: int) -> RolloutRow | None:
+    async def _rollout(self, prompt: Prompt, index: int, rid: str, prior_attempts: int) -> dict[str, Any] | None:
         env = self.envs[prompt.env]
         params = with_env_tools(prompt.params, env)  # an in-process tool environment offers its tools
         sampling = sampling_for(self.config, params, index)
         # The echoed request stays a valid NeMo Gym `responses_create_params` (which has no `seed`); the sampling
         # really sent, seed included, is the rollout's own `sampling` field.
         echoed = {**params, **{k: v for k, v in sampling.items() if k != "seed"}}
-        record: RolloutRow = {
+        # RolloutRow's fields beside the input row's own keys (and later the session and verifier extras): an open
+        # dict, which a TypedDict cannot describe (mypy does not support PEP 728's extra_items yet).
+        record: dict[str, Any] = {
             **prompt.row,
             "responses_create_params": echoed,
-            "sampling": sampling,  # type: ignore[typeddict-item]
+            "sampling": sampling,
             "_ng_task_index": prompt.task_index,
             "_ng_rollout_index": index,
             "rollout_id": rid,
@@ -212,7 +222,7 @@ class ShardGenerator:
         started = time.perf_counter()
         started_at = time.time()
         calls: list[ModelCall] = []
-        timing: dict[str, Any] = {"tool_ms": 0.0}
+        timing: ToolTiming = {"tool_ms": 0.0}
         try:
             async with asyncio.timeout(self.rollout_timeout):
                 await self._interact(record, env, prompt, params, sampling, calls, timing)
@@ -220,7 +230,7 @@ class ShardGenerator:
         except Exception as exc:  # a bad rollout is data, never a crash of its siblings
             error = self._typed(exc)
             record.update(status="failed", error=error.as_record("generate"), reward=None)
-            record.pop(SESSION_KEY, None)  # type: ignore[misc]
+            record.pop(SESSION_KEY, None)
             attempts = int(error.attempts or 1) + sum(c.attempts for c in calls)
         finally:
             self.limiter.release()
@@ -241,13 +251,13 @@ class ShardGenerator:
 
     async def _interact(
         self,
-        record: RolloutRow,
+        record: dict[str, Any],
         env: Environment,
         prompt: Prompt,
         params: dict[str, Any],
         sampling: dict[str, Any],
         calls: list[ModelCall],
-        timing: dict[str, float],
+        timing: ToolTiming,
     ) -> None:
         """Seed the session, run the agent loop (model, tools, model...), and fill the record's response."""
 
@@ -262,14 +272,14 @@ class ShardGenerator:
         )
         timing["tool_ms"] = result.tool_ms
         timing["tool_calls"] = [{"name": name, "ms": round(ms, 3)} for name, ms in result.tool_timings]
-        record["response"] = response_object(calls, result.output, params, self.config.endpoint.model, sampling)
+        record["response"] = response_object(calls, result.output, params, self.config.endpoint.model_name, sampling)
         record["finish_reason"] = calls[-1].finish_reason
         record["end_reason"] = result.end_reason
         record["tool_stats"] = result.tool_record()
         record["status"] = "ok"
         record["error"] = None
         if session is not None:
-            record[SESSION_KEY] = dataclasses.asdict(session)  # type: ignore[literal-required]
+            record[SESSION_KEY] = dataclasses.asdict(session)
 
     def _typed(self, exc: Exception) -> RolloutsError:
         if isinstance(exc, TimeoutError) and not isinstance(exc, RolloutsError):

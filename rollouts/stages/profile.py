@@ -61,12 +61,12 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
         store.write_bytes(csv_text(rows, COLUMNS).encode(), "profile", "functions.csv")
         profile["functions"] = {"processes": parts, "clock_seconds": stats.clock_seconds, "top": rows[:TOP_ROWS]}
     if options is not None and options.tokens:
-        rows = (
+        records = (
             row
             for path in store.glob("rollouts/*.jsonl")
             for row in read_records(store, "rollouts", path.rsplit("/", 1)[-1])
         )
-        metrics = contiguity_metrics(rows)
+        metrics = contiguity_metrics(records)
         profile["contiguity"] = {
             **metrics.model_dump(),
             "summary": metrics.summary(),

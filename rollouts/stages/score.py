@@ -6,11 +6,14 @@ Both the generate stage (in-process verifiers, as soon as a rollout ends) and th
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollouts.envs import Environment, SessionState
 from rollouts.errors import RolloutsError, VerifierError, typed
 from rollouts.records import RESERVED_KEYS
+
+if TYPE_CHECKING:
+    import httpx
 
 # The environment's session state travels on a generated record under this key until it is verified.
 SESSION_KEY = "_session"
@@ -25,7 +28,7 @@ def verify_error(exc: BaseException) -> RolloutsError:
     return error
 
 
-async def verify_one(env: Environment, record: dict[str, Any], http) -> dict[str, Any]:
+async def verify_one(env: Environment, record: dict[str, Any], http: httpx.AsyncClient | None) -> dict[str, Any]:
     session_data = record.pop(SESSION_KEY, None)
     started = time.perf_counter()
     try:

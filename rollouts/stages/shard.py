@@ -65,7 +65,7 @@ def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> tuple[
     check_output(config)
     auth = auth or EndpointAuth(api_key=config.api_key())
     endpoint = config.endpoint
-    check_endpoint(endpoint.model_url, auth, model=endpoint.model if endpoint.check_model else None)
+    check_endpoint(endpoint.base_url, auth, model=endpoint.model_name if endpoint.check_model else None)
     check_environments(config.environments.remote_env)
     run, store, manifest, _ = locate_run(config)
     return run, store, manifest
@@ -77,7 +77,7 @@ def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan
     the user put in the parameters before it resolves the blocks."""
     auth = auth or EndpointAuth(api_key=config.api_key())
     endpoint = config.endpoint
-    check_endpoint(endpoint.model_url, auth, model=endpoint.model if endpoint.check_model else None)
+    check_endpoint(endpoint.base_url, auth, model=endpoint.model_name if endpoint.check_model else None)
     check_environments(config.environments.remote_env)
     run, store, manifest, in_digest = locate_run(config)
     store.remove(STOPPED)  # an earlier attempt stopped early: this one tries again (the user changed something)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rollouts.errors import TokenFieldsError
 from rollouts.tokens.check import (
     BREAK_KINDS,
     Break,
@@ -23,7 +24,7 @@ from rollouts.tokens.check import (
     check_rollout,
     contiguity_metrics,
 )
-from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, RESPONSES_TOKEN_REQUEST, TokenFieldsError
+from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, RESPONSES_TOKEN_REQUEST
 from rollouts.tokens.samples import POLICIES
 
 __all__ = [

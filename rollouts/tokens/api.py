@@ -17,14 +17,15 @@ import orjson
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from rollouts.errors import ConfigError, StorageError
+from rollouts.errors import ConfigError, StorageError, TokenDataError
 from rollouts.process.card import OutputFile
-from rollouts.process.readers import CHUNK_BYTES, LoadedRollouts, discover, iter_jsonl_chunks, iter_parquet_chunks
+from rollouts.process.discover import discover
+from rollouts.process.readers import CHUNK_BYTES, LoadedRollouts, iter_jsonl_chunks, iter_parquet_chunks
 from rollouts.process.writers import Target
 from rollouts.records import dumps
 from rollouts.storage import filesystem
 from rollouts.tokens.card import TokenCard
-from rollouts.tokens.check import Decoder, TokenDataError, calls_of, check_calls
+from rollouts.tokens.check import Decoder, calls_of, check_calls
 from rollouts.tokens.formats import FILES, FORMATS, ROWS, SCHEMAS
 from rollouts.tokens.samples import POLICIES, Sample, build_samples
 

@@ -130,7 +130,7 @@ def _find(seq: Sequence[int], pattern: Sequence[int], start: int, stop: int) -> 
     p = start
     while p <= stop:
         try:
-            p = seq.index(first, p, stop + 1)  # type: ignore[call-arg]
+            p = seq.index(first, p, stop + 1)
         except ValueError:
             return None
         if seq[p : p + width] == pattern:

@@ -128,8 +128,8 @@ def _from_meta_info(choice: dict[str, Any]) -> tuple[list[int] | None, list[floa
     if meta.get("output_token_logprobs_val") is not None:
         values = _float_list(meta["output_token_logprobs_val"], "meta_info.output_token_logprobs_val")
         idx = meta.get("output_token_logprobs_idx")
-        ids = _int_list(idx, "meta_info.output_token_logprobs_idx") if idx is not None else None
-        return _agree(output_ids, ids, "meta_info.output_ids", "meta_info.output_token_logprobs_idx"), values
+        idx_ids = _int_list(idx, "meta_info.output_token_logprobs_idx") if idx is not None else None
+        return _agree(output_ids, idx_ids, "meta_info.output_ids", "meta_info.output_token_logprobs_idx"), values
     return output_ids, None
 
 
@@ -148,12 +148,13 @@ def _checked(fields: dict[str, Any], asked: bool, where: str) -> dict[str, Any]:
             raise TokenFieldsError(
                 f"{where}: token fields were asked for but {', '.join(missing)} missing; {_HINT}", missing=missing
             )
-        bundle = {
+        generated = _int_list(fields["generation_token_ids"], f"{where} generation_token_ids")
+        values = _float_list(fields["generation_log_probs"], f"{where} generation_log_probs")
+        bundle: dict[str, Any] = {
             "prompt_token_ids": _int_list(fields["prompt_token_ids"], f"{where} prompt_token_ids"),
-            "generation_token_ids": _int_list(fields["generation_token_ids"], f"{where} generation_token_ids"),
-            "generation_log_probs": _float_list(fields["generation_log_probs"], f"{where} generation_log_probs"),
+            "generation_token_ids": generated,
+            "generation_log_probs": values,
         }
-        generated, values = bundle["generation_token_ids"], bundle["generation_log_probs"]
         if len(generated) != len(values):
             raise TokenFieldsError(
                 f"{where}: {len(generated)} generated token ids but {len(values)} log-probabilities", missing=[]

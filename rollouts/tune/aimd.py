@@ -321,8 +321,11 @@ class AutoParallel:
             window_start = now + (min(p50_s, self.max_window_s) if changed else 0.0)
 
     async def _server_metrics(self) -> tuple[float | None, float | None]:
+        url, http = self.metrics_url, self.http
         try:
-            response = await self.http.get(self.metrics_url, timeout=2.0)  # type: ignore[union-attr]
+            if url is None or http is None:
+                raise ValueError("no metrics URL or no HTTP client")
+            response = await http.get(url, timeout=2.0)
             if response.status_code != 200:
                 raise ValueError(response.status_code)
             return parse_vllm_metrics(response.text)

@@ -64,7 +64,7 @@ class ParallelControl:
         c = config.concurrency
         return cls(
             c.parallel,
-            model_url=config.endpoint.model_url,
+            model_url=config.endpoint.base_url,
             request_timeout=config.endpoint.request_timeout,
             auth=auth,
             min_parallel=c.min_parallel,

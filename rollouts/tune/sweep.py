@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -221,7 +222,7 @@ async def sweep(
     prompts: list[dict[str, Any]],
     *,
     auth: EndpointAuth | None = None,
-    report=None,
+    report: Callable[[StepResult], None] | None = None,
     stop_at_knee: bool = True,
 ) -> tuple[list[StepResult], int, str]:
     """Measure steps until the knee shows (or --max-parallel); returns the steps, the index to use, and why."""
