@@ -88,7 +88,9 @@ def test_user_errors_are_one_clear_line(
 
 
 def test_skip_bad_rows_reports_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([str(FIXTURES / "bad.jsonl"), "--objective", "sft", "--out", str(tmp_path), "--skip-bad-rows"]) == 0
+    # the two readable rows score 0, under SFT's --min-reward: nothing is written, and that is an error (exit 1)
+    assert main([str(FIXTURES / "bad.jsonl"), "--objective", "sft", "--out", str(tmp_path), "--skip-bad-rows"]) == 1
+    assert "error: sft: nothing written: every rollout was dropped by the rules" in capsys.readouterr().err
     card = json.loads((tmp_path / "sft" / "data_card.json").read_text())
     assert card["bad_rows"]["count"] == 4 and card["rows_read"] == 6
     assert "## Bad rows" in (tmp_path / "sft" / "data_card.md").read_text()
