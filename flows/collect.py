@@ -24,7 +24,7 @@ from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
 from rollouts.redact import refuse_secrets
 from rollouts.report.profiler import function_profile
-from rollouts.run import RunRef, run_store
+from rollouts.run import RunPlan, RunRef, run_store
 from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
@@ -133,13 +133,21 @@ def hand_back_cancellation() -> None:
 
 
 def collect(config: CollectConfig) -> RunSummary:
-    board, stop = collector().board, collector().stop
+    board = collector().board
     board.set_ui_url(flow_run.ui_url)
     refuse_secrets(config)  # credentials in the parameters themselves: refused, and never written anywhere
     config = apply_blocks(config)  # block names travel in the parameters; their secrets are loaded here and in tasks
     engine = engine_of(config)
     engine.prepare(collector())  # collector processes start while the prompts are read and sharded
-    plan = shard_prompts(config)
+    plan = shard_prompts(config)  # takes the run's lock: held until this flow run ends, however it ends
+    try:
+        return collect_plan(config, engine, plan)
+    finally:
+        collector().locks.release(run_store(plan.run))
+
+
+def collect_plan(config: CollectConfig, engine: Engine, plan: RunPlan) -> RunSummary:
+    board, stop = collector().board, collector().stop
     run = plan.run
     get_run_logger().info(
         "run %s: %d prompts in %d shards, %d rejected rows%s",

@@ -57,9 +57,8 @@ def start(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes
 
 
 def lines_on_disk(run: Path) -> int:
-    return sum(
-        len(f.read_bytes().splitlines()) for folder in ("generations", "rollouts") for f in (run / folder).glob("*.jsonl")
-    )
+    files = [f for folder in ("generations", "rollouts") for f in (run / folder).glob("*.jsonl")]
+    return sum(len(f.read_bytes().splitlines()) for f in files)
 
 
 def wait_for_lines(process: subprocess.Popen[bytes], run: Path, count: int, timeout: float = 90) -> None:
@@ -139,3 +138,47 @@ def test_a_killed_run_s_flow_run_ends_crashed_at_the_next_start(tmp_path: Path, 
     assert sorted(flow_run_states(prefect_server, "killed")) == ["COMPLETED", "CRASHED"]
     rows = run_rows(run, "rollouts")
     assert len(rows) == 200 and len({r["rollout_id"] for r in rows}) == 200
+
+
+def test_two_commands_on_one_run_one_writer_the_other_exits_2_naming_the_holder(
+    tmp_path: Path, prefect_server: str
+) -> None:
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(60))
+    run = tmp_path / "runs" / "twice"
+    env = environment(prefect_server)
+    with start_sim_server(latency_ms=100, seed=0) as sim:
+        command = collect_command(src, sim.url, tmp_path / "runs", "twice", "--num-repeats", "4", "--parallel", "16")
+        first, second = start(command, env), start(command, env)
+        errors = finish(first, timeout=300), finish(second, timeout=300)
+        codes = sorted([first.returncode, second.returncode])
+        assert codes == [0, 2], (codes, errors)
+        refused = errors[0] if first.returncode == 2 else errors[1]
+        assert "is being written by pid" in refused and " on " in refused and "since" in refused
+        rows = run_rows(run, "rollouts")
+        assert len(rows) == 240 and len({r["rollout_id"] for r in rows}) == 240
+        assert manifest(run)["counts"]["rollouts_ok"] == 240
+        assert not (run / ".lock").exists()  # released by its holder at the end
+
+
+def test_the_lock_of_a_run_on_object_storage_is_a_conditional_create_with_a_lease(s3_endpoint: str) -> None:
+    import s3fs
+
+    from rollouts.errors import RunLockedError
+    from rollouts.lock import RunLock
+    from rollouts.storage import Store
+
+    s3fs.S3FileSystem().mkdir("locks")
+    first, second = RunLock(Store("s3://locks/run"), lease_s=0.6), RunLock(Store("s3://locks/run"))
+    first.acquire()
+    with pytest.raises(RunLockedError, match="pid"):
+        second.acquire()
+    time.sleep(1.0)  # renewed every 0.2 s: still held
+    with pytest.raises(RunLockedError):
+        second.acquire()
+    first._stopped.set()  # the holder stops renewing (as a killed process would)
+    time.sleep(1.0)
+    second.acquire()  # expired lease: taken over
+    first.release()  # not the holder any more: leaves the new lock alone
+    assert second._read() is not None and second._read().token == second.holder.token  # type: ignore[union-attr]
+    second.release()
+    assert second._read() is None
