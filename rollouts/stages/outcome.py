@@ -152,6 +152,7 @@ def finish_run(
         token_contiguity=(profile.get("contiguity") or {}).get("summary"),
     )
     store = run_store(plan.run)
+    store.remove_leftovers("profile", "train")  # an earlier attempt killed mid-write: not part of the run
     # Written last: a reader that finds status "completed" finds every listed file whole (check_inventory).
     write_manifest(
         store,

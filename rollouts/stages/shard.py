@@ -9,7 +9,7 @@ from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import check_endpoint
 from rollouts.collector.breaker import STOPPED
 from rollouts.config import CollectConfig
-from rollouts.envs.remote import check_environments
+from rollouts.envs.preflight import check_environments
 from rollouts.errors import ConfigError, InputError
 from rollouts.lock import RunLocks
 from rollouts.places import is_url

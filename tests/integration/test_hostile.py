@@ -182,3 +182,164 @@ def test_the_lock_of_a_run_on_object_storage_is_a_conditional_create_with_a_leas
     assert second._read() is not None and second._read().token == second.holder.token  # type: ignore[union-attr]
     second.release()
     assert second._read() is None
+
+
+# ---- hostile resources and model servers ----------------------------------------------------------------------
+
+CALCULATE_TOOL = {
+    "type": "function",
+    "name": "calculate",
+    "description": "Evaluate an arithmetic expression.",
+    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+}
+
+
+def hostile_rows(answers: list[str], tools: bool = False) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"input": "What is 1 + 1?"}
+    if tools:
+        params["tools"] = [CALCULATE_TOOL]
+    return [{"responses_create_params": params, "expected_answer": a, "task": i} for i, a in enumerate(answers)]
+
+
+def collect_hostile(
+    tmp_path: Path, prefect_server: str, server: Any, name: str, rows: list[dict[str, Any]], *extra: str
+) -> tuple[subprocess.CompletedProcess[str], Path, float]:
+    src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    command = collect_command(
+        src,
+        server.model_url,
+        tmp_path / "runs",
+        name,
+        "--remote-env",
+        f"hostile={server.url}",
+        "--env",
+        "hostile",
+        "--num-repeats",
+        "1",
+        *extra,
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        command,
+        env=environment(prefect_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    return done, tmp_path / "runs" / name, time.monotonic() - started
+
+
+@pytest.fixture()
+def hostile() -> Any:
+    from tests.servers.hostile import HostileServer
+
+    with HostileServer() as server:
+        yield server
+
+
+def test_non_finite_rewards_are_verifier_errors_and_every_resume_works(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    rows = hostile_rows(["2"] * 7 + ["NaN", "Infinity", "1e400"])
+    extra = ("--max-failure-fraction", "0.5")
+    for _ in range(2):  # the run, then a resume of it: both end the same way
+        done, run, _ = collect_hostile(tmp_path, prefect_server, hostile, "nan", rows, *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert manifest(run)["status"] == "completed"
+        ok, failed = run_rows(run, "rollouts"), run_rows(run, "failures")
+        assert len(ok) == 7 and all(r["reward"] == 1.0 for r in ok)
+        assert sorted(r["expected_answer"] for r in failed) == ["1e400", "Infinity", "NaN"]
+        assert {r["error"]["type"] for r in failed} == {"VerifierError"}
+
+
+def peak_child_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("attack", ["huge", "gzip"])
+def test_oversized_verify_replies_fail_within_the_cap(
+    tmp_path: Path, prefect_server: str, hostile: Any, attack: str
+) -> None:
+    hostile.state.verify, hostile.state.huge_bytes = attack, 64 * 1024 * 1024
+    rows = hostile_rows(["2"] * 4)
+    extra = ("--max-response-bytes", "1048576", "--max-failure-fraction", "1.0", "--parallel", "4")
+    done, run, _ = collect_hostile(tmp_path, prefect_server, hostile, f"big-{attack}", rows, *extra)
+    assert done.returncode == 0, done.stderr[-2000:]
+    failed = run_rows(run, "failures")
+    assert len(failed) == 4 and {r["error"]["type"] for r in failed} == {"ResponseTooLarge"}
+    assert all(len(json.dumps(r)) < 20_000 for r in failed)  # no part of the 64 MB reached the rows
+    # The command's peak memory stays far below 4 in flight x 64 MB (the processes' baseline is ~300-400 MB).
+    assert peak_child_rss_mb() < 700, peak_child_rss_mb()
+
+
+@pytest.mark.parametrize("attack", ["hang", "trickle"])
+def test_a_stalled_verify_honours_request_and_rollout_timeouts(
+    tmp_path: Path, prefect_server: str, hostile: Any, attack: str
+) -> None:
+    hostile.state.verify = attack
+    extra = ("--request-timeout", "2", "--rollout-timeout", "5", "--max-failure-fraction", "1.0")
+    done, run, took = collect_hostile(
+        tmp_path, prefect_server, hostile, f"stall-{attack}", hostile_rows(["2"] * 2), *extra
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    failed = run_rows(run, "failures")
+    assert len(failed) == 2 and {r["error"]["type"] for r in failed} == {"VerifierError"}
+    # Per request 2 s (was 60 s per read x 3 tries), and the whole verification within the rollout's 5 s.
+    assert max(r["timings"]["verify_ms"] for r in failed) < 8_000
+    assert took < 90, took
+
+
+def test_tool_calls_past_the_per_turn_cap_get_an_error_output(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    hostile.state.tool_calls = 500
+    extra = ("--max-tool-calls-per-turn", "8", "--max-turns", "2")
+    done, run, _ = collect_hostile(
+        tmp_path, prefect_server, hostile, "tools", hostile_rows(["2"] * 3, tools=True), *extra
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = run_rows(run, "rollouts")
+    assert len(rows) == 3
+    for row in rows:
+        outputs = [i["output"] for i in row["response"]["output"] if i["type"] == "function_call_output"]
+        refused = [o for o in outputs if "more than 8 tool calls" in o]
+        assert len(outputs) == 500 and len(refused) == 492
+    assert hostile.state.calls["calculate"] == 3 * 8
+
+
+def test_error_snippets_never_hold_the_key_or_a_storage_secret(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    hostile.state.echo_headers = True
+    key = "sk-canary-7f3a9c1e5b"
+    src = write_jsonl(tmp_path / "echo.jsonl", hostile_rows(["2"] * 3))
+    command = collect_command(
+        src,
+        hostile.model_url,
+        tmp_path / "runs",
+        "echo",
+        "--api-key-env",
+        "CANARY_KEY",
+        "--max-retries",
+        "0",
+        "--num-repeats",
+        "1",
+    )
+    done = subprocess.run(
+        command,
+        env=environment(prefect_server, CANARY_KEY=key),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert key not in done.stdout + done.stderr
+    run = tmp_path / "runs" / "echo"
+    stored = "".join(p.read_text() for p in run.rglob("*") if p.is_file())
+    assert "HTTP 500" in stored and key not in stored and "***" in stored
