@@ -343,3 +343,35 @@ def test_error_snippets_never_hold_the_key_or_a_storage_secret(
     run = tmp_path / "runs" / "echo"
     stored = "".join(p.read_text() for p in run.rglob("*") if p.is_file())
     assert "HTTP 500" in stored and key not in stored and "***" in stored
+
+
+def test_badly_typed_tools_and_instructions_are_rejects_with_their_line(
+    tmp_path: Path, prefect_server: str, sim: Any
+) -> None:
+    bad_params: list[dict[str, Any]] = [
+        {"tools": [1]},
+        {"tools": [{"type": "function", "parameters": {}}]},
+        {"tools": [{"type": "function", "name": 7}]},
+        {"tools": [{"type": "function", "name": "f", "parameters": "{}"}]},
+        {"instructions": 12},
+    ]
+    rows = math_rows(10) + [
+        {"responses_create_params": {"input": "What is 1 + 1?", **params}, "expected_answer": "2"}
+        for params in bad_params
+    ]
+    src = write_jsonl(tmp_path / "typed.jsonl", rows)
+    command = collect_command(src, sim.url, tmp_path / "runs", "typed", "--num-repeats", "1")
+    done = subprocess.run(
+        command,
+        env=environment(prefect_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "runs" / "typed"
+    rejects = [json.loads(line) for line in (run / "rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [11, 12, 13, 14, 15]
+    assert len(run_rows(run, "rollouts")) == 10 and not run_rows(run, "failures")
