@@ -8,7 +8,7 @@ import sys
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from commands.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
+from commands.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
 from commands.options import Option, add_model_options, build, validated
 from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, StorageConfig
 from rollouts.errors import ConfigError, RolloutsError
@@ -159,13 +159,18 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
         from flows.collect import collect_rollouts
 
         await_prefect_server()
+        from prefect import tags
+
+        from commands.stale_runs import reap_stale_runs, this_process
+
+        reap_stale_runs()  # flow runs of collect processes killed earlier: Crashed, not Running forever
 
         # A CLI run lives in this process: no heartbeat thread (it costs ~1 s to join at exit).
         stop = collector().stop
         stop.reset()
         restore = install_signal_handlers(stop)  # Ctrl-C: no new rollouts, in-flight ones finish, then exit 130
         try:
-            with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+            with temporary_settings(updates={"flows.heartbeat_frequency": None}), tags(*this_process().tags()):
                 board.set_phase("starting the flow run")
                 state = collect_rollouts(config, return_state=True)
         finally:
@@ -175,7 +180,7 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
         print_phases(board)
     if stop.is_set():
         error(f"{stop.reason}: {RESUME_HINT}")
-        return EXIT_INTERRUPTED
+        return stop.exit_code
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         summary = getattr(result, "summary", None)

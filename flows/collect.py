@@ -6,6 +6,7 @@ from rollouts.collector.allocator import release_freed_memory_at_once
 
 release_freed_memory_at_once()  # before anything imports polars: see rollouts/collector/allocator.py
 
+import signal
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -19,12 +20,13 @@ from blocks import apply_blocks
 from flows.engines import shard_runners
 from flows.events import emit_run_event
 from rollouts.collector.engine import Engine
+from rollouts.collector.interrupt import install_signal_handlers
 from rollouts.collector.runtime import collector
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
 from rollouts.redact import refuse_secrets
 from rollouts.report.profiler import function_profile
-from rollouts.run import RunRef, run_store
+from rollouts.run import RunPlan, RunRef, run_store
 from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
@@ -116,13 +118,48 @@ def conclude(summary: RunSummary) -> RunSummary:
 @flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=True)
 def collect_rollouts(config: CollectConfig) -> RunSummary:
     """Collect `num_repeats` verified rollouts per prompt and write training files for each objective."""
-    board, stop = collector().board, collector().stop
+    stop = collector().stop
+    # Prefect's SIGTERM handler (installed around this body) would raise in this thread while the shards go on
+    # collecting: ours stops taking work and flushes, like Ctrl-C; Prefect's comes back when the body ends.
+    restore = install_signal_handlers(stop, signals=(signal.SIGTERM,))
+    try:
+        return collect(config)
+    finally:
+        restore()
+        if stop.is_set():
+            hand_back_cancellation()
+
+
+def hand_back_cancellation() -> None:
+    """A cancellation from the UI reaches a deployment's process as SIGTERM after the runner recorded its intent:
+    once the stopped run is flushed and its manifest says `interrupted`, let Prefect's engine end the flow run
+    Cancelled (it does so on `TerminationSignal` when that intent is set). A plain SIGTERM has no intent: the run
+    ends Failed with the `interrupted` reason."""
+    try:
+        from prefect._internal.control_listener import get_intent
+        from prefect.exceptions import TerminationSignal
+    except ImportError:  # another Prefect release: the run ends Failed, which is still not Running
+        return
+    if get_intent() == "cancel":
+        raise TerminationSignal(signal=signal.SIGTERM)
+
+
+def collect(config: CollectConfig) -> RunSummary:
+    board = collector().board
     board.set_ui_url(flow_run.ui_url)
     refuse_secrets(config)  # credentials in the parameters themselves: refused, and never written anywhere
     config = apply_blocks(config)  # block names travel in the parameters; their secrets are loaded here and in tasks
     engine = engine_of(config)
     engine.prepare(collector())  # collector processes start while the prompts are read and sharded
-    plan = shard_prompts(config)
+    plan = shard_prompts(config)  # takes the run's lock: held until this flow run ends, however it ends
+    try:
+        return collect_plan(config, engine, plan)
+    finally:
+        collector().locks.release(run_store(plan.run))
+
+
+def collect_plan(config: CollectConfig, engine: Engine, plan: RunPlan) -> RunSummary:
+    board, stop = collector().board, collector().stop
     run = plan.run
     get_run_logger().info(
         "run %s: %d prompts in %d shards, %d rejected rows%s",
@@ -151,4 +188,8 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
     board.set_phase("profiling")
     profile = profile_run(run)
     verdict = judge(plan, results, broken)
-    return conclude(finish_run(plan, verdict, results, broken, profile, write_outputs(run, verdict)))
+    outputs = write_outputs(run, verdict)
+    if stop.is_set():  # a stop during the last stages: the training files may be partial, so not `completed`
+        verdict = judge(plan, results, broken, interrupted=stop.reason)
+        return conclude(finish_run(plan, verdict, results, broken, profile, {}))
+    return conclude(finish_run(plan, verdict, results, broken, profile, outputs))

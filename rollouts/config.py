@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from rollouts.envs import (
     BUILTIN_ENVIRONMENTS,
     Environment,
+    RemoteEnvironment,
     build_environments,
     known_environment_names,
     parse_remote_env,
@@ -319,6 +320,9 @@ class EnvironmentConfig(BaseModel):
     tool_timeout: Annotated[float, Cli(metavar="S")] = Field(
         60.0, gt=0, description="seconds per tool call; a slower call returns an error to the model"
     )
+    max_tool_calls_per_turn: Annotated[int, Cli(metavar="N")] = Field(
+        64, ge=1, description="tool calls run per model turn; further calls of that turn get an error as their output"
+    )
     env_module: Annotated[list[str], IDENTITY, Cli(metavar="MODULE")] = Field(
         [],
         description="Python module defining environments (e.g. my_pkg.my_env), imported in every collector "
@@ -338,6 +342,7 @@ class EnvironmentConfig(BaseModel):
             max_rollout_tokens=self.max_rollout_tokens,
             timeout_s=self.agent_timeout,
             tool_timeout_s=self.tool_timeout,
+            max_tool_calls_per_turn=self.max_tool_calls_per_turn,
         )
 
     @field_validator("remote_env", mode="before")
@@ -492,6 +497,15 @@ class CollectConfig(BaseModel):
     def sampling_defaults(self) -> dict[str, Any]:
         preset = SAMPLING_PRESETS[self.objective[0]]
         return {"temperature": preset["temperature"], "top_p": preset["top_p"]}
+
+    def run_environments(self) -> dict[str, Environment]:
+        """The run's environments; a resources server's requests get --request-timeout (connect to last byte) and
+        --max-response-bytes, like the model's."""
+        envs = self.environments.build()
+        for env in envs.values():
+            if isinstance(env, RemoteEnvironment):
+                env.timeout, env.max_reply_bytes = self.endpoint.request_timeout, self.endpoint.max_response_bytes
+        return envs
 
     def api_key(self) -> str | None:
         return api_key_from_env(self.endpoint.api_key_env)

@@ -2,6 +2,7 @@
 
     RolloutsError
     ├── ConfigError          bad options, unknown environment, run-name clash, a secret where it would be stored
+    │   └── RunLockedError   another command holds the run's lock (its host, pid and start are in the message)
     ├── InputError           the input as a whole is empty or unreadable (bad single rows are rejects, not errors)
     │   └── RowError         one input row is malformed; becomes a line of rejects.jsonl
     ├── ProviderError        the model endpoint answered with an error status (status_code) or not at all
@@ -103,6 +104,10 @@ def _rebuild(cls: type[RolloutsError], message: str, state: dict[str, Any]) -> R
 
 class ConfigError(RolloutsError):
     retryable_by_default = False
+
+
+class RunLockedError(ConfigError):
+    """The run is being written by another command: one writer per run (rollouts/lock.py)."""
 
 
 class InputError(RolloutsError):

@@ -10,7 +10,9 @@ Prefect, as a second line of defence.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -156,3 +158,48 @@ def redacted_dump(config: BaseModel, **dump: Any) -> dict[str, Any]:
 def redacted(config: ModelT) -> ModelT:
     """A copy of the config with every credential-like value masked (same type, validated again)."""
     return type(config).model_validate(redacted_dump(config))
+
+
+# Request headers that never carry a credential; every other header value sent to a server counts as a secret.
+_PLAIN_HEADERS = frozenset(
+    {"content-type", "accept", "accept-encoding", "user-agent", "content-length", "connection", "host"}
+)
+_MIN_SECRET = 6  # shorter values would mask ordinary words in a message
+
+
+def header_secrets(headers: Iterable[tuple[str, str]]) -> list[str]:
+    """The credential-like values among request headers: whole values, and the token of `Bearer <token>`."""
+    found: list[str] = []
+    for name, value in headers:
+        if name.lower() in _PLAIN_HEADERS:
+            continue
+        found.append(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.lower() in ("bearer", "basic", "token"):
+            found.append(token)
+    return [s for s in found if len(s) >= _MIN_SECRET]
+
+
+def option_secrets(options: Any) -> list[str]:
+    """Credential values held in `--storage-options`-like dicts (keys named like secrets, at any depth)."""
+    found: list[str] = []
+    if isinstance(options, dict):
+        for key, value in options.items():
+            if secret_key(str(key)) and isinstance(value, str) and _holds_secret(value):
+                found.append(value)
+            else:
+                found += option_secrets(value)
+    elif isinstance(options, (list, tuple)):
+        for value in options:
+            found += option_secrets(value)
+    return [s for s in found if len(s) >= _MIN_SECRET]
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret masked, as written and as JSON escapes it (a server echoing headers in JSON)."""
+    for secret in sorted(set(secrets), key=len, reverse=True):  # longest first: "Bearer k" before "k"
+        text = text.replace(secret, MASK)
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, MASK)
+    return text

@@ -123,6 +123,12 @@ class Store:
             if self.fs.exists(piece):
                 self.fs.rm(piece, recursive=True)
 
+    def remove_leftovers(self, *folders: str) -> None:
+        """Temporary files of atomic writes whose writer was killed before its rename (`<file>.tmp-*`)."""
+        for folder in folders:
+            for path in self.fs.glob(self.path(folder, "**", "*.tmp-*")) if self.exists(folder) else []:
+                self.fs.rm(path)
+
     def glob(self, pattern: str) -> list[str]:
         return sorted(self.fs.glob(self.path(pattern)))
 

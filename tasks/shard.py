@@ -14,7 +14,8 @@ from tasks import STAGE_TASK
 def shard_prompts(config: CollectConfig) -> RunPlan:
     board = collector().board
     board.set_phase("reading prompts")
-    plan = plan_run(config, auth=endpoint_auth(config.endpoint.block, config.api_key()))
+    auth = endpoint_auth(config.endpoint.block, config.api_key())
+    plan = plan_run(config, auth=auth, locks=collector().locks)  # the flow releases the run's lock when it ends
     board.add_total(plan.rollouts_expected)
     board.set_phase("collecting")
     return plan

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import aiohttp
 import httpx
 import orjson
 
+from rollouts.client.bodies import read_capped
 from rollouts.client.chat import chat_tools, items_to_chat
 from rollouts.client.credentials import NO_AUTH, EndpointAuth
 from rollouts.client.replies import check_chat, check_responses
@@ -29,9 +31,9 @@ from rollouts.errors import (
     ProviderError,
     ProviderTimeout,
     ResponseParseError,
-    ResponseTooLarge,
     TokenFieldsError,
 )
+from rollouts.redact import header_secrets, scrub
 from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, chat_token_fields, responses_token_fields
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -261,6 +263,7 @@ class ModelClient:
         rng: random.Random | None = None,
         request_timeout: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.http, self.model, self.api = http, model, api
         # Parsed once: httpx re-parses a str URL on every request (~20% of its per-request CPU here).
@@ -284,6 +287,8 @@ class ModelClient:
         if self.direct is not None:
             self._target = self.direct.target(self.url, self.extensions["timeout"])
             self._header_items = self.headers.multi_items()
+        # A server may echo the request (its headers, the key) in an error body: masked before any message holds it.
+        self.secrets = [*header_secrets(self.headers.multi_items()), *secrets]
         self.return_tokens = return_tokens
         self.rng = rng or random.Random()
         self.request_timeout = request_timeout
@@ -329,7 +334,7 @@ class ModelClient:
                             "utf-8", "replace"
                         )
                         raise ProviderError(
-                            f"HTTP {status} from {self.url}: {text[:300]}",
+                            f"HTTP {status} from {self.url}: {scrub(text, self.secrets)[:300]}",
                             status_code=status,
                             retryable=self.retry.retryable(status),
                             retry_after_s=retry_after(response),
@@ -354,7 +359,7 @@ class ModelClient:
         try:
             data = orjson.loads(content)
         except orjson.JSONDecodeError:
-            snippet = content[:200].decode("utf-8", "replace")
+            snippet = scrub(content[:4096].decode("utf-8", "replace"), self.secrets)[:200]
             raise ResponseParseError(
                 f"HTTP {status} with a body that is not JSON ({len(content)} bytes): {snippet!r}",
                 status_code=status,
@@ -380,34 +385,3 @@ class ModelClient:
                 status_code=status,
                 retryable=True,
             ) from exc
-
-
-async def read_capped(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
-    """The body, refusing (or, with `truncate`, cutting) it past `limit` bytes without reading the rest."""
-    declared = response.headers.get("content-length")
-    length = int(declared) if declared and declared.isdigit() else None
-    if length is not None and length > limit and not truncate:
-        raise ResponseTooLarge(
-            f"reply body of {length:,} bytes is over --max-response-bytes {limit:,}",
-            status_code=response.status_code,
-            retryable=False,
-        )
-    if length is not None and length <= limit and "content-encoding" not in response.headers:
-        if isinstance(response.stream, httpx.ByteStream):  # the usual case: the transport read it whole already
-            return b"".join(response.stream)
-        return await response.aread()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            if truncate:
-                chunks.append(chunk[: len(chunk) - (size - limit)])
-                break
-            raise ResponseTooLarge(
-                f"reply body over --max-response-bytes {limit:,} (stopped reading at {size:,})",
-                status_code=response.status_code,
-                retryable=False,
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)

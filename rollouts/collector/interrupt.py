@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 from rollouts.errors import Interrupted
 
 T = TypeVar("T")
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_CODES: dict[int, int] = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 RESUME_HINT = "run the same command again to resume where it stopped"
 
 
@@ -30,6 +32,7 @@ class StopSignal:
     def __init__(self, grace_s: float = 5.0) -> None:
         self.grace_s = grace_s
         self.reason = ""
+        self.exit_code = EXIT_INTERRUPTED  # what a command exits with after the stop: 130 (SIGINT) or 143 (SIGTERM)
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -37,12 +40,13 @@ class StopSignal:
     def is_set(self) -> bool:
         return self._event.is_set()
 
-    def request(self, reason: str = "stop requested") -> None:
+    def request(self, reason: str = "stop requested", exit_code: int = EXIT_INTERRUPTED) -> None:
         """Safe from any thread and from a signal handler."""
         with self._lock:
             if self._event.is_set():
                 return
             self.reason = reason
+            self.exit_code = exit_code
             self._event.set()
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
@@ -53,6 +57,7 @@ class StopSignal:
         with self._lock:
             self._event.clear()
             self.reason = ""
+            self.exit_code = EXIT_INTERRUPTED
 
     async def wait(self) -> None:
         loop = asyncio.get_running_loop()
@@ -112,24 +117,29 @@ def install_signal_handlers(
     announce: Callable[[str], None] | None = None,
     hard_exit: Callable[[int], None] = os._exit,
 ) -> Callable[[], None]:
-    """`signals` (SIGINT and SIGTERM) request `stop` (announced on stderr); a second one exits at once with 130.
+    """`signals` (SIGINT and SIGTERM) request `stop` (announced on stderr); a second one exits at once with 130 (SIGINT)
+    or 143 (SIGTERM).
 
-    Call from the main thread; returns a function that restores the previous handlers. What finished is on disk when
-    a second signal exits: appended lines are flushed at most a second after they are written. Prefect's flow engine
-    puts its own SIGTERM handler in place while a flow runs (and restores the one before it afterwards), so to stop
-    gracefully on SIGTERM during a flow, install for SIGTERM again from inside the flow body.
+    Call from the main thread (elsewhere this installs nothing); returns a function that restores the previous
+    handlers. What finished is on disk when a second signal exits: appended lines are flushed at most a second after
+    they are written. Prefect's flow engine puts its own SIGTERM handler in place while a flow runs (it raises
+    `TerminationSignal` in the main thread and restores the handler before it afterwards), so the flow body installs
+    ours again for SIGTERM (`flows/collect.py`): otherwise collection would go on until the flow ends.
     """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
     known: dict[int, str] = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
     names = {sig: known.get(sig, signal.Signals(sig).name) for sig in signals}
     say = announce or (lambda text: print(text, file=sys.stderr, flush=True))
     previous = {sig: signal.getsignal(sig) for sig in names}
 
     def handler(signum: int, _frame: Any) -> None:
+        code = EXIT_CODES.get(signum, EXIT_INTERRUPTED)
         if stop.is_set():
             say(f"{names.get(signum, 'signal')} again: stopping now; {RESUME_HINT}")
-            hard_exit(EXIT_INTERRUPTED)
+            hard_exit(code)
             return
-        stop.request(names.get(signum, "stopped"))
+        stop.request(names.get(signum, "stopped"), code)
         say(
             f"{names.get(signum, 'stopped')}: no new rollouts; those in flight get {stop.grace_s:g} s to finish "
             f"(press Ctrl-C again to stop at once)"

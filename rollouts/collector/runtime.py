@@ -25,6 +25,7 @@ from rollouts.collector.interrupt import StopSignal
 from rollouts.collector.limits import InflightLimiter
 from rollouts.collector.progress import ProgressBoard
 from rollouts.errors import ConfigError
+from rollouts.lock import RunLocks
 
 T = TypeVar("T")
 
@@ -172,6 +173,7 @@ class CollectorRuntime:
         self.loop = BackgroundLoop()
         self.clients = SharedClients()
         self.board = ProgressBoard()
+        self.locks = RunLocks()  # the runs this process writes: one writer per run
         self.stop = StopSignal()  # requested by SIGINT/SIGTERM (commands/) or a caller: shards stop taking work
         self._limiters: dict[str, InflightLimiter] = {}
         self._breakers: dict[str, FailureBreaker] = {}

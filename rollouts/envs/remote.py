@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -41,11 +42,11 @@ from typing import Any
 
 import httpx
 
+from rollouts.client.bodies import read_capped
 from rollouts.client.retry import RetryPolicy, transport_failure
 from rollouts.envs.base import Environment, SessionState, VerifyResult
-from rollouts.errors import ConfigError, VerifierError
+from rollouts.errors import ConfigError, ResponseTooLarge, VerifierError
 from rollouts.records import RESERVED_KEYS
-from rollouts.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class RemoteEnvironment(Environment):
         url: str,
         *,
         timeout: float = 60.0,
+        max_reply_bytes: int = 16 * 1024 * 1024,
         attempts: int = 3,
         backoff: float = 0.5,
         max_backoff: float = 10.0,
@@ -75,7 +77,8 @@ class RemoteEnvironment(Environment):
             raise ValueError("attempts must be >= 1")
         self.name = name
         self.url = url.rstrip("/")
-        self.timeout = timeout
+        self.timeout = timeout  # per request, connect to last byte (the run sets it to --request-timeout)
+        self.max_reply_bytes = max_reply_bytes  # the run sets it to --max-response-bytes
         self.attempts = attempts
         self.retry = RetryPolicy(
             max_retries=attempts - 1, base_s=backoff, cap_s=max_backoff, retry_after_cap_s=max_backoff
@@ -102,9 +105,10 @@ class RemoteEnvironment(Environment):
         reply = await self._post(http, "verify", body, session or SessionState(), retry_replies=True)
         data = _json_object(reply, "verify", self.name, required=True)
         reward = data.get("reward")
-        if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+        # NaN and Infinity parse as floats but no stage can order, average or train on them: a failed rollout.
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise VerifierError(
-                f"environment {self.name!r}: /verify reply has no numeric `reward` (got {reward!r}); "
+                f"environment {self.name!r}: /verify reply has no finite numeric `reward` (got {reward!r}); "
                 f"keys: {sorted(data)}",
                 status_code=reply.status_code,
             )
@@ -119,10 +123,24 @@ class RemoteEnvironment(Environment):
             parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
         except (json.JSONDecodeError, TypeError) as exc:
             return json.dumps({"error": f"Invalid tool call arguments: {exc!r}"})
-        reply = await self._post(http, name, parsed, session or SessionState(), retry_replies=False)
+        try:
+            reply = await self._post(http, name, parsed, session or SessionState(), retry_replies=False)
+        except ResponseTooLarge as exc:  # the model learns the tool failed; the rollout goes on within its bounds
+            return json.dumps({"error": f"tool reply too large: {exc.message}"})
         return reply.text
 
     # ---- transport ----------------------------------------------------------------------------------------------
+
+    async def _send(self, http: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+        """One request within `timeout`, connect to last byte (httpx's is per read: a trickle never ends it)."""
+        async with asyncio.timeout(self.timeout):
+            streamed = await http.send(request, stream=True)
+            try:
+                body = await read_capped(streamed, self.max_reply_bytes)
+            finally:
+                await streamed.aclose()
+        headers = [(k, v) for k, v in streamed.headers.multi_items() if k.lower() != "content-encoding"]
+        return httpx.Response(streamed.status_code, headers=headers, content=body, request=request)
 
     async def _post(
         self, http: httpx.AsyncClient | None, route: str, body: Any, session: SessionState, *, retry_replies: bool
@@ -147,7 +165,11 @@ class RemoteEnvironment(Environment):
                 request.headers.pop("cookie", None)  # never let the client's shared jar speak for this rollout
             answered: httpx.Response | None = None
             try:
-                reply = await http.send(request)
+                reply = await self._send(http, request)
+            except TimeoutError:
+                status, problem = None, f"no complete reply within {self.timeout:g} s (--request-timeout)"
+                if not retry_replies:
+                    break  # a tool may have run: do not run it twice
             except httpx.TransportError as exc:
                 failure = transport_failure(exc)  # the aiohttp transport calls a hang-up mid-reply ConnectTimeout
                 status, problem = None, failure.label
@@ -186,37 +208,6 @@ class RemoteEnvironment(Environment):
             route=route,
             attempts=attempt,
         )
-
-
-# ---- the pre-flight check ----------------------------------------------------------------------------------------
-
-
-def check_environment(name: str, url: str, timeout: float = 10.0) -> None:
-    """Fail fast, before any prompt is sharded, when a resources server cannot be reached.
-
-    `GET {url}/` has no side effect (a NeMo Gym server answers 404 there, which proves it is up); a refused or timed
-    out connection, or a gateway answering 502-504 for a server behind it, is a ConfigError saying which.
-    """
-
-    shown = redact_url(url)
-    try:
-        reply = httpx.get(f"{url.rstrip('/')}/", timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise ConfigError(
-            f"cannot reach remote environment {name!r} at {shown} ({transport_failure(exc).label}); "
-            f"is the resources server running, and is --remote-env {name}=URL right?"
-        ) from None
-    if reply.status_code in (502, 503, 504):
-        raise ConfigError(
-            f"remote environment {name!r} at {shown} answered {reply.status_code}: the server behind "
-            "it is down or still starting"
-        )
-
-
-def check_environments(remote: dict[str, str], timeout: float = 10.0) -> None:
-    """`check_environment` for every `--remote-env NAME=URL`."""
-    for name, url in remote.items():
-        check_environment(name, url, timeout)
 
 
 # ---- helpers (public where the collector or tests use them) -----------------------------------------------------
@@ -381,9 +372,9 @@ def _cookie_header(session: SessionState) -> dict[str, str]:
 
 
 def _json_object(reply: httpx.Response, route: str, env: str, *, required: bool) -> dict[str, Any]:
-    try:
-        data = reply.json() if reply.content else {}
-    except ValueError:
+    try:  # NaN/Infinity anywhere in a reply would be stored, then break every reader: refused like bad JSON
+        data = json.loads(reply.content, parse_constant=_no_constant, parse_float=_finite) if reply.content else {}
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
         return data
@@ -395,6 +386,17 @@ def _json_object(reply: httpx.Response, route: str, env: str, *, required: bool)
         status_code=reply.status_code,
         route=route,
     )
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _snippet(text: str) -> str:

@@ -127,10 +127,8 @@ def write_outputs(
     else:
         card.outputs = write_dpo(selected, selection.loaded, config, out_dir, so, card)
     card_json, card_md = Target(out_dir, "data_card.json", so), Target(out_dir, "data_card.md", so)
-    with card_json.open_text() as f:
-        f.write(card.model_dump_json(indent=2) + "\n")
-    with card_md.open_text() as f:
-        f.write(card.to_markdown())
+    card_json.write_text(card.model_dump_json(indent=2) + "\n")
+    card_md.write_text(card.to_markdown())
     return ProcessResult(
         objective=config.objective,
         out_dir=out_dir,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -59,8 +60,10 @@ class Target:
 
     def sink(self, write: Callable[[str], None]) -> None:
         try:
-            if self.local:
-                write(self.path)
+            if self.local:  # written aside, then renamed: a kill mid-write never leaves a torn or empty file
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                write(self.staging)
+                self.publish()
                 return
             with tempfile.TemporaryDirectory() as tmp:
                 staged = os.path.join(tmp, os.path.basename(self.path))
@@ -69,11 +72,33 @@ class Target:
         except OSError as exc:
             raise StorageError(f"{self.url}: cannot write ({exc})") from exc
 
+    @functools.cached_property
+    def staging(self) -> str:
+        """Where a local file is written before `publish()` renames it into place (an object store's PUT is whole)."""
+        return f"{self.path}.tmp-{uuid.uuid4().hex[:8]}" if self.local else self.path
+
     def open_text(self) -> Any:
         try:
-            return self.fs.open(self.path, "w", encoding="utf-8")
+            if self.local:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            return self.fs.open(self.staging, "w", encoding="utf-8")
         except OSError as exc:
             raise StorageError(f"{self.url}: cannot write ({exc})") from exc
+
+    def write_text(self, text: str) -> None:
+        with self.open_text() as fh:
+            fh.write(text)
+        self.publish()
+
+    def publish(self) -> None:
+        if self.local and os.path.exists(self.staging):
+            with open(self.staging, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.staging, self.path)
+
+    def discard(self) -> None:
+        if self.local and os.path.exists(self.staging):
+            os.remove(self.staging)
 
 
 def write_rl(
@@ -169,9 +194,16 @@ def _write_jsonl(
             if n % BATCH_ROWS == 0:
                 _flush(handles, buffers, counts)
         _flush(handles, buffers, counts)
-    finally:
+    except BaseException:
         for h in handles.values():
             h.close()
+        for target in targets.values():
+            target.discard()
+        raise
+    for h in handles.values():
+        h.close()
+    for target in targets.values():
+        target.publish()
     return counts
 
 

@@ -63,8 +63,11 @@ class AgentLimits:
     max_rollout_tokens: int | None = None
     timeout_s: float | None = None
     tool_timeout_s: float | None = None
+    max_tool_calls_per_turn: int = 64
 
     def __post_init__(self) -> None:
+        if self.max_tool_calls_per_turn < 1:
+            raise ConfigError(f"max_tool_calls_per_turn must be at least 1 (got {self.max_tool_calls_per_turn})")
         if self.max_turns < 1:
             raise ConfigError(f"max_turns must be at least 1 (got {self.max_turns})")
         if self.max_rollout_tokens is not None and self.max_rollout_tokens < 1:
@@ -202,7 +205,10 @@ class _Rollout:
         self.timings.append((name, ms))
 
     async def run_tools(self, calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-        """One output item per call, in call order; True when the deadline cut some of them."""
+        """One output item per call, in call order; True when the deadline cut some of them. Calls past
+        `max_tool_calls_per_turn` are not run: their output says so (5,000 calls in one turn made 8.5 MB rows)."""
+        limit = self.limits.max_tool_calls_per_turn
+        calls, extra = calls[:limit], calls[limit:]
         tasks = [asyncio.ensure_future(self.tool(item)) for item in calls]
         try:
             done, pending = await asyncio.wait(tasks, timeout=self.remaining())
@@ -221,6 +227,8 @@ class _Rollout:
             else:
                 text = f"Error: the rollout's time ran out before {item.get('name')} finished"
             outputs.append({"type": "function_call_output", "call_id": item["call_id"], "output": text})
+        refused = f"Error: not run: more than {limit} tool calls in one turn (--max-tool-calls-per-turn)"
+        outputs += [{"type": "function_call_output", "call_id": item["call_id"], "output": refused} for item in extra]
         return outputs, bool(pending)
 
 

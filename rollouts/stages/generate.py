@@ -30,6 +30,7 @@ from rollouts.envs import Environment
 from rollouts.envs.remote import gym_usage
 from rollouts.errors import InternalError, RolloutsError, RolloutTimeout, VerifierError, typed
 from rollouts.records import SCHEMA_VERSION, Prompt, ToolCallTiming, dumps, input_messages, loads, rollout_id
+from rollouts.redact import option_secrets
 from rollouts.run import RunRef, ShardResult, read_records, run_store
 from rollouts.stages.agent import run_agent, with_env_tools
 from rollouts.stages.failures import resume_state
@@ -132,6 +133,7 @@ class ShardGenerator:
             rng=random.Random(f"{run.run_id}/{shard}"),
             request_timeout=endpoint.request_timeout,
             max_response_bytes=endpoint.max_response_bytes,
+            secrets=[*option_secrets(self.config.storage.options), *filter(None, [self.config.api_key()])],
         )
         self.rollout_timeout = endpoint.rollout_timeout
 
@@ -314,7 +316,7 @@ async def generate_shard(
     limiter and the client (whose transport the controller observes)."""
     (stop or NEVER).check()
     config = run.config
-    envs = config.environments.build()
+    envs = config.run_environments()
     auth = auth or EndpointAuth(api_key=config.api_key())
 
     def factory() -> httpx.AsyncClient:

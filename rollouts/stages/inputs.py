@@ -89,6 +89,24 @@ def _check_items(items: Any, key: str) -> None:
             raise RowError(f"`{key}[{i}]` has neither `role` nor `type`")
 
 
+def _check_tools(tools: Any) -> None:
+    """Tools as the model server and a resources server will read them: a malformed one is this row's reject, not
+    an InternalError or an HTTP 400 of every rollout of the row."""
+    if not isinstance(tools, list):
+        raise RowError("`responses_create_params.tools` must be a list")
+    for i, tool in enumerate(tools):
+        where = f"`responses_create_params.tools[{i}]`"
+        if not isinstance(tool, dict) or not isinstance(tool.get("type", "function"), str):
+            raise RowError(f"{where} must be an object with a string `type`, got {tool!r:.60}")
+        if tool.get("type", "function") != "function":
+            continue  # a hosted tool (web_search...): the server checks its own fields
+        spec = tool.get("function", tool)  # chat style nests the function; Responses style does not
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise RowError(f"{where} is a function tool without a string `name`")
+        if spec.get("parameters") is not None and not isinstance(spec["parameters"], dict):
+            raise RowError(f"{where} ({spec['name']}): `parameters` must be a JSON Schema object")
+
+
 def normalise_row(raw: Any) -> dict[str, Any]:
     """A NeMo Gym row as-is; `{"prompt": ...}` and `{"messages": [...]}` rows become `responses_create_params`."""
     if not isinstance(raw, dict):
@@ -113,8 +131,11 @@ def normalise_row(raw: Any) -> dict[str, Any]:
         row["responses_create_params"] = params = {"input": messages}
     else:
         raise RowError("missing input: expected `responses_create_params.input`, `prompt` or `messages`")
-    if "tools" in params and not isinstance(params["tools"], list):
-        raise RowError("`responses_create_params.tools` must be a list")
+    if "tools" in params:
+        _check_tools(params["tools"])
+    instructions = params.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise RowError(f"`responses_create_params.instructions` must be a string, got {instructions!r:.60}")
     for name in SAMPLING_FIELDS:
         value = params.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, _NUMERIC_SAMPLING[name])):

@@ -55,11 +55,17 @@ def run_failure_counts(plan: RunPlan, missing: int = 0) -> FailureCounts:
     return failure_counts(rows, missing)
 
 
+def rollouts_on_disk(plan: RunPlan) -> int:
+    """Verified rollouts of the run in storage (committed lines and flushed parts alike)."""
+    store = run_store(plan.run)
+    return sum(1 for shard in plan.shards for _ in store.iter_lines("rollouts", f"{shard.shard}.jsonl"))
+
+
 def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str], *, interrupted: str = "") -> Verdict:
     """Decide the run's state from its shards' counts, before any training file is written. `interrupted` is the
     stop's reason when the run was stopped (`StopSignal.reason`): the status is then `interrupted`."""
     config = plan.run.config
-    ok = sum(r.rollouts for r in results)
+    ok = counted = sum(r.rollouts for r in results)
     failed = sum(r.failed for r in results)
     expected = plan.rollouts_expected
     # Rollouts of shards whose tasks never finished, or that a stopped run never started, were not attempted: they
@@ -69,6 +75,9 @@ def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str], *, i
     reason = ""
     stopped = run_store(plan.run).read_json(STOPPED)
     if interrupted:
+        # Stopped shards report no counts (they end with Interrupted): what they flushed is on disk all the same.
+        ok = max(ok, rollouts_on_disk(plan))
+        not_run = max(expected - ok - failed, 0)
         reason = f"{interrupted} with {ok} of {expected} rollouts verified; {RESUME_HINT}"
     elif stopped:
         reason = stopped["reason"]
@@ -92,7 +101,7 @@ def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str], *, i
         rollouts_failed=failed,
         rollouts_not_run=not_run,
         failure_fraction=round(fraction, 6),
-        mean_reward=round(reward_sum / ok, 6) if ok else None,
+        mean_reward=round(reward_sum / counted, 6) if counted else None,
     )
 
 
@@ -143,6 +152,7 @@ def finish_run(
         token_contiguity=(profile.get("contiguity") or {}).get("summary"),
     )
     store = run_store(plan.run)
+    store.remove_leftovers("profile", "train")  # an earlier attempt killed mid-write: not part of the run
     # Written last: a reader that finds status "completed" finds every listed file whole (check_inventory).
     write_manifest(
         store,

@@ -5,6 +5,8 @@ Both the generate stage (in-process verifiers, as soon as a rollout ends) and th
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +30,36 @@ def verify_error(exc: BaseException) -> RolloutsError:
     return error
 
 
-async def verify_one(env: Environment, record: dict[str, Any], http: httpx.AsyncClient | None) -> dict[str, Any]:
+def verify_deadline(record: dict[str, Any], rollout_timeout: float | None) -> float | None:
+    """What is left of the rollout's `--rollout-timeout` after its generation: one deadline for the verification,
+    retries included (at least a second, so a rollout generated just in time is not failed unheard)."""
+    if rollout_timeout is None:
+        return None
+    generated_s = float((record.get("timings") or {}).get("generate_ms") or 0.0) / 1000
+    return max(rollout_timeout - generated_s, 1.0)
+
+
+async def verify_one(
+    env: Environment, record: dict[str, Any], http: httpx.AsyncClient | None, *, deadline_s: float | None = None
+) -> dict[str, Any]:
+    """Score `record` in place; with `deadline_s` (the rollout's `--rollout-timeout`) verification ends within what
+    its generation left of it."""
     session_data = record.pop(SESSION_KEY, None)
     started = time.perf_counter()
+    budget = verify_deadline(record, deadline_s)
     try:
         session = SessionState(**session_data) if session_data is not None else None
-        result = await env.verify(record, record["response"], http, session)
+        try:
+            async with asyncio.timeout(budget):
+                result = await env.verify(record, record["response"], http, session)
+        except TimeoutError:
+            raise VerifierError(
+                f"verification did not finish within the {budget:g} s the rollout had left of --rollout-timeout",
+                retryable=True,
+            ) from None
         reward = float(result.reward)
+        if not math.isfinite(reward):  # a verifier of our own or a user module's: checked where it enters, too
+            raise VerifierError(f"the verifier returned a non-finite reward ({reward!r})")
     except Exception as exc:
         record.update(status="failed", reward=None, error=verify_error(exc).as_record("verify"))
     else:

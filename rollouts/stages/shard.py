@@ -9,8 +9,9 @@ from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import check_endpoint
 from rollouts.collector.breaker import STOPPED
 from rollouts.config import CollectConfig
-from rollouts.envs.remote import check_environments
+from rollouts.envs.preflight import check_environments
 from rollouts.errors import ConfigError, InputError
+from rollouts.lock import RunLocks
 from rollouts.places import absolute, is_url
 from rollouts.records import dumps
 from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
@@ -71,15 +72,28 @@ def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> tuple[
     return run, store, manifest
 
 
-def plan_run(config: CollectConfig, auth: EndpointAuth | None = None) -> RunPlan:
-    """Resolve the run directory; shard the input unless an earlier attempt already did. A storage block's
-    credentials may be in `config.storage.options` here (the manifest leaves those out); the flow refuses credentials
-    the user put in the parameters before it resolves the blocks."""
+def plan_run(config: CollectConfig, auth: EndpointAuth | None = None, locks: RunLocks | None = None) -> RunPlan:
+    """Resolve the run directory; take its lock in `locks` (released by the caller when the run ends, here when
+    planning fails); shard the input unless an earlier attempt already did. A storage block's credentials may be in
+    `config.storage.options` here (the manifest leaves those out); the flow refuses credentials the user put in the
+    parameters before it resolves the blocks."""
     auth = auth or EndpointAuth(api_key=config.api_key())
     endpoint = config.endpoint
     check_endpoint(endpoint.base_url, auth, model=endpoint.model_name if endpoint.check_model else None)
     check_environments(config.environments.remote_env)
     run, store, manifest, in_digest = locate_run(config)
+    if locks is None:
+        return _plan(run, store, manifest, in_digest)
+    locks.take(store)  # before the first write: a second command on this run stops here, naming the holder
+    try:
+        # Read again under the lock: the manifest seen before it may be another command's, since rewritten.
+        return _plan(run, store, store.read_json(MANIFEST), in_digest)
+    except BaseException:
+        locks.release(store)
+        raise
+
+
+def _plan(run: RunRef, store: Store, manifest: dict[str, Any] | None, in_digest: str) -> RunPlan:
     store.remove(STOPPED)  # an earlier attempt stopped early: this one tries again (the user changed something)
     if manifest is not None and manifest.get("shards") is not None:
         shards = [ShardRef(shard=s["shard"], prompts=s["prompts"]) for s in manifest["shards"]]

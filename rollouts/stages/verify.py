@@ -57,7 +57,7 @@ async def verify_shard(run: RunRef, shard: str, *, board: ProgressBoard, stop: S
         verified.add(record["rollout_id"])
         result.rollouts += 1
         result.reward_sum += record.get("reward") or 0.0
-    envs = config.environments.build()
+    envs = config.run_environments()
     # A rollout verified in rollouts/ is done, whatever an older generation record says (the generate stage scores
     # in-process environments itself and writes only the verified row).
     failures: list[dict[str, Any]] = [
@@ -94,7 +94,8 @@ async def verify_shard(run: RunRef, shard: str, *, board: ProgressBoard, stop: S
                     for record in queue:
                         if stop.is_set():
                             return
-                        land(await verify_one(envs[record["agent_ref"]["name"]], record, http))
+                        env = envs[record["agent_ref"]["name"]]
+                        land(await verify_one(env, record, http, deadline_s=config.endpoint.rollout_timeout))
 
                 await asyncio.gather(*(worker() for _ in range(min(config.parallel_per_process, len(remote)))))
 

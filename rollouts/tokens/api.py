@@ -124,6 +124,7 @@ class _Writer:
         for fmt in FORMATS:
             self.flush(fmt)
         self.jsonl.close()
+        self.targets["nemo_rl"].publish()
         for fmt, parts in self.parts.items():  # Parquet files appear only once complete
             frame = pl.scan_parquet(parts) if parts else pl.DataFrame(schema=SCHEMAS[fmt]).lazy()
             self.targets[fmt].sink(frame.sink_parquet)
@@ -190,6 +191,7 @@ def write_token_records(
                         writer.add(fmt, ROWS[fmt](sample, meta))
         except BaseException:
             writer.jsonl.close()
+            writer.targets["nemo_rl"].discard()
             raise
         writer.close()
     card.outputs = [OutputFile(format=fmt, path=writer.targets[fmt].url, rows=writer.rows[fmt]) for fmt in FORMATS]
@@ -199,10 +201,8 @@ def write_token_records(
             "for samples whose every token is in the context the model saw"
         )
     card_json, card_md = Target(out_dir, "tokens_card.json", so), Target(out_dir, "tokens_card.md", so)
-    with card_json.open_text() as f:
-        f.write(card.model_dump_json(indent=2) + "\n")
-    with card_md.open_text() as f:
-        f.write(card.to_markdown())
+    card_json.write_text(card.model_dump_json(indent=2) + "\n")
+    card_md.write_text(card.to_markdown())
     return TokenRecordsResult(
         out_dir=out_dir,
         policy=policy,

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelClient, http_client
 from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, api_key_from_env
-from rollouts.errors import InputError, ProviderError, ResponseParseError, RolloutsError
+from rollouts.errors import InputError, ProviderError, ResponseParseError, ResponseTooLarge, RolloutsError
 from rollouts.options import Cli, field_of
 from rollouts.records import input_messages
 from rollouts.stages.inputs import iter_lines, normalise_row
@@ -159,6 +159,8 @@ async def measure_step(
                 done.append((time.monotonic(), call.latency_ms, "ok"))
             except ResponseParseError:
                 done.append((time.monotonic(), (time.monotonic() - t) * 1000, "bad response"))
+            except ResponseTooLarge:  # status 200, but no rollout could use the reply: an error, not "ok"
+                done.append((time.monotonic(), (time.monotonic() - t) * 1000, "too large"))
             except ProviderError as exc:
                 status = exc.status_code
                 outcome = (

@@ -20,7 +20,8 @@ def prefect_server() -> Iterator[str]:
     from prefect.testing.utilities import prefect_test_harness
 
     with (
-        prefect_test_harness(server_startup_timeout=60),
+        # 60 s fits a quiet machine; a shared, loaded one may need more (ROLLOUTS_TEST_PREFECT_STARTUP_S).
+        prefect_test_harness(server_startup_timeout=int(os.environ.get("ROLLOUTS_TEST_PREFECT_STARTUP_S", "60"))),
         temporary_settings(updates={"flows.heartbeat_frequency": None}),
     ):
         yield PREFECT_API_URL.value()

@@ -232,7 +232,7 @@ async def test_missing_reward_is_a_verifier_error() -> None:
         return httpx.Response(200, json={"score": 1})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        with pytest.raises(VerifierError, match="no numeric `reward`"):
+        with pytest.raises(VerifierError, match="no finite numeric `reward`"):
             await RemoteEnvironment("x", "http://gym").verify(ROW, BARE_RESPONSE, client)
 
 

@@ -1,0 +1,377 @@
+"""Faults and attacks through the real command: signals, kill -9, two writers, hostile verifiers and inputs.
+
+Each test runs `rollouts collect` (or another command) in a subprocess against servers on loopback, at small sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollouts.sim.launch import start_sim_server
+from tests.integration.conftest import math_rows, run_rows, write_jsonl
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def collect_command(src: Path, url: str, out: Path, name: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "commands",
+        "collect",
+        str(src),
+        "--model-url",
+        url,
+        "--model",
+        "m",
+        "--out",
+        str(out),
+        "--run-name",
+        name,
+        "--no-progress",
+        "--objective",
+        "rl",
+        *extra,
+    ]
+
+
+def environment(prefect_server: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": prefect_server, **extra}
+
+
+def start(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+
+
+def lines_on_disk(run: Path) -> int:
+    files = [f for folder in ("generations", "rollouts") for f in (run / folder).glob("*.jsonl")]
+    return sum(len(f.read_bytes().splitlines()) for f in files)
+
+
+def wait_for_lines(process: subprocess.Popen[bytes], run: Path, count: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if lines_on_disk(run) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run never reached {count} lines (exit {process.poll()})")
+
+
+def finish(process: subprocess.Popen[bytes], timeout: float = 30) -> str:
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return stderr.decode()
+
+
+def manifest(run: Path) -> dict[str, Any]:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def test_sigterm_stops_like_sigint_exits_143_and_marks_the_run_interrupted(tmp_path: Path, prefect_server: str) -> None:
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(150))
+    run = tmp_path / "runs" / "termed"
+    env = environment(prefect_server)
+    with start_sim_server(latency_ms=200, seed=0) as sim:
+        command = collect_command(src, sim.url, tmp_path / "runs", "termed", "--num-repeats", "4", "--parallel", "32")
+        process = start(command, env)
+        wait_for_lines(process, run, 60)
+        requests = sim.stats()["requests"]
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        stderr = finish(process)
+        took = time.monotonic() - signalled
+        time.sleep(0.5)
+        after = sim.stats()["requests"] - requests
+        assert process.returncode == 143 and took < 15, (process.returncode, took, stderr[-2000:])
+        assert "TerminationSignal" not in stderr and "terminated (SIGTERM)" in stderr
+        assert after <= 32  # only what was already on its way
+        written = manifest(run)
+        assert written["status"] == "interrupted", written
+        on_disk = len(run_rows(run, "rollouts"))
+        assert written["counts"]["rollouts_ok"] == on_disk > 0  # not "0 of 600 verified" with rows on disk
+        resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = run_rows(run, "rollouts")
+    assert len(rows) == 600 and len({r["rollout_id"] for r in rows}) == 600
+
+
+def flow_run_states(prefect_server: str, name: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={"api.url": prefect_server}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+        return [run.state.type.value for run in runs if run.state is not None]
+
+
+def test_a_killed_run_s_flow_run_ends_crashed_at_the_next_start(tmp_path: Path, prefect_server: str) -> None:
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(100))
+    run = tmp_path / "runs" / "killed"
+    env = environment(prefect_server)
+    with start_sim_server(latency_ms=100, seed=0) as sim:
+        command = collect_command(src, sim.url, tmp_path / "runs", "killed", "--num-repeats", "2", "--parallel", "16")
+        process = start(command, env)
+        wait_for_lines(process, run, 20)
+        process.kill()
+        process.wait()
+        assert flow_run_states(prefect_server, "killed") == ["RUNNING"]
+        resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sorted(flow_run_states(prefect_server, "killed")) == ["COMPLETED", "CRASHED"]
+    rows = run_rows(run, "rollouts")
+    assert len(rows) == 200 and len({r["rollout_id"] for r in rows}) == 200
+
+
+def test_two_commands_on_one_run_one_writer_the_other_exits_2_naming_the_holder(
+    tmp_path: Path, prefect_server: str
+) -> None:
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(60))
+    run = tmp_path / "runs" / "twice"
+    env = environment(prefect_server)
+    with start_sim_server(latency_ms=100, seed=0) as sim:
+        command = collect_command(src, sim.url, tmp_path / "runs", "twice", "--num-repeats", "4", "--parallel", "16")
+        first, second = start(command, env), start(command, env)
+        errors = finish(first, timeout=300), finish(second, timeout=300)
+        codes = sorted([first.returncode, second.returncode])
+        assert codes == [0, 2], (codes, errors)
+        refused = errors[0] if first.returncode == 2 else errors[1]
+        assert "is being written by pid" in refused and " on " in refused and "since" in refused
+        rows = run_rows(run, "rollouts")
+        assert len(rows) == 240 and len({r["rollout_id"] for r in rows}) == 240
+        assert manifest(run)["counts"]["rollouts_ok"] == 240
+        assert not (run / ".lock").exists()  # released by its holder at the end
+
+
+def test_the_lock_of_a_run_on_object_storage_is_a_conditional_create_with_a_lease(s3_endpoint: str) -> None:
+    import s3fs
+
+    from rollouts.errors import RunLockedError
+    from rollouts.lock import RunLock
+    from rollouts.storage import Store
+
+    s3fs.S3FileSystem().mkdir("locks")
+    first, second = RunLock(Store("s3://locks/run"), lease_s=0.6), RunLock(Store("s3://locks/run"))
+    first.acquire()
+    with pytest.raises(RunLockedError, match="pid"):
+        second.acquire()
+    time.sleep(1.0)  # renewed every 0.2 s: still held
+    with pytest.raises(RunLockedError):
+        second.acquire()
+    first._stopped.set()  # the holder stops renewing (as a killed process would)
+    time.sleep(1.0)
+    second.acquire()  # expired lease: taken over
+    first.release()  # not the holder any more: leaves the new lock alone
+    assert second._read() is not None and second._read().token == second.holder.token  # type: ignore[union-attr]
+    second.release()
+    assert second._read() is None
+
+
+# ---- hostile resources and model servers ----------------------------------------------------------------------
+
+CALCULATE_TOOL = {
+    "type": "function",
+    "name": "calculate",
+    "description": "Evaluate an arithmetic expression.",
+    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+}
+
+
+def hostile_rows(answers: list[str], tools: bool = False) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {"input": "What is 1 + 1?"}
+    if tools:
+        params["tools"] = [CALCULATE_TOOL]
+    return [{"responses_create_params": params, "expected_answer": a, "task": i} for i, a in enumerate(answers)]
+
+
+def collect_hostile(
+    tmp_path: Path, prefect_server: str, server: Any, name: str, rows: list[dict[str, Any]], *extra: str
+) -> tuple[subprocess.CompletedProcess[str], Path, float]:
+    src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    command = collect_command(
+        src,
+        server.model_url,
+        tmp_path / "runs",
+        name,
+        "--remote-env",
+        f"hostile={server.url}",
+        "--env",
+        "hostile",
+        "--num-repeats",
+        "1",
+        *extra,
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        command,
+        env=environment(prefect_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    return done, tmp_path / "runs" / name, time.monotonic() - started
+
+
+@pytest.fixture()
+def hostile() -> Any:
+    from tests.servers.hostile import HostileServer
+
+    with HostileServer() as server:
+        yield server
+
+
+def test_non_finite_rewards_are_verifier_errors_and_every_resume_works(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    rows = hostile_rows(["2"] * 7 + ["NaN", "Infinity", "1e400"])
+    extra = ("--max-failure-fraction", "0.5")
+    for _ in range(2):  # the run, then a resume of it: both end the same way
+        done, run, _ = collect_hostile(tmp_path, prefect_server, hostile, "nan", rows, *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert manifest(run)["status"] == "completed"
+        ok, failed = run_rows(run, "rollouts"), run_rows(run, "failures")
+        assert len(ok) == 7 and all(r["reward"] == 1.0 for r in ok)
+        assert sorted(r["expected_answer"] for r in failed) == ["1e400", "Infinity", "NaN"]
+        assert {r["error"]["type"] for r in failed} == {"VerifierError"}
+
+
+def peak_child_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("attack", ["huge", "gzip"])
+def test_oversized_verify_replies_fail_within_the_cap(
+    tmp_path: Path, prefect_server: str, hostile: Any, attack: str
+) -> None:
+    hostile.state.verify, hostile.state.huge_bytes = attack, 64 * 1024 * 1024
+    rows = hostile_rows(["2"] * 4)
+    extra = ("--max-response-bytes", "1048576", "--max-failure-fraction", "1.0", "--parallel", "4")
+    done, run, _ = collect_hostile(tmp_path, prefect_server, hostile, f"big-{attack}", rows, *extra)
+    assert done.returncode == 0, done.stderr[-2000:]
+    failed = run_rows(run, "failures")
+    assert len(failed) == 4 and {r["error"]["type"] for r in failed} == {"ResponseTooLarge"}
+    assert all(len(json.dumps(r)) < 20_000 for r in failed)  # no part of the 64 MB reached the rows
+    # The command's peak memory stays far below 4 in flight x 64 MB (the processes' baseline is ~300-400 MB).
+    assert peak_child_rss_mb() < 700, peak_child_rss_mb()
+
+
+@pytest.mark.parametrize("attack", ["hang", "trickle"])
+def test_a_stalled_verify_honours_request_and_rollout_timeouts(
+    tmp_path: Path, prefect_server: str, hostile: Any, attack: str
+) -> None:
+    hostile.state.verify = attack
+    extra = ("--request-timeout", "2", "--rollout-timeout", "5", "--max-failure-fraction", "1.0")
+    done, run, took = collect_hostile(
+        tmp_path, prefect_server, hostile, f"stall-{attack}", hostile_rows(["2"] * 2), *extra
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    failed = run_rows(run, "failures")
+    assert len(failed) == 2 and {r["error"]["type"] for r in failed} == {"VerifierError"}
+    # Per request 2 s (was 60 s per read x 3 tries), and the whole verification within the rollout's 5 s.
+    assert max(r["timings"]["verify_ms"] for r in failed) < 8_000
+    assert took < 90, took
+
+
+def test_tool_calls_past_the_per_turn_cap_get_an_error_output(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    hostile.state.tool_calls = 500
+    extra = ("--max-tool-calls-per-turn", "8", "--max-turns", "2")
+    done, run, _ = collect_hostile(
+        tmp_path, prefect_server, hostile, "tools", hostile_rows(["2"] * 3, tools=True), *extra
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = run_rows(run, "rollouts")
+    assert len(rows) == 3
+    for row in rows:
+        outputs = [i["output"] for i in row["response"]["output"] if i["type"] == "function_call_output"]
+        refused = [o for o in outputs if "more than 8 tool calls" in o]
+        assert len(outputs) == 500 and len(refused) == 492
+    assert hostile.state.calls["calculate"] == 3 * 8
+
+
+def test_error_snippets_never_hold_the_key_or_a_storage_secret(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    hostile.state.echo_headers = True
+    key = "sk-canary-7f3a9c1e5b"
+    src = write_jsonl(tmp_path / "echo.jsonl", hostile_rows(["2"] * 3))
+    command = collect_command(
+        src,
+        hostile.model_url,
+        tmp_path / "runs",
+        "echo",
+        "--api-key-env",
+        "CANARY_KEY",
+        "--max-retries",
+        "0",
+        "--num-repeats",
+        "1",
+    )
+    done = subprocess.run(
+        command,
+        env=environment(prefect_server, CANARY_KEY=key),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert key not in done.stdout + done.stderr
+    run = tmp_path / "runs" / "echo"
+    stored = "".join(p.read_text() for p in run.rglob("*") if p.is_file())
+    assert "HTTP 500" in stored and key not in stored and "***" in stored
+
+
+def test_badly_typed_tools_and_instructions_are_rejects_with_their_line(
+    tmp_path: Path, prefect_server: str, sim: Any
+) -> None:
+    bad_params: list[dict[str, Any]] = [
+        {"tools": [1]},
+        {"tools": [{"type": "function", "parameters": {}}]},
+        {"tools": [{"type": "function", "name": 7}]},
+        {"tools": [{"type": "function", "name": "f", "parameters": "{}"}]},
+        {"instructions": 12},
+    ]
+    rows = math_rows(10) + [
+        {"responses_create_params": {"input": "What is 1 + 1?", **params}, "expected_answer": "2"}
+        for params in bad_params
+    ]
+    src = write_jsonl(tmp_path / "typed.jsonl", rows)
+    command = collect_command(src, sim.url, tmp_path / "runs", "typed", "--num-repeats", "1")
+    done = subprocess.run(
+        command,
+        env=environment(prefect_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "runs" / "typed"
+    rejects = [json.loads(line) for line in (run / "rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [11, 12, 13, 14, 15]
+    assert len(run_rows(run, "rollouts")) == 10 and not run_rows(run, "failures")
