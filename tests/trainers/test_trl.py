@@ -47,7 +47,7 @@ def test_sft_prompt_completion_trains_only_what_the_model_wrote(tmp_path: Path, 
     tool_rows = [(text, trained) for text, trained in examples if "<tool_call>" in text]
     assert len(tool_rows) == 2  # the tool rollout: one row per model turn
     for _, trained in examples:
-        assert not any("tool_response" in run or "42\n" == run for run in trained)
+        assert not any("tool_response" in run or run == "42\n" for run in trained)
     # the first turn trains the call (arguments encoded once), the second the answer; the tool result is in its prompt
     first, second = tool_rows
     assert first[1] == [

@@ -31,7 +31,10 @@ def test_sft_tool_rows_train_arguments_encoded_once(tmp_path: Path, tokenizer: A
         ids = item["input_ids"][item["attention_mask"].bool()].tolist()
         mask = item["loss_mask"][item["attention_mask"].bool()].tolist()
         texts.append(
-            (tokenizer.decode(ids), trained_text(tokenizer, ids, [t if m else -100 for t, m in zip(ids, mask)]))
+            (
+                tokenizer.decode(ids),
+                trained_text(tokenizer, ids, [t if m else -100 for t, m in zip(ids, mask, strict=True)]),
+            )
         )
     ((whole, trained),) = [t for t in texts if "<tool_call>" in t[0]]
     assert '"arguments": {"expression": "6*7"}' in "".join(trained)  # an object, rendered once by tojson
