@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from ..client.chat import Message
 from ..errors import InputError, StorageError
 from ..records import dumps
 from ..storage import filesystem
@@ -24,7 +25,7 @@ from .config import ProcessConfig
 from .formats import (
     Conversation,
     ConversionError,
-    Message,
+    Flavor,
     chat_tools,
     completion_text,
     loads,
@@ -375,7 +376,7 @@ def _sft_record(fmt: str, conv: Conversation) -> Record | list[Record]:
             _with_tools({"prompt": prompt + completion[:a], "completion": completion[a:b]}, conv.tools())
             for a, b in model_turns(completion)
         ]
-    flavor = "openai" if fmt == "openai" else "trl"
+    flavor: Flavor = "openai" if fmt == "openai" else "trl"
     record = _with_tools({"messages": conv.prompt(flavor) + conv.completion(flavor)}, conv.tools())
     if fmt == "openai" and conv.parallel_tool_calls is not None and conv.tools():
         record["parallel_tool_calls"] = conv.parallel_tool_calls
@@ -391,7 +392,7 @@ def _dpo_record(fmt: str, chosen: Conversation, rejected: Conversation) -> tuple
         if not c or not r or c == r:
             return None, "no_text"
         return {"prompt": prompt_text(chosen.prompt("trl")), "chosen": c, "rejected": r}, None
-    flavor = "openai" if fmt == "openai" else "trl"
+    flavor: Flavor = "openai" if fmt == "openai" else "trl"
     c_msgs, r_msgs = chosen.completion(flavor), rejected.completion(flavor)
     if c_msgs == r_msgs:
         return None, "identical"
