@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from ..client.chat import Message
 from ..errors import InputError, StorageError
 from ..records import dumps
 from ..storage import filesystem
@@ -128,7 +129,7 @@ def write_rl(
         if fmt == "tokens":  # written by rollouts.tokens (process.api)
             continue
         if fmt == "verl":
-            files.append(write_verl_rl(rows, out_dir, so))
+            files.append(write_verl_rl(rows, loaded, out_dir, so))
             continue
         target = Target(out_dir, f"rollouts.{fmt}", so)
         if fmt == "parquet":
@@ -155,15 +156,20 @@ def write_rl(
     return files
 
 
-def write_verl_rl(rows: pl.LazyFrame, out_dir: str, so: dict[str, Any] | None) -> OutputFile:
-    """One verl RLHFDataset row per kept prompt (per distinct prompt of a task), in input order."""
-    prompts = rows.select("group_id", "task_index", "prompt", "tools", "extra").collect()
+def write_verl_rl(rows: pl.LazyFrame, loaded: LoadedRollouts, out_dir: str, so: dict[str, Any] | None) -> OutputFile:
+    """One verl RLHFDataset row per kept prompt (per distinct prompt of a task), in input order. Its metadata is the
+    prompt's own: see `verl.prompt_fields`."""
+    prompts = rows.select("group_id", "task_index", "prompt", "tools").collect()
     prompts = prompts.unique(["group_id", "prompt", "tools"], keep="first", maintain_order=True)
+    groups = prompts["group_id"].unique().implode()
+    every = loaded.scan(["group_id", "prompt", "tools", "extra"], so).filter(pl.col("group_id").is_in(groups))
+    extras: dict[tuple[str, str, str | None], list[str | None]] = {}
+    for group_id, prompt, tools, extra in every.collect().iter_rows():
+        extras.setdefault((group_id, prompt, tools), []).append(extra)
     out = []
-    for group_id, task, prompt, tools, extra in prompts.select(
-        "group_id", "task_index", "prompt", "tools", "extra"
-    ).iter_rows():
-        out.append(verl.rl_prompt_row(prompt_messages(prompt), chat_tools(loads(tools)), extra, task, group_id))
+    for group_id, task, prompt, tools in prompts.iter_rows():
+        fields = verl.prompt_fields(extras.get((group_id, prompt, tools), []))
+        out.append(verl.rl_prompt_row(prompt_messages(prompt), chat_tools(loads(tools)), fields, task, group_id))
     target = Target(out_dir, "verl.parquet", so)
     frame = verl.rl_frame(out) if out else pl.DataFrame()
     target.sink(frame.write_parquet)
@@ -180,16 +186,19 @@ def _heavy(loaded: LoadedRollouts, rows: pl.Series, so: dict[str, Any] | None) -
 
 def _write_jsonl(
     targets: dict[str, Target],
-    records: Iterator[dict[str, Record | None]],
+    records: Iterator[dict[str, Record | list[Record] | None]],
 ) -> dict[str, int]:
-    """Stream records to one JSONL file per format; a None record (format cannot represent the row) is skipped."""
+    """Stream records to one JSONL file per format; a None record (format cannot represent the row) is skipped, a
+    list is several lines."""
     counts = dict.fromkeys(targets, 0)
     handles = {fmt: t.open_text() for fmt, t in targets.items()}
     buffers: dict[str, list[str]] = {fmt: [] for fmt in targets}
     try:
         for n, by_format in enumerate(records, 1):
             for fmt, record in by_format.items():
-                if record is not None:
+                if isinstance(record, list):
+                    buffers[fmt].extend(map(dumps, record))
+                elif record is not None:
                     buffers[fmt].append(dumps(record))
             if n % BATCH_ROWS == 0:
                 _flush(handles, buffers, counts)
@@ -246,7 +255,7 @@ def write_sft(
     verl_rows: list[tuple[list[Any], list[Any] | None]] = []
     empty = 0
 
-    def records() -> Iterator[dict[str, Record | None]]:
+    def records() -> Iterator[dict[str, Record | list[Record] | None]]:
         nonlocal empty
         cols = ["file", "line", "prompt", "tools", "output", "parallel_tool_calls"]
         for file, line, prompt, tools, output, parallel in data.select(cols).iter_rows():
@@ -266,19 +275,27 @@ def write_sft(
     if empty:
         card.dropped.append(Drop(rule="empty_final_message", count=empty, why="the final assistant message is empty"))
         card.rows_out -= empty
-    files = [OutputFile(format=fmt, path=t.url, rows=counts[fmt]) for fmt, t in targets.items()]
-    if "verl" in formats:
-        frame, padded = (
-            verl.sft_frame(verl_rows)
-            if verl_rows
-            else (pl.DataFrame({"messages": pl.Series([], dtype=pl.List(verl.MESSAGE))}), 0)
+    files = [
+        OutputFile(
+            format=fmt,
+            path=t.url,
+            rows=counts[fmt],
+            note="one row per model turn: prompt = everything before it (tool results included), completion = the "
+            "turn, so TRL's completion mask covers only what the model wrote"
+            if fmt == "trl-prompt-completion" and counts[fmt] > card.rows_out
+            else None,
         )
+        for fmt, t in targets.items()
+    ]
+    if "verl" in formats:
+        frame, left_out = verl.sft_frame(verl_rows)
         target = Target(out_dir, "verl.parquet", so)
         target.sink(frame.write_parquet)
         note = (
-            f"{padded} rows' tools changed to fit one Parquet type "
-            "(fields of other tools' shapes as nulls, empty objects dropped)"
-            if padded
+            f"{left_out} rows left out: their tools or tool-call arguments have other shapes than the rest of the "
+            "file, and one Parquet type would pad them with null fields that the chat template prints (write one "
+            "tool set per file, or use `trl`: `messages` with `assistant_only_loss=True`)"
+            if left_out
             else None
         )
         files.insert(
@@ -288,9 +305,12 @@ def write_sft(
 
 
 DPO_SKIPS = {
-    "one_message": "OpenAI preference data needs exactly one assistant message per side",
+    "one_message": "OpenAI preference data holds one assistant message per side and cannot express tool-call pairs "
+    "(use dpo `trl`: the shared history in the prompt, the first model turn where the sides differ as chosen and "
+    "rejected)",
+    "tool_output_differs": "the two sides first differ in a tool result, not in anything the model wrote",
     "final_message_only": "NeMo RL's preference loader trains only the final message of a completion: "
-    "multi-message (tool-call) completions are left out",
+    "multi-message (tool-call) completions are left out (use dpo `trl` for them)",
     "no_text": "the final texts of both sides are equal or empty (tool calls have no text form)",
     "images": "this format holds text only and the prompt or a completion has images",
     "identical": "identical after conversion",
@@ -315,7 +335,7 @@ def write_dpo(
     targets = {fmt: Target(out_dir, f"{fmt}.jsonl", so) for fmt in config.output_formats}
     skipped: dict[str, Counter[str]] = {fmt: Counter() for fmt in targets}
 
-    def records() -> Iterator[dict[str, Record | None]]:
+    def records() -> Iterator[dict[str, Record | list[Record] | None]]:
         cols = [
             "file",
             "line",
@@ -340,7 +360,7 @@ def write_dpo(
             try:
                 # each side keeps its own prompt (equal unless pairing by task index regardless of prompts)
                 rejected = _conversation(r_prompt, r_tools, r_out, parallel)
-                out = {}
+                out: dict[str, Record | list[Record] | None] = {}
                 for fmt in targets:
                     record, reason = _dpo_record(fmt, chosen, rejected)
                     out[fmt] = record
@@ -365,9 +385,29 @@ def write_dpo(
     return files
 
 
-def _sft_record(fmt: str, conv: Conversation) -> Record:
+def model_turns(completion: list[Message]) -> list[tuple[int, int]]:
+    """(start, end) of each run of assistant messages in a completion: what the model wrote between tool results."""
+    spans, start = [], None
+    for i, message in enumerate(completion):
+        if message["role"] == "assistant":
+            start = i if start is None else start
+        elif start is not None:
+            spans.append((start, i))
+            start = None
+    if start is not None:
+        spans.append((start, len(completion)))
+    return spans
+
+
+def _sft_record(fmt: str, conv: Conversation) -> Record | list[Record]:
     if fmt == "trl-prompt-completion":
-        return _with_tools({"prompt": conv.prompt("trl"), "completion": conv.completion("trl")}, conv.tools())
+        # TRL trains on the whole completion: tool results must sit in the prompt, so a multi-turn rollout becomes one
+        # row per model turn, each with the conversation so far as its prompt
+        prompt, completion = conv.prompt("trl"), conv.completion("trl")
+        return [
+            _with_tools({"prompt": prompt + completion[:a], "completion": completion[a:b]}, conv.tools())
+            for a, b in model_turns(completion)
+        ]
     flavor: Flavor = "openai" if fmt == "openai" else "trl"
     record = _with_tools({"messages": conv.prompt(flavor) + conv.completion(flavor)}, conv.tools())
     if fmt == "openai" and conv.parallel_tool_calls is not None and conv.tools():
@@ -401,4 +441,33 @@ def _dpo_record(fmt: str, chosen: Conversation, rejected: Conversation) -> tuple
             return None, "final_message_only"
         completions = [{"rank": 0, "completion": c_msgs}, {"rank": 1, "completion": r_msgs}]
         return _with_tools({"context": chosen.prompt("trl"), "completions": completions}, tools), None
-    return _with_tools({"prompt": chosen.prompt("trl"), "chosen": c_msgs, "rejected": r_msgs}, tools), None
+    # TRL trains on everything after the prompt: the shared history (tool results included) joins the prompt, and each
+    # side is the first model turn where they differ
+    n = _shared_messages(c_msgs, r_msgs)
+    if n == len(c_msgs) == len(r_msgs):
+        return None, "identical"
+    turns = [model_turns(msgs[n:]) for msgs in (c_msgs, r_msgs)]
+    if not all(t and t[0][0] == 0 for t in turns):
+        return None, "tool_output_differs"
+    (_, c_end), (_, r_end) = turns[0][0], turns[1][0]
+    record = {
+        "prompt": chosen.prompt("trl") + c_msgs[:n],
+        "chosen": c_msgs[n : n + c_end],
+        "rejected": r_msgs[n : n + r_end],
+    }
+    return _with_tools(record, tools), None
+
+
+def _key(message: Message) -> Message:
+    """A message without its call ids (ids differ between rollouts; templates do not print them)."""
+    out = {k: v for k, v in message.items() if k != "tool_call_id"}
+    if out.get("tool_calls"):
+        out["tool_calls"] = [{k: v for k, v in c.items() if k != "id"} for c in out["tool_calls"]]
+    return out
+
+
+def _shared_messages(a: list[Message], b: list[Message]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and _key(a[n]) == _key(b[n]):
+        n += 1
+    return n

@@ -9,7 +9,8 @@ tokens (the shortest such edit; a or b may be 0). Classes, tried in this order:
 1. truncation: `actual` is a proper prefix of `expected` (the prompt was cut short), or `actual` starts with a
    suffix of `expected` (its first tokens were dropped, as vLLM's `truncate_prompt_tokens` does).
 2. With a tokenizer (anything with `decode(ids, skip_special_tokens=...)`):
-   - retokenization: both sides non-empty and decode to the same text (same text, other ids: a merge or a split);
+   - retokenization: the text of call k's prompt + generation is a prefix of call k+1's prompt text (the history was
+     kept, only its ids differ), or both sides of the edit are non-empty and decode to the same text;
    - retemplating: the sides differ only in special tokens (equal once special tokens are skipped);
    - history_rewritten: anything else (earlier content changed, e.g. a template that strips reasoning).
 3. From the ids alone:
@@ -181,6 +182,11 @@ def _classify(
 ) -> str:
     if tokenizer is not None:
         old, new = expected[n : n + a], actual[n : n + b]
+        # the edit window is found on ids, and a merge can shift it off the text boundary: judge the whole text first
+        if tokenizer.decode(actual, skip_special_tokens=False).startswith(
+            tokenizer.decode(expected, skip_special_tokens=False)
+        ):
+            return RETOKENIZATION
         if (
             old
             and new

@@ -11,7 +11,9 @@
 - `verl`: verl's `AgentLoopOutput` fields (verl/experimental/agent_loop/agent_loop.py, volcengine/verl): `prompt_ids`
   (the first prompt), `response_ids` (everything after it), `response_mask` (1 for generated tokens, 0 for tool and
   template tokens) and `response_logprobs`, with 0.0 on non-generated positions as `ToolAgentLoop` pads them
-  (verl/experimental/agent_loop/tool_agent_loop.py); null when any generated token lacks a log-probability.
+  (verl/experimental/agent_loop/tool_agent_loop.py); null when any generated token lacks a log-probability;
+  `reward_score` (the rollout's reward) and `metrics` (`AgentLoopMetrics`, required: zeros, since the agent loop's
+  timings are not known here), so a row loads as `AgentLoopOutput(**row)`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ VERL_SCHEMA: dict[str, pl.DataType] = {
     "response_ids": IDS,
     "response_mask": pl.List(pl.Int8()),
     "response_logprobs": pl.List(pl.Float64()),
+    "num_turns": pl.Int32(),
+    "reward_score": pl.Float64(),
+    "metrics": pl.Struct(
+        {
+            "generate_sequences": pl.Float64(),
+            "tool_calls": pl.Float64(),
+            "compute_score": pl.Float64(),
+            "num_preempted": pl.Int64(),
+        }
+    ),
 }
 SCHEMAS = {"tokens": TOKENS_SCHEMA, "verl": VERL_SCHEMA}
 
@@ -91,6 +103,10 @@ def verl_row(sample: Sample, meta: dict[str, Any]) -> dict[str, Any]:
         "response_ids": response,
         "response_mask": mask,
         "response_logprobs": logprobs,
+        "num_turns": len(sample.segments),  # as verl counts: the prompt, each model call and each tool turn
+        "reward_score": meta.get("reward"),
+        # AgentLoopOutput requires its metrics (timings of the agent loop, not known here: zeros)
+        "metrics": {"generate_sequences": 0.0, "tool_calls": 0.0, "compute_score": 0.0, "num_preempted": -1},
     }
 
 

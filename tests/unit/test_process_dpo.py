@@ -29,7 +29,8 @@ def test_every_format_exactly(tmp_path: Path) -> None:
     four, five = [assistant("It is \\boxed{4}.")], [assistant("It is \\boxed{5}.")]
     assert read_jsonl(result.files["trl"]) == [
         {"prompt": P0, "chosen": four, "rejected": five},
-        {"prompt": P1, "chosen": TOOL_TURN_TRL, "rejected": [assistant("I think 41.")], "tools": TOOLS},
+        # TRL trains on all of chosen/rejected: each side is the first model turn where they differ, never a tool result
+        {"prompt": P1, "chosen": TOOL_TURN_TRL[:1], "rejected": [assistant("I think 41.")], "tools": TOOLS},
     ]
     assert read_jsonl(result.files["openai"]) == [
         {"input": {"messages": P0}, "preferred_output": four, "non_preferred_output": five},
@@ -48,6 +49,7 @@ def test_every_format_exactly(tmp_path: Path) -> None:
     ]
     notes = {o.format: o.note for o in result.card.outputs}
     assert notes["openai"] is not None and notes["openai"].startswith("1 pairs skipped")
+    assert "cannot express tool-call pairs" in notes["openai"] and "dpo `trl`" in notes["openai"]
     assert (
         notes["nemo-rl"] is not None and "final message" in notes["nemo-rl"] and "ignores `tools`" in notes["nemo-rl"]
     )

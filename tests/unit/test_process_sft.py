@@ -89,10 +89,12 @@ def test_every_format_exactly(tmp_path: Path) -> None:
     ]
     assert read_jsonl(result.files["trl-prompt-completion"]) == [
         {"prompt": P0, "completion": [assistant("It is \\boxed{4}.")]},
-        {"prompt": P1, "completion": TOOL_TURN_TRL, "tools": TOOLS},
+        # one row per model turn: the tool result is prompt, never completion
+        {"prompt": P1, "completion": TOOL_TURN_TRL[:1], "tools": TOOLS},
+        {"prompt": [*P1, *TOOL_TURN_TRL[:2]], "completion": TOOL_TURN_TRL[2:], "tools": TOOLS},
         {"prompt": P2, "completion": [assistant("No.")]},
     ]
-    assert result.rows == {"openai": 3, "trl": 3, "trl-prompt-completion": 3}
+    assert result.rows == {"openai": 3, "trl": 3, "trl-prompt-completion": 4}
     assert Path(result.card_json).exists() and Path(result.card_markdown).read_text().startswith("# Data card: sft")
 
 

@@ -167,3 +167,20 @@ def test_metrics_render_a_summary_line_and_markdown(drifted: dict[tuple[str, str
     assert metrics.summary() == "0 of 4 rollouts contiguous; breaks: retemplating 12"
     assert "| retemplating | 12 | 4 |" in metrics.to_markdown()
     assert contiguity_metrics([]).summary() == "no token ids"
+
+
+class _Pieces:
+    """A tokenizer over a fixed id -> text table."""
+
+    TEXT = {0: "<s>", 1: "x", 2: "yz", 3: "xy", 4: "z", 5: " then", 6: " more", 7: " text", 8: " here"}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(self.TEXT[i] for i in ids if not (skip_special_tokens and i == 0))
+
+
+def test_a_retokenized_history_is_retokenization_with_a_tokenizer() -> None:
+    # call 1 generated "x" + "yz"; call 2's prompt holds the same text as "xy" + "z" and then new turns: the text of
+    # prompt + generation is a prefix of the next prompt's text, whatever the id-level edit window says
+    previous = Call([0, 5], [1, 2], None)
+    found = find_break(previous, [0, 5, 3, 4, 5, 6, 7, 8], 1, _Pieces())
+    assert found is not None and found.kind == "retokenization"

@@ -1,0 +1,63 @@
+"""The trainers' own code on our files: a tiny random Qwen2 model and a tokenizer built here, no download.
+
+The tokenizer is the simulated server's BPE (`rollouts/sim/tokenizer.json`) with Qwen2.5's chat template as TRL ships
+it (`trl/chat_templates/qwen2_5.jinja`, which TRL recognises to swap in its training template with generation
+markers for `assistant_only_loss`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+trl = pytest.importorskip("trl")
+
+ROOT = Path(__file__).resolve().parents[2]
+GYM = str(ROOT / "tests" / "fixtures" / "process" / "gym.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(ROOT / "rollouts" / "sim" / "tokenizer.json"),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    tok.chat_template = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text()
+    return tok
+
+
+@pytest.fixture(scope="session")
+def model(tokenizer: Any) -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return transformers.Qwen2ForCausalLM(config)
+
+
+def trained_text(tokenizer: Any, ids: list[int], labels: list[int]) -> list[str]:
+    """The decoded runs of tokens under the loss (label != -100), in order."""
+    runs: list[list[int]] = []
+    previous = False
+    for token, label in zip(ids, labels, strict=True):
+        if label != -100:
+            if not previous:
+                runs.append([])
+            runs[-1].append(token)
+        previous = label != -100
+    return [tokenizer.decode(run) for run in runs]
