@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from rollouts.process import ProcessConfig, process
-from tests.trainers.conftest import GYM, trained_text
+from tests.trainers.conftest import GYM, trained_text, trainer_module
 
 pytestmark = pytest.mark.trainers
-datasets = pytest.importorskip("datasets")
-trl = pytest.importorskip("trl")
+datasets = trainer_module("datasets")
+trl = trainer_module("trl")
 
 TOOL_OUTPUT = "<tool_response>\n42\n</tool_response>"
 

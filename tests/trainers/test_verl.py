@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 
 from rollouts.process import ProcessConfig, process
-from tests.trainers.conftest import GYM, trained_text
+from tests.trainers.conftest import GYM, trained_text, trainer_module
 
 pytestmark = pytest.mark.trainers
-pytest.importorskip("verl")
-omegaconf = pytest.importorskip("omegaconf")
+trainer_module("verl")
+omegaconf = trainer_module("omegaconf")
 
 
 def test_sft_tool_rows_train_arguments_encoded_once(tmp_path: Path, tokenizer: Any) -> None:
