@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -33,7 +34,6 @@ from rollouts.process.config import (
     TrainConfig,
     parse_objectives,
 )
-from rollouts.stages.agent import AgentLimits
 
 __all__ = [
     "SAMPLING_PRESETS",
@@ -289,6 +289,30 @@ class ConcurrencyConfig(BaseModel):
         return {"processes": self.worker_processes, "dask": self.dask_workers, "ray": self.ray_workers}.get(
             self.task_runner, 1
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentLimits:
+    """Per-rollout limits of the agent loop (`EnvironmentConfig.limits()`). `timeout_s` counts from the loop's start;
+    `tool_timeout_s` applies to each tool call."""
+
+    max_turns: int = 8
+    max_rollout_tokens: int | None = None
+    timeout_s: float | None = None
+    tool_timeout_s: float | None = None
+    max_tool_calls_per_turn: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_tool_calls_per_turn < 1:
+            raise ConfigError(f"max_tool_calls_per_turn must be at least 1 (got {self.max_tool_calls_per_turn})")
+        if self.max_turns < 1:
+            raise ConfigError(f"max_turns must be at least 1 (got {self.max_turns})")
+        if self.max_rollout_tokens is not None and self.max_rollout_tokens < 1:
+            raise ConfigError(f"max_rollout_tokens must be at least 1 (got {self.max_rollout_tokens})")
+        for name in ("timeout_s", "tool_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive (got {value})")
 
 
 class EnvironmentConfig(BaseModel):

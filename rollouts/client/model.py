@@ -25,6 +25,7 @@ from rollouts.client.chat import chat_tools, items_to_chat
 from rollouts.client.credentials import NO_AUTH, EndpointAuth
 from rollouts.client.replies import check_chat, check_responses
 from rollouts.client.retry import RetryPolicy, retry_after, transport_failure
+from rollouts.client.token_fields import CHAT_TOKEN_REQUEST, chat_token_fields, responses_token_fields
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport, cookie_free_transport
 from rollouts.errors import (
     ConfigError,
@@ -34,7 +35,6 @@ from rollouts.errors import (
     TokenFieldsError,
 )
 from rollouts.redact import header_secrets, scrub
-from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, chat_token_fields, responses_token_fields
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024

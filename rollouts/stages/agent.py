@@ -34,9 +34,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from rollouts.config import AgentLimits
 from rollouts.envs.base import Environment, SessionState
 from rollouts.envs.tools import render
-from rollouts.errors import ConfigError, ProviderError, ToolError
+from rollouts.errors import ProviderError, ToolError
 
 if TYPE_CHECKING:
     import httpx
@@ -55,27 +56,7 @@ STOP, LENGTH, MAX_TURNS, MAX_ROLLOUT_TOKENS, DEADLINE, NO_TOOLS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class AgentLimits:
-    """Per-rollout limits. `timeout_s` counts from the loop's start; `tool_timeout_s` applies to each tool call."""
-
-    max_turns: int = 8
-    max_rollout_tokens: int | None = None
-    timeout_s: float | None = None
-    tool_timeout_s: float | None = None
-    max_tool_calls_per_turn: int = 64
-
-    def __post_init__(self) -> None:
-        if self.max_tool_calls_per_turn < 1:
-            raise ConfigError(f"max_tool_calls_per_turn must be at least 1 (got {self.max_tool_calls_per_turn})")
-        if self.max_turns < 1:
-            raise ConfigError(f"max_turns must be at least 1 (got {self.max_turns})")
-        if self.max_rollout_tokens is not None and self.max_rollout_tokens < 1:
-            raise ConfigError(f"max_rollout_tokens must be at least 1 (got {self.max_rollout_tokens})")
-        for name in ("timeout_s", "tool_timeout_s"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive (got {value})")
+DEFAULT_LIMITS = AgentLimits()
 
 
 @dataclass(slots=True)
@@ -247,7 +228,7 @@ async def run_agent(
     *,
     session: SessionState | None = None,
     http: httpx.AsyncClient | None = None,
-    limits: AgentLimits = AgentLimits(),
+    limits: AgentLimits = DEFAULT_LIMITS,
 ) -> AgentResult:
     """Run one rollout to its end reason (see the module docstring) and end the environment's session.
 

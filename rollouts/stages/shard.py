@@ -11,11 +11,11 @@ from rollouts.collector.breaker import STOPPED
 from rollouts.config import CollectConfig
 from rollouts.envs.preflight import check_environments
 from rollouts.errors import ConfigError, InputError
+from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.lock import RunLocks
 from rollouts.places import absolute, is_url
 from rollouts.records import dumps
 from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
-from rollouts.stages.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.storage import Store, check_place, join
 
 

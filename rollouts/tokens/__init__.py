@@ -1,18 +1,20 @@
-"""Token ids of multi-turn rollouts: read them from model replies, check their contiguity, write training token records.
+"""Token ids of multi-turn rollouts: check their contiguity and write training token records.
 
-fields.py   what to ask vLLM / SGLang for, and reading their replies into NeMo Gym's three fields
 check.py    the contiguity check and its classes; per-run metrics (`contiguity_metrics`)
 samples.py  samples per repair policy (splice | split | truncate | drop)
 formats.py  the record shapes: ours, NeMo RL's message_log, verl's
 api.py      `write_token_records`: the RL objective's `tokens` format from a selection
 convert.py  `convert_token_records`: existing rollouts to token records (`rollouts tokens`)
 config.py   `TokensConfig`, the options of `rollouts tokens` (its command line: commands/tokens.py)
+
+The model client reads the ids from replies (rollouts/client/token_fields.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from rollouts.client.token_fields import CHAT_TOKEN_REQUEST, RESPONSES_TOKEN_REQUEST
 from rollouts.errors import TokenFieldsError
 from rollouts.tokens.check import (
     BREAK_KINDS,
@@ -24,7 +26,6 @@ from rollouts.tokens.check import (
     check_rollout,
     contiguity_metrics,
 )
-from rollouts.tokens.fields import CHAT_TOKEN_REQUEST, RESPONSES_TOKEN_REQUEST
 from rollouts.tokens.samples import POLICIES
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The writers need polars and the process package; the model client imports this package for fields.py only.
+    # The writers need polars and the process package: loaded when asked for, not with the checks.
     if name in ("write_token_records", "TokenRecordsResult"):
         from rollouts.tokens import api
 

@@ -23,9 +23,9 @@ from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelClient, http_client
 from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, api_key_from_env
 from rollouts.errors import InputError, ProviderError, ResponseParseError, ResponseTooLarge, RolloutsError
+from rollouts.inputs import iter_lines, normalise_row
 from rollouts.options import Cli, field_of
 from rollouts.records import input_messages
-from rollouts.stages.inputs import iter_lines, normalise_row
 from rollouts.storage import Store
 
 DRAIN_CAP_S = 30.0

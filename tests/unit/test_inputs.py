@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rollouts.errors import InputError, RowError
-from rollouts.stages.inputs import input_digest, iter_lines, normalise_row, parse_prompts
+from rollouts.inputs import input_digest, iter_lines, normalise_row, parse_prompts
 
 
 def parse(lines, **kwargs):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rollouts.envs import build_environments
-from rollouts.stages.inputs import iter_lines, parse_prompts, prompt_line
+from rollouts.inputs import iter_lines, parse_prompts, prompt_line
 
 ENVS = build_environments()
 GOOD = b'{"prompt": "What is 2 + 2?", "expected_answer": "4"}'

@@ -17,10 +17,10 @@ from rollouts.config import CollectConfig
 from rollouts.envs import build_environments
 from rollouts.envs.math_env import MathEnvironment
 from rollouts.errors import Interrupted
+from rollouts.inputs import prompt_line
 from rollouts.records import Prompt
 from rollouts.run import RunRef, read_records, run_store
 from rollouts.stages.generate import ShardGenerator
-from rollouts.stages.inputs import prompt_line
 from rollouts.stages.verify import verify_shard
 
 SHARD = "00000"

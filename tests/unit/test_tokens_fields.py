@@ -11,9 +11,7 @@ import httpx
 import pytest
 
 from rollouts.client.model import ModelClient, parse_chat, parse_responses
-from rollouts.errors import ResponseParseError
-from rollouts.sim import SimConfig, serve_in_thread
-from rollouts.tokens.fields import (
+from rollouts.client.token_fields import (
     CHAT_TOKEN_REQUEST,
     TokenFieldsError,
     chat_token_fields,
@@ -21,6 +19,8 @@ from rollouts.tokens.fields import (
     tokenize_request,
     with_prompt_ids,
 )
+from rollouts.errors import ResponseParseError
+from rollouts.sim import SimConfig, serve_in_thread
 
 MESSAGE = {"role": "assistant", "content": "4"}
 
