@@ -6,11 +6,15 @@ from rollouts.collector.allocator import release_freed_memory_at_once
 
 release_freed_memory_at_once()  # before anything imports polars: see rollouts/collector/allocator.py
 
+import time
+
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_UI_URL
+from prefect.states import Cancelled
 
 from blocks import apply_blocks
 from flows.engines import shard_runners
@@ -21,8 +25,8 @@ from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
 from rollouts.redact import refuse_secrets
 from rollouts.report.profiler import function_profile
-from rollouts.run import RunRef, run_store
-from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge
+from rollouts.run import RunPlan, RunRef, ShardResult, run_store
+from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge, reward_text, stored_results
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
 from tasks.generate import engine_of, finish_parallel, generate_shard
@@ -49,13 +53,41 @@ def settled(future: PrefectFuture) -> bool:
     return bool(done()) if callable(done) else future.state.is_final()
 
 
+class ShardLog:
+    """One INFO line per finished shard in the flow run's logs: rollouts done of the run's total, the rate since
+    the shards started, and the mean reward so far."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.total, self.shards = plan.rollouts_expected, len(plan.shards)
+        self.done = self.ok = self.finished = 0
+        self.reward_sum, self.started = 0.0, time.monotonic()
+
+    def add(self, result: ShardResult) -> None:
+        self.finished += 1
+        self.done += result.rollouts + result.failed
+        self.ok += result.rollouts
+        self.reward_sum += result.reward_sum
+        rate = self.done / max(time.monotonic() - self.started, 1e-3)
+        get_run_logger().info(
+            "shard %s done (%d of %d shards): %d/%d rollouts, %.1f rollouts/s, %s",
+            result.shard,
+            self.finished,
+            self.shards,
+            self.done,
+            self.total,
+            rate,
+            reward_text(self.reward_sum / self.ok if self.ok else None),
+        )
+
+
 def follow_shards(
-    engine: Engine, run: RunRef, generated: list[PrefectFuture], verified: list[PrefectFuture]
+    engine: Engine, plan: RunPlan, generated: list[PrefectFuture], verified: list[PrefectFuture]
 ) -> list[State]:
     """Wait for the shards' verify tasks in submission order (roughly the order they finish), moving the progress
-    artifact; on a stop request, cancel what has not started and wait for what runs to flush. Their final states."""
-    stop = collector().stop
-    progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {run.run_url}")
+    artifact and logging each shard; on a stop request, cancel what has not started and wait for what runs to
+    flush. Their final states."""
+    stop, shard_log = collector().stop, ShardLog(plan)
+    progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {plan.run.run_url}")
     for done, future in enumerate(verified, start=1):
         while not stop.is_set() and not settled(future):
             future.wait(timeout=0.25)
@@ -63,8 +95,10 @@ def follow_shards(
             break
         future.wait()  # done: this keeps its result in memory (tasks do not persist results)
         update_progress_artifact(progress, progress=100.0 * done / len(verified))
-        if engine.counts_in_workers and future.state.is_completed():  # the workers' boards are not this one
-            collector().board.add_shard(future.result())
+        if future.state.is_completed():
+            shard_log.add(future.result())
+            if engine.counts_in_workers:  # the workers' boards are not this one
+                collector().board.add_shard(future.result())
     if stop.is_set():  # Ctrl-C: tasks not started yet are cancelled; those running stop after flushing
         for future in (*generated, *verified):
             cancel = getattr(future.wrapped_future, "cancel", None)  # thread/process pools; Dask/Ray run on
@@ -84,27 +118,34 @@ def write_outputs(run: RunRef, verdict: Verdict) -> dict[str, list[str]]:
     return {selection.objective: format_training_data(run, selection) for selection in filter_rollouts(run)}
 
 
-def conclude(summary: RunSummary) -> RunSummary:
-    """Announce the run's end (log line, event); a run that did not complete ends the flow run Failed."""
-    get_run_logger().info(
-        "run %s %s: %d of %d rollouts ok, mean reward %s",
+def conclude(summary: RunSummary) -> RunSummary | State:
+    """Announce the run's end (log lines with its counts and output places, event); a stopped run ends the flow
+    run Cancelled, a run that did not complete ends it Failed."""
+    logger = get_run_logger()
+    logger.info(
+        "run %s %s: %d of %d rollouts verified, %d failed, %s",
         summary.run_url,
         summary.status,
         summary.rollouts_ok,
         summary.rollouts_expected,
-        summary.mean_reward,
+        summary.rollouts_failed,
+        reward_text(summary.mean_reward),
     )
+    for objective, files in summary.outputs.items():
+        logger.info("%s training files: %s", objective, ", ".join(files))
     emit_run_event(summary)
+    if summary.status == "interrupted":
+        return Cancelled(message=summary.reason, data=summary)
     if summary.status != "completed":
         raise RunFailedError(summary.reason, summary=summary.model_dump())
     return summary
 
 
 @flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=True)
-def collect_rollouts(config: CollectConfig) -> RunSummary:
+def collect_rollouts(config: CollectConfig) -> RunSummary | State:
     """Collect `num_repeats` verified rollouts per prompt and write training files for each objective."""
     board, stop = collector().board, collector().stop
-    board.set_ui_url(flow_run.ui_url)
+    board.set_ui_url(flow_run.ui_url if PREFECT_UI_URL.value() else None)  # no UI with the embedded server
     refuse_secrets(config)  # credentials in the parameters themselves: refused, and never written anywhere
     config = apply_blocks(config)  # block names travel in the parameters; their secrets are loaded here and in tasks
     engine = engine_of(config)
@@ -128,10 +169,11 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
             verifiers.submit(verify_shard, {"run": run, "shard": shard}, wait_for=[future])
             for shard, future in zip(plan.shards, generated, strict=True)
         ]
-        states = follow_shards(engine, run, generated, verified)
+        states = follow_shards(engine, plan, generated, verified)
     results = [state.result() for state in states if state.is_completed()]
     finish_parallel(run)
-    if stop.is_set():
+    if stop.is_set():  # what the shards flushed, read back: a stopped shard task returns no counts
+        results = stored_results(plan)
         return conclude(finish_run(plan, judge(plan, results, [], interrupted=stop.reason), results, [], {}, {}))
     broken = [shard.shard for shard, state in zip(plan.shards, states, strict=True) if not state.is_completed()]
     board.set_phase("profiling")

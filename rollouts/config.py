@@ -30,6 +30,7 @@ from rollouts.stages.agent import AgentLimits
 
 __all__ = [
     "SAMPLING_PRESETS",
+    "DEFAULT_OUT",
     "CollectConfig",
     "ConcurrencyConfig",
     "EndpointConfig",
@@ -50,6 +51,7 @@ SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
     "dpo": {"temperature": 0.7, "top_p": 1.0, "num_repeats": 4},
 }
 
+DEFAULT_OUT = "./runs"  # a storage block's URL replaces it; any other --out contradicting the block is refused
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -347,7 +349,7 @@ class StorageConfig(BaseModel):
     model_config = _FROZEN
 
     out: Annotated[str, Cli(flag="--out")] = Field(
-        "./runs", description="where runs are written: local path or fsspec URL such as s3://bucket/runs"
+        DEFAULT_OUT, description="where runs are written: local path or fsspec URL such as s3://bucket/runs"
     )
     block: Annotated[str | None, Cli(flag="--storage-block", metavar="NAME")] = Field(
         None, description="a RolloutStorage block: where runs go, with the filesystem's options and credentials"

@@ -96,6 +96,23 @@ def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str], *, i
     )
 
 
+def stored_results(plan: RunPlan) -> list[ShardResult]:
+    """Each shard's counts as its files hold them: what a stopped run really verified (a shard task stopped
+    mid-way returns no counts, but the rollouts it flushed are stored and kept by a resume)."""
+    store = run_store(plan.run)
+    results = []
+    for shard in plan.shards:
+        rewards = [float(r.get("reward") or 0.0) for r in read_records(store, "rollouts", f"{shard.shard}.jsonl")]
+        failed = sum(1 for _ in read_records(store, "failures", f"{shard.shard}.jsonl"))
+        results.append(ShardResult(shard=shard.shard, rollouts=len(rewards), failed=failed, reward_sum=sum(rewards)))
+    return results
+
+
+def reward_text(mean_reward: float | None) -> str:
+    """A mean reward for a message: a number, or what it means that there is none."""
+    return f"mean reward {mean_reward:.3f}" if mean_reward is not None else "no verified rollout to average"
+
+
 def top_failures(plan: RunPlan, results: list[ShardResult], limit: int = 5) -> list[dict[str, Any]]:
     """The most frequent failure types of the run (type and status code), each with one example message."""
     store = run_store(plan.run)

@@ -70,7 +70,7 @@ def _stop(process: subprocess.Popen, timeout_s: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def prefect_server(startup_timeout_s: float = 90) -> Iterator[LiveServer]:
+def prefect_server(startup_timeout_s: float = 240) -> Iterator[LiveServer]:
     """`prefect server start` in its own session (so its uvicorn child goes with it), healthy before it yields."""
     home = tempfile.mkdtemp(prefix="prefect-home-")
     port = _free_port()
