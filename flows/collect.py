@@ -7,26 +7,43 @@ from rollouts.collector.allocator import release_freed_memory_at_once
 release_freed_memory_at_once()  # before anything imports polars: see rollouts/collector/allocator.py
 
 import time
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_client, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelled
+from pydantic import BaseModel
 
 from blocks import apply_blocks
 from flows.engines import shard_runners
 from flows.events import emit_run_event
 from rollouts.collector.engine import Engine
 from rollouts.collector.runtime import collector
-from rollouts.config import CollectConfig
+from rollouts.config import (
+    CollectConfig,
+    ConcurrencyConfig,
+    EndpointConfig,
+    EnvironmentConfig,
+    Objective,
+    ProfilingConfig,
+    RowsConfig,
+    SamplingConfig,
+    StorageConfig,
+    TrainConfig,
+    dated_input,
+    merged_config,
+)
 from rollouts.errors import RunFailedError
 from rollouts.redact import refuse_secrets
 from rollouts.report.profiler import function_profile
-from rollouts.run import RunPlan, RunRef, ShardResult, run_store
-from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge, reward_text, stored_results
+from rollouts.run import RunPlan, RunRef, ShardResult, run_store, stored_results
+from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge, reward_text
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
 from tasks.generate import engine_of, finish_parallel, generate_shard
@@ -34,14 +51,49 @@ from tasks.profile import profile_run
 from tasks.shard import shard_prompts
 from tasks.verify import verify_shard
 
+# The sections a run did not give: empty instances (no field set), so only what a run gives is merged.
+EMPTY: dict[type, BaseModel] = {
+    section: section.model_construct()
+    for section in (
+        EndpointConfig,
+        SamplingConfig,
+        RowsConfig,
+        ConcurrencyConfig,
+        EnvironmentConfig,
+        StorageConfig,
+        ProfilingConfig,
+        TrainConfig,
+    )
+}
+
+
+def deployment_defaults() -> dict[str, Any] | None:
+    """The parameters of the deployment this flow run belongs to, if any (`prefect.runtime.deployment.parameters`
+    are the run's own, already replaced section by section by what the run gave)."""
+    if not deployment.id:
+        return None
+    with get_client(sync_client=True) as client:
+        return client.read_deployment(UUID(deployment.id)).parameters
+
+
+def scheduled_time() -> datetime:
+    """When this flow run was scheduled to start (now, for a run started by hand)."""
+    return flow_run.scheduled_start_time or datetime.now(UTC)
+
 
 def run_name_of() -> str:
     """Flow runs are named after the collection run (the CLI resolves its name before the flow starts)."""
-    config = flow_run.parameters.get("config") or {}
+    parameters = flow_run.parameters
+    config = parameters.get("config") or parameters  # one CollectConfig, or its sections (collect_from_sections)
     if not isinstance(config, dict):
         config = config.model_dump()
     name = config.get("run_name")
-    stem = str(config.get("input", "prompts")).rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+    stem = (
+        dated_input(str(config.get("input") or "prompts"), scheduled_time())
+        .rstrip("/")
+        .rsplit("/", 1)[-1]
+        .split(".")[0]
+    )
     return name or f"collect-{stem}"
 
 
@@ -144,6 +196,49 @@ def conclude(summary: RunSummary) -> RunSummary | State:
 @flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=True)
 def collect_rollouts(config: CollectConfig) -> RunSummary | State:
     """Collect `num_repeats` verified rollouts per prompt and write training files for each objective."""
+    return collect(config)
+
+
+@flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=False)
+def collect_from_sections(
+    input: str,
+    objective: list[Objective] = ["rl"],  # noqa: B006  (a parameter default, never mutated)
+    run_name: str = "",
+    max_failure_fraction: float = 0.05,
+    endpoint: EndpointConfig = EMPTY[EndpointConfig],
+    sampling: SamplingConfig = EMPTY[SamplingConfig],
+    rows: RowsConfig = EMPTY[RowsConfig],
+    concurrency: ConcurrencyConfig = EMPTY[ConcurrencyConfig],
+    environments: EnvironmentConfig = EMPTY[EnvironmentConfig],
+    storage: StorageConfig = EMPTY[StorageConfig],
+    profiling: ProfilingConfig = EMPTY[ProfilingConfig],
+    train: TrainConfig = EMPTY[TrainConfig],
+) -> RunSummary | State:
+    """The same collection with CollectConfig's sections as parameters, for deployments: a run started from the UI,
+    the CLI or a trigger gives only what it changes, merged field by field onto the deployment's parameters.
+
+    Args:
+        input: prompts JSONL (NeMo Gym rows, {"prompt": ...} or {"messages": [...]}): local path or fsspec URL;
+            `{date}` in it is the day the run was scheduled for (YYYY-MM-DD, UTC)
+        objective: training files to write (rl, sft, dpo); the first sets the sampling defaults
+        run_name: name of the run directory; empty: input name + digest of config and input
+        max_failure_fraction: the run fails when more rollouts than this fraction fail
+        endpoint: the model server (or a ModelEndpoint block) and how requests to it are made
+        sampling: sampling options; empty fields: the rows' own values, then the objective's preset
+        rows: which input rows are used
+        concurrency: how much runs at once, and where
+        environments: what a prompt is solved in: its tools and its verifier
+        storage: where runs are written (or a RolloutStorage block)
+        profiling: what the run's profile measures beyond its always-on report
+        train: filters and formats of the training files
+    """
+    given = {k: v for k, v in locals().items() if v is not None and not (k == "run_name" and v == "")}
+    given["input"] = dated_input(input, scheduled_time())  # `{date}`: the day the run was scheduled for
+    return collect(merged_config(given, deployment_defaults()))
+
+
+def collect(config: CollectConfig) -> RunSummary | State:
+    """The collection itself, in the flow run of either flow above."""
     board, stop = collector().board, collector().stop
     board.set_ui_url(flow_run.ui_url if PREFECT_UI_URL.value() else None)  # no UI with the embedded server
     refuse_secrets(config)  # credentials in the parameters themselves: refused, and never written anywhere

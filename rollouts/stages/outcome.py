@@ -46,6 +46,8 @@ class RunSummary(BaseModel):
     incomplete_shards: list[str]
     top_failures: list[dict[str, Any]] = []  # {type, status_code, count, example}, most frequent first
     token_contiguity: str | None = None  # with --return-tokens: rollouts contiguous, breaks by class
+    resumed: bool = False  # an earlier attempt of the same run (same config and input) had started it
+    new_rollouts: int = 0  # rollouts verified by this attempt: 0 when a resumed run found everything done
 
 
 def run_failure_counts(plan: RunPlan, missing: int = 0) -> FailureCounts:
@@ -94,18 +96,6 @@ def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str], *, i
         failure_fraction=round(fraction, 6),
         mean_reward=round(reward_sum / ok, 6) if ok else None,
     )
-
-
-def stored_results(plan: RunPlan) -> list[ShardResult]:
-    """Each shard's counts as its files hold them: what a stopped run really verified (a shard task stopped
-    mid-way returns no counts, but the rollouts it flushed are stored and kept by a resume)."""
-    store = run_store(plan.run)
-    results = []
-    for shard in plan.shards:
-        rewards = [float(r.get("reward") or 0.0) for r in read_records(store, "rollouts", f"{shard.shard}.jsonl")]
-        failed = sum(1 for _ in read_records(store, "failures", f"{shard.shard}.jsonl"))
-        results.append(ShardResult(shard=shard.shard, rollouts=len(rewards), failed=failed, reward_sum=sum(rewards)))
-    return results
 
 
 def reward_text(mean_reward: float | None) -> str:
@@ -158,6 +148,8 @@ def finish_run(
         incomplete_shards=incomplete,
         top_failures=top_failures(plan, results),
         token_contiguity=(profile.get("contiguity") or {}).get("summary"),
+        resumed=plan.resumed,
+        new_rollouts=max(verdict.rollouts_ok - plan.earlier_rollouts, 0),
     )
     store = run_store(plan.run)
     # Written last: a reader that finds status "completed" finds every listed file whole (check_inventory).
