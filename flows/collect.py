@@ -149,7 +149,7 @@ def follow_shards(
         update_progress_artifact(progress, progress=100.0 * done / len(verified))
         if future.state.is_completed():
             shard_log.add(future.result())
-            if engine.counts_in_workers:  # the workers' boards are not this one
+            if not engine.live_counts:  # a remote cluster's workers: their counts come with each shard
                 collector().board.add_shard(future.result())
     if stop.is_set():  # Ctrl-C: tasks not started yet are cancelled; those running stop after flushing
         for future in (*generated, *verified):
