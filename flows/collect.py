@@ -18,7 +18,6 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import deployment, flow_run
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelled
-from pydantic import BaseModel
 
 from blocks import apply_blocks
 from flows.engines import shard_runners
@@ -52,19 +51,14 @@ from tasks.shard import shard_prompts
 from tasks.verify import verify_shard
 
 # The sections a run did not give: empty instances (no field set), so only what a run gives is merged.
-EMPTY: dict[type, BaseModel] = {
-    section: section.model_construct()
-    for section in (
-        EndpointConfig,
-        SamplingConfig,
-        RowsConfig,
-        ConcurrencyConfig,
-        EnvironmentConfig,
-        StorageConfig,
-        ProfilingConfig,
-        TrainConfig,
-    )
-}
+NO_ENDPOINT = EndpointConfig.model_construct()
+NO_SAMPLING = SamplingConfig.model_construct()
+NO_ROWS = RowsConfig.model_construct()
+NO_CONCURRENCY = ConcurrencyConfig.model_construct()
+NO_ENVIRONMENTS = EnvironmentConfig.model_construct()
+NO_STORAGE = StorageConfig.model_construct()
+NO_PROFILING = ProfilingConfig.model_construct()
+NO_TRAIN = TrainConfig.model_construct()
 
 
 def deployment_defaults() -> dict[str, Any] | None:
@@ -205,14 +199,14 @@ def collect_from_sections(
     objective: list[Objective] = ["rl"],  # noqa: B006  (a parameter default, never mutated)
     run_name: str = "",
     max_failure_fraction: float = 0.05,
-    endpoint: EndpointConfig = EMPTY[EndpointConfig],
-    sampling: SamplingConfig = EMPTY[SamplingConfig],
-    rows: RowsConfig = EMPTY[RowsConfig],
-    concurrency: ConcurrencyConfig = EMPTY[ConcurrencyConfig],
-    environments: EnvironmentConfig = EMPTY[EnvironmentConfig],
-    storage: StorageConfig = EMPTY[StorageConfig],
-    profiling: ProfilingConfig = EMPTY[ProfilingConfig],
-    train: TrainConfig = EMPTY[TrainConfig],
+    endpoint: EndpointConfig = NO_ENDPOINT,
+    sampling: SamplingConfig = NO_SAMPLING,
+    rows: RowsConfig = NO_ROWS,
+    concurrency: ConcurrencyConfig = NO_CONCURRENCY,
+    environments: EnvironmentConfig = NO_ENVIRONMENTS,
+    storage: StorageConfig = NO_STORAGE,
+    profiling: ProfilingConfig = NO_PROFILING,
+    train: TrainConfig = NO_TRAIN,
 ) -> RunSummary | State:
     """The same collection with CollectConfig's sections as parameters, for deployments: a run started from the UI,
     the CLI or a trigger gives only what it changes, merged field by field onto the deployment's parameters.
