@@ -14,11 +14,11 @@ from pydantic import BaseModel, ValidationError
 from blocks.endpoint import ModelEndpoint
 from blocks.storage import RolloutStorage
 from rollouts.client.credentials import EndpointAuth
+from rollouts.config import DEFAULT_OUT
 from rollouts.errors import ConfigError
 
 C = TypeVar("C", bound=BaseModel)
 B = TypeVar("B", bound=Block)
-DEFAULT_OUT = "./runs"
 
 
 @dataclass(frozen=True, repr=False)
@@ -88,13 +88,25 @@ def _take(current: Any, value: Any, option: str, block: str) -> Any:
     return value
 
 
+def capped_concurrency(concurrency: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The concurrency section with the rollouts in flight capped at a model block's connection limit: a number
+    `--parallel` is lowered to it; `--parallel auto` keeps adapting, below it (`--max-parallel`, `--min-parallel`)."""
+    concurrency = dict(concurrency)
+    if concurrency["parallel"] == "auto":
+        concurrency["max_parallel"] = min(concurrency["max_parallel"], limit)
+        concurrency["min_parallel"] = min(concurrency["min_parallel"], concurrency["max_parallel"])
+    else:
+        concurrency["parallel"] = min(int(concurrency["parallel"]), limit)
+    return concurrency
+
+
 def apply_blocks(config: C) -> C:
     """A copy of a CollectConfig with its blocks' non-secret settings filled in, plus the storage block's options.
 
-    Model block (`endpoint.block`): `model_url`, `model`, `api`, `request_timeout`, and `parallel` capped at the
-    connection limit. Storage block (`storage.block`): `out` and the fsspec `options` (credentials included: the
-    manifest leaves `storage.options` out, and this copy lives inside the flow run, after Prefect recorded its
-    parameters). An explicit option that contradicts its block is refused by name.
+    Model block (`endpoint.block`): `model_url`, `model`, `api`, `request_timeout`, and the rollouts in flight
+    capped at the connection limit (`capped_concurrency`). Storage block (`storage.block`): `out` and the fsspec
+    `options` (credentials included: the manifest leaves `storage.options` out, and this copy lives inside the flow
+    run, after Prefect recorded its parameters). An explicit option that contradicts its block is refused by name.
     """
     model_block, storage_block = config.endpoint.block, config.storage.block  # type: ignore[attr-defined]
     if not (model_block or storage_block):
@@ -107,7 +119,7 @@ def apply_blocks(config: C) -> C:
         section["model"] = _take(section.get("model"), endpoint.model, "model", model_block)
         section["api"] = endpoint.api
         section["request_timeout"] = endpoint.request_timeout
-        data["concurrency"]["parallel"] = min(data["concurrency"]["parallel"], endpoint.connection_limit)
+        data["concurrency"] = capped_concurrency(data["concurrency"], endpoint.connection_limit)
     if storage_block:
         storage = resolve_storage(storage_block)
         section = data["storage"]

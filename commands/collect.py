@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from commands.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
 from commands.options import Option, add_model_options, build, validated
-from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, StorageConfig
+from rollouts.config import DEFAULT_OUT, CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, StorageConfig
 from rollouts.errors import ConfigError, RolloutsError
 from rollouts.places import absolute
 from rollouts.process.config import FORMATS, parse_objectives
@@ -113,7 +113,8 @@ def resolved(config: CollectConfig) -> tuple[CollectConfig, str | None]:
     refuse_secrets(config)  # the user's own options, before any block adds its credentials
     data = config.model_dump()
     data["input"] = absolute(config.input)
-    data["storage"]["out"] = absolute(config.storage.out)
+    if not (config.storage.block and config.storage.out == DEFAULT_OUT):  # the default gives way to a block's URL
+        data["storage"]["out"] = absolute(config.storage.out)
     config = CollectConfig.model_validate(data)
     checked, auth = config, None
     if config.endpoint.block or config.storage.block:  # blocks live in Prefect: resolved here for the checks only

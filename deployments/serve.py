@@ -20,7 +20,8 @@ if __name__ == "__main__":
     )
     _, config = config_parameters(parser)
     prefect_defaults(verbose=True)
-    from flows.collect import collect_rollouts
+    from flows.collect import collect_from_sections
 
-    # Default parameters for every required option, so a run started with no parameters is valid.
-    collect_rollouts.serve(name="collect-rollouts", parameters={"config": config})
+    # Default parameters for every required option, so a run started with no parameters is valid; a run gives only
+    # what it changes, merged onto these.
+    collect_from_sections.serve(name="collect-rollouts", parameters=config)

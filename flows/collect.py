@@ -7,14 +7,19 @@ from rollouts.collector.allocator import release_freed_memory_at_once
 release_freed_memory_at_once()  # before anything imports polars: see rollouts/collector/allocator.py
 
 import signal
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
+from uuid import UUID
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_client, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, PrefectWrappedFuture
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
+from prefect.settings import PREFECT_UI_URL
+from prefect.states import Cancelled
 
 from blocks import apply_blocks
 from flows.engines import shard_runners
@@ -22,12 +27,25 @@ from flows.events import emit_run_event
 from rollouts.collector.engine import Engine
 from rollouts.collector.interrupt import install_signal_handlers
 from rollouts.collector.runtime import collector
-from rollouts.config import CollectConfig
+from rollouts.config import (
+    CollectConfig,
+    ConcurrencyConfig,
+    EndpointConfig,
+    EnvironmentConfig,
+    Objective,
+    ProfilingConfig,
+    RowsConfig,
+    SamplingConfig,
+    StorageConfig,
+    TrainConfig,
+    dated_input,
+    merged_config,
+)
 from rollouts.errors import RunFailedError
 from rollouts.redact import refuse_secrets
 from rollouts.report.profiler import function_profile
-from rollouts.run import RunPlan, RunRef, run_store
-from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge
+from rollouts.run import RunPlan, RunRef, ShardResult, run_store, stored_results
+from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge, reward_text
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
 from tasks.generate import engine_of, finish_parallel, generate_shard
@@ -35,14 +53,44 @@ from tasks.profile import profile_run
 from tasks.shard import shard_prompts
 from tasks.verify import verify_shard
 
+# The sections a run did not give: empty instances (no field set), so only what a run gives is merged.
+NO_ENDPOINT = EndpointConfig.model_construct()
+NO_SAMPLING = SamplingConfig.model_construct()
+NO_ROWS = RowsConfig.model_construct()
+NO_CONCURRENCY = ConcurrencyConfig.model_construct()
+NO_ENVIRONMENTS = EnvironmentConfig.model_construct()
+NO_STORAGE = StorageConfig.model_construct()
+NO_PROFILING = ProfilingConfig.model_construct()
+NO_TRAIN = TrainConfig.model_construct()
+
+
+def deployment_defaults() -> dict[str, Any] | None:
+    """The parameters of the deployment this flow run belongs to, if any (`prefect.runtime.deployment.parameters`
+    are the run's own, already replaced section by section by what the run gave)."""
+    if not deployment.id:
+        return None
+    with get_client(sync_client=True) as client:
+        return client.read_deployment(UUID(deployment.id)).parameters
+
+
+def scheduled_time() -> datetime:
+    """When this flow run was scheduled to start (now, for a run started by hand)."""
+    return flow_run.scheduled_start_time or datetime.now(UTC)
+
 
 def run_name_of() -> str:
     """Flow runs are named after the collection run (the CLI resolves its name before the flow starts)."""
-    config = flow_run.parameters.get("config") or {}
+    parameters = flow_run.parameters
+    config = parameters.get("config") or parameters  # one CollectConfig, or its sections (collect_from_sections)
     if not isinstance(config, dict):
         config = config.model_dump()
     name = config.get("run_name")
-    stem = str(config.get("input", "prompts")).rstrip("/").rsplit("/", 1)[-1].split(".")[0]
+    stem = (
+        dated_input(str(config.get("input") or "prompts"), scheduled_time())
+        .rstrip("/")
+        .rsplit("/", 1)[-1]
+        .split(".")[0]
+    )
     return name or f"collect-{stem}"
 
 
@@ -60,16 +108,41 @@ def settled(future: PrefectFuture[Any]) -> bool:
     return bool(done()) if callable(done) else future.state.is_final()
 
 
+class ShardLog:
+    """One INFO line per finished shard in the flow run's logs: rollouts done of the run's total, the rate since
+    the shards started, and the mean reward so far."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.total, self.shards = plan.rollouts_expected, len(plan.shards)
+        self.done = self.ok = self.finished = 0
+        self.reward_sum, self.started = 0.0, time.monotonic()
+
+    def add(self, result: ShardResult) -> None:
+        self.finished += 1
+        self.done += result.rollouts + result.failed
+        self.ok += result.rollouts
+        self.reward_sum += result.reward_sum
+        rate = self.done / max(time.monotonic() - self.started, 1e-3)
+        get_run_logger().info(
+            "shard %s done (%d of %d shards): %d/%d rollouts, %.1f rollouts/s, %s",
+            result.shard,
+            self.finished,
+            self.shards,
+            self.done,
+            self.total,
+            rate,
+            reward_text(self.reward_sum / self.ok if self.ok else None),
+        )
+
+
 def follow_shards(
-    engine: Engine,
-    run: RunRef,
-    generated: Sequence[PrefectFuture[Any]],
-    verified: Sequence[PrefectFuture[Any]],
+    engine: Engine, plan: RunPlan, generated: Sequence[PrefectFuture[Any]], verified: Sequence[PrefectFuture[Any]]
 ) -> list[State[Any]]:
     """Wait for the shards' verify tasks in submission order (roughly the order they finish), moving the progress
-    artifact; on a stop request, cancel what has not started and wait for what runs to flush. Their final states."""
-    stop = collector().stop
-    progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {run.run_url}")
+    artifact and logging each shard; on a stop request, cancel what has not started and wait for what runs to
+    flush. Their final states."""
+    stop, shard_log = collector().stop, ShardLog(plan)
+    progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {plan.run.run_url}")
     for done, future in enumerate(verified, start=1):
         while not stop.is_set() and not settled(future):
             future.wait(timeout=0.25)
@@ -78,8 +151,10 @@ def follow_shards(
         future.wait()  # done: this keeps its result in memory (tasks do not persist results)
         # prefect's async_dispatch types the result as UUID | Coroutine; called from sync code it is the UUID
         update_progress_artifact(progress, progress=100.0 * done / len(verified))  # type: ignore[arg-type]
-        if engine.counts_in_workers and future.state.is_completed():  # the workers' boards are not this one
-            collector().board.add_shard(future.result())
+        if future.state.is_completed():
+            shard_log.add(future.result())
+            if not engine.live_counts:  # a remote cluster's workers: their counts come with each shard
+                collector().board.add_shard(future.result())
     if stop.is_set():  # Ctrl-C: tasks not started yet are cancelled; those running stop after flushing
         for future in (*generated, *verified):
             cancel = getattr(_runner_future(future), "cancel", None)  # thread/process pools; Dask/Ray run on
@@ -99,31 +174,81 @@ def write_outputs(run: RunRef, verdict: Verdict) -> dict[str, list[str]]:
     return {selection.objective: format_training_data(run, selection) for selection in filter_rollouts(run)}
 
 
-def conclude(summary: RunSummary) -> RunSummary:
-    """Announce the run's end (log line, event); a run that did not complete ends the flow run Failed."""
-    get_run_logger().info(
-        "run %s %s: %d of %d rollouts ok, mean reward %s",
+def conclude(summary: RunSummary) -> RunSummary | State[Any]:
+    """Announce the run's end (log lines with its counts and output places, event); a stopped run ends the flow
+    run Cancelled, a run that did not complete ends it Failed."""
+    logger = get_run_logger()
+    logger.info(
+        "run %s %s: %d of %d rollouts verified, %d failed, %s",
         summary.run_url,
         summary.status,
         summary.rollouts_ok,
         summary.rollouts_expected,
-        summary.mean_reward,
+        summary.rollouts_failed,
+        reward_text(summary.mean_reward),
     )
+    for objective, files in summary.outputs.items():
+        logger.info("%s training files: %s", objective, ", ".join(files))
     emit_run_event(summary)
+    if summary.status == "interrupted":
+        return Cancelled(message=summary.reason, data=summary)
     if summary.status != "completed":
         raise RunFailedError(summary.reason, summary=summary.model_dump())
     return summary
 
 
 @flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=True)
-def collect_rollouts(config: CollectConfig) -> RunSummary:
+def collect_rollouts(config: CollectConfig) -> RunSummary | State[Any]:
     """Collect `num_repeats` verified rollouts per prompt and write training files for each objective."""
+    return collect(config)
+
+
+@flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=False)
+def collect_from_sections(
+    input: str,
+    objective: list[Objective] = ["rl"],  # noqa: B006  (a parameter default, never mutated)
+    run_name: str = "",
+    max_failure_fraction: float = 0.05,
+    endpoint: EndpointConfig = NO_ENDPOINT,
+    sampling: SamplingConfig = NO_SAMPLING,
+    rows: RowsConfig = NO_ROWS,
+    concurrency: ConcurrencyConfig = NO_CONCURRENCY,
+    environments: EnvironmentConfig = NO_ENVIRONMENTS,
+    storage: StorageConfig = NO_STORAGE,
+    profiling: ProfilingConfig = NO_PROFILING,
+    train: TrainConfig = NO_TRAIN,
+) -> RunSummary | State[Any]:
+    """The same collection with CollectConfig's sections as parameters, for deployments: a run started from the UI,
+    the CLI or a trigger gives only what it changes, merged field by field onto the deployment's parameters.
+
+    Args:
+        input: prompts JSONL (NeMo Gym rows, {"prompt": ...} or {"messages": [...]}): local path or fsspec URL;
+            `{date}` in it is the day the run was scheduled for (YYYY-MM-DD, UTC)
+        objective: training files to write (rl, sft, dpo); the first sets the sampling defaults
+        run_name: name of the run directory; empty: input name + digest of config and input
+        max_failure_fraction: the run fails when more rollouts than this fraction fail
+        endpoint: the model server (or a ModelEndpoint block) and how requests to it are made
+        sampling: sampling options; empty fields: the rows' own values, then the objective's preset
+        rows: which input rows are used
+        concurrency: how much runs at once, and where
+        environments: what a prompt is solved in: its tools and its verifier
+        storage: where runs are written (or a RolloutStorage block)
+        profiling: what the run's profile measures beyond its always-on report
+        train: filters and formats of the training files
+    """
+    given = {k: v for k, v in locals().items() if v is not None and not (k == "run_name" and v == "")}
+    given["input"] = dated_input(input, scheduled_time())  # `{date}`: the day the run was scheduled for
+    return collect(merged_config(given, deployment_defaults()))
+
+
+def collect(config: CollectConfig) -> RunSummary | State[Any]:
+    """The collection itself, in the flow run of either flow above."""
     stop = collector().stop
-    # Prefect's SIGTERM handler (installed around this body) would raise in this thread while the shards go on
+    # Prefect's SIGTERM handler (installed around a flow body) would raise in this thread while the shards go on
     # collecting: ours stops taking work and flushes, like Ctrl-C; Prefect's comes back when the body ends.
     restore = install_signal_handlers(stop, signals=(signal.SIGTERM,))
     try:
-        return collect(config)
+        return collect_config(config)
     finally:
         restore()
         if stop.is_set():
@@ -133,20 +258,19 @@ def collect_rollouts(config: CollectConfig) -> RunSummary:
 def hand_back_cancellation() -> None:
     """A cancellation from the UI reaches a deployment's process as SIGTERM after the runner recorded its intent:
     once the stopped run is flushed and its manifest says `interrupted`, let Prefect's engine end the flow run
-    Cancelled (it does so on `TerminationSignal` when that intent is set). A plain SIGTERM has no intent: the run
-    ends Failed with the `interrupted` reason."""
+    Cancelled (it does so on `TerminationSignal` when that intent is set)."""
     try:
         from prefect._internal.control_listener import get_intent
         from prefect.exceptions import TerminationSignal
-    except ImportError:  # another Prefect release: the run ends Failed, which is still not Running
+    except ImportError:  # another Prefect release: the run ends as `conclude` says, which is still not Running
         return
     if get_intent() == "cancel":
         raise TerminationSignal(signal=signal.SIGTERM)
 
 
-def collect(config: CollectConfig) -> RunSummary:
+def collect_config(config: CollectConfig) -> RunSummary | State[Any]:
     board = collector().board
-    board.set_ui_url(flow_run.ui_url)
+    board.set_ui_url(flow_run.ui_url if PREFECT_UI_URL.value() else None)  # no UI with the embedded server
     refuse_secrets(config)  # credentials in the parameters themselves: refused, and never written anywhere
     config = apply_blocks(config)  # block names travel in the parameters; their secrets are loaded here and in tasks
     engine = engine_of(config)
@@ -158,7 +282,7 @@ def collect(config: CollectConfig) -> RunSummary:
         collector().locks.release(run_store(plan.run))
 
 
-def collect_plan(config: CollectConfig, engine: Engine, plan: RunPlan) -> RunSummary:
+def collect_plan(config: CollectConfig, engine: Engine, plan: RunPlan) -> RunSummary | State[Any]:
     board, stop = collector().board, collector().stop
     run = plan.run
     get_run_logger().info(
@@ -179,10 +303,11 @@ def collect_plan(config: CollectConfig, engine: Engine, plan: RunPlan) -> RunSum
             verifiers.submit(verify_shard, {"run": run, "shard": shard}, wait_for=[future])
             for shard, future in zip(plan.shards, generated, strict=True)
         ]
-        states = follow_shards(engine, run, generated, verified)
+        states = follow_shards(engine, plan, generated, verified)
     results = [state.result() for state in states if state.is_completed()]
     finish_parallel(run)
-    if stop.is_set():
+    if stop.is_set():  # what the shards flushed, read back: a stopped shard task returns no counts
+        results = stored_results(plan)
         return conclude(finish_run(plan, judge(plan, results, [], interrupted=stop.reason), results, [], {}, {}))
     broken = [shard.shard for shard, state in zip(plan.shards, states, strict=True) if not state.is_completed()]
     board.set_phase("profiling")
@@ -190,6 +315,7 @@ def collect_plan(config: CollectConfig, engine: Engine, plan: RunPlan) -> RunSum
     verdict = judge(plan, results, broken)
     outputs = write_outputs(run, verdict)
     if stop.is_set():  # a stop during the last stages: the training files may be partial, so not `completed`
+        results = stored_results(plan)
         verdict = judge(plan, results, broken, interrupted=stop.reason)
         return conclude(finish_run(plan, verdict, results, broken, profile, {}))
     return conclude(finish_run(plan, verdict, results, broken, profile, outputs))

@@ -14,7 +14,9 @@ from typing import Any
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from rollouts.collector.channel import ProgressListener
 from rollouts.collector.engine import Engine
+from rollouts.collector.runtime import collector
 from rollouts.config import ConcurrencyConfig
 from rollouts.errors import ConfigError
 
@@ -33,9 +35,9 @@ def worker_api_url() -> str | None:
     return server.api_url if server is not None and server.running else None
 
 
-def worker_env() -> dict[str, str]:
-    """Environment for worker processes: the API server to use, and this process's quiet, offline defaults."""
-    env = {
+def worker_env(**extra: str) -> dict[str, str]:
+    """Environment for worker processes: the API server to use, this process's quiet, offline defaults, `extra`."""
+    env = extra | {
         key: os.environ[key]
         for key in (
             "PREFECT_SERVER_ANALYTICS_ENABLED",
@@ -62,7 +64,9 @@ def _remote_needs_real_server(engine: str) -> None:
         )
 
 
-def dask_runner(address: str | None, workers: int, threads_per_worker: int) -> AnyRunner:
+def dask_runner(
+    address: str | None, workers: int, threads_per_worker: int, env: dict[str, str] | None = None
+) -> AnyRunner:
     """An existing Dask scheduler, or a local cluster of `workers` processes on loopback with no dashboard port."""
     from prefect_dask.task_runners import DaskTaskRunner
 
@@ -78,12 +82,12 @@ def dask_runner(address: str | None, workers: int, threads_per_worker: int) -> A
             "host": "127.0.0.1",
             "dashboard_address": "127.0.0.1:0",
             "scheduler_kwargs": {"dashboard": False},
-            "env": worker_env(),
+            "env": worker_env(**(env or {})),
         }
     )
 
 
-def ray_runner(address: str | None, workers: int) -> AnyRunner:
+def ray_runner(address: str | None, workers: int, env: dict[str, str] | None = None) -> AnyRunner:
     """An existing Ray cluster (`ray://host:10001` or `auto`), or a local Ray instance of `workers` CPUs.
 
     A shard task takes one CPU, so each Ray worker process runs one shard at a time on its own collector loop with
@@ -94,11 +98,11 @@ def ray_runner(address: str | None, workers: int) -> AnyRunner:
     except ImportError:
         raise ConfigError("--task-runner ray needs prefect-ray: pip install 'rollouts[ray]'") from None
 
-    runtime_env: dict[str, Any] = {"env_vars": worker_env()}
     if address:
         _remote_needs_real_server("ray")
-        runner: AnyRunner = RayTaskRunner(address=address, init_kwargs={"runtime_env": runtime_env})
+        runner: AnyRunner = RayTaskRunner(address=address, init_kwargs={"runtime_env": {"env_vars": worker_env()}})
         return runner
+    runtime_env: dict[str, Any] = {"env_vars": worker_env(**(env or {}))}
     runner = RayTaskRunner(
         init_kwargs={
             "num_cpus": workers,
@@ -110,10 +114,10 @@ def ray_runner(address: str | None, workers: int) -> AnyRunner:
     return runner
 
 
-def _distributed(concurrency: ConcurrencyConfig) -> AnyRunner:
+def _distributed(concurrency: ConcurrencyConfig, env: dict[str, str]) -> AnyRunner:
     if concurrency.task_runner == "dask":
-        return dask_runner(concurrency.dask_address, concurrency.dask_workers, concurrency.max_concurrent_shards)
-    return ray_runner(concurrency.ray_address, concurrency.ray_workers)
+        return dask_runner(concurrency.dask_address, concurrency.dask_workers, concurrency.max_concurrent_shards, env)
+    return ray_runner(concurrency.ray_address, concurrency.ray_workers, env)
 
 
 @contextlib.contextmanager
@@ -126,8 +130,17 @@ def shard_runners(engine: Engine) -> Iterator[tuple[AnyRunner, AnyRunner]]:
     the runner's graph without holding a worker), one collector loop per worker process.
     """
     if engine.counts_in_workers:
-        with _distributed(engine.concurrency) as runner:
-            yield runner, runner
+        concurrency = engine.concurrency
+        # Local workers report their counts live over a loopback channel; a remote cluster's, with each shard.
+        local = not (concurrency.dask_address if concurrency.task_runner == "dask" else concurrency.ray_address)
+        listener = ProgressListener(collector().board) if local else None
+        engine.live_counts = listener is not None
+        try:
+            with _distributed(concurrency, listener.env() if listener else {}) as runner:
+                yield runner, runner
+        finally:
+            if listener is not None:
+                listener.close()
         return
     width = engine.shard_slots
     generators: ThreadPoolTaskRunner[Any]

@@ -1,6 +1,10 @@
 """Custom events of the pipeline: `rollouts.prompts.ready` (a prompts file to collect) and `rollouts.run.completed`
 / `rollouts.run.failed` (a collection ended), for deployment triggers to chain prepare -> collect -> train.
 
+A completed run that added nothing (it resumed a run that was already whole: the same config over the same input)
+emits `rollouts.run.unchanged` instead of `completed`, so a training flow triggered by `completed` never retrains on
+the same data. Every run event carries `new_rollouts` (verified by this attempt) and `resumed`.
+
 Payload values are strings or numbers only; a trigger templates just the strings it needs (a URI) into parameters,
 because several Prefect 3.x releases deliver templated non-strings as strings.
 """
@@ -13,6 +17,7 @@ from prefect.events import Event, emit_event
 PROMPTS_READY = "rollouts.prompts.ready"
 RUN_COMPLETED = "rollouts.run.completed"
 RUN_FAILED = "rollouts.run.failed"
+RUN_UNCHANGED = "rollouts.run.unchanged"
 _COUNTS = (
     "prompts",
     "rejects",
@@ -23,6 +28,8 @@ _COUNTS = (
     "failure_fraction",
     "mean_reward",
     "rollouts_per_s",
+    "new_rollouts",
+    "resumed",
 )
 
 
@@ -40,14 +47,17 @@ def emit_prompts_ready(uri: str, rows: int, dataset: str) -> Event | None:
 
 
 def emit_run_event(summary: Any) -> Event | None:
-    """`rollouts.run.completed` or `.failed` for a RunSummary (or its dict): the run URL, counts, mean reward and
-    the training files, related to the flow run that emitted it. Call it once, as the flow's last step."""
+    """`rollouts.run.completed`, `.unchanged` or `.failed` for a RunSummary (or its dict): the run URL, counts,
+    mean reward and the training files, related to the flow run that emitted it. Call it once, as the flow's last
+    step."""
     data = summary.model_dump() if hasattr(summary, "model_dump") else dict(summary)
     run_url = data["run_url"]
     payload: dict[str, Any] = {"run_url": run_url, "status": data["status"], "reason": data.get("reason") or ""}
-    payload.update({key: data[key] for key in _COUNTS if key in data})
+    payload.update({key: data[key] for key in _COUNTS if data.get(key) is not None})
     payload["outputs"] = {objective: list(files) for objective, files in (data.get("outputs") or {}).items()}
-    event = RUN_COMPLETED if data["status"] == "completed" else RUN_FAILED
+    event = RUN_FAILED
+    if data["status"] == "completed":
+        event = RUN_UNCHANGED if data.get("resumed") and not data.get("new_rollouts") else RUN_COMPLETED
     return emit_event(
         event,
         resource={

@@ -8,19 +8,21 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from blocks import resolve_storage
 from flows.events import emit_prompts_ready
 from rollouts.storage import Store
 
+DEFAULT_DATA = "./data"
+
 
 @task(name="write-prompts", cache_policy=NO_CACHE, persist_result=False)
-def write_prompts(out: str, dataset: str, rows: int, seed: int, storage_block: str | None) -> str:
+def write_prompts(out: str, dataset: str, rows: int, seed: int, storage_block: str) -> str:
     """Arithmetic prompts with their answers, written whole (one PUT on object stores); returns the file's URL."""
     options: dict[str, Any] = {}
     if storage_block:
-        from blocks import resolve_storage
-
         storage = resolve_storage(storage_block)
-        out, options = storage.url if out == "" else out, storage.storage_options
+        out, options = out or storage.url, storage.storage_options
+    out = out or DEFAULT_DATA
     rng = random.Random(seed)
     lines = []
     for _ in range(rows):
@@ -45,10 +47,17 @@ def write_prompts(out: str, dataset: str, rows: int, seed: int, storage_block: s
 
 @flow(name="prepare-prompts", log_prints=False)
 def prepare_prompts(
-    out: str = "./data", dataset: str = "arith", rows: int = 32, seed: int = 0, storage_block: str | None = None
+    out: str = "", dataset: str = "arith", rows: int = 32, seed: int = 0, storage_block: str = ""
 ) -> str:
-    """Write `rows` prompts to `<out>/prompts/<dataset>.jsonl` (or under a RolloutStorage block's URL when `out` is
-    empty) and emit `rollouts.prompts.ready` with its URI."""
+    """Write `rows` prompts to `<out>/prompts/<dataset>.jsonl` and emit `rollouts.prompts.ready` with its URI.
+
+    Args:
+        out: where the prompts go, a local path or fsspec URL; empty: the storage block's URL, else ./data
+        dataset: the file's name, and the event's resource (`rollouts.prompts.<dataset>`)
+        rows: how many prompts
+        seed: seed of the generated arithmetic
+        storage_block: a RolloutStorage block: its URL (when `out` is empty) and its filesystem options
+    """
     uri = write_prompts(out, dataset, rows, seed, storage_block)
     emit_prompts_ready(uri, rows=rows, dataset=dataset)
     get_run_logger().info("wrote %d prompts to %s and emitted rollouts.prompts.ready", rows, uri)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,7 +26,7 @@ from rollouts.envs import (
     parse_remote_env,
 )
 from rollouts.errors import ConfigError
-from rollouts.options import IDENTITY, Cli, field_of, identity_fields, marker
+from rollouts.options import IDENTITY, Cli, field_of, form_schema, identity_fields, marker
 from rollouts.places import http_url
 from rollouts.process.config import (
     Objective,
@@ -37,16 +38,20 @@ from rollouts.process.config import (
 
 __all__ = [
     "SAMPLING_PRESETS",
+    "DEFAULT_OUT",
     "CollectConfig",
     "ConcurrencyConfig",
     "EndpointConfig",
     "EnvironmentConfig",
     "Objective",
+    "ProfilingConfig",
     "RowsConfig",
     "SamplingConfig",
     "StorageConfig",
     "TrainConfig",
     "api_key_from_env",
+    "dated_input",
+    "merged_config",
     "parse_remote_envs",
 ]
 
@@ -57,8 +62,10 @@ SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
     "dpo": {"temperature": 0.7, "top_p": 1.0, "num_repeats": 4},
 }
 
+DEFAULT_OUT = "./runs"  # a storage block's URL replaces it; any other --out contradicting the block is refused
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_schema)
 
 
 def _model_url(value: str | None) -> str | None:
@@ -410,7 +417,7 @@ class StorageConfig(BaseModel):
     model_config = _FROZEN
 
     out: Annotated[str, Cli(flag="--out")] = Field(
-        "./runs", description="where runs are written: local path or fsspec URL such as s3://bucket/runs"
+        DEFAULT_OUT, description="where runs are written: local path or fsspec URL such as s3://bucket/runs"
     )
     block: Annotated[str | None, Cli(flag="--storage-block", metavar="NAME")] = Field(
         None, description="a RolloutStorage block: where runs go, with the filesystem's options and credentials"
@@ -429,7 +436,8 @@ class CollectConfig(BaseModel):
     objective: list[Objective] = Field(
         ["rl"],
         description=(
-            "training files to write: rl, sft, dpo or a comma list such as rl,dpo; the first sets sampling defaults"
+            "training files to write: one or more of rl, sft, dpo (on the command line a comma list such as "
+            "rl,dpo); the first sets sampling defaults"
         ),
     )
     run_name: str | None = Field(
@@ -550,6 +558,26 @@ class CollectConfig(BaseModel):
     def digest(self, input_digest: str) -> str:
         blob = json.dumps({"config": self.identity(), "input": input_digest}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def dated_input(template: str, when: datetime) -> str:
+    """The input of a scheduled collection: `{date}` in it becomes the day of `when` (YYYY-MM-DD, UTC), so a
+    nightly deployment of `s3://bucket/prompts/{date}.jsonl` collects each day's file."""
+    return template.replace("{date}", when.astimezone(UTC).strftime("%Y-%m-%d"))
+
+
+def merged_config(given: dict[str, Any], defaults: dict[str, Any] | None = None) -> CollectConfig:
+    """A CollectConfig from a deployment's parameters (`defaults`: top-level fields and sections) and what one run
+    gives: a top-level value replaces the default, a section is merged onto the default's field by field. A section
+    given as a model contributes only the fields set on it."""
+    data = dict(defaults or {})
+    for key, value in given.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump(exclude_unset=True)
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            value = {**data[key], **value}
+        data[key] = value
+    return CollectConfig.model_validate(data)
 
 
 def _leaf_owners() -> dict[str, tuple[str, str]]:

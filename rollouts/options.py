@@ -66,3 +66,17 @@ def identity_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> lis
         elif marker(field, Identity):
             paths.append((*prefix, name))
     return paths
+
+
+def form_schema(schema: dict[str, Any]) -> None:
+    """A config model's JSON schema as a form shows it (pydantic's `json_schema_extra`): an optional field appears
+    with its own type (`anyOf [T, null]` becomes T, a null default is dropped). Forms that render JSON schema, such
+    as the Prefect UI's run form, otherwise show a type picker with "None" beside every optional field."""
+    for prop in schema.get("properties", {}).values():
+        branches = prop.get("anyOf", [])
+        typed = [b for b in branches if b != {"type": "null"}]
+        if len(typed) == 1 and len(branches) == 2:
+            del prop["anyOf"]
+            prop.update(typed[0])
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]

@@ -53,6 +53,7 @@ class RunPlan(BaseModel):
     prompts: int
     rejects: int
     resumed: bool
+    earlier_rollouts: int = 0  # rollouts verified by earlier attempts of the run, before this one started
 
     @property
     def rollouts_expected(self) -> int:
@@ -98,3 +99,15 @@ def write_manifest(store: Store, run: RunRef, in_digest: str | None = None, **fi
         current[key] = value
     store.write_json(current, MANIFEST)
     return current
+
+
+def stored_results(plan: RunPlan) -> list[ShardResult]:
+    """Each shard's counts as its files hold them: what a stopped run really verified (a shard task stopped
+    mid-way returns no counts, but the rollouts it flushed are stored and kept by a resume)."""
+    store = run_store(plan.run)
+    results = []
+    for shard in plan.shards:
+        rewards = [float(r.get("reward") or 0.0) for r in read_records(store, "rollouts", f"{shard.shard}.jsonl")]
+        failed = sum(1 for _ in read_records(store, "failures", f"{shard.shard}.jsonl"))
+        results.append(ShardResult(shard=shard.shard, rollouts=len(rewards), failed=failed, reward_sum=sum(rewards)))
+    return results

@@ -31,6 +31,7 @@ class Engine:
     name: str = "threads"
     # Whether the counts of a shard's rollouts live in other processes' boards that the flow never sees live.
     counts_in_workers: ClassVar[bool] = False
+    live_counts: bool = True  # the board moves as rollouts finish (else: as each shard's result comes back)
 
     def __init__(self, concurrency: ConcurrencyConfig, start: ShardStart) -> None:
         self.concurrency, self.start = concurrency, start

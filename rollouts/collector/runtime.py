@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, cast
 
 from rollouts.collector.breaker import FailureBreaker
+from rollouts.collector.channel import reporter_from_env
 from rollouts.collector.interrupt import StopSignal
 from rollouts.collector.limits import InflightLimiter
 from rollouts.collector.progress import ProgressBoard
@@ -174,6 +175,7 @@ class CollectorRuntime:
         self.clients = SharedClients()
         self.board = ProgressBoard()
         self.locks = RunLocks()  # the runs this process writes: one writer per run
+        self.reporter = reporter_from_env(self.board)  # a Dask or Ray worker of a flow that listens for counts
         self.stop = StopSignal()  # requested by SIGINT/SIGTERM (commands/) or a caller: shards stop taking work
         self._limiters: dict[str, InflightLimiter] = {}
         self._breakers: dict[str, FailureBreaker] = {}
@@ -217,7 +219,11 @@ class CollectorRuntime:
             return limiter
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run(coro)
+        try:
+            return self.loop.run(coro)
+        finally:
+            if self.reporter is not None:  # a shard's last counts reach the flow before its result
+                self.reporter.flush()
 
     def close(self) -> None:
         if self._pool is not None:

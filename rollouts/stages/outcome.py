@@ -46,6 +46,8 @@ class RunSummary(BaseModel):
     incomplete_shards: list[str]
     top_failures: list[dict[str, Any]] = []  # {type, status_code, count, example}, most frequent first
     token_contiguity: str | None = None  # with --return-tokens: rollouts contiguous, breaks by class
+    resumed: bool = False  # an earlier attempt of the same run (same config and input) had started it
+    new_rollouts: int = 0  # rollouts verified by this attempt: 0 when a resumed run found everything done
 
 
 def run_failure_counts(plan: RunPlan, missing: int = 0) -> FailureCounts:
@@ -105,6 +107,11 @@ def judge(plan: RunPlan, results: list[ShardResult], incomplete: list[str], *, i
     )
 
 
+def reward_text(mean_reward: float | None) -> str:
+    """A mean reward for a message: a number, or what it means that there is none."""
+    return f"mean reward {mean_reward:.3f}" if mean_reward is not None else "no verified rollout to average"
+
+
 def top_failures(plan: RunPlan, results: list[ShardResult], limit: int = 5) -> list[dict[str, Any]]:
     """The most frequent failure types of the run (type and status code), each with one example message."""
     store = run_store(plan.run)
@@ -150,6 +157,8 @@ def finish_run(
         incomplete_shards=incomplete,
         top_failures=top_failures(plan, results),
         token_contiguity=(profile.get("contiguity") or {}).get("summary"),
+        resumed=plan.resumed,
+        new_rollouts=max(verdict.rollouts_ok - plan.earlier_rollouts, 0),
     )
     store = run_store(plan.run)
     store.remove_leftovers("profile", "train")  # an earlier attempt killed mid-write: not part of the run

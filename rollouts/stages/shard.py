@@ -15,7 +15,7 @@ from rollouts.inputs import input_digest, iter_lines, parse_prompts, prompt_line
 from rollouts.lock import RunLocks
 from rollouts.places import absolute, is_url
 from rollouts.records import dumps
-from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, write_manifest
+from rollouts.run import MANIFEST, RunPlan, RunRef, ShardRef, default_run_name, stored_results, write_manifest
 from rollouts.storage import Store, check_place, join
 
 
@@ -97,7 +97,8 @@ def _plan(run: RunRef, store: Store, manifest: dict[str, Any] | None, in_digest:
     store.remove(STOPPED)  # an earlier attempt stopped early: this one tries again (the user changed something)
     if manifest is not None and manifest.get("shards") is not None:
         shards = [ShardRef(shard=s["shard"], prompts=s["prompts"]) for s in manifest["shards"]]
-        return RunPlan(run=run, shards=shards, prompts=manifest["prompts"], rejects=manifest["rejects"], resumed=True)
+        plan = RunPlan(run=run, shards=shards, prompts=manifest["prompts"], rejects=manifest["rejects"], resumed=True)
+        return plan.model_copy(update={"earlier_rollouts": sum(r.rollouts for r in stored_results(plan))})
     shards, prompts, rejects = shard_prompts(run, store)
     write_manifest(store, run, in_digest, status="running", shards=shards, prompts=prompts, rejects=rejects)
     return RunPlan(run=run, shards=shards, prompts=prompts, rejects=rejects, resumed=False)

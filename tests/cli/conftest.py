@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.conftest import prefect_server, s3_endpoint, sim  # noqa: F401  (session fixtures)
+from tests.integration.conftest import live_prefect, prefect_server, s3_endpoint, sim  # noqa: F401  (session fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 # A fast exit is one taken before Prefect starts: the command's imports and checks only. On 2 busy cores that is

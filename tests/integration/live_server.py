@@ -70,14 +70,15 @@ def _stop(process: subprocess.Popen, timeout_s: float = 15) -> None:
 
 
 @contextlib.contextmanager
-def prefect_server(startup_timeout_s: float = 90) -> Iterator[LiveServer]:
-    """`prefect server start` in its own session (so its uvicorn child goes with it), healthy before it yields."""
+def prefect_server(startup_timeout_s: float = 240, **settings: str) -> Iterator[LiveServer]:
+    """`prefect server start` in its own session (so its uvicorn child goes with it), healthy before it yields;
+    `settings` are extra environment variables of the server (PREFECT_SERVER_SERVICES_...)."""
     home = tempfile.mkdtemp(prefix="prefect-home-")
     port = _free_port()
     log = Path(home) / "server.log"
     with open(log, "wb") as out:
         # The UI asks /ui-settings for the API's address, which otherwise defaults to port 4200.
-        env = {**offline_env(home), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+        env = {**offline_env(home), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", **settings}
         process = subprocess.Popen(
             [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env=env,

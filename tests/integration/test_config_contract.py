@@ -103,7 +103,8 @@ def test_a_new_field_appears_in_help_form_and_manifest_with_nothing_else_written
     manifest = write_manifest(Store(str(tmp_path)), RunRef(run_id="r", run_url=str(tmp_path), config=config))
     assert manifest["config"]["sampling"]["frequency_penalty"] == 0.5
     form = extended.model_json_schema()["$defs"]["SamplingConfig"]["properties"]["frequency_penalty"]
-    assert form["description"] == "penalise repeats" and form["default"] is None
+    # The form shows it as a number field: no `anyOf [number, null]` type picker, no null default to prefill.
+    assert form["description"] == "penalise repeats" and form["type"] == "number" and "default" not in form
     with pytest.raises(SystemExit):
         parser.parse_args(["p.jsonl", "--model-url", "http://x/v1", "--model", "m", "--frequency-penalty", "x"])
 

@@ -91,19 +91,19 @@ def test_nightly_schedule_is_registered_with_its_next_runs(deployed, live_client
     first = now.replace(hour=2, minute=0, second=0, microsecond=0)
     first += timedelta(days=1) if first <= now else timedelta(0)
     assert times[:3] == [first, first + timedelta(days=1), first + timedelta(days=2)]
-    assert all(r.parameters["config"]["input"] == deployed["config"]["input"] for r in runs)
+    assert all(r.parameters["input"] == deployed["config"]["input"] for r in runs)
 
 
 def test_run_deployment_with_parameters_completes_through_the_worker(deployed, live_client):
     from prefect import get_client
     from prefect.deployments import run_deployment
 
-    config = {**deployed["config"], "run_name": "from-ui-run", "sampling": {"num_repeats": 3}}  # the form's sections
-    flow_run = run_deployment("collect-rollouts/from-ui", parameters={"config": config}, timeout=0)
+    given = {"run_name": "from-ui-run", "sampling": {"num_repeats": 3}}  # what the form changed, nothing else
+    flow_run = run_deployment("collect-rollouts/from-ui", parameters=given, timeout=0)
     with get_client(sync_client=True) as client:
         done = _wait_state(client, flow_run.id)
     assert done.state.is_completed(), done.state.message
-    assert done.parameters["config"]["sampling"]["num_repeats"] == 3
+    assert done.parameters["sampling"] == {"num_repeats": 3}
     rollouts = run_rows(deployed["work"] / "runs" / "from-ui-run", "rollouts")
     assert len(rollouts) == 12 and {r["_ng_rollout_index"] for r in rollouts} == {0, 1, 2}
     manifest = json.loads((deployed["work"] / "runs" / "from-ui-run" / "manifest.json").read_text())
@@ -136,7 +136,7 @@ def test_prepared_prompts_event_triggers_the_collection_with_their_uri(deployed,
         collection = _wait_state(client, triggered[0].id)
         events = _events(client, "rollouts.run.completed", f"prefect.flow-run.{collection.id}")
     assert collection.state.is_completed(), collection.state.message
-    assert collection.parameters["config"]["input"] == uri  # the event's URI, arrived as a string
+    assert collection.parameters["input"] == uri  # the event's URI, arrived as a string
     runs = [p for p in (deployed["work"] / "runs").iterdir() if p.name.startswith("chain-")]
     assert len(runs) == 1
     rollouts = run_rows(runs[0], "rollouts")

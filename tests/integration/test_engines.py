@@ -127,3 +127,25 @@ def test_collector_processes_give_the_same_rollouts_and_rewards_as_threads(tmp_p
         CollectConfig(out=str(tmp_path / "processes"), run_name="same", task_runner="processes", workers=2, **common)
     ).pool(collector())
     assert len(set(pool.pids)) == 2 and os.getpid() not in pool.pids
+
+
+def test_dask_progress_moves_while_it_runs_at_the_true_rate(tmp_path):
+    """Dask workers report their counts as rollouts finish: the plain progress lines (every 10 s) show partial
+    counts while the run goes on, at a rate the server allows (4 in flight x 0.5 s = 8 rollouts/s at most)."""
+    import re
+
+    from rollouts.sim.launch import start_sim_server
+
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(80))
+    env = offline_env(tempfile.mkdtemp(prefix="prefect-home-"))
+    with start_sim_server(latency_ms=500, seed=0) as slow:
+        cmd = [
+            *(sys.executable, "-m", "commands", "collect", str(src), "--out", str(tmp_path / "runs")),
+            *("--model-url", slow.url, "--model", "sim-model", "--num-repeats", "2", "--shard-size", "40"),
+            *("--task-runner", "dask", "--dask-workers", "2", "--parallel", "4", "--run-name", "live"),
+        ]  # no terminal: the progress display prints plain lines
+        done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [tuple(map(int, m)) for m in re.findall(r"rollouts (\d+)/(\d+)\s+(\d+)/s", done.stderr)]
+    assert any(0 < count < total for count, total, _ in lines), done.stderr[-3000:]
+    assert all(rate <= 12 for _, _, rate in lines), lines

@@ -19,6 +19,9 @@ PROMPTS, REPEATS = 200, 4
 
 
 def test_sigint_stops_within_seconds_marks_the_run_interrupted_and_a_resume_completes_it(tmp_path, prefect_server):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(PROMPTS))
     run = tmp_path / "runs" / "stopped"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": prefect_server}
@@ -77,6 +80,12 @@ def test_sigint_stops_within_seconds_marks_the_run_interrupted_and_a_resume_comp
         assert after <= 32  # at most what was already on its way: nothing new starts
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["status"] == "interrupted" and "resume" in manifest["reason"]
+        stored = sum(len(f.read_bytes().splitlines()) for f in (run / "rollouts").glob("*.jsonl"))
+        assert manifest["counts"]["rollouts_ok"] == stored > 0  # the true count, not only finished shards'
+        with get_client(sync_client=True) as client:
+            (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["stopped"])))
+        assert flow_run.state.is_cancelled(), flow_run.state
+        assert f"with {stored} of {PROMPTS * REPEATS} rollouts verified" in flow_run.state.message
         resumed = subprocess.run(
             command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
         )

@@ -70,8 +70,10 @@ NOT_RUN: dict[tuple[str, ...], str] = {
     "a run directory is run here",
     ("python bench/",): "benchmarks run for minutes and print figures",
     ("prefect ", "export PREFECT_API_URL=", "PREFECT_API_URL=", "python -c", "python deployments/deploy.py"): (
-        "needs a Prefect server and a worker; tests/integration/test_deployments.py and test_blocks.py run these steps"
+        "needs a Prefect server and a worker; tests/integration/test_chain.py, test_deployments.py and test_blocks.py "
+        "run these steps"
     ),
+    ("rollouts server start",): "starts a long-lived Prefect server; tests/cli/test_local_server.py runs it",
     ("python3.13 -m venv", "/tmp/ngym/bin/pip", "unzip -p"): "builds NeMo Gym 0.7 in a Python 3.13 venv (minutes)",
 }
 
