@@ -1,0 +1,176 @@
+"""Write a QualityResult where the run keeps it, and render it as a Markdown section of the run report.
+
+    write_quality(result, "runs/my-run")       # runs/my-run/quality/verdicts.jsonl and summary.json
+    markdown_section(result.summary())         # "## Rollout health" with a table per check, per environment, worst
+
+`verdicts.jsonl` has one line per checked rollout, in the order the rows were read:
+    {"rollout_id": "3f9c...", "_ng_task_index": 7, "_ng_rollout_index": 3, "verdict": "unhealthy",
+     "checks": ["runaway_generation"], "evidence": {"runaway_generation": "at the token limit: \\"ha \\" ×412 ..."}}
+Lines are built by polars and written as one column (no per-row Python), through fsspec for any storage.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec  # type: ignore[import-untyped]
+import orjson
+import polars as pl
+
+from .engine import QualityResult
+
+QUALITY_DIR = "quality"
+VERDICTS_FILE = "verdicts.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def verdict_lines(result: QualityResult) -> pl.Series:
+    """The lines of verdicts.jsonl (JSON text, without newlines)."""
+    verdicts = result.verdicts()
+    head = verdicts.select(
+        pl.struct("rollout_id", "_ng_task_index", "_ng_rollout_index", "verdict", "checks")
+        .struct.json_encode()
+        .str.strip_suffix("}")
+        .alias("head"),
+        "evidence",
+    )
+    return head.select(pl.concat_str("head", pl.lit(',"evidence":'), "evidence", pl.lit("}")).alias("line"))["line"]
+
+
+def write_quality(
+    result: QualityResult,
+    run: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Write `<run>/quality/verdicts.jsonl` and `<run>/quality/summary.json`; returns {file name: URL}."""
+    fs, root = fsspec.core.url_to_fs(run, **dict(storage_options or {}))
+    folder = f"{root.rstrip('/')}/{QUALITY_DIR}"
+    fs.makedirs(folder, exist_ok=True)
+    base = f"{run.rstrip('/')}/{QUALITY_DIR}"
+    lines = verdict_lines(result).to_frame()
+    buffer = io.BytesIO()
+    if lines.height:
+        lines.write_csv(buffer, include_header=False, quote_style="never")
+    _write_atomic(fs, f"{folder}/{VERDICTS_FILE}", buffer.getvalue())
+    payload = summary if summary is not None else result.summary()
+    _write_atomic(fs, f"{folder}/{SUMMARY_FILE}", orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+    return {VERDICTS_FILE: f"{base}/{VERDICTS_FILE}", SUMMARY_FILE: f"{base}/{SUMMARY_FILE}"}
+
+
+def _write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write to a temporary name, then move it over the target: a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with fs.open(tmp, "wb") as handle:
+        handle.write(data)
+    fs.mv(tmp, path)
+
+
+def read_summary(run: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    fs, root = fsspec.core.url_to_fs(run, **dict(storage_options or {}))
+    with fs.open(f"{root.rstrip('/')}/{QUALITY_DIR}/{SUMMARY_FILE}", "rb") as handle:
+        data: dict[str, Any] = orjson.loads(handle.read())
+    return data
+
+
+def cell(value: Any) -> str:
+    """A Markdown table cell: `|` escaped, line breaks flattened."""
+    text = "" if value is None else str(value)
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _row(values: list[Any]) -> str:
+    return "| " + " | ".join(cell(v) for v in values) + " |"
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:.2f}%"
+
+
+def _where(example: Mapping[str, Any]) -> str:
+    file, line = example.get("file"), example.get("line")
+    return f"{file}:{line}" if file else f"row {line}"
+
+
+def markdown_section(summary: Mapping[str, Any], *, title: str = "## Rollout health") -> str:
+    """The run report's health section, from a summary (`QualityResult.summary()` or a stored summary.json)."""
+    verdicts, checked = summary["verdicts"], summary["checked"]
+    out = [title, ""]
+    out.append(
+        f"{checked} rollouts checked: **{verdicts['unhealthy']} unhealthy ({_pct(summary['unhealthy_fraction'])})**, "
+        f"{verdicts['unobserved']} unobserved, {verdicts['healthy']} healthy. "
+        f"Failed rollouts (not checked): {summary['failed_not_checked']}; unreadable rows: {summary['bad_rows']}."
+    )
+    if summary.get("inactive_checks"):
+        out.append(f"Checks that could judge no rollout of this run: {', '.join(summary['inactive_checks'])}.")
+    out += [
+        "",
+        _row(["check", "fired", "share", "unobserved", "example", "what fires it"]),
+        _row(["---", "---:", "---:", "---:", "---", "---"]),
+    ]
+    examples = summary.get("examples", {})
+    for check_id, stats in summary["checks"].items():
+        first = (examples.get(check_id) or [{}])[0]
+        example = first.get("evidence", {}).get(check_id, "")
+        out.append(
+            _row(
+                [
+                    f"`{check_id}`",
+                    stats["fired"],
+                    _pct(stats["fraction"]),
+                    stats["unobserved"],
+                    example,
+                    stats.get("description", ""),
+                ]
+            )
+        )
+    environments = summary.get("environments", {})
+    if environments:
+        out += [
+            "",
+            "### By environment",
+            "",
+            _row(["environment", "rollouts", "unhealthy", "share", "top checks"]),
+            _row(["---", "---:", "---:", "---:", "---"]),
+        ]
+        for env, stats in environments.items():
+            top = sorted(((c, v["fired"]) for c, v in stats["checks"].items() if v["fired"]), key=lambda c: -c[1])[:3]
+            out.append(
+                _row(
+                    [
+                        env,
+                        stats["rollouts"],
+                        stats["unhealthy"],
+                        _pct(stats["unhealthy_fraction"]),
+                        ", ".join(f"{c} ({n})" for c, n in top),
+                    ]
+                )
+            )
+    worst = summary.get("worst", [])
+    if worst:
+        out += [
+            "",
+            "### Worst rollouts",
+            "",
+            _row(["rollout", "task", "repeat", "env", "checks", "evidence", "row"]),
+            _row(["---", "---:", "---:", "---", "---", "---", "---"]),
+        ]
+        for example in worst:
+            evidence = "; ".join(f"{c}: {text}" for c, text in example["evidence"].items())
+            out.append(
+                _row(
+                    [
+                        f"`{example['rollout_id']}`",
+                        example["_ng_task_index"],
+                        example["_ng_rollout_index"],
+                        example["env"],
+                        ", ".join(example["checks"]),
+                        evidence,
+                        f"`{_where(example)}`",
+                    ]
+                )
+            )
+    return "\n".join(out) + "\n"
