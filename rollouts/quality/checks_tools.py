@@ -43,6 +43,11 @@ def _is_type(value: Any, name: str) -> bool:
     return isinstance(value, _TYPES.get(name, object))
 
 
+def _shown(value: Any, limit: int) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def schema_problem(value: Any, schema: Any, path: str, limit: int) -> str | None:
     """The first way `value` breaks `schema` (the subset in the module docstring), or None."""
     if not isinstance(schema, dict):
@@ -51,21 +56,20 @@ def schema_problem(value: Any, schema: Any, path: str, limit: int) -> str | None
     types = schema.get("type")
     allowed = [types] if isinstance(types, str) else [t for t in types or [] if isinstance(t, str)]
     if allowed and not any(_is_type(value, t) for t in allowed):
-        shown = quote_text(orjson.dumps(value).decode(), limit)
-        return f"{where}: expected {' or '.join(allowed)}, got {_json_type(value)} {shown}"
+        return f"{where}: expected {' or '.join(allowed)}, got {_json_type(value)} {_shown(value, limit)}"
     enum = schema.get("enum")
     if isinstance(enum, list) and value not in enum:
-        return f"{where}: {quote_text(orjson.dumps(value).decode(), limit)} is not one of {orjson.dumps(enum).decode()}"
+        return f"{where}: {_shown(value, limit)} is not one of {_shown(enum, limit)}"
     if isinstance(value, dict):
         given = schema.get("properties")
         props: dict[str, Any] = given if isinstance(given, dict) else {}
         for key in schema.get("required") or []:
             if key not in value:
-                return f"{where}: missing required key {quote_text(str(key), limit)}"
+                return f"{where}: missing required key {_shown(key, limit)}"
         if schema.get("additionalProperties") is False:
             for key in value:
                 if key not in props:
-                    return f"{where}: unknown key {quote_text(key, limit)}"
+                    return f"{where}: unknown key {_shown(key, limit)}"
         for key, sub in props.items():
             if key in value:
                 problem = schema_problem(value[key], sub, f"{path}.{key}" if path else key, limit)

@@ -84,6 +84,7 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "temperature": pl.Float64(),  # sampling.temperature (what was sent), else responses_create_params.temperature
     "failed": pl.Boolean(),  # ours with status failed, a NeMo Gym failure row, or no response: not checked
     "finish_reason": S,
+    "response_status": S,  # response.status: completed | incomplete | failed...
     "incomplete_reason": S,
     "end_reason": S,
     "output_tokens": pl.Int64(),  # response.usage.output_tokens
@@ -91,7 +92,7 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "items": pl.Int32(),  # output items
     "final_text": S,  # answer text (message content) of the final turn
     "final_reasoning": S,  # reasoning text (summary and content) of the final turn
-    "final_model_text": S,  # every model item of the final turn in order: reasoning, answer, tool-call arguments
+    "final_arguments": S,  # arguments of the final turn's function calls, one per line
     "final_calls": pl.Int32(),  # function calls in the final turn
     "tool_calls": pl.List(pl.Struct({"name": S, "arguments": S})),  # every function call of the rollout
     "tool_outputs": pl.List(pl.Struct({"name": S, "output": S})),  # every function_call_output, with its call's name
@@ -244,7 +245,7 @@ def _fold_items(decoded: pl.DataFrame) -> pl.DataFrame:
         items=pl.len().cast(pl.Int32),
         final_text=pl.col("text").filter(final & (kind == "message")).str.join(""),
         final_reasoning=pl.col("text").filter(final & (kind == "reasoning")).str.join("\n"),
-        final_model_text=pl.col("text").filter(final).str.join("\n"),
+        final_arguments=pl.col("text").filter(final & call).str.join("\n"),
         final_calls=(final & call).sum().cast(pl.Int32),
         tool_calls=pl.struct("name", "arguments").filter(call),
         tool_outputs=pl.struct(name="call_name", output="output").filter(kind == "function_call_output"),
@@ -276,6 +277,7 @@ def flatten(decoded: pl.DataFrame, tools: pl.Series, source: str) -> pl.DataFram
         | doc.struct.field("_ng_failure_class").is_not_null()
         | resp.is_null(),
         finish_reason=doc.struct.field("finish_reason"),
+        response_status=resp.struct.field("status"),
         incomplete_reason=resp.struct.field("incomplete_details").struct.field("reason"),
         end_reason=doc.struct.field("end_reason"),
         output_tokens=resp.struct.field("usage").struct.field("output_tokens"),
@@ -290,14 +292,16 @@ def flatten(decoded: pl.DataFrame, tools: pl.Series, source: str) -> pl.DataFram
             tool_calls=pl.col("tool_calls").fill_null([]),
             tool_outputs=pl.col("tool_outputs").fill_null([]),
             completion_key=pl.col("completion_key").fill_null(pl.lit("", S).hash(seed=0)),
-            **{name: pl.col(name).fill_null("") for name in ("final_text", "final_reasoning", "final_model_text")},
+            **{name: pl.col(name).fill_null("") for name in ("final_text", "final_reasoning", "final_arguments")},
         )
     )
     answer = pl.col("final_text")
     frame = frame.with_columns(
         completion_preview=pl.when(answer.str.strip_chars() != "")
         .then(answer)
-        .otherwise(pl.col("final_model_text"))
+        .when(pl.col("final_reasoning") != "")
+        .then(pl.col("final_reasoning"))
+        .otherwise(pl.col("final_arguments"))
         .str.slice(0, PREVIEW_CHARS)
     )
     return _with_ids(frame.select(list(FRAME_SCHEMA)).cast(pl.Schema(FRAME_SCHEMA)), source)
