@@ -116,6 +116,7 @@ PREVIEW_CHARS = 200
 
 _TOKEN_KEYS = "prompt_token_ids|generation_token_ids|generation_log_probs"
 TOKEN_RE = rf',"(?:{_TOKEN_KEYS})":\s*\[[^\]]*\]|"(?:{_TOKEN_KEYS})":\s*\[[^\]]*\],?'
+DECODED_COLUMNS = ("file", "line", "raw", "gen_tokens", "doc")
 GEN_RE = r'"generation_token_ids":\s*\[[^\]]*\]'
 
 
@@ -134,6 +135,7 @@ def decode(lines: pl.DataFrame) -> pl.DataFrame:
         )
         .collect()
         .with_columns(pl.col("gen_tokens").cast(pl.Int64))
+        .select(DECODED_COLUMNS)
     )
 
 
@@ -156,8 +158,8 @@ def decode_python(lines: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, in
         keep.append(at)
         gens.append(_count_generation_ids(row))
         docs.append(coerce(row, ROW_DTYPE))
-    out = lines[keep].with_columns(doc=pl.Series(docs, dtype=ROW_DTYPE), gen_tokens=pl.Series(gens, dtype=pl.Int64))
-    return out, bad
+    out = lines[keep].with_columns(gen_tokens=pl.Series(gens, dtype=pl.Int64), doc=pl.Series(docs, dtype=ROW_DTYPE))
+    return out.select(DECODED_COLUMNS), bad
 
 
 def _count_generation_ids(row: dict[str, Any]) -> int | None:

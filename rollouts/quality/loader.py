@@ -13,7 +13,7 @@ time, so memory is bounded by the chunk and never by the run.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,21 +202,33 @@ class RolloutReader:
         return frame_of_lines(lines, source, self.tools, self._bad)
 
 
+BadRows = Callable[[list[tuple[str, int, str]]], None]
+PYTHON_BLOCK = 256  # lines polars refuses are isolated down to blocks of this many, decoded row by row
+
+
+def decode_tolerant(lines: pl.DataFrame, on_bad: BadRows | None = None) -> pl.DataFrame:
+    """`decode`, and where polars refuses a block, its halves, down to PYTHON_BLOCK lines decoded row by row: a few
+    odd rows cost a few small blocks of Python, not the chunk."""
+    try:
+        return decode(lines)
+    except pl.exceptions.PolarsError:
+        if lines.height > PYTHON_BLOCK:
+            half = lines.height // 2
+            return pl.concat([decode_tolerant(lines[:half], on_bad), decode_tolerant(lines[half:], on_bad)])
+    decoded, bad = decode_python(lines)
+    if on_bad is not None:
+        on_bad(bad)
+    return decoded
+
+
 def frame_of_lines(
-    lines: pl.DataFrame, source: str, tools: ToolLists | None = None, on_bad: Any = None
+    lines: pl.DataFrame, source: str, tools: ToolLists | None = None, on_bad: BadRows | None = None
 ) -> pl.DataFrame:
     """The check frame of (file, line, raw) lines; rows polars refuses are decoded one by one (bad ones reported
     to `on_bad` as (file, line, reason) and left out)."""
-    if lines.height == 0:
+    decoded = decode_tolerant(lines, on_bad) if lines.height else lines
+    if decoded.height == 0:
         return empty_frame()
-    try:
-        decoded = decode(lines)
-    except pl.exceptions.PolarsError:
-        decoded, bad = decode_python(lines)
-        if on_bad is not None:
-            on_bad(bad)
-        if decoded.height == 0:
-            return empty_frame()
     return flatten(decoded, (tools or ToolLists()).column(decoded), source)
 
 

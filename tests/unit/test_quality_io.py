@@ -240,3 +240,24 @@ def test_check_run_refuses_a_frame_without_the_columns() -> None:
     empty = check_run([])
     assert (empty.checked, empty.unhealthy_fraction) == (0, 0.0)
     assert markdown_section(empty.summary()).startswith("## Rollout health\n\n0 rollouts checked")
+
+
+def test_rows_polars_refuses_are_isolated_in_small_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rollouts.quality.loader as loader
+
+    seen: list[int] = []
+    decode_python = loader.decode_python
+
+    def spy(lines: pl.DataFrame) -> tuple[pl.DataFrame, list[tuple[str, int, str]]]:
+        seen.append(lines.height)
+        return decode_python(lines)
+
+    monkeypatch.setattr(loader, "PYTHON_BLOCK", 4)
+    monkeypatch.setattr(loader, "decode_python", spy)
+    rows = [row([message(f"It is {i}.")], task=i) for i in range(64)]
+    rows[40]["response"]["output"][0]["content"] = "a bare string"
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outcome = check_path(str(path))
+    assert outcome.checked == 64 and seen == [4]
+    assert outcome.table.filter(pl.col("task_index") == 40)["completion_preview"].to_list() == ["a bare string"]
