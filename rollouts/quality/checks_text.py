@@ -90,7 +90,9 @@ def loops(text: pl.Series, config: QualityConfig) -> pl.DataFrame:
     rev = pl.col("rev")
     before = rev.str.slice(1).str.splitn(rev.str.slice(0, config.loop_probe_chars), 2)
     work = (
-        text.rename("text").to_frame().lazy()
+        text.rename("text")
+        .to_frame()
+        .lazy()
         .select(tail=tail, rev=norm.str.reverse())
         .with_columns(before=before)
         .with_columns(
@@ -137,8 +139,15 @@ def _loop_check(frame: pl.DataFrame, config: QualityConfig, at_limit: bool) -> p
     return out.select(fired=pl.when(pl.col("observed")).then(pl.col("fired")), evidence="evidence")
 
 
-_LOOP_NEEDS = ("finish_reason", "response_status", "incomplete_reason", "end_reason", "final_text", "final_reasoning",
-               "final_arguments")
+_LOOP_NEEDS = (
+    "finish_reason",
+    "response_status",
+    "incomplete_reason",
+    "end_reason",
+    "final_text",
+    "final_reasoning",
+    "final_arguments",
+)
 
 
 @register("runaway_generation", needs=_LOOP_NEEDS)
