@@ -7,9 +7,9 @@ How a chunk of NDJSON lines becomes the frame (polars only; measured on 3.8 KB r
    typing the same nested fields in `read_ndjson`, which also loses backslashes in nested text it captures);
 3. output items are exploded and folded back per rollout: the final turn (the model items after the last tool
    output that precedes them), its answer text, reasoning and tool calls, every tool call and tool output.
-A line polars refuses (not JSON, a field of another type) sends its chunk to `decode_python`, which coerces each row
-into the same dtype. Tool schemas are never typed: `tools` holds the exact JSON of the row's tool list, read once
-per distinct tool list (see `loader.py`).
+Lines polars refuses (not JSON, a field of another type) go to `decode_python`, which coerces each row into the
+same dtype. Tool schemas are never typed: `tools` holds the exact JSON of the tool list of each row that calls tools
+(see `loader.ToolLists`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,6 @@ if TYPE_CHECKING:
 
 S = pl.String()
 _PART = pl.Struct({"type": S, "text": S, "refusal": S})
-_TOOL = pl.Struct(
-    {
-        "name": S,
-        "parameters": pl.Struct({"required": pl.List(S)}),
-        "function": pl.Struct({"name": S, "parameters": pl.Struct({"required": pl.List(S)})}),
-    }
-)
 ITEM_DTYPE = pl.Struct(
     {
         "type": S,
@@ -44,8 +37,7 @@ ITEM_DTYPE = pl.Struct(
         "summary": pl.List(_PART),
     }
 )
-# What is decoded of each row; every other key is skipped. Tool lists are typed by name and required keys only: enough
-# to tell distinct tool lists apart (their exact JSON is read separately, once per distinct list).
+# What is decoded of each row; every other key is skipped (tool lists are read apart, for the rows that call tools).
 ROW_DTYPE = pl.Struct(
     {
         "rollout_id": S,
@@ -58,14 +50,13 @@ ROW_DTYPE = pl.Struct(
         "finish_reason": S,
         "end_reason": S,
         "sampling": pl.Struct({"temperature": pl.Float64()}),
-        "responses_create_params": pl.Struct({"temperature": pl.Float64(), "tools": pl.List(_TOOL)}),
+        "responses_create_params": pl.Struct({"temperature": pl.Float64()}),
         "response": pl.Struct(
             {
                 "status": S,
                 "incomplete_details": pl.Struct({"reason": S}),
                 "usage": pl.Struct({"output_tokens": pl.Int64()}),
                 "output": pl.List(ITEM_DTYPE),
-                "tools": pl.List(_TOOL),
             }
         ),
     }

@@ -117,41 +117,46 @@ def read_lines(file: str, first_line: int, data: bytes) -> tuple[pl.DataFrame, l
 
 
 class ToolLists:
-    """Each row's tool list as exact JSON ([{"name", "parameters"}, ...]), read once per distinct list.
+    """Each row's tool list as exact JSON ([{"name", "parameters"}, ...]), for the rows that call tools.
 
-    Decoding types a tool list by names and required keys only; a list not seen before is read whole from the raw
-    line of its first row (orjson), so schemas keep every escape and nested type."""
+    Only rows with a function call need their tools: their `responses_create_params.tools` (else `response.tools`)
+    is cut from the raw line with `json_path_match` (exact JSON, every schema detail kept, so rows whose tool lists
+    differ in one enum are told apart), and each distinct list is reduced to names and parameters once."""
 
     def __init__(self) -> None:
-        self.known: dict[int, str | None] = {}
+        self.known: dict[str, str | None] = {}
 
     def column(self, decoded: pl.DataFrame) -> pl.Series:
-        doc = pl.col("doc")
-        declared = doc.struct.field("responses_create_params").struct.field("tools")
-        tools = (
-            pl.when(declared.list.len() > 0)
-            .then(declared)
-            .otherwise(doc.struct.field("response").struct.field("tools"))
-        )
-        keyed = decoded.select(key=tools.hash(seed=0), empty=tools.list.len().fill_null(0) == 0, raw="raw")
-        fresh = keyed.filter(~pl.col("empty")).unique("key", keep="first", maintain_order=True)
-        for key, raw in fresh.select("key", "raw").iter_rows():
-            if key not in self.known:
-                self.known[key] = _exact_tools(raw)
-        mapped = keyed.select(
-            pl.when(~pl.col("empty")).then(
-                pl.col("key").replace_strict(self.known, default=None, return_dtype=pl.String)
+        output = pl.col("doc").struct.field("response").struct.field("output")
+        calls = output.list.eval(pl.element().struct.field("type") == "function_call").list.any().fill_null(False)
+        at = decoded.select(calls=calls)["calls"].arg_true()
+        tools = pl.Series("tools", [None] * decoded.height, dtype=pl.String)
+        if at.len() == 0:
+            return tools
+        raw = pl.col("raw").str
+        declared = raw.json_path_match("$.responses_create_params.tools")
+        found = (
+            decoded[at]
+            .lazy()
+            .select(
+                text=pl.when(declared.is_not_null() & (declared != "[]"))
+                .then(declared)
+                .otherwise(raw.json_path_match("$.response.tools"))
             )
+            .collect()["text"]
         )
-        return mapped.to_series().alias("tools")
+        for text in found.drop_nulls().unique().to_list():
+            if text not in self.known:
+                self.known[text] = _tool_specs(text)
+        return tools.scatter(at, found.replace_strict(self.known, default=None, return_dtype=pl.String))
 
 
-def _exact_tools(raw: str) -> str | None:
-    row = orjson.loads(raw)
-    params, response = row.get("responses_create_params"), row.get("response")
-    tools = params.get("tools") if isinstance(params, dict) else None
-    if not tools and isinstance(response, dict):
-        tools = response.get("tools")
+def _tool_specs(text: str) -> str | None:
+    """A tool list (Responses or Chat Completions shape) as JSON [{"name", "parameters"}], or None when empty."""
+    try:
+        tools = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
     out = []
     for tool in tools if isinstance(tools, list) else []:
         if not isinstance(tool, dict):

@@ -289,3 +289,20 @@ def test_check_selection_and_unknown_ids() -> None:
         check_run([row([message("")])], QualityConfig(skip_checks=("nope",)))
     with pytest.raises(ValueError, match="tool_error_pattern"):
         QualityConfig(tool_error_pattern="(")
+
+
+def test_each_row_is_judged_against_its_own_tool_list() -> None:
+    def variant(allowed: str) -> dict[str, object]:
+        tool = json.loads(json.dumps(CALCULATOR))
+        tool["parameters"]["properties"]["mode"]["enum"] = [allowed]
+        return tool
+
+    rows = [
+        row(
+            [call("calculate", json.dumps({"expression": "1", "mode": m})), output("c1", "1"), message("1")],
+            task=t,
+            tools=[variant(m)],
+        )
+        for t, m in enumerate(["exact", "float"])
+    ]
+    assert fired(check(rows), "malformed_tool_call") == [False, False]
