@@ -112,8 +112,8 @@ GEN_RE = r'"generation_token_ids":\s*\[[^\]]*\]'
 
 
 def decode(lines: pl.DataFrame) -> pl.DataFrame:
-    """`lines` (file, line, raw) with `doc` (ROW_DTYPE) and `gen_tokens` added; raises a polars error on a line
-    that is not a JSON object of the expected types."""
+    """`lines` (file, line, raw) with `doc` (ROW_DTYPE) and `gen_tokens` added, and `raw` without its token arrays;
+    raises a polars error on a line that is not a JSON object of the expected types."""
     raw = pl.col("raw")
     gen = raw.str.extract_all(GEN_RE)
     return (
@@ -122,8 +122,9 @@ def decode(lines: pl.DataFrame) -> pl.DataFrame:
             gen_tokens=pl.when(gen.list.len() > 0).then(
                 gen.list.eval(pl.element().str.count_matches(r"-?\d+")).list.sum()
             ),
-            doc=raw.str.replace_all(TOKEN_RE, "").str.json_decode(ROW_DTYPE),
+            raw=raw.str.replace_all(TOKEN_RE, ""),
         )
+        .with_columns(doc=raw.str.json_decode(ROW_DTYPE))
         .collect()
         .with_columns(pl.col("gen_tokens").cast(pl.Int64))
         .select(DECODED_COLUMNS)

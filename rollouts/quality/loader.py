@@ -133,22 +133,19 @@ class ToolLists:
         tools = pl.Series("tools", [None] * decoded.height, dtype=pl.String)
         if at.len() == 0:
             return tools
-        raw = pl.col("raw").str
-        declared = raw.json_path_match("$.responses_create_params.tools")
-        found = (
-            decoded[at]
-            .lazy()
-            .select(
-                text=pl.when(declared.is_not_null() & (declared != "[]"))
-                .then(declared)
-                .otherwise(raw.json_path_match("$.response.tools"))
-            )
-            .collect()["text"]
-        )
+        rows = decoded[at].select("raw")
+        found = _path(rows, "$.responses_create_params.tools")
+        missing = (found.is_null() | (found == "[]")).arg_true()
+        if missing.len():  # rows that declare no tools of their own: the response's list, if any
+            found = found.scatter(missing, _path(rows[missing], "$.response.tools"))
         for text in found.drop_nulls().unique().to_list():
             if text not in self.known:
                 self.known[text] = _tool_specs(text)
         return tools.scatter(at, found.replace_strict(self.known, default=None, return_dtype=pl.String))
+
+
+def _path(rows: pl.DataFrame, path: str) -> pl.Series:
+    return rows.lazy().select(pl.col("raw").str.json_path_match(path)).collect()["raw"]
 
 
 def _tool_specs(text: str) -> str | None:
