@@ -12,13 +12,14 @@ Lines are built by polars and written as one column (no per-row Python), through
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fsspec  # type: ignore[import-untyped]
 import orjson
 import polars as pl
 
+from .config import UNHEALTHY
 from .engine import QualityResult
 
 QUALITY_DIR = "quality"
@@ -69,11 +70,41 @@ def _write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
     fs.mv(tmp, path)
 
 
-def read_summary(run: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _read(run: str, name: str, storage_options: Mapping[str, Any] | None) -> bytes:
     fs, root = fsspec.core.url_to_fs(run, **dict(storage_options or {}))
-    with fs.open(f"{root.rstrip('/')}/{QUALITY_DIR}/{SUMMARY_FILE}", "rb") as handle:
-        data: dict[str, Any] = orjson.loads(handle.read())
+    with fs.open(f"{root.rstrip('/')}/{QUALITY_DIR}/{name}", "rb") as handle:
+        data: bytes = handle.read()
     return data
+
+
+def read_summary(run: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`<run>/quality/summary.json`."""
+    summary: dict[str, Any] = orjson.loads(_read(run, SUMMARY_FILE, storage_options))
+    return summary
+
+
+VERDICTS_SCHEMA = {
+    "rollout_id": pl.String(),
+    "_ng_task_index": pl.Int64(),
+    "_ng_rollout_index": pl.Int64(),
+    "verdict": pl.String(),
+    "checks": pl.List(pl.String()),
+}
+
+
+def read_verdicts(run: str, *, storage_options: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """`<run>/quality/verdicts.jsonl` without its evidence (rollout_id, indices, verdict, checks): what a filter
+    needs to drop rollouts checked earlier without checking them again."""
+    data = _read(run, VERDICTS_FILE, storage_options)
+    return pl.read_ndjson(io.BytesIO(data), schema=VERDICTS_SCHEMA) if data else pl.DataFrame(schema=VERDICTS_SCHEMA)
+
+
+def flagged(verdicts: pl.DataFrame, checks: Sequence[str] | None = None) -> pl.DataFrame:
+    """The verdict rows that any of `checks` fired on (all unhealthy rows when None): `--drop-unhealthy [CHECK,...]`."""
+    if checks is None:
+        return verdicts.filter(pl.col("verdict") == UNHEALTHY)
+    wanted = list(checks)
+    return verdicts.filter(pl.col("checks").list.eval(pl.element().is_in(wanted)).list.any())
 
 
 def cell(value: Any) -> str:

@@ -13,9 +13,11 @@ from rollouts.quality import (
     QualityConfig,
     check_path,
     check_run,
+    flagged,
     load_frame,
     markdown_section,
     read_summary,
+    read_verdicts,
     register,
     unregister,
     write_quality,
@@ -112,6 +114,13 @@ def test_run_folder_verdicts_and_summary_files(tmp_path: Path) -> None:
         "task_always_unhealthy": summary["examples"]["reasoning_leak"][0]["evidence"]["task_always_unhealthy"],
     }
     assert summary["config"] == QualityConfig().model_dump(mode="json")
+
+    stored = read_verdicts(str(run))
+    assert stored["rollout_id"].to_list() == [v["rollout_id"] for v in lines]
+    assert flagged(stored)["rollout_id"].to_list() == ["r0-0", "r0-1", "r1-1", "r2-0"]
+    assert flagged(stored, ["reasoning_leak", "malformed_tool_call"])["rollout_id"].to_list() == ["r0-1", "r2-0"]
+    assert flagged(stored, [])["rollout_id"].to_list() == []
+    assert outcome.unhealthy(["reasoning_leak", "malformed_tool_call"])["rollout_id"].to_list() == ["r0-1", "r2-0"]
 
 
 def test_failed_rows_are_counted_not_checked_and_failures_folder_is_not_read(tmp_path: Path) -> None:
