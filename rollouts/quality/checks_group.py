@@ -2,10 +2,14 @@
 
 Both are `run` checks: they run once on the whole run, after every rollout check, on the columns kept from each chunk
 (frame.KEPT_COLUMNS) plus `fired_<id>` of each rollout check that ran. A group is (source, task_index): rows without
-a task index belong to no group and are unobserved by these checks.
+a task index belong to no group and are unobserved by these checks. `task_rollup` lists the tasks whose every
+rollout is unhealthy for the summary.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import polars as pl
 
@@ -58,3 +62,37 @@ def task_always_unhealthy(frame: pl.DataFrame, config: QualityConfig) -> pl.Data
     which = pl.concat_list(counts).list.drop_nulls().list.join(", ")
     evidence = pl.format("{}/{} rollouts of task {} unhealthy: {}", size, size, pl.col("task_index"), which)
     return result(frame, fired, evidence)
+
+
+def task_rollup(table: pl.DataFrame, check_ids: Sequence[str], limit: int) -> dict[str, Any]:
+    """The tasks of a checked run: how many, how many have every rollout unhealthy, and the first `limit` of those
+    with how often each check fired in them (summary.json's `tasks`)."""
+    always = f"{FIRED_PREFIX}task_always_unhealthy"
+    grouped = table.filter(pl.col("task_index").is_not_null())
+    if grouped.height == 0:
+        return {"tasks": 0, "judged": 0, "always_unhealthy": 0, "always_unhealthy_tasks": []}
+    counts = {c: pl.col(f"{FIRED_PREFIX}{c}").fill_null(False).sum() for c in check_ids if c != "task_always_unhealthy"}
+    if always not in grouped.columns:  # the check did not run: no task is judged
+        grouped = grouped.with_columns(pl.lit(None, pl.Boolean).alias(always))
+    flag = pl.col(always)
+    per_task = (
+        grouped.group_by(GROUP)
+        .agg(rollouts=pl.len(), judged=flag.is_not_null().any(), always=flag.fill_null(False).any(), **counts)
+        .sort(GROUP)
+    )
+    broken = per_task.filter(pl.col("always"))
+    examples = [
+        {
+            "source": item["source"],
+            "_ng_task_index": item["task_index"],
+            "rollouts": item["rollouts"],
+            "checks": {c: item[c] for c in counts if item[c]},
+        }
+        for item in broken.head(limit).iter_rows(named=True)
+    ]
+    return {
+        "tasks": per_task.height,
+        "judged": int(per_task["judged"].sum()),
+        "always_unhealthy": broken.height,
+        "always_unhealthy_tasks": examples,
+    }

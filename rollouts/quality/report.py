@@ -135,7 +135,19 @@ def markdown_section(summary: Mapping[str, Any], *, title: str = "## Rollout hea
         f"{verdicts['unobserved']} unobserved, {verdicts['healthy']} healthy. "
         f"Failed rollouts (not checked): {summary['failed_not_checked']}; unreadable rows: {summary['bad_rows']}."
     )
+    tasks = summary.get("tasks") or {}
+    if tasks.get("always_unhealthy"):
+        listed = ", ".join(
+            f"{t['_ng_task_index']} ({', '.join(f'{c} ×{n}' for c, n in t['checks'].items())})"
+            for t in tasks["always_unhealthy_tasks"]
+        )
+        more = " ..." if tasks["always_unhealthy"] > len(tasks["always_unhealthy_tasks"]) else ""
+        out.append(
+            f"Tasks whose every rollout is unhealthy: {tasks['always_unhealthy']} of {tasks['judged']} judged: "
+            f"{listed}{more}."
+        )
     if summary.get("inactive_checks"):
+        out.append("")
         out.append(f"Checks that could judge no rollout of this run: {', '.join(summary['inactive_checks'])}.")
     out += [
         "",

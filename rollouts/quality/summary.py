@@ -9,6 +9,8 @@ environment, the verdict counts, and examples (the worst rollouts, and a few per
       "inactive_checks": ["token_count_mismatch"],      # judged no rollout (e.g. no token ids in the run)
       "environments": {"math": {"rollouts": 700, "unhealthy": 20, "unhealthy_fraction": 0.0286,
                                 "checks": {"empty_completion": {"fired": 9, "fraction": 0.0129}, ...}}, ...},
+      "tasks": {"tasks": 250, "judged": 250, "always_unhealthy": 2,       # judged: with enough rollouts to tell
+                "always_unhealthy_tasks": [{"source", "_ng_task_index", "rollouts", "checks": {id: count}}]},
       "worst": [{"rollout_id", "_ng_task_index", "_ng_rollout_index", "env", "file", "line", "checks", "evidence"}],
       "examples": {"empty_completion": [{... the same fields ...}], ...},
       "config": {...QualityConfig...}
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import polars as pl
 
+from .checks_group import task_rollup
 from .config import UNHEALTHY, UNOBSERVED, VERDICTS
 
 if TYPE_CHECKING:
@@ -119,6 +122,7 @@ def build_summary(result: QualityResult) -> dict[str, Any]:
         "checks": checks,
         "inactive_checks": inactive,
         "environments": environments,
+        "tasks": task_rollup(table, result.checks, config.worst_examples),
         "worst": _examples(result, worst),
         "examples": examples,
         "config": config.model_dump(mode="json"),

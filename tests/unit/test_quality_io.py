@@ -107,6 +107,19 @@ def test_run_folder_verdicts_and_summary_files(tmp_path: Path) -> None:
     assert (math["rollouts"], math["unhealthy"], math["unhealthy_fraction"]) == (4, 3, 0.75)
     assert math["checks"]["task_always_unhealthy"] == {"fired": 2, "fraction": 0.5}
     assert (calculator["unhealthy"], calculator["checks"]["malformed_tool_call"]["fired"]) == (1, 1)
+    assert summary["tasks"] == {
+        "tasks": 3,
+        "judged": 3,
+        "always_unhealthy": 1,
+        "always_unhealthy_tasks": [
+            {
+                "source": "my-run",
+                "_ng_task_index": 0,
+                "rollouts": 2,
+                "checks": {"empty_completion": 1, "reasoning_leak": 1},
+            }
+        ],
+    }
     assert [w["rollout_id"] for w in summary["worst"]] == ["r0-0", "r0-1", "r1-1", "r2-0"]
     assert summary["worst"][0]["file"].endswith("rollouts/00000.jsonl") and summary["worst"][0]["line"] == 1
     assert summary["examples"]["reasoning_leak"][0]["evidence"] == {
@@ -215,6 +228,9 @@ def test_markdown_section_escapes_pipes(tmp_path: Path) -> None:
                 tables.append([])
             tables[-1].append(line)
     assert len(tables) == 3
+    assert (
+        "\nTasks whose every rollout is unhealthy: 1 of 3 judged: 0 (empty_completion ×1, reasoning_leak ×1).\n" in text
+    )
     for table in tables:  # every row has as many cells as its header: no pipe leaked out of a cell
         assert {line.replace("\\|", "").count("|") for line in table} == {table[0].count("|")}
     assert '| `reasoning_leak` | 1 | 16.67% | 0 | the answer contains "</think>" |' in text
@@ -235,6 +251,12 @@ def test_a_registered_check_runs_and_is_reported() -> None:
         assert outcome.checks == ("empty_completion", "says_four")
         assert fired(outcome, "says_four") == [True, False]
         assert outcome.summary()["checks"]["says_four"]["description"] == "The answer says four."
+        assert outcome.summary()["tasks"] == {
+            "tasks": 2,
+            "judged": 0,
+            "always_unhealthy": 0,
+            "always_unhealthy_tasks": [],
+        }
         assert outcome.unhealthy(["says_four"])["rollout_id"].to_list() == ["r0-0"]
         assert outcome.top_checks() == [("says_four", 1)]
         with pytest.raises(ValueError, match="registered twice"):
