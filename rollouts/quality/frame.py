@@ -103,7 +103,7 @@ KEPT_COLUMNS = (
     "completion_key",
     "completion_preview",
 )
-PREVIEW_CHARS = 200
+PREVIEW_CHARS = 120
 
 _TOKEN_KEYS = "prompt_token_ids|generation_token_ids|generation_log_probs"
 TOKEN_RE = rf',"(?:{_TOKEN_KEYS})":\s*\[[^\]]*\]|"(?:{_TOKEN_KEYS})":\s*\[[^\]]*\],?'
