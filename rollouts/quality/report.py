@@ -27,9 +27,12 @@ VERDICTS_FILE = "verdicts.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
-def verdict_lines(result: QualityResult) -> pl.Series:
-    """The lines of verdicts.jsonl (JSON text, without newlines)."""
-    verdicts = result.verdicts()
+WRITE_ROWS = 100_000  # verdict lines built and written this many at a time
+
+
+def verdict_lines(result: QualityResult, at: pl.Series | None = None) -> pl.Series:
+    """The lines of verdicts.jsonl (JSON text, without newlines), of every row or of the row indices `at`."""
+    verdicts = result.verdicts(at)
     head = verdicts.select(
         pl.struct("rollout_id", "_ng_task_index", "_ng_rollout_index", "verdict", "checks")
         .struct.json_encode()
@@ -47,27 +50,26 @@ def write_quality(
     storage_options: Mapping[str, Any] | None = None,
     summary: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Write `<run>/quality/verdicts.jsonl` and `<run>/quality/summary.json`; returns {file name: URL}."""
+    """Write `<run>/quality/verdicts.jsonl` and `<run>/quality/summary.json`; returns {file name: URL}.
+
+    Each file is written under a temporary name and then moved over the target: a reader never sees half a file.
+    Verdict lines are built and written WRITE_ROWS at a time."""
     fs, root = fsspec.core.url_to_fs(run, **dict(storage_options or {}))
     folder = f"{root.rstrip('/')}/{QUALITY_DIR}"
     fs.makedirs(folder, exist_ok=True)
     base = f"{run.rstrip('/')}/{QUALITY_DIR}"
-    lines = verdict_lines(result).to_frame()
-    buffer = io.BytesIO()
-    if lines.height:
-        lines.write_csv(buffer, include_header=False, quote_style="never")
-    _write_atomic(fs, f"{folder}/{VERDICTS_FILE}", buffer.getvalue())
+    target = f"{folder}/{VERDICTS_FILE}"
+    with fs.open(f"{target}.tmp", "wb") as handle:
+        for start in range(0, result.checked, WRITE_ROWS):
+            at = pl.int_range(start, min(start + WRITE_ROWS, result.checked), eager=True)
+            verdict_lines(result, at).to_frame().write_csv(handle, include_header=False, quote_style="never")
+    fs.mv(f"{target}.tmp", target)
     payload = summary if summary is not None else result.summary()
-    _write_atomic(fs, f"{folder}/{SUMMARY_FILE}", orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+    target = f"{folder}/{SUMMARY_FILE}"
+    with fs.open(f"{target}.tmp", "wb") as handle:
+        handle.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+    fs.mv(f"{target}.tmp", target)
     return {VERDICTS_FILE: f"{base}/{VERDICTS_FILE}", SUMMARY_FILE: f"{base}/{SUMMARY_FILE}"}
-
-
-def _write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write to a temporary name, then move it over the target: a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as handle:
-        handle.write(data)
-    fs.mv(tmp, path)
 
 
 def _read(run: str, name: str, storage_options: Mapping[str, Any] | None) -> bytes:

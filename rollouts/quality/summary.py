@@ -40,7 +40,7 @@ def _fraction(part: int, whole: int) -> float:
     return round(part / whole, 6) if whole else 0.0
 
 
-def _examples(result: QualityResult, rows: pl.DataFrame) -> list[dict[str, Any]]:
+def _examples(rows: pl.DataFrame) -> list[dict[str, Any]]:
     out = []
     for row in rows.iter_rows(named=True):
         out.append(
@@ -97,19 +97,18 @@ def build_summary(result: QualityResult) -> dict[str, Any]:
                 "checks": {c: {"fired": row[f"n_{c}"], "fraction": _fraction(row[f"n_{c}"], n)} for c in result.checks},
             }
 
-    verdicts = result.verdicts().with_columns(
-        task_index=pl.col("_ng_task_index"), rollout_index=pl.col("_ng_rollout_index")
+    indexed = table.with_row_index("_at")
+    worst = (
+        indexed.filter(pl.col("verdict") == UNHEALTHY)
+        .sort([pl.col("checks").list.len(), *_ORDER], descending=[True] + [False] * len(_ORDER), nulls_last=True)
+        .head(config.worst_examples)["_at"]
     )
-    bad = verdicts.filter(pl.col("verdict") == UNHEALTHY)
-    worst = bad.sort(
-        [pl.col("checks").list.len(), *_ORDER], descending=[True] + [False] * len(_ORDER), nulls_last=True
-    ).head(config.worst_examples)
     examples = {}
     for check_id in result.checks:
-        hits = table.with_row_index("_at").filter(pl.col(fired_col(check_id)).fill_null(False))
+        hits = indexed.filter(pl.col(fired_col(check_id)).fill_null(False))
         if hits.height and config.summary_examples:
             first = hits.sort(_ORDER, nulls_last=True).head(config.summary_examples)["_at"]
-            examples[check_id] = _examples(result, verdicts[first])
+            examples[check_id] = _examples(result.verdicts(first))
     return {
         "rollouts_read": result.lines,
         "checked": checked,
@@ -123,7 +122,7 @@ def build_summary(result: QualityResult) -> dict[str, Any]:
         "inactive_checks": inactive,
         "environments": environments,
         "tasks": task_rollup(table, result.checks, config.worst_examples),
-        "worst": _examples(result, worst),
+        "worst": _examples(result.verdicts(worst)),
         "examples": examples,
         "config": config.model_dump(mode="json"),
     }

@@ -142,13 +142,18 @@ def test_failed_rows_are_counted_not_checked_and_failures_folder_is_not_read(tmp
     assert (outcome.lines, outcome.checked, outcome.failed) == (7, 6, 1)
 
 
-def test_chunked_reading_gives_the_same_verdicts(tmp_path: Path) -> None:
+def test_chunked_reading_gives_the_same_verdicts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = [row([message(f"It is {i % 3}.")], task=i // 4, rollout=i % 4) for i in range(40)] + _mixed_rows()
     run = _write_run(tmp_path / "run", rows, shards=5)
     whole = check_path(str(run)).verdicts()
     small = check_path(str(run), chunk_bytes=2_000).verdicts()
     assert small.equals(whole)
     assert whole["verdict"].value_counts().sort("verdict").rows() == [("healthy", 42), ("unhealthy", 4)]
+    monkeypatch.setattr("rollouts.quality.report.WRITE_ROWS", 7)  # verdict lines written in several batches
+    write_quality(check_path(str(run)), str(run))
+    written = [json.loads(line) for line in (run / "quality" / "verdicts.jsonl").read_text().splitlines()]
+    assert [v["rollout_id"] for v in written] == whole["rollout_id"].to_list()
+    assert [v["verdict"] for v in written] == whole["verdict"].to_list()
 
 
 def test_nemo_gym_output_folder(tmp_path: Path) -> None:
