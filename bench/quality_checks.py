@@ -161,7 +161,7 @@ def defects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     call = _items(malformed, "function_call")[0]
     call["arguments"] = call["arguments"][:-3]
     errors = _first(rows, tools)
-    first_call = _items(errors, "function_call")[0]
+    first_call = {k: v for k, v in _items(errors, "function_call")[0].items() if k not in TOKEN_FIELDS}
     loop_items = []
     for at in range(3):
         call_id = f"{first_call['call_id']}_{at}"
