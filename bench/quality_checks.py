@@ -161,12 +161,20 @@ def defects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     call = _items(malformed, "function_call")[0]
     call["arguments"] = call["arguments"][:-3]
     errors = _first(rows, tools)
+    # The tool-calling turn made three times; its token ids stay on the last copy, so the counts still agree.
+    tokens = {
+        k: v
+        for item in errors["response"]["output"]
+        if item["type"] != "message"
+        for k, v in item.items()
+        if k in TOKEN_FIELDS
+    }
     first_call = {k: v for k, v in _items(errors, "function_call")[0].items() if k not in TOKEN_FIELDS}
     loop_items = []
     for at in range(3):
         call_id = f"{first_call['call_id']}_{at}"
         loop_items += [
-            first_call | {"call_id": call_id, "id": f"fc_{call_id}"},
+            first_call | {"call_id": call_id, "id": f"fc_{call_id}"} | (tokens if at == 2 else {}),
             {"type": "function_call_output", "call_id": call_id, "output": "Error: unsupported expression"},
         ]
     errors["response"]["output"] = loop_items + [i for i in errors["response"]["output"] if i["type"] == "message"]
