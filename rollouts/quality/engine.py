@@ -36,8 +36,9 @@ def evidence_col(check_id: str) -> str:
 
 
 def _owned(frame: pl.DataFrame) -> pl.DataFrame:
-    """`frame` with every string copied into buffers of its own: a sliced string (a completion preview) is a view
-    that would keep its chunk's whole text buffer alive for the rest of the run (measured: +1.2 GB at 1M rollouts)."""
+    """`frame` with every string copied into buffers of its own. A sliced string (the completion preview) can be a
+    view that keeps the whole text buffer it was cut from alive: in isolation, 30 chunks of 100-character slices of
+    3 KB strings held 2.7 GB as views and 0.35 GB as copies. Kept columns outlive their chunk, so they are copied."""
     return frame.with_columns(pl.col(pl.String) + pl.lit(""))
 
 
