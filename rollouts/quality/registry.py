@@ -1,0 +1,113 @@
+"""The check registry: every health check is a function over a polars frame of the run, registered by its id.
+
+    @register("empty_completion", needs=("final_text", "final_calls"))
+    def empty_completion(frame: pl.DataFrame, config: QualityConfig) -> pl.DataFrame:
+        '''No text and no tool call in the final turn.'''
+        return result(frame, fired=..., evidence=...)
+
+A check returns a frame of the same height and row order as its input with two columns:
+  fired     Boolean: true = the check fired, false = it looked and found nothing, null = unobserved (the data it
+            needs is missing from this row, e.g. no token ids)
+  evidence  String: a short quote that shows why (the repeated span, the bad argument...); null when not fired
+
+Scopes: a `rollout` check judges each row on its own, so the engine runs it chunk by chunk on the full frame
+(`frame.FRAME_SCHEMA`). A `run` check needs the whole run (groups, tasks); it runs once, after every rollout check,
+on the columns kept from each chunk (`frame.KEPT_COLUMNS`) plus `fired_<id>` for every rollout check that ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import polars as pl
+
+from .config import QualityConfig
+
+Scope = Literal["rollout", "run"]
+CheckFn = Callable[[pl.DataFrame, QualityConfig], pl.DataFrame]
+RESULT_SCHEMA: dict[str, pl.DataType] = {"fired": pl.Boolean(), "evidence": pl.String()}
+
+
+@dataclass(frozen=True)
+class Check:
+    """A registered check: its id, scope, the frame columns it reads and what fires it (the function's docstring)."""
+
+    id: str
+    fn: CheckFn
+    scope: Scope
+    needs: tuple[str, ...]
+    description: str
+
+    def run(self, frame: pl.DataFrame, config: QualityConfig) -> pl.DataFrame:
+        """The check on `frame`, its result validated: same height, `fired` and `evidence` with their types."""
+        missing = [name for name in self.needs if name not in frame.columns]
+        if missing:
+            raise KeyError(f"check {self.id} needs frame columns {missing}")
+        out = self.fn(frame, config)
+        if out.height != frame.height:
+            raise ValueError(f"check {self.id} returned {out.height} rows for {frame.height}")
+        return out.select(pl.col("fired").cast(pl.Boolean), pl.col("evidence").cast(pl.String))
+
+
+_REGISTRY: dict[str, Check] = {}
+
+
+def register(check_id: str, *, needs: Sequence[str], scope: Scope = "rollout") -> Callable[[CheckFn], CheckFn]:
+    """Register `fn` as the check `check_id` (ids are unique: registering one twice is an error)."""
+    if not check_id.isidentifier():
+        raise ValueError(f"check id {check_id!r} must be an identifier (it becomes a column and a CLI value)")
+
+    def decorate(fn: CheckFn) -> CheckFn:
+        if check_id in _REGISTRY:
+            raise ValueError(f"check {check_id} is registered twice")
+        doc = (fn.__doc__ or "").strip()
+        description = " ".join(doc.split("\n\n")[0].split()) if doc else check_id
+        _REGISTRY[check_id] = Check(check_id, fn, scope, tuple(needs), description)
+        return fn
+
+    return decorate
+
+
+def unregister(check_id: str) -> None:
+    """Remove a check (tests and plugins that replace a built-in check)."""
+    _REGISTRY.pop(check_id, None)
+
+
+def registered() -> list[Check]:
+    """Every registered check, in registration order (rollout checks run in this order, then run checks)."""
+    return list(_REGISTRY.values())
+
+
+def get_check(check_id: str) -> Check:
+    try:
+        return _REGISTRY[check_id]
+    except KeyError:
+        raise KeyError(f"unknown check {check_id!r}; known: {', '.join(_REGISTRY)}") from None
+
+
+def selected_checks(config: QualityConfig) -> list[Check]:
+    """The checks `config` asks for (all by default, minus `skip_checks`), unknown ids refused."""
+    for check_id in (*(config.checks or ()), *config.skip_checks):
+        get_check(check_id)
+    chosen = config.checks if config.checks is not None else tuple(_REGISTRY)
+    return [check for check in registered() if check.id in chosen and check.id not in config.skip_checks]
+
+
+def result(frame: pl.DataFrame, fired: pl.Expr, evidence: pl.Expr) -> pl.DataFrame:
+    """A check's result over `frame` from two expressions (evidence is kept only where the check fired)."""
+    return frame.select(fired=fired.cast(pl.Boolean), evidence=pl.when(fired).then(evidence.cast(pl.String)))
+
+
+def quoted(text: pl.Expr, limit: int) -> pl.Expr:
+    """`text` as a one-line quote of at most `limit` characters (line breaks shown as \\n), in double quotes."""
+    flat = text.str.replace_all("\r", "\\r", literal=True).str.replace_all("\n", "\\n", literal=True)
+    cut = pl.when(flat.str.len_chars() > limit).then(flat.str.slice(0, limit - 1) + pl.lit("…")).otherwise(flat)
+    return pl.lit('"') + cut + pl.lit('"')
+
+
+def quote_text(text: str, limit: int) -> str:
+    """`quoted` for one Python string."""
+    flat = text.replace("\r", "\\r").replace("\n", "\\n")
+    return '"' + (flat if len(flat) <= limit else flat[: limit - 1] + "…") + '"'
