@@ -24,15 +24,8 @@ import polars as pl
 from .config import HEALTHY, UNHEALTHY, UNOBSERVED, QualityConfig
 from .frame import FRAME_SCHEMA, KEPT_COLUMNS
 from .loader import RolloutReader, frame_of_rows
-from .registry import Check, selected_checks
-
-
-def fired_col(check_id: str) -> str:
-    return f"fired_{check_id}"
-
-
-def evidence_col(check_id: str) -> str:
-    return f"evidence_{check_id}"
+from .registry import Check, evidence_col, fired_col, selected_checks
+from .summary import build_summary
 
 
 def _owned(frame: pl.DataFrame) -> pl.DataFrame:
@@ -134,8 +127,6 @@ class QualityResult:
         )
 
     def summary(self) -> dict[str, Any]:
-        from .summary import build_summary
-
         return build_summary(self)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec  # type: ignore[import-untyped]
+import fsspec
 import orjson
 import polars as pl
 

@@ -111,3 +111,13 @@ def quote_text(text: str, limit: int) -> str:
     """`quoted` for one Python string."""
     flat = text.replace("\r", "\\r").replace("\n", "\\n")
     return '"' + (flat if len(flat) <= limit else flat[: limit - 1] + "…") + '"'
+
+
+def fired_col(check_id: str) -> str:
+    """The check frame's column saying whether `check_id` fired on a rollout (null: unobserved)."""
+    return f"fired_{check_id}"
+
+
+def evidence_col(check_id: str) -> str:
+    """The check frame's column holding `check_id`'s evidence for a rollout."""
+    return f"evidence_{check_id}"

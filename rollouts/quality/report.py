@@ -15,7 +15,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import fsspec  # type: ignore[import-untyped]
+import fsspec
 import orjson
 import polars as pl
 

@@ -21,16 +21,53 @@ the environment "(none)".
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import polars as pl
 
 from .checks_group import task_rollup
-from .config import UNHEALTHY, UNOBSERVED, VERDICTS
+from .config import UNHEALTHY, UNOBSERVED, VERDICTS, QualityConfig
+from .registry import fired_col
 
-if TYPE_CHECKING:
-    from .engine import QualityResult
+
+class Checked(Protocol):
+    """What a summary reads of a check's result (`engine.QualityResult`)."""
+
+    @property
+    def table(self) -> pl.DataFrame: ...
+
+    @property
+    def checks(self) -> tuple[str, ...]: ...
+
+    @property
+    def config(self) -> QualityConfig: ...
+
+    @property
+    def failed(self) -> int: ...
+
+    @property
+    def lines(self) -> int: ...
+
+    @property
+    def bad_rows(self) -> int: ...
+
+    @property
+    def bad_examples(self) -> tuple[tuple[str, int, str], ...]: ...
+
+    @property
+    def inputs(self) -> tuple[str, ...]: ...
+
+    @property
+    def descriptions(self) -> dict[str, str]: ...
+
+    @property
+    def checked(self) -> int: ...
+
+    def count(self, verdict: str) -> int: ...
+
+    def verdicts(self, at: pl.Series | None = None) -> pl.DataFrame: ...
+
 
 NO_ENV = "(none)"
 _ORDER = ["source", "file", "line", "task_index", "rollout_index"]
@@ -58,9 +95,7 @@ def _examples(rows: pl.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def build_summary(result: QualityResult) -> dict[str, Any]:
-    from .engine import fired_col
-
+def build_summary(result: Checked) -> dict[str, Any]:
     table, checked, config = result.table, result.checked, result.config
     checks: dict[str, Any] = {}
     for check_id in result.checks:
