@@ -1,5 +1,5 @@
-"""The `rollouts` command line: collect, demo, process, server, tokens, tune, sim-server. Outside the core: it starts
-Prefect flows."""
+"""The `rollouts` command line: collect, demo, process, check, server, tokens, tune, sim-server. Outside the core:
+it starts Prefect flows."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from commands.check import add_check_parser
     from commands.collect import add_collect_parser, add_demo_parser
     from commands.process import add_process_parser
     from commands.server import add_server_parser
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_collect_parser(sub)
     add_demo_parser(sub)
     add_process_parser(sub)
+    add_check_parser(sub)
     add_server_parser(sub)
     add_tokens_parser(sub)
     sub.add_parser(

@@ -99,6 +99,8 @@ def _argparse_kwargs(name: str, field: FieldInfo, cli: Cli) -> dict[str, Any]:
         kw["action"] = "append"  # repeat the flag, or give a comma list: the model's validator splits it
         if typing.get_origin(item) is Literal and cli.metavar is None:
             kw["metavar"] = "|".join(typing.get_args(item)) + "[,...]"
+    elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        kw["action"] = "append"  # repeat the flag, or give a comma list: the model's validator splits it
     elif origin is tuple:
         kw["nargs"] = len(args)
         kw["type"] = _nullable(args[0]) if optional else args[0]

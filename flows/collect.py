@@ -42,6 +42,7 @@ from rollouts.config import (
     merged_config,
 )
 from rollouts.errors import RunFailedError
+from rollouts.quality.config import QualityConfig
 from rollouts.redact import refuse_secrets
 from rollouts.report.profiler import function_profile
 from rollouts.run import RunPlan, RunRef, ShardResult, run_store, stored_results
@@ -49,6 +50,7 @@ from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge, rewa
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
 from tasks.generate import engine_of, finish_parallel, generate_shard
+from tasks.health import check_run_health
 from tasks.profile import profile_run
 from tasks.shard import shard_prompts
 from tasks.verify import verify_shard
@@ -62,6 +64,7 @@ NO_ENVIRONMENTS = EnvironmentConfig.model_construct()
 NO_STORAGE = StorageConfig.model_construct()
 NO_PROFILING = ProfilingConfig.model_construct()
 NO_TRAIN = TrainConfig.model_construct()
+NO_QUALITY = QualityConfig.model_construct()
 
 
 def deployment_defaults() -> dict[str, Any] | None:
@@ -217,6 +220,7 @@ def collect_from_sections(
     storage: StorageConfig = NO_STORAGE,
     profiling: ProfilingConfig = NO_PROFILING,
     train: TrainConfig = NO_TRAIN,
+    quality: QualityConfig = NO_QUALITY,
 ) -> RunSummary | State[Any]:
     """The same collection with CollectConfig's sections as parameters, for deployments: a run started from the UI,
     the CLI or a trigger gives only what it changes, merged field by field onto the deployment's parameters.
@@ -235,6 +239,7 @@ def collect_from_sections(
         storage: where runs are written (or a RolloutStorage block)
         profiling: what the run's profile measures beyond its always-on report
         train: filters and formats of the training files
+        quality: thresholds of the rollout health checks, and --max-unhealthy-fraction
     """
     given = {k: v for k, v in locals().items() if v is not None and not (k == "run_name" and v == "")}
     given["input"] = dated_input(input, scheduled_time())  # `{date}`: the day the run was scheduled for
@@ -310,9 +315,13 @@ def collect_plan(config: CollectConfig, engine: Engine, plan: RunPlan) -> RunSum
         results = stored_results(plan)
         return conclude(finish_run(plan, judge(plan, results, [], interrupted=stop.reason), results, [], {}, {}))
     broken = [shard.shard for shard, state in zip(plan.shards, states, strict=True) if not state.is_completed()]
+    board.set_phase("checking rollout health")
+    health = check_run_health(run)
     board.set_phase("profiling")
     profile = profile_run(run)
     verdict = judge(plan, results, broken)
+    if verdict.status == "completed" and health.too_unhealthy:  # no training files from a run that fails it
+        verdict = verdict.model_copy(update={"status": "failed", "reason": health.too_unhealthy})
     outputs = write_outputs(run, verdict)
     if stop.is_set():  # a stop during the last stages: the training files may be partial, so not `completed`
         results = stored_results(plan)

@@ -30,6 +30,7 @@ _COUNTS = (
     "rollouts_per_s",
     "new_rollouts",
     "resumed",
+    "unhealthy_fraction",
 )
 
 

@@ -35,6 +35,7 @@ from rollouts.process.config import (
     TrainConfig,
     parse_objectives,
 )
+from rollouts.quality.config import QualityConfig
 
 __all__ = [
     "SAMPLING_PRESETS",
@@ -454,6 +455,7 @@ class CollectConfig(BaseModel):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     profiling: ProfilingConfig = Field(default_factory=ProfilingConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
     @model_validator(mode="before")
     @classmethod

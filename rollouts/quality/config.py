@@ -135,6 +135,24 @@ class QualityConfig(BaseModel):
         default=10, ge=0, description="summary.json and the report: the rollouts with the most checks fired"
     )
 
+    max_unhealthy_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="a collection fails when more of its checked rollouts than this fraction are unhealthy (its "
+        "reason names the top checks); default: never",
+    )
+
+    @field_validator(
+        "checks", "skip_checks", "limit_finish_reasons", "limit_end_reasons", "reasoning_markers", mode="before"
+    )
+    @classmethod
+    def _comma_lists(cls, value: object) -> object:
+        # the command line gives each flag's values as a list of comma lists
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return tuple(part.strip() for item in value for part in item.split(",") if part.strip())
+        return value
+
     @field_validator("tool_error_pattern")
     @classmethod
     def _valid_pattern(cls, value: str) -> str:

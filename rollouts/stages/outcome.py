@@ -48,6 +48,8 @@ class RunSummary(BaseModel):
     token_contiguity: str | None = None  # with --return-tokens: rollouts contiguous, breaks by class
     resumed: bool = False  # an earlier attempt of the same run (same config and input) had started it
     new_rollouts: int = 0  # rollouts verified by this attempt: 0 when a resumed run found everything done
+    # unhealthy rollouts over the checked ones (rollouts/quality); None when the health checks did not run
+    unhealthy_fraction: float | None = None
 
 
 def run_failure_counts(plan: RunPlan, missing: int = 0) -> FailureCounts:
@@ -159,6 +161,7 @@ def finish_run(
         token_contiguity=(profile.get("contiguity") or {}).get("summary"),
         resumed=plan.resumed,
         new_rollouts=max(verdict.rollouts_ok - plan.earlier_rollouts, 0),
+        unhealthy_fraction=(profile.get("health") or {}).get("unhealthy_fraction"),
     )
     store = run_store(plan.run)
     store.remove_leftovers("profile", "train")  # an earlier attempt killed mid-write: not part of the run

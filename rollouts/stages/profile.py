@@ -13,6 +13,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rollouts.quality import markdown_section
 from rollouts.report.charts import profile_charts
 from rollouts.report.markdown import header, row
 from rollouts.report.metrics import (
@@ -72,6 +73,9 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
             "summary": metrics.summary(),
             "markdown": metrics.to_markdown(),
         }
+    health = store.read_json("quality", "summary.json")  # written by the health stage, just before this one
+    if health is not None:
+        profile["health"] = {"unhealthy_fraction": health["unhealthy_fraction"], "markdown": markdown_section(health)}
     files = write_profile(store, profile)
     charts = profile_charts(profile)
     for name, png in charts.items():
@@ -245,6 +249,8 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
         lines += _table(
             info["top"][:15], ["function", "module", "wall_ncall", "wall_ttot", "wall_tavg", "cpu_ttot", "cpu_tavg"]
         )
+    if profile.get("health"):
+        lines += [profile["health"]["markdown"], ""]
     lines += [
         "## Files",
         "",
