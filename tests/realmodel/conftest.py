@@ -14,8 +14,9 @@ import pytest
 from tests.servers import llama
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "fixtures" / "chat_templates"
-# A ChatML template (SmolLM2's own turn markers) that renders tools and Hermes-style <tool_call> replies.
-TOOL_TEMPLATE = TEMPLATES / "chatml_tools.jinja"
+# Qwen2.5-Instruct's template (as llama.cpp keeps it in models/templates/): ChatML, the turn markers SmolLM2 was
+# trained on, with tools in the system turn and Hermes-style <tool_call> replies.
+TOOL_TEMPLATE = TEMPLATES / "qwen2_5.jinja"
 
 
 def _started(extra_args: tuple[str, ...] = ()) -> Iterator[str]:
