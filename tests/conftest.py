@@ -22,10 +22,14 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Everything under tests/integration/ and tests/cli/ is marked `integration`: `pytest -m "not integration"` is
-    the fast suite."""
+    """Everything under tests/integration/, tests/cli/ and tests/realmodel/ is marked `integration`:
+    `pytest -m "not integration"` is the fast suite. Everything under tests/realmodel/ is also marked `realmodel`
+    (`pytest -m realmodel` runs only the real-model tier)."""
     import pytest
 
     for item in items:
-        if {"integration", "cli"} & set(item.path.parts):
+        parts = set(item.path.parts)
+        if {"integration", "cli", "realmodel"} & parts:
             item.add_marker(pytest.mark.integration)
+        if "realmodel" in parts:
+            item.add_marker(pytest.mark.realmodel)
