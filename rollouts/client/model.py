@@ -406,7 +406,7 @@ class ModelClient:
             call.latency_ms = (time.perf_counter() - started) * 1000
             return call
 
-    async def _attempt(self, body: bytes, request: dict[str, Any]) -> ModelCall:
+    async def _attempt(self, body: bytes, sent: dict[str, Any]) -> ModelCall:
         try:
             async with asyncio.timeout(self.request_timeout):
                 if self.direct is not None:
@@ -446,7 +446,7 @@ class ModelClient:
             kind = ProviderTimeout if failure.timeout else ProviderError
             raise kind(f"{failure.label} ({self.url})", status_code=None, retryable=True) from exc
         if self.token_hook:
-            return await self._parse_tokens(content, status, request)
+            return await self._parse_tokens(content, status, sent)
         return self._parse(content, status)
 
     async def _parse_tokens(self, content: bytes, status: int, request: dict[str, Any]) -> ModelCall:
@@ -456,13 +456,13 @@ class ModelClient:
         try:
             check_chat(data)
             source = self.token_source
+            detected = detect_source(data)  # before any tokenizer request: a reply without ids needs none
+            if detected is None:
+                raise TokenFieldsError(
+                    f"chat completion: token fields were asked for but the reply carries none; {NO_SOURCE_HINT}",
+                    missing=list(TOKEN_FIELDS),
+                )
             if source == "auto":
-                detected = detect_source(data)
-                if detected is None:
-                    raise TokenFieldsError(
-                        f"chat completion: token fields were asked for but the reply carries none; {NO_SOURCE_HINT}",
-                        missing=list(TOKEN_FIELDS),
-                    )
                 self._use_source(detected)  # once: later calls ask for this source's fields only
                 source = detected
             route = PROMPT_ROUTES.get(source)

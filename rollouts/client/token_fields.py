@@ -146,9 +146,11 @@ def detect_source(data: dict[str, Any]) -> TokenSource | None:
     message = choice.get("message") or {}
     if isinstance(message, dict) and any(message.get(name) is not None for name in TOKEN_FIELDS):
         return "vllm"  # NeMo RL's vLLM server
+    if data.get("prompt_token_ids") is not None:  # vLLM's place (the simulated server fills SGLang's too)
+        return "vllm"
     if choice.get("prompt_token_ids") is not None or isinstance(choice.get("meta_info"), dict):
         return "sglang"
-    if data.get("prompt_token_ids") is not None or choice.get("token_ids") is not None:
+    if choice.get("token_ids") is not None:
         return "vllm"
     logprobs = choice.get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
