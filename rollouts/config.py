@@ -135,11 +135,22 @@ class EndpointConfig(BaseModel):
         description="ask for prompt/generation token ids and logprobs (vLLM return_token_ids), kept as "
         "prompt_token_ids, generation_token_ids, generation_log_probs",
     )
+    # Not part of the run's identity: every source gives the server's exact ids (no local guess), so the rollouts
+    # are the same whichever one a run uses; each row records its own (`token_source`), and a resumed run may name
+    # another (say `auto` -> `llamacpp`) without starting over.
+    token_source: Literal["auto", "vllm", "sglang", "llamacpp", "tokenize"] = Field(
+        "auto",
+        description="where --return-tokens ids come from: auto (by what the server answers), vllm "
+        "(return_token_ids), sglang (return_prompt_token_ids, meta_info), llamacpp (logprobs ids; prompt ids by "
+        "its /apply-template and /tokenize), tokenize (vLLM's token_id:N logprobs; prompt ids by its /tokenize)",
+    )
 
     @model_validator(mode="after")
     def _given(self) -> EndpointConfig:
         if not self.block and not (self.model_url and self.model):
             raise ValueError("give --model-url and --model, or --model-block")
+        if self.api == "responses" and self.token_source not in ("auto", "vllm"):
+            raise ValueError(f"--token-source {self.token_source} needs --api chat (the Responses API has vllm's only)")
         return self
 
     @property

@@ -191,6 +191,9 @@ class RolloutRow(TypedDict, total=False):
     tool_stats: dict[str, ToolCallStats]
     timings: Timings
     schema_version: int
+    # With --return-tokens: where every call's token ids came from (--token-source, `auto` resolved); None when the
+    # rollout failed before any reply said.
+    token_source: Literal["vllm", "sglang", "llamacpp", "tokenize"] | None
 
 
 @cache
@@ -225,6 +228,7 @@ RESERVED_KEYS = frozenset(
         "tool_stats",
         "timings",
         "schema_version",
+        "token_source",
     }
 )
 

@@ -25,7 +25,23 @@ from rollouts.client.chat import chat_tools, items_to_chat
 from rollouts.client.credentials import NO_AUTH, EndpointAuth
 from rollouts.client.replies import check_chat, check_responses
 from rollouts.client.retry import RetryPolicy, retry_after, transport_failure
-from rollouts.client.token_fields import CHAT_TOKEN_REQUEST, chat_token_fields, responses_token_fields
+from rollouts.client.token_fields import (
+    CHAT_TOKEN_REQUEST,
+    NO_SOURCE_HINT,
+    PROMPT_ROUTES,
+    SOURCE_REQUESTS,
+    TOKEN_FIELDS,
+    chat_token_fields,
+    check_prompt_count,
+    detect_source,
+    has_prompt_ids,
+    llamacpp_tokenize_body,
+    rendered_prompt,
+    responses_token_fields,
+    server_root,
+    tokenize_ids,
+    tokenize_request,
+)
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport, cookie_free_transport
 from rollouts.errors import (
     ConfigError,
@@ -106,6 +122,56 @@ def check_endpoint(
             )
 
 
+def probe_token_source(
+    base_url: str,
+    model: str,
+    api: str,
+    token_source: str,
+    auth: EndpointAuth | None = None,
+    timeout: float = 60.0,
+) -> str:
+    """Fail fast for --return-tokens, before any prompt is sharded: one tiny request (a few tokens) asking for token
+    ids as the run's calls will. Returns the source that answered (`auto` resolved); a one-line ConfigError when the
+    server gives no exact ids that way (a hosted API, a server whose replies carry none), instead of a run whose
+    every rollout fails with TokenFieldsError."""
+
+    async def probe() -> str:
+        async with http_client(1, timeout, auth) as http:
+            client = ModelClient(
+                http,
+                base_url,
+                model,
+                api,
+                max_retries=1,
+                return_tokens=True,
+                token_source=token_source,
+                request_timeout=timeout,
+            )
+            sampling = {"max_output_tokens": 8 if api == "chat" else 16, "temperature": 0.0}
+            await client.create([{"role": "user", "content": "Say hello."}], {}, sampling)
+            return client.resolved_source or token_source
+
+    try:
+        return asyncio.run(probe())
+    except TokenFieldsError as exc:
+        if exc.missing:
+            detail = f"its reply to a probe request has no {', '.join(exc.missing)}"
+        else:
+            detail = f"a probe request's token ids are unusable: {_one_line(str(exc).split('; ')[0])}"
+    except ProviderError as exc:
+        detail = f"a probe request asking for token ids failed: {_one_line(str(exc))}"
+    raise ConfigError(
+        f"--return-tokens: no exact source of token ids at {base_url} ({detail}); vLLM, SGLang and llama.cpp's "
+        f"llama-server return them, hosted APIs do not. --token-source vllm|sglang|llamacpp|tokenize names the "
+        f"source (now {token_source})"
+    )
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def served_models(response: httpx.Response) -> list[str]:
     """Model ids an OpenAI-compatible `GET /models` lists (`{"data": [{"id": ...}]}`); empty when it lists none."""
     try:
@@ -121,7 +187,12 @@ def served_models(response: httpx.Response) -> list[str]:
 
 
 def chat_body(
-    model: str, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any], return_tokens: bool
+    model: str,
+    items: list[dict[str, Any]],
+    params: dict[str, Any],
+    sampling: dict[str, Any],
+    return_tokens: bool,
+    token_request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": items_to_chat(items, params.get("instructions"))}
     if params.get("tools"):
@@ -132,13 +203,18 @@ def chat_body(
             body["parallel_tool_calls"] = params["parallel_tool_calls"]
     for key, value in sampling.items():
         body["max_tokens" if key == "max_output_tokens" else key] = value
-    if return_tokens:
-        body.update(CHAT_TOKEN_REQUEST)  # vLLM's and SGLang's names, and the token_id:N logprobs fallback
+    if return_tokens:  # the token source's fields (SOURCE_REQUESTS); every server's names by default
+        body.update(CHAT_TOKEN_REQUEST if token_request is None else token_request)
     return body
 
 
 def responses_body(
-    model: str, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any], return_tokens: bool
+    model: str,
+    items: list[dict[str, Any]],
+    params: dict[str, Any],
+    sampling: dict[str, Any],
+    return_tokens: bool,
+    token_request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     body = {k: v for k, v in params.items() if k not in ("input", "model", "stream")}
     body.update(model=model, input=items, **sampling)
@@ -260,12 +336,14 @@ class ModelClient:
         *,
         max_retries: int,
         return_tokens: bool = False,
+        token_source: str = "auto",
         rng: random.Random | None = None,
         request_timeout: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         secrets: Iterable[str] = (),
     ) -> None:
         self.http, self.model, self.api = http, model, api
+        self.base_url = base_url
         # Parsed once: httpx re-parses a str URL on every request (~20% of its per-request CPU here).
         self.url = httpx.URL(f"{base_url}/chat/completions" if api == "chat" else f"{base_url}/responses")
         self.retry = RetryPolicy(max_retries=max_retries)
@@ -290,19 +368,33 @@ class ModelClient:
         # A server may echo the request (its headers, the key) in an error body: masked before any message holds it.
         self.secrets = [*header_secrets(self.headers.multi_items()), *secrets]
         self.return_tokens = return_tokens
+        # Where token ids come from (`--token-source`); `auto` is settled by the first reply that carries ids.
+        self._use_source("vllm" if api == "responses" else token_source)
         self.rng = rng or random.Random()
         self.request_timeout = request_timeout
         self.max_response_bytes = max_response_bytes
 
+    def _use_source(self, source: str) -> None:
+        self.token_source = source
+        self.token_request = SOURCE_REQUESTS.get(source) if self.api == "chat" else None
+        # The replies that need more than parsing: `auto` (which source?) and sources without prompt ids.
+        self.token_hook = self.return_tokens and self.api == "chat" and (source == "auto" or source in PROMPT_ROUTES)
+
+    @property
+    def resolved_source(self) -> str | None:
+        """The token source in use, None while `auto` has seen no reply (or without --return-tokens)."""
+        return self.token_source if self.return_tokens and self.token_source != "auto" else None
+
     async def create(self, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]) -> ModelCall:
         build = chat_body if self.api == "chat" else responses_body
+        request = build(self.model, items, params, sampling, self.return_tokens, self.token_request)
         # Encoded once for every attempt; compact separators, no httpx re-encoding per try.
-        body = orjson.dumps(build(self.model, items, params, sampling, self.return_tokens))
+        body = orjson.dumps(request)
         started = time.perf_counter()
         attempt = 0
         while True:
             try:
-                call = await self._attempt(body)
+                call = await self._attempt(body, request)
             except ProviderError as error:
                 error.add(attempts=attempt + 1)
                 if not error.is_retryable or attempt >= self.retry.max_retries:
@@ -314,7 +406,7 @@ class ModelClient:
             call.latency_ms = (time.perf_counter() - started) * 1000
             return call
 
-    async def _attempt(self, body: bytes) -> ModelCall:
+    async def _attempt(self, body: bytes, sent: dict[str, Any]) -> ModelCall:
         try:
             async with asyncio.timeout(self.request_timeout):
                 if self.direct is not None:
@@ -353,9 +445,79 @@ class ModelClient:
             failure = transport_failure(exc)
             kind = ProviderTimeout if failure.timeout else ProviderError
             raise kind(f"{failure.label} ({self.url})", status_code=None, retryable=True) from exc
+        if self.token_hook:
+            return await self._parse_tokens(content, status, sent)
         return self._parse(content, status)
 
+    async def _parse_tokens(self, content: bytes, status: int, request: dict[str, Any]) -> ModelCall:
+        """A chat reply with token ids: `auto` picks the source from it, and a source that sends no prompt ids gets
+        them from the server's own tokenization of the exact rendered prompt, checked against its usage."""
+        data = self._load(content, status)
+        try:
+            check_chat(data)
+            source = self.token_source
+            detected = detect_source(data)  # before any tokenizer request: a reply without ids needs none
+            if detected is None:
+                raise TokenFieldsError(
+                    f"chat completion: token fields were asked for but the reply carries none; {NO_SOURCE_HINT}",
+                    missing=list(TOKEN_FIELDS),
+                )
+            if source == "auto":
+                self._use_source(detected)  # once: later calls ask for this source's fields only
+                source = detected
+            route = PROMPT_ROUTES.get(source)
+            if route is not None and not has_prompt_ids(data):
+                ids = await self._prompt_ids(route, request)
+                check_prompt_count(ids, data)
+                data["prompt_token_ids"] = ids
+        except TokenFieldsError as exc:
+            raise exc.add(status_code=status, retryable=False) from None
+        except ResponseParseError as exc:
+            raise exc.add(status_code=status, retryable=True) from None
+        return self._parse_data(data, status)
+
+    async def _prompt_ids(self, route: str, request: dict[str, Any]) -> list[int]:
+        """The prompt ids of `request` by the server's own tokenizer: llama.cpp's `/apply-template` (the same body
+        the generation parsed, so the same rendering) then `/tokenize`, or vLLM's chat `/tokenize`."""
+        if route == "apply-template":
+            root = server_root(self.base_url)
+            prompt = rendered_prompt(await self._post_json(f"{root}/apply-template", request))
+            return tokenize_ids(await self._post_json(f"{root}/tokenize", llamacpp_tokenize_body(prompt)))
+        url, body = tokenize_request(self.base_url, request)
+        return tokenize_ids(await self._post_json(url, body))
+
+    async def _post_json(self, url: str, payload: dict[str, Any]) -> Any:
+        """One request to the server's tokenizer; its failures are the call's (the call's retries cover them)."""
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                response = await self.http.post(url, content=orjson.dumps(payload), headers=JSON_HEADERS)
+        except TimeoutError:
+            raise ProviderTimeout(
+                f"no reply from {url} within the {self.request_timeout:g} s request deadline",
+                status_code=None,
+                retryable=True,
+            ) from None
+        except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
+            failure = transport_failure(exc)
+            kind = ProviderTimeout if failure.timeout else ProviderError
+            raise kind(f"{failure.label} ({url})", status_code=None, retryable=True) from exc
+        status = response.status_code
+        if status >= 300:
+            raise ProviderError(
+                f"HTTP {status} from {url}: {scrub(response.text, self.secrets)[:300]}",
+                status_code=status,
+                retryable=self.retry.retryable(status),
+                retry_after_s=retry_after(response),
+            )
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise ResponseParseError(f"HTTP {status} from {url} with a body that is not JSON", retryable=True) from None
+
     def _parse(self, content: bytes, status: int) -> ModelCall:
+        return self._parse_data(self._load(content, status), status)
+
+    def _load(self, content: bytes, status: int) -> dict[str, Any]:
         try:
             data = orjson.loads(content)
         except orjson.JSONDecodeError:
@@ -371,6 +533,9 @@ class ModelClient:
                 status_code=status,
                 retryable=True,
             )
+        return data
+
+    def _parse_data(self, data: dict[str, Any], status: int) -> ModelCall:
         try:
             if self.api == "chat":
                 return parse_chat(data, return_tokens=self.return_tokens)

@@ -10,9 +10,14 @@ Whatever the server, a call keeps NeMo Gym's three fields on its last output ite
   `choices[0].prompt_token_ids`, `choices[0].token_ids`, and `choices[0].meta_info.output_token_logprobs` as
   `[logprob, token_id, text]` triples or `{"logprob", "token_id"}` objects (or the parallel
   `output_token_logprobs_val` / `_idx` arrays);
-- `choices[0].logprobs.content[*]`: the log-probabilities, and the ids too when each `token` reads `token_id:N`
-  (vLLM's `return_tokens_as_token_ids`). Such a server (vLLM < 0.10.2) sends no prompt ids; vLLM's `/tokenize` of
-  the same messages gives them (`tokenize_request`, `with_prompt_ids`), as NeMo Gym's adapter does.
+- `choices[0].logprobs.content[*]`: the log-probabilities, and the ids too when each entry has an integer `id`
+  (llama.cpp's `llama-server`) or its `token` reads `token_id:N` (vLLM's `return_tokens_as_token_ids`). Such servers
+  send no prompt ids: the server's own tokenization of the exact rendered prompt gives them, never a local guess
+  (llama.cpp: `/apply-template` then `/tokenize`; vLLM < 0.10.2: its chat `/tokenize`, as NeMo Gym's adapter does).
+
+The `--token-source` (`TokenSource`) names where a run's ids come from: what it asks for (`SOURCE_REQUESTS`) and
+whether prompt ids need the server's tokenizer (`PROMPT_ROUTES`); `auto` asks for all of them and picks the source
+from the first reply (`detect_source`).
 
 Generation ids found in several places must agree. When token fields were asked for and the reply lacks them, the call
 fails with `TokenFieldsError` naming what is missing; it is never kept as text alone.
@@ -20,7 +25,7 @@ fails with `TokenFieldsError` naming what is missing; it is never kept as text a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from rollouts.errors import TokenFieldsError
 
@@ -36,9 +41,37 @@ CHAT_TOKEN_REQUEST = {
     "return_meta_info": True,  # SGLang: meta_info.output_token_logprobs
 }
 RESPONSES_TOKEN_REQUEST = {"return_token_ids": True}
+
+TokenSource = Literal["vllm", "sglang", "llamacpp", "tokenize"]
+TOKEN_SOURCES: tuple[TokenSource, ...] = ("vllm", "sglang", "llamacpp", "tokenize")
+# What each source's requests ask for. llama.cpp returns no logprobs at all with `top_logprobs: 0` and 20
+# alternatives per token without it, so it gets 1; vLLM and SGLang get 0. `auto` asks every server's way at once.
+SOURCE_REQUESTS: dict[str, dict[str, Any]] = {
+    "vllm": {"logprobs": True, "top_logprobs": 0, "return_token_ids": True},
+    "sglang": {
+        "logprobs": True,
+        "top_logprobs": 0,
+        "return_token_ids": True,
+        "return_prompt_token_ids": True,
+        "return_meta_info": True,
+    },
+    "llamacpp": {"logprobs": True, "top_logprobs": 1},
+    "tokenize": {"logprobs": True, "top_logprobs": 0, "return_tokens_as_token_ids": True},
+    "auto": {**CHAT_TOKEN_REQUEST, "top_logprobs": 1},
+}
+# Sources whose replies carry generation ids only: the prompt ids come from the server's tokenizer, by this route.
+PROMPT_ROUTES: dict[str, Literal["apply-template", "chat-tokenize"]] = {
+    "llamacpp": "apply-template",  # POST /apply-template (the rendered prompt), then POST /tokenize of that text
+    "tokenize": "chat-tokenize",  # vLLM's chat POST /tokenize of the same messages
+}
+NO_SOURCE_HINT = (
+    "--return-tokens needs a server that returns token ids (vLLM, SGLang, llama.cpp's llama-server); "
+    "hosted APIs do not. --token-source vllm|sglang|llamacpp|tokenize names one (default auto)"
+)
 _HINT = (
     "the server must return token ids: vLLM >= 0.10.2 (return_token_ids), SGLang >= 0.5.13 "
-    "(return_prompt_token_ids, return_meta_info) or NeMo RL's server; hosted APIs do not return them"
+    "(return_prompt_token_ids, return_meta_info), llama.cpp's llama-server (logprobs ids) or NeMo RL's server; "
+    "hosted APIs do not return them (--token-source names where they come from)"
 )
 
 
@@ -53,10 +86,81 @@ def tokenize_request(base_url: str, chat_body: dict[str, Any]) -> tuple[str, dic
     }
 
 
+def server_root(base_url: str) -> str:
+    """The server's root URL (vLLM's and llama.cpp's tokenizer endpoints are not under /v1)."""
+    return base_url.removesuffix("/").removesuffix("/v1")
+
+
+def tokenize_ids(tokenize_reply: Any) -> list[int]:
+    """The ids of a `/tokenize` reply (vLLM's and llama.cpp's both hold them in `tokens`)."""
+    tokens = tokenize_reply.get("tokens") if isinstance(tokenize_reply, dict) else None
+    return _int_list(tokens, "/tokenize reply `tokens`")
+
+
+def rendered_prompt(apply_template_reply: Any) -> str:
+    """The prompt text of llama.cpp's `/apply-template` reply."""
+    prompt = apply_template_reply.get("prompt") if isinstance(apply_template_reply, dict) else None
+    if not isinstance(prompt, str):
+        raise TokenFieldsError("/apply-template reply without a `prompt` string", missing=["prompt_token_ids"])
+    return prompt
+
+
+def llamacpp_tokenize_body(prompt: str) -> dict[str, Any]:
+    """llama.cpp's `/tokenize` of a rendered prompt: its special tokens parsed, no BOS added (the template has it)."""
+    return {"content": prompt, "add_special": False, "parse_special": True}
+
+
 def with_prompt_ids(data: dict[str, Any], tokenize_reply: Any) -> dict[str, Any]:
     """The chat reply with the prompt ids of a `/tokenize` reply, in vLLM's place, ready to parse again."""
-    tokens = tokenize_reply.get("tokens") if isinstance(tokenize_reply, dict) else None
-    return {**data, "prompt_token_ids": _int_list(tokens, "/tokenize reply `tokens`")}
+    return {**data, "prompt_token_ids": tokenize_ids(tokenize_reply)}
+
+
+def has_prompt_ids(data: dict[str, Any]) -> bool:
+    """Whether a chat reply carries prompt ids in any place a source puts them."""
+    if data.get("prompt_token_ids") is not None:
+        return True
+    choice = (data.get("choices") or [{}])[0]
+    if not isinstance(choice, dict):
+        return False
+    message = choice.get("message") or {}
+    return choice.get("prompt_token_ids") is not None or message.get("prompt_token_ids") is not None
+
+
+def check_prompt_count(ids: list[int], data: dict[str, Any]) -> None:
+    """The server's tokenization of the prompt must have as many ids as the generation's `usage.prompt_tokens`."""
+    usage = data.get("usage")
+    count = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    if isinstance(count, int) and count > 0 and count != len(ids):
+        raise TokenFieldsError(
+            f"the server's tokenization of the rendered prompt has {len(ids)} ids but the reply's "
+            f"usage.prompt_tokens is {count}: its prompt ids would not be the ones the model saw",
+            missing=[],
+        )
+
+
+def detect_source(data: dict[str, Any]) -> TokenSource | None:
+    """The source whose ids a chat reply (to `SOURCE_REQUESTS["auto"]`) carries, or None when it carries none."""
+    choice = (data.get("choices") or [{}])[0]
+    if not isinstance(choice, dict):
+        return None
+    message = choice.get("message") or {}
+    if isinstance(message, dict) and any(message.get(name) is not None for name in TOKEN_FIELDS):
+        return "vllm"  # NeMo RL's vLLM server
+    if data.get("prompt_token_ids") is not None:  # vLLM's place (the simulated server fills SGLang's too)
+        return "vllm"
+    if choice.get("prompt_token_ids") is not None or isinstance(choice.get("meta_info"), dict):
+        return "sglang"
+    if choice.get("token_ids") is not None:
+        return "vllm"
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        first = content[0]
+        if isinstance(first.get("id"), int) and not isinstance(first.get("id"), bool):
+            return "llamacpp"
+        if _id_of(first.get("token")) is not None:
+            return "tokenize"
+    return None
 
 
 # The container and its first element are checked, not every element: a prompt of 8k ids would otherwise cost ~0.3 ms
@@ -96,7 +200,9 @@ def _from_logprobs(choice: dict[str, Any]) -> tuple[list[int] | None, list[float
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise TokenFieldsError(f"choices[0].logprobs.content[{index}].logprob is not a number", missing=[])
         values.append(float(value))
-        token_id = _id_of(entry.get("token"))
+        token_id = entry.get("id")  # llama.cpp
+        if not isinstance(token_id, int) or isinstance(token_id, bool):
+            token_id = _id_of(entry.get("token"))  # vLLM's token_id:N
         if ids is not None and token_id is not None:
             ids.append(token_id)
         else:

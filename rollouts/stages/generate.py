@@ -130,6 +130,7 @@ class ShardGenerator:
             endpoint.api,
             max_retries=endpoint.max_retries,
             return_tokens=endpoint.return_tokens,
+            token_source=endpoint.token_source,
             rng=random.Random(f"{run.run_id}/{shard}"),
             request_timeout=endpoint.request_timeout,
             max_response_bytes=endpoint.max_response_bytes,
@@ -237,6 +238,8 @@ class ShardGenerator:
         finally:
             self.limiter.release()
         ended = time.perf_counter()
+        if self.client.return_tokens:  # the source of every call's ids (None: no reply said, auto unsettled)
+            record["token_source"] = self.client.resolved_source
         record["attempts"] = prior_attempts + attempts
         record["timings"] = {
             "queue_ms": round((started - queued) * 1000, 3),

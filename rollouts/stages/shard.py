@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from rollouts.client.credentials import EndpointAuth
-from rollouts.client.model import check_endpoint
+from rollouts.client.model import check_endpoint, probe_token_source
 from rollouts.collector.breaker import STOPPED
 from rollouts.config import CollectConfig
 from rollouts.envs.preflight import check_environments
@@ -59,14 +59,18 @@ def locate_run(config: CollectConfig) -> tuple[RunRef, Store, dict[str, Any] | N
 
 
 def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> tuple[RunRef, Store, dict[str, Any] | None]:
-    """What can be checked before a flow starts, fastest first: the input, the endpoint, the remote environments, the
-    run name. Returns the run, its store and its manifest if an earlier attempt wrote one. `config` may hold a storage
-    block's credentials: refuse the user's own (`refuse_secrets`) before the blocks are applied."""
+    """What can be checked before a flow starts, fastest first: the input, the endpoint (and, with --return-tokens,
+    that it gives token ids), the remote environments, the run name. Returns the run, its store and its manifest if
+    an earlier attempt wrote one. `config` may hold a storage block's credentials: refuse the user's own
+    (`refuse_secrets`) before the blocks are applied."""
     check_input(config)
     check_output(config)
     auth = auth or EndpointAuth(api_key=config.api_key())
     endpoint = config.endpoint
     check_endpoint(endpoint.base_url, auth, model=endpoint.model_name if endpoint.check_model else None)
+    if endpoint.return_tokens:  # one tiny request: no exact token ids fails here, not in every rollout
+        timeout = min(endpoint.request_timeout, 120.0)
+        probe_token_source(endpoint.base_url, endpoint.model_name, endpoint.api, endpoint.token_source, auth, timeout)
     check_environments(config.environments.remote_env)
     run, store, manifest, _ = locate_run(config)
     return run, store, manifest

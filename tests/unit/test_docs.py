@@ -74,6 +74,11 @@ NOT_RUN: dict[tuple[str, ...], str] = {
         "run these steps"
     ),
     ("rollouts server start",): "starts a long-lived Prefect server; tests/cli/test_local_server.py runs it",
+    (
+        "rollouts check runs/demo",
+        "rollouts check gym_out/",
+    ): "writes quality/ beside the fixtures; tests/unit/test_quality_io.py "
+    "runs the checks and tests/cli/test_check.py the command",
     ("python3.13 -m venv", "/tmp/ngym/bin/pip", "unzip -p"): "builds NeMo Gym 0.7 in a Python 3.13 venv (minutes)",
 }
 

@@ -73,6 +73,7 @@ def test_every_field_the_collector_writes_is_in_the_row_description(tmp_path: Pa
     assert {r["status"] for r in written} == {"ok", "failed"}  # both kinds of row were written
     assert any(r.get("timings", {}).get("tool_calls") for r in written)  # and tool rollouts among them
     assert _fields(RolloutRow) == set(RESERVED_KEYS)
+    assert {r["token_source"] for r in written if r["status"] == "ok"} == {"vllm"}  # auto, settled by the sim
     for row in written:
         validate_rollout(row)
         assert set(row["timings"]) <= _fields(Timings), set(row["timings"]) - _fields(Timings)
