@@ -95,7 +95,7 @@ def test_flow_run_is_named_after_the_run_and_stores_absolute_paths(tmp_path, sim
         "--model-url",
         sim.url,
         "--model",
-        "m",
+        "sim-model",
         "--out",
         "./runs",
         "--run-name",

@@ -26,7 +26,7 @@ def test_endpoint_block_hands_out_a_client_with_its_key_and_headers():
 
     block = ModelEndpoint(
         base_url="http://127.0.0.1:9/v1/",
-        model="m",
+        model="sim-model",
         api_key=KEY,
         extra_headers={"X-Team": HEADER},
         connection_limit=16,

@@ -82,7 +82,7 @@ def test_collect_exit_codes_and_messages(tmp_path, sim, prefect_server):
         "--model-url",
         sim.url,
         "--model",
-        "m",
+        "sim-model",
         "--out",
         str(tmp_path),
         api_url=prefect_server,
@@ -94,13 +94,13 @@ def test_collect_exit_codes_and_messages(tmp_path, sim, prefect_server):
         "--model-url",
         f"http://127.0.0.1:{free_port()}/v1",
         "--model",
-        "m",
+        "sim-model",
         "--out",
         str(tmp_path),
         api_url=prefect_server,
     )
     assert down.returncode == 2 and "cannot reach the model server" in down.stderr
-    bad_url = rollouts("collect", "x.jsonl", "--model-url", "localhost:8000", "--model", "m")
+    bad_url = rollouts("collect", "x.jsonl", "--model-url", "localhost:8000", "--model", "sim-model")
     assert bad_url.returncode == 2 and "--model-url" in bad_url.stderr and "http://" in bad_url.stderr
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(3))
     ok = rollouts(
@@ -109,7 +109,7 @@ def test_collect_exit_codes_and_messages(tmp_path, sim, prefect_server):
         "--model-url",
         sim.url,
         "--model",
-        "m",
+        "sim-model",
         "--out",
         str(tmp_path / "runs"),
         "--num-repeats",
@@ -146,13 +146,13 @@ def test_tune_and_tokens_help_and_one_line_usage_errors(tmp_path):
         shown = rollouts(command, "--help")
         assert shown.returncode == 0 and shown.stdout.startswith(f"usage: rollouts {command} ") and flag in shown.stdout
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(1))
-    bad = rollouts("tune", str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--max-parallel", "0")
+    bad = rollouts("tune", str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "sim-model", "--max-parallel", "0")
     assert (bad.returncode, bad.stderr) == (2, "error: --max-parallel: Input should be greater than or equal to 1\n")
     bad = rollouts("tokens", str(src), "--out", str(tmp_path / "t"), "--turn-end-id", "-1")
     assert (bad.returncode, bad.stderr) == (2, "error: --turn-end-id: Input should be greater than or equal to 0\n")
     bad = rollouts("tokens", str(src), "--out", str(tmp_path / "t"), "--storage-options", "[1]")
     assert bad.returncode == 2 and "--storage-options: expected a JSON object" in bad.stderr
-    missing = rollouts("tune", str(src), "--model", "m")
+    missing = rollouts("tune", str(src), "--model", "sim-model")
     assert missing.returncode == 2 and "the following arguments are required: --model-url" in missing.stderr
-    unknown = rollouts("tune", str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--parallel", "8")
+    unknown = rollouts("tune", str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "sim-model", "--parallel", "8")
     assert unknown.returncode == 2 and "unrecognized arguments: --parallel 8" in unknown.stderr

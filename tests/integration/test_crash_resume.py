@@ -53,7 +53,7 @@ def test_kill_9_at_random_points_then_resume_gives_every_rollout_exactly_once(tm
             "--model-url",
             sim.url,
             "--model",
-            "m",
+            "sim-model",
             "--out",
             str(tmp_path / "runs"),
             "--run-name",

@@ -34,7 +34,7 @@ def collect_command(src: Path, url: str, out: Path, name: str, *extra: str) -> l
         "--model-url",
         url,
         "--model",
-        "m",
+        "sim-model",
         "--out",
         str(out),
         "--run-name",

@@ -35,7 +35,7 @@ def test_sigint_stops_within_seconds_marks_the_run_interrupted_and_a_resume_comp
             "--model-url",
             sim.url,
             "--model",
-            "m",
+            "sim-model",
             "--out",
             str(tmp_path / "runs"),
             "--run-name",
