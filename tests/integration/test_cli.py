@@ -146,13 +146,13 @@ def test_tune_and_tokens_help_and_one_line_usage_errors(tmp_path):
         shown = rollouts(command, "--help")
         assert shown.returncode == 0 and shown.stdout.startswith(f"usage: rollouts {command} ") and flag in shown.stdout
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(1))
-    bad = rollouts("tune", str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "sim-model", "--max-parallel", "0")
+    bad = rollouts("tune", str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--max-parallel", "0")
     assert (bad.returncode, bad.stderr) == (2, "error: --max-parallel: Input should be greater than or equal to 1\n")
     bad = rollouts("tokens", str(src), "--out", str(tmp_path / "t"), "--turn-end-id", "-1")
     assert (bad.returncode, bad.stderr) == (2, "error: --turn-end-id: Input should be greater than or equal to 0\n")
     bad = rollouts("tokens", str(src), "--out", str(tmp_path / "t"), "--storage-options", "[1]")
     assert bad.returncode == 2 and "--storage-options: expected a JSON object" in bad.stderr
-    missing = rollouts("tune", str(src), "--model", "sim-model")
+    missing = rollouts("tune", str(src), "--model", "m")
     assert missing.returncode == 2 and "the following arguments are required: --model-url" in missing.stderr
-    unknown = rollouts("tune", str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "sim-model", "--parallel", "8")
+    unknown = rollouts("tune", str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--parallel", "8")
     assert unknown.returncode == 2 and "unrecognized arguments: --parallel 8" in unknown.stderr

@@ -64,7 +64,7 @@ def schema_node(schema: dict, path: tuple[str, ...]) -> dict:
 def test_every_field_is_a_flag_a_form_field_and_a_manifest_key(tmp_path):
     help_text = collect_help()
     schema = parameter_schema(collect_rollouts.fn).model_dump()
-    config = CollectConfig(input="p.jsonl", model_url="http://x/v1", model="sim-model")
+    config = CollectConfig(input="p.jsonl", model_url="http://x/v1", model="m")
     manifest = write_manifest(Store(str(tmp_path)), RunRef(run_id="r", run_url=str(tmp_path), config=config))
     for path, field in leaves(CollectConfig):
         cli = marker(field, Cli) or Cli()
@@ -97,7 +97,7 @@ def test_a_new_field_appears_in_help_form_and_manifest_with_nothing_else_written
     assert (
         "--frequency-penalty FREQUENCY_PENALTY" in parser.format_help() and "penalise repeats" in parser.format_help()
     )
-    args = parser.parse_args(["p.jsonl", "--model-url", "http://x/v1", "--model", "sim-model", "--frequency-penalty", "0.5"])
+    args = parser.parse_args(["p.jsonl", "--model-url", "http://x/v1", "--model", "m", "--frequency-penalty", "0.5"])
     config = extended.model_validate(build(args, options))
     assert config.sampling.frequency_penalty == 0.5
     manifest = write_manifest(Store(str(tmp_path)), RunRef(run_id="r", run_url=str(tmp_path), config=config))
@@ -106,7 +106,7 @@ def test_a_new_field_appears_in_help_form_and_manifest_with_nothing_else_written
     # The form shows it as a number field: no `anyOf [number, null]` type picker, no null default to prefill.
     assert form["description"] == "penalise repeats" and form["type"] == "number" and "default" not in form
     with pytest.raises(SystemExit):
-        parser.parse_args(["p.jsonl", "--model-url", "http://x/v1", "--model", "sim-model", "--frequency-penalty", "x"])
+        parser.parse_args(["p.jsonl", "--model-url", "http://x/v1", "--model", "m", "--frequency-penalty", "x"])
 
 
 # ----- rollouts tune and rollouts tokens ------------------------------------------------------------------------------

@@ -87,18 +87,18 @@ def test_tune_refuses_bad_options_with_a_clear_message(tmp_path: Path, capsys) -
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(2))
     assert (
         tune_main(
-            [str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "sim-model", "--start", "64", "--max-parallel", "8"]
+            [str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--start", "64", "--max-parallel", "8"]
         )
         == 2
     )
     assert "--start (64) <= --max-parallel (8)" in capsys.readouterr().err
-    assert tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "sim-model"]) == 2
+    assert tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m"]) == 2
     assert "cannot reach the model server" in capsys.readouterr().err
-    assert tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "sim-model", "--sample", "0"]) == 2
+    assert tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--sample", "0"]) == 2
     assert capsys.readouterr().err == "error: --sample: Input should be greater than or equal to 1\n"
-    assert tune_main([str(tmp_path / "nope.jsonl"), "--model-url", "http://127.0.0.1:9/v1", "--model", "sim-model"]) == 2
+    assert tune_main([str(tmp_path / "nope.jsonl"), "--model-url", "http://127.0.0.1:9/v1", "--model", "m"]) == 2
     with pytest.raises(SystemExit) as exit_:  # argparse's own usage error for a value of the wrong type
-        tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "sim-model", "--start", "x"])
+        tune_main([str(src), "--model-url", "http://127.0.0.1:9/v1", "--model", "m", "--start", "x"])
     assert exit_.value.code == 2 and "--start: invalid int value" in capsys.readouterr().err
 
 
