@@ -15,9 +15,10 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, StorageError
+from ..quality import check_path, flagged, read_verdicts
 from ..storage import filesystem
 from ..tokens.api import write_token_records
-from .card import DataCard
+from .card import DataCard, Drop
 from .config import Objective, ProcessConfig
 from .dpo import select_dpo
 from .readers import LoadedRollouts, load_rollouts
@@ -84,7 +85,15 @@ def select(
             f"{loaded.missing_rollouts} of {loaded.input_rows} rollouts owed by the materialized inputs "
             "have no row at all (killed or never dispatched)"
         )
-    selected = SELECTORS[config.objective](loaded.scan(None, storage_options), config, card)
+    rows = loaded.scan(None, storage_options)
+    unhealthy = 0
+    if config.drop_unhealthy:
+        rows, unhealthy = drop_unhealthy(rows, loaded.inputs, config.drop_unhealthy, storage_options)
+    selected = SELECTORS[config.objective](rows, config, card)
+    if unhealthy:
+        checks = "any check" if config.drop_unhealthy == ["all"] else ", ".join(config.drop_unhealthy)
+        why = f"the rollout health checks found it unhealthy ({checks}; see quality/verdicts.jsonl)"
+        card.dropped.insert(0, Drop(rule="unhealthy", count=unhealthy, why=why))
     if workdir is None:
         return Selection(objective=config.objective, loaded=loaded, card=card, selected_data=selected)
     uri = f"{workdir.rstrip('/')}/selection-{config.objective}-{uuid.uuid4().hex[:8]}.parquet"
@@ -187,3 +196,25 @@ __all__ = [
     "select",
     "write_outputs",
 ]
+
+
+def drop_unhealthy(
+    rows: pl.LazyFrame, inputs: list[str], checks: list[str], storage_options: dict[str, Any] | None
+) -> tuple[pl.LazyFrame, int]:
+    """`rows` without the rollouts the health checks flag (any unhealthy one with `["all"]`, else those `checks`
+    fired on), and how many went. A run's own `quality/verdicts.jsonl` is used; other inputs are checked here."""
+    wanted = None if checks == ["all"] else checks
+    flagged_ids: list[pl.Series] = []
+    for place in inputs:
+        try:  # a run folder checked by its collection has them; a file or a glob does not
+            verdicts = read_verdicts(place, storage_options=storage_options)
+        except OSError:
+            verdicts = pl.DataFrame()
+        if verdicts.is_empty():
+            verdicts = check_path(place, storage_options=storage_options).verdicts()
+        flagged_ids.append(flagged(verdicts, wanted)["rollout_id"])
+    ids = pl.concat(flagged_ids).drop_nulls().unique() if flagged_ids else pl.Series("rollout_id", [], pl.String)
+    gone = pl.DataFrame({"rollout_id": ids.cast(pl.String)})
+    before = rows.select(pl.len()).collect().item()
+    kept = rows.join(gone.lazy(), on="rollout_id", how="anti")
+    return kept, before - kept.select(pl.len()).collect().item()

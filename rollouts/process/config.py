@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rollouts.options import Cli, form_schema
 
@@ -76,6 +76,12 @@ class FilterOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_schema)
 
     skip_bad_rows: bool = Field(False, description="skip and count malformed rows instead of failing")
+    drop_unhealthy: list[str] = Field(
+        [],
+        description="every objective: drop rollouts the health checks found unhealthy: 'all', or the ids of the "
+        "checks that count (comma list); counted in the data card. A run's own quality/verdicts.jsonl is used, "
+        "other inputs are checked first",
+    )
 
     # RL
     advantage_scale: Literal["group", "batch", "none"] = Field(
@@ -154,6 +160,16 @@ if TYPE_CHECKING:
     DPOFormats = list[str]
 else:
     RLFormats, SFTFormats, DPOFormats = _format_list("rl"), _format_list("sft"), _format_list("dpo")
+
+    @field_validator("drop_unhealthy", mode="before")
+    @classmethod
+    def _drop_unhealthy(cls, value: Any) -> Any:
+        # the command line gives a list of comma lists; "all" alone means every check
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return list(dict.fromkeys(part.strip() for item in value for part in str(item).split(",") if part.strip()))
+        return value
 
 
 class OutputFormats(BaseModel):

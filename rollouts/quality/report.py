@@ -19,6 +19,7 @@ import fsspec
 import orjson
 import polars as pl
 
+from ..report.markdown import escape
 from .config import UNHEALTHY
 from .engine import QualityResult
 
@@ -110,9 +111,8 @@ def flagged(verdicts: pl.DataFrame, checks: Sequence[str] | None = None) -> pl.D
 
 
 def cell(value: Any) -> str:
-    """A Markdown table cell: `|` escaped, line breaks flattened."""
-    text = "" if value is None else str(value)
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    """A Markdown table cell (the one rule of rollouts/report/markdown.py); None is empty."""
+    return "" if value is None else escape(value)
 
 
 def _row(values: list[Any]) -> str:

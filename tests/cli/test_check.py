@@ -44,3 +44,21 @@ def test_check_fails_a_run_over_the_unhealthy_fraction(tmp_path: Path) -> None:
     assert result.code == 1
     assert result.error_lines[-1].startswith("error: 33.3% unhealthy, over --max-unhealthy-fraction 0.2 (top: ")
     assert "--max-unhealthy-fraction" in rollouts("collect", "--help").out
+
+
+def test_process_drops_unhealthy_rollouts_and_counts_them_in_the_card(tmp_path: Path) -> None:
+    src = write_rollouts(tmp_path / "rollouts.jsonl")
+    out = tmp_path / "out"
+    kept = rollouts("process", str(src), "--objective", "sft", "--out", str(out / "all"))
+    dropped = rollouts(
+        "process", str(src), "--objective", "sft", "--out", str(out / "healthy"), "--drop-unhealthy", "empty_completion"
+    )
+    assert kept.code == dropped.code == 0, dropped.err
+    card = json.loads((out / "healthy" / "sft" / "data_card.json").read_text())
+    assert card["dropped"][0] == {
+        "rule": "unhealthy",
+        "count": 1,
+        "why": "the rollout health checks found it unhealthy (empty_completion; see quality/verdicts.jsonl)",
+    }
+    healthy = (out / "healthy" / "sft" / "openai.jsonl").read_text().splitlines()
+    assert healthy and all('"role":"assistant","content":""' not in line for line in healthy)
