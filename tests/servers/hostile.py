@@ -54,7 +54,7 @@ def _chat_reply(state: Hostility, turn: int) -> dict[str, Any]:
         "id": "chatcmpl-hostile",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": "m",
+        "model": "sim-model",
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
     }
@@ -65,7 +65,7 @@ def make_app(state: Hostility) -> web.Application:
 
     @routes.get("/v1/models")
     async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
+        return web.json_response({"object": "list", "data": [{"id": "sim-model", "object": "model"}]})
 
     @routes.post("/v1/chat/completions")
     async def chat(request: web.Request) -> web.Response:
