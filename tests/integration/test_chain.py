@@ -158,7 +158,11 @@ def test_prepared_prompts_trigger_a_collection_that_triggers_training(team):
     assert rl_file == str(run_dir / "train" / "rl" / "rollouts.parquet")
     training = _wait_for_run("train-on-rollouts/on-run-completed", rl_file=rl_file)  # the nightly's may run too
     assert training.state.is_completed(), training.state.message
-    assert f"training on 10 rollouts from {rl_file}" in _logs(training.id)
+    # a flow run's logs reach the API in batches, shortly after its state: wait for the line, do not race it
+    expected, deadline = f"training on 10 rollouts from {rl_file}", time.monotonic() + 60
+    while expected not in _logs(training.id) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert expected in _logs(training.id)
 
 
 def test_the_schedule_collects_the_day_file_and_a_rerun_is_unchanged(team):

@@ -124,18 +124,18 @@ def flow_run_states(prefect_server: str, name: str) -> list[str]:
 
 def test_a_killed_run_s_flow_run_ends_crashed_at_the_next_start(tmp_path: Path, prefect_server: str) -> None:
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(100))
-    run = tmp_path / "runs" / "killed"
+    run = tmp_path / "runs" / "reaped"  # a name no other test's flow run has on the shared server
     env = environment(prefect_server)
     with start_sim_server(latency_ms=100, seed=0) as sim:
-        command = collect_command(src, sim.url, tmp_path / "runs", "killed", "--num-repeats", "2", "--parallel", "16")
+        command = collect_command(src, sim.url, tmp_path / "runs", "reaped", "--num-repeats", "2", "--parallel", "16")
         process = start(command, env)
         wait_for_lines(process, run, 20)
         process.kill()
         process.wait()
-        assert flow_run_states(prefect_server, "killed") == ["RUNNING"]
+        assert flow_run_states(prefect_server, "reaped") == ["RUNNING"]
         resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert sorted(flow_run_states(prefect_server, "killed")) == ["COMPLETED", "CRASHED"]
+    assert sorted(flow_run_states(prefect_server, "reaped")) == ["COMPLETED", "CRASHED"]
     rows = run_rows(run, "rollouts")
     assert len(rows) == 200 and len({r["rollout_id"] for r in rows}) == 200
 
