@@ -24,7 +24,8 @@ APIS = ["chat", "responses"]
 
 
 def bundled(name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in resources.files("rollouts").joinpath(f"data/{name}").open()]
+    text = resources.files("rollouts").joinpath(f"data/{name}").read_text()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 @pytest.fixture(scope="module")
