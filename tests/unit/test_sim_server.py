@@ -166,11 +166,14 @@ def test_same_seed_same_answer_and_other_seeds_vary(client: httpx.Client) -> Non
 def test_server_seed_changes_answers(server: SimServer) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "What is 17 * 23?"}], "temperature": 1.5}
     answers = []
-    with start_sim_server(latency_ms=0, seed=8) as other:
-        for url in (server.url, other.url):
+    other, stop = serve_in_thread(SimConfig(latency_ms=0, seed=8))
+    try:
+        for url in (server.url, other):
             with httpx.Client(base_url=url) as http:
                 runs = [http.post("/chat/completions", json=body | {"seed": s}).json() for s in range(12)]
             answers.append([run["choices"][0]["message"]["content"] for run in runs])
+    finally:
+        stop()
     assert answers[0] != answers[1]
 
 
