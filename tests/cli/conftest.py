@@ -1,5 +1,4 @@
-"""The real `rollouts` command in a subprocess: fixtures shared with the integration suite, and a runner that times
-it."""
+"""The real `rollouts` command in a subprocess: a runner that times it (the servers are tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from tests.integration.conftest import live_prefect, prefect_server, s3_endpoint, sim  # noqa: F401  (session fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 # A fast exit is one taken before Prefect starts: the command's imports and checks only. On 2 busy cores that is

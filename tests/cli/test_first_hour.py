@@ -147,6 +147,7 @@ def wrong_route():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
+    server.server_close()
 
 
 def test_every_request_refused_stops_early_and_writes_no_training_files(tmp_path, wrong_route, prefect_server):
@@ -167,7 +168,7 @@ def test_every_request_refused_stops_early_and_writes_no_training_files(tmp_path
     )
     assert result.code == 1
     run = tmp_path / "refused"
-    generated = sum(1 for f in (run / "generations").glob("*.jsonl") for _ in f.open())
+    generated = sum(len(f.read_bytes().splitlines()) for f in (run / "generations").glob("*.jsonl"))
     assert generated < 60 * 4 / 2  # stopped early, not after all 240 requests
     assert result.out.count("stopped early: the first 16 rollouts all failed with HTTP 404") == 1
     assert "run again to retry" not in result.out + result.err

@@ -72,13 +72,26 @@ def _stop(process: subprocess.Popen, timeout_s: float = 15) -> None:
 @contextlib.contextmanager
 def prefect_server(startup_timeout_s: float = 240, **settings: str) -> Iterator[LiveServer]:
     """`prefect server start` in its own session (so its uvicorn child goes with it), healthy before it yields;
-    `settings` are extra environment variables of the server (PREFECT_SERVER_SERVICES_...)."""
+    `settings` are extra environment variables of the server (PREFECT_SERVER_SERVICES_...).
+
+    Its database is seeded from the installed Prefect's schema snapshot, as `rollouts server start` seeds the local
+    server's (commands/prefect_db.py, checked against the real migrations by tests/integration/test_prefect_db.py):
+    the ~8 s of CPU that running every migration takes is not spent again here."""
+    from commands import prefect_db
+
     home = tempfile.mkdtemp(prefix="prefect-home-")
     port = _free_port()
     log = Path(home) / "server.log"
     with open(log, "wb") as out:
         # The UI asks /ui-settings for the API's address, which otherwise defaults to port 4200.
-        env = {**offline_env(home), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", **settings}
+        # Events are written every second instead of every 5: tests that wait for an event wait less.
+        env = {
+            **offline_env(home),
+            "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
+            **settings,
+        }
+        prefect_db.seed(Path(home), env=env)
         process = subprocess.Popen(
             [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env=env,

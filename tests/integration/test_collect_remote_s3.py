@@ -191,7 +191,7 @@ def test_a_killed_run_resumes_without_duplicates(tmp_path, prefect_server):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.communicate()  # waits, and closes the stderr pipe
         before = {
             json.loads(line)["rollout_id"]
             for d in finished

@@ -69,7 +69,7 @@ def test_s3_run_killed_mid_way_is_never_complete_and_resumes_whole(tmp_path, s3_
             assert time.monotonic() < deadline, "no shard committed in time"
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.communicate()  # waits, and closes the stderr pipe
         store.fs.invalidate_cache()
         killed = store.read_json("manifest.json")
         assert killed["status"] == "running" and "files" not in killed  # a reader sees a run in progress

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from tests.cli.conftest import rollouts
-from tests.integration.conftest import free_port, math_rows, prefect_server, run_rows, write_jsonl  # noqa: F401
+from tests.integration.conftest import free_port, math_rows, run_rows, write_jsonl
 
 pytestmark = [pytest.mark.realmodel, pytest.mark.integration]
 

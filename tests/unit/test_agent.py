@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -308,11 +306,3 @@ def test_env_tools_join_the_request_only_when_the_row_has_none() -> None:
 def test_limits_are_checked(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         AgentLimits(**bad)
-
-
-def test_the_loop_and_tool_environments_never_import_prefect() -> None:
-    code = "import sys, rollouts.stages.agent, rollouts.envs; print('prefect' in sys.modules)"
-    assert (
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-        == "False"
-    )

@@ -25,7 +25,8 @@ DEFAULT_LIMITS = AgentLimits()
 
 
 def bundled(name: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in resources.files("rollouts").joinpath(f"data/{name}").open()]
+    text = resources.files("rollouts").joinpath(f"data/{name}").read_text()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 @pytest.fixture(scope="module")

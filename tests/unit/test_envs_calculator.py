@@ -108,7 +108,8 @@ async def test_reward_is_the_math_verifiers_with_the_number_of_calls() -> None:
 
 
 async def test_every_bundled_prompt_is_answered_by_its_own_expression() -> None:
-    rows = [json.loads(line) for line in resources.files("rollouts").joinpath("data/calculator_prompts.jsonl").open()]
+    text = resources.files("rollouts").joinpath("data/calculator_prompts.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines()]
     assert len(rows) >= 12
     env = CalculatorEnvironment()
     for row in rows:

@@ -150,7 +150,8 @@ def planned_model(plan: list[list[tuple[str, dict[str, Any]]]]):
 
 
 async def test_every_bundled_prompt_is_solved_by_following_its_steps() -> None:
-    rows = [json.loads(line) for line in resources.files("rollouts").joinpath("data/kv_store_prompts.jsonl").open()]
+    text = resources.files("rollouts").joinpath("data/kv_store_prompts.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines()]
     assert len(rows) >= 10
     env = KeyValueEnvironment()
     turns = []

@@ -279,11 +279,3 @@ def test_build_environments() -> None:
     assert known_environment_names({"calc": "http://x"}) == builtin | {"calc"}
     with pytest.raises(ConfigError):
         build_environments({"calc": "not a url"})
-
-
-def test_envs_never_import_prefect() -> None:
-    import subprocess
-    import sys
-
-    code = "import sys, rollouts.envs; assert not [m for m in sys.modules if m.startswith('prefect')]"
-    subprocess.run([sys.executable, "-c", code], check=True)

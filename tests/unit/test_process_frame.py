@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -207,8 +205,3 @@ def test_small_chunks_keep_line_numbers(tmp_path: Path) -> None:
     assert loaded.frame_data is not None
     assert loaded.frame_data["line"].to_list() == [1, 2, 3, 4, 5, 7, 8, 9, 10]
     assert loaded.frame_data["row"].to_list() == list(range(9))
-
-
-def test_core_never_imports_prefect() -> None:
-    code = "import sys, rollouts.process; sys.exit(any(m.split('.')[0] == 'prefect' for m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -78,22 +76,6 @@ def test_stats_merge_across_processes_through_the_store(tmp_path: Path) -> None:
     assert read_function_stats(Store(str(tmp_path / "none"))) is None
 
 
-def test_off_means_no_profiler_at_all() -> None:
-    code = (
-        "import sys; from rollouts.report.profiler import function_profile\n"
-        "with function_profile(False) as p: pass\n"
-        "print(p is None, 'yappi' in sys.modules)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert out.stdout.split() == ["True", "False"]
-
-
 def test_one_profile_at_a_time_and_a_written_part(tmp_path: Path) -> None:
     store = Store(str(tmp_path))
     with function_profile(True, store, slice_s=0.05) as profiler:
@@ -113,8 +95,8 @@ def test_duty_below_one_pauses_the_profiler_between_rounds() -> None:
 
     seen = set()
     with FunctionProfiler(slice_s=0.02, duty=0.25) as profiler:
-        deadline = time.monotonic() + 0.6
-        while time.monotonic() < deadline:
+        started = time.monotonic()  # 0.6 s: several rounds of 0.16 s; longer on a busy machine, until both are seen
+        while time.monotonic() - started < 0.6 or (seen != {True, False} and time.monotonic() - started < 30):
             seen.add(yappi.is_running())
             time.sleep(0.005)
     assert seen == {True, False}  # on for a wall and a CPU slice, then off

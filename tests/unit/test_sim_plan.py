@@ -23,7 +23,8 @@ def calls(plan: Any) -> list[list[tuple[str, dict[str, Any]]]]:
 
 
 def test_every_bundled_kv_store_prompt_reads_as_the_plan_its_steps_spell_out() -> None:
-    rows = [json.loads(line) for line in resources.files("rollouts").joinpath("data/kv_store_prompts.jsonl").open()]
+    text = resources.files("rollouts").joinpath("data/kv_store_prompts.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines()]
     for row in rows:
         text = row["responses_create_params"]["input"][-1]["content"]
         assert calls(read_plan(text, KV)) == plan_of(row)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +11,8 @@ import httpx
 import pytest
 
 from rollouts.sim import SimConfig, SimServer, serve_in_thread, start_sim_server
+from rollouts.sim import server as sim_server
+from rollouts.sim.server import SimApp
 
 CALCULATOR = {
     "type": "function",
@@ -50,7 +51,8 @@ def respond(client: httpx.Client, input_: Any, **fields: Any) -> dict[str, Any]:
 
 async def post_many(url: str, bodies: list[dict[str, Any]], path: str = "/chat/completions") -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as http:
+    # no limit on the wait for one of the 32 connections: 400 requests queue for them on a busy machine
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, pool=None), limits=limits) as http:
         return await asyncio.gather(*(http.post(path, json=body) for body in bodies))
 
 
@@ -164,11 +166,14 @@ def test_same_seed_same_answer_and_other_seeds_vary(client: httpx.Client) -> Non
 def test_server_seed_changes_answers(server: SimServer) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "What is 17 * 23?"}], "temperature": 1.5}
     answers = []
-    with start_sim_server(latency_ms=0, seed=8) as other:
-        for url in (server.url, other.url):
+    other, stop = serve_in_thread(SimConfig(latency_ms=0, seed=8))
+    try:
+        for url in (server.url, other):
             with httpx.Client(base_url=url) as http:
                 runs = [http.post("/chat/completions", json=body | {"seed": s}).json() for s in range(12)]
             answers.append([run["choices"][0]["message"]["content"] for run in runs])
+    finally:
+        stop()
     assert answers[0] != answers[1]
 
 
@@ -318,18 +323,54 @@ def test_slow_requests_exceed_client_timeouts() -> None:
         assert slow.stats()["faults"] == {"slow": 1}
 
 
-async def test_capacity_makes_latency_grow_with_load() -> None:
-    with start_sim_server(latency_ms=100, capacity=4) as busy:
+class RecordedSleeps(list):
+    """The server module's `asyncio`, with every `asyncio.sleep` it takes noted (in this list) before it sleeps."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float, result: Any = None) -> Any:
+        self.append(delay)
+        return await asyncio.sleep(delay, result)
+
+
+@pytest.fixture()
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> RecordedSleeps:
+    """How long the simulated server sleeps on each answer (its whole latency), for servers run in this process:
+    the latency is checked as the server decides it, not timed on a busy machine."""
+    recorded = RecordedSleeps()
+    monkeypatch.setattr(sim_server, "asyncio", recorded)
+    return recorded
+
+
+async def test_capacity_makes_latency_grow_with_load(monkeypatch: pytest.MonkeyPatch, sleeps: RecordedSleeps) -> None:
+    # Each request waits at the door until `expected` are in flight, so the count the latency is drawn from does not
+    # depend on how fast the client gets its requests out.
+    gate: dict[str, Any] = {}
+    answer = SimApp._answer
+
+    async def all_in_then_answer(self: SimApp, *args: Any) -> Any:
+        if self.in_flight >= gate["expected"]:
+            gate["all_in"].set()
+        await asyncio.wait_for(gate["all_in"].wait(), 30)
+        return await answer(self, *args)
+
+    monkeypatch.setattr(SimApp, "_answer", all_in_then_answer)
+    url, stop = serve_in_thread(SimConfig(latency_ms=100, capacity=4))
+    try:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-        started = time.perf_counter()
-        await post_many(busy.url, [body])
-        alone = time.perf_counter() - started
-        started = time.perf_counter()
-        responses = await post_many(busy.url, [body] * 16)
-        loaded = time.perf_counter() - started
+        gate.update(expected=1, all_in=asyncio.Event())
+        alone = await post_many(url, [body])
+        assert [r.status_code for r in alone] == [200] and sleeps == [pytest.approx(0.1)]
+        sleeps.clear()
+        gate.update(expected=16, all_in=asyncio.Event())
+        responses = await post_many(url, [body] * 16)
         assert all(r.status_code == 200 for r in responses)
-        assert alone < 0.3 and loaded > 0.3  # 16 in flight on capacity 4: up to 4x the latency
-        assert busy.stats()["max_in_flight"] >= 12
+        # 16 in flight on capacity 4: 4x the latency (the original bound: alone < 0.3 s < loaded)
+        assert sleeps == [pytest.approx(0.4)] * 16
+        assert httpx.get(f"{url.removesuffix('/v1')}/stats").json()["max_in_flight"] == 16
+    finally:
+        stop()
 
 
 def test_start_failure_raises_with_stderr() -> None:
@@ -345,14 +386,13 @@ def test_config_argv_round_trips_through_the_cli_parser() -> None:
     assert SimConfig(**vars(parsed)) == config
 
 
-def test_tokens_per_s_adds_decode_time() -> None:
+def test_tokens_per_s_adds_decode_time(sleeps: RecordedSleeps) -> None:
     url, stop = serve_in_thread(SimConfig(latency_ms=0, tokens_per_s=100))
     try:
-        started = time.perf_counter()
         body = httpx.post(
             f"{url}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         )
-        elapsed = time.perf_counter() - started
     finally:
         stop()
-    assert elapsed >= body.json()["usage"]["completion_tokens"] / 100
+    tokens = body.json()["usage"]["completion_tokens"]
+    assert tokens > 0 and sleeps == [pytest.approx(tokens / 100)]  # no base latency: decode time only

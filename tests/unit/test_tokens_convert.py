@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -211,13 +209,6 @@ def test_blank_lines_crlf_and_malformed_token_fields(
     assert tokens["rollout_id"].unique(maintain_order=True).to_list() == [rows[0]["rollout_id"], rows[2]["rollout_id"]]
     markdown = Path(result.card_markdown).read_text()
     assert "| retemplating | 6 | 2 |" in markdown and "| split | 6 |" in markdown
-
-
-def test_the_tokens_package_and_the_sim_tokenizer_never_import_prefect() -> None:
-    modules = ["rollouts.tokens", "rollouts.tokens.api", "commands.tokens", "rollouts.sim.bpe"]
-    code = f"import sys; [__import__(m) for m in {modules!r}]; print('prefect' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 def test_outputs_on_a_remote_filesystem(tmp_path: Path) -> None:

@@ -281,30 +281,3 @@ def test_tune_reads_usable_rows_and_refuses_an_input_without_any(tmp_path: Path)
     bad.write_text("{not json\n[]\n")
     with pytest.raises(InputError, match="no usable prompt rows"):
         load_prompts(str(bad), 5)
-
-
-def test_tuning_and_profiling_modules_never_import_prefect_or_plotting_up_front() -> None:
-    import subprocess
-    import sys
-
-    modules = [
-        "rollouts.tune.sweep",
-        "rollouts.tune.aimd",
-        "rollouts.stages.profile",
-        "rollouts.report.profiler",
-        "rollouts.report.charts",
-        "rollouts.report.metrics",
-        "rollouts.report.histogram",
-    ]
-    code = (
-        f"import sys; [__import__(m) for m in {modules!r}]; "
-        "print(*(name in sys.modules for name in ('prefect', 'matplotlib', 'yappi')))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert out.stdout.split() == ["False", "False", "False"]
