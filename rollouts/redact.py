@@ -27,7 +27,7 @@ MASK = "***"
 
 # Storage option keys that carry credentials in s3fs, gcsfs, adlfs and fsspec's HTTP filesystems.
 _SECRET_KEY = re.compile(
-    r"(secret|token|passw|credential|account_key|connection_string|private_key|api[-_]?key|^sas|auth|^key$|"
+    r"(secret|token(?!_source)|passw|credential|account_key|connection_string|private_key|api[-_]?key|^sas|auth|^key$|"
     r"access_key|^sig$|^signature$)",
     re.IGNORECASE,
 )
