@@ -22,7 +22,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -388,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=help_text)
             continue
-        scalars: tuple[Callable[[str], Any], ...] = (int, float, str)
-        kind = next((t for t in scalars if field.annotation is t), float)  # `float | None` -> float
+        # int, float and str fields parse as themselves, `float | None` as float (pydantic types `annotation` as a
+        # type form, which argparse's `type` does not take: the membership test is what makes the cast true)
+        kind = cast(Callable[[str], Any], field.annotation) if field.annotation in (int, float, str) else float
         parser.add_argument(flag, type=kind, default=field.default, help=help_text)
     return parser
 
