@@ -195,7 +195,8 @@ def test_odd_rows_are_coerced_or_counted_as_bad(tmp_path: Path) -> None:
     path.write_bytes(gzip.compress(body.encode()))
     outcome = check_path(str(path))
     assert (outcome.lines, outcome.checked, outcome.bad_rows) == (4, 2, 2)
-    assert outcome.bad_examples[0][1:] == (2, "not JSON (unexpected character: line 1 column 2 (char 1))")
+    line, reason = outcome.bad_examples[0][1:]  # orjson's wording varies by release ("..., expected a string key")
+    assert line == 2 and reason.startswith("not JSON (unexpected character") and "line 1 column 2" in reason
     assert outcome.bad_examples[1][1:] == (5, "not a JSON object")
     assert fired(outcome, "empty_completion") == [False, False]
     assert outcome.table["source"].to_list() == ["odd", "odd"]
