@@ -21,6 +21,7 @@ import fsspec
 import orjson
 import polars as pl
 
+from ..process.readers import iter_jsonl_chunks
 from .frame import ROW_DTYPE, decode, decode_python, empty_frame, flatten
 
 CHUNK_BYTES = 32 << 20
@@ -71,23 +72,6 @@ def discover(
     if not fs.exists(root):
         raise FileNotFoundError(f"{path}: no such file or folder")
     return fs, [InputFile(url(root), root, _stem(root))]
-
-
-def _blocks(fs: fsspec.AbstractFileSystem, path: str, size: int) -> Iterator[tuple[int, bytes]]:
-    """(first line number, whole lines ending with a newline) blocks of a possibly compressed file."""
-    with fs.open(path, "rb", compression="infer") as handle:
-        rest, line = b"", 1
-        while block := handle.read(size):
-            data = rest + block
-            cut = data.rfind(b"\n")
-            if cut < 0:
-                rest = data
-                continue
-            chunk, rest = data[: cut + 1], data[cut + 1 :]
-            yield line, chunk
-            line += chunk.count(b"\n")
-        if rest.strip():
-            yield line, rest + b"\n"
 
 
 def read_lines(file: str, first_line: int, data: bytes) -> tuple[pl.DataFrame, list[tuple[str, int, str]]]:
@@ -184,7 +168,7 @@ class RolloutReader:
         pending: list[pl.DataFrame] = []
         source, size = "", 0
         for item in self.files:
-            for first_line, data in _blocks(fs, item.path, self.chunk_bytes):
+            for first_line, data in iter_jsonl_chunks(fs, item.path, self.chunk_bytes):
                 if pending and (item.source != source or size + len(data) > self.chunk_bytes):
                     yield self._frame(pl.concat(pending), source)
                     pending, size = [], 0
