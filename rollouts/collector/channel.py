@@ -16,11 +16,10 @@ import threading
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-from rollouts.collector.progress import ProgressBoard
+from rollouts.collector.progress import ProgressBoard, ReportedCounts
 
 ADDRESS_ENV = "ROLLOUTS_PROGRESS_ADDRESS"
 KEY_ENV = "ROLLOUTS_PROGRESS_KEY"
-_COUNTS = ("generated", "failed", "verified", "reward_sum", "resumed")
 
 
 class ProgressListener:
@@ -76,7 +75,7 @@ class ProgressReporter:
         host, _, port = address.rpartition(":")
         self.board, self.interval_s = board, interval_s
         self._conn = Client((host, int(port)), authkey=key)
-        self._sent: dict[str, float] = {"generated": 0, "failed": 0, "verified": 0, "reward_sum": 0.0, "resumed": 0}
+        self._reported = ReportedCounts()
         self._lock = threading.Lock()
         threading.Thread(target=self._loop, name="rollouts-progress-reporter", daemon=True).start()
 
@@ -88,23 +87,15 @@ class ProgressReporter:
 
     def flush(self) -> bool:
         """Send what changed; False once the flow is gone."""
-        snap = self.board.snapshot()
-        now = {
-            "generated": snap.generated,
-            "failed": snap.failed,
-            "verified": snap.verified,
-            "reward_sum": snap.reward_sum,
-            "resumed": snap.resumed,
-        }
         with self._lock:
-            delta = {key: now[key] - self._sent[key] for key in _COUNTS}
-            if not any(delta.values()):
+            delta = self._reported.pending(self.board.snapshot())
+            if not delta:
                 return True
             try:
                 self._conn.send(delta)
             except (OSError, ValueError):
                 return False
-            self._sent.update(now)
+            self._reported.mark()
         return True
 
 

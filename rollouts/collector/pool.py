@@ -31,14 +31,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from rollouts.collector.progress import ProgressBoard
+from rollouts.collector.progress import ProgressBoard, ReportedCounts
 from rollouts.collector.runtime import CollectorRuntime, collector
 from rollouts.errors import InternalError, WorkerLost
 from rollouts.report.profiler import FunctionProfiler, write_function_stats
 from rollouts.run import RunRef, ShardResult, run_store
 from rollouts.storage import Store
 
-_COUNTS = ("generated", "failed", "verified", "reward_sum", "resumed")
 PROGRESS_EVERY_S = 0.5
 
 
@@ -193,7 +192,7 @@ class _Child:
         self.runtime = collector()
         self.loop = self.runtime.loop.ensure()
         self.send_lock = threading.Lock()
-        self.sent = dict.fromkeys(_COUNTS, 0.0)
+        self.reported = ReportedCounts()
         self.in_flight: set[concurrent.futures.Future[ShardResult]] = set()
         self.closing = threading.Event()
         self.profiled: dict[str, _Profiled] = {}  # run id -> its profile, while a --profile run has shards here
@@ -207,19 +206,11 @@ class _Child:
 
     def progress(self) -> None:
         """Send the change of this process's counts since the last report."""
-        snap = self.runtime.board.snapshot()
-        now = {
-            "generated": snap.generated,
-            "failed": snap.failed,
-            "verified": snap.verified,
-            "reward_sum": snap.reward_sum,
-            "resumed": snap.resumed,
-        }
         with self.send_lock:
-            delta = {key: now[key] - self.sent[key] for key in _COUNTS}
-            if not any(delta.values()):
+            delta = self.reported.pending(self.runtime.board.snapshot())
+            if not delta:
                 return
-            self.sent.update(now)
+            self.reported.mark()
         self.send(("progress", delta))
 
     def report(self) -> None:

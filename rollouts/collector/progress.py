@@ -101,3 +101,25 @@ class ProgressBoard:
                 self.resumed,
                 self.phase,
             )
+
+
+REPORTED_COUNTS = ("generated", "failed", "verified", "reward_sum", "resumed")
+
+
+class ReportedCounts:
+    """What a worker process (a collector process, a Dask or Ray worker) already reported of its board's counts to
+    the process that shows progress: `pending` is the change since, `mark` records that it was sent."""
+
+    def __init__(self) -> None:
+        self.reported: dict[str, float] = {key: 0.0 if key == "reward_sum" else 0 for key in REPORTED_COUNTS}
+        self._now = self.reported
+
+    def pending(self, snap: Snapshot) -> dict[str, float]:
+        """The change of the counts in `snap` since the last `mark`; empty when nothing changed."""
+        self._now = {key: getattr(snap, key) for key in REPORTED_COUNTS}  # counts stay ints, the reward a float
+        delta = {key: self._now[key] - self.reported[key] for key in REPORTED_COUNTS}
+        return delta if any(delta.values()) else {}
+
+    def mark(self) -> None:
+        """The counts of the last `pending` reached the other process."""
+        self.reported = self._now
