@@ -32,7 +32,7 @@ def nemo_rl_module(name: str) -> ModuleType:
     package lives only in its repository and declares Python >= 3.13.14, torch 2.11, ray, wandb and CUDA packages. Its
     data modules import on this Python with the `trainers` extra plus soundfile, absl-py, pyzmq and nvidia-ml-py. So
     these tests run where a checkout is given, and are skipped elsewhere (CI included, since it cannot fetch one); with
-    NEMO_RL_SRC set, a module that does not import fails the test instead of skipping it.
+    NEMO_RL_SRC set, a module that does not import fails the test instead of skipping it (CONTRIBUTING.md says how).
     """
     source = os.environ.get("NEMO_RL_SRC")
     if not source:
