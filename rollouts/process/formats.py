@@ -23,6 +23,7 @@ __all__ = [
     "content_text",
     "ends_with_assistant",
     "has_images",
+    "has_tool_exchange",
     "loads",
     "prompt_messages",
     "prompt_text",
@@ -91,11 +92,16 @@ def prompt_text(messages: list[Message]) -> str:
 
 
 def completion_text(messages: list[Message]) -> str:
-    """The final assistant text of a completion (tool calls are not representable as plain text)."""
+    """The final assistant text of a completion."""
     for message in reversed(messages):
         if message.get("role") == "assistant" and message.get("content"):
             return content_text(message["content"])
     return ""
+
+
+def has_tool_exchange(messages: list[Message]) -> bool:
+    """Whether the messages hold a tool call or a tool result (plain-text formats have no form for either)."""
+    return any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
 
 
 def ends_with_assistant(messages: list[Message]) -> bool:

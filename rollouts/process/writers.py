@@ -29,6 +29,7 @@ from .formats import (
     Flavor,
     chat_tools,
     completion_text,
+    has_tool_exchange,
     loads,
     prompt_messages,
     prompt_text,
@@ -311,7 +312,10 @@ DPO_SKIPS = {
     "tool_output_differs": "the two sides first differ in a tool result, not in anything the model wrote",
     "final_message_only": "NeMo RL's preference loader trains only the final message of a completion: "
     "multi-message (tool-call) completions are left out (use dpo `trl` for them)",
-    "no_text": "the final texts of both sides are equal or empty (tool calls have no text form)",
+    "tool_exchange": "TRL's standard format is plain text after one prompt and cannot carry tool calls, tool results "
+    "or several turns (use dpo `trl`, TRL's conversational format: the shared history with its tool calls and results "
+    "in the prompt, the first model turn where the sides differ as chosen and rejected)",
+    "no_text": "the texts of both sides are equal or empty",
     "images": "this format holds text only and the prompt or a completion has images",
     "identical": "identical after conversion",
 }
@@ -420,6 +424,13 @@ def _dpo_record(fmt: str, chosen: Conversation, rejected: Conversation) -> tuple
     if fmt in ("trl-standard", "nemo-rl") and (chosen.has_images() or rejected.has_images()):
         return None, "images"
     if fmt == "trl-standard":
+        # plain text after one prompt: a side that is not one assistant text, or a prompt holding a tool exchange,
+        # would lose what the model saw or did (a final answer trained without the tool call that led to it)
+        sides = (chosen.completion("openai"), rejected.completion("openai"))
+        if any(len(side) != 1 or has_tool_exchange(side) for side in sides) or has_tool_exchange(
+            chosen.prompt("openai")
+        ):
+            return None, "tool_exchange"
         c, r = completion_text(chosen.completion("trl")), completion_text(rejected.completion("trl"))
         if not c or not r or c == r:
             return None, "no_text"

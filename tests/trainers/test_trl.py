@@ -67,9 +67,9 @@ def test_sft_messages_with_assistant_only_loss(tmp_path: Path, model: Any, token
     assert '"arguments": {"expression": "6*7"}' in joined and "The answer is 42." in joined
 
 
-def test_dpo_tool_pair_trains_the_first_differing_model_turn(tmp_path: Path, model: Any, tokenizer: Any) -> None:
-    config = ProcessConfig(objective="dpo", formats=("trl",))
-    path = process([GYM], config, str(tmp_path / "dpo")).files["trl"]
+def dpo_sequences(tmp_path: Path, model: Any, tokenizer: Any, path: str) -> list[tuple[str, str, str]]:
+    """(prompt, chosen, rejected) of each pair as DPOTrainer tokenizes the file; its completion mask is all of chosen
+    and rejected."""
     args = trl.DPOConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
     trainer = trl.DPOTrainer(
         model=model,
@@ -78,13 +78,69 @@ def test_dpo_tool_pair_trains_the_first_differing_model_turn(tmp_path: Path, mod
         train_dataset=datasets.Dataset.from_list(rows(path)),
         processing_class=tokenizer,
     )
-    pairs = [
+    return [
         (tokenizer.decode(e["prompt_ids"]), tokenizer.decode(e["chosen_ids"]), tokenizer.decode(e["rejected_ids"]))
         for e in trainer.train_dataset
     ]
-    tool = [p for p in pairs if "<tool_call>" in p[1]]
+
+
+def test_dpo_tool_pair_trains_the_first_differing_model_turn(tmp_path: Path, model: Any, tokenizer: Any) -> None:
+    config = ProcessConfig(objective="dpo", formats=("trl",))
+    path = process([GYM], config, str(tmp_path / "dpo")).files["trl"]
+    tool = [p for p in dpo_sequences(tmp_path, model, tokenizer, path) if "<tool_call>" in p[1]]
     assert len(tool) == 1
-    _, chosen, rejected = tool[0]  # DPO's completion mask is all of chosen_ids and rejected_ids
+    _, chosen, rejected = tool[0]
     assert "tool_response" not in chosen and "tool_response" not in rejected
     assert chosen == '<tool_call>\n{"name": "calculator", "arguments": {"expression": "6*7"}}\n</tool_call><|im_end|>\n'
     assert rejected == "I think 41.<|im_end|>\n"
+
+
+def call(call_id: str, expression: str, result: str) -> list[dict[str, Any]]:
+    arguments = json.dumps({"expression": expression})
+    return [
+        {"type": "function_call", "call_id": call_id, "name": "calculator", "arguments": arguments},
+        {"type": "function_call_output", "call_id": call_id, "output": result},
+    ]
+
+
+def answer(text: str) -> dict[str, Any]:
+    return {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+
+
+def test_dpo_pair_after_a_shared_tool_exchange(tmp_path: Path, model: Any, tokenizer: Any) -> None:
+    """Two rollouts that make the same call, get the same result, then part: the shared call and result are context
+    (in TRL's prompt, rendered by the template with the tools), and each side is the model turn after them."""
+    base = json.loads(Path(GYM).read_text().splitlines()[4])
+    base["responses_create_params"]["input"][-1]["content"] = "What is 6*7+1?"
+    chosen = [*call("c1", "6*7", "42"), *call("c2", "42+1", "43"), answer("It is 43.")]
+    rejected = [*call("r1", "6*7", "42"), answer("It is 44.")]
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({**base, "_ng_rollout_index": i, "reward": reward, "response": {"output": output}}) + "\n"
+            for i, (output, reward) in enumerate([(chosen, 1.0), (rejected, 0.0)])
+        )
+    )
+    config = ProcessConfig(objective="dpo", formats=("trl", "trl-standard"))
+    result = process([str(path)], config, str(tmp_path / "dpo"))
+    (row,) = rows(result.files["trl"])
+    assert trl.data_utils.is_conversational(row)
+    shared_call = row["prompt"][-2]["tool_calls"][0]  # TRL's tool-call shape: arguments as an object
+    assert shared_call["type"] == "function"
+    assert shared_call["function"] == {"name": "calculator", "arguments": {"expression": "6*7"}}
+
+    ((prompt, chosen_text, rejected_text),) = dpo_sequences(tmp_path, model, tokenizer, result.files["trl"])
+    assert '<tools>\n{"type": "function", "function": {"name": "calculator"' in prompt
+    assert prompt.endswith(
+        '<|im_start|>user\nWhat is 6*7+1?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{"name": "calculator", '
+        '"arguments": {"expression": "6*7"}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n42\n'
+        "</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert chosen_text == (
+        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "42+1"}}\n</tool_call><|im_end|>\n'
+    )
+    assert rejected_text == "It is 44.<|im_end|>\n"
+    # TRL's standard (plain-text) format cannot hold the pair: left out and said so, not reduced to the final texts
+    assert result.rows["trl-standard"] == 0
+    (note,) = [o.note for o in result.card.outputs if o.format == "trl-standard"]
+    assert note is not None and "dpo `trl`" in note

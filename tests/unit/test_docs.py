@@ -80,6 +80,8 @@ NOT_RUN: dict[tuple[str, ...], str] = {
     ): "writes quality/ beside the fixtures; tests/unit/test_quality_io.py "
     "runs the checks and tests/cli/test_check.py the command",
     ("python3.13 -m venv", "/tmp/ngym/bin/pip", "unzip -p"): "builds NeMo Gym 0.7 in a Python 3.13 venv (minutes)",
+    ("python -m venv --system-site-packages /tmp/nrl", "/tmp/nrl/bin/pip", "NEMO_RL_SRC="): "needs a checkout of "
+    "NeMo RL's repository, which no registry serves",
 }
 
 

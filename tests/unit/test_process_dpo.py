@@ -41,8 +41,7 @@ def test_every_format_exactly(tmp_path: Path) -> None:
             "chosen": "It is \\boxed{4}.",
             "rejected": "It is \\boxed{5}.",
         },
-        {"prompt": "Use the calculator.\n\nWhat is 6*7?\n\n", "chosen": "The answer is 42.", "rejected": "I think 41."},
-    ]
+    ]  # the tool pair is not plain text: its final answer alone would be trained without the call that led to it
     # NeMo RL trains only the final message of a completion: the tool-call pair is left out, and said so
     assert read_jsonl(result.files["nemo-rl"]) == [
         {"context": P0, "completions": [{"rank": 0, "completion": four}, {"rank": 1, "completion": five}]},
@@ -50,6 +49,8 @@ def test_every_format_exactly(tmp_path: Path) -> None:
     notes = {o.format: o.note for o in result.card.outputs}
     assert notes["openai"] is not None and notes["openai"].startswith("1 pairs skipped")
     assert "cannot express tool-call pairs" in notes["openai"] and "dpo `trl`" in notes["openai"]
+    assert notes["trl-standard"] is not None and notes["trl-standard"].startswith("1 pairs skipped")
+    assert "cannot carry tool calls" in notes["trl-standard"] and "dpo `trl`" in notes["trl-standard"]
     assert (
         notes["nemo-rl"] is not None and "final message" in notes["nemo-rl"] and "ignores `tools`" in notes["nemo-rl"]
     )
