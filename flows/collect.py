@@ -28,6 +28,7 @@ from rollouts.collector.engine import Engine
 from rollouts.collector.interrupt import install_signal_handlers
 from rollouts.collector.runtime import collector
 from rollouts.config import (
+    BatchConfig,
     CollectConfig,
     ConcurrencyConfig,
     EndpointConfig,
@@ -63,6 +64,7 @@ NO_CONCURRENCY = ConcurrencyConfig.model_construct()
 NO_ENVIRONMENTS = EnvironmentConfig.model_construct()
 NO_STORAGE = StorageConfig.model_construct()
 NO_PROFILING = ProfilingConfig.model_construct()
+NO_BATCH = BatchConfig.model_construct()
 NO_TRAIN = TrainConfig.model_construct()
 NO_QUALITY = QualityConfig.model_construct()
 
@@ -219,6 +221,7 @@ def collect_from_sections(
     environments: EnvironmentConfig = NO_ENVIRONMENTS,
     storage: StorageConfig = NO_STORAGE,
     profiling: ProfilingConfig = NO_PROFILING,
+    batch: BatchConfig = NO_BATCH,
     train: TrainConfig = NO_TRAIN,
     quality: QualityConfig = NO_QUALITY,
 ) -> RunSummary | State[Any]:
@@ -238,6 +241,7 @@ def collect_from_sections(
         environments: what a prompt is solved in: its tools and its verifier
         storage: where runs are written (or a RolloutStorage block)
         profiling: what the run's profile measures beyond its always-on report
+        batch: provider batch mode (the Batch API instead of live calls), its fallback and price
         train: filters and formats of the training files
         quality: thresholds of the rollout health checks, and --max-unhealthy-fraction
     """
