@@ -140,6 +140,28 @@ class ShardLog:
         )
 
 
+class BatchProgress:
+    """Batch mode: a second progress artifact, the batches' requests answered of those sent, moved as they poll."""
+
+    def __init__(self, run_url: str) -> None:
+        self.run_url, self.shown = run_url, -1.0
+        self.artifact: Any = None  # the artifact's id (prefect's async_dispatch types it as UUID | Coroutine)
+
+    def update(self) -> None:
+        snap = collector().board.snapshot()
+        if not snap.batch_requests:
+            return
+        progress = round(100.0 * snap.batch_answered / snap.batch_requests, 1)
+        if progress == self.shown:
+            return
+        if self.artifact is None:
+            description = f"Batch requests answered for {self.run_url}"
+            self.artifact = create_progress_artifact(progress=progress, description=description)
+        else:
+            update_progress_artifact(self.artifact, progress=progress)
+        self.shown = progress
+
+
 def follow_shards(
     engine: Engine, plan: RunPlan, generated: Sequence[PrefectFuture[Any]], verified: Sequence[PrefectFuture[Any]]
 ) -> list[State[Any]]:
@@ -148,14 +170,19 @@ def follow_shards(
     flush. Their final states."""
     stop, shard_log = collector().stop, ShardLog(plan)
     progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {plan.run.run_url}")
+    batches = BatchProgress(plan.run.run_url) if plan.run.config.batch.enabled else None
     for done, future in enumerate(verified, start=1):
         while not stop.is_set() and not settled(future):
             future.wait(timeout=0.25)
+            if batches is not None:
+                batches.update()
         if stop.is_set():
             break
         future.wait()  # done: this keeps its result in memory (tasks do not persist results)
         # prefect's async_dispatch types the result as UUID | Coroutine; called from sync code it is the UUID
         update_progress_artifact(progress, progress=100.0 * done / len(verified))  # type: ignore[arg-type]
+        if batches is not None:
+            batches.update()
         if future.state.is_completed():
             shard_log.add(future.result())
             if not engine.live_counts:  # a remote cluster's workers: their counts come with each shard

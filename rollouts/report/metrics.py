@@ -63,6 +63,7 @@ class ProfileOptions:
     pass_threshold: float = 1.0
     window_s: float = WINDOW_S
     tokens: bool = False  # the run asked for token ids: check every rollout's contiguity
+    batch_discount: float | None = None  # batch mode: the batch price as a fraction of the list price
 
     @classmethod
     def from_config(cls, config: Any) -> ProfileOptions:
@@ -70,6 +71,7 @@ class ProfileOptions:
             price_input=config.profiling.price_input,
             price_output=config.profiling.price_output,
             tokens=config.endpoint.return_tokens,
+            batch_discount=config.batch.discount if config.batch.enabled else None,
         )
 
 
@@ -436,14 +438,18 @@ def _model_call_cdf(ok: pl.DataFrame) -> list[float]:
 
 
 def cost(tokens: dict[str, int], options: ProfileOptions) -> dict[str, Any] | None:
-    """Estimated cost in the prices' currency; cached input tokens are charged at the input price."""
+    """Estimated cost in the prices' currency; cached input tokens are charged at the input price. In batch mode
+    every token is charged at the batch price (`batch_discount` times the list price), live fallback calls too."""
     if options.price_input is None and options.price_output is None:
         return None
-    input_cost = tokens["input"] * (options.price_input or 0.0) / 1e6
-    output_cost = tokens["output"] * (options.price_output or 0.0) / 1e6
+    factor = 1.0 if options.batch_discount is None else options.batch_discount
+    input_cost = tokens["input"] * (options.price_input or 0.0) * factor / 1e6
+    output_cost = tokens["output"] * (options.price_output or 0.0) * factor / 1e6
     return {
         "price_input_per_m": options.price_input,
         "price_output_per_m": options.price_output,
+        "batch_discount": options.batch_discount,
+        "list_total": round((input_cost + output_cost) / factor, 6) if factor else None,
         "input": round(input_cost, 6),
         "output": round(output_cost, 6),
         "total": round(input_cost + output_cost, 6),

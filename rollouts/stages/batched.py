@@ -229,3 +229,45 @@ class ShardBatches:
         self._shown = now
         if final:
             self._base = _Shown(now.requests, now.answered)
+
+
+_ENDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
+
+
+def batch_timeline(store: Store) -> list[dict[str, Any]]:
+    """Every batch of the run, for the report: shard, turn, key, batch id, status, requests and counts, when it was
+    submitted, and the seconds from then until it ran (in progress) and until it ended."""
+    rows = []
+    for path in store.glob(f"{FOLDER}/*/turn-*.json"):
+        shard = path.replace("\\", "/").rsplit("/", 2)[-2]
+        name = path.replace("\\", "/").rsplit("/", 1)[-1]
+        raw = store.read_json(FOLDER, shard, name)
+        if not raw:
+            continue
+        state = BatchState.model_validate(raw)
+        turn = int(name.removeprefix("turn-").removesuffix(".json"))
+        for job in state.jobs:
+            times = job.timeline
+            submitted = times.get("created_at")
+            ended = next((times[key] for key in _ENDS if key in times), None)
+            counts = job.request_counts
+            rows.append(
+                {
+                    "shard": shard,
+                    "turn": turn,
+                    "batch": job.key,
+                    "batch_id": job.batch_id,
+                    "status": job.status,
+                    "requests": len(job.custom_ids),
+                    "completed": counts.completed if counts else None,
+                    "failed": counts.failed if counts else None,
+                    "submitted_at": submitted,
+                    "in_progress_after_s": _after(submitted, times.get("in_progress_at")),
+                    "ended_after_s": _after(submitted, ended),
+                }
+            )
+    return sorted(rows, key=lambda r: (r["submitted_at"] or 0, r["shard"], r["turn"], r["batch"]))
+
+
+def _after(start: int | None, end: int | None) -> int | None:
+    return end - start if start is not None and end is not None else None
