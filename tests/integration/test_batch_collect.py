@@ -4,6 +4,7 @@ flight, then the same command again, creates no second batch; what a batch misse
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,7 +18,17 @@ from typing import Any
 import httpx
 import pytest
 
+from rollouts.config import (
+    CollectConfig,
+    ConcurrencyConfig,
+    EndpointConfig,
+    RowsConfig,
+    SamplingConfig,
+    StorageConfig,
+)
 from rollouts.sim.launch import SimServer, start_sim_server
+from rollouts.stages.inline import collect_plan
+from rollouts.stages.shard import plan_run
 from tests.integration.conftest import math_rows, read_jsonl, run_rows, write_jsonl
 from tests.servers.vllm_batch import BatchRequestInput
 
@@ -83,14 +94,23 @@ def test_batch_run_gives_the_live_rollouts_multi_turn_with_report_and_vllm_lines
     out = tmp_path / "runs"
     shared = ["--limit", "4", "--num-repeats", "2", "--shard-size", "2", "--api-key-env", "SIM_KEY"]
     prices = ["--price-input", "1", "--price-output", "4"]
-    live = run(command(CALCULATOR, out, sim, "live", *shared), prefect_server)
     batch = run(
         command(CALCULATOR, out, sim, "batch", *shared, *prices, "--batch", "--batch-poll-interval", "0.1"),
         prefect_server,
     )
-    assert live.returncode == 0, live.stderr[-3000:]
     assert batch.returncode == 0, batch.stderr[-3000:]
     run_dir = out / "batch"
+    # The live reference, the same options collected in this process (the live path has its own command tests).
+    config = CollectConfig(
+        input=str(CALCULATOR),
+        endpoint=EndpointConfig(model_url=sim.url, model="sim-model"),
+        sampling=SamplingConfig(num_repeats=2, seed=3, temperature=0.5),
+        rows=RowsConfig(limit=4),
+        concurrency=ConcurrencyConfig(shard_size=2),
+        storage=StorageConfig(out=str(out)),
+        run_name="live",
+    )
+    asyncio.run(collect_plan(plan_run(config)))
     # The same rollouts, rewards and row shape: batch lines are answered as live calls, the seed per rollout.
     assert rewards(run_dir) == rewards(out / "live") and len(rewards(run_dir)) == 8
     live_row, batch_row = run_rows(out / "live", "rollouts")[0], run_rows(run_dir, "rollouts")[0]
