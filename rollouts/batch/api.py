@@ -107,7 +107,8 @@ class BatchAPI:
     The key goes into the Authorization header of the httpx client only: it is not stored elsewhere, not logged,
     and masked in every error message. GETs and cancels are retried on connection errors, 408/409/425/429 and 5xx;
     uploads too (a lost answer leaves an unused file, nothing worse); creating a batch never is (BatchRunner looks
-    for the batch before creating it again).
+    for the batch before creating it again). A caller's `client` (its headers, e.g. an Azure `api-key`) is closed with
+    this object when `owns_client`; `secrets` are masked like the key.
     """
 
     def __init__(

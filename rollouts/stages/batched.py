@@ -24,7 +24,17 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rollouts.batch import CHAT, RESPONSES, BatchAPI, BatchJob, BatchLimits, BatchRunner, BatchState, JobResults
+from rollouts.batch import (
+    CHAT,
+    RESPONSES,
+    BatchAPI,
+    BatchAPIError,
+    BatchJob,
+    BatchLimits,
+    BatchRunner,
+    BatchState,
+    JobResults,
+)
 from rollouts.batch.results import RequestFailure
 from rollouts.client.model import ModelCall, ModelClient
 from rollouts.collector.limits import InflightLimiter
@@ -186,6 +196,19 @@ class ShardBatches:
                 on_progress=lambda job, state: self._show(state),
                 on_results=hand_over,
             )
+        except BatchAPIError as exc:
+            if any(job.batch_id and not job.collected for job in state.jobs):
+                raise  # batches hold some of these requests: the shard fails, and a re-run picks them up
+            # Nothing at the provider (an upload or create refused): the calls fail like live calls, typed, and the
+            # batches never created are closed, so a re-run sends those rollouts afresh (a new custom_id each).
+            for job in state.jobs:
+                if job.batch_id is None:
+                    job.status, job.collected, job.final_failures = "failed", True, len(job.custom_ids)
+            save(state)
+            error = RequestFailure("", "refused", str(exc), exc.status_code, exc.retryable)
+            for waiter in calls.values():
+                self._resolve(waiter, {"failure": asdict(error), "attempts": 1})
+            calls.clear()
         finally:
             results.commit()
         self._show(state, final=True)

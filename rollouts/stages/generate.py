@@ -211,7 +211,13 @@ class ShardGenerator:
                 if record is not None:
                     await keep(prompt, record)
 
-            await asyncio.gather(batches.drive(), *(one(*rollout) for rollout in rollouts))
+            tasks = [asyncio.ensure_future(batches.drive()), *(asyncio.ensure_future(one(*r)) for r in rollouts)]
+            try:
+                await asyncio.gather(*tasks)
+            finally:  # the batches could not go on (the shard fails, a re-run resumes them): nobody waits for ever
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
         try:
             run_all = batched(self.batches) if self.batches is not None else workers()
