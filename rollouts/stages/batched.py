@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import httpx
+
 from rollouts.batch import (
     CHAT,
     RESPONSES,
@@ -36,12 +38,14 @@ from rollouts.batch import (
     JobResults,
 )
 from rollouts.batch.results import RequestFailure
+from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelCall, ModelClient
 from rollouts.collector.limits import InflightLimiter
 from rollouts.collector.progress import ProgressBoard
-from rollouts.config import BatchConfig
+from rollouts.config import BatchConfig, CollectConfig
 from rollouts.errors import ProviderError
 from rollouts.records import dumps, loads
+from rollouts.redact import header_secrets, option_secrets
 from rollouts.storage import Store
 
 FOLDER = "batches"
@@ -252,6 +256,15 @@ class ShardBatches:
         self._shown = now
         if final:
             self._base = _Shown(now.requests, now.answered)
+
+
+def batch_api(config: CollectConfig, auth: EndpointAuth) -> BatchAPI:
+    """The Files and Batch APIs of the run's endpoint, with the same headers (key, extra headers) as its live calls;
+    every credential among them is masked in its error messages."""
+    headers = auth.request_headers()
+    client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(config.endpoint.request_timeout))
+    secrets = [*header_secrets(headers.items()), *option_secrets(config.storage.options)]
+    return BatchAPI(config.endpoint.base_url, client=client, secrets=secrets, owns_client=True)
 
 
 _ENDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")

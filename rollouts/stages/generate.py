@@ -17,7 +17,6 @@ from typing import Any, TypedDict
 
 import httpx
 
-from rollouts.batch import BatchAPI
 from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelCall, ModelClient, http_client
 from rollouts.client.retry import RetryPolicy
@@ -31,10 +30,10 @@ from rollouts.envs import Environment
 from rollouts.envs.remote import gym_usage
 from rollouts.errors import InternalError, RolloutsError, RolloutTimeout, VerifierError, typed
 from rollouts.records import SCHEMA_VERSION, Prompt, ToolCallTiming, dumps, input_messages, loads, rollout_id
-from rollouts.redact import header_secrets, option_secrets
+from rollouts.redact import option_secrets
 from rollouts.run import RunRef, ShardResult, read_records, run_store
 from rollouts.stages.agent import run_agent, with_env_tools
-from rollouts.stages.batched import ShardBatches, custom_id_of
+from rollouts.stages.batched import ShardBatches, batch_api, custom_id_of
 from rollouts.stages.failures import resume_state
 from rollouts.stages.score import SESSION_KEY, verify_one
 from rollouts.storage import Store
@@ -383,15 +382,6 @@ async def generate_shard(
 
             generator = ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker, True, batches)
             return await generator.run()
-
-
-def batch_api(config: CollectConfig, auth: EndpointAuth) -> BatchAPI:
-    """The Files and Batch APIs of the run's endpoint, with the same headers (key, extra headers) as its live calls;
-    every credential among them is masked in its error messages."""
-    headers = auth.request_headers()
-    client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(config.endpoint.request_timeout))
-    secrets = [*header_secrets(headers.items()), *option_secrets(config.storage.options)]
-    return BatchAPI(config.endpoint.base_url, client=client, secrets=secrets, owns_client=True)
 
 
 def generate_with(
