@@ -46,9 +46,10 @@ from rollouts.config import BatchConfig, CollectConfig
 from rollouts.errors import ProviderError
 from rollouts.records import dumps, loads
 from rollouts.redact import header_secrets, option_secrets
-from rollouts.storage import Store
+from rollouts.storage import Appender, Store
 
 FOLDER = "batches"
+LIVE_LOG = "live.jsonl"  # the live fallback's calls: their tokens are charged at the list price
 
 
 def custom_id_of(rollout: str, prior_attempts: int) -> str:
@@ -102,7 +103,7 @@ class ShardBatches:
         self._changed = asyncio.Event()
         self._shown = _Shown()
         self._base = _Shown()  # counts of the turns done
-        self.live_calls = 0
+        self._live_log: Appender | None = None
 
     # ----- the rollouts' side ---------------------------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class ShardBatches:
         answer, attempts = await future
         if isinstance(answer, RequestFailure):
             if answer.retryable and self.config.fallback == "live":
-                return await self._live(items, params, sampling)
+                return await self._live(custom_id, turn, items, params, sampling)
             record = answer.as_record()
             raise ProviderError(
                 record["message"], status_code=answer.status_code, retryable=answer.retryable, attempts=attempts
@@ -141,26 +142,38 @@ class ShardBatches:
         call.latency_ms = (time.perf_counter() - started) * 1000
         return call
 
-    async def _live(self, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]) -> ModelCall:
+    async def _live(
+        self, custom_id: str, turn: int, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]
+    ) -> ModelCall:
+        """A live call instead of a batch request (--batch-fallback live); its tokens are logged for the report,
+        which charges them at the list price."""
         await self.limiter.acquire()
         try:
-            self.live_calls += 1
-            return await self.client.create(items, params, sampling)
+            call = await self.client.create(items, params, sampling)
         finally:
             self.limiter.release()
+        if self._live_log is None:
+            self._live_log = self.store.appender(FOLDER, self.shard, LIVE_LOG)
+        line = {"custom_id": custom_id, "turn": turn, "input": call.input_tokens, "output": call.output_tokens}
+        self._live_log.write(dumps(line))
+        return call
 
     # ----- the turns ------------------------------------------------------------------------------------------------
 
     async def drive(self) -> None:
         """Send turn after turn until every rollout of the shard has finished."""
-        while True:
-            while self.remaining != sum(len(calls) for calls in self.waiting.values()):
-                self._changed.clear()
-                await self._changed.wait()
-            if self.remaining <= 0:
-                return
-            turn = min(self.waiting)
-            await self._run_turn(turn, self.waiting.pop(turn))
+        try:
+            while True:
+                while self.remaining != sum(len(calls) for calls in self.waiting.values()):
+                    self._changed.clear()
+                    await self._changed.wait()
+                if self.remaining <= 0:
+                    return
+                turn = min(self.waiting)
+                await self._run_turn(turn, self.waiting.pop(turn))
+        finally:
+            if self._live_log is not None:
+                self._live_log.commit()
 
     def _path(self, turn: int, suffix: str) -> tuple[str, str, str]:
         return FOLDER, self.shard, f"turn-{turn}{suffix}"
@@ -265,6 +278,17 @@ def batch_api(config: CollectConfig, auth: EndpointAuth) -> BatchAPI:
     client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(config.endpoint.request_timeout))
     secrets = [*header_secrets(headers.items()), *option_secrets(config.storage.options)]
     return BatchAPI(config.endpoint.base_url, client=client, secrets=secrets, owns_client=True)
+
+
+def live_tokens(store: Store) -> dict[str, int]:
+    """Input and output tokens of the run's live fallback calls (each call once, however often a run was resumed)."""
+    calls: dict[tuple[str, str, int], tuple[int, int]] = {}
+    for path in store.glob(f"{FOLDER}/*/{LIVE_LOG}"):
+        shard = path.replace("\\", "/").rsplit("/", 2)[-2]
+        for line in store.iter_lines(FOLDER, shard, LIVE_LOG):
+            record = loads(line)
+            calls[(shard, record["custom_id"], record["turn"])] = (record["input"], record["output"])
+    return {"input": sum(i for i, _ in calls.values()), "output": sum(o for _, o in calls.values())}
 
 
 _ENDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")

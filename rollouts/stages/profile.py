@@ -10,6 +10,7 @@ and the `report.md` file next to them links them by name.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,7 +29,7 @@ from rollouts.report.metrics import (
 )
 from rollouts.report.profiler import COLUMNS, TOP_ROWS, read_function_stats
 from rollouts.run import read_records
-from rollouts.stages.batched import batch_timeline
+from rollouts.stages.batched import batch_timeline, live_tokens
 from rollouts.storage import Store
 from rollouts.tokens import contiguity_metrics
 from rollouts.tune.aimd import read_trace
@@ -56,6 +57,9 @@ class ProfileResult:
 
 def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileResult:
     """Read the run's rows (and controller trace, and function profile), write `profile/`, return what to publish."""
+    if options is not None and options.batch_discount is not None:  # live fallback calls cost the list price
+        live = live_tokens(store)
+        options = dataclasses.replace(options, live_tokens=(live["input"], live["output"]))
     profile = profile_frame(read_run_frame(store, flat=True), options, read_trace(store))
     functions = read_function_stats(store)
     if functions is not None:
@@ -177,7 +181,10 @@ def _cost_text(cost: dict[str, Any] | None) -> str:
         f"{cost['output']:.4f} output at {cost['price_output_per_m']}/M"
     )
     if cost.get("batch_discount") is not None:
+        live = cost["live_fallback_tokens"]
         text += f"; batch price, {cost['batch_discount']:g} of list: {cost['list_total']:.4f} at list price"
+        if live["input"] or live["output"]:
+            text += f"; live fallback calls at list price: {live['input']:,} in, {live['output']:,} out"
     return text + ")"
 
 

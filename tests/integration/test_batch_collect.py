@@ -204,7 +204,8 @@ def test_batch_fallback_live_sends_what_a_batch_misses_as_live_calls(tmp_path, f
     out = tmp_path / "runs"
     live_before = flaky.stats()["by_endpoint"].get("chat", 0)
     argv = command(src, out, flaky, "fallback", "--num-repeats", "2", "--shard-size", "8", "--batch")
-    result = run([*argv, "--batch-poll-interval", "0.1", "--batch-fallback", "live"], prefect_server)
+    prices = ["--price-input", "1", "--price-output", "4"]
+    result = run([*argv, *prices, "--batch-poll-interval", "0.1", "--batch-fallback", "live"], prefect_server)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = states(out / "fallback")["00000/turn-0"]["jobs"]
     assert len(jobs) == 1 and jobs[0]["round"] == 0  # nothing went into a second batch
@@ -214,3 +215,13 @@ def test_batch_fallback_live_sends_what_a_batch_misses_as_live_calls(tmp_path, f
     assert flaky.stats()["by_endpoint"].get("chat", 0) - live_before == len(missed)
     rows = run_rows(out / "fallback", "rollouts")
     assert len(rows) == 16 and not run_rows(out / "fallback", "failures")
+    # The report charges the live calls at the list price, the rest at the batch price.
+    cost = json.loads((out / "fallback" / "profile" / "profile.json").read_text())["cost"]
+    live = read_jsonl(out / "fallback" / "batches" / "00000" / "live.jsonl")
+    assert {line["custom_id"] for line in live} == missed
+    assert cost["live_fallback_tokens"] == {
+        "input": sum(line["input"] for line in live),
+        "output": sum(line["output"] for line in live),
+    }
+    extra = (cost["live_fallback_tokens"]["input"] * 1 + cost["live_fallback_tokens"]["output"] * 4) / 1e6 * 0.5
+    assert cost["total"] == pytest.approx(cost["list_total"] * 0.5 + extra, abs=1e-5)
