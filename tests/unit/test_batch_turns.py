@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,25 @@ def test_a_turn_through_the_simulated_provider_moves_the_board(tmp_path):
     assert (snap.batch_requests, snap.batch_answered, snap.batch_running) == (2, 2, 0)
     (row,) = batch_timeline(Store(str(tmp_path)))
     assert row["status"] == "completed" and row["requests"] == 2 and row["ended_after_s"] is not None
+
+
+def test_batch_counts_travel_from_a_worker_board_to_the_flows():
+    from rollouts.collector.channel import KEY_ENV, ProgressListener, ProgressReporter
+
+    shown, worker = ProgressBoard(), ProgressBoard()
+    listener = ProgressListener(shown)
+    try:
+        env = listener.env()
+        reporter = ProgressReporter(worker, env["ROLLOUTS_PROGRESS_ADDRESS"], bytes.fromhex(env[KEY_ENV]), 60)
+        worker.add_batch(requests=10, answered=4, running=2)
+        worker.add(generated=3)
+        assert reporter.flush()
+        worker.add_batch(answered=6, running=-2)
+        assert reporter.flush()
+        deadline = time.monotonic() + 10
+        while shown.snapshot().batch_answered < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        listener.close()
+    snap = shown.snapshot()
+    assert (snap.batch_requests, snap.batch_answered, snap.batch_running, snap.generated) == (10, 10, 0, 3)
