@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from rollouts.collector.progress import ProgressBoard
+from rollouts.collector.progress import ProgressBoard, Snapshot
 
 
 class _Stats(ProgressColumn):
@@ -23,7 +23,14 @@ class _Stats(ProgressColumn):
     def render(self, task: Task) -> Text:
         snap = self.board.snapshot()
         reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
-        return Text(f"{snap.rate:6.0f}/s reward {reward} failed {snap.failed}")
+        return Text(f"{snap.rate:6.0f}/s reward {reward} failed {snap.failed}{batch_text(snap)}")
+
+
+def batch_text(snap: Snapshot) -> str:
+    """Batch mode's part of the progress line: requests answered of those in batches, and batches in flight."""
+    if not snap.batch_requests:
+        return ""
+    return f" batch {snap.batch_answered}/{snap.batch_requests} ({snap.batch_running} in flight)"
 
 
 class _Shown(TypedDict, total=False):
@@ -98,7 +105,7 @@ class ProgressDisplay:
                 reward = f"{snap.mean_reward:.3f}" if snap.mean_reward is not None else "-"
                 print(
                     f"rollouts {snap.resumed + snap.done}/{snap.total}  {snap.rate:.0f}/s  reward {reward}  "
-                    f"failed {snap.failed}",
+                    f"failed {snap.failed}{batch_text(snap)}",
                     file=sys.stderr,
                     flush=True,
                 )

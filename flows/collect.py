@@ -28,6 +28,7 @@ from rollouts.collector.engine import Engine
 from rollouts.collector.interrupt import install_signal_handlers
 from rollouts.collector.runtime import collector
 from rollouts.config import (
+    BatchConfig,
     CollectConfig,
     ConcurrencyConfig,
     EndpointConfig,
@@ -63,6 +64,7 @@ NO_CONCURRENCY = ConcurrencyConfig.model_construct()
 NO_ENVIRONMENTS = EnvironmentConfig.model_construct()
 NO_STORAGE = StorageConfig.model_construct()
 NO_PROFILING = ProfilingConfig.model_construct()
+NO_BATCH = BatchConfig.model_construct()
 NO_TRAIN = TrainConfig.model_construct()
 NO_QUALITY = QualityConfig.model_construct()
 
@@ -138,6 +140,28 @@ class ShardLog:
         )
 
 
+class BatchProgress:
+    """Batch mode: a second progress artifact, the batches' requests answered of those sent, moved as they poll."""
+
+    def __init__(self, run_url: str) -> None:
+        self.run_url, self.shown = run_url, -1.0
+        self.artifact: Any = None  # the artifact's id (prefect's async_dispatch types it as UUID | Coroutine)
+
+    def update(self) -> None:
+        snap = collector().board.snapshot()
+        if not snap.batch_requests:
+            return
+        progress = round(100.0 * snap.batch_answered / snap.batch_requests, 1)
+        if progress == self.shown:
+            return
+        if self.artifact is None:
+            description = f"Batch requests answered for {self.run_url}"
+            self.artifact = create_progress_artifact(progress=progress, description=description)
+        else:
+            update_progress_artifact(self.artifact, progress=progress)
+        self.shown = progress
+
+
 def follow_shards(
     engine: Engine, plan: RunPlan, generated: Sequence[PrefectFuture[Any]], verified: Sequence[PrefectFuture[Any]]
 ) -> list[State[Any]]:
@@ -146,14 +170,19 @@ def follow_shards(
     flush. Their final states."""
     stop, shard_log = collector().stop, ShardLog(plan)
     progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {plan.run.run_url}")
+    batches = BatchProgress(plan.run.run_url) if plan.run.config.batch.enabled else None
     for done, future in enumerate(verified, start=1):
         while not stop.is_set() and not settled(future):
             future.wait(timeout=0.25)
+            if batches is not None:
+                batches.update()
         if stop.is_set():
             break
         future.wait()  # done: this keeps its result in memory (tasks do not persist results)
         # prefect's async_dispatch types the result as UUID | Coroutine; called from sync code it is the UUID
         update_progress_artifact(progress, progress=100.0 * done / len(verified))  # type: ignore[arg-type]
+        if batches is not None:
+            batches.update()
         if future.state.is_completed():
             shard_log.add(future.result())
             if not engine.live_counts:  # a remote cluster's workers: their counts come with each shard
@@ -219,6 +248,7 @@ def collect_from_sections(
     environments: EnvironmentConfig = NO_ENVIRONMENTS,
     storage: StorageConfig = NO_STORAGE,
     profiling: ProfilingConfig = NO_PROFILING,
+    batch: BatchConfig = NO_BATCH,
     train: TrainConfig = NO_TRAIN,
     quality: QualityConfig = NO_QUALITY,
 ) -> RunSummary | State[Any]:
@@ -238,6 +268,7 @@ def collect_from_sections(
         environments: what a prompt is solved in: its tools and its verifier
         storage: where runs are written (or a RolloutStorage block)
         profiling: what the run's profile measures beyond its always-on report
+        batch: provider batch mode (the Batch API instead of live calls), its fallback and price
         train: filters and formats of the training files
         quality: thresholds of the rollout health checks, and --max-unhealthy-fraction
     """

@@ -40,6 +40,7 @@ from rollouts.quality.config import QualityConfig
 __all__ = [
     "SAMPLING_PRESETS",
     "DEFAULT_OUT",
+    "BatchConfig",
     "CollectConfig",
     "ConcurrencyConfig",
     "EndpointConfig",
@@ -423,6 +424,42 @@ class ProfilingConfig(BaseModel):
     )
 
 
+class BatchConfig(BaseModel):
+    """Provider batch mode: the model calls go through the Batch API (about half the price, within 24 h).
+
+    Not part of a run's identity: the same requests get the same kind of answers either way, so a run may switch
+    between live calls and batch mode when it is resumed.
+    """
+
+    model_config = _FROZEN
+
+    enabled: Annotated[bool, Cli(flag="--batch")] = Field(
+        False,
+        description="send the model calls through the provider's Batch API (/v1/files, /v1/batches): about half "
+        "the price, results within 24 h; a tool rollout advances one turn per batch round",
+    )
+    fallback: Annotated[Literal["batch", "live"], Cli(flag="--batch-fallback")] = Field(
+        "batch",
+        description="what a batch did not answer (expired, cancelled, failed with 429/5xx) goes into a new batch "
+        "(batch, up to --batch-rounds), or at once as live calls at the live price (live)",
+    )
+    discount: Annotated[float, Cli(flag="--batch-discount", metavar="FRACTION")] = Field(
+        0.5, ge=0, le=1, description="batch price as a fraction of the live price, for the report's cost estimate"
+    )
+    rounds: Annotated[int, Cli(flag="--batch-rounds", metavar="N")] = Field(
+        3, ge=1, description="batches one request may go through before its failure is final"
+    )
+    poll_interval: Annotated[float, Cli(flag="--batch-poll-interval", metavar="S")] = Field(
+        30.0, gt=0, description="seconds between two status checks of a batch in flight"
+    )
+    max_requests: Annotated[int, Cli(flag="--batch-max-requests", metavar="N")] = Field(
+        50_000, ge=1, description="most requests in one batch input file (OpenAI: 50,000)"
+    )
+    max_bytes: Annotated[int, Cli(flag="--batch-max-bytes", metavar="BYTES")] = Field(
+        200 * 1024**2, ge=1024, description="largest batch input file in bytes (OpenAI: 200 MB)"
+    )
+
+
 class StorageConfig(BaseModel):
     """Where runs are written."""
 
@@ -465,6 +502,7 @@ class CollectConfig(BaseModel):
     environments: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     profiling: ProfilingConfig = Field(default_factory=ProfilingConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
 
@@ -482,6 +520,8 @@ class CollectConfig(BaseModel):
         keywords are a run-time convenience (tests, benchmarks, stored parameters): type-checked code passes the
         sections (`CollectConfig(input=..., endpoint=EndpointConfig(...))`), which mypy's pydantic plugin checks."""
         data = dict(data)
+        if isinstance(data.get("batch"), bool):  # `batch=True`: the switch of the batch section, as --batch
+            data["batch"] = {"enabled": data["batch"]}
         owners = _leaf_owners()
         for key in [k for k in data if k not in cls.model_fields]:
             if key in owners:
@@ -512,6 +552,16 @@ class CollectConfig(BaseModel):
         if "rl" in self.objective and "tokens" in self.train.formats.rl and not self.endpoint.return_tokens:
             raise ValueError(
                 "--format tokens needs --return-tokens: token records are built from the ids the server sends"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_usable(self) -> CollectConfig:
+        source = self.endpoint.token_source
+        if self.batch.enabled and self.endpoint.return_tokens and source in ("llamacpp", "tokenize"):
+            raise ValueError(
+                f"--batch with --token-source {self.endpoint.token_source}: that source needs a request to the "
+                "server's tokenizer per call, which a batch cannot make; use vllm or sglang, or live calls"
             )
         return self
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -107,7 +107,8 @@ class BatchAPI:
     The key goes into the Authorization header of the httpx client only: it is not stored elsewhere, not logged,
     and masked in every error message. GETs and cancels are retried on connection errors, 408/409/425/429 and 5xx;
     uploads too (a lost answer leaves an unused file, nothing worse); creating a batch never is (BatchRunner looks
-    for the batch before creating it again).
+    for the batch before creating it again). A caller's `client` (its headers, e.g. an Azure `api-key`) is closed with
+    this object when `owns_client`; `secrets` are masked like the key.
     """
 
     def __init__(
@@ -119,10 +120,13 @@ class BatchAPI:
         retries: int = 5,
         backoff_s: float = 1.0,
         client: httpx.AsyncClient | None = None,
+        secrets: Iterable[str] = (),
+        owns_client: bool = False,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._secrets = tuple(s for s in (api_key,) if s)
-        self._own_client = client is None
+        # The key, and any other credential the caller's client sends (its headers): masked in every message.
+        self._secrets = tuple(s for s in (api_key, *secrets) if s and len(s) >= 4)
+        self._own_client = client is None or owns_client
         self._client = client or httpx.AsyncClient(timeout=timeout_s)
         self._client.headers.update(headers)
         self._base = base_url.rstrip("/")

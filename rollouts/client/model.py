@@ -385,9 +385,24 @@ class ModelClient:
         """The token source in use, None while `auto` has seen no reply (or without --return-tokens)."""
         return self.token_source if self.return_tokens and self.token_source != "auto" else None
 
-    async def create(self, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]) -> ModelCall:
+    def request_body(
+        self, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The request body of one call, exactly as `create` sends it (batch mode writes it to a batch file)."""
         build = chat_body if self.api == "chat" else responses_body
-        request = build(self.model, items, params, sampling, self.return_tokens, self.token_request)
+        return build(self.model, items, params, sampling, self.return_tokens, self.token_request)
+
+    def parse_reply(self, data: dict[str, Any], status: int = 200) -> ModelCall:
+        """A reply body that came another way than `create` (a batch's output file), read as `create` reads its
+        replies: the same checks, token fields and typed errors. `auto` settles on the source the reply shows."""
+        if self.return_tokens and self.api == "chat" and self.token_source == "auto":
+            detected = detect_source(data) if isinstance(data, dict) else None
+            if detected is not None:
+                self._use_source(detected)
+        return self._parse_data(data, status)
+
+    async def create(self, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]) -> ModelCall:
+        request = self.request_body(items, params, sampling)
         # Encoded once for every attempt; compact separators, no httpx re-encoding per try.
         body = orjson.dumps(request)
         started = time.perf_counter()

@@ -52,13 +52,7 @@ class ProgressListener:
                 delta: dict[str, Any] = conn.recv()
             except (EOFError, OSError):
                 return
-            self.board.add(
-                generated=delta["generated"],
-                failed=delta["failed"],
-                verified=delta["verified"],
-                reward=delta["reward_sum"],
-                resumed=delta["resumed"],
-            )
+            self.board.add_delta(delta)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

@@ -72,13 +72,7 @@ class _Worker:
             except (EOFError, OSError):
                 break
             if message[0] == "progress":
-                self.board.add(
-                    generated=message[1]["generated"],
-                    failed=message[1]["failed"],
-                    verified=message[1]["verified"],
-                    reward=message[1]["reward_sum"],
-                    resumed=message[1]["resumed"],
-                )
+                self.board.add_delta(message[1])
             elif message[0] == "done":
                 _, job, ok, value = message
                 future = self.pending.pop(job, None)

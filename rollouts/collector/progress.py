@@ -18,6 +18,9 @@ class Snapshot:
     started: float | None
     resumed: int = 0
     phase: str = ""
+    batch_requests: int = 0  # batch mode: requests sent in batches, answered so far, batches in flight
+    batch_answered: int = 0
+    batch_running: int = 0
 
     @property
     def done(self) -> int:
@@ -44,6 +47,9 @@ class ProgressBoard:
     started: float | None = None
     resumed: int = 0  # rollouts an earlier attempt of the run already finished
     phase: str = ""  # what the run is doing now, for the terminal ("starting Prefect", "reading prompts", ...)
+    batch_requests: int = 0  # batch mode: the batches' request counts (rollouts/stages/batched.py)
+    batch_answered: int = 0
+    batch_running: int = 0
     ui_url: str | None = None  # the flow run's page in the Prefect UI, once the flow has started
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -65,6 +71,7 @@ class ProgressBoard:
         with self._lock:
             self.total, self.generated, self.verified, self.failed, self.reward_sum = total, 0, 0, 0, 0.0
             self.resumed = 0
+            self.batch_requests = self.batch_answered = self.batch_running = 0
             self.started = None
             self.phase, self.ui_url = "", None
             self.phases = []
@@ -85,6 +92,27 @@ class ProgressBoard:
             self.verified += verified
             self.reward_sum += reward
 
+    def add_batch(self, requests: int = 0, answered: int = 0, running: int = 0) -> None:
+        """Changes of the batch counts: requests put in batches, requests answered (or failed for good), batches in
+        flight."""
+        with self._lock:
+            self.batch_requests += requests
+            self.batch_answered += answered
+            self.batch_running += running
+
+    def add_delta(self, delta: dict[str, Any]) -> None:
+        """A worker's change of counts (`ReportedCounts.pending`), as it arrives in the process that shows them."""
+        self.add(
+            generated=int(delta["generated"]),
+            failed=int(delta["failed"]),
+            verified=int(delta["verified"]),
+            reward=float(delta["reward_sum"]),
+            resumed=int(delta["resumed"]),
+        )
+        self.add_batch(
+            int(delta.get("batch_requests", 0)), int(delta.get("batch_answered", 0)), int(delta.get("batch_running", 0))
+        )
+
     def add_shard(self, result: Any) -> None:
         """A whole shard at once (a ShardResult), for shards that ran in another process."""
         self.add(generated=result.rollouts, failed=result.failed, verified=result.rollouts, reward=result.reward_sum)
@@ -100,10 +128,22 @@ class ProgressBoard:
                 self.started,
                 self.resumed,
                 self.phase,
+                self.batch_requests,
+                self.batch_answered,
+                self.batch_running,
             )
 
 
-REPORTED_COUNTS = ("generated", "failed", "verified", "reward_sum", "resumed")
+REPORTED_COUNTS = (
+    "generated",
+    "failed",
+    "verified",
+    "reward_sum",
+    "resumed",
+    "batch_requests",
+    "batch_answered",
+    "batch_running",
+)
 
 
 class ReportedCounts:

@@ -63,6 +63,8 @@ class ProfileOptions:
     pass_threshold: float = 1.0
     window_s: float = WINDOW_S
     tokens: bool = False  # the run asked for token ids: check every rollout's contiguity
+    batch_discount: float | None = None  # batch mode: the batch price as a fraction of the list price
+    live_tokens: tuple[int, int] = (0, 0)  # batch mode: input and output tokens of live fallback calls (list price)
 
     @classmethod
     def from_config(cls, config: Any) -> ProfileOptions:
@@ -70,6 +72,7 @@ class ProfileOptions:
             price_input=config.profiling.price_input,
             price_output=config.profiling.price_output,
             tokens=config.endpoint.return_tokens,
+            batch_discount=config.batch.discount if config.batch.enabled else None,
         )
 
 
@@ -436,14 +439,22 @@ def _model_call_cdf(ok: pl.DataFrame) -> list[float]:
 
 
 def cost(tokens: dict[str, int], options: ProfileOptions) -> dict[str, Any] | None:
-    """Estimated cost in the prices' currency; cached input tokens are charged at the input price."""
+    """Estimated cost in the prices' currency; cached input tokens are charged at the input price. In batch mode
+    the batches' tokens are charged at the batch price (`batch_discount` times the list price), the live fallback
+    calls' at the list price."""
     if options.price_input is None and options.price_output is None:
         return None
-    input_cost = tokens["input"] * (options.price_input or 0.0) / 1e6
-    output_cost = tokens["output"] * (options.price_output or 0.0) / 1e6
+    price_in, price_out = (options.price_input or 0.0) / 1e6, (options.price_output or 0.0) / 1e6
+    factor = 1.0 if options.batch_discount is None else options.batch_discount
+    live_in, live_out = options.live_tokens if options.batch_discount is not None else (0, 0)
+    input_cost = ((tokens["input"] - live_in) * factor + live_in) * price_in
+    output_cost = ((tokens["output"] - live_out) * factor + live_out) * price_out
     return {
         "price_input_per_m": options.price_input,
         "price_output_per_m": options.price_output,
+        "batch_discount": options.batch_discount,
+        "live_fallback_tokens": {"input": live_in, "output": live_out} if options.batch_discount is not None else None,
+        "list_total": round(tokens["input"] * price_in + tokens["output"] * price_out, 6),
         "input": round(input_cost, 6),
         "output": round(output_cost, 6),
         "total": round(input_cost + output_cost, 6),

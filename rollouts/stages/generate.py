@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypedDict
 
 import httpx
@@ -33,6 +33,7 @@ from rollouts.records import SCHEMA_VERSION, Prompt, ToolCallTiming, dumps, inpu
 from rollouts.redact import option_secrets
 from rollouts.run import RunRef, ShardResult, read_records, run_store
 from rollouts.stages.agent import run_agent, with_env_tools
+from rollouts.stages.batched import ShardBatches, batch_api, custom_id_of
 from rollouts.stages.failures import resume_state
 from rollouts.stages.score import SESSION_KEY, verify_one
 from rollouts.storage import Store
@@ -114,6 +115,7 @@ class ShardGenerator:
         stop: StopSignal | None = None,
         breaker: FailureBreaker | None = None,
         verify_inline: bool = False,
+        batches: Callable[[ModelClient], ShardBatches] | None = None,
     ) -> None:
         self.ref, self.shard, self.config = run, shard, run.config
         self.store = run_store(run)
@@ -137,6 +139,8 @@ class ShardGenerator:
             secrets=[*option_secrets(self.config.storage.options), *filter(None, [self.config.api_key()])],
         )
         self.rollout_timeout = endpoint.rollout_timeout
+        # Batch mode: the model calls go through the provider's Batch API (rollouts/stages/batched.py).
+        self.batches = batches(self.client) if batches is not None else None
 
     def _todo(
         self, prompts: list[Prompt], done: set[str], previous: dict[str, int]
@@ -167,6 +171,20 @@ class ShardGenerator:
         # environments, and what failed, are left to the verify stage.
         verified = self.store.appender("rollouts", f"{self.shard}.jsonl")
 
+        async def keep(prompt: Prompt, record: dict[str, Any]) -> None:
+            if self.breaker.record(record):
+                self.store.write_json({"reason": self.breaker.reason}, STOPPED)
+            env = self.envs[prompt.env]
+            if self.verify_inline and record["status"] == "ok" and not env.remote:
+                record = await verify_one(env, record, None)
+                if record["status"] == "ok":
+                    verified.write(dumps(record))
+                    self.board.add(generated=1, verified=1, reward=record["reward"])
+                    return
+            appender.write(dumps(record))
+            ok = record["status"] == "ok"
+            self.board.add(generated=int(ok), failed=int(not ok))
+
         async def worker() -> None:
             for prompt, index, rid, prior in todo:
                 if self.stop.is_set() or self.breaker.tripped:
@@ -174,24 +192,35 @@ class ShardGenerator:
                 record = await self._rollout(prompt, index, rid, prior)
                 if record is None:  # stopped while it waited for a slot
                     return
-                if self.breaker.record(record):
-                    self.store.write_json({"reason": self.breaker.reason}, STOPPED)
-                env = self.envs[prompt.env]
-                if self.verify_inline and record["status"] == "ok" and not env.remote:
-                    record = await verify_one(env, record, None)
-                    if record["status"] == "ok":
-                        verified.write(dumps(record))
-                        self.board.add(generated=1, verified=1, reward=record["reward"])
-                        continue
-                appender.write(dumps(record))
-                ok = record["status"] == "ok"
-                self.board.add(generated=int(ok), failed=int(not ok))
+                await keep(prompt, record)
 
         async def workers() -> None:
             await asyncio.gather(*(worker() for _ in range(min(self.config.parallel_per_process, pending))))
 
+        async def batched(batches: ShardBatches) -> None:
+            # Every missing rollout of the shard at once: each waits on its turn's batch, not on a connection.
+            rollouts = list(todo)
+            batches.expect(len(rollouts))
+
+            async def one(prompt: Prompt, index: int, rid: str, prior: int) -> None:
+                try:
+                    record = await self._rollout(prompt, index, rid, prior)
+                finally:
+                    batches.finished()
+                if record is not None:
+                    await keep(prompt, record)
+
+            tasks = [asyncio.ensure_future(batches.drive()), *(asyncio.ensure_future(one(*r)) for r in rollouts)]
+            try:
+                await asyncio.gather(*tasks)
+            finally:  # the batches could not go on (the shard fails, a re-run resumes them): nobody waits for ever
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
         try:
-            stopped, _ = await run_until_stopped(workers(), self.stop)
+            run_all = batched(self.batches) if self.batches is not None else workers()
+            stopped, _ = await run_until_stopped(run_all, self.stop)
         finally:
             verified.commit()
             appender.commit()
@@ -218,17 +247,24 @@ class ShardGenerator:
             "schema_version": SCHEMA_VERSION,
         }
         queued = time.perf_counter()
-        await self.limiter.acquire()
+        # A batched rollout holds no connection while it waits on its batch: no slot, and no deadline but the
+        # batch's own completion window (--rollout-timeout bounds live calls).
+        limiter = self.limiter if self.batches is None else None
+        if limiter is not None:
+            await limiter.acquire()
         if self.stop.is_set():
-            self.limiter.release()
+            if limiter is not None:
+                limiter.release()
             return None
         started = time.perf_counter()
         started_at = time.time()
         calls: list[ModelCall] = []
         timing: ToolTiming = {"tool_ms": 0.0}
+        deadline = self.rollout_timeout if self.batches is None else None
         try:
-            async with asyncio.timeout(self.rollout_timeout):
-                await self._interact(record, env, prompt, params, sampling, calls, timing)
+            async with asyncio.timeout(deadline):
+                custom_id = custom_id_of(rid, prior_attempts)
+                await self._interact(record, env, prompt, params, sampling, calls, timing, custom_id)
             attempts = sum(c.attempts for c in calls)
         except Exception as exc:  # a bad rollout is data, never a crash of its siblings
             error = self._typed(exc)
@@ -236,7 +272,8 @@ class ShardGenerator:
             record.pop(SESSION_KEY, None)
             attempts = int(error.attempts or 1) + sum(c.attempts for c in calls)
         finally:
-            self.limiter.release()
+            if limiter is not None:
+                limiter.release()
         ended = time.perf_counter()
         if self.client.return_tokens:  # the source of every call's ids (None: no reply said, auto unsettled)
             record["token_source"] = self.client.resolved_source
@@ -263,11 +300,16 @@ class ShardGenerator:
         sampling: dict[str, Any],
         calls: list[ModelCall],
         timing: ToolTiming,
+        custom_id: str,
     ) -> None:
         """Seed the session, run the agent loop (model, tools, model...), and fill the record's response."""
+        batches = self.batches
 
         async def call_model(items: list[dict[str, Any]]) -> ModelCall:
-            call = await self.client.create(items, params, sampling)
+            if batches is not None:  # the n-th call of every rollout goes in the shard's n-th batch round
+                call = await batches.call(custom_id, len(calls), items, params, sampling)
+            else:
+                call = await self.client.create(items, params, sampling)
             calls.append(call)  # the caller's list: attempts add up even when a later call fails
             return call
 
@@ -330,7 +372,16 @@ async def generate_shard(
     async with clients.lease(f"{run.run_id}/{config.endpoint.model_url}", factory) as http:
         if control is not None and not control.started:
             control.start(http)
-        return await ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker, verify_inline=True).run()
+        if not config.batch.enabled:
+            return await ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker, verify_inline=True).run()
+        async with batch_api(config, auth) as api:
+
+            def batches(client: ModelClient) -> ShardBatches:
+                metadata = {"rollouts_run": run.run_id, "rollouts_shard": shard}
+                return ShardBatches(run_store(run), shard, config.batch, client, api, board, limiter, metadata)
+
+            generator = ShardGenerator(run, shard, http, envs, limiter, board, stop, breaker, True, batches)
+            return await generator.run()
 
 
 def generate_with(

@@ -10,7 +10,9 @@ and the `report.md` file next to them links them by name.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from rollouts.quality import markdown_section
@@ -27,6 +29,7 @@ from rollouts.report.metrics import (
 )
 from rollouts.report.profiler import COLUMNS, TOP_ROWS, read_function_stats
 from rollouts.run import read_records
+from rollouts.stages.batched import batch_timeline, live_tokens
 from rollouts.storage import Store
 from rollouts.tokens import contiguity_metrics
 from rollouts.tune.aimd import read_trace
@@ -54,6 +57,9 @@ class ProfileResult:
 
 def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileResult:
     """Read the run's rows (and controller trace, and function profile), write `profile/`, return what to publish."""
+    if options is not None and options.batch_discount is not None:  # live fallback calls cost the list price
+        live = live_tokens(store)
+        options = dataclasses.replace(options, live_tokens=(live["input"], live["output"]))
     profile = profile_frame(read_run_frame(store, flat=True), options, read_trace(store))
     functions = read_function_stats(store)
     if functions is not None:
@@ -73,6 +79,9 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
             "summary": metrics.summary(),
             "markdown": metrics.to_markdown(),
         }
+    batches = batch_timeline(store)
+    if batches:
+        profile["batches"] = batches
     health = store.read_json("quality", "summary.json")  # written by the health stage, just before this one
     if health is not None:
         profile["health"] = {"unhealthy_fraction": health["unhealthy_fraction"], "markdown": markdown_section(health)}
@@ -118,6 +127,12 @@ def artifacts(profile: dict[str, Any], images: dict[str, str], run_url: str) -> 
         out.append(
             Artifact("table", "pass-at-k", "pass@k, pass^k and mean@k per environment", table=profile["pass_at_k"])
         )
+    if "batches" in profile:
+        out.append(
+            Artifact(
+                "table", "batch-timeline", "Provider batches: submitted, in progress, ended", table=profile["batches"]
+            )
+        )
     if "contiguity" in profile:
         out.append(
             Artifact(
@@ -158,6 +173,56 @@ def _table(rows: list[dict[str, Any]], columns: list[str], headers: list[str] | 
     return lines + [""]
 
 
+def _cost_text(cost: dict[str, Any] | None) -> str:
+    if not cost:
+        return "– (give --price-input / --price-output)"
+    text = (
+        f"{cost['total']:.4f} ({cost['input']:.4f} input at {cost['price_input_per_m']}/M, "
+        f"{cost['output']:.4f} output at {cost['price_output_per_m']}/M"
+    )
+    if cost.get("batch_discount") is not None:
+        live = cost["live_fallback_tokens"]
+        text += f"; batch price, {cost['batch_discount']:g} of list: {cost['list_total']:.4f} at list price"
+        if live["input"] or live["output"]:
+            text += f"; live fallback calls at list price: {live['input']:,} in, {live['output']:,} out"
+    return text + ")"
+
+
+def _batch_section(batches: list[dict[str, Any]]) -> list[str]:
+    """The batch timeline: one row per provider batch, times in seconds after it was submitted."""
+    rows = [
+        {
+            **batch,
+            "submitted": datetime.fromtimestamp(batch["submitted_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+            if batch["submitted_at"]
+            else None,
+        }
+        for batch in batches
+    ]
+    lines = [f"## Batches ({len(rows)})", ""]
+    lines += [
+        "Batch mode: per provider batch, when it was submitted (UTC) and the seconds until it was in progress and "
+        "until it ended. A turn is one model call of every rollout waiting on the model; a batch `r<n>-*` with n > 0 "
+        "sends again what an earlier batch of its turn did not answer.",
+        "",
+    ]
+    columns = [
+        "shard",
+        "turn",
+        "batch",
+        "batch_id",
+        "status",
+        "requests",
+        "completed",
+        "failed",
+        "submitted",
+        "in_progress_after_s",
+        "ended_after_s",
+    ]
+    headers = [*columns[:8], "submitted", "in progress after (s)", "ended after (s)"]
+    return lines + _table(rows, columns, headers)
+
+
 def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: str) -> str:
     """The run report a person opens first: headline figures, charts, latency, rewards, errors, timeline, functions."""
     total = profile["rollouts"] + profile["failed"]
@@ -185,13 +250,7 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
                 else "; the endpoint reports no cached or reasoning counts"
             ),
         ),
-        (
-            "estimated cost",
-            f"{cost['total']:.4f} ({cost['input']:.4f} input at {cost['price_input_per_m']}/M, "
-            f"{cost['output']:.4f} output at {cost['price_output_per_m']}/M)"
-            if cost
-            else "– (give --price-input / --price-output)",
-        ),
+        ("estimated cost", _cost_text(cost)),
     ]
     lines += ["| run | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in headline], ""]
     if "throughput.png" in images:
@@ -249,6 +308,8 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
         lines += _table(
             info["top"][:15], ["function", "module", "wall_ncall", "wall_ttot", "wall_tavg", "cpu_ttot", "cpu_tavg"]
         )
+    if profile.get("batches"):
+        lines += _batch_section(profile["batches"])
     if profile.get("health"):
         lines += [profile["health"]["markdown"], ""]
     lines += [
