@@ -4,7 +4,8 @@ Without `PREFECT_API_URL`, each `rollouts collect` would start Prefect's embedde
 run spent starting a database and an API, no UI to look at the run in, and Dask workers that cannot reach it. The
 local server is started in the background on first use, stays up, and is found again by the next run through its
 state file (`$ROLLOUTS_HOME/server/server.json`, default `~/.rollouts`). A user's own `PREFECT_API_URL` always wins;
-`ROLLOUTS_SERVER=ephemeral` keeps Prefect's embedded server instead.
+`ROLLOUTS_SERVER=ephemeral` keeps Prefect's embedded server instead. `ROLLOUTS_SERVER_PORT` sets the port a new
+local server prefers (default 4200; a free one when it is taken).
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ from commands.errors import EXIT_OK, EXIT_USAGE, error
 from rollouts.errors import ConfigError
 
 DEFAULT_PORT = 4200
+
+
+def preferred_port() -> int:
+    """The port a new local server asks for first: `ROLLOUTS_SERVER_PORT`, else 4200."""
+    value = os.environ.get("ROLLOUTS_SERVER_PORT", "")
+    if not value:
+        return DEFAULT_PORT
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigError(f"ROLLOUTS_SERVER_PORT={value!r} is not a port number (1-65535)")
+    return int(value)
+
+
 START_TIMEOUT_S = 90.0
 
 
@@ -127,7 +140,7 @@ def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
     """Start the local server in the background (its own session: Ctrl-C of a run does not stop it); do not wait."""
     root = home()
     root.mkdir(parents=True, exist_ok=True)
-    port = _free_port(port or DEFAULT_PORT)
+    port = _free_port(port or preferred_port())
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -239,7 +252,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     if args.action == "start":
         try:
             info = start(args.port)
-        except RuntimeError as exc:
+        except (RuntimeError, ConfigError) as exc:
             error(str(exc))
             return EXIT_USAGE
         print(f"Prefect server at {info.ui_url} (API {info.api_url}, pid {info.pid}, data in {info.home})")
@@ -262,6 +275,9 @@ def add_server_parser(sub: Any) -> None:
     )
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument(
-        "--port", type=int, default=None, help=f"port for start (default {DEFAULT_PORT}, or a free one)"
+        "--port",
+        type=int,
+        default=None,
+        help=f"port for start (default $ROLLOUTS_SERVER_PORT or {DEFAULT_PORT}, or a free one)",
     )
     parser.set_defaults(func=cmd_server)

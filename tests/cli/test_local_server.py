@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 from tests.cli.conftest import rollouts
 from tests.integration.conftest import math_rows, write_jsonl
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_path, sim):
-    env = {"ROLLOUTS_HOME": str(tmp_path / "home")}
+    port = _free_port()  # the port it prefers: ROLLOUTS_SERVER_PORT (4200 when unset)
+    env = {"ROLLOUTS_HOME": str(tmp_path / "home"), "ROLLOUTS_SERVER_PORT": str(port)}
     clean = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL", "ROLLOUTS_SERVER")}
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(4))
     saved = dict(os.environ)
@@ -33,9 +42,9 @@ def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_pat
         )
         first = rollouts(*args, "--run-name", "first", env=env)
         assert first.code == 0, first.err[-2000:]
-        assert "starting a local Prefect server at http://127.0.0.1:" in first.err
+        assert f"starting a local Prefect server at http://127.0.0.1:{port}" in first.err
         status = rollouts("server", "status", env=env)
-        assert status.code == 0 and status.out.startswith("running at http://127.0.0.1:")
+        assert status.code == 0 and status.out.startswith(f"running at http://127.0.0.1:{port}")
         second = rollouts(*args, "--run-name", "second", env=env)
         assert second.code == 0, second.err[-2000:]
         assert "starting a local Prefect server" not in second.err
@@ -48,3 +57,9 @@ def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_pat
         os.environ.update(saved)
     assert stopped.out.strip() == "stopped the local Prefect server"
     assert rollouts("server", "status", env=env).code == 3
+
+
+def test_a_server_port_that_is_not_a_number_is_one_line(tmp_path):
+    done = rollouts("server", "start", env={"ROLLOUTS_HOME": str(tmp_path / "home"), "ROLLOUTS_SERVER_PORT": "42OO"})
+    assert done.code == 2 and done.fast
+    assert done.err.strip() == "error: ROLLOUTS_SERVER_PORT='42OO' is not a port number (1-65535)"
