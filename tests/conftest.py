@@ -25,6 +25,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # A command run without PREFECT_API_URL starts the long-lived local Prefect server: keep it out of the user's home,
 # and stop it when the session ends (pytest_sessionfinish).
 os.environ["ROLLOUTS_HOME"] = tempfile.mkdtemp(prefix="rollouts-home-")
+# Under pytest-xdist each worker has its own ROLLOUTS_HOME, so each may start a local server: give each its own
+# preferred port, so two first starts never race for the same one.
+if os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw").isdigit():
+    os.environ["ROLLOUTS_SERVER_PORT"] = str(4300 + int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")))
 
 
 def _write_project_bytecode() -> None:
