@@ -20,7 +20,7 @@ from .engine import QualityResult, check_chunk, check_path, check_run, finish
 from .frame import FRAME_SCHEMA, KEPT_COLUMNS
 from .loader import RolloutReader, discover, frame_of_rows, load_frame
 from .registry import Check, get_check, register, registered, selected_checks, unregister
-from .report import flagged, markdown_section, read_summary, read_verdicts, verdict_lines, write_quality
+from .report import check_table, flagged, markdown_section, read_summary, read_verdicts, verdict_lines, write_quality
 
 BUILTIN_CHECKS = (
     "empty_completion",
@@ -48,6 +48,7 @@ __all__ = [
     "QualityResult",
     "RolloutReader",
     "check_chunk",
+    "check_table",
     "check_path",
     "check_run",
     "discover",
