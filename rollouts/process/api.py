@@ -15,7 +15,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, StorageError
-from ..quality import check_path, flagged, read_verdicts
+from ..quality import check_path, flagged, read_verdicts, require_known_checks
 from ..storage import filesystem
 from ..tokens.api import write_token_records
 from .card import DataCard, Drop
@@ -203,6 +203,7 @@ def drop_unhealthy(
 ) -> tuple[pl.LazyFrame, int]:
     """`rows` without the rollouts the health checks flag (any unhealthy one with `["all"]`, else those `checks`
     fired on), and how many went. A run's own `quality/verdicts.jsonl` is used; other inputs are checked here."""
+    require_known_checks(drop_unhealthy=checks)
     wanted = None if checks == ["all"] else checks
     flagged_ids: list[pl.Series] = []
     for place in inputs:

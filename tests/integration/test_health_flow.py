@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 from flows.collect import collect_rollouts
 from rollouts.config import CollectConfig
 from rollouts.errors import RunFailedError
+from rollouts.quality import UnknownCheckError
 from tests.integration.conftest import math_rows, read_jsonl, run_rows, write_jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_server", "board")]
@@ -109,3 +110,13 @@ def test_health_is_reported_published_and_acted_on(tmp_path: Path, sim) -> None:
     for objective in ("rl", "sft", "dpo"):
         card = json.loads((run / "train" / objective / "data_card.json").read_text())
         assert card["dropped"][0]["rule"] == "unhealthy" and card["dropped"][0]["count"] == 4, objective
+
+
+def test_unknown_check_ids_fail_the_flow_before_anything_is_collected(tmp_path: Path, sim) -> None:
+    """A deployment's parameters are not checked by the command line: the flow refuses them before collecting."""
+    src = prompts(tmp_path, cut=0)
+    state = collect_rollouts(config(tmp_path, src, sim.url, "typo", drop_unhealthy=["runaway"]), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(UnknownCheckError, match=r"^--drop-unhealthy: unknown check 'runaway' \(known: empty_"):
+        state.result()
+    assert not (tmp_path / "runs" / "typo").exists()
