@@ -11,6 +11,7 @@ import pytest
 
 from rollouts.quality import (
     QualityConfig,
+    UnknownCheckError,
     check_path,
     check_run,
     check_table,
@@ -20,6 +21,7 @@ from rollouts.quality import (
     read_summary,
     read_verdicts,
     register,
+    require_known_checks,
     unregister,
     write_quality,
 )
@@ -254,6 +256,29 @@ def test_markdown_section_escapes_pipes(tmp_path: Path) -> None:
         "example": "the final turn has only reasoning (3 chars)",
         "what fires it": checks[0]["what fires it"],
     }
+
+
+def test_the_documented_way_to_add_a_check_works() -> None:
+    """docs/quality.md, "Adding a check": its example, run as written, registers a check that fires on a refusal and
+    not on an answer, is named by the command-line validation and shows up in the summary."""
+    doc = (Path(__file__).parents[2] / "docs" / "quality.md").read_text()
+    section = doc.split("## Adding a check", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/quality.md", "exec"), {})
+    try:
+        require_known_checks(QualityConfig(checks=("refusal",)), ["refusal"])
+        rows = [row([message("I can't help with that.")]), row([message("It is 4.")], task=1)]
+        outcome = check_run(rows, QualityConfig())
+        assert fired(outcome, "refusal") == [True, False]
+        assert outcome.table["evidence_refusal"][0] == 'refused: "I can\'t help with that."'
+        assert (
+            outcome.summary()["checks"]["refusal"]["description"]
+            == 'The answer is a refusal ("I can\'t help with that").'
+        )
+    finally:
+        unregister("refusal")
+    with pytest.raises(UnknownCheckError, match="--drop-unhealthy: unknown check 'refusal'"):
+        require_known_checks(drop_unhealthy=["refusal"])
 
 
 def test_a_registered_check_runs_and_is_reported() -> None:
