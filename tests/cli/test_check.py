@@ -62,7 +62,8 @@ def test_process_drops_unhealthy_rollouts_and_counts_them_in_the_card(tmp_path: 
     assert card["dropped"][0] == {
         "rule": "unhealthy",
         "count": 1,
-        "why": "the rollout health checks found it unhealthy (empty_completion; see quality/verdicts.jsonl)",
+        "why": "the rollout health checks found it unhealthy (empty_completion; checked here; `rollouts check` writes "
+        "the verdicts)",
     }
     healthy = (out / "healthy" / "sft" / "openai.jsonl").read_text().splitlines()
     assert healthy and all('"role":"assistant","content":""' not in line for line in healthy)
@@ -89,8 +90,8 @@ def test_process_drops_unhealthy_rollouts_from_every_objective(tmp_path: Path) -
         assert card["dropped"][0] == {
             "rule": "unhealthy",
             "count": 2,
-            "why": "the rollout health checks found it unhealthy (empty_completion, zero_completion_tokens; see "
-            "quality/verdicts.jsonl)",
+            "why": "the rollout health checks found it unhealthy (empty_completion, zero_completion_tokens; checked "
+            "here; `rollouts check` writes the verdicts)",
         }, objective
         assert "| unhealthy | 2 |" in (out / objective / "data_card.md").read_text()
 

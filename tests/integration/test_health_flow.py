@@ -109,7 +109,11 @@ def test_health_is_reported_published_and_acted_on(tmp_path: Path, sim) -> None:
 
     for objective in ("rl", "sft", "dpo"):
         card = json.loads((run / "train" / objective / "data_card.json").read_text())
-        assert card["dropped"][0]["rule"] == "unhealthy" and card["dropped"][0]["count"] == 4, objective
+        assert card["dropped"][0] == {
+            "rule": "unhealthy",
+            "count": 4,
+            "why": "the rollout health checks found it unhealthy (empty_completion; see quality/verdicts.jsonl)",
+        }, objective
 
 
 def test_unknown_check_ids_fail_the_flow_before_anything_is_collected(tmp_path: Path, sim) -> None:
