@@ -87,7 +87,10 @@ def collect_config(args: argparse.Namespace) -> CollectConfig:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    from rollouts.quality import require_known_checks
+
     config = collect_config(args)
+    require_known_checks(config.quality, config.train.drop_unhealthy)  # refused before anything is collected
     prefect_defaults(verbose=args.verbose)
     return run_collect(config, show_progress=not args.no_progress, verbose=args.verbose)
 

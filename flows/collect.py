@@ -43,6 +43,7 @@ from rollouts.config import (
     merged_config,
 )
 from rollouts.errors import RunFailedError
+from rollouts.quality import require_known_checks
 from rollouts.quality.config import QualityConfig
 from rollouts.redact import refuse_secrets
 from rollouts.report.profiler import function_profile
@@ -308,6 +309,7 @@ def collect_config(config: CollectConfig) -> RunSummary | State[Any]:
     board = collector().board
     board.set_ui_url(flow_run.ui_url if PREFECT_UI_URL.value() else None)  # no UI with the embedded server
     refuse_secrets(config)  # credentials in the parameters themselves: refused, and never written anywhere
+    require_known_checks(config.quality, config.train.drop_unhealthy)  # before anything is collected
     config = apply_blocks(config)  # block names travel in the parameters; their secrets are loaded here and in tasks
     engine = engine_of(config)
     engine.prepare(collector())  # collector processes start while the prompts are read and sharded

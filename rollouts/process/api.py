@@ -15,7 +15,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, StorageError
-from ..quality import check_path, flagged, read_verdicts
+from ..quality import check_path, flagged, read_verdicts, require_known_checks
 from ..storage import filesystem
 from ..tokens.api import write_token_records
 from .card import DataCard, Drop
@@ -86,13 +86,14 @@ def select(
             "have no row at all (killed or never dispatched)"
         )
     rows = loaded.scan(None, storage_options)
-    unhealthy = 0
+    unhealthy, checked_here = 0, False
     if config.drop_unhealthy:
-        rows, unhealthy = drop_unhealthy(rows, loaded.inputs, config.drop_unhealthy, storage_options)
+        rows, unhealthy, checked_here = drop_unhealthy(rows, loaded.inputs, config.drop_unhealthy, storage_options)
     selected = SELECTORS[config.objective](rows, config, card)
     if unhealthy:
         checks = "any check" if config.drop_unhealthy == ["all"] else ", ".join(config.drop_unhealthy)
-        why = f"the rollout health checks found it unhealthy ({checks}; see quality/verdicts.jsonl)"
+        where = "checked here; `rollouts check` writes the verdicts" if checked_here else "see quality/verdicts.jsonl"
+        why = f"the rollout health checks found it unhealthy ({checks}; {where})"
         card.dropped.insert(0, Drop(rule="unhealthy", count=unhealthy, why=why))
     if workdir is None:
         return Selection(objective=config.objective, loaded=loaded, card=card, selected_data=selected)
@@ -200,21 +201,24 @@ __all__ = [
 
 def drop_unhealthy(
     rows: pl.LazyFrame, inputs: list[str], checks: list[str], storage_options: dict[str, Any] | None
-) -> tuple[pl.LazyFrame, int]:
+) -> tuple[pl.LazyFrame, int, bool]:
     """`rows` without the rollouts the health checks flag (any unhealthy one with `["all"]`, else those `checks`
-    fired on), and how many went. A run's own `quality/verdicts.jsonl` is used; other inputs are checked here."""
+    fired on), how many went, and whether some input had no verdicts and was checked here (a run's own
+    `quality/verdicts.jsonl` is used; other inputs are checked, nothing written)."""
+    require_known_checks(drop_unhealthy=checks)
     wanted = None if checks == ["all"] else checks
     flagged_ids: list[pl.Series] = []
+    checked_here = False
     for place in inputs:
         try:  # a run folder checked by its collection has them; a file or a glob does not
             verdicts = read_verdicts(place, storage_options=storage_options)
         except OSError:
             verdicts = pl.DataFrame()
         if verdicts.is_empty():
-            verdicts = check_path(place, storage_options=storage_options).verdicts()
+            verdicts, checked_here = check_path(place, storage_options=storage_options).verdicts(), True
         flagged_ids.append(flagged(verdicts, wanted)["rollout_id"])
     ids = pl.concat(flagged_ids).drop_nulls().unique() if flagged_ids else pl.Series("rollout_id", [], pl.String)
     gone = pl.DataFrame({"rollout_id": ids.cast(pl.String)})
     before = rows.select(pl.len()).collect().item()
     kept = rows.join(gone.lazy(), on="rollout_id", how="anti")
-    return kept, before - kept.select(pl.len()).collect().item()
+    return kept, before - kept.select(pl.len()).collect().item(), checked_here

@@ -147,6 +147,19 @@ class FilterOptions(BaseModel):
             raise ValueError(f"--keep-mean-between: low {self.keep_mean_between[0]} > high {self.keep_mean_between[1]}")
         return self
 
+    @field_validator("drop_unhealthy", mode="before")
+    @classmethod
+    def _drop_unhealthy(cls, value: Any) -> Any:
+        # the command line gives a list of comma lists; "all" alone means every check
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            ids = list(dict.fromkeys(part.strip() for item in value for part in str(item).split(",") if part.strip()))
+            if "all" in ids and len(ids) > 1:
+                raise ValueError("'all' (every check) or check ids, not both")
+            return ids
+        return value
+
 
 def _format_list(objective: str) -> Any:
     return list[Literal[FORMATS[objective]]]  # type: ignore[valid-type]
@@ -160,16 +173,6 @@ if TYPE_CHECKING:
     DPOFormats = list[str]
 else:
     RLFormats, SFTFormats, DPOFormats = _format_list("rl"), _format_list("sft"), _format_list("dpo")
-
-    @field_validator("drop_unhealthy", mode="before")
-    @classmethod
-    def _drop_unhealthy(cls, value: Any) -> Any:
-        # the command line gives a list of comma lists; "all" alone means every check
-        if isinstance(value, str):
-            value = [value]
-        if isinstance(value, (list, tuple)):
-            return list(dict.fromkeys(part.strip() for item in value for part in str(item).split(",") if part.strip()))
-        return value
 
 
 class OutputFormats(BaseModel):

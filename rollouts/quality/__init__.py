@@ -19,8 +19,17 @@ from .config import HEALTHY, UNHEALTHY, UNOBSERVED, VERDICTS, QualityConfig
 from .engine import QualityResult, check_chunk, check_path, check_run, finish
 from .frame import FRAME_SCHEMA, KEPT_COLUMNS
 from .loader import RolloutReader, discover, frame_of_rows, load_frame
-from .registry import Check, get_check, register, registered, selected_checks, unregister
-from .report import flagged, markdown_section, read_summary, read_verdicts, verdict_lines, write_quality
+from .registry import (
+    Check,
+    UnknownCheckError,
+    get_check,
+    register,
+    registered,
+    require_known_checks,
+    selected_checks,
+    unregister,
+)
+from .report import check_table, flagged, markdown_section, read_summary, read_verdicts, verdict_lines, write_quality
 
 BUILTIN_CHECKS = (
     "empty_completion",
@@ -47,7 +56,9 @@ __all__ = [
     "QualityConfig",
     "QualityResult",
     "RolloutReader",
+    "UnknownCheckError",
     "check_chunk",
+    "check_table",
     "check_path",
     "check_run",
     "discover",
@@ -61,6 +72,7 @@ __all__ = [
     "read_verdicts",
     "register",
     "registered",
+    "require_known_checks",
     "selected_checks",
     "unregister",
     "verdict_lines",

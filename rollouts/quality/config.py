@@ -84,8 +84,8 @@ class QualityConfig(BaseModel):
     reasoning_leak_min_chars: int = Field(
         default=48,
         ge=8,
-        description="reasoning_leak: the first or last this-many characters of the final turn's reasoning, "
-        "found verbatim in its answer, are a leak (shorter reasoning is not compared)",
+        description="reasoning_leak: the first this-many characters of the final turn's reasoning, found "
+        "verbatim in its answer, are a leak (shorter reasoning is not compared)",
     )
 
     # malformed_tool_call

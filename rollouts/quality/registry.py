@@ -17,12 +17,13 @@ on the columns kept from each chunk (`frame.KEPT_COLUMNS`) plus `fired_<id>` for
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import polars as pl
 
+from ..errors import ConfigError
 from .config import QualityConfig
 
 Scope = Literal["rollout", "run"]
@@ -80,17 +81,45 @@ def registered() -> list[Check]:
     return list(_REGISTRY.values())
 
 
+def _known() -> list[str]:
+    """The registered ids, rollout checks first (the order they run in)."""
+    return [check.id for check in sorted(_REGISTRY.values(), key=lambda check: check.scope == "run")]
+
+
+class UnknownCheckError(ConfigError, KeyError):
+    """An id that names no registered check: a usage error of whatever was given it (a KeyError too)."""
+
+    def __str__(self) -> str:  # KeyError's own would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def get_check(check_id: str) -> Check:
     try:
         return _REGISTRY[check_id]
     except KeyError:
-        raise KeyError(f"unknown check {check_id!r}; known: {', '.join(_REGISTRY)}") from None
+        raise UnknownCheckError(f"unknown check {check_id!r}; known: {', '.join(_known())}") from None
+
+
+def require_known(ids: Iterable[str], flag: str) -> None:
+    """Refuse ids of `flag` that name no registered check, in one line naming them and the known ones."""
+    unknown = [check_id for check_id in ids if check_id not in _REGISTRY]
+    if unknown:
+        names = ", ".join(repr(check_id) for check_id in unknown)
+        raise UnknownCheckError(f"{flag}: unknown check {names} (known: {', '.join(_known())})")
+
+
+def require_known_checks(config: QualityConfig | None = None, drop_unhealthy: Sequence[str] = ()) -> None:
+    """The check ids a command was given (--checks, --skip-checks, --drop-unhealthy) refused up front when unknown,
+    before any rollout is collected or read."""
+    if config is not None:
+        require_known(config.checks or (), "--checks")
+        require_known(config.skip_checks, "--skip-checks")
+    require_known([check_id for check_id in drop_unhealthy if check_id != "all"], "--drop-unhealthy")
 
 
 def selected_checks(config: QualityConfig) -> list[Check]:
     """The checks `config` asks for (all by default, minus `skip_checks`), unknown ids refused."""
-    for check_id in (*(config.checks or ()), *config.skip_checks):
-        get_check(check_id)
+    require_known_checks(config)
     chosen = config.checks if config.checks is not None else tuple(_REGISTRY)
     return [check for check in registered() if check.id in chosen and check.id not in config.skip_checks]
 

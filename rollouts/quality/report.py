@@ -2,6 +2,7 @@
 
     write_quality(result, "runs/my-run")       # runs/my-run/quality/verdicts.jsonl and summary.json
     markdown_section(result.summary())         # "## Rollout health" with a table per check, per environment, worst
+    check_table(result.summary())              # the per-check table as rows (the Prefect table artifact)
 
 `verdicts.jsonl` has one line per checked rollout, in the order the rows were read:
     {"rollout_id": "3f9c...", "_ng_task_index": 7, "_ng_rollout_index": 3, "verdict": "unhealthy",
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 import fsspec
 import orjson
@@ -123,9 +126,39 @@ def _pct(fraction: float) -> str:
     return f"{fraction * 100:.2f}%"
 
 
-def _where(example: Mapping[str, Any]) -> str:
+def row_url(file: str, line: int) -> str:
+    """A link to line `line` of a rollout file: its URL (`file://` for a local path) with a `#L<line>` anchor."""
+    url = file if "://" in file else PurePosixPath(file).as_uri() if file.startswith("/") else quote(file)
+    return f"{quote(url, safe=':/%@+,;=~&?')}#L{line}"
+
+
+def _row_link(example: Mapping[str, Any]) -> str:
+    """The worst-rollouts table's last cell: `file:line` linked to the row when the file is known."""
     file, line = example.get("file"), example.get("line")
-    return f"{file}:{line}" if file else f"row {line}"
+    if not file:
+        return f"row {line}"
+    name = "/".join(str(file).rstrip("/").split("/")[-2:])  # the shard and its folder: rollouts/00000.jsonl
+    return f"[`{name}:{line}`]({row_url(str(file), int(line or 0))})"
+
+
+def check_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-check table of a summary as rows (a Prefect table artifact): check, fired, share, unobserved, first
+    example's evidence, what fires it."""
+    examples = summary.get("examples", {})
+    rows = []
+    for check_id, stats in summary["checks"].items():
+        first = (examples.get(check_id) or [{}])[0]
+        rows.append(
+            {
+                "check": check_id,
+                "fired": stats["fired"],
+                "share": _pct(stats["fraction"]),
+                "unobserved": stats["unobserved"],
+                "example": first.get("evidence", {}).get(check_id, ""),
+                "what fires it": stats.get("description", ""),
+            }
+        )
+    return rows
 
 
 def markdown_section(summary: Mapping[str, Any], *, title: str = "## Rollout health") -> str:
@@ -156,22 +189,8 @@ def markdown_section(summary: Mapping[str, Any], *, title: str = "## Rollout hea
         _row(["check", "fired", "share", "unobserved", "example", "what fires it"]),
         _row(["---", "---:", "---:", "---:", "---", "---"]),
     ]
-    examples = summary.get("examples", {})
-    for check_id, stats in summary["checks"].items():
-        first = (examples.get(check_id) or [{}])[0]
-        example = first.get("evidence", {}).get(check_id, "")
-        out.append(
-            _row(
-                [
-                    f"`{check_id}`",
-                    stats["fired"],
-                    _pct(stats["fraction"]),
-                    stats["unobserved"],
-                    example,
-                    stats.get("description", ""),
-                ]
-            )
-        )
+    for check in check_table(summary):
+        out.append(_row([f"`{check['check']}`", *list(check.values())[1:]]))
     environments = summary.get("environments", {})
     if environments:
         out += [
@@ -214,7 +233,7 @@ def markdown_section(summary: Mapping[str, Any], *, title: str = "## Rollout hea
                         example["env"],
                         ", ".join(example["checks"]),
                         evidence,
-                        f"`{_where(example)}`",
+                        _row_link(example),
                     ]
                 )
             )

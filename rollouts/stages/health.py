@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollouts.quality import check_path, markdown_section, write_quality
+from rollouts.quality import check_path, check_table, markdown_section, write_quality
 from rollouts.run import RunRef
 
 
@@ -20,7 +20,8 @@ class Health:
     unhealthy_fraction: float
     checked: int
     top_checks: list[tuple[str, int]] = field(default_factory=list)
-    markdown: str = ""
+    markdown: str = ""  # the run report's section: tables per check and environment, the worst rollouts linked
+    table: list[dict[str, Any]] = field(default_factory=list)  # the per-check table, as rows
     too_unhealthy: str = ""  # the reason the run fails, when it passes --max-unhealthy-fraction
 
     def as_payload(self) -> dict[str, Any]:
@@ -43,4 +44,6 @@ def check_health(run: RunRef) -> Health:
             f"{result.unhealthy_fraction:.1%} of the checked rollouts are unhealthy, over "
             f"--max-unhealthy-fraction {limit:g} (top checks: {named}); see {run.run_url}/quality/summary.json"
         )
-    return Health(result.unhealthy_fraction, result.checked, top, markdown_section(summary), reason)
+    return Health(
+        result.unhealthy_fraction, result.checked, top, markdown_section(summary), check_table(summary), reason
+    )

@@ -51,6 +51,11 @@ RUN: dict[str, tuple[str, ...]] = {
     "rollouts process gym_out/ --objective sft --min-reward 1 --per-prompt 2 --out ./gym-train": (
         "gym-train/sft/openai.jsonl",
     ),
+    "rollouts check runs/demo": ("runs/demo/quality/verdicts.jsonl", "runs/demo/quality/summary.json"),
+    "rollouts check gym_out/ --out gym-health --skip-checks identical_group --max-unhealthy-fraction 0.05": (
+        "gym-health/quality/verdicts.jsonl",
+        "gym-health/quality/summary.json",
+    ),
     "rollouts tokens runs/agent --out runs/agent/train/tokens --on-break splice": (
         "runs/agent/train/tokens/tokens.parquet",
         "runs/agent/train/tokens/tokens_card.md",
@@ -74,11 +79,6 @@ NOT_RUN: dict[tuple[str, ...], str] = {
         "run these steps"
     ),
     ("rollouts server start",): "starts a long-lived Prefect server; tests/cli/test_local_server.py runs it",
-    (
-        "rollouts check runs/demo",
-        "rollouts check gym_out/",
-    ): "writes quality/ beside the fixtures; tests/unit/test_quality_io.py "
-    "runs the checks and tests/cli/test_check.py the command",
     ("python3.13 -m venv", "/tmp/ngym/bin/pip", "unzip -p"): "builds NeMo Gym 0.7 in a Python 3.13 venv (minutes)",
     ("python -m venv --system-site-packages /tmp/nrl", "/tmp/nrl/bin/pip", "NEMO_RL_SRC="): "needs a checkout of "
     "NeMo RL's repository, which no registry serves",

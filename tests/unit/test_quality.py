@@ -148,9 +148,18 @@ def test_reasoning_leak_markers_and_repeated_reasoning() -> None:
             [reasoning(thought), message("I think the answer is four, which gives four in total.")], task=3
         ),  # near miss
         row([reasoning("Short."), message("Short. 4")], task=4),  # reasoning below the minimum: not compared
+        row(
+            [
+                reasoning(
+                    "We scan the edges that point to the node.\n\nFinal Answer: [eccbc87e4b, a87ff679a2, e4da3b7fbb]"
+                ),
+                message("Its parents are:\n\nFinal Answer: [eccbc87e4b, a87ff679a2, e4da3b7fbb]"),
+            ],
+            task=5,
+        ),  # near miss (from NeMo Gym's graphwalks example): the answer restates the reasoning's conclusion
     ]
     result = check(rows)
-    assert fired(result, "reasoning_leak") == [True, True, True, False, False]
+    assert fired(result, "reasoning_leak") == [True, True, True, False, False, False]
     assert evidence(result, "reasoning_leak")[:3] == [
         'the answer contains "<think>"',
         'the answer contains "</think>"',

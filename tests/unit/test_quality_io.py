@@ -11,19 +11,22 @@ import pytest
 
 from rollouts.quality import (
     QualityConfig,
+    UnknownCheckError,
     check_path,
     check_run,
+    check_table,
     flagged,
     load_frame,
     markdown_section,
     read_summary,
     read_verdicts,
     register,
+    require_known_checks,
     unregister,
     write_quality,
 )
 from rollouts.quality.registry import result
-from rollouts.quality.report import cell
+from rollouts.quality.report import cell, row_url
 from rollouts.records import rollout_id
 
 from .quality_rows import CALCULATOR, call, fired, message, output, reasoning, row
@@ -241,6 +244,41 @@ def test_markdown_section_escapes_pipes(tmp_path: Path) -> None:
         assert {line.replace("\\|", "").count("|") for line in table} == {table[0].count("|")}
     assert '| `reasoning_leak` | 1 | 16.67% | 0 | the answer contains "</think>" |' in text
     assert "| math | 4 | 3 | 75.00% | task_always_unhealthy (2), empty_completion (1), runaway_generation (1) |" in text
+    shard = (tmp_path / "run" / "rollouts" / "00000.jsonl").as_uri()
+    assert f"| [`rollouts/00000.jsonl:2`]({shard}#L2) |" in table_rows[0]  # the worst rollouts link to their rows
+    assert row_url("s3://b/my run/r (1).jsonl", 7) == "s3://b/my%20run/r%20%281%29.jsonl#L7"
+    checks = check_table(outcome.summary())
+    assert checks[0] == {
+        "check": "empty_completion",
+        "fired": 1,
+        "share": "16.67%",
+        "unobserved": 0,
+        "example": "the final turn has only reasoning (3 chars)",
+        "what fires it": checks[0]["what fires it"],
+    }
+
+
+def test_the_documented_way_to_add_a_check_works() -> None:
+    """docs/quality.md, "Adding a check": its example, run as written, registers a check that fires on a refusal and
+    not on an answer, is named by the command-line validation and shows up in the summary."""
+    doc = (Path(__file__).parents[2] / "docs" / "quality.md").read_text()
+    section = doc.split("## Adding a check", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/quality.md", "exec"), {})
+    try:
+        require_known_checks(QualityConfig(checks=("refusal",)), ["refusal"])
+        rows = [row([message("I can't help with that.")]), row([message("It is 4.")], task=1)]
+        outcome = check_run(rows, QualityConfig())
+        assert fired(outcome, "refusal") == [True, False]
+        assert outcome.table["evidence_refusal"][0] == 'refused: "I can\'t help with that."'
+        assert (
+            outcome.summary()["checks"]["refusal"]["description"]
+            == 'The answer is a refusal ("I can\'t help with that").'
+        )
+    finally:
+        unregister("refusal")
+    with pytest.raises(UnknownCheckError, match="--drop-unhealthy: unknown check 'refusal'"):
+        require_known_checks(drop_unhealthy=["refusal"])
 
 
 def test_a_registered_check_runs_and_is_reported() -> None:
