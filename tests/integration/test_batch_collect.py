@@ -29,6 +29,7 @@ from rollouts.config import (
 from rollouts.sim.launch import SimServer, start_sim_server
 from rollouts.stages.inline import collect_plan
 from rollouts.stages.shard import plan_run
+from tests.cli.conftest import rollouts
 from tests.integration.conftest import math_rows, read_jsonl, run_rows, write_jsonl
 from tests.servers.vllm_batch import BatchRequestInput
 
@@ -225,3 +226,19 @@ def test_batch_fallback_live_sends_what_a_batch_misses_as_live_calls(tmp_path, f
     }
     extra = (cost["live_fallback_tokens"]["input"] * 1 + cost["live_fallback_tokens"]["output"] * 4) / 1e6 * 0.5
     assert cost["total"] == pytest.approx(cost["list_total"] * 0.5 + extra, abs=1e-5)
+
+
+def test_a_server_without_the_batch_api_is_refused_before_the_run(tmp_path):
+    """A server that serves completions but not /v1/files and /v1/batches (vLLM or SGLang without a batch front):
+    one line, exit 2, before Prefect starts, nothing uploaded and no run folder."""
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(2))
+    with start_sim_server(latency_ms=0, batch_api=False) as bare:
+        argv = command(src, tmp_path / "runs", bare, "bare", "--batch")[3:]  # the arguments after `-m commands`
+        result = rollouts(*argv)
+        assert bare.stats()["requests"] == 0  # not one model request
+    assert (result.code, result.fast) == (2, True), result.err[-2000:]
+    assert result.error_lines == [
+        f"error: --batch: {bare.url} has no Batch API (GET {bare.url}/files answered 404): batch mode needs /files "
+        "and /batches (OpenAI, Azure OpenAI, a LiteLLM proxy); drop --batch to send live calls"
+    ]
+    assert not (tmp_path / "runs").exists()
