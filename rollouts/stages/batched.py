@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ from rollouts.config import BatchConfig, CollectConfig
 from rollouts.errors import ProviderError
 from rollouts.records import dumps, loads
 from rollouts.redact import header_secrets, option_secrets
+from rollouts.run import RunRef, run_store, write_manifest
 from rollouts.storage import Appender, Store
 
 FOLDER = "batches"
@@ -294,18 +296,42 @@ def live_tokens(store: Store) -> dict[str, int]:
 _ENDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
 
 
-def batch_timeline(store: Store) -> list[dict[str, Any]]:
-    """Every batch of the run, for the report: shard, turn, key, batch id, status, requests and counts, when it was
-    submitted, and the seconds from then until it ran (in progress) and until it ended."""
-    rows = []
+def turn_states(store: Store) -> Iterator[tuple[str, int, BatchState]]:
+    """(shard, turn, state) of every turn of the run that has batch state."""
     for path in store.glob(f"{FOLDER}/*/turn-*.json"):
         shard = path.replace("\\", "/").rsplit("/", 2)[-2]
         name = path.replace("\\", "/").rsplit("/", 1)[-1]
         raw = store.read_json(FOLDER, shard, name)
-        if not raw:
-            continue
-        state = BatchState.model_validate(raw)
-        turn = int(name.removeprefix("turn-").removesuffix(".json"))
+        if raw:
+            yield shard, int(name.removeprefix("turn-").removesuffix(".json")), BatchState.model_validate(raw)
+
+
+def batch_ids(store: Store) -> list[dict[str, Any]]:
+    """Every batch of the run with its ids (input, batch, output and error file) and status: the manifest's
+    `batches`, in shard, turn and batch order."""
+    rows = [
+        {"shard": shard, "turn": turn, "batch": job.key, "status": job.status}
+        | {key: getattr(job, key) for key in ("input_file_id", "batch_id", "output_file_id", "error_file_id")}
+        for shard, turn, state in turn_states(store)
+        for job in state.jobs
+    ]
+    return sorted(rows, key=lambda r: (r["shard"], r["turn"], r["batch"]))
+
+
+def record_batches(run: RunRef) -> list[dict[str, Any]]:
+    """Copy every batch's ids and status into the run's manifest (`batches`); the flow, the manifest's one writer,
+    calls it whenever a batch is created or ends. The shards' state files stay the record a resume reads."""
+    store = run_store(run)
+    batches = batch_ids(store)
+    write_manifest(store, run, batches=batches)
+    return batches
+
+
+def batch_timeline(store: Store) -> list[dict[str, Any]]:
+    """Every batch of the run, for the report: shard, turn, key, batch id, status, requests and counts, when it was
+    submitted, and the seconds from then until it ran (in progress) and until it ended."""
+    rows = []
+    for shard, turn, state in turn_states(store):
         for job in state.jobs:
             times = job.timeline
             submitted = times.get("created_at")

@@ -80,6 +80,15 @@ def states(run_dir: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def manifest_batches(run_dir: Path) -> list[dict[str, Any]]:
+    """The batches the run's manifest lists (empty while it has none, or no manifest yet)."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    return [b for b in manifest.get("batches") or [] if b.get("batch_id")]
+
+
 def provider_batches(sim: SimServer, run_dir: Path) -> list[dict[str, Any]]:
     """The batches the simulated provider holds for this run (by the run id in their metadata)."""
     run_id = json.loads((run_dir / "manifest.json").read_text())["run_id"]
@@ -91,12 +100,17 @@ def rewards(run_dir: Path) -> dict[tuple[int, int], float]:
     return {(r["_ng_task_index"], r["_ng_rollout_index"]): r["reward"] for r in run_rows(run_dir, "rollouts")}
 
 
-def test_batch_run_gives_the_live_rollouts_multi_turn_with_report_and_vllm_lines(tmp_path, sim, prefect_server):
+def test_batch_run_on_processes_gives_the_live_rollouts_multi_turn_with_report_and_vllm_lines(
+    tmp_path, sim, prefect_server
+):
     out = tmp_path / "runs"
     shared = ["--limit", "4", "--num-repeats", "2", "--shard-size", "2", "--api-key-env", "SIM_KEY"]
     prices = ["--price-input", "1", "--price-output", "4"]
+    # On collector processes: the batch rounds run in the workers, their counts reach the flow over the progress
+    # channel, and the flow copies the batches' ids into the manifest (the other tests here run on threads).
+    engine = ["--task-runner", "processes", "--workers", "2"]
     batch = run(
-        command(CALCULATOR, out, sim, "batch", *shared, *prices, "--batch", "--batch-poll-interval", "0.1"),
+        command(CALCULATOR, out, sim, "batch", *shared, *prices, *engine, "--batch", "--batch-poll-interval", "0.1"),
         prefect_server,
     )
     assert batch.returncode == 0, batch.stderr[-3000:]
@@ -122,6 +136,9 @@ def test_batch_run_gives_the_live_rollouts_multi_turn_with_report_and_vllm_lines
     jobs = [job for state in found.values() for job in state["jobs"]]
     assert all(job["status"] == "completed" and job["collected"] for job in jobs)
     assert sorted(b["id"] for b in provider_batches(sim, run_dir)) == sorted(job["batch_id"] for job in jobs)
+    assert sorted((b["batch_id"], b["output_file_id"]) for b in manifest_batches(run_dir)) == sorted(
+        (job["batch_id"], job["output_file_id"]) for job in jobs
+    )
     # The input files the provider got are the lines vLLM's run-batch reads; custom_id is the rollout id.
     ids = {row["rollout_id"] for row in run_rows(run_dir, "rollouts")}
     for job in jobs:
@@ -153,7 +170,7 @@ def test_kill_9_while_batches_are_in_flight_then_rerun_creates_no_second_batch(t
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline and process.poll() is None:
                 jobs = [job for state in states(run_dir).values() for job in state["jobs"]]
-                if len(jobs) == 2 and all(job["batch_id"] for job in jobs):
+                if len(jobs) == 2 and all(job["batch_id"] for job in jobs) and len(manifest_batches(run_dir)) == 2:
                     break
                 time.sleep(0.05)
         finally:
@@ -162,6 +179,11 @@ def test_kill_9_while_batches_are_in_flight_then_rerun_creates_no_second_batch(t
         before = states(run_dir)
         assert len(before) == 2, "both shards' batches were created before the kill"
         assert all(job["status"] in ("validating", "in_progress") for s in before.values() for job in s["jobs"])
+        # the manifest had every batch's ids while they were in flight (the flow copies them as batches are created)
+        in_flight = manifest_batches(run_dir)
+        assert {(b["batch_id"], b["input_file_id"]) for b in in_flight} == {
+            (job["batch_id"], job["input_file_id"]) for state in before.values() for job in state["jobs"]
+        }
         assert not run_rows(run_dir, "rollouts"), "killed while the batches were in flight"
         again = run(argv, prefect_server)
         assert again.returncode == 0, again.stderr[-3000:]
@@ -170,6 +192,8 @@ def test_kill_9_while_batches_are_in_flight_then_rerun_creates_no_second_batch(t
     created = sorted(job["batch_id"] for state in before.values() for job in state["jobs"])
     assert sorted(job["batch_id"] for state in after.values() for job in state["jobs"]) == created
     assert sorted(batch["id"] for batch in held) == created  # the provider got no second batch
+    assert sorted(b["batch_id"] for b in manifest_batches(run_dir)) == created
+    assert {b["status"] for b in manifest_batches(run_dir)} == {"completed"}
     rows = run_rows(run_dir, "rollouts")
     assert len(rows) == 12 and len({r["rollout_id"] for r in rows}) == 12
 
