@@ -344,7 +344,7 @@ def collect_plan(config: CollectConfig, engine: Engine, plan: RunPlan) -> RunSum
     )
     with (
         function_profile(config.profiling.profile, run_store(run), duty=config.profiling.profile_duty),
-        shard_runners(engine) as (generators, verifiers),
+        shard_runners(engine, len(plan.shards) if config.batch.enabled else 0) as (generators, verifiers),
     ):
         # TaskRunner.map lacks the overload for a sync task that submit and the concrete runners have (prefect)
         generated = generators.map(generate_shard, {"run": unmapped(run), "shard": plan.shards})  # type: ignore[arg-type]

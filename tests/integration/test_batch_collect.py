@@ -152,6 +152,14 @@ def test_batch_run_on_processes_gives_the_live_rollouts_multi_turn_with_report_a
     assert {row["batch_id"] for row in profile["batches"]} == {job["batch_id"] for job in jobs}
     report = (run_dir / "profile" / "report.md").read_text()
     assert "## Batches" in report and "batch price, 0.5 of list" in report
+    # The UI's second progress artifact: the batches' requests answered, at 100 when the run ends.
+    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={"flow_runs": {"name": {"any_": ["batch"]}}}).json()
+    (flow_run,) = [r for r in runs if r["parameters"]["config"]["storage"]["out"] == str(out)]
+    artifacts = httpx.post(
+        f"{prefect_server}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}
+    ).json()
+    (answered,) = [a for a in artifacts if (a.get("description") or "").startswith("Batch requests answered")]
+    assert answered["type"] == "progress" and answered["data"] == 100.0
     # The key is sent (the header) but never stored.
     assert not [p for p in run_dir.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
 
@@ -162,7 +170,8 @@ def test_kill_9_while_batches_are_in_flight_then_rerun_creates_no_second_batch(t
     run_dir = out / "kill"
     with start_sim_server(latency_ms=5, seed=0, batch_delay_s=4.0) as sim:
         argv = command(src, out, sim, "kill", "--num-repeats", "2", "--shard-size", "3", "--batch")
-        argv += ["--batch-poll-interval", "0.2", "--max-concurrent-shards", "2"]
+        # One shard task at a time for live calls; with --batch every shard's batches still go out at once.
+        argv += ["--batch-poll-interval", "0.2", "--max-concurrent-shards", "1"]
         process = subprocess.Popen(
             argv, env=env_for(prefect_server), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
         )
