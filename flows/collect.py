@@ -144,12 +144,12 @@ class ShardLog:
 class BatchProgress:
     """Batch mode: a second progress artifact, the batches' requests answered of those sent, moved as they poll;
     and the manifest's `batches` (every batch's ids and status), copied from the shards' state files whenever a
-    batch is created or ends."""
+    file or batch id appears or a batch ends."""
 
     def __init__(self, run: RunRef) -> None:
         self.run, self.run_url, self.shown = run, run.run_url, -1.0
         self.artifact: Any = None  # the artifact's id (prefect's async_dispatch types it as UUID | Coroutine)
-        self.recorded: tuple[int, int] | None = None  # the board's (requests, batches in flight) when last copied
+        self.recorded: tuple[int, int, int] | None = None  # the board's (requests, in flight, ids) when last copied
 
     def record(self) -> None:
         """Copy the batches' ids into the manifest (at the end of the shards, whatever the board says)."""
@@ -159,8 +159,8 @@ class BatchProgress:
         snap = collector().board.snapshot()
         if not snap.batch_requests:
             return
-        if (snap.batch_requests, snap.batch_running) != self.recorded:
-            self.recorded = (snap.batch_requests, snap.batch_running)
+        if (snap.batch_requests, snap.batch_running, snap.batch_ids) != self.recorded:
+            self.recorded = (snap.batch_requests, snap.batch_running, snap.batch_ids)
             self.record()
         progress = round(100.0 * snap.batch_answered / snap.batch_requests, 1)
         if progress == self.shown:

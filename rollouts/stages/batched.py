@@ -51,6 +51,7 @@ from rollouts.run import RunRef, run_store, write_manifest
 from rollouts.storage import Appender, Store
 
 FOLDER = "batches"
+_ID_FIELDS = ("input_file_id", "batch_id", "output_file_id", "error_file_id")  # as the manifest lists them
 LIVE_LOG = "live.jsonl"  # the live fallback's calls: their tokens are charged at the list price
 
 
@@ -72,6 +73,7 @@ class _Shown:
     requests: int = 0
     answered: int = 0
     running: int = 0
+    ids: int = 0  # file and batch ids known (input, batch, output, error)
 
 
 class ShardBatches:
@@ -256,21 +258,27 @@ class ShardBatches:
             waiter.future.set_result((RequestFailure(**line["failure"]), attempts))
 
     def _show(self, state: BatchState, *, final: bool = False) -> None:
-        """The shard's batch counts onto the progress board (requests, answered so far, batches in flight), earlier
-        turns included; `final` at a turn's end, whose counts then become the base of the next turn's."""
+        """The shard's batch counts onto the progress board (requests, answered so far, batches in flight, ids
+        known), earlier turns included; `final` at a turn's end, whose counts then become the base of the next
+        turn's."""
         counts = state.progress()
         running = 0 if final else sum(job.in_flight for job in state.jobs)
+        ids = sum(bool(getattr(job, key)) for job in state.jobs for key in _ID_FIELDS)
         now = _Shown(
-            self._base.requests + counts.total, self._base.answered + counts.completed + counts.failed, running
+            self._base.requests + counts.total,
+            self._base.answered + counts.completed + counts.failed,
+            running,
+            self._base.ids + ids,
         )
         self.board.add_batch(
             requests=now.requests - self._shown.requests,
             answered=now.answered - self._shown.answered,
             running=now.running - self._shown.running,
+            ids=now.ids - self._shown.ids,
         )
         self._shown = now
         if final:
-            self._base = _Shown(now.requests, now.answered)
+            self._base = _Shown(now.requests, now.answered, 0, now.ids)
 
 
 def batch_api(config: CollectConfig, auth: EndpointAuth) -> BatchAPI:
@@ -311,7 +319,7 @@ def batch_ids(store: Store) -> list[dict[str, Any]]:
     `batches`, in shard, turn and batch order."""
     rows = [
         {"shard": shard, "turn": turn, "batch": job.key, "status": job.status}
-        | {key: getattr(job, key) for key in ("input_file_id", "batch_id", "output_file_id", "error_file_id")}
+        | {key: getattr(job, key) for key in _ID_FIELDS}
         for shard, turn, state in turn_states(store)
         for job in state.jobs
     ]
@@ -320,7 +328,8 @@ def batch_ids(store: Store) -> list[dict[str, Any]]:
 
 def record_batches(run: RunRef) -> list[dict[str, Any]]:
     """Copy every batch's ids and status into the run's manifest (`batches`); the flow, the manifest's one writer,
-    calls it whenever a batch is created or ends. The shards' state files stay the record a resume reads."""
+    calls it whenever a file or batch id appears or a batch ends. The shards' state files stay the record a resume
+    reads."""
     store = run_store(run)
     batches = batch_ids(store)
     write_manifest(store, run, batches=batches)
