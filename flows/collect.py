@@ -48,6 +48,7 @@ from rollouts.quality.config import QualityConfig
 from rollouts.redact import refuse_secrets
 from rollouts.report.profiler import function_profile
 from rollouts.run import RunPlan, RunRef, ShardResult, run_store, stored_results
+from rollouts.stages.batched import record_batches
 from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge, reward_text
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
@@ -142,16 +143,26 @@ class ShardLog:
 
 
 class BatchProgress:
-    """Batch mode: a second progress artifact, the batches' requests answered of those sent, moved as they poll."""
+    """Batch mode: a second progress artifact, the batches' requests answered of those sent, moved as they poll;
+    and the manifest's `batches` (every batch's ids and status), copied from the shards' state files whenever a
+    file or batch id appears or a batch ends."""
 
-    def __init__(self, run_url: str) -> None:
-        self.run_url, self.shown = run_url, -1.0
+    def __init__(self, run: RunRef) -> None:
+        self.run, self.run_url, self.shown = run, run.run_url, -1.0
         self.artifact: Any = None  # the artifact's id (prefect's async_dispatch types it as UUID | Coroutine)
+        self.recorded: tuple[int, int, int] | None = None  # the board's (requests, in flight, ids) when last copied
+
+    def record(self) -> None:
+        """Copy the batches' ids into the manifest (at the end of the shards, whatever the board says)."""
+        record_batches(self.run)
 
     def update(self) -> None:
         snap = collector().board.snapshot()
         if not snap.batch_requests:
             return
+        if (snap.batch_requests, snap.batch_running, snap.batch_ids) != self.recorded:
+            self.recorded = (snap.batch_requests, snap.batch_running, snap.batch_ids)
+            self.record()
         progress = round(100.0 * snap.batch_answered / snap.batch_requests, 1)
         if progress == self.shown:
             return
@@ -171,7 +182,7 @@ def follow_shards(
     flush. Their final states."""
     stop, shard_log = collector().stop, ShardLog(plan)
     progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {plan.run.run_url}")
-    batches = BatchProgress(plan.run.run_url) if plan.run.config.batch.enabled else None
+    batches = BatchProgress(plan.run) if plan.run.config.batch.enabled else None
     for done, future in enumerate(verified, start=1):
         while not stop.is_set() and not settled(future):
             future.wait(timeout=0.25)
@@ -196,6 +207,8 @@ def follow_shards(
         verified = [f for f in verified if not getattr(_runner_future(f), "cancelled", lambda: False)()]
         for future in verified:
             future.wait()
+    if batches is not None:
+        batches.record()
     return [future.state for future in verified]
 
 
@@ -333,7 +346,7 @@ def collect_plan(config: CollectConfig, engine: Engine, plan: RunPlan) -> RunSum
     )
     with (
         function_profile(config.profiling.profile, run_store(run), duty=config.profiling.profile_duty),
-        shard_runners(engine) as (generators, verifiers),
+        shard_runners(engine, len(plan.shards) if config.batch.enabled else 0) as (generators, verifiers),
     ):
         # TaskRunner.map lacks the overload for a sync task that submit and the concrete runners have (prefect)
         generated = generators.map(generate_shard, {"run": unmapped(run), "shard": plan.shards})  # type: ignore[arg-type]

@@ -120,14 +120,25 @@ def _distributed(concurrency: ConcurrencyConfig, env: dict[str, str]) -> AnyRunn
     return ray_runner(concurrency.ray_address, concurrency.ray_workers, env)
 
 
+# Batch mode: shards whose batches may be in flight at once (a shard waits on its batches, not on a connection).
+BATCH_SHARDS_AT_ONCE = 256
+
+
+def shard_width(engine: Engine, batch_shards: int = 0) -> int:
+    """Shard tasks of one stage at once: the engine's slots, or with --batch every shard (`batch_shards`, up to
+    BATCH_SHARDS_AT_ONCE), so all their batches wait at the provider together instead of in waves of
+    --max-concurrent-shards, each a whole batch turnaround."""
+    return max(engine.shard_slots, min(batch_shards, BATCH_SHARDS_AT_ONCE))
+
+
 @contextlib.contextmanager
-def shard_runners(engine: Engine) -> Iterator[tuple[AnyRunner, AnyRunner]]:
+def shard_runners(engine: Engine, batch_shards: int = 0) -> Iterator[tuple[AnyRunner, AnyRunner]]:
     """Task runners for the generate and verify stages of an engine's run.
 
-    Threads and processes: two thread pools of `engine.shard_slots` workers; a shard's verify task waits in its
-    own pool for that shard's generation, so generation of the next shards goes on meanwhile (with processes, each
-    generate task hands its shard to a collector process). Dask, Ray: one runner for both (a verify task waits in
-    the runner's graph without holding a worker), one collector loop per worker process.
+    Threads and processes: two thread pools of `shard_width` workers; a shard's verify task waits in its own pool
+    for that shard's generation, so generation of the next shards goes on meanwhile (with processes, each generate
+    task hands its shard to a collector process). Dask, Ray: one runner for both (a verify task waits in the
+    runner's graph without holding a worker), one collector loop per worker process.
     """
     if engine.counts_in_workers:
         concurrency = engine.concurrency
@@ -142,7 +153,7 @@ def shard_runners(engine: Engine) -> Iterator[tuple[AnyRunner, AnyRunner]]:
             if listener is not None:
                 listener.close()
         return
-    width = engine.shard_slots
+    width = shard_width(engine, batch_shards)
     generators: ThreadPoolTaskRunner[Any]
     verifiers: ThreadPoolTaskRunner[Any]
     with ThreadPoolTaskRunner(max_workers=width) as generators, ThreadPoolTaskRunner(max_workers=width) as verifiers:

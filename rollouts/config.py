@@ -235,7 +235,10 @@ class ConcurrencyConfig(BaseModel):
         256, ge=1, description="prompts per shard: one Prefect task run per shard and stage"
     )
     max_concurrent_shards: int = Field(
-        4, ge=1, description="shard tasks running at once per process: the task runner's limit"
+        4,
+        ge=1,
+        description="shard tasks running at once per process: the task runner's limit (with --batch and threads or "
+        "processes, every shard at once, up to 256)",
     )
     task_runner: Literal["threads", "processes", "dask", "ray"] = Field(
         "threads",

@@ -125,7 +125,7 @@ class IncompleteDetails(TypedDict, total=False):
 
 
 class Response(TypedDict, total=False):
-    """The Responses-API object of a rollout (rollouts/stages/generate.py: `response_object`)."""
+    """The Responses-API object of a rollout (rollouts/stages/response.py: `response_object`)."""
 
     id: str
     object: str

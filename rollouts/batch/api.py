@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -13,6 +13,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from rollouts.batch.results import retryable_status
+from rollouts.errors import ConfigError
 
 TERMINAL = frozenset({"failed", "completed", "expired", "cancelled"})
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',]+")
@@ -99,6 +100,47 @@ class BatchList(BaseModel):
     data: list[BatchObject] = Field(default_factory=list)
     has_more: bool = False
     last_id: str | None = None
+
+
+ABSENT = frozenset({404, 405, 501})  # no such route; vLLM's own Batch API answers 501 when it is not enabled
+
+
+def check_batch_api(base_url: str, headers: Mapping[str, str], timeout: float = 10.0) -> None:
+    """Fail fast for --batch, before anything is sharded or uploaded: the server must list its files and its
+    batches (`GET /files`, `GET /batches`, one item each). A server without them (vLLM or SGLang without a batch
+    front, a proxy that forwards only completions) is a one-line ConfigError naming the route that is missing; a
+    key that may not use them is one too. Rate limits and 5xx are left to the run's own retries."""
+    base = base_url.rstrip("/")
+    for route in ("files", "batches"):
+        url = f"{base}/{route}"
+        try:
+            response = httpx.get(url, params={"limit": 1}, headers=dict(headers), timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"--batch: cannot reach {url} ({type(exc).__name__})") from exc
+        status = response.status_code
+        if status in ABSENT:
+            raise ConfigError(
+                f"--batch: {base} has no Batch API (GET {url} answered {status}): batch mode needs /files and "
+                "/batches (OpenAI, Azure OpenAI, a LiteLLM proxy); drop --batch to send live calls"
+            )
+        if status in (401, 403):
+            raise ConfigError(
+                f"--batch: {base} refused GET {url} (HTTP {status}): the key in --api-key-env may not use the "
+                "Files and Batch APIs"
+            )
+        if 200 <= status < 300 and not _is_list(response):
+            raise ConfigError(
+                f"--batch: GET {url} answered {status} without a list of {route}: is --model-url the provider's "
+                "OpenAI-compatible base URL?"
+            )
+
+
+def _is_list(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("data"), list)
 
 
 class BatchAPI:

@@ -21,6 +21,7 @@ class Snapshot:
     batch_requests: int = 0  # batch mode: requests sent in batches, answered so far, batches in flight
     batch_answered: int = 0
     batch_running: int = 0
+    batch_ids: int = 0  # file and batch ids the batches have so far (the flow copies them into the manifest)
 
     @property
     def done(self) -> int:
@@ -50,6 +51,7 @@ class ProgressBoard:
     batch_requests: int = 0  # batch mode: the batches' request counts (rollouts/stages/batched.py)
     batch_answered: int = 0
     batch_running: int = 0
+    batch_ids: int = 0
     ui_url: str | None = None  # the flow run's page in the Prefect UI, once the flow has started
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -71,7 +73,7 @@ class ProgressBoard:
         with self._lock:
             self.total, self.generated, self.verified, self.failed, self.reward_sum = total, 0, 0, 0, 0.0
             self.resumed = 0
-            self.batch_requests = self.batch_answered = self.batch_running = 0
+            self.batch_requests = self.batch_answered = self.batch_running = self.batch_ids = 0
             self.started = None
             self.phase, self.ui_url = "", None
             self.phases = []
@@ -92,13 +94,14 @@ class ProgressBoard:
             self.verified += verified
             self.reward_sum += reward
 
-    def add_batch(self, requests: int = 0, answered: int = 0, running: int = 0) -> None:
+    def add_batch(self, requests: int = 0, answered: int = 0, running: int = 0, ids: int = 0) -> None:
         """Changes of the batch counts: requests put in batches, requests answered (or failed for good), batches in
-        flight."""
+        flight, file and batch ids known."""
         with self._lock:
             self.batch_requests += requests
             self.batch_answered += answered
             self.batch_running += running
+            self.batch_ids += ids
 
     def add_delta(self, delta: dict[str, Any]) -> None:
         """A worker's change of counts (`ReportedCounts.pending`), as it arrives in the process that shows them."""
@@ -110,7 +113,10 @@ class ProgressBoard:
             resumed=int(delta["resumed"]),
         )
         self.add_batch(
-            int(delta.get("batch_requests", 0)), int(delta.get("batch_answered", 0)), int(delta.get("batch_running", 0))
+            int(delta.get("batch_requests", 0)),
+            int(delta.get("batch_answered", 0)),
+            int(delta.get("batch_running", 0)),
+            int(delta.get("batch_ids", 0)),
         )
 
     def add_shard(self, result: Any) -> None:
@@ -131,6 +137,7 @@ class ProgressBoard:
                 self.batch_requests,
                 self.batch_answered,
                 self.batch_running,
+                self.batch_ids,
             )
 
 
@@ -143,6 +150,7 @@ REPORTED_COUNTS = (
     "batch_requests",
     "batch_answered",
     "batch_running",
+    "batch_ids",
 )
 
 

@@ -133,6 +133,7 @@ class BatchStore:
 
     def install(self, app: web.Application) -> None:
         app.router.add_post("/v1/files", self.upload)
+        app.router.add_get("/v1/files", self.list_files)
         app.router.add_get("/v1/files/{file_id}", self.get_file)
         app.router.add_get("/v1/files/{file_id}/content", self.file_content)
         app.router.add_post("/v1/batches", self.create)
@@ -175,6 +176,25 @@ class BatchStore:
         sim_file = SimFile(_new_id("file-"), filename, purpose, data)
         self.files[sim_file.id] = sim_file
         return _json(sim_file.public())
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        """Newest first, `purpose` and `limit` as OpenAI's list takes them."""
+        try:
+            limit = min(max(int(request.query.get("limit", "10000")), 1), 10000)
+        except ValueError:
+            return _json(error_body("limit must be an integer"), status=400)
+        purpose = request.query.get("purpose")
+        files = [f for f in reversed(self.files.values()) if purpose is None or f.purpose == purpose]
+        page = files[:limit]
+        return _json(
+            {
+                "object": "list",
+                "data": [f.public() for f in page],
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(files) > limit,
+            }
+        )
 
     async def get_file(self, request: web.Request) -> web.Response:
         sim_file = self.files.get(request.match_info["file_id"])

@@ -103,6 +103,9 @@ class SimConfig(BaseModel):
         False, description="chat template closes earlier assistant turns with a <|turn_end|> token never generated"
     )
     # Batch API (rollouts/sim/batches.py)
+    batch_api: bool = Field(
+        True, description="serve the Files and Batch APIs; --no-batch-api: a server without them (404, as vLLM's)"
+    )
     batch_delay_s: float = Field(1.0, ge=0, description="time a batch takes to process all its requests, in seconds")
     batch_fail_rate: float = Field(0.0, ge=0, le=1, description="fraction of batch requests that fail with 500")
     batch_expire: int = Field(
@@ -176,7 +179,8 @@ class SimApp:
         app.router.add_get("/health", self.health)
         app.router.add_get("/stats", self.stats)
         app.router.add_post("/tokenize", self.tokenize)  # vLLM's, at the root as vLLM serves it
-        self.batches.install(app)
+        if self.config.batch_api:
+            self.batches.install(app)
         return app
 
     async def tokenize(self, request: web.Request) -> web.Response:

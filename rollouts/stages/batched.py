@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,9 +47,11 @@ from rollouts.config import BatchConfig, CollectConfig
 from rollouts.errors import ProviderError
 from rollouts.records import dumps, loads
 from rollouts.redact import header_secrets, option_secrets
+from rollouts.run import RunRef, run_store, write_manifest
 from rollouts.storage import Appender, Store
 
 FOLDER = "batches"
+_ID_FIELDS = ("input_file_id", "batch_id", "output_file_id", "error_file_id")  # as the manifest lists them
 LIVE_LOG = "live.jsonl"  # the live fallback's calls: their tokens are charged at the list price
 
 
@@ -70,6 +73,7 @@ class _Shown:
     requests: int = 0
     answered: int = 0
     running: int = 0
+    ids: int = 0  # file and batch ids known (input, batch, output, error)
 
 
 class ShardBatches:
@@ -254,21 +258,27 @@ class ShardBatches:
             waiter.future.set_result((RequestFailure(**line["failure"]), attempts))
 
     def _show(self, state: BatchState, *, final: bool = False) -> None:
-        """The shard's batch counts onto the progress board (requests, answered so far, batches in flight), earlier
-        turns included; `final` at a turn's end, whose counts then become the base of the next turn's."""
+        """The shard's batch counts onto the progress board (requests, answered so far, batches in flight, ids
+        known), earlier turns included; `final` at a turn's end, whose counts then become the base of the next
+        turn's."""
         counts = state.progress()
         running = 0 if final else sum(job.in_flight for job in state.jobs)
+        ids = sum(bool(getattr(job, key)) for job in state.jobs for key in _ID_FIELDS)
         now = _Shown(
-            self._base.requests + counts.total, self._base.answered + counts.completed + counts.failed, running
+            self._base.requests + counts.total,
+            self._base.answered + counts.completed + counts.failed,
+            running,
+            self._base.ids + ids,
         )
         self.board.add_batch(
             requests=now.requests - self._shown.requests,
             answered=now.answered - self._shown.answered,
             running=now.running - self._shown.running,
+            ids=now.ids - self._shown.ids,
         )
         self._shown = now
         if final:
-            self._base = _Shown(now.requests, now.answered)
+            self._base = _Shown(now.requests, now.answered, 0, now.ids)
 
 
 def batch_api(config: CollectConfig, auth: EndpointAuth) -> BatchAPI:
@@ -294,18 +304,43 @@ def live_tokens(store: Store) -> dict[str, int]:
 _ENDS = ("completed_at", "failed_at", "expired_at", "cancelled_at")
 
 
-def batch_timeline(store: Store) -> list[dict[str, Any]]:
-    """Every batch of the run, for the report: shard, turn, key, batch id, status, requests and counts, when it was
-    submitted, and the seconds from then until it ran (in progress) and until it ended."""
-    rows = []
+def turn_states(store: Store) -> Iterator[tuple[str, int, BatchState]]:
+    """(shard, turn, state) of every turn of the run that has batch state."""
     for path in store.glob(f"{FOLDER}/*/turn-*.json"):
         shard = path.replace("\\", "/").rsplit("/", 2)[-2]
         name = path.replace("\\", "/").rsplit("/", 1)[-1]
         raw = store.read_json(FOLDER, shard, name)
-        if not raw:
-            continue
-        state = BatchState.model_validate(raw)
-        turn = int(name.removeprefix("turn-").removesuffix(".json"))
+        if raw:
+            yield shard, int(name.removeprefix("turn-").removesuffix(".json")), BatchState.model_validate(raw)
+
+
+def batch_ids(store: Store) -> list[dict[str, Any]]:
+    """Every batch of the run with its ids (input, batch, output and error file) and status: the manifest's
+    `batches`, in shard, turn and batch order."""
+    rows = [
+        {"shard": shard, "turn": turn, "batch": job.key, "status": job.status}
+        | {key: getattr(job, key) for key in _ID_FIELDS}
+        for shard, turn, state in turn_states(store)
+        for job in state.jobs
+    ]
+    return sorted(rows, key=lambda r: (r["shard"], r["turn"], r["batch"]))
+
+
+def record_batches(run: RunRef) -> list[dict[str, Any]]:
+    """Copy every batch's ids and status into the run's manifest (`batches`); the flow, the manifest's one writer,
+    calls it whenever a file or batch id appears or a batch ends. The shards' state files stay the record a resume
+    reads."""
+    store = run_store(run)
+    batches = batch_ids(store)
+    write_manifest(store, run, batches=batches)
+    return batches
+
+
+def batch_timeline(store: Store) -> list[dict[str, Any]]:
+    """Every batch of the run, for the report: shard, turn, key, batch id, status, requests and counts, when it was
+    submitted, and the seconds from then until it ran (in progress) and until it ended."""
+    rows = []
+    for shard, turn, state in turn_states(store):
         for job in state.jobs:
             times = job.timeline
             submitted = times.get("created_at")

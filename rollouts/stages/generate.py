@@ -25,9 +25,7 @@ from rollouts.collector.interrupt import NEVER, StopSignal, run_until_stopped
 from rollouts.collector.limits import InflightLimiter
 from rollouts.collector.progress import ProgressBoard
 from rollouts.collector.runtime import CollectorRuntime, SharedClients
-from rollouts.config import CollectConfig
 from rollouts.envs import Environment
-from rollouts.envs.remote import gym_usage
 from rollouts.errors import InternalError, RolloutsError, RolloutTimeout, VerifierError, typed
 from rollouts.records import SCHEMA_VERSION, Prompt, ToolCallTiming, dumps, input_messages, loads, rollout_id
 from rollouts.redact import option_secrets
@@ -35,6 +33,7 @@ from rollouts.run import RunRef, ShardResult, read_records, run_store
 from rollouts.stages.agent import run_agent, with_env_tools
 from rollouts.stages.batched import ShardBatches, batch_api, custom_id_of
 from rollouts.stages.failures import resume_state
+from rollouts.stages.response import response_object, sampling_for
 from rollouts.stages.score import SESSION_KEY, verify_one
 from rollouts.storage import Store
 from rollouts.tune.control import ParallelControl
@@ -46,52 +45,6 @@ from rollouts.tune.control import ParallelControl
 def read_prompts(store: Store, shard: str) -> list[Prompt]:
     # Validated when the shard was cut; re-validating costs ~0.1 ms a prompt on the shared loop.
     return [Prompt.model_construct(**loads(line)) for line in store.iter_lines("shards", f"{shard}.jsonl")]
-
-
-def sampling_for(config: CollectConfig, params: dict[str, Any], rollout_index: int) -> dict[str, Any]:
-    """Row sampling fields are defaults, options override them, the objective's preset fills what is left."""
-    sampling = {k: params[k] for k in ("temperature", "top_p", "max_output_tokens") if params.get(k) is not None}
-    for key, value in config.sampling_defaults().items():
-        sampling.setdefault(key, value)
-    sampling.update(config.sampling_overrides())
-    base_seed = config.sampling.seed if config.sampling.seed is not None else params.get("seed")
-    if base_seed is not None:
-        sampling["seed"] = base_seed + rollout_index
-    return sampling
-
-
-def usage_of(calls: list[ModelCall]) -> dict[str, Any]:
-    """Responses-API usage summed over the calls, with the detail objects NeMo Gym's usage model requires."""
-    return gym_usage(
-        sum(c.input_tokens for c in calls),
-        sum(c.output_tokens for c in calls),
-        cached_tokens=sum(c.cached_tokens for c in calls),
-        reasoning_tokens=sum(c.reasoning_tokens for c in calls),
-    )
-
-
-def response_object(
-    calls: list[ModelCall], output: list[dict[str, Any]], params: dict[str, Any], model: str, sampling: dict[str, Any]
-) -> dict[str, Any]:
-    """A complete Responses-API object (NeMo Gym verifiers answer 422 without every one of these fields)."""
-    last = calls[-1]
-    incomplete = last.finish_reason == "length"
-    return {
-        "id": last.response_id if last.response_id.startswith("resp") else f"resp_{last.response_id}",
-        "object": "response",
-        "created_at": calls[0].created_at,
-        "model": model,
-        "status": "incomplete" if incomplete else "completed",
-        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-        "output": output,
-        "usage": usage_of(calls),
-        "parallel_tool_calls": params.get("parallel_tool_calls", True),
-        "tool_choice": params.get("tool_choice", "auto"),
-        "tools": params.get("tools", []),
-        "temperature": sampling.get("temperature"),
-        "top_p": sampling.get("top_p"),
-        "max_output_tokens": sampling.get("max_output_tokens"),
-    }
 
 
 class ToolTiming(TypedDict, total=False):

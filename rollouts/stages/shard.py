@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from rollouts.batch.api import check_batch_api
 from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import check_endpoint, probe_token_source
 from rollouts.collector.breaker import STOPPED
@@ -58,16 +59,24 @@ def locate_run(config: CollectConfig) -> tuple[RunRef, Store, dict[str, Any] | N
     return run, store, manifest, in_digest
 
 
+def check_server(config: CollectConfig, auth: EndpointAuth) -> None:
+    """The model server answers, serves --model (unless --no-model-check), and with --batch has the Batch API."""
+    endpoint = config.endpoint
+    check_endpoint(endpoint.base_url, auth, model=endpoint.model_name if endpoint.check_model else None)
+    if config.batch.enabled:
+        check_batch_api(endpoint.base_url, auth.request_headers())
+
+
 def preflight(config: CollectConfig, auth: EndpointAuth | None = None) -> tuple[RunRef, Store, dict[str, Any] | None]:
-    """What can be checked before a flow starts, fastest first: the input, the endpoint (and, with --return-tokens,
-    that it gives token ids), the remote environments, the run name. Returns the run, its store and its manifest if
-    an earlier attempt wrote one. `config` may hold a storage block's credentials: refuse the user's own
-    (`refuse_secrets`) before the blocks are applied."""
+    """What can be checked before a flow starts, fastest first: the input, the endpoint (with --batch, that it has
+    the Batch API; with --return-tokens, that it gives token ids), the remote environments, the run name. Returns
+    the run, its store and its manifest if an earlier attempt wrote one. `config` may hold a storage block's
+    credentials: refuse the user's own (`refuse_secrets`) before the blocks are applied."""
     check_input(config)
     check_output(config)
     auth = auth or EndpointAuth(api_key=config.api_key())
     endpoint = config.endpoint
-    check_endpoint(endpoint.base_url, auth, model=endpoint.model_name if endpoint.check_model else None)
+    check_server(config, auth)
     if endpoint.return_tokens:  # one tiny request: no exact token ids fails here, not in every rollout
         timeout = min(endpoint.request_timeout, 120.0)
         probe_token_source(endpoint.base_url, endpoint.model_name, endpoint.api, endpoint.token_source, auth, timeout)
@@ -81,9 +90,7 @@ def plan_run(config: CollectConfig, auth: EndpointAuth | None = None, locks: Run
     planning fails); shard the input unless an earlier attempt already did. A storage block's credentials may be in
     `config.storage.options` here (the manifest leaves those out); the flow refuses credentials the user put in the
     parameters before it resolves the blocks."""
-    auth = auth or EndpointAuth(api_key=config.api_key())
-    endpoint = config.endpoint
-    check_endpoint(endpoint.base_url, auth, model=endpoint.model_name if endpoint.check_model else None)
+    check_server(config, auth or EndpointAuth(api_key=config.api_key()))
     check_environments(config.environments.remote_env)
     run, store, manifest, in_digest = locate_run(config)
     if locks is None:

@@ -29,6 +29,7 @@ from rollouts.config import (
 from rollouts.sim.launch import SimServer, start_sim_server
 from rollouts.stages.inline import collect_plan
 from rollouts.stages.shard import plan_run
+from tests.cli.conftest import rollouts
 from tests.integration.conftest import math_rows, read_jsonl, run_rows, write_jsonl
 from tests.servers.vllm_batch import BatchRequestInput
 
@@ -79,6 +80,15 @@ def states(run_dir: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+def manifest_batches(run_dir: Path) -> list[dict[str, Any]]:
+    """The batches the run's manifest lists (empty while it has none, or no manifest yet)."""
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    return [b for b in manifest.get("batches") or [] if b.get("batch_id")]
+
+
 def provider_batches(sim: SimServer, run_dir: Path) -> list[dict[str, Any]]:
     """The batches the simulated provider holds for this run (by the run id in their metadata)."""
     run_id = json.loads((run_dir / "manifest.json").read_text())["run_id"]
@@ -90,12 +100,17 @@ def rewards(run_dir: Path) -> dict[tuple[int, int], float]:
     return {(r["_ng_task_index"], r["_ng_rollout_index"]): r["reward"] for r in run_rows(run_dir, "rollouts")}
 
 
-def test_batch_run_gives_the_live_rollouts_multi_turn_with_report_and_vllm_lines(tmp_path, sim, prefect_server):
+def test_batch_run_on_processes_gives_the_live_rollouts_multi_turn_with_report_and_vllm_lines(
+    tmp_path, sim, prefect_server
+):
     out = tmp_path / "runs"
     shared = ["--limit", "4", "--num-repeats", "2", "--shard-size", "2", "--api-key-env", "SIM_KEY"]
     prices = ["--price-input", "1", "--price-output", "4"]
+    # On collector processes: the batch rounds run in the workers, their counts reach the flow over the progress
+    # channel, and the flow copies the batches' ids into the manifest (the other tests here run on threads).
+    engine = ["--task-runner", "processes", "--workers", "2"]
     batch = run(
-        command(CALCULATOR, out, sim, "batch", *shared, *prices, "--batch", "--batch-poll-interval", "0.1"),
+        command(CALCULATOR, out, sim, "batch", *shared, *prices, *engine, "--batch", "--batch-poll-interval", "0.1"),
         prefect_server,
     )
     assert batch.returncode == 0, batch.stderr[-3000:]
@@ -121,6 +136,9 @@ def test_batch_run_gives_the_live_rollouts_multi_turn_with_report_and_vllm_lines
     jobs = [job for state in found.values() for job in state["jobs"]]
     assert all(job["status"] == "completed" and job["collected"] for job in jobs)
     assert sorted(b["id"] for b in provider_batches(sim, run_dir)) == sorted(job["batch_id"] for job in jobs)
+    assert sorted((b["batch_id"], b["output_file_id"]) for b in manifest_batches(run_dir)) == sorted(
+        (job["batch_id"], job["output_file_id"]) for job in jobs
+    )
     # The input files the provider got are the lines vLLM's run-batch reads; custom_id is the rollout id.
     ids = {row["rollout_id"] for row in run_rows(run_dir, "rollouts")}
     for job in jobs:
@@ -134,6 +152,14 @@ def test_batch_run_gives_the_live_rollouts_multi_turn_with_report_and_vllm_lines
     assert {row["batch_id"] for row in profile["batches"]} == {job["batch_id"] for job in jobs}
     report = (run_dir / "profile" / "report.md").read_text()
     assert "## Batches" in report and "batch price, 0.5 of list" in report
+    # The UI's second progress artifact: the batches' requests answered, at 100 when the run ends.
+    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={"flow_runs": {"name": {"any_": ["batch"]}}}).json()
+    (flow_run,) = [r for r in runs if r["parameters"]["config"]["storage"]["out"] == str(out)]
+    artifacts = httpx.post(
+        f"{prefect_server}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}
+    ).json()
+    (answered,) = [a for a in artifacts if (a.get("description") or "").startswith("Batch requests answered")]
+    assert answered["type"] == "progress" and answered["data"] == 100.0
     # The key is sent (the header) but never stored.
     assert not [p for p in run_dir.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
 
@@ -144,7 +170,8 @@ def test_kill_9_while_batches_are_in_flight_then_rerun_creates_no_second_batch(t
     run_dir = out / "kill"
     with start_sim_server(latency_ms=5, seed=0, batch_delay_s=4.0) as sim:
         argv = command(src, out, sim, "kill", "--num-repeats", "2", "--shard-size", "3", "--batch")
-        argv += ["--batch-poll-interval", "0.2", "--max-concurrent-shards", "2"]
+        # One shard task at a time for live calls; with --batch every shard's batches still go out at once.
+        argv += ["--batch-poll-interval", "0.2", "--max-concurrent-shards", "1"]
         process = subprocess.Popen(
             argv, env=env_for(prefect_server), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
         )
@@ -152,7 +179,7 @@ def test_kill_9_while_batches_are_in_flight_then_rerun_creates_no_second_batch(t
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline and process.poll() is None:
                 jobs = [job for state in states(run_dir).values() for job in state["jobs"]]
-                if len(jobs) == 2 and all(job["batch_id"] for job in jobs):
+                if len(jobs) == 2 and all(job["batch_id"] for job in jobs) and len(manifest_batches(run_dir)) == 2:
                     break
                 time.sleep(0.05)
         finally:
@@ -161,6 +188,11 @@ def test_kill_9_while_batches_are_in_flight_then_rerun_creates_no_second_batch(t
         before = states(run_dir)
         assert len(before) == 2, "both shards' batches were created before the kill"
         assert all(job["status"] in ("validating", "in_progress") for s in before.values() for job in s["jobs"])
+        # the manifest had every batch's ids while they were in flight (the flow copies them as batches are created)
+        in_flight = manifest_batches(run_dir)
+        assert {(b["batch_id"], b["input_file_id"]) for b in in_flight} == {
+            (job["batch_id"], job["input_file_id"]) for state in before.values() for job in state["jobs"]
+        }
         assert not run_rows(run_dir, "rollouts"), "killed while the batches were in flight"
         again = run(argv, prefect_server)
         assert again.returncode == 0, again.stderr[-3000:]
@@ -169,6 +201,8 @@ def test_kill_9_while_batches_are_in_flight_then_rerun_creates_no_second_batch(t
     created = sorted(job["batch_id"] for state in before.values() for job in state["jobs"])
     assert sorted(job["batch_id"] for state in after.values() for job in state["jobs"]) == created
     assert sorted(batch["id"] for batch in held) == created  # the provider got no second batch
+    assert sorted(b["batch_id"] for b in manifest_batches(run_dir)) == created
+    assert {b["status"] for b in manifest_batches(run_dir)} == {"completed"}
     rows = run_rows(run_dir, "rollouts")
     assert len(rows) == 12 and len({r["rollout_id"] for r in rows}) == 12
 
@@ -225,3 +259,19 @@ def test_batch_fallback_live_sends_what_a_batch_misses_as_live_calls(tmp_path, f
     }
     extra = (cost["live_fallback_tokens"]["input"] * 1 + cost["live_fallback_tokens"]["output"] * 4) / 1e6 * 0.5
     assert cost["total"] == pytest.approx(cost["list_total"] * 0.5 + extra, abs=1e-5)
+
+
+def test_a_server_without_the_batch_api_is_refused_before_the_run(tmp_path):
+    """A server that serves completions but not /v1/files and /v1/batches (vLLM or SGLang without a batch front):
+    one line, exit 2, before Prefect starts, nothing uploaded and no run folder."""
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(2))
+    with start_sim_server(latency_ms=0, batch_api=False) as bare:
+        argv = command(src, tmp_path / "runs", bare, "bare", "--batch")[3:]  # the arguments after `-m commands`
+        result = rollouts(*argv)
+        assert bare.stats()["requests"] == 0  # not one model request
+    assert (result.code, result.fast) == (2, True), result.err[-2000:]
+    assert result.error_lines == [
+        f"error: --batch: {bare.url} has no Batch API (GET {bare.url}/files answered 404): batch mode needs /files "
+        "and /batches (OpenAI, Azure OpenAI, a LiteLLM proxy); drop --batch to send live calls"
+    ]
+    assert not (tmp_path / "runs").exists()

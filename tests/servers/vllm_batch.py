@@ -12,6 +12,13 @@ vLLM cannot be installed here, so the models are copied, not imported. Sources (
 Left out: the embeddings, score and rerank bodies BatchRequestInput also accepts (this copy refuses those urls),
 the methods that turn a request into sampling parameters, and multimodal content parts other than text and images;
 `request_id`'s random default and the logits-processor constructor type are simplified.
+`return_token_ids` (added in vLLM 0.10.2, which our --return-tokens requests ask for) is declared as the later model
+declares it. Checked again against vLLM's current request model (vllm/entrypoints/openai/run_batch.py and
+chat_completion/protocol.py, read in December 2026), which differs in ways our lines already meet: `max_tokens` is
+deprecated in favour of `max_completion_tokens` but still read; an empty `tools` list is refused (we leave `tools`
+out when a row has none); `top_logprobs` may be -1 and must be an integer; an assistant message's
+`reasoning_content` is read as `reasoning`. Batch lines for other urls than chat, embeddings, score and rerank are
+answered with an error line, as this copy refuses them.
 Types are spelt `X | Y` where vLLM writes Union and Optional. `logger.warning` for fields vLLM ignores is kept,
 under the logger name vLLM uses, so tests can watch for it.
 """
@@ -265,6 +272,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
     request_id: str = ""
     logits_processors: list[str | dict[str, Any]] | None = None
     return_tokens_as_token_ids: bool | None = None
+    return_token_ids: bool | None = None  # vLLM >= 0.10.2: generation and prompt ids in the reply (--return-tokens)
     cache_salt: str | None = None
     kv_transfer_params: dict[str, Any] | None = None
     vllm_xargs: dict[str, str | int | float] | None = None

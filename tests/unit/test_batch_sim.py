@@ -81,6 +81,9 @@ def test_file_upload_metadata_and_content_round_trip(start: Start) -> None:
     assert client.get(f"/files/{uploaded['id']}/content").content == data
     assert client.get("/files/file-nope").status_code == 404
     assert upload(client, data, purpose="nonsense").status_code == 400
+    second = upload(client, data).json()
+    listed = client.get("/files", params={"limit": 1, "purpose": "batch"}).json()  # newest first, as OpenAI lists
+    assert [f["id"] for f in listed["data"]] == [second["id"]] and listed["has_more"]
 
 
 def test_batch_completes_with_the_live_answers(start: Start) -> None:

@@ -115,6 +115,7 @@ def test_a_turn_through_the_simulated_provider_moves_the_board(tmp_path):
     assert all(call.output and call.attempts == 1 for call in calls)
     snap = board.snapshot()
     assert (snap.batch_requests, snap.batch_answered, snap.batch_running) == (2, 2, 0)
+    assert snap.batch_ids == 3  # the input file, the batch, its output file: what the manifest copies
     (row,) = batch_timeline(Store(str(tmp_path)))
     assert row["status"] == "completed" and row["requests"] == 2 and row["ended_after_s"] is not None
 
@@ -127,7 +128,7 @@ def test_batch_counts_travel_from_a_worker_board_to_the_flows():
     try:
         env = listener.env()
         reporter = ProgressReporter(worker, env["ROLLOUTS_PROGRESS_ADDRESS"], bytes.fromhex(env[KEY_ENV]), 60)
-        worker.add_batch(requests=10, answered=4, running=2)
+        worker.add_batch(requests=10, answered=4, running=2, ids=4)
         worker.add(generated=3)
         assert reporter.flush()
         worker.add_batch(answered=6, running=-2)
@@ -139,3 +140,4 @@ def test_batch_counts_travel_from_a_worker_board_to_the_flows():
         listener.close()
     snap = shown.snapshot()
     assert (snap.batch_requests, snap.batch_answered, snap.batch_running, snap.generated) == (10, 10, 0, 3)
+    assert snap.batch_ids == 4

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from rollouts.batch import CHAT, RESPONSES, BatchLimits, build_files
+from rollouts.client.model import chat_body
+from rollouts.client.token_fields import SOURCE_REQUESTS
 from tests.servers.vllm_batch import BatchRequestInput, ChatCompletionRequest
 
+GYM = Path(__file__).resolve().parents[1] / "fixtures" / "process" / "gym.jsonl"
 CALCULATOR = {
     "type": "function",
     "function": {
@@ -126,3 +130,24 @@ def test_responses_lines_are_not_for_vllm_run_batch() -> None:
     assert line["url"] == "/v1/responses"
     with pytest.raises(ValidationError):
         BatchRequestInput.model_validate(line)
+
+
+def test_the_bodies_our_client_builds_are_read_whole_by_vllm(caplog: pytest.LogCaptureFixture) -> None:
+    """Not hand-written bodies: the chat client's own, for a tool rollout's second call with --return-tokens (vLLM's
+    token fields), and for a row whose `tools` list is empty (vLLM refuses `tools: []`; the body leaves it out)."""
+    caplog.set_level(logging.WARNING, logger="vllm.entrypoints.openai.protocol")
+    row = json.loads(GYM.read_text().splitlines()[4])  # the calculator rollout: call, result, answer
+    params = row["responses_create_params"]
+    second_call = [*params["input"], *row["response"]["output"][:2]]  # the history holds the call and its result
+    sampling = {"temperature": 1.0, "max_output_tokens": 64, "seed": 3}
+    bodies = {
+        "tool": chat_body("teacher", second_call, params, sampling, True, SOURCE_REQUESTS["vllm"]),
+        "no-tools": chat_body("teacher", params["input"], {**params, "tools": []}, sampling, False),
+    }
+    assert "tools" not in bodies["no-tools"] and "tool_choice" not in bodies["no-tools"]
+    parsed = {line["custom_id"]: BatchRequestInput.model_validate(line).body for line in lines(bodies)}
+    tool = parsed["tool"]
+    assert [message["role"] for message in tool.messages] == ["system", "user", "assistant", "tool"]
+    assert tool.return_token_ids is True and (tool.logprobs, tool.top_logprobs) == (True, 0)
+    assert tool.tools is not None and tool.tools[0].function.name == "calculator"
+    assert ignored_fields(caplog) == []  # every field is one vLLM reads
