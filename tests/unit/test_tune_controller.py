@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -74,6 +75,18 @@ def test_knee_rules_in_order() -> None:
     assert index == 0 and "smallest step" in reason
     with pytest.raises(ValueError):
         find_knee([])
+
+
+def test_a_server_queue_decides_the_knee_of_a_sweep() -> None:
+    """A CPU-bound llama.cpp with 4 slots: flat throughput and doubling latency from 1 in flight, nothing queued at
+    the server until 8; the knee is its slot count. Errors still come first."""
+    flat = [replace(step(n, 2.0, p95=500.0 * n), waiting=0.0) for n in (1, 2, 4)]
+    assert find_knee(flat) == (2, "nothing waited at the server up to 4: try a larger --max-parallel")
+    queued = replace(step(8, 2.0, p95=4000.0), waiting=4.0)
+    assert find_knee([*flat, queued]) == (2, "requests wait at the server at 8 (4 queued)")
+    assert find_knee([step(1, 2.0), step(2, 2.0)])[0] == 0  # the same without a queue to read: gain below 10 %
+    failing = replace(step(8, 2.0, errors=0.5), waiting=0.0)
+    assert "errors jump" in find_knee([*flat, failing])[1]
 
 
 def test_ladder_doubles_and_ends_at_the_maximum() -> None:
