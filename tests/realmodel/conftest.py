@@ -17,6 +17,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "fixtures" / "chat_template
 # Qwen2.5-Instruct's template (as llama.cpp keeps it in models/templates/): ChatML, the turn markers SmolLM2 was
 # trained on, with tools in the system turn and Hermes-style <tool_call> replies.
 TOOL_TEMPLATE = TEMPLATES / "qwen2_5.jinja"
+MODEL = "smollm2"  # the servers' --alias: what /v1/models lists, so `--model smollm2` passes the model check
+SLOTS = 4  # --parallel: requests beyond it wait (llamacpp:requests_deferred on /metrics)
 
 
 def _started(extra_args: tuple[str, ...] = ()) -> Iterator[str]:
@@ -27,7 +29,9 @@ def _started(extra_args: tuple[str, ...] = ()) -> Iterator[str]:
             pytrace=False,
         )
     try:
-        process, base_url = llama.start_llama_server(extra_args=extra_args)
+        process, base_url = llama.start_llama_server(
+            parallel=SLOTS, extra_args=("--alias", MODEL, "--metrics", *extra_args)
+        )
     except llama.LlamaServerError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
@@ -38,7 +42,7 @@ def _started(extra_args: tuple[str, ...] = ()) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[str]:
-    """Base URL (ending in `/v1`) of llama-server with the model's own chat template, 4 slots."""
+    """Base URL (ending in `/v1`) of llama-server with the model's own chat template, 4 slots, /metrics on."""
     yield from _started()
 
 
