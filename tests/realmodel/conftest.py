@@ -6,11 +6,15 @@ Nothing here skips: without the built binary every test of the tier fails with t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.cli.conftest import rollouts
+from tests.integration.conftest import write_jsonl
 from tests.servers import llama
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "fixtures" / "chat_templates"
@@ -50,3 +54,55 @@ def llama_server() -> Iterator[str]:
 def llama_tool_server() -> Iterator[str]:
     """Base URL (ending in `/v1`) of llama-server with a tool-aware chat template (`--chat-template-file`)."""
     yield from _started(("--chat-template-file", str(TOOL_TEMPLATE)))
+
+
+# ----- a tool run: the weather environment against the tool server ------------------------------------------------
+
+ENV_MODULE = "tests.realmodel.weather_env"
+
+
+def _row(ask: str, city: str, earlier: dict[str, str], tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    call = {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(earlier)}}
+    shot = [
+        {"role": "user", "content": "What is the weather in London?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "user", "content": ask},
+    ]
+    params: dict[str, Any] = {"input": shot}
+    if tools is not None:
+        params["tools"] = tools
+    return {"responses_create_params": params, "agent_ref": {"name": "weather"}, "city": city}
+
+
+TOWN_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a town.",
+    "parameters": {
+        "type": "object",
+        "properties": {"town": {"type": "string"}},
+        "required": ["town"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+
+
+@pytest.fixture(scope="session")
+def tool_run(llama_tool_server: str, prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of two weather rollouts (tests/realmodel/test_tool_rollouts.py says what each shows)."""
+    base = tmp_path_factory.mktemp("tools")
+    src = write_jsonl(
+        base / "weather.jsonl",
+        [
+            _row("What is the weather in Paris?", "Paris", {"city": "London"}),
+            _row("What is the weather in Paris?", "Paris", {"town": "London"}, tools=[TOWN_TOOL]),
+        ],
+    )
+    result = rollouts(
+        "collect", str(src), "--model-url", llama_tool_server, "--model", MODEL, "--env-module", ENV_MODULE,
+        "--num-repeats", "1", "--temperature", "0", "--max-output-tokens", "64", "--max-turns", "2",
+        "--out", str(base / "runs"), "--run-name", "tools", "--no-progress", api_url=prefect_server,
+    )  # fmt: skip
+    assert result.code == 0, result.err[-3000:]
+    return base / "runs" / "tools"

@@ -12,63 +12,18 @@ test_llama_contract.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cli.conftest import rollouts
-from tests.integration.conftest import run_rows, write_jsonl
-from tests.realmodel.conftest import MODEL
-
-ENV_MODULE = "tests.realmodel.weather_env"
-
-
-def _row(ask: str, city: str, earlier: dict[str, str], tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    call = {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps(earlier)}}
-    shot = [
-        {"role": "user", "content": "What is the weather in London?"},
-        {"role": "assistant", "content": "", "tool_calls": [call]},
-        {"role": "user", "content": ask},
-    ]
-    params: dict[str, Any] = {"input": shot}
-    if tools is not None:
-        params["tools"] = tools
-    return {"responses_create_params": params, "agent_ref": {"name": "weather"}, "city": city}
-
-
-TOWN_TOOL = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather in a town.",
-    "parameters": {
-        "type": "object",
-        "properties": {"town": {"type": "string"}},
-        "required": ["town"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
+from tests.integration.conftest import run_rows
 
 
 @pytest.fixture(scope="module")
-def tool_rows(
-    llama_tool_server: str, prefect_server: str, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, dict[str, Any]]:
-    base = tmp_path_factory.mktemp("tools")
-    src = write_jsonl(
-        base / "weather.jsonl",
-        [
-            _row("What is the weather in Paris?", "Paris", {"city": "London"}),
-            _row("What is the weather in Paris?", "Paris", {"town": "London"}, tools=[TOWN_TOOL]),
-        ],
-    )
-    result = rollouts(
-        "collect", str(src), "--model-url", llama_tool_server, "--model", MODEL, "--env-module", ENV_MODULE,
-        "--num-repeats", "1", "--temperature", "0", "--max-output-tokens", "64", "--max-turns", "2",
-        "--out", str(base / "runs"), "--run-name", "tools", "--no-progress", api_url=prefect_server,
-    )  # fmt: skip
-    assert result.code == 0, result.err[-3000:]
-    rows = run_rows(base / "runs" / "tools", "rollouts")
+def tool_rows(tool_run: Path) -> dict[str, dict[str, Any]]:
+    """The run's two rollouts by the description of the tool the model was sent."""
+    rows = run_rows(tool_run, "rollouts")
     return {row["responses_create_params"].get("tools", [{}])[0].get("description", "env"): row for row in rows}
 
 
