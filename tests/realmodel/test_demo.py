@@ -1,5 +1,5 @@
 """`rollouts demo --model-url ... --model ...`: the demo's whole pipeline (bundled math prompts, RL/SFT/DPO files)
-against the real server instead of the simulated one, as docs/collect.md's recipe runs it (here on 4 prompts and
+against the real server instead of the simulated one, as docs/collect.md's recipe runs it (here on 2 prompts and
 short replies, to stay quick)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from tests.realmodel.conftest import MODEL, SLOTS
 
 def test_the_demo_runs_against_the_real_model(tmp_path: Path, llama_server: str, prefect_server: str) -> None:
     result = rollouts(
-        "demo", "--model-url", llama_server, "--model", MODEL, "--limit", "4", "--num-repeats", "2",
-        "--max-output-tokens", "16", "--parallel", str(SLOTS), "--out", str(tmp_path / "runs"), "--no-progress",
+        "demo", "--model-url", llama_server, "--model", MODEL, "--limit", "2", "--num-repeats", "2",
+        "--max-output-tokens", "8", "--parallel", str(SLOTS), "--out", str(tmp_path / "runs"), "--no-progress",
         api_url=prefect_server,
     )  # fmt: skip
     assert result.code == 0, result.err[-3000:]
@@ -22,9 +22,9 @@ def test_the_demo_runs_against_the_real_model(tmp_path: Path, llama_server: str,
     assert "simulated" not in result.err
     run = tmp_path / "runs" / "demo"
     rows = run_rows(run, "rollouts")
-    assert len(rows) == 8 and {row["status"] for row in rows} == {"ok"}
+    assert len(rows) == 4 and {row["status"] for row in rows} == {"ok"}
     assert {row["response"]["model"] for row in rows} == {MODEL}
-    assert all(row["response"]["usage"]["output_tokens"] <= 16 for row in rows)
+    assert all(row["response"]["usage"]["output_tokens"] <= 8 for row in rows)
     for path in ("train/rl/rollouts.parquet", "train/sft/openai.jsonl", "train/dpo/trl.jsonl"):
         assert (run / path).is_file(), path
 
