@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from commands.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
 from commands.options import Option, add_model_options, build, validated
-from rollouts.config import DEFAULT_OUT, CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, StorageConfig
+from rollouts.config import (
+    DEFAULT_OUT,
+    CollectConfig,
+    ConcurrencyConfig,
+    EndpointConfig,
+    RowsConfig,
+    SamplingConfig,
+    StorageConfig,
+)
 from rollouts.errors import ConfigError, RolloutsError
 from rollouts.places import absolute
 from rollouts.process.config import FORMATS, parse_objectives
@@ -199,35 +207,57 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
 
 def add_demo_parser(sub: Any) -> None:
     demo = sub.add_parser(
-        "demo", help="run the whole pipeline on bundled math prompts against the built-in simulated server"
+        "demo",
+        help="run the whole pipeline on bundled math prompts against the built-in simulated server (or a real one)",
     )
     demo.add_argument("--out", default="./runs", help="where the run is written (default ./runs)")
     demo.add_argument("--run-name", default="demo", help="run directory name (default demo)")
     demo.add_argument("--num-repeats", type=int, default=4, help="rollouts per prompt (default 4)")
+    demo.add_argument("--limit", type=int, help="use the first N of the 64 bundled prompts (default all)")
     demo.add_argument("--parallel", type=int, default=64, help="rollouts in flight (default 64)")
     demo.add_argument("--latency-ms", type=float, default=100, help="simulated model latency (default 100 ms)")
+    demo.add_argument(
+        "--model-url", help="a real OpenAI-compatible server (ending in /v1) instead of the simulated one; with --model"
+    )
+    demo.add_argument("--model", help="the model name that server serves (with --model-url)")
+    demo.add_argument(
+        "--max-output-tokens", type=int, help="output token limit per model call (default: none, the server's own)"
+    )
     demo.add_argument("--no-progress", action="store_true", help="no live progress bar")
     demo.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs")
     demo.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if (args.model_url is None) != (args.model is None):
+        error("--model-url and --model go together: the server, and the model name it serves")
+        return EXIT_USAGE
+    prefect_defaults(verbose=args.verbose)
+    if args.model_url is not None:
+        print(f"collecting from {args.model_url} ({args.model}) through the collect-rollouts flow", file=sys.stderr)
+        return _demo_run(args, args.model_url, args.model)
     from rollouts.sim.launch import start_sim_server
 
-    prefect_defaults(verbose=args.verbose)
-    prompts = resources.files("rollouts") / "data" / "math_prompts.jsonl"
     print(f"starting the simulated model server (latency {args.latency_ms} ms)...", file=sys.stderr)
     with start_sim_server(latency_ms=args.latency_ms, seed=0) as server:
         print(f"simulated model server at {server.url}; collecting through the collect-rollouts flow", file=sys.stderr)
-        # The nested form, section by section (what the flat keywords the model also accepts are moved into), so
-        # each section's options are checked by their own model's signature.
-        config = CollectConfig(
-            input=str(prompts),
-            objective=["rl", "sft", "dpo"],
-            run_name=args.run_name,
-            endpoint=EndpointConfig(model_url=server.url, model="sim-model"),
-            sampling=SamplingConfig(num_repeats=args.num_repeats, temperature=0.8, seed=1234),
-            concurrency=ConcurrencyConfig(parallel=args.parallel, shard_size=16),
-            storage=StorageConfig(out=args.out),
-        )
-        return run_collect(config, show_progress=not args.no_progress)
+        return _demo_run(args, server.url, "sim-model")
+
+
+def _demo_run(args: argparse.Namespace, model_url: str, model: str) -> int:
+    prompts = resources.files("rollouts") / "data" / "math_prompts.jsonl"
+    # The nested form, section by section (what the flat keywords the model also accepts are moved into), so each
+    # section's options are checked by their own model's signature.
+    config = CollectConfig(
+        input=str(prompts),
+        objective=["rl", "sft", "dpo"],
+        run_name=args.run_name,
+        rows=RowsConfig(limit=args.limit),
+        endpoint=EndpointConfig(model_url=model_url, model=model),
+        sampling=SamplingConfig(
+            num_repeats=args.num_repeats, temperature=0.8, seed=1234, max_output_tokens=args.max_output_tokens
+        ),
+        concurrency=ConcurrencyConfig(parallel=args.parallel, shard_size=16),
+        storage=StorageConfig(out=args.out),
+    )
+    return run_collect(config, show_progress=not args.no_progress)

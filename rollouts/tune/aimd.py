@@ -4,14 +4,17 @@ Signals, per measurement window (no server metrics needed, so hosted APIs work):
     throughput      successful model requests per second
     latency         p50 of successful requests
     errors          the fraction of attempts answered 429 or 5xx, or that timed out or lost the connection
-and, when the endpoint is vLLM and `/metrics` answers, its queue (`num_requests_waiting`) and KV-cache usage.
+and, when the server's `/metrics` answers (vLLM; llama.cpp's `llama-server` started with `--metrics`), its queue
+(vLLM's `num_requests_waiting`, llama.cpp's `requests_deferred`) and vLLM's KV-cache usage.
 
 Start: the limit doubles while throughput rises by >= `gain` per doubling and neither errors nor latency jump; the
-first doubling that fails returns to the level before it (the knee). Steady: additive increase of `step` x the knee
-per window; multiplicative decrease (x `backoff`) on errors, a latency jump or a server queue. Latency holds while
-p50 stays under `latency_factor` x the reference level's and, when throughput did not rise, under 1 + `latency_slack`
-times it (Little's law: more in flight at the same throughput is a queue). Windows where the work does not fill the
-limit (start-up, the tail of a run) decide nothing.
+first doubling that fails returns to the level before it (the knee). A server that reports its queue is trusted over
+the client's view: while nothing waits there the limit keeps doubling (a free slot is capacity, even when a CPU-bound
+server turns it into latency rather than throughput), and the first doubling whose requests wait is the knee.
+Steady: additive increase of `step` x the knee per window; multiplicative decrease (x `backoff`) on errors, a
+latency jump or a server queue. Latency holds while p50 stays under `latency_factor` x the reference level's and, when
+throughput did not rise, under 1 + `latency_slack` times it (Little's law: more in flight at the same throughput is a
+queue). Windows where the work does not fill the limit (start-up, the tail of a run) decide nothing.
 `Controller.decide` is pure (tested on recorded traces); `AutoParallel` runs it on the loop against a limiter.
 """
 
@@ -75,7 +78,7 @@ class WindowStats:
     p50_ms: float | None = None
     p95_ms: float | None = None
     in_flight: float | None = None  # mean rollouts holding a slot
-    waiting: float | None = None  # vLLM num_requests_waiting
+    waiting: float | None = None  # requests queued at the server (vLLM num_requests_waiting, llama.cpp deferred)
     kv_cache: float | None = None  # vLLM KV-cache usage, 0..1
 
     @property
@@ -109,7 +112,11 @@ class Controller:
             return Decision(self.limit, "not saturated", self.phase)
         pushback = self._pushback(window)
         if self.phase == "start":
-            gained = self.reference is None or window.throughput >= self.reference.throughput * (1 + c.gain)
+            gained = (
+                self.reference is None
+                or window.waiting is not None  # the server's queue decides (see _pushback)
+                or window.throughput >= self.reference.throughput * (1 + c.gain)
+            )
             if pushback or not gained:
                 self.phase = "steady"
                 if self.reference is not None:  # the knee lies below this level: go back to the last good one
@@ -141,9 +148,10 @@ class Controller:
         if window.error_fraction > c.error_threshold:
             worst = max(window.bad, key=lambda k: window.bad[k])
             return f"errors {window.error_fraction:.1%} ({worst})"
-        if window.waiting is not None:  # vLLM's own queue says more than client latency can
+        if window.waiting is not None:  # the server's own queue says more than client latency can
             if window.waiting > c.waiting_fraction * window.limit or (window.kv_cache or 0.0) >= c.kv_cache_full:
-                return f"server queue ({window.waiting:.0f} waiting, KV cache {window.kv_cache or 0:.0%})"
+                kv = f", KV cache {window.kv_cache:.0%}" if window.kv_cache is not None else ""
+                return f"server queue ({window.waiting:.0f} waiting{kv})"
             return None
         ref = self.reference
         if ref is None or not ref.p50_ms or not window.p50_ms:
@@ -239,8 +247,13 @@ def observed_http_client(
     )
 
 
-def parse_vllm_metrics(text: str) -> tuple[float | None, float | None]:
-    """(requests waiting, KV-cache usage 0..1) summed over vLLM's engines, from its Prometheus text."""
+# Prometheus gauges of requests that wait for a free slot: vLLM's, and llama.cpp's (`llama-server --metrics`)
+WAITING_METRICS = ("vllm:num_requests_waiting", "llamacpp:requests_deferred")
+
+
+def parse_server_metrics(text: str) -> tuple[float | None, float | None]:
+    """(requests waiting, KV-cache usage 0..1) from a model server's Prometheus text: vLLM's summed over its engines,
+    llama.cpp's waiting only (it reports no KV-cache ratio)."""
     waiting = usage = None
     for line in text.splitlines():
         if line.startswith("#") or " " not in line:
@@ -251,7 +264,7 @@ def parse_vllm_metrics(text: str) -> tuple[float | None, float | None]:
             number = float(value)
         except ValueError:
             continue
-        if metric == "vllm:num_requests_waiting":
+        if metric in WAITING_METRICS:
             waiting = (waiting or 0.0) + number
         elif metric in ("vllm:gpu_cache_usage_perc", "vllm:kv_cache_usage_perc"):
             usage = max(usage or 0.0, number)
@@ -328,9 +341,9 @@ class AutoParallel:
             response = await http.get(url, timeout=2.0)
             if response.status_code != 200:
                 raise ValueError(response.status_code)
-            return parse_vllm_metrics(response.text)
+            return parse_server_metrics(response.text)
         except (httpx.HTTPError, ValueError, AttributeError):
-            self.metrics_url = None  # not vLLM, or not reachable: client-side signals only from now on
+            self.metrics_url = None  # no server queue to read: client-side signals only from now on
             return None, None
 
     def _record(self, limit: int, reason: str, phase: str, window: WindowStats | None) -> None:
@@ -345,8 +358,8 @@ class AutoParallel:
         self.trace.append(row)
 
 
-def vllm_metrics_url(model_url: str) -> str:
-    """vLLM serves Prometheus metrics at the server root, next to /v1."""
+def server_metrics_url(model_url: str) -> str:
+    """vLLM and llama.cpp serve Prometheus metrics at the server root, next to /v1."""
     return model_url.rstrip("/").removesuffix("/v1") + "/metrics"
 
 

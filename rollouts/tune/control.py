@@ -24,7 +24,7 @@ from rollouts.tune.aimd import (
     AutoParallel,
     ControllerConfig,
     observed_http_client,
-    vllm_metrics_url,
+    server_metrics_url,
     write_trace,
 )
 
@@ -88,7 +88,7 @@ class ParallelControl:
         if self.config is None:
             self._fixed_trace = [{"t": time.time(), "limit": self.limit, "reason": "fixed", "phase": "fixed"}]
             return
-        metrics = vllm_metrics_url(self.model_url) if self.use_server_metrics and http is not None else None
+        metrics = server_metrics_url(self.model_url) if self.use_server_metrics and http is not None else None
         self._auto = AutoParallel(self.limiter, self.config, self.log, metrics_url=metrics, http=http).start()  # type: ignore[arg-type]
 
     async def stop(self, store: Store | None = None) -> list[dict[str, Any]]:

