@@ -409,3 +409,63 @@ def test_badly_typed_tools_and_instructions_are_rejects_with_their_line(
     rejects = [json.loads(line) for line in (run / "rejects.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rejects] == [11, 12, 13, 14, 15]
     assert len(run_rows(run, "rollouts")) == 10 and not run_rows(run, "failures")
+
+
+# ---- hostile rollout rows for `rollouts process` and `rollouts tokens` ----------------------------------------
+
+GYM_ROWS = ROOT / "tests" / "fixtures" / "process" / "gym.jsonl"
+GOOD_WITH_TOKENS = '"generation_token_ids":[7,8]'
+
+
+def hostile_rollout_rows(tmp_path: Path) -> Path:
+    """The fixture's nine rows with five hostile copies of its first (token-carrying) row at lines 3-7."""
+    rows = GYM_ROWS.read_text().splitlines()
+    first = rows[0]
+    assert GOOD_WITH_TOKENS in first
+    hostile = [
+        first.replace('"reward":1.0', '"reward":NaN'),  # line 3
+        first.replace(GOOD_WITH_TOKENS, f'"generation_token_ids":[7,{2**40}]'),  # line 4
+        first.replace('"generation_log_probs":[-0.5,-0.25]', '"generation_log_probs":[-0.5,1e308]'),  # line 5
+        first.replace('"reward":1.0', '"reward":1e999'),  # line 6
+        first.replace('"_ng_rollout_index":0', f'"_ng_rollout_index":{2**70}'),  # line 7
+    ]
+    path = tmp_path / "hostile-rollouts.jsonl"
+    path.write_text("\n".join(rows[:2] + hostile + rows[2:]) + "\n")
+    return path
+
+
+def run_command(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "commands", *argv],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_non_finite_and_out_of_range_values_in_rollout_rows_are_bad_rows_with_their_line(tmp_path: Path) -> None:
+    src = hostile_rollout_rows(tmp_path)
+    strict = run_command("process", str(src), "--objective", "rl", "--out", str(tmp_path / "strict"))
+    assert strict.returncode == 1 and "Traceback" not in strict.stderr
+    assert f"{src}:3: invalid JSON: NaN and Infinity are not valid JSON" in strict.stderr  # not "lines 1-14"
+
+    done = run_command("process", str(src), "--objective", "rl", "--out", str(tmp_path / "p"), "--skip-bad-rows")
+    assert done.returncode == 0, done.stderr
+    card = json.loads((tmp_path / "p" / "rl" / "data_card.json").read_text())
+    lines = [int(e.split(":")[1]) for e in card["bad_rows"]["examples"]]
+    assert card["bad_rows"]["count"] == 5 and lines == [3, 4, 5, 6, 7], card["bad_rows"]
+    assert "token id out of range" in card["bad_rows"]["examples"][1]
+    assert "log-probability not finite" in card["bad_rows"]["examples"][2]
+    import polars as pl
+
+    frame = pl.read_parquet(tmp_path / "p" / "rl" / "rollouts.parquet")
+    assert frame.height == 9  # the fixture's rows, none of the hostile ones (no null id, no inf log-probability)
+
+    tokens = run_command("tokens", str(src), "--out", str(tmp_path / "t"), "--skip-bad-rows")
+    assert tokens.returncode == 0 and "Traceback" not in tokens.stderr, tokens.stderr
+    assert "5 bad rows skipped" in tokens.stdout
+    written = pl.read_parquet(tmp_path / "t" / "tokens.parquet")
+    assert written.height == 1  # the one good row with token ids
