@@ -310,6 +310,23 @@ def test_oversized_verify_replies_fail_within_the_cap(
     assert 100 < peak_mb <= 400, peak_mb
 
 
+def test_replies_being_read_share_one_memory_budget_across_the_collector(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    # 16 verifications at once, each reading a 64 MB reply of unknown length up to the 16 MB cap. Measured peak of the
+    # command: 211 MB with a 16 MB budget, 382 MB with a 1 GB one (the replies read side by side, 16 x 16 MB).
+    hostile.state.verify, hostile.state.huge_bytes = "chunked", 64 << 20
+    mb = 1 << 20
+    extra = ("--max-response-bytes", str(16 * mb), "--max-reply-memory-bytes", str(16 * mb))
+    extra += ("--parallel", "16", "--max-failure-fraction", "1.0")
+    rows = hostile_rows(["2"] * 16)
+    done, run, _, peak_mb = collect_hostile_measured(tmp_path, prefect_server, hostile, "budget", rows, *extra)
+    assert done.returncode == 0, done.stderr[-2000:]
+    failed = run_rows(run, "failures")
+    assert len(failed) == 16 and {r["error"]["type"] for r in failed} == {"ResponseTooLarge"}
+    assert 100 < peak_mb <= 300, peak_mb  # the baseline (~190 MB) plus at most the budget and one reply's cap
+
+
 @pytest.mark.parametrize("attack", ["hang", "trickle"])
 def test_a_stalled_verify_honours_request_and_rollout_timeouts(
     tmp_path: Path, prefect_server: str, hostile: Any, attack: str

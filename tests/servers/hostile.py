@@ -4,7 +4,8 @@ Model routes: `GET /v1/models`; `POST /v1/chat/completions` answers `tool_calls`
 (0: a plain answer), or, with `echo_headers`, a 500 whose body echoes the request's headers (a key included).
 Resources routes: `POST /seed_session`; `POST /calculate`; `POST /verify` per `verify`: "ok" (reward 1.0, or the
 row's `expected_answer` when it is "NaN" / "Infinity" / "1e400", written raw into the JSON), "huge" (a `pad` field
-of `huge_bytes`), "gzip" (`huge_bytes` of zeros sent gzip-compressed), "hang" (no answer for 600 s), "trickle"
+of `huge_bytes`), "chunked" (`huge_bytes` of spaces in 256 KB chunks, no declared length), "gzip" (`huge_bytes` of
+zeros sent gzip-compressed), "hang" (no answer for 600 s), "trickle"
 (one byte a second).
 """
 
@@ -99,6 +100,16 @@ def make_app(state: Hostility) -> web.Application:
             for _ in range(600):
                 await reply.write(b" ")
                 await asyncio.sleep(1)
+            return reply
+        if state.verify == "chunked":  # no declared length: a reader learns the size only by reading
+            reply = web.StreamResponse(headers={"content-type": "application/json"})
+            await reply.prepare(request)
+            piece = b" " * (256 * 1024)
+            try:
+                for _ in range(state.huge_bytes // len(piece)):
+                    await reply.write(piece)
+            except (ConnectionResetError, RuntimeError):  # the reader stopped at its cap and closed
+                pass
             return reply
         if state.verify == "huge":
             return web.json_response({"reward": 1.0, "pad": "x" * state.huge_bytes})
