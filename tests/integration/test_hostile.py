@@ -486,3 +486,30 @@ def test_non_finite_and_out_of_range_values_in_rollout_rows_are_bad_rows_with_th
     assert "5 bad rows skipped" in tokens.stdout
     written = pl.read_parquet(tmp_path / "t" / "tokens.parquet")
     assert written.height == 1  # the one good row with token ids
+
+
+def test_files_left_by_a_kill_in_the_last_stages_are_cleared_by_the_next_run(
+    tmp_path: Path, prefect_server: str, sim: Any
+) -> None:
+    """A kill while the profile or a training file was being written leaves `<file>.tmp-*` beside it (the file itself
+    is renamed into place whole, or not at all); the next run of the same command removes them and lists only whole
+    files in its manifest."""
+    from rollouts.storage import Store, check_inventory
+
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(8))
+    command = collect_command(src, sim.url, tmp_path / "runs", "leftovers", "--num-repeats", "2")
+    env = environment(prefect_server)
+    first = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "runs" / "leftovers"
+    parquet = run / "train" / "rl" / "rollouts.parquet"
+    whole = parquet.read_bytes()
+    torn = [run / "profile" / "profile.json.tmp-0badf00d", parquet.with_name("rollouts.parquet.tmp-0badf00d")]
+    for path in torn:
+        path.write_bytes(b"PAR1 torn")  # what a writer killed before its rename leaves
+    again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr[-2000:]
+    written = manifest(run)
+    assert written["status"] == "completed" and not any(p.exists() for p in torn)
+    assert not list(run.rglob("*.tmp-*")) and parquet.read_bytes() == whole
+    assert check_inventory(Store(str(run)), written["files"]) == []
