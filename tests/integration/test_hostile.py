@@ -513,3 +513,17 @@ def test_files_left_by_a_kill_in_the_last_stages_are_cleared_by_the_next_run(
     assert written["status"] == "completed" and not any(p.exists() for p in torn)
     assert not list(run.rglob("*.tmp-*")) and parquet.read_bytes() == whole
     assert check_inventory(Store(str(run)), written["files"]) == []
+
+
+def test_tune_counts_replies_over_the_cap_as_errors(tmp_path: Path, hostile: Any, capsys: Any) -> None:
+    """A server whose every reply is over --max-response-bytes answers 200 but serves no rollout: 100 % errors,
+    not 0 % (each ResponseTooLarge was once counted as a success)."""
+    from commands.tune import main as tune_main
+
+    hostile.state.chat_bytes = 17 << 20  # over the 16 MiB default cap
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(2))
+    argv = [str(src), "--model-url", hostile.model_url, "--model", "sim-model", "--start", "1", "--max-parallel", "2"]
+    code = tune_main([*argv, "--step-requests", "2", "--step-seconds", "0.3", "--out", str(tmp_path / "tune")])
+    err = capsys.readouterr().err
+    assert code == 1 and "error: no request succeeded (errors: {'too large': " in err, err
+    assert "Traceback" not in err and not (tmp_path / "tune").exists()
