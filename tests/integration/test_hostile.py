@@ -527,3 +527,44 @@ def test_tune_counts_replies_over_the_cap_as_errors(tmp_path: Path, hostile: Any
     err = capsys.readouterr().err
     assert code == 1 and "error: no request succeeded (errors: {'too large': " in err, err
     assert "Traceback" not in err and not (tmp_path / "tune").exists()
+
+
+# Runs `rollouts collect` (argv[1:]) with a real SIGINT sent to itself as the filter stage starts: a deterministic
+# moment for a Ctrl-C that a test cannot hit from outside.
+_SIGINT_IN_FILTER = """
+import os, signal, sys
+import flows.collect as collect
+real = collect.filter_rollouts
+def filter_rollouts(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return real(*args, **kwargs)
+collect.filter_rollouts = filter_rollouts
+sys.argv = ["rollouts", *sys.argv[1:]]
+from commands import main
+sys.exit(main())
+"""
+
+
+def test_a_ctrl_c_in_the_filter_stage_leaves_the_run_interrupted_and_the_next_run_completes_it(
+    tmp_path: Path, prefect_server: str, sim: Any
+) -> None:
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(6))
+    command = collect_command(src, sim.url, tmp_path / "runs", "filtered", "--num-repeats", "2")
+    env = environment(prefect_server)
+    stopped = subprocess.run(
+        [sys.executable, "-c", _SIGINT_IN_FILTER, *command[3:]],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    run = tmp_path / "runs" / "filtered"
+    written = manifest(run)
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    assert written["status"] == "interrupted" and written["counts"]["rollouts_ok"] == 12, written  # not `completed`
+    assert not written["outputs"]
+    again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert manifest(run)["status"] == "completed" and (run / "train" / "rl" / "rollouts.parquet").exists()
