@@ -396,6 +396,38 @@ def test_error_snippets_never_hold_the_key_or_a_storage_secret(
     assert "HTTP 500" in stored and key not in stored and "***" in stored
 
 
+def test_error_snippets_never_hold_a_model_block_s_key_or_headers(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    from prefect.settings import temporary_settings
+
+    from blocks import ModelEndpoint
+
+    hostile.state.echo_headers = True
+    key, header = "sk-canary-block-41d9e2", "hdr-canary-block-8c5f"
+    with temporary_settings(updates={"api.url": prefect_server}):
+        ModelEndpoint(
+            base_url=hostile.model_url, model="sim-model", api_key=key, extra_headers={"X-Team": header}
+        ).save("echo-model", overwrite=True)
+    src = write_jsonl(tmp_path / "echo.jsonl", hostile_rows(["2"] * 3))
+    command = collect_command(src, hostile.model_url, tmp_path / "runs", "echo-block", "--model-block", "echo-model")
+    command += ["--max-retries", "0", "--num-repeats", "1"]
+    done = subprocess.run(
+        command,
+        env=environment(prefect_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    stored = "".join(p.read_text() for p in (tmp_path / "runs" / "echo-block").rglob("*") if p.is_file())
+    assert "HTTP 500" in stored and "***" in stored
+    for secret in (key, header):
+        assert secret not in stored and secret not in done.stdout + done.stderr
+
+
 def test_badly_typed_tools_and_instructions_are_rejects_with_their_line(
     tmp_path: Path, prefect_server: str, sim: Any
 ) -> None:
