@@ -347,8 +347,8 @@ def test_a_stalled_verify_honours_request_and_rollout_timeouts(
 def test_tool_calls_past_the_per_turn_cap_get_an_error_output(
     tmp_path: Path, prefect_server: str, hostile: Any
 ) -> None:
-    hostile.state.tool_calls = 500
-    extra = ("--max-tool-calls-per-turn", "8", "--max-turns", "2")
+    hostile.state.tool_calls, hostile.state.tool_bytes = 500, 2 << 20  # each tool reply over the 1 MiB cap too
+    extra = ("--max-tool-calls-per-turn", "8", "--max-turns", "2", "--max-response-bytes", str(1 << 20))
     done, run, _ = collect_hostile(
         tmp_path, prefect_server, hostile, "tools", hostile_rows(["2"] * 3, tools=True), *extra
     )
@@ -358,7 +358,9 @@ def test_tool_calls_past_the_per_turn_cap_get_an_error_output(
     for row in rows:
         outputs = [i["output"] for i in row["response"]["output"] if i["type"] == "function_call_output"]
         refused = [o for o in outputs if "more than 8 tool calls" in o]
-        assert len(outputs) == 500 and len(refused) == 492
+        too_large = [o for o in outputs if "tool reply too large" in o]  # an error output, the rollout goes on
+        assert len(outputs) == 500 and len(refused) == 492 and len(too_large) == 8
+        assert all(len(o) < 1000 for o in too_large)
     assert hostile.state.calls["calculate"] == 3 * 8
 
 

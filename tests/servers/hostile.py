@@ -33,6 +33,7 @@ class Hostility:
     verify: str = "ok"
     huge_bytes: int = 8 * 1024 * 1024
     chat_bytes: int = 0  # > 0: every chat reply is padded to about this many bytes
+    tool_bytes: int = 0  # > 0: every tool reply is padded to about this many bytes
     calls: Counter[str] = field(default_factory=Counter)
 
 
@@ -91,7 +92,7 @@ def make_app(state: Hostility) -> web.Application:
     async def calculate(request: web.Request) -> web.Response:
         state.calls["calculate"] += 1
         await request.read()
-        return web.json_response({"result": 2})
+        return web.json_response({"result": 2, **({"pad": "x" * state.tool_bytes} if state.tool_bytes else {})})
 
     @routes.post("/verify")
     async def verify(request: web.Request) -> web.StreamResponse:
