@@ -132,7 +132,7 @@ def test_a_killed_run_s_flow_run_ends_crashed_at_the_next_start(tmp_path: Path, 
         process = start(command, env)
         wait_for_lines(process, run, 20)
         process.kill()
-        process.wait()
+        finish(process)  # reaps it and closes its pipes
         assert flow_run_states(prefect_server, "reaped") == ["RUNNING"]
         resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
