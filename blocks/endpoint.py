@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import http_client
 from rollouts.places import http_url
+from rollouts.redact import refuse_url_credentials
 
 
 class ModelEndpoint(Block):
@@ -21,6 +22,8 @@ class ModelEndpoint(Block):
         "An OpenAI-compatible model server for rollout collection: base URL, model name, API, "
         "API key and extra headers (stored encrypted), connection limit and request timeout."
     )
+    # a refused value is not echoed in the error: it holds the credential the refusal is about
+    model_config = {**Block.model_config, "hide_input_in_errors": True}
 
     base_url: str = Field(title="Base URL", description="OpenAI-compatible base URL, e.g. http://vllm:8000/v1")
     model: str = Field(description="Model name sent with each request, e.g. Qwen/Qwen3-8B")
@@ -39,7 +42,8 @@ class ModelEndpoint(Block):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return http_url(value, "base_url")
+        url = http_url(value, "base_url")
+        return refuse_url_credentials(url, "base_url", "the block keeps the key in api_key or extra_headers, encrypted")
 
     def auth(self) -> EndpointAuth:
         """The key and headers, revealed for the requests only."""

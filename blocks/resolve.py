@@ -53,8 +53,12 @@ def _load(block_type: type[B], kind: str, name: str) -> B:
             f"--{kind}-block {name!r}: no {block_type.get_block_type_name()} block of that name "
             f"({exc}); create it in the Prefect UI (Blocks) or with {block_type.__name__}(...).save({name!r})"
         ) from None
-    except ValidationError as exc:
-        raise ConfigError(f"--{kind}-block {name!r}: the stored block is invalid: {exc.errors()[0]['msg']}") from None
+    except (ValidationError, RuntimeError) as exc:
+        # Prefect raises a RuntimeError from the ValidationError of a stored block that no longer validates
+        cause = exc if isinstance(exc, ValidationError) else exc.__cause__
+        if not isinstance(cause, ValidationError):
+            raise
+        raise ConfigError(f"--{kind}-block {name!r}: the stored block is invalid: {cause.errors()[0]['msg']}") from None
 
 
 def resolve_endpoint(name: str) -> ResolvedEndpoint:

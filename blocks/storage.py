@@ -5,8 +5,9 @@ from typing import Any
 import fsspec
 from prefect.blocks.core import Block
 from prefect.types import SecretDict
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from rollouts.redact import refuse_url_credentials, secret_option_keys
 from rollouts.storage import filesystem
 
 
@@ -19,6 +20,8 @@ class RolloutStorage(Block):
         "Where rollout runs are written: a local path or an fsspec URL such as s3://bucket/prefix, "
         "with fsspec options (endpoint, region...) and credentials kept as secrets."
     )
+    # a refused value is not echoed in the error: it holds the credential the refusal is about
+    model_config = {**Block.model_config, "hide_input_in_errors": True}
 
     url: str = Field(title="URL", description="Local path or fsspec URL where runs go, e.g. s3://bucket/runs")
     options: dict[str, Any] = Field(
@@ -29,6 +32,22 @@ class RolloutStorage(Block):
         None,
         description='fsspec options that are secret, merged over the others, e.g. {"key": "AKIA...", "secret": "..."}',
     )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return refuse_url_credentials(value, "url", "put them in secret_options, which the block keeps encrypted")
+
+    @field_validator("options")
+    @classmethod
+    def _plain_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        keys = secret_option_keys(value)
+        if keys:
+            raise ValueError(
+                f"options hold credentials ({', '.join(keys)}), which Prefect would store and show in the clear: "
+                "put them in secret_options, which the block keeps encrypted"
+            )
+        return value
 
     def storage_options(self) -> dict[str, Any]:
         """All fsspec options, secrets revealed: for filesystems only, never for logs or parameters."""

@@ -67,7 +67,8 @@ def run_tokens_command(args: argparse.Namespace) -> int:
     kinds = ", ".join(f"{k} {n}" for k, n in check.breaks_by_kind.items()) or "none"
     out.print(
         f"{card.rollouts_selected} rollouts: {check.contiguous} contiguous, {check.broken} broken "
-        f"(breaks: {kinds}); {card.without_token_ids} without token ids",
+        f"(breaks: {kinds}); {card.without_token_ids} without token ids"
+        + (f"; {card.bad_rows.count} bad rows skipped (see the data card)" if card.bad_rows.count else ""),
         highlight=False,
         soft_wrap=True,
     )

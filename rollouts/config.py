@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rollouts.client.bodies import DEFAULT_REPLY_MEMORY_BYTES
 from rollouts.envs import (
     BUILTIN_ENVIRONMENTS,
     Environment,
@@ -125,6 +126,13 @@ class EndpointConfig(BaseModel):
         ge=1024,
         description="largest model reply body read, in bytes; a larger one fails the "
         "rollout with ResponseTooLarge (not retried)",
+    )
+    max_reply_memory_bytes: int = Field(
+        DEFAULT_REPLY_MEMORY_BYTES,
+        ge=1024,
+        description="bytes of reply bodies read at once by one collector process, model and resources servers "
+        "together; a reply past it waits for others to be read (the oldest never waits), so replies being read hold "
+        "at most this plus one --max-response-bytes, whatever --parallel",
     )
     check_model: Annotated[bool, Cli(flag="--no-model-check", invert=True)] = Field(
         True,
@@ -603,6 +611,7 @@ class CollectConfig(BaseModel):
         for env in envs.values():
             if isinstance(env, RemoteEnvironment):
                 env.timeout, env.max_reply_bytes = self.endpoint.request_timeout, self.endpoint.max_response_bytes
+                env.reply_memory_bytes = self.endpoint.max_reply_memory_bytes
         return envs
 
     def api_key(self) -> str | None:

@@ -28,7 +28,7 @@ MASK = "***"
 # Storage option keys that carry credentials in s3fs, gcsfs, adlfs and fsspec's HTTP filesystems.
 _SECRET_KEY = re.compile(
     r"(secret|token(?!_source)|passw|credential|account_key|connection_string|private_key|api[-_]?key|^sas|auth|^key$|"
-    r"access_key|^sig$|^signature$)",
+    r"access_key|^sig$|signature$)",  # signature$: X-Amz-Signature, X-Goog-Signature of presigned URLs
     re.IGNORECASE,
 )
 # Values of such keys that name a credential source rather than hold one (gcsfs `token`, s3fs `anon`-like modes).
@@ -94,6 +94,20 @@ def _option_secrets(value: Any, path: str) -> list[str]:
     return found
 
 
+def secret_option_keys(options: Any) -> list[str]:
+    """Where in `--storage-options`-like data a credential is held, as dotted keys (`client_kwargs.endpoint_url`)."""
+    return _option_secrets(options, "")
+
+
+def refuse_url_credentials(url: str, field: str, instead: str) -> str:
+    """`url` unchanged, or a ValueError naming its credentials and where they belong (`instead`): for block fields,
+    which Prefect stores and shows in the clear."""
+    found = url_secrets(url)
+    if found:
+        raise ValueError(f"{field} {redact_url(url)} carries credentials ({', '.join(found)}); {instead}")
+    return url
+
+
 def _mask_mapping(value: dict[Any, Any]) -> dict[Any, Any]:
     return {k: (MASK if secret_key(str(k)) and _holds_secret(v) else _mask(v)) for k, v in value.items()}
 
@@ -113,8 +127,12 @@ def secret_problems(config: Any) -> list[str]:
     problems = []
     urls = {"--model-url": config.endpoint.model_url, "INPUT": config.input, "--out": config.storage.out}
     urls.update({f"--remote-env {name}": url for name, url in config.environments.remote_env.items()})
-    if config.concurrency.dask_address:
-        urls["--dask-address"] = config.concurrency.dask_address
+    for option, address in (
+        ("--dask-address", config.concurrency.dask_address),
+        ("--ray-address", config.concurrency.ray_address),
+    ):
+        if address:
+            urls[option] = address
     for option, url in urls.items():
         found = url_secrets(url)
         if found:
@@ -127,7 +145,7 @@ def secret_problems(config: Any) -> list[str]:
                 f"{option} {redact_url(url)} carries credentials ({', '.join(found)}): flow parameters "
                 f"and the manifest would keep them;{hint}"
             )
-    keys = _option_secrets(config.storage.options, "")
+    keys = secret_option_keys(config.storage.options)
     if keys:
         problems.append(
             f"--storage-options holds credentials ({', '.join(keys)}): flow parameters and the manifest "

@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 import orjson
 
-from rollouts.client.bodies import read_capped
+from rollouts.client.bodies import DEFAULT_REPLY_MEMORY_BYTES, ReplyBudget, read_capped, reply_budget
 from rollouts.client.chat import chat_tools, items_to_chat
 from rollouts.client.credentials import NO_AUTH, EndpointAuth
 from rollouts.client.replies import check_chat, check_responses
@@ -340,6 +340,7 @@ class ModelClient:
         rng: random.Random | None = None,
         request_timeout: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        reply_memory_bytes: int = DEFAULT_REPLY_MEMORY_BYTES,
         secrets: Iterable[str] = (),
     ) -> None:
         self.http, self.model, self.api = http, model, api
@@ -373,6 +374,14 @@ class ModelClient:
         self.rng = rng or random.Random()
         self.request_timeout = request_timeout
         self.max_response_bytes = max_response_bytes
+        self.reply_memory_bytes = reply_memory_bytes
+        self._reply_budget: ReplyBudget | None = None
+
+    def _budget(self) -> ReplyBudget:
+        """The collector loop's reply budget, set to this run's `--max-reply-memory-bytes` (found once)."""
+        if self._reply_budget is None:
+            self._reply_budget = reply_budget(self.reply_memory_bytes)
+        return self._reply_budget
 
     def _use_source(self, source: str) -> None:
         self.token_source = source
@@ -446,7 +455,7 @@ class ModelClient:
                             retryable=self.retry.retryable(status),
                             retry_after_s=retry_after(response),
                         )
-                    content = await read_capped(response, self.max_response_bytes)
+                    content = await read_capped(response, self.max_response_bytes, budget=self._budget())
                 finally:
                     await response.aclose()
         except TimeoutError:

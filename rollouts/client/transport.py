@@ -32,6 +32,8 @@ from httpx._client import BoundAsyncStream
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AIOHTTP_EXC_MAP, AiohttpResponseStream
 
+from rollouts.client.bodies import ReplyBudget, reply_budget
+
 
 class _NoCookies(httpx.Cookies):
     """A jar that stays empty: nothing is extracted from responses, so nothing is merged into requests."""
@@ -133,6 +135,13 @@ class CollectorTransport(AiohttpTransport):
         self.eager_body_bytes = eager_body_bytes
         self._urls: dict[str, Any] = {}  # str(httpx.URL) -> yarl.URL: aiohttp parses a str URL on every request
         self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
+        self._budget: ReplyBudget | None = None
+
+    def budget(self) -> ReplyBudget:
+        """The reply budget of the loop this transport's session lives on (found once)."""
+        if self._budget is None:
+            self._budget = reply_budget()
+        return self._budget
 
     def _yarl(self, url: httpx.URL) -> Any:
         text = str(url)
@@ -216,7 +225,13 @@ class CollectorTransport(AiohttpTransport):
                 extensions["reason_phrase"] = response.reason.encode()
             length = response.content_length
             if length is not None and length <= self.eager_body_bytes and "Content-Encoding" not in response.headers:
-                body = await response.read()
+                budget, reader = self.budget(), object()  # held against the process's reply memory while read
+                if not budget.take_now(reader, length):
+                    await budget.take(reader, length)
+                try:
+                    body = await response.read()
+                finally:
+                    budget.give_back(reader)
                 response.release()
                 # stream=, not content=: httpx would run the bytes through its decoders and chunker at once (~7 % of
                 # a model call's CPU); a reader gets them from the ByteStream, or through httpx's read() as ever.

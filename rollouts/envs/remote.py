@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 
-from rollouts.client.bodies import read_capped
+from rollouts.client.bodies import DEFAULT_REPLY_MEMORY_BYTES, read_capped, reply_budget
 from rollouts.client.retry import RetryPolicy, transport_failure
 from rollouts.envs.base import Environment, SessionState, VerifyResult
 from rollouts.errors import ConfigError, ResponseTooLarge, VerifierError
@@ -79,6 +79,7 @@ class RemoteEnvironment(Environment):
         self.url = url.rstrip("/")
         self.timeout = timeout  # per request, connect to last byte (the run sets it to --request-timeout)
         self.max_reply_bytes = max_reply_bytes  # the run sets it to --max-response-bytes
+        self.reply_memory_bytes = DEFAULT_REPLY_MEMORY_BYTES  # the run sets it to --max-reply-memory-bytes
         self.attempts = attempts
         self.retry = RetryPolicy(
             max_retries=attempts - 1, base_s=backoff, cap_s=max_backoff, retry_after_cap_s=max_backoff
@@ -136,7 +137,7 @@ class RemoteEnvironment(Environment):
         async with asyncio.timeout(self.timeout):
             streamed = await http.send(request, stream=True)
             try:
-                body = await read_capped(streamed, self.max_reply_bytes)
+                body = await read_capped(streamed, self.max_reply_bytes, budget=reply_budget(self.reply_memory_bytes))
             finally:
                 await streamed.aclose()
         headers = [(k, v) for k, v in streamed.headers.multi_items() if k.lower() != "content-encoding"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -346,7 +346,31 @@ def _problem() -> pl.Expr:
         .then(pl.lit("missing reward"))
         .when(ok & pl.col("reward").is_nan())
         .then(pl.lit("reward is NaN"))
+        .when(ok & pl.col("reward").is_infinite())
+        .then(pl.lit("reward is not finite"))
+        .when(_any_token(pl.col("prompt_token_ids"), _bad_id) | _any_token(pl.col("generation_token_ids"), _bad_id))
+        .then(pl.lit(f"token id out of range (not an integer from 0 to {TOKEN_ID_MAX:,})"))
+        .when(_any_token(pl.col("generation_log_probs"), _bad_log_prob))
+        .then(pl.lit("log-probability not finite (or beyond float32)"))
     )
+
+
+# Token ids are read as Int32: an id past it (or not an integer) reads as null, and so does a JSON null in the list.
+TOKEN_ID_MAX = 2**31 - 1
+
+
+def _bad_id(token: pl.Expr) -> pl.Expr:
+    return token.is_null() | (token < 0)
+
+
+def _bad_log_prob(value: pl.Expr) -> pl.Expr:
+    return value.is_null() | ~value.is_finite()  # Float32: 1e308 reads as inf
+
+
+def _any_token(column: pl.Expr, bad: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
+    """Whether any value in a per-call list of token lists is bad (false when the column is null)."""
+    per_call = pl.element().list.eval(bad(pl.element())).list.any()
+    return column.list.eval(per_call).list.any().fill_null(False)
 
 
 def _derived_ids(df: pl.DataFrame, source: str) -> pl.Series:

@@ -107,8 +107,8 @@ def parse_or_locate(pieces: list[Piece], source: str, bad: BadRows, skip: bool) 
         piece = pieces[0]
         texts, invalid_utf8 = _split_lines(piece.data, piece.first_line)
         good, invalid = locate_bad_lines(texts)
-        rejected = [(0, *r) for r in invalid_utf8 + invalid]
-        parsed = _parse_good_lines(good, piece, source)
+        parsed, refused = parse_good_lines(good, piece, source)
+        rejected = [(0, *r) for r in invalid_utf8 + invalid + refused]
     problems = parsed.filter(pl.col("problem").is_not_null())
     if problems.height:
         order = {
@@ -126,17 +126,29 @@ def parse_or_locate(pieces: list[Piece], source: str, bad: BadRows, skip: bool) 
     return parsed.filter(pl.col("problem").is_null())
 
 
-def _parse_good_lines(good: list[tuple[int, str]], piece: Piece, source: str) -> pl.DataFrame:
+def parse_good_lines(
+    good: list[tuple[int, str]], piece: Piece, source: str
+) -> tuple[pl.DataFrame, list[tuple[int, str, str]]]:
+    """The lines the Python checks passed, parsed; a line polars still refuses is isolated by halving and becomes a
+    bad row with its line (never a failure of the whole range)."""
     if not good:
-        return empty_frame().with_columns(problem=pl.lit(None, pl.String))
+        return empty_frame().with_columns(problem=pl.lit(None, pl.String)), []
     body = "\n".join(text for _, text in good).encode() + b"\n"
     lines = pl.DataFrame(
         {"line": [n for n, _ in good], "raw": [t for _, t in good]}, schema={"line": pl.Int64, "raw": pl.String}
     )
     try:
-        return parse_chunk(body, lines, source=source, file=piece.file)
+        return parse_chunk(body, lines, source=source, file=piece.file), []
     except pl.exceptions.PolarsError as exc:
-        raise InputError(f"{piece.file}: lines {good[0][0]}-{good[-1][0]}: cannot parse ({exc})") from None
+        if len(good) == 1:
+            reason = str(exc).strip().splitlines()[0][:200]
+            return empty_frame().with_columns(problem=pl.lit(None, pl.String)), [
+                (good[0][0], "cannot parse", f"cannot parse ({reason})")
+            ]
+    half = len(good) // 2
+    first, first_refused = parse_good_lines(good[:half], piece, source)
+    rest, rest_refused = parse_good_lines(good[half:], piece, source)
+    return pl.concat([first, rest]), first_refused + rest_refused
 
 
 def _split_lines(data: bytes, first_line: int) -> tuple[list[tuple[int, str]], list[tuple[int, str, str]]]:

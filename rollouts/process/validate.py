@@ -12,6 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..errors import RowError
+from ..inputs import parse_json, writable
+
 MAX_EXAMPLES = 20
 
 
@@ -56,13 +59,15 @@ def _number_list(value: Any, test: Any) -> bool:
 def check_line(text: str) -> tuple[str, str] | None:
     """(reason, detail) when the line cannot be parsed into the typed schema, else None."""
     try:
-        row = json.loads(text)
-    except ValueError as exc:
-        msg = getattr(exc, "msg", str(exc))
-        col = getattr(exc, "colno", None)
-        return "invalid JSON", f"invalid JSON: {msg}" + (f" at column {col}" if col else "")
+        row = parse_json(text)  # strict: NaN, Infinity, 1e999 and integers past 64 bits are refused with their column
+    except RowError as exc:
+        return "invalid JSON", str(exc)
     if not isinstance(row, dict):
         return "not a JSON object", f"row is a JSON {type(row).__name__}, not an object"
+    try:
+        writable(row)
+    except RowError as exc:
+        return "invalid JSON", str(exc)
     checks: list[tuple[str, bool, str]] = [
         ("reward", _optional(row.get("reward"), _is_number), "a number"),
         ("_ng_task_index", _optional(row.get("_ng_task_index"), _is_int), "an integer"),

@@ -89,6 +89,7 @@ class ShardGenerator:
             rng=random.Random(f"{run.run_id}/{shard}"),
             request_timeout=endpoint.request_timeout,
             max_response_bytes=endpoint.max_response_bytes,
+            reply_memory_bytes=endpoint.max_reply_memory_bytes,
             secrets=[*option_secrets(self.config.storage.options), *filter(None, [self.config.api_key()])],
         )
         self.rollout_timeout = endpoint.rollout_timeout

@@ -172,6 +172,7 @@ def write_token_records(
         inputs=loaded.inputs,
         turn_end_id=turn_end_id,
         rows_read=loaded.rows_read,
+        bad_rows=loaded.bad_rows,
         rollouts_selected=selected.height,
     )
     wanted = _selected_meta(selected, loaded, so)

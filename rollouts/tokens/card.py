@@ -8,6 +8,7 @@ from collections import Counter
 from pydantic import BaseModel, Field
 
 from rollouts.process.card import OutputFile
+from rollouts.process.validate import BadRows
 from rollouts.report.markdown import header, row
 from rollouts.tokens.check import ContiguityMetrics
 
@@ -33,6 +34,7 @@ class TokenCard(BaseModel):
     inputs: list[str] = Field(default_factory=list)
     turn_end_id: int | None = None  # given; otherwise inferred per rollout for splice
     rows_read: int = 0
+    bad_rows: BadRows = Field(default_factory=BadRows)  # skipped with --skip-bad-rows
     rollouts_selected: int = 0  # successful rollouts kept by the RL selection
     without_token_ids: int = 0
     malformed: int = 0
@@ -61,6 +63,7 @@ class TokenCard(BaseModel):
         lines += [f"Policy at a break: **{self.policy}**", "", *header(["", "count"], [False, True])]
         for label, value in (
             ("rows read", self.rows_read),
+            ("bad rows skipped", self.bad_rows.count),
             ("rollouts selected (RL)", self.rollouts_selected),
             ("without token ids", self.without_token_ids),
             ("malformed token fields", self.malformed),
@@ -76,6 +79,8 @@ class TokenCard(BaseModel):
         ):
             lines.append(row([label, value]))
         lines.append("")
+        if self.bad_rows.count:
+            lines += ["## Bad rows", "", *[f"- `{e}`" for e in self.bad_rows.examples], ""]
         if c.breaks_by_kind:
             lines += ["## Breaks", "", *header(["kind", "breaks", "rollouts (first break)"], [False, True, True])]
             lines += [row([k, n, c.rollouts_by_first_break.get(k, 0)]) for k, n in c.breaks_by_kind.items()]

@@ -46,6 +46,34 @@ def test_unknown_block_is_a_clear_config_error(live_client):
         resolve_endpoint("nope")
 
 
+def test_credentials_in_a_block_s_plain_fields_are_refused_without_echoing_them(live_client):
+    """A password in a block's URL, or a key in its plain options, would be stored and shown in the clear: refused
+    when the block is made, and when one made elsewhere (the UI's form checks only the types) is loaded by a run."""
+    from pydantic import ValidationError
+
+    from blocks import ModelEndpoint, RolloutStorage, resolve_endpoint, resolve_storage
+    from rollouts.errors import ConfigError
+
+    refused = [
+        lambda: ModelEndpoint(base_url=f"http://user:{KEY}@127.0.0.1:9/v1", model="m"),
+        lambda: RolloutStorage(url=f"s3://b/runs?X-Amz-Signature={S3_SECRET}"),
+        lambda: RolloutStorage(url="s3://b/runs", options={"key": "AKIA", "secret": S3_SECRET}),
+    ]
+    for make in refused:
+        with pytest.raises(ValidationError, match="credentials") as info:
+            make()
+        assert KEY not in str(info.value) and S3_SECRET not in str(info.value)
+    ModelEndpoint.model_construct(base_url=f"http://user:{KEY}@127.0.0.1:9/v1", model="m").save(
+        "leaky-model", overwrite=True
+    )
+    RolloutStorage.model_construct(url="s3://b/runs", options={"secret": S3_SECRET}).save("leaky-store", overwrite=True)
+    with pytest.raises(ConfigError, match="--model-block 'leaky-model': .*carries credentials") as model_error:
+        resolve_endpoint("leaky-model")
+    with pytest.raises(ConfigError, match="--storage-block 'leaky-store': .*hold credentials") as storage_error:
+        resolve_storage("leaky-store")
+    assert KEY not in str(model_error.value) and S3_SECRET not in str(storage_error.value)
+
+
 def test_a_run_from_blocks_keeps_their_secrets_out_of_everything_it_writes(tmp_path, sim, s3_endpoint, live_client):
     import boto3
     import s3fs

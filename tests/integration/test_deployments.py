@@ -189,3 +189,24 @@ def test_served_deployment_runs_with_no_parameters_as_the_serve_script_says(depl
     assert done.state.is_completed(), f"{done.state.message}\n{log.read_text()[-3000:]}"
     runs = list(out.iterdir())
     assert len(runs) == 1 and len(run_rows(runs[0], "rollouts")) == 32  # 4 prompts x the rl preset's 8 repeats
+
+
+def test_a_cancel_from_the_ui_stops_the_run_like_a_signal_and_ends_it_cancelled(deployed, live_client):
+    """The UI's Cancel: the worker records the intent and sends SIGTERM; the run stops taking work, flushes, writes
+    an `interrupted` manifest, and Prefect ends the flow run Cancelled (never Running, never Completed)."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    given = {"run_name": "cancelled-run", "sampling": {"num_repeats": 5000}, "concurrency": {"parallel": 4}}
+    flow_run = run_deployment("collect-rollouts/from-ui", parameters=given, timeout=0)
+    run = deployed["work"] / "runs" / "cancelled-run"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(run.glob("generations/*.jsonl")):
+        time.sleep(0.5)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+        done = _wait_state(client, flow_run.id)
+    assert done.state.is_cancelled(), (done.state.type, done.state.message)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and 0 < manifest["counts"]["rollouts_ok"] < 20_000, manifest["counts"]

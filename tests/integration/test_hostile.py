@@ -132,7 +132,7 @@ def test_a_killed_run_s_flow_run_ends_crashed_at_the_next_start(tmp_path: Path, 
         process = start(command, env)
         wait_for_lines(process, run, 20)
         process.kill()
-        process.wait()
+        finish(process)  # reaps it and closes its pipes
         assert flow_run_states(prefect_server, "reaped") == ["RUNNING"]
         resumed = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -310,6 +310,23 @@ def test_oversized_verify_replies_fail_within_the_cap(
     assert 100 < peak_mb <= 400, peak_mb
 
 
+def test_replies_being_read_share_one_memory_budget_across_the_collector(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    # 16 verifications at once, each reading a 64 MB reply of unknown length up to the 16 MB cap. Measured peak of the
+    # command: 211 MB with a 16 MB budget, 382 MB with a 1 GB one (the replies read side by side, 16 x 16 MB).
+    hostile.state.verify, hostile.state.huge_bytes = "chunked", 64 << 20
+    mb = 1 << 20
+    extra = ("--max-response-bytes", str(16 * mb), "--max-reply-memory-bytes", str(16 * mb))
+    extra += ("--parallel", "16", "--max-failure-fraction", "1.0")
+    rows = hostile_rows(["2"] * 16)
+    done, run, _, peak_mb = collect_hostile_measured(tmp_path, prefect_server, hostile, "budget", rows, *extra)
+    assert done.returncode == 0, done.stderr[-2000:]
+    failed = run_rows(run, "failures")
+    assert len(failed) == 16 and {r["error"]["type"] for r in failed} == {"ResponseTooLarge"}
+    assert 100 < peak_mb <= 300, peak_mb  # the baseline (~190 MB) plus at most the budget and one reply's cap
+
+
 @pytest.mark.parametrize("attack", ["hang", "trickle"])
 def test_a_stalled_verify_honours_request_and_rollout_timeouts(
     tmp_path: Path, prefect_server: str, hostile: Any, attack: str
@@ -330,8 +347,8 @@ def test_a_stalled_verify_honours_request_and_rollout_timeouts(
 def test_tool_calls_past_the_per_turn_cap_get_an_error_output(
     tmp_path: Path, prefect_server: str, hostile: Any
 ) -> None:
-    hostile.state.tool_calls = 500
-    extra = ("--max-tool-calls-per-turn", "8", "--max-turns", "2")
+    hostile.state.tool_calls, hostile.state.tool_bytes = 500, 2 << 20  # each tool reply over the 1 MiB cap too
+    extra = ("--max-tool-calls-per-turn", "8", "--max-turns", "2", "--max-response-bytes", str(1 << 20))
     done, run, _ = collect_hostile(
         tmp_path, prefect_server, hostile, "tools", hostile_rows(["2"] * 3, tools=True), *extra
     )
@@ -341,7 +358,9 @@ def test_tool_calls_past_the_per_turn_cap_get_an_error_output(
     for row in rows:
         outputs = [i["output"] for i in row["response"]["output"] if i["type"] == "function_call_output"]
         refused = [o for o in outputs if "more than 8 tool calls" in o]
-        assert len(outputs) == 500 and len(refused) == 492
+        too_large = [o for o in outputs if "tool reply too large" in o]  # an error output, the rollout goes on
+        assert len(outputs) == 500 and len(refused) == 492 and len(too_large) == 8
+        assert all(len(o) < 1000 for o in too_large)
     assert hostile.state.calls["calculate"] == 3 * 8
 
 
@@ -379,6 +398,38 @@ def test_error_snippets_never_hold_the_key_or_a_storage_secret(
     assert "HTTP 500" in stored and key not in stored and "***" in stored
 
 
+def test_error_snippets_never_hold_a_model_block_s_key_or_headers(
+    tmp_path: Path, prefect_server: str, hostile: Any
+) -> None:
+    from prefect.settings import temporary_settings
+
+    from blocks import ModelEndpoint
+
+    hostile.state.echo_headers = True
+    key, header = "sk-canary-block-41d9e2", "hdr-canary-block-8c5f"
+    with temporary_settings(updates={"api.url": prefect_server}):
+        ModelEndpoint(
+            base_url=hostile.model_url, model="sim-model", api_key=key, extra_headers={"X-Team": header}
+        ).save("echo-model", overwrite=True)
+    src = write_jsonl(tmp_path / "echo.jsonl", hostile_rows(["2"] * 3))
+    command = collect_command(src, hostile.model_url, tmp_path / "runs", "echo-block", "--model-block", "echo-model")
+    command += ["--max-retries", "0", "--num-repeats", "1"]
+    done = subprocess.run(
+        command,
+        env=environment(prefect_server),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    stored = "".join(p.read_text() for p in (tmp_path / "runs" / "echo-block").rglob("*") if p.is_file())
+    assert "HTTP 500" in stored and "***" in stored
+    for secret in (key, header):
+        assert secret not in stored and secret not in done.stdout + done.stderr
+
+
 def test_badly_typed_tools_and_instructions_are_rejects_with_their_line(
     tmp_path: Path, prefect_server: str, sim: Any
 ) -> None:
@@ -409,3 +460,145 @@ def test_badly_typed_tools_and_instructions_are_rejects_with_their_line(
     rejects = [json.loads(line) for line in (run / "rejects.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rejects] == [11, 12, 13, 14, 15]
     assert len(run_rows(run, "rollouts")) == 10 and not run_rows(run, "failures")
+
+
+# ---- hostile rollout rows for `rollouts process` and `rollouts tokens` ----------------------------------------
+
+GYM_ROWS = ROOT / "tests" / "fixtures" / "process" / "gym.jsonl"
+GOOD_WITH_TOKENS = '"generation_token_ids":[7,8]'
+
+
+def hostile_rollout_rows(tmp_path: Path) -> Path:
+    """The fixture's nine rows with five hostile copies of its first (token-carrying) row at lines 3-7."""
+    rows = GYM_ROWS.read_text().splitlines()
+    first = rows[0]
+    assert GOOD_WITH_TOKENS in first
+    hostile = [
+        first.replace('"reward":1.0', '"reward":NaN'),  # line 3
+        first.replace(GOOD_WITH_TOKENS, f'"generation_token_ids":[7,{2**40}]'),  # line 4
+        first.replace('"generation_log_probs":[-0.5,-0.25]', '"generation_log_probs":[-0.5,1e308]'),  # line 5
+        first.replace('"reward":1.0', '"reward":1e999'),  # line 6
+        first.replace('"_ng_rollout_index":0', f'"_ng_rollout_index":{2**70}'),  # line 7
+    ]
+    path = tmp_path / "hostile-rollouts.jsonl"
+    path.write_text("\n".join(rows[:2] + hostile + rows[2:]) + "\n")
+    return path
+
+
+def run_command(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "commands", *argv],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_non_finite_and_out_of_range_values_in_rollout_rows_are_bad_rows_with_their_line(tmp_path: Path) -> None:
+    src = hostile_rollout_rows(tmp_path)
+    strict = run_command("process", str(src), "--objective", "rl", "--out", str(tmp_path / "strict"))
+    assert strict.returncode == 1 and "Traceback" not in strict.stderr
+    assert f"{src}:3: invalid JSON: NaN and Infinity are not valid JSON" in strict.stderr  # not "lines 1-14"
+
+    done = run_command("process", str(src), "--objective", "rl", "--out", str(tmp_path / "p"), "--skip-bad-rows")
+    assert done.returncode == 0, done.stderr
+    card = json.loads((tmp_path / "p" / "rl" / "data_card.json").read_text())
+    lines = [int(e.split(":")[1]) for e in card["bad_rows"]["examples"]]
+    assert card["bad_rows"]["count"] == 5 and lines == [3, 4, 5, 6, 7], card["bad_rows"]
+    assert "token id out of range" in card["bad_rows"]["examples"][1]
+    assert "log-probability not finite" in card["bad_rows"]["examples"][2]
+    import polars as pl
+
+    frame = pl.read_parquet(tmp_path / "p" / "rl" / "rollouts.parquet")
+    assert frame.height == 9  # the fixture's rows, none of the hostile ones (no null id, no inf log-probability)
+
+    tokens = run_command("tokens", str(src), "--out", str(tmp_path / "t"), "--skip-bad-rows")
+    assert tokens.returncode == 0 and "Traceback" not in tokens.stderr, tokens.stderr
+    assert "5 bad rows skipped" in tokens.stdout
+    written = pl.read_parquet(tmp_path / "t" / "tokens.parquet")
+    assert written.height == 1  # the one good row with token ids
+
+
+def test_files_left_by_a_kill_in_the_last_stages_are_cleared_by_the_next_run(
+    tmp_path: Path, prefect_server: str, sim: Any
+) -> None:
+    """A kill while the profile or a training file was being written leaves `<file>.tmp-*` beside it (the file itself
+    is renamed into place whole, or not at all); the next run of the same command removes them and lists only whole
+    files in its manifest."""
+    from rollouts.storage import Store, check_inventory
+
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(8))
+    command = collect_command(src, sim.url, tmp_path / "runs", "leftovers", "--num-repeats", "2")
+    env = environment(prefect_server)
+    first = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "runs" / "leftovers"
+    parquet = run / "train" / "rl" / "rollouts.parquet"
+    whole = parquet.read_bytes()
+    torn = [run / "profile" / "profile.json.tmp-0badf00d", parquet.with_name("rollouts.parquet.tmp-0badf00d")]
+    for path in torn:
+        path.write_bytes(b"PAR1 torn")  # what a writer killed before its rename leaves
+    again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr[-2000:]
+    written = manifest(run)
+    assert written["status"] == "completed" and not any(p.exists() for p in torn)
+    assert not list(run.rglob("*.tmp-*")) and parquet.read_bytes() == whole
+    assert check_inventory(Store(str(run)), written["files"]) == []
+
+
+def test_tune_counts_replies_over_the_cap_as_errors(tmp_path: Path, hostile: Any, capsys: Any) -> None:
+    """A server whose every reply is over --max-response-bytes answers 200 but serves no rollout: 100 % errors,
+    not 0 % (each ResponseTooLarge was once counted as a success)."""
+    from commands.tune import main as tune_main
+
+    hostile.state.chat_bytes = 17 << 20  # over the 16 MiB default cap
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(2))
+    argv = [str(src), "--model-url", hostile.model_url, "--model", "sim-model", "--start", "1", "--max-parallel", "2"]
+    code = tune_main([*argv, "--step-requests", "2", "--step-seconds", "0.3", "--out", str(tmp_path / "tune")])
+    err = capsys.readouterr().err
+    assert code == 1 and "error: no request succeeded (errors: {'too large': " in err, err
+    assert "Traceback" not in err and not (tmp_path / "tune").exists()
+
+
+# Runs `rollouts collect` (argv[1:]) with a real SIGINT sent to itself as the filter stage starts: a deterministic
+# moment for a Ctrl-C that a test cannot hit from outside.
+_SIGINT_IN_FILTER = """
+import os, signal, sys
+import flows.collect as collect
+real = collect.filter_rollouts
+def filter_rollouts(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return real(*args, **kwargs)
+collect.filter_rollouts = filter_rollouts
+sys.argv = ["rollouts", *sys.argv[1:]]
+from commands import main
+sys.exit(main())
+"""
+
+
+def test_a_ctrl_c_in_the_filter_stage_leaves_the_run_interrupted_and_the_next_run_completes_it(
+    tmp_path: Path, prefect_server: str, sim: Any
+) -> None:
+    src = write_jsonl(tmp_path / "p.jsonl", math_rows(6))
+    command = collect_command(src, sim.url, tmp_path / "runs", "filtered", "--num-repeats", "2")
+    env = environment(prefect_server)
+    stopped = subprocess.run(
+        [sys.executable, "-c", _SIGINT_IN_FILTER, *command[3:]],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    run = tmp_path / "runs" / "filtered"
+    written = manifest(run)
+    assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    assert written["status"] == "interrupted" and written["counts"]["rollouts_ok"] == 12, written  # not `completed`
+    assert not written["outputs"]
+    again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert manifest(run)["status"] == "completed" and (run / "train" / "rl" / "rollouts.parquet").exists()

@@ -88,11 +88,24 @@ def test_an_api_key_canary_is_written_nowhere(tmp_path, sim, prefect_server):
     assert CANARY not in asyncio.run(prefect_records())
 
 
-@pytest.mark.parametrize("option", ["url", "storage"])
+REFUSED_OPTIONS = {
+    "url": [],
+    "storage": ["--storage-options", json.dumps({"secret": CANARY, "key": "AKIA"})],
+    # a presigned URL's signature, as a key and in a URL
+    "signature": ["--storage-options", json.dumps({"X-Amz-Signature": CANARY})],
+    "signed-url": [
+        "--storage-options",
+        json.dumps({"client_kwargs": {"endpoint_url": f"http://h/?X-Amz-Signature={CANARY}"}}),
+    ],
+    "ray": ["--task-runner", "ray", "--ray-address", f"ray://admin:{CANARY}@127.0.0.1:10001"],
+}
+
+
+@pytest.mark.parametrize("option", list(REFUSED_OPTIONS))
 def test_credentials_in_a_url_or_storage_options_are_refused_and_written_nowhere(tmp_path, sim, prefect_server, option):
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(2))
     model_url = sim.url.replace("http://", f"http://user:{CANARY}@") if option == "url" else sim.url
-    extra = ["--storage-options", json.dumps({"secret": CANARY, "key": "AKIA"})] if option == "storage" else []
+    extra = REFUSED_OPTIONS[option]
     out = rollouts_cli(
         "collect",
         str(src),

@@ -1,10 +1,12 @@
 """A hostile model server and resources server in one aiohttp app on loopback, for tests/integration/test_hostile.py.
 
 Model routes: `GET /v1/models`; `POST /v1/chat/completions` answers `tool_calls` function calls to `calculate` per turn
-(0: a plain answer), or, with `echo_headers`, a 500 whose body echoes the request's headers (a key included).
+(0: a plain answer; padded to `chat_bytes` when set), or, with `echo_headers`, a 500 whose body echoes the request's
+headers (a key included).
 Resources routes: `POST /seed_session`; `POST /calculate`; `POST /verify` per `verify`: "ok" (reward 1.0, or the
 row's `expected_answer` when it is "NaN" / "Infinity" / "1e400", written raw into the JSON), "huge" (a `pad` field
-of `huge_bytes`), "gzip" (`huge_bytes` of zeros sent gzip-compressed), "hang" (no answer for 600 s), "trickle"
+of `huge_bytes`), "chunked" (`huge_bytes` of spaces in 256 KB chunks, no declared length), "gzip" (`huge_bytes` of
+zeros sent gzip-compressed), "hang" (no answer for 600 s), "trickle"
 (one byte a second).
 """
 
@@ -30,6 +32,8 @@ class Hostility:
     echo_headers: bool = False
     verify: str = "ok"
     huge_bytes: int = 8 * 1024 * 1024
+    chat_bytes: int = 0  # > 0: every chat reply is padded to about this many bytes
+    tool_bytes: int = 0  # > 0: every tool reply is padded to about this many bytes
     calls: Counter[str] = field(default_factory=Counter)
 
 
@@ -74,7 +78,10 @@ def make_app(state: Hostility) -> web.Application:
         if state.echo_headers:
             return web.json_response({"error": "bad request", "headers": dict(request.headers)}, status=500)
         turn = sum(1 for m in body.get("messages", []) if m.get("role") == "tool")
-        return web.json_response(_chat_reply(state, 1 if turn else 0))
+        reply = _chat_reply(state, 1 if turn else 0)
+        if state.chat_bytes:
+            reply["pad"] = "x" * state.chat_bytes
+        return web.json_response(reply)
 
     @routes.post("/seed_session")
     async def seed(request: web.Request) -> web.Response:
@@ -85,7 +92,7 @@ def make_app(state: Hostility) -> web.Application:
     async def calculate(request: web.Request) -> web.Response:
         state.calls["calculate"] += 1
         await request.read()
-        return web.json_response({"result": 2})
+        return web.json_response({"result": 2, **({"pad": "x" * state.tool_bytes} if state.tool_bytes else {})})
 
     @routes.post("/verify")
     async def verify(request: web.Request) -> web.StreamResponse:
@@ -99,6 +106,16 @@ def make_app(state: Hostility) -> web.Application:
             for _ in range(600):
                 await reply.write(b" ")
                 await asyncio.sleep(1)
+            return reply
+        if state.verify == "chunked":  # no declared length: a reader learns the size only by reading
+            reply = web.StreamResponse(headers={"content-type": "application/json"})
+            await reply.prepare(request)
+            piece = b" " * (256 * 1024)
+            try:
+                for _ in range(state.huge_bytes // len(piece)):
+                    await reply.write(piece)
+            except (ConnectionResetError, RuntimeError):  # the reader stopped at its cap and closed
+                pass
             return reply
         if state.verify == "huge":
             return web.json_response({"reward": 1.0, "pad": "x" * state.huge_bytes})

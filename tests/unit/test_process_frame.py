@@ -152,6 +152,20 @@ def test_each_kind_of_bad_row_is_named(tmp_path: Path, line: str, reason: str) -
         load_rollouts([str(path)])
 
 
+def test_a_line_polars_refuses_after_the_python_checks_is_isolated_with_its_line() -> None:
+    """The Python checks and polars may disagree on a line (a NaN reward once passed `json.loads` and failed the
+    whole range "lines 1-56: cannot parse"): such a line is found by halving and becomes one bad row."""
+    from rollouts.process.frame import Piece
+    from rollouts.process.readers import parse_good_lines
+
+    rows = GYM.read_text().splitlines()
+    good = [(n, text) for n, text in enumerate(rows, start=1)]
+    good[4] = (5, rows[4].replace('"reward":', '"reward":NaN,"was":'))  # as if the checks had let it through
+    frame, refused = parse_good_lines(good, Piece("gym.jsonl", 1, b""), "gym")
+    assert [(line, reason) for line, reason, _ in refused] == [(5, "cannot parse")]
+    assert frame["line"].to_list() == [1, 2, 3, 4, 6, 7, 8, 9]
+
+
 def test_skip_bad_rows_counts_them_by_reason() -> None:
     loaded = load_rollouts([str(FIXTURES / "bad.jsonl")], skip_bad_rows=True)
     assert (loaded.rows, loaded.rows_read, loaded.bad_rows.count) == (2, 6, 4)
