@@ -17,6 +17,7 @@ on the columns kept from each chunk (`frame.KEPT_COLUMNS`) plus `fired_<id>` for
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -52,10 +53,22 @@ class Check:
 
 
 _REGISTRY: dict[str, Check] = {}
+_BUILTINS = ("checks_group", "checks_text", "checks_tools")  # modules whose import registers the built-in checks
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    """Register the built-in checks (once, first): every lookup and registration sees them, in the same order."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for module in _BUILTINS:
+            importlib.import_module(f"{__package__}.{module}")
 
 
 def register(check_id: str, *, needs: Sequence[str], scope: Scope = "rollout") -> Callable[[CheckFn], CheckFn]:
     """Register `fn` as the check `check_id` (ids are unique: registering one twice is an error)."""
+    _load_builtins()
     if not check_id.isidentifier():
         raise ValueError(f"check id {check_id!r} must be an identifier (it becomes a column and a CLI value)")
 
@@ -72,15 +85,18 @@ def register(check_id: str, *, needs: Sequence[str], scope: Scope = "rollout") -
 
 def unregister(check_id: str) -> None:
     """Remove a check (tests and plugins that replace a built-in check)."""
+    _load_builtins()
     _REGISTRY.pop(check_id, None)
 
 
 def registered() -> list[Check]:
     """Every registered check, in registration order (rollout checks run in this order, then run checks)."""
+    _load_builtins()
     return list(_REGISTRY.values())
 
 
 def get_check(check_id: str) -> Check:
+    _load_builtins()
     try:
         return _REGISTRY[check_id]
     except KeyError:
@@ -91,6 +107,7 @@ def selected_checks(config: QualityConfig) -> list[Check]:
     """The checks `config` asks for (all by default, minus `skip_checks`), unknown ids refused."""
     for check_id in (*(config.checks or ()), *config.skip_checks):
         get_check(check_id)
+    _load_builtins()
     chosen = config.checks if config.checks is not None else tuple(_REGISTRY)
     return [check for check in registered() if check.id in chosen and check.id not in config.skip_checks]
 
