@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_PROMPTS = 2_500
+KINDS = ("rollouts", "failures")
 TOOLS = [
     {
         "type": "function",
@@ -139,9 +140,9 @@ def stage(args: argparse.Namespace) -> None:
     if args.stage == "read_ndjson":
         import polars as pl
 
-        files = sorted(str(f) for f in Path(args.run).rglob("*.jsonl"))
-        frame = pl.read_ndjson(files)  # a list of sources: one frame, the schema inferred across them
-        rows, extra = frame.height, {}
+        # One read per folder, each inferring its own schema (a failure row's null response would type the column)
+        frames = [pl.read_ndjson(sorted(str(f) for f in (Path(args.run) / kind).glob("*.jsonl"))) for kind in KINDS]
+        rows, extra = sum(frame.height for frame in frames), {}
     elif args.stage == "load":
         loaded = load_rollouts([args.run], workdir=args.workdir)
         Path(args.workdir, "loaded.json").write_text(loaded.model_dump_json())
@@ -163,7 +164,7 @@ def stage(args: argparse.Namespace) -> None:
 def link_run(full: Path, run: Path, shards: int) -> int:
     """A run of the first `shards` shards of `full`, as symlinks (what a smaller collection run would hold)."""
     total = 0
-    for kind in ("rollouts", "failures"):
+    for kind in KINDS:
         (run / kind).mkdir(parents=True, exist_ok=True)
         for source in sorted((full / kind).glob("*.jsonl"))[:shards]:
             target = run / kind / source.name
