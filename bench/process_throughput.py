@@ -224,7 +224,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build (or reuse) the run here instead of a temp dir")
     parser.add_argument("--single-process", action="store_true", help="also time load+rl+sft+dpo in one process")
     parser.add_argument("--sizes", help="comma-separated rollout counts: the whole process at each (see above)")
-    parser.add_argument("--baseline-max", type=int, default=3_000_000, help="largest size read_ndjson is timed at")
+    parser.add_argument(
+        "--baseline-max", type=int, default=1_000_000, help="largest size read_ndjson is timed at (~11 GB RSS at 1M)"
+    )
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
