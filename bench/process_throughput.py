@@ -1,12 +1,17 @@
 """Throughput of `rollouts process`: a synthetic run of 1,000,000 rollouts (250,000 prompts x 4), all three objectives.
 
     python bench/process_throughput.py [--prompts 250000] [--repeats 4] [--keep DIR] [--single-process]
+    python bench/process_throughput.py --sizes 1000000,3000000,10000000 --keep /tmp/bench-10m   # scale (~1 h)
 
 Builds the run as JSONL shards (rollouts/ and failures/, like a collection run) in a temp dir, then runs each stage in
 its own subprocess and prints wall time, rows/s and the stage's peak RSS (its own ru_maxrss):
   load  JSONL run -> the Parquet rollout frame (done once; every objective reads the frame)
   rl / sft / dpo  select + write the default formats from the frame
-With --single-process, also runs the whole `process` (load once + rl, sft, dpo) in one process, as the CLI does.
+With --single-process, also runs the whole `process` (load once + rl, sft, dpo) in one process, as the CLI does,
+beside the bare baseline: a plain `polars.read_ndjson` of the same files in its own process (ratio = process / read).
+With --sizes, builds the largest run once (the smaller ones are its first shards, linked) and runs the whole
+`process` at each size: seconds, rows/s and peak RSS per size say whether time is linear and memory flat; the
+read_ndjson baseline runs up to --baseline-max rollouts (it holds the whole file in memory).
 Rows: a system + user prompt, 1-3 model calls with token ids and logprobs on every call, 10% tool-call
 conversations, reasoning items, LaTeX backslashes, 2% length-truncated, 0.5% failed; ~1.5 KB per line.
 """
@@ -24,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_PROMPTS = 2_500
+KINDS = ("rollouts", "failures")
 TOOLS = [
     {
         "type": "function",
@@ -131,7 +137,13 @@ def stage(args: argparse.Namespace) -> None:
     from rollouts.process import LoadedRollouts, ProcessConfig, load_rollouts, process_many, select, write_outputs
 
     start = time.perf_counter()
-    if args.stage == "load":
+    if args.stage == "read_ndjson":
+        import polars as pl
+
+        # One read per folder, each inferring its own schema (a failure row's null response would type the column)
+        frames = [pl.read_ndjson(sorted(str(f) for f in (Path(args.run) / kind).glob("*.jsonl"))) for kind in KINDS]
+        rows, extra = sum(frame.height for frame in frames), {}
+    elif args.stage == "load":
         loaded = load_rollouts([args.run], workdir=args.workdir)
         Path(args.workdir, "loaded.json").write_text(loaded.model_dump_json())
         rows, extra = loaded.rows, {}
@@ -149,6 +161,54 @@ def stage(args: argparse.Namespace) -> None:
     print(json.dumps({"stage": args.stage, "seconds": seconds, "rows": rows, "rss_gb": rss_gb, **extra}))
 
 
+def link_run(full: Path, run: Path, shards: int) -> int:
+    """A run of the first `shards` shards of `full`, as symlinks (what a smaller collection run would hold)."""
+    total = 0
+    for kind in KINDS:
+        (run / kind).mkdir(parents=True, exist_ok=True)
+        for source in sorted((full / kind).glob("*.jsonl"))[:shards]:
+            target = run / kind / source.name
+            if not target.exists():
+                target.symlink_to(source)
+            with source.open("rb") as fh:
+                total += sum(1 for _ in fh)
+    (run / "manifest.json").write_text(json.dumps({"run": "bench", "rollouts": total}))
+    return total
+
+
+def scale(args: argparse.Namespace, base: Path) -> None:
+    """The whole `process` at each of --sizes rollouts; the read_ndjson baseline up to --baseline-max."""
+    sizes = sorted(int(x) for x in args.sizes.split(","))
+    prompts = -(-sizes[-1] // args.repeats)
+    full = base / f"run-{sizes[-1]}"
+    if not (full / "manifest.json").exists():
+        t = time.perf_counter()
+        n = build_run(full, prompts, args.repeats)
+        size = sum(f.stat().st_size for f in full.rglob("*.jsonl")) / 1e9
+        print(f"built {n:,} rollouts, {size:.2f} GB JSONL in {time.perf_counter() - t:.1f} s", flush=True)
+    print(
+        f"{'rollouts':>11} {'GB':>6} {'process s':>9} {'rows/s':>9} {'peak RSS':>9} {'read_ndjson s':>13} {'ratio':>6}"
+    )
+    for size in sizes:
+        shards = -(-size // (SHARD_PROMPTS * args.repeats))
+        run = full if size == sizes[-1] else base / f"run-{size}"
+        rows = link_run(full, run, shards) if run != full else size
+        gb = sum(f.resolve().stat().st_size for f in run.rglob("*.jsonl")) / 1e9
+        for leftover in (base / f"work-{size}", base / f"out-{size}"):
+            subprocess.run(["rm", "-rf", str(leftover)], check=True)
+        r = run_stage("all", run, base / f"work-{size}", base / f"out-{size}")
+        read = run_stage("read_ndjson", run, base / "unused", base / "unused") if size <= args.baseline_max else None
+        read_s = f"{read['seconds']:>13.1f}" if read else f"{'-':>13}"
+        ratio = f"{r['seconds'] / read['seconds']:>6.2f}" if read else f"{'-':>6}"
+        print(
+            f"{rows:>11,} {gb:>6.2f} {r['seconds']:>9.1f} {r['rows'] / r['seconds']:>9,.0f} "
+            f"{r['rss_gb']:>7.2f} GB {read_s} {ratio}",
+            flush=True,
+        )
+        if read:
+            print(f"{'':>11} read_ndjson peak RSS {read['rss_gb']:.2f} GB", flush=True)
+
+
 def run_stage(name: str, run: Path, workdir: Path, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--stage", name, "--run", str(run), "--workdir", str(workdir), "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -163,6 +223,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--keep", type=Path, help="build (or reuse) the run here instead of a temp dir")
     parser.add_argument("--single-process", action="store_true", help="also time load+rl+sft+dpo in one process")
+    parser.add_argument("--sizes", help="comma-separated rollout counts: the whole process at each (see above)")
+    parser.add_argument(
+        "--baseline-max", type=int, default=1_000_000, help="largest size read_ndjson is timed at (~11 GB RSS at 1M)"
+    )
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -173,6 +237,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-process-") as tmp:
         base = args.keep or Path(tmp)
+        if args.sizes:
+            scale(args, base)
+            return
         run = base / "run"
         if not (run / "manifest.json").exists():
             t = time.perf_counter()
@@ -193,7 +260,13 @@ def main() -> None:
         print(f"{'total':<6} {total:>8.1f} {'':>10} {peak:>7.2f} GB  (target: < 60 s, < 4 GB)")
         if args.single_process:
             r = run_stage("all", run, base / "work-all", base / "out-all")
+            read = run_stage("read_ndjson", run, base / "unused", base / "unused")
             print(f"single process (load + rl + sft + dpo): {r['seconds']:.1f} s, peak RSS {r['rss_gb']:.2f} GB")
+            print(
+                f"bare polars.read_ndjson of the same files: {read['seconds']:.1f} s, "
+                f"peak RSS {read['rss_gb']:.2f} GB; "
+                f"process / read_ndjson = {r['seconds'] / read['seconds']:.2f} (target <= 1.0)"
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/startup.py                 # 1 first run (fresh $ROLLOUTS_HOME: no local Prefect server yet) + 5 more
     python bench/startup.py --runs 10
+    python bench/startup.py --help-only     # `rollouts --help`, `collect --help`, a usage error (about 10 s)
 
 A fresh `$ROLLOUTS_HOME` (a temporary directory) stands for a fresh machine: the first run starts the long-lived
 local Prefect server (a new database, its migrations) and leaves it running; the later runs find it. Each run is a
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +30,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PHASE = re.compile(r"(.+?) (\d+\.\d+) s(?:, | \(total)")
+
+
+def cpu_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """(wall s, CPU s of the child, exit code) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, done = timed(cmd, env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, done.returncode
+
+
+def help_table(env: dict[str, str], repeats: int) -> None:
+    """`--help`s and a usage error, each beside `python -c pass` (the interpreter's own start) in the same rounds."""
+    cases = {
+        "python -c pass (the interpreter alone)": [sys.executable, "-c", "pass"],
+        "rollouts --help": [sys.executable, "-m", "commands", "--help"],
+        "rollouts collect --help": [sys.executable, "-m", "commands", "collect", "--help"],
+        "rollouts process --help": [sys.executable, "-m", "commands", "process", "--help"],
+        "rollouts tune --help": [sys.executable, "-m", "commands", "tune", "--help"],
+        "usage error (rollouts collect, no input)": [sys.executable, "-m", "commands", "collect"],
+    }
+    runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in cases}
+    for _ in range(repeats):  # round-robin, so a busy moment of a shared machine hits every case alike
+        for name, cmd in cases.items():
+            runs[name].append(cpu_timed(cmd, env))
+    base = statistics.median(w for w, _, _ in runs[next(iter(cases))])
+    print(f"\nfirst seconds (median of {repeats}; target < 0.3 s wall on an idle machine):")
+    print("| command | wall s | CPU s | wall - interpreter s | exit code |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rows in runs.items():
+        wall, cpu = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {wall - base:.2f} | {rows[-1][2]} |")
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -75,6 +108,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=6, help="runs in all, the first one included (default 6)")
     parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--server-starts", type=int, default=2, help="pairs of new-server starts (default 2)")
+    parser.add_argument("--help-repeats", type=int, default=7, help="runs of each --help (default 7)")
+    parser.add_argument("--help-only", action="store_true", help="only the --help and usage-error timings")
     args = parser.parse_args()
     from bench.cpu_window import yardstick
     from rollouts.sim.launch import start_sim_server
@@ -93,6 +128,9 @@ def main() -> None:
         )
     )
     print(f"CPU yardstick (fixed pure-Python loop, lower is faster): {yardstick():.0f} ms")
+    help_table(env, args.help_repeats)
+    if args.help_only:
+        return
     imports = [timed([sys.executable, "-c", "import flows.collect"], env)[0] for _ in range(3)]
     walls: list[float] = []
     phases: list[dict[str, float]] = []

@@ -7,6 +7,17 @@ Scenarios (the simulated server on loopback):
     capacity-32    200 ms latency, latency grows above 32 in flight      (knee 32, ceiling 160 req/s)
     capacity-256   1000 ms latency, latency grows above 256 in flight    (knee 256, ceiling 256 req/s)
     rate-limit     500 ms latency, 429 + Retry-After above 300 req/s     (knee 150 in flight, ceiling 300 req/s)
+Shapes the controller's tests never replay (tests/fixtures/tune holds the three above):
+    gpu-48         100 ms, above 48 in flight latency x (in_flight/48)^1.5: throughput peaks at 48 and falls beyond
+    rate-limit-200 300 ms latency, a hard 200 req/s limit (429, Retry-After: 2)  (knee 60 in flight)
+    linear-latency 200 ms + 2 ms per request in flight: throughput rises ever more slowly towards 500 req/s
+
+With --rollouts N[,M]: every run (each fixed setting, and auto) makes exactly N rollouts and is measured from start
+to its last answer, so the controller's convergence counts; auto's rate is divided by the best fixed one's, and the
+overshoot is the controller's highest limit over the knee.
+
+    python bench/tune_parallelism.py --rollouts 10000,2000 --scenario gpu-48 --scenario rate-limit-200 \
+        --scenario linear-latency
 
 For each: the tune sweep's recommendation; the collector's core loop (ModelClient with retries + the in-flight
 limiter, as `rollouts collect` runs it, without Prefect) at fixed settings (knee, 2x, 4x) and with the AIMD
@@ -42,6 +53,15 @@ SCENARIOS = {
     "capacity-32": dict(server=dict(latency_ms=200, capacity=32), knee=32, ceiling=160.0),
     "capacity-256": dict(server=dict(latency_ms=1000, capacity=256), knee=256, ceiling=256.0),
     "rate-limit": dict(server=dict(latency_ms=500, rate_limit_rps=300, retry_after_s=1), knee=150, ceiling=300.0),
+    "gpu-48": dict(
+        server=dict(latency_ms=100, capacity=48, capacity_exponent=1.5), knee=48, ceiling=480.0, fixed=(48, 96, 256)
+    ),
+    "rate-limit-200": dict(
+        server=dict(latency_ms=300, rate_limit_rps=200, retry_after_s=2), knee=60, ceiling=200.0, fixed=(60, 120, 256)
+    ),
+    "linear-latency": dict(
+        server=dict(latency_ms=200, latency_per_request_ms=2), knee=512, ceiling=500.0, fixed=(256, 512, 1024)
+    ),
 }
 PROMPTS = [{"input": f"What is {i} + {i + 7}?"} for i in range(512)]
 SAMPLING = {"temperature": 0.7}
@@ -61,9 +81,16 @@ def tune_config(url: str, step_seconds: float) -> TuneConfig:
 
 
 async def core_loop(
-    url: str, seconds: float, *, fixed: int | None, config: ControllerConfig, max_retries: int = 4
+    url: str,
+    seconds: float,
+    *,
+    fixed: int | None,
+    config: ControllerConfig,
+    max_retries: int = 4,
+    count: int | None = None,
 ) -> dict:
-    """Rollouts through ModelClient + InflightLimiter for `seconds`; a controller drives the limit unless `fixed`."""
+    """Rollouts through ModelClient + InflightLimiter for `seconds` (or until `count` were made); a controller drives
+    the limit unless `fixed`."""
     limit = fixed or config.max_parallel
     log = AttemptLog()
     limiter = InflightLimiter(fixed or config.start)
@@ -71,15 +98,21 @@ async def core_loop(
     failed: list[float] = []
     prompts = itertools.cycle(PROMPTS)
     deadline = time.monotonic() + seconds
+    issued = 0
     async with observed_http_client(limit, 60.0, None, log, url) as http:
         client = ModelClient(http, url, "sim-model", "chat", max_retries=max_retries)
         auto = AutoParallel(limiter, config, log).start() if fixed is None else None
         t0 = time.monotonic()
 
         async def worker() -> None:
-            while time.monotonic() < deadline:
+            nonlocal issued
+            while time.monotonic() < deadline and (count is None or issued < count):
                 params = next(prompts)
                 await limiter.acquire()
+                if count is not None and issued >= count:
+                    limiter.release()
+                    break
+                issued += 1
                 try:
                     await client.create([{"role": "user", "content": params["input"]}], params, SAMPLING)
                     done.append(time.monotonic() - t0)
@@ -99,6 +132,7 @@ async def core_loop(
         "done": done,
         "failed": failed,
         "trace": auto.trace if auto else [],
+        "wall": max([*done, *failed], default=0.0),
         "t0_wall": time.time() - (time.monotonic() - t0),
     }
 
@@ -145,7 +179,7 @@ async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
         recommended = steps[index].parallel
         bare = await bare_client(server.url, knee, args.fixed_seconds / 2)
         fixed = {}
-        for parallel in (knee, 2 * knee, 4 * knee):
+        for parallel in spec.get("fixed", (knee, 2 * knee, 4 * knee)):
             result = await core_loop(server.url, args.fixed_seconds, fixed=parallel, config=config)
             fixed[parallel] = (
                 rate(result["done"], args.fixed_seconds - args.steady_seconds, args.fixed_seconds),
@@ -177,6 +211,64 @@ async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "trace": auto["trace"],
         "steps": steps,
     }
+
+
+async def counted(name: str, spec: dict, count: int, args: argparse.Namespace) -> dict:
+    """Every fixed setting and auto make exactly `count` rollouts; rates over the whole run, start-up included."""
+    config = ControllerConfig(min_parallel=8, max_parallel=1024)
+    knee = spec["knee"]
+    cap = max(600.0, 20 * count / spec["ceiling"])
+    with start_sim_server(seed=0, **spec["server"]) as server:
+        fixed = {}
+        for parallel in spec.get("fixed", (knee, 2 * knee, 4 * knee)):
+            result = await core_loop(server.url, cap, fixed=parallel, config=config, count=count)
+            fixed[parallel] = (len(result["done"]) / result["wall"], len(result["failed"]) / count)
+        auto = await core_loop(server.url, cap, fixed=None, config=config, count=count)
+    best_parallel = max(fixed, key=lambda p: fixed[p][0])
+    best = fixed[best_parallel][0]
+    rate_auto = len(auto["done"]) / auto["wall"]
+    t0 = auto["t0_wall"]
+    limits = [(row["t"] - t0, row["limit"]) for row in auto["trace"] if row["limit"]]
+    return {
+        "name": name,
+        "count": count,
+        "knee": knee,
+        "fixed": fixed,
+        "best_parallel": best_parallel,
+        "best": best,
+        "auto": rate_auto,
+        "ratio": rate_auto / best if best else 0.0,
+        "converged_s": converged_at(auto["done"], best, auto["wall"]),
+        "overshoot": max(limit for _, limit in limits) / knee if limits else 0.0,
+        "auto_failure_fraction": len(auto["failed"]) / count,
+        "auto_limits": sorted({limit for t, limit in limits if t >= auto["wall"] / 2}),
+        "trace": auto["trace"],
+        "wall": auto["wall"],
+    }
+
+
+def print_counted(results: list[dict], trace: bool) -> None:
+    print(
+        f"{'scenario':>15} {'rollouts':>8} {'knee':>5} {'best fixed':>14} {'auto r/s':>8} {'auto/best':>9} "
+        f"{'converged s':>11} {'overshoot':>9} {'auto fail':>9} {'auto wall s':>11}"
+    )
+    for r in results:
+        converged = f"{r['converged_s']:.1f}" if r["converged_s"] is not None else "never"
+        print(
+            f"{r['name']:>15} {r['count']:>8} {r['knee']:>5} {r['best']:>8.1f} @{r['best_parallel']:<5} "
+            f"{r['auto']:>8.1f} {r['ratio']:>9.2f} {converged:>11} {r['overshoot']:>9.2f} "
+            f"{r['auto_failure_fraction']:>9.2%} {r['wall']:>11.1f}"
+        )
+    for r in results:
+        fixed = ", ".join(f"{p}: {thr:.1f} r/s ({fail:.1%} failed)" for p, (thr, fail) in sorted(r["fixed"].items()))
+        late = r["auto_limits"]
+        print(f"{r['name']} x {r['count']}: fixed {fixed}; auto's limits in its second half {late[:1]}..{late[-1:]}")
+        if trace:
+            t0 = r["trace"][0]["t"] if r["trace"] else 0.0
+            for row in r["trace"]:
+                print(f"  {row['t'] - t0:6.1f} s  limit {row['limit']:>5}  {row['phase']:>6}  {row['reason']}")
+    ok = all(r["ratio"] >= 0.95 and r["auto_failure_fraction"] <= 0.05 for r in results)
+    print("targets met (auto >= 0.95 of the best fixed setting)" if ok else "targets NOT met")
 
 
 async def record_sweep(name: str, spec: dict, folder: Path, step_seconds: float) -> None:
@@ -215,13 +307,27 @@ def main() -> None:
         "--record-sweeps", metavar="DIR", help="only record a full sweep (8..1024) per scenario as JSON"
     )
     parser.add_argument("--max-failure-fraction", type=float, default=0.05)
+    parser.add_argument("--rollouts", help="N[,M]: every run makes exactly this many rollouts (see above)")
     parser.add_argument("--trace", action="store_true", help="print the controller's decisions")
     args = parser.parse_args()
     if args.record_sweeps:
-        for name in args.scenario or list(SCENARIOS):
+        for name in args.scenario or ["capacity-32", "capacity-256", "rate-limit"]:
             asyncio.run(record_sweep(name, SCENARIOS[name], Path(args.record_sweeps), args.step_seconds))
         return
-    results = [asyncio.run(scenario(name, SCENARIOS[name], args)) for name in args.scenario or list(SCENARIOS)]
+    if args.rollouts:
+        names = args.scenario or ["gpu-48", "rate-limit-200", "linear-latency"]
+        counts = [int(n) for n in args.rollouts.split(",")]
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        counted_results = []
+        for count in counts:
+            for name in names:
+                counted_results.append(asyncio.run(counted(name, SCENARIOS[name], count, args)))
+                print_counted(counted_results[-1:], False)
+        print("\nall:")
+        print_counted(counted_results, args.trace)
+        return
+    names = args.scenario or ["capacity-32", "capacity-256", "rate-limit"]
+    results = [asyncio.run(scenario(name, SCENARIOS[name], args)) for name in names]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
         f"fixed runs {args.fixed_seconds:g} s, auto {args.auto_seconds:g} s, "

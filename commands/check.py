@@ -7,9 +7,8 @@ import argparse
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from rich.console import Console
-from rich.table import Table
 
+from commands import command_help
 from commands.errors import EXIT_OK, EXIT_RUN_FAILED, error, usage_guard
 from commands.options import add_model_options, build, validated
 from rollouts.errors import ConfigError
@@ -41,7 +40,7 @@ class CheckConfig(BaseModel):
 
 
 def add_check_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("check", help="rollout health checks on existing rollouts", description=DESCRIPTION)
+    parser = subparsers.add_parser("check", help=command_help("check"), description=DESCRIPTION)
     options = add_model_options(parser, CheckConfig, command="check")
     parser.add_argument("--verbose", "-v", action="store_true", help="print tracebacks of errors")
     parser.set_defaults(func=run_check_command, options=options)
@@ -65,6 +64,9 @@ def run_check_command(args: argparse.Namespace) -> int:
         files = write_quality(result, _out(config), storage_options=config.storage_options, summary=summary)
     if guard.code:
         return guard.code
+    from rich.console import Console
+    from rich.table import Table
+
     out = Console()
     table = Table(title=f"rollouts check: {result.checked} rollouts checked")
     for column in ("check", "fired", "fraction"):

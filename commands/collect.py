@@ -8,6 +8,7 @@ import sys
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from commands import command_help
 from commands.errors import EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, error
 from commands.options import Option, add_model_options, build, validated
 from rollouts.config import (
@@ -80,7 +81,7 @@ def config_data(args: argparse.Namespace, options: list[Option]) -> dict[str, An
 def add_collect_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "collect",
-        help="collect rollouts for a prompts JSONL from an OpenAI-compatible server",
+        help=command_help("collect"),
         description="Collect verified rollouts through the collect-rollouts Prefect flow. "
         "Every option is a field of CollectConfig, the flow's parameter.",
     )
@@ -206,10 +207,7 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
 
 
 def add_demo_parser(sub: Any) -> None:
-    demo = sub.add_parser(
-        "demo",
-        help="run the whole pipeline on bundled math prompts against the built-in simulated server (or a real one)",
-    )
+    demo = sub.add_parser("demo", help=command_help("demo"))
     demo.add_argument("--out", default="./runs", help="where the run is written (default ./runs)")
     demo.add_argument("--run-name", default="demo", help="run directory name (default demo)")
     demo.add_argument("--num-repeats", type=int, default=4, help="rollouts per prompt (default 4)")

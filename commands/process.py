@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, field_validator
-from rich.console import Console
-from rich.table import Table
 
+from commands import command_help
 from commands.collect import config_data, objectives_of
 from commands.errors import EXIT_OK, EXIT_RUN_FAILED, error, usage_guard
 from commands.options import add_model_options, validated
 from rollouts.errors import ConfigError
 from rollouts.options import Cli
 from rollouts.process.config import FORMAT_HELP, Objective, ProcessConfig, RolloutFilesConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 DESCRIPTION = """Re-process existing rollouts into training files, without regenerating them.
 
@@ -51,7 +53,7 @@ def add_process_parser(subparsers: Any) -> None:
     """Register `process`; the parsed args carry func, which runs it."""
     parser = subparsers.add_parser(
         "process",
-        help="re-process rollouts into RL/SFT/DPO training files",
+        help=command_help("process"),
         description=DESCRIPTION,
         epilog=_formats_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -66,6 +68,8 @@ def build_command(args: argparse.Namespace) -> ProcessCommand:
 
 
 def _summary(results: list[Any]) -> Table:
+    from rich.table import Table
+
     table = Table(title="rollouts process")
     for column in ("objective", "rollouts in", "bad rows", "groups in → out", "out"):
         table.add_column(column, justify="left" if column == "objective" else "right")
@@ -100,6 +104,8 @@ def run_process_command(args: argparse.Namespace) -> int:
         )
     if guard.code:
         return guard.code
+    from rich.console import Console
+
     out = Console()
     out.print(_summary(results))
     for r in results:

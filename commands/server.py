@@ -23,9 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from commands import prefect_db
+from commands import command_help, prefect_db
 from commands.errors import EXIT_OK, EXIT_USAGE, error
 from rollouts.errors import ConfigError
 
@@ -79,6 +77,8 @@ def _alive(pid: int) -> bool:
 
 
 def healthy(info: ServerInfo, timeout: float = 2.0) -> bool:
+    import httpx  # here, not at the top: `rollouts --help` and every command's parser load without it
+
     try:
         return httpx.get(f"{info.api_url}/health", timeout=timeout).status_code == 200
     except httpx.HTTPError:
@@ -202,6 +202,8 @@ _booting: Booting | None = None
 
 def check_api_url(api_url: str, timeout_s: float = 5.0) -> None:
     """The user's PREFECT_API_URL answers; one clear line (a ConfigError) instead of a client traceback later."""
+    import httpx
+
     try:
         answered = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s).status_code == 200
     except httpx.HTTPError as exc:
@@ -270,7 +272,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 def add_server_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "server",
-        help="start, stop or show the local Prefect server that runs use",
+        help=command_help("server"),
         description=(__doc__ or "").split("\n\n", 1)[1].strip(),
     )
     parser.add_argument("action", choices=["start", "stop", "status"])

@@ -7,8 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from rich.console import Console
-
+from commands import command_help
 from commands.errors import EXIT_OK, EXIT_RUN_FAILED, error, usage_guard
 from commands.options import add_model_options, build, validated
 from rollouts.errors import ConfigError
@@ -33,7 +32,7 @@ def add_tokens_parser(subparsers: Any) -> None:
     """Register `tokens` on an argparse subparsers object; the parsed args carry func=run_tokens_command."""
     parser = subparsers.add_parser(
         "tokens",
-        help="check token contiguity and write training token records",
+        help=command_help("tokens"),
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -61,6 +60,8 @@ def run_tokens_command(args: argparse.Namespace) -> int:
         )
     if guard.code:
         return guard.code
+    from rich.console import Console
+
     out = Console()
     card = result.card
     check = card.check

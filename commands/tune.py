@@ -8,6 +8,7 @@ import asyncio
 import sys
 from typing import Any
 
+from commands import command_help
 from commands.errors import EXIT_RUN_FAILED, error, usage_guard
 from commands.options import add_model_options, build, validated
 from rollouts.tune.sweep import StepResult, TuneConfig
@@ -27,9 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_tune_parser(subparsers: Any) -> None:
     """Register `tune` on an argparse subparsers object; the parsed args carry func, which runs it."""
-    parser = subparsers.add_parser(
-        "tune", help="find the --parallel knee of a model server with a sample of your prompts", description=DESCRIPTION
-    )
+    parser = subparsers.add_parser("tune", help=command_help("tune"), description=DESCRIPTION)
     add_arguments(parser)
 
 

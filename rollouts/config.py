@@ -13,19 +13,11 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rollouts.client.bodies import DEFAULT_REPLY_MEMORY_BYTES
-from rollouts.envs import (
-    BUILTIN_ENVIRONMENTS,
-    Environment,
-    RemoteEnvironment,
-    build_environments,
-    known_environment_names,
-    parse_remote_env,
-)
+from rollouts.client import DEFAULT_REPLY_MEMORY_BYTES
 from rollouts.errors import ConfigError
 from rollouts.options import IDENTITY, Cli, field_of, form_schema, identity_fields, marker
 from rollouts.places import http_url
@@ -37,6 +29,12 @@ from rollouts.process.config import (
     parse_objectives,
 )
 from rollouts.quality.config import QualityConfig
+
+if TYPE_CHECKING:  # the environments load httpx and aiohttp: only when a run builds them, not for every --help
+    from rollouts.envs import Environment
+
+# rollouts.envs.BUILTIN_ENVIRONMENTS by name (a unit test keeps the two the same), for --env's help
+BUILTIN_ENVIRONMENT_NAMES = ("math", "exact_match", "multiple_choice", "calculator", "kv_store")
 
 __all__ = [
     "SAMPLING_PRESETS",
@@ -353,7 +351,7 @@ class EnvironmentConfig(BaseModel):
 
     env: Annotated[str, IDENTITY] = Field(
         "math",
-        description=f"environment for rows without agent_ref: {', '.join(BUILTIN_ENVIRONMENTS)}, one of an "
+        description=f"environment for rows without agent_ref: {', '.join(BUILTIN_ENVIRONMENT_NAMES)}, one of an "
         "--env-module, or a --remote-env name",
     )
     remote_env: Annotated[dict[str, str], IDENTITY, Cli(metavar="NAME=URL")] = Field(
@@ -386,9 +384,13 @@ class EnvironmentConfig(BaseModel):
 
     def build(self) -> dict[str, Environment]:
         """The run's environments: built-ins, entry points and --env-module ones, then the remote ones."""
+        from rollouts.envs import build_environments
+
         return build_environments(self.remote_env, self.env_module)
 
     def names(self) -> set[str]:
+        from rollouts.envs import known_environment_names
+
         return known_environment_names(self.remote_env, self.env_module)
 
     def limits(self) -> AgentLimits:
@@ -607,6 +609,8 @@ class CollectConfig(BaseModel):
     def run_environments(self) -> dict[str, Environment]:
         """The run's environments; a resources server's requests get --request-timeout (connect to last byte) and
         --max-response-bytes, like the model's."""
+        from rollouts.envs import RemoteEnvironment
+
         envs = self.environments.build()
         for env in envs.values():
             if isinstance(env, RemoteEnvironment):
@@ -674,4 +678,6 @@ def _leaf_owners() -> dict[str, tuple[str, str]]:
 
 def parse_remote_envs(specs: list[str] | None) -> dict[str, str]:
     """Repeated `--remote-env NAME=URL` options as a mapping (the last one of a name wins)."""
+    from rollouts.envs import parse_remote_env
+
     return dict(parse_remote_env(spec) for spec in specs or [])

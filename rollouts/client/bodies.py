@@ -15,9 +15,9 @@ from collections import deque
 
 import httpx
 
+from rollouts.client import DEFAULT_REPLY_MEMORY_BYTES
 from rollouts.errors import ResponseTooLarge
 
-DEFAULT_REPLY_MEMORY_BYTES = 256 << 20
 _INFLATE_STEP = 1 << 16  # output bytes produced per decompress call: the most a cap check can lag behind
 _ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 

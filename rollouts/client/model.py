@@ -20,7 +20,8 @@ import aiohttp
 import httpx
 import orjson
 
-from rollouts.client.bodies import DEFAULT_REPLY_MEMORY_BYTES, ReplyBudget, read_capped, reply_budget
+from rollouts.client import DEFAULT_REPLY_MEMORY_BYTES
+from rollouts.client.bodies import ReplyBudget, read_capped, reply_budget
 from rollouts.client.chat import chat_tools, items_to_chat
 from rollouts.client.credentials import NO_AUTH, EndpointAuth
 from rollouts.client.replies import check_chat, check_responses

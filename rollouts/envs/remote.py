@@ -42,7 +42,8 @@ from typing import Any
 
 import httpx
 
-from rollouts.client.bodies import DEFAULT_REPLY_MEMORY_BYTES, read_capped, reply_budget
+from rollouts.client import DEFAULT_REPLY_MEMORY_BYTES
+from rollouts.client.bodies import read_capped, reply_budget
 from rollouts.client.retry import RetryPolicy, transport_failure
 from rollouts.envs.base import Environment, SessionState, VerifyResult
 from rollouts.errors import ConfigError, ResponseTooLarge, VerifierError

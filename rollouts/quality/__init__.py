@@ -14,22 +14,76 @@ the check frame each; docs/quality.md lists them, their options and how to add o
 
 from __future__ import annotations
 
-from . import checks_group, checks_text, checks_tools  # noqa: F401  (registers the built-in checks)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .config import HEALTHY, UNHEALTHY, UNOBSERVED, VERDICTS, QualityConfig
-from .engine import QualityResult, check_chunk, check_path, check_run, finish
-from .frame import FRAME_SCHEMA, KEPT_COLUMNS
-from .loader import RolloutReader, discover, frame_of_rows, load_frame
-from .registry import (
-    Check,
-    UnknownCheckError,
-    get_check,
-    register,
-    registered,
-    require_known_checks,
-    selected_checks,
-    unregister,
-)
-from .report import check_table, flagged, markdown_section, read_summary, read_verdicts, verdict_lines, write_quality
+
+if TYPE_CHECKING:
+    from .engine import QualityResult, check_chunk, check_path, check_run, finish
+    from .frame import FRAME_SCHEMA, KEPT_COLUMNS
+    from .loader import RolloutReader, discover, frame_of_rows, load_frame
+    from .registry import (
+        Check,
+        UnknownCheckError,
+        get_check,
+        register,
+        registered,
+        require_known_checks,
+        selected_checks,
+        unregister,
+    )
+    from .report import (
+        check_table,
+        flagged,
+        markdown_section,
+        read_summary,
+        read_verdicts,
+        verdict_lines,
+        write_quality,
+    )
+
+# The rest loads polars (~0.2 s): on first use, not when a command's --help imports QualityConfig.
+_LAZY = {
+    **dict.fromkeys(("QualityResult", "check_chunk", "check_path", "check_run", "finish"), "engine"),
+    **dict.fromkeys(("FRAME_SCHEMA", "KEPT_COLUMNS"), "frame"),
+    **dict.fromkeys(("RolloutReader", "discover", "frame_of_rows", "load_frame"), "loader"),
+    **dict.fromkeys(
+        (
+            "Check",
+            "UnknownCheckError",
+            "get_check",
+            "register",
+            "registered",
+            "require_known_checks",
+            "selected_checks",
+            "unregister",
+        ),
+        "registry",
+    ),
+    **dict.fromkeys(
+        (
+            "check_table",
+            "flagged",
+            "markdown_section",
+            "read_summary",
+            "read_verdicts",
+            "verdict_lines",
+            "write_quality",
+        ),
+        "report",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 BUILTIN_CHECKS = (
     "empty_completion",

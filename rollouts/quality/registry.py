@@ -17,6 +17,7 @@ on the columns kept from each chunk (`frame.KEPT_COLUMNS`) plus `fired_<id>` for
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -53,10 +54,22 @@ class Check:
 
 
 _REGISTRY: dict[str, Check] = {}
+_BUILTINS = ("checks_group", "checks_text", "checks_tools")  # modules whose import registers the built-in checks
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    """Register the built-in checks (once, first): every lookup and registration sees them, in the same order."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for module in _BUILTINS:
+            importlib.import_module(f"{__package__}.{module}")
 
 
 def register(check_id: str, *, needs: Sequence[str], scope: Scope = "rollout") -> Callable[[CheckFn], CheckFn]:
     """Register `fn` as the check `check_id` (ids are unique: registering one twice is an error)."""
+    _load_builtins()
     if not check_id.isidentifier():
         raise ValueError(f"check id {check_id!r} must be an identifier (it becomes a column and a CLI value)")
 
@@ -73,16 +86,19 @@ def register(check_id: str, *, needs: Sequence[str], scope: Scope = "rollout") -
 
 def unregister(check_id: str) -> None:
     """Remove a check (tests and plugins that replace a built-in check)."""
+    _load_builtins()
     _REGISTRY.pop(check_id, None)
 
 
 def registered() -> list[Check]:
     """Every registered check, in registration order (rollout checks run in this order, then run checks)."""
+    _load_builtins()
     return list(_REGISTRY.values())
 
 
 def _known() -> list[str]:
     """The registered ids, rollout checks first (the order they run in)."""
+    _load_builtins()
     return [check.id for check in sorted(_REGISTRY.values(), key=lambda check: check.scope == "run")]
 
 
@@ -94,6 +110,7 @@ class UnknownCheckError(ConfigError, KeyError):
 
 
 def get_check(check_id: str) -> Check:
+    _load_builtins()
     try:
         return _REGISTRY[check_id]
     except KeyError:
@@ -102,6 +119,7 @@ def get_check(check_id: str) -> Check:
 
 def require_known(ids: Iterable[str], flag: str) -> None:
     """Refuse ids of `flag` that name no registered check, in one line naming them and the known ones."""
+    _load_builtins()
     unknown = [check_id for check_id in ids if check_id not in _REGISTRY]
     if unknown:
         names = ", ".join(repr(check_id) for check_id in unknown)

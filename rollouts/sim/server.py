@@ -90,6 +90,15 @@ class SimConfig(BaseModel):
     capacity: int = Field(
         0, ge=0, description="requests in flight before latency grows in proportion, like a busy GPU; 0 = unlimited"
     )
+    capacity_exponent: float = Field(
+        1.0,
+        ge=1.0,
+        description="above --capacity latency grows as (in flight / capacity) to this power: above 1, throughput "
+        "falls past the knee, as a GPU's does when batches outgrow its memory",
+    )
+    latency_per_request_ms: float = Field(
+        0.0, ge=0, description="latency added per request in flight, in milliseconds: latency grows linearly with load"
+    )
     tokens_per_s: float | None = Field(None, gt=0, description="decode speed: adds output tokens / this to latency")
     reasoning: bool = Field(True, description="return a short reasoning text, as vLLM's reasoning parsers do")
     # Token drift (rollouts/sim/bpe.py): only requests that ask for token ids or logprobs see it.
@@ -283,8 +292,9 @@ class SimApp:
             seconds = max(0.0, rng.gauss(seconds, config.latency_jitter_ms / 1000))
         if config.tokens_per_s:
             seconds += len(generation.tokens) / config.tokens_per_s
+        seconds += self.in_flight * config.latency_per_request_ms / 1000
         if config.capacity and self.in_flight > config.capacity:
-            seconds *= self.in_flight / config.capacity
+            seconds *= (self.in_flight / config.capacity) ** config.capacity_exponent
         return seconds
 
     async def _answer(self, request: web.Request, parse: Parser, build: BodyBuilder) -> web.Response:

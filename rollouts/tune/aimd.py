@@ -53,7 +53,8 @@ class ControllerConfig:
     latency_factor: float = 2.0  # p50 above this multiple of the reference level's p50 is a jump
     latency_slack: float = 0.5  # p50 up by this fraction with no throughput gain: requests queue at the server
     step: float = 0.05  # additive increase per steady window, as a fraction of the knee
-    backoff: float = 0.8  # multiplicative decrease
+    backoff: float = 0.8  # multiplicative decrease (at most: errors may say the limit is over by less)
+    error_margin: float = 0.05  # a cut on errors goes this fraction below the level they point at
     waiting_fraction: float = 0.10  # vLLM: requests waiting above this fraction of the limit is a queue
     kv_cache_full: float = 0.98
     saturated: float = 0.8  # a window counts only when the mean in flight is at least this fraction of the limit
@@ -119,10 +120,12 @@ class Controller:
             )
             if pushback or not gained:
                 self.phase = "steady"
-                if self.reference is not None:  # the knee lies below this level: go back to the last good one
-                    self.limit = self.knee = self.reference.limit
+                if self.reference is not None:  # the knee lies below this level: go back to the last good one,
+                    # or, when the server refused a fraction of the requests, to the level that fraction points at
+                    self.knee = self.reference.limit
+                    self.limit = max(self.knee, self._refused_level(window))
                 else:
-                    self.limit = self.knee = self._cut()
+                    self.limit = self.knee = self._cut(window)
                 return Decision(
                     self.limit, f"knee: {pushback or 'throughput gain below ' + format(c.gain, '.0%')}", self.phase
                 )
@@ -133,15 +136,26 @@ class Controller:
             self.limit = min(c.max_parallel, self.limit * 2)
             return Decision(self.limit, "double", self.phase)
         if pushback:
-            self.limit = self._cut()
+            self.limit = self._cut(window)
             return Decision(self.limit, pushback, self.phase)
         if self.reference is None or window.throughput >= self.reference.throughput * (1 + c.gain):
             self.reference = window  # a real gain at this level: measure later jumps against it
         self.limit = min(c.max_parallel, self.limit + max(1, round(c.step * (self.knee or self.limit))))
         return Decision(self.limit, "increase", self.phase)
 
-    def _cut(self) -> int:
-        return max(self.config.min_parallel, int(self.limit * self.config.backoff))
+    def _cut(self, window: WindowStats) -> int:
+        """Multiplicative decrease: x `backoff`, or less when errors say by how much the limit is over (a rate limit
+        that refuses 6 % of the requests is 6 % over, not 20 %)."""
+        factor = self.config.backoff
+        if window.error_fraction > self.config.error_threshold:
+            factor = max(factor, 1 - window.error_fraction - self.config.error_margin)
+        return max(self.config.min_parallel, min(self.limit - 1, int(self.limit * factor)))
+
+    def _refused_level(self, window: WindowStats) -> int:
+        """The limit at which the requests this window had refused would not have been sent (0 without errors)."""
+        if window.error_fraction <= self.config.error_threshold:
+            return 0
+        return int(window.limit * (1 - window.error_fraction - self.config.error_margin))
 
     def _pushback(self, window: WindowStats) -> str | None:
         c = self.config

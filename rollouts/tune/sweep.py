@@ -20,19 +20,17 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rollouts.client.credentials import EndpointAuth
-from rollouts.client.model import ModelClient, http_client
 from rollouts.config import CollectConfig, ConcurrencyConfig, EndpointConfig, SamplingConfig, api_key_from_env
 from rollouts.errors import InputError, ProviderError, ResponseParseError, ResponseTooLarge, RolloutsError
-from rollouts.inputs import iter_lines, normalise_row
 from rollouts.options import Cli, field_of
-from rollouts.records import input_messages
-from rollouts.storage import Store
+
+if TYPE_CHECKING:  # the HTTP client and storage load httpx, aiohttp and fsspec: not for `rollouts tune --help`
+    from rollouts.client.credentials import EndpointAuth
+    from rollouts.client.model import ModelClient
 
 DRAIN_CAP_S = 30.0
 
@@ -147,6 +145,7 @@ async def measure_step(
     sampling: dict[str, Any],
 ) -> StepResult:
     """One step at `parallel` in flight; see the module docstring for what is measured."""
+    from rollouts.records import input_messages
     from rollouts.tune.aimd import outcome_of  # it loads polars: not for every command's --help
 
     cycle = itertools.cycle(prompts)
@@ -247,6 +246,9 @@ class QueueSampler:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
+        import httpx
+
+        from rollouts.client.model import http_client
         from rollouts.tune.aimd import parse_server_metrics
 
         async with http_client(1, 5.0, self.auth) as http:
@@ -289,6 +291,8 @@ async def sweep(
     stop_at_knee: bool = True,
 ) -> tuple[list[StepResult], int, str]:
     """Measure steps until the knee shows (or --max-parallel); returns the steps, the index to use, and why."""
+    from rollouts.client.model import ModelClient, http_client
+
     steps: list[StepResult] = []
     rule = config.rule()
     queue_readable = True  # until the server's /metrics shows no queue
@@ -323,6 +327,8 @@ async def sweep(
 
 def load_prompts(url: str, sample: int) -> list[dict[str, Any]]:
     """The first `sample` usable rows' `responses_create_params` (bad rows are skipped, as collect rejects them)."""
+    from rollouts.inputs import iter_lines, normalise_row
+
     prompts = []
     for _, text in iter_lines(url):
         try:
@@ -351,6 +357,7 @@ def write_results(
 ) -> list[str]:
     from rollouts.report.charts import parallel_chart
     from rollouts.report.metrics import csv_text
+    from rollouts.storage import Store
 
     store = Store(out)
     rows = [{k: v for k, v in asdict(s).items() if k != "errors"} | {"errors": json.dumps(s.errors)} for s in steps]

@@ -190,3 +190,10 @@ async def test_the_documented_example_loads_and_scores_a_rollout(modules) -> Non
     result = await run_agent(model, env, [{"role": "user", "content": row["prompt"]}], session=session)
     assert result.output[1]["output"] == "10" and result.end_reason == "stop"
     assert (await env.verify(row, {"output": result.output}, None, session)).reward == 1.0
+
+
+def test_the_config_names_the_same_builtin_environments_as_the_registry() -> None:
+    from rollouts.config import BUILTIN_ENVIRONMENT_NAMES
+    from rollouts.envs import BUILTIN_ENVIRONMENTS
+
+    assert tuple(BUILTIN_ENVIRONMENTS) == BUILTIN_ENVIRONMENT_NAMES

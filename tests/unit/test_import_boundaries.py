@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 WALK = "every module of the rollouts package, found by walking it"
 
@@ -158,3 +160,41 @@ def test_import_boundaries_hold_in_one_interpreter() -> None:
         for package in set(claim.forbidden) & set(step["loaded"]):
             broken.append(f"{claim.what} ({claim.was}): {package} was loaded, first by {step['by'][package]}")
     assert not broken, "\n".join(broken)
+
+
+# What every `rollouts ... --help` and usage error pays before argparse answers: building the parsers (all of them
+# at most) and parsing. The heavy packages load when a command runs, never for its parser.
+PARSER_CHILD = r"""
+import json, sys
+from commands import build_parser
+
+build_parser()
+build_parser(["collect", "--help"])
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_building_every_command_parser_loads_no_heavy_package() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", PARSER_CHILD], capture_output=True, text=True, cwd=ROOT, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    heavy = {"polars", "httpx", "aiohttp", "rich", "prefect", "fsspec", "numpy", "pyarrow", "matplotlib", "yappi"}
+    assert not loaded & heavy, f"a parser loads {sorted(loaded & heavy)}"
+
+
+def test_the_top_level_help_lists_every_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from commands import COMMANDS, main
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line per command
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for name, (_, _, help_text) in COMMANDS.items():
+        assert f"{name} {help_text}" in out

@@ -343,7 +343,17 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> RecordedSleeps:
     return recorded
 
 
-async def test_capacity_makes_latency_grow_with_load(monkeypatch: pytest.MonkeyPatch, sleeps: RecordedSleeps) -> None:
+@pytest.mark.parametrize(
+    ("options", "loaded"),
+    [
+        ({"capacity": 4}, 0.4),  # 16 in flight on capacity 4: 4x the latency
+        ({"capacity": 4, "capacity_exponent": 1.5}, 0.8),  # a GPU past its knee: (16 / 4) ** 1.5 = 8x
+        ({"latency_per_request_ms": 10.0}, 0.26),  # linear in load: 100 ms + 16 x 10 ms
+    ],
+)
+async def test_capacity_makes_latency_grow_with_load(
+    monkeypatch: pytest.MonkeyPatch, sleeps: RecordedSleeps, options: dict[str, Any], loaded: float
+) -> None:
     # Each request waits at the door until `expected` are in flight, so the count the latency is drawn from does not
     # depend on how fast the client gets its requests out.
     gate: dict[str, Any] = {}
@@ -356,18 +366,19 @@ async def test_capacity_makes_latency_grow_with_load(monkeypatch: pytest.MonkeyP
         return await answer(self, *args)
 
     monkeypatch.setattr(SimApp, "_answer", all_in_then_answer)
-    url, stop = serve_in_thread(SimConfig(latency_ms=100, capacity=4))
+    url, stop = serve_in_thread(SimConfig(latency_ms=100, **options))
     try:
         body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
         gate.update(expected=1, all_in=asyncio.Event())
         alone = await post_many(url, [body])
-        assert [r.status_code for r in alone] == [200] and sleeps == [pytest.approx(0.1)]
+        assert [r.status_code for r in alone] == [200] and sleeps == [
+            pytest.approx(0.1 + options.get("latency_per_request_ms", 0) / 1000)
+        ]
         sleeps.clear()
         gate.update(expected=16, all_in=asyncio.Event())
         responses = await post_many(url, [body] * 16)
         assert all(r.status_code == 200 for r in responses)
-        # 16 in flight on capacity 4: 4x the latency (the original bound: alone < 0.3 s < loaded)
-        assert sleeps == [pytest.approx(0.4)] * 16
+        assert sleeps == [pytest.approx(loaded)] * 16
         assert httpx.get(f"{url.removesuffix('/v1')}/stats").json()["max_in_flight"] == 16
     finally:
         stop()

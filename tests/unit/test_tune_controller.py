@@ -175,6 +175,28 @@ def test_errors_cut_the_limit_but_never_below_the_minimum() -> None:
     assert controller.limit == 8
 
 
+def test_a_rate_limit_is_cut_by_the_fraction_it_refused_not_a_fixed_fifth() -> None:
+    # A hard rate limit of 200 req/s at 300 ms is a knee at 60 in flight: at 64, 1 request in 16 is refused.
+    def at(limit: int, refused: float) -> WindowStats:
+        ok = round(min(limit / 0.3, 200.0))
+        return WindowStats(
+            limit=limit,
+            seconds=1.0,
+            ok=ok,
+            bad={"429": round(ok * refused / (1 - refused))},
+            p50_ms=300.0,
+            in_flight=float(limit),
+        )
+
+    controller = Controller(ControllerConfig(initial=32))
+    assert controller.decide(at(32, 0.0)).limit == 64
+    decision = controller.decide(at(64, 1 / 16))  # the doubling that hit the limit
+    assert controller.knee == 32 and decision.limit == 56  # 64 x (1 - 6.2 % - 5 %), not back to 32
+    controller.limit = 64
+    decision = controller.decide(at(64, 1 / 16))  # steady: the same, not 64 x 0.8 = 51
+    assert decision.limit == 56 and decision.reason.startswith("errors")
+
+
 def test_unsaturated_windows_decide_nothing_and_the_maximum_holds() -> None:
     controller = Controller(ControllerConfig(max_parallel=32, initial=32))
     hold = controller.decide(WindowStats(limit=32, seconds=1.0, ok=10, p50_ms=100.0, in_flight=5.0))
