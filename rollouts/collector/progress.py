@@ -21,6 +21,7 @@ class Snapshot:
     batch_requests: int = 0  # batch mode: requests sent in batches, answered so far, batches in flight
     batch_answered: int = 0
     batch_running: int = 0
+    started_with: int = 0  # rollouts generated in the report that started the clock (see ProgressBoard.add)
 
     @property
     def done(self) -> int:
@@ -32,9 +33,11 @@ class Snapshot:
 
     @property
     def rate(self) -> float:
+        """Rollouts generated per second since the clock started, not counting those that started it: a worker
+        reports several at once, and counting them over the instant since they arrived read as a burst."""
         if not self.started:
             return 0.0
-        return self.generated / max(time.monotonic() - self.started, 1e-9)
+        return (self.generated - self.started_with) / max(time.monotonic() - self.started, 1e-9)
 
 
 @dataclass
@@ -45,6 +48,7 @@ class ProgressBoard:
     failed: int = 0
     reward_sum: float = 0.0
     started: float | None = None
+    started_with: int = 0  # the rollouts of the report that started the clock: not in the rate
     resumed: int = 0  # rollouts an earlier attempt of the run already finished
     phase: str = ""  # what the run is doing now, for the terminal ("starting Prefect", "reading prompts", ...)
     batch_requests: int = 0  # batch mode: the batches' request counts (rollouts/stages/batched.py)
@@ -72,7 +76,7 @@ class ProgressBoard:
             self.total, self.generated, self.verified, self.failed, self.reward_sum = total, 0, 0, 0, 0.0
             self.resumed = 0
             self.batch_requests = self.batch_answered = self.batch_running = 0
-            self.started = None
+            self.started, self.started_with = None, 0
             self.phase, self.ui_url = "", None
             self.phases = []
 
@@ -86,7 +90,7 @@ class ProgressBoard:
         with self._lock:
             self.resumed += resumed
             if self.started is None and (generated or failed):
-                self.started = time.monotonic()
+                self.started, self.started_with = time.monotonic(), generated
             self.generated += generated
             self.failed += failed
             self.verified += verified
@@ -131,6 +135,7 @@ class ProgressBoard:
                 self.batch_requests,
                 self.batch_answered,
                 self.batch_running,
+                self.started_with,
             )
 
 
