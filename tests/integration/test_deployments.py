@@ -228,3 +228,4 @@ def test_a_cancel_from_the_ui_ends_the_run_cancelled_with_its_rollouts_kept(depl
     assert manifest["status"] == "interrupted" and "resume" in manifest["reason"], manifest["reason"]
     assert manifest["counts"]["rollouts_ok"] == stored() >= 8  # the true count, read back from the files
     assert manifest["counts"]["rollouts_expected"] == 400
+    assert f"with {stored()} of 400 rollouts verified" in done.state.message  # the flow run's state says it too
