@@ -22,6 +22,7 @@ class Snapshot:
     batch_answered: int = 0
     batch_running: int = 0
     batch_ids: int = 0  # file and batch ids the batches have so far (the flow copies them into the manifest)
+    started_with: int = 0  # rollouts generated in the report that started the clock (see ProgressBoard.add)
 
     @property
     def done(self) -> int:
@@ -33,9 +34,11 @@ class Snapshot:
 
     @property
     def rate(self) -> float:
+        """Rollouts generated per second since the clock started, not counting those that started it: a worker
+        reports several at once, and counting them over the instant since they arrived read as a burst."""
         if not self.started:
             return 0.0
-        return self.generated / max(time.monotonic() - self.started, 1e-9)
+        return (self.generated - self.started_with) / max(time.monotonic() - self.started, 1e-9)
 
 
 @dataclass
@@ -46,6 +49,7 @@ class ProgressBoard:
     failed: int = 0
     reward_sum: float = 0.0
     started: float | None = None
+    started_with: int = 0  # the rollouts of the report that started the clock: not in the rate
     resumed: int = 0  # rollouts an earlier attempt of the run already finished
     phase: str = ""  # what the run is doing now, for the terminal ("starting Prefect", "reading prompts", ...)
     batch_requests: int = 0  # batch mode: the batches' request counts (rollouts/stages/batched.py)
@@ -74,7 +78,7 @@ class ProgressBoard:
             self.total, self.generated, self.verified, self.failed, self.reward_sum = total, 0, 0, 0, 0.0
             self.resumed = 0
             self.batch_requests = self.batch_answered = self.batch_running = self.batch_ids = 0
-            self.started = None
+            self.started, self.started_with = None, 0
             self.phase, self.ui_url = "", None
             self.phases = []
 
@@ -88,7 +92,7 @@ class ProgressBoard:
         with self._lock:
             self.resumed += resumed
             if self.started is None and (generated or failed):
-                self.started = time.monotonic()
+                self.started, self.started_with = time.monotonic(), generated
             self.generated += generated
             self.failed += failed
             self.verified += verified
@@ -138,6 +142,7 @@ class ProgressBoard:
                 self.batch_answered,
                 self.batch_running,
                 self.batch_ids,
+                self.started_with,
             )
 
 

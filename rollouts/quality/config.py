@@ -15,6 +15,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rollouts.options import form_schema
+
 HEALTHY, UNHEALTHY, UNOBSERVED = "healthy", "unhealthy", "unobserved"
 VERDICTS = (HEALTHY, UNHEALTHY, UNOBSERVED)
 
@@ -22,10 +24,10 @@ VERDICTS = (HEALTHY, UNHEALTHY, UNOBSERVED)
 class QualityConfig(BaseModel):
     """Thresholds of the rollout health checks (see docs/quality.md for what fires each check)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_schema)  # no "None" in the UI form
 
     checks: tuple[str, ...] | None = Field(
-        default=None, description="ids of the checks to run (default: every registered check)"
+        default=None, description="ids of the checks to run (default, or an empty list: every registered check)"
     )
     skip_checks: tuple[str, ...] = Field(
         default=(), description="ids of checks not to run, e.g. identical_group for a temperature-0 run"
@@ -152,6 +154,13 @@ class QualityConfig(BaseModel):
         if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
             return tuple(part.strip() for item in value for part in item.split(",") if part.strip())
         return value
+
+    @field_validator("checks")
+    @classmethod
+    def _no_checks_is_every_check(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        # the UI's run form shows `checks` as a list and may send it empty: that is not "run no check"
+        # (skip_checks says which not to run)
+        return value or None
 
     @field_validator("tool_error_pattern")
     @classmethod

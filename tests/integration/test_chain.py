@@ -43,32 +43,25 @@ def team(sim, tmp_path_factory) -> Any:
         ModelEndpoint(base_url=sim.url, model="sim-model", connection_limit=32).save("sim", overwrite=True)
         RolloutStorage(url=str(place)).save("team-runs", overwrite=True)
         with process_worker(server, POOL) as worker_log:
-            deployed = subprocess.run(
-                [
-                    sys.executable,
-                    "deployments/deploy.py",
-                    str(work / "prompts" / "{date}.jsonl"),
-                    "--pool",
-                    POOL,
-                    "--model-block",
-                    "sim",
-                    "--storage-block",
-                    "team-runs",
-                    "--num-repeats",
-                    "2",
-                    "--seed",
-                    "7",
-                    "--cron",
-                    "* * * * *",
-                ],
-                env=server.env(),
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert deployed.returncode == 0, deployed.stderr[-3000:]
-            yield {"server": server, "place": place, "work": work, "today": today, "worker_log": worker_log}
+            team = {"server": server, "place": place, "work": work, "today": today, "worker_log": worker_log}
+            _deploy(team, "--storage-block", "team-runs", "--cron", "* * * * *")
+            yield team
+
+
+def _deploy(team, *options: str) -> None:
+    """`deployments/deploy.py` as a user runs it, over the day's `{date}` file, with the sim model block."""
+    deployed = subprocess.run(
+        [
+            *(sys.executable, "deployments/deploy.py", str(team["work"] / "prompts" / "{date}.jsonl")),
+            *("--pool", POOL, "--model-block", "sim", "--num-repeats", "2", "--seed", "7", *options),
+        ],
+        env=team["server"].env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
 
 
 def _client():
@@ -136,6 +129,17 @@ def _logs(flow_run_id) -> list[str]:
     return [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
 
 
+def _logs_with(flow_run_id, expected: str, timeout_s: float = 60) -> list[str]:
+    """The run's log messages once one contains `expected`: a flow run's logs reach the API in batches, shortly
+    after its state, so wait for the line rather than race it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        messages = _logs(flow_run_id)
+        if any(expected in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(1)
+
+
 def _deployment_run(team, name: str, *params: str) -> str:
     out = run_prefect(team["server"], "deployment", "run", name, *[p for kv in params for p in ("--param", kv)])
     return re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
@@ -158,11 +162,13 @@ def test_prepared_prompts_trigger_a_collection_that_triggers_training(team):
     assert rl_file == str(run_dir / "train" / "rl" / "rollouts.parquet")
     training = _wait_for_run("train-on-rollouts/on-run-completed", rl_file=rl_file)  # the nightly's may run too
     assert training.state.is_completed(), training.state.message
-    # a flow run's logs reach the API in batches, shortly after its state: wait for the line, do not race it
-    expected, deadline = f"training on 10 rollouts from {rl_file}", time.monotonic() + 60
-    while expected not in _logs(training.id) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert expected in _logs(training.id)
+    assert f"training on 10 rollouts from {rl_file}" in _logs_with(training.id, "training on")
+    # the collection's Logs tab: a line per finished shard, the training files' places, no "None" anywhere
+    messages = _logs_with(collection.id, "rl training files: ")
+    shard_lines = [m for m in messages if m.startswith("shard ")]
+    assert shard_lines and "10/10 rollouts" in shard_lines[-1] and "rollouts/s, mean reward" in shard_lines[-1]
+    assert any(m.startswith(f"rl training files: {rl_file}") for m in messages), messages
+    assert not [m for m in messages if "None" in m], [m for m in messages if "None" in m]
 
 
 def test_the_schedule_collects_the_day_file_and_a_rerun_is_unchanged(team):
@@ -195,3 +201,40 @@ def test_a_run_overrides_one_field_and_keeps_the_deployment_s_others(team):
     assert config["sampling"] == {**config["sampling"], "num_repeats": 3, "seed": 7}  # the deployment's seed kept
     assert config["endpoint"]["block"] == "sim" and Path(config["input"]).name == f"{team['today']}.jsonl"
     assert manifest["counts"]["rollouts_ok"] == 12
+
+
+def test_the_chain_with_prompts_and_runs_in_an_s3_bucket(team, s3_endpoint):
+    """The same chain with the team's RolloutStorage on object storage (moto's S3): the prompts, the runs and the
+    training file are written to and read from the bucket by the worker's flow runs, through the block's options
+    and credentials. Runs last in the module: deploy.py again replaces the deployments' storage block (and the
+    every-minute schedule by the nightly default)."""
+    import boto3
+    import s3fs
+
+    from blocks import RolloutStorage
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="team")
+    RolloutStorage(
+        url="s3://team/runs",
+        options={"client_kwargs": {"endpoint_url": s3_endpoint}},
+        secret_options={"key": "testing", "secret": "testing"},
+    ).save("team-s3", overwrite=True)
+    _deploy(team, "--storage-block", "team-s3")
+    upstream = _wait(_deployment_run(team, "prepare-prompts/prepare", "dataset=chain-s3", "rows=3"))
+    assert upstream.state.is_completed(), upstream.state.message
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint})
+    prompts = "s3://team/runs/prompts/chain-s3.jsonl"
+    assert len(fs.cat(prompts).splitlines()) == 3
+    collection = _wait_for_run("collect-rollouts/on-prompts-ready", input=prompts)
+    assert collection.state.is_completed(), collection.state.message
+    (run_dir,) = [p for p in fs.ls("team/runs") if p.split("/")[-1].startswith("chain-s3-")]
+    manifest = json.loads(fs.cat(f"{run_dir}/manifest.json"))
+    assert manifest["status"] == "completed" and manifest["counts"]["rollouts_ok"] == 6
+    (completed,) = _events("rollouts.run.completed", collection.id)
+    rl_file = completed["payload"]["outputs"]["rl"][0]
+    assert rl_file == f"s3://{run_dir}/train/rl/rollouts.parquet" and fs.exists(rl_file)
+    training = _wait_for_run("train-on-rollouts/on-run-completed", rl_file=rl_file)
+    assert training.state.is_completed(), training.state.message
+    assert training.parameters["storage_block"] == "team-s3"
+    assert f"training on 6 rollouts from {rl_file}" in _logs_with(training.id, "training on")
+    assert not list(team["place"].glob("chain-s3*"))  # nothing in the local place of the first storage block

@@ -16,7 +16,7 @@ import commands.tokens
 import commands.tune
 from commands import build_parser
 from commands.options import add_model_options, build
-from flows.collect import collect_rollouts
+from flows.collect import collect_from_sections, collect_rollouts
 from rollouts.config import CollectConfig, SamplingConfig
 from rollouts.errors import ConfigError
 from rollouts.options import Cli, marker
@@ -81,6 +81,19 @@ def test_every_field_is_a_flag_a_form_field_and_a_manifest_key(tmp_path):
                 stored = stored[part]
             assert stored is not None or field.default is None, path
     assert "options" not in manifest["config"]["storage"]  # fsspec options may hold credentials
+
+
+def test_the_run_form_has_no_null_branch_in_any_section():
+    """The UI's run form of a deployment shows a field typed `T | None` as a T/None picker with "Property is type
+    'None'" under it: every section's optional fields are plain T in the deployments' parameter schema."""
+    schema = parameter_schema(collect_from_sections.fn).model_dump()
+    nulls = [
+        f"{section}.{name}"
+        for section, node in [("", schema), *schema["definitions"].items()]
+        for name, prop in node.get("properties", {}).items()
+        if {"type": "null"} in prop.get("anyOf", []) or prop.get("type") == "null"
+    ]
+    assert nulls == []
 
 
 def test_a_new_field_appears_in_help_form_and_manifest_with_nothing_else_written(tmp_path):

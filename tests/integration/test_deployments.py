@@ -191,22 +191,41 @@ def test_served_deployment_runs_with_no_parameters_as_the_serve_script_says(depl
     assert len(runs) == 1 and len(run_rows(runs[0], "rollouts")) == 32  # 4 prompts x the rl preset's 8 repeats
 
 
-def test_a_cancel_from_the_ui_stops_the_run_like_a_signal_and_ends_it_cancelled(deployed, live_client):
-    """The UI's Cancel: the worker records the intent and sends SIGTERM; the run stops taking work, flushes, writes
-    an `interrupted` manifest, and Prefect ends the flow run Cancelled (never Running, never Completed)."""
+def test_a_cancel_from_the_ui_ends_the_run_cancelled_with_its_rollouts_kept(deployed, live_client):
+    """The UI's Cancel (the flow run set to Cancelling through the API) of a deployment run executing in a process
+    worker: the worker sends the run's process SIGTERM with Prefect's cancel intent, the collection stops taking
+    work, flushes, marks its manifest `interrupted` with the rollouts its files hold, and the run ends Cancelled."""
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.states import Cancelling
 
-    given = {"run_name": "cancelled-run", "sampling": {"num_repeats": 5000}, "concurrency": {"parallel": 4}}
-    flow_run = run_deployment("collect-rollouts/from-ui", parameters=given, timeout=0)
-    run = deployed["work"] / "runs" / "cancelled-run"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not list(run.glob("generations/*.jsonl")):
-        time.sleep(0.5)
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
-        done = _wait_state(client, flow_run.id)
-    assert done.state.is_cancelled(), (done.state.type, done.state.message)
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "interrupted" and 0 < manifest["counts"]["rollouts_ok"] < 20_000, manifest["counts"]
+    from rollouts.sim.launch import start_sim_server
+
+    run_dir = deployed["work"] / "runs" / "cancelled-from-ui"
+
+    def stored() -> int:
+        return sum(len(f.read_bytes().splitlines()) for f in (run_dir / "rollouts").glob("*.jsonl"))
+
+    with start_sim_server(latency_ms=500, seed=0) as slow, get_client(sync_client=True) as client:
+        flow_run = run_deployment(
+            "collect-rollouts/from-ui",
+            parameters={
+                "run_name": "cancelled-from-ui",
+                "endpoint": {"model_url": slow.url},  # the rest of the endpoint section as deployed
+                "sampling": {"num_repeats": 100},
+                "concurrency": {"parallel": 4, "shard_size": 1},
+            },
+            timeout=0,
+        )
+        deadline = time.monotonic() + 180
+        while stored() < 8:
+            assert time.monotonic() < deadline, f"no rollouts stored: {client.read_flow_run(flow_run.id).state}"
+            time.sleep(0.2)
+        client.set_flow_run_state(flow_run.id, Cancelling(message="cancelled from the UI"))
+        done = _wait_state(client, flow_run.id, timeout_s=120)
+    assert done.state.is_cancelled(), (done.state, deployed["worker_log"].read_text()[-3000:])
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and "resume" in manifest["reason"], manifest["reason"]
+    assert manifest["counts"]["rollouts_ok"] == stored() >= 8  # the true count, read back from the files
+    assert manifest["counts"]["rollouts_expected"] == 400
+    assert f"with {stored()} of 400 rollouts verified" in done.state.message  # the flow run's state says it too

@@ -68,30 +68,6 @@ def _outcomes(run_dir: Path) -> dict[str, tuple]:
     return {r["rollout_id"]: (r["reward"], items(r)) for r in run_rows(run_dir, "rollouts")}
 
 
-def test_ray_gives_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_client):
-    from flows.collect import collect_rollouts
-    from rollouts.config import CollectConfig
-
-    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
-    common = dict(
-        input=str(src),
-        model_url=sim.url,
-        model="sim-model",
-        num_repeats=3,
-        shard_size=4,
-        parallel=8,
-        temperature=0.8,
-        seed=11,
-    )
-    threads = collect_rollouts(CollectConfig(out=str(tmp_path / "threads"), run_name="same", **common))
-    on_ray = collect_rollouts(
-        CollectConfig(out=str(tmp_path / "ray"), run_name="same", task_runner="ray", ray_workers=2, **common)
-    )
-    assert threads.status == on_ray.status == "completed" and on_ray.rollouts_ok == 36
-    assert _outcomes(Path(on_ray.run_url)) == _outcomes(Path(threads.run_url))
-    assert on_ray.mean_reward == threads.mean_reward
-
-
 def test_collector_processes_give_the_same_rollouts_and_rewards_as_threads(tmp_path, sim, live_client):
     from flows.collect import collect_rollouts
     from rollouts.collector.runtime import collector
@@ -149,3 +125,53 @@ def test_dask_progress_moves_while_it_runs_at_the_true_rate(tmp_path):
     lines = [tuple(map(int, m)) for m in re.findall(r"rollouts (\d+)/(\d+)\s+(\d+)/s", done.stderr)]
     assert any(0 < count < total for count, total, _ in lines), done.stderr[-3000:]
     assert all(rate <= 12 for _, _, rate in lines), lines
+
+
+def test_ray_gives_the_same_rollouts_and_rewards_as_threads_and_shows_them_as_they_come(tmp_path, live_client):
+    """For a fixed seed Ray gives the thread runner's rollouts and rewards. Its worker reports counts as rollouts
+    finish: this process's board (what the progress bar and the plain lines show) moves through partial counts of
+    the run's one shard, at a rate the server allows (2 in flight x 0.3 s = 6.7 rollouts/s at most), instead of
+    0/N until the shard returns."""
+    import threading
+
+    from flows.collect import collect_rollouts
+    from rollouts.collector.runtime import collector
+    from rollouts.config import CollectConfig
+    from rollouts.sim.launch import start_sim_server
+
+    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
+    board, seen, finished = collector().board, [], threading.Event()
+
+    def watch() -> None:
+        while not finished.wait(0.1):
+            snapshot = board.snapshot()
+            seen.append((snapshot.done, snapshot.total, snapshot.rate))
+
+    with start_sim_server(latency_ms=300, seed=0) as slow:
+        common = dict(
+            input=str(src),
+            model_url=slow.url,
+            model="sim-model",
+            num_repeats=3,
+            shard_size=12,  # one shard: without live counts the board jumps from 0 to 36 at its end
+            parallel=2,
+            temperature=0.8,
+            seed=11,
+        )
+        threads = collect_rollouts(CollectConfig(out=str(tmp_path / "threads"), run_name="same", **common))
+        board.reset()  # the board of this process counts the ray run only, as a command's does
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            on_ray = collect_rollouts(
+                CollectConfig(out=str(tmp_path / "ray"), run_name="same", task_runner="ray", ray_workers=1, **common)
+            )
+        finally:
+            finished.set()
+            watcher.join()
+    assert threads.status == on_ray.status == "completed" and on_ray.rollouts_ok == 36
+    assert _outcomes(Path(on_ray.run_url)) == _outcomes(Path(threads.run_url))
+    assert on_ray.mean_reward == threads.mean_reward
+    partial = [(done, rate) for done, total, rate in seen if total == 36 and 0 < done < 36]
+    assert len({done for done, _ in partial}) >= 3, seen[-20:]  # several steps seen while the shard ran
+    assert all(rate <= 10 for _, rate in partial), partial

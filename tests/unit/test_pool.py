@@ -163,3 +163,22 @@ def test_a_profiled_run_gets_a_function_profile_part_from_each_process_that_ran_
         if module.endswith("rollouts/stages/generate.py") and name.endswith("_rollout")
     )
     assert rollout["wall_ncall"] + rollout["cpu_ncall"] > 0  # the shards' own code, profiled where it ran
+
+
+def test_the_rate_leaves_out_the_report_that_started_the_clock(monkeypatch):
+    """A worker's first report brings several rollouts at once: counted over the instant since it arrived they read
+    as a burst of thousands per second. The rate counts what came after it, over the time since."""
+    from types import SimpleNamespace
+
+    from rollouts.collector import progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: now[0]))  # this module's clock only
+    board = ProgressBoard()
+    board.reset(total=40)
+    board.add(generated=4, verified=4)
+    now[0] += 0.1
+    assert board.snapshot().rate == 0.0  # not 4 / 0.1 s
+    now[0] += 0.9
+    board.add(generated=6, verified=6)
+    assert board.snapshot().rate == 6.0 and board.snapshot().done == 10

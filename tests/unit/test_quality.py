@@ -315,3 +315,10 @@ def test_each_row_is_judged_against_its_own_tool_list() -> None:
         for t, m in enumerate(["exact", "float"])
     ]
     assert fired(check(rows), "malformed_tool_call") == [False, False]
+
+
+def test_an_empty_list_of_checks_runs_every_check() -> None:
+    """The UI's run form shows `checks` as a list and can send it empty: every registered check still runs."""
+    assert QualityConfig(checks=[]).checks is None and QualityConfig(checks=["empty_completion"]).checks == (
+        "empty_completion",
+    )
