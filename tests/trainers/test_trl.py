@@ -106,7 +106,9 @@ def test_tool_arguments_of_many_shapes_train_as_written(tmp_path: Path, model: A
     model wrote it, and each prompt shows its own tool's schema. Loaded as one Arrow type per column, the same file
     trains null keys (`{"city": "Paris", "town": null, ...}`) and floats the model never wrote (`"dx": 4.0`)."""
     config = ProcessConfig(objective="sft", formats=("trl-prompt-completion", "trl"), min_reward=None)
-    files = process([str(shapes_run(tmp_path / "rollouts.jsonl"))], config, str(tmp_path / "sft")).files
+    result = process([str(shapes_run(tmp_path / "rollouts.jsonl"))], config, str(tmp_path / "sft"))
+    files = result.files
+    assert all("datasets.Json()" in (output.note or "") for output in result.card.outputs)  # the card says how
     expected = sorted(written_call(name, arguments) for name, arguments in SHAPES)
 
     examples = sft_labels(tmp_path, model, tokenizer, files["trl-prompt-completion"])
