@@ -127,7 +127,7 @@ def test_tool_arguments_of_many_shapes_train_as_written(tmp_path: Path, model: A
 
 
 def merging(path: str) -> Any:
-    """The file as one Arrow type per column (`Dataset.from_list`, as TRL's examples build datasets)."""
+    """The file as one Arrow type per column: `Dataset.from_list(rows)`."""
     return datasets.Dataset.from_list(rows(path))
 
 
