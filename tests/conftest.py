@@ -25,6 +25,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # A command run without PREFECT_API_URL starts the long-lived local Prefect server: keep it out of the user's home,
 # and stop it when the session ends (pytest_sessionfinish).
 os.environ["ROLLOUTS_HOME"] = tempfile.mkdtemp(prefix="rollouts-home-")
+# Hugging Face `datasets` caches every file it loads (tests/trainers/ load training files): not in the user's home.
+os.environ["HF_DATASETS_CACHE"] = os.path.join(os.environ["ROLLOUTS_HOME"], "hf-datasets")
 # Under pytest-xdist each worker has its own ROLLOUTS_HOME, so each may start a local server: give each its own
 # preferred port, so two first starts never race for the same one.
 if os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw").isdigit():

@@ -50,6 +50,21 @@ RL_STATS = [
     "num_turns",
 ]
 TOKEN_COLUMNS = ["prompt_token_ids", "generation_token_ids", "generation_log_probs"]
+# The conversational TRL files with tools: what Hugging Face `datasets` makes of them unless told otherwise.
+TRL_CHAT = ("trl", "trl-prompt-completion")
+TRL_LOAD = (
+    "load with every column typed `datasets.Json()` (docs/training-files.md, Loading a TRL file): one Arrow type per "
+    "column pads other rows' tool-call argument keys with nulls, reorders them and turns 1 into 1.0, under the loss"
+)
+
+
+def _notes(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None
+
+
+def _trl_load(fmt: str, tools: pl.Series) -> str | None:
+    """TRL_LOAD for a conversational TRL file whose rows carry tools."""
+    return TRL_LOAD if fmt in TRL_CHAT and any(tools.is_not_null()) else None
 
 
 class Target:
@@ -281,10 +296,13 @@ def write_sft(
             format=fmt,
             path=t.url,
             rows=counts[fmt],
-            note="one row per model turn: prompt = everything before it (tool results included), completion = the "
-            "turn, so TRL's completion mask covers only what the model wrote"
-            if fmt == "trl-prompt-completion" and counts[fmt] > card.rows_out
-            else None,
+            note=_notes(
+                "one row per model turn: prompt = everything before it (tool results included), completion = the "
+                "turn, so TRL's completion mask covers only what the model wrote"
+                if fmt == "trl-prompt-completion" and counts[fmt] > card.rows_out
+                else None,
+                _trl_load(fmt, data["tools"]),
+            ),
         )
         for fmt, t in targets.items()
     ]
@@ -295,7 +313,7 @@ def write_sft(
         note = (
             f"{left_out} rows left out: their tools or tool-call arguments have other shapes than the rest of the "
             "file, and one Parquet type would pad them with null fields that the chat template prints (write one "
-            "tool set per file, or use `trl`: `messages` with `assistant_only_loss=True`)"
+            "tool set per file, or use `trl`: `messages` with `assistant_only_loss=True`, loaded with `Json()` columns)"
             if left_out
             else None
         )
@@ -379,6 +397,7 @@ def write_dpo(
     files = []
     for fmt, t in targets.items():
         note = "; ".join(f"{n} pairs skipped: {DPO_SKIPS[reason]}" for reason, n in skipped[fmt].items()) or None
+        note = _notes(note, _trl_load(fmt, data["tools"]))
         if fmt == "nemo-rl":
             note = (
                 "; ".join(filter(None, [note, "NeMo RL's preference loader ignores `tools`"]))

@@ -44,7 +44,7 @@ def test_trl_trains_what_the_real_model_wrote(
     model: Any,  # noqa: F811
     tokenizer: Any,  # noqa: F811
 ) -> None:
-    """One tool set per file (as docs/training-files.md advises): the rollout whose tool takes `argument`. Exactly
+    """One tool set per file: the rollout whose tool takes `argument`. Exactly
     what the model wrote is trained: its call, then its reply to the tool's output (SmolLM2 tends to echo it)."""
     [row] = [r for r in run_rows(tool_run, "rollouts") if argument in json.dumps(r["responses_create_params"]["tools"])]
     output = {item["type"]: item for item in row["response"]["output"]}
@@ -57,13 +57,9 @@ def test_trl_trains_what_the_real_model_wrote(
     assert "London" in examples[0][0] and tool_output in examples[1][0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Hugging Face datasets gives a file's tool-call arguments one struct type: {city} and {town} in one trl "
-    'file become {"city": "Paris", "town": null}, which the template prints under the loss (verl files are split '
-    "by shape; trl files are not yet)",
-)
 def test_trl_file_with_two_argument_shapes(tool_run: Path, tmp_path: Path, model: Any, tokenizer: Any) -> None:  # noqa: F811
+    """Both rollouts in one file, loaded as docs/training-files.md shows (`Json()` columns): each call is trained as
+    the model wrote it, not as one struct type for both (`{"city": "Paris", "town": null}`)."""
     path = write(sft_file(tool_run, tmp_path / "sft"), tmp_path / "both.jsonl")
     trained = [run for _, runs in sft_labels(tmp_path, model, tokenizer, path) for run in runs]
     assert sorted(run for run in trained if "<tool_call>" in run) == sorted(CALLS.values())

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rollouts.process import ProcessConfig, process
-from tests.trainers.conftest import GYM, trained_text, trainer_module
+from tests.trainers.conftest import GYM, ROOT, trained_text, trainer_module
 
 pytestmark = pytest.mark.trainers
 datasets = trainer_module("datasets")
@@ -23,13 +24,28 @@ def rows(path: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def sft_labels(tmp_path: Path, model: Any, tokenizer: Any, path: str, **options: Any) -> list[tuple[str, list[str]]]:
-    """(whole text, trained runs) of each example as SFTTrainer prepares the file."""
+def documented_loader() -> Any:
+    """`load_trl` of docs/training-files.md, run as written: the way a user loads our TRL files."""
+    text = (ROOT / "docs" / "training-files.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def load_trl(" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "docs/training-files.md", "exec"), namespace)
+    return namespace["load_trl"]
+
+
+load_trl = documented_loader()
+
+
+def sft_labels(
+    tmp_path: Path, model: Any, tokenizer: Any, path: str, load: Any = None, **options: Any
+) -> list[tuple[str, list[str]]]:
+    """(whole text, trained runs) of each example as SFTTrainer prepares the file, loaded by `load` (default: as
+    docs/training-files.md shows)."""
     args = trl.SFTConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, **options)
     trainer = trl.SFTTrainer(
         model=model,
         args=args,
-        train_dataset=datasets.Dataset.from_list(rows(path)),
+        train_dataset=(load or load_trl)(path),
         processing_class=tokenizer,
     )
     out = []
@@ -56,6 +72,65 @@ def test_sft_prompt_completion_trains_only_what_the_model_wrote(tmp_path: Path, 
     assert TOOL_OUTPUT in second[0] and second[1] == ["The answer is 42.<|im_end|>\n"]
 
 
+# Tool calls as a model may write them in one run: other tools' keys, its own key order, an integer beside a float.
+SHAPES = [
+    ("get_weather", {"city": "Paris"}),
+    ("get_weather", {"town": "Paris"}),
+    ("move", {"dy": 3, "dx": 4}),
+    ("move", {"dx": 1.5, "dy": 2}),
+]
+
+
+def shapes_run(path: Path) -> Path:
+    """One rollout per entry of SHAPES: the call (its tool's schema has exactly those keys), the result, an answer."""
+    base = json.loads(Path(GYM).read_text().splitlines()[4])
+    with path.open("w") as out:
+        for i, (name, arguments) in enumerate(SHAPES):
+            properties = {key: {"type": "number" if name == "move" else "string"} for key in arguments}
+            tool = {"type": "function", "name": name, "parameters": {"type": "object", "properties": properties}}
+            params = {**base["responses_create_params"], "tools": [tool]}
+            call = {"type": "function_call", "call_id": f"c{i}", "name": name, "arguments": json.dumps(arguments)}
+            result = {"type": "function_call_output", "call_id": f"c{i}", "output": "ok"}
+            output = [call, result, answer(f"Done {i}.")]
+            row = {**base, "responses_create_params": params, "_ng_task_index": i, "response": {"output": output}}
+            out.write(json.dumps(row) + "\n")
+    return path
+
+
+def written_call(name: str, arguments: dict[str, Any]) -> str:
+    return f'<tool_call>\n{{"name": "{name}", "arguments": {json.dumps(arguments)}}}\n</tool_call><|im_end|>\n'
+
+
+def test_tool_arguments_of_many_shapes_train_as_written(tmp_path: Path, model: Any, tokenizer: Any) -> None:
+    """One file, four argument shapes: loaded as docs/training-files.md shows, TRL trains each call exactly as the
+    model wrote it, and each prompt shows its own tool's schema. Loaded as one Arrow type per column, the same file
+    trains null keys (`{"city": "Paris", "town": null, ...}`) and floats the model never wrote (`"dx": 4.0`)."""
+    config = ProcessConfig(objective="sft", formats=("trl-prompt-completion", "trl"), min_reward=None)
+    result = process([str(shapes_run(tmp_path / "rollouts.jsonl"))], config, str(tmp_path / "sft"))
+    files = result.files
+    assert all("datasets.Json()" in (output.note or "") for output in result.card.outputs)  # the card says how
+    expected = sorted(written_call(name, arguments) for name, arguments in SHAPES)
+
+    examples = sft_labels(tmp_path, model, tokenizer, files["trl-prompt-completion"])
+    assert sorted(run for _, runs in examples for run in runs if "<tool_call>" in run) == expected
+    for text, _ in examples:
+        assert "null" not in text
+    assert sum('"properties": {"dy": {"type": "number"}, "dx": {"type": "number"}}' in t for t, _ in examples) == 2
+
+    messages = sft_labels(tmp_path, model, tokenizer, files["trl"], assistant_only_loss=True)
+    # in a whole conversation Qwen2.5's template opens a call turn with the (empty) content and a newline
+    assert sorted(run.removeprefix("\n") for _, runs in messages for run in runs if "<tool_call>" in run) == expected
+
+    merged = sft_labels(tmp_path, model, tokenizer, files["trl-prompt-completion"], load=merging)
+    trained = "".join(run for _, runs in merged for run in runs)
+    assert '"arguments": {"city": "Paris", "town": null' in trained and '"dx": 4.0}' in trained
+
+
+def merging(path: str) -> Any:
+    """The file as one Arrow type per column: `Dataset.from_list(rows)`."""
+    return datasets.Dataset.from_list(rows(path))
+
+
 def test_sft_messages_with_assistant_only_loss(tmp_path: Path, model: Any, tokenizer: Any) -> None:
     config = ProcessConfig(objective="sft", formats=("trl",), min_reward=None)
     path = process([GYM], config, str(tmp_path / "sft")).files["trl"]
@@ -75,7 +150,7 @@ def dpo_sequences(tmp_path: Path, model: Any, tokenizer: Any, path: str) -> list
         model=model,
         ref_model=copy.deepcopy(model),
         args=args,
-        train_dataset=datasets.Dataset.from_list(rows(path)),
+        train_dataset=load_trl(path),
         processing_class=tokenizer,
     )
     return [
