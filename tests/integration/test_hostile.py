@@ -202,6 +202,13 @@ def hostile_rows(answers: list[str], tools: bool = False) -> list[dict[str, Any]
     return [{"responses_create_params": params, "expected_answer": a, "task": i} for i, a in enumerate(answers)]
 
 
+def run_command(command: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A command run to its end from the repository root, its output captured as text, no standard input."""
+    return subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+
+
 def collect_hostile(
     tmp_path: Path, prefect_server: str, server: Any, name: str, rows: list[dict[str, Any]], *extra: str
 ) -> tuple[subprocess.CompletedProcess[str], Path, float]:
@@ -382,15 +389,7 @@ def test_error_snippets_never_hold_the_key_or_a_storage_secret(
         "--num-repeats",
         "1",
     )
-    done = subprocess.run(
-        command,
-        env=environment(prefect_server, CANARY_KEY=key),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    done = run_command(command, environment(prefect_server, CANARY_KEY=key))
     assert done.returncode == 1, done.stderr[-2000:]
     assert key not in done.stdout + done.stderr
     run = tmp_path / "runs" / "echo"
@@ -414,15 +413,7 @@ def test_error_snippets_never_hold_a_model_block_s_key_or_headers(
     src = write_jsonl(tmp_path / "echo.jsonl", hostile_rows(["2"] * 3))
     command = collect_command(src, hostile.model_url, tmp_path / "runs", "echo-block", "--model-block", "echo-model")
     command += ["--max-retries", "0", "--num-repeats", "1"]
-    done = subprocess.run(
-        command,
-        env=environment(prefect_server),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    done = run_command(command, environment(prefect_server))
     assert done.returncode == 1, done.stderr[-2000:]
     stored = "".join(p.read_text() for p in (tmp_path / "runs" / "echo-block").rglob("*") if p.is_file())
     assert "HTTP 500" in stored and "***" in stored
@@ -446,15 +437,7 @@ def test_badly_typed_tools_and_instructions_are_rejects_with_their_line(
     ]
     src = write_jsonl(tmp_path / "typed.jsonl", rows)
     command = collect_command(src, sim.url, tmp_path / "runs", "typed", "--num-repeats", "1")
-    done = subprocess.run(
-        command,
-        env=environment(prefect_server),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    done = run_command(command, environment(prefect_server))
     assert done.returncode == 0, done.stderr[-2000:]
     run = tmp_path / "runs" / "typed"
     rejects = [json.loads(line) for line in (run / "rejects.jsonl").read_text().splitlines()]
@@ -485,25 +468,17 @@ def hostile_rollout_rows(tmp_path: Path) -> Path:
     return path
 
 
-def run_command(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "commands", *argv],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+def rollouts_command(*argv: str) -> subprocess.CompletedProcess[str]:
+    return run_command([sys.executable, "-m", "commands", *argv], {**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_non_finite_and_out_of_range_values_in_rollout_rows_are_bad_rows_with_their_line(tmp_path: Path) -> None:
     src = hostile_rollout_rows(tmp_path)
-    strict = run_command("process", str(src), "--objective", "rl", "--out", str(tmp_path / "strict"))
+    strict = rollouts_command("process", str(src), "--objective", "rl", "--out", str(tmp_path / "strict"))
     assert strict.returncode == 1 and "Traceback" not in strict.stderr
     assert f"{src}:3: invalid JSON: NaN and Infinity are not valid JSON" in strict.stderr  # not "lines 1-14"
 
-    done = run_command("process", str(src), "--objective", "rl", "--out", str(tmp_path / "p"), "--skip-bad-rows")
+    done = rollouts_command("process", str(src), "--objective", "rl", "--out", str(tmp_path / "p"), "--skip-bad-rows")
     assert done.returncode == 0, done.stderr
     card = json.loads((tmp_path / "p" / "rl" / "data_card.json").read_text())
     lines = [int(e.split(":")[1]) for e in card["bad_rows"]["examples"]]
@@ -515,7 +490,7 @@ def test_non_finite_and_out_of_range_values_in_rollout_rows_are_bad_rows_with_th
     frame = pl.read_parquet(tmp_path / "p" / "rl" / "rollouts.parquet")
     assert frame.height == 9  # the fixture's rows, none of the hostile ones (no null id, no inf log-probability)
 
-    tokens = run_command("tokens", str(src), "--out", str(tmp_path / "t"), "--skip-bad-rows")
+    tokens = rollouts_command("tokens", str(src), "--out", str(tmp_path / "t"), "--skip-bad-rows")
     assert tokens.returncode == 0 and "Traceback" not in tokens.stderr, tokens.stderr
     assert "5 bad rows skipped" in tokens.stdout
     written = pl.read_parquet(tmp_path / "t" / "tokens.parquet")
@@ -585,15 +560,7 @@ def test_a_ctrl_c_in_the_filter_stage_leaves_the_run_interrupted_and_the_next_ru
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(6))
     command = collect_command(src, sim.url, tmp_path / "runs", "filtered", "--num-repeats", "2")
     env = environment(prefect_server)
-    stopped = subprocess.run(
-        [sys.executable, "-c", _SIGINT_IN_FILTER, *command[3:]],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    stopped = run_command([sys.executable, "-c", _SIGINT_IN_FILTER, *command[3:]], env)
     run = tmp_path / "runs" / "filtered"
     written = manifest(run)
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
