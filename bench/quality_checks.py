@@ -236,12 +236,16 @@ def _cpu() -> float:
 
 
 def stage(args: argparse.Namespace) -> None:
-    """Child process: one measurement, printed as a JSON line (imports excluded from the clock)."""
+    """Child process: one measurement, printed as a JSON line (imports excluded from the clock). Both stages run with
+    the allocator setting `rollouts check` uses (rollouts.allocator), so the ratio compares like with like."""
+    from rollouts.allocator import ENV, keep_freed_pages
+
+    keep_freed_pages()
     import polars as pl
 
     from rollouts.quality import check_path, write_quality
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"allocator": os.environ.get(ENV)}
     cpu0, start = _cpu(), time.perf_counter()
     if args.stage == "check":
         result = check_path(args.file)
@@ -356,6 +360,7 @@ def main() -> None:
         check = measure("check", file, base / "out-full", args.baseline_memory_gb)
         if check is None:
             sys.exit(1)
+        print(f"polars allocator (_RJEM_MALLOC_CONF): {check['allocator']}", flush=True)
         print(f"verdicts: {check['verdicts']}; fired: {check['fired']}", flush=True)
         baseline = measure("baseline", file, base, args.baseline_memory_gb)
         report(f"{args.rows:,} rollouts", check, baseline, args.rows)

@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sim_main(argv[1:])
         return 0
+    if argv[:1] == ["check"]:  # before anything loads polars
+        from rollouts.allocator import keep_freed_pages
+
+        keep_freed_pages()
     args = build_parser(argv).parse_args(argv)
     with usage_guard(verbose=getattr(args, "verbose", False)) as guard:
         return int(args.func(args) or 0)

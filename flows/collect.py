@@ -2,9 +2,9 @@
 
 # No `from __future__ import annotations` here: Prefect builds the flow's parameter model from the real annotation,
 # and a string annotation leaves it "not fully defined" in a worker process that runs a deployment.
-from rollouts.collector.allocator import release_freed_memory_at_once
+from rollouts.allocator import release_freed_memory_at_once
 
-release_freed_memory_at_once()  # before anything imports polars: see rollouts/collector/allocator.py
+release_freed_memory_at_once()  # before anything imports polars: see rollouts/allocator.py
 
 import signal
 import time

@@ -1,4 +1,4 @@
-"""A collection run's process has polars' allocator return freed memory at once (rollouts/collector/allocator.py), set
+"""A collection run's process has polars' allocator return freed memory at once (rollouts/allocator.py), set
 before polars loads; a setting of the user's own is kept; other processes keep polars' default."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rollouts.collector.allocator import JEMALLOC_CONF, RELEASE_AT_ONCE, release_freed_memory_at_once
+from rollouts.allocator import ENV as JEMALLOC_CONF
+from rollouts.allocator import RELEASE_AT_ONCE, release_freed_memory_at_once
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOW = "import {module}, os, sys; print(os.environ.get('{var}', ''))"
