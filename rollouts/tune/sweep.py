@@ -226,7 +226,10 @@ async def measure_step(
 
 class QueueSampler:
     """Samples the server's request queue from its `/metrics` every `every_s` while a step runs (its own client, so
-    the step's pool of exactly `parallel` connections stays the workers')."""
+    the step's pool of exactly `parallel` connections stays the workers'). The first sample is taken `every_s` in,
+    once the step's requests are out (one at its start reads the queue the step has not filled yet), and a step that
+    ends before any sample came back waits for the one on its way: a busy server (llama.cpp answers /metrics between
+    decoding steps) can take longer than a short step to answer."""
 
     def __init__(self, model_url: str, auth: EndpointAuth | None, every_s: float = 0.25) -> None:
         from rollouts.tune.aimd import server_metrics_url
@@ -235,6 +238,7 @@ class QueueSampler:
         self.samples: list[float] = []
         self.readable = True
         self._task: asyncio.Task[None] | None = None
+        self._answered = asyncio.Event()  # the first sample came back, or the queue cannot be read
 
     async def __aenter__(self) -> QueueSampler:
         self._task = asyncio.ensure_future(self._run())
@@ -242,6 +246,8 @@ class QueueSampler:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), timeout=10.0)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
@@ -253,6 +259,7 @@ class QueueSampler:
 
         async with http_client(1, 5.0, self.auth) as http:
             while True:
+                await asyncio.sleep(self.every_s)
                 try:
                     reply = await http.get(self.url)
                     waiting = parse_server_metrics(reply.text)[0] if reply.status_code == 200 else None
@@ -260,9 +267,10 @@ class QueueSampler:
                     waiting = None
                 if waiting is None:
                     self.readable = False
+                    self._answered.set()
                     return
                 self.samples.append(waiting)
-                await asyncio.sleep(self.every_s)
+                self._answered.set()
 
     def median(self) -> float | None:
         """The step's queue, or None when the server publishes none."""

@@ -32,7 +32,7 @@ def test_tune_recommends_the_slot_count(tmp_path: Path, llama_server: str) -> No
 def test_parallel_auto_settles_at_the_slot_count(tmp_path: Path, llama_server: str, prefect_server: str) -> None:
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
     result = rollouts(
-        "collect", str(src), "--model-url", llama_server, "--model", MODEL, "--num-repeats", "4",
+        "collect", str(src), "--model-url", llama_server, "--model", MODEL, "--num-repeats", "8",
         "--max-output-tokens", "4", "--parallel", "auto", "--min-parallel", "1", "--max-parallel", "16",
         "--task-runner", "threads", "--out", str(tmp_path / "runs"), "--run-name", "auto", "--no-progress",
         api_url=prefect_server,

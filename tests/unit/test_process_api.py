@@ -10,6 +10,7 @@ import pytest
 
 from rollouts.errors import ConfigError
 from rollouts.process import ProcessConfig, Selection, load_rollouts, process_many, select, write_outputs
+from rollouts.process.writers import TRL_LOAD
 
 GYM = str(Path(__file__).parents[1] / "fixtures" / "process" / "gym.jsonl")
 
@@ -41,7 +42,7 @@ def test_process_many_loads_once_and_writes_each_objective(tmp_path: Path) -> No
     assert card["inputs"] == [GYM] and card["config"]["objective"] == "sft"
     assert card["outputs"] == [
         {"format": "openai", "path": f"{tmp_path}/sft/openai.jsonl", "rows": 2, "note": None},
-        {"format": "trl", "path": f"{tmp_path}/sft/trl.jsonl", "rows": 2, "note": None},
+        {"format": "trl", "path": f"{tmp_path}/sft/trl.jsonl", "rows": 2, "note": TRL_LOAD},  # its rows have tools
     ]
     with pytest.raises(ConfigError, match="objective listed twice"):
         process_many([GYM], [ProcessConfig(objective="rl"), ProcessConfig(objective="rl")], str(tmp_path))
