@@ -9,7 +9,9 @@
     │   ├── ProviderTimeout     no complete answer within --request-timeout (connect to last byte)
     │   ├── ResponseParseError  the endpoint answered 2xx with a body we cannot read (retried like a 5xx)
     │   │   └── TokenFieldsError   token ids were asked for and the reply has none we can read
-    │   └── ResponseTooLarge    the body passed --max-response-bytes (not retried)
+    │   ├── ResponseTooLarge    the body passed --max-response-bytes (not retried)
+    │   └── ModelOutputError    the server could not read the model's own output, e.g. its tool-call parser refused
+    │                           it (not retried: the agent loop ends the rollout with end reason `unparseable_output`)
     ├── VerifierError        an environment could not score a rollout (remote verifier down, bad reply)
     ├── ToolError            a tool call failed; the model sees the message as the tool's output
     ├── RolloutTimeout       the whole rollout (session, model and tool calls, retries) passed --rollout-timeout
@@ -156,6 +158,14 @@ class TokenFieldsError(ResponseParseError):
 
 
 class ResponseTooLarge(ProviderError):
+    retryable_by_default = False
+
+
+class ModelOutputError(ProviderError):
+    """The server answered an error because it could not read what the model generated (llama.cpp's HTTP 500 "The
+    model produced output that does not match the expected ... format"): a fault of the model's output, not of the
+    server, so the request is not repeated (at temperature 0 it would generate the same text)."""
+
     retryable_by_default = False
 
 

@@ -25,7 +25,7 @@ from rollouts.client.bodies import ReplyBudget, read_capped, reply_budget
 from rollouts.client.chat import chat_tools, items_to_chat
 from rollouts.client.credentials import NO_AUTH, EndpointAuth
 from rollouts.client.replies import check_chat, check_responses
-from rollouts.client.retry import RetryPolicy, retry_after, transport_failure
+from rollouts.client.retry import RetryPolicy, model_output_fault, retry_after, transport_failure
 from rollouts.client.token_fields import (
     CHAT_TOKEN_REQUEST,
     NO_SOURCE_HINT,
@@ -46,6 +46,7 @@ from rollouts.client.token_fields import (
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport, cookie_free_transport
 from rollouts.errors import (
     ConfigError,
+    ModelOutputError,
     ProviderError,
     ProviderTimeout,
     ResponseParseError,
@@ -450,10 +451,11 @@ class ModelClient:
                         text = (await read_capped(response, _ERROR_BODY_BYTES, truncate=True)).decode(
                             "utf-8", "replace"
                         )
-                        raise ProviderError(
+                        fault = model_output_fault(status, text)
+                        raise (ModelOutputError if fault else ProviderError)(
                             f"HTTP {status} from {self.url}: {scrub(text, self.secrets)[:300]}",
                             status_code=status,
-                            retryable=self.retry.retryable(status),
+                            retryable=False if fault else self.retry.retryable(status),
                             retry_after_s=retry_after(response),
                         )
                     content = await read_capped(response, self.max_response_bytes, budget=self._budget())

@@ -1,7 +1,9 @@
 """The one retry policy for every HTTP call the collector makes (model endpoint, remote environments).
 
-Retryable: connection errors, timeouts, 408/409/425/429 and every 5xx. Backoff is exponential with jitter (uniform in
-[d/2, d], d = base * 2**attempt, capped); a `Retry-After` header (seconds) replaces it, capped at `retry_after_cap_s`.
+Retryable: connection errors, timeouts, 408/409/425/429 and every 5xx, except an error whose message says the server
+could not read the model's own output (`model_output_fault`): that is the model's fault, not the server's.
+Backoff is exponential with jitter (uniform in [d/2, d], d = base * 2**attempt, capped); a `Retry-After` header
+(seconds) replaces it, capped at `retry_after_cap_s`.
 
 `transport_failure` names what really went wrong when no reply came. The aiohttp transport maps every aiohttp
 connection error to `httpx.ConnectTimeout` (a refused connection and a server that hung up mid-body alike), so the
@@ -11,7 +13,9 @@ original exception, kept as the cause, decides the label and whether the request
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,6 +23,14 @@ import aiohttp
 import httpx
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+# An error message saying the server failed to read what the model generated (its tool-call or output parser):
+# llama.cpp's "The model produced output that does not match the expected <name> format", and the same fault as other
+# servers word it ("failed to parse tool call(s)", "generated output could not be parsed").
+_MODEL_OUTPUT_FAULT = re.compile(
+    r"model (?:produced|generated) output|failed to parse (?:the )?(?:model'?s? )?(?:output|tool[ _]calls?)"
+    r"|generated output could not be parsed",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,22 @@ class RetryPolicy:
         delay: float = min(self.cap_s, self.base_s * (2**attempt))
         draw = rng.random() if rng is not None else random.random()
         return delay * (0.5 + draw / 2)
+
+
+def model_output_fault(status: int, body: str) -> str | None:
+    """The server's own message when an error reply (4xx/5xx) says it could not read the model's output, else None.
+    The message is the JSON error's (`{"error": {"message"}}` or `{"message"}`), or the plain-text body."""
+    if status < 400:
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = body
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        data = error.get("message") if isinstance(error, dict) else error
+    message = data if isinstance(data, str) else ""
+    return message.strip() if _MODEL_OUTPUT_FAULT.search(message) else None
 
 
 def retry_after(response: httpx.Response) -> float | None:

@@ -18,6 +18,9 @@ End reasons (`AgentResult.end_reason`):
                       last call may overshoot by up to one call's max_output_tokens)
   deadline            `timeout_s` passed: the call or tools in flight were cancelled, what finished is kept
   no_tools            the model called a function but the environment runs none (a verifier-only environment)
+  unparseable_output  the server could not read the model's next reply (ModelOutputError: e.g. its tool-call parser
+                      refused what the model wrote); what came before is kept and scored. On the first call there
+                      is nothing to keep: the rollout fails with that error, which is not retried
   <other>             any other finish reason of the last call (e.g. content_filter)
 The limits are checked before each model call, after the previous turn's tools ran, so a state changed by the
 last tool calls is what the verifier sees. Every function call gets exactly one `function_call_output`, in the
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from rollouts.config import AgentLimits
 from rollouts.envs.base import Environment, SessionState
 from rollouts.envs.tools import render
-from rollouts.errors import ProviderError, ToolError
+from rollouts.errors import ModelOutputError, ProviderError, ToolError
 
 if TYPE_CHECKING:
     import httpx
@@ -46,13 +49,14 @@ if TYPE_CHECKING:
 
 CallModel = Callable[[list[dict[str, Any]]], Awaitable["ModelCall"]]
 
-STOP, LENGTH, MAX_TURNS, MAX_ROLLOUT_TOKENS, DEADLINE, NO_TOOLS = (
+STOP, LENGTH, MAX_TURNS, MAX_ROLLOUT_TOKENS, DEADLINE, NO_TOOLS, UNPARSEABLE_OUTPUT = (
     "stop",
     "length",
     "max_turns",
     "max_rollout_tokens",
     "deadline",
     "no_tools",
+    "unparseable_output",
 )
 
 
@@ -250,7 +254,13 @@ async def run_agent(
             ):
                 end = MAX_ROLLOUT_TOKENS
                 break
-            call = None if rollout.expired() else await rollout.model(call_model, items + produced)
+            try:
+                call = None if rollout.expired() else await rollout.model(call_model, items + produced)
+            except ModelOutputError:
+                if not calls:
+                    raise
+                end = UNPARSEABLE_OUTPUT
+                break
             if call is None:
                 if not calls:
                     raise ProviderError(

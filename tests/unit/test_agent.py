@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from rollouts.client.model import ModelCall
 from rollouts.envs import CalculatorEnvironment, KeyValueEnvironment, MathEnvironment, ToolEnvironment, ToolError
-from rollouts.errors import ConfigError, ProviderError
+from rollouts.errors import ConfigError, ModelOutputError, ProviderError
 from rollouts.stages.agent import (
     DEADLINE,
     LENGTH,
@@ -21,6 +21,7 @@ from rollouts.stages.agent import (
     MAX_TURNS,
     NO_TOOLS,
     STOP,
+    UNPARSEABLE_OUTPUT,
     AgentLimits,
     run_agent,
     with_env_tools,
@@ -269,6 +270,26 @@ async def test_a_failed_model_call_raises_and_still_ends_the_session() -> None:
 
 class Counter(BaseModel):
     value: int = 0
+
+
+def unreadable(items: list[dict[str, Any]]) -> ModelCall:
+    raise ModelOutputError("HTTP 500: The model produced output that does not match the expected format")
+
+
+async def test_a_reply_the_server_cannot_read_ends_the_rollout_keeping_what_came_before() -> None:
+    model = Script(turn(fcall("calculate", {"expression": "2 + 3"}, "c1")), unreadable)
+    result = await run_agent(model, CalculatorEnvironment(), PROMPT)
+    assert result.end_reason == UNPARSEABLE_OUTPUT and result.turns == 1 and len(model.seen) == 2
+    assert [i["type"] for i in result.output] == ["function_call", "function_call_output"]
+
+
+async def test_a_first_reply_the_server_cannot_read_fails_the_rollout() -> None:
+    ended = []
+    env = CalculatorEnvironment()
+    env.end_session = lambda session: ended.append(session)  # type: ignore[method-assign]
+    with pytest.raises(ModelOutputError):
+        await run_agent(Script(unreadable), env, PROMPT)
+    assert ended == [None]
 
 
 async def test_state_changed_by_tools_is_snapshotted_for_the_verifier() -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelClient, chat_body, items_to_chat, parse_chat, parse_responses, responses_body
-from rollouts.client.retry import RetryPolicy
-from rollouts.errors import ProviderError, ResponseParseError
+from rollouts.client.retry import RetryPolicy, model_output_fault
+from rollouts.errors import ModelOutputError, ProviderError, ResponseParseError
 
 ITEMS = [
     {"role": "system", "content": "You are terse."},
@@ -193,6 +193,49 @@ async def test_client_errors_are_not_retried():
     with pytest.raises(ProviderError, match="HTTP 400.*bad model") as info:
         await client.create([{"role": "user", "content": "q"}], {}, {})
     assert info.value.retryable is False and len(seen) == 1
+
+
+# llama-server's answer when its tool-call parser cannot read what the model wrote (tests/realmodel/
+# test_llama_contract.py::test_an_unparseable_tool_reply_is_a_server_error pins it against the real server)
+UNREADABLE_OUTPUT = {
+    "error": {
+        "code": 500,
+        "type": "server_error",
+        "message": "The model produced output that does not match the expected peg-native format",
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "fault"),
+    [
+        (500, json.dumps(UNREADABLE_OUTPUT), UNREADABLE_OUTPUT["error"]["message"]),
+        (500, '{"message": "Failed to parse tool calls: bad JSON"}', "Failed to parse tool calls: bad JSON"),
+        (400, "Error: failed to parse the model output", "Error: failed to parse the model output"),
+        (500, '{"error": {"message": "CUDA out of memory"}}', None),  # the server's own fault: retried
+        (503, "overloaded", None),
+        (500, '{"error": "Model produced output"}', "Model produced output"),
+        (200, json.dumps(UNREADABLE_OUTPUT), None),
+        (500, "[1, 2]", None),
+    ],
+)
+def test_an_error_saying_the_models_output_was_unreadable_is_recognised(status, body, fault):
+    assert model_output_fault(status, body) == fault
+
+
+async def test_a_reply_the_server_could_not_read_is_not_retried_and_is_typed():
+    client, seen = client_with([httpx.Response(500, json=UNREADABLE_OUTPUT), OK])
+    with pytest.raises(ModelOutputError, match="HTTP 500.*does not match the expected peg-native format") as info:
+        await client.create([{"role": "user", "content": "q"}], {}, {"temperature": 0})
+    assert len(seen) == 1  # the same request would generate the same text: no retry, no backoff
+    assert info.value.as_record("generate") == {
+        "type": "ModelOutputError",
+        "message": info.value.message,
+        "status_code": 500,
+        "stage": "generate",
+        "retryable": False,
+        "attempts": 1,
+    }
 
 
 async def test_unreadable_success_bodies_are_retried_then_a_typed_parse_error(monkeypatch):
