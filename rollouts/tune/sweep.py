@@ -244,10 +244,11 @@ class QueueSampler:
         self._task = asyncio.ensure_future(self._run())
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if self._task is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._answered.wait(), timeout=10.0)
+            if exc_type is None:  # a step that ended as planned; a stopped one (Ctrl-C, an error) does not wait
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._answered.wait(), timeout=10.0)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
