@@ -2,7 +2,9 @@
 `--metrics`. On CPU its slots share the cores, so throughput is about flat from 1 in flight and the client alone
 cannot see where the slots end; the server's queue (`llamacpp:requests_deferred`) can, and both find 4.
 
-Kept small: one-prompt-line inputs and 4 output tokens a call."""
+Kept small: one-prompt-line inputs and a few output tokens a call; `rollouts tune` gets 16 a call and 2 s steps, so
+that at 8 in flight the slots stay busy long enough for the queue to be read (with 4 tokens a call, the requests in
+transit between the client and the slots left the queue empty at half the samples)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ def test_tune_recommends_the_slot_count(tmp_path: Path, llama_server: str) -> No
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(8))
     result = rollouts(
         "tune", str(src), "--model-url", llama_server, "--model", MODEL, "--start", "1", "--max-parallel", "16",
-        "--step-seconds", "1", "--max-output-tokens", "4", "--temperature", "0", "--out", str(tmp_path / "tune"),
+        "--step-seconds", "2", "--max-output-tokens", "16", "--temperature", "0", "--out", str(tmp_path / "tune"),
     )  # fmt: skip
     assert result.code == 0, result.err[-2000:]
     report = json.loads((tmp_path / "tune" / "tune.json").read_text())
