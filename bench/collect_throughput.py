@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from bench.cpu_window import CpuSampler, yardstick  # noqa: E402
+from bench.cpu_window import CpuSampler, rollout_window, yardstick  # noqa: E402
 
 
 def write_prompts(path: Path, prompts: int) -> None:
@@ -129,11 +129,7 @@ def child(args: argparse.Namespace) -> None:
     with CpuSampler(children=True) as sampler, temporary_settings(updates={"flows.heartbeat_frequency": None}):
         summary = collect_rollouts(config)
     wall = time.time() - t0
-    first, last = float("inf"), 0.0
-    for file in (Path(summary.run_url) / "rollouts").glob("*.jsonl"):
-        for line in file.open():
-            timings = json.loads(line)["timings"]
-            first, last = min(first, timings["started_at"]), max(last, timings["finished_at"])
+    first, last = rollout_window(summary.run_url)
     cpu, api_cpu = sampler.cpu_between(first, last)
     gc_seconds, gc_counts = gc_clock.between(first, last)
     ok = max(summary.rollouts_ok, 1)

@@ -12,9 +12,11 @@ task run is part of the flow's cost but not of the collector loop's.
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -114,3 +116,13 @@ def yardstick(loops: int = 3) -> float:
             table[i & 1023] = total
         best = min(best, time.perf_counter() - started)
     return best * 1000
+
+
+def rollout_window(run_url: str) -> tuple[float, float]:
+    """(first start, last finish) of a run's stored rollouts, from their `timings`: the window the CPU is read over."""
+    first, last = float("inf"), 0.0
+    for file in (Path(run_url) / "rollouts").glob("*.jsonl"):
+        for line in file.open():
+            timings = json.loads(line)["timings"]
+            first, last = min(first, timings["started_at"]), max(last, timings["finished_at"])
+    return first, last

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from bench.cpu_window import CpuSampler, yardstick  # noqa: E402
+from bench.cpu_window import CpuSampler, rollout_window, yardstick  # noqa: E402
 
 MODEL = "smollm2"
 
@@ -111,11 +111,7 @@ def flow_child(args: argparse.Namespace) -> dict:
     )
     with CpuSampler(children=True) as sampler, temporary_settings(updates={"flows.heartbeat_frequency": None}):
         summary = collect_rollouts(config)
-    first, last = float("inf"), 0.0
-    for file in (Path(summary.run_url) / "rollouts").glob("*.jsonl"):
-        for line in file.open():
-            timings = json.loads(line)["timings"]
-            first, last = min(first, timings["started_at"]), max(last, timings["finished_at"])
+    first, last = rollout_window(summary.run_url)
     cpu, api_cpu = sampler.cpu_between(first, last)
     return {
         "rollouts": summary.rollouts_ok,
