@@ -134,7 +134,7 @@ def build_run(run: Path, prompts: int, repeats: int) -> int:
 def stage(args: argparse.Namespace) -> None:
     """Child process: run one stage and print a JSON line with its figures."""
     sys.path.insert(0, str(ROOT))
-    from rollouts.process import LoadedRollouts, ProcessConfig, load_rollouts, process_many, select, write_outputs
+    from rollouts.training import LoadedRollouts, ProcessConfig, load_rollouts, process_many, select, write_outputs
 
     start = time.perf_counter()
     if args.stage == "read_ndjson":

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from rollouts.records import dumps
-from rollouts.tokens import contiguity_metrics, convert_token_records
+from rollouts.tokens import contiguity_metrics
+from rollouts.training import convert_token_records
 
 EOT = 2
 

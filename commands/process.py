@@ -87,8 +87,8 @@ def _summary(results: list[Any]) -> Table:
 
 def run_process_command(args: argparse.Namespace) -> int:
     """Run `process` from parsed arguments; user errors print one clear line and return a non-zero code."""
-    from rollouts.process.api import process_many
     from rollouts.quality import require_known_checks
+    from rollouts.training.api import process_many
 
     # Unlike `collect`, inputs that cannot be read are not a usage error here: only ConfigError exits 2.
     with usage_guard(getattr(args, "verbose", False), usage=(ConfigError,)) as guard:

@@ -45,7 +45,7 @@ def tokens_config(args: argparse.Namespace) -> TokensConfig:
 
 def run_tokens_command(args: argparse.Namespace) -> int:
     """Run `tokens` from parsed arguments: 0 on success, 2 for a usage error, 1 when the inputs cannot be processed."""
-    from rollouts.tokens.convert import convert_token_records
+    from rollouts.training.convert import convert_token_records
 
     with usage_guard(args.verbose, usage=(ConfigError,)) as guard:  # unreadable inputs: exit 1
         config = tokens_config(args)

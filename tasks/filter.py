@@ -2,9 +2,9 @@
 
 from prefect import task
 
-from rollouts.process.api import Selection
 from rollouts.run import RunRef
 from rollouts.stages.filter import filter_run
+from rollouts.training.api import Selection
 from tasks import STAGE_TASK
 
 

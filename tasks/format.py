@@ -3,9 +3,9 @@
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from rollouts.process.api import Selection
 from rollouts.run import RunRef
 from rollouts.stages.format import format_run
+from rollouts.training.api import Selection
 from tasks import STAGE_TASK
 
 

@@ -1,4 +1,6 @@
-"""Filter and format stages: rollouts -> RL / SFT / DPO training files with a data card (pure polars, no Prefect).
+"""The rules of the filter and format stages: read rollouts, select them for RL / SFT / DPO, write training files and
+their data card (pure polars, no Prefect). `rollouts.training` composes them with the health checks and the token
+records into the stages' entry points (`select`, `write_outputs`, `process`).
 
 Names are imported on first use, so `rollouts.process.config` (which every command imports) does not load polars.
 """
@@ -9,13 +11,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ProcessResult": ".api",
-    "Selection": ".api",
-    "load_rollouts": ".api",
-    "process": ".api",
-    "process_many": ".api",
-    "select": ".api",
-    "write_outputs": ".api",
     "DataCard": ".card",
     "DEFAULT_FORMATS": ".config",
     "FORMATS": ".config",
@@ -23,6 +18,7 @@ _EXPORTS = {
     "TrainConfig": ".config",
     "ROLLOUT_SCHEMA": ".frame",
     "LoadedRollouts": ".readers",
+    "load_rollouts": ".readers",
     "BadRows": ".validate",
 }
 __all__ = sorted(_EXPORTS)

@@ -142,7 +142,7 @@ def write_rl(
     rows = heavy.join(selected.lazy(), on="row", how="inner", maintain_order="left")
     files = []
     for fmt in config.output_formats:
-        if fmt == "tokens":  # written by rollouts.tokens (process.api)
+        if fmt == "tokens":  # written by rollouts.tokens (training.api)
             continue
         if fmt == "verl":
             files.append(write_verl_rl(rows, loaded, out_dir, so))

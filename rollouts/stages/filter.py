@@ -6,9 +6,10 @@ calls. Selections are Parquet files in the run's `train/.work/`, so tasks pass t
 
 from __future__ import annotations
 
-from rollouts.process.api import Selection, load_rollouts, select
+from rollouts.process.readers import load_rollouts
 from rollouts.run import RunRef, run_store
 from rollouts.storage import join
+from rollouts.training.api import Selection, select
 
 
 def filter_run(run: RunRef) -> list[Selection]:

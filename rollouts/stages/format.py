@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from rollouts.process.api import ProcessResult, Selection, write_outputs
 from rollouts.run import RunRef
 from rollouts.storage import join
+from rollouts.training.api import ProcessResult, Selection, write_outputs
 
 
 def format_run(run: RunRef, selection: Selection) -> ProcessResult:

@@ -4,10 +4,10 @@ check.py    the contiguity check and its classes; per-run metrics (`contiguity_m
 samples.py  samples per repair policy (splice | split | truncate | drop)
 formats.py  the record shapes: ours, NeMo RL's message_log, verl's
 api.py      `write_token_records`: the RL objective's `tokens` format from a selection
-convert.py  `convert_token_records`: existing rollouts to token records (`rollouts tokens`)
 config.py   `TokensConfig`, the options of `rollouts tokens` (its command line: commands/tokens.py)
 
-The model client reads the ids from replies (rollouts/client/token_fields.py).
+The model client reads the ids from replies (rollouts/client/token_fields.py); `convert_token_records` (existing
+rollouts to token records, `rollouts tokens`) composes these with the RL selection in rollouts/training/convert.py.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ __all__ = [
     "check_calls",
     "check_rollout",
     "contiguity_metrics",
-    "convert_token_records",
     "write_token_records",
 ]
 
@@ -53,8 +52,4 @@ def __getattr__(name: str) -> Any:
         from rollouts.tokens import api
 
         return getattr(api, name)
-    if name == "convert_token_records":
-        from rollouts.tokens import convert
-
-        return convert.convert_token_records
     raise AttributeError(name)

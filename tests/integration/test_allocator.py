@@ -34,7 +34,7 @@ def test_the_flow_module_sets_it_before_polars_loads_and_keeps_a_users_own():
     assert _conf_after_import("flows.collect", clean).endswith(RELEASE_AT_ONCE)
     assert _conf_after_import("flows.collect", {**clean, JEMALLOC_CONF: "narenas:2"}).endswith("narenas:2")
     assert RELEASE_AT_ONCE not in _conf_after_import(
-        "rollouts.process.api", clean
+        "rollouts.training.api", clean
     )  # `rollouts process` keeps the default
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from flows.collect import collect_rollouts
 from rollouts.config import CollectConfig
-from rollouts.process import ProcessConfig, process
 from rollouts.sim.launch import start_sim_server
+from rollouts.training import ProcessConfig, process
 from tests.integration.conftest import math_rows, run_rows, write_jsonl
 from tests.servers.resources_server import start_resources_server
 

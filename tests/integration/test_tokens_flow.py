@@ -11,8 +11,9 @@ import pytest
 from flows.collect import collect_rollouts
 from rollouts.config import CollectConfig
 from rollouts.sim.launch import start_sim_server
-from rollouts.tokens import POLICIES, contiguity_metrics, convert_token_records
+from rollouts.tokens import POLICIES, contiguity_metrics
 from rollouts.tokens.check import calls_of
+from rollouts.training import convert_token_records
 from tests.integration.conftest import run_rows, write_jsonl
 from tests.servers.resources_server import start_resources_server
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from rollouts.process import ProcessConfig, ProcessResult, process
+from rollouts.training import ProcessConfig, ProcessResult, process
 from tests.integration.conftest import run_rows
 from tests.servers.vllm_batch import OpenAIChatCompletionMessageParam
 from tests.trainers.conftest import model, tokenizer, trained_text, trainer_module  # noqa: F401  (the fixtures)

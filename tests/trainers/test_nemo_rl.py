@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from rollouts.process import ProcessConfig, process
+from rollouts.training import ProcessConfig, process
 from tests.trainers.conftest import GYM, nemo_rl_module, trained_text, trainer_module
 
 pytestmark = [

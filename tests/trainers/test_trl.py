@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from rollouts.process import ProcessConfig, process
+from rollouts.training import ProcessConfig, process
 from tests.trainers.conftest import GYM, ROOT, trained_text, trainer_module
 
 pytestmark = pytest.mark.trainers

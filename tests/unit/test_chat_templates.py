@@ -14,7 +14,7 @@ import pytest
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from rollouts.process import ProcessConfig, process
+from rollouts.training import ProcessConfig, process
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 TEMPLATES = FIXTURES / "chat_templates"

@@ -1,4 +1,5 @@
-"""The import graph stays a tree of layers: no cycles between modules, and the core never reaches up.
+"""The import graph stays a tree of layers: no cycles between modules or between the core's packages, and the core
+never reaches up.
 
 Read from the source (every `import` statement, in functions too, so an import moved into a function to dodge a cycle
 still counts): the test needs no imports of its own and runs in milliseconds.
@@ -85,6 +86,33 @@ def test_no_import_cycles_between_modules() -> None:
     # a package's __init__ re-exporting its own modules is not a cycle of jobs: leave those edges out
     edges = {name: {m for m in targets if not m.startswith(name + ".")} for name, targets in graph().items()}
     assert cycles(edges) == []
+
+
+def package_of(module: str) -> str:
+    """The folder of rollouts a module belongs to: `rollouts.process.api` -> `rollouts.process`; a top-level module of
+    rollouts (`rollouts.config`) is a room of its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Arrows between rollouts' subpackages and top-level modules: A -> B when any module of A imports one of B."""
+    edges: dict[str, set[str]] = {}
+    for name, targets in graph().items():
+        if name.split(".")[0] != "rollouts" or name == "rollouts":
+            continue
+        edges.setdefault(package_of(name), set()).update(
+            package_of(m) for m in targets if m.startswith("rollouts.") and package_of(m) != package_of(name)
+        )
+    return edges
+
+
+def test_no_import_cycles_between_the_packages_of_the_core() -> None:
+    # modules may form no cycle and still leave two packages pointing at each other (process/api -> quality while
+    # quality/loader -> process/readers): the packages must stack too, each importing only those below it
+    edges = package_graph()
+    found = cycles(edges)
+    arrows = {pkg: sorted(t for t in edges[pkg] if any(pkg in c and t in c for c in found)) for pkg in edges}
+    assert found == [], {pkg: back for pkg, back in arrows.items() if back}
 
 
 def test_the_core_never_imports_the_cli_the_flows_or_the_blocks() -> None:

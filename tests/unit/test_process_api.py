@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from rollouts.errors import ConfigError
-from rollouts.process import ProcessConfig, Selection, load_rollouts, process_many, select, write_outputs
 from rollouts.process.writers import TRL_LOAD
+from rollouts.training import ProcessConfig, Selection, load_rollouts, process_many, select, write_outputs
 
 GYM = str(Path(__file__).parents[1] / "fixtures" / "process" / "gym.jsonl")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rollouts.process import ProcessConfig, load_rollouts, process, select
+from rollouts.training import ProcessConfig, load_rollouts, process, select
 
 from .test_process_sft import GYM, P0, P1, TOOL_TURN_TRL, TOOLS, assistant, read_jsonl
 

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from rollouts.process import ProcessConfig, load_rollouts, process, process_many, select
+from rollouts.training import ProcessConfig, load_rollouts, process, process_many, select
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 GYM_OUT = FIXTURES / "gym_out"

@@ -8,7 +8,8 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rollouts.process import ROLLOUT_SCHEMA, BadRows, LoadedRollouts, ProcessConfig, select
+from rollouts.process import ROLLOUT_SCHEMA, BadRows, LoadedRollouts, ProcessConfig
+from rollouts.training import select
 
 REWARDS = st.one_of(st.sampled_from([0.0, 0.25, 0.5, 1.0]), st.floats(-2, 2, allow_nan=False, width=32))
 ROLLOUT = st.tuples(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rollouts.process import ProcessConfig, load_rollouts, process, select
+from rollouts.training import ProcessConfig, load_rollouts, process, select
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "process"
 GYM = str(FIXTURES / "gym.jsonl")

@@ -16,8 +16,8 @@ from rollouts.errors import ConfigError, InputError
 from rollouts.records import dumps
 from rollouts.sim import SimConfig, serve_in_thread
 from rollouts.sim.bpe import TOKENIZER_PATH
-from rollouts.tokens import convert_token_records
 from rollouts.tokens.check import calls_of
+from rollouts.training import convert_token_records
 from tests.servers.episodes import episodes, server_generated
 
 GYM = str(Path(__file__).parents[1] / "fixtures" / "process" / "gym.jsonl")

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from rollouts.errors import ConfigError
-from rollouts.process.api import load_rollouts, select
 from rollouts.process.config import ProcessConfig
+from rollouts.process.readers import load_rollouts
 from rollouts.tokens.api import TokenRecordsResult, write_token_records
 from rollouts.tokens.check import Decoder
+from rollouts.training.api import select
 
 
 def convert_token_records(

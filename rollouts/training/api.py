@@ -14,17 +14,17 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ConfigError, StorageError
-from ..quality import check_path, flagged, read_verdicts, require_known_checks
-from ..storage import filesystem
-from ..tokens.api import write_token_records
-from .card import DataCard, Drop
-from .config import Objective, ProcessConfig
-from .dpo import select_dpo
-from .readers import LoadedRollouts, load_rollouts
-from .rl import select_rl
-from .sft import select_sft
-from .writers import Target, write_dpo, write_rl, write_sft
+from rollouts.errors import ConfigError, StorageError
+from rollouts.process.card import DataCard, Drop
+from rollouts.process.config import Objective, ProcessConfig
+from rollouts.process.dpo import select_dpo
+from rollouts.process.readers import LoadedRollouts, load_rollouts
+from rollouts.process.rl import select_rl
+from rollouts.process.sft import select_sft
+from rollouts.process.writers import Target, write_dpo, write_rl, write_sft
+from rollouts.quality import check_path, flagged, read_verdicts, require_known_checks
+from rollouts.storage import filesystem
+from rollouts.tokens.api import write_token_records
 
 SELECTORS = {"rl": select_rl, "sft": select_sft, "dpo": select_dpo}
 
