@@ -19,44 +19,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("board")]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_dask_from_the_cli_with_the_embedded_server_runs_every_shard(tmp_path, sim):
-    src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(24))
-    env = offline_env(tempfile.mkdtemp(prefix="prefect-home-"))  # no PREFECT_API_URL: the CLI's default setup
-    cmd = [
-        sys.executable,
-        "-m",
-        "commands",
-        "collect",
-        str(src),
-        "--out",
-        str(tmp_path / "runs"),
-        "--model-url",
-        sim.url,
-        "--model",
-        "sim-model",
-        "--num-repeats",
-        "2",
-        "--shard-size",
-        "3",
-        "--task-runner",
-        "dask",
-        "--dask-workers",
-        "2",
-        "--parallel",
-        "8",
-        "--run-name",
-        "dask-cli",
-        "--no-progress",
-    ]
-    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "Server process did not start" not in done.stderr
-    manifest = json.loads((tmp_path / "runs" / "dask-cli" / "manifest.json").read_text())
-    assert manifest["status"] == "completed"
-    assert manifest["counts"]["rollouts_ok"] == 48 and manifest["counts"]["rollouts_not_run"] == 0
-    assert len(run_rows(tmp_path / "runs" / "dask-cli", "rollouts")) == 48
-
-
 def _outcomes(run_dir: Path) -> dict[str, tuple]:
     """Reward and output items of each rollout, without the response ids the server makes up per request."""
 
@@ -105,23 +67,30 @@ def test_collector_processes_give_the_same_rollouts_and_rewards_as_threads(tmp_p
     assert len(set(pool.pids)) == 2 and os.getpid() not in pool.pids
 
 
-def test_dask_progress_moves_while_it_runs_at_the_true_rate(tmp_path):
-    """Dask workers report their counts as rollouts finish: the plain progress lines (every 10 s) show partial
-    counts while the run goes on, at a rate the server allows (4 in flight x 0.5 s = 8 rollouts/s at most)."""
+def test_dask_from_the_cli_with_the_embedded_server_runs_every_shard_and_shows_progress_at_the_true_rate(tmp_path):
+    """`--task-runner dask` from the command line with no PREFECT_API_URL (the CLI's default setup): every one of
+    the run's 8 shards runs on the 2 Dask workers, and the workers report their counts as rollouts finish, so the
+    plain progress lines (every 10 s) show partial counts while the run goes on, at a rate the server allows
+    (4 in flight x 0.5 s = 8 rollouts/s at most)."""
     import re
 
     from rollouts.sim.launch import start_sim_server
 
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(80))
-    env = offline_env(tempfile.mkdtemp(prefix="prefect-home-"))
+    env = offline_env(tempfile.mkdtemp(prefix="prefect-home-"))  # no PREFECT_API_URL: the CLI's default setup
     with start_sim_server(latency_ms=500, seed=0) as slow:
         cmd = [
             *(sys.executable, "-m", "commands", "collect", str(src), "--out", str(tmp_path / "runs")),
-            *("--model-url", slow.url, "--model", "sim-model", "--num-repeats", "2", "--shard-size", "40"),
-            *("--task-runner", "dask", "--dask-workers", "2", "--parallel", "4", "--run-name", "live"),
+            *("--model-url", slow.url, "--model", "sim-model", "--num-repeats", "2", "--shard-size", "10"),
+            *("--task-runner", "dask", "--dask-workers", "2", "--parallel", "4", "--run-name", "dask-cli"),
         ]  # no terminal: the progress display prints plain lines
         done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Server process did not start" not in done.stderr
+    manifest = json.loads((tmp_path / "runs" / "dask-cli" / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and len(manifest["shards"]) == 8
+    assert manifest["counts"]["rollouts_ok"] == 160 and manifest["counts"]["rollouts_not_run"] == 0
+    assert len(run_rows(tmp_path / "runs" / "dask-cli", "rollouts")) == 160
     lines = [tuple(map(int, m)) for m in re.findall(r"rollouts (\d+)/(\d+)\s+(\d+)/s", done.stderr)]
     assert any(0 < count < total for count, total, _ in lines), done.stderr[-3000:]
     assert all(rate <= 12 for _, _, rate in lines), lines
