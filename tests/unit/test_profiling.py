@@ -46,8 +46,10 @@ def test_wall_clock_sees_the_awaits_and_cpu_clock_does_not() -> None:
     rows = by_name(profiler.stats)
     waiting, spinning = rows["wait_then_spin"], rows["spin"]
     assert waiting["wall_ncall"] > 0 and waiting["cpu_ncall"] > 0  # both clocks took turns
-    # The 20 ms sleep is inside the coroutine's wall time (calls cut by a clock switch count only their last part).
-    assert waiting["wall_tavg"] > 0.01
+    # The 20 ms sleep is inside the coroutine's wall time. Calls cut by a clock switch count only their last part,
+    # and a busy machine makes more switches (9 ms was seen at load 8), so the bound is a fifth of the sleep: still
+    # over ten times the ~0.3 ms of CPU its spin takes.
+    assert waiting["wall_tavg"] > 0.004
     assert waiting["cpu_tavg"] < waiting["wall_tavg"] / 2  # and not inside its CPU time
     assert spinning["cpu_ttot"] > 0 and spinning["wall_tsub"] > 0
     assert set(profiler.stats.clock_seconds) == {"wall", "cpu"} and all(
