@@ -5,7 +5,9 @@ run spent starting a database and an API, no UI to look at the run in, and Dask 
 local server is started in the background on first use, stays up, and is found again by the next run through its
 state file (`$ROLLOUTS_HOME/server/server.json`, default `~/.rollouts`). A user's own `PREFECT_API_URL` always wins;
 `ROLLOUTS_SERVER=ephemeral` keeps Prefect's embedded server instead. `ROLLOUTS_SERVER_PORT` sets the port a new
-local server prefers (default 4200; a free one when it is taken).
+local server prefers (default 4200; a free one when it is taken). Two runs started at once on a machine with no
+server (two terminals, a script starting several) find one server: the decision to start one is taken under a file
+lock, and the state file names a server from the moment it is launched, so the second run waits for the first's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,11 +88,40 @@ def healthy(info: ServerInfo, timeout: float = 2.0) -> bool:
         return False
 
 
+def _recorded() -> ServerInfo | None:
+    try:
+        return ServerInfo(**json.loads(_state_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _is_prefect_server(pid: int) -> bool:
+    """The process is alive and, where /proc tells, a `prefect server` (not another process that took its pid)."""
+    if not _alive(pid):
+        return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
+    return b"prefect" in command and b"server" in command
+
+
+@contextlib.contextmanager
+def _start_lock() -> Iterator[None]:
+    """One process at a time decides whether a local server must be started (and launches it)."""
+    import fcntl
+
+    root = home()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "start.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def status() -> ServerInfo | None:
     """The running local server, or None (a stale state file is removed)."""
-    try:
-        info = ServerInfo(**json.loads(_state_file().read_text()))
-    except (OSError, ValueError, TypeError):
+    info = _recorded()
+    if info is None:
         return None
     if _alive(info.pid) and healthy(info):
         return info
@@ -115,22 +147,28 @@ class Booting:
     """A local server launched and not yet known to be healthy."""
 
     info: ServerInfo
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None  # None: launched by another process, which is also waiting for it
+
+    def _exited(self) -> str | None:
+        if self.process is None:
+            return None if _alive(self.info.pid) else "exited at start"
+        code = self.process.poll()
+        return None if code is None else f"exited at start (code {code})"
 
     def wait(self) -> ServerInfo:
         root = Path(self.info.home)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the local Prefect server exited at start (code {self.process.returncode}); "
-                    f"see {root / 'server.log'}"
-                )
+            exited = self._exited()
+            if exited:
+                if _recorded() == self.info:
+                    _state_file().unlink(missing_ok=True)
+                raise RuntimeError(f"the local Prefect server {exited}; see {root / 'server.log'}")
             if healthy(self.info, timeout=1.0):
-                _state_file().write_text(json.dumps(asdict(self.info)))
                 return self.info
             time.sleep(0.3)
-        self.process.kill()
+        if self.process is not None:
+            self.process.kill()
         raise RuntimeError(
             f"the local Prefect server did not answer within {START_TIMEOUT_S:.0f} s; see {root / 'server.log'}"
         )
@@ -161,6 +199,7 @@ def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
         start_new_session=True,
     )
     info = ServerInfo(pid=process.pid, port=port, home=str(root))
+    _state_file().write_text(json.dumps(asdict(info)))  # from now on, another run waits for this server
     if not quiet:
         print(
             f"starting a local Prefect server at {info.ui_url} (it stays up for later runs; "
@@ -171,12 +210,23 @@ def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
     return Booting(info, process)
 
 
+def find_or_launch(port: int | None = None, *, quiet: bool = False) -> ServerInfo | Booting:
+    """The running local server; else the one another process has launched and is still starting; else a new one,
+    launched in the background. Decided under the start lock, so two processes never launch two servers."""
+    with _start_lock():
+        running = status()
+        if running is not None:
+            return running
+        recorded = _recorded()
+        if recorded is not None and _is_prefect_server(recorded.pid):
+            return Booting(recorded, None)
+        return launch(port, quiet=quiet)
+
+
 def start(port: int | None = None, *, quiet: bool = False) -> ServerInfo:
     """The running local server, or a new one started in the background once it is healthy."""
-    running = status()
-    if running is not None:
-        return running
-    return launch(port, quiet=quiet).wait()
+    found = find_or_launch(port, quiet=quiet)
+    return found.wait() if isinstance(found, Booting) else found
 
 
 def stop() -> bool:
@@ -231,10 +281,10 @@ def use_prefect_server(*, wait: bool = True) -> str | None:
         return os.environ.get("PREFECT_UI_URL") or os.environ["PREFECT_API_URL"].removesuffix("/api")
     if os.environ.get("ROLLOUTS_SERVER", "").lower() == "ephemeral":
         return None
-    info = status()
-    if info is None:
-        _booting = launch()
-        info = _booting.info
+    found = find_or_launch()
+    if isinstance(found, Booting):
+        _booting = found
+    info = found.info if isinstance(found, Booting) else found
     os.environ["PREFECT_API_URL"] = info.api_url
     os.environ["PREFECT_UI_URL"] = info.ui_url
     if wait:

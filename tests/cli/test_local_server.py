@@ -1,11 +1,13 @@
 """The long-lived local Prefect server: started by the first run on a machine (while that run imports Prefect and
-the flow), found by the next run, and stopped by `rollouts server stop`."""
+the flow), found by the next run, and stopped by `rollouts server stop`. Two first runs at once start one server."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from tests.cli.conftest import rollouts
 from tests.integration.conftest import math_rows, write_jsonl
@@ -16,6 +18,20 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _servers_of(prefect_home: Path) -> list[int]:
+    """Pids of the `prefect server` processes whose PREFECT_HOME is this one."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"prefect\0server\0start" in command and f"PREFECT_HOME={prefect_home}".encode() in environ:
+            found.append(int(proc.name))
+    return found
 
 
 def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_path, sim):
@@ -40,15 +56,19 @@ def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_pat
             "--num-repeats",
             "1",
         )
-        first = rollouts(*args, "--run-name", "first", env=env)
-        assert first.code == 0, first.err[-2000:]
-        assert f"starting a local Prefect server at http://127.0.0.1:{port}" in first.err
+        # Two first runs at once (two terminals): one starts the server, the other waits for that one.
+        with ThreadPoolExecutor(2) as both:
+            firsts = list(both.map(lambda name: rollouts(*args, "--run-name", name, env=env), ("first", "also-first")))
+        assert [done.code for done in firsts] == [0, 0], [done.err[-2000:] for done in firsts]
+        starting = f"starting a local Prefect server at http://127.0.0.1:{port}"
+        assert sum(starting in done.err for done in firsts) == 1, [done.err[-2000:] for done in firsts]
+        assert len(_servers_of(tmp_path / "home" / "server" / "prefect")) == 1
         status = rollouts("server", "status", env=env)
         assert status.code == 0 and status.out.startswith(f"running at http://127.0.0.1:{port}")
         second = rollouts(*args, "--run-name", "second", env=env)
         assert second.code == 0, second.err[-2000:]
         assert "starting a local Prefect server" not in second.err
-        for name in ("first", "second"):
+        for name in ("first", "also-first", "second"):
             manifest = json.loads((tmp_path / "runs" / name / "manifest.json").read_text())
             assert manifest["status"] == "completed" and manifest["counts"]["rollouts_ok"] == 4
     finally:
@@ -57,6 +77,7 @@ def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_pat
         os.environ.update(saved)
     assert stopped.out.strip() == "stopped the local Prefect server"
     assert rollouts("server", "status", env=env).code == 3
+    assert _servers_of(tmp_path / "home" / "server" / "prefect") == []
 
 
 def test_a_server_port_that_is_not_a_number_is_one_line(tmp_path):
