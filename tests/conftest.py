@@ -23,14 +23,16 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # A command run without PREFECT_API_URL starts the long-lived local Prefect server: keep it out of the user's home,
-# and stop it when the session ends (pytest_sessionfinish).
-os.environ["ROLLOUTS_HOME"] = tempfile.mkdtemp(prefix="rollouts-home-")
+# and stop it when the session ends (pytest_sessionfinish). Made once, by the controlling process: pytest-xdist's
+# workers inherit it, so the whole session shares one local server, as the runs of one machine do (the first run
+# to need it starts it; the others wait for that one).
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if not (_XDIST_WORKER and os.environ.get("ROLLOUTS_TEST_HOME")):
+    os.environ["ROLLOUTS_TEST_HOME"] = tempfile.mkdtemp(prefix="rollouts-home-")
+os.environ["ROLLOUTS_HOME"] = os.environ["ROLLOUTS_TEST_HOME"]
 # Hugging Face `datasets` caches every file it loads (tests/trainers/ load training files): not in the user's home.
 os.environ["HF_DATASETS_CACHE"] = os.path.join(os.environ["ROLLOUTS_HOME"], "hf-datasets")
-# Under pytest-xdist each worker has its own ROLLOUTS_HOME, so each may start a local server: give each its own
-# preferred port, so two first starts never race for the same one.
-if os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw").isdigit():
-    os.environ["ROLLOUTS_SERVER_PORT"] = str(4300 + int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")))
+os.environ.setdefault("ROLLOUTS_SERVER_PORT", "4300")  # not 4200, which a developer's own local server may hold
 
 
 def _write_project_bytecode() -> None:
@@ -49,6 +51,9 @@ _write_project_bytecode()
 
 
 def pytest_sessionfinish(session, exitstatus):
+    """The controlling process stops the session's local server once every worker is done."""
+    if _XDIST_WORKER:
+        return
     from commands.server import stop
 
     stop()
