@@ -57,9 +57,6 @@ class Scale:
             share = (value - self.lo) / (self.hi - self.lo)
         return self.start + share * (self.end - self.start)
 
-    def holds(self, value: float) -> bool:
-        return min(self.lo, self.hi) - 1e-9 * abs(self.hi) <= value <= max(self.lo, self.hi) * (1 + 1e-9)
-
 
 @dataclass(frozen=True)
 class Plot:
@@ -97,7 +94,8 @@ def linear_ticks(lo: float, hi: float, integer: bool = False, most: int = 6) -> 
     """Round values from lo to hi, at most `most` + 1 of them, 1, 2, 2.5 or 5 times a power of ten apart."""
     magnitude = 10 ** math.floor(math.log10((hi - lo) / most))
     steps = [m * magnitude for m in (1, 2, 2.5, 5, 10)]
-    step = next(s for s in steps if (hi - lo) / s <= most and (not integer or s >= 1 and s == int(s)))
+    fits = (s for s in steps if (hi - lo) / s <= most and (not integer or s >= 1 and s == int(s)))
+    step = next(fits, max(1.0, steps[-1]))
     first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
     return [round(k * step, 12) for k in range(first, last + 1)]
 
@@ -131,7 +129,7 @@ def _points(series: Series, x: Scale, y: Scale) -> list[list[tuple[float, float]
     """The series' runs of points in px, split where a value is missing."""
     runs: list[list[tuple[float, float]]] = [[]]
     for i, (vx, vy) in enumerate(zip(series.xs, series.ys, strict=True)):
-        if vy is None:
+        if vy is None or not math.isfinite(vy):
             runs.append([])
             continue
         if series.step:  # from the midpoint before this x to the midpoint after it
@@ -246,10 +244,10 @@ def _legend_inside(svg: Svg, plot: Plot, series: Sequence[Series], corner: str) 
         svg.text(left + GAP + SAMPLE + GAP, baseline, one.label, LEGEND)
 
 
-def _zero_based(plot: Plot, series: Sequence[Series], integer: bool = False, top: float | None = None) -> Scale:
-    """A y scale from 0 to just above the series' largest value (or to `top`)."""
-    peak = max((v for s in series for v in s.ys if v is not None), default=0.0)
-    return plot.y(0, top or (peak * 1.05 if peak > 0 else 1.0))
+def _zero_based(plot: Plot, series: Sequence[Series]) -> Scale:
+    """A y scale from 0 to just above the series' largest value."""
+    peak = max((v for s in series for v in s.ys if v is not None and math.isfinite(v)), default=0.0)
+    return plot.y(0, peak * 1.05 if peak > 0 else 1.0)
 
 
 def _panel(

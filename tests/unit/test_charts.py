@@ -255,6 +255,17 @@ def test_a_known_point_of_the_throughput_chart_lands_on_its_axes() -> None:
     assert y == pytest.approx(per_s["8"], abs=0.02)
 
 
+def test_a_missing_value_breaks_its_line() -> None:
+    rows = timeline(6, parallel=True)
+    rows[2]["output_tokens_per_s"] = float("nan")
+    rows[3]["parallel"] = None
+    svg = charts.throughput_chart(rows)
+    assert svg is not None and b"nan" not in svg
+    lines = [p for p in parse(svg).iter(NS + "polyline")]
+    assert len([p for p in lines if p.attrib["stroke"] == charts.GREEN]) == 2  # windows 0-1 and 3-5
+    assert len([p for p in lines if p.attrib["stroke"] == "#000000"]) == 2  # the --parallel steps, either side
+
+
 def test_charts_only_for_data_that_exist() -> None:
     empty = {
         "timeline": [],
