@@ -28,8 +28,9 @@ _WIDTHS = (
 OTHER_WIDTH = 1000
 # The line box around the baseline, in font sizes: DejaVu Sans' ascender and descender (Liberation Sans' are smaller).
 ASCENT, DESCENT = 0.93, 0.24
-# Characters XML 1.0 cannot hold at all, even escaped (a control character in an environment name).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Characters XML 1.0 cannot hold at all, even escaped (a control character in an environment name), and lone
+# surrogates (a name read with errors="surrogateescape"), which UTF-8 cannot encode.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def text_width(text: str, size: float) -> float:

@@ -192,12 +192,12 @@ def test_the_same_input_gives_the_same_bytes(name: str) -> None:
 
 def test_text_is_escaped_and_a_title_too_long_for_its_chart_is_cut() -> None:
     long = "a_" + "very_" * 30 + "long_environment"
-    odd = 'x<y> & "z"\x01'
+    odd = 'x<y> & "z"\x01\udcff'
     svg = charts.reward_chart(rewards([long, odd]))
     assert svg is not None and b"<y>" not in svg and b"\x01" not in svg
     titles = [text for text, _ in texts(parse(svg)) if text.startswith(("a_", "x<"))]
     assert titles[0].startswith("a_very_very_") and titles[0].endswith("…") and len(titles[0]) < len(long)
-    assert titles[1] == 'x<y> & "z"\ufffd: 200000 rollouts, mean 0.4'
+    assert titles[1] == 'x<y> & "z"\ufffd\ufffd: 200000 rollouts, mean 0.4'
 
 
 def test_the_latency_axis_has_a_tick_at_each_decade_and_puts_values_where_its_ticks_say() -> None:
