@@ -1,24 +1,26 @@
-"""Benchmark: what the run report's PNG charts cost, per chart, beside one empty matplotlib figure saved to PNG.
+"""Benchmark: what the run report's charts cost, per chart, beside writing the profile's own files (its CSVs and JSON).
 
     python bench/report_charts.py                    # a 10-prompt run (2 repeats), 5 fresh processes
     python bench/report_charts.py --prompts 2000 --repeats 4 --processes 3
-    python bench/report_charts.py --cprofile 25      # and the top functions of one process's chart rendering
-    python bench/report_charts.py --against main     # and main's rollouts/report/charts.py, alternating, same processes
+    python bench/report_charts.py --cprofile 25      # and the top functions of one process's chart drawing
+    python bench/report_charts.py --against REV      # and REV's rollouts/report/charts.py, alternating, same processes
 
-The run is real: the collector's core loop (no Prefect) against the simulated server (0 ms), written to a temporary
-run directory, then profiled once. Each measuring process is fresh (as a `rollouts collect` is), imports the
-report module and reads the profile first, then times, in this order:
+The run is real: the collector's core loop (no Prefect) against the simulated server (0 ms, 200 ms for `--slow`),
+written to a temporary run directory, then profiled once. Each measuring process is fresh (as a `rollouts collect`
+is), reads the profile first, then times, in this order:
 
-- importing matplotlib's figure and Agg canvas (what the first chart of a process pays on top of drawing);
-- the bare baseline: one empty 8x4 in figure saved to PNG, once cold (the process's first figure) and once warm;
-- each chart of `profile_charts` in the order the report draws them, then all of them again (warm);
+- importing the charts module (with whatever it imports on its first chart: matplotlib for a revision that used it);
+- the bare baseline: writing the profile's files (`write_profile`: profile.json and its tables as CSV) to a
+  temporary folder, once cold and once warm;
+- each chart in the order the report draws them, then all of them again (warm);
 - the profile stage as a whole (`rollouts.stages.profile.profile_run`: profile, files, charts, report) in another fresh
-  process, nothing imported beforehand but the report module.
+  process, beside `python -c pass` (the interpreter alone) started the same way.
 
-The ratio "charts / bare" divides the first pass over the charts by the warm bare figure of the same process, so
-figures from different days of this machine (its cores vary by up to ~2x) compare; `--against REV` measures that
-revision's rollouts/report/charts.py in the same invocation, its processes alternating with this tree's. Times are wall
-clock; the CPU column is the process's CPU time over the same span (steadier when other work shares the cores).
+The ratio "charts / bare" divides the first pass over the charts (import included) by the warm baseline of the same
+process, so figures from different days of this machine (its cores vary by up to ~2x) compare; `--against REV`
+measures that revision's rollouts/report/charts.py in the same invocation, its processes alternating with this
+tree's. Times are wall clock; the CPU column is the process's CPU time over the same span (steadier when other work
+shares the cores).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import io
 import json
 import pstats
@@ -80,15 +83,12 @@ def ms(fn, key: str | None = None) -> tuple[float, object]:
     return 1000 * (time.perf_counter() - started), out
 
 
-def bare_figure() -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def bare_files(profile: dict) -> None:
+    from rollouts.report.metrics import write_profile
+    from rollouts.storage import Store
 
-    figure = Figure(figsize=(8, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    with tempfile.TemporaryDirectory() as folder:
+        write_profile(Store(folder), profile)
 
 
 def load_charts(path: str | None):
@@ -106,25 +106,27 @@ def load_charts(path: str | None):
     return module
 
 
+CHARTS = {"throughput": "throughput_chart", "latency CDF": "latency_cdf_chart", "rewards": "reward_chart"}
+ARGUMENTS = {"throughput": "timeline", "latency CDF": "latency_cdf_ms", "rewards": "rewards"}
+
+
 def child_charts(run: str, cprofile: int, charts_file: str | None) -> None:
-    charts = load_charts(charts_file)
     from rollouts.report.metrics import profile_frame, read_run_frame
     from rollouts.storage import Store
     from rollouts.tune.aimd import read_trace
 
     store = Store(run)
     profile = profile_frame(read_run_frame(store, flat=True), None, read_trace(store))
-    draw = {
-        "throughput.png": lambda: charts.throughput_chart(profile["timeline"]),
-        "latency_cdf.png": lambda: charts.latency_cdf_chart(profile["latency_cdf_ms"]),
-        "rewards.png": lambda: charts.reward_chart(profile["rewards"]),
-    }
-    result: dict[str, object] = {"imported_before": "matplotlib" in sys.modules}
-    result["import_ms"] = ms(lambda: __import__("matplotlib.figure") and __import__("matplotlib.backends.backend_agg"))[
-        0
-    ]
-    result["bare_cold_ms"] = ms(bare_figure)[0]
-    result["bare_warm_ms"] = ms(bare_figure)[0]
+    result: dict[str, object] = {"heavy_before": [m for m in ("matplotlib", "numpy") if m in sys.modules]}
+    started, cpu = time.perf_counter(), time.process_time()
+    charts = load_charts(charts_file)
+    if hasattr(charts, "_figure"):  # a revision drawing with matplotlib imports it on its first chart: count it here
+        __import__("matplotlib.figure") and __import__("matplotlib.backends.backend_agg")
+    result["import_ms"] = 1000 * (time.perf_counter() - started)
+    result["import_cpu_ms"] = 1000 * (time.process_time() - cpu)
+    result["bare_cold_ms"] = ms(lambda: bare_files(profile))[0]
+    result["bare_warm_ms"] = ms(lambda: bare_files(profile))[0]
+    draw = {name: functools.partial(getattr(charts, fn), profile[ARGUMENTS[name]]) for name, fn in CHARTS.items()}
     profiler = cProfile.Profile() if cprofile else None
     if profiler:
         profiler.enable()
@@ -133,7 +135,7 @@ def child_charts(run: str, cprofile: int, charts_file: str | None) -> None:
         profiler.disable()
     result["first_ms"] = {name: t for name, (t, _) in first.items()}
     result["first_cpu_ms"] = dict(CPU)
-    result["bytes"] = {name: len(png or b"") for name, (_, png) in first.items()}
+    result["bytes"] = {name: len(chart or b"") for name, (_, chart) in first.items()}
     result["warm_ms"] = {name: ms(fn)[0] for name, fn in draw.items()}
     result["profile_charts_ms"] = ms(lambda: charts.profile_charts(profile))[0]
     if profiler:
@@ -154,13 +156,24 @@ def child_stage(run: str, charts_file: str | None) -> None:
 
     with tempfile.TemporaryDirectory() as copy:
         shutil.copytree(run, copy, dirs_exist_ok=True)
+        cpu = time.process_time()
         elapsed, result = ms(lambda: profile_run(Store(copy)))
-        pngs = [f for f in result.files if f.endswith(".png")]
+        cpu = 1000 * (time.process_time() - cpu)
+        charts = [f for f in result.files if f.endswith((".png", ".svg"))]
     print(
         "RESULT "
-        + json.dumps({"stage_ms": elapsed, "charts": len(pngs), "matplotlib_imported": "matplotlib" in sys.modules}),
+        + json.dumps(
+            {"stage_ms": elapsed, "stage_cpu_ms": cpu, "charts": len(charts), "matplotlib": "matplotlib" in sys.modules}
+        ),
         flush=True,
     )
+
+
+def bare_process() -> float:
+    """Wall ms of `python -c pass`, started as the measuring processes are."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True, cwd=ROOT)
+    return 1000 * (time.perf_counter() - started)
 
 
 def run_child(*args: str) -> dict:
@@ -177,6 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--slow", action="store_true", help="200 ms per reply: a run of several windows (a timeline)")
     parser.add_argument("--processes", type=int, default=5, help="fresh measuring processes of each kind (default 5)")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the top N functions of one process")
     parser.add_argument("--child", choices=("charts", "stage"), help=argparse.SUPPRESS)
@@ -195,7 +209,7 @@ def main() -> None:
 
     print(f"CPU yardstick (fixed pure-Python loop, lower is faster): {yardstick():.0f} ms")
     with tempfile.TemporaryDirectory() as work:
-        with start_sim_server(latency_ms=0, seed=0) as server:
+        with start_sim_server(latency_ms=200 if args.slow else 0, seed=0) as server:
             run = collect(Path(work), server.url, args.prompts, args.repeats)
         versions = {"this tree": None}
         if args.against:
@@ -213,48 +227,54 @@ def main() -> None:
         if args.cprofile:
             run_child("--child", "charts", "--run", run, "--cprofile", str(args.cprofile))
         results: dict[str, tuple[list[dict], list[dict]]] = {label: ([], []) for label in versions}
+        bare: list[float] = []
         for _ in range(args.processes):
+            bare.append(bare_process())
             for label, path in versions.items():
                 extra = ["--charts-file", path] if path else []
                 results[label][0].append(run_child("--child", "charts", "--run", run, *extra))
                 results[label][1].append(run_child("--child", "stage", "--run", run, *extra))
     print(f"{args.prompts} prompts x {args.repeats} repeats; medians of {args.processes} fresh processes each")
+    print(f"bare process (`python -c pass`): median {statistics.median(bare):.0f} ms")
     for label, (charts, stages) in results.items():
-        report(label, charts, stages)
+        report(label, charts, stages, statistics.median(bare))
 
 
-def report(label: str, charts: list[dict], stages: list[dict]) -> None:
+def report(label: str, charts: list[dict], stages: list[dict], bare_process_ms: float) -> None:
     med = statistics.median
-    names = list(charts[0]["first_ms"])
-    print(f"\n{label} (matplotlib imported before the charts: {charts[0]['imported_before']})")
-    print("| what | first in the process ms | CPU ms | warm ms | PNG KB |")
+    print(f"\n{label} (imported before the charts: {charts[0]['heavy_before'] or 'neither matplotlib nor numpy'})")
+    print("| what | first in the process ms | CPU ms | warm ms | KB |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| import matplotlib (figure, Agg) | {med(c['import_ms'] for c in charts):.0f} | | | |")
     print(
-        f"| bare: one empty 8x4 figure to PNG | {med(c['bare_cold_ms'] for c in charts):.0f} | | "
+        f"| import the charts module (and matplotlib, if it draws with it) | {med(c['import_ms'] for c in charts):.1f} "
+        f"| {med(c['import_cpu_ms'] for c in charts):.1f} | | |"
+    )
+    print(
+        f"| bare: write the profile's CSVs and JSON | {med(c['bare_cold_ms'] for c in charts):.1f} | | "
         f"{med(c['bare_warm_ms'] for c in charts):.1f} | |"
     )
-    for name in names:
+    for name in CHARTS:
         kb = charts[0]["bytes"][name] / 1024
         print(
             f"| {name} | {med(c['first_ms'][name] for c in charts):.1f} "
             f"| {med(c['first_cpu_ms'][name] for c in charts):.1f} | "
             f"{med(c['warm_ms'][name] for c in charts):.1f} | {f'{kb:.0f}' if kb else 'not drawn'} |"
         )
-    first = med(sum(c["first_ms"].values()) for c in charts)
-    cpu = med(sum(c["first_cpu_ms"].values()) for c in charts)
+    first = med(c["import_ms"] + sum(c["first_ms"].values()) for c in charts)
+    cpu = med(c["import_cpu_ms"] + sum(c["first_cpu_ms"].values()) for c in charts)
     warm = med(sum(c["warm_ms"].values()) for c in charts)
     bare = med(c["bare_warm_ms"] for c in charts)
-    print(f"| all charts | {first:.0f} | {cpu:.0f} | {warm:.0f} | |")
+    print(f"| all charts, import included | {first:.1f} | {cpu:.1f} | {warm:.1f} | |")
     print(
-        f"charts / bare warm figure: first pass {first / bare:.1f}x, warm {warm / bare:.1f}x "
-        f"(profile_charts, warm: {med(c['profile_charts_ms'] for c in charts):.0f} ms)"
+        f"charts / bare (writing the profile's files): first pass {first / bare:.1f}x, warm {warm / bare:.1f}x "
+        f"(profile_charts, warm: {med(c['profile_charts_ms'] for c in charts):.1f} ms)"
     )
     runs = ", ".join(f"{s['stage_ms']:.0f}" for s in stages)
+    stage = med(s["stage_ms"] for s in stages)
     print(
-        f"profile stage (profile_run) in a fresh process: median {med(s['stage_ms'] for s in stages):.0f} ms "
-        f"(runs: {runs}), {stages[0]['charts']} charts; "
-        f"cold import + bare cold figure: {med(c['import_ms'] + c['bare_cold_ms'] for c in charts):.0f} ms"
+        f"profile stage (profile_run) in a fresh process: median {stage:.0f} ms, CPU "
+        f"{med(s['stage_cpu_ms'] for s in stages):.0f} ms (runs: {runs}), {stages[0]['charts']} charts, "
+        f"matplotlib imported: {stages[0]['matplotlib']}; / bare process {stage / bare_process_ms:.1f}x"
     )
 
 

@@ -2,7 +2,7 @@
 publish.
 
 The Prefect UI (checked in headless Chromium against `prefect server start`, both its UIs) renders markdown tables,
-`![](data:image/png;base64,...)` images and images from http(s) URLs the browser can reach. A run's files often sit
+`![](data:image/svg+xml;base64,...)` images and images from http(s) URLs the browser can reach. A run's files often sit
 where a browser cannot reach them (a local path on a worker, s3://), so the artifact embeds the charts as data URIs
 and the `report.md` file next to them links them by name.
 """
@@ -87,8 +87,8 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
         profile["health"] = {"unhealthy_fraction": health["unhealthy_fraction"], "markdown": markdown_section(health)}
     files = write_profile(store, profile)
     charts = profile_charts(profile)
-    for name, png in charts.items():
-        store.write_bytes(png, "profile", name)
+    for name, chart in charts.items():
+        store.write_bytes(chart, "profile", name)
         files.append(store.url("profile", name))
     if functions is not None:
         files.append(store.url("profile", "functions.csv"))
@@ -96,7 +96,7 @@ def profile_run(store: Store, options: ProfileOptions | None = None) -> ProfileR
         report_markdown(profile, {name: name for name in charts}, store.root).encode(), "profile", "report.md"
     )
     files.append(store.url("profile", "report.md"))
-    inline = {name: "data:image/png;base64," + base64.b64encode(png).decode() for name, png in charts.items()}
+    inline = {name: "data:image/svg+xml;base64," + base64.b64encode(svg).decode() for name, svg in charts.items()}
     return ProfileResult(profile=profile, files=files, artifacts=artifacts(profile, inline, store.root))
 
 
@@ -253,14 +253,14 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
         ("estimated cost", _cost_text(cost)),
     ]
     lines += ["| run | |", "| --- | --- |", *[f"| {k} | {v} |" for k, v in headline], ""]
-    if "throughput.png" in images:
-        lines += ["## Throughput over time", "", f"![throughput over time]({images['throughput.png']})", ""]
+    if "throughput.svg" in images:
+        lines += ["## Throughput over time", "", f"![throughput over time]({images['throughput.svg']})", ""]
     lines += ["## Latency (ms)", ""]
     lines += _table(profile["latency"], ["scope", "name", "count", "p50", "p90", "p99", "max"])
     if any(row.get("estimated") for row in profile["latency"]):
         lines += ["Per model call and per tool figures are the rollout's totals shared evenly between its calls.", ""]
-    if "latency_cdf.png" in images:
-        lines += [f"![latency CDF]({images['latency_cdf.png']})", ""]
+    if "latency_cdf.svg" in images:
+        lines += [f"![latency CDF]({images['latency_cdf.svg']})", ""]
     lines += ["## Rewards", ""]
     lines += _table(
         [{"env": env, "rollouts": s["count"], "mean reward": s["mean"]} for env, s in profile["rewards"].items()],
@@ -278,8 +278,8 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
             ["env", "k", "n_min", "n_max", "prompts", "pass_at_k", "pass_pow_k", "mean_at_k"],
             ["env", "k", "n min", "n max", "prompts", "pass@k", "pass^k", "mean@k"],
         )
-    if "rewards.png" in images:
-        lines += [f"![reward histogram per environment]({images['rewards.png']})", ""]
+    if "rewards.svg" in images:
+        lines += [f"![reward histogram per environment]({images['rewards.svg']})", ""]
     lines += ["## Errors", ""]
     lines += _table(profile["failures_by_type"], ["type", "status_code", "stage", "count"]) or [
         "No failed rollouts.",
@@ -316,7 +316,7 @@ def report_markdown(profile: dict[str, Any], images: dict[str, str], run_url: st
         "## Files",
         "",
         "`profile/`: profile.json, timings.csv, latency.csv, timeline.csv, errors.csv, "
-        "pass_at_k.csv, reward_histogram.md, the charts (PNG) and this report.",
+        "pass_at_k.csv, reward_histogram.md, the charts (SVG) and this report.",
         "",
     ]
     return "\n".join(lines)

@@ -81,7 +81,7 @@ class TuneConfig(BaseModel):
     max_output_tokens: int | None = field_of(SamplingConfig, "max_output_tokens")
     request_timeout: float = field_of(EndpointConfig, "request_timeout")
     gain: float = Field(KneeRule.gain, ge=0, description="smallest throughput gain per doubling that is worth it")
-    out: str = Field("./tune", description="where tune.csv, tune.json and tune.png go")
+    out: str = Field("./tune", description="where tune.csv, tune.json and tune.svg go")
 
     @model_validator(mode="after")
     def _ladder(self) -> TuneConfig:
@@ -381,8 +381,8 @@ def write_results(
         "tune.json",
     )
     files = [store.url("tune.csv"), store.url("tune.json")]
-    png = parallel_chart([asdict(s) for s in steps], f"rollouts tune: use --parallel {recommended}")
-    if png:
-        store.write_bytes(png, "tune.png")
-        files.append(store.url("tune.png"))
+    chart = parallel_chart([asdict(s) for s in steps], f"rollouts tune: use --parallel {recommended}")
+    if chart:
+        store.write_bytes(chart, "tune.svg")
+        files.append(store.url("tune.svg"))
     return files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ from rollouts.collector.limits import InflightLimiter
 from rollouts.config import CollectConfig
 from rollouts.report.metrics import ProfileOptions
 from rollouts.report.profiler import function_profile
+from rollouts.report.svg import NAMESPACE
 from rollouts.run import run_store
 from rollouts.sim.launch import start_sim_server
 from rollouts.stages.inline import collect_plan
@@ -25,6 +27,8 @@ from rollouts.storage import Store
 from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client, read_trace, write_trace
 from rollouts.tune.sweep import TuneConfig
 from tests.integration.conftest import math_rows, write_jsonl
+
+SVG = f"{{{NAMESPACE}}}"  # an SVG element's tag, as ElementTree reads it
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +71,8 @@ def test_tune_recommends_the_capacity_knee_and_writes_its_files(tmp_path: Path, 
     assert 8 <= result["recommended_parallel"] <= 32
     steps = pl.read_csv(tmp_path / "tune" / "tune.csv")
     assert steps["parallel"].to_list()[:3] == [4, 8, 16] and steps["chosen"].sum() == 1
-    assert (tmp_path / "tune" / "tune.png").read_bytes()[:4] == b"\x89PNG"
+    chart = ET.fromstring((tmp_path / "tune" / "tune.svg").read_bytes())
+    assert chart.tag == SVG + "svg" and "rollouts tune: use --parallel" in "".join(chart.itertext())
     assert (
         result["settings"]
         == TuneConfig(

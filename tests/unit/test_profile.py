@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ import pytest
 
 from rollouts.report.histogram import histogram
 from rollouts.report.metrics import ProfileOptions, pass_at_k_rows, profile_frame, read_run_frame, window_for
+from rollouts.report.svg import NAMESPACE
 from rollouts.stages.profile import profile_run
 from rollouts.storage import Store
 from rollouts.tune.aimd import write_trace
+
+SVG = f"{{{NAMESPACE}}}"  # an SVG element's tag, as ElementTree reads it
 
 T0 = 1_700_000_000.0
 
@@ -222,22 +226,23 @@ def test_profile_run_writes_files_charts_report_and_artifacts(tmp_path: Path) ->
         "timeline.csv",
         "errors.csv",
         "pass_at_k.csv",
-        "throughput.png",
-        "latency_cdf.png",
-        "rewards.png",
+        "throughput.svg",
+        "latency_cdf.svg",
+        "rewards.svg",
         "report.md",
     ):
         assert (folder / name).exists(), name
-    assert (folder / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    throughput = ET.fromstring((folder / "throughput.svg").read_bytes())
+    assert throughput.tag == SVG + "svg" and "Throughput per window" in throughput.itertext()
     timeline = pl.read_csv(folder / "timeline.csv")
     assert timeline["parallel"].to_list()[:2] == [8, 8] and timeline["parallel"].to_list()[-2] == 16
     assert json.loads((folder / "profile.json").read_text())["rollouts"] == 40
     report = (folder / "report.md").read_text()
-    assert "![throughput over time](throughput.png)" in report and "| math | 1 |" in report
+    assert "![throughput over time](throughput.svg)" in report and "| math | 1 |" in report
     artifacts = {a.key: a for a in result.artifacts}
     assert list(artifacts)[0] == "run-report"
-    embedded = artifacts["run-report"].markdown.split("(data:image/png;base64,", 1)[1].split(")", 1)[0]
-    assert base64.b64decode(embedded)[:4] == b"\x89PNG"
+    embedded = artifacts["run-report"].markdown.split("(data:image/svg+xml;base64,", 1)[1].split(")", 1)[0]
+    assert base64.b64decode(embedded) == (folder / "throughput.svg").read_bytes()
     assert artifacts["pass-at-k"].table[0]["env"] == "exact_match"
     assert "math: 20 rollouts" in artifacts["reward-histogram"].markdown
 
