@@ -22,7 +22,8 @@ import orjson
 import polars as pl
 
 from ..process.readers import iter_jsonl_chunks
-from .frame import ROW_DTYPE, decode, decode_python, empty_frame, flatten
+from .frame import ROW_DTYPE, decode, decode_python, empty_frame, flatten, split_decoded
+from .typed import decode_block
 
 # Below glibc's largest mmap threshold (32 MB): once the first block is freed, later blocks of this size come from
 # the heap and reuse its pages instead of being mapped and faulted in afresh. 24 MB blocks took 7.2-7.9 CPU-s per
@@ -112,6 +113,13 @@ class ToolLists:
 
     def __init__(self) -> None:
         self.known: dict[str, str | None] = {}
+        self.known_raw: dict[bytes, str | None] = {}
+
+    def of_text(self, text: bytes) -> str | None:
+        """The `tools` value of a tool list given as its JSON text (the fast decoder's path)."""
+        if text not in self.known_raw:
+            self.known_raw[text] = _tool_specs(text)
+        return self.known_raw[text]
 
     def column(self, decoded: pl.DataFrame) -> pl.Series:
         output = pl.col("doc").struct.field("response").struct.field("output")
@@ -135,7 +143,7 @@ def _path(rows: pl.DataFrame, path: str) -> pl.Series:
     return rows.lazy().select(pl.col("raw").str.json_path_match(path)).collect()["raw"]
 
 
-def _tool_specs(text: str) -> str | None:
+def _tool_specs(text: str | bytes) -> str | None:
     """A tool list (Responses or Chat Completions shape) as JSON [{"name", "parameters"}], or None when empty."""
     try:
         tools = orjson.loads(text)
@@ -168,25 +176,40 @@ class RolloutReader:
 
     def chunks(self) -> Iterator[pl.DataFrame]:
         fs, self.files = discover(self.path, self.storage_options)
-        pending: list[pl.DataFrame] = []
+        pending: list[tuple[str, int, bytes]] = []
         source, size = "", 0
         for item in self.files:
             for first_line, data in iter_jsonl_chunks(fs, item.path, self.chunk_bytes):
                 if pending and (item.source != source or size + len(data) > self.chunk_bytes):
-                    yield self._frame(pl.concat(pending), source)
+                    yield self._frame(pending, source)
                     pending, size = [], 0
-                lines, bad = read_lines(item.url, first_line, data)
-                self._bad(bad)
-                pending.append(lines)
+                pending.append((item.url, first_line, data))
                 source, size = item.source, size + len(data)
         if pending:
-            yield self._frame(pl.concat(pending), source)
+            yield self._frame(pending, source)
 
     def _bad(self, bad: list[tuple[str, int, str]]) -> None:
         self.bad_rows += len(bad)
         self.bad_examples.extend(bad[: max(0, BAD_EXAMPLES - len(self.bad_examples))])
 
-    def _frame(self, lines: pl.DataFrame, source: str) -> pl.DataFrame:
+    def _frame(self, blocks: list[tuple[str, int, bytes]], source: str) -> pl.DataFrame:
+        """The check frame of blocks of whole lines (file, first line, bytes): the typed decoder, else polars."""
+        files: list[str] = []
+        numbers: list[int] = []
+        for url, first_line, data in blocks:
+            count = data.count(b"\n")
+            files += [url] * count
+            numbers += range(first_line, first_line + count)
+        parts = decode_block(b"".join(b[2] for b in blocks), files, numbers, self.tools.of_text)
+        if parts is not None:
+            self.lines += parts[0].height
+            return flatten(*parts, source) if parts[0].height else empty_frame()
+        pieces = []
+        for url, first_line, data in blocks:
+            lines, bad = read_lines(url, first_line, data)
+            self._bad(bad)
+            pieces.append(lines)
+        lines = pl.concat(pieces)
         self.lines += lines.height
         return frame_of_lines(lines, source, self.tools, self._bad)
 
@@ -215,10 +238,17 @@ def frame_of_lines(
 ) -> pl.DataFrame:
     """The check frame of (file, line, raw) lines; rows polars refuses are decoded one by one (bad ones reported
     to `on_bad` as (file, line, reason) and left out)."""
-    decoded = decode_tolerant(lines, on_bad) if lines.height else lines
-    if decoded.height == 0:
+    tools = tools or ToolLists()
+    if lines.height == 0:
         return empty_frame()
-    return flatten(decoded, (tools or ToolLists()).column(decoded), source)
+    data = ("\n".join(lines["raw"]) + "\n").encode()
+    parts = decode_block(data, lines["file"].to_list(), lines["line"].to_list(), tools.of_text)
+    if parts is None:
+        decoded = decode_tolerant(lines, on_bad)
+        if decoded.height == 0:
+            return empty_frame()
+        parts = split_decoded(decoded, tools.column(decoded))
+    return flatten(*parts, source)
 
 
 def frame_of_rows(rows: Iterable[Mapping[str, Any]], source: str = "rows") -> pl.DataFrame:
