@@ -33,6 +33,7 @@ ROLLOUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson")
 NOT_ROLLOUTS = ("_failures", "_materialized_inputs")
 BAD_EXAMPLES = 20
 _LINES_SCHEMA = {"file": pl.String(), "line": pl.Int64(), "raw": pl.String()}
+Block = tuple[str, int, bytes]  # (file as shown, first line number, bytes of whole lines)
 
 
 @dataclass(frozen=True)
@@ -174,25 +175,35 @@ class RolloutReader:
     files: list[InputFile] = field(default_factory=list)
     tools: ToolLists = field(default_factory=ToolLists)
 
-    def chunks(self) -> Iterator[pl.DataFrame]:
+    def blocks(self) -> Iterator[tuple[list[Block], str]]:
+        """The input as chunks of whole-line blocks (file, first line, bytes) of one source each, up to
+        `chunk_bytes`: what `frame_of_blocks` turns into a check frame."""
         fs, self.files = discover(self.path, self.storage_options)
-        pending: list[tuple[str, int, bytes]] = []
+        pending: list[Block] = []
         source, size = "", 0
         for item in self.files:
             for first_line, data in iter_jsonl_chunks(fs, item.path, self.chunk_bytes):
                 if pending and (item.source != source or size + len(data) > self.chunk_bytes):
-                    yield self._frame(pending, source)
+                    yield pending, source
                     pending, size = [], 0
                 pending.append((item.url, first_line, data))
                 source, size = item.source, size + len(data)
         if pending:
-            yield self._frame(pending, source)
+            yield pending, source
+
+    def chunks(self) -> Iterator[pl.DataFrame]:
+        for blocks, source in self.blocks():
+            yield self.frame_of_blocks(blocks, source)
 
     def _bad(self, bad: list[tuple[str, int, str]]) -> None:
-        self.bad_rows += len(bad)
-        self.bad_examples.extend(bad[: max(0, BAD_EXAMPLES - len(self.bad_examples))])
+        self.note_bad(bad, len(bad))
 
-    def _frame(self, blocks: list[tuple[str, int, bytes]], source: str) -> pl.DataFrame:
+    def note_bad(self, examples: list[tuple[str, int, str]], count: int) -> None:
+        """Count `count` bad rows and keep the first BAD_EXAMPLES examples (file, line, reason) of the run."""
+        self.bad_rows += count
+        self.bad_examples.extend(examples[: max(0, BAD_EXAMPLES - len(self.bad_examples))])
+
+    def frame_of_blocks(self, blocks: list[Block], source: str) -> pl.DataFrame:
         """The check frame of blocks of whole lines (file, first line, bytes): the typed decoder, else polars."""
         files: list[str] = []
         numbers: list[int] = []

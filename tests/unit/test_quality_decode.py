@@ -1,9 +1,12 @@
 """The typed decoder (rollouts/quality/typed.py) builds the same check frame as polars' decoder, and refuses the
-blocks polars would read differently (those go the polars way)."""
+blocks polars would read differently (those go the polars way); frames are built a step ahead in a thread, and
+worker processes check large inputs to the same verdicts."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,10 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import rollouts.quality.loader as loader
+from rollouts.quality import QualityConfig, check_path, register, unregister
+from rollouts.quality.engine import prefetched
 from rollouts.quality.loader import ToolLists, frame_of_lines
+from rollouts.quality.registry import result
 from rollouts.quality.typed import decode_block
 
 from .quality_rows import CALCULATOR, call, message, output, reasoning, row
@@ -108,3 +114,63 @@ def test_blank_lines_and_bytes_that_are_not_utf8_are_refused() -> None:
     assert decode_block(good + b"\n\n" + good + b"\n", ["f"] * 3, [1, 2, 3], tools) is None
     assert decode_block(good[:-1] + b', "x": "\xff"}\n', ["f"], [1], tools) is None
     assert decode_block(good + b"\n", ["f"], [1], tools) is not None
+
+
+def test_prefetched_frames_keep_their_order_errors_and_early_stops() -> None:
+    frames = [pl.DataFrame({"n": [i]}) for i in range(5)]
+    assert [f["n"][0] for f in prefetched(iter(frames))] == [0, 1, 2, 3, 4]
+
+    def failing() -> Iterator[pl.DataFrame]:
+        yield frames[0]
+        raise ValueError("bad block")
+
+    got = prefetched(failing())
+    assert next(got)["n"][0] == 0
+    with pytest.raises(ValueError, match="bad block"):
+        next(got)
+
+    early = prefetched(iter(frames))
+    assert next(early)["n"][0] == 0
+    early.close()  # the reader thread stops instead of waiting to hand over the next frame
+    assert not any(t.name == "rollouts-quality-reader" for t in threading.enumerate())
+
+
+def _spread_rows(path: Path) -> None:
+    """A JSONL of 40 rollouts in groups of two with every kind of verdict, a failed row and two bad lines."""
+    lines = []
+    for task in range(20):
+        for rollout in range(2):
+            text = "The sum again. " * 60 if task % 5 == 0 else f"It is {task}."
+            lines.append(json.dumps(row([message(text, gen=3)], task=task, rollout=rollout, output_tokens=3)))
+    lines[7] = json.dumps(row([], task=3, rollout=1) | {"status": "failed", "response": None})
+    lines[11], lines[30] = "not json", "[1]"
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_worker_processes_give_the_verdicts_one_process_gives(tmp_path: Path) -> None:
+    path = tmp_path / "rollouts.jsonl"
+    _spread_rows(path)
+    one = check_path(str(path), chunk_bytes=2_000)
+    several = check_path(str(path), chunk_bytes=2_000, workers=2)
+    assert several.checked == one.checked == 37  # 40 lines, one failed, two bad
+    assert_frame_equal(several.verdicts(), one.verdicts())
+    assert (several.failed, several.lines, several.bad_rows) == (one.failed, one.lines, one.bad_rows) == (1, 40, 2)
+    assert several.bad_examples == one.bad_examples
+    assert [b[1] for b in several.bad_examples] == [12, 31]
+    assert several.summary() == one.summary()
+
+
+def test_a_check_registered_at_run_time_runs_without_worker_processes(tmp_path: Path) -> None:
+    path = tmp_path / "rollouts.jsonl"
+    _spread_rows(path)
+
+    @register("says_seven", needs=("final_text",))
+    def says_seven(frame: pl.DataFrame, config: QualityConfig) -> pl.DataFrame:
+        """The answer is seven."""
+        return result(frame, fired=pl.col("final_text") == "It is 7.", evidence=pl.lit("7"))
+
+    try:
+        outcome = check_path(str(path), chunk_bytes=2_000, workers=2)
+        assert outcome.fired("says_seven") == 2
+    finally:
+        unregister("says_seven")
