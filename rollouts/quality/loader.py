@@ -33,7 +33,9 @@ ROLLOUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson")
 NOT_ROLLOUTS = ("_failures", "_materialized_inputs")
 BAD_EXAMPLES = 20
 _LINES_SCHEMA = {"file": pl.String(), "line": pl.Int64(), "raw": pl.String()}
-Block = tuple[str, int, bytes]  # (file as shown, first line number, bytes of whole lines)
+# (file as shown, first line number, bytes of whole lines, where they are in a local uncompressed file: path and
+# offset, else None). A worker process is handed the place instead of the bytes when there is one (`without_bytes`).
+Block = tuple[str, int, bytes, tuple[str, int] | None]
 
 
 @dataclass(frozen=True)
@@ -179,15 +181,18 @@ class RolloutReader:
         """The input as chunks of whole-line blocks (file, first line, bytes) of one source each, up to
         `chunk_bytes`: what `frame_of_blocks` turns into a check frame."""
         fs, self.files = discover(self.path, self.storage_options)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         pending: list[Block] = []
         source, size = "", 0
         for item in self.files:
+            plain = protocol in ("file", "local") and fsspec.utils.infer_compression(item.path) is None
+            offset = 0
             for first_line, data in iter_jsonl_chunks(fs, item.path, self.chunk_bytes):
                 if pending and (item.source != source or size + len(data) > self.chunk_bytes):
                     yield pending, source
                     pending, size = [], 0
-                pending.append((item.url, first_line, data))
-                source, size = item.source, size + len(data)
+                pending.append((item.url, first_line, data, (item.path, offset) if plain else None))
+                source, size, offset = item.source, size + len(data), offset + len(data)
         if pending:
             yield pending, source
 
@@ -207,22 +212,44 @@ class RolloutReader:
         """The check frame of blocks of whole lines (file, first line, bytes): the typed decoder, else polars."""
         files: list[str] = []
         numbers: list[int] = []
-        for url, first_line, data in blocks:
+        for url, first_line, data, _ in blocks:
             count = data.count(b"\n")
             files += [url] * count
             numbers += range(first_line, first_line + count)
-        parts = decode_block(b"".join(b[2] for b in blocks), files, numbers, self.tools.of_text)
+        parts = decode_block(b"".join(block[2] for block in blocks), files, numbers, self.tools.of_text)
         if parts is not None:
             self.lines += parts[0].height
             return flatten(*parts, source) if parts[0].height else empty_frame()
         pieces = []
-        for url, first_line, data in blocks:
+        for url, first_line, data, _ in blocks:
             lines, bad = read_lines(url, first_line, data)
             self._bad(bad)
             pieces.append(lines)
         lines = pl.concat(pieces)
         self.lines += lines.height
         return frame_of_lines(lines, source, self.tools, self._bad)
+
+
+def without_bytes(block: Block) -> tuple[Block, int]:
+    """`block` with its bytes left out when it says where they are, and their length (what a worker reads back)."""
+    url, first_line, data, place = block
+    return ((url, first_line, b"", place) if place else block), len(data)
+
+
+def with_bytes(block: Block, length: int | None = None) -> Block:
+    """`block` with its bytes read back from its place when they were left out (`without_bytes`)."""
+    url, first_line, data, place = block
+    if data or place is None or length is None:
+        return block
+    path, offset = place
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) == length - 1 and not data.endswith(b"\n"):  # the file's last line, without its newline
+        data += b"\n"
+    if len(data) != length or not data.endswith(b"\n"):
+        raise OSError(f"{url}: changed while it was being checked")
+    return url, first_line, data, place
 
 
 BadRows = Callable[[list[tuple[str, int, str]]], None]

@@ -4,6 +4,7 @@ worker processes check large inputs to the same verdicts."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 from collections.abc import Iterator
@@ -136,7 +137,8 @@ def test_prefetched_frames_keep_their_order_errors_and_early_stops() -> None:
 
 
 def _spread_rows(path: Path) -> None:
-    """A JSONL of 40 rollouts in groups of two with every kind of verdict, a failed row and two bad lines."""
+    """A JSONL of 40 rollouts in groups of two with every kind of verdict, a failed row and two bad lines; the
+    last line without its newline."""
     lines = []
     for task in range(20):
         for rollout in range(2):
@@ -144,11 +146,13 @@ def _spread_rows(path: Path) -> None:
             lines.append(json.dumps(row([message(text, gen=3)], task=task, rollout=rollout, output_tokens=3)))
     lines[7] = json.dumps(row([], task=3, rollout=1) | {"status": "failed", "response": None})
     lines[11], lines[30] = "not json", "[1]"
-    path.write_text("\n".join(lines) + "\n")
+    data = "\n".join(lines).encode()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
-def test_worker_processes_give_the_verdicts_one_process_gives(tmp_path: Path) -> None:
-    path = tmp_path / "rollouts.jsonl"
+@pytest.mark.parametrize("name", ["rollouts.jsonl", "rollouts.jsonl.gz"])  # workers read the file, or get bytes
+def test_worker_processes_give_the_verdicts_one_process_gives(name: str, tmp_path: Path) -> None:
+    path = tmp_path / name
     _spread_rows(path)
     one = check_path(str(path), chunk_bytes=2_000)
     several = check_path(str(path), chunk_bytes=2_000, workers=2)
