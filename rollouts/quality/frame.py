@@ -1,15 +1,14 @@
 """The check frame: one row per rollout with the columns the checks read, extracted once from raw rollout lines.
 
-How a chunk of NDJSON lines becomes the frame (polars only; measured on 3.8 KB rows with token ids):
-1. token arrays are counted (`generation_token_ids`, by regex) and cut out of each line: they are most of a row's
-   bytes and every JSON parser would otherwise tokenise them;
-2. the cleaned line is decoded with `str.json_decode` into the small `ROW_DTYPE` (several times cheaper than
-   typing the same nested fields in `read_ndjson`, which also loses backslashes in nested text it captures);
-3. output items are exploded and folded back per rollout: the final turn (the model items after the last tool
-   output that precedes them), its answer text, reasoning and tool calls, every tool call and tool output.
-Lines polars refuses (not JSON, a field of another type) go to `decode_python`, which coerces each row into the
-same dtype. Tool schemas are never typed: `tools` holds the exact JSON of the tool list of each row that calls tools
-(see `loader.ToolLists`).
+A chunk of lines is first decoded into flat columns, one row per rollout (ROWS_SCHEMA) and one per output item
+(ITEMS_SCHEMA), by one of two decoders that give the same columns:
+- msgspec (typed.py), typed to the fields read, for every block it can read exactly as polars does;
+- polars, for the other blocks: token arrays counted (`generation_token_ids`, by regex) and cut out of each line, the
+  rest decoded with `str.json_decode` into the small `ROW_DTYPE`; lines polars refuses (not JSON, a field of another
+  type) go to `decode_python`, which coerces each row into the same dtype (`split_decoded` flattens the result).
+`flatten` then folds the items back per rollout: the final turn (the model items after the last tool output that
+precedes them), its answer text, reasoning and tool calls, every tool call and tool output. Tool schemas are never
+typed: `tools` holds the exact JSON of the tool list of each row that calls tools (see `loader.ToolLists`).
 """
 
 from __future__ import annotations
