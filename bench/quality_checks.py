@@ -231,8 +231,9 @@ def replicate(rows: list[dict[str, Any]], out: Path, count: int, defect_rate: fl
 
 
 def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds of this process (all threads) and of its finished worker processes."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 def stage(args: argparse.Namespace) -> None:
@@ -244,11 +245,13 @@ def stage(args: argparse.Namespace) -> None:
     import polars as pl
 
     from rollouts.quality import check_path, write_quality
+    from rollouts.quality.engine import default_workers
 
     extra: dict[str, Any] = {"allocator": os.environ.get(ENV)}
     cpu0, start = _cpu(), time.perf_counter()
     if args.stage == "check":
-        result = check_path(args.file)
+        extra["workers"] = default_workers()  # as `rollouts check` runs it
+        result = check_path(args.file, workers=extra["workers"])
         extra["check_s"] = time.perf_counter() - start
         write_quality(result, args.out)
         summary = result.summary()
@@ -269,7 +272,13 @@ def stage(args: argparse.Namespace) -> None:
             extra["rows"] = pl.read_ndjson(args.file, infer_schema_length=None).height
     seconds, cpu = time.perf_counter() - start, _cpu() - cpu0
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"stage": args.stage, "seconds": seconds, "cpu_s": cpu, "rss_mb": rss_mb, **extra}))
+    worker_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker's
+    print(
+        json.dumps(
+            {"stage": args.stage, "seconds": seconds, "cpu_s": cpu, "rss_mb": rss_mb, "worker_rss_mb": worker_rss_mb}
+            | extra
+        )
+    )
 
 
 def measure(name: str, file: Path, out: Path, memory_gb: float) -> dict[str, Any] | None:
@@ -298,7 +307,8 @@ def measure(name: str, file: Path, out: Path, memory_gb: float) -> dict[str, Any
 def report(label: str, check: dict[str, Any], base: dict[str, Any] | None, rows: int) -> None:
     print(
         f"{label}: check + write {check['seconds']:.1f} s ({check['check_s']:.1f} s checking, {check['cpu_s']:.0f} s "
-        f"CPU, {rows / check['seconds']:,.0f} rollouts/s, peak RSS {check['rss_mb']:.0f} MB, load "
+        f"CPU, {rows / check['seconds']:,.0f} rollouts/s, {check['workers']} worker processes, peak RSS "
+        f"{check['rss_mb']:.0f} MB + largest worker {check['worker_rss_mb']:.0f} MB, load "
         f"{check['load'][0]:.1f}->{check['load'][1]:.1f})",
         flush=True,
     )

@@ -55,11 +55,14 @@ def _out(config: CheckConfig) -> str:
 
 def run_check_command(args: argparse.Namespace) -> int:
     from rollouts.quality import check_path, require_known_checks, write_quality
+    from rollouts.quality.engine import default_workers
 
     with usage_guard(args.verbose, usage=(ConfigError,)) as guard:
         config: CheckConfig = validated(CheckConfig, build(args, args.options), args.options)
         require_known_checks(config.quality)
-        result = check_path(config.input, config.quality, storage_options=config.storage_options)
+        result = check_path(
+            config.input, config.quality, storage_options=config.storage_options, workers=default_workers()
+        )
         summary = result.summary()
         files = write_quality(result, _out(config), storage_options=config.storage_options, summary=summary)
     if guard.code:

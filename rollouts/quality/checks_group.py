@@ -33,13 +33,19 @@ def identical_group(frame: pl.DataFrame, config: QualityConfig) -> pl.DataFrame:
     greedy = (pl.col("temperature") == 0).fill_null(False).all().over(GROUP)
     observed = pl.col("task_index").is_not_null() & (size >= config.group_min_size) & ~greedy
     fired = pl.when(observed).then(pl.col("completion_key").n_unique().over(GROUP) == 1)
-    evidence = pl.format(
-        "all {} completions of task {} are identical: {}",
-        size,
-        pl.col("task_index"),
-        quoted(pl.col("completion_preview"), config.evidence_chars),
+    rows = frame.select("task_index", "completion_preview", size=size, fired=fired)
+    # The evidence of the rows that fired only (quoting every row's preview cost more than the check).
+    hit = rows["fired"].fill_null(False)
+    quotes = rows.filter(hit).select(
+        pl.format(
+            "all {} completions of task {} are identical: {}",
+            pl.col("size"),
+            pl.col("task_index"),
+            quoted(pl.col("completion_preview"), config.evidence_chars),
+        )
     )
-    return result(frame, fired, evidence)
+    evidence = pl.Series("evidence", [None] * rows.height, dtype=pl.String).scatter(hit.arg_true(), quotes.to_series())
+    return rows.select("fired", evidence=evidence)
 
 
 @register("task_always_unhealthy", needs=("source", "task_index"), scope="run")
@@ -49,19 +55,40 @@ def task_always_unhealthy(frame: pl.DataFrame, config: QualityConfig) -> pl.Data
     fired_columns = [name for name in frame.columns if name.startswith(FIRED_PREFIX)]
     if not fired_columns:
         return frame.select(fired=pl.lit(None, pl.Boolean), evidence=pl.lit(None, pl.String))
-    bad = pl.any_horizontal([pl.col(name).fill_null(False) for name in fired_columns])
-    size = pl.len().over(GROUP)
-    observed = pl.col("task_index").is_not_null() & (size >= config.task_min_rollouts)
-    fired = pl.when(observed).then(bad.all().over(GROUP))
-    counts = [
-        pl.when(pl.col(name).fill_null(False).sum().over(GROUP) > 0).then(
-            pl.format("{} ×{}", pl.lit(name[len(FIRED_PREFIX) :]), pl.col(name).fill_null(False).sum().over(GROUP))
+    # Per task first (one row per group), then back onto the rollouts: the evidence is built once per task
+    # whose every rollout is unhealthy, not once per rollout.
+    counts = {name: pl.col(name).fill_null(False).sum() for name in fired_columns}
+    tasks = (
+        frame.filter(pl.col("task_index").is_not_null())
+        .group_by(GROUP)
+        .agg(
+            size=pl.len(),
+            all_bad=pl.any_horizontal([pl.col(name).fill_null(False) for name in fired_columns]).all(),
+            **counts,
         )
-        for name in fired_columns
-    ]
-    which = pl.concat_list(counts).list.drop_nulls().list.join(", ")
-    evidence = pl.format("{}/{} rollouts of task {} unhealthy: {}", size, size, pl.col("task_index"), which)
-    return result(frame, fired, evidence)
+    )
+    which = pl.concat_list(
+        [
+            pl.when(pl.col(name) > 0).then(pl.format("{} ×{}", pl.lit(name[len(FIRED_PREFIX) :]), pl.col(name)))
+            for name in fired_columns
+        ]
+    )
+    size = pl.col("size")
+    tasks = tasks.select(
+        *GROUP,
+        task_fired=pl.when(size >= config.task_min_rollouts).then(pl.col("all_bad")),
+        task_evidence=pl.when(pl.col("all_bad") & (size >= config.task_min_rollouts)).then(
+            pl.format(
+                "{}/{} rollouts of task {} unhealthy: {}",
+                size,
+                size,
+                pl.col("task_index"),
+                which.list.drop_nulls().list.join(", "),
+            )
+        ),
+    )
+    rows = frame.select(GROUP).join(tasks, on=GROUP, how="left", maintain_order="left")
+    return result(rows, pl.col("task_fired"), pl.col("task_evidence"))
 
 
 def task_rollup(table: pl.DataFrame, check_ids: Sequence[str], limit: int) -> dict[str, Any]:

@@ -15,7 +15,14 @@ summary instead of turning every verdict into `unobserved`. Failed rollouts are 
 
 from __future__ import annotations
 
+import collections
+import itertools
+import multiprocessing
+import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +30,8 @@ import polars as pl
 
 from .config import HEALTHY, UNHEALTHY, UNOBSERVED, QualityConfig
 from .frame import FRAME_SCHEMA, KEPT_COLUMNS
-from .loader import RolloutReader, frame_of_rows
-from .registry import Check, evidence_col, fired_col, selected_checks
+from .loader import Block, RolloutReader, frame_of_rows, with_bytes, without_bytes
+from .registry import Check, evidence_col, fired_col, is_builtin, registered, selected_checks
 from .summary import build_summary
 
 
@@ -119,7 +126,7 @@ class QualityResult:
             _ng_rollout_index="rollout_index",
             verdict="verdict",
             checks="checks",
-            evidence=evidence,
+            evidence=_where_fired(table, evidence, "{}", pl.String()),
             env="env",
             source="source",
             file="file",
@@ -128,6 +135,20 @@ class QualityResult:
 
     def summary(self) -> dict[str, Any]:
         return build_summary(self)
+
+
+def _where_fired(table: pl.DataFrame, value: pl.Expr, otherwise: Any, dtype: pl.DataType) -> pl.Series:
+    """`value` on the rows where a check fired, `otherwise` on the rest: computed on those rows only (a tenth of a
+    run or less, where building lists and JSON for every row took most of the verdicts' time)."""
+    fired = [name for name in table.columns if name.startswith("fired_")]
+    hit = table.select(pl.any_horizontal([pl.col(n).fill_null(False) for n in fired]) if fired else pl.lit(False))
+    hit_rows = hit.to_series().alias("hit")
+    if table.height == 0 or not hit_rows.any():
+        return pl.repeat(otherwise, table.height, dtype=dtype, eager=True)
+    values = table.filter(hit_rows).select(value.cast(dtype)).to_series()
+    values = values.extend(pl.Series([otherwise], dtype=dtype))  # the last: every other row's
+    at = pl.select(pl.when(hit_rows).then(hit_rows.cum_sum() - 1).otherwise(values.len() - 1)).to_series()
+    return values.gather(at)
 
 
 def _verdicts(table: pl.DataFrame, checks: Sequence[str]) -> pl.DataFrame:
@@ -145,7 +166,7 @@ def _verdicts(table: pl.DataFrame, checks: Sequence[str]) -> pl.DataFrame:
     )
     names = [pl.when(f).then(pl.lit(c)) for f, c in zip(fired, checks, strict=True)]
     listed = pl.concat_list(names).list.drop_nulls() if names else pl.lit([], dtype=pl.List(pl.String))
-    return table.with_columns(verdict=verdict, checks=listed)
+    return table.with_columns(verdict=verdict, checks=_where_fired(table, listed, [], pl.List(pl.String())))
 
 
 def _empty_table(checks: Sequence[Check]) -> pl.DataFrame:
@@ -178,6 +199,47 @@ def finish(parts: Iterable[pl.DataFrame], config: QualityConfig, **counts: Any) 
     )
 
 
+def prefetched(frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+    """`frames`, the next one built in a thread while the caller checks the current one: decoding is Python (it
+    holds the GIL) and checking is mostly polars (it lets go of it), so the two overlap on two cores. At most one
+    frame waits; a caller that stops early stops the thread."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                if not put(("frame", frame)):
+                    return
+        except BaseException as exc:  # handed to the caller, raised there
+            put(("error", exc))
+            return
+        put(("end", None))
+
+    thread = threading.Thread(target=produce, name="rollouts-quality-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _checked(frames: Iterator[pl.DataFrame], config: QualityConfig, failed: list[int]) -> Iterator[pl.DataFrame]:
     checks = selected_checks(config)
     for frame in frames:
@@ -206,20 +268,38 @@ def check_run(
     return finish(parts, config, failed=failed[0], lines=frame.height)
 
 
+# Inputs smaller than this many chunks are checked in this process: starting a worker (a fresh interpreter that
+# imports polars) costs about what checking a chunk does.
+PROCESS_MIN_CHUNKS = 4
+
+
+def default_workers() -> int:
+    """Processes `rollouts check` uses: one per core, up to 4 (each holds a chunk and polars' pools, ~0.5 GB)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def check_path(
     path: str,
     config: QualityConfig | None = None,
     *,
     storage_options: Mapping[str, Any] | None = None,
     chunk_bytes: int | None = None,
+    workers: int = 1,
 ) -> QualityResult:
-    """Check every rollout under `path` (a run folder, a NeMo Gym output folder or a rollouts JSONL), streaming."""
+    """Check every rollout under `path` (a run folder, a NeMo Gym output folder or a rollouts JSONL), streaming.
+    With `workers` > 1, chunks are decoded and checked by that many worker processes (spawned, so safe beside
+    polars' threads) when the input spans PROCESS_MIN_CHUNKS chunks or more and every selected check is one of
+    this package's (a check registered at run time exists in this process only)."""
     config = config or QualityConfig()
     reader = RolloutReader(path, storage_options)
     if chunk_bytes:
         reader.chunk_bytes = chunk_bytes
     failed = [0]
-    parts = list(_checked(reader.chunks(), config, failed))
+    checks = selected_checks(config)
+    if workers > 1 and all(is_builtin(c) for c in checks):
+        parts = list(_checked_in_processes(reader, config, tuple(c.id for c in checks), workers, failed))
+    else:
+        parts = list(_checked(prefetched(reader.chunks()), config, failed))
     return finish(
         parts,
         config,
@@ -229,3 +309,52 @@ def check_path(
         bad_examples=tuple(reader.bad_examples),
         inputs=tuple(f.url for f in reader.files),
     )
+
+
+ChunkResult = tuple[pl.DataFrame, int, int, list[tuple[str, int, str]], int]
+_WORKER_READER: RolloutReader | None = None  # a worker process's reader: its tool lists are kept across chunks
+
+
+def check_blocks(
+    blocks: list[tuple[Block, int]], source: str, config: QualityConfig, check_ids: tuple[str, ...]
+) -> ChunkResult:
+    """A worker process's share: one chunk's rollout-check results (the checks `check_ids`, built-in ones), with
+    its rows read, bad rows (count and first examples) and failed rollouts. Blocks of local files come without
+    their bytes (`loader.without_bytes`) and are read here: handing 24 MB through a pipe costs more."""
+    global _WORKER_READER
+    reader = _WORKER_READER = _WORKER_READER or RolloutReader("")
+    reader.lines, reader.bad_rows, reader.bad_examples = 0, 0, []
+    frame = reader.frame_of_blocks([with_bytes(block, length) for block, length in blocks], source)
+    by_id = {c.id: c for c in registered()}
+    table = check_chunk(frame, [by_id[i] for i in check_ids], config)
+    return table, reader.lines, reader.bad_rows, reader.bad_examples, int(frame["failed"].sum())
+
+
+def _checked_in_processes(
+    reader: RolloutReader, config: QualityConfig, check_ids: tuple[str, ...], workers: int, failed: list[int]
+) -> Iterator[pl.DataFrame]:
+    """The rollout-check results of every chunk, in input order, from `workers` processes (at most two chunks per
+    worker in flight); the first chunks are checked here while fewer than PROCESS_MIN_CHUNKS have been read."""
+    chunks = reader.blocks()
+    head = list(itertools.islice(chunks, PROCESS_MIN_CHUNKS))
+    if len(head) < PROCESS_MIN_CHUNKS:
+        yield from _checked((reader.frame_of_blocks(b, s) for b, s in head), config, failed)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pending: collections.deque[Future[ChunkResult]] = collections.deque()
+        for blocks, source in itertools.chain(head, chunks):
+            sent = [without_bytes(block) for block in blocks]
+            pending.append(pool.submit(check_blocks, sent, source, config, check_ids))
+            while len(pending) > 2 * workers:
+                yield _merged(pending.popleft().result(), reader, failed)
+        while pending:
+            yield _merged(pending.popleft().result(), reader, failed)
+
+
+def _merged(result: ChunkResult, reader: RolloutReader, failed: list[int]) -> pl.DataFrame:
+    table, lines, bad_rows, bad_examples, failed_here = result
+    reader.lines += lines
+    reader.note_bad(bad_examples, bad_rows)
+    failed[0] += failed_here
+    return table

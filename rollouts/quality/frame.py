@@ -1,15 +1,14 @@
 """The check frame: one row per rollout with the columns the checks read, extracted once from raw rollout lines.
 
-How a chunk of NDJSON lines becomes the frame (polars only; measured on 3.8 KB rows with token ids):
-1. token arrays are counted (`generation_token_ids`, by regex) and cut out of each line: they are most of a row's
-   bytes and every JSON parser would otherwise tokenise them;
-2. the cleaned line is decoded with `str.json_decode` into the small `ROW_DTYPE` (several times cheaper than
-   typing the same nested fields in `read_ndjson`, which also loses backslashes in nested text it captures);
-3. output items are exploded and folded back per rollout: the final turn (the model items after the last tool
-   output that precedes them), its answer text, reasoning and tool calls, every tool call and tool output.
-Lines polars refuses (not JSON, a field of another type) go to `decode_python`, which coerces each row into the
-same dtype. Tool schemas are never typed: `tools` holds the exact JSON of the tool list of each row that calls tools
-(see `loader.ToolLists`).
+A chunk of lines is first decoded into flat columns, one row per rollout (ROWS_SCHEMA) and one per output item
+(ITEMS_SCHEMA), by one of two decoders that give the same columns:
+- msgspec (typed.py), typed to the fields read, for every block it can read exactly as polars does;
+- polars, for the other blocks: token arrays counted (`generation_token_ids`, by regex) and cut out of each line, the
+  rest decoded with `str.json_decode` into the small `ROW_DTYPE`; lines polars refuses (not JSON, a field of another
+  type) go to `decode_python`, which coerces each row into the same dtype (`split_decoded` flattens the result).
+`flatten` then folds the items back per rollout: the final turn (the model items after the last tool output that
+precedes them), its answer text, reasoning and tool calls, every tool call and tool output. Tool schemas are never
+typed: `tools` holds the exact JSON of the tool list of each row that calls tools (see `loader.ToolLists`).
 """
 
 from __future__ import annotations
@@ -194,12 +193,90 @@ def coerce(value: Any, dtype: PolarsDataType) -> Any:
     raise TypeError(f"no coercion to {dtype}")
 
 
-def _item_text() -> pl.Expr:
-    kind = pl.col("type")
+# Each rollout's scalar fields, one row per rollout (`_i` its position in the chunk): what both decoders produce.
+ROWS_SCHEMA: dict[str, pl.DataType] = {
+    "_i": pl.UInt32(),
+    "file": S,
+    "line": pl.Int64(),
+    "gen_tokens": pl.Int64(),
+    "rollout_id": S,
+    "task_index": pl.Int64(),
+    "rollout_index": pl.Int64(),
+    "env": S,
+    "temperature": pl.Float64(),
+    "ours": pl.Boolean(),  # schema_version present
+    "status": S,
+    "failure": pl.Boolean(),  # _ng_failure_class present
+    "has_response": pl.Boolean(),
+    "finish_reason": S,
+    "response_status": S,
+    "incomplete_reason": S,
+    "end_reason": S,
+    "output_tokens": pl.Int64(),
+    "tools": S,
+}
+# Every output item, one row per item in order (null items left out); content and summary as their joined texts.
+ITEMS_SCHEMA: dict[str, pl.DataType] = {
+    "_i": pl.UInt32(),
+    "type": S,
+    "role": S,
+    "name": S,
+    "arguments": S,
+    "call_id": S,
+    "output": S,
+    "content": S,  # the parts' text (else refusal) joined with "", null when the item has no content list
+    "summary": S,  # the parts' text joined with "\n", null when the item has no summary list
+}
+
+
+def split_decoded(decoded: pl.DataFrame, tools: pl.Series) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """ROWS_SCHEMA and ITEMS_SCHEMA frames of lines decoded into `doc` (ROW_DTYPE); `tools` per row as JSON."""
+    decoded = decoded.with_row_index("_i")
+    doc = pl.col("doc")
+    resp = doc.struct.field("response")
+    rows = decoded.select(
+        "_i",
+        "file",
+        "line",
+        "gen_tokens",
+        rollout_id=doc.struct.field("rollout_id"),
+        task_index=doc.struct.field("_ng_task_index"),
+        rollout_index=doc.struct.field("_ng_rollout_index"),
+        env=doc.struct.field("agent_ref").struct.field("name"),
+        temperature=pl.coalesce(
+            doc.struct.field("sampling").struct.field("temperature"),
+            doc.struct.field("responses_create_params").struct.field("temperature"),
+        ),
+        ours=doc.struct.field("schema_version").is_not_null(),
+        status=doc.struct.field("status"),
+        failure=doc.struct.field("_ng_failure_class").is_not_null(),
+        has_response=resp.is_not_null(),
+        finish_reason=doc.struct.field("finish_reason"),
+        response_status=resp.struct.field("status"),
+        incomplete_reason=resp.struct.field("incomplete_details").struct.field("reason"),
+        end_reason=doc.struct.field("end_reason"),
+        output_tokens=resp.struct.field("usage").struct.field("output_tokens"),
+        tools=tools,
+    )
     part_text = pl.coalesce(pl.element().struct.field("text"), pl.element().struct.field("refusal"))
-    content = pl.col("content").list.eval(part_text).list.join("")
-    summary = pl.col("summary").list.eval(pl.element().struct.field("text")).list.join("\n")
-    reasoning = pl.concat_str(summary.fill_null(""), content.fill_null(""), separator="\n").str.strip_chars("\n")
+    items = (
+        decoded.select("_i", item=resp.struct.field("output"))
+        .explode("item")
+        .drop_nulls("item")
+        .unnest("item")
+        .with_columns(
+            content=pl.col("content").list.eval(part_text).list.join(""),
+            summary=pl.col("summary").list.eval(pl.element().struct.field("text")).list.join("\n"),
+        )
+    )
+    return rows.cast(pl.Schema(ROWS_SCHEMA)), items.select(list(ITEMS_SCHEMA)).cast(pl.Schema(ITEMS_SCHEMA))
+
+
+def _item_text() -> pl.Expr:
+    kind, content = pl.col("type"), pl.col("content")
+    reasoning = pl.concat_str(pl.col("summary").fill_null(""), content.fill_null(""), separator="\n").str.strip_chars(
+        "\n"
+    )
     return (
         pl.when(kind == "message")
         .then(content.fill_null(""))
@@ -211,14 +288,8 @@ def _item_text() -> pl.Expr:
     )
 
 
-def _fold_items(decoded: pl.DataFrame) -> pl.DataFrame:
+def _fold_items(items: pl.DataFrame) -> pl.DataFrame:
     """Per-rollout columns from the output items (rows without items are absent: the caller fills them)."""
-    items = (
-        decoded.select("_i", item=pl.col("doc").struct.field("response").struct.field("output"))
-        .explode("item")
-        .drop_nulls("item")
-        .unnest("item")
-    )
     kind = pl.col("type")
     items = items.with_columns(
         text=_item_text(),
@@ -247,38 +318,16 @@ def _fold_items(decoded: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def flatten(decoded: pl.DataFrame, tools: pl.Series, source: str) -> pl.DataFrame:
-    """The check frame (FRAME_SCHEMA) of decoded lines; `tools` is each row's tool list as JSON (or null)."""
-    decoded = decoded.with_row_index("_i")
-    doc = pl.col("doc")
-    resp = doc.struct.field("response")
-    ours = doc.struct.field("schema_version").is_not_null()
-    base = decoded.select(
-        "_i",
-        "file",
-        "line",
-        "gen_tokens",
-        rollout_id=doc.struct.field("rollout_id"),
+def flatten(rows: pl.DataFrame, items: pl.DataFrame, source: str) -> pl.DataFrame:
+    """The check frame (FRAME_SCHEMA) of a chunk's rows (ROWS_SCHEMA) and output items (ITEMS_SCHEMA)."""
+    base = rows.with_columns(
         source=pl.lit(source, S),
-        task_index=doc.struct.field("_ng_task_index"),
-        rollout_index=doc.struct.field("_ng_rollout_index"),
-        env=doc.struct.field("agent_ref").struct.field("name"),
-        temperature=pl.coalesce(
-            doc.struct.field("sampling").struct.field("temperature"),
-            doc.struct.field("responses_create_params").struct.field("temperature"),
-        ),
-        failed=(ours & (doc.struct.field("status") == "failed")).fill_null(False)
-        | doc.struct.field("_ng_failure_class").is_not_null()
-        | resp.is_null(),
-        finish_reason=doc.struct.field("finish_reason"),
-        response_status=resp.struct.field("status"),
-        incomplete_reason=resp.struct.field("incomplete_details").struct.field("reason"),
-        end_reason=doc.struct.field("end_reason"),
-        output_tokens=resp.struct.field("usage").struct.field("output_tokens"),
-        tools=tools,
+        failed=(pl.col("ours") & (pl.col("status") == "failed")).fill_null(False)
+        | pl.col("failure")
+        | ~pl.col("has_response"),
     )
     frame = (
-        base.join(_fold_items(decoded), on="_i", how="left")
+        base.join(_fold_items(items), on="_i", how="left")
         .sort("_i")
         .with_columns(
             items=pl.col("items").fill_null(0),

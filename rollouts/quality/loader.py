@@ -22,7 +22,8 @@ import orjson
 import polars as pl
 
 from ..process.readers import iter_jsonl_chunks
-from .frame import ROW_DTYPE, decode, decode_python, empty_frame, flatten
+from .frame import ROW_DTYPE, decode, decode_python, empty_frame, flatten, split_decoded
+from .typed import decode_block
 
 # Below glibc's largest mmap threshold (32 MB): once the first block is freed, later blocks of this size come from
 # the heap and reuse its pages instead of being mapped and faulted in afresh. 24 MB blocks took 7.2-7.9 CPU-s per
@@ -32,6 +33,9 @@ ROLLOUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson")
 NOT_ROLLOUTS = ("_failures", "_materialized_inputs")
 BAD_EXAMPLES = 20
 _LINES_SCHEMA = {"file": pl.String(), "line": pl.Int64(), "raw": pl.String()}
+# (file as shown, first line number, bytes of whole lines, where they are in a local uncompressed file: path and
+# offset, else None). A worker process is handed the place instead of the bytes when there is one (`without_bytes`).
+Block = tuple[str, int, bytes, tuple[str, int] | None]
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,13 @@ class ToolLists:
 
     def __init__(self) -> None:
         self.known: dict[str, str | None] = {}
+        self.known_raw: dict[bytes, str | None] = {}
+
+    def of_text(self, text: bytes) -> str | None:
+        """The `tools` value of a tool list given as its JSON text (the fast decoder's path)."""
+        if text not in self.known_raw:
+            self.known_raw[text] = _tool_specs(text)
+        return self.known_raw[text]
 
     def column(self, decoded: pl.DataFrame) -> pl.Series:
         output = pl.col("doc").struct.field("response").struct.field("output")
@@ -135,7 +146,7 @@ def _path(rows: pl.DataFrame, path: str) -> pl.Series:
     return rows.lazy().select(pl.col("raw").str.json_path_match(path)).collect()["raw"]
 
 
-def _tool_specs(text: str) -> str | None:
+def _tool_specs(text: str | bytes) -> str | None:
     """A tool list (Responses or Chat Completions shape) as JSON [{"name", "parameters"}], or None when empty."""
     try:
         tools = orjson.loads(text)
@@ -166,29 +177,79 @@ class RolloutReader:
     files: list[InputFile] = field(default_factory=list)
     tools: ToolLists = field(default_factory=ToolLists)
 
-    def chunks(self) -> Iterator[pl.DataFrame]:
+    def blocks(self) -> Iterator[tuple[list[Block], str]]:
+        """The input as chunks of whole-line blocks (file, first line, bytes) of one source each, up to
+        `chunk_bytes`: what `frame_of_blocks` turns into a check frame."""
         fs, self.files = discover(self.path, self.storage_options)
-        pending: list[pl.DataFrame] = []
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        pending: list[Block] = []
         source, size = "", 0
         for item in self.files:
+            plain = protocol in ("file", "local") and fsspec.utils.infer_compression(item.path) is None
+            offset = 0
             for first_line, data in iter_jsonl_chunks(fs, item.path, self.chunk_bytes):
                 if pending and (item.source != source or size + len(data) > self.chunk_bytes):
-                    yield self._frame(pl.concat(pending), source)
+                    yield pending, source
                     pending, size = [], 0
-                lines, bad = read_lines(item.url, first_line, data)
-                self._bad(bad)
-                pending.append(lines)
-                source, size = item.source, size + len(data)
+                pending.append((item.url, first_line, data, (item.path, offset) if plain else None))
+                source, size, offset = item.source, size + len(data), offset + len(data)
         if pending:
-            yield self._frame(pl.concat(pending), source)
+            yield pending, source
+
+    def chunks(self) -> Iterator[pl.DataFrame]:
+        for blocks, source in self.blocks():
+            yield self.frame_of_blocks(blocks, source)
 
     def _bad(self, bad: list[tuple[str, int, str]]) -> None:
-        self.bad_rows += len(bad)
-        self.bad_examples.extend(bad[: max(0, BAD_EXAMPLES - len(self.bad_examples))])
+        self.note_bad(bad, len(bad))
 
-    def _frame(self, lines: pl.DataFrame, source: str) -> pl.DataFrame:
+    def note_bad(self, examples: list[tuple[str, int, str]], count: int) -> None:
+        """Count `count` bad rows and keep the first BAD_EXAMPLES examples (file, line, reason) of the run."""
+        self.bad_rows += count
+        self.bad_examples.extend(examples[: max(0, BAD_EXAMPLES - len(self.bad_examples))])
+
+    def frame_of_blocks(self, blocks: list[Block], source: str) -> pl.DataFrame:
+        """The check frame of blocks of whole lines (file, first line, bytes): the typed decoder, else polars."""
+        files: list[str] = []
+        numbers: list[int] = []
+        for url, first_line, data, _ in blocks:
+            count = data.count(b"\n")
+            files += [url] * count
+            numbers += range(first_line, first_line + count)
+        parts = decode_block(b"".join(block[2] for block in blocks), files, numbers, self.tools.of_text)
+        if parts is not None:
+            self.lines += parts[0].height
+            return flatten(*parts, source) if parts[0].height else empty_frame()
+        pieces = []
+        for url, first_line, data, _ in blocks:
+            lines, bad = read_lines(url, first_line, data)
+            self._bad(bad)
+            pieces.append(lines)
+        lines = pl.concat(pieces)
         self.lines += lines.height
         return frame_of_lines(lines, source, self.tools, self._bad)
+
+
+def without_bytes(block: Block) -> tuple[Block, int]:
+    """`block` with its bytes left out when it says where they are, and their length (what a worker reads back)."""
+    url, first_line, data, place = block
+    return ((url, first_line, b"", place) if place else block), len(data)
+
+
+def with_bytes(block: Block, length: int | None = None) -> Block:
+    """`block` with its bytes read back from its place when they were left out (`without_bytes`)."""
+    url, first_line, data, place = block
+    if data or place is None or length is None:
+        return block
+    path, offset = place
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) == length - 1 and not data.endswith(b"\n"):  # the file's last line, without its newline
+        data += b"\n"
+    if len(data) != length or not data.endswith(b"\n"):
+        raise OSError(f"{url}: changed while it was being checked")
+    return url, first_line, data, place
 
 
 BadRows = Callable[[list[tuple[str, int, str]]], None]
@@ -215,10 +276,17 @@ def frame_of_lines(
 ) -> pl.DataFrame:
     """The check frame of (file, line, raw) lines; rows polars refuses are decoded one by one (bad ones reported
     to `on_bad` as (file, line, reason) and left out)."""
-    decoded = decode_tolerant(lines, on_bad) if lines.height else lines
-    if decoded.height == 0:
+    tools = tools or ToolLists()
+    if lines.height == 0:
         return empty_frame()
-    return flatten(decoded, (tools or ToolLists()).column(decoded), source)
+    data = ("\n".join(lines["raw"]) + "\n").encode()
+    parts = decode_block(data, lines["file"].to_list(), lines["line"].to_list(), tools.of_text)
+    if parts is None:
+        decoded = decode_tolerant(lines, on_bad)
+        if decoded.height == 0:
+            return empty_frame()
+        parts = split_decoded(decoded, tools.column(decoded))
+    return flatten(*parts, source)
 
 
 def frame_of_rows(rows: Iterable[Mapping[str, Any]], source: str = "rows") -> pl.DataFrame:

@@ -84,6 +84,11 @@ def register(check_id: str, *, needs: Sequence[str], scope: Scope = "rollout") -
     return decorate
 
 
+def is_builtin(check: Check) -> bool:
+    """Whether `check` is one of this package's own (registered again by any process that imports it)."""
+    return check.fn.__module__ in {f"{__package__}.{module}" for module in _BUILTINS}
+
+
 def unregister(check_id: str) -> None:
     """Remove a check (tests and plugins that replace a built-in check)."""
     _load_builtins()

@@ -331,6 +331,7 @@ def test_rows_polars_refuses_are_isolated_in_small_blocks(tmp_path: Path, monkey
     monkeypatch.setattr(loader, "decode_python", spy)
     rows = [row([message(f"It is {i}.")], task=i) for i in range(64)]
     rows[40]["response"]["output"][0]["content"] = "a bare string"
+    rows[40]["response"]["usage"] = "10 tokens"  # a type neither decoder takes: polars refuses, then coerced
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     outcome = check_path(str(path))
