@@ -28,6 +28,7 @@ import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -299,8 +300,10 @@ class AutoParallel:
         min_window_s: float = 1.0,
         max_window_s: float = 10.0,
         tick_s: float = 0.1,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.limiter, self.log, self.controller = limiter, log, Controller(config)
+        self.wall_clock = wall_clock  # the trace's timestamps
         self.metrics_url, self.http = metrics_url, http
         self.min_window_s, self.max_window_s, self.tick_s = min_window_s, max_window_s, tick_s
         self.trace: list[dict[str, Any]] = []
@@ -321,12 +324,13 @@ class AutoParallel:
         self._record(0, "stopped", self.controller.phase, None)  # this process's share ends here
 
     async def _run(self) -> None:
+        clock = asyncio.get_running_loop().time  # time.monotonic on a real loop; a virtual one in rollouts.tune.virtual
         p50_s = 0.0
-        window_start = time.monotonic()
+        window_start = clock()
         samples: list[int] = []
         while True:
             await asyncio.sleep(self.tick_s)
-            now = time.monotonic()
+            now = clock()
             if now < window_start:  # settling after a change: completions now reflect the old limit
                 continue
             samples.append(self.limiter.in_flight)
@@ -361,7 +365,7 @@ class AutoParallel:
             return None, None
 
     def _record(self, limit: int, reason: str, phase: str, window: WindowStats | None) -> None:
-        row: dict[str, Any] = {"t": time.time(), "limit": limit, "reason": reason, "phase": phase}
+        row: dict[str, Any] = {"t": self.wall_clock(), "limit": limit, "reason": reason, "phase": phase}
         if window is not None:
             row.update(
                 throughput=round(window.throughput, 3),
