@@ -49,7 +49,7 @@ class ControllerConfig:
     min_parallel: int = 8
     max_parallel: int = 1024
     initial: int | None = None  # default: min_parallel
-    gain: float = 0.10  # a doubling must raise throughput by this fraction to count as a gain
+    gain: float = 0.05  # a doubling must raise throughput by this fraction to count as a gain
     error_threshold: float = 0.02  # fraction of bad attempts that counts as "the server pushes back"
     latency_factor: float = 2.0  # p50 above this multiple of the reference level's p50 is a jump
     latency_slack: float = 0.5  # p50 up by this fraction with no throughput gain: requests queue at the server
@@ -58,6 +58,8 @@ class ControllerConfig:
     error_margin: float = 0.05  # a cut on errors goes this fraction below the level they point at
     waiting_fraction: float = 0.10  # vLLM: requests waiting above this fraction of the limit is a queue
     kv_cache_full: float = 0.98
+    fall: float = 0.05  # throughput below the reference level's by this fraction has fallen (noise allowed)
+    probe: float = 0.75  # after a knee where throughput fell, the level below it measured once (x the knee)
     saturated: float = 0.8  # a window counts only when the mean in flight is at least this fraction of the limit
 
     def __post_init__(self) -> None:
@@ -121,28 +123,55 @@ class Controller:
             )
             if pushback or not gained:
                 self.phase = "steady"
-                if self.reference is not None:  # the knee lies below this level: go back to the last good one,
-                    # or, when the server refused a fraction of the requests, to the level that fraction points at
-                    self.knee = self.reference.limit
-                    self.limit = max(self.knee, self._refused_level(window))
-                else:
+                reason = f"knee: {pushback or 'throughput gain below ' + format(c.gain, '.0%')}"
+                if self.reference is None:
                     self.limit = self.knee = self._cut(window)
-                return Decision(
-                    self.limit, f"knee: {pushback or 'throughput gain below ' + format(c.gain, '.0%')}", self.phase
-                )
+                    return Decision(self.limit, reason, self.phase)
+                # the knee lies below this level: go back to the last good one, or, when the server refused a
+                # fraction of the requests, to the level that fraction points at
+                self.knee = self.reference.limit
+                self.limit = max(self.knee, self._refused_level(window))
+                if self._fell(window) and window.error_fraction <= c.error_threshold:
+                    # throughput fell past the knee (a GPU whose batches outgrow it): the peak may lie below the
+                    # last good level too; measure 3/4 of it once
+                    self.phase = "probe"
+                    self.limit = max(c.min_parallel, round(self.knee * c.probe))
+                    return Decision(self.limit, f"{reason}; probe below it", self.phase)
+                return Decision(self.limit, reason, self.phase)
             self.reference = window
             if self.limit >= c.max_parallel:
                 self.phase, self.knee = "steady", self.limit
                 return Decision(self.limit, "max_parallel", self.phase)
             self.limit = min(c.max_parallel, self.limit * 2)
             return Decision(self.limit, "double", self.phase)
+        if self.phase == "probe":
+            self.phase = "steady"
+            ref = self.reference
+            if not pushback and ref is not None and window.throughput >= ref.throughput:
+                self.reference, self.knee = window, self.limit
+                return Decision(self.limit, "knee: the probe below did as well or better", self.phase)
+            self.limit = self.knee or self.limit
+            return Decision(self.limit, "knee: the probe below did worse", self.phase)
         if pushback:
             self.limit = self._cut(window)
             return Decision(self.limit, pushback, self.phase)
+        ref = self.reference
+        if ref is not None and window.limit > ref.limit and self._fell(window):
+            self.limit = ref.limit
+            return Decision(
+                self.limit,
+                f"throughput fell ({window.throughput:.0f}/s vs {ref.throughput:.0f}/s at {ref.limit})",
+                self.phase,
+            )
         if self.reference is None or window.throughput >= self.reference.throughput * (1 + c.gain):
             self.reference = window  # a real gain at this level: measure later jumps against it
         self.limit = min(c.max_parallel, self.limit + max(1, round(c.step * (self.knee or self.limit))))
         return Decision(self.limit, "increase", self.phase)
+
+    def _fell(self, window: WindowStats) -> bool:
+        """Throughput below the reference level's by more than `fall`."""
+        ref = self.reference
+        return ref is not None and window.throughput < ref.throughput * (1 - self.config.fall)
 
     def _cut(self, window: WindowStats) -> int:
         """Multiplicative decrease: x `backoff`, or less when errors say by how much the limit is over (a rate limit
@@ -298,6 +327,7 @@ class AutoParallel:
         metrics_url: str | None = None,
         http: httpx.AsyncClient | None = None,
         min_window_s: float = 1.0,
+        start_window_s: float = 0.5,
         max_window_s: float = 10.0,
         tick_s: float = 0.1,
         wall_clock: Callable[[], float] = time.time,
@@ -306,6 +336,7 @@ class AutoParallel:
         self.wall_clock = wall_clock  # the trace's timestamps
         self.metrics_url, self.http = metrics_url, http
         self.min_window_s, self.max_window_s, self.tick_s = min_window_s, max_window_s, tick_s
+        self.start_window_s = min(start_window_s, min_window_s)  # the start phase's shortest window
         self.trace: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
         limiter.resize(self.controller.limit)
@@ -334,7 +365,8 @@ class AutoParallel:
             if now < window_start:  # settling after a change: completions now reflect the old limit
                 continue
             samples.append(self.limiter.in_flight)
-            length = min(self.max_window_s, max(self.min_window_s, 2 * p50_s))
+            shortest = self.start_window_s if self.controller.phase == "start" else self.min_window_s
+            length = min(self.max_window_s, max(shortest, 2 * p50_s))
             if now - window_start < length:
                 continue
             window = self.log.window(window_start, now, self.limiter.limit, sum(samples) / len(samples))

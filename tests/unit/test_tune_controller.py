@@ -349,3 +349,34 @@ def test_tune_reads_usable_rows_and_refuses_an_input_without_any(tmp_path: Path)
     bad.write_text("{not json\n[]\n")
     with pytest.raises(InputError, match="no usable prompt rows"):
         load_prompts(str(bad), 5)
+
+
+def test_a_knee_where_throughput_fell_probes_three_quarters_of_it_once() -> None:
+    """A GPU-like server past its peak (48 in flight): 64 gained over 32, 128 lost throughput. 48 is measured once and
+    kept when it does as well as 64; otherwise the limit goes back to 64."""
+
+    def at(limit: int, throughput: float, p50: float) -> WindowStats:
+        return WindowStats(limit=limit, seconds=1.0, ok=round(throughput), p50_ms=p50, in_flight=float(limit))
+
+    for probed, kept in [(480.0, 48), (400.0, 64)]:
+        controller = Controller(ControllerConfig(initial=32))
+        assert controller.decide(at(32, 320.0, 100.0)).limit == 64
+        assert controller.decide(at(64, 415.0, 154.0)).limit == 128
+        decision = controller.decide(at(128, 294.0, 435.0))
+        assert (decision.limit, decision.phase) == (48, "probe") and decision.reason.endswith("probe below it")
+        decision = controller.decide(at(48, probed, 100.0))
+        assert (decision.limit, decision.phase, controller.knee) == (kept, "steady", kept)
+    # flat throughput past the knee (a server at capacity) is no reason to probe below it
+    controller = Controller(ControllerConfig(initial=32))
+    controller.decide(at(32, 320.0, 100.0))
+    assert controller.decide(at(64, 322.0, 130.0)) == Decision(32, "knee: throughput gain below 5%", "steady")
+
+
+def test_steady_throughput_that_falls_below_the_reference_goes_back_to_it() -> None:
+    controller = Controller(ControllerConfig(initial=48))
+    controller.phase, controller.knee = "steady", 48
+    window = WindowStats(limit=48, seconds=1.0, ok=480, p50_ms=100.0, in_flight=48.0)
+    assert controller.decide(window) == Decision(50, "increase", "steady")  # 48 is now the reference
+    assert controller.decide(replace(window, limit=50, ok=470, p50_ms=106.0)).limit == 52  # -2 %: noise
+    decision = controller.decide(replace(window, limit=52, ok=450, p50_ms=115.0))  # -6 %
+    assert (decision.limit, decision.reason) == (48, "throughput fell (450/s vs 480/s at 48)")
