@@ -11,6 +11,8 @@ Shapes the controller's tests never replay (tests/fixtures/tune holds the three 
     gpu-48         100 ms, above 48 in flight latency x (in_flight/48)^1.5: throughput peaks at 48 and falls beyond
     rate-limit-200 300 ms latency, a hard 200 req/s limit (429, Retry-After: 2)  (knee 60 in flight)
     linear-latency 200 ms + 2 ms per request in flight: throughput rises ever more slowly towards 500 req/s
+    gpu-48-slow, linear-latency-slow   the same at 300 ms and 600 ms + 6 ms per request (ceilings 160, 167 req/s),
+                   for a machine whose client cannot make 450 req/s
 
 With --rollouts N[,M]: every run (each fixed setting, and auto) makes exactly N rollouts and is measured from start
 to its last answer, so the controller's convergence counts; auto's rate is divided by the best fixed one's, and the
@@ -18,6 +20,12 @@ overshoot is the controller's highest limit over the knee.
 
     python bench/tune_parallelism.py --rollouts 10000,2000 --scenario gpu-48 --scenario rate-limit-200 \
         --scenario linear-latency
+    python bench/tune_parallelism.py --rollouts 10000,2000 --model    # the same in virtual time (~10 s)
+
+The controller runs as `rollouts collect --parallel auto` does by default (--min-parallel 8, --initial-parallel 32,
+--max-parallel 1024). With --model every run is made against the servers' load model in virtual time
+(rollouts/tune/virtual.py, latency jitter 10 %): no client CPU and no other jobs in the way, so the figures say what
+the controller does, and on a loaded machine they are the ones to compare with.
 
 For each: the tune sweep's recommendation; the collector's core loop (ModelClient with retries + the in-flight
 limiter, as `rollouts collect` runs it, without Prefect) at fixed settings (knee, 2x, 4x) and with the AIMD
@@ -64,6 +72,13 @@ SCENARIOS = {
     ),
     "linear-latency": dict(
         server=dict(latency_ms=200, latency_per_request_ms=2), knee=512, ceiling=500.0, fixed=(256, 512, 1024)
+    ),
+    # the same two shapes three times slower: ceilings (160 and 167 req/s) a 2-core machine's client can reach
+    "gpu-48-slow": dict(
+        server=dict(latency_ms=300, capacity=48, capacity_exponent=1.5), knee=48, ceiling=160.0, fixed=(48, 96, 256)
+    ),
+    "linear-latency-slow": dict(
+        server=dict(latency_ms=600, latency_per_request_ms=6), knee=512, ceiling=167.0, fixed=(256, 512, 1024)
     ),
 }
 PROMPTS = [{"input": f"What is {i} + {i + 7}?"} for i in range(512)]

@@ -114,6 +114,11 @@ class Controller:
         c = self.config
         if window.in_flight is not None and window.in_flight < c.saturated * window.limit:
             return Decision(self.limit, "not saturated", self.phase)
+        ref = self.reference
+        if self.phase == "steady" and ref is not None and window.limit <= ref.limit and not self._errors(window):
+            # a fresh measurement at or below the reference level: judge what follows against today's latency and
+            # throughput (a client that got slower is no reason to keep cutting)
+            self.reference = window
         pushback = self._pushback(window)
         if self.phase == "start":
             gained = (
@@ -167,6 +172,9 @@ class Controller:
             self.reference = window  # a real gain at this level: measure later jumps against it
         self.limit = min(c.max_parallel, self.limit + max(1, round(c.step * (self.knee or self.limit))))
         return Decision(self.limit, "increase", self.phase)
+
+    def _errors(self, window: WindowStats) -> bool:
+        return window.error_fraction > self.config.error_threshold
 
     def _fell(self, window: WindowStats) -> bool:
         """Throughput below the reference level's by more than `fall`."""

@@ -380,3 +380,19 @@ def test_steady_throughput_that_falls_below_the_reference_goes_back_to_it() -> N
     assert controller.decide(replace(window, limit=50, ok=470, p50_ms=106.0)).limit == 52  # -2 %: noise
     decision = controller.decide(replace(window, limit=52, ok=450, p50_ms=115.0))  # -6 %
     assert (decision.limit, decision.reason) == (48, "throughput fell (450/s vs 480/s at 48)")
+
+
+def test_a_slower_client_at_the_reference_level_is_a_new_reference_not_a_latency_jump() -> None:
+    """Measured on a loaded machine: the client's own delays raised p50 at the reference level from 106 to 180 ms,
+    and every later window was cut against the old 106 ms (50 -> 23 in flight, 0.91 of fixed 48). A window at or
+    below the reference level replaces it; a level above it is still judged against it."""
+    controller = Controller(ControllerConfig(initial=50))
+    controller.phase, controller.knee = "steady", 48
+    window = WindowStats(limit=50, seconds=1.0, ok=450, p50_ms=106.0, in_flight=50.0)
+    controller.decide(window)
+    slower = replace(window, ok=440, p50_ms=180.0)
+    controller.limit = 50
+    assert controller.decide(slower) == Decision(52, "increase", "steady")
+    assert controller.reference == slower
+    jump = controller.decide(replace(window, limit=52, ok=440, p50_ms=400.0))
+    assert jump.limit == 41 and jump.reason.startswith("latency jump (p50 400 ms vs 180 ms at 50)")
