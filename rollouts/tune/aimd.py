@@ -109,6 +109,7 @@ class Controller:
         self.phase = "start"
         self.reference: WindowStats | None = None  # the last accepted level
         self.knee: int | None = None
+        self.reprobe = False  # probe below the knee again once steady has measured it
 
     def decide(self, window: WindowStats) -> Decision:
         c = self.config
@@ -138,10 +139,10 @@ class Controller:
                 self.limit = max(self.knee, self._refused_level(window))
                 if self._fell(window) and window.error_fraction <= c.error_threshold:
                     # throughput fell past the knee (a GPU whose batches outgrow it): the peak may lie below the
-                    # last good level too; measure 3/4 of it once
-                    self.phase = "probe"
-                    self.limit = max(c.min_parallel, round(self.knee * c.probe))
-                    return Decision(self.limit, f"{reason}; probe below it", self.phase)
+                    # last good level too; measure 3/4 of it, and once more against a steady measurement of the
+                    # knee if this first one did worse (the knee's start window may have caught a burst)
+                    self.reprobe = True
+                    return self._probe(f"{reason}; probe below it")
                 return Decision(self.limit, reason, self.phase)
             self.reference = window
             if self.limit >= c.max_parallel:
@@ -153,10 +154,13 @@ class Controller:
             self.phase = "steady"
             ref = self.reference
             if not pushback and ref is not None and window.throughput >= ref.throughput:
-                self.reference, self.knee = window, self.limit
+                self.reference, self.knee, self.reprobe = window, self.limit, False
                 return Decision(self.limit, "knee: the probe below did as well or better", self.phase)
             self.limit = self.knee or self.limit
             return Decision(self.limit, "knee: the probe below did worse", self.phase)
+        if self.reprobe and not pushback and window.limit == self.knee:
+            self.reprobe = False
+            return self._probe(f"probe below the knee again ({window.throughput:.0f}/s at {window.limit})")
         if pushback:
             self.limit = self._cut(window)
             return Decision(self.limit, pushback, self.phase)
@@ -172,6 +176,11 @@ class Controller:
             self.reference = window  # a real gain at this level: measure later jumps against it
         self.limit = min(c.max_parallel, self.limit + max(1, round(c.step * (self.knee or self.limit))))
         return Decision(self.limit, "increase", self.phase)
+
+    def _probe(self, reason: str) -> Decision:
+        self.phase = "probe"
+        self.limit = max(self.config.min_parallel, round((self.knee or self.limit) * self.config.probe))
+        return Decision(self.limit, reason, self.phase)
 
     def _errors(self, window: WindowStats) -> bool:
         return window.error_fraction > self.config.error_threshold
@@ -210,7 +219,10 @@ class Controller:
             return None
         ratio = window.p50_ms / ref.p50_ms
         flat = window.throughput < ref.throughput * (1 + c.gain)
-        if ratio > c.latency_factor or (ratio > 1 + c.latency_slack and flat):
+        # at the start a doubling that gained is judged by its throughput: by Little's law its latency rose by less
+        # than its in-flight (latency linear in load nears x 2 per doubling, and a busy client adds to it)
+        jump = ratio > c.latency_factor and self.phase != "start"
+        if jump or (ratio > 1 + c.latency_slack and flat):
             return f"latency jump (p50 {window.p50_ms:.0f} ms vs {ref.p50_ms:.0f} ms at {ref.limit})"
         return None
 

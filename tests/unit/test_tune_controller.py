@@ -396,3 +396,34 @@ def test_a_slower_client_at_the_reference_level_is_a_new_reference_not_a_latency
     assert controller.reference == slower
     jump = controller.decide(replace(window, limit=52, ok=440, p50_ms=400.0))
     assert jump.limit == 41 and jump.reason.startswith("latency jump (p50 400 ms vs 180 ms at 50)")
+
+
+def test_a_probe_that_lost_to_a_start_window_is_tried_again_against_a_steady_one() -> None:
+    """The start window at 64 caught the burst of a doubling (160/s where 64 runs at 139/s), so the probe at 48
+    (147/s, its own window still draining 128) lost; the first steady window at 64 is the fair comparison."""
+
+    def at(limit: int, throughput: float, p50: float) -> WindowStats:
+        return WindowStats(limit=limit, seconds=1.0, ok=round(throughput), p50_ms=p50, in_flight=float(limit))
+
+    controller = Controller(ControllerConfig(initial=32))
+    controller.decide(at(32, 64.0, 300.0))
+    controller.decide(at(64, 160.0, 388.0))
+    assert controller.decide(at(128, 86.0, 720.0)).phase == "probe"
+    assert controller.decide(at(48, 147.0, 300.0)) == Decision(64, "knee: the probe below did worse", "steady")
+    decision = controller.decide(at(64, 133.0, 462.0))
+    assert (decision.limit, decision.phase) == (48, "probe")
+    assert decision.reason.startswith("probe below the knee again")
+    assert controller.decide(at(48, 160.0, 300.0)).limit == 48 and controller.knee == 48
+    assert controller.decide(at(48, 160.0, 300.0)) == Decision(50, "increase", "steady")  # no third probe
+
+
+def test_a_doubling_that_gained_is_not_a_latency_jump_at_the_start() -> None:
+    """Latency linear in load nears x 2 per doubling (and a busy client adds to it): 128 -> 256 at x 2.0 latency
+    with +12 % throughput keeps doubling; in steady, x 2 over the reference level is still a jump."""
+    controller = Controller(ControllerConfig(initial=128))
+    controller.decide(WindowStats(limit=128, seconds=3.0, ok=300, p50_ms=1379.0, in_flight=128.0))
+    decision = controller.decide(WindowStats(limit=256, seconds=3.0, ok=336, p50_ms=2750.0, in_flight=256.0))
+    assert decision == Decision(512, "double", "start")
+    controller.phase, controller.limit = "steady", 512
+    jump = controller.decide(WindowStats(limit=512, seconds=3.0, ok=400, p50_ms=5600.0, in_flight=512.0))
+    assert jump.reason.startswith("latency jump") and jump.limit == 409
