@@ -137,10 +137,10 @@ class Controller:
                 # fraction of the requests, to the level that fraction points at
                 self.knee = self.reference.limit
                 self.limit = max(self.knee, self._refused_level(window))
-                if self._fell(window) and window.error_fraction <= c.error_threshold:
-                    # throughput fell past the knee (a GPU whose batches outgrow it): the peak may lie below the
-                    # last good level too; measure 3/4 of it, and once more against a steady measurement of the
-                    # knee if this first one did worse (the knee's start window may have caught a burst)
+                if self._fell(window, 2 * c.fall) and window.error_fraction <= c.error_threshold:
+                    # throughput fell past the knee, by more than noise (a GPU whose batches outgrow it): the peak
+                    # may lie below the last good level too; measure 3/4 of it, and once more against a steady
+                    # measurement of the knee if this first one did worse (its start window may have caught a burst)
                     self.reprobe = True
                     return self._probe(f"{reason}; probe below it")
                 return Decision(self.limit, reason, self.phase)
@@ -185,10 +185,10 @@ class Controller:
     def _errors(self, window: WindowStats) -> bool:
         return window.error_fraction > self.config.error_threshold
 
-    def _fell(self, window: WindowStats) -> bool:
-        """Throughput below the reference level's by more than `fall`."""
+    def _fell(self, window: WindowStats, by: float | None = None) -> bool:
+        """Throughput below the reference level's by more than `by` (default `fall`)."""
         ref = self.reference
-        return ref is not None and window.throughput < ref.throughput * (1 - self.config.fall)
+        return ref is not None and window.throughput < ref.throughput * (1 - (self.config.fall if by is None else by))
 
     def _cut(self, window: WindowStats) -> int:
         """Multiplicative decrease: x `backoff`, or less when errors say by how much the limit is over (a rate limit
