@@ -11,6 +11,8 @@ Shapes the controller's tests never replay (tests/fixtures/tune holds the three 
     gpu-48         100 ms, above 48 in flight latency x (in_flight/48)^1.5: throughput peaks at 48 and falls beyond
     rate-limit-200 300 ms latency, a hard 200 req/s limit (429, Retry-After: 2)  (knee 60 in flight)
     linear-latency 200 ms + 2 ms per request in flight: throughput rises ever more slowly towards 500 req/s
+    gpu-48-slow, linear-latency-slow   the same at 300 ms and 600 ms + 6 ms per request (ceilings 160, 167 req/s),
+                   for a machine whose client cannot make 450 req/s
 
 With --rollouts N[,M]: every run (each fixed setting, and auto) makes exactly N rollouts and is measured from start
 to its last answer, so the controller's convergence counts; auto's rate is divided by the best fixed one's, and the
@@ -18,6 +20,12 @@ overshoot is the controller's highest limit over the knee.
 
     python bench/tune_parallelism.py --rollouts 10000,2000 --scenario gpu-48 --scenario rate-limit-200 \
         --scenario linear-latency
+    python bench/tune_parallelism.py --rollouts 10000,2000 --model    # the same in virtual time (~10 s)
+
+The controller runs as `rollouts collect --parallel auto` does by default (--min-parallel 8, --initial-parallel 32,
+--max-parallel 1024). With --model every run is made against the servers' load model in virtual time
+(rollouts/tune/virtual.py, latency jitter 10 %): no client CPU and no other jobs in the way, so the figures say what
+the controller does, and on a loaded machine they are the ones to compare with.
 
 For each: the tune sweep's recommendation; the collector's core loop (ModelClient with retries + the in-flight
 limiter, as `rollouts collect` runs it, without Prefect) at fixed settings (knee, 2x, 4x) and with the AIMD
@@ -44,10 +52,13 @@ sys.path.insert(0, str(ROOT))
 
 from rollouts.client.model import ModelClient  # noqa: E402
 from rollouts.collector.limits import InflightLimiter  # noqa: E402
+from rollouts.config import ConcurrencyConfig  # noqa: E402
 from rollouts.errors import ProviderError  # noqa: E402
 from rollouts.sim.launch import start_sim_server  # noqa: E402
+from rollouts.sim.server import SimConfig  # noqa: E402
 from rollouts.tune.aimd import AttemptLog, AutoParallel, ControllerConfig, observed_http_client  # noqa: E402
 from rollouts.tune.sweep import TuneConfig, sweep  # noqa: E402
+from rollouts.tune.virtual import compare, converged_at  # noqa: E402
 
 SCENARIOS = {
     "capacity-32": dict(server=dict(latency_ms=200, capacity=32), knee=32, ceiling=160.0),
@@ -61,6 +72,13 @@ SCENARIOS = {
     ),
     "linear-latency": dict(
         server=dict(latency_ms=200, latency_per_request_ms=2), knee=512, ceiling=500.0, fixed=(256, 512, 1024)
+    ),
+    # the same two shapes three times slower: ceilings (160 and 167 req/s) a 2-core machine's client can reach
+    "gpu-48-slow": dict(
+        server=dict(latency_ms=300, capacity=48, capacity_exponent=1.5), knee=48, ceiling=160.0, fixed=(48, 96, 256)
+    ),
+    "linear-latency-slow": dict(
+        server=dict(latency_ms=600, latency_per_request_ms=6), knee=512, ceiling=167.0, fixed=(256, 512, 1024)
     ),
 }
 PROMPTS = [{"input": f"What is {i} + {i + 7}?"} for i in range(512)]
@@ -162,17 +180,14 @@ async def bare_client(url: str, parallel: int, seconds: float) -> float:
     return count / (time.monotonic() - started)
 
 
-def converged_at(done: list[float], target: float, end: float, window: float = 5.0) -> float | None:
-    t = window
-    while t <= end:
-        if rate(done, t - window, t) >= 0.9 * target:
-            return t
-        t += 0.5
-    return None
+def auto_config() -> ControllerConfig:
+    """`--parallel auto` as `rollouts collect` runs it by default (--min/--initial/--max-parallel)."""
+    c = ConcurrencyConfig(parallel="auto")
+    return ControllerConfig(min_parallel=c.min_parallel, max_parallel=c.max_parallel, initial=c.initial_parallel)
 
 
 async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
-    config = ControllerConfig(min_parallel=8, max_parallel=1024)
+    config = auto_config()
     knee = spec["knee"]
     with start_sim_server(seed=0, **spec["server"]) as server:
         steps, index, reason = await sweep(tune_config(server.url, args.step_seconds), PROMPTS)
@@ -215,7 +230,7 @@ async def scenario(name: str, spec: dict, args: argparse.Namespace) -> dict:
 
 async def counted(name: str, spec: dict, count: int, args: argparse.Namespace) -> dict:
     """Every fixed setting and auto make exactly `count` rollouts; rates over the whole run, start-up included."""
-    config = ControllerConfig(min_parallel=8, max_parallel=1024)
+    config = auto_config()
     knee = spec["knee"]
     cap = max(600.0, 20 * count / spec["ceiling"])
     with start_sim_server(seed=0, **spec["server"]) as server:
@@ -244,6 +259,29 @@ async def counted(name: str, spec: dict, count: int, args: argparse.Namespace) -
         "auto_limits": sorted({limit for t, limit in limits if t >= auto["wall"] / 2}),
         "trace": auto["trace"],
         "wall": auto["wall"],
+    }
+
+
+def modelled(name: str, spec: dict, count: int) -> dict:
+    """The same comparison in virtual time against the server's load model (rollouts/tune/virtual.py): no machine in
+    the way, so it says what the controller does, not what the machine lets it do. Latency jitter 10 %."""
+    fixed = spec.get("fixed", (spec["knee"], 2 * spec["knee"], 4 * spec["knee"]))
+    c = compare(SimConfig(**spec["server"]), count, fixed, spec["knee"], auto_config(), jitter=0.1)
+    return {
+        "name": name,
+        "count": count,
+        "knee": spec["knee"],
+        "fixed": {p: (run.rate, run.failed / count) for p, run in c.fixed.items()},
+        "best_parallel": c.best_parallel,
+        "best": c.best,
+        "auto": c.auto.rate,
+        "ratio": c.ratio,
+        "converged_s": c.converged_s,
+        "overshoot": c.overshoot,
+        "auto_failure_fraction": c.auto.failed / count,
+        "auto_limits": sorted({row["limit"] for row in c.auto.trace if row["t"] >= c.auto.wall / 2}),
+        "trace": c.auto.trace,
+        "wall": c.auto.wall,
     }
 
 
@@ -309,6 +347,11 @@ def main() -> None:
     parser.add_argument("--max-failure-fraction", type=float, default=0.05)
     parser.add_argument("--rollouts", help="N[,M]: every run makes exactly this many rollouts (see above)")
     parser.add_argument("--trace", action="store_true", help="print the controller's decisions")
+    parser.add_argument(
+        "--model",
+        action="store_true",
+        help="with --rollouts: run against the servers' load model in virtual time instead (seconds, no machine)",
+    )
     args = parser.parse_args()
     if args.record_sweeps:
         for name in args.scenario or ["capacity-32", "capacity-256", "rate-limit"]:
@@ -321,7 +364,11 @@ def main() -> None:
         counted_results = []
         for count in counts:
             for name in names:
-                counted_results.append(asyncio.run(counted(name, SCENARIOS[name], count, args)))
+                if args.model:
+                    counted_results.append(modelled(name, SCENARIOS[name], count))
+                else:
+                    counted_results.append(asyncio.run(counted(name, SCENARIOS[name], count, args)))
+                    print(f"load average {os.getloadavg()[0]:.1f}")
                 print_counted(counted_results[-1:], False)
         print("\nall:")
         print_counted(counted_results, args.trace)

@@ -230,7 +230,12 @@ class ConcurrencyConfig(BaseModel):
         description="global number of rollouts in flight (NeMo Gym's num_samples_in_parallel), or auto: an "
         "adaptive controller between --min-parallel and --max-parallel (threads runner)",
     )
-    min_parallel: int = Field(8, ge=1, description="--parallel auto: the lowest limit, and where it starts")
+    min_parallel: int = Field(8, ge=1, description="--parallel auto: the lowest limit")
+    initial_parallel: int = Field(
+        32,
+        ge=1,
+        description="--parallel auto: where the limit starts (kept within --min-parallel and --max-parallel)",
+    )
     max_parallel: int = Field(
         1024,
         ge=1,

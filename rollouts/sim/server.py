@@ -152,6 +152,34 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return web.Response(body=_dumps(body), status=status, headers=headers, content_type="application/json")
 
 
+def load_latency(config: SimConfig, seconds: float, in_flight: int) -> float:
+    """A request's latency with `in_flight` requests at the server (itself included): `seconds` plus
+    --latency-per-request-ms per request, times (in flight / --capacity) ** --capacity-exponent above capacity."""
+    seconds += in_flight * config.latency_per_request_ms / 1000
+    if config.capacity and in_flight > config.capacity:
+        seconds *= (in_flight / config.capacity) ** config.capacity_exponent
+    return seconds
+
+
+class TokenBucket:
+    """--rate-limit-rps: `rate` tokens a second, holding one second of them (full at the start); 0 = no limit."""
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.tokens, self.refilled = max(rate, 1.0), now
+
+    def take(self, now: float) -> bool:
+        """Take a token at `now`: False when there is none (the request is refused)."""
+        if not self.rate:
+            return True
+        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.refilled) * self.rate)
+        self.refilled = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
 class SimApp:
     """State and handlers of one simulated server: counters, the fault draw and the answer pipeline."""
 
@@ -167,7 +195,7 @@ class SimApp:
         self._unseeded = itertools.count()
         self._attempts: dict[bytes, int] = {}  # body digest -> faults so far, so a retry draws afresh
         self._fault_rate = config.fail_rate + config.rate_limit_rate + config.slow_rate
-        self._tokens, self._refilled = max(config.rate_limit_rps, 1.0), time.monotonic()
+        self._bucket = TokenBucket(config.rate_limit_rps, time.monotonic())
         self._chat_tokenizer: ChatTokenizer | None = None  # loaded on the first request that asks for token ids
         self.batches = BatchStore(config, self.answer_batch_line)
 
@@ -273,14 +301,7 @@ class SimApp:
 
     def _over_rate(self) -> bool:
         """Take a token from the --rate-limit-rps bucket; True when there is none left and the request is refused."""
-        rate = self.config.rate_limit_rps
-        if not rate:
-            return False
-        now = time.monotonic()
-        self._tokens = min(max(rate, 1.0), self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._bucket.take(time.monotonic()):
             return False
         self.faults["rate_limit_rps"] += 1
         return True
@@ -292,10 +313,7 @@ class SimApp:
             seconds = max(0.0, rng.gauss(seconds, config.latency_jitter_ms / 1000))
         if config.tokens_per_s:
             seconds += len(generation.tokens) / config.tokens_per_s
-        seconds += self.in_flight * config.latency_per_request_ms / 1000
-        if config.capacity and self.in_flight > config.capacity:
-            seconds *= (self.in_flight / config.capacity) ** config.capacity_exponent
-        return seconds
+        return load_latency(config, seconds, self.in_flight)
 
     async def _answer(self, request: web.Request, parse: Parser, build: BodyBuilder) -> web.Response:
         status, payload, headers = await self.answer(await request.read(), parse, build)

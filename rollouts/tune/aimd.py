@@ -28,6 +28,7 @@ import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ class ControllerConfig:
     min_parallel: int = 8
     max_parallel: int = 1024
     initial: int | None = None  # default: min_parallel
-    gain: float = 0.10  # a doubling must raise throughput by this fraction to count as a gain
+    gain: float = 0.05  # a doubling must raise throughput by this fraction to count as a gain
     error_threshold: float = 0.02  # fraction of bad attempts that counts as "the server pushes back"
     latency_factor: float = 2.0  # p50 above this multiple of the reference level's p50 is a jump
     latency_slack: float = 0.5  # p50 up by this fraction with no throughput gain: requests queue at the server
@@ -57,6 +58,8 @@ class ControllerConfig:
     error_margin: float = 0.05  # a cut on errors goes this fraction below the level they point at
     waiting_fraction: float = 0.10  # vLLM: requests waiting above this fraction of the limit is a queue
     kv_cache_full: float = 0.98
+    fall: float = 0.05  # throughput below the reference level's by this fraction has fallen (noise allowed)
+    probe: float = 0.75  # after a knee where throughput fell, the level below it measured once (x the knee)
     saturated: float = 0.8  # a window counts only when the mean in flight is at least this fraction of the limit
 
     def __post_init__(self) -> None:
@@ -106,11 +109,17 @@ class Controller:
         self.phase = "start"
         self.reference: WindowStats | None = None  # the last accepted level
         self.knee: int | None = None
+        self.reprobe = False  # probe below the knee again once steady has measured it
 
     def decide(self, window: WindowStats) -> Decision:
         c = self.config
         if window.in_flight is not None and window.in_flight < c.saturated * window.limit:
             return Decision(self.limit, "not saturated", self.phase)
+        ref = self.reference
+        if self.phase == "steady" and ref is not None and window.limit <= ref.limit and not self._errors(window):
+            # a fresh measurement at or below the reference level: judge what follows against today's latency and
+            # throughput (a client that got slower is no reason to keep cutting)
+            self.reference = window
         pushback = self._pushback(window)
         if self.phase == "start":
             gained = (
@@ -120,28 +129,66 @@ class Controller:
             )
             if pushback or not gained:
                 self.phase = "steady"
-                if self.reference is not None:  # the knee lies below this level: go back to the last good one,
-                    # or, when the server refused a fraction of the requests, to the level that fraction points at
-                    self.knee = self.reference.limit
-                    self.limit = max(self.knee, self._refused_level(window))
-                else:
+                reason = f"knee: {pushback or 'throughput gain below ' + format(c.gain, '.0%')}"
+                if self.reference is None:
                     self.limit = self.knee = self._cut(window)
-                return Decision(
-                    self.limit, f"knee: {pushback or 'throughput gain below ' + format(c.gain, '.0%')}", self.phase
-                )
+                    return Decision(self.limit, reason, self.phase)
+                # the knee lies below this level: go back to the last good one, or, when the server refused a
+                # fraction of the requests, to the level that fraction points at
+                self.knee = self.reference.limit
+                self.limit = max(self.knee, self._refused_level(window))
+                if self._fell(window, 2 * c.fall) and window.error_fraction <= c.error_threshold:
+                    # throughput fell past the knee, by more than noise (a GPU whose batches outgrow it): the peak
+                    # may lie below the last good level too; measure 3/4 of it, and once more against a steady
+                    # measurement of the knee if this first one did worse (its start window may have caught a burst)
+                    self.reprobe = True
+                    return self._probe(f"{reason}; probe below it")
+                return Decision(self.limit, reason, self.phase)
             self.reference = window
             if self.limit >= c.max_parallel:
                 self.phase, self.knee = "steady", self.limit
                 return Decision(self.limit, "max_parallel", self.phase)
             self.limit = min(c.max_parallel, self.limit * 2)
             return Decision(self.limit, "double", self.phase)
+        if self.phase == "probe":
+            self.phase = "steady"
+            ref = self.reference
+            if not pushback and ref is not None and window.throughput >= ref.throughput:
+                self.reference, self.knee, self.reprobe = window, self.limit, False
+                return Decision(self.limit, "knee: the probe below did as well or better", self.phase)
+            self.limit = self.knee or self.limit
+            return Decision(self.limit, "knee: the probe below did worse", self.phase)
+        if self.reprobe and not pushback and window.limit == self.knee:
+            self.reprobe = False
+            return self._probe(f"probe below the knee again ({window.throughput:.0f}/s at {window.limit})")
         if pushback:
             self.limit = self._cut(window)
             return Decision(self.limit, pushback, self.phase)
+        ref = self.reference
+        if ref is not None and window.limit > ref.limit and self._fell(window):
+            self.limit = ref.limit
+            return Decision(
+                self.limit,
+                f"throughput fell ({window.throughput:.0f}/s vs {ref.throughput:.0f}/s at {ref.limit})",
+                self.phase,
+            )
         if self.reference is None or window.throughput >= self.reference.throughput * (1 + c.gain):
             self.reference = window  # a real gain at this level: measure later jumps against it
         self.limit = min(c.max_parallel, self.limit + max(1, round(c.step * (self.knee or self.limit))))
         return Decision(self.limit, "increase", self.phase)
+
+    def _probe(self, reason: str) -> Decision:
+        self.phase = "probe"
+        self.limit = max(self.config.min_parallel, round((self.knee or self.limit) * self.config.probe))
+        return Decision(self.limit, reason, self.phase)
+
+    def _errors(self, window: WindowStats) -> bool:
+        return window.error_fraction > self.config.error_threshold
+
+    def _fell(self, window: WindowStats, by: float | None = None) -> bool:
+        """Throughput below the reference level's by more than `by` (default `fall`)."""
+        ref = self.reference
+        return ref is not None and window.throughput < ref.throughput * (1 - (self.config.fall if by is None else by))
 
     def _cut(self, window: WindowStats) -> int:
         """Multiplicative decrease: x `backoff`, or less when errors say by how much the limit is over (a rate limit
@@ -172,7 +219,10 @@ class Controller:
             return None
         ratio = window.p50_ms / ref.p50_ms
         flat = window.throughput < ref.throughput * (1 + c.gain)
-        if ratio > c.latency_factor or (ratio > 1 + c.latency_slack and flat):
+        # at the start a doubling that gained is judged by its throughput: by Little's law its latency rose by less
+        # than its in-flight (latency linear in load nears x 2 per doubling, and a busy client adds to it)
+        jump = ratio > c.latency_factor and self.phase != "start"
+        if jump or (ratio > 1 + c.latency_slack and flat):
             return f"latency jump (p50 {window.p50_ms:.0f} ms vs {ref.p50_ms:.0f} ms at {ref.limit})"
         return None
 
@@ -297,12 +347,16 @@ class AutoParallel:
         metrics_url: str | None = None,
         http: httpx.AsyncClient | None = None,
         min_window_s: float = 1.0,
+        start_window_s: float = 0.5,
         max_window_s: float = 10.0,
         tick_s: float = 0.1,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.limiter, self.log, self.controller = limiter, log, Controller(config)
+        self.wall_clock = wall_clock  # the trace's timestamps
         self.metrics_url, self.http = metrics_url, http
         self.min_window_s, self.max_window_s, self.tick_s = min_window_s, max_window_s, tick_s
+        self.start_window_s = min(start_window_s, min_window_s)  # the start phase's shortest window
         self.trace: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
         limiter.resize(self.controller.limit)
@@ -321,16 +375,18 @@ class AutoParallel:
         self._record(0, "stopped", self.controller.phase, None)  # this process's share ends here
 
     async def _run(self) -> None:
+        clock = asyncio.get_running_loop().time  # time.monotonic on a real loop; a virtual one in rollouts.tune.virtual
         p50_s = 0.0
-        window_start = time.monotonic()
+        window_start = clock()
         samples: list[int] = []
         while True:
             await asyncio.sleep(self.tick_s)
-            now = time.monotonic()
+            now = clock()
             if now < window_start:  # settling after a change: completions now reflect the old limit
                 continue
             samples.append(self.limiter.in_flight)
-            length = min(self.max_window_s, max(self.min_window_s, 2 * p50_s))
+            shortest = self.start_window_s if self.controller.phase == "start" else self.min_window_s
+            length = min(self.max_window_s, max(shortest, 2 * p50_s))
             if now - window_start < length:
                 continue
             window = self.log.window(window_start, now, self.limiter.limit, sum(samples) / len(samples))
@@ -361,7 +417,7 @@ class AutoParallel:
             return None, None
 
     def _record(self, limit: int, reason: str, phase: str, window: WindowStats | None) -> None:
-        row: dict[str, Any] = {"t": time.time(), "limit": limit, "reason": reason, "phase": phase}
+        row: dict[str, Any] = {"t": self.wall_clock(), "limit": limit, "reason": reason, "phase": phase}
         if window is not None:
             row.update(
                 throughput=round(window.throughput, 3),

@@ -3,8 +3,8 @@ controller.
 
 Fixed `--parallel N`: a limiter of N and a client pool of N connections (requests never queue inside the pool).
 `--parallel auto`: a pool of `max_parallel` connections, whose transport logs every model request attempt; the limiter
-starts at `min_parallel` and the AIMD controller resizes it. Either way `stop` writes the limit over time for the run's
-timeline, so `profile/timeline.csv` always has its `parallel` column.
+starts at `initial_parallel` (`min_parallel` when not given) and the AIMD controller resizes it. Either way `stop`
+writes the limit over time for the run's timeline, so `profile/timeline.csv` always has its `parallel` column.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class ParallelControl:
         auth: EndpointAuth | None = None,
         min_parallel: int = 8,
         max_parallel: int = 1024,
+        initial_parallel: int | None = None,
         use_server_metrics: bool = True,
     ) -> None:
         self.auto = parallel == "auto"
@@ -48,7 +49,11 @@ class ParallelControl:
             raise ValueError(f"--parallel must be a positive integer or 'auto' (got {parallel!r})")
         self.model_url, self.request_timeout, self.auth = model_url, request_timeout, auth
         self.started = False
-        self.config = ControllerConfig(min_parallel=min_parallel, max_parallel=max_parallel) if self.auto else None
+        self.config = (
+            ControllerConfig(min_parallel=min_parallel, max_parallel=max_parallel, initial=initial_parallel)
+            if self.auto
+            else None
+        )
         self.limit = self.config.start if self.config else int(parallel)
         # The pool bounds what the limiter may ever allow: the fixed value, or the controller's ceiling.
         self.pool_size = max_parallel if self.auto else int(parallel)
@@ -69,6 +74,7 @@ class ParallelControl:
             auth=auth,
             min_parallel=c.min_parallel,
             max_parallel=c.max_parallel,
+            initial_parallel=c.initial_parallel,
         )
 
     @property

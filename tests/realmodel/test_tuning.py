@@ -35,7 +35,8 @@ def test_parallel_auto_settles_at_the_slot_count(tmp_path: Path, llama_server: s
     src = write_jsonl(tmp_path / "prompts.jsonl", math_rows(12))
     result = rollouts(
         "collect", str(src), "--model-url", llama_server, "--model", MODEL, "--num-repeats", "8",
-        "--max-output-tokens", "4", "--parallel", "auto", "--min-parallel", "1", "--max-parallel", "16",
+        "--max-output-tokens", "4", "--parallel", "auto", "--min-parallel", "1", "--initial-parallel", "1",
+        "--max-parallel", "16",
         "--task-runner", "threads", "--out", str(tmp_path / "runs"), "--run-name", "auto", "--no-progress",
         api_url=prefect_server,
     )  # fmt: skip

@@ -349,3 +349,81 @@ def test_tune_reads_usable_rows_and_refuses_an_input_without_any(tmp_path: Path)
     bad.write_text("{not json\n[]\n")
     with pytest.raises(InputError, match="no usable prompt rows"):
         load_prompts(str(bad), 5)
+
+
+def test_a_knee_where_throughput_fell_probes_three_quarters_of_it_once() -> None:
+    """A GPU-like server past its peak (48 in flight): 64 gained over 32, 128 lost throughput. 48 is measured once and
+    kept when it does as well as 64; otherwise the limit goes back to 64."""
+
+    def at(limit: int, throughput: float, p50: float) -> WindowStats:
+        return WindowStats(limit=limit, seconds=1.0, ok=round(throughput), p50_ms=p50, in_flight=float(limit))
+
+    for probed, kept in [(480.0, 48), (400.0, 64)]:
+        controller = Controller(ControllerConfig(initial=32))
+        assert controller.decide(at(32, 320.0, 100.0)).limit == 64
+        assert controller.decide(at(64, 415.0, 154.0)).limit == 128
+        decision = controller.decide(at(128, 294.0, 435.0))
+        assert (decision.limit, decision.phase) == (48, "probe") and decision.reason.endswith("probe below it")
+        decision = controller.decide(at(48, probed, 100.0))
+        assert (decision.limit, decision.phase, controller.knee) == (kept, "steady", kept)
+    # flat throughput past the knee (a server at capacity) is no reason to probe below it
+    controller = Controller(ControllerConfig(initial=32))
+    controller.decide(at(32, 320.0, 100.0))
+    assert controller.decide(at(64, 322.0, 130.0)) == Decision(32, "knee: throughput gain below 5%", "steady")
+
+
+def test_steady_throughput_that_falls_below_the_reference_goes_back_to_it() -> None:
+    controller = Controller(ControllerConfig(initial=48))
+    controller.phase, controller.knee = "steady", 48
+    window = WindowStats(limit=48, seconds=1.0, ok=480, p50_ms=100.0, in_flight=48.0)
+    assert controller.decide(window) == Decision(50, "increase", "steady")  # 48 is now the reference
+    assert controller.decide(replace(window, limit=50, ok=470, p50_ms=106.0)).limit == 52  # -2 %: noise
+    decision = controller.decide(replace(window, limit=52, ok=450, p50_ms=115.0))  # -6 %
+    assert (decision.limit, decision.reason) == (48, "throughput fell (450/s vs 480/s at 48)")
+
+
+def test_a_slower_client_at_the_reference_level_is_a_new_reference_not_a_latency_jump() -> None:
+    """Measured on a loaded machine: the client's own delays raised p50 at the reference level from 106 to 180 ms,
+    and every later window was cut against the old 106 ms (50 -> 23 in flight, 0.91 of fixed 48). A window at or
+    below the reference level replaces it; a level above it is still judged against it."""
+    controller = Controller(ControllerConfig(initial=50))
+    controller.phase, controller.knee = "steady", 48
+    window = WindowStats(limit=50, seconds=1.0, ok=450, p50_ms=106.0, in_flight=50.0)
+    controller.decide(window)
+    slower = replace(window, ok=440, p50_ms=180.0)
+    controller.limit = 50
+    assert controller.decide(slower) == Decision(52, "increase", "steady")
+    assert controller.reference == slower
+    jump = controller.decide(replace(window, limit=52, ok=440, p50_ms=400.0))
+    assert jump.limit == 41 and jump.reason.startswith("latency jump (p50 400 ms vs 180 ms at 50)")
+
+
+def test_a_probe_that_lost_to_a_start_window_is_tried_again_against_a_steady_one() -> None:
+    """The start window at 64 caught the burst of a doubling (160/s where 64 runs at 139/s), so the probe at 48
+    (147/s, its own window still draining 128) lost; the first steady window at 64 is the fair comparison."""
+
+    def at(limit: int, throughput: float, p50: float) -> WindowStats:
+        return WindowStats(limit=limit, seconds=1.0, ok=round(throughput), p50_ms=p50, in_flight=float(limit))
+
+    controller = Controller(ControllerConfig(initial=32))
+    controller.decide(at(32, 64.0, 300.0))
+    controller.decide(at(64, 160.0, 388.0))
+    assert controller.decide(at(128, 86.0, 720.0)).phase == "probe"
+    assert controller.decide(at(48, 147.0, 300.0)) == Decision(64, "knee: the probe below did worse", "steady")
+    decision = controller.decide(at(64, 133.0, 462.0))
+    assert (decision.limit, decision.phase) == (48, "probe")
+    assert decision.reason.startswith("probe below the knee again")
+    assert controller.decide(at(48, 160.0, 300.0)).limit == 48 and controller.knee == 48
+    assert controller.decide(at(48, 160.0, 300.0)) == Decision(50, "increase", "steady")  # no third probe
+
+
+def test_a_doubling_that_gained_is_not_a_latency_jump_at_the_start() -> None:
+    """Latency linear in load nears x 2 per doubling (and a busy client adds to it): 128 -> 256 at x 2.0 latency
+    with +12 % throughput keeps doubling; in steady, x 2 over the reference level is still a jump."""
+    controller = Controller(ControllerConfig(initial=128))
+    controller.decide(WindowStats(limit=128, seconds=3.0, ok=300, p50_ms=1379.0, in_flight=128.0))
+    decision = controller.decide(WindowStats(limit=256, seconds=3.0, ok=336, p50_ms=2750.0, in_flight=256.0))
+    assert decision == Decision(512, "double", "start")
+    controller.phase, controller.limit = "steady", 512
+    jump = controller.decide(WindowStats(limit=512, seconds=3.0, ok=400, p50_ms=5600.0, in_flight=512.0))
+    assert jump.reason.startswith("latency jump") and jump.limit == 409
