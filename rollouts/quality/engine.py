@@ -335,7 +335,7 @@ def _checked_in_processes(
 ) -> Iterator[pl.DataFrame]:
     """The rollout-check results of every chunk, in input order, from `workers` processes (at most two chunks per
     worker in flight); the first chunks are checked here while fewer than PROCESS_MIN_CHUNKS have been read."""
-    chunks = reader.blocks()
+    chunks = reader.blocks(keep_bytes=False)  # places only: the workers read their blocks
     head = list(itertools.islice(chunks, PROCESS_MIN_CHUNKS))
     if len(head) < PROCESS_MIN_CHUNKS:
         yield from _checked((reader.frame_of_blocks(b, s) for b, s in head), config, failed)

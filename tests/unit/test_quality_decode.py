@@ -178,3 +178,36 @@ def test_a_check_registered_at_run_time_runs_without_worker_processes(tmp_path: 
         assert outcome.fired("says_seven") == 2
     finally:
         unregister("says_seven")
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 64, 100, 1 << 20])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"".join(b'{"a":%d}\n' % i for i in range(1000)),
+        b"".join(b'{"a":%d}\n' % i for i in range(999)) + b'{"a":1}',  # the last line without its newline
+        b'{"a":1}\n  ',  # trailing blanks: no block
+        b"",
+        b'{"a":"' + b"x" * 300 + b'"}\n' + b'{"b":1}\n' * 50,  # a line longer than a chunk
+        b"\n\n{}\n\n",
+        b"".join(b"x" * (i * 37 % 81) + b"\n" for i in range(3000)) + b"tail",
+    ],
+    ids=["lines", "no-last-newline", "trailing-blanks", "empty", "long-line", "blank-lines", "ragged"],
+)
+def test_line_blocks_cut_a_file_where_the_reader_does_without_keeping_bytes(tmp_path, data, chunk_bytes) -> None:
+    """The places the worker processes read back are the reader's own blocks: same first lines, offsets, lengths."""
+    import fsspec
+
+    from rollouts.process.readers import iter_jsonl_chunks
+    from rollouts.quality.loader import line_blocks, with_bytes
+
+    path = tmp_path / "rollouts.jsonl"
+    path.write_bytes(data)
+    expected, offset = [], 0
+    for first_line, chunk in iter_jsonl_chunks(fsspec.filesystem("file"), str(path), chunk_bytes):
+        expected.append((first_line, offset, chunk))
+        offset += len(chunk)
+    places = list(line_blocks(str(path), chunk_bytes))
+    assert [(line, at, len(chunk)) for line, at, chunk in expected] == places
+    read_back = [with_bytes(("f", line, b"", (str(path), at, length)))[2] for line, at, length in places]
+    assert read_back == [chunk for _, _, chunk in expected]
