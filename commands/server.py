@@ -169,8 +169,11 @@ class Booting:
             time.sleep(0.3)
         if self.process is not None:
             self.process.kill()
+            if _recorded() == self.info:
+                _state_file().unlink(missing_ok=True)
         raise RuntimeError(
             f"the local Prefect server did not answer within {START_TIMEOUT_S:.0f} s; see {root / 'server.log'}"
+            + ("" if self.process is not None else " (`rollouts server stop` stops it)")
         )
 
 
