@@ -30,7 +30,7 @@ import polars as pl
 
 from .config import HEALTHY, UNHEALTHY, UNOBSERVED, QualityConfig
 from .frame import FRAME_SCHEMA, KEPT_COLUMNS
-from .loader import Block, RolloutReader, frame_of_rows, with_bytes, without_bytes
+from .loader import Block, RolloutReader, frame_of_rows
 from .registry import Check, evidence_col, fired_col, is_builtin, registered, selected_checks
 from .summary import build_summary
 
@@ -315,16 +315,14 @@ ChunkResult = tuple[pl.DataFrame, int, int, list[tuple[str, int, str]], int]
 _WORKER_READER: RolloutReader | None = None  # a worker process's reader: its tool lists are kept across chunks
 
 
-def check_blocks(
-    blocks: list[tuple[Block, int]], source: str, config: QualityConfig, check_ids: tuple[str, ...]
-) -> ChunkResult:
+def check_blocks(blocks: list[Block], source: str, config: QualityConfig, check_ids: tuple[str, ...]) -> ChunkResult:
     """A worker process's share: one chunk's rollout-check results (the checks `check_ids`, built-in ones), with
     its rows read, bad rows (count and first examples) and failed rollouts. Blocks of local files come without
-    their bytes (`loader.without_bytes`) and are read here: handing 24 MB through a pipe costs more."""
+    their bytes and are read here (`loader.with_bytes`): handing 24 MB through a pipe costs more."""
     global _WORKER_READER
     reader = _WORKER_READER = _WORKER_READER or RolloutReader("")
     reader.lines, reader.bad_rows, reader.bad_examples = 0, 0, []
-    frame = reader.frame_of_blocks([with_bytes(block, length) for block, length in blocks], source)
+    frame = reader.frame_of_blocks(blocks, source)
     by_id = {c.id: c for c in registered()}
     table = check_chunk(frame, [by_id[i] for i in check_ids], config)
     return table, reader.lines, reader.bad_rows, reader.bad_examples, int(frame["failed"].sum())
@@ -344,8 +342,7 @@ def _checked_in_processes(
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         pending: collections.deque[Future[ChunkResult]] = collections.deque()
         for blocks, source in itertools.chain(head, chunks):
-            sent = [without_bytes(block) for block in blocks]
-            pending.append(pool.submit(check_blocks, sent, source, config, check_ids))
+            pending.append(pool.submit(check_blocks, blocks, source, config, check_ids))
             while len(pending) > 2 * workers:
                 yield _merged(pending.popleft().result(), reader, failed)
         while pending:

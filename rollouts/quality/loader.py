@@ -34,8 +34,8 @@ NOT_ROLLOUTS = ("_failures", "_materialized_inputs")
 BAD_EXAMPLES = 20
 _LINES_SCHEMA = {"file": pl.String(), "line": pl.Int64(), "raw": pl.String()}
 # (file as shown, first line number, bytes of whole lines, where they are in a local uncompressed file: path, offset
-# and length, else None). A worker process is handed the place instead of the bytes when there is one
-# (`without_bytes`), and the checking in worker processes reads places only (`RolloutReader.blocks(keep_bytes=False)`).
+# and length). Read with `keep_bytes`, a block has its bytes and no place; without it, a block of a local
+# uncompressed file has its place and no bytes (a worker process reads them back: `with_bytes`), any other its bytes.
 Block = tuple[str, int, bytes, tuple[str, int, int] | None]
 
 
@@ -215,8 +215,8 @@ class RolloutReader:
         source, size = "", 0
         for item in self.files:
             plain = protocol in ("file", "local") and fsspec.utils.infer_compression(item.path) is None
-            for block in self._file_blocks(fs, item.path, item.url, plain, keep_bytes):
-                length = len(block[2]) or (block[3] or ("", 0, 0))[2]
+            for block in self._file_blocks(fs, item.path, item.url, plain and not keep_bytes):
+                length = len(block[2]) or (block[3] or ("", 0, 0))[2]  # its bytes, or the length of its place
                 if pending and (item.source != source or size + length > self.chunk_bytes):
                     yield pending, source
                     pending, size = [], 0
@@ -225,17 +225,13 @@ class RolloutReader:
         if pending:
             yield pending, source
 
-    def _file_blocks(
-        self, fs: fsspec.AbstractFileSystem, path: str, url: str, plain: bool, keep_bytes: bool
-    ) -> Iterator[Block]:
-        if plain and not keep_bytes:
+    def _file_blocks(self, fs: fsspec.AbstractFileSystem, path: str, url: str, places: bool) -> Iterator[Block]:
+        if places:
             for first_line, offset, length in line_blocks(path, self.chunk_bytes):
                 yield url, first_line, b"", (path, offset, length)
             return
-        offset = 0
         for first_line, data in iter_jsonl_chunks(fs, path, self.chunk_bytes):
-            yield url, first_line, data, (path, offset, len(data)) if plain else None
-            offset += len(data)
+            yield url, first_line, data, None
 
     def chunks(self) -> Iterator[pl.DataFrame]:
         for blocks, source in self.blocks():
@@ -272,19 +268,12 @@ class RolloutReader:
         return frame_of_lines(lines, source, self.tools, self._bad)
 
 
-def without_bytes(block: Block) -> tuple[Block, int]:
-    """`block` with its bytes left out when it says where they are, and their length (what a worker reads back)."""
-    url, first_line, data, place = block
-    return ((url, first_line, b"", place) if place else block), len(data) or (place or ("", 0, 0))[2]
-
-
-def with_bytes(block: Block, length: int | None = None) -> Block:
-    """`block` with its bytes read back from its place when they were left out (`without_bytes`)."""
+def with_bytes(block: Block) -> Block:
+    """`block` with its bytes read back from its place when it came without them (`RolloutReader.blocks`)."""
     url, first_line, data, place = block
     if data or place is None:
         return block
-    path, offset, size = place
-    length = length or size
+    path, offset, length = place
     with open(path, "rb") as handle:
         handle.seek(offset)
         data = handle.read(length)
