@@ -12,7 +12,7 @@ import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -116,6 +116,23 @@ class Target:
     def discard(self) -> None:
         if self.local and os.path.exists(self.staging):
             os.remove(self.staging)
+
+
+class Card(Protocol):
+    def model_dump_json(self, *, indent: int | None = None) -> str: ...
+
+    def to_markdown(self) -> str: ...
+
+
+def write_card(card: Card, out_dir: str, stem: str, storage_options: dict[str, Any] | None) -> tuple[str, str]:
+    """A card beside the files it describes: `<stem>.json` and `<stem>.md` in `out_dir`; their URLs."""
+    as_json, as_markdown = (
+        Target(out_dir, f"{stem}.json", storage_options),
+        Target(out_dir, f"{stem}.md", storage_options),
+    )
+    as_json.write_text(card.model_dump_json(indent=2) + "\n")
+    as_markdown.write_text(card.to_markdown())
+    return as_json.url, as_markdown.url
 
 
 def write_rl(

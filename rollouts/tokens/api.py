@@ -21,7 +21,7 @@ from rollouts.errors import ConfigError, StorageError, TokenDataError
 from rollouts.process.card import OutputFile
 from rollouts.process.discover import discover
 from rollouts.process.readers import CHUNK_BYTES, LoadedRollouts, iter_jsonl_chunks, iter_parquet_chunks
-from rollouts.process.writers import Target
+from rollouts.process.writers import Target, write_card
 from rollouts.records import dumps
 from rollouts.storage import filesystem
 from rollouts.tokens.card import TokenCard
@@ -201,15 +201,13 @@ def write_token_records(
             "some splices kept generated ids the next prompt did not hold as such: use --on-break split "
             "for samples whose every token is in the context the model saw"
         )
-    card_json, card_md = Target(out_dir, "tokens_card.json", so), Target(out_dir, "tokens_card.md", so)
-    card_json.write_text(card.model_dump_json(indent=2) + "\n")
-    card_md.write_text(card.to_markdown())
+    card_json, card_md = write_card(card, out_dir, "tokens_card", so)
     return TokenRecordsResult(
         out_dir=out_dir,
         policy=policy,
         files={o.format: o.path for o in card.outputs},
         rows={o.format: o.rows for o in card.outputs},
-        card_json=card_json.url,
-        card_markdown=card_md.url,
+        card_json=card_json,
+        card_markdown=card_md,
         card=card,
     )

@@ -21,7 +21,7 @@ from rollouts.process.dpo import select_dpo
 from rollouts.process.readers import LoadedRollouts, load_rollouts
 from rollouts.process.rl import select_rl
 from rollouts.process.sft import select_sft
-from rollouts.process.writers import Target, write_dpo, write_rl, write_sft
+from rollouts.process.writers import write_card, write_dpo, write_rl, write_sft
 from rollouts.quality import check_path, flagged, read_verdicts, require_known_checks
 from rollouts.storage import filesystem
 from rollouts.tokens.api import write_token_records
@@ -136,16 +136,14 @@ def write_outputs(
         card.outputs = write_sft(selected, selection.loaded, config, out_dir, so, card)
     else:
         card.outputs = write_dpo(selected, selection.loaded, config, out_dir, so, card)
-    card_json, card_md = Target(out_dir, "data_card.json", so), Target(out_dir, "data_card.md", so)
-    card_json.write_text(card.model_dump_json(indent=2) + "\n")
-    card_md.write_text(card.to_markdown())
+    card_json, card_md = write_card(card, out_dir, "data_card", so)
     return ProcessResult(
         objective=config.objective,
         out_dir=out_dir,
         files={o.format: o.path for o in card.outputs},
         rows={o.format: o.rows for o in card.outputs},
-        card_json=card_json.url,
-        card_markdown=card_md.url,
+        card_json=card_json,
+        card_markdown=card_md,
         card=card,
     )
 
