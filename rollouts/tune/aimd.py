@@ -219,9 +219,10 @@ class Controller:
             return None
         ratio = window.p50_ms / ref.p50_ms
         flat = window.throughput < ref.throughput * (1 + c.gain)
-        # at the start a doubling that gained is judged by its throughput: by Little's law its latency rose by less
-        # than its in-flight (latency linear in load nears x 2 per doubling, and a busy client adds to it)
-        jump = ratio > c.latency_factor and self.phase != "start"
+        # at the start a doubling that clearly gained (twice the gain: a short window's noise makes the gain itself)
+        # is judged by its throughput: latency linear in load nears x 2 per doubling, and a busy client adds to it
+        clear_gain = self.phase == "start" and window.throughput >= ref.throughput * (1 + 2 * c.gain)
+        jump = ratio > c.latency_factor and not clear_gain
         if jump or (ratio > 1 + c.latency_slack and flat):
             return f"latency jump (p50 {window.p50_ms:.0f} ms vs {ref.p50_ms:.0f} ms at {ref.limit})"
         return None
