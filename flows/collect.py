@@ -43,6 +43,7 @@ from rollouts.config import (
     merged_config,
 )
 from rollouts.errors import RunFailedError
+from rollouts.options import build_models
 from rollouts.quality import require_known_checks
 from rollouts.quality.config import QualityConfig
 from rollouts.redact import refuse_secrets
@@ -57,6 +58,8 @@ from tasks.health import check_run_health
 from tasks.profile import profile_run
 from tasks.shard import shard_prompts
 from tasks.verify import verify_shard
+
+build_models(CollectConfig)  # before the flows below: their parameter schemas serialize the sections' defaults
 
 # The sections a run did not give: empty instances (no field set), so only what a run gives is merged.
 NO_ENDPOINT = EndpointConfig.model_construct()
