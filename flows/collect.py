@@ -1,4 +1,9 @@
-"""The `collect-rollouts` flow: shard prompts -> generate -> verify -> profile -> filter -> format."""
+"""The `collect-rollouts` flow: shard prompts -> generate -> verify -> profile -> filter -> format.
+
+`collect_rollouts` takes one CollectConfig (the command line's flow). The deployments' flow, with the config's sections
+as parameters, is `flows/sections.py:collect_from_sections`; `flows/collect.py:collect_from_sections` (the
+deployments' entrypoint) still names it, imported only when asked for (`__getattr__` below).
+"""
 
 # No `from __future__ import annotations` here: Prefect builds the flow's parameter model from the real annotation,
 # and a string annotation leaves it "not fully defined" in a worker process that runs a deployment.
@@ -11,13 +16,12 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
-from uuid import UUID
 
-from prefect import flow, get_client, get_run_logger, unmapped
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, PrefectWrappedFuture
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelled
 
@@ -27,25 +31,10 @@ from flows.events import emit_run_event
 from rollouts.collector.engine import Engine
 from rollouts.collector.interrupt import install_signal_handlers
 from rollouts.collector.runtime import collector
-from rollouts.config import (
-    BatchConfig,
-    CollectConfig,
-    ConcurrencyConfig,
-    EndpointConfig,
-    EnvironmentConfig,
-    Objective,
-    ProfilingConfig,
-    RowsConfig,
-    SamplingConfig,
-    StorageConfig,
-    TrainConfig,
-    dated_input,
-    merged_config,
-)
+from rollouts.config import CollectConfig, dated_input
 from rollouts.errors import RunFailedError
 from rollouts.options import build_models
 from rollouts.quality import require_known_checks
-from rollouts.quality.config import QualityConfig
 from rollouts.redact import refuse_secrets
 from rollouts.report.profiler import function_profile
 from rollouts.run import RunPlan, RunRef, ShardResult, run_store, stored_results
@@ -60,27 +49,6 @@ from tasks.shard import shard_prompts
 from tasks.verify import verify_shard
 
 build_models(CollectConfig)  # before the flows below: their parameter schemas serialize the sections' defaults
-
-# The sections a run did not give: empty instances (no field set), so only what a run gives is merged.
-NO_ENDPOINT = EndpointConfig.model_construct()
-NO_SAMPLING = SamplingConfig.model_construct()
-NO_ROWS = RowsConfig.model_construct()
-NO_CONCURRENCY = ConcurrencyConfig.model_construct()
-NO_ENVIRONMENTS = EnvironmentConfig.model_construct()
-NO_STORAGE = StorageConfig.model_construct()
-NO_PROFILING = ProfilingConfig.model_construct()
-NO_BATCH = BatchConfig.model_construct()
-NO_TRAIN = TrainConfig.model_construct()
-NO_QUALITY = QualityConfig.model_construct()
-
-
-def deployment_defaults() -> dict[str, Any] | None:
-    """The parameters of the deployment this flow run belongs to, if any (`prefect.runtime.deployment.parameters`
-    are the run's own, already replaced section by section by what the run gave)."""
-    if not deployment.id:
-        return None
-    with get_client(sync_client=True) as client:
-        return client.read_deployment(UUID(deployment.id)).parameters
 
 
 def scheduled_time() -> datetime:
@@ -252,46 +220,15 @@ def collect_rollouts(config: CollectConfig) -> RunSummary | State[Any]:
     return collect(config)
 
 
-@flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=False)
-def collect_from_sections(
-    input: str,
-    objective: list[Objective] = ["rl"],  # noqa: B006  (a parameter default, never mutated)
-    run_name: str = "",
-    max_failure_fraction: float = 0.05,
-    endpoint: EndpointConfig = NO_ENDPOINT,
-    sampling: SamplingConfig = NO_SAMPLING,
-    rows: RowsConfig = NO_ROWS,
-    concurrency: ConcurrencyConfig = NO_CONCURRENCY,
-    environments: EnvironmentConfig = NO_ENVIRONMENTS,
-    storage: StorageConfig = NO_STORAGE,
-    profiling: ProfilingConfig = NO_PROFILING,
-    batch: BatchConfig = NO_BATCH,
-    train: TrainConfig = NO_TRAIN,
-    quality: QualityConfig = NO_QUALITY,
-) -> RunSummary | State[Any]:
-    """The same collection with CollectConfig's sections as parameters, for deployments: a run started from the UI,
-    the CLI or a trigger gives only what it changes, merged field by field onto the deployment's parameters.
+def __getattr__(name: str) -> Any:
+    """`collect_from_sections`, the deployments' flow, from flows/sections.py when the entrypoint
+    `flows/collect.py:collect_from_sections` asks for it: building its parameter schema (14 parameters, every section
+    a model) cost every CLI run ~0.1 s, and only a deployment needs it."""
+    if name == "collect_from_sections":
+        from flows.sections import collect_from_sections
 
-    Args:
-        input: prompts JSONL (NeMo Gym rows, {"prompt": ...} or {"messages": [...]}): local path or fsspec URL;
-            `{date}` in it is the day the run was scheduled for (YYYY-MM-DD, UTC)
-        objective: training files to write (rl, sft, dpo); the first sets the sampling defaults
-        run_name: name of the run directory; empty: input name + digest of config and input
-        max_failure_fraction: the run fails when more rollouts than this fraction fail
-        endpoint: the model server (or a ModelEndpoint block) and how requests to it are made
-        sampling: sampling options; empty fields: the rows' own values, then the objective's preset
-        rows: which input rows are used
-        concurrency: how much runs at once, and where
-        environments: what a prompt is solved in: its tools and its verifier
-        storage: where runs are written (or a RolloutStorage block)
-        profiling: what the run's profile measures beyond its always-on report
-        batch: provider batch mode (the Batch API instead of live calls), its fallback and price
-        train: filters and formats of the training files
-        quality: thresholds of the rollout health checks, and --max-unhealthy-fraction
-    """
-    given = {k: v for k, v in locals().items() if v is not None and not (k == "run_name" and v == "")}
-    given["input"] = dated_input(input, scheduled_time())  # `{date}`: the day the run was scheduled for
-    return collect(merged_config(given, deployment_defaults()))
+        return collect_from_sections
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def collect(config: CollectConfig) -> RunSummary | State[Any]:

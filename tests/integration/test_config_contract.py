@@ -6,7 +6,12 @@ TokensConfig, and a flag two commands share is one field, with one help text and
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import typing
+from pathlib import Path
 
 import pytest
 from prefect.utilities.callables import parameter_schema
@@ -16,7 +21,8 @@ import commands.tokens
 import commands.tune
 from commands import build_parser
 from commands.options import add_model_options, build
-from flows.collect import collect_from_sections, collect_rollouts
+from flows.collect import collect_rollouts
+from flows.sections import collect_from_sections
 from rollouts.config import CollectConfig, SamplingConfig
 from rollouts.errors import ConfigError
 from rollouts.options import Cli, marker
@@ -241,3 +247,29 @@ def test_a_new_tokens_field_is_a_flag_and_reaches_the_config(monkeypatch, tmp_pa
     assert config.process_config().on_break == "splice" and config.process_config().advantage_scale == "group"
     with pytest.raises(ConfigError, match="--max-samples"):
         commands.tokens.tokens_config(parser.parse_args(["r1", "--out", str(tmp_path), "--max-samples", "0"]))
+
+
+# The deployments' entrypoint through Prefect's own loader, in a fresh interpreter: importing the CLI's flow leaves
+# the deployments' flow (and its parameter schema) unbuilt, and the entrypoint still gives it.
+ENTRYPOINT_CHILD = r"""
+import json, sys
+import flows.collect
+cli_only = "flows.sections" not in sys.modules
+from prefect.flows import load_flow_from_entrypoint
+loaded = load_flow_from_entrypoint("flows/collect.py:collect_from_sections")
+print(json.dumps({"cli_only": cli_only, "name": loaded.name, "parameters": sorted(loaded.parameters.properties)}))
+"""
+
+
+def test_the_deployments_entrypoint_gives_the_sections_flow_which_a_cli_run_never_imports() -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", ENTRYPOINT_CHILD], capture_output=True, text=True, cwd=root, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["cli_only"], "importing flows.collect imported the deployments' flow"
+    assert report["name"] == "collect-rollouts"
+    assert report["parameters"] == sorted(collect_from_sections.parameters.properties)
+    assert {"input", "endpoint", "sampling", "quality"} <= set(report["parameters"])
