@@ -13,17 +13,18 @@ release_freed_memory_at_once()  # before anything imports polars: see rollouts/a
 
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import Flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, PrefectWrappedFuture
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelled
+from pydantic import BaseModel
 
 from blocks import apply_blocks
 from flows.engines import shard_runners
@@ -47,6 +48,9 @@ from tasks.health import check_run_health
 from tasks.profile import profile_run
 from tasks.shard import shard_prompts
 from tasks.verify import verify_shard
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 build_models(CollectConfig)  # before the flows below: their parameter schemas serialize the sections' defaults
 
@@ -214,7 +218,27 @@ def conclude(summary: RunSummary) -> RunSummary | State[Any]:
     return summary
 
 
-@flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=True)
+class ConfigFlow(Flow[P, R]):
+    """A flow whose parameters are config models: the flow run's parameters are serialized for the API by pydantic
+    itself, as FastAPI's `jsonable_encoder` (Prefect's way) would give them, without importing FastAPI and Starlette
+    (~0.1-0.2 s of every `rollouts collect`)."""
+
+    def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        if parameters and all(isinstance(value, BaseModel) for value in parameters.values()):
+            return {name: value.model_dump(mode="json", by_alias=True) for name, value in parameters.items()}
+        return super().serialize_parameters(parameters)
+
+
+def config_flow(**options: Any) -> Callable[[Callable[P, R]], ConfigFlow[P, R]]:
+    """`@flow(**options)` making a ConfigFlow."""
+
+    def make(fn: Callable[P, R]) -> ConfigFlow[P, R]:
+        return ConfigFlow(fn, **options)
+
+    return make
+
+
+@config_flow(name="collect-rollouts", flow_run_name=run_name_of, log_prints=False, validate_parameters=True)
 def collect_rollouts(config: CollectConfig) -> RunSummary | State[Any]:
     """Collect `num_repeats` verified rollouts per prompt and write training files for each objective."""
     return collect(config)

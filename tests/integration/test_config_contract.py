@@ -249,12 +249,16 @@ def test_a_new_tokens_field_is_a_flag_and_reaches_the_config(monkeypatch, tmp_pa
         commands.tokens.tokens_config(parser.parse_args(["r1", "--out", str(tmp_path), "--max-samples", "0"]))
 
 
-# The deployments' entrypoint through Prefect's own loader, in a fresh interpreter: importing the CLI's flow leaves
-# the deployments' flow (and its parameter schema) unbuilt, and the entrypoint still gives it.
+# The deployments' entrypoint through Prefect's own loader, in a fresh interpreter: importing the CLI's flow and
+# serializing its parameters leaves the deployments' flow (and its parameter schema) unbuilt and FastAPI unimported,
+# and the entrypoint still gives the deployments' flow.
 ENTRYPOINT_CHILD = r"""
 import json, sys
 import flows.collect
-cli_only = "flows.sections" not in sys.modules
+from rollouts.config import CollectConfig
+config = CollectConfig(input="/p.jsonl", model_url="http://127.0.0.1:1/v1", model="m")
+flows.collect.collect_rollouts.serialize_parameters({"config": config})
+cli_only = "flows.sections" not in sys.modules and "fastapi" not in sys.modules
 from prefect.flows import load_flow_from_entrypoint
 loaded = load_flow_from_entrypoint("flows/collect.py:collect_from_sections")
 print(json.dumps({"cli_only": cli_only, "name": loaded.name, "parameters": sorted(loaded.parameters.properties)}))
@@ -269,7 +273,24 @@ def test_the_deployments_entrypoint_gives_the_sections_flow_which_a_cli_run_neve
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["cli_only"], "importing flows.collect imported the deployments' flow"
+    assert report["cli_only"], "the CLI's flow imported the deployments' flow or FastAPI"
     assert report["name"] == "collect-rollouts"
     assert report["parameters"] == sorted(collect_from_sections.parameters.properties)
     assert {"input", "endpoint", "sampling", "quality"} <= set(report["parameters"])
+
+
+def test_the_cli_flow_sends_the_parameters_prefects_own_encoder_would() -> None:
+    """collect_rollouts serializes its config with pydantic (no FastAPI import): the same JSON the API got before."""
+    from fastapi.encoders import jsonable_encoder
+
+    config = CollectConfig.model_validate(
+        {
+            "input": "/data/p.jsonl",
+            "objective": ["rl", "sft"],
+            "endpoint": {"model_url": "http://127.0.0.1:1/v1", "model": "m", "request_timeout": 30},
+            "sampling": {"num_repeats": 3, "temperature": 0.5},
+            "concurrency": {"parallel": "auto"},
+            "environments": {"remote_env": {"calc": "http://127.0.0.1:2"}},
+        }
+    )
+    assert collect_rollouts.serialize_parameters({"config": config}) == {"config": jsonable_encoder(config)}
