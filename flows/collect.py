@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from prefect import Flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State
+from prefect.context import TagsContext
 from prefect.futures import PrefectFuture, PrefectWrappedFuture
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
@@ -256,13 +257,18 @@ def __getattr__(name: str) -> Any:
 
 
 def collect(config: CollectConfig) -> RunSummary | State[Any]:
-    """The collection itself, in the flow run of either flow above."""
+    """The collection itself, in the flow run of either flow above (`collect_from_sections` in flows/sections.py).
+
+    Its stage tasks take no tags from around the flow call: the tags label the flow run (the CLI tags it with its
+    process, see commands/stale_runs.py), and Prefect takes a concurrency slot through the API for every tag of
+    every task run (two round trips and a lease thread each, ~0.1 s per stage task on an idle machine)."""
     stop = collector().stop
     # Prefect's SIGTERM handler (installed around a flow body) would raise in this thread while the shards go on
     # collecting: ours stops taking work and flushes, like Ctrl-C; Prefect's comes back when the body ends.
     restore = install_signal_handlers(stop, signals=(signal.SIGTERM,))
     try:
-        return collect_config(config)
+        with TagsContext(current_tags=set()):
+            return collect_config(config)
     finally:
         restore()
         if stop.is_set():
