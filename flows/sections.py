@@ -1,7 +1,7 @@
 """The `collect-rollouts` flow of deployments: CollectConfig's sections as parameters (`collect_from_sections`).
 
 A run started from the UI, the CLI or a trigger gives only what it changes; each section it gives is merged field by
-field onto the deployment's parameters. The collection itself is `flows.collect.collect`. This module is imported
+field onto the deployment's parameters. The collection itself is `flows.collection.collect`. This module is imported
 only where a deployment needs it (`flows/collect.py:collect_from_sections`, the deployments' entrypoint, resolves
 to it), so a `rollouts collect` run does not build this flow's parameter schema.
 """
@@ -15,7 +15,7 @@ from prefect import flow, get_client
 from prefect.client.schemas.objects import State
 from prefect.runtime import deployment
 
-from flows.collect import collect, run_name_of, scheduled_time
+from flows.collection import collect, run_name_of, scheduled_time
 from rollouts.config import (
     BatchConfig,
     ConcurrencyConfig,
