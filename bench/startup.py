@@ -34,10 +34,16 @@ PHASE = re.compile(r"(.+?) (\d+\.\d+) s(?:, | \(total)")
 
 def cpu_timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
     """(wall s, CPU s of the child, exit code) of one command."""
+    wall, cpu, done = timed_with_cpu(cmd, env)
+    return wall, cpu, done.returncode
+
+
+def timed_with_cpu(cmd: list[str], env: dict[str, str]) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """(wall s, CPU s of the child and its children, the finished process) of one command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall, done = timed(cmd, env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, done.returncode
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, done
 
 
 def help_table(env: dict[str, str], repeats: int) -> None:
@@ -56,11 +62,11 @@ def help_table(env: dict[str, str], repeats: int) -> None:
             runs[name].append(cpu_timed(cmd, env))
     base = statistics.median(w for w, _, _ in runs[next(iter(cases))])
     print(f"\nfirst seconds (median of {repeats}; target < 0.3 s wall on an idle machine):")
-    print("| command | wall s | CPU s | wall - interpreter s | exit code |")
-    print("|---|---:|---:|---:|---:|")
+    print("| command | wall s | CPU s | wall - interpreter s | wall / interpreter | exit code |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, rows in runs.items():
         wall, cpu = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
-        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {wall - base:.2f} | {rows[-1][2]} |")
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {wall - base:.2f} | {wall / base:.1f} | {rows[-1][2]} |")
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -131,8 +137,10 @@ def main() -> None:
     help_table(env, args.help_repeats)
     if args.help_only:
         return
-    imports = [timed([sys.executable, "-c", "import flows.collect"], env)[0] for _ in range(3)]
+    imported = [timed_with_cpu([sys.executable, "-c", "import flows.collect"], env) for _ in range(3)]
+    imports = [wall for wall, _, _ in imported]
     walls: list[float] = []
+    cpus: list[float] = []
     phases: list[dict[str, float]] = []
     try:
         with start_sim_server(latency_ms=0, seed=0) as server:
@@ -156,27 +164,31 @@ def main() -> None:
                     "--no-progress",
                     "--verbose",
                 ]
-                wall, done = timed(cmd, env)
+                wall, cpu, done = timed_with_cpu(cmd, env)
                 if done.returncode != 0:
                     print(done.stderr[-3000:], file=sys.stderr)
                     raise SystemExit(f"run {i} failed with exit code {done.returncode}")
                 walls.append(wall)
+                cpus.append(cpu)
                 line = next((x for x in done.stderr.splitlines() if x.startswith("time by phase: ")), "")
                 phases.append({name: float(s) for name, s in PHASE.findall(line[len("time by phase: ") :])})
     finally:
         subprocess.run([sys.executable, "-m", "commands", "server", "stop"], env=env, cwd=ROOT, capture_output=True)
     later = walls[1:]
+    import_wall = statistics.median(imports)
     print(
         f"{args.prompts} prompts x 2 repeats, simulated server at 0 ms; `import flows.collect` alone: "
-        f"median {statistics.median(imports):.1f} s"
+        f"median {import_wall:.1f} s, {statistics.median(cpu for _, cpu, _ in imported):.2f} CPU s"
     )
-    print("| run | wall s | wall / import alone |")
-    print("|---|---:|---:|")
-    print(f"| first (starts the local Prefect server) | {walls[0]:.1f} | {walls[0] / statistics.median(imports):.1f} |")
+    print("| run | wall s | wall / import alone | CPU s of the command (the Prefect server's not counted) |")
+    print("|---|---:|---:|---:|")
+    first = f"{walls[0]:.1f} | {walls[0] / import_wall:.1f} | {cpus[0]:.2f}"
+    print(f"| first (starts the local Prefect server) | {first} |")
     if later:
         print(
             f"| later, median of {len(later)} (min-max {min(later):.1f}-{max(later):.1f}) | "
-            f"{statistics.median(later):.1f} | {statistics.median(later) / statistics.median(imports):.1f} |"
+            f"{statistics.median(later):.1f} | {statistics.median(later) / import_wall:.1f} | "
+            f"{statistics.median(cpus[1:]):.2f} |"
         )
     seeded: list[float] = []
     migrating: list[float] = []

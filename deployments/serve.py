@@ -20,7 +20,7 @@ if __name__ == "__main__":
     )
     _, config = config_parameters(parser)
     prefect_defaults(verbose=True)
-    from flows.collect import collect_from_sections
+    from flows.sections import collect_from_sections
 
     # Default parameters for every required option, so a run started with no parameters is valid; a run gives only
     # what it changes, merged onto these.

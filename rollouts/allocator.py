@@ -5,11 +5,11 @@ Polars configures jemalloc on import to hand freed pages back within about a sec
 jemalloc reads its options once, when polars' library loads). So each setting here must run before anything imports
 polars, and a `_RJEM_MALLOC_CONF` of the user's own is always kept.
 
-- A collection run's process returns freed pages at once (`release_freed_memory_at_once`, flows/collect.py). The final
-  stages (profile, filter, format) each read the whole run in one long-lived process whose generation already holds
-  Prefect's state of every task run, so pages one stage freed were still held when the next peaked. On a 1M-rollout
-  run, each stage in its own process: profile 705 -> 525 MB, filter + format 771 -> 486 MB, for 13.3 -> 16.2 s and
-  60.5 -> 74.0 s (~1 % of that run's wall time).
+- A collection run's process returns freed pages at once (`release_freed_memory_at_once`, flows/collection.py). The
+  final stages (profile, filter, format) each read the whole run in one long-lived process whose generation already
+  holds Prefect's state of every task run, so pages one stage freed were still held when the next peaked. On a
+  1M-rollout run, each stage in its own process: profile 705 -> 525 MB, filter + format 771 -> 486 MB, for
+  13.3 -> 16.2 s and 60.5 -> 74.0 s (~1 % of that run's wall time).
 - `rollouts check` keeps freed pages for 30 s (`keep_freed_pages`, commands.main). It streams the run in 24 MB chunks,
   and each chunk faulted back in the pages the previous one had just freed: over a third of its CPU time (11.4 CPU-s
   per 100k rollouts, 4.2 of them in the kernel, against 8.0 and 1.6 with pages kept), for a peak RSS of ~0.75 GB

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 from rollouts.client import DEFAULT_REPLY_MEMORY_BYTES
 from rollouts.errors import ConfigError
-from rollouts.options import IDENTITY, Cli, field_of, form_schema, identity_fields, marker
+from rollouts.options import FORM_MODEL, IDENTITY, Cli, field_of, identity_fields, marker
 from rollouts.places import http_url
 from rollouts.process.config import (
     Objective,
@@ -66,8 +66,6 @@ SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_OUT = "./runs"  # a storage block's URL replaces it; any other --out contradicting the block is refused
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_schema)
-
 
 def _model_url(value: str | None) -> str | None:
     return None if value is None else http_url(value, "--model-url")
@@ -86,7 +84,7 @@ def api_key_from_env(name: str | None) -> str | None:
 class EndpointConfig(BaseModel):
     """The model server and how requests to it are made."""
 
-    model_config = _FROZEN
+    model_config = FORM_MODEL
 
     # `rollouts tune` reuses model_url, model, api, api_key_env and request_timeout (rollouts.tune.sweep.TuneConfig).
     model_url: Annotated[str | None, AfterValidator(_model_url)] = Field(
@@ -180,7 +178,7 @@ class SamplingConfig(BaseModel):
     Sampling: explicit values override the rows' own `responses_create_params`; the objective's preset fills the rest.
     """
 
-    model_config = _FROZEN
+    model_config = FORM_MODEL
 
     num_repeats: Annotated[int | None, IDENTITY] = Field(
         None, ge=1, description="rollouts per prompt (default: rl 8, sft 2, dpo 4)"
@@ -205,7 +203,7 @@ class SamplingConfig(BaseModel):
 class RowsConfig(BaseModel):
     """Which input rows are used (for splitting a dataset across machines)."""
 
-    model_config = _FROZEN
+    model_config = FORM_MODEL
 
     limit: Annotated[int | None, IDENTITY] = Field(None, ge=1, description="use at most this many prompts")
     start: Annotated[int, IDENTITY] = Field(
@@ -223,7 +221,7 @@ class RowsConfig(BaseModel):
 class ConcurrencyConfig(BaseModel):
     """How much runs at once, and where."""
 
-    model_config = _FROZEN
+    model_config = FORM_MODEL
 
     parallel: Annotated[int | Literal["auto"], Cli(metavar="N|auto")] = Field(
         256,
@@ -352,7 +350,7 @@ class AgentLimits:
 class EnvironmentConfig(BaseModel):
     """What a prompt is solved in: its tools and its verifier."""
 
-    model_config = _FROZEN
+    model_config = FORM_MODEL
 
     env: Annotated[str, IDENTITY] = Field(
         "math",
@@ -426,7 +424,7 @@ class EnvironmentConfig(BaseModel):
 class ProfilingConfig(BaseModel):
     """What the run's profile measures beyond its always-on report."""
 
-    model_config = _FROZEN
+    model_config = FORM_MODEL
 
     profile: bool = Field(
         False,
@@ -449,7 +447,7 @@ class BatchConfig(BaseModel):
     between live calls and batch mode when it is resumed.
     """
 
-    model_config = _FROZEN
+    model_config = FORM_MODEL
 
     enabled: Annotated[bool, Cli(flag="--batch")] = Field(
         False,
@@ -481,7 +479,7 @@ class BatchConfig(BaseModel):
 class StorageConfig(BaseModel):
     """Where runs are written."""
 
-    model_config = _FROZEN
+    model_config = FORM_MODEL
 
     out: Annotated[str, Cli(flag="--out")] = Field(
         DEFAULT_OUT, description="where runs are written: local path or fsspec URL such as s3://bucket/runs"
@@ -495,7 +493,7 @@ class StorageConfig(BaseModel):
 class CollectConfig(BaseModel):
     """Options of `rollouts collect` and the parameter of the `collect-rollouts` flow."""
 
-    model_config = _FROZEN
+    model_config = FORM_MODEL
 
     input: Annotated[str, Cli(positional=True)] = Field(
         description='prompts JSONL (NeMo Gym rows, {"prompt": ...} or {"messages": [...]}): local path or fsspec URL'

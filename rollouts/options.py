@@ -9,10 +9,11 @@ commands share (`--model-url` in `collect` and `tune`) is declared in one model 
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -80,3 +81,26 @@ def form_schema(schema: dict[str, Any]) -> None:
             prop.update(typed[0])
         if "default" in prop and prop["default"] is None:
             del prop["default"]
+
+
+# The model config of every config section a form shows (CollectConfig's sections, the process and quality options).
+# Their validators and serializers are built on first use (`defer_build`), so a command's parser and its --help need
+# only the fields: building them all took ~0.1 s of every `rollouts collect --help`. A flow's parameter schema
+# serializes its parameters' defaults, which needs them built: a module that defines a flow calls `build_models` first.
+FORM_MODEL = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_schema, defer_build=True)
+
+
+def build_models(model: type[BaseModel]) -> None:
+    """Build the validators and serializers of `model` and of every model its fields name, nested ones first."""
+    for field in model.model_fields.values():
+        for sub in models_in(field.annotation):
+            build_models(sub)
+    if not model.__pydantic_complete__:
+        model.model_rebuild()
+
+
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation names (`X`, `X | None`, `list[X]`, `dict[str, X]`, `Annotated[X, ...]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in models_in(arg)]

@@ -124,7 +124,7 @@ def install_signal_handlers(
     handlers. What finished is on disk when a second signal exits: appended lines are flushed at most a second after
     they are written. Prefect's flow engine puts its own SIGTERM handler in place while a flow runs (it raises
     `TerminationSignal` in the main thread and restores the handler before it afterwards), so the flow body installs
-    ours again for SIGTERM (`flows/collect.py`): otherwise collection would go on until the flow ends.
+    ours again for SIGTERM (`flows/collection.py`): otherwise collection would go on until the flow ends.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from rollouts.options import Cli, form_schema
+from rollouts.options import FORM_MODEL, Cli
 
 Objective = Literal["rl", "sft", "dpo"]
 OBJECTIVES: tuple[Objective, ...] = ("rl", "sft", "dpo")
@@ -57,7 +57,7 @@ class RolloutFilesConfig(BaseModel):
     """Existing rollouts in, files out: the options `rollouts process` and `rollouts tokens` share (`rollouts collect`'s
     --storage-options is this field too)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_schema)
+    model_config = FORM_MODEL
 
     inputs: Annotated[list[str], Cli(positional=True, metavar="INPUT")] = Field(
         description="run directory, rollout file or glob"
@@ -73,7 +73,7 @@ class RolloutFilesConfig(BaseModel):
 class FilterOptions(BaseModel):
     """The filter options of every objective. One set drives several objectives: each reads the fields of its own."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_schema)
+    model_config = FORM_MODEL
 
     skip_bad_rows: bool = Field(False, description="skip and count malformed rows instead of failing")
     drop_unhealthy: list[str] = Field(
@@ -178,7 +178,7 @@ else:
 class OutputFormats(BaseModel):
     """Output formats per objective (set on the command line with --format [OBJECTIVE:]NAME)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_schema)
+    model_config = FORM_MODEL
 
     rl: RLFormats = Field(
         list(DEFAULT_FORMATS["rl"]), min_length=1, description="rl files: " + ", ".join(FORMATS["rl"])

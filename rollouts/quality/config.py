@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from rollouts.options import form_schema
+from rollouts.options import FORM_MODEL
 
 HEALTHY, UNHEALTHY, UNOBSERVED = "healthy", "unhealthy", "unobserved"
 VERDICTS = (HEALTHY, UNHEALTHY, UNOBSERVED)
@@ -24,7 +24,7 @@ VERDICTS = (HEALTHY, UNHEALTHY, UNOBSERVED)
 class QualityConfig(BaseModel):
     """Thresholds of the rollout health checks (see docs/quality.md for what fires each check)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=form_schema)  # no "None" in the UI form
+    model_config = FORM_MODEL  # no "None" in the UI form
 
     checks: tuple[str, ...] | None = Field(
         default=None, description="ids of the checks to run (default, or an empty list: every registered check)"

@@ -6,7 +6,12 @@ TokensConfig, and a flag two commands share is one field, with one help text and
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import typing
+from pathlib import Path
 
 import pytest
 from prefect.utilities.callables import parameter_schema
@@ -16,7 +21,8 @@ import commands.tokens
 import commands.tune
 from commands import build_parser
 from commands.options import add_model_options, build
-from flows.collect import collect_from_sections, collect_rollouts
+from flows.collect import collect_rollouts
+from flows.sections import collect_from_sections
 from rollouts.config import CollectConfig, SamplingConfig
 from rollouts.errors import ConfigError
 from rollouts.options import Cli, marker
@@ -241,3 +247,50 @@ def test_a_new_tokens_field_is_a_flag_and_reaches_the_config(monkeypatch, tmp_pa
     assert config.process_config().on_break == "splice" and config.process_config().advantage_scale == "group"
     with pytest.raises(ConfigError, match="--max-samples"):
         commands.tokens.tokens_config(parser.parse_args(["r1", "--out", str(tmp_path), "--max-samples", "0"]))
+
+
+# The deployments' entrypoint through Prefect's own loader, in a fresh interpreter: importing the CLI's flow and
+# serializing its parameters leaves the deployments' flow (and its parameter schema) unbuilt and FastAPI unimported,
+# and the entrypoint still gives the deployments' flow.
+ENTRYPOINT_CHILD = r"""
+import json, sys
+import flows.collect
+from rollouts.config import CollectConfig
+config = CollectConfig(input="/p.jsonl", model_url="http://127.0.0.1:1/v1", model="m")
+flows.collect.collect_rollouts.serialize_parameters({"config": config})
+cli_only = "flows.sections" not in sys.modules and "fastapi" not in sys.modules
+from prefect.flows import load_flow_from_entrypoint
+loaded = load_flow_from_entrypoint("flows/collect.py:collect_from_sections")
+print(json.dumps({"cli_only": cli_only, "name": loaded.name, "parameters": sorted(loaded.parameters.properties)}))
+"""
+
+
+def test_the_deployments_entrypoint_gives_the_sections_flow_which_a_cli_run_never_imports() -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, "-c", ENTRYPOINT_CHILD], capture_output=True, text=True, cwd=root, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["cli_only"], "the CLI's flow imported the deployments' flow or FastAPI"
+    assert report["name"] == "collect-rollouts"
+    assert report["parameters"] == sorted(collect_from_sections.parameters.properties)
+    assert {"input", "endpoint", "sampling", "quality"} <= set(report["parameters"])
+
+
+def test_the_cli_flow_sends_the_parameters_prefects_own_encoder_would() -> None:
+    """collect_rollouts serializes its config with pydantic (no FastAPI import): the same JSON the API got before."""
+    from fastapi.encoders import jsonable_encoder
+
+    config = CollectConfig.model_validate(
+        {
+            "input": "/data/p.jsonl",
+            "objective": ["rl", "sft"],
+            "endpoint": {"model_url": "http://127.0.0.1:1/v1", "model": "m", "request_timeout": 30},
+            "sampling": {"num_repeats": 3, "temperature": 0.5},
+            "concurrency": {"parallel": "auto"},
+            "environments": {"remote_env": {"calc": "http://127.0.0.1:2"}},
+        }
+    )
+    assert collect_rollouts.serialize_parameters({"config": config}) == {"config": jsonable_encoder(config)}

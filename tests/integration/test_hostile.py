@@ -542,12 +542,12 @@ def test_tune_counts_replies_over_the_cap_as_errors(tmp_path: Path, hostile: Any
 # moment for a Ctrl-C that a test cannot hit from outside.
 _SIGINT_IN_FILTER = """
 import os, signal, sys
-import flows.collect as collect
-real = collect.filter_rollouts
+import flows.collection as collection
+real = collection.filter_rollouts
 def filter_rollouts(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)
     return real(*args, **kwargs)
-collect.filter_rollouts = filter_rollouts
+collection.filter_rollouts = filter_rollouts
 sys.argv = ["rollouts", *sys.argv[1:]]
 from commands import main
 sys.exit(main())

@@ -163,26 +163,52 @@ def test_import_boundaries_hold_in_one_interpreter() -> None:
 
 
 # What every `rollouts ... --help` and usage error pays before argparse answers: building the parsers (all of them
-# at most) and parsing. The heavy packages load when a command runs, never for its parser.
+# at most) and parsing. The heavy packages load when a command runs, never for its parser; and the config models the
+# options are generated from give their fields without building their validators (pydantic's `defer_build`).
 PARSER_CHILD = r"""
 import json, sys
+from pydantic import BaseModel
 from commands import build_parser
 
 build_parser()
 build_parser(["collect", "--help"])
-print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+
+def models(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from models(sub)
+
+deferred = {m.__name__: m.__pydantic_complete__ for m in models(BaseModel) if m.model_config.get("defer_build")}
+print(json.dumps({"packages": sorted({m.split(".")[0] for m in sys.modules}), "deferred": deferred}))
 """
 
 
-def test_building_every_command_parser_loads_no_heavy_package() -> None:
+def test_building_every_command_parser_loads_no_heavy_package_and_builds_no_config_model() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
         [sys.executable, "-c", PARSER_CHILD], capture_output=True, text=True, cwd=ROOT, env=env, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    loaded = set(report["packages"])
     heavy = {"polars", "httpx", "aiohttp", "rich", "prefect", "fsspec", "numpy", "pyarrow", "matplotlib", "yappi"}
     assert not loaded & heavy, f"a parser loads {sorted(loaded & heavy)}"
+    assert {"CollectConfig", "EndpointConfig", "QualityConfig", "FilterOptions"} <= set(report["deferred"])
+    built = sorted(name for name, complete in report["deferred"].items() if complete)
+    assert not built, f"building the parsers built the validators of {built}"
+
+
+def test_a_flow_module_builds_the_config_models_its_parameter_schemas_need() -> None:
+    """The deferred config models are built before a flow's parameter schema serializes their defaults."""
+    import flows.collect  # noqa: F401  (its import builds them)
+    from rollouts.config import CollectConfig
+    from rollouts.options import models_in
+
+    pending = [CollectConfig]
+    while pending:
+        model = pending.pop()
+        assert model.__pydantic_complete__, model.__name__
+        pending += [sub for field in model.model_fields.values() for sub in models_in(field.annotation)]
 
 
 def test_the_top_level_help_lists_every_command(
