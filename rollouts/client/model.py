@@ -195,10 +195,12 @@ def chat_body(
     sampling: dict[str, Any],
     return_tokens: bool,
     token_request: dict[str, Any] | None = None,
+    converted_tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The Chat Completions body; `converted_tools` is `chat_tools(params["tools"])` when the caller has it."""
     body: dict[str, Any] = {"model": model, "messages": items_to_chat(items, params.get("instructions"))}
     if params.get("tools"):
-        body["tools"] = chat_tools(params["tools"])
+        body["tools"] = converted_tools if converted_tools is not None else chat_tools(params["tools"])
         if "tool_choice" in params:
             body["tool_choice"] = params["tool_choice"]
         if "parallel_tool_calls" in params:
@@ -378,6 +380,7 @@ class ModelClient:
         self.max_response_bytes = max_response_bytes
         self.reply_memory_bytes = reply_memory_bytes
         self._reply_budget: ReplyBudget | None = None
+        self._converted_tools: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = {}
 
     def _budget(self) -> ReplyBudget:
         """The collector loop's reply budget, set to this run's `--max-reply-memory-bytes` (found once)."""
@@ -400,8 +403,24 @@ class ModelClient:
         self, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]
     ) -> dict[str, Any]:
         """The request body of one call, exactly as `create` sends it (batch mode writes it to a batch file)."""
-        build = chat_body if self.api == "chat" else responses_body
-        return build(self.model, items, params, sampling, self.return_tokens, self.token_request)
+        if self.api != "chat":
+            return responses_body(self.model, items, params, sampling, self.return_tokens, self.token_request)
+        tools = params.get("tools")
+        converted = self._chat_tools(tools) if tools and isinstance(tools, list) else None
+        return chat_body(self.model, items, params, sampling, self.return_tokens, self.token_request, converted)
+
+    def _chat_tools(self, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """`chat_tools(tools)`, converted once per tools list: a rollout's every call sends the same list (and an
+        environment's tools are one list for all its rollouts). The list is held beside its conversion, so its id
+        cannot be reused while cached."""
+        found = self._converted_tools.get(id(tools))
+        if found is not None and found[0] is tools:
+            return found[1]
+        if len(self._converted_tools) >= 4096:
+            self._converted_tools.clear()
+        converted = chat_tools(tools)
+        self._converted_tools[id(tools)] = (tools, converted)
+        return converted
 
     def parse_reply(self, data: dict[str, Any], status: int = 200) -> ModelCall:
         """A reply body that came another way than `create` (a batch's output file), read as `create` reads its

@@ -166,17 +166,27 @@ class Tool:
             raise ToolError(f"invalid arguments for {self.name}: {problems}") from None
         return {name: getattr(validated, name) for name in type(validated).model_fields}
 
-    async def run(self, arguments: str | dict[str, Any] | None, state: Any = None) -> str:
-        """Validate, call (awaiting an async tool, threading a blocking one) and render the result as text."""
+    @property
+    def inline(self) -> bool:
+        """A cheap sync tool: it runs to its end when called (no await, no thread), so `run_now` may call it."""
+        return not self.is_async and not self.thread
+
+    def _kwargs(self, arguments: str | dict[str, Any] | None, state: Any) -> dict[str, Any]:
         kwargs = self.parse(arguments)
         if self.takes_state:
             kwargs[STATE_PARAMETER] = state
-        if self.is_async:
-            call = self.function(**kwargs)
-        elif self.thread:
-            call = asyncio.to_thread(self.function, **kwargs)
-        else:
-            return render(self.function(**kwargs))  # cheap sync tools run inline: no thread hop per call
+        return kwargs
+
+    def run_now(self, arguments: str | dict[str, Any] | None, state: Any = None) -> str:
+        """`run` of an `inline` tool, without a coroutine: validate, call, render."""
+        return render(self.function(**self._kwargs(arguments, state)))
+
+    async def run(self, arguments: str | dict[str, Any] | None, state: Any = None) -> str:
+        """Validate, call (awaiting an async tool, threading a blocking one) and render the result as text."""
+        if self.inline:  # cheap sync tools run inline: no thread hop per call
+            return self.run_now(arguments, state)
+        kwargs = self._kwargs(arguments, state)
+        call = self.function(**kwargs) if self.is_async else asyncio.to_thread(self.function, **kwargs)
         if self.timeout is None:
             return render(await call)
         try:
@@ -291,6 +301,11 @@ class ToolRegistry:
 
     def __len__(self) -> int:
         return len(self._tools)
+
+    def inline(self, name: str) -> Tool | None:
+        """The tool `name` when it is `inline`, else None (unknown names included: `get` words their error)."""
+        tool = self._tools.get(name)
+        return tool if tool is not None and tool.inline else None
 
     def get(self, name: str) -> Tool:
         tool = self._tools.get(name)
