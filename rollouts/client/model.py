@@ -454,32 +454,19 @@ class ModelClient:
     async def _attempt(self, body: bytes, sent: dict[str, Any]) -> ModelCall:
         try:
             async with asyncio.timeout(self.request_timeout):
+                reply: httpx.Response | tuple[int, bytes]
                 if self.direct is not None:
-                    response = await self.direct.post(self._target, self._header_items, body)
+                    # A 2xx body read whole within --max-response-bytes comes back as (status, body).
+                    reply = await self.direct.post(self._target, self._header_items, body, self.max_response_bytes)
                 else:
                     request = httpx.Request(
                         "POST", self.url, headers=self.headers, content=body, extensions=self.extensions
                     )
                     if self.transport is not None:
-                        response = await self.transport.handle_async_request(request)
+                        reply = await self.transport.handle_async_request(request)
                     else:
-                        response = await self.http.send(request, stream=True)
-                try:
-                    status = response.status_code
-                    if status >= 300:
-                        text = (await read_capped(response, _ERROR_BODY_BYTES, truncate=True)).decode(
-                            "utf-8", "replace"
-                        )
-                        fault = model_output_fault(status, text)
-                        raise (ModelOutputError if fault else ProviderError)(
-                            f"HTTP {status} from {self.url}: {scrub(text, self.secrets)[:300]}",
-                            status_code=status,
-                            retryable=False if fault else self.retry.retryable(status),
-                            retry_after_s=retry_after(response),
-                        )
-                    content = await read_capped(response, self.max_response_bytes, budget=self._budget())
-                finally:
-                    await response.aclose()
+                        reply = await self.http.send(request, stream=True)
+                status, content = reply if isinstance(reply, tuple) else await self._read(reply)
         except TimeoutError:
             raise ProviderTimeout(
                 f"no complete reply from {self.url} within the {self.request_timeout:g} s request "
@@ -494,6 +481,23 @@ class ModelClient:
         if self.token_hook:
             return await self._parse_tokens(content, status, sent)
         return self._parse(content, status)
+
+    async def _read(self, response: httpx.Response) -> tuple[int, bytes]:
+        """(status, body) of a 2xx reply read under --max-response-bytes; an error reply raises its typed error."""
+        try:
+            status = response.status_code
+            if status >= 300:
+                text = (await read_capped(response, _ERROR_BODY_BYTES, truncate=True)).decode("utf-8", "replace")
+                fault = model_output_fault(status, text)
+                raise (ModelOutputError if fault else ProviderError)(
+                    f"HTTP {status} from {self.url}: {scrub(text, self.secrets)[:300]}",
+                    status_code=status,
+                    retryable=False if fault else self.retry.retryable(status),
+                    retry_after_s=retry_after(response),
+                )
+            return status, await read_capped(response, self.max_response_bytes, budget=self._budget())
+        finally:
+            await response.aclose()
 
     async def _parse_tokens(self, content: bytes, status: int, request: dict[str, Any]) -> ModelCall:
         """A chat reply with token ids: `auto` picks the source from it, and a source that sends no prompt ids gets

@@ -149,12 +149,7 @@ class Tool:
         """Keyword arguments for the function, or a ToolError that tells the model what is wrong."""
         if arguments is None or arguments == "":
             arguments = "{}"
-        try:
-            raw = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except json.JSONDecodeError as exc:
-            raise ToolError(
-                f"the arguments of {self.name} are not valid JSON ({exc.msg} at position {exc.pos})"
-            ) from None
+        raw = _json_object(arguments, self.name) if isinstance(arguments, str) else arguments
         if not isinstance(raw, dict):
             raise ToolError(f"the arguments of {self.name} must be a JSON object, not {type(raw).__name__}")
         try:
@@ -164,7 +159,7 @@ class Tool:
                 f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
             )
             raise ToolError(f"invalid arguments for {self.name}: {problems}") from None
-        return {name: getattr(validated, name) for name in type(validated).model_fields}
+        return dict(validated.__dict__)  # its fields, and nothing else: extra="forbid"
 
     @property
     def inline(self) -> bool:
@@ -194,6 +189,20 @@ class Tool:
                 return render(await call)
         except TimeoutError:
             raise ToolError(f"{self.name} timed out after {self.timeout:g} s") from None
+
+
+def _json_object(text: str, tool: str) -> Any:
+    """`json.loads(text)`, by pydantic's parser (~10x faster; the same values, NaN, Infinity and big integers
+    included) when it can: what it refuses (bad JSON, lone surrogates) goes to `json`, which reads the surrogates as
+    ever and words the error."""
+    try:
+        return pydantic_core.from_json(text)
+    except ValueError:
+        pass
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ToolError(f"the arguments of {tool} are not valid JSON ({exc.msg} at position {exc.pos})") from None
 
 
 def render(value: Any) -> str:
