@@ -17,6 +17,7 @@ from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelClient, http_client
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport
 from rollouts.envs import RemoteEnvironment, cookie_free_transport
+from rollouts.errors import ProviderTimeout
 from rollouts.sim import SimConfig, serve_in_thread
 from tests.servers.resources_server import ResourcesServerHandle, start_resources_server
 
@@ -242,6 +243,44 @@ async def test_a_model_calls_2xx_body_within_its_cap_comes_back_as_bytes_anythin
     assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
     await over_cap.aclose()
     await refused.aclose()
+
+
+async def test_a_model_call_arms_no_read_timer_its_own_deadline_makes_redundant() -> None:
+    async with http_client(2, 30.0) as http:
+        redundant = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0, request_timeout=30.0)
+        shorter = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0, request_timeout=60.0)
+        unbounded = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0)
+    assert redundant._target[1].sock_read is None and redundant._target[1].sock_connect == 30.0
+    assert shorter._target[1].sock_read == unbounded._target[1].sock_read == 30.0
+
+
+async def test_a_stalled_reply_still_ends_at_the_request_deadline() -> None:
+    release = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        reply = web.StreamResponse(headers={"Content-Length": "100"})
+        await reply.prepare(request)
+        await reply.write(b"{")
+        await release.wait()
+        return reply
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/chat/completions", stall)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with http_client(2, 0.3) as http:
+            model = ModelClient(
+                http, f"http://127.0.0.1:{runner.addresses[0][1]}/v1", "m", "chat", max_retries=0, request_timeout=0.3
+            )
+            assert model._target[1].sock_read is None
+            with pytest.raises(ProviderTimeout, match="within the 0.3 s request deadline"):
+                await model.create([{"role": "user", "content": "hi"}], {}, {})
+    finally:
+        release.set()
+        await runner.cleanup()
 
 
 async def test_model_calls_read_as_bytes_equal_those_read_through_httpx_responses() -> None:
