@@ -183,7 +183,7 @@ class CollectorTransport(AiohttpTransport):
         was ~8 % of the collector's CPU at `--parallel 512`. aiohttp sets Host and Content-Length itself.
 
         With `ok_body_limit`, a 2xx reply read at once (see the class) whose length is at most that limit comes back
-        as `(status, body)`: no `httpx.Response` built, read back and closed per model call (~5 % of a tool rollout's
+        as `(status, body)`: no `httpx.Response` built, read back and closed per model call (~6 % of a tool rollout's
         CPU). Any other reply is an `httpx.Response`, as without it."""
         url, timeout = target
         return await self._send("POST", url, headers, body, timeout, None, ok_body_limit)
