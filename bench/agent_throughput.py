@@ -279,7 +279,7 @@ def main() -> None:
     )
     with start_sim_server(latency_ms=args.latency_ms, seed=0) as server:
         for pair in range(1, args.pairs + 1):
-            ratios = {}
+            ratios, cpu = {}, {}
             for kind, label in (("bare", "bare aiohttp"), ("flow", "collect flow")):
                 load = os.getloadavg()[0]
                 server_cpu = cpu_seconds(server.process.pid)
@@ -289,6 +289,7 @@ def main() -> None:
                 ratios[kind] = rate / ideal
                 reward = "" if r["mean_reward"] is None else f"{r['mean_reward']:.2f}"
                 calls = max(r["calls"], 1)
+                cpu[kind] = r["cpu_s"] / calls
                 print(
                     f"{pair:>4} {label:<12} {r['rollouts']:>8} {r['failed']:>6} {rate:>10.1f} "
                     f"{r['calls'] / r['window_s']:>8.0f} {ideal:>9.0f} {ratios[kind]:>6.2f} "
@@ -298,7 +299,8 @@ def main() -> None:
                 )
             print(
                 f"{pair:>4} flow ratio {ratios['flow']:.2f} beside bare {ratios['bare']:.2f}: "
-                f"{ratios['flow'] / ratios['bare']:.2f} of the bare client",
+                f"{ratios['flow'] / ratios['bare']:.2f} of the bare client's rate (goal >= 0.9), "
+                f"{cpu['flow'] / cpu['bare']:.2f}x its CPU per model call (goal <= 2)",
                 flush=True,
             )
 

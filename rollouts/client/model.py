@@ -195,10 +195,12 @@ def chat_body(
     sampling: dict[str, Any],
     return_tokens: bool,
     token_request: dict[str, Any] | None = None,
+    converted_tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The Chat Completions body; `converted_tools` is `chat_tools(params["tools"])` when the caller has it."""
     body: dict[str, Any] = {"model": model, "messages": items_to_chat(items, params.get("instructions"))}
     if params.get("tools"):
-        body["tools"] = chat_tools(params["tools"])
+        body["tools"] = converted_tools if converted_tools is not None else chat_tools(params["tools"])
         if "tool_choice" in params:
             body["tool_choice"] = params["tool_choice"]
         if "parallel_tool_calls" in params:
@@ -322,6 +324,18 @@ def parse_responses(data: dict[str, Any], return_tokens: bool = False) -> ModelC
     )
 
 
+def _direct_timeouts(timeouts: dict[str, Any], request_timeout: float | None) -> dict[str, Any]:
+    """The client's timeouts for a model call, without a read timeout the call's own deadline makes redundant.
+
+    Each attempt runs under `request_timeout`, from before it asks for a connection to the body's last byte, so a
+    read timeout at least as long can never fire first; aiohttp would still arm it as each request is written and
+    re-arm it on every chunk read (two timer handles per call, ~2 % of a tool rollout's CPU)."""
+    read = timeouts.get("read")
+    if request_timeout is not None and read is not None and read >= request_timeout:
+        return {**timeouts, "read": None}
+    return timeouts
+
+
 # ----- the call with retries ---------------------------------------------------------------------------------------
 
 
@@ -366,7 +380,7 @@ class ModelClient:
         transport = self.transport
         self.direct = transport if isinstance(transport, CollectorTransport) and transport.direct else None
         if self.direct is not None:
-            self._target = self.direct.target(self.url, self.extensions["timeout"])
+            self._target = self.direct.target(self.url, _direct_timeouts(self.extensions["timeout"], request_timeout))
             self._header_items = self.headers.multi_items()
         # A server may echo the request (its headers, the key) in an error body: masked before any message holds it.
         self.secrets = [*header_secrets(self.headers.multi_items()), *secrets]
@@ -378,6 +392,7 @@ class ModelClient:
         self.max_response_bytes = max_response_bytes
         self.reply_memory_bytes = reply_memory_bytes
         self._reply_budget: ReplyBudget | None = None
+        self._converted_tools: dict[int, tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = {}
 
     def _budget(self) -> ReplyBudget:
         """The collector loop's reply budget, set to this run's `--max-reply-memory-bytes` (found once)."""
@@ -400,8 +415,24 @@ class ModelClient:
         self, items: list[dict[str, Any]], params: dict[str, Any], sampling: dict[str, Any]
     ) -> dict[str, Any]:
         """The request body of one call, exactly as `create` sends it (batch mode writes it to a batch file)."""
-        build = chat_body if self.api == "chat" else responses_body
-        return build(self.model, items, params, sampling, self.return_tokens, self.token_request)
+        if self.api != "chat":
+            return responses_body(self.model, items, params, sampling, self.return_tokens, self.token_request)
+        tools = params.get("tools")
+        converted = self._chat_tools(tools) if tools and isinstance(tools, list) else None
+        return chat_body(self.model, items, params, sampling, self.return_tokens, self.token_request, converted)
+
+    def _chat_tools(self, tools: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """`chat_tools(tools)`, converted once per tools list: a rollout's every call sends the same list (and an
+        environment's tools are one list for all its rollouts). The list is held beside its conversion, so its id
+        cannot be reused while cached."""
+        found = self._converted_tools.get(id(tools))
+        if found is not None and found[0] is tools:
+            return found[1]
+        if len(self._converted_tools) >= 4096:
+            self._converted_tools.clear()
+        converted = chat_tools(tools)
+        self._converted_tools[id(tools)] = (tools, converted)
+        return converted
 
     def parse_reply(self, data: dict[str, Any], status: int = 200) -> ModelCall:
         """A reply body that came another way than `create` (a batch's output file), read as `create` reads its
@@ -435,32 +466,19 @@ class ModelClient:
     async def _attempt(self, body: bytes, sent: dict[str, Any]) -> ModelCall:
         try:
             async with asyncio.timeout(self.request_timeout):
+                reply: httpx.Response | tuple[int, bytes]
                 if self.direct is not None:
-                    response = await self.direct.post(self._target, self._header_items, body)
+                    # A 2xx body read whole within --max-response-bytes comes back as (status, body).
+                    reply = await self.direct.post(self._target, self._header_items, body, self.max_response_bytes)
                 else:
                     request = httpx.Request(
                         "POST", self.url, headers=self.headers, content=body, extensions=self.extensions
                     )
                     if self.transport is not None:
-                        response = await self.transport.handle_async_request(request)
+                        reply = await self.transport.handle_async_request(request)
                     else:
-                        response = await self.http.send(request, stream=True)
-                try:
-                    status = response.status_code
-                    if status >= 300:
-                        text = (await read_capped(response, _ERROR_BODY_BYTES, truncate=True)).decode(
-                            "utf-8", "replace"
-                        )
-                        fault = model_output_fault(status, text)
-                        raise (ModelOutputError if fault else ProviderError)(
-                            f"HTTP {status} from {self.url}: {scrub(text, self.secrets)[:300]}",
-                            status_code=status,
-                            retryable=False if fault else self.retry.retryable(status),
-                            retry_after_s=retry_after(response),
-                        )
-                    content = await read_capped(response, self.max_response_bytes, budget=self._budget())
-                finally:
-                    await response.aclose()
+                        reply = await self.http.send(request, stream=True)
+                status, content = reply if isinstance(reply, tuple) else await self._read(reply)
         except TimeoutError:
             raise ProviderTimeout(
                 f"no complete reply from {self.url} within the {self.request_timeout:g} s request "
@@ -475,6 +493,23 @@ class ModelClient:
         if self.token_hook:
             return await self._parse_tokens(content, status, sent)
         return self._parse(content, status)
+
+    async def _read(self, response: httpx.Response) -> tuple[int, bytes]:
+        """(status, body) of a 2xx reply read under --max-response-bytes; an error reply raises its typed error."""
+        try:
+            status = response.status_code
+            if status >= 300:
+                text = (await read_capped(response, _ERROR_BODY_BYTES, truncate=True)).decode("utf-8", "replace")
+                fault = model_output_fault(status, text)
+                raise (ModelOutputError if fault else ProviderError)(
+                    f"HTTP {status} from {self.url}: {scrub(text, self.secrets)[:300]}",
+                    status_code=status,
+                    retryable=False if fault else self.retry.retryable(status),
+                    retry_after_s=retry_after(response),
+                )
+            return status, await read_capped(response, self.max_response_bytes, budget=self._budget())
+        finally:
+            await response.aclose()
 
     async def _parse_tokens(self, content: bytes, status: int, request: dict[str, Any]) -> ModelCall:
         """A chat reply with token ids: `auto` picks the source from it, and a source that sends no prompt ids gets

@@ -249,6 +249,8 @@ def _checked(fields: dict[str, Any], asked: bool, where: str) -> dict[str, Any]:
     """The complete, well-typed bundle; when not asked for, a partial or malformed one is left out instead of
     raising."""
     missing = [name for name in TOKEN_FIELDS if fields.get(name) is None]
+    if missing and not asked:  # the usual reply of a run without --return-tokens: no error built to be dropped
+        return {}
     try:
         if missing:
             raise TokenFieldsError(
@@ -274,12 +276,23 @@ def _checked(fields: dict[str, Any], asked: bool, where: str) -> dict[str, Any]:
 
 def chat_token_fields(data: dict[str, Any], asked: bool) -> dict[str, Any]:
     """NeMo Gym's three fields from a Chat Completions reply ({} when absent, or malformed and not asked for)."""
+    if not asked and not _may_carry_prompt_ids(data):  # the usual reply without --return-tokens: nothing to read
+        return {}
     try:
         return _chat_fields(data, asked)
     except TokenFieldsError:
         if asked:
             raise
         return {}
+
+
+def _may_carry_prompt_ids(data: dict[str, Any]) -> bool:
+    """Whether a reply has prompt ids where `_chat_fields` looks (a bundle without them is left out unless asked)."""
+    choices = data.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    on_message = isinstance(message, dict) and any(message.get(name) is not None for name in TOKEN_FIELDS)
+    return on_message or data.get("prompt_token_ids") is not None or choice.get("prompt_token_ids") is not None
 
 
 def _chat_fields(data: dict[str, Any], asked: bool) -> dict[str, Any]:

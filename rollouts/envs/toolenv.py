@@ -136,6 +136,16 @@ class ToolEnvironment(Environment):
     ) -> str:
         return await self.tools.call(name, arguments, session.live if session is not None else None)
 
+    def runs_inline(self, name: str) -> bool:
+        # A subclass's own call_tool is always the one called.
+        return type(self).call_tool is ToolEnvironment.call_tool and self.tools.inline(name) is not None
+
+    def call_tool_now(self, name: str, arguments: str, session: SessionState | None) -> str:
+        tool = self.tools.inline(name)
+        if tool is None:
+            return super().call_tool_now(name, arguments, session)
+        return tool.run_now(arguments, session.live if session is not None else None)
+
     def end_session(self, session: SessionState | None) -> None:
         if session is not None and session.live is not None:
             session.data["state"] = self.dump_state(session.live)

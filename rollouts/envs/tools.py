@@ -149,12 +149,7 @@ class Tool:
         """Keyword arguments for the function, or a ToolError that tells the model what is wrong."""
         if arguments is None or arguments == "":
             arguments = "{}"
-        try:
-            raw = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except json.JSONDecodeError as exc:
-            raise ToolError(
-                f"the arguments of {self.name} are not valid JSON ({exc.msg} at position {exc.pos})"
-            ) from None
+        raw = _json_object(arguments, self.name) if isinstance(arguments, str) else arguments
         if not isinstance(raw, dict):
             raise ToolError(f"the arguments of {self.name} must be a JSON object, not {type(raw).__name__}")
         try:
@@ -164,19 +159,29 @@ class Tool:
                 f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()
             )
             raise ToolError(f"invalid arguments for {self.name}: {problems}") from None
-        return {name: getattr(validated, name) for name in type(validated).model_fields}
+        return dict(validated.__dict__)  # its fields, and nothing else: extra="forbid"
 
-    async def run(self, arguments: str | dict[str, Any] | None, state: Any = None) -> str:
-        """Validate, call (awaiting an async tool, threading a blocking one) and render the result as text."""
+    @property
+    def inline(self) -> bool:
+        """A cheap sync tool: it runs to its end when called (no await, no thread), so `run_now` may call it."""
+        return not self.is_async and not self.thread
+
+    def _kwargs(self, arguments: str | dict[str, Any] | None, state: Any) -> dict[str, Any]:
         kwargs = self.parse(arguments)
         if self.takes_state:
             kwargs[STATE_PARAMETER] = state
-        if self.is_async:
-            call = self.function(**kwargs)
-        elif self.thread:
-            call = asyncio.to_thread(self.function, **kwargs)
-        else:
-            return render(self.function(**kwargs))  # cheap sync tools run inline: no thread hop per call
+        return kwargs
+
+    def run_now(self, arguments: str | dict[str, Any] | None, state: Any = None) -> str:
+        """`run` of an `inline` tool, without a coroutine: validate, call, render."""
+        return render(self.function(**self._kwargs(arguments, state)))
+
+    async def run(self, arguments: str | dict[str, Any] | None, state: Any = None) -> str:
+        """Validate, call (awaiting an async tool, threading a blocking one) and render the result as text."""
+        if self.inline:  # cheap sync tools run inline: no thread hop per call
+            return self.run_now(arguments, state)
+        kwargs = self._kwargs(arguments, state)
+        call = self.function(**kwargs) if self.is_async else asyncio.to_thread(self.function, **kwargs)
         if self.timeout is None:
             return render(await call)
         try:
@@ -184,6 +189,20 @@ class Tool:
                 return render(await call)
         except TimeoutError:
             raise ToolError(f"{self.name} timed out after {self.timeout:g} s") from None
+
+
+def _json_object(text: str, tool: str) -> Any:
+    """`json.loads(text)`, by pydantic's parser (~10x faster; the same values, NaN, Infinity and big integers
+    included) when it can: what it refuses (bad JSON, lone surrogates) goes to `json`, which reads the surrogates as
+    ever and words the error."""
+    try:
+        return pydantic_core.from_json(text)
+    except ValueError:
+        pass
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ToolError(f"the arguments of {tool} are not valid JSON ({exc.msg} at position {exc.pos})") from None
 
 
 def render(value: Any) -> str:
@@ -291,6 +310,11 @@ class ToolRegistry:
 
     def __len__(self) -> int:
         return len(self._tools)
+
+    def inline(self, name: str) -> Tool | None:
+        """The tool `name` when it is `inline`, else None (unknown names included: `get` words their error)."""
+        tool = self._tools.get(name)
+        return tool if tool is not None and tool.inline else None
 
     def get(self, name: str) -> Tool:
         tool = self._tools.get(name)

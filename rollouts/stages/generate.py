@@ -9,7 +9,6 @@ shard early with what finished flushed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -280,7 +279,7 @@ class ShardGenerator:
         record["status"] = "ok"
         record["error"] = None
         if session is not None:
-            record[SESSION_KEY] = dataclasses.asdict(session)
+            record[SESSION_KEY] = session.record()
 
     def _typed(self, exc: Exception) -> RolloutsError:
         if isinstance(exc, TimeoutError) and not isinstance(exc, RolloutsError):

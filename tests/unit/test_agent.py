@@ -314,6 +314,53 @@ async def test_state_changed_by_tools_is_snapshotted_for_the_verifier() -> None:
     assert verdict.reward == 1.0
 
 
+class TaskPathKeyValue(KeyValueEnvironment):
+    """The kv_store environment with a call_tool of its own: the agent loop then runs each call as a task."""
+
+    async def call_tool(self, name: str, arguments: str, http: Any, session: Any) -> str:
+        return await super().call_tool(name, arguments, http, session)
+
+
+async def test_sync_tools_called_inline_give_what_the_task_per_call_path_gives() -> None:
+    row = {"initial_store": {"a": "2", "b": "3"}, "expected_store": {"c": "6"}}
+    calls = [
+        fcall("get_value", {"key": "a"}, "c1"),
+        fcall("get_value", {"key": "missing"}, "c2"),
+        fcall("set_value", {"key": "c", "value": "6"}, "c3"),
+        fcall("delete_key", "{not json", "c4"),
+        fcall("delete_key", {"key": 3, "extra": 1}, "c5"),
+        fcall("no_such_tool", {}, "c6"),
+    ]
+    script = (turn(*calls), turn(fcall("delete_key", {"key": "a"}, "c7"), fcall("delete_key", {"key": "b"}, "c8")))
+    results, awaited = [], []
+    for env in (KeyValueEnvironment(), TaskPathKeyValue()):
+        call_tool = env.call_tool
+
+        async def counted(*args: Any, call_tool: Any = call_tool) -> str:
+            awaited.append(args[0])
+            return await call_tool(*args)
+
+        env.call_tool = counted  # type: ignore[method-assign]
+        session = await env.seed_session(row)
+        result = await run_agent(Script(*script, turn(message("done"))), env, PROMPT, session=session)
+        results.append((result, session))
+    (inline, inline_session), (tasks, tasks_session) = results
+    assert KeyValueEnvironment().runs_inline("get_value") and not TaskPathKeyValue().runs_inline("get_value")
+    assert not KeyValueEnvironment().runs_inline("no_such_tool")  # such a turn goes through call_tool
+    assert inline.output == tasks.output and inline.end_reason == tasks.end_reason == STOP
+    # The first turn names an unknown tool, so both run it as tasks; the second runs inline in the first loop only.
+    names = [c["name"] for c in calls]
+    assert awaited == names + names + ["delete_key"] * 2
+    assert outputs(inline)[0] == "2" and outputs(inline)[3].startswith("Error: the arguments of delete_key")
+    assert [name for name, _ in inline.tool_timings] == [name for name, _ in tasks.tool_timings]
+    counts = [
+        {n: {k: v for k, v in s.items() if not k.endswith("_ms")} for n, s in r.tool_record().items()}
+        for r, _ in results
+    ]
+    assert counts[0] == counts[1] and counts[0]["delete_key"] == {"calls": 4, "errors": 2, "timeouts": 0}
+    assert inline_session.data == tasks_session.data
+
+
 def test_env_tools_join_the_request_only_when_the_row_has_none() -> None:
     env = CalculatorEnvironment()
     assert [t["name"] for t in with_env_tools({"input": "q"}, env)["tools"]] == ["calculate"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from rollouts.envs import Tool, ToolError, ToolRegistry, tool_from_function
 from rollouts.envs.tools import parse_docstring, render
@@ -187,6 +188,48 @@ async def test_sync_async_and_threaded_tools_run_with_validated_arguments() -> N
 async def test_bad_arguments_are_tool_errors_for_the_model(arguments: str, message: str) -> None:
     with pytest.raises(ToolError, match=message):
         await ToolRegistry([google]).call("google", arguments)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        '{"big": 123456789012345678901234567890, "x": 3.0000000000000004}',
+        '{"big": 1, "x": NaN}',
+        '{"big": -9223372036854775809, "x": -Infinity, "text": "\\ud800 lone"}',
+        '{"big": 2, "big": 3, "x": 1e400, "text": "caf\\u00e9"}',
+        ' {"big": 0, "x": 0} ',
+        '{"big": 0, "x": 0} trailing',
+        "{oops",
+        '"a string"',
+    ],
+)
+def test_arguments_read_as_json_loads_and_pydantic_read_them(arguments: str) -> None:
+    """The arguments parser (pydantic's, `json` as its fallback) gives what `json.loads` then validation give."""
+
+    def exact(big: int, x: float, text: str = "") -> str:
+        """Echo."""
+        return text
+
+    tool = tool_from_function(exact)
+
+    def through_json_loads() -> Any:
+        try:
+            raw = json.loads(arguments)
+        except json.JSONDecodeError as exc:
+            return f"the arguments of exact are not valid JSON ({exc.msg} at position {exc.pos})"
+        if not isinstance(raw, dict):
+            return f"the arguments of exact must be a JSON object, not {type(raw).__name__}"
+        try:
+            validated = tool.arguments.model_validate(raw)
+        except ValidationError:
+            return "invalid"
+        return {name: getattr(validated, name) for name in type(validated).model_fields}
+
+    try:
+        got: Any = tool.parse(arguments)
+    except ToolError as exc:
+        got = "invalid" if str(exc).startswith("invalid arguments") else str(exc)
+    assert repr(got) == repr(through_json_loads())  # repr: NaN is not equal to itself
 
 
 async def test_unknown_tools_name_the_available_ones() -> None:

@@ -11,7 +11,7 @@ import pytest
 from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelClient, chat_body, items_to_chat, parse_chat, parse_responses, responses_body
 from rollouts.client.retry import RetryPolicy, model_output_fault
-from rollouts.errors import ModelOutputError, ProviderError, ResponseParseError
+from rollouts.errors import ConversionError, ModelOutputError, ProviderError, ResponseParseError
 
 ITEMS = [
     {"role": "system", "content": "You are terse."},
@@ -58,6 +58,21 @@ def test_chat_body_maps_tools_sampling_and_token_requests():
         body["max_tokens"] == 9 and body["temperature"] == 0.5 and body["seed"] == 3 and body["tool_choice"] == "auto"
     )
     assert body["logprobs"] is True and body["return_token_ids"] is True
+
+
+async def test_a_clients_request_bodies_convert_each_tools_list_once_and_equal_chat_body():
+    async with httpx.AsyncClient() as http:
+        client = ModelClient(http, "http://127.0.0.1:1/v1", "m", "chat", max_retries=0)
+        params, other = {"tools": TOOLS, "tool_choice": "auto"}, {"tools": [dict(TOOLS[0], name="calc2")]}
+        sampling = {"temperature": 0.5}
+        first, second = (client.request_body(ITEMS[: 2 + i], params, sampling) for i in range(2))
+        assert first == chat_body("m", ITEMS[:2], params, sampling, False)
+        assert second == chat_body("m", ITEMS[:3], params, sampling, False)
+        assert first["tools"] is second["tools"]  # converted once for the list
+        third = client.request_body(ITEMS[:2], other, sampling)
+        assert third == chat_body("m", ITEMS[:2], other, sampling, False) and third["tools"] is not first["tools"]
+        with pytest.raises(ConversionError):
+            client.request_body(ITEMS[:2], {"tools": [3]}, sampling)
 
 
 def test_responses_body_passes_params_through_with_sampling_overrides():

@@ -14,6 +14,7 @@ from rollouts.client.model import ModelClient, parse_chat, parse_responses
 from rollouts.client.token_fields import (
     CHAT_TOKEN_REQUEST,
     TokenFieldsError,
+    _chat_fields,
     chat_token_fields,
     responses_token_fields,
     tokenize_request,
@@ -126,6 +127,32 @@ def test_contradictory_or_malformed_fields_are_errors_when_asked(data: dict[str,
     with pytest.raises(TokenFieldsError, match=match):
         chat_token_fields(data, asked=True)
     assert chat_token_fields(data, asked=False) == {}
+
+
+BUNDLE = {"prompt_token_ids": [1], "generation_token_ids": [7], "generation_log_probs": [-0.5]}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        chat({}),
+        chat({"token_ids": [7], "logprobs": logprobs(("a", -0.5))}),  # no prompt ids anywhere
+        chat({"token_ids": [7], "logprobs": logprobs(("a", -0.5))}, prompt_token_ids=[1, 2]),
+        chat({"prompt_token_ids": [1], "meta_info": {"output_token_logprobs": [[-0.5, 7]]}}),
+        chat({"prompt_token_ids": [1]}),
+        chat({"message": {**MESSAGE, **BUNDLE}}),
+        chat({"message": {**MESSAGE, "generation_token_ids": [7]}}),
+        chat({"logprobs": logprobs(("token_id:7", -0.5))}, prompt_token_ids="bad"),
+        {"choices": []},
+    ],
+)
+def test_not_asked_reads_what_the_full_reading_reads(data: dict[str, Any]) -> None:
+    """Without --return-tokens a reply with no prompt ids is read as {} at once; the full reading agrees."""
+    try:
+        want = _chat_fields(data, asked=False)
+    except TokenFieldsError:
+        want = {}
+    assert chat_token_fields(data, asked=False) == want
 
 
 def test_responses_fields_move_to_the_last_output_item() -> None:

@@ -17,6 +17,7 @@ from rollouts.client.credentials import EndpointAuth
 from rollouts.client.model import ModelClient, http_client
 from rollouts.client.transport import CollectorHTTPClient, CollectorTransport
 from rollouts.envs import RemoteEnvironment, cookie_free_transport
+from rollouts.errors import ProviderTimeout
 from rollouts.sim import SimConfig, serve_in_thread
 from tests.servers.resources_server import ResourcesServerHandle, start_resources_server
 
@@ -58,6 +59,10 @@ async def gzipped(request: web.Request) -> web.Response:
     )
 
 
+async def refuse(request: web.Request) -> web.Response:
+    return web.json_response({"error": "slow down"}, status=429, headers={"Retry-After": "2"})
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     loop = asyncio.new_event_loop()
@@ -73,6 +78,7 @@ def server() -> Iterator[str]:
                 web.get("/big", big),
                 web.get("/chunked", chunked),
                 web.get("/gzip", gzipped),
+                web.post("/refuse", refuse),
             ]
         )
         runner = web.AppRunner(app)
@@ -217,6 +223,83 @@ async def test_a_model_call_sends_what_the_httpx_path_sends_without_an_httpx_req
     assert direct.headers["content-type"] == "application/json; charset=utf-8" and direct.elapsed.total_seconds() > 0
     with pytest.raises(httpx.TransportError):  # errors are httpx's, as on the other path
         await model.direct.post(model.direct.target(httpx.URL("http://127.0.0.1:1/v1"), {}), [], body)
+
+
+async def test_a_model_calls_2xx_body_within_its_cap_comes_back_as_bytes_anything_else_as_a_response(
+    server: str, client: httpx.AsyncClient
+) -> None:
+    model = ModelClient(client, server, "m", "chat", max_retries=0)
+    assert model.direct is not None
+    timeout = model.extensions["timeout"]
+    echo_at, refuse_at = (model.direct.target(httpx.URL(f"{server}{path}"), timeout) for path in ("/echo", "/refuse"))
+    body = b'{"model": "m", "messages": []}'
+    reply = await model.direct.post(echo_at, model._header_items, body, 1 << 20)
+    as_response = await model.direct.post(echo_at, model._header_items, body)
+    assert isinstance(reply, tuple) and isinstance(as_response, httpx.Response)
+    assert reply[0] == as_response.status_code == 200 and reply[1] == await as_response.aread()
+    over_cap = await model.direct.post(echo_at, model._header_items, body, 16)  # read_capped refuses it, as ever
+    refused = await model.direct.post(refuse_at, model._header_items, body, 1 << 20)
+    assert isinstance(over_cap, httpx.Response) and isinstance(refused, httpx.Response)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "2"
+    await over_cap.aclose()
+    await refused.aclose()
+
+
+async def test_a_model_call_arms_no_read_timer_its_own_deadline_makes_redundant() -> None:
+    async with http_client(2, 30.0) as http:
+        redundant = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0, request_timeout=30.0)
+        shorter = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0, request_timeout=60.0)
+        unbounded = ModelClient(http, "http://model/v1", "m", "chat", max_retries=0)
+    assert redundant._target[1].sock_read is None and redundant._target[1].sock_connect == 30.0
+    assert shorter._target[1].sock_read == unbounded._target[1].sock_read == 30.0
+
+
+async def test_a_stalled_reply_still_ends_at_the_request_deadline() -> None:
+    release = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        reply = web.StreamResponse(headers={"Content-Length": "100"})
+        await reply.prepare(request)
+        await reply.write(b"{")
+        await release.wait()
+        return reply
+
+    app = web.Application()
+    app.add_routes([web.post("/v1/chat/completions", stall)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with http_client(2, 0.3) as http:
+            model = ModelClient(
+                http, f"http://127.0.0.1:{runner.addresses[0][1]}/v1", "m", "chat", max_retries=0, request_timeout=0.3
+            )
+            assert model._target[1].sock_read is None
+            with pytest.raises(ProviderTimeout, match="within the 0.3 s request deadline"):
+                await model.create([{"role": "user", "content": "hi"}], {}, {})
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_model_calls_read_as_bytes_equal_those_read_through_httpx_responses() -> None:
+    url, stop = serve_in_thread(SimConfig(latency_ms=0, seed=3))
+    try:
+        async with http_client(4, 10.0) as http:
+            calls = []
+            for direct in (True, False):
+                model = ModelClient(http, url, "sim-model", "chat", max_retries=0)
+                if not direct:
+                    model.direct = None  # through handle_async_request and an httpx.Response, as a proxy would
+                items = [{"role": "user", "content": "What is 4 + 1?"}]
+                calls.append(await model.create(items, {}, {"temperature": 0.0, "seed": 7}))
+    finally:
+        stop()
+    for call in calls:  # a reply's id is random; everything else follows from the seed
+        call.latency_ms, call.response_id = 0.0, ""
+        call.output = [{k: v for k, v in item.items() if k != "id"} for item in call.output]
+    assert calls[0] == calls[1] and calls[0].output
 
 
 async def test_a_proxied_transport_is_sent_httpx_aiohttps_way() -> None:
