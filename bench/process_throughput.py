@@ -248,13 +248,27 @@ def link_run(full: Path, run: Path, shards: int) -> int:
     return total
 
 
+def _cached_run(cache: Path, prompts: int, repeats: int) -> Path | None:
+    """The smallest run kept in `cache` by this builder with at least `prompts` prompts (its first shards serve)."""
+    runs = []
+    for manifest in cache.glob(f"run-*x{repeats}/manifest.json"):
+        built = json.loads(manifest.read_text())
+        if built.get("builder") == BUILDER and built.get("prompts", 0) >= prompts:
+            runs.append((built["prompts"], manifest.parent))
+    return min(runs)[1] if runs else None
+
+
 def scale(args: argparse.Namespace, cache: Path, work: Path) -> None:
     """The whole `process` at each of --sizes rollouts; the read_ndjson baseline up to --baseline-max."""
     sizes = sorted(int(x) for x in args.sizes.split(","))
     per_shard = SHARD_PROMPTS * args.repeats
     prompts = -(-sizes[-1] // per_shard) * SHARD_PROMPTS
-    full = cache / f"run-{prompts}x{args.repeats}"
-    reuse_or_build(full, prompts, args.repeats)
+    full = _cached_run(cache, prompts, args.repeats)
+    if full is None:
+        full = cache / f"run-{prompts}x{args.repeats}"
+        reuse_or_build(full, prompts, args.repeats)
+    else:
+        print(f"reusing the run built before at {full} (its first shards)", flush=True)
     print(
         f"{'rollouts':>11} {'GB':>6} {'process s':>9} {'rows/s':>9} {'peak RSS':>9} {'read_ndjson s':>13} {'ratio':>6}"
     )
