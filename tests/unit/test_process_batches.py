@@ -11,7 +11,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from rollouts.errors import InputError
-from rollouts.process import load_rollouts, readers, writers
+from rollouts.process import card, load_rollouts, readers, writers
 from rollouts.process.extras import discover
 from rollouts.training import ProcessConfig, process_many
 
@@ -204,12 +204,14 @@ def processed_files(run: Path, out: Path) -> dict[str, bytes]:
 def test_a_process_in_many_small_batches_writes_the_files_of_one_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Loading one shard per frame part and writing two selected rows (or pairs) at a time gives the same files, byte
-    for byte, as one part and one batch: a group spread over parts is still one group, pairs keep their order."""
+    """Loading one shard per frame part, selecting ~10 rows of whole groups at a time and writing two selected rows (or
+    pairs) at a time gives the same files and data cards, byte for byte, as all at once: a group spread over parts is
+    still one group, rows and pairs keep their order."""
     run = spread_run(tmp_path, shards=6)
     whole = processed_files(run, tmp_path / "whole")
     monkeypatch.setattr(readers, "BATCH_BYTES", 1)  # every shard its own batch and frame part
     monkeypatch.setattr(writers, "BATCH_ROWS", 2)
+    monkeypatch.setattr(card, "BUCKET_ROWS", 10)  # the groups selected a few at a time: 6 buckets of whole groups
     parts = processed_files(run, tmp_path / "parts")
     loaded = load_rollouts([str(run)], workdir=str(tmp_path / "work"))
     assert loaded.frame_uri is not None and len(list(Path(loaded.frame_uri).glob("*.parquet"))) == 7
