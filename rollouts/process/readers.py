@@ -218,10 +218,12 @@ def scan_parquet_dir(uri: str, columns: list[str] | None, storage_options: dict[
 class FrameSink:
     """Collects parsed chunks: Parquet parts under `<workdir>/frame-<id>/` (bounded memory), or in memory."""
 
-    def __init__(self, workdir: str | None, storage_options: dict[str, Any] | None) -> None:
+    def __init__(self, workdir: str | None, storage_options: dict[str, Any] | None, *, keep_keys: bool = True) -> None:
         self.parts: list[pl.DataFrame] = []
         self.rows = 0
-        self.keys: list[pl.DataFrame] = []  # (source, task, rollout) of every row: small, for the owed-rollout count
+        # (source, task, rollout) of every row, for the owed-rollout count: kept only when some input owes rollouts
+        self.keep_keys = keep_keys
+        self.keys: list[pl.DataFrame] = []
         self.has_token_ids = False
         self.uri: str | None = None
         if workdir is not None:
@@ -237,7 +239,8 @@ class FrameSink:
             row=pl.int_range(self.rows, self.rows + part.height, dtype=pl.Int64)
         )
         self.has_token_ids = self.has_token_ids or part["generation_token_ids"].null_count() < part.height
-        self.keys.append(part.select(_KEYS))
+        if self.keep_keys:
+            self.keys.append(part.select(_KEYS))
         if self.uri is None:
             self.parts.append(part)
         else:
@@ -281,7 +284,7 @@ def load_rollouts(
     result is small enough to pass between Prefect tasks."""
     files = discover(inputs, storage_options)
     bad = BadRows()
-    sink = FrameSink(workdir, storage_options)
+    sink = FrameSink(workdir, storage_options, keep_keys=any(item.role == "inputs" for item in files))
     rows_read = 0
     owed: list[pl.DataFrame] = []
     batch: list[Piece] = []
