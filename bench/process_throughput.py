@@ -1,9 +1,11 @@
 """Throughput of `rollouts process`: a synthetic run of 1,000,000 rollouts (250,000 prompts x 4), all three objectives.
 
     python bench/process_throughput.py [--prompts 250000] [--repeats 4] [--keep DIR] [--single-process]
-    python bench/process_throughput.py --sizes 1000000,3000000,10000000 --keep /tmp/bench-10m   # scale (~1 h)
+    python bench/process_throughput.py --sizes 1000000,3000000,10000000
 
-Builds the run as JSONL shards (rollouts/ and failures/, like a collection run) in a temp dir, then runs each stage in
+Builds the run as JSONL shards (rollouts/ and failures/, like a collection run) under --keep (reused by later runs of
+the same shape: it says so; ~1.75 GB per 1M rollouts, delete it when done): the first shard line by line, every other
+one a byte-level copy of it with fresh task indices and rollout ids (~15 s per 1M rollouts). Then runs each stage in
 its own subprocess and prints wall time, rows/s and the stage's peak RSS (its own ru_maxrss):
   load  JSONL run -> the Parquet rollout frame (done once; every objective reads the frame)
   rl / sft / dpo  select + write the default formats from the frame
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_PROMPTS = 2_500
+BUILDER = 2  # the builder's version: a run built by another version is rebuilt, not reused
 KINDS = ("rollouts", "failures")
 TOOLS = [
     {
@@ -112,23 +117,92 @@ def failed_line(task: int, rollout: int) -> str:
     )
 
 
+# What the process stage keys on, rewritten in every copy of the template shard: the task index (the group) and the
+# rollout id (unique per row). Everything else (prompts, outputs, rewards, the failure pattern) repeats per shard: the
+# groups keep their sizes, reward spreads and duplicate structure, so DPO pairs and group statistics stay realistic.
+_KEYED = re.compile(rb'"_ng_task_index":(\d+)|"rollout_id":"r(\d{7})(\d{2})"')
+
+
+def template_lines(kind: str, repeats: int) -> list[str]:
+    """One shard of rows (SHARD_PROMPTS prompts x repeats) built line by line: the pattern every shard copies."""
+    lines = []
+    for task in range(SHARD_PROMPTS):
+        for rollout in range(repeats):
+            is_failed = (task * repeats + rollout) % 200 == 199
+            if is_failed == (kind == "failures"):
+                lines.append((failed_line if is_failed else rollout_line)(task, rollout))
+    return lines
+
+
+class Template:
+    """A shard split at its keyed fields: each copy joins the static bytes with fresh task indices and rollout ids,
+    at disk speed (no per-row formatting beyond the keys)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.static: list[bytes] = []
+        self.slots: list[tuple[bool, int, int]] = []  # (is rollout_id, task, rollout)
+        at = 0
+        for m in _KEYED.finditer(data):
+            self.static.append(data[at : m.start()])
+            if m.group(1) is not None:
+                self.slots.append((False, int(m.group(1)), 0))
+            else:
+                self.slots.append((True, int(m.group(2)), int(m.group(3))))
+            at = m.end()
+        self.static.append(data[at:])
+
+    def copy(self, offset: int) -> bytes:
+        keys = [
+            f'"rollout_id":"r{task + offset:07d}{rollout:02d}"'.encode()
+            if is_id
+            else f'"_ng_task_index":{task + offset}'.encode()
+            for is_id, task, rollout in self.slots
+        ]
+        parts = [b""] * (len(self.static) + len(keys))
+        parts[::2] = self.static
+        parts[1::2] = keys
+        return b"".join(parts)
+
+
 def build_run(run: Path, prompts: int, repeats: int) -> int:
-    (run / "rollouts").mkdir(parents=True)
-    (run / "failures").mkdir()
-    total = 0
-    for shard, start in enumerate(range(0, prompts, SHARD_PROMPTS)):
-        ok, failed = [], []
-        for task in range(start, min(prompts, start + SHARD_PROMPTS)):
-            for rollout in range(repeats):
-                (failed if (task * repeats + rollout) % 200 == 199 else ok).append(
-                    (failed_line if (task * repeats + rollout) % 200 == 199 else rollout_line)(task, rollout)
-                )
-        (run / "rollouts" / f"shard-{shard:05d}.jsonl").write_text("\n".join(ok) + "\n")
-        if failed:
-            (run / "failures" / f"shard-{shard:05d}.jsonl").write_text("\n".join(failed) + "\n")
-        total += len(ok) + len(failed)
-    (run / "manifest.json").write_text(json.dumps({"run": "bench", "rollouts": total}))
+    """The run's shards: the first built line by line, the others copies of it with fresh keys (see Template)."""
+    if prompts % SHARD_PROMPTS:
+        sys.exit(f"--prompts must be a multiple of {SHARD_PROMPTS:,} (one shard)")
+    counts = {}
+    templates = {}
+    for kind in KINDS:
+        (run / kind).mkdir(parents=True, exist_ok=True)
+        lines = template_lines(kind, repeats)
+        counts[kind] = len(lines)
+        templates[kind] = Template(("\n".join(lines) + "\n").encode())
+    shards = prompts // SHARD_PROMPTS
+    for shard in range(shards):
+        for kind in KINDS:
+            if counts[kind]:
+                (run / kind / f"shard-{shard:05d}.jsonl").write_bytes(templates[kind].copy(shard * SHARD_PROMPTS))
+    total = shards * sum(counts.values())
+    manifest = {"run": "bench", "rollouts": total, "builder": BUILDER, "prompts": prompts, "repeats": repeats}
+    (run / "manifest.json").write_text(json.dumps({**manifest, "rows_per_shard": sum(counts.values())}))
     return total
+
+
+def reuse_or_build(run: Path, prompts: int, repeats: int) -> None:
+    """Build the run, or reuse the one built there before with the same shape (and say so)."""
+    manifest = run / "manifest.json"
+    if manifest.exists():
+        built = json.loads(manifest.read_text())
+        if (built.get("builder"), built.get("prompts"), built.get("repeats")) == (BUILDER, prompts, repeats):
+            print(f"reusing the run built before at {run} ({built['rollouts']:,} rollouts)", flush=True)
+            return
+        shutil.rmtree(run)
+    t = time.perf_counter()
+    n = build_run(run, prompts, repeats)
+    size = sum(f.stat().st_size for f in run.rglob("*.jsonl")) / 1e9
+    print(
+        f"built {n:,} rollouts ({prompts:,} prompts x {repeats}), {size:.2f} GB JSONL in "
+        f"{time.perf_counter() - t:.1f} s at {run} (kept: later runs reuse it; delete it when done)",
+        flush=True,
+    )
 
 
 def stage(args: argparse.Namespace) -> None:
@@ -163,41 +237,50 @@ def stage(args: argparse.Namespace) -> None:
 
 def link_run(full: Path, run: Path, shards: int) -> int:
     """A run of the first `shards` shards of `full`, as symlinks (what a smaller collection run would hold)."""
-    total = 0
     for kind in KINDS:
         (run / kind).mkdir(parents=True, exist_ok=True)
         for source in sorted((full / kind).glob("*.jsonl"))[:shards]:
             target = run / kind / source.name
             if not target.exists():
                 target.symlink_to(source)
-            with source.open("rb") as fh:
-                total += sum(1 for _ in fh)
+    total = shards * json.loads((full / "manifest.json").read_text())["rows_per_shard"]
     (run / "manifest.json").write_text(json.dumps({"run": "bench", "rollouts": total}))
     return total
 
 
-def scale(args: argparse.Namespace, base: Path) -> None:
+def _cached_run(cache: Path, prompts: int, repeats: int) -> Path | None:
+    """The smallest run kept in `cache` by this builder with at least `prompts` prompts (its first shards serve)."""
+    runs = []
+    for manifest in cache.glob(f"run-*x{repeats}/manifest.json"):
+        built = json.loads(manifest.read_text())
+        if built.get("builder") == BUILDER and built.get("prompts", 0) >= prompts:
+            runs.append((built["prompts"], manifest.parent))
+    return min(runs)[1] if runs else None
+
+
+def scale(args: argparse.Namespace, cache: Path, work: Path) -> None:
     """The whole `process` at each of --sizes rollouts; the read_ndjson baseline up to --baseline-max."""
     sizes = sorted(int(x) for x in args.sizes.split(","))
-    prompts = -(-sizes[-1] // args.repeats)
-    full = base / f"run-{sizes[-1]}"
-    if not (full / "manifest.json").exists():
-        t = time.perf_counter()
-        n = build_run(full, prompts, args.repeats)
-        size = sum(f.stat().st_size for f in full.rglob("*.jsonl")) / 1e9
-        print(f"built {n:,} rollouts, {size:.2f} GB JSONL in {time.perf_counter() - t:.1f} s", flush=True)
+    per_shard = SHARD_PROMPTS * args.repeats
+    prompts = -(-sizes[-1] // per_shard) * SHARD_PROMPTS
+    full = _cached_run(cache, prompts, args.repeats)
+    if full is None:
+        full = cache / f"run-{prompts}x{args.repeats}"
+        reuse_or_build(full, prompts, args.repeats)
+    else:
+        print(f"reusing the run built before at {full} (its first shards)", flush=True)
     print(
         f"{'rollouts':>11} {'GB':>6} {'process s':>9} {'rows/s':>9} {'peak RSS':>9} {'read_ndjson s':>13} {'ratio':>6}"
     )
     for size in sizes:
-        shards = -(-size // (SHARD_PROMPTS * args.repeats))
-        run = full if size == sizes[-1] else base / f"run-{size}"
-        rows = link_run(full, run, shards) if run != full else size
+        shards = -(-size // per_shard)
+        run = work / f"run-{size}"
+        rows = link_run(full, run, shards)
         gb = sum(f.resolve().stat().st_size for f in run.rglob("*.jsonl")) / 1e9
-        for leftover in (base / f"work-{size}", base / f"out-{size}"):
-            subprocess.run(["rm", "-rf", str(leftover)], check=True)
-        r = run_stage("all", run, base / f"work-{size}", base / f"out-{size}")
-        read = run_stage("read_ndjson", run, base / "unused", base / "unused") if size <= args.baseline_max else None
+        r = run_stage("all", run, work / f"work-{size}", work / f"out-{size}")
+        shutil.rmtree(work / f"work-{size}", ignore_errors=True)
+        shutil.rmtree(work / f"out-{size}", ignore_errors=True)
+        read = run_stage("read_ndjson", run, work / "unused", work / "unused") if size <= args.baseline_max else None
         read_s = f"{read['seconds']:>13.1f}" if read else f"{'-':>13}"
         ratio = f"{r['seconds'] / read['seconds']:>6.2f}" if read else f"{'-':>6}"
         print(
@@ -221,7 +304,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=250_000)
     parser.add_argument("--repeats", type=int, default=4)
-    parser.add_argument("--keep", type=Path, help="build (or reuse) the run here instead of a temp dir")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "rollouts-bench-process",
+        help="where the generated run is kept and reused (default: %(default)s; ~1.75 GB per 1M rollouts)",
+    )
     parser.add_argument("--single-process", action="store_true", help="also time load+rl+sft+dpo in one process")
     parser.add_argument("--sizes", help="comma-separated rollout counts: the whole process at each (see above)")
     parser.add_argument(
@@ -235,20 +323,14 @@ def main() -> None:
     if args.stage:
         stage(args)
         return
+    cache = args.keep
     with tempfile.TemporaryDirectory(prefix="bench-process-") as tmp:
-        base = args.keep or Path(tmp)
+        base = Path(tmp)
         if args.sizes:
-            scale(args, base)
+            scale(args, cache, base)
             return
-        run = base / "run"
-        if not (run / "manifest.json").exists():
-            t = time.perf_counter()
-            n = build_run(run, args.prompts, args.repeats)
-            size = sum(f.stat().st_size for f in run.rglob("*.jsonl")) / 1e9
-            print(
-                f"built {n:,} rollouts ({args.prompts:,} prompts x {args.repeats}), "
-                f"{size:.2f} GB JSONL in {time.perf_counter() - t:.1f} s"
-            )
+        run = cache / f"run-{args.prompts}x{args.repeats}"
+        reuse_or_build(run, args.prompts, args.repeats)
         print(f"{'stage':<6} {'seconds':>8} {'rows/s':>10} {'peak RSS':>9}  output")
         total, peak = 0.0, 0.0
         for name in ("load", "rl", "sft", "dpo"):

@@ -17,9 +17,11 @@ Length balancing: with --max-length-ratio R a pair whose longer side is more tha
 
 from __future__ import annotations
 
+from collections import Counter
+
 import polars as pl
 
-from .card import DataCard, distribution, drops_from_counts
+from .card import DataCard, distribution, drops_from_counts, group_buckets, ok_rewards
 from .config import ProcessConfig
 from .sft import judged
 
@@ -62,14 +64,42 @@ PAIR_COLUMNS = ["group_id", "chosen_row", "rejected_row", "chosen_reward", "reje
 
 
 def select_dpo(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.DataFrame:
-    """Pairs: group_id, chosen_row, rejected_row, chosen_reward, rejected_reward, margin, pair_rank (1 = first)."""
+    """Pairs: group_id, chosen_row, rejected_row, chosen_reward, rejected_reward, margin, pair_rank (1 = first).
+
+    Pairs never cross a task, so the tasks are paired a bucket of them at a time (`group_buckets`), each bucket's
+    pairs in the same order as all at once; the pairs are then ordered across buckets by their prompt's first row."""
     card.unit = "pairs"
-    df = judged(frame, COLUMNS, config, card, sft=False)
-    card.dropped = drops_from_counts(dict(df.drop_nulls("rule")["rule"].value_counts().iter_rows()), ROW_RULES)
-    cands = df.filter(pl.col("rule").is_null()).drop("rule")
+    row_counts: Counter[str] = Counter()
+    group_counts: Counter[str] = Counter()
     pair_counts: dict[str, int] = {}
-    by_task = config.pair_by_task_index
-    cands = _pairing_groups(cands, by_task, pair_counts)
+    found = []
+    buckets = group_buckets(frame)
+    for bucket in buckets:
+        part = DataCard(objective=card.objective)
+        df = judged(bucket, COLUMNS, config, part, sft=False)
+        card.rows_in, card.groups_in = card.rows_in + part.rows_in, card.groups_in + part.groups_in
+        card.reward_before = part.reward_before
+        row_counts.update(dict(df.drop_nulls("rule")["rule"].value_counts().iter_rows()))
+        cands, pairs = _bucket_pairs(df.filter(pl.col("rule").is_null()).drop("rule"), config, pair_counts)
+        group_counts.update(_group_reasons(cands, pairs, part.groups_in, config))
+        found.append(pairs)
+    pairs = pl.concat(found)
+    if len(buckets) > 1:
+        pairs = pairs.sort("group_order", "pair_rank")
+        card.reward_before = distribution(ok_rewards(frame))
+    pairs = pairs.select(PAIR_COLUMNS)
+    card.dropped = drops_from_counts(row_counts, ROW_RULES)
+    card.pair_drops = drops_from_counts(pair_counts, PAIR_RULES)
+    card.group_drops = drops_from_counts(group_counts, GROUP_RULES)
+    _fill_card(card, pairs, config)
+    return pairs
+
+
+def _bucket_pairs(
+    cands: pl.DataFrame, config: ProcessConfig, pair_counts: dict[str, int]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The candidates of some whole tasks (group_id = their task) and their pairs in order, with `group_order`."""
+    cands = _pairing_groups(cands, config.pair_by_task_index, pair_counts)
     cands = cands.with_columns(
         rank=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32),
         group_order=pl.col("row").min().over("group_id"),
@@ -82,16 +112,15 @@ def select_dpo(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
     pairs = pairs.sort(["group_order", "margin", "rank", "rank_rej"], descending=[False, True, False, False])
     pairs = pairs.with_columns(pair_rank=pl.int_range(1, pl.len() + 1).over("group_id").cast(pl.Int32))
     if config.max_pairs_per_prompt is not None:
-        pair_counts["over_cap"] = int((pairs["pair_rank"] > config.max_pairs_per_prompt).sum())
+        over = int((pairs["pair_rank"] > config.max_pairs_per_prompt).sum())
+        pair_counts["over_cap"] = pair_counts.get("over_cap", 0) + over
         pairs = pairs.filter(pl.col("pair_rank") <= config.max_pairs_per_prompt)
     pairs = pairs.rename(
         {"row": "chosen_row", "row_rej": "rejected_row", "reward": "chosen_reward", "reward_rej": "rejected_reward"}
     )
     tasks = cands.select(chosen_row="row", task_group="task_group")
     pairs = pairs.join(tasks, on="chosen_row", maintain_order="left").with_columns(group_id=pl.col("task_group"))
-    pairs = pairs.select(PAIR_COLUMNS)
-    _fill_card(card, cands.with_columns(group_id=pl.col("task_group")), pairs, pair_counts, config)
-    return pairs
+    return cands.with_columns(group_id=pl.col("task_group")), pairs.select(*PAIR_COLUMNS, "group_order")
 
 
 def _pairing_groups(cands: pl.DataFrame, by_task: bool, counts: dict[str, int]) -> pl.DataFrame:
@@ -178,10 +207,8 @@ def _length_ratio() -> pl.Expr:
     return pl.max_horizontal(a, b) / pl.max_horizontal(pl.min_horizontal(a, b), pl.lit(1.0))
 
 
-def _fill_card(
-    card: DataCard, cands: pl.DataFrame, pairs: pl.DataFrame, counts: dict[str, int], config: ProcessConfig
-) -> None:
-    card.pair_drops = drops_from_counts(counts, PAIR_RULES)
+def _group_reasons(cands: pl.DataFrame, pairs: pl.DataFrame, groups_in: int, config: ProcessConfig) -> dict[str, int]:
+    """Why each of these `groups_in` tasks gave no pair (counts by GROUP_RULES reason)."""
     stats = cands.group_by("group_id").agg(n=pl.len(), spread=pl.col("reward").max() - pl.col("reward").min())
     with_pairs = pairs["group_id"].unique().implode()
     reason = (
@@ -196,10 +223,13 @@ def _fill_card(
         .otherwise(pl.lit("no_pair_passes_filters"))
     )
     stats = stats.with_columns(reason=reason)
-    no_candidates = card.groups_in - stats.height
+    no_candidates = groups_in - stats.height
     group_counts = dict(stats.drop_nulls("reason")["reason"].value_counts().iter_rows())
     group_counts["fewer_than_2_candidates"] = group_counts.get("fewer_than_2_candidates", 0) + no_candidates
-    card.group_drops = drops_from_counts(group_counts, GROUP_RULES)
+    return group_counts
+
+
+def _fill_card(card: DataCard, pairs: pl.DataFrame, config: ProcessConfig) -> None:
     card.rows_out = pairs.height
     card.groups_out = pairs["group_id"].n_unique()
     card.reward_after = distribution(pl.concat([pairs["chosen_reward"], pairs["rejected_reward"]]))

@@ -9,6 +9,8 @@ Sources are named portably (`portable_names`): ids never hold a local absolute p
 
 from __future__ import annotations
 
+import functools
+import glob
 import io
 import uuid
 from collections.abc import Iterator
@@ -57,6 +59,31 @@ class LoadedRollouts(BaseModel):
         else:
             lf = scan_parquet_dir(self.frame_uri, columns, storage_options)
         return lf.select(columns) if columns else lf
+
+    def rows_of(
+        self, rows: pl.Series, columns: list[str], storage_options: dict[str, Any] | None = None
+    ) -> pl.DataFrame:
+        """`columns` of the frame rows numbered `rows` (in frame order), reading only the Parquet parts that hold
+        them: a writer fetches the text of a batch of selected rows at a time, never of the whole selection."""
+        wanted = pl.col("row").is_in(rows.implode())
+        if self.frame_uri is None or self.frame_data is not None:
+            return self.scan(None, storage_options).filter(wanted).select(columns).collect()
+        fs, path = filesystem(self.frame_uri, storage_options)
+        if display(fs, path) != path:  # remote: scan_parquet_dir reads the parts itself
+            return scan_parquet_dir(self.frame_uri, columns, storage_options).filter(wanted).collect()
+        starts, parts = _part_starts(path)
+        at = (starts.search_sorted(rows, side="right") - 1).unique().sort().to_list()
+        if not at:
+            return empty_frame().select(columns)
+        return pl.scan_parquet([parts[i] for i in at]).filter(wanted).select(columns).collect()
+
+
+@functools.lru_cache(maxsize=8)
+def _part_starts(path: str) -> tuple[pl.Series, list[str]]:
+    """The first frame row of each Parquet part of a local frame directory (parts hold consecutive rows, in order)."""
+    parts = sorted(glob.glob(f"{path}/*.parquet"))
+    heights = [pl.scan_parquet(part).select(pl.len()).collect().item() for part in parts]
+    return pl.Series([0, *heights[:-1]], dtype=pl.Int64).cum_sum(), parts
 
 
 def iter_jsonl_chunks(fs: fsspec.AbstractFileSystem, path: str, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
@@ -191,10 +218,12 @@ def scan_parquet_dir(uri: str, columns: list[str] | None, storage_options: dict[
 class FrameSink:
     """Collects parsed chunks: Parquet parts under `<workdir>/frame-<id>/` (bounded memory), or in memory."""
 
-    def __init__(self, workdir: str | None, storage_options: dict[str, Any] | None) -> None:
+    def __init__(self, workdir: str | None, storage_options: dict[str, Any] | None, *, keep_keys: bool = True) -> None:
         self.parts: list[pl.DataFrame] = []
         self.rows = 0
-        self.keys: list[pl.DataFrame] = []  # (source, task, rollout) of every row: small, for the owed-rollout count
+        # (source, task, rollout) of every row, for the owed-rollout count: kept only when some input owes rollouts
+        self.keep_keys = keep_keys
+        self.keys: list[pl.DataFrame] = []
         self.has_token_ids = False
         self.uri: str | None = None
         if workdir is not None:
@@ -210,7 +239,8 @@ class FrameSink:
             row=pl.int_range(self.rows, self.rows + part.height, dtype=pl.Int64)
         )
         self.has_token_ids = self.has_token_ids or part["generation_token_ids"].null_count() < part.height
-        self.keys.append(part.select(_KEYS))
+        if self.keep_keys:
+            self.keys.append(part.select(_KEYS))
         if self.uri is None:
             self.parts.append(part)
         else:
@@ -254,7 +284,7 @@ def load_rollouts(
     result is small enough to pass between Prefect tasks."""
     files = discover(inputs, storage_options)
     bad = BadRows()
-    sink = FrameSink(workdir, storage_options)
+    sink = FrameSink(workdir, storage_options, keep_keys=any(item.role == "inputs" for item in files))
     rows_read = 0
     owed: list[pl.DataFrame] = []
     batch: list[Piece] = []

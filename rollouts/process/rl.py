@@ -7,9 +7,11 @@ Advantages of a group sum to 0 (up to float error) under every scale.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import polars as pl
 
-from .card import DataCard, distribution, drops_from_counts
+from .card import DataCard, distribution, drops_from_counts, group_buckets, ok_rewards
 from .config import ProcessConfig
 
 ADVANTAGE_EPS = 1e-6
@@ -22,36 +24,30 @@ GROUP_RULES = {
 
 
 def select_rl(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.DataFrame:
-    """Kept rows: row, group_id, reward, advantage, group_mean, group_std, group_size."""
-    df = frame.select(COLUMNS).collect()
-    card.rows_in = df.height
-    ok = df.filter(pl.col("status") == "ok")
-    card.dropped = drops_from_counts({"failed": df.height - ok.height}, ROW_RULES)
-    card.reward_before = distribution(ok["reward"])
-
-    ok = ok.with_columns(
-        group_mean=pl.col("reward").mean().over("group_id"),
-        group_std=pl.col("reward").std(ddof=1).over("group_id").fill_null(0.0),
-        group_size=pl.len().over("group_id").cast(pl.Int32),
-        spread=(pl.col("reward").max() - pl.col("reward").min()).over("group_id"),
-    )
-    rule = pl.lit(None, pl.String)
-    if config.drop_uniform_groups:
-        rule = pl.when(pl.col("spread") <= config.uniform_tolerance).then(pl.lit("uniform_rewards")).otherwise(rule)
-    if config.keep_mean_between is not None:
-        lo, hi = config.keep_mean_between
-        outside = (pl.col("group_mean") < lo) | (pl.col("group_mean") > hi)
-        rule = pl.when(rule.is_null() & outside).then(pl.lit("mean_out_of_range")).otherwise(rule)
-    ok = ok.with_columns(group_rule=rule)
-
-    groups = ok.group_by("group_id").agg(pl.col("group_rule").first())
-    card.groups_in = groups.height
-    group_counts = dict(groups.drop_nulls("group_rule")["group_rule"].value_counts().iter_rows())
+    """Kept rows: row, group_id, reward, advantage, group_mean, group_std, group_size. The group rules look at one
+    group, so a big input is judged a bucket of whole groups at a time (`group_buckets`); advantages after, on all."""
+    failed, rewards, found = 0, [], []
+    group_counts: Counter[str] = Counter()
+    buckets = group_buckets(frame)
+    for bucket in buckets:
+        df = bucket.select(COLUMNS).collect()
+        card.rows_in += df.height
+        ok = df.filter(pl.col("status") == "ok")
+        failed += df.height - ok.height
+        rewards.append(ok["reward"])
+        kept, groups_in, bucket_counts = _judge_groups(ok, config)
+        card.groups_in += groups_in
+        group_counts.update(bucket_counts)
+        found.append(kept)
+    kept = pl.concat(found)
+    if len(buckets) > 1:
+        kept = kept.sort("row")
+        rewards = [ok_rewards(frame)]
+    card.dropped = drops_from_counts({"failed": failed}, ROW_RULES)
+    card.reward_before = distribution(pl.concat(rewards))
     card.group_drops = drops_from_counts(group_counts, GROUP_RULES)
-    kept = ok.filter(pl.col("group_rule").is_null())
     card.groups_out = card.groups_in - sum(group_counts.values())
     card.notes.append(f"{card.groups_out} of {card.groups_in} groups passed the dynamic-sampling filter")
-
     centered = pl.col("reward") - pl.col("group_mean")
     if config.advantage_scale == "group":
         advantage = centered / (pl.col("group_std") + ADVANTAGE_EPS)
@@ -68,3 +64,27 @@ def select_rl(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.
     card.distributions["advantage"] = distribution(kept["advantage"])
     card.distributions["group_size"] = distribution(kept.group_by("group_id").agg(pl.len())["len"])
     return kept
+
+
+def _judge_groups(ok: pl.DataFrame, config: ProcessConfig) -> tuple[pl.DataFrame, int, dict[str, int]]:
+    """The successful rows of whole groups that pass the group rules, with their group statistics; how many groups
+    there were and what each rule dropped."""
+    ok = ok.with_columns(
+        group_mean=pl.col("reward").mean().over("group_id"),
+        group_std=pl.col("reward").std(ddof=1).over("group_id").fill_null(0.0),
+        group_size=pl.len().over("group_id").cast(pl.Int32),
+        spread=(pl.col("reward").max() - pl.col("reward").min()).over("group_id"),
+    )
+    rule = pl.lit(None, pl.String)
+    if config.drop_uniform_groups:
+        rule = pl.when(pl.col("spread") <= config.uniform_tolerance).then(pl.lit("uniform_rewards")).otherwise(rule)
+    if config.keep_mean_between is not None:
+        lo, hi = config.keep_mean_between
+        outside = (pl.col("group_mean") < lo) | (pl.col("group_mean") > hi)
+        rule = pl.when(rule.is_null() & outside).then(pl.lit("mean_out_of_range")).otherwise(rule)
+    ok = ok.with_columns(group_rule=rule)
+    groups = ok.group_by("group_id").agg(pl.col("group_rule").first())
+    group_counts = dict(groups.drop_nulls("group_rule")["group_rule"].value_counts().iter_rows())
+    kept = ok.filter(pl.col("group_rule").is_null())
+    kept = kept.select("row", "group_id", "reward", "group_mean", "group_std", "group_size")
+    return kept, groups.height, group_counts

@@ -9,10 +9,12 @@ then rollout index, then input order.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import polars as pl
 from polars.expr.whenthen import ChainedThen, Then
 
-from .card import DataCard, distribution, drops_from_counts
+from .card import DataCard, distribution, drops_from_counts, group_buckets, ok_rewards
 from .config import ProcessConfig
 
 COLUMNS = [
@@ -97,7 +99,35 @@ def judged(
 
 
 def select_sft(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.DataFrame:
-    """Kept rows: row, group_id, reward, rank (1 = best of its prompt)."""
+    """Kept rows: row, group_id, reward, rank (1 = best of its prompt). Every rule looks at one group at most, so a
+    big input is selected a bucket of whole groups at a time (`group_buckets`): the same rows as all at once."""
+    counts: Counter[str] = Counter()
+    found, per_prompt = [], []
+    buckets = group_buckets(frame)
+    for bucket in buckets:
+        part = DataCard(objective=card.objective)
+        kept, bucket_counts, bucket_per_prompt = _select_bucket(bucket, config, part)
+        card.rows_in, card.groups_in = card.rows_in + part.rows_in, card.groups_in + part.groups_in
+        card.reward_before = part.reward_before
+        counts.update(bucket_counts)
+        found.append(kept)
+        per_prompt.append(bucket_per_prompt)
+    kept = pl.concat(found)
+    if len(buckets) > 1:
+        kept = kept.sort("row")
+        card.reward_before = distribution(ok_rewards(frame))
+    card.dropped = drops_from_counts(counts, RULES)
+    card.rows_out = kept.height
+    card.groups_out = kept["group_id"].n_unique()
+    card.reward_after = distribution(kept["reward"])
+    card.distributions["rollouts_per_prompt"] = distribution(pl.concat(per_prompt))
+    return kept
+
+
+def _select_bucket(
+    frame: pl.LazyFrame, config: ProcessConfig, card: DataCard
+) -> tuple[pl.DataFrame, dict[str, int], pl.Series]:
+    """Kept rows of these groups (by row), what each rule dropped, and how many rows each prompt kept."""
     df = judged(frame, COLUMNS, config, card, sft=True)
     live = df.filter(pl.col("rule").is_null())
     live = live.with_columns(rank=pl.int_range(1, pl.len() + 1).over("prompt_group").cast(pl.Int32))
@@ -109,11 +139,6 @@ def select_sft(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
         .alias("rule")
     )
     counts = dict(df.drop_nulls("rule")["rule"].value_counts().iter_rows())
-    card.dropped = drops_from_counts(counts, RULES)
     kept = live.filter(pl.col("rank") <= config.per_prompt).select("row", "group_id", "reward", "rank").sort("row")
-    card.rows_out = kept.height
-    card.groups_out = kept["group_id"].n_unique()
-    card.reward_after = distribution(kept["reward"])
     per_prompt = live.filter(pl.col("rank") <= config.per_prompt).group_by("prompt_group").agg(pl.len())["len"]
-    card.distributions["rollouts_per_prompt"] = distribution(per_prompt)
-    return kept
+    return kept, counts, per_prompt

@@ -62,9 +62,9 @@ def _notes(*notes: str | None) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
-def _trl_load(fmt: str, tools: pl.Series) -> str | None:
+def _trl_load(fmt: str, has_tools: bool) -> str | None:
     """TRL_LOAD for a conversational TRL file whose rows carry tools."""
-    return TRL_LOAD if fmt in TRL_CHAT and any(tools.is_not_null()) else None
+    return TRL_LOAD if fmt in TRL_CHAT and has_tools else None
 
 
 class Target:
@@ -212,9 +212,15 @@ def write_verl_rl(rows: pl.LazyFrame, loaded: LoadedRollouts, out_dir: str, so: 
 Record = dict[str, Any]
 
 
-def _heavy(loaded: LoadedRollouts, rows: pl.Series, so: dict[str, Any] | None) -> pl.DataFrame:
-    cols = ["row", "file", "line", "prompt", "tools", "parallel_tool_calls", "output"]
-    return loaded.scan(cols, so).filter(pl.col("row").is_in(rows.implode())).collect(engine="streaming")
+HEAVY = ["row", "file", "line", "prompt", "tools", "parallel_tool_calls", "output"]
+PAIR_TEXTS = ["file", "line", "prompt", "tools", "parallel_tool_calls", "c_output"]
+PAIR_TEXTS += ["r_file", "r_line", "r_prompt", "r_tools", "r_output"]
+
+
+def _batches(frame: pl.DataFrame) -> Iterator[pl.DataFrame]:
+    """`frame` BATCH_ROWS rows at a time: a writer holds the texts of one batch of selected rows, never of all."""
+    for offset in range(0, frame.height, BATCH_ROWS):
+        yield frame.slice(offset, BATCH_ROWS)
 
 
 def _write_jsonl(
@@ -282,16 +288,22 @@ def write_sft(
     so: dict[str, Any] | None,
     card: DataCard,
 ) -> list[OutputFile]:
-    data = _heavy(loaded, selected["row"], so).join(selected.select("row"), on="row").sort("row")
     formats = config.output_formats
     targets = {fmt: Target(out_dir, f"{fmt}.jsonl", so) for fmt in formats if fmt != "verl"}
     verl_rows: list[tuple[list[Any], list[Any] | None]] = []
-    empty = 0
+    empty, has_tools = 0, False
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        nonlocal has_tools
+        cols = ["file", "line", "prompt", "tools", "output", "parallel_tool_calls"]
+        for batch in _batches(selected.select("row").sort("row")):
+            data = loaded.rows_of(batch["row"], HEAVY, so).sort("row")
+            has_tools = has_tools or bool(data["tools"].is_not_null().any())
+            yield from data.select(cols).iter_rows()
 
     def records() -> Iterator[dict[str, Record | list[Record] | None]]:
         nonlocal empty
-        cols = ["file", "line", "prompt", "tools", "output", "parallel_tool_calls"]
-        for file, line, prompt, tools, output, parallel in data.select(cols).iter_rows():
+        for file, line, prompt, tools, output, parallel in rows():
             try:
                 conv = _conversation(prompt, tools, output, parallel)
             except CONVERSION_ERRORS as exc:
@@ -318,7 +330,7 @@ def write_sft(
                 "turn, so TRL's completion mask covers only what the model wrote"
                 if fmt == "trl-prompt-completion" and counts[fmt] > card.rows_out
                 else None,
-                _trl_load(fmt, data["tools"]),
+                _trl_load(fmt, has_tools),
             ),
         )
         for fmt, t in targets.items()
@@ -364,33 +376,19 @@ def write_dpo(
     so: dict[str, Any] | None,
     card: DataCard,
 ) -> list[OutputFile]:
-    rows = pl.concat([pairs["chosen_row"], pairs["rejected_row"]]).unique()
-    heavy = _heavy(loaded, rows, so)
-    chosen = heavy.select("row", "file", "line", "prompt", "tools", "parallel_tool_calls", c_output="output")
-    rejected = heavy.select("row", r_file="file", r_line="line", r_prompt="prompt", r_tools="tools", r_output="output")
-    # keep the selection's order: prompts in input order, each prompt's pairs by margin
-    data = pairs.join(chosen, left_on="chosen_row", right_on="row", maintain_order="left")
-    data = data.join(rejected, left_on="rejected_row", right_on="row", maintain_order="left")
     targets = {fmt: Target(out_dir, f"{fmt}.jsonl", so) for fmt in config.output_formats}
     skipped: dict[str, Counter[str]] = {fmt: Counter() for fmt in targets}
+    has_tools = False
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        nonlocal has_tools
+        for batch in _batches(pairs):
+            data = _pair_texts(batch, loaded, so)
+            has_tools = has_tools or bool(data["tools"].is_not_null().any())
+            yield from data.select(PAIR_TEXTS).iter_rows()
 
     def records() -> Iterator[dict[str, Record | list[Record] | None]]:
-        cols = [
-            "file",
-            "line",
-            "prompt",
-            "tools",
-            "parallel_tool_calls",
-            "c_output",
-            "r_file",
-            "r_line",
-            "r_prompt",
-            "r_tools",
-            "r_output",
-        ]
-        for file, line, prompt, tools, parallel, c_out, r_file, r_line, r_prompt, r_tools, r_out in data.select(
-            cols
-        ).iter_rows():
+        for file, line, prompt, tools, parallel, c_out, r_file, r_line, r_prompt, r_tools, r_out in rows():
             try:
                 chosen = _conversation(prompt, tools, c_out, parallel)
             except CONVERSION_ERRORS as exc:
@@ -414,15 +412,21 @@ def write_dpo(
     files = []
     for fmt, t in targets.items():
         note = "; ".join(f"{n} pairs skipped: {DPO_SKIPS[reason]}" for reason, n in skipped[fmt].items()) or None
-        note = _notes(note, _trl_load(fmt, data["tools"]))
+        note = _notes(note, _trl_load(fmt, has_tools))
         if fmt == "nemo-rl":
-            note = (
-                "; ".join(filter(None, [note, "NeMo RL's preference loader ignores `tools`"]))
-                if any(data["tools"].is_not_null())
-                else note
-            )
+            note = "; ".join(filter(None, [note, "NeMo RL's preference loader ignores `tools`"])) if has_tools else note
         files.append(OutputFile(format=fmt, path=t.url, rows=counts[fmt], note=note))
     return files
+
+
+def _pair_texts(pairs: pl.DataFrame, loaded: LoadedRollouts, so: dict[str, Any] | None) -> pl.DataFrame:
+    """`pairs` (in their order: prompts in input order, each prompt's pairs by margin) with both sides' texts."""
+    rows = pl.concat([pairs["chosen_row"], pairs["rejected_row"]]).unique()
+    heavy = loaded.rows_of(rows, HEAVY, so)
+    chosen = heavy.select("row", "file", "line", "prompt", "tools", "parallel_tool_calls", c_output="output")
+    rejected = heavy.select("row", r_file="file", r_line="line", r_prompt="prompt", r_tools="tools", r_output="output")
+    data = pairs.join(chosen, left_on="chosen_row", right_on="row", maintain_order="left")
+    return data.join(rejected, left_on="rejected_row", right_on="row", maintain_order="left")
 
 
 def model_turns(completion: list[Message]) -> list[tuple[int, int]]:

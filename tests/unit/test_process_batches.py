@@ -11,8 +11,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from rollouts.errors import InputError
-from rollouts.process import load_rollouts
+from rollouts.process import card, load_rollouts, readers, writers
 from rollouts.process.extras import discover
+from rollouts.training import ProcessConfig, process_many
 
 
 def ok_row(task: int, answer: str, reward: float, **extra: object) -> str:
@@ -153,3 +154,70 @@ def test_extra_keys_are_found_in_first_seen_order_with_their_types() -> None:
     ]
     found = discover(pl.Series([r if isinstance(r, str) else json.dumps(r) for r in rows]))
     assert list(found.items()) == [("a", None), ("c", pl.String()), ("status", pl.String()), ("d", pl.Boolean())]
+
+
+def spread_run(root: Path, shards: int) -> Path:
+    """A run of `shards` shard files, each the Gym fixture's groups under new task indices, with the last row of each
+    shard's first group written in the next shard (a group whose rows sit in different frame parts)."""
+    fixture = Path(__file__).parents[1] / "fixtures" / "process"
+    rows = [json.loads(line) for line in (fixture / "gym.jsonl").read_text().splitlines()]
+    run = root / "run"
+    (run / "rollouts").mkdir(parents=True)
+    (run / "failures").mkdir()
+    (run / "failures" / "shard-00000.jsonl").write_bytes(
+        (fixture / "run" / "failures" / "shard-00000.jsonl").read_bytes()
+    )
+    carried: list[dict[str, object]] = []
+    for shard in range(shards):
+        copies = [{**row, "_ng_task_index": row["_ng_task_index"] + 10 * shard} for row in rows]
+        late = copies.pop(3)  # task 10*shard, rollout 3: goes to the next shard
+        lines = carried + copies
+        carried = [late]
+        if shard == shards - 1:
+            lines += carried
+        (run / "rollouts" / f"shard-{shard:05d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return run
+
+
+EVERY_FORMAT = {
+    "rl": ["parquet", "jsonl"],
+    "sft": ["openai", "trl", "trl-prompt-completion"],
+    "dpo": ["trl", "openai", "trl-standard", "nemo-rl"],
+}
+
+
+def processed_files(run: Path, out: Path) -> dict[str, bytes]:
+    configs = [ProcessConfig(objective=o, formats=f) for o, f in EVERY_FORMAT.items()]
+    configs.append(ProcessConfig(objective="dpo", pairing="all-pairs", formats=["trl"]))
+    files: dict[str, bytes] = {}
+    for n, config in enumerate(configs):
+        process_many([str(run)], [config], str(out / str(n)))
+    for path in sorted(out.rglob("*")):
+        if path.is_file():
+            data = path.read_bytes().replace(str(out).encode(), b"OUT")
+            if path.suffix == ".parquet":  # the same rows; row groups may be cut elsewhere
+                data = pl.read_parquet(path).write_ndjson().encode()
+            files[str(path.relative_to(out))] = data
+    return files
+
+
+def test_a_process_in_many_small_batches_writes_the_files_of_one_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading one shard per frame part, selecting ~10 rows of whole groups at a time and writing two selected rows (or
+    pairs) at a time gives the same files and data cards, byte for byte, as all at once: a group spread over parts is
+    still one group, rows and pairs keep their order."""
+    run = spread_run(tmp_path, shards=6)
+    whole = processed_files(run, tmp_path / "whole")
+    monkeypatch.setattr(readers, "BATCH_BYTES", 1)  # every shard its own batch and frame part
+    monkeypatch.setattr(writers, "BATCH_ROWS", 2)
+    monkeypatch.setattr(card, "BUCKET_ROWS", 10)  # the groups selected a few at a time: 6 buckets of whole groups
+    parts = processed_files(run, tmp_path / "parts")
+    loaded = load_rollouts([str(run)], workdir=str(tmp_path / "work"))
+    assert loaded.frame_uri is not None and len(list(Path(loaded.frame_uri).glob("*.parquet"))) == 7
+    assert sorted(parts) == sorted(whole) and len(whole) == 4 * 2 + 2 + 3 + 4 + 1
+    for name, data in whole.items():
+        assert parts[name] == data, name
+    sft = [json.loads(line) for line in whole["1/sft/openai.jsonl"].splitlines()]
+    pairs = [json.loads(line) for line in whole["3/dpo/trl.jsonl"].splitlines()]
+    assert len(sft) == 6 * 2 and len(pairs) >= 6 * 2
