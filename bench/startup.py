@@ -9,8 +9,8 @@ local Prefect server (a new database, its migrations) and leaves it running; the
 new process running the real command against the simulated server (0 ms latency, 2 repeats per prompt), with
 `--verbose` for its phases. Beside them, in the same invocation, the bare cost of Python importing the flow
 (`python -c "import flows.collect"`), which every run pays before it can do anything, and the time a new Prefect
-server takes to answer, with its database from the schema snapshot (what the first run does) and from Prefect's own
-migrations, in turn (`--server-starts` pairs).
+server takes to answer, with its database from the snapshot (schema and registered block types: what the first run
+does) and from Prefect's own migrations and registration, in turn (`--server-starts` pairs).
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def server_start(seeded: bool, env: dict[str, str]) -> float:
     port = _free_port(0)
     env = {k: v for k, v in env.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    if seeded and prefect_db.holds_registration():
+        env.update(prefect_db.FIRST_START)  # as `rollouts` starts it: the block types are in the database already
     started = time.perf_counter()
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

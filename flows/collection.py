@@ -36,6 +36,7 @@ from rollouts.report.profiler import function_profile
 from rollouts.run import RunPlan, RunRef, ShardResult, run_store, stored_results
 from rollouts.stages.batched import record_batches
 from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge, reward_text
+from tasks.artifacts import publish, sent_beside
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
 from tasks.generate import engine_of, finish_parallel, generate_shard
@@ -159,8 +160,7 @@ def follow_shards(
         if stop.is_set():
             break
         future.wait()  # done: this keeps its result in memory (tasks do not persist results)
-        # prefect's async_dispatch types the result as UUID | Coroutine; called from sync code it is the UUID
-        update_progress_artifact(progress, progress=100.0 * done / len(verified))  # type: ignore[arg-type]
+        publish(update_progress_artifact, artifact_id=progress, progress=100.0 * done / len(verified))
         if batches is not None:
             batches.update()
         if future.state.is_completed():
@@ -222,7 +222,7 @@ def collect(config: CollectConfig) -> RunSummary | State[Any]:
     # collecting: ours stops taking work and flushes, like Ctrl-C; Prefect's comes back when the body ends.
     restore = install_signal_handlers(stop, signals=(signal.SIGTERM,))
     try:
-        with TagsContext(current_tags=set()):
+        with TagsContext(current_tags=set()), sent_beside():  # the run's artifacts are all created when it ends
             return collect_config(config)
     finally:
         restore()

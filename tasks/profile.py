@@ -9,6 +9,7 @@ from rollouts.report.metrics import ProfileOptions
 from rollouts.run import RunRef, run_store
 from rollouts.stages import profile as reporting
 from tasks import STAGE_TASK
+from tasks.artifacts import publish
 
 
 @task(name="profile-run", **STAGE_TASK)
@@ -16,7 +17,9 @@ def profile_run(run: RunRef) -> dict[str, Any]:
     result = reporting.profile_run(run_store(run), ProfileOptions.from_config(run.config))
     for artifact in result.artifacts:
         if artifact.kind == "table":
-            create_table_artifact(key=artifact.key, table=artifact.table, description=artifact.description)
+            publish(create_table_artifact, key=artifact.key, table=artifact.table, description=artifact.description)
         else:
-            create_markdown_artifact(key=artifact.key, markdown=artifact.markdown, description=artifact.description)
+            publish(
+                create_markdown_artifact, key=artifact.key, markdown=artifact.markdown, description=artifact.description
+            )
     return result.profile

@@ -9,6 +9,9 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+
+from commands import prefect_db
 from tests.cli.conftest import rollouts
 from tests.integration.conftest import math_rows, write_jsonl
 
@@ -20,8 +23,8 @@ def _free_port() -> int:
         return port
 
 
-def _servers_of(prefect_home: Path) -> list[int]:
-    """Pids of the `prefect server` processes whose PREFECT_HOME is this one."""
+def _servers_of(prefect_home: Path, setting: str = "") -> list[int]:
+    """Pids of the `prefect server` processes whose PREFECT_HOME is this one (and that have this setting)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
@@ -29,7 +32,11 @@ def _servers_of(prefect_home: Path) -> list[int]:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"prefect\0server\0start" in command and f"PREFECT_HOME={prefect_home}".encode() in environ:
+        if (
+            b"prefect\0server\0start" in command
+            and f"PREFECT_HOME={prefect_home}".encode() in environ
+            and (not setting or setting.encode() in environ)
+        ):
             found.append(int(proc.name))
     return found
 
@@ -62,7 +69,15 @@ def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_pat
         assert [done.code for done in firsts] == [0, 0], [done.err[-2000:] for done in firsts]
         starting = f"starting a local Prefect server at http://127.0.0.1:{port}"
         assert sum(starting in done.err for done in firsts) == 1, [done.err[-2000:] for done in firsts]
-        assert len(_servers_of(tmp_path / "home" / "server" / "prefect")) == 1
+        prefect_home = tmp_path / "home" / "server" / "prefect"
+        assert len(_servers_of(prefect_home)) == 1
+        if prefect_db.snapshot_path().exists():
+            # Its database came with the block types registered: the server did not register them again, and
+            # Prefect's memo of the registration, written by that start, spares the starts after it too.
+            assert _servers_of(prefect_home, "PREFECT_SERVER_REGISTER_BLOCKS_ON_START=false")
+            assert "block_auto_registration" in (prefect_home / "memo_store.toml").read_text()
+            types = httpx.post(f"http://127.0.0.1:{port}/api/block_types/filter", json={}, timeout=10).json()
+            assert {"secret", "local-file-system", "webhook"} <= {block_type["slug"] for block_type in types}
         status = rollouts("server", "status", env=env)
         assert status.code == 0 and status.out.startswith(f"running at http://127.0.0.1:{port}")
         second = rollouts(*args, "--run-name", "second", env=env)

@@ -27,9 +27,11 @@ def test_a_new_database_is_the_snapshot_at_its_revision_in_wal_mode(tmp_path):
     with sqlite3.connect(home / "prefect.db") as connection:
         revision = connection.execute("SELECT version_num FROM alembic_version").fetchall()
         tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        slugs = {slug for (slug,) in connection.execute("SELECT slug FROM block_type")}
         mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     assert revision == [(_revision(prefect_db.snapshot_path().read_text()),)]
     assert {"flow_run", "task_run", "artifact", "block_document", "deployment_version"} <= tables
+    assert {"secret", "local-file-system", "webhook"} <= slugs  # what a server start registers is there already
     assert mode == "wal"
 
 
@@ -80,3 +82,15 @@ def test_a_schema_that_fails_to_load_leaves_no_database(tmp_path, monkeypatch):
     with pytest.raises(sqlite3.OperationalError):
         prefect_db.seed(tmp_path / "prefect", env={})
     assert list((tmp_path / "prefect").iterdir()) == []
+
+
+def test_a_snapshot_holds_the_registration_only_of_the_collections_it_names(tmp_path, monkeypatch):
+    """Other Prefect collections installed add block types: the server then registers as it always does."""
+    snapshot = tmp_path / "prefect-9.9.9.sql"
+    snapshot.write_text(prefect_db.COLLECTIONS_LINE + "prefect_dask 0.3.7\nBEGIN TRANSACTION;\n")
+    monkeypatch.setattr(prefect_db, "collections", lambda: "prefect_dask 0.3.7")
+    assert prefect_db.holds_registration(snapshot)
+    monkeypatch.setattr(prefect_db, "collections", lambda: "prefect_aws 0.5.0, prefect_dask 0.3.7")
+    assert not prefect_db.holds_registration(snapshot)
+    snapshot.write_text("BEGIN TRANSACTION;\n")  # a snapshot of the schema alone
+    assert not prefect_db.holds_registration(snapshot)

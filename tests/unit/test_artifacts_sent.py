@@ -1,0 +1,58 @@
+"""Artifacts sent beside a run: `publish` returns at once inside `sent_beside`, every artifact exists when it exits
+(in the order published, with the publisher's context), and a failure is never silent."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+
+import pytest
+
+from tasks.artifacts import publish, sent_beside
+
+OWNER: contextvars.ContextVar[str] = contextvars.ContextVar("owner", default="")
+
+
+def test_artifacts_go_out_from_another_thread_and_are_all_sent_when_the_run_ends():
+    release, created = threading.Event(), []
+
+    def create(key: str) -> None:
+        release.wait(timeout=30)
+        created.append((key, OWNER.get(), threading.current_thread() is threading.main_thread()))
+
+    with sent_beside():
+        OWNER.set("task run 1")
+        publish(create, key="rollout-health")
+        OWNER.set("task run 2")
+        publish(create, key="run-report")
+        assert created == []  # the run goes on while its artifacts wait to be sent
+        release.set()
+    assert created == [("rollout-health", "task run 1", False), ("run-report", "task run 2", False)]
+
+
+def test_outside_a_run_an_artifact_is_created_at_once():
+    created = []
+    publish(lambda key: created.append((key, threading.current_thread() is threading.main_thread())), key="card")
+    assert created == [("card", True)]
+
+
+def test_an_artifact_that_fails_raises_when_the_run_ends():
+    def refused(key: str) -> None:
+        raise RuntimeError(f"server refused {key}")
+
+    with pytest.raises(RuntimeError, match="server refused card"), sent_beside():
+        publish(refused, key="card")
+
+
+def test_a_failing_run_keeps_its_own_error_and_logs_the_artifacts_not_created(caplog):
+    def refused(key: str) -> None:
+        raise RuntimeError(f"server refused {key}")
+
+    sent = []
+    with caplog.at_level(logging.ERROR), pytest.raises(KeyboardInterrupt), sent_beside():
+        publish(lambda key: sent.append(key), key="health")
+        publish(refused, key="card")
+        raise KeyboardInterrupt
+    assert sent == ["health"]  # what was published before the interrupt is still sent
+    assert "1 artifacts not created" in caplog.text and "server refused card" in caplog.text
