@@ -91,7 +91,8 @@ def prefect_server(startup_timeout_s: float = 240, **settings: str) -> Iterator[
             "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
             **settings,
         }
-        prefect_db.seed(Path(home), env=env)
+        if prefect_db.seed(Path(home), env=env) and prefect_db.holds_registration():
+            env.update(prefect_db.FIRST_START)  # the block registration is in the database too
         process = subprocess.Popen(
             [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
