@@ -196,8 +196,10 @@ async def test_a_stop_requested_from_another_thread_wakes_the_loop_and_cancels_w
 def test_sigint_requests_the_stop_and_a_second_signal_exits_with_its_own_code():
     stop = StopSignal()
     said, exits = [], []
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # Python's, or what an earlier test left
     restore = install_signal_handlers(stop, announce=said.append, hard_exit=exits.append)
     try:
+        assert signal.getsignal(signal.SIGINT) not in before
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.is_set() and "no new rollouts" in said[0] and not exits and stop.exit_code == 130
         os.kill(os.getpid(), signal.SIGTERM)
@@ -205,7 +207,7 @@ def test_sigint_requests_the_stop_and_a_second_signal_exits_with_its_own_code():
         assert exits == [143, 130] and "run the same command again" in said[1]
     finally:
         restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 # ---- appends ---------------------------------------------------------------------------------------------------
