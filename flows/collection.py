@@ -36,7 +36,7 @@ from rollouts.report.profiler import function_profile
 from rollouts.run import RunPlan, RunRef, ShardResult, run_store, stored_results
 from rollouts.stages.batched import record_batches
 from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge, reward_text
-from tasks.artifacts import publish, sent_beside
+from tasks.artifacts import flush_artifacts, publish, sent_beside
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
 from tasks.generate import engine_of, finish_parallel, generate_shard
@@ -203,6 +203,7 @@ def conclude(summary: RunSummary) -> RunSummary | State[Any]:
     )
     for objective, files in summary.outputs.items():
         logger.info("%s training files: %s", objective, ", ".join(files))
+    flush_artifacts()  # the run's artifacts exist (or it fails) before its end is announced
     emit_run_event(summary)
     if summary.status == "interrupted":
         return Cancelled(message=summary.reason, data=summary)

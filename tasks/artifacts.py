@@ -29,10 +29,15 @@ class _Sender:
         context = contextvars.copy_context()  # the flow run and task run the artifact belongs to, Prefect's client
         self.pending.append(self.pool.submit(lambda: context.run(create, **kwargs)))
 
+    def wait(self) -> list[BaseException]:
+        """Wait for every artifact sent so far; the errors of those that failed (each reported once)."""
+        pending, self.pending = self.pending, []
+        return [error for future in pending if (error := future.exception()) is not None]
+
     def close(self) -> list[BaseException]:
         """Wait for every artifact sent; the errors of those that failed."""
         self.pool.shutdown(wait=True)
-        return [error for future in self.pending if (error := future.exception()) is not None]
+        return self.wait()
 
 
 def publish(create: Callable[..., Any], /, **kwargs: Any) -> None:
@@ -42,6 +47,14 @@ def publish(create: Callable[..., Any], /, **kwargs: Any) -> None:
         create(**kwargs)
     else:
         sender.send(create, kwargs)
+
+
+def flush_artifacts() -> None:
+    """Wait until every artifact published so far exists; the first that failed raises here. A run calls it before it
+    announces its end, so no `completed` event goes out for a run that then fails on an artifact."""
+    sender = _SENDER.get()
+    if sender is not None and (errors := sender.wait()):
+        raise errors[0]
 
 
 @contextmanager

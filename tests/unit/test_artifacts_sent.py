@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tasks.artifacts import publish, sent_beside
+from tasks.artifacts import flush_artifacts, publish, sent_beside
 
 OWNER: contextvars.ContextVar[str] = contextvars.ContextVar("owner", default="")
 
@@ -56,3 +56,29 @@ def test_a_failing_run_keeps_its_own_error_and_logs_the_artifacts_not_created(ca
         raise KeyboardInterrupt
     assert sent == ["health"]  # what was published before the interrupt is still sent
     assert "1 artifacts not created" in caplog.text and "server refused card" in caplog.text
+
+
+def test_a_flush_waits_for_every_artifact_so_far_and_raises_a_failure_once(caplog):
+    """A run flushes before it announces its end: a failed artifact fails it there, before any `completed` event."""
+    release, created = threading.Event(), []
+
+    def slow(key: str) -> None:
+        release.wait(timeout=30)
+        created.append(key)
+
+    def refused(key: str) -> None:
+        raise RuntimeError(f"server refused {key}")
+
+    announced = []
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="server refused card"), sent_beside():
+        publish(slow, key="health")
+        publish(refused, key="card")
+        threading.Timer(0.05, release.set).start()
+        flush_artifacts()
+        announced.append("completed")  # never reached
+    assert created == ["health"] and announced == []
+    assert "artifacts not created" not in caplog.text  # reported once, by the flush, not again at the exit
+
+
+def test_a_flush_outside_a_run_does_nothing():
+    flush_artifacts()
