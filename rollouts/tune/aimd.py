@@ -137,10 +137,13 @@ class Controller:
                 # fraction of the requests, to the level that fraction points at
                 self.knee = self.reference.limit
                 self.limit = max(self.knee, self._refused_level(window))
-                if self._fell(window, 2 * c.fall) and window.error_fraction <= c.error_threshold:
+                queued = window.waiting is not None and pushback is not None and pushback.startswith("server queue")
+                if self._fell(window, 2 * c.fall) and window.error_fraction <= c.error_threshold and not queued:
                     # throughput fell past the knee, by more than noise (a GPU whose batches outgrow it): the peak
                     # may lie below the last good level too; measure 3/4 of it, and once more against a steady
-                    # measurement of the knee if this first one did worse (its start window may have caught a burst)
+                    # measurement of the knee if this first one did worse (its start window may have caught a burst).
+                    # Not when the server's queue set the knee: nothing waited at the last good level, so fewer in
+                    # flight would only leave slots idle (a fall there is the host's noise, e.g. a busy CPU server)
                     self.reprobe = True
                     return self._probe(f"{reason}; probe below it")
                 return Decision(self.limit, reason, self.phase)

@@ -226,6 +226,14 @@ def test_a_server_queue_leads_the_start_to_its_slot_limit_even_with_flat_through
     queued = WindowStats(limit=8, seconds=2.0, ok=4, p50_ms=4000.0, in_flight=8.0, waiting=4.0)
     assert controller.decide(queued) == Decision(4, "knee: server queue (4 waiting)", "steady")
     assert controller.knee == 4
+    # a busy host can make the queued step's throughput fall too: the queue set the knee, so no probe below it
+    noisy = Controller(ControllerConfig(min_parallel=1, max_parallel=64))
+    for limit in (1, 2, 4):
+        noisy.decide(WindowStats(limit=limit, seconds=2.0, ok=4, p50_ms=500.0 * limit, in_flight=limit, waiting=0.0))
+    fallen = WindowStats(limit=8, seconds=2.0, ok=2, p50_ms=8000.0, in_flight=8.0, waiting=4.0)
+    assert noisy.decide(fallen) == Decision(4, "knee: server queue (4 waiting)", "steady")
+    steady = WindowStats(limit=4, seconds=2.0, ok=4, p50_ms=2000.0, in_flight=4.0, waiting=0.0)
+    assert noisy.decide(steady).limit >= 4
     # without a server queue to read, the same flat throughput is the knee at the start
     blind = Controller(ControllerConfig(min_parallel=1, max_parallel=64))
     blind.decide(WindowStats(limit=1, seconds=2.0, ok=4, p50_ms=500.0, in_flight=1.0))
