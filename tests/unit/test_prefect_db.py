@@ -3,6 +3,7 @@ the snapshot's revision. (That the snapshot is what the migrations make: tests/i
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 
@@ -94,3 +95,29 @@ def test_a_snapshot_holds_the_registration_only_of_the_collections_it_names(tmp_
     assert not prefect_db.holds_registration(snapshot)
     snapshot.write_text("BEGIN TRANSACTION;\n")  # a snapshot of the schema alone
     assert not prefect_db.holds_registration(snapshot)
+
+
+@needs_snapshot
+def test_the_embedded_server_s_first_database_is_seeded_too(tmp_path, monkeypatch):
+    """`ROLLOUTS_SERVER=ephemeral`: Prefect's per-run server keeps its database in PREFECT_HOME; the command seeds
+    it when it does not exist yet (and the server it starts inherits FIRST_START), and never touches one that does.
+    (A whole run on a seeded embedded server: tests/cli/test_run_messages.py.)"""
+    from commands import server
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.setenv("ROLLOUTS_SERVER", "ephemeral")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    for name in (*prefect_db.URL_SETTINGS, *prefect_db.FIRST_START):
+        monkeypatch.delenv(name, raising=False)
+    assert server.use_prefect_server() is None
+    with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as connection:
+        (revision,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert revision == _revision(prefect_db.snapshot_path().read_text())
+    registration_in_snapshot = prefect_db.holds_registration()
+    assert all((os.environ.get(k) == v) == registration_in_snapshot for k, v in prefect_db.FIRST_START.items())
+    for name in prefect_db.FIRST_START:
+        monkeypatch.delenv(name, raising=False)
+    before = (tmp_path / "prefect-home" / "prefect.db").stat().st_mtime_ns
+    assert server.use_prefect_server() is None  # the next run: the database is there, Prefect registers as usual
+    assert (tmp_path / "prefect-home" / "prefect.db").stat().st_mtime_ns == before
+    assert not any(name in os.environ for name in prefect_db.FIRST_START)
