@@ -133,7 +133,13 @@ def run_prefect(server: LiveServer, *args: str, timeout_s: float = 120) -> str:
 @contextlib.contextmanager
 def process_worker(server: LiveServer, pool: str) -> Iterator[Path]:
     """A process work pool and `prefect worker start` polling it every second; yields the worker's log file."""
-    run_prefect(server, "work-pool", "create", pool, "--type", "process", "--overwrite")
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()  # what `prefect work-pool create --type process` sends
+    with SyncPrefectClient(server.api_url) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process", base_job_template=template), overwrite=True)
     log = Path(server.home) / f"worker-{pool}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
