@@ -26,7 +26,9 @@ import itertools
 import multiprocessing
 import pickle
 import signal
+import sys
 import threading
+import types
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,25 @@ from rollouts.storage import Store
 PROGRESS_EVERY_S = 0.5
 
 
+_MAIN = threading.Lock()
+
+
+def _start_without_main(process: Any) -> None:
+    """Start a spawned process without running this process's main module again in it.
+
+    `spawn` imports the parent's `__main__` in every child (as `__mp_main__`) unless it is a package's `__main__`.
+    A deployment's flow run is `python -m prefect.engine`, so each collector process imported all of Prefect and the
+    flow (~1,000 modules, ~1.5 CPU s) that it never uses; a script's main (`deployments/serve.py`) did the same. A
+    collector process needs only the core, which its target (`serve`, pickled by name) imports."""
+    with _MAIN:
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")  # no spec, no file: nothing for the child to run
+        try:
+            process.start()
+        finally:
+            sys.modules["__main__"] = main
+
+
 class _Worker:
     """One collector process and the parent's end of its pipe."""
 
@@ -49,7 +70,7 @@ class _Worker:
         self.process = context.Process(
             target=serve, args=(child, start), name=f"rollouts-collector-{index}", daemon=True
         )
-        self.process.start()
+        _start_without_main(self.process)
         child.close()
         self.conn, self.board = parent, board
         self.pending: dict[int, concurrent.futures.Future[ShardResult]] = {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,3 +184,46 @@ def test_the_rate_leaves_out_the_report_that_started_the_clock(monkeypatch):
     now[0] += 0.9
     board.add(generated=6, verified=6)
     assert board.snapshot().rate == 6.0 and board.snapshot().done == 10
+
+
+PROBE_START = """
+import sys
+
+
+async def report_loaded(runtime, run, shard, auth):
+    raise LookupError(",".join(name for name in ("prefect", "flows", "probe_main") if name in sys.modules))
+"""
+PROBE_MAIN = """
+import sys
+
+import prefect
+from probe_start import report_loaded
+from rollouts.collector.pool import CollectorPool
+from rollouts.collector.progress import ProgressBoard
+from rollouts.config import CollectConfig
+from rollouts.stages.shard import plan_run
+
+if __name__ == "__main__":
+    config = CollectConfig(input="prompts.jsonl", out="runs", model_url=sys.argv[1], model="sim-model")
+    run = plan_run(config).run
+    pool = CollectorPool(1, ProgressBoard(), report_loaded)
+    try:
+        print("child has:", pool.submit(run, "shard-00000", None).exception(timeout=60))
+    finally:
+        pool.close()
+"""
+
+
+def test_a_collector_process_does_not_run_the_parents_main_module(tmp_path, sim):
+    """A deployment's flow run is `python -m prefect.engine` (a script's main is the same case): spawn would run that
+    main module again in every collector process, importing all of Prefect and the flow there for nothing."""
+    write_jsonl(tmp_path / "prompts.jsonl", math_rows(2))
+    (tmp_path / "probe_start.py").write_text(PROBE_START)
+    (tmp_path / "probe_main.py").write_text(PROBE_MAIN)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "probe_main.py", sim.url], env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "child has:", done.stdout
