@@ -18,8 +18,6 @@ from types import TracebackType
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from rollouts.sim.server import SimConfig, start
 
 _LISTENING_RE = re.compile(r"rollouts-sim listening on (http://\S+/v1)")
@@ -41,6 +39,8 @@ class SimServer:
         return self.url.removesuffix("/v1")
 
     def stats(self) -> dict[str, Any]:
+        import httpx  # here: the server's own process (`python -m rollouts.sim` loads this package) never needs it
+
         response = httpx.get(f"{self.base_url}/stats", timeout=10)
         response.raise_for_status()
         stats: dict[str, Any] = response.json()  # the simulated server's /stats is a JSON object
