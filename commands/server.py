@@ -191,8 +191,8 @@ def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
         "PREFECT_UI_API_URL": api_url,
         "PREFECT_API_URL": api_url,
     }
-    if prefect_db.seed(root / "prefect", env) and prefect_db.holds_registration():
-        env.update(prefect_db.FIRST_START)  # its migrations (~8 s) and block registration are in the database
+    if prefect_db.seed(root / "prefect", env):
+        env.update(prefect_db.first_start())  # its migrations (~8 s) and block registration are in the database
     log = open(root / "server.log", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

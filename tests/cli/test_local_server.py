@@ -72,8 +72,10 @@ def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_pat
         prefect_home = tmp_path / "home" / "server" / "prefect"
         assert len(_servers_of(prefect_home)) == 1
         if prefect_db.snapshot_path().exists():
-            # Its database came with the block types registered: the server did not register them again, and
-            # Prefect's memo of the registration, written by that start, spares the starts after it too.
+            # Its database came at the head revision with the block types registered: the server neither checked
+            # its migrations nor registered them again, and Prefect's memo of the registration, written by that
+            # start, spares the starts after it too.
+            assert _servers_of(prefect_home, "PREFECT_API_DATABASE_MIGRATE_ON_START=false")
             assert _servers_of(prefect_home, "PREFECT_SERVER_REGISTER_BLOCKS_ON_START=false")
             assert "block_auto_registration" in (prefect_home / "memo_store.toml").read_text()
             types = httpx.post(f"http://127.0.0.1:{port}/api/block_types/filter", json={}, timeout=10).json()

@@ -94,3 +94,13 @@ def test_a_snapshot_holds_the_registration_only_of_the_collections_it_names(tmp_
     assert not prefect_db.holds_registration(snapshot)
     snapshot.write_text("BEGIN TRANSACTION;\n")  # a snapshot of the schema alone
     assert not prefect_db.holds_registration(snapshot)
+
+
+def test_a_seeded_server_starts_with_no_migration_check_and_registers_only_what_its_database_lacks(monkeypatch):
+    monkeypatch.setattr(prefect_db, "holds_registration", lambda: True)
+    assert prefect_db.first_start() == {
+        "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
+        "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    }
+    monkeypatch.setattr(prefect_db, "holds_registration", lambda: False)  # other collections installed
+    assert prefect_db.first_start() == {"PREFECT_API_DATABASE_MIGRATE_ON_START": "false"}
