@@ -82,8 +82,10 @@ def _alive(pid: int) -> bool:
 def healthy(info: ServerInfo, timeout: float = 2.0) -> bool:
     import httpx  # here, not at the top: `rollouts --help` and every command's parser load without it
 
+    from rollouts.client.tls import tls_context
+
     try:
-        return httpx.get(f"{info.api_url}/health", timeout=timeout).status_code == 200
+        return httpx.get(f"{info.api_url}/health", timeout=timeout, verify=tls_context()).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -258,8 +260,12 @@ def check_api_url(api_url: str, timeout_s: float = 5.0) -> None:
     """The user's PREFECT_API_URL answers; one clear line (a ConfigError) instead of a client traceback later."""
     import httpx
 
+    from rollouts.client.tls import tls_context
+
     try:
-        answered = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s).status_code == 200
+        answered = (
+            httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s, verify=tls_context()).status_code == 200
+        )
     except httpx.HTTPError as exc:
         reason = type(exc).__name__
     else:

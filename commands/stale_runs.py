@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -48,6 +49,18 @@ def this_process() -> Owner:
     return Owner(socket.gethostname(), os.getpid(), round(psutil.Process().create_time()))
 
 
+def plain_http_settings() -> dict[str, Any] | None:
+    """For a Prefect API on plain http:// (the local server): the process's TLS context, so Prefect's client does
+    not build one of its own (~25 ms of CPU loading a CA bundle it never uses). Any other API: Prefect's own TLS
+    settings apply."""
+    from prefect.settings import get_current_settings
+
+    from rollouts.client.tls import tls_context
+
+    url = get_current_settings().api.url or ""
+    return {"verify": tls_context()} if url.startswith("http://") else None
+
+
 def reap_stale_runs(limit: int = 200) -> int:
     """End Crashed the `Running`/`Pending` CLI flow runs of this host whose process is gone; how many it ended.
 
@@ -65,7 +78,7 @@ def reap_stale_runs(limit: int = 200) -> int:
     me = this_process()
     ended = 0
     try:
-        with get_client(sync_client=True) as client:
+        with get_client(sync_client=True, httpx_settings=plain_http_settings()) as client:
             runs = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
                     tags=FlowRunFilterTags(all_=[CLI_TAG, f"host:{me.host}"]),
