@@ -168,15 +168,16 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
         use_prefect_server(wait=False)  # a server to start boots while Prefect and the flow are imported
         from prefect.settings import temporary_settings
 
-        from commands.server import await_prefect_server
+        from commands.server import await_prefect_server, prefect_server_booting
+        from commands.stale_runs import reap_in_background, this_process
+
+        # Flow runs of collect processes killed earlier end Crashed, not Running forever: read beside the import.
+        reaped = None if prefect_server_booting() else reap_in_background()
         from flows.collect import collect_rollouts
 
         await_prefect_server()
+        reaped = reaped or reap_in_background()
         from prefect import tags
-
-        from commands.stale_runs import reap_stale_runs, this_process
-
-        reap_stale_runs()  # flow runs of collect processes killed earlier: Crashed, not Running forever
 
         # A CLI run lives in this process: no heartbeat thread (it costs ~1 s to join at exit).
         stop = collector().stop
@@ -188,6 +189,7 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
                 state = collect_rollouts(config, return_state=True)
         finally:
             restore()
+            reaped()
     board.set_phase("done")
     if verbose:
         print_phases(board)

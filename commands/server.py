@@ -302,6 +302,11 @@ def use_prefect_server(*, wait: bool = True) -> str | None:
     return info.ui_url
 
 
+def prefect_server_booting() -> bool:
+    """Whether `use_prefect_server(wait=False)` launched a server that `await_prefect_server` has not waited for."""
+    return _booting is not None
+
+
 def await_prefect_server() -> None:
     """Wait until a server launched by `use_prefect_server(wait=False)` answers (nothing to do otherwise)."""
     global _booting
