@@ -51,6 +51,7 @@ class ServerInfo:
     pid: int
     port: int
     home: str
+    prefect: str = ""  # the version of Prefect that started it ("": a state file written before it was recorded)
 
     @property
     def api_url(self) -> str:
@@ -59,6 +60,19 @@ class ServerInfo:
     @property
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+def prefect_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("prefect")
+
+
+def client_settings(info: ServerInfo) -> dict[str, str]:
+    """Prefect settings for this process's clients of the local server: a server the installed Prefect started needs
+    no API version check (each client context asks `/admin/version` once, the events and logs clients again, the
+    events client building a TLS context for it); one that another Prefect started (an upgrade since) is checked."""
+    return {"PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"} if info.prefect == prefect_version() else {}
 
 
 def home() -> Path:
@@ -204,7 +218,7 @@ def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    info = ServerInfo(pid=process.pid, port=port, home=str(root))
+    info = ServerInfo(pid=process.pid, port=port, home=str(root), prefect=prefect_version())
     _state_file().write_text(json.dumps(asdict(info)))  # from now on, another run waits for this server
     if not quiet:
         print(
@@ -297,6 +311,8 @@ def use_prefect_server(*, wait: bool = True) -> str | None:
     info = found.info if isinstance(found, Booting) else found
     os.environ["PREFECT_API_URL"] = info.api_url
     os.environ["PREFECT_UI_URL"] = info.ui_url
+    for name, value in client_settings(info).items():
+        os.environ.setdefault(name, value)  # a user's own setting wins
     if wait:
         await_prefect_server()
     return info.ui_url

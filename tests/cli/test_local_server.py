@@ -7,6 +7,7 @@ import json
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -71,6 +72,10 @@ def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_pat
         assert sum(starting in done.err for done in firsts) == 1, [done.err[-2000:] for done in firsts]
         prefect_home = tmp_path / "home" / "server" / "prefect"
         assert len(_servers_of(prefect_home)) == 1
+        # The state file names the Prefect that started the server: its clients of the same Prefect skip the API
+        # version check (commands/server.py client_settings).
+        state = json.loads((tmp_path / "home" / "server" / "server.json").read_text())
+        assert state["prefect"] == metadata.version("prefect")
         if prefect_db.snapshot_path().exists():
             # Its database came at the head revision with the block types registered: the server neither checked
             # its migrations nor registered them again, and Prefect's memo of the registration, written by that
@@ -101,3 +106,14 @@ def test_a_server_port_that_is_not_a_number_is_one_line(tmp_path):
     done = rollouts("server", "start", env={"ROLLOUTS_HOME": str(tmp_path / "home"), "ROLLOUTS_SERVER_PORT": "42OO"})
     assert done.code == 2 and done.fast
     assert done.err.strip() == "error: ROLLOUTS_SERVER_PORT='42OO' is not a port number (1-65535)"
+
+
+def test_clients_skip_the_api_version_check_only_with_a_server_the_installed_prefect_started():
+    from commands.server import ServerInfo, client_settings
+
+    installed = metadata.version("prefect")
+    assert client_settings(ServerInfo(pid=1, port=4200, home="", prefect=installed)) == {
+        "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"
+    }
+    assert client_settings(ServerInfo(pid=1, port=4200, home="", prefect="2.0.0")) == {}  # Prefect upgraded since
+    assert client_settings(ServerInfo(pid=1, port=4200, home="")) == {}  # a state file from before the field
