@@ -65,9 +65,9 @@ def plain_http_settings() -> dict[str, Any] | None:
 
 def reap_in_background() -> Callable[[], None]:
     """`reap_stale_runs` in a thread of its own, started now; the wait for it, to call before the process ends. Its
-    reading of the API overlaps what this process does meanwhile (importing the flow, starting its flow run; ~0.1 s
-    of a warm run's wall). The runs it ends are never this process's own, so the new flow run may start meanwhile.
-    With Prefect's embedded server (no PREFECT_API_URL), which its first client starts, it runs here and now."""
+    reading of the API overlaps what this process does meanwhile (importing the flow; ~0.1 s of a warm run's wall).
+    The runs it ends are never this process's own, so the new flow run may start meanwhile. With Prefect's embedded
+    server (no PREFECT_API_URL), which its first client starts, it runs here and now."""
     if not os.environ.get("PREFECT_API_URL"):
         reap_stale_runs()
         return lambda: None
