@@ -12,7 +12,7 @@ written, and Prefect migrates as it always does (a later Prefect upgrade migrate
 it records).
 
 A seeded server is started with `first_start()`'s settings. Its migrations are off: the database is at the head
-revision of the installed Prefect, so the check alone would cost that start ~0.4 CPU s (importing Alembic and reading
+revision of the installed Prefect, so the check alone would cost that start 0.2-0.9 CPU s (importing Alembic, reading
 its 116 migration scripts); the starts after it migrate as always (a Prefect upgrade). Its block registration is off
 when the collections installed are those the snapshot was made with: its database already holds what it would
 register, and Prefect's memo of the registration (`memo_store.toml`, a hash of the block registry and the database
