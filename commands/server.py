@@ -51,7 +51,6 @@ class ServerInfo:
     pid: int
     port: int
     home: str
-    prefect: str = ""  # the version of Prefect that started it ("": a state file written before it was recorded)
 
     @property
     def api_url(self) -> str:
@@ -68,11 +67,30 @@ def prefect_version() -> str:
     return metadata.version("prefect")
 
 
+def _started_by_file() -> Path:
+    """Which Prefect started which server: `{"pid": ..., "prefect": version}`, beside the state file (a field of
+    server.json would make an older rollouts, which reads it as ServerInfo, find no server and start a second one)."""
+    return home() / "server-prefect.json"
+
+
+def _record_prefect(info: ServerInfo) -> None:
+    _started_by_file().write_text(json.dumps({"pid": info.pid, "prefect": prefect_version()}))
+
+
+def started_by(info: ServerInfo) -> str:
+    """The version of Prefect that started this server ("" when not recorded for it)."""
+    try:
+        recorded = json.loads(_started_by_file().read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(recorded.get("prefect", "")) if recorded.get("pid") == info.pid else ""
+
+
 def client_settings(info: ServerInfo) -> dict[str, str]:
     """Prefect settings for this process's clients of the local server: a server the installed Prefect started needs
     no API version check (each client context asks `/admin/version` once, the events and logs clients again, the
     events client building a TLS context for it); one that another Prefect started (an upgrade since) is checked."""
-    return {"PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"} if info.prefect == prefect_version() else {}
+    return {"PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"} if started_by(info) == prefect_version() else {}
 
 
 def home() -> Path:
@@ -218,7 +236,8 @@ def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    info = ServerInfo(pid=process.pid, port=port, home=str(root), prefect=prefect_version())
+    info = ServerInfo(pid=process.pid, port=port, home=str(root))
+    _record_prefect(info)
     _state_file().write_text(json.dumps(asdict(info)))  # from now on, another run waits for this server
     if not quiet:
         print(
@@ -264,6 +283,7 @@ def stop() -> bool:
     if _alive(info.pid):
         os.killpg(info.pid, signal.SIGKILL)
     _state_file().unlink(missing_ok=True)
+    _started_by_file().unlink(missing_ok=True)
     return True
 
 
