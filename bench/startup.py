@@ -88,8 +88,8 @@ def server_start(seeded: bool, env: dict[str, str]) -> float:
     port = _free_port(0)
     env = {k: v for k, v in env.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    if seeded and prefect_db.holds_registration():
-        env.update(prefect_db.FIRST_START)  # as `rollouts` starts it: the block types are in the database already
+    if seeded:
+        env.update(prefect_db.first_start())  # as `rollouts` starts it: at the head revision, block types in it
     started = time.perf_counter()
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -168,15 +168,20 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
         use_prefect_server(wait=False)  # a server to start boots while Prefect and the flow are imported
         from prefect.settings import temporary_settings
 
-        from commands.server import await_prefect_server
+        from commands.server import await_prefect_server, prefect_server_booting
+        from commands.stale_runs import reap_in_background, reap_stale_runs, this_process
+
+        # Flow runs of collect processes killed earlier end Crashed, not Running forever: read beside the flow's
+        # import when the server is up; after it, when the server is just starting (beside the flow run's start,
+        # that server's first answers delayed the start by ~1 s).
+        booting = prefect_server_booting()
+        reaped = None if booting else reap_in_background()
         from flows.collect import collect_rollouts
 
         await_prefect_server()
+        if booting:
+            reap_stale_runs()
         from prefect import tags
-
-        from commands.stale_runs import reap_stale_runs, this_process
-
-        reap_stale_runs()  # flow runs of collect processes killed earlier: Crashed, not Running forever
 
         # A CLI run lives in this process: no heartbeat thread (it costs ~1 s to join at exit).
         stop = collector().stop
@@ -188,6 +193,8 @@ def run_collect(config: CollectConfig, *, show_progress: bool, verbose: bool = F
                 state = collect_rollouts(config, return_state=True)
         finally:
             restore()
+            if reaped is not None:
+                reaped()
     board.set_phase("done")
     if verbose:
         print_phases(board)

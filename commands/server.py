@@ -61,6 +61,38 @@ class ServerInfo:
         return f"http://127.0.0.1:{self.port}"
 
 
+def prefect_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("prefect")
+
+
+def _started_by_file() -> Path:
+    """Which Prefect started which server: `{"pid": ..., "prefect": version}`, beside the state file (a field of
+    server.json would make an older rollouts, which reads it as ServerInfo, find no server and start a second one)."""
+    return home() / "server-prefect.json"
+
+
+def _record_prefect(info: ServerInfo) -> None:
+    _started_by_file().write_text(json.dumps({"pid": info.pid, "prefect": prefect_version()}))
+
+
+def started_by(info: ServerInfo) -> str:
+    """The version of Prefect that started this server ("" when not recorded for it)."""
+    try:
+        recorded = json.loads(_started_by_file().read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(recorded.get("prefect", "")) if recorded.get("pid") == info.pid else ""
+
+
+def client_settings(info: ServerInfo) -> dict[str, str]:
+    """Prefect settings for this process's clients of the local server: a server the installed Prefect started needs
+    no API version check (each client context asks `/admin/version` once, the events and logs clients again, the
+    events client building a TLS context for it); one that another Prefect started (an upgrade since) is checked."""
+    return {"PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"} if started_by(info) == prefect_version() else {}
+
+
 def home() -> Path:
     return Path(os.environ.get("ROLLOUTS_HOME") or "~/.rollouts").expanduser() / "server"
 
@@ -82,8 +114,10 @@ def _alive(pid: int) -> bool:
 def healthy(info: ServerInfo, timeout: float = 2.0) -> bool:
     import httpx  # here, not at the top: `rollouts --help` and every command's parser load without it
 
+    from rollouts.client.tls import tls_context
+
     try:
-        return httpx.get(f"{info.api_url}/health", timeout=timeout).status_code == 200
+        return httpx.get(f"{info.api_url}/health", timeout=timeout, verify=tls_context()).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -191,8 +225,8 @@ def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
         "PREFECT_UI_API_URL": api_url,
         "PREFECT_API_URL": api_url,
     }
-    if prefect_db.seed(root / "prefect", env) and prefect_db.holds_registration():
-        env.update(prefect_db.FIRST_START)  # its migrations (~8 s) and block registration are in the database
+    if prefect_db.seed(root / "prefect", env):
+        env.update(prefect_db.first_start())  # its migrations (~8 s) and block registration are in the database
     log = open(root / "server.log", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -203,6 +237,7 @@ def launch(port: int | None = None, *, quiet: bool = False) -> Booting:
         start_new_session=True,
     )
     info = ServerInfo(pid=process.pid, port=port, home=str(root))
+    _record_prefect(info)
     _state_file().write_text(json.dumps(asdict(info)))  # from now on, another run waits for this server
     if not quiet:
         print(
@@ -248,6 +283,7 @@ def stop() -> bool:
     if _alive(info.pid):
         os.killpg(info.pid, signal.SIGKILL)
     _state_file().unlink(missing_ok=True)
+    _started_by_file().unlink(missing_ok=True)
     return True
 
 
@@ -258,8 +294,12 @@ def check_api_url(api_url: str, timeout_s: float = 5.0) -> None:
     """The user's PREFECT_API_URL answers; one clear line (a ConfigError) instead of a client traceback later."""
     import httpx
 
+    from rollouts.client.tls import tls_context
+
     try:
-        answered = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s).status_code == 200
+        answered = (
+            httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s, verify=tls_context()).status_code == 200
+        )
     except httpx.HTTPError as exc:
         reason = type(exc).__name__
     else:
@@ -292,6 +332,8 @@ def use_prefect_server(*, wait: bool = True) -> str | None:
     info = found.info if isinstance(found, Booting) else found
     os.environ["PREFECT_API_URL"] = info.api_url
     os.environ["PREFECT_UI_URL"] = info.ui_url
+    for name, value in client_settings(info).items():
+        os.environ.setdefault(name, value)  # a user's own setting wins
     if wait:
         await_prefect_server()
     return info.ui_url
@@ -301,8 +343,13 @@ def seed_embedded() -> None:
     """Prefect's embedded server keeps its database in `PREFECT_HOME` (default `~/.prefect`) and starts anew with
     every run: its first start there is seeded from the snapshot like the local server's (~8 s of migrations)."""
     prefect_home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    if prefect_db.seed(prefect_home) and prefect_db.holds_registration():
-        os.environ.update(prefect_db.FIRST_START)  # the subprocess server inherits this process's environment
+    if prefect_db.seed(prefect_home):
+        os.environ.update(prefect_db.first_start())  # the subprocess server inherits this process's environment
+
+
+def prefect_server_booting() -> bool:
+    """Whether `use_prefect_server(wait=False)` launched a server that `await_prefect_server` has not waited for."""
+    return _booting is not None
 
 
 def await_prefect_server() -> None:

@@ -36,7 +36,7 @@ from rollouts.report.profiler import function_profile
 from rollouts.run import RunPlan, RunRef, ShardResult, run_store, stored_results
 from rollouts.stages.batched import record_batches
 from rollouts.stages.outcome import RunSummary, Verdict, finish_run, judge, reward_text
-from tasks.artifacts import flush_artifacts, publish, sent_beside
+from tasks.artifacts import Progress, flush_artifacts, sent_beside
 from tasks.filter import filter_rollouts
 from tasks.format import format_training_data
 from tasks.generate import engine_of, finish_parallel, generate_shard
@@ -118,7 +118,7 @@ class BatchProgress:
 
     def __init__(self, run: RunRef) -> None:
         self.run, self.run_url, self.shown = run, run.run_url, -1.0
-        self.artifact: Any = None  # the artifact's id (prefect's async_dispatch types it as UUID | Coroutine)
+        self.artifact: Progress | None = None
         self.recorded: tuple[int, int, int] | None = None  # the board's (requests, in flight, ids) when last copied
 
     def record(self) -> None:
@@ -137,9 +137,11 @@ class BatchProgress:
             return
         if self.artifact is None:
             description = f"Batch requests answered for {self.run_url}"
-            self.artifact = create_progress_artifact(progress=progress, description=description)
+            self.artifact = Progress(
+                create_progress_artifact, update_progress_artifact, description=description, progress=progress
+            )
         else:
-            update_progress_artifact(self.artifact, progress=progress)
+            self.artifact.move(progress)
         self.shown = progress
 
 
@@ -150,7 +152,8 @@ def follow_shards(
     artifact and logging each shard; on a stop request, cancel what has not started and wait for what runs to
     flush. Their final states."""
     stop, shard_log = collector().stop, ShardLog(plan)
-    progress = create_progress_artifact(progress=0.0, description=f"Shards verified for {plan.run.run_url}")
+    description = f"Shards verified for {plan.run.run_url}"
+    progress = Progress(create_progress_artifact, update_progress_artifact, description=description)
     batches = BatchProgress(plan.run) if plan.run.config.batch.enabled else None
     for done, future in enumerate(verified, start=1):
         while not stop.is_set() and not settled(future):
@@ -160,7 +163,7 @@ def follow_shards(
         if stop.is_set():
             break
         future.wait()  # done: this keeps its result in memory (tasks do not persist results)
-        publish(update_progress_artifact, artifact_id=progress, progress=100.0 * done / len(verified))
+        progress.move(100.0 * done / len(verified))
         if batches is not None:
             batches.update()
         if future.state.is_completed():

@@ -6,6 +6,8 @@ own, with the caller's context (so the artifact names the flow run and task run 
 once; the artifacts go out in the order published, and `sent_beside` waits for all of them when it exits, on every
 path (a return, an exception, Ctrl-C), so the flow run never ends before its artifacts exist. Outside it (a task run
 in a process of its own, a test calling a task's function) `publish` creates the artifact at once, as before.
+A progress artifact (`Progress`) is created and moved the same way: its updates queue behind its creation on that one
+thread, which knows its id by then, so the flow never waits for the server to give it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,29 @@ def flush_artifacts() -> None:
     sender = _SENDER.get()
     if sender is not None and (errors := sender.wait()):
         raise errors[0]
+
+
+class Progress:
+    """A progress artifact created and moved through `publish`: `Progress(create_progress_artifact,
+    update_progress_artifact, description=...)`, then `.move(percent)`. Updates go out in order after its creation
+    (a creation that failed is reported by `sent_beside`; its updates are then skipped)."""
+
+    def __init__(
+        self, create: Callable[..., Any], update: Callable[..., Any], *, description: str, progress: float = 0.0
+    ) -> None:
+        self._create, self._update = create, update
+        self.artifact_id: Any = None
+        publish(self._created, progress=progress, description=description)
+
+    def _created(self, **kwargs: Any) -> None:
+        self.artifact_id = self._create(**kwargs)
+
+    def move(self, progress: float) -> None:
+        publish(self._moved, progress=progress)
+
+    def _moved(self, progress: float) -> None:
+        if self.artifact_id is not None:
+            self._update(artifact_id=self.artifact_id, progress=progress)
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from rollouts.client.chat import chat_tools, items_to_chat
 from rollouts.client.credentials import NO_AUTH, EndpointAuth
 from rollouts.client.replies import check_chat, check_responses
 from rollouts.client.retry import RetryPolicy, model_output_fault, retry_after, transport_failure
+from rollouts.client.tls import tls_context
 from rollouts.client.token_fields import (
     CHAT_TOKEN_REQUEST,
     NO_SOURCE_HINT,
@@ -100,7 +101,9 @@ def check_endpoint(
     is not an OpenAI-compatible base (`GET /models` answers on vLLM, SGLang and OpenAI; a 404 there means the path
     is wrong, usually a missing `/v1`)."""
     try:
-        response = httpx.get(f"{base_url}/models", headers=(auth or NO_AUTH).request_headers(), timeout=timeout)
+        response = httpx.get(
+            f"{base_url}/models", headers=(auth or NO_AUTH).request_headers(), timeout=timeout, verify=tls_context()
+        )
     except httpx.HTTPError as exc:
         raise ConfigError(
             f"cannot reach the model server at {base_url} ({type(exc).__name__}): is it running, and "

@@ -33,6 +33,7 @@ from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AIOHTTP_EXC_MAP, AiohttpResponseStream
 
 from rollouts.client.bodies import ReplyBudget, reply_budget
+from rollouts.client.tls import tls_context
 
 
 class _NoCookies(httpx.Cookies):
@@ -280,4 +281,4 @@ def cookie_free_transport(limits: httpx.Limits | None = None) -> httpx.AsyncBase
         connector = aiohttp.TCPConnector(limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry)
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
-    return CollectorTransport(limits=limits, client=make_session)
+    return CollectorTransport(limits=limits, client=make_session, verify=tls_context())

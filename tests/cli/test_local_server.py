@@ -7,6 +7,7 @@ import json
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -71,9 +72,17 @@ def test_the_first_run_starts_the_local_server_and_the_next_run_finds_it(tmp_pat
         assert sum(starting in done.err for done in firsts) == 1, [done.err[-2000:] for done in firsts]
         prefect_home = tmp_path / "home" / "server" / "prefect"
         assert len(_servers_of(prefect_home)) == 1
+        # The state file is the one an older rollouts reads too; beside it, which Prefect started that server: its
+        # clients of the same Prefect skip the API version check (commands/server.py client_settings).
+        state = json.loads((tmp_path / "home" / "server" / "server.json").read_text())
+        assert set(state) == {"pid", "port", "home"}
+        started = json.loads((tmp_path / "home" / "server" / "server-prefect.json").read_text())
+        assert started == {"pid": state["pid"], "prefect": metadata.version("prefect")}
         if prefect_db.snapshot_path().exists():
-            # Its database came with the block types registered: the server did not register them again, and
-            # Prefect's memo of the registration, written by that start, spares the starts after it too.
+            # Its database came at the head revision with the block types registered: the server neither checked
+            # its migrations nor registered them again, and Prefect's memo of the registration, written by that
+            # start, spares the starts after it too.
+            assert _servers_of(prefect_home, "PREFECT_API_DATABASE_MIGRATE_ON_START=false")
             assert _servers_of(prefect_home, "PREFECT_SERVER_REGISTER_BLOCKS_ON_START=false")
             assert "block_auto_registration" in (prefect_home / "memo_store.toml").read_text()
             types = httpx.post(f"http://127.0.0.1:{port}/api/block_types/filter", json={}, timeout=10).json()
@@ -99,3 +108,19 @@ def test_a_server_port_that_is_not_a_number_is_one_line(tmp_path):
     done = rollouts("server", "start", env={"ROLLOUTS_HOME": str(tmp_path / "home"), "ROLLOUTS_SERVER_PORT": "42OO"})
     assert done.code == 2 and done.fast
     assert done.err.strip() == "error: ROLLOUTS_SERVER_PORT='42OO' is not a port number (1-65535)"
+
+
+def test_clients_skip_the_api_version_check_only_with_a_server_the_installed_prefect_started(tmp_path, monkeypatch):
+    from commands.server import ServerInfo, client_settings
+
+    monkeypatch.setenv("ROLLOUTS_HOME", str(tmp_path))
+    (tmp_path / "server").mkdir()
+    started = tmp_path / "server" / "server-prefect.json"
+    server = ServerInfo(pid=41, port=4200, home=str(tmp_path / "server"))
+    assert client_settings(server) == {}  # not recorded (a server an older rollouts started)
+    started.write_text(json.dumps({"pid": 41, "prefect": metadata.version("prefect")}))
+    assert client_settings(server) == {"PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED": "false"}
+    started.write_text(json.dumps({"pid": 41, "prefect": "2.0.0"}))  # Prefect upgraded since
+    assert client_settings(server) == {}
+    started.write_text(json.dumps({"pid": 40, "prefect": metadata.version("prefect")}))  # of an earlier server
+    assert client_settings(server) == {}

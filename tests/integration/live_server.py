@@ -91,8 +91,8 @@ def prefect_server(startup_timeout_s: float = 240, **settings: str) -> Iterator[
             "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
             **settings,
         }
-        if prefect_db.seed(Path(home), env=env) and prefect_db.holds_registration():
-            env.update(prefect_db.FIRST_START)  # the block registration is in the database too
+        if prefect_db.seed(Path(home), env=env):
+            env.update(prefect_db.first_start())  # at the head revision, the block registration in it too
         process = subprocess.Popen(
             [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env=env,

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -73,13 +74,16 @@ def test_demo_collects_and_prints_where_everything_is(tmp_path, prefect_server):
     rows = [json.loads(line) for f in (run / "rollouts").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert len(rows) == 64 * 4
     assert 0.2 < sum(r["reward"] for r in rows) / len(rows) < 1.0  # temperature 0.8: real variance for filtering
-    flow_run, task_tags = tags_of_the_run(prefect_server, str(tmp_path / "runs"))
+    flow_run, task_tags, artifacts = what_the_run_left(prefect_server, str(tmp_path / "runs"))
     assert "rollouts-cli" in flow_run and any(tag.startswith("pid:") for tag in flow_run)  # what reaping reads
     assert task_tags and not any(task_tags), task_tags  # no concurrency-slot round trips per stage task
+    # The progress artifact, created and moved beside the run (tasks/artifacts.py), is at 100 when the run ends.
+    (shards,) = [a for a in artifacts if (a.get("description") or "").startswith("Shards verified for ")]
+    assert shards["type"] == "progress" and shards["data"] == 100.0
 
 
-def tags_of_the_run(api_url: str, out: str) -> tuple[list[str], list[list[str]]]:
-    """The tags of the flow run that wrote into `out`, and those of each of its task runs."""
+def what_the_run_left(api_url: str, out: str) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
+    """The tags of the flow run that wrote into `out`, those of each of its task runs, and its artifacts."""
     import httpx
 
     runs = httpx.post(
@@ -88,7 +92,9 @@ def tags_of_the_run(api_url: str, out: str) -> tuple[list[str], list[list[str]]]
     (run,) = [r for r in runs if ((r["parameters"].get("config") or {}).get("storage") or {}).get("out") == out]
     body = {"flow_runs": {"id": {"any_": [run["id"]]}}, "limit": 200}
     tasks = httpx.post(f"{api_url}/task_runs/filter", json=body, timeout=30).json()
-    return run["tags"], [t["tags"] for t in tasks]
+    body = {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}
+    artifacts = httpx.post(f"{api_url}/artifacts/filter", json=body, timeout=30).json()
+    return run["tags"], [t["tags"] for t in tasks], artifacts
 
 
 def test_collect_exit_codes_and_messages(tmp_path, sim, prefect_server):

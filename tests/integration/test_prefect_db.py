@@ -26,8 +26,8 @@ def test_the_snapshot_is_what_the_installed_prefects_migrations_and_registration
     assert got_rows["alembic_version"] == want_rows["alembic_version"], refresh
     if not prefect_db.holds_registration():
         # other Prefect collections installed than the snapshot was made with: a server seeded from it registers
-        # their block types at its first start as ever (it is not started with FIRST_START), so only the schema
-        # and the revision above must be the installed Prefect's
+        # their block types at its first start as ever (first_start() keeps the registration on then), so only the
+        # schema and the revision above (its first start checks no migrations) must be the installed Prefect's
         return
     assert got_rows == want_rows, refresh
     assert list(want_rows["alembic_version"]) and len(want_rows["block_type"]) > 10 and want_rows["block_schema"]

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tasks.artifacts import flush_artifacts, publish, sent_beside
+from tasks.artifacts import Progress, flush_artifacts, publish, sent_beside
 
 OWNER: contextvars.ContextVar[str] = contextvars.ContextVar("owner", default="")
 
@@ -82,3 +82,38 @@ def test_a_flush_waits_for_every_artifact_so_far_and_raises_a_failure_once(caplo
 
 def test_a_flush_outside_a_run_does_nothing():
     flush_artifacts()
+
+
+def test_a_progress_artifact_is_created_and_moved_beside_the_run_its_updates_after_its_creation():
+    release, calls = threading.Event(), []
+
+    def create(progress: float, description: str) -> str:
+        release.wait(timeout=30)  # a slow server: the run does not wait for the artifact's id
+        calls.append(("create", progress, description, threading.current_thread() is threading.main_thread()))
+        return "artifact-1"
+
+    def update(artifact_id: str, progress: float) -> None:
+        calls.append(("update", artifact_id, progress))
+
+    with sent_beside():
+        progress = Progress(create, update, description="Shards verified")
+        progress.move(50.0)
+        progress.move(100.0)
+        assert calls == []
+        release.set()
+    assert calls == [
+        ("create", 0.0, "Shards verified", False),
+        ("update", "artifact-1", 50.0),
+        ("update", "artifact-1", 100.0),
+    ]
+
+
+def test_a_progress_artifact_not_created_is_not_moved_and_its_failure_raises_when_the_run_ends():
+    updates = []
+
+    def refused(progress: float, description: str) -> str:
+        raise RuntimeError("server refused the progress artifact")
+
+    with pytest.raises(RuntimeError, match="refused the progress artifact"), sent_beside():
+        Progress(refused, lambda **kwargs: updates.append(kwargs), description="Shards verified").move(100.0)
+    assert updates == []

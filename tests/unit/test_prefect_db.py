@@ -100,24 +100,34 @@ def test_a_snapshot_holds_the_registration_only_of_the_collections_it_names(tmp_
 @needs_snapshot
 def test_the_embedded_server_s_first_database_is_seeded_too(tmp_path, monkeypatch):
     """`ROLLOUTS_SERVER=ephemeral`: Prefect's per-run server keeps its database in PREFECT_HOME; the command seeds
-    it when it does not exist yet (and the server it starts inherits FIRST_START), and never touches one that does.
-    (A whole run on a seeded embedded server: tests/cli/test_run_messages.py.)"""
+    it when it does not exist yet (the server it starts inherits `first_start()`'s settings), and never touches one
+    that does. (A whole run on a seeded embedded server: tests/cli/test_run_messages.py.)"""
     from commands import server
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     monkeypatch.setenv("ROLLOUTS_SERVER", "ephemeral")
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    for name in (*prefect_db.URL_SETTINGS, *prefect_db.FIRST_START):
+    first = prefect_db.first_start()
+    for name in (*prefect_db.URL_SETTINGS, *first):
         monkeypatch.delenv(name, raising=False)
     assert server.use_prefect_server() is None
     with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as connection:
         (revision,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
     assert revision == _revision(prefect_db.snapshot_path().read_text())
-    registration_in_snapshot = prefect_db.holds_registration()
-    assert all((os.environ.get(k) == v) == registration_in_snapshot for k, v in prefect_db.FIRST_START.items())
-    for name in prefect_db.FIRST_START:
+    assert {k: os.environ.get(k) for k in first} == first
+    for name in first:
         monkeypatch.delenv(name, raising=False)
     before = (tmp_path / "prefect-home" / "prefect.db").stat().st_mtime_ns
     assert server.use_prefect_server() is None  # the next run: the database is there, Prefect registers as usual
     assert (tmp_path / "prefect-home" / "prefect.db").stat().st_mtime_ns == before
-    assert not any(name in os.environ for name in prefect_db.FIRST_START)
+    assert not any(name in os.environ for name in first)
+
+
+def test_a_seeded_server_starts_with_no_migration_check_and_registers_only_what_its_database_lacks(monkeypatch):
+    monkeypatch.setattr(prefect_db, "holds_registration", lambda: True)
+    assert prefect_db.first_start() == {
+        "PREFECT_API_DATABASE_MIGRATE_ON_START": "false",
+        "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    }
+    monkeypatch.setattr(prefect_db, "holds_registration", lambda: False)  # other collections installed
+    assert prefect_db.first_start() == {"PREFECT_API_DATABASE_MIGRATE_ON_START": "false"}
