@@ -13,7 +13,9 @@ import functools
 import glob
 import io
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import fsspec
@@ -32,6 +34,10 @@ CHUNK_BYTES = 64 << 20
 # 289 MB with 16 MB batches and 629 MB with 64 MB ones (bench/filter_run.py run, CPU time the same).
 BATCH_BYTES = 16 << 20
 PARQUET_ROWS = 50_000
+# Batches parsed at once, each in its own thread (polars releases the GIL while it parses): one batch's
+# single-threaded steps (a column's JSON path match, the Python of the extras pass) overlap the next one's, and the
+# main thread reads files and writes Parquet parts meanwhile. Results are taken in input order.
+PARSERS = 2
 
 
 class LoadedRollouts(BaseModel):
@@ -289,39 +295,57 @@ def load_rollouts(
     owed: list[pl.DataFrame] = []
     batch: list[Piece] = []
     batch_source, batch_bytes = "", 0
+    parsing: deque[tuple[Future[pl.DataFrame], BadRows]] = deque()
+
+    def take() -> None:
+        """Add the oldest batch in parse to the frame (its bad rows after those of the batches before it)."""
+        nonlocal rows_read, bad
+        future, found = parsing.popleft()
+        part = future.result()
+        rows_read += part.height + found.count
+        bad = bad.merge(found)
+        sink.add(part)
 
     def flush() -> None:
-        nonlocal rows_read, batch_bytes
+        nonlocal batch, batch_bytes
         batch_bytes = 0
         if not batch:
             return
-        before = bad.count
-        part = parse_or_locate(batch, batch_source, bad, skip_bad_rows)
-        rows_read += part.height + bad.count - before
-        sink.add(part)
-        batch.clear()
+        found = BadRows()
+        parsing.append((pool.submit(parse_or_locate, batch, batch_source, found, skip_bad_rows), found))
+        batch = []
+        while len(parsing) > PARSERS:
+            take()
 
-    for item in files:
-        fs = item.fs
+    with ThreadPoolExecutor(PARSERS, thread_name_prefix="rollouts-parse") as pool:
         try:
-            if item.role == "inputs":
-                owed.append(read_input_keys(item, chunk_bytes))
-                continue
-            chunks = (
-                iter_parquet_chunks(fs, item.path) if item.parquet else iter_jsonl_chunks(fs, item.path, chunk_bytes)
-            )
-            for first_line, data in chunks:
-                # Small files of one source (a run's 256-row shards) are parsed together, up to BATCH_BYTES at once
-                if batch and (item.source != batch_source or batch_bytes + len(data) > min(chunk_bytes, BATCH_BYTES)):
-                    flush()
-                batch.append(Piece(item.url, first_line, data))
-                batch_source, batch_bytes = item.source, batch_bytes + len(data)
-        except OSError as exc:
-            raise StorageError(f"{item.url}: cannot read ({exc})") from exc
-    try:
-        flush()
-    except OSError as exc:
-        raise StorageError(f"{batch[0].file if batch else inputs[0]}: cannot read ({exc})") from exc
+            for item in files:
+                fs = item.fs
+                try:
+                    if item.role == "inputs":
+                        owed.append(read_input_keys(item, chunk_bytes))
+                        continue
+                    chunks = (
+                        iter_parquet_chunks(fs, item.path)
+                        if item.parquet
+                        else iter_jsonl_chunks(fs, item.path, chunk_bytes)
+                    )
+                    for first_line, data in chunks:
+                        # Small files of one source (a run's 256-row shards) are parsed together, up to BATCH_BYTES
+                        limit = min(chunk_bytes, BATCH_BYTES)
+                        if batch and (item.source != batch_source or batch_bytes + len(data) > limit):
+                            flush()
+                        batch.append(Piece(item.url, first_line, data))
+                        batch_source, batch_bytes = item.source, batch_bytes + len(data)
+                except OSError as exc:
+                    raise StorageError(f"{item.url}: cannot read ({exc})") from exc
+            flush()
+            while parsing:
+                take()
+        except OSError as exc:  # writing a frame part
+            raise StorageError(f"{sink.uri or inputs[0]}: cannot write the frame ({exc})") from exc
+        finally:
+            pool.shutdown(cancel_futures=True)
     if rows_read == 0:
         raise InputError(f"no rollout rows in {', '.join(inputs)}")
     inputs_frame = pl.concat(owed) if owed else None
