@@ -253,6 +253,7 @@ def test_a_process_in_many_small_batches_writes_the_files_of_one_batch(
     monkeypatch.setattr(readers, "BATCH_BYTES", 1)  # every shard its own batch and frame part
     monkeypatch.setattr(writers, "BATCH_ROWS", 2)
     monkeypatch.setattr(card, "BUCKET_ROWS", 10)  # the groups selected a few at a time: 6 buckets of whole groups
+    monkeypatch.setattr(readers, "JOIN_ROWS", 5)  # the RL selection joined to the frame a frame part at a time
     parts = processed_files(run, tmp_path / "parts")
     loaded = load_rollouts([str(run)], workdir=str(tmp_path / "work"))
     assert loaded.frame_uri is not None and len(list(Path(loaded.frame_uri).glob("*.parquet"))) == 7
@@ -262,3 +263,23 @@ def test_a_process_in_many_small_batches_writes_the_files_of_one_batch(
     sft = [json.loads(line) for line in whole["1/sft/openai.jsonl"].splitlines()]
     pairs = [json.loads(line) for line in whole["3/dpo/trl.jsonl"].splitlines()]
     assert len(sft) == 6 * 2 and len(pairs) >= 6 * 2
+
+
+def test_a_selection_joined_by_ranges_of_frame_parts_is_the_one_join(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The selected rows joined to the frame a few parts at a time give the rows of one join, in frame order, with
+    ranges that hold no selected row, a selection ending before the frame does, and a selection out of order."""
+    run = spread_run(tmp_path, shards=4)
+    monkeypatch.setattr(readers, "BATCH_BYTES", 1)
+    loaded = load_rollouts([str(run)], workdir=str(tmp_path / "work"))
+    assert loaded.frame_uri is not None and len(list(Path(loaded.frame_uri).glob("*.parquet"))) == 5
+    columns = ["row", "rollout_id", "output"]
+    every = loaded.scan(["row"]).collect()["row"]
+    for rows in [every, every.filter(every % 3 == 0), every.filter(every < 7), every.filter(every > 30), every.head(0)]:
+        selected = pl.DataFrame({"row": rows, "mark": rows * 10})
+        one = loaded.scan(columns).join(selected.lazy(), on="row", how="inner", maintain_order="left").collect()
+        for join_rows in (1, 9, 10**6):
+            monkeypatch.setattr(readers, "JOIN_ROWS", join_rows)
+            assert_frame_equal(loaded.joined(selected, columns).collect(), one)
+            assert_frame_equal(loaded.joined(selected.reverse(), columns).collect(), one)
