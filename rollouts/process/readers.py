@@ -92,12 +92,15 @@ class LoadedRollouts(BaseModel):
         order. A local frame is joined JOIN_ROWS frame rows at a time, each range of its parts with the selected rows
         in it: the join's table holds one range's rows, not the whole selection's (at 10M rollouts RL keeps ~10M
         rows: 1.3 GB over the selection in one join, 0.5 GB by ranges). `selected` must be sorted by row."""
-        whole = self.scan(columns, storage_options).join(selected.lazy(), on="row", how="inner", maintain_order="left")
+
+        def join(frame: pl.LazyFrame, rows: pl.DataFrame) -> pl.LazyFrame:
+            return frame.join(rows.lazy(), on="row", how="inner", maintain_order="left")
+
         if self.frame_uri is None or self.frame_data is not None or not selected["row"].is_sorted():
-            return whole
+            return join(self.scan(columns, storage_options), selected)
         fs, path = filesystem(self.frame_uri, storage_options)
         if display(fs, path) != path:  # remote: scan_parquet_dir reads the parts itself
-            return whole
+            return join(self.scan(columns, storage_options), selected)
         starts, parts = _part_starts(path)
         ranges, at = [], 0
         while at < len(parts):
@@ -106,10 +109,9 @@ class LoadedRollouts(BaseModel):
             first, past = starts[at], starts[end] if end < len(parts) else None
             lo = selected["row"].search_sorted(first, side="left")
             hi = selected.height if past is None else selected["row"].search_sorted(past, side="left")
-            scan = pl.scan_parquet(parts[at:end]).select(columns)
-            ranges.append(scan.join(selected.slice(lo, hi - lo).lazy(), on="row", how="inner", maintain_order="left"))
+            ranges.append(join(pl.scan_parquet(parts[at:end]).select(columns), selected.slice(lo, hi - lo)))
             at = end
-        return pl.concat(ranges) if ranges else whole
+        return pl.concat(ranges) if ranges else join(self.scan(columns, storage_options), selected)
 
 
 @functools.lru_cache(maxsize=8)
