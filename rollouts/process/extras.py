@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -92,21 +93,49 @@ def _json_of(value: pl.Expr) -> pl.Expr:
     return pl.struct(v=value).struct.json_encode().str.strip_prefix('{"v":').str.strip_suffix("}")
 
 
-def extras_column(df: pl.DataFrame, data: bytes, piece_bytes: list[int] | None = None) -> pl.Series:
-    """The `extra` JSON text of each row of a parsed chunk (null when there is nothing extra).
-
-    A chunk read as several pieces (`piece_bytes`: their sizes; `df["piece"]`: each row's) gets what each piece alone
-    would: the keys are found per piece, and consecutive pieces with the same keys are done in one pass.
-    """
-    if piece_bytes is None or len(piece_bytes) == 1:
-        return _column(df, data, discover(df["raw"]), [(df.height, len(data))])
-    rows = [0] * len(piece_bytes)
+def piece_keys(df: pl.DataFrame, pieces: int) -> list[list[tuple[str, pl.DataType | None]]]:
+    """`discover` of each piece's rows (`df["piece"]`: each row's piece, rows in piece order)."""
+    if pieces == 1:
+        return [list(discover(df["raw"]).items())]
+    rows = [0] * pieces
     for piece, n in df.group_by("piece").len().iter_rows():
         rows[piece] = n
     found, at = [], 0
     for n in rows:
         found.append(list(discover(df["raw"].slice(at, n)).items()) if n else [])
         at += n
+    return found
+
+
+def shared_scalars(found: list[list[tuple[str, pl.DataType | None]]], taken: Collection[str]) -> dict[str, pl.DataType]:
+    """The scalar extra keys the chunk's own typed read can take along (saving the extras pass a read of every line):
+    those of every piece when all pieces have the same keys, but not a key the typed read reads itself."""
+    if any(keys != found[0] for keys in found):
+        return {}
+    return {key: dtype for key, dtype in found[0] if dtype is not None and key not in taken}
+
+
+def extras_column(
+    df: pl.DataFrame,
+    data: bytes,
+    piece_bytes: list[int] | None = None,
+    found: list[list[tuple[str, pl.DataType | None]]] | None = None,
+    read: pl.DataFrame | None = None,
+) -> pl.Series:
+    """The `extra` JSON text of each row of a parsed chunk (null when there is nothing extra).
+
+    A chunk read as several pieces (`piece_bytes`: their sizes; `df["piece"]`: each row's) gets what each piece alone
+    would: the keys are found per piece (`found`, when the caller has them: `piece_keys`), and consecutive pieces with
+    the same keys are done in one pass. `read`: the `shared_scalars` keys, already read typed from `data`.
+    """
+    piece_bytes = piece_bytes or [len(data)]
+    found = found if found is not None else piece_keys(df, len(piece_bytes))
+    rows = [0] * len(piece_bytes)
+    if len(rows) == 1:
+        rows[0] = df.height
+    else:
+        for piece, n in df.group_by("piece").len().iter_rows():
+            rows[piece] = n
     parts, row, byte, first = [], 0, 0, 0
     for i in range(1, len(rows) + 1):
         if i < len(rows) and found[i] == found[first]:
@@ -120,6 +149,7 @@ def extras_column(df: pl.DataFrame, data: bytes, piece_bytes: list[int] | None =
                 data if whole else data[byte : byte + size],
                 dict(found[first]),
                 spans,
+                read if whole else None,
             )
         )
         row, byte, first = row + n, byte + size, i
@@ -127,9 +157,14 @@ def extras_column(df: pl.DataFrame, data: bytes, piece_bytes: list[int] | None =
 
 
 def _column(
-    df: pl.DataFrame, data: bytes, keys: dict[str, pl.DataType | None], spans: list[tuple[int, int]]
+    df: pl.DataFrame,
+    data: bytes,
+    keys: dict[str, pl.DataType | None],
+    spans: list[tuple[int, int]],
+    given: pl.DataFrame | None = None,
 ) -> pl.Series:
-    """extras_column of rows whose pieces have the same `keys`; `spans` are the pieces' (rows, bytes)."""
+    """extras_column of rows whose pieces have the same `keys`; `spans` are the pieces' (rows, bytes); `given`: keys
+    read typed already."""
     if not keys:
         return pl.Series("extra", [None] * df.height, dtype=pl.String)
     names = list(keys)
@@ -141,7 +176,10 @@ def _column(
     floaty = [k for i, (k, t) in enumerate(keys.items()) if t is None and frame[f"_c{i}"].str.contains(_FLOATY).any()]
     schema = {k: t for k, t in keys.items() if t is not None} | dict.fromkeys(floaty, pl.String())
     try:
-        typed = pl.read_ndjson(io.BytesIO(data), schema=schema) if schema else pl.DataFrame()
+        if given is not None and schema and all(given.schema.get(k) == t for k, t in schema.items()):
+            typed = given.select(list(schema))
+        else:
+            typed = pl.read_ndjson(io.BytesIO(data), schema=schema) if schema else pl.DataFrame()
     except pl.exceptions.PolarsError:
         if len(spans) > 1:  # the pieces one by one, as each would be alone: only the failing ones fall back
             parts, row, byte = [], 0, 0

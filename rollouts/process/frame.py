@@ -23,7 +23,7 @@ import polars as pl
 from ..records import OutputItem
 from ..records import rollout_id as make_rollout_id
 from ..schema import dtype_of, row_schema
-from .extras import extras_column
+from .extras import extras_column, piece_keys, shared_scalars
 from .status import STATUS_FIELDS, error_json, rollout_status, status_problem
 
 TOKEN_FIELDS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
@@ -178,7 +178,18 @@ def parse_chunk(data: bytes, lines: pl.DataFrame, *, source: str, file: str) -> 
 
 def _parse(data: bytes, lines: pl.DataFrame, source: str, piece_bytes: list[int]) -> pl.DataFrame:
     """parse_chunk of `lines` (line, raw, piece, file): `data` is the pieces' bytes, `piece_bytes` their sizes."""
-    typed = pl.read_ndjson(io.BytesIO(data), schema=TYPED_SCHEMA)
+    # The scalar extra keys ride along with the typed read (one pass over the lines less); if they make it fail (a
+    # later row holds another type), the typed read alone decides and the extras pass reads its keys itself.
+    found = piece_keys(lines, len(piece_bytes))
+    scalars = shared_scalars(found, TYPED_SCHEMA)
+    try:
+        typed = pl.read_ndjson(io.BytesIO(data), schema=TYPED_SCHEMA | scalars)
+    except pl.exceptions.PolarsError:
+        if not scalars:
+            raise
+        typed, scalars = pl.read_ndjson(io.BytesIO(data), schema=TYPED_SCHEMA), {}
+    read = typed.select(list(scalars)) if scalars else None
+    typed = typed.select(list(TYPED_SCHEMA))
     if typed.height != lines.height:
         raise pl.exceptions.ComputeError(f"line count mismatch ({typed.height} parsed, {lines.height} lines)")
     df = pl.concat([lines, typed], how="horizontal").lazy()
@@ -221,7 +232,7 @@ def _parse(data: bytes, lines: pl.DataFrame, source: str, piece_bytes: list[int]
         .cast(pl.Int64),
     )
     frame = df.collect()
-    frame = _with_errors(frame).with_columns(extra=extras_column(frame, data, piece_bytes))
+    frame = _with_errors(frame).with_columns(extra=extras_column(frame, data, piece_bytes, found, read))
     return _finish(_with_prompt_digests(frame), source)
 
 

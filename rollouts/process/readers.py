@@ -13,7 +13,9 @@ import functools
 import glob
 import io
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import fsspec
@@ -32,6 +34,12 @@ CHUNK_BYTES = 64 << 20
 # 289 MB with 16 MB batches and 629 MB with 64 MB ones (bench/filter_run.py run, CPU time the same).
 BATCH_BYTES = 16 << 20
 PARQUET_ROWS = 50_000
+# A selection is joined to the frame this many frame rows at a time (`LoadedRollouts.joined`).
+JOIN_ROWS = 500_000
+# Batches parsed at once, each in its own thread (polars releases the GIL while it parses): one batch's
+# single-threaded steps (a column's JSON path match, the Python of the extras pass) overlap the next one's, and the
+# main thread reads files and writes Parquet parts meanwhile. Results are taken in input order.
+PARSERS = 2
 
 
 class LoadedRollouts(BaseModel):
@@ -76,6 +84,34 @@ class LoadedRollouts(BaseModel):
         if not at:
             return empty_frame().select(columns)
         return pl.scan_parquet([parts[i] for i in at]).filter(wanted).select(columns).collect()
+
+    def joined(
+        self, selected: pl.DataFrame, columns: list[str], storage_options: dict[str, Any] | None = None
+    ) -> pl.LazyFrame:
+        """The frame's `columns` (`row` among them) of the rows in `selected`, with selected's other columns, in frame
+        order. A local frame is joined JOIN_ROWS frame rows at a time, each range of its parts with the selected rows
+        in it: the join's table holds one range's rows, not the whole selection's (at 10M rollouts RL keeps ~10M
+        rows: 1.3 GB over the selection in one join, 0.5 GB by ranges). `selected` must be sorted by row."""
+
+        def join(frame: pl.LazyFrame, rows: pl.DataFrame) -> pl.LazyFrame:
+            return frame.join(rows.lazy(), on="row", how="inner", maintain_order="left")
+
+        if self.frame_uri is None or self.frame_data is not None or not selected["row"].is_sorted():
+            return join(self.scan(columns, storage_options), selected)
+        fs, path = filesystem(self.frame_uri, storage_options)
+        if display(fs, path) != path:  # remote: scan_parquet_dir reads the parts itself
+            return join(self.scan(columns, storage_options), selected)
+        starts, parts = _part_starts(path)
+        ranges, at = [], 0
+        while at < len(parts):
+            end = int(starts.search_sorted(starts[at] + JOIN_ROWS, side="left"))
+            end = max(end, at + 1)
+            first, past = starts[at], starts[end] if end < len(parts) else None
+            lo = selected["row"].search_sorted(first, side="left")
+            hi = selected.height if past is None else selected["row"].search_sorted(past, side="left")
+            ranges.append(join(pl.scan_parquet(parts[at:end]).select(columns), selected.slice(lo, hi - lo)))
+            at = end
+        return pl.concat(ranges) if ranges else join(self.scan(columns, storage_options), selected)
 
 
 @functools.lru_cache(maxsize=8)
@@ -289,39 +325,57 @@ def load_rollouts(
     owed: list[pl.DataFrame] = []
     batch: list[Piece] = []
     batch_source, batch_bytes = "", 0
+    parsing: deque[tuple[Future[pl.DataFrame], BadRows]] = deque()
+
+    def take() -> None:
+        """Add the oldest batch in parse to the frame (its bad rows after those of the batches before it)."""
+        nonlocal rows_read, bad
+        future, found = parsing.popleft()
+        part = future.result()
+        rows_read += part.height + found.count
+        bad = bad.merge(found)
+        sink.add(part)
 
     def flush() -> None:
-        nonlocal rows_read, batch_bytes
+        nonlocal batch, batch_bytes
         batch_bytes = 0
         if not batch:
             return
-        before = bad.count
-        part = parse_or_locate(batch, batch_source, bad, skip_bad_rows)
-        rows_read += part.height + bad.count - before
-        sink.add(part)
-        batch.clear()
+        found = BadRows()
+        parsing.append((pool.submit(parse_or_locate, batch, batch_source, found, skip_bad_rows), found))
+        batch = []
+        while len(parsing) > PARSERS:
+            take()
 
-    for item in files:
-        fs = item.fs
+    with ThreadPoolExecutor(PARSERS, thread_name_prefix="rollouts-parse") as pool:
         try:
-            if item.role == "inputs":
-                owed.append(read_input_keys(item, chunk_bytes))
-                continue
-            chunks = (
-                iter_parquet_chunks(fs, item.path) if item.parquet else iter_jsonl_chunks(fs, item.path, chunk_bytes)
-            )
-            for first_line, data in chunks:
-                # Small files of one source (a run's 256-row shards) are parsed together, up to BATCH_BYTES at once
-                if batch and (item.source != batch_source or batch_bytes + len(data) > min(chunk_bytes, BATCH_BYTES)):
-                    flush()
-                batch.append(Piece(item.url, first_line, data))
-                batch_source, batch_bytes = item.source, batch_bytes + len(data)
-        except OSError as exc:
-            raise StorageError(f"{item.url}: cannot read ({exc})") from exc
-    try:
-        flush()
-    except OSError as exc:
-        raise StorageError(f"{batch[0].file if batch else inputs[0]}: cannot read ({exc})") from exc
+            for item in files:
+                fs = item.fs
+                try:
+                    if item.role == "inputs":
+                        owed.append(read_input_keys(item, chunk_bytes))
+                        continue
+                    chunks = (
+                        iter_parquet_chunks(fs, item.path)
+                        if item.parquet
+                        else iter_jsonl_chunks(fs, item.path, chunk_bytes)
+                    )
+                    for first_line, data in chunks:
+                        # Small files of one source (a run's 256-row shards) are parsed together, up to BATCH_BYTES
+                        limit = min(chunk_bytes, BATCH_BYTES)
+                        if batch and (item.source != batch_source or batch_bytes + len(data) > limit):
+                            flush()
+                        batch.append(Piece(item.url, first_line, data))
+                        batch_source, batch_bytes = item.source, batch_bytes + len(data)
+                except OSError as exc:
+                    raise StorageError(f"{item.url}: cannot read ({exc})") from exc
+            flush()
+            while parsing:
+                take()
+        except OSError as exc:  # writing a frame part
+            raise StorageError(f"{sink.uri or inputs[0]}: cannot write the frame ({exc})") from exc
+        finally:
+            pool.shutdown(cancel_futures=True)
     if rows_read == 0:
         raise InputError(f"no rollout rows in {', '.join(inputs)}")
     inputs_frame = pl.concat(owed) if owed else None

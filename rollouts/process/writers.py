@@ -139,24 +139,23 @@ def write_rl(
     selected: pl.DataFrame, loaded: LoadedRollouts, config: ProcessConfig, out_dir: str, so: dict[str, Any] | None
 ) -> list[OutputFile]:
     tokens = TOKEN_COLUMNS if loaded.has_token_ids else []
-    heavy = loaded.scan(
-        [
-            "row",
-            "rollout_id",
-            "task_index",
-            "rollout_index",
-            "prompt",
-            "tools",
-            "output",
-            "extra",
-            "finish_reason",
-            "output_tokens",
-            "num_turns",
-            *tokens,
-        ],
-        so,
-    )
-    rows = heavy.join(selected.lazy(), on="row", how="inner", maintain_order="left")
+    heavy = [
+        "row",
+        "group_id",
+        "rollout_id",
+        "task_index",
+        "rollout_index",
+        "prompt",
+        "tools",
+        "output",
+        "extra",
+        "finish_reason",
+        "output_tokens",
+        "num_turns",
+        *tokens,
+    ]
+    # group_id comes with the frame's columns: the selection's join table holds numbers only
+    rows = loaded.joined(selected.drop("group_id"), heavy, so)
     files = []
     for fmt in config.output_formats:
         if fmt == "tokens":  # written by rollouts.tokens (training.api)

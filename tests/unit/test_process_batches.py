@@ -4,6 +4,7 @@ one."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import polars as pl
@@ -133,6 +134,46 @@ def test_a_bad_row_in_a_later_shard_is_named_by_its_own_file_and_line(tmp_path: 
     assert_frame_equal(alone.frame_data, loaded.frame_data)
 
 
+def test_batches_parsed_at_once_are_taken_in_input_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches are parsed PARSERS at a time; the first one finishing last changes nothing: rows are numbered, bad rows
+    listed and the first bad row raised in input order, each bad line named in its own file."""
+    odd = json.loads(ok_row(3, "4", 1.0)) | {"status": "odd"}
+    run = write_run(
+        tmp_path,
+        [
+            [ok_row(0, "1", 1.0), "{not json", ok_row(1, "2", 1.0)],
+            [ok_row(2, "3", 1.0), json.dumps(odd)],
+            [ok_row(4, "5", 1.0), failed_row(5)],
+        ],
+    )
+    monkeypatch.setattr(readers, "BATCH_BYTES", 1)  # every shard its own batch
+    parse = readers.parse_or_locate
+    second_done = threading.Event()
+
+    def first_finishes_last(pieces: list[readers.Piece], *args: object) -> pl.DataFrame:
+        shard = pieces[0].file.rsplit("/", 1)[1]
+        if shard == "00000.jsonl":
+            assert second_done.wait(10), "the second batch was not parsed while the first one was"
+        try:
+            return parse(pieces, *args)  # type: ignore[arg-type]
+        finally:
+            if shard == "00001.jsonl":
+                second_done.set()
+
+    monkeypatch.setattr(readers, "parse_or_locate", first_finishes_last)
+    loaded = load_rollouts([str(run)], skip_bad_rows=True, workdir=str(tmp_path / "work"))
+    assert (loaded.rows, loaded.rows_read, loaded.bad_rows.count) == (5, 7, 2)
+    assert [e.rsplit("/", 1)[1].split(": ")[:2] for e in loaded.bad_rows.examples] == [
+        ["00000.jsonl:2", "invalid JSON"],
+        ["00001.jsonl:2", "unknown status odd"],
+    ]
+    rows = loaded.scan().select("row", "rollout_id", "line").collect()
+    assert rows.rows() == [(0, "r0", 1), (1, "r1", 3), (2, "r2", 1), (3, "r4", 1), (4, "r5", 2)]
+    second_done.clear()
+    with pytest.raises(InputError, match=r"00000\.jsonl:2: invalid JSON"):
+        load_rollouts([str(run)])
+
+
 def test_rows_without_ids_get_ids_from_their_own_file(tmp_path: Path) -> None:
     row = json.loads(ok_row(0, "1", 1.0))
     del row["rollout_id"], row["_ng_task_index"]
@@ -212,6 +253,7 @@ def test_a_process_in_many_small_batches_writes_the_files_of_one_batch(
     monkeypatch.setattr(readers, "BATCH_BYTES", 1)  # every shard its own batch and frame part
     monkeypatch.setattr(writers, "BATCH_ROWS", 2)
     monkeypatch.setattr(card, "BUCKET_ROWS", 10)  # the groups selected a few at a time: 6 buckets of whole groups
+    monkeypatch.setattr(readers, "JOIN_ROWS", 5)  # the RL selection joined to the frame a frame part at a time
     parts = processed_files(run, tmp_path / "parts")
     loaded = load_rollouts([str(run)], workdir=str(tmp_path / "work"))
     assert loaded.frame_uri is not None and len(list(Path(loaded.frame_uri).glob("*.parquet"))) == 7
@@ -221,3 +263,23 @@ def test_a_process_in_many_small_batches_writes_the_files_of_one_batch(
     sft = [json.loads(line) for line in whole["1/sft/openai.jsonl"].splitlines()]
     pairs = [json.loads(line) for line in whole["3/dpo/trl.jsonl"].splitlines()]
     assert len(sft) == 6 * 2 and len(pairs) >= 6 * 2
+
+
+def test_a_selection_joined_by_ranges_of_frame_parts_is_the_one_join(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The selected rows joined to the frame a few parts at a time give the rows of one join, in frame order, with
+    ranges that hold no selected row, a selection ending before the frame does, and a selection out of order."""
+    run = spread_run(tmp_path, shards=4)
+    monkeypatch.setattr(readers, "BATCH_BYTES", 1)
+    loaded = load_rollouts([str(run)], workdir=str(tmp_path / "work"))
+    assert loaded.frame_uri is not None and len(list(Path(loaded.frame_uri).glob("*.parquet"))) == 5
+    columns = ["row", "rollout_id", "output"]
+    every = loaded.scan(["row"]).collect()["row"]
+    for rows in [every, every.filter(every % 3 == 0), every.filter(every < 7), every.filter(every > 30), every.head(0)]:
+        selected = pl.DataFrame({"row": rows, "mark": rows * 10})
+        one = loaded.scan(columns).join(selected.lazy(), on="row", how="inner", maintain_order="left").collect()
+        for join_rows in (1, 9, 10**6):
+            monkeypatch.setattr(readers, "JOIN_ROWS", join_rows)
+            assert_frame_equal(loaded.joined(selected, columns).collect(), one)
+            assert_frame_equal(loaded.joined(selected.reverse(), columns).collect(), one)

@@ -177,3 +177,47 @@ def test_the_usual_collection_rows_take_no_python_per_row(rows: int, monkeypatch
     out = extras_column(df, ("\n".join(lines) + "\n").encode()).to_list()
     assert [exact(loads_extra(t)) for t in out] == [exact(expected(x)) for x in lines]
     assert calls == [0]  # no row read in Python
+
+
+def gym_row(task: int, **extra: Any) -> str:
+    return json.dumps(
+        {
+            "responses_create_params": {"input": f"What is {task} + 1?"},
+            "_ng_task_index": task,
+            "_ng_rollout_index": 0,
+            "response": {"output": [{"type": "message", "role": "assistant", "content": []}]},
+            "reward": 1.0,
+            **extra,
+        }
+    )
+
+
+def test_scalar_extras_ride_along_with_the_typed_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual chunk is read by read_ndjson once: its scalar extra keys come with the typed columns. A key of
+    another type beyond the sample makes that read fail: the chunk is read again without them, nothing lost."""
+    reads: list[list[str]] = []
+    original = pl.read_ndjson
+
+    def counted(source: Any, *, schema: Any = None, **kwargs: Any) -> pl.DataFrame:
+        reads.append(list(schema or {}))
+        return original(source, schema=schema, **kwargs)
+
+    monkeypatch.setattr(pl, "read_ndjson", counted)
+    path = tmp_path / "gym.jsonl"
+    path.write_text("".join(gym_row(i, answer=str(i), steps=i, agent_ref={"name": "m"}) + "\n" for i in range(5)))
+    loaded = load_rollouts([str(path)])
+    assert len(reads) == 1 and {"answer", "steps", "reward"} <= set(reads[0])
+    assert loaded.frame_data is not None
+    assert [loads_extra(e) for e in loaded.frame_data["extra"]] == [
+        {"agent_ref": {"name": "m"}, "answer": str(i), "steps": i} for i in range(5)
+    ]
+
+    n = SAMPLE_HEAD + 2 * SAMPLE_SPREAD + 20
+    odd = SAMPLE_HEAD + 1  # past the head every other row is sampled: this one is not
+    lines = [gym_row(i, steps=str(i) if i == odd else i) for i in range(n)]
+    path.write_text("".join(line + "\n" for line in lines))
+    reads.clear()
+    loaded = load_rollouts([str(path)])
+    assert loaded.frame_data is not None and loaded.rows == n and loaded.bad_rows.count == 0
+    assert [exact(loads_extra(e)) for e in loaded.frame_data["extra"]] == [exact(expected(x)) for x in lines]
+    assert "steps" in reads[0] and "steps" not in reads[1]  # the typed read again, alone
