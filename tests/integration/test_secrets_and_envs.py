@@ -196,16 +196,18 @@ def test_sessions_lost_to_a_restarted_environment_are_regenerated_with_new_sessi
         plan = plan_run(config)
         store = run_store(plan.run)
         shard = plan.shards[0].shard
+
         # Generated, then the server restarts before verification: every session is gone.
-        asyncio.run(
-            generate.generate_shard(
-                plan.run,
-                shard,
-                clients=SharedClients(idle_close_s=0.0),
-                limiter=InflightLimiter(4),
-                board=ProgressBoard(),
-            )
-        )
+        async def generated() -> None:
+            clients = SharedClients(idle_close_s=0.0)
+            try:
+                await generate.generate_shard(
+                    plan.run, shard, clients=clients, limiter=InflightLimiter(4), board=ProgressBoard()
+                )
+            finally:
+                await clients.close_all()  # this loop ends here: its clients close with it, not on an idle timer
+
+        asyncio.run(generated())
         gym.state.sessions.clear()
         asyncio.run(verify.verify_shard(plan.run, shard, board=ProgressBoard()))
         failures = list(read_records(store, "failures", f"{shard}.jsonl"))
