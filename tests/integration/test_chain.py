@@ -188,6 +188,16 @@ def test_prepared_prompts_trigger_a_collection_that_triggers_training(team):
     assert not [m for m in messages if "None" in m], [m for m in messages if "None" in m]
 
 
+def test_a_run_overrides_one_field_and_keeps_the_deployment_s_others(team):
+    done = _wait(_deployment_run(team, "collect-rollouts/from-ui", "run_name=partial", 'sampling={"num_repeats": 3}'))
+    assert done.state.is_completed(), done.state.message
+    manifest = json.loads((team["place"] / "partial" / "manifest.json").read_text())
+    config = manifest["config"]
+    assert config["sampling"] == {**config["sampling"], "num_repeats": 3, "seed": 7}  # the deployment's seed kept
+    assert config["endpoint"]["block"] == "sim" and Path(config["input"]).name == f"{team['today']}.jsonl"
+    assert manifest["counts"]["rollouts_ok"] == 12
+
+
 def test_the_schedule_collects_the_day_file_and_a_rerun_is_unchanged(team):
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
@@ -208,16 +218,6 @@ def test_the_schedule_collects_the_day_file_and_a_rerun_is_unchanged(team):
     (unchanged,) = _events("rollouts.run.unchanged", again.id)
     assert unchanged["payload"]["new_rollouts"] == 0 and unchanged["payload"]["resumed"] is True
     assert unchanged["payload"]["run_url"] == first["payload"]["run_url"]
-
-
-def test_a_run_overrides_one_field_and_keeps_the_deployment_s_others(team):
-    done = _wait(_deployment_run(team, "collect-rollouts/from-ui", "run_name=partial", 'sampling={"num_repeats": 3}'))
-    assert done.state.is_completed(), done.state.message
-    manifest = json.loads((team["place"] / "partial" / "manifest.json").read_text())
-    config = manifest["config"]
-    assert config["sampling"] == {**config["sampling"], "num_repeats": 3, "seed": 7}  # the deployment's seed kept
-    assert config["endpoint"]["block"] == "sim" and Path(config["input"]).name == f"{team['today']}.jsonl"
-    assert manifest["counts"]["rollouts_ok"] == 12
 
 
 def test_the_chain_with_prompts_and_runs_in_an_s3_bucket(team, s3_endpoint):
