@@ -147,8 +147,11 @@ def test_two_commands_on_one_run_one_writer_the_other_exits_2_naming_the_holder(
     src = write_jsonl(tmp_path / "p.jsonl", math_rows(60))
     run = tmp_path / "runs" / "twice"
     env = environment(prefect_server)
-    with start_sim_server(latency_ms=100, seed=0) as sim:
-        command = collect_command(src, sim.url, tmp_path / "runs", "twice", "--num-repeats", "4", "--parallel", "16")
+    # The writer holds the run for ~15 s (240 rollouts, 8 at a time, 0.5 s each): longer than any start-up skew
+    # between the two commands on a busy machine. In 1.5 s, a second command slowed by the machine once found the
+    # first already done and exited 0 with the run unchanged.
+    with start_sim_server(latency_ms=500, seed=0) as sim:
+        command = collect_command(src, sim.url, tmp_path / "runs", "twice", "--num-repeats", "4", "--parallel", "8")
         first, second = start(command, env), start(command, env)
         errors = finish(first, timeout=300), finish(second, timeout=300)
         codes = sorted([first.returncode, second.returncode])
