@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import polars as pl
@@ -147,7 +148,21 @@ def group_buckets(frame: pl.LazyFrame) -> list[pl.LazyFrame]:
     return [frame.filter(bucket == at) for at in range(count)]
 
 
-def ok_rewards(frame: pl.LazyFrame) -> pl.Series:
+def per_bucket(frame: pl.LazyFrame, card: DataCard) -> Iterator[tuple[pl.LazyFrame, DataCard]]:
+    """Each bucket of `frame` (`group_buckets`) with a card of its own for the caller to fill its input figures in
+    (rows_in, groups_in, reward_before); they are added to `card` after each bucket, and with several buckets the
+    reward distribution is taken over the whole frame (quantiles do not add up)."""
+    buckets = group_buckets(frame)
+    for bucket in buckets:
+        part = DataCard(objective=card.objective)
+        yield bucket, part
+        card.rows_in, card.groups_in = card.rows_in + part.rows_in, card.groups_in + part.groups_in
+        card.reward_before = part.reward_before
+    if len(buckets) > 1:
+        card.reward_before = distribution(_ok_rewards(frame))
+
+
+def _ok_rewards(frame: pl.LazyFrame) -> pl.Series:
     """The rewards of the successful rollouts, in frame order (the card's reward_before)."""
     return frame.filter(pl.col("status") == "ok").select("reward").collect()["reward"]
 

@@ -21,7 +21,7 @@ from collections import Counter
 
 import polars as pl
 
-from .card import DataCard, distribution, drops_from_counts, group_buckets, ok_rewards
+from .card import DataCard, distribution, drops_from_counts, per_bucket
 from .config import ProcessConfig
 from .sft import judged
 
@@ -73,20 +73,15 @@ def select_dpo(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
     group_counts: Counter[str] = Counter()
     pair_counts: dict[str, int] = {}
     found = []
-    buckets = group_buckets(frame)
-    for bucket in buckets:
-        part = DataCard(objective=card.objective)
+    for bucket, part in per_bucket(frame, card):
         df = judged(bucket, COLUMNS, config, part, sft=False)
-        card.rows_in, card.groups_in = card.rows_in + part.rows_in, card.groups_in + part.groups_in
-        card.reward_before = part.reward_before
         row_counts.update(dict(df.drop_nulls("rule")["rule"].value_counts().iter_rows()))
         cands, pairs = _bucket_pairs(df.filter(pl.col("rule").is_null()).drop("rule"), config, pair_counts)
         group_counts.update(_group_reasons(cands, pairs, part.groups_in, config))
         found.append(pairs)
     pairs = pl.concat(found)
-    if len(buckets) > 1:
+    if len(found) > 1:
         pairs = pairs.sort("group_order", "pair_rank")
-        card.reward_before = distribution(ok_rewards(frame))
     pairs = pairs.select(PAIR_COLUMNS)
     card.dropped = drops_from_counts(row_counts, ROW_RULES)
     card.pair_drops = drops_from_counts(pair_counts, PAIR_RULES)

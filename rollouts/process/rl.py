@@ -11,7 +11,7 @@ from collections import Counter
 
 import polars as pl
 
-from .card import DataCard, distribution, drops_from_counts, group_buckets, ok_rewards
+from .card import DataCard, distribution, drops_from_counts, per_bucket
 from .config import ProcessConfig
 
 ADVANTAGE_EPS = 1e-6
@@ -26,24 +26,18 @@ GROUP_RULES = {
 def select_rl(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl.DataFrame:
     """Kept rows: row, group_id, reward, advantage, group_mean, group_std, group_size. The group rules look at one
     group, so a big input is judged a bucket of whole groups at a time (`group_buckets`); advantages after, on all."""
-    failed, rewards, found = 0, [], []
+    failed, found = 0, []
     group_counts: Counter[str] = Counter()
-    buckets = group_buckets(frame)
-    for bucket in buckets:
+    for bucket, part in per_bucket(frame, card):
         df = bucket.select(COLUMNS).collect()
-        card.rows_in += df.height
         ok = df.filter(pl.col("status") == "ok")
         failed += df.height - ok.height
-        rewards.append(ok["reward"])
-        kept, groups_in, bucket_counts = _judge_groups(ok, config)
-        card.groups_in += groups_in
+        kept, part.groups_in, bucket_counts = _judge_groups(ok, config)
+        part.rows_in, part.reward_before = df.height, distribution(ok["reward"])
         group_counts.update(bucket_counts)
         found.append(kept)
     kept = found[0] if len(found) == 1 else _in_row_order(found)
-    if len(buckets) > 1:
-        rewards = [ok_rewards(frame)]
     card.dropped = drops_from_counts({"failed": failed}, ROW_RULES)
-    card.reward_before = distribution(pl.concat(rewards))
     card.group_drops = drops_from_counts(group_counts, GROUP_RULES)
     card.groups_out = card.groups_in - sum(group_counts.values())
     card.notes.append(f"{card.groups_out} of {card.groups_in} groups passed the dynamic-sampling filter")

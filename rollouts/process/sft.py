@@ -14,7 +14,7 @@ from collections import Counter
 import polars as pl
 from polars.expr.whenthen import ChainedThen, Then
 
-from .card import DataCard, distribution, drops_from_counts, group_buckets, ok_rewards
+from .card import DataCard, distribution, drops_from_counts, per_bucket
 from .config import ProcessConfig
 
 COLUMNS = [
@@ -103,19 +103,14 @@ def select_sft(frame: pl.LazyFrame, config: ProcessConfig, card: DataCard) -> pl
     big input is selected a bucket of whole groups at a time (`group_buckets`): the same rows as all at once."""
     counts: Counter[str] = Counter()
     found, per_prompt = [], []
-    buckets = group_buckets(frame)
-    for bucket in buckets:
-        part = DataCard(objective=card.objective)
+    for bucket, part in per_bucket(frame, card):
         kept, bucket_counts, bucket_per_prompt = _select_bucket(bucket, config, part)
-        card.rows_in, card.groups_in = card.rows_in + part.rows_in, card.groups_in + part.groups_in
-        card.reward_before = part.reward_before
         counts.update(bucket_counts)
         found.append(kept)
         per_prompt.append(bucket_per_prompt)
     kept = pl.concat(found)
-    if len(buckets) > 1:
+    if len(found) > 1:
         kept = kept.sort("row")
-        card.reward_before = distribution(ok_rewards(frame))
     card.dropped = drops_from_counts(counts, RULES)
     card.rows_out = kept.height
     card.groups_out = kept["group_id"].n_unique()
