@@ -68,17 +68,23 @@ class LoadedRollouts(BaseModel):
             lf = scan_parquet_dir(self.frame_uri, columns, storage_options)
         return lf.select(columns) if columns else lf
 
+    def _local_dir(self, storage_options: dict[str, Any] | None) -> str | None:
+        """The local directory of the frame's Parquet parts; None for a frame in memory or on object storage (read
+        through `scan`, which reads a remote frame's parts itself)."""
+        if self.frame_uri is None or self.frame_data is not None:
+            return None
+        fs, path = filesystem(self.frame_uri, storage_options)
+        return path if display(fs, path) == path else None
+
     def rows_of(
         self, rows: pl.Series, columns: list[str], storage_options: dict[str, Any] | None = None
     ) -> pl.DataFrame:
         """`columns` of the frame rows numbered `rows` (in frame order), reading only the Parquet parts that hold
         them: a writer fetches the text of a batch of selected rows at a time, never of the whole selection."""
         wanted = pl.col("row").is_in(rows.implode())
-        if self.frame_uri is None or self.frame_data is not None:
+        path = self._local_dir(storage_options)
+        if path is None:
             return self.scan(None, storage_options).filter(wanted).select(columns).collect()
-        fs, path = filesystem(self.frame_uri, storage_options)
-        if display(fs, path) != path:  # remote: scan_parquet_dir reads the parts itself
-            return scan_parquet_dir(self.frame_uri, columns, storage_options).filter(wanted).collect()
         starts, parts = _part_starts(path)
         at = (starts.search_sorted(rows, side="right") - 1).unique().sort().to_list()
         if not at:
@@ -96,10 +102,8 @@ class LoadedRollouts(BaseModel):
         def join(frame: pl.LazyFrame, rows: pl.DataFrame) -> pl.LazyFrame:
             return frame.join(rows.lazy(), on="row", how="inner", maintain_order="left")
 
-        if self.frame_uri is None or self.frame_data is not None or not selected["row"].is_sorted():
-            return join(self.scan(columns, storage_options), selected)
-        fs, path = filesystem(self.frame_uri, storage_options)
-        if display(fs, path) != path:  # remote: scan_parquet_dir reads the parts itself
+        path = self._local_dir(storage_options)
+        if path is None or not selected["row"].is_sorted():
             return join(self.scan(columns, storage_options), selected)
         starts, parts = _part_starts(path)
         ranges, at = [], 0
